@@ -1,0 +1,1 @@
+"""thermogate site controller: scan cycle, protection, regulation, historian, CLI."""

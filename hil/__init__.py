@@ -1,0 +1,1 @@
+"""The simulated plant: physics, sensors, scenarios, served over real Modbus."""

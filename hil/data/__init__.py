@@ -1,0 +1,1 @@
+"""Built-in site descriptions and scenario data shipped with thermogate."""

@@ -1,0 +1,1 @@
+"""The learned thermal model: datasets, training, forecasts, headroom."""
