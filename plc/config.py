@@ -1,0 +1,188 @@
+"""Strict reading of TOML tables: every key is typed, range-checked and used.
+
+In the spirit of Klipper's config reader: options are read and validated where
+they are used (``sec.get_float("volume_l", minval=100)``), and once a section
+has been read, any key nobody asked for is a hard error — a typo in a site
+file never passes silently. Every error names the file, the dotted key and the
+reason (``ConfigError``); a user never sees a traceback for a mistake.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+_MISSING: Any = object()
+
+
+class Section:
+    """A view of one TOML table that records which keys were read."""
+
+    def __init__(self, file: str, path: str, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(file, path, f"expected a table, got {_tname(data)}")
+        self.file = file
+        self.path = path
+        self._data = data
+        self._used: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------
+    def key(self, name: str) -> str:
+        """The dotted path of ``name`` inside this section, for messages."""
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        return ConfigError(self.file, self.key(name) if name else self.path, reason)
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def _raw(self, name: str, default: Any) -> Any:
+        self._used.add(name)
+        if name in self._data:
+            return self._data[name]
+        if default is _MISSING:
+            raise self.error(name, "required key is missing")
+        return default
+
+    # -- typed getters -----------------------------------------------------
+    def get_str(
+        self, name: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None
+    ) -> str:
+        val = self._raw(name, default)
+        if val is None and default is None:
+            return val
+        if not isinstance(val, str):
+            raise self.error(name, f"expected a string, got {_tname(val)}")
+        if choices is not None and val not in choices:
+            raise self.error(name, f"'{val}' is not one of {', '.join(choices)}")
+        return val
+
+    def get_bool(self, name: str, default: Any = _MISSING) -> bool:
+        val = self._raw(name, default)
+        if not isinstance(val, bool):
+            raise self.error(name, f"expected true or false, got {_tname(val)}")
+        return val
+
+    def get_int(
+        self,
+        name: str,
+        default: Any = _MISSING,
+        minval: int | None = None,
+        maxval: int | None = None,
+    ) -> int:
+        val = self._raw(name, default)
+        if val is None and default is None:
+            return val
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise self.error(name, f"expected an integer, got {_tname(val)}")
+        _check_range(self, name, val, minval, maxval, None, None)
+        return val
+
+    def get_float(
+        self,
+        name: str,
+        default: Any = _MISSING,
+        minval: float | None = None,
+        maxval: float | None = None,
+        above: float | None = None,
+        below: float | None = None,
+    ) -> float:
+        val = self._raw(name, default)
+        if val is None and default is None:
+            return val
+        if isinstance(val, bool) or not isinstance(val, int | float):
+            raise self.error(name, f"expected a number, got {_tname(val)}")
+        val = float(val)
+        if not math.isfinite(val):
+            raise self.error(name, f"expected a finite number, got {val}")
+        _check_range(self, name, val, minval, maxval, above, below)
+        return val
+
+    def get_str_list(self, name: str, default: Any = _MISSING) -> list[str]:
+        """A non-empty array of strings."""
+        val = self._raw(name, default)
+        if not isinstance(val, list) or not val or not all(isinstance(x, str) for x in val):
+            raise self.error(name, "expected a non-empty array of strings")
+        return val
+
+    def get_section(self, name: str, default: Any = _MISSING) -> Section:
+        val = self._raw(name, default)
+        return Section(self.file, self.key(name), val)
+
+    def get_sections(self, name: str, default: Any = _MISSING) -> list[Section]:
+        """An array of tables (``[[name]]``)."""
+        val = self._raw(name, default)
+        if not isinstance(val, list):
+            raise self.error(name, f"expected an array of tables, got {_tname(val)}")
+        return [Section(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(val)]
+
+    def check_unused(self) -> None:
+        """Raise on the first key nobody read: almost always a typo."""
+        for name in self._data:
+            if name not in self._used:
+                raise self.error(name, "unknown key (check the spelling)")
+
+
+def load_toml(path: str | Path) -> Section:
+    """Parse a TOML file into a root ``Section``; syntax errors name the line."""
+    file = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(file, "", "is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(file, "", "permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", f"not UTF-8 text ({exc.reason})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"TOML syntax error: {exc}") from None
+    return Section(file, "", data)
+
+
+def loads_toml(text: str, file: str) -> Section:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"TOML syntax error: {exc}") from None
+    return Section(file, "", data)
+
+
+def _tname(val: Any) -> str:
+    if isinstance(val, bool):
+        return "a boolean"
+    if isinstance(val, int | float):
+        return f"the number {val}"
+    if isinstance(val, str):
+        return f"the string '{val}'"
+    if isinstance(val, list):
+        return "an array"
+    if isinstance(val, dict):
+        return "a table"
+    return type(val).__name__
+
+
+def _check_range(
+    sec: Section,
+    name: str,
+    val: float,
+    minval: float | None,
+    maxval: float | None,
+    above: float | None,
+    below: float | None,
+) -> None:
+    if minval is not None and val < minval:
+        raise sec.error(name, f"{val:g} is below the minimum {minval:g}")
+    if maxval is not None and val > maxval:
+        raise sec.error(name, f"{val:g} is above the maximum {maxval:g}")
+    if above is not None and val <= above:
+        raise sec.error(name, f"{val:g} must be above {above:g}")
+    if below is not None and val >= below:
+        raise sec.error(name, f"{val:g} must be below {below:g}")

@@ -1,0 +1,722 @@
+"""The site description: one TOML file from which every point is derived.
+
+A site is its equipment (tanks, rack rows, CDUs, loops with pumps and dry
+coolers, feeders, PDUs), the limits that protect it and the control loops that
+regulate it. ``load_site`` validates the whole file before anything connects:
+unknown keys, wrong types, out-of-range values, duplicate names and dangling
+references (a tank on a loop that does not exist, a loop with no pump) are
+each a ``ConfigError`` naming the file, the key and the reason.
+
+Physical defaults are typical of single-phase immersion and direct-to-chip
+halls: dielectric fluid ~0.8 kg/L with cp ~2.1 kJ/(kg·K), tanks of
+1,000-2,500 L carrying 100-300 kW, miner fluid 40-55 °C in normal running with
+an alarm near 60 °C and a trip near 65 °C, continuous load at most 80 % of a
+breaker's rating.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .config import _MISSING, Section, load_toml, loads_toml
+from .errors import ConfigError
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DEMO_SITE_FILE = "demo_site.toml"
+
+#: Power factor assumed when converting a breaker's amps to kW.
+DEFAULT_POWER_FACTOR = 0.95
+#: Continuous load allowed on a breaker, % of rating (NEC/IEC practice).
+DEFAULT_CONTINUOUS_PCT = 80.0
+
+
+# --------------------------------------------------------------------------
+# equipment records (immutable; the plant and controller never mutate them)
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Breaker:
+    """An inverse-time overcurrent breaker.
+
+    Trip time for a current ``I`` above pickup ``Is = pickup_pct% * rating``
+    follows IEC 60255 curves: ``t = tms * k / ((I/Is)**a - 1)``.
+    """
+
+    rating_a: float
+    curve: str = "iec-ei"
+    pickup_pct: float = 105.0
+    tms: float = 1.0
+    continuous_pct: float = DEFAULT_CONTINUOUS_PCT
+
+    CURVES = {  # noqa: RUF012 - class constant: (k, a) per IEC 60255-151
+        "iec-si": (0.14, 0.02),
+        "iec-vi": (13.5, 1.0),
+        "iec-ei": (80.0, 2.0),
+    }
+
+    def trip_time_s(self, current_a: float) -> float:
+        """Seconds to trip at a constant ``current_a``; ``inf`` below pickup."""
+        pickup = self.rating_a * self.pickup_pct / 100.0
+        if not current_a > pickup:
+            return math.inf
+        k, a = self.CURVES[self.curve]
+        return self.tms * k / ((current_a / pickup) ** a - 1.0)
+
+
+@dataclass(frozen=True)
+class Feeder:
+    name: str
+    voltage_v: float
+    breaker: Breaker
+    unit_id: int
+    power_factor: float = DEFAULT_POWER_FACTOR
+
+    @property
+    def rating_kw(self) -> float:
+        return _three_phase_kw(self.voltage_v, self.breaker.rating_a, self.power_factor)
+
+    @property
+    def continuous_kw(self) -> float:
+        return self.rating_kw * self.breaker.continuous_pct / 100.0
+
+
+@dataclass(frozen=True)
+class Pdu:
+    name: str
+    feeder: str
+    voltage_v: float
+    breaker: Breaker
+    unit_id: int
+    power_factor: float = DEFAULT_POWER_FACTOR
+
+    @property
+    def rating_kw(self) -> float:
+        return _three_phase_kw(self.voltage_v, self.breaker.rating_a, self.power_factor)
+
+    @property
+    def continuous_kw(self) -> float:
+        return self.rating_kw * self.breaker.continuous_pct / 100.0
+
+
+@dataclass(frozen=True)
+class Pump:
+    """A variable-speed pump on a VFD; affinity laws scale from rated values."""
+
+    name: str  # full dotted name: loop.pump
+    loop: str
+    rated_flow_m3h: float
+    rated_head_kpa: float
+    rated_power_kw: float
+    min_speed_pct: float
+    unit_id: int
+
+
+@dataclass(frozen=True)
+class DryCooler:
+    """An adiabatic-free dry cooler; duty rated at a design approach."""
+
+    name: str
+    loop: str
+    capacity_kw: float
+    design_approach_k: float
+    design_ambient_c: float
+    fans: int
+    fan_power_kw: float  # per fan at 100 % speed
+    unit_id: int
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A water/glycol loop from the heat exchangers to the dry coolers."""
+
+    name: str
+    volume_l: float
+    glycol_pct: float
+    supply_setpoint_c: float
+    supply_alarm_c: float
+    min_flow_m3h: float
+    low_flow_trip_s: float
+    feeder: str  # where the pumps' and fans' power comes from
+    pumps: tuple[Pump, ...]
+    dry_coolers: tuple[DryCooler, ...]
+
+    @property
+    def density_kg_l(self) -> float:
+        return 1.0 + 0.0013 * self.glycol_pct  # ~1.04 at 30 % propylene glycol
+
+    @property
+    def cp_kj_kgk(self) -> float:
+        return 4.18 - 0.0113 * self.glycol_pct  # ~3.84 at 30 % propylene glycol
+
+
+@dataclass(frozen=True)
+class TankLimits:
+    fluid_setpoint_c: float
+    fluid_alarm_c: float
+    fluid_trip_c: float
+    chip_throttle_c: float
+    chip_trip_c: float
+    rate_alarm_c_per_min: float
+
+
+@dataclass(frozen=True)
+class Tank:
+    """A single-phase immersion tank with its own plate HX to a loop."""
+
+    name: str
+    workload: str  # "asic" (miners) or "gpu" (GPU servers)
+    volume_l: float
+    fluid_density_kg_l: float
+    fluid_cp_kj_kgk: float
+    units: int  # miners or 8-GPU nodes
+    unit_power_kw: float  # nameplate per unit at 100 % budget
+    unit_idle_kw: float
+    chip_r_k_per_kw: float  # chip-to-fluid thermal resistance per unit
+    hx_ua_kw_k: float  # design UA of the tank's plate HX
+    dielectric_flow_l_s: float  # tank-side pump through the HX
+    design_water_flow_m3h: float  # water side at 100 % valve
+    loop: str
+    pdu: str
+    unit_id: int
+    limits: TankLimits
+    workload_class: str  # mining | inference | training
+
+    @property
+    def rated_kw(self) -> float:
+        return self.units * self.unit_power_kw
+
+    @property
+    def heat_capacity_kj_k(self) -> float:
+        return self.volume_l * self.fluid_density_kg_l * self.fluid_cp_kj_kgk
+
+
+@dataclass(frozen=True)
+class Cdu:
+    """A coolant distribution unit for direct-to-chip racks."""
+
+    name: str
+    loop: str
+    tcs_volume_l: float  # technology cooling system (secondary) volume
+    hx_ua_kw_k: float
+    tcs_flow_l_s: float
+    design_water_flow_m3h: float
+    supply_setpoint_c: float
+    supply_alarm_c: float
+    supply_trip_c: float
+    unit_id: int
+
+
+@dataclass(frozen=True)
+class RackRow:
+    """A row of direct-to-chip GPU racks behind one CDU."""
+
+    name: str
+    cdu: str
+    pdu: str
+    nodes: int
+    node_power_kw: float
+    node_idle_kw: float
+    gpus_per_node: int
+    gpu_r_k_per_w: float  # die-to-coolant resistance, ~0.03 K/W on an H200
+    chip_throttle_c: float
+    chip_trip_c: float
+    unit_id: int
+    workload_class: str
+
+    @property
+    def rated_kw(self) -> float:
+        return self.nodes * self.node_power_kw
+
+
+@dataclass(frozen=True)
+class ControlLoop:
+    """A PID loop declared by the site: measurement point → actuator point."""
+
+    name: str
+    measurement: str
+    actuators: tuple[str, ...]  # parallel equipment driven with one output
+    setpoint: float
+    kp: float
+    ki: float
+    kd: float
+    out_min: float
+    out_max: float
+    slew_per_s: float
+    action: str  # "direct": more output lowers the measurement (cooling)
+
+
+@dataclass(frozen=True)
+class PlcConfig:
+    unit_id: int
+    heartbeat_timeout_s: float
+    safe_gpu_cap_pct: float
+    leak_isolates_loop: bool
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    source: str
+    import_limit_kw: float
+    meter_voltage_v: float
+    frequency_hz: float
+    meter_unit_id: int
+    design_ambient_c: float
+    scan_interval_s: float
+    plc: PlcConfig
+    feeders: tuple[Feeder, ...]
+    pdus: tuple[Pdu, ...]
+    loops: tuple[Loop, ...]
+    tanks: tuple[Tank, ...]
+    cdus: tuple[Cdu, ...]
+    rack_rows: tuple[RackRow, ...]
+    control_loops: tuple[ControlLoop, ...]
+    _index: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def pumps(self) -> tuple[Pump, ...]:
+        return tuple(p for lp in self.loops for p in lp.pumps)
+
+    @property
+    def dry_coolers(self) -> tuple[DryCooler, ...]:
+        return tuple(d for lp in self.loops for d in lp.dry_coolers)
+
+    @property
+    def it_rated_kw(self) -> float:
+        return sum(t.rated_kw for t in self.tanks) + sum(r.rated_kw for r in self.rack_rows)
+
+    def loop(self, name: str) -> Loop:
+        return next(lp for lp in self.loops if lp.name == name)
+
+    def summary(self) -> dict[str, object]:
+        """A plain dict for reports and ``--json`` output."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "tanks_asic": sum(t.workload == "asic" for t in self.tanks),
+            "tanks_gpu": sum(t.workload == "gpu" for t in self.tanks),
+            "rack_rows": len(self.rack_rows),
+            "cdus": len(self.cdus),
+            "loops": len(self.loops),
+            "pumps": len(self.pumps),
+            "dry_coolers": len(self.dry_coolers),
+            "feeders": len(self.feeders),
+            "pdus": len(self.pdus),
+            "it_rated_kw": round(self.it_rated_kw, 1),
+            "import_limit_kw": self.import_limit_kw,
+        }
+
+
+def _three_phase_kw(voltage_v: float, current_a: float, pf: float) -> float:
+    return math.sqrt(3.0) * voltage_v * current_a * pf / 1000.0
+
+
+# --------------------------------------------------------------------------
+# loading and validation
+# --------------------------------------------------------------------------
+def load_site(path: str | Path | None = None) -> Site:
+    """Load and validate a site file; ``None`` gives the built-in demo site."""
+    if path is None:
+        return demo_site()
+    return parse_site(load_toml(path))
+
+
+def demo_site() -> Site:
+    text = resources.files("thermogate.hil.data").joinpath(DEMO_SITE_FILE).read_text("utf-8")
+    return parse_site(loads_toml(text, "<built-in demo site>"))
+
+
+def parse_site_text(text: str, file: str = "<string>") -> Site:
+    return parse_site(loads_toml(text, file))
+
+
+def parse_site(root: Section) -> Site:
+    """Build a ``Site`` from a root section, validating everything."""
+    names = _Names(root.file)
+    s = root.get_section("site")
+    site_name = s.get_str("name")
+    import_limit = s.get_float("import_limit_kw", minval=10.0, maxval=500_000.0)
+    meter_v = s.get_float("meter_voltage_v", 11_000.0, minval=100.0, maxval=400_000.0)
+    freq = s.get_float("frequency_hz", 50.0)
+    if freq not in (50.0, 60.0):
+        raise s.error("frequency_hz", f"{freq:g} is not a grid frequency (50 or 60)")
+    meter_unit = _unit_id(s, "meter_unit_id", 10)
+    design_ambient = s.get_float("design_ambient_c", 35.0, minval=-10.0, maxval=55.0)
+    scan = s.get_float("scan_interval_s", 1.0, minval=0.05, maxval=60.0)
+    s.check_unused()
+
+    p = root.get_section("plc", {})
+    plc = PlcConfig(
+        unit_id=_unit_id(p, "unit_id", 1),
+        heartbeat_timeout_s=p.get_float("heartbeat_timeout_s", 10.0, minval=1.0, maxval=600.0),
+        safe_gpu_cap_pct=p.get_float("safe_gpu_cap_pct", 50.0, minval=0.0, maxval=100.0),
+        leak_isolates_loop=p.get_bool("leak_isolates_loop", True),
+    )
+    p.check_unused()
+
+    feeders = tuple(_feeder(sec, names) for sec in root.get_sections("feeders"))
+    if not feeders:
+        raise root.error("feeders", "a site needs at least one feeder")
+    feeder_names = {f.name for f in feeders}
+    pdus = tuple(_pdu(sec, names, feeder_names) for sec in root.get_sections("pdus"))
+    pdu_names = {d.name for d in pdus}
+    loops = tuple(
+        _loop(sec, names, feeder_names, design_ambient) for sec in root.get_sections("loops")
+    )
+    if not loops:
+        raise root.error("loops", "a site needs at least one cooling loop")
+    loop_names = {lp.name for lp in loops}
+    tanks = tuple(
+        _tank(sec, names, loop_names, pdu_names) for sec in root.get_sections("tanks", [])
+    )
+    cdus = tuple(_cdu(sec, names, loop_names) for sec in root.get_sections("cdus", []))
+    cdu_names = {c.name for c in cdus}
+    rows = tuple(
+        _rack_row(sec, names, cdu_names, pdu_names) for sec in root.get_sections("rack_rows", [])
+    )
+    if not tanks and not rows:
+        raise root.error("tanks", "a site needs at least one tank or rack row")
+
+    site = Site(
+        name=site_name,
+        source=root.file,
+        import_limit_kw=import_limit,
+        meter_voltage_v=meter_v,
+        frequency_hz=freq,
+        meter_unit_id=meter_unit,
+        design_ambient_c=design_ambient,
+        scan_interval_s=scan,
+        plc=plc,
+        feeders=feeders,
+        pdus=pdus,
+        loops=loops,
+        tanks=tanks,
+        cdus=cdus,
+        rack_rows=rows,
+        control_loops=(),
+    )
+    # Control loops name points, so they are checked against the point map.
+    from .pointmap import build_point_map  # local: pointmap imports this module
+
+    pmap = build_point_map(site)
+    loops_ctl = tuple(
+        _control_loop(sec, names, pmap) for sec in root.get_sections("control_loops", [])
+    )
+    root.check_unused()
+    _check_electrical(root, site)
+    object.__setattr__(site, "control_loops", loops_ctl)
+    return site
+
+
+class _Names:
+    """Every equipment name is unique across the site: it is a point prefix."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.seen: dict[str, str] = {}
+
+    def claim(self, sec: Section, key: str = "name", prefix: str = "") -> str:
+        name = sec.get_str(key)
+        if not NAME_RE.match(name):
+            raise sec.error(
+                key,
+                f"'{name}' is not a valid name (lower-case letter first, then a-z, 0-9 or _,"
+                " at most 32 characters)",
+            )
+        full = f"{prefix}.{name}" if prefix else name
+        if full in self.seen:
+            raise sec.error(key, f"duplicate name '{full}' (also at {self.seen[full]})")
+        self.seen[full] = sec.key(key)
+        return full
+
+
+def _ref(sec: Section, key: str, valid: set[str], what: str) -> str:
+    val = sec.get_str(key)
+    if val not in valid:
+        known = ", ".join(sorted(valid)) or "none defined"
+        raise sec.error(key, f"no {what} named '{val}' (known: {known})")
+    return val
+
+
+def _unit_id(sec: Section, key: str, default: object = _MISSING) -> int:
+    """A Modbus unit id: 1-247 (0 is broadcast, 248-255 are reserved)."""
+    return sec.get_int(key, default, 1, 247)
+
+
+def _breaker(sec: Section) -> Breaker:
+    rating = sec.get_float("rating_a", minval=1.0, maxval=10_000.0)
+    b = sec.get_section("breaker", {})
+    curve = b.get_str("curve", "iec-ei", choices=tuple(Breaker.CURVES))
+    brk = Breaker(
+        rating_a=rating,
+        curve=curve,
+        pickup_pct=b.get_float("pickup_pct", 105.0, minval=100.0, maxval=200.0),
+        tms=b.get_float("tms", 1.0, above=0.0, maxval=10.0),
+        continuous_pct=b.get_float("continuous_pct", DEFAULT_CONTINUOUS_PCT, 10.0, 100.0),
+    )
+    b.check_unused()
+    return brk
+
+
+def _feeder(sec: Section, names: _Names) -> Feeder:
+    name = names.claim(sec)
+    f = Feeder(
+        name=name,
+        voltage_v=sec.get_float("voltage_v", 415.0, minval=100.0, maxval=36_000.0),
+        breaker=_breaker(sec),
+        unit_id=_unit_id(sec, "unit_id"),
+        power_factor=sec.get_float("power_factor", DEFAULT_POWER_FACTOR, 0.5, 1.0),
+    )
+    sec.check_unused()
+    return f
+
+
+def _pdu(sec: Section, names: _Names, feeders: set[str]) -> Pdu:
+    name = names.claim(sec)
+    d = Pdu(
+        name=name,
+        feeder=_ref(sec, "feeder", feeders, "feeder"),
+        voltage_v=sec.get_float("voltage_v", 415.0, minval=100.0, maxval=36_000.0),
+        breaker=_breaker(sec),
+        unit_id=_unit_id(sec, "unit_id"),
+        power_factor=sec.get_float("power_factor", DEFAULT_POWER_FACTOR, 0.5, 1.0),
+    )
+    sec.check_unused()
+    return d
+
+
+def _loop(sec: Section, names: _Names, feeders: set[str], design_ambient: float) -> Loop:
+    name = names.claim(sec)
+    volume = sec.get_float("volume_l", minval=200.0, maxval=2_000_000.0)
+    glycol = sec.get_float("glycol_pct", 30.0, minval=0.0, maxval=60.0)
+    setpoint = sec.get_float("supply_setpoint_c", 32.0, minval=10.0, maxval=50.0)
+    alarm = sec.get_float("supply_alarm_c", 45.0, above=setpoint, maxval=65.0)
+    feeder = _ref(sec, "feeder", feeders, "feeder")
+    pumps = []
+    for ps in sec.get_sections("pumps", []):
+        pname = names.claim(ps, prefix=name)
+        pumps.append(
+            Pump(
+                name=pname,
+                loop=name,
+                rated_flow_m3h=ps.get_float("rated_flow_m3h", minval=1.0, maxval=20_000.0),
+                rated_head_kpa=ps.get_float("rated_head_kpa", 250.0, minval=10.0, maxval=2_000.0),
+                rated_power_kw=ps.get_float("rated_power_kw", minval=0.1, maxval=2_000.0),
+                min_speed_pct=ps.get_float("min_speed_pct", 20.0, minval=0.0, maxval=90.0),
+                unit_id=_unit_id(ps, "unit_id"),
+            )
+        )
+        ps.check_unused()
+    if not pumps:
+        raise sec.error("pumps", f"loop '{name}' has no pump: nothing would circulate it")
+    coolers = []
+    for ds in sec.get_sections("dry_coolers", []):
+        dname = names.claim(ds, prefix=name)
+        approach = ds.get_float("design_approach_k", 6.0, minval=2.0, maxval=25.0)
+        coolers.append(
+            DryCooler(
+                name=dname,
+                loop=name,
+                capacity_kw=ds.get_float("capacity_kw", minval=10.0, maxval=50_000.0),
+                design_approach_k=approach,
+                design_ambient_c=ds.get_float(
+                    "design_ambient_c", design_ambient, minval=-10.0, maxval=55.0
+                ),
+                fans=ds.get_int("fans", 8, minval=1, maxval=64),
+                fan_power_kw=ds.get_float("fan_power_kw", 2.5, minval=0.1, maxval=50.0),
+                unit_id=_unit_id(ds, "unit_id"),
+            )
+        )
+        ds.check_unused()
+    if not coolers:
+        raise sec.error("dry_coolers", f"loop '{name}' has no dry cooler: heat has nowhere to go")
+    total_flow = sum(p.rated_flow_m3h for p in pumps)
+    min_flow = sec.get_float("min_flow_m3h", 0.25 * total_flow / len(pumps), minval=0.0)
+    if min_flow >= total_flow:
+        raise sec.error(
+            "min_flow_m3h",
+            f"{min_flow:g} m3/h is not below the pumps' combined rated flow {total_flow:g} m3/h",
+        )
+    lp = Loop(
+        name=name,
+        volume_l=volume,
+        glycol_pct=glycol,
+        supply_setpoint_c=setpoint,
+        supply_alarm_c=alarm,
+        min_flow_m3h=min_flow,
+        low_flow_trip_s=sec.get_float("low_flow_trip_s", 10.0, minval=1.0, maxval=600.0),
+        feeder=feeder,
+        pumps=tuple(pumps),
+        dry_coolers=tuple(coolers),
+    )
+    sec.check_unused()
+    return lp
+
+
+_WORKLOAD_DEFAULTS = {
+    # unit_power_kw, unit_idle_kw, chip_r (K/kW), chip throttle, chip trip, fluid sp/alarm/trip
+    "asic": (5.5, 0.15, 6.0, 85.0, 95.0, 50.0, 60.0, 65.0),
+    "gpu": (10.2, 1.6, 3.0, 87.0, 95.0, 45.0, 55.0, 60.0),
+}
+
+
+def _tank(sec: Section, names: _Names, loops: set[str], pdus: set[str]) -> Tank:
+    name = names.claim(sec)
+    workload = sec.get_str("workload", choices=("asic", "gpu"))
+    d = _WORKLOAD_DEFAULTS[workload]
+    volume = sec.get_float("volume_l", minval=100.0, maxval=10_000.0)
+    units = sec.get_int("units", minval=1, maxval=500)
+    unit_kw = sec.get_float("unit_power_kw", d[0], minval=0.1, maxval=50.0)
+    sp = sec.get_float("fluid_setpoint_c", d[5], minval=20.0, maxval=70.0)
+    alarm = sec.get_float("fluid_alarm_c", d[6], above=sp, maxval=80.0)
+    trip = sec.get_float("fluid_trip_c", d[7], above=alarm, maxval=90.0)
+    throttle = sec.get_float("chip_throttle_c", d[3], above=trip, maxval=110.0)
+    chip_trip = sec.get_float("chip_trip_c", d[4], above=throttle, maxval=125.0)
+    default_class = "mining" if workload == "asic" else "inference"
+    wclass = sec.get_str(
+        "workload_class", default_class, choices=("mining", "inference", "training")
+    )
+    if workload == "asic" and wclass != "mining":
+        raise sec.error("workload_class", "ASIC miners can only run the 'mining' class")
+    if workload == "gpu" and wclass == "mining":
+        raise sec.error("workload_class", "GPU tanks run 'inference' or 'training'")
+    t = Tank(
+        name=name,
+        workload=workload,
+        volume_l=volume,
+        fluid_density_kg_l=sec.get_float("fluid_density_kg_l", 0.80, minval=0.6, maxval=1.9),
+        fluid_cp_kj_kgk=sec.get_float("fluid_cp_kj_kgk", 2.1, minval=1.0, maxval=4.2),
+        units=units,
+        unit_power_kw=unit_kw,
+        unit_idle_kw=sec.get_float("unit_idle_kw", d[1], minval=0.0, below=unit_kw),
+        chip_r_k_per_kw=sec.get_float("chip_r_k_per_kw", d[2], above=0.0, maxval=50.0),
+        hx_ua_kw_k=sec.get_float("hx_ua_kw_k", minval=1.0, maxval=1_000.0),
+        dielectric_flow_l_s=sec.get_float("dielectric_flow_l_s", minval=0.5, maxval=100.0),
+        design_water_flow_m3h=sec.get_float("design_water_flow_m3h", minval=1.0, maxval=500.0),
+        loop=_ref(sec, "loop", loops, "loop"),
+        pdu=_ref(sec, "pdu", pdus, "PDU"),
+        unit_id=_unit_id(sec, "unit_id", 1),
+        limits=TankLimits(
+            fluid_setpoint_c=sp,
+            fluid_alarm_c=alarm,
+            fluid_trip_c=trip,
+            chip_throttle_c=throttle,
+            chip_trip_c=chip_trip,
+            rate_alarm_c_per_min=sec.get_float("rate_alarm_c_per_min", 1.0, above=0.0),
+        ),
+        workload_class=wclass,
+    )
+    kw = t.rated_kw
+    if not 20.0 <= kw <= 600.0:
+        raise sec.error(
+            "units", f"{units} x {unit_kw:g} kW = {kw:g} kW is not a credible tank load"
+        )
+    sec.check_unused()
+    return t
+
+
+def _cdu(sec: Section, names: _Names, loops: set[str]) -> Cdu:
+    name = names.claim(sec)
+    sp = sec.get_float("supply_setpoint_c", 40.0, minval=15.0, maxval=50.0)
+    alarm = sec.get_float("supply_alarm_c", 48.0, above=sp, maxval=60.0)
+    c = Cdu(
+        name=name,
+        loop=_ref(sec, "loop", loops, "loop"),
+        tcs_volume_l=sec.get_float("tcs_volume_l", 400.0, minval=20.0, maxval=20_000.0),
+        hx_ua_kw_k=sec.get_float("hx_ua_kw_k", minval=1.0, maxval=2_000.0),
+        tcs_flow_l_s=sec.get_float("tcs_flow_l_s", minval=0.5, maxval=200.0),
+        design_water_flow_m3h=sec.get_float("design_water_flow_m3h", minval=1.0, maxval=1_000.0),
+        supply_setpoint_c=sp,
+        supply_alarm_c=alarm,
+        supply_trip_c=sec.get_float("supply_trip_c", 52.0, above=alarm, maxval=70.0),
+        unit_id=_unit_id(sec, "unit_id"),
+    )
+    sec.check_unused()
+    return c
+
+
+def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> RackRow:
+    name = names.claim(sec)
+    node_kw = sec.get_float("node_power_kw", 10.2, minval=0.5, maxval=150.0)
+    throttle = sec.get_float("chip_throttle_c", 87.0, minval=60.0, maxval=105.0)
+    r = RackRow(
+        name=name,
+        cdu=_ref(sec, "cdu", cdus, "CDU"),
+        pdu=_ref(sec, "pdu", pdus, "PDU"),
+        nodes=sec.get_int("nodes", minval=1, maxval=2_000),
+        node_power_kw=node_kw,
+        node_idle_kw=sec.get_float("node_idle_kw", 1.6, minval=0.0, below=node_kw),
+        gpus_per_node=sec.get_int("gpus_per_node", 8, minval=1, maxval=16),
+        gpu_r_k_per_w=sec.get_float("gpu_r_k_per_w", 0.03, above=0.0, maxval=1.0),
+        chip_throttle_c=throttle,
+        chip_trip_c=sec.get_float("chip_trip_c", 95.0, above=throttle, maxval=120.0),
+        unit_id=_unit_id(sec, "unit_id", 1),
+        workload_class=sec.get_str("workload_class", "training", ("inference", "training")),
+    )
+    sec.check_unused()
+    return r
+
+
+def _control_loop(sec: Section, names: _Names, pmap: object) -> ControlLoop:
+    name = names.claim(sec)
+    by_name = pmap.by_name  # type: ignore[attr-defined]
+    meas = sec.get_str("measurement")
+    if meas not in by_name:
+        raise sec.error("measurement", f"no point named '{meas}' (see `thermogate points`)")
+    acts = sec.get_str_list("actuators")
+    for act in acts:
+        if act not in by_name:
+            raise sec.error("actuators", f"no point named '{act}' (see `thermogate points`)")
+        p = by_name[act]
+        if not p.writable or p.table != "holding":
+            raise sec.error("actuators", f"point '{act}' is not a writable holding register")
+    actp = by_name[acts[0]]
+    out_min = sec.get_float("out_min", actp.min if actp.min is not None else 0.0)
+    out_max = sec.get_float("out_max", actp.max if actp.max is not None else 100.0, above=out_min)
+    if actp.min is not None and out_min < actp.min:
+        raise sec.error("out_min", f"{out_min:g} is below the actuator's range {actp.min:g}")
+    if actp.max is not None and out_max > actp.max:
+        raise sec.error("out_max", f"{out_max:g} is above the actuator's range {actp.max:g}")
+    c = ControlLoop(
+        name=name,
+        measurement=meas,
+        actuators=tuple(acts),
+        setpoint=sec.get_float("setpoint"),
+        kp=sec.get_float("kp", minval=0.0, maxval=1e4),
+        ki=sec.get_float("ki", 0.0, minval=0.0, maxval=1e4),
+        kd=sec.get_float("kd", 0.0, minval=0.0, maxval=1e4),
+        out_min=out_min,
+        out_max=out_max,
+        slew_per_s=sec.get_float("slew_per_s", 5.0, above=0.0),
+        action=sec.get_str("action", "direct", ("direct", "reverse")),
+    )
+    sec.check_unused()
+    return c
+
+
+def _check_electrical(root: Section, site: Site) -> None:
+    """A PDU's rated load may not exceed its breaker; feeders may not exceed the import."""
+    load: dict[str, float] = {d.name: 0.0 for d in site.pdus}
+    for t in site.tanks:
+        load[t.pdu] += t.rated_kw
+    for r in site.rack_rows:
+        load[r.pdu] += r.rated_kw
+    for i, d in enumerate(site.pdus):
+        if load[d.name] > d.rating_kw:
+            raise ConfigError(
+                root.file,
+                f"pdus[{i}].rating_a",
+                f"PDU '{d.name}' carries {load[d.name]:.0f} kW of rated load, more than its"
+                f" breaker allows ({d.rating_kw:.0f} kW at {d.voltage_v:g} V)",
+            )
+    for i, f in enumerate(site.feeders):
+        if f.rating_kw > 4.0 * site.import_limit_kw:
+            raise ConfigError(
+                root.file,
+                f"feeders[{i}].rating_a",
+                f"feeder '{f.name}' ({f.rating_kw:.0f} kW) is implausibly large for a site"
+                f" importing at most {site.import_limit_kw:g} kW",
+            )
