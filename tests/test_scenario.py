@@ -1,0 +1,611 @@
+"""Scenario inputs: CSV time series, synthetic generators, TOML scenarios."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thermogate.hil.scenario import (
+    FAULT_KINDS,
+    FaultSpec,
+    FaultTarget,
+    GridEvent,
+    SyntheticPrices,
+    SyntheticWeather,
+    TimeSeries,
+    list_builtin_scenarios,
+    load_prices_csv,
+    load_scenario,
+    load_weather_csv,
+    parse_scenario,
+)
+from thermogate.plc.errors import ConfigError, DataFileError
+
+
+def write(tmp_path: Path, text: str, name: str = "data.csv", raw: bytes | None = None) -> Path:
+    p = tmp_path / name
+    if raw is not None:
+        p.write_bytes(raw)
+    else:
+        p.write_text(text, encoding="utf-8", newline="")
+    return p
+
+
+def bad_csv(tmp_path: Path, text: str, loader=load_weather_csv) -> DataFileError:
+    with pytest.raises(DataFileError) as info:
+        loader(write(tmp_path, text))
+    return info.value
+
+
+def bad_toml(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_scenario(text, "s.toml")
+    return info.value
+
+
+# -- time column --------------------------------------------------------------
+
+
+def test_iso_times_parse_to_seconds_from_first_sample_with_start(tmp_path):
+    w = load_weather_csv(
+        write(tmp_path, "time,ambient_c\n2024-07-15T00:00:00,10\n2024-07-15 01:30,13\n")
+    )
+    assert w.ambient_c.t_s.tolist() == [0.0, 5400.0]
+    assert w.start == datetime(2024, 7, 15)
+    assert w.duration == 5400.0
+
+
+def test_seconds_times_parse_int_and_float_without_start(tmp_path):
+    w = load_weather_csv(write(tmp_path, "time,ambient_c\n100,10\n160.5,11\n400,12\n"))
+    assert w.ambient_c.t_s.tolist() == [0.0, 60.5, 300.0]
+    assert w.start is None
+
+
+def test_date_only_times_parse_as_midnight(tmp_path):
+    p = load_prices_csv(write(tmp_path, "time,price_per_mwh\n2024-01-01,50\n2024-01-02,60\n"))
+    assert p.duration == 86400.0
+    assert p.start == datetime(2024, 1, 1)
+
+
+def test_time_zones_are_normalised_to_utc(tmp_path):
+    text = (
+        "time,ambient_c\n"
+        "2024-03-31T00:00:00+01:00,5\n"  # 23:00Z the day before
+        "2024-03-30T23:30:00Z,6\n"
+        "2024-03-31T02:00:00+02:00,7\n"  # 00:00Z
+    )
+    w = load_weather_csv(write(tmp_path, text))
+    assert w.start == datetime(2024, 3, 30, 23, 0, tzinfo=UTC)
+    assert w.ambient_c.t_s.tolist() == [0.0, 1800.0, 3600.0]
+
+
+def test_hour_24_means_midnight_of_next_day(tmp_path):
+    w = load_weather_csv(
+        write(tmp_path, "time,ambient_c\n2024-01-01 23:00,1\n2024-01-01 24:00,2\n")
+    )
+    assert w.ambient_c.t_s.tolist() == [0.0, 3600.0]
+
+
+# -- interpolation, clamping, wrap --------------------------------------------
+
+
+def test_interpolates_linearly_between_samples_and_clamps_at_ends():
+    s = TimeSeries(np.array([0.0, 100.0, 300.0]), np.array([10.0, 20.0, 0.0]))
+    assert s.at(50) == pytest.approx(15.0)
+    assert s.at(200) == pytest.approx(10.0)
+    assert s.at(-5) == 10.0
+    assert s.at(1e6) == 0.0
+    x = np.array([-5.0, 0.0, 50.0, 200.0, 300.0, 1e6])
+    np.testing.assert_allclose(s.at_many(x), [s.at(v) for v in x])
+
+
+def test_step_interpolation_holds_each_value_until_the_next_sample():
+    s = TimeSeries(
+        np.array([0.0, 3600.0, 7200.0]), np.array([50.0, 80.0, -5.0]), interpolation="step"
+    )
+    assert s.at(3599) == 50.0
+    assert s.at(3600) == 80.0
+    assert s.at(9000) == -5.0
+    np.testing.assert_array_equal(s.at_many([0, 3599, 3600, 9000, -1]), [50, 50, 80, -5, 50])
+
+
+def test_wrap_repeats_with_period_of_span_plus_last_interval():
+    # Hourly 00:00..23:00 -> repeats every 24 h; 23:00..24:00 ramps back to the first value.
+    t = np.arange(24) * 3600.0
+    v = np.arange(24, dtype=float)
+    s = TimeSeries(t, v, wrap=True)
+    assert s.period_s == 86400.0
+    assert s.at(86400 * 9 + 5 * 3600) == pytest.approx(5.0)  # a 1-day file drives day 10
+    assert s.at(23.5 * 3600) == pytest.approx(11.5)  # halfway from 23 back to 0
+    assert s.at(-3600) == pytest.approx(23.0)
+    x = np.linspace(-1e5, 1e6, 997)
+    np.testing.assert_allclose(s.at_many(x), [s.at(float(v)) for v in x], atol=1e-9)
+
+
+def test_wrap_with_explicit_period_for_files_that_close_the_cycle():
+    s = TimeSeries(
+        np.array([0.0, 43200.0, 86400.0]), np.array([10.0, 20.0, 10.0]), wrap=True, period_s=86400.0
+    )
+    assert s.at(86400.0 + 21600.0) == pytest.approx(15.0)
+    assert s.with_wrap(False).at(2e5) == 10.0
+
+
+def test_time_series_rejects_bad_construction():
+    with pytest.raises(ValueError):
+        TimeSeries(np.array([0.0]), np.array([1.0]))
+    with pytest.raises(ValueError):
+        TimeSeries(np.array([0.0, 0.0]), np.array([1.0, 2.0]))
+    with pytest.raises(ValueError):
+        TimeSeries(np.array([5.0, 6.0]), np.array([1.0, 2.0]))
+
+
+# -- tolerated real-world formatting -------------------------------------------
+
+
+def test_bom_crlf_comments_blank_lines_trailing_commas_are_tolerated(tmp_path):
+    text = (
+        "# station: Example AWS, exported 2024-07-16\r\n"
+        "\r\n"
+        " Time , RH_pct,Ambient_C ,station_id,,\r\n"
+        "# sensor cleaned at 01:00\r\n"
+        "2024-07-15T00:00:00Z,80,15.5,42,,\r\n"
+        "\r\n"
+        ",,,\r\n"
+        "2024-07-15T01:00:00Z,,16.5,42\r\n"
+        "2024-07-15T02:00:00Z,70,17.5,42,,\r\n"
+    )
+    w = load_weather_csv(write(tmp_path, "", raw=b"\xef\xbb\xbf" + text.encode()))
+    assert w.ambient_c.values.tolist() == [15.5, 16.5, 17.5]
+    assert w.rh_pct is not None
+    assert w.rh_pct.values.tolist() == [80.0, 75.0, 70.0]  # empty cell interpolated
+    assert w.ghi_wm2 is None
+    assert w.at(1800).ambient_c == pytest.approx(16.0)
+    assert w.at(0).ghi_wm2 is None
+
+
+def test_semicolon_export_with_decimal_commas(tmp_path):
+    p = load_prices_csv(write(tmp_path, "time;price_per_mwh\n0;-12,5\n3600;80,25\n"))
+    assert p.values.tolist() == [-12.5, 80.25]
+
+
+def test_pyranometer_night_offset_is_clamped_to_zero(tmp_path):
+    w = load_weather_csv(write(tmp_path, "time,ambient_c,ghi_wm2\n0,10,-3.2\n60,10,0\n"))
+    assert w.ghi_wm2 is not None
+    assert w.ghi_wm2.values.tolist() == [0.0, 0.0]
+
+
+def test_negative_prices_are_accepted(tmp_path):
+    p = load_prices_csv(write(tmp_path, "time,price_per_mwh\n0,-250\n3600,40\n"))
+    assert p.at(10) == -250.0  # step: the hour's price holds
+
+
+# -- bad CSV: the error names line and column --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("time,ambient_c\n0,10\n60,\n", 3, "ambient_c"),  # empty required cell
+        ("time,ambient_c\n0,10\n60,warm\n", 3, "ambient_c"),  # non-numeric
+        ("time,ambient_c\n0,10\n60,nan\n", 3, "ambient_c"),  # NaN is not a reading
+        ("time,ambient_c\n0,10\n# note\n60,75\n", 4, "ambient_c"),  # °F, not °C
+        ("time,ambient_c\n0,-61\n60,1\n", 2, "ambient_c"),
+        ("time,ambient_c,ghi_wm2\n0,10,100\n60,10,1600\n", 3, "ghi_wm2"),
+        ("time,ambient_c,ghi_wm2\n0,10,-50\n60,10,1\n", 2, "ghi_wm2"),
+        ("time,ambient_c,rh_pct\n0,10,50\n60,10,101\n", 3, "rh_pct"),
+        ("time,ambient_c,rh_pct\n0,10,dry\n60,10,50\n", 2, "rh_pct"),
+        ("time,ambient_c\n0,10\n60,11\n60,12\n", 4, "time"),  # duplicate
+        ("time,ambient_c\n0,10\n60,11\n30,12\n", 4, "time"),  # backwards
+        ("time,ambient_c\n0,10\n\n,11\n", 4, "time"),  # empty time
+        ("time,ambient_c\n2024-01-01T00:00,10\n15/01/2024 10:00,11\n", 3, "time"),
+        ("time,ambient_c\n2024-01-01T00:00,10\n3600,11\n", 3, "time"),  # mixed conventions
+        ("time,ambient_c\n2024-01-01T00:00Z,10\n2024-01-01T01:00,11\n", 3, "time"),  # tz mixed
+        ("time,ambient_c\n0,10\ninf,11\n", 3, "time"),
+        ("ambient_c,ghi_wm2\n10,0\n11,0\n", 1, "time"),  # missing column: header line
+        ("time,temp\n0,10\n60,11\n", 1, "ambient_c"),
+    ],
+)
+def test_bad_weather_csv_names_line_and_column(tmp_path, text, line, column):
+    err = bad_csv(tmp_path, text)
+    assert (err.line, err.column) == (line, column), str(err)
+    assert str(tmp_path / "data.csv") in str(err)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [
+        ("time,price_per_mwh\n0,50\n3600,100001\n", 3, "price_per_mwh"),
+        ("time,price_per_mwh\n0,50\n3600,-1e6\n", 3, "price_per_mwh"),
+        ("time,price_per_mwh\n0,50\n3600,inf\n", 3, "price_per_mwh"),
+        ('time,price_per_mwh\n0,50\n3600,"1,234"\n', 3, "price_per_mwh"),
+    ],
+)
+def test_bad_price_csv_names_line_and_column(tmp_path, text, line, column):
+    err = bad_csv(tmp_path, text, load_prices_csv)
+    assert (err.line, err.column) == (line, column), str(err)
+
+
+def test_missing_column_error_lists_the_header_found(tmp_path):
+    err = bad_csv(tmp_path, "# c\nTime,Temp_C\n0,1\n1,2\n")
+    assert err.line == 2
+    assert err.column == "ambient_c"
+    assert "'Time', 'Temp_C'" in err.reason
+
+
+def test_fewer_than_two_samples_is_an_error(tmp_path):
+    err = bad_csv(tmp_path, "time,ambient_c\n0,10\n")
+    assert "at least 2 samples" in err.reason
+    assert "found 0" in bad_csv(tmp_path, "time,ambient_c\n# no data\n").reason
+
+
+def test_empty_file_and_missing_file_are_data_file_errors(tmp_path):
+    assert "no header" in bad_csv(tmp_path, "# only a comment\n\n").reason
+    with pytest.raises(DataFileError, match="file not found"):
+        load_weather_csv(tmp_path / "nope.csv")
+
+
+def test_extra_fields_beyond_the_header_are_an_error(tmp_path):
+    err = bad_csv(tmp_path, "time,ambient_c\n0,12\n60,12,5\n")  # decimal comma
+    assert err.line == 3
+    assert "decimal comma" in err.reason
+
+
+def test_repeated_local_hour_hints_at_daylight_saving(tmp_path):
+    err = bad_csv(
+        tmp_path, "time,ambient_c\n2024-10-27 02:00,5\n2024-10-27 03:00,5\n2024-10-27 03:00,5\n"
+    )
+    assert err.line == 4
+    assert "daylight-saving" in err.reason
+
+
+def test_hourly_tmy_file_of_8760_rows_loads_quickly(tmp_path):
+    t0 = datetime(2023, 1, 1)
+    rows = ["# TMY-style hourly file, one year", "time,ambient_c,ghi_wm2,rh_pct,wind_ms"]
+    for h in range(8760):
+        amb = (
+            10
+            + 12 * math.sin(2 * math.pi * (h / 8760 - 0.3))
+            + 5 * math.sin(2 * math.pi * (h % 24 - 9) / 24)
+        )
+        ghi = max(0.0, 700 * math.sin(math.pi * (h % 24 - 6) / 14)) if 6 < h % 24 < 20 else 0.0
+        rows.append(f"{(t0 + timedelta(hours=h)).isoformat()},{amb:.1f},{ghi:.0f},{60:.0f},3.2")
+    p = write(tmp_path, "\r\n".join(rows) + "\r\n")
+    start = time.perf_counter()
+    w = load_weather_csv(p, wrap=True)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 2.0, elapsed
+    assert len(w.ambient_c) == 8760
+    assert w.ambient_c.period_s == 8760 * 3600.0
+    grid = np.arange(0, 8760 * 3600, 60.0)  # a year at 1 min, vectorised
+    amb = w.ambient_c.at_many(grid)
+    assert amb.shape == grid.shape and np.all(np.isfinite(amb))
+    assert w.at(8760 * 3600 + 3600).ambient_c == pytest.approx(w.at(3600).ambient_c)
+
+
+# -- synthetic generators ----------------------------------------------------------
+
+
+def test_synthetic_weather_is_deterministic_for_a_seed_and_within_bounds():
+    gen = SyntheticWeather(seed=5, min_c=12, max_c=24, noise_c=1.0, cloudiness=0.5)
+    a = gen.generate(3 * 86400)
+    b = SyntheticWeather(seed=5, min_c=12, max_c=24, noise_c=1.0, cloudiness=0.5).generate(
+        3 * 86400
+    )
+    c = SyntheticWeather(seed=6, min_c=12, max_c=24, noise_c=1.0, cloudiness=0.5).generate(
+        3 * 86400
+    )
+    np.testing.assert_array_equal(a.ambient_c.values, b.ambient_c.values)
+    assert not np.array_equal(a.ambient_c.values, c.ambient_c.values)
+    assert a.ambient_c.values.min() >= 12 and a.ambient_c.values.max() <= 24
+    assert a.ghi_wm2 is not None and a.rh_pct is not None
+    assert a.ghi_wm2.values.min() >= 0 and a.ghi_wm2.values.max() <= 800
+    assert a.at(2 * 3600).ghi_wm2 == 0.0  # night
+    assert a.rh_pct.values.min() >= 0 and a.rh_pct.values.max() <= 100
+
+
+def test_synthetic_weather_peaks_in_the_afternoon_and_wraps_daily():
+    w = SyntheticWeather(seed=1, noise_c=0.0, peak_hour=15).generate(86400)
+    t = np.arange(0, 86400, 300.0)
+    assert t[np.argmax(w.ambient_c.at_many(t))] == 15 * 3600
+    assert w.at(5 * 86400 + 15 * 3600).ambient_c == pytest.approx(24.0)
+
+
+def test_synthetic_prices_deterministic_with_evening_peak_and_optional_negative_dip():
+    gen = SyntheticPrices(seed=2, solar_dip_per_mwh=120, noise_per_mwh=0, spikes_per_day=0)
+    p = gen.generate(86400)
+    assert np.array_equal(p.values, gen.generate(86400).values)
+    hourly = p.at_many(np.arange(24) * 3600.0)
+    assert int(np.argmax(hourly)) in (18, 19)
+    assert hourly.min() < 0  # the midday solar dip goes negative
+    spiky = SyntheticPrices(seed=2, spikes_per_day=4, spike_per_mwh=500).generate(5 * 86400)
+    assert spiky.values.max() > 400
+
+
+def test_synthetic_generator_rejects_inverted_bounds():
+    with pytest.raises(ValueError, match="max_c"):
+        SyntheticWeather(min_c=30, max_c=20)
+
+
+# -- grid events and faults ------------------------------------------------------
+
+
+def test_fault_target_parses_to_category_and_name():
+    f = FaultSpec(7200, "pump:loop1.pump_a", "trip")
+    assert f.target == ("pump", "loop1.pump_a")
+    assert (f.category, f.name) == ("pump", "loop1.pump_a")
+    assert f.permanent and f.active(1e9) and not f.active(7199)
+    assert FaultTarget.parse("sensor:tank03.fluid_temp") == ("sensor", "tank03.fluid_temp")
+    assert "nan" in FAULT_KINDS["sensor"]
+
+
+def test_fault_kind_must_match_the_target_category():
+    with pytest.raises(ValueError, match="not a pump fault"):
+        FaultSpec(0, "pump:loop1.pump_a", "stuck")
+
+
+def test_curtail_fraction_resolves_against_the_site_import_limit():
+    e = GridEvent(at_s=100, kind="curtail", duration_s=50, limit_fraction=0.6)
+    assert e.import_limit_kw(2000) == pytest.approx(1200)
+    assert e.active(100) and e.active(149.9) and not e.active(150)
+
+
+# -- TOML scenarios ------------------------------------------------------------------
+
+FULL = """
+name = "my-test"
+description = "all features"
+duration = "PT12H"
+
+[weather]
+source = "synthetic"
+seed = 3
+min_c = 10
+max_c = 20
+
+[prices]
+seed = 4
+solar_dip_per_mwh = 80
+
+[[grid_events]]
+at = "06:30"
+kind = "frequency"
+duration_s = 60
+params = { frequency_hz = 49.8 }
+
+[[grid_events]]
+at_s = 3600
+kind = "curtail"
+duration_s = 1800
+params = { limit_kw = 500 }
+
+[[grid_events]]
+at = "PT2H"
+kind = "price"
+duration_s = 900
+params = { price_per_mwh = 3000 }
+
+[[faults]]
+at_s = 600
+target = "device:cdu1"
+kind = "exception"
+duration_s = 120
+params = { code = 6 }
+
+[[faults]]
+at = "01:00"
+target = "leak:tank04"
+kind = "leak"
+
+[initial]
+tank01.fluid_temp_c = 45.0
+"loop1.supply_temp_c" = 30
+"""
+
+
+def test_toml_scenario_with_every_feature_parses():
+    s = parse_scenario(FULL, "full.toml")
+    assert s.name == "my-test" and s.duration_s == 12 * 3600
+    assert [e.kind for e in s.grid_events] == ["curtail", "price", "frequency"]  # sorted by time
+    assert s.grid_events[2].at_s == 6.5 * 3600
+    assert s.frequency_hz_at(6.5 * 3600 + 10) == 49.8
+    assert s.frequency_hz_at(0, nominal_hz=60) == 60
+    assert s.import_limit_kw_at(3700, 2000) == 500
+    assert s.price_at(7300) == 3000 and s.market_price_at(7300) != 3000
+    assert s.faults[0].params == {"code": 6} and s.faults[1].permanent
+    assert dict(s.initial) == {"tank01.fluid_temp_c": 45.0, "loop1.supply_temp_c": 30.0}
+
+
+def test_absolute_event_times_resolve_against_the_scenario_start():
+    s = parse_scenario(
+        """
+        start = 2024-07-15T00:00:00+02:00
+        [[grid_events]]
+        at = "2024-07-15T20:00:00+02:00"
+        kind = "curtail"
+        duration_s = 3600
+        params = { limit_fraction = 0.5 }
+        """
+    )
+    assert s.start == datetime(2024, 7, 14, 22, tzinfo=UTC)
+    assert s.grid_events[0].at_s == 20 * 3600
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("nmae = 'x'", "nmae"),
+        ("duration_s = -5", "duration_s"),
+        ("duration_s = 'long'", "duration_s"),
+        ("[weather]\nmax_c = 70", "weather.max_c"),
+        ("[weather]\nmin_c = 20\nmax_c = 10", "weather.max_c"),
+        ("[weather]\nseed = 1.5", "weather.seed"),
+        ("[weather]\nsource = 'api'", "weather.source"),
+        ("[weather]\nsource = 'csv'", "weather.path"),
+        ("[weather]\nsource = 'csv'\npath = 'missing.csv'", "weather.path"),
+        ("[prices]\nspikes = 3", "prices.spikes"),
+        ("[[grid_events]]\nat_s = 10\nkind = 'outage'\nduration_s = 5", "grid_events[0].kind"),
+        (
+            "[[grid_events]]\nat_s = 10\nkind = 'curtail'\nduration_s = -5\n"
+            "params = {limit_kw = 1}",
+            "grid_events[0].duration_s",
+        ),
+        (
+            "[[grid_events]]\nat_s = 10\nkind = 'curtail'\nduration_s = 5",
+            "grid_events[0].params.limit_kw",
+        ),
+        (
+            "[[grid_events]]\nat_s = 10\nkind = 'curtail'\nduration_s = 5\n"
+            "params = {limit_fraction = 1.5}",
+            "grid_events[0].params.limit_fraction",
+        ),
+        (
+            "[[grid_events]]\nat_s = 10\nkind = 'frequency'\nduration_s = 5\n"
+            "params = {limit_kw = 1}",
+            "grid_events[0].params.limit_kw",
+        ),
+        (
+            "[[grid_events]]\nat_s = 10\nkind = 'frequency'\nduration_s = 5\n"
+            "params = {frequency_hz = 80}",
+            "grid_events[0].params.frequency_hz",
+        ),
+        ("[[grid_events]]\nat = 'tonight'\nkind = 'price'\nduration_s = 5", "grid_events[0].at"),
+        (
+            "[[grid_events]]\nat = '2024-07-15T18:00:00'\nkind = 'price'\nduration_s = 5\n"
+            "params = {price_per_mwh = 1}",
+            "grid_events[0].at",
+        ),  # absolute, but no start
+        ("[[faults]]\nat_s = 10\ntarget = 'pump:p1'\nkind = 'trip'\nextra = 1", "faults[0].extra"),
+        ("[[faults]]\nat_s = -1\ntarget = 'pump:p1'\nkind = 'trip'", "faults[0].at_s"),
+        ("[[faults]]\nat_s = 90000\ntarget = 'pump:p1'\nkind = 'trip'", "faults[0].at_s"),
+        ("[[faults]]\nat_s = 1\ntarget = 'valve:v1'\nkind = 'trip'", "faults[0].target"),
+        ("[[faults]]\nat_s = 1\ntarget = 'pump1'\nkind = 'trip'", "faults[0].target"),
+        ("[[faults]]\nat_s = 1\ntarget = 'pump:p1'\nkind = 'drift'", "faults[0].kind"),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'sensor:t1.temp'\nkind = 'drift'",
+            "faults[0].params.rate_per_h",
+        ),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'sensor:t1.temp'\nkind = 'spike'\n"
+            "params = {magnitude = 5, p = 1.5}",
+            "faults[0].params.p",
+        ),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'device:cdu1'\nkind = 'exception'\nparams = {code = 7}",
+            "faults[0].params.code",
+        ),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'device:cdu1'\nkind = 'timeout'\nparams = {code = 4}",
+            "faults[0].params.code",
+        ),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'fan:dc1'\nkind = 'trip'\nduration_s = 0",
+            "faults[0].duration_s",
+        ),
+        ("faults = 3", "faults"),
+        ("[initial]\ntank01 = 'hot'", "initial.tank01"),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'sensor:t1.temp'\nkind = 'stuck'\nparams = {value = 5}",
+            "faults[0].params.value",
+        ),
+    ],
+)
+def test_toml_validation_errors_name_the_key(text, key):
+    err = bad_toml(text)
+    assert err.key == key, str(err)
+    assert err.file == "s.toml"
+
+
+def test_toml_syntax_error_reports_the_line():
+    err = bad_toml("name = 'x'\nduration_s = = 5\n")
+    assert "line 2" in err.reason
+
+
+def test_csv_sources_resolve_relative_to_the_scenario_file_and_must_cover_it(tmp_path):
+    write(tmp_path, "time,ambient_c\n0,10\n3600,12\n", name="short.csv")
+    toml = tmp_path / "s.toml"
+    toml.write_text("duration_s = 7200\n[weather]\nsource = 'csv'\npath = 'short.csv'\n")
+    s = load_scenario(toml)  # 2 samples cover 0..2 h (the last stands for one interval)
+    assert s.weather_at(1800).ambient_c == pytest.approx(11.0)
+    toml.write_text("duration_s = 36000\n[weather]\nsource = 'csv'\npath = 'short.csv'\n")
+    with pytest.raises(ConfigError) as info:
+        load_scenario(toml)
+    assert info.value.key == "weather.path" and "wrap" in info.value.reason
+    toml.write_text(
+        "duration_s = 36000\n[weather]\nsource = 'csv'\npath = 'short.csv'\nwrap = true\n"
+    )
+    assert load_scenario(toml).weather_at(7200 + 1800).ambient_c == pytest.approx(11.0)
+
+
+def test_csv_overrides_replace_a_builtin_source(tmp_path):
+    day = "\n".join(f"{h * 3600},{20 + h % 3}" for h in range(12))  # half a day
+    weather = write(tmp_path, "time,ambient_c\n" + day + "\n", name="w.csv")
+    prices = write(
+        tmp_path, "time,price_per_mwh\n2024-07-15T00:00Z,10\n2024-07-16T00:00Z,20\n", name="p.csv"
+    )
+    with pytest.raises(DataFileError, match="wrap"):
+        load_scenario("heatwave", weather_csv=tmp_path / "w.csv", prices_csv=prices)
+    s = load_scenario("heatwave", weather_csv=weather, prices_csv=prices, wrap=True)
+    assert s.weather_at(86400 * 3 + 3600).ambient_c == 21.0
+    assert s.start == datetime(2024, 7, 15, tzinfo=UTC)
+    assert s.price_at(3600) == 10.0 and s.grid_events[0].kind == "curtail"
+
+
+# -- built-ins --------------------------------------------------------------------------
+
+
+def test_builtin_scenarios_all_load():
+    names = list_builtin_scenarios()
+    for required in (
+        "normal-day",
+        "heatwave",
+        "pump-failure",
+        "grid-curtailment",
+        "sensor-faults",
+        "comms-loss",
+    ):
+        assert required in names
+    for name in names:
+        s = load_scenario(name)
+        assert s.name == name and s.description
+        assert np.isfinite(s.weather_at(s.duration_s / 2).ambient_c)
+
+
+def test_heatwave_peaks_at_40_c_or_more_with_an_evening_curtail():
+    s = load_scenario("heatwave")
+    t = np.arange(0, s.duration_s, 60.0)
+    amb = s.weather.ambient_c.at_many(t)
+    assert amb.max() >= 40.0
+    assert 12 <= t[np.argmax(amb)] / 3600 <= 18  # afternoon
+    assert amb.min() >= 27.0
+    (curtail,) = [e for e in s.grid_events if e.kind == "curtail"]
+    assert 17 * 3600 <= curtail.at_s <= 20 * 3600
+    evening = s.prices.at_many(np.arange(18, 21) * 3600.0).mean()
+    night = s.prices.at_many(np.arange(1, 4) * 3600.0).mean()
+    assert evening > 2 * night
+
+
+def test_pump_failure_trips_loop1_pump_a_at_two_hours():
+    (f,) = load_scenario("pump-failure").faults
+    assert (f.target, f.kind, f.at_s, f.permanent) == (("pump", "loop1.pump_a"), "trip", 7200, True)
+
+
+def test_grid_curtailment_is_60_percent_for_two_hours():
+    (e,) = load_scenario("grid-curtailment").grid_events
+    assert (e.kind, e.limit_fraction, e.duration_s) == ("curtail", 0.6, 7200)
+
+
+def test_sensor_faults_and_comms_loss_contents():
+    kinds = {f.kind for f in load_scenario("sensor-faults").faults}
+    assert {"stuck", "drift", "nan", "dropout"} <= kinds
+    (f,) = load_scenario("comms-loss").faults
+    assert (f.target, f.kind, f.duration_s) == (("device", "cdu1"), "timeout", 600)
+
+
+def test_unknown_builtin_lists_the_builtins():
+    with pytest.raises(ConfigError, match="heatwave"):
+        load_scenario("heat-wave")
