@@ -1,0 +1,614 @@
+"""Modbus client transport: what the controller uses to talk to a PLC or device.
+
+A :class:`ModbusLink` is one device (one unit id) reached over Modbus/TCP or
+Modbus/RTU::
+
+    link = ModbusLink.tcp("10.0.0.5", 502, unit_id=3, timeout=0.5, retries=1)
+    regs = await link.read("holding", 100, 2)
+    await link.write_registers(100, [0x4120, 0x0000])
+    link.close()
+
+Guarantees
+----------
+* **Bounded time.** No call takes longer than :attr:`ModbusLink.budget`
+  (``connect_timeout + (retries + 1) * timeout``), waiting for a shared
+  connection included. Each attempt waits at most ``timeout``; a timed-out or
+  garbled attempt is retried ``retries`` times (Modbus writes are idempotent,
+  so writes are retried too). An exception response is an answer and is not
+  retried.
+* **Typed failures.** Every failure raises
+  :class:`~thermogate.plc.errors.ModbusDeviceError`; ``exception_code`` is set
+  when the device answered with a Modbus exception (02 illegal address, 03
+  illegal value, 0x0B gateway target did not respond, ...). Argument mistakes
+  (count out of range, value outside 0..65535) raise ``ValueError``.
+* **One connection per endpoint.** Links to several unit ids behind one
+  TCP endpoint (a gateway) or on one serial line share the connection, and a
+  lock per connection keeps requests from interleaving. RTU links sharing a
+  port must agree on the line settings.
+* **Reconnect with capped exponential backoff.** A link connects lazily. A
+  failed connect blocks further attempts for ``backoff_initial`` seconds,
+  doubling per failure up to ``backoff_max``; calls made meanwhile fail at
+  once (no stall). After a connection loss the first reconnect is immediate
+  if the connection had carried a good answer, else it backs off too (so a
+  peer that accepts and drops is not hammered). A good answer resets the
+  backoff. On TCP, three timeouts in a row on an endpoint with no answer in
+  between (from any unit) drop the connection, so a silently dead peer shows
+  as disconnected instead of hanging on a half-open socket; one dead unit
+  behind a gateway does not drop the others as long as they answer.
+
+pymodbus 3.16 notes (``pymodbus==3.16.1``)
+------------------------------------------
+* Client calls take ``device_id=`` (not ``slave=``/``unit=``) and ``count=``
+  as a keyword; read coil/discrete responses are padded to a multiple of 8
+  bits, so results are trimmed to ``count``.
+* The pymodbus client is created with ``retries=0`` and ``reconnect_delay=0``
+  (no background reconnect task) and a long internal timeout; deadlines,
+  retries and reconnects are enforced here. pymodbus does not fail a pending
+  request when its connection drops, so the link does (via ``trace_connect``)
+  instead of waiting out the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from thermogate.plc.errors import ModbusDeviceError
+from thermogate.plc.points import (
+    BIT_TABLES,
+    MAX_READ_BITS,
+    MAX_READ_REGISTERS,
+    MAX_WRITE_BITS,
+    MAX_WRITE_REGISTERS,
+    TABLES,
+)
+
+log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES: dict[int, str] = {
+    0x01: "illegal function",
+    0x02: "illegal data address",
+    0x03: "illegal data value",
+    0x04: "server device failure",
+    0x05: "acknowledge",
+    0x06: "server device busy",
+    0x08: "memory parity error",
+    0x0A: "gateway path unavailable",
+    0x0B: "gateway target device failed to respond",
+}
+
+#: Timeout handed to pymodbus; never reached because the link's own deadlines are shorter.
+_PYMODBUS_TIMEOUT_S = 3600.0
+#: TCP: consecutive unanswered requests on an endpoint before the connection is dropped.
+_DROP_AFTER_TIMEOUTS = 3
+
+_READERS = {
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+}
+_READ_FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+
+
+# --------------------------------------------------------------------------- #
+# pymodbus logging
+# --------------------------------------------------------------------------- #
+
+
+class _HandledByThermogate(logging.Filter):
+    """Drop pymodbus log lines for conditions this module reports as errors itself."""
+
+    _PREFIXES = (
+        "No response received after",
+        "Failed to connect",
+        "Not connected, trying to connect",
+        "Cancel send, because not connected",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._PREFIXES)
+
+
+def quiet_pymodbus_logging(level: int = logging.WARNING) -> None:
+    """Make pymodbus quiet in normal operation while keeping real errors visible.
+
+    Sets the ``pymodbus`` logger to ``level`` unless the application already
+    chose a level for it (so ``DEBUG`` for a frame dump still works), and
+    filters out messages about timeouts and failed connects that surface as
+    :class:`ModbusDeviceError` anyway. Idempotent.
+    """
+    root = logging.getLogger("pymodbus")
+    if root.level == logging.NOTSET:
+        root.setLevel(level)
+    inner = logging.getLogger("pymodbus.logging")
+    if not any(isinstance(f, _HandledByThermogate) for f in inner.filters):
+        inner.addFilter(_HandledByThermogate())
+
+
+# --------------------------------------------------------------------------- #
+# Shared connections
+# --------------------------------------------------------------------------- #
+
+
+class _Endpoint:
+    """One connection (TCP endpoint or serial line) shared by the links using it."""
+
+    def __init__(
+        self,
+        key: tuple,
+        describe: str,
+        factory: Callable[[Callable[[bool], None]], Any],
+        *,
+        serial: bool,
+        connect_timeout: float,
+        backoff_initial: float,
+        backoff_max: float,
+    ) -> None:
+        self.key = key
+        self.describe = describe
+        self.serial = serial
+        self.connect_timeout = connect_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.lock = asyncio.Lock()
+        self.users = 0
+        self.client = factory(self._on_connect_change)
+        self._delay = 0.0
+        self._next_connect_at = 0.0
+        self._answered_since_connect = False
+        self._timeouts_in_row = 0
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.client.connected)
+
+    # -- events --------------------------------------------------------------
+
+    def _on_connect_change(self, connected: bool) -> None:
+        if connected:
+            self._answered_since_connect = False
+            self._timeouts_in_row = 0
+            return
+        log.info("Modbus %s: connection lost", self.describe)
+        self._fail_pending("connection lost")
+        self._after_loss()
+
+    def _after_loss(self) -> None:
+        if self._answered_since_connect:
+            self._delay = 0.0
+            self._next_connect_at = 0.0
+        else:
+            self._escalate()
+
+    def _escalate(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._delay = min(max(self._delay * 2, self.backoff_initial), self.backoff_max)
+        self._next_connect_at = loop.time() + self._delay
+
+    def _fail_pending(self, why: str) -> None:
+        """Fail a request pymodbus is waiting on (it would otherwise wait out its timeout)."""
+        future = getattr(self.client.ctx, "response_future", None)
+        if future is not None and not future.done():
+            future.set_exception(ConnectionException(why))
+            future.exception()  # mark retrieved: nobody may be awaiting a stale future
+
+    def note_answer(self) -> None:
+        self._answered_since_connect = True
+        self._timeouts_in_row = 0
+        self._delay = 0.0
+
+    def note_timeout(self) -> None:
+        self._timeouts_in_row += 1
+        if not self.serial and self._timeouts_in_row >= _DROP_AFTER_TIMEOUTS and self.connected:
+            log.warning(
+                "Modbus %s: %d requests in a row unanswered; dropping the connection",
+                self.describe,
+                self._timeouts_in_row,
+            )
+            self.client.close()
+            self._timeouts_in_row = 0
+            self._after_loss()
+
+    # -- connecting ----------------------------------------------------------
+
+    async def ensure_connected(self, unit_id: int) -> None:
+        """Connect if needed, honouring the backoff; raise ModbusDeviceError if down."""
+        if self._closed:
+            raise ModbusDeviceError(unit_id, f"{self.describe}: link closed")
+        if self.connected:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._next_connect_at - loop.time()
+        if wait > 0:
+            raise ModbusDeviceError(
+                unit_id, f"{self.describe}: not connected; next attempt in {wait:.1f} s"
+            )
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                ok = await self.client.connect()
+        except TimeoutError:
+            ok = False
+        except (OSError, ModbusException) as exc:  # serial open errors and the like
+            log.debug("Modbus %s: connect failed: %s", self.describe, exc)
+            ok = False
+        if ok and self.connected:
+            log.info("Modbus %s: connected", self.describe)
+            return
+        self.client.close()
+        self._escalate()
+        raise ModbusDeviceError(
+            unit_id,
+            f"{self.describe}: cannot connect; next attempt in {self._delay:.1f} s",
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        self._fail_pending("link closed")
+        self.client.close()
+
+
+#: Endpoints per event loop, so that links to one endpoint share one connection.
+_ENDPOINTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, _Endpoint]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+# --------------------------------------------------------------------------- #
+# The link
+# --------------------------------------------------------------------------- #
+
+
+class ModbusLink:
+    """One Modbus device (unit id) over TCP or RTU; see the module docstring.
+
+    Build with :meth:`tcp` or :meth:`rtu`. The link may be created outside an
+    event loop; it attaches to its (shared) connection on first use.
+    """
+
+    def __init__(
+        self,
+        unit_id: int,
+        *,
+        kind: Literal["tcp", "rtu"],
+        target: tuple,
+        timeout: float = 1.0,
+        retries: int = 1,
+        connect_timeout: float | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        if not 0 <= unit_id <= 255:
+            raise ValueError(f"unit id {unit_id} outside 0..255")
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        quiet_pymodbus_logging()
+        self.unit_id = unit_id
+        self.kind = kind
+        self.target = target
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.connect_timeout = float(connect_timeout if connect_timeout is not None else timeout)
+        self.backoff_initial = float(backoff_initial)
+        self.backoff_max = float(backoff_max)
+        self._endpoint: _Endpoint | None = None
+        self._closed = False
+
+    # -- construction --------------------------------------------------------
+
+    @classmethod
+    def tcp(
+        cls,
+        host: str,
+        port: int = 502,
+        unit_id: int = 1,
+        *,
+        timeout: float = 1.0,
+        retries: int = 1,
+        connect_timeout: float | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> ModbusLink:
+        """A device at ``host:port`` (a gateway may front several unit ids)."""
+        return cls(
+            unit_id,
+            kind="tcp",
+            target=(host, int(port)),
+            timeout=timeout,
+            retries=retries,
+            connect_timeout=connect_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
+
+    @classmethod
+    def rtu(
+        cls,
+        device_path: str,
+        unit_id: int = 1,
+        *,
+        baudrate: int = 19200,
+        parity: Literal["N", "E", "O"] = "E",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        timeout: float = 1.0,
+        retries: int = 1,
+        connect_timeout: float | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> ModbusLink:
+        """A station on the serial line ``device_path`` (8E1 is the Modbus default)."""
+        if parity not in ("N", "E", "O"):
+            raise ValueError(f"parity must be N, E or O, not {parity!r}")
+        if stopbits not in (1, 2):
+            raise ValueError(f"stopbits must be 1 or 2, not {stopbits!r}")
+        if not 1 <= unit_id <= 247:
+            raise ValueError(f"RTU unit id {unit_id} outside 1..247")
+        return cls(
+            unit_id,
+            kind="rtu",
+            target=(device_path, int(baudrate), parity, int(stopbits), int(bytesize)),
+            timeout=timeout,
+            retries=retries,
+            connect_timeout=connect_timeout,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def budget(self) -> float:
+        """Upper bound in seconds for any single call on this link."""
+        return self.connect_timeout + (self.retries + 1) * self.timeout
+
+    @property
+    def connected(self) -> bool:
+        return self._endpoint is not None and not self._closed and self._endpoint.connected
+
+    def __repr__(self) -> str:
+        where = self._describe()
+        return f"ModbusLink({where} unit {self.unit_id})"
+
+    def _describe(self) -> str:
+        if self.kind == "tcp":
+            return f"tcp {self.target[0]}:{self.target[1]}"
+        path, baud, parity, stop, size = self.target
+        return f"rtu {path} {baud} {size}{parity}{stop}"
+
+    def _attach(self) -> _Endpoint:
+        if self._closed:
+            raise ModbusDeviceError(self.unit_id, f"{self._describe()}: link closed")
+        if self._endpoint is not None:
+            return self._endpoint
+        loop = asyncio.get_running_loop()
+        pool = _ENDPOINTS.setdefault(loop, {})
+        key = ("tcp", *self.target) if self.kind == "tcp" else ("rtu", self.target[0])
+        endpoint = pool.get(key)
+        if endpoint is None:
+            endpoint = _Endpoint(
+                key,
+                self._describe(),
+                self._client_factory(),
+                serial=self.kind == "rtu",
+                connect_timeout=self.connect_timeout,
+                backoff_initial=self.backoff_initial,
+                backoff_max=self.backoff_max,
+            )
+            pool[key] = endpoint
+        elif self.kind == "rtu" and endpoint.describe != self._describe():
+            raise ValueError(f"{self._describe()}: the port is already open as {endpoint.describe}")
+        endpoint.users += 1
+        self._endpoint = endpoint
+        return endpoint
+
+    def _client_factory(self) -> Callable[[Callable[[bool], None]], Any]:
+        if self.kind == "tcp":
+            host, port = self.target
+
+            def make_tcp(on_connect: Callable[[bool], None]) -> AsyncModbusTcpClient:
+                return AsyncModbusTcpClient(
+                    host,
+                    port=port,
+                    timeout=_PYMODBUS_TIMEOUT_S,
+                    retries=0,
+                    reconnect_delay=0,
+                    trace_connect=on_connect,
+                )
+
+            return make_tcp
+        path, baud, parity, stop, size = self.target
+
+        def make_rtu(on_connect: Callable[[bool], None]) -> AsyncModbusSerialClient:
+            return AsyncModbusSerialClient(
+                path,
+                baudrate=baud,
+                parity=parity,
+                stopbits=stop,
+                bytesize=size,
+                timeout=_PYMODBUS_TIMEOUT_S,
+                retries=0,
+                reconnect_delay=0,
+                trace_connect=on_connect,
+            )
+
+        return make_rtu
+
+    async def connect(self) -> bool:
+        """Connect now (honouring the backoff); True when connected."""
+        endpoint = self._attach()
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                async with endpoint.lock:
+                    await endpoint.ensure_connected(self.unit_id)
+        except (ModbusDeviceError, TimeoutError):
+            return False
+        return True
+
+    def close(self) -> None:
+        """Release the link; the shared connection closes with its last link."""
+        if self._closed:
+            return
+        self._closed = True
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is None:
+            return
+        endpoint.users -= 1
+        if endpoint.users <= 0:
+            endpoint.close()
+            for pool in _ENDPOINTS.values():
+                if pool.get(endpoint.key) is endpoint:
+                    del pool[endpoint.key]
+
+    async def __aenter__(self) -> ModbusLink:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ------------------------------------------------------------
+
+    async def read(self, table: str, address: int, count: int = 1) -> list[int] | list[bool]:
+        """Read ``count`` values of ``table`` ("coil", "discrete", "input", "holding")."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+        limit = MAX_READ_BITS if table in BIT_TABLES else MAX_READ_REGISTERS
+        _check_range(address, count, limit)
+        method = _READERS[table]
+
+        def call(client: Any) -> Awaitable[ModbusPDU]:
+            return getattr(client, method)(address, count=count, device_id=self.unit_id)
+
+        def check(response: ModbusPDU) -> bool:
+            if table in BIT_TABLES:
+                return len(response.bits) >= count
+            return len(response.registers) == count
+
+        what = f"read {table} {address}+{count}"
+        response = await self._transact(what, _READ_FC[table], call, check)
+        if table in BIT_TABLES:
+            return [bool(b) for b in response.bits[:count]]
+        return list(response.registers)
+
+    async def write_registers(self, address: int, values: Sequence[int]) -> None:
+        """Write holding registers with fc 16 (raw 16-bit words)."""
+        regs = _words(values)
+        _check_range(address, len(regs), MAX_WRITE_REGISTERS)
+
+        def call(client: Any) -> Awaitable[ModbusPDU]:
+            return client.write_registers(address, regs, device_id=self.unit_id)
+
+        await self._transact(f"write holding {address}+{len(regs)}", 16, call, None)
+
+    async def write_register(self, address: int, value: int) -> None:
+        """Write one holding register with fc 6."""
+        (word,) = _words([value])
+        _check_range(address, 1, 1)
+
+        def call(client: Any) -> Awaitable[ModbusPDU]:
+            return client.write_register(address, word, device_id=self.unit_id)
+
+        await self._transact(f"write holding {address}", 6, call, None)
+
+    async def write_coils(self, address: int, values: Sequence[bool]) -> None:
+        """Write coils with fc 15."""
+        bits = [bool(v) for v in values]
+        _check_range(address, len(bits), MAX_WRITE_BITS)
+
+        def call(client: Any) -> Awaitable[ModbusPDU]:
+            return client.write_coils(address, bits, device_id=self.unit_id)
+
+        await self._transact(f"write coil {address}+{len(bits)}", 15, call, None)
+
+    async def write_coil(self, address: int, value: bool) -> None:
+        """Write one coil with fc 5."""
+        _check_range(address, 1, 1)
+
+        def call(client: Any) -> Awaitable[ModbusPDU]:
+            return client.write_coil(address, bool(value), device_id=self.unit_id)
+
+        await self._transact(f"write coil {address}", 5, call, None)
+
+    async def _transact(
+        self,
+        what: str,
+        function_code: int,
+        call: Callable[[Any], Awaitable[ModbusPDU]],
+        check: Callable[[ModbusPDU], bool] | None,
+    ) -> ModbusPDU:
+        """Run one request with the link's deadline, retries and reconnect policy."""
+        endpoint = self._attach()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget
+        attempts = 0
+        reason = "no attempt made"
+        try:
+            async with asyncio.timeout_at(deadline), endpoint.lock:
+                while attempts <= self.retries:
+                    attempts += 1
+                    await endpoint.ensure_connected(self.unit_id)
+                    per_try = min(self.timeout, deadline - loop.time())
+                    if per_try <= 0:
+                        break
+                    try:
+                        async with asyncio.timeout(per_try):
+                            response = await call(endpoint.client)
+                    except TimeoutError:
+                        reason = f"no response within {self.timeout:g} s"
+                        endpoint.note_timeout()
+                        continue
+                    except (ModbusException, OSError) as exc:
+                        reason = f"transport error: {exc}"
+                        continue
+                    if response is None:
+                        reason = "no response"
+                        continue
+                    if response.function_code & 0x7F != function_code:
+                        reason = f"answer for function {response.function_code & 0x7F}"
+                        continue
+                    endpoint.note_answer()
+                    if response.isError():
+                        code = int(response.exception_code)
+                        name = EXCEPTION_NAMES.get(code, "exception")
+                        raise ModbusDeviceError(
+                            self.unit_id,
+                            f"{self._describe()}: {what}: exception {code:#04x} ({name})",
+                            exception_code=code,
+                        )
+                    if check is not None and not check(response):
+                        reason = "malformed response"
+                        continue
+                    return response
+        except TimeoutError:
+            reason = f"no answer within the {self.budget:g} s budget"
+        raise ModbusDeviceError(
+            self.unit_id,
+            f"{self._describe()}: {what}: {reason} ({attempts} attempt(s))",
+        )
+
+
+def _check_range(address: int, count: int, limit: int) -> None:
+    if not 1 <= count <= limit:
+        raise ValueError(f"count {count} outside 1..{limit}")
+    if address < 0 or address + count > 0x10000:
+        raise ValueError(f"addresses {address}..{address + count - 1} outside 0..65535")
+
+
+def _words(values: Sequence[int]) -> list[int]:
+    words = [int(v) for v in values]
+    for word in words:
+        if not 0 <= word <= 0xFFFF:
+            raise ValueError(f"register value {word} outside 0..65535 (encode it first)")
+    return words
