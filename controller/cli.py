@@ -1,0 +1,196 @@
+"""The ``thermogate`` command line.
+
+Every user mistake (a bad site file, CSV, option value) is a
+``ThermogateError`` and is printed as one line naming the problem, with exit
+status 2; a traceback means a bug in thermogate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from thermogate.plc.errors import ThermogateError
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return v
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{v} is not a TCP port (0-65535)")
+    return v
+
+
+# --------------------------------------------------------------------------
+# commands
+# --------------------------------------------------------------------------
+def cmd_points(args: argparse.Namespace) -> int:
+    from thermogate.plc.pointmap import build_point_map
+    from thermogate.plc.site import load_site
+
+    site = load_site(args.site)
+    pmap = build_point_map(site)
+    if args.format == "csv":
+        sys.stdout.write(pmap.to_csv())
+    elif args.format == "json":
+        sys.stdout.write(pmap.to_json() + "\n")
+    else:
+        sys.stdout.write(pmap.to_markdown())
+    return 0
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    from thermogate.plc.pointmap import build_point_map
+    from thermogate.plc.site import load_site, parse_site_text
+    from thermogate.plc.sitegen import SiteSpec, generate_site_toml
+
+    if args.check is not None:
+        site = load_site(args.check)
+        info = site.summary()
+        info["points"] = len(build_point_map(site))
+        print(json.dumps(info, indent=1))
+        return 0
+    spec = SiteSpec(
+        name=args.name,
+        asic_tanks=args.tanks,
+        gpu_tanks=args.gpu_tanks if args.gpu_tanks is not None else max(1, args.tanks // 6),
+        rack_rows=args.rows if args.rows is not None else max(1, args.tanks // 12),
+        tanks_per_plc=args.tanks_per_plc,
+    )
+    try:
+        text = generate_site_toml(spec)
+    except ValueError as exc:
+        raise ThermogateError(f"cannot generate that site: {exc}") from None
+    parse_site_text(text, "<generated>")  # never emit a file we would reject
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_plant(args: argparse.Namespace) -> int:
+    from thermogate.hil.serve import serve_plant_cli
+
+    return serve_plant_cli(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from thermogate.hil.bench import run_bench
+
+    result = run_bench(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="thermogate",
+        description="Site controller companion for hybrid mining / AI data halls.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sp = sub.add_parser("points", help="print the Modbus point map of a site")
+    sp.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    sp.add_argument("--format", choices=("csv", "md", "json"), default="csv")
+    sp.set_defaults(func=cmd_points)
+
+    ss = sub.add_parser("site", help="generate a site description, or check one")
+    ss.add_argument("--check", metavar="FILE", help="validate FILE and print its summary")
+    ss.add_argument("--tanks", type=_positive_int, default=12, help="ASIC miner tanks")
+    ss.add_argument("--gpu-tanks", type=int, default=None, help="GPU immersion tanks")
+    ss.add_argument("--rows", type=int, default=None, help="direct-to-chip rack rows")
+    ss.add_argument(
+        "--tanks-per-plc",
+        type=int,
+        default=0,
+        help="spread tanks over PLCs (needed above ~100 devices)",
+    )
+    ss.add_argument("--name", default="Generated hall")
+    ss.add_argument("-o", "--output", metavar="FILE")
+    ss.set_defaults(func=cmd_site)
+
+    pp = sub.add_parser("plant", help="serve the simulated plant over Modbus TCP or RTU")
+    pp.add_argument("--site", metavar="FILE")
+    pp.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
+    pp.add_argument("--weather", metavar="CSV", help="weather CSV (time,ambient_c,...)")
+    pp.add_argument("--prices", metavar="CSV", help="price CSV (time,price_per_mwh)")
+    pp.add_argument("--host", default="127.0.0.1")
+    pp.add_argument("--port", type=_port, default=5020)
+    pp.add_argument(
+        "--speed", type=_positive_float, default=1.0, help="simulated seconds per wall second"
+    )
+    pp.add_argument("--rtu", metavar="DEVICE", help="serve Modbus RTU on a serial device/pty")
+    pp.add_argument("--baudrate", type=_positive_int, default=19200)
+    pp.add_argument("--parity", choices=("N", "E", "O"), default="E")
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument(
+        "--duration",
+        type=_positive_float,
+        default=None,
+        help="stop after this many wall seconds (default: until Ctrl-C)",
+    )
+    pp.set_defaults(func=cmd_plant)
+
+    bp = sub.add_parser("bench", help="benchmarks (JSON with --json)")
+    bsub = bp.add_subparsers(dest="bench", metavar="WHAT")
+    bsub.required = True
+    bpl = bsub.add_parser("plant", help="accelerated plant speed vs real time")
+    bpl.add_argument("--site", metavar="FILE")
+    bpl.add_argument("--hours", type=_positive_float, default=24.0)
+    bpl.add_argument("--json", action="store_true")
+    bpl.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except ThermogateError as exc:
+        print(f"thermogate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `thermogate points | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

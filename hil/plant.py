@@ -1,0 +1,803 @@
+"""The simulated plant: thermal, hydraulic and electrical model of a site.
+
+Physically grounded and vectorised with numpy; deterministic for a seed.
+
+Thermal
+    Each immersion tank is one well-mixed fluid mass (volume x density x cp)
+    heated by its IT load and cooled through a counter-flow plate HX whose
+    effectiveness follows from both flows (epsilon-NTU). The HX water side is
+    throttled by the tank's valve. Each water loop is two lumps (hot header
+    after the HXs, cold header after the dry coolers) so heat takes time to
+    travel. Dry coolers are epsilon-NTU coils whose air-side capacity and UA
+    follow fan speed (UA ~ airflow^0.6, natural draft ~10 %). CDUs are a
+    secondary coolant lump with their own HX. Chip temperatures are the local
+    coolant plus a thermal resistance times power (a GPU's die settles within
+    a second of a step, see shared/data/gpu_step_h200.csv, so it is algebraic
+    at a 1 s step). HX fouling drifts over days.
+Hydraulic
+    Branch flows follow valve conductances (equal-percentage trim) at the
+    loop's differential pressure; parallel pumps follow a quadratic curve
+    scaled by affinity laws (flow ~ speed, head ~ speed^2, power ~ speed^3);
+    the operating point is solved in closed form.
+Electrical
+    Miners follow their power target along an efficiency curve (J/TH improves
+    when underclocked); GPU nodes follow a power cap and demand; PDUs and
+    feeders sum their loads; breakers trip on IEC inverse-time curves; the
+    site meter sees IT, cooling and house loads, so PUE is real.
+
+Energy accounting is exact by construction (the same fluxes update state and
+ledger), and ``energy_ledger`` exposes it for the energy-balance test.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from thermogate.plc.logic import PlcInputs, PlcLogic
+from thermogate.plc.pointmap import (
+    STATUS_HEARTBEAT_OK,
+    STATUS_INTERLOCK,
+    STATUS_LEAK,
+    STATUS_SAFE_STATE,
+    PointMap,
+    build_point_map,
+)
+from thermogate.plc.site import Site
+
+from .sensors import SensorModel
+
+# -- physical constants and equipment defaults (units in the names) -------
+WATER_CP_KJ_KGK_TCS = 3.9  # PG25 coolant in CDU secondary loops
+VALVE_STROKE_PCT_S = 1.5  # ~65 s full stroke, a typical actuator
+PUMP_RAMP_PCT_S = 5.0  # VFD acceleration ramp
+FAN_RAMP_PCT_S = 5.0
+PUMP_EFFICIENCY = 0.70  # wire-to-water, constant so affinity laws hold exactly
+PUMP_SHUTOFF_HEAD_RATIO = 1.3  # shut-off head / rated head
+BRANCH_DESIGN_DP_KPA = 100.0  # branch flows are rated at this differential pressure
+MAIN_LOSS_AT_RATED_KPA = 100.0  # piping + dry-cooler loss at rated pump flow
+BYPASS_FLOW_FRACTION = 0.08  # minimum-flow bypass, of rated pump flow at design dp
+VALVE_RANGEABILITY = 30.0  # equal-percentage trim R
+DC_AIR_CAPACITY_RATIO = 2.5  # air-side capacity rate / water-side at design
+DC_NATURAL_DRAFT = 0.10  # fraction of design airflow with fans stopped
+MINER_J_PER_TH = 16.5  # at nameplate
+MINER_HASH_EXPONENT = 0.65  # hashrate ~ power^0.65 (voltage scaling)
+MINER_MIN_POWER_FRACTION = 0.30  # below this a miner cannot hash
+CHIP_RECOVER_MARGIN_K = 10.0  # auto-restart after a thermal shutdown
+GPU_IDLE_W = 120.0  # H200 idle, measured
+GPU_TDP_W = 700.0
+GPU_SHARE_OF_NODE_DYNAMIC = 0.7  # GPUs' share of a node's dynamic power
+HOUSE_LOAD_KW = 15.0  # lighting, controls, UPS losses
+HOUSE_LOAD_FRACTION = 0.005  # of IT load
+FOULING_MAX = 0.15  # UA loss when fully fouled
+FOULING_TAU_DAYS = (8.0, 30.0)  # range of per-HX fouling time constants
+LEVEL_NOMINAL_PCT = 85.0
+LEVEL_EXPANSION_PCT_K = 0.07  # dielectric thermal expansion seen on the level gauge
+BREAKER_COOL_TAU_S = 120.0  # thermal memory of a breaker after an overload
+
+
+def _clamp(x: np.ndarray, limit: float) -> np.ndarray:
+    """Symmetric clamp; np.clip's dispatch costs more than the math on small arrays."""
+    return np.minimum(np.maximum(x, -limit), limit)
+
+
+def _counterflow_eff(ntu: np.ndarray, cr: np.ndarray) -> np.ndarray:
+    """Counter-flow effectiveness, stable at Cr -> 1 and NTU -> 0."""
+    one_minus = 1.0 - cr
+    balanced = np.abs(one_minus) < 1e-6
+    e = np.exp(-ntu * one_minus)
+    den = 1.0 - cr * e
+    # den > 0 whenever Cr < 1 or NTU > 0; the balanced case takes its own limit.
+    eff = (1.0 - e) / np.where(balanced | (den <= 0.0), 1.0, den)
+    return np.where(balanced, ntu / (1.0 + ntu), eff)
+
+
+def _hx(ua: np.ndarray, c_hot: np.ndarray, c_cold: np.ndarray, dt_in: np.ndarray) -> np.ndarray:
+    """Heat (kW) through a counter-flow HX given capacity rates (kW/K)."""
+    cmin = np.minimum(c_hot, c_cold)
+    cmax = np.maximum(c_hot, c_cold)
+    flowing = cmin > 1e-9
+    cmin_safe = np.where(flowing, cmin, 1.0)
+    cr = cmin_safe / np.where(flowing, cmax, 1.0)
+    eff = _counterflow_eff(ua / cmin_safe, cr)
+    return np.where(flowing, eff * cmin * dt_in, 0.0)
+
+
+@dataclass
+class Ledger:
+    """Cumulative energy flows (kJ) for the energy-balance check."""
+
+    heat_in_kj: float = 0.0  # IT load + pump heat
+    heat_rejected_kj: float = 0.0  # dry coolers
+    it_kwh: float = 0.0
+    cooling_kwh: float = 0.0
+    site_kwh: float = 0.0
+
+
+@dataclass
+class Environment:
+    """What the outside world does to the plant at time ``t`` (seconds)."""
+
+    ambient_c: Callable[[float], float] = lambda t: 25.0
+    rh_pct: Callable[[float], float] = lambda t: 50.0
+    gpu_demand: Callable[[float], float] = field(
+        default=lambda t: 0.65 + 0.25 * math.sin(2 * math.pi * (t / 86400.0 - 0.375))
+    )
+    training_demand: float = 0.95
+    grid_frequency_hz: Callable[[float], float | None] = lambda t: None
+
+
+class Plant:
+    """The whole site, stepped with a fixed ``dt``; commands arrive as writes."""
+
+    def __init__(
+        self,
+        site: Site,
+        pmap: PointMap | None = None,
+        *,
+        seed: int = 0,
+        dt: float = 1.0,
+        env: Environment | None = None,
+        initial_temp_c: float | None = None,
+        sensors: bool = True,
+    ) -> None:
+        self.site = site
+        self.pmap = pmap or build_point_map(site)
+        self.dt = float(dt)
+        self.t = 0.0
+        self.env = env or Environment()
+        self.rng = np.random.default_rng(seed)
+        self.ledger = Ledger()
+        self.plc = PlcLogic(site)
+        self.events: list[tuple[float, str]] = []
+        self._build_params(site)
+        self._build_state(initial_temp_c)
+        self.sensors = SensorModel(self, seed=seed + 1, enabled=sensors)
+        self._commands = self._bind_commands()
+        self.sensors.bind()
+
+    # ==================================================================
+    # construction
+    # ==================================================================
+    def _build_params(self, site: Site) -> None:
+        tanks, loops, cdus, rows = site.tanks, site.loops, site.cdus, site.rack_rows
+        loop_names = [lp.name for lp in loops]
+        self.n_t, self.n_l, self.n_c, self.n_r = len(tanks), len(loops), len(cdus), len(rows)
+
+        # tanks
+        self.t_loop = np.array([loop_names.index(t.loop) for t in tanks], dtype=int)
+        self.t_cap = np.array([t.heat_capacity_kj_k for t in tanks])
+        self.t_units = np.array([t.units for t in tanks], dtype=float)
+        self.t_unit_kw = np.array([t.unit_power_kw for t in tanks])
+        self.t_idle_kw = np.array([t.unit_idle_kw for t in tanks])
+        self.t_rated = self.t_units * self.t_unit_kw
+        self.t_r = np.array([t.chip_r_k_per_kw for t in tanks])
+        self.t_throttle = np.array([t.limits.chip_throttle_c for t in tanks])
+        self.t_chip_trip = np.array([t.limits.chip_trip_c for t in tanks])
+        self.t_asic = np.array([t.workload == "asic" for t in tanks], dtype=bool)
+        self.t_train = np.array([t.workload_class == "training" for t in tanks], dtype=bool)
+        self.t_ua = np.array([t.hx_ua_kw_k for t in tanks])
+        self.t_cd = np.array(
+            [t.dielectric_flow_l_s * t.fluid_density_kg_l * t.fluid_cp_kj_kgk for t in tanks]
+        )
+        self.t_kv = np.array([t.design_water_flow_m3h for t in tanks]) / math.sqrt(
+            BRANCH_DESIGN_DP_KPA
+        )
+        lo, hi = FOULING_TAU_DAYS
+        self.t_foul_tau_s = self.rng.uniform(lo, hi, self.n_t) * 86400.0
+
+        # CDUs and rows
+        self.c_loop = np.array([loop_names.index(c.loop) for c in cdus], dtype=int)
+        self.c_cap = np.array([c.tcs_volume_l * 1.03 * WATER_CP_KJ_KGK_TCS for c in cdus])
+        self.c_ctcs = np.array([c.tcs_flow_l_s * 1.03 * WATER_CP_KJ_KGK_TCS for c in cdus])
+        self.c_ua = np.array([c.hx_ua_kw_k for c in cdus])
+        self.c_kv = np.array([c.design_water_flow_m3h for c in cdus]) / math.sqrt(
+            BRANCH_DESIGN_DP_KPA
+        )
+        self.c_foul_tau_s = self.rng.uniform(lo, hi, self.n_c) * 86400.0
+        cdu_names = [c.name for c in cdus]
+        self.r_cdu = np.array([cdu_names.index(r.cdu) for r in rows], dtype=int)
+        self.r_nodes = np.array([r.nodes for r in rows], dtype=float)
+        self.r_node_kw = np.array([r.node_power_kw for r in rows])
+        self.r_idle_kw = np.array([r.node_idle_kw for r in rows])
+        self.r_gpus = np.array([r.gpus_per_node for r in rows], dtype=float)
+        self.r_gpu_r = np.array([r.gpu_r_k_per_w for r in rows])
+        self.r_throttle = np.array([r.chip_throttle_c for r in rows])
+        self.r_chip_trip = np.array([r.chip_trip_c for r in rows])
+        self.r_train = np.array([r.workload_class == "training" for r in rows], dtype=bool)
+
+        # loops
+        self.l_rho = np.array([lp.density_kg_l for lp in loops])
+        self.l_cp = np.array([lp.cp_kj_kgk for lp in loops])
+        self.l_half_cap = np.array(
+            [lp.volume_l * lp.density_kg_l * lp.cp_kj_kgk / 2 for lp in loops]
+        )
+        pumps = site.pumps
+        self.p_loop = np.array([loop_names.index(p.loop) for p in pumps], dtype=int)
+        self.p_rated_flow = np.array([p.rated_flow_m3h for p in pumps])
+        self.p_rated_head = np.array([p.rated_head_kpa for p in pumps])
+        self.p_rated_kw = np.array([p.rated_power_kw for p in pumps])
+        self.p_min_speed = np.array([p.min_speed_pct for p in pumps]) / 100.0
+        # Per loop pump curve from its (identical) pumps: H = Hmax s^2 - a (Q/n)^2
+        self.l_hmax = np.zeros(self.n_l)
+        self.l_a = np.zeros(self.n_l)
+        self.l_r_main = np.zeros(self.n_l)
+        self.l_k_bypass = np.zeros(self.n_l)
+        for i, lp in enumerate(loops):
+            q0 = max(p.rated_flow_m3h for p in lp.pumps)
+            h0 = max(p.rated_head_kpa for p in lp.pumps)
+            self.l_hmax[i] = PUMP_SHUTOFF_HEAD_RATIO * h0
+            self.l_a[i] = (PUMP_SHUTOFF_HEAD_RATIO - 1.0) * h0 / q0**2
+            self.l_r_main[i] = MAIN_LOSS_AT_RATED_KPA / q0**2
+            self.l_k_bypass[i] = BYPASS_FLOW_FRACTION * q0 / math.sqrt(BRANCH_DESIGN_DP_KPA)
+
+        dcs = site.dry_coolers
+        self.d_loop = np.array([loop_names.index(d.loop) for d in dcs], dtype=int)
+        self.d_fans = np.array([d.fans for d in dcs], dtype=float)
+        self.d_fan_kw = np.array([d.fan_power_kw for d in dcs])
+        self.l_n_dc = np.bincount(self.d_loop, minlength=self.n_l).astype(float)
+        # Calibrate each dry cooler at its design point: capacity at design
+        # approach and ambient with the loop's design flow shared evenly.
+        design_flow = np.array(
+            [sum(p.rated_flow_m3h for p in lp.pumps) / len(lp.pumps) for lp in loops]
+        )
+        cw = design_flow[self.d_loop] / 3.6 * self.l_rho[self.d_loop] * self.l_cp[self.d_loop]
+        cw = cw / self.l_n_dc[self.d_loop]
+        cap = np.array([d.capacity_kw for d in dcs])
+        approach = np.array([d.design_approach_k for d in dcs])
+        eff = cap / (cw * approach + cap)  # Q = eff*Cw*(Tin-Tamb), Tin = Tamb+approach+Q/Cw
+        cr = 1.0 / DC_AIR_CAPACITY_RATIO
+        ntu = np.log((1.0 - eff * cr) / (1.0 - eff)) / (1.0 - cr)
+        self.d_ua_design = ntu * cw
+        self.d_cair_design = DC_AIR_CAPACITY_RATIO * cw
+
+        # electrical
+        pdu_names = [d.name for d in site.pdus]
+        feeder_names = [f.name for f in site.feeders]
+        self.t_pdu = np.array([pdu_names.index(t.pdu) for t in tanks], dtype=int)
+        self.r_pdu = np.array([pdu_names.index(r.pdu) for r in rows], dtype=int)
+        self.pdu_feeder = np.array([feeder_names.index(d.feeder) for d in site.pdus], dtype=int)
+        self.l_feeder = np.array([feeder_names.index(lp.feeder) for lp in loops], dtype=int)
+        self.n_pdu, self.n_f = len(site.pdus), len(site.feeders)
+        breakers = [*(d.breaker for d in site.pdus), *(f.breaker for f in site.feeders)]
+        self.b_pickup = np.array([b.rating_a * b.pickup_pct / 100.0 for b in breakers])
+        self.b_k = np.array([b.CURVES[b.curve][0] * b.tms for b in breakers])
+        self.b_a = np.array([b.CURVES[b.curve][1] for b in breakers])
+        pf = np.array(
+            [*(d.power_factor for d in site.pdus), *(f.power_factor for f in site.feeders)]
+        )
+        volts = np.array([*(d.voltage_v for d in site.pdus), *(f.voltage_v for f in site.feeders)])
+        self.b_kw_per_a = math.sqrt(3.0) * volts * pf / 1000.0
+        self.b_volts = volts
+
+    def _build_state(self, initial_temp_c: float | None) -> None:
+        amb = self.env.ambient_c(0.0)
+        loop_sp = np.array([lp.supply_setpoint_c for lp in self.site.loops])
+        t0_loop = loop_sp if initial_temp_c is None else np.full(self.n_l, initial_temp_c)
+        self.T_cold = t0_loop.copy()
+        self.T_hot = t0_loop + 4.0
+        t_sp = np.array([t.limits.fluid_setpoint_c for t in self.site.tanks])
+        self.T_tank = t_sp - 3.0 if initial_temp_c is None else np.full(self.n_t, initial_temp_c)
+        c_sp = np.array([c.supply_setpoint_c for c in self.site.cdus])
+        self.T_tcs = c_sp + 5.0 if initial_temp_c is None else np.full(self.n_c, initial_temp_c)
+        self.ambient = amb
+        self.rh = 50.0
+
+        # commands as written by the controller (engineering units)
+        self.cmd_valve = np.full(self.n_t, 60.0)
+        self.cmd_budget = self.t_rated.copy()
+        self.cmd_enable = np.ones(self.n_t, dtype=bool)
+        self.cmd_cdu_valve = np.full(self.n_c, 60.0)
+        self.cmd_gpu_cap = np.full(self.n_r, GPU_TDP_W)
+        self.cmd_row_enable = np.ones(self.n_r, dtype=bool)
+        n_p, n_d = len(self.p_loop), len(self.d_loop)
+        # Duty/standby: the first pump of each loop runs, the others stand by.
+        first = np.zeros(n_p, dtype=bool)
+        first[np.unique(self.p_loop, return_index=True)[1]] = True
+        self.cmd_pump_run = first.copy()
+        self.cmd_pump_speed = np.full(n_p, 70.0)
+        self.cmd_fan = np.full(n_d, 50.0)
+        self.heartbeat = 0
+        self.heartbeat_timeout_s = self.site.plc.heartbeat_timeout_s
+        self.reset_request = False
+
+        # actuator states
+        self.valve_pos = self.cmd_valve.copy()
+        self.cdu_valve_pos = self.cmd_cdu_valve.copy()
+        self.pump_speed = np.where(first, 0.7, 0.0)
+        self.fan_speed = np.full(n_d, 0.5)
+        self.pump_fault = np.zeros(n_p, dtype=bool)
+        self.fan_fault = np.zeros(n_d, dtype=bool)  # whole unit tripped
+        self.fans_failed = np.zeros(n_d)  # individual fans out of service
+        self.tank_leak = np.zeros(self.n_t, dtype=bool)
+        self.loop_leak = np.zeros(self.n_l, dtype=bool)
+        self.cdu_leak = np.zeros(self.n_c, dtype=bool)
+
+        # derived quantities (filled by step)
+        self.flow = np.zeros(self.n_l)
+        self.dp = np.zeros(self.n_l)
+        self.t_flow = np.zeros(self.n_t)
+        self.c_flow = np.zeros(self.n_c)
+        self.q_tank = np.zeros(self.n_t)
+        self.q_cdu = np.zeros(self.n_c)
+        self.q_dc = np.zeros(n_d)
+        self._cw_t = np.zeros(self.n_t)
+        self._cw_c = np.zeros(self.n_c)
+        self._cw_d = np.zeros(n_d)
+        self.pump_kw = np.zeros(n_p)
+        self.fan_kw = np.zeros(n_d)
+        self.t_power = np.zeros(self.n_t)
+        self.t_units_on = self.t_units.copy()
+        self.t_throttled = np.zeros(self.n_t)
+        self.t_chip = self.T_tank.copy()
+        self.t_hash = np.zeros(self.n_t)
+        self.t_hw_off = np.zeros(self.n_t, dtype=bool)  # chips' own thermal shutdown
+        self.t_power_on = np.ones(self.n_t, dtype=bool)
+        self.r_power = np.zeros(self.n_r)
+        self.r_gpu_temp = np.zeros(self.n_r)
+        self.r_throttled = np.zeros(self.n_r)
+        self.r_nodes_on = self.r_nodes.copy()
+        self.r_hw_off = np.zeros(self.n_r, dtype=bool)
+        self.r_power_on = np.ones(self.n_r, dtype=bool)
+        self.c_supply = self.T_tcs.copy()
+        self.b_closed = np.ones(self.n_pdu + self.n_f, dtype=bool)
+        self.b_heat = np.zeros(self.n_pdu + self.n_f)  # inverse-time integral, trips at 1
+        self.b_current = np.zeros(self.n_pdu + self.n_f)
+        self.b_power = np.zeros(self.n_pdu + self.n_f)
+        self.b_energy = np.zeros(self.n_pdu + self.n_f)
+        self.site_kw = 0.0
+        self.site_kwh = 0.0
+        self.site_current = 0.0
+        self.site_voltage = self.site.meter_voltage_v
+        self.site_freq = self.site.frequency_hz
+        self.it_kw = 0.0
+        self.cooling_kw = 0.0
+        self.grid_request_kw = 0.0
+        self._foul_next_t = -1.0
+        self._ua_t = self.t_ua
+        self._ua_c = self.c_ua
+        self.price = 0.0
+
+    # ==================================================================
+    # commands (writes from the controller, via Modbus or lockstep)
+    # ==================================================================
+    def _bind_commands(self) -> dict[str, Callable[[float], None]]:
+        cmds: dict[str, Callable[[float], None]] = {}
+
+        def arr(a: np.ndarray, i: int, conv: Callable[[float], object] = float):  # noqa: ANN202
+            def set_(v: float) -> None:
+                a[i] = conv(v)
+
+            return set_
+
+        for i, t in enumerate(self.site.tanks):
+            cmds[f"{t.name}.valve_cmd"] = arr(self.cmd_valve, i)
+            cmds[f"{t.name}.power_budget_kw"] = arr(self.cmd_budget, i)
+            cmds[f"{t.name}.enable"] = arr(self.cmd_enable, i, bool)
+        for i, c in enumerate(self.site.cdus):
+            cmds[f"{c.name}.valve_cmd"] = arr(self.cmd_cdu_valve, i)
+        for i, r in enumerate(self.site.rack_rows):
+            cmds[f"{r.name}.gpu_power_cap_w"] = arr(self.cmd_gpu_cap, i)
+            cmds[f"{r.name}.enable"] = arr(self.cmd_row_enable, i, bool)
+        for i, p in enumerate(self.site.pumps):
+            cmds[f"{p.name}.speed_cmd"] = arr(self.cmd_pump_speed, i)
+            cmds[f"{p.name}.run_cmd"] = arr(self.cmd_pump_run, i, bool)
+        for i, d in enumerate(self.site.dry_coolers):
+            cmds[f"{d.name}.fan_cmd"] = arr(self.cmd_fan, i)
+
+        def heartbeat(v: float) -> None:
+            self.heartbeat = int(v)
+
+        def reset(v: float) -> None:
+            if v:
+                self.reset_request = True
+
+        cmds["plc.heartbeat"] = heartbeat
+        cmds["plc.reset"] = reset
+        writable = {p.name for p in self.pmap.writable()}
+        missing = writable - cmds.keys()
+        if missing:  # the point map and the plant must agree on every command
+            raise RuntimeError(f"plant has no actuator for points: {sorted(missing)}")
+        return cmds
+
+    def write(self, name: str, value: float) -> None:
+        """Apply a command in engineering units; range-checked against the map."""
+        p = self.pmap.by_name.get(name)
+        if p is None or not p.writable:
+            raise KeyError(f"'{name}' is not a writable point")
+        v = float(value)
+        if math.isnan(v) or (p.min is not None and v < p.min) or (p.max is not None and v > p.max):
+            raise ValueError(f"{name}: {value} is outside {p.min}..{p.max} {p.unit}")
+        self._commands[name](v)
+
+    def command_value(self, name: str) -> float:
+        """The current value of a command point (what a read-back returns)."""
+        return float(self.sensors.truth_of(name))
+
+    # ==================================================================
+    # stepping
+    # ==================================================================
+    def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            self._step_once()
+
+    def _step_once(self) -> None:
+        dt = self.dt
+        t = self.t + dt
+        self.ambient = float(self.env.ambient_c(t))
+        self.rh = float(self.env.rh_pct(t))
+
+        # ---- PLC: reads its own I/O (the measured, possibly faulty values)
+        meas = self.sensors.plc_view()
+        inp = PlcInputs(
+            heartbeat=self.heartbeat,
+            reset=self.reset_request,
+            tank_temp_a=meas["tank_a"],
+            tank_temp_b=meas["tank_b"],
+            tank_leak=self.tank_leak,
+            loop_flow=meas["loop_flow"],
+            loop_leak=self.loop_leak,
+            cdu_supply=meas["cdu_supply"],
+            cdu_leak=self.cdu_leak,
+        )
+        pumps_cmd = np.bincount(self.p_loop, weights=self.cmd_pump_run, minlength=self.n_l) > 0
+        self.plc.step(t, inp, pumps_cmd)
+        self.reset_request = False
+        if self.plc.events:
+            self.events.extend(self.plc.events)
+            self.plc.events.clear()
+        safe = self.plc.safe_state
+        tank_trip = self.plc.tank_tripped()
+        row_trip = self.plc.row_tripped()
+        if inp.reset:
+            closed_before = self.b_closed.copy()
+            self.b_closed[:] = True  # remote reclose of tripped breakers with the reset
+            self.b_heat[~closed_before] = 0.0
+
+        # ---- effective commands after the PLC's overrides
+        if safe:
+            valve_cmd = np.full(self.n_t, 100.0)
+            cdu_valve_cmd = np.full(self.n_c, 100.0)
+            pump_run = np.ones_like(self.cmd_pump_run)
+            pump_sp = np.full(len(self.p_loop), 100.0)
+            fan_cmd = np.full(len(self.d_loop), 100.0)
+            enable = self.cmd_enable & ~self.t_asic  # mining off, GPUs capped below
+            budget_frac = np.where(self.t_asic, 0.0, self.site.plc.safe_gpu_cap_pct / 100.0)
+            budget = np.minimum(self.cmd_budget, budget_frac * self.t_rated)
+            gpu_cap = np.minimum(self.cmd_gpu_cap, self.site.plc.safe_gpu_cap_pct / 100 * GPU_TDP_W)
+        else:
+            valve_cmd, cdu_valve_cmd = self.cmd_valve, self.cmd_cdu_valve
+            pump_run, pump_sp, fan_cmd = self.cmd_pump_run, self.cmd_pump_speed, self.cmd_fan
+            enable, budget, gpu_cap = self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap
+        valve_cmd = np.where(self.plc.tank_isolated, 0.0, valve_cmd)
+        pump_run = pump_run & ~self.plc.loop_isolated[self.p_loop]
+
+        # ---- actuators move at their physical rates
+        step_v = VALVE_STROKE_PCT_S * dt
+        self.valve_pos += _clamp(valve_cmd - self.valve_pos, step_v)
+        self.cdu_valve_pos += _clamp(cdu_valve_cmd - self.cdu_valve_pos, step_v)
+        running = (
+            pump_run & ~self.pump_fault & self.b_closed[self.n_pdu + self.l_feeder[self.p_loop]]
+        )
+        target = np.where(running, np.maximum(pump_sp / 100.0, self.p_min_speed), 0.0)
+        dp_ = PUMP_RAMP_PCT_S / 100.0 * dt
+        self.pump_speed += _clamp(target - self.pump_speed, dp_)
+        fans_ok = ~self.fan_fault & self.b_closed[self.n_pdu + self.l_feeder[self.d_loop]]
+        ftarget = np.where(fans_ok, fan_cmd / 100.0, 0.0)
+        df = FAN_RAMP_PCT_S / 100.0 * dt
+        self.fan_speed += _clamp(ftarget - self.fan_speed, df)
+
+        self._hydraulics()
+        self._loads(t, enable, budget, gpu_cap, tank_trip, row_trip)
+        self._thermal(t, dt)
+        self._electrical(dt)
+        self.t = t
+
+    def _hydraulics(self) -> None:
+        # Equal-percentage valves: Kv = Kvs * R^(x-1), closed at 0.
+        x_t = self.valve_pos / 100.0
+        kv_t = np.where(x_t > 0.005, self.t_kv * VALVE_RANGEABILITY ** (x_t - 1.0), 0.0)
+        x_c = self.cdu_valve_pos / 100.0
+        kv_c = np.where(x_c > 0.005, self.c_kv * VALVE_RANGEABILITY ** (x_c - 1.0), 0.0)
+        k = (
+            np.bincount(self.t_loop, weights=kv_t, minlength=self.n_l)
+            + np.bincount(self.c_loop, weights=kv_c, minlength=self.n_l)
+            + self.l_k_bypass
+        )
+        on = self.pump_speed > 0.02
+        n = np.bincount(self.p_loop, weights=on, minlength=self.n_l)
+        s_sum = np.bincount(self.p_loop, weights=self.pump_speed * on, minlength=self.n_l)
+        s = np.divide(s_sum, n, out=np.zeros(self.n_l), where=n > 0)
+        n_safe = np.maximum(n, 1.0)
+        dp = self.l_hmax * s**2 / (1.0 + self.l_r_main * k**2 + self.l_a * k**2 / n_safe**2)
+        dp = np.where(n > 0, dp, 0.0)
+        self.dp = dp
+        sq = np.sqrt(dp)
+        self.flow = k * sq
+        self.t_flow = kv_t * sq[self.t_loop]
+        self.c_flow = kv_c * sq[self.c_loop]
+        head = dp + self.l_r_main * self.flow**2
+        hyd_kw = self.flow / 3600.0 * head  # m3/s * kPa = kW
+        share = np.where(on, 1.0 / n_safe[self.p_loop], 0.0)
+        self.pump_kw = hyd_kw[self.p_loop] * share / PUMP_EFFICIENCY
+
+    def _loads(
+        self,
+        t: float,
+        enable: np.ndarray,
+        budget: np.ndarray,
+        gpu_cap: np.ndarray,
+        tank_trip: np.ndarray,
+        row_trip: np.ndarray,
+    ) -> None:
+        pdu_ok = self.b_closed[: self.n_pdu] & self.b_closed[self.n_pdu + self.pdu_feeder]
+        self.t_power_on = ~tank_trip & pdu_ok[self.t_pdu]
+        run = self.t_power_on & enable & ~self.t_hw_off
+        demand_inf = min(max(float(self.env.gpu_demand(t)), 0.0), 1.0)
+        # ---- ASIC tanks: per-miner target from the tank budget
+        per_unit = np.divide(budget, self.t_units)
+        min_kw = MINER_MIN_POWER_FRACTION * self.t_unit_kw
+        units_on = np.where(per_unit >= min_kw, self.t_units, np.floor(np.divide(budget, min_kw)))
+        p_req = np.minimum(np.maximum(per_unit, min_kw), self.t_unit_kw)
+        # ---- GPU tanks: budget acts as a cap on demand
+        util = np.where(self.t_train, self.env.training_demand, demand_inf)
+        gpu_node = self.t_idle_kw + (self.t_unit_kw - self.t_idle_kw) * util
+        gpu_node = np.minimum(gpu_node, np.maximum(per_unit, self.t_idle_kw))
+        p_req = np.where(self.t_asic, p_req, gpu_node)
+        units_on = np.where(self.t_asic, units_on, self.t_units)
+        # Thermal throttling: chips hold their throttle temperature by shedding power.
+        p_thermal = (self.t_throttle - self.T_tank) / self.t_r
+        floor = np.where(self.t_asic, min_kw, self.t_idle_kw)
+        p_unit = np.maximum(np.minimum(p_req, p_thermal), floor)
+        throttled = p_unit < p_req - 1e-9
+        chip = self.T_tank + self.t_r * p_unit
+        # Hardware self-protection: shut down above the chip trip, restart when cool.
+        self.t_hw_off |= run & (chip >= self.t_chip_trip)
+        cool = self.T_tank + self.t_r * floor < self.t_throttle - CHIP_RECOVER_MARGIN_K
+        self.t_hw_off &= ~cool
+        run = run & ~self.t_hw_off
+        units_on = np.where(run, units_on, 0.0)
+        self.t_units_on = units_on
+        self.t_power = units_on * p_unit
+        self.t_throttled = np.where(throttled, units_on, 0.0)
+        self.t_chip = np.where(units_on > 0, chip, self.T_tank)
+        frac = p_unit / self.t_unit_kw
+        th_nom = self.t_unit_kw / MINER_J_PER_TH * 1000.0  # TH/s at nameplate
+        self.t_hash = np.where(self.t_asic, units_on * th_nom * frac**MINER_HASH_EXPONENT, 0.0)
+
+        # ---- direct-to-chip rows
+        self.r_power_on = ~row_trip & pdu_ok[self.r_pdu]
+        rrun = self.r_power_on & self.cmd_row_enable & ~self.r_hw_off
+        rutil = np.where(self.r_train, self.env.training_demand, demand_inf)
+        coolant = self.c_supply[self.r_cdu]
+        cap = gpu_cap.astype(float)
+        gpu_w = GPU_IDLE_W + rutil * (np.minimum(cap, GPU_TDP_W) - GPU_IDLE_W)
+        # Throttle: a GPU holds its slowdown temperature by lowering power.
+        gpu_w_thermal = (self.r_throttle - coolant) / self.r_gpu_r
+        gpu_w_eff = np.maximum(np.minimum(gpu_w, gpu_w_thermal), GPU_IDLE_W)
+        die = coolant + self.r_gpu_r * gpu_w_eff
+        self.r_hw_off |= rrun & (die >= self.r_chip_trip)
+        self.r_hw_off &= ~(coolant + self.r_gpu_r * GPU_IDLE_W < self.r_throttle - 10.0)
+        rrun = rrun & ~self.r_hw_off
+        gpu_frac = (gpu_w_eff - GPU_IDLE_W) / (GPU_TDP_W - GPU_IDLE_W)
+        other = (1.0 - GPU_SHARE_OF_NODE_DYNAMIC) * rutil + GPU_SHARE_OF_NODE_DYNAMIC * gpu_frac
+        node_kw = self.r_idle_kw + (self.r_node_kw - self.r_idle_kw) * other
+        self.r_nodes_on = np.where(rrun, self.r_nodes, 0.0)
+        self.r_power = self.r_nodes_on * node_kw
+        self.r_throttled = np.where(rrun & (gpu_w_eff < gpu_w - 1e-9), self.r_nodes, 0.0)
+        self.r_gpu_temp = np.where(rrun, die, coolant)
+
+    def _thermal(self, t: float, dt: float) -> None:
+        cp_l, rho_l = self.l_cp, self.l_rho
+        t_cold = self.T_cold
+        # Fouling drifts the HX UA down over days (the controller must live with it).
+        if t >= self._foul_next_t:  # fouling drifts over days: refresh once a minute
+            self._ua_t = self.t_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / self.t_foul_tau_s)))
+            self._ua_c = self.c_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / self.c_foul_tau_s)))
+            self._foul_next_t = t + 60.0
+        ua_t, ua_c = self._ua_t, self._ua_c
+        cw_t = self.t_flow / 3.6 * rho_l[self.t_loop] * cp_l[self.t_loop]
+        cw_c = self.c_flow / 3.6 * rho_l[self.c_loop] * cp_l[self.c_loop]
+        # dry coolers: water shared evenly, air side follows the fans
+        c_flow = self.flow / 3.6 * rho_l * cp_l  # kW/K per loop
+        cw_d = c_flow[self.d_loop] / self.l_n_dc[self.d_loop]
+        active = (self.d_fans - self.fans_failed) / self.d_fans
+        air = np.maximum(self.fan_speed * active, DC_NATURAL_DRAFT)
+        # One vectorised epsilon-NTU evaluation for every HX of the site.
+        q = _hx(
+            np.concatenate((ua_t, ua_c, self.d_ua_design * air**0.6)),
+            np.concatenate((self.t_cd, self.c_ctcs, cw_d)),
+            np.concatenate((cw_t, cw_c, self.d_cair_design * air)),
+            np.concatenate(
+                (
+                    self.T_tank - t_cold[self.t_loop],
+                    self.T_tcs - t_cold[self.c_loop],
+                    self.T_hot[self.d_loop] - self.ambient,
+                )
+            ),
+        )
+        n_t, n_c = self.n_t, self.n_c
+        self.q_tank, self.q_cdu, self.q_dc = q[:n_t], q[n_t : n_t + n_c], q[n_t + n_c :]
+        self._cw_t, self._cw_c, self._cw_d = cw_t, cw_c, cw_d
+        self.fan_kw = self.d_fans * active * self.d_fan_kw * self.fan_speed**3
+
+        q_branch = np.bincount(self.t_loop, weights=self.q_tank, minlength=self.n_l) + np.bincount(
+            self.c_loop, weights=self.q_cdu, minlength=self.n_l
+        )
+        q_rej = np.bincount(self.d_loop, weights=self.q_dc, minlength=self.n_l)
+        q_pump = np.bincount(self.p_loop, weights=self.pump_kw, minlength=self.n_l)
+        # row heat goes to its CDU's coolant
+        q_rows = np.bincount(self.r_cdu, weights=self.r_power, minlength=self.n_c)
+
+        self.T_tank = self.T_tank + dt * (self.t_power - self.q_tank) / self.t_cap
+        self.T_tcs = self.T_tcs + dt * (q_rows - self.q_cdu) / self.c_cap
+        hot, cold = self.T_hot, self.T_cold
+        mix = c_flow * (cold - hot)
+        self.T_hot = hot + dt * (mix + q_branch) / self.l_half_cap
+        self.T_cold = cold + dt * (-mix - q_rej + q_pump) / self.l_half_cap
+
+        self.c_supply = self.T_tcs - self.q_cdu / self.c_ctcs  # the GPUs' coolant
+        self.ledger.heat_in_kj += dt * float(q_rows.sum() + self.t_power.sum() + q_pump.sum())
+        self.ledger.heat_rejected_kj += dt * float(q_rej.sum())
+
+    # Temperatures only sensors need: computed when sampled, not every step.
+    @property
+    def t_return(self) -> np.ndarray:
+        return self.T_tank - self.q_tank / self.t_cd
+
+    @property
+    def t_water_out(self) -> np.ndarray:
+        cw = self._cw_t
+        ok = cw > 1e-9
+        return np.where(
+            ok, self.T_cold[self.t_loop] + self.q_tank / np.where(ok, cw, 1.0), self.T_tank
+        )
+
+    @property
+    def c_water_out(self) -> np.ndarray:
+        cw = self._cw_c
+        ok = cw > 1e-9
+        return np.where(
+            ok, self.T_cold[self.c_loop] + self.q_cdu / np.where(ok, cw, 1.0), self.T_tcs
+        )
+
+    @property
+    def dc_out(self) -> np.ndarray:
+        cw = self._cw_d
+        ok = cw > 1e-9
+        hot = self.T_hot[self.d_loop]
+        return np.where(ok, hot - self.q_dc / np.where(ok, cw, 1.0), hot)
+
+    def _electrical(self, dt: float) -> None:
+        it_pdu = np.bincount(self.t_pdu, weights=self.t_power, minlength=self.n_pdu) + np.bincount(
+            self.r_pdu, weights=self.r_power, minlength=self.n_pdu
+        )
+        feeder = np.bincount(self.pdu_feeder, weights=it_pdu, minlength=self.n_f)
+        mech = np.bincount(self.p_loop, weights=self.pump_kw, minlength=self.n_l) + np.bincount(
+            self.d_loop, weights=self.fan_kw, minlength=self.n_l
+        )
+        feeder += np.bincount(self.l_feeder, weights=mech, minlength=self.n_f)
+        power = np.concatenate([it_pdu, feeder])
+        current = power / self.b_kw_per_a
+        ratio = current / self.b_pickup
+        over = ratio > 1.0
+        cooled = self.b_heat * math.exp(-dt / BREAKER_COOL_TAU_S)
+        if over.any():
+            t_trip = self.b_k / (np.where(over, ratio, 2.0) ** self.b_a - 1.0)
+            self.b_heat = np.where(over, self.b_heat + dt / t_trip, cooled)
+            tripping = self.b_closed & (self.b_heat >= 1.0)
+            for i in np.flatnonzero(tripping).tolist():
+                name = (
+                    self.site.pdus[i].name
+                    if i < self.n_pdu
+                    else self.site.feeders[i - self.n_pdu].name
+                )
+                self.events.append((self.t + dt, f"breaker {name} tripped at {current[i]:.0f} A"))
+            self.b_closed &= ~tripping
+        else:
+            self.b_heat = cooled
+        self.b_power = power
+        self.b_current = current
+        self.b_energy += power * dt / 3600.0
+
+        self.it_kw = float(self.t_power.sum() + self.r_power.sum())
+        self.cooling_kw = float(mech.sum())
+        house = HOUSE_LOAD_KW + HOUSE_LOAD_FRACTION * self.it_kw
+        self.site_kw = float(feeder.sum()) + house
+        self.site_kwh += self.site_kw * dt / 3600.0
+        v = self.site.meter_voltage_v * (1.0 - 0.01 * self.site_kw / self.site.import_limit_kw)
+        self.site_voltage = v
+        self.site_current = self.site_kw * 1000.0 / (math.sqrt(3.0) * v * 0.97)
+        f = self.env.grid_frequency_hz(self.t + dt)
+        self.site_freq = self.site.frequency_hz if f is None else float(f)
+        self.ledger.it_kwh += self.it_kw * dt / 3600.0
+        self.ledger.cooling_kwh += self.cooling_kw * dt / 3600.0
+        self.ledger.site_kwh = self.site_kwh
+
+    # ==================================================================
+    # views
+    # ==================================================================
+    def stored_heat_kj(self) -> float:
+        """Heat stored above 0 degC in every fluid mass (for the energy balance)."""
+        return float(
+            (self.t_cap * self.T_tank).sum()
+            + (self.c_cap * self.T_tcs).sum()
+            + (self.l_half_cap * (self.T_hot + self.T_cold)).sum()
+        )
+
+    def plc_status_word(self) -> int:
+        w = 0
+        if self.plc.safe_state:
+            w |= STATUS_SAFE_STATE
+        if self.plc.any_interlock():
+            w |= STATUS_INTERLOCK
+        if self.plc.heartbeat_age_s < self.heartbeat_timeout_s:
+            w |= STATUS_HEARTBEAT_OK
+        if self.tank_leak.any() or self.loop_leak.any() or self.cdu_leak.any():
+            w |= STATUS_LEAK
+        return w
+
+    @property
+    def pue(self) -> float:
+        return self.site_kw / self.it_kw if self.it_kw > 1.0 else float("nan")
+
+    def status(self) -> dict[str, object]:
+        """A plain-dict snapshot for reports and the console."""
+        return {
+            "t_s": self.t,
+            "ambient_c": round(self.ambient, 2),
+            "site_kw": round(self.site_kw, 1),
+            "it_kw": round(self.it_kw, 1),
+            "cooling_kw": round(self.cooling_kw, 1),
+            "pue": round(self.pue, 3) if self.it_kw > 1.0 else None,
+            "max_tank_c": round(float(self.T_tank.max()), 2) if self.n_t else None,
+            "loops": {
+                lp.name: {
+                    "supply_c": round(float(self.T_cold[i]), 2),
+                    "return_c": round(float(self.T_hot[i]), 2),
+                    "flow_m3h": round(float(self.flow[i]), 1),
+                    "dp_kpa": round(float(self.dp[i]), 1),
+                }
+                for i, lp in enumerate(self.site.loops)
+            },
+            "plc": self.plc.status(),
+        }
+
+    # ==================================================================
+    # faults (driven by scenarios)
+    # ==================================================================
+    def set_equipment_fault(self, category: str, name: str, kind: str, active: bool) -> None:
+        """Trip or restore a pump or fan, start or stop a leak."""
+        if category == "pump":
+            i = self._index([p.name for p in self.site.pumps], name, "pump")
+            self.pump_fault[i] = active
+        elif category == "fan":
+            i = self._index([d.name for d in self.site.dry_coolers], name, "dry cooler")
+            self.fan_fault[i] = active
+        elif category == "leak":
+            names_t = [t.name for t in self.site.tanks]
+            names_l = [lp.name for lp in self.site.loops]
+            names_c = [c.name for c in self.site.cdus]
+            if name in names_t:
+                self.tank_leak[names_t.index(name)] = active
+            elif name in names_l:
+                self.loop_leak[names_l.index(name)] = active
+            elif name in names_c:
+                self.cdu_leak[names_c.index(name)] = active
+            else:
+                raise KeyError(f"leak target '{name}' is not a tank, loop or CDU of this site")
+        else:
+            raise KeyError(f"unknown equipment fault category '{category}'")
+        self.events.append(
+            (self.t, f"fault {'injected' if active else 'cleared'}: {category}:{name} {kind}")
+        )
+
+    @staticmethod
+    def _index(names: list[str], name: str, what: str) -> int:
+        try:
+            return names.index(name)
+        except ValueError:
+            raise KeyError(f"no {what} named '{name}' on this site") from None

@@ -1,0 +1,201 @@
+"""``thermogate plant``: the simulated plant served over real Modbus.
+
+The plant steps on a real-time clock (optionally faster, ``--speed``); after
+each tick the whole sample is encoded into the device images the Modbus
+server answers from. Writes from any master are decoded per point, checked
+against the point's range (exception 03 if outside, nothing applied) and
+handed to the plant as commands. The tick re-arms at ``expiry + interval``
+so CPU time never stretches the simulated clock; if the host falls behind,
+the plant catches up in bounded bursts and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from pymodbus.constants import ExcCodes
+
+from thermogate.plc.codec import decode
+from thermogate.plc.errors import CodecError, ThermogateError
+from thermogate.plc.site import Site, load_site
+
+from .image import ImageWriter, build_images
+from .modbus_server import PlantModbusServer
+from .runner import ScenarioPlant
+from .scenario import load_scenario
+
+#: Wall-clock period of the serving loop (s); the plant steps dt each sim second.
+TICK_S = 0.1
+#: At most this many plant steps per tick when catching up after a stall.
+MAX_CATCH_UP_STEPS = 2000
+
+
+@dataclass
+class ServedPlant:
+    """A ``ScenarioPlant`` behind a ``PlantModbusServer``."""
+
+    sim: ScenarioPlant
+    speed: float = 1.0
+    server: PlantModbusServer = field(init=False)
+    writes: int = 0
+    rejected_writes: int = 0
+
+    def __post_init__(self) -> None:
+        pmap = self.sim.pmap
+        self.images = build_images(pmap.points)
+        self.writer = ImageWriter(pmap.points, self.images)
+        # Commands start as the plant's initial values, then belong to the masters.
+        ImageWriter(pmap.points, self.images, include_writable=True).write(
+            self.sim.plant.sensors.sample()
+        )
+        self.server = PlantModbusServer(self.images, on_write=self._on_write)
+        self.sim.on_device_fault = self._device_fault
+        self._publish()
+
+    # -- Modbus side ---------------------------------------------------
+    def _on_write(self, unit: int, table: str, address: int, regs: list[int]) -> int | None:
+        """Decode and range-check every point of the request; apply all or none."""
+        image = self.images[unit]
+        staged: list[tuple[str, float]] = []
+        for point, words in image.split(table, address, regs):
+            try:
+                value = float(decode(point, words))
+            except CodecError:
+                return ExcCodes.ILLEGAL_VALUE
+            lo, hi = point.min, point.max
+            if (
+                math.isnan(value)
+                or (lo is not None and value < lo)
+                or (hi is not None and value > hi)
+            ):
+                self.rejected_writes += 1
+                return ExcCodes.ILLEGAL_VALUE
+            staged.append((point.name, value))
+        for name, value in staged:
+            self.sim.plant.write(name, value)
+        self.writes += 1
+        return None
+
+    def _device_fault(self, unit: int, kind: str | None, code: int) -> None:
+        self.server.set_fault(unit, kind, code)  # type: ignore[arg-type]
+
+    def _publish(self) -> None:
+        self.writer.write(self.sim.plant.sensors.sample())
+        # plc.reset is a self-clearing coil: the PLC acts on it and drops it.
+        reset = self.sim.pmap.by_name["plc.reset"]
+        self.images[reset.unit_id].coils[reset.address] = False
+
+    # -- clock -----------------------------------------------------------
+    async def run(self, duration_s: float | None = None, on_tick=None) -> None:  # noqa: ANN001
+        """Step in real time x ``speed`` until cancelled or ``duration_s`` passes."""
+        plant = self.sim.plant
+        loop = asyncio.get_running_loop()
+        start_wall = loop.time()
+        start_sim = plant.t
+        next_tick = start_wall + TICK_S
+        while duration_s is None or loop.time() - start_wall < duration_s:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick += TICK_S  # expiry + interval: CPU time does not stretch it
+            target_sim = start_sim + (loop.time() - start_wall) * self.speed
+            steps = int((target_sim - plant.t) / plant.dt)
+            if steps > MAX_CATCH_UP_STEPS:
+                print(
+                    f"plant: {steps} steps behind real time x{self.speed:g}, catching up in bursts",
+                    file=sys.stderr,
+                )
+                steps = MAX_CATCH_UP_STEPS
+            if steps > 0:
+                self.sim.step(steps)
+                self._publish()
+            if on_tick is not None:
+                on_tick(self)
+            if loop.time() > next_tick + 1.0:  # a long stall: don't try to replay it
+                next_tick = loop.time() + TICK_S
+
+
+def _print_events(sp: ServedPlant) -> None:
+    ev = sp.sim.plant.events
+    for t, msg in ev:
+        print(f"[t={t:9.0f}s] {msg}", flush=True)
+    ev.clear()
+
+
+def serve_plant_cli(args: argparse.Namespace) -> int:
+    """Entry point of ``thermogate plant``."""
+    site: Site = load_site(args.site)
+    scenario = load_scenario(
+        args.scenario,
+        weather_csv=args.weather,
+        prices_csv=args.prices,
+        wrap=True if (args.weather or args.prices) else None,
+    )
+    sim = ScenarioPlant(site, scenario, seed=args.seed)
+    sp = ServedPlant(sim, speed=args.speed)
+    return asyncio.run(_serve(sp, args))
+
+
+async def _serve(sp: ServedPlant, args: argparse.Namespace) -> int:
+    site = sp.sim.site
+    try:
+        if args.rtu:
+            await sp.server.start_rtu(args.rtu, baudrate=args.baudrate, parity=args.parity)
+            where = f"Modbus RTU on {args.rtu} ({args.baudrate} 8{args.parity}1)"
+        else:
+            host, port = await sp.server.start_tcp(args.host, args.port)
+            where = f"Modbus TCP on {host}:{port}"
+    except OSError as exc:
+        raise ThermogateError(f"cannot serve the plant: {exc.strerror or exc}") from None
+    units = sorted(sp.images)
+    print(
+        f"thermogate plant: site '{site.name}' ({len(sp.sim.pmap)} points, "
+        f"{len(units)} unit ids {units[0]}..{units[-1]}), scenario "
+        f"'{sp.sim.scenario.name}', speed x{sp.speed:g}",
+        flush=True,
+    )
+    print(
+        f"serving {where}; point map: `thermogate points"
+        f"{' --site ' + args.site if args.site else ''} --format csv` "
+        "(0-based addresses; mbpoll counts from 1, use its -0 flag)",
+        flush=True,
+    )
+    print("Ctrl-C to stop", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    last_status = [time.monotonic()]
+
+    def on_tick(s: ServedPlant) -> None:
+        _print_events(s)
+        now = time.monotonic()
+        if now - last_status[0] >= 10.0:
+            last_status[0] = now
+            st = s.sim.plant.status()
+            plc = st["plc"]
+            print(
+                f"[t={st['t_s']:9.0f}s] site {st['site_kw']:.0f} kW, IT {st['it_kw']:.0f} kW, "
+                f"PUE {st['pue']}, hottest tank {st['max_tank_c']} degC, ambient "
+                f"{st['ambient_c']} degC, safe state {plc['safe_state']}, "  # type: ignore[index]
+                f"writes {s.writes}",
+                flush=True,
+            )
+
+    runner = asyncio.create_task(sp.run(args.duration, on_tick))
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    runner.cancel()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    await sp.server.stop()
+    print("thermogate plant: stopped", flush=True)
+    return 0
