@@ -179,6 +179,14 @@ class Plant:
         self.t_chip_trip = np.array([t.limits.chip_trip_c for t in tanks])
         self.t_asic = np.array([t.workload == "asic" for t in tanks], dtype=bool)
         self.t_train = np.array([t.workload_class == "training" for t in tanks], dtype=bool)
+        self.t_train_f = self.t_train.astype(float)
+        self.t_min_kw = MINER_MIN_POWER_FRACTION * self.t_unit_kw
+        self.t_dyn_kw = self.t_unit_kw - self.t_idle_kw
+        # The least a running unit draws: a miner's minimum clock, a GPU node's idle.
+        self.t_floor_kw = np.where(self.t_asic, self.t_min_kw, self.t_idle_kw)
+        # A unit that shut itself down restarts once its fluid is this cool.
+        self.t_recover_c = self.t_throttle - CHIP_RECOVER_MARGIN_K - self.t_r * self.t_floor_kw
+        self.t_th_nom = self.t_unit_kw / MINER_J_PER_TH * 1000.0  # TH/s at nameplate
         self.t_ua = np.array([t.hx_ua_kw_k for t in tanks])
         self.t_cd = np.array(
             [t.dielectric_flow_l_s * t.fluid_density_kg_l * t.fluid_cp_kj_kgk for t in tanks]
@@ -208,6 +216,7 @@ class Plant:
         self.r_throttle = np.array([r.chip_throttle_c for r in rows])
         self.r_chip_trip = np.array([r.chip_trip_c for r in rows])
         self.r_train = np.array([r.workload_class == "training" for r in rows], dtype=bool)
+        self.r_recover_c = self.r_throttle - CHIP_RECOVER_MARGIN_K - self.r_gpu_r * GPU_IDLE_W
 
         # loops
         self.l_rho = np.array([lp.density_kg_l for lp in loops])
@@ -333,7 +342,7 @@ class Plant:
         self.t_units_on = self.t_units.copy()
         self.t_throttled = np.zeros(self.n_t)
         self.t_chip = self.T_tank.copy()
-        self.t_hash = np.zeros(self.n_t)
+        self.t_p_unit = self.t_unit_kw.copy()
         self.t_hw_off = np.zeros(self.n_t, dtype=bool)  # chips' own thermal shutdown
         self.t_power_on = np.ones(self.n_t, dtype=bool)
         self.r_power = np.zeros(self.n_r)
@@ -538,35 +547,29 @@ class Plant:
         run = self.t_power_on & enable & ~self.t_hw_off
         demand_inf = min(max(float(self.env.gpu_demand(t)), 0.0), 1.0)
         # ---- ASIC tanks: per-miner target from the tank budget
-        per_unit = np.divide(budget, self.t_units)
-        min_kw = MINER_MIN_POWER_FRACTION * self.t_unit_kw
-        units_on = np.where(per_unit >= min_kw, self.t_units, np.floor(np.divide(budget, min_kw)))
+        per_unit = budget / self.t_units
+        min_kw = self.t_min_kw
+        units_on = np.where(per_unit >= min_kw, self.t_units, np.floor(budget / min_kw))
         p_req = np.minimum(np.maximum(per_unit, min_kw), self.t_unit_kw)
-        # ---- GPU tanks: budget acts as a cap on demand
-        util = np.where(self.t_train, self.env.training_demand, demand_inf)
-        gpu_node = self.t_idle_kw + (self.t_unit_kw - self.t_idle_kw) * util
-        gpu_node = np.minimum(gpu_node, np.maximum(per_unit, self.t_idle_kw))
+        # ---- GPU tanks: the budget caps what the demand would draw
+        util = self.t_train_f * (self.env.training_demand - demand_inf) + demand_inf
+        gpu_node = np.minimum(self.t_idle_kw + self.t_dyn_kw * util,
+                              np.maximum(per_unit, self.t_idle_kw))
         p_req = np.where(self.t_asic, p_req, gpu_node)
         units_on = np.where(self.t_asic, units_on, self.t_units)
         # Thermal throttling: chips hold their throttle temperature by shedding power.
         p_thermal = (self.t_throttle - self.T_tank) / self.t_r
-        floor = np.where(self.t_asic, min_kw, self.t_idle_kw)
-        p_unit = np.maximum(np.minimum(p_req, p_thermal), floor)
-        throttled = p_unit < p_req - 1e-9
+        p_unit = np.maximum(np.minimum(p_req, p_thermal), self.t_floor_kw)
         chip = self.T_tank + self.t_r * p_unit
         # Hardware self-protection: shut down above the chip trip, restart when cool.
         self.t_hw_off |= run & (chip >= self.t_chip_trip)
-        cool = self.T_tank + self.t_r * floor < self.t_throttle - CHIP_RECOVER_MARGIN_K
-        self.t_hw_off &= ~cool
-        run = run & ~self.t_hw_off
-        units_on = np.where(run, units_on, 0.0)
+        self.t_hw_off &= self.T_tank >= self.t_recover_c
+        units_on = np.where(run & ~self.t_hw_off, units_on, 0.0)
         self.t_units_on = units_on
+        self.t_p_unit = p_unit
         self.t_power = units_on * p_unit
-        self.t_throttled = np.where(throttled, units_on, 0.0)
+        self.t_throttled = np.where(p_unit < p_req - 1e-9, units_on, 0.0)
         self.t_chip = np.where(units_on > 0, chip, self.T_tank)
-        frac = p_unit / self.t_unit_kw
-        th_nom = self.t_unit_kw / MINER_J_PER_TH * 1000.0  # TH/s at nameplate
-        self.t_hash = np.where(self.t_asic, units_on * th_nom * frac**MINER_HASH_EXPONENT, 0.0)
 
         # ---- direct-to-chip rows
         self.r_power_on = ~row_trip & pdu_ok[self.r_pdu]
@@ -580,7 +583,7 @@ class Plant:
         gpu_w_eff = np.maximum(np.minimum(gpu_w, gpu_w_thermal), GPU_IDLE_W)
         die = coolant + self.r_gpu_r * gpu_w_eff
         self.r_hw_off |= rrun & (die >= self.r_chip_trip)
-        self.r_hw_off &= ~(coolant + self.r_gpu_r * GPU_IDLE_W < self.r_throttle - 10.0)
+        self.r_hw_off &= coolant >= self.r_recover_c
         rrun = rrun & ~self.r_hw_off
         gpu_frac = (gpu_w_eff - GPU_IDLE_W) / (GPU_TDP_W - GPU_IDLE_W)
         other = (1.0 - GPU_SHARE_OF_NODE_DYNAMIC) * rutil + GPU_SHARE_OF_NODE_DYNAMIC * gpu_frac
@@ -643,7 +646,15 @@ class Plant:
         self.ledger.heat_in_kj += dt * float(q_rows.sum() + self.t_power.sum() + q_pump.sum())
         self.ledger.heat_rejected_kj += dt * float(q_rej.sum())
 
-    # Temperatures only sensors need: computed when sampled, not every step.
+    # Values only sensors need: computed when sampled, not every step.
+    @property
+    def t_hash(self) -> np.ndarray:
+        """Hashrate (TH/s) per tank: J/TH improves as a miner is underclocked."""
+        frac = self.t_p_unit / self.t_unit_kw
+        return np.where(
+            self.t_asic, self.t_units_on * self.t_th_nom * frac**MINER_HASH_EXPONENT, 0.0
+        )
+
     @property
     def t_return(self) -> np.ndarray:
         return self.T_tank - self.q_tank / self.t_cd

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import struct
-import time
 from dataclasses import replace
 
 import pytest
@@ -472,7 +471,8 @@ def test_block_decoders_built_from_a_plan_decode_every_point():
     assert out == {p.name: (True if p.table == "coil" else float(p.address)) for p in points}
 
 
-def test_bulk_decode_of_10000_points_takes_well_under_5_ms():
+def test_bulk_decode_of_10000_points_matches_per_point_decode():
+    # Speed is measured by the benchmarks, not asserted here (shared machines).
     rng = random.Random(7)
     points = []
     addr = 0
@@ -481,14 +481,15 @@ def test_bulk_decode_of_10000_points_takes_well_under_5_ms():
         scale = 1.0 if t == "f32" else rng.choice(SCALES)
         points.append(pt(t, scale, rng.choice(WORD_ORDERS), address=addr, name=f"p{i}"))
         addr += points[-1].words
-    decoders = [BlockDecoder.for_request(r) for r in plan_reads(points)]
+    requests = plan_reads(points)
+    decoders = [BlockDecoder.for_request(r) for r in requests]
     reads = [[rng.randrange(0x10000) for _ in range(d.count)] for d in decoders]
-    best = math.inf
-    for _ in range(20):
-        t0 = time.perf_counter()
-        out: dict = {}
-        for d, regs in zip(decoders, reads, strict=True):
-            d.decode_into(regs, out)
-        best = min(best, time.perf_counter() - t0)
+    out: dict = {}
+    for d, regs in zip(decoders, reads, strict=True):
+        d.decode_into(regs, out)
     assert len(out) == 10_000
-    assert best < 0.005, f"bulk decode of 10,000 points took {best * 1e3:.2f} ms"
+    for req, regs in zip(requests, reads, strict=True):
+        for p in req.points:
+            want = decode(p, regs[p.address - req.address : p.end - req.address])
+            got = out[p.name]
+            assert (math.isnan(want) and math.isnan(got)) or got == want, p.name
