@@ -89,18 +89,19 @@ def generate_site_toml(spec: SiteSpec) -> str:
     loops: list[dict] = []
     for k in range(math.ceil(spec.asic_tanks / ASIC_PER_LOOP)):
         n = min(ASIC_PER_LOOP, spec.asic_tanks - k * ASIC_PER_LOOP)
-        loops.append({"kw": n * tank_kw, "dc_kw": 1200.0, "sp": 32.0, "min_dc": 3})
+        loops.append({"kw": n * tank_kw, "dc_kw": 1200.0, "sp": 32.0, "min_dc": 3, "margin": 1.2})
     n_ai = spec.gpu_tanks + spec.rack_rows
     first_ai_loop = len(loops)
     for k in range(math.ceil(n_ai / AI_PER_LOOP)):
         members = range(k * AI_PER_LOOP, min(n_ai, (k + 1) * AI_PER_LOOP))
         kw = sum(gtank_kw if j < spec.gpu_tanks else row_kw for j in members)
-        loops.append({"kw": kw, "dc_kw": 700.0, "sp": 30.0, "min_dc": 2})
+        # AI loops get more dry-cooler margin: inference is the last load shed.
+        loops.append({"kw": kw, "dc_kw": 700.0, "sp": 30.0, "min_dc": 3, "margin": 2.0})
     for k, lp in enumerate(loops):
         lp["name"] = f"loop{k + 1}"
         lp["flow"] = _flow_m3h(lp["kw"])
         lp["pump_kw"] = _pump_kw(lp["flow"])
-        lp["n_dc"] = max(lp["min_dc"], math.ceil(lp["kw"] * 1.2 / lp["dc_kw"]))
+        lp["n_dc"] = max(lp["min_dc"], math.ceil(lp["kw"] * lp["margin"] / lp["dc_kw"]))
         lp["cooling_kw"] = 2 * lp["pump_kw"] + lp["n_dc"] * 10 * 2.2
     cooling_kw = sum(lp["cooling_kw"] for lp in loops)
 
@@ -217,9 +218,9 @@ def generate_site_toml(spec: SiteSpec) -> str:
         emit(f"units = {MINERS_PER_TANK if asic else GPU_NODES_PER_TANK}")
         emit(f"unit_power_kw = {MINER_KW if asic else GPU_NODE_KW}")
         emit(f"volume_l = {2000.0 if asic else 1600.0}")
-        emit("hx_ua_kw_k = 30.0" if asic else "hx_ua_kw_k = 24.0")
-        emit("dielectric_flow_l_s = 15.0" if asic else "dielectric_flow_l_s = 12.0")
-        emit(f"design_water_flow_m3h = {36.0 if asic else 28.0}")
+        emit("hx_ua_kw_k = 30.0" if asic else "hx_ua_kw_k = 40.0")
+        emit("dielectric_flow_l_s = 15.0" if asic else "dielectric_flow_l_s = 16.0")
+        emit(f"design_water_flow_m3h = {36.0 if asic else 32.0}")
         emit(f'loop = "{loop_of_tank(i)}"')
         emit(f'pdu = "{pdu_of[t]}"')
         emit(f"unit_id = {plc_of(i)}")
@@ -237,8 +238,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         emit("tcs_flow_l_s = 9.0")
         emit("design_water_flow_m3h = 40.0")
         emit("supply_setpoint_c = 40.0")
-        emit("supply_alarm_c = 45.0")
-        emit("supply_trip_c = 50.0")
+        emit("supply_alarm_c = 48.0")
+        emit("supply_trip_c = 55.0")
         emit(f"unit_id = {next(uid)}")
     for i, r in enumerate(row_names):
         emit("")
