@@ -56,6 +56,8 @@ class SensorModel:
     def __init__(self, plant: Plant, seed: int = 1, enabled: bool = True) -> None:
         self.plant = plant
         self.rng = np.random.default_rng(seed)
+        # The PLC's view draws its own random faults so sample() stays reproducible.
+        self._plc_rng = np.random.default_rng(seed + 1_000_003)
         self.enabled = enabled
         pts = plant.pmap.points
         self.n = len(pts)
@@ -275,12 +277,11 @@ class SensorModel:
             return value + f.params.get("rate_per_h", 2.0) * (self.plant.t - f.start_t) / 3600.0
         if k == "nan":
             return math.nan
-        if peek:  # random faults are drawn once per sample, not per view
-            return value
+        rng = self._plc_rng if peek else self.rng
         if k == "spike":
-            if self.rng.random() < f.params.get("p", 0.02):
+            if rng.random() < f.params.get("p", 0.02):
                 return value + f.params.get("magnitude", 25.0)
             return value
         if k == "dropout":
-            return math.nan if self.rng.random() < f.params.get("p", 0.3) else value
+            return math.nan if rng.random() < f.params.get("p", 0.3) else value
         return value

@@ -93,6 +93,8 @@ class PlcLogic:
         run: low flow with no pump commanded is a controlled stop, not a fault.
         """
         self._watchdog(t, inp.heartbeat)
+        # In its safe state the PLC runs every pump itself: no flow is then a fault.
+        loop_pumps_commanded = loop_pumps_commanded | self.safe_state
 
         # Over-temperature: the hotter valid sensor; a NaN or open sensor
         # counts as hot only if both are bad (fail safe, but one bad sensor
@@ -146,7 +148,7 @@ class PlcLogic:
         self.cdu_latched |= new_cdu
 
         if inp.reset:
-            self._reset(t, over, inp, cdu_over)
+            self._reset(t, over, inp, cdu_over, low)
 
     # ------------------------------------------------------------------
     def _watchdog(self, t: float, heartbeat: int) -> None:
@@ -175,13 +177,14 @@ class PlcLogic:
         since[cond & np.isnan(since)] = t
         return cond & (t - since >= TRIP_DEBOUNCE_S)
 
-    def _reset(self, t: float, over: np.ndarray, inp: PlcInputs, cdu_over: np.ndarray) -> None:
+    def _reset(
+        self, t: float, over: np.ndarray, inp: PlcInputs, cdu_over: np.ndarray, low: np.ndarray
+    ) -> None:
         clear_tank = self.tank_latched & ~over & ~inp.tank_leak
         self.tank_latched &= ~clear_tank
         self.tank_isolated &= inp.tank_leak
         self.loop_isolated &= inp.loop_leak
-        self.loop_low_flow[:] = False  # re-armed: trips again after the delay if still low
-        self._low_flow_since[:] = np.nan
+        self.loop_low_flow &= low  # a loop whose flow is still low stays tripped
         clear_cdu = self.cdu_latched & ~cdu_over
         self.cdu_latched &= ~clear_cdu
         self._log(

@@ -222,7 +222,7 @@ class RackRow:
     node_power_kw: float
     node_idle_kw: float
     gpus_per_node: int
-    gpu_r_k_per_w: float  # die-to-coolant resistance, ~0.03 K/W on an H200
+    gpu_r_k_per_w: float  # die-to-coolant resistance, ~0.037 K/W on an H200
     chip_throttle_c: float
     chip_trip_c: float
     unit_id: int
@@ -566,9 +566,9 @@ _WORKLOAD_DEFAULTS = {
     # unit_power_kw, unit_idle_kw, chip_r (K/kW), chip throttle, chip trip, fluid sp/alarm/trip
     # ASIC: ~27 K chip-to-fluid at 5.5 kW, so chips reach their 88 degC throttle
     # just above the 60 degC fluid alarm. GPU node: the die sits ~21 K above its
-    # local fluid at 700 W (0.03 K/W per GPU, H200 measurement), ~2.1 K per node kW.
+    # local fluid at 700 W (0.037 K/W per GPU, H200 measurement), ~2.5 K per node kW.
     "asic": (5.5, 0.15, 5.0, 88.0, 95.0, 50.0, 60.0, 65.0),
-    "gpu": (10.2, 1.6, 2.1, 87.0, 95.0, 45.0, 57.0, 62.0),
+    "gpu": (10.2, 1.6, 2.5, 87.0, 95.0, 45.0, 57.0, 62.0),
 }
 
 
@@ -659,7 +659,8 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
         node_power_kw=node_kw,
         node_idle_kw=sec.get_float("node_idle_kw", 1.6, minval=0.0, below=node_kw),
         gpus_per_node=sec.get_int("gpus_per_node", 8, minval=1, maxval=16),
-        gpu_r_k_per_w=sec.get_float("gpu_r_k_per_w", 0.03, above=0.0, maxval=1.0),
+        # 22 K rise for 573 W on the measured H200 (shared/data/gpu_step_h200.csv).
+        gpu_r_k_per_w=sec.get_float("gpu_r_k_per_w", 0.037, above=0.0, maxval=1.0),
         chip_throttle_c=throttle,
         chip_trip_c=sec.get_float("chip_trip_c", 95.0, above=throttle, maxval=120.0),
         unit_id=_unit_id(sec, "unit_id", 1),
