@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Context, Decimal
 
 import numpy as np
 
@@ -29,8 +30,37 @@ RAW_LIMITS = {
 }
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+#: Quotients this many ulps or fewer from a tie are re-rounded exactly.
+_TIE_ULPS = 8.0
+#: Beyond this many counts every integer type saturates.
+_RAW_ABS_LIMIT = 2.0**33
+_ONE = Decimal(1)
+_DECIMAL = Context(prec=60, rounding=ROUND_HALF_UP)
+
+
+def _counts(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Engineering values -> counts, rounded exactly as ``plc.codec`` rounds.
+
+    Nearest count, ties away from zero, computed exactly (``floor(|x| + 0.5)``
+    is not: 0.49999999999999994 + 0.5 rounds up to 1.0). The codec judges a
+    tie on the decimal values as written (0.35 at scale 0.1 is 3.5 counts ->
+    4, not binary 3.4999999999999996 -> 3). A float quotient is within 3 ulps
+    of the decimal one, so only quotients that close to a tie can round
+    differently; those few are redone in decimal.
+    """
+    q = values / scale
+    a = np.minimum(np.abs(q), _RAW_ABS_LIMIT)  # beyond it every type saturates; no inf - inf
+    f = np.floor(a)
+    frac = a - f  # exact
+    raw = np.copysign(f + (frac >= 0.5), q)
+    near = np.abs(frac - 0.5) <= _TIE_ULPS * np.spacing(a)
+    if near.any():
+        v = np.broadcast_to(values, q.shape)
+        s = np.broadcast_to(scale, q.shape)
+        for i in zip(*np.nonzero(near), strict=True):
+            exact = _DECIMAL.divide(Decimal(repr(float(v[i]))), Decimal(repr(float(s[i]))))
+            raw[i] = float(exact.quantize(_ONE, rounding=ROUND_HALF_UP, context=_DECIMAL))
+    return raw
 
 
 def encode_raw(type_: str, values: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -39,7 +69,7 @@ def encode_raw(type_: str, values: np.ndarray, scale: np.ndarray) -> np.ndarray:
         return (values / scale).astype(np.float32).view(np.uint32).astype(np.uint32)
     nan = np.isnan(values)
     lo, hi = RAW_LIMITS[type_]
-    raw = _round_half_away(np.where(nan, 0.0, values) / scale)
+    raw = _counts(np.where(nan, 0.0, values), scale)
     raw = np.clip(raw, lo, hi).astype(np.int64)  # saturate like a PLC's scaling block
     if type_ == "i16":
         raw = raw & 0xFFFF

@@ -31,10 +31,24 @@ from .modbus_server import PlantModbusServer
 from .runner import ScenarioPlant
 from .scenario import load_scenario
 
+try:  # tcsetattr failures (e.g. parity on a pseudo-terminal) raise termios.error
+    from termios import error as _termios_error
+
+    _TERMIOS_ERRORS: tuple[type[Exception], ...] = (_termios_error,)
+except ImportError:  # not POSIX
+    _TERMIOS_ERRORS = ()
+
 #: Wall-clock period of the serving loop (s); the plant steps dt each sim second.
 TICK_S = 0.1
 #: At most this many plant steps per tick when catching up after a stall.
 MAX_CATCH_UP_STEPS = 2000
+
+
+def _limit_slack(type_: str, scale: float, value: float) -> float:
+    """Rounding slack for a range check of a decoded value (well under one count)."""
+    if type_ == "f32":  # the write carried value to 24 bits; its limit may not be an f32
+        return abs(value) * 2.0**-23
+    return abs(scale) * 1e-6
 
 
 @dataclass
@@ -70,13 +84,21 @@ class ServedPlant:
             except CodecError:
                 return ExcCodes.ILLEGAL_VALUE
             lo, hi = point.min, point.max
+            # raw * scale is inexact (1632 * 0.1 = 163.20000000000002), so a
+            # limit written in engineering units must be reachable: allow far
+            # less than one count of slack, then clamp what the plant gets.
+            tol = _limit_slack(point.type, point.scale, value)
             if (
                 math.isnan(value)
-                or (lo is not None and value < lo)
-                or (hi is not None and value > hi)
+                or (lo is not None and value < lo - tol)
+                or (hi is not None and value > hi + tol)
             ):
                 self.rejected_writes += 1
                 return ExcCodes.ILLEGAL_VALUE
+            if lo is not None:
+                value = max(value, lo)
+            if hi is not None:
+                value = min(value, hi)
             staged.append((point.name, value))
         for name, value in staged:
             self.sim.plant.write(name, value)
@@ -152,6 +174,17 @@ async def _serve(sp: ServedPlant, args: argparse.Namespace) -> int:
             where = f"Modbus TCP on {host}:{port}"
     except OSError as exc:
         raise ThermogateError(f"cannot serve the plant: {exc.strerror or exc}") from None
+    except RuntimeError:  # pymodbus logs the OSError of a failed bind/open and raises this
+        what = args.rtu or f"{args.host}:{args.port}"
+        raise ThermogateError(
+            f"cannot serve the plant: cannot listen on {what} (in use, or no such address/device)"
+        ) from None
+    except _TERMIOS_ERRORS as exc:  # not an OSError: pyserial lets it through
+        hint = " (a pseudo-terminal takes no parity: --parity N)" if args.parity != "N" else ""
+        raise ThermogateError(
+            f"cannot serve the plant: {args.rtu} refuses {args.baudrate} 8{args.parity}1: "
+            f"{exc.args[-1] if exc.args else exc}{hint}"
+        ) from None
     units = sorted(sp.images)
     print(
         f"thermogate plant: site '{site.name}' ({len(sp.sim.pmap)} points, "
