@@ -158,6 +158,18 @@ class Plant:
         self.sensors = SensorModel(self, seed=seed + 1, enabled=sensors)
         self._commands = self._bind_commands()
         self.sensors.bind()
+        self._evaluate()
+
+    def _evaluate(self) -> None:
+        """Compute flows, loads and meters for the initial state without advancing time,
+        so a master that connects before the first step sees a running hall."""
+        no_trip_t = np.zeros(self.n_t, dtype=bool)
+        no_trip_r = np.zeros(self.n_r, dtype=bool)
+        self._hydraulics()
+        self._loads(self.t, self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap, no_trip_t,
+                    no_trip_r)
+        self._thermal(self.t, 0.0)
+        self._electrical(0.0)
 
     # ==================================================================
     # construction

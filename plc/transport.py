@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import termios
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
@@ -237,7 +238,8 @@ class _Endpoint:
                 ok = await self.client.connect()
         except TimeoutError:
             ok = False
-        except (OSError, ModbusException) as exc:  # serial open errors and the like
+        # termios.error: a port (e.g. a pty) refusing the line settings.
+        except (OSError, ModbusException, termios.error) as exc:
             log.debug("Modbus %s: connect failed: %s", self.describe, exc)
             ok = False
         if ok and self.connected:

@@ -309,11 +309,6 @@ def _truth(sp: ServedPlant) -> dict[str, float]:
     return {p.name: float(truth[i]) for i, p in enumerate(sp.sim.pmap.points)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hil/plant.py leaves flows, powers and meters at 0 until the first step, and "
-    "ServedPlant serves that state from t=0 (for 1/speed s of wall time)",
-)
 @pytest.mark.timeout(10)
 def test_a_master_connecting_before_the_first_step_sees_a_running_plant() -> None:
     async def scenario() -> None:
