@@ -1,0 +1,252 @@
+"""The point map: one stable, non-overlapping, publishable contract with the PLC."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from thermogate.plc.pointmap import CSV_HEADER, PointMap, build_point_map
+from thermogate.plc.points import BIT_TABLES, TABLES, Point
+from thermogate.plc.site import demo_site, load_site
+from thermogate.plc.sitegen import SiteSpec, generate_site_toml
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+def _generated(tmp_path: Path, spec: SiteSpec, name: str = "site.toml") -> PointMap:
+    path = tmp_path / name
+    path.write_text(generate_site_toml(spec), encoding="utf-8")
+    return build_point_map(load_site(path))
+
+
+@pytest.fixture(scope="module")
+def demo_map() -> PointMap:
+    return build_point_map(demo_site())
+
+
+@pytest.fixture(scope="module", params=["demo", "multi-plc"])
+def pmap(request, tmp_path_factory) -> PointMap:
+    """The demo map, and a generated one whose devices share several PLC unit ids."""
+    if request.param == "demo":
+        return build_point_map(demo_site())
+    spec = SiteSpec(asic_tanks=40, gpu_tanks=6, rack_rows=4, tanks_per_plc=12)
+    return _generated(tmp_path_factory.mktemp("multi"), spec)
+
+
+def _key(p: Point) -> tuple:
+    return (p.unit_id, p.table, p.address, p.type)
+
+
+# --------------------------------------------------------------------------
+# names and addresses
+# --------------------------------------------------------------------------
+def test_every_point_has_a_unique_dotted_name(pmap):
+    names = [p.name for p in pmap]
+    assert len(set(names)) == len(names)
+    bad = [n for n in names if not NAME.match(n)]
+    assert not bad, bad[:5]
+    assert set(pmap.by_name) == set(names)
+
+
+def test_names_and_addresses_are_deterministic(demo_map):
+    again = build_point_map(demo_site())
+    assert again.points == demo_map.points
+
+
+def test_addresses_never_overlap_and_are_consecutive_from_zero(pmap):
+    by_block: dict[tuple[int, str], list[Point]] = defaultdict(list)
+    for p in pmap:
+        by_block[(p.unit_id, p.table)].append(p)
+    for (unit, table), pts in by_block.items():
+        pts.sort(key=lambda p: p.address)
+        assert pts[0].address == 0, (unit, table)
+        for prev, nxt in itertools.pairwise(pts):
+            # consecutive: no gaps, and (a fortiori) no overlap
+            assert nxt.address == prev.end, (unit, table, prev.name, nxt.name)
+        assert pts[-1].end <= 65536
+
+
+def test_bits_are_bool_and_bools_are_bits(pmap):
+    for p in pmap:
+        assert p.table in TABLES
+        assert (p.type == "bool") == (p.table in BIT_TABLES), p.name
+        assert p.words == (1 if p.type in ("bool", "u16", "i16") else 2)
+
+
+def test_writable_points_are_only_holding_registers_or_coils(pmap):
+    for p in pmap:
+        if p.writable:
+            assert p.table in ("holding", "coil"), p.name
+        if p.table == "coil":
+            assert p.writable, p.name  # a coil is the master's output by definition
+    assert any(p.table == "holding" and not p.writable for p in pmap)  # e.g. valve_pos
+
+
+def test_writable_registers_carry_a_range_for_write_checks(pmap):
+    for p in pmap.writable():
+        if p.table == "holding":
+            assert p.min is not None and p.max is not None, p.name
+            assert p.min < p.max, p.name
+
+
+def test_heartbeat_is_holding_zero_of_the_plc(demo_map):
+    site = demo_site()
+    hb = demo_map["plc.heartbeat"]
+    assert (hb.unit_id, hb.table, hb.address, hb.writable) == (site.plc.unit_id, "holding", 0, True)
+
+
+def test_unit_ids_are_valid_modbus_slaves(pmap):
+    assert all(1 <= u <= 247 for u in pmap.unit_ids())
+
+
+def test_every_equipment_has_its_points(demo_map):
+    site = demo_site()
+    for t in site.tanks:
+        for s in ("fluid_temp", "valve_cmd", "power_budget_kw", "enable", "interlock"):
+            assert f"{t.name}.{s}" in demo_map.by_name
+        assert (f"{t.name}.hashrate_ths" in demo_map.by_name) == (t.workload == "asic")
+    for pump in site.pumps:
+        assert demo_map[f"{pump.name}.speed_cmd"].unit_id == pump.unit_id
+    for dc in site.dry_coolers:
+        assert demo_map[f"{dc.name}.fan_cmd"].unit_id == dc.unit_id
+    for r in site.rack_rows:
+        assert demo_map[f"{r.name}.gpu_power_cap_w"].writable
+
+
+# --------------------------------------------------------------------------
+# publication
+# --------------------------------------------------------------------------
+def test_csv_header_is_exact(demo_map):
+    first = demo_map.to_csv().splitlines()[0]
+    assert first == "name,unit_id,table,address,type,scale,unit,access,min,max,description"
+    assert tuple(first.split(",")) == CSV_HEADER
+
+
+def test_csv_round_trips_through_dictreader(pmap):
+    rows = list(csv.DictReader(io.StringIO(pmap.to_csv())))
+    assert len(rows) == len(pmap)
+    for row, p in zip(rows, pmap, strict=True):
+        assert row["table"] in ("coil", "discrete", "input", "holding")
+        assert row["name"] == p.name
+        assert int(row["unit_id"]) == p.unit_id
+        assert row["table"] == p.table
+        assert int(row["address"]) == p.address
+        assert row["type"] == p.type
+        assert float(row["scale"]) == pytest.approx(p.scale, rel=1e-6)
+        assert row["access"] == p.access
+        assert row["unit"] == p.unit
+        assert row["description"] == p.description
+        for col, val in (("min", p.min), ("max", p.max)):
+            if val is None:
+                assert row[col] == "", (p.name, col)
+            else:
+                assert float(row[col]) == pytest.approx(val, rel=1e-6), (p.name, col)
+
+
+def test_markdown_lists_every_point(demo_map):
+    md = demo_map.to_markdown()
+    lines = md.splitlines()
+    assert lines[0] == "| " + " | ".join(CSV_HEADER) + " |"
+    body = [ln for ln in lines[2:] if ln.startswith("| ")]
+    assert [ln.split(" | ")[0][2:] for ln in body] == [p.name for p in demo_map]
+    # every row has the same number of cells (pipes in descriptions are escaped)
+    cells = {len(re.split(r"(?<!\\)\|", ln)) for ln in body}
+    assert cells == {len(CSV_HEADER) + 2}
+
+
+def test_json_lists_every_point_with_its_fields(pmap):
+    items = json.loads(pmap.to_json())
+    assert [i["name"] for i in items] == [p.name for p in pmap]
+    for i, p in zip(items, pmap, strict=True):
+        assert (i["unit_id"], i["table"], i["address"], i["type"]) == _key(p)
+        assert i["access"] == p.access
+        assert i["scale"] == p.scale
+        assert i["word_order"] == p.word_order
+        assert (i["min"], i["max"]) == (p.min, p.max)
+
+
+# --------------------------------------------------------------------------
+# control loops reference the map
+# --------------------------------------------------------------------------
+def test_every_demo_control_loop_references_existing_points(demo_map):
+    site = demo_site()
+    assert site.control_loops
+    for cl in site.control_loops:
+        assert cl.measurement in demo_map.by_name, cl.name
+        assert not demo_map[cl.measurement].is_bit
+        for act in cl.actuators:
+            p = demo_map[act]
+            assert p.writable and p.table == "holding", (cl.name, act)
+            assert p.min <= cl.out_min < cl.out_max <= p.max, (cl.name, act)
+    # every regulated actuator kind is under a loop
+    driven = {a for cl in site.control_loops for a in cl.actuators}
+    for t in site.tanks:
+        assert f"{t.name}.valve_cmd" in driven
+    for pump in site.pumps:
+        assert f"{pump.name}.speed_cmd" in driven
+    for dc in site.dry_coolers:
+        assert f"{dc.name}.fan_cmd" in driven
+
+
+# --------------------------------------------------------------------------
+# stability for integrators: growing a site never moves an existing point
+# --------------------------------------------------------------------------
+def _moved(before: PointMap, after: PointMap) -> list[str]:
+    out = []
+    for p in before:
+        q = after.by_name.get(p.name)
+        if q is None or _key(q) != _key(p) or q.description != p.description:
+            out.append(p.name)
+    return out
+
+
+def test_adding_a_tank_to_a_generated_site_moves_no_existing_point(tmp_path):
+    """12 vs 13 ASIC tanks: every point of the smaller site keeps name and address.
+
+    Integrators program PLCs and SCADA from the published map; a site that
+    grows by one tank must not invalidate their work.
+    """
+    before = _generated(tmp_path, SiteSpec(asic_tanks=12), "a.toml")
+    after = _generated(tmp_path, SiteSpec(asic_tanks=13), "b.toml")
+    assert len(after) > len(before)
+    moved = _moved(before, after)
+    assert not moved, f"{len(moved)} of {len(before)} points moved, e.g. {moved[:6]}"
+
+
+def test_appending_a_tank_to_a_site_file_moves_no_existing_point(tmp_path):
+    """The hand-edited case: a tank (and its PDU) appended at the end of the file."""
+    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    extra = """
+[[pdus]]
+name = "pdu_tank99"
+feeder = "feeder_ai1"
+rating_a = 500.0
+unit_id = 99
+
+[[tanks]]
+name = "tank99"
+workload = "asic"
+units = 46
+volume_l = 2000.0
+hx_ua_kw_k = 30.0
+dielectric_flow_l_s = 15.0
+design_water_flow_m3h = 36.0
+loop = "loop1"
+pdu = "pdu_tank99"
+unit_id = 1
+"""
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text(text, encoding="utf-8")
+    b.write_text(text + extra, encoding="utf-8")
+    before, after = build_point_map(load_site(a)), build_point_map(load_site(b))
+    assert "tank99.fluid_temp" in after.by_name
+    moved = _moved(before, after)
+    assert not moved, f"{len(moved)} of {len(before)} points moved, e.g. {moved[:6]}"

@@ -1,0 +1,641 @@
+"""The site description: validated before anything connects, never a traceback.
+
+Every user mistake in a site file is a ``ConfigError`` naming the file, the
+dotted key and the reason. The built-in demo hall and the generator's output
+are checked for physically credible sizing.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thermogate.plc.errors import ConfigError
+from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.site import Breaker, Site, demo_site, load_site
+from thermogate.plc.sitegen import SiteSpec, generate_site_toml
+
+
+# --------------------------------------------------------------------------
+# a small valid site, as data, rendered to TOML for each test
+# --------------------------------------------------------------------------
+def _tank(i: int) -> dict[str, Any]:
+    return {
+        "name": f"tank{i:02d}",
+        "workload": "asic",
+        "units": 10,
+        "volume_l": 1500.0,
+        "hx_ua_kw_k": 20.0,
+        "dielectric_flow_l_s": 10.0,
+        "design_water_flow_m3h": 20.0,
+        "loop": "loop1",
+        "pdu": "pdu1",
+    }
+
+
+def small_site() -> dict[str, Any]:
+    """A valid site: one feeder, PDU, loop (2 pumps, 1 dry cooler), 4 tanks, a CDU row."""
+    return {
+        "site": {"name": "Test hall", "import_limit_kw": 1000.0},
+        "plc": {"unit_id": 1},
+        "feeders": [{"name": "feeder1", "rating_a": 1600.0, "unit_id": 11}],
+        "pdus": [{"name": "pdu1", "feeder": "feeder1", "rating_a": 500.0, "unit_id": 12}],
+        "loops": [
+            {
+                "name": "loop1",
+                "volume_l": 5000.0,
+                "feeder": "feeder1",
+                "pumps": [
+                    {
+                        "name": "pump_a",
+                        "rated_flow_m3h": 100.0,
+                        "rated_power_kw": 10.0,
+                        "unit_id": 13,
+                    },
+                    {
+                        "name": "pump_b",
+                        "rated_flow_m3h": 100.0,
+                        "rated_power_kw": 10.0,
+                        "unit_id": 14,
+                    },
+                ],
+                "dry_coolers": [{"name": "dc1", "capacity_kw": 500.0, "unit_id": 15}],
+            }
+        ],
+        "tanks": [_tank(i) for i in range(1, 5)],
+        "cdus": [
+            {
+                "name": "cdu1",
+                "loop": "loop1",
+                "hx_ua_kw_k": 50.0,
+                "tcs_flow_l_s": 5.0,
+                "design_water_flow_m3h": 20.0,
+                "unit_id": 16,
+            }
+        ],
+        "rack_rows": [{"name": "row1", "cdu": "cdu1", "pdu": "pdu1", "nodes": 4}],
+        "control_loops": [
+            {
+                "name": "tank01_fluid",
+                "measurement": "tank01.fluid_temp",
+                "actuators": ["tank01.valve_cmd"],
+                "setpoint": 50.0,
+                "kp": 5.0,
+            }
+        ],
+    }
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _is_tables(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _emit_table(out: list[str], header: str, table: dict[str, Any]) -> None:
+    out.append(header)
+    for k, v in table.items():
+        if not isinstance(v, dict) and not _is_tables(v):
+            out.append(f"{k} = {_value(v)}")
+    name = header.strip("[]")
+    for k, v in table.items():
+        if isinstance(v, dict):
+            _emit_table(out, f"[{name}.{k}]", v)
+        elif _is_tables(v):
+            for sub in v:
+                _emit_table(out, f"[[{name}.{k}]]", sub)
+
+
+def render(data: dict[str, Any]) -> str:
+    """TOML text of ``data`` (enough of TOML for site files)."""
+    out = [f"{k} = {_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            _emit_table(out, f"[{k}]", v)
+        elif isinstance(v, list):
+            if _is_tables(v):
+                for t in v:
+                    _emit_table(out, f"[[{k}]]", t)
+            else:
+                out.insert(0, f"{k} = {_value(v)}")
+    return "\n".join(out) + "\n"
+
+
+def write(tmp_path: Path, data: dict[str, Any] | str, name: str = "site.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else render(data), encoding="utf-8")
+    return path
+
+
+def bad(tmp_path: Path, data: dict[str, Any] | str | bytes, key: str, *words: str) -> ConfigError:
+    """Load ``data`` from a real file; assert a ConfigError at ``key`` with ``words``."""
+    if isinstance(data, bytes):
+        path = tmp_path / "site.toml"
+        path.write_bytes(data)
+    else:
+        path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_site(path)
+    err = info.value
+    assert err.file == str(path)
+    assert err.key == key, err
+    for w in words:
+        assert w.lower() in err.reason.lower(), err
+    assert str(err) == (f"{path}: {key}: {err.reason}" if key else f"{path}: {err.reason}")
+    return err
+
+
+def test_small_site_is_valid(tmp_path):
+    site = load_site(write(tmp_path, small_site()))
+    assert [t.name for t in site.tanks] == ["tank01", "tank02", "tank03", "tank04"]
+    assert [p.name for p in site.pumps] == ["loop1.pump_a", "loop1.pump_b"]
+    assert site.control_loops[0].actuators == ("tank01.valve_cmd",)
+    assert site.source == str(tmp_path / "site.toml")
+
+
+# --------------------------------------------------------------------------
+# unknown keys (typos)
+# --------------------------------------------------------------------------
+def test_unknown_top_level_key_is_rejected(tmp_path):
+    d = small_site()
+    d["tank"] = [_tank(9)]
+    bad(tmp_path, d, "tank", "unknown key")
+
+
+def test_unknown_key_in_site_section_is_rejected(tmp_path):
+    d = small_site()
+    d["site"]["import_limt_kw"] = 900.0
+    bad(tmp_path, d, "site.import_limt_kw", "unknown key")
+
+
+def test_unknown_key_in_a_tank_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][3]["volume_litres"] = 1500.0
+    bad(tmp_path, d, "tanks[3].volume_litres", "unknown key")
+
+
+def test_unknown_key_in_a_nested_pump_is_rejected(tmp_path):
+    d = small_site()
+    d["loops"][0]["pumps"][1]["rated_flow_m3"] = 100.0
+    bad(tmp_path, d, "loops[0].pumps[1].rated_flow_m3", "unknown key")
+
+
+def test_unknown_key_in_a_breaker_subtable_is_rejected(tmp_path):
+    d = small_site()
+    d["pdus"][0]["breaker"] = {"curve": "iec-vi", "tsm": 0.5}
+    bad(tmp_path, d, "pdus[0].breaker.tsm", "unknown key")
+
+
+# --------------------------------------------------------------------------
+# wrong types
+# --------------------------------------------------------------------------
+def test_string_for_a_number_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][3]["volume_l"] = "1500"
+    bad(tmp_path, d, "tanks[3].volume_l", "expected a number", "string")
+
+
+def test_number_for_a_string_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][1]["loop"] = 1
+    bad(tmp_path, d, "tanks[1].loop", "expected a string", "number")
+
+
+def test_bool_for_an_int_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][0]["units"] = True
+    bad(tmp_path, d, "tanks[0].units", "expected an integer", "boolean")
+
+
+def test_float_for_an_int_is_rejected(tmp_path):
+    d = small_site()
+    d["feeders"][0]["unit_id"] = 11.0
+    bad(tmp_path, d, "feeders[0].unit_id", "expected an integer")
+
+
+def test_a_scalar_where_a_table_belongs_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"] = "tank01"
+    bad(tmp_path, d, "tanks", "expected an array of tables")
+
+
+def _leaf_keys(data: Any, path: str = "") -> list[tuple[str, list[Any]]]:
+    """(dotted key, access path) of every scalar or array-of-strings key."""
+    out: list[tuple[str, list[Any]]] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            sub = f"{path}.{k}" if path else k
+            if isinstance(v, dict) or _is_tables(v):
+                out += [(key, [k, *acc]) for key, acc in _leaf_keys(v, sub)]
+            else:
+                out.append((sub, [k]))
+    else:
+        for i, v in enumerate(data):
+            out += [(key, [i, *acc]) for key, acc in _leaf_keys(v, f"{path}[{i}]")]
+    return out
+
+
+@pytest.mark.parametrize("wrong", ["a string", 5, True], ids=["str", "int", "bool"])
+def test_every_key_with_a_wrong_type_names_that_key(tmp_path, wrong):
+    """No key of the schema lets a wrong-typed value through or crashes on it."""
+    base = small_site()
+    checked = 0
+    for key, acc in _leaf_keys(base):
+        d = copy.deepcopy(base)
+        parent = d
+        for a in acc[:-1]:
+            parent = parent[a]
+        old = parent[acc[-1]]
+        if type(old) is type(wrong) or (isinstance(old, float) and type(wrong) is int):
+            continue  # same type (an int is a valid float): not a type error
+        parent[acc[-1]] = wrong
+        err = bad(tmp_path, d, key)
+        assert "expected" in err.reason, err
+        checked += 1
+    assert checked >= 25
+
+
+# --------------------------------------------------------------------------
+# out of range
+# --------------------------------------------------------------------------
+def test_negative_tank_volume_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][3]["volume_l"] = -1500.0
+    bad(tmp_path, d, "tanks[3].volume_l", "-1500", "below the minimum")
+
+
+def test_tank_alarm_not_above_setpoint_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][2]["fluid_setpoint_c"] = 50.0
+    d["tanks"][2]["fluid_alarm_c"] = 50.0
+    bad(tmp_path, d, "tanks[2].fluid_alarm_c", "must be above 50")
+
+
+def test_tank_trip_not_above_alarm_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][2]["fluid_alarm_c"] = 60.0
+    d["tanks"][2]["fluid_trip_c"] = 58.0
+    bad(tmp_path, d, "tanks[2].fluid_trip_c", "must be above 60")
+
+
+@pytest.mark.parametrize(
+    ("uid", "words"), [(0, ("below the minimum 1",)), (248, ("above the maximum 247",))]
+)
+def test_unit_id_outside_1_to_247_is_rejected(tmp_path, uid, words):
+    d = small_site()
+    d["pdus"][0]["unit_id"] = uid
+    bad(tmp_path, d, "pdus[0].unit_id", *words)
+
+
+def test_plc_unit_id_zero_broadcast_is_rejected(tmp_path):
+    d = small_site()
+    d["plc"]["unit_id"] = 0
+    bad(tmp_path, d, "plc.unit_id", "minimum 1")
+
+
+def test_non_grid_frequency_is_rejected(tmp_path):
+    d = small_site()
+    d["site"]["frequency_hz"] = 55.0
+    bad(tmp_path, d, "site.frequency_hz", "50 or 60")
+
+
+def test_enum_value_outside_its_choices_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][0]["workload"] = "fpga"
+    bad(tmp_path, d, "tanks[0].workload", "'fpga'", "asic", "gpu")
+
+
+def test_invalid_equipment_name_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][0]["name"] = "Tank 1"
+    bad(tmp_path, d, "tanks[0].name", "not a valid name")
+
+
+# --------------------------------------------------------------------------
+# duplicate names
+# --------------------------------------------------------------------------
+def test_two_tanks_with_one_name_are_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][3]["name"] = "tank02"
+    err = bad(tmp_path, d, "tanks[3].name", "duplicate name", "tank02")
+    assert "tanks[1].name" in err.reason  # says where the first one is
+
+
+def test_pump_name_duplicated_within_a_loop_is_rejected(tmp_path):
+    d = small_site()
+    d["loops"][0]["pumps"][1]["name"] = "pump_a"
+    bad(tmp_path, d, "loops[0].pumps[1].name", "duplicate name", "loop1.pump_a")
+
+
+def test_same_pump_name_in_two_loops_is_allowed(tmp_path):
+    d = small_site()
+    loop2 = copy.deepcopy(d["loops"][0])
+    loop2["name"] = "loop2"
+    for i, eq in enumerate([*loop2["pumps"], *loop2["dry_coolers"]]):
+        eq["unit_id"] = 20 + i
+    d["loops"].append(loop2)
+    site = load_site(write(tmp_path, d))
+    assert {p.name for p in site.pumps} >= {"loop1.pump_a", "loop2.pump_a"}
+
+
+def test_same_name_for_a_tank_and_a_pdu_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][0]["name"] = "pdu1"
+    bad(tmp_path, d, "tanks[0].name", "duplicate name", "pdu1")
+
+
+@pytest.mark.parametrize("reserved", ["site", "plc"])
+def test_names_of_the_sites_own_points_are_reserved(tmp_path, reserved):
+    """A tank named 'site' would collide with site.power_kw: refused, not a crash."""
+    d = small_site()
+    d["tanks"][3]["name"] = reserved
+    bad(tmp_path, d, "tanks[3].name", reserved, "reserved")
+
+
+# --------------------------------------------------------------------------
+# dangling references and missing equipment
+# --------------------------------------------------------------------------
+def test_tank_on_an_unknown_loop_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][2]["loop"] = "loop9"
+    bad(tmp_path, d, "tanks[2].loop", "no loop named 'loop9'", "loop1")
+
+
+def test_pdu_on_an_unknown_feeder_is_rejected(tmp_path):
+    d = small_site()
+    d["pdus"][0]["feeder"] = "feeder2"
+    bad(tmp_path, d, "pdus[0].feeder", "no feeder named 'feeder2'")
+
+
+def test_rack_row_on_an_unknown_cdu_is_rejected(tmp_path):
+    d = small_site()
+    d["rack_rows"][0]["cdu"] = "cdu7"
+    bad(tmp_path, d, "rack_rows[0].cdu", "no CDU named 'cdu7'", "cdu1")
+
+
+def test_tank_on_an_unknown_pdu_is_rejected(tmp_path):
+    d = small_site()
+    d["tanks"][0]["pdu"] = "pdu9"
+    bad(tmp_path, d, "tanks[0].pdu", "no PDU named 'pdu9'")
+
+
+def test_loop_with_no_pump_is_rejected(tmp_path):
+    """Pumps nest under loops, so the dangling case is a loop nothing circulates."""
+    d = small_site()
+    del d["loops"][0]["pumps"]
+    bad(tmp_path, d, "loops[0].pumps", "no pump", "loop1")
+
+
+def test_loop_with_no_dry_cooler_is_rejected(tmp_path):
+    d = small_site()
+    del d["loops"][0]["dry_coolers"]
+    bad(tmp_path, d, "loops[0].dry_coolers", "no dry cooler", "loop1")
+
+
+def test_site_without_feeders_is_rejected(tmp_path):
+    d = small_site()
+    del d["feeders"]
+    bad(tmp_path, d, "feeders", "required key is missing")
+
+
+# --------------------------------------------------------------------------
+# electrical
+# --------------------------------------------------------------------------
+def test_pdu_whose_rated_load_exceeds_its_breaker_is_rejected(tmp_path):
+    d = small_site()
+    d["pdus"][0]["rating_a"] = 250.0  # 171 kW for 4 x 55 kW tanks + a 41 kW row
+    err = bad(tmp_path, d, "pdus[0].rating_a", "pdu1", "breaker")
+    assert "261 kW" in err.reason
+
+
+def test_feeder_whose_rated_load_exceeds_its_breaker_is_rejected(tmp_path):
+    d = small_site()
+    d["feeders"][0]["rating_a"] = 250.0  # 171 kW for its PDU's 261 kW and the loop's 40 kW
+    err = bad(tmp_path, d, "feeders[0].rating_a", "feeder1", "breaker")
+    assert "301 kW" in err.reason
+
+
+@pytest.mark.parametrize("curve", sorted(Breaker.CURVES))
+def test_breaker_trip_time_falls_monotonically_with_current(curve):
+    b = Breaker(rating_a=400.0, curve=curve)
+    pickup = 400.0 * b.pickup_pct / 100.0
+    assert b.trip_time_s(0.0) == math.inf
+    assert b.trip_time_s(400.0) == math.inf
+    assert b.trip_time_s(pickup) == math.inf
+    currents = [pickup * (1.0 + k / 50.0) for k in range(1, 1000)]
+    times = [b.trip_time_s(i) for i in currents]
+    assert all(0.0 < t < math.inf for t in times)
+    assert all(t2 < t1 for t1, t2 in itertools.pairwise(times))
+
+
+def test_breaker_curve_matches_iec_60255_reference_point():
+    # IEC extremely inverse, TMS 1: t = 80 / ((I/Is)^2 - 1); at 2 x Is -> 26.7 s
+    b = Breaker(rating_a=100.0, pickup_pct=100.0)
+    assert b.trip_time_s(200.0) == pytest.approx(80.0 / 3.0)
+
+
+# --------------------------------------------------------------------------
+# control loops
+# --------------------------------------------------------------------------
+def test_control_loop_on_an_unknown_point_is_rejected(tmp_path):
+    d = small_site()
+    d["control_loops"][0]["measurement"] = "tank01.fluid_tmp"
+    bad(tmp_path, d, "control_loops[0].measurement", "no point named 'tank01.fluid_tmp'")
+
+
+def test_control_loop_driving_an_unknown_point_is_rejected(tmp_path):
+    d = small_site()
+    d["control_loops"][0]["actuators"] = ["tank01.valve_cmd", "tank09.valve_cmd"]
+    bad(tmp_path, d, "control_loops[0].actuators", "no point named 'tank09.valve_cmd'")
+
+
+@pytest.mark.parametrize("act", ["tank01.valve_pos", "tank01.fluid_temp", "tank01.enable"])
+def test_control_loop_driving_a_read_only_or_bit_point_is_rejected(tmp_path, act):
+    d = small_site()
+    d["control_loops"][0]["actuators"] = [act]
+    bad(tmp_path, d, "control_loops[0].actuators", act, "not a writable holding register")
+
+
+def test_control_loop_output_beyond_the_actuator_range_is_rejected(tmp_path):
+    d = small_site()
+    d["control_loops"][0]["out_max"] = 120.0
+    bad(tmp_path, d, "control_loops[0].out_max", "above the actuator's range 100")
+
+
+# --------------------------------------------------------------------------
+# the file itself
+# --------------------------------------------------------------------------
+def test_toml_syntax_error_names_the_line(tmp_path):
+    text = render(small_site()).replace('name = "tank03"', "name = tank03")
+    line = text.splitlines().index("name = tank03") + 1
+    err = bad(tmp_path, text, "", "TOML syntax error")
+    assert f"line {line}" in err.reason
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    path = tmp_path / "nowhere.toml"
+    with pytest.raises(ConfigError) as info:
+        load_site(path)
+    assert info.value.file == str(path)
+    assert "not found" in info.value.reason
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path):
+    raw = render(small_site()).replace("Test hall", "Halle \xe9").encode("latin-1")
+    bad(tmp_path, raw, "", "not UTF-8")
+
+
+def test_a_directory_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_site(tmp_path)
+    assert info.value.file == str(tmp_path)
+    assert "directory" in info.value.reason
+
+
+def test_empty_file_reports_the_missing_site_table(tmp_path):
+    bad(tmp_path, "", "site", "required key is missing")
+
+
+# --------------------------------------------------------------------------
+# the built-in demo site
+# --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo() -> Site:
+    return demo_site()
+
+
+def _loads(site: Site) -> tuple[dict[str, float], dict[str, float]]:
+    """Rated load of every PDU and feeder (IT via PDUs, pumps and fans direct)."""
+    pdu = {d.name: 0.0 for d in site.pdus}
+    for t in site.tanks:
+        pdu[t.pdu] += t.rated_kw
+    for r in site.rack_rows:
+        pdu[r.pdu] += r.rated_kw
+    feeder = {f.name: 0.0 for f in site.feeders}
+    for d in site.pdus:
+        feeder[d.feeder] += pdu[d.name]
+    for lp in site.loops:
+        feeder[lp.feeder] += sum(p.rated_power_kw for p in lp.pumps)
+        feeder[lp.feeder] += sum(dc.fans * dc.fan_power_kw for dc in lp.dry_coolers)
+    return pdu, feeder
+
+
+def test_demo_site_has_a_hybrid_hall(demo):
+    assert sum(t.workload == "asic" for t in demo.tanks) >= 10
+    assert sum(t.workload == "gpu" for t in demo.tanks) >= 2
+    assert len(demo.rack_rows) >= 2
+    cdus = {c.name for c in demo.cdus}
+    assert all(r.cdu in cdus for r in demo.rack_rows)
+    assert len({r.cdu for r in demo.rack_rows}) >= 2
+    assert len(demo.dry_coolers) >= 3
+    assert demo.source == "<built-in demo site>"
+
+
+def test_demo_site_is_about_five_megawatts(demo):
+    assert 3000.0 <= demo.it_rated_kw <= 5000.0
+    assert 4000.0 <= demo.import_limit_kw <= 6000.0
+    assert demo.import_limit_kw > demo.it_rated_kw
+
+
+def test_demo_loops_have_redundant_pumps_and_enough_dry_coolers(demo):
+    for lp in demo.loops:
+        heat = sum(t.rated_kw for t in demo.tanks if t.loop == lp.name)
+        cdus = {c.name for c in demo.cdus if c.loop == lp.name}
+        heat += sum(r.rated_kw for r in demo.rack_rows if r.cdu in cdus)
+        assert heat > 0, lp.name
+        assert len(lp.pumps) >= 2, lp.name
+        # N+1: any one pump alone carries the rated heat within a 10 K water rise.
+        one = min(p.rated_flow_m3h for p in lp.pumps)
+        rise = heat / (one / 3.6 * lp.density_kg_l * lp.cp_kj_kgk)
+        assert rise <= 10.0, (lp.name, rise)
+        assert sum(dc.capacity_kw for dc in lp.dry_coolers) >= heat, lp.name
+
+
+def test_demo_tanks_are_credible(demo):
+    for t in demo.tanks:
+        assert 1000.0 <= t.volume_l <= 2500.0, t.name
+        assert 100.0 <= t.rated_kw <= 300.0, t.name
+        assert t.fluid_density_kg_l == pytest.approx(0.8)
+        assert t.fluid_cp_kj_kgk == pytest.approx(2.1)
+        lim = t.limits
+        assert lim.fluid_setpoint_c < lim.fluid_alarm_c < lim.fluid_trip_c
+        assert lim.fluid_trip_c < lim.chip_throttle_c < lim.chip_trip_c
+        if t.workload == "asic":
+            assert 40.0 <= lim.fluid_setpoint_c <= 55.0, t.name
+            assert lim.fluid_alarm_c == pytest.approx(60.0, abs=2.0)
+            assert lim.fluid_trip_c == pytest.approx(65.0, abs=2.0)
+            assert 85.0 <= lim.chip_throttle_c <= 95.0
+        else:
+            assert lim.chip_throttle_c == pytest.approx(87.0, abs=1.0)
+    for r in demo.rack_rows:
+        assert r.chip_throttle_c == pytest.approx(87.0, abs=1.0)
+
+
+def test_demo_cdus_supply_within_ashrae_w45(demo):
+    """W45: facility water to the CDUs at most 45 degC; racks supplied at or below it."""
+    for c in demo.cdus:
+        assert c.supply_setpoint_c <= 45.0, c.name
+        facility = demo.loop(c.loop)
+        assert facility.supply_setpoint_c < facility.supply_alarm_c <= 45.0, c.loop
+        assert facility.supply_setpoint_c < c.supply_setpoint_c
+
+
+def test_demo_pdus_and_feeders_stay_within_80_percent_of_their_breakers(demo):
+    pdu, feeder = _loads(demo)
+    for d in demo.pdus:
+        assert d.breaker.continuous_pct == 80.0
+        assert 0.0 < pdu[d.name] <= d.continuous_kw, d.name
+    for f in demo.feeders:
+        assert 0.0 < feeder[f.name] <= f.continuous_kw, f.name
+
+
+def test_demo_file_is_what_the_generator_produces():
+    from importlib import resources
+
+    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    assert text == generate_site_toml(SiteSpec())
+
+
+# --------------------------------------------------------------------------
+# the generator
+# --------------------------------------------------------------------------
+def test_generated_large_site_validates_with_over_10000_points(tmp_path):
+    spec = SiteSpec(asic_tanks=400, gpu_tanks=66, rack_rows=33, tanks_per_plc=12)
+    site = load_site(write(tmp_path, generate_site_toml(spec), "big.toml"))
+    assert len(site.tanks) == 466
+    assert len(site.rack_rows) == 33
+    pmap = build_point_map(site)
+    assert len(pmap) >= 10_000
+    assert all(1 <= p.unit_id <= 247 for p in pmap)
+    pdu, feeder = _loads(site)
+    assert all(pdu[d.name] <= d.continuous_kw for d in site.pdus)
+    assert all(feeder[f.name] <= f.continuous_kw for f in site.feeders)
+
+
+def test_generated_small_site_gives_every_meter_vfd_and_cdu_its_own_unit_id(tmp_path):
+    site = load_site(write(tmp_path, generate_site_toml(SiteSpec(asic_tanks=6)), "s.toml"))
+    devices = [*site.feeders, *site.pdus, *site.pumps, *site.dry_coolers, *site.cdus]
+    ids = [d.unit_id for d in devices]
+    assert len(set(ids)) == len(ids)
+    assert site.plc.unit_id not in ids
+    assert site.meter_unit_id not in ids
+    assert all(1 <= u <= 247 for u in ids)
+
+
+def test_generator_refuses_more_devices_than_unit_ids_without_plc_spreading():
+    with pytest.raises(ValueError, match="tanks_per_plc"):
+        generate_site_toml(SiteSpec(asic_tanks=400))
