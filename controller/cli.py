@@ -27,6 +27,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must not be negative")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -89,8 +99,11 @@ def cmd_site(args: argparse.Namespace) -> int:
         raise ThermogateError(f"cannot generate that site: {exc}") from None
     parse_site_text(text, "<generated>")  # never emit a file we would reject
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise ThermogateError(f"{args.output}: cannot write: {exc.strerror}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -132,11 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     ss = sub.add_parser("site", help="generate a site description, or check one")
     ss.add_argument("--check", metavar="FILE", help="validate FILE and print its summary")
     ss.add_argument("--tanks", type=_positive_int, default=12, help="ASIC miner tanks")
-    ss.add_argument("--gpu-tanks", type=int, default=None, help="GPU immersion tanks")
-    ss.add_argument("--rows", type=int, default=None, help="direct-to-chip rack rows")
+    ss.add_argument("--gpu-tanks", type=_non_negative_int, default=None,
+                    help="GPU immersion tanks")
+    ss.add_argument("--rows", type=_non_negative_int, default=None,
+                    help="direct-to-chip rack rows")
     ss.add_argument(
         "--tanks-per-plc",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="spread tanks over PLCs (needed above ~100 devices)",
     )

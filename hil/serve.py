@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import math
 import signal
 import sys
@@ -165,6 +166,16 @@ def serve_plant_cli(args: argparse.Namespace) -> int:
 
 async def _serve(sp: ServedPlant, args: argparse.Namespace) -> int:
     site = sp.sim.site
+    # Signal handlers first: a Ctrl-C during start-up still stops cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    # pymodbus logs a failed bind itself before raising; we report it once, below.
+    server_log = logging.getLogger("pymodbus")
+    level = server_log.level
+    server_log.setLevel(logging.CRITICAL)
     try:
         if args.rtu:
             await sp.server.start_rtu(args.rtu, baudrate=args.baudrate, parity=args.parity)
@@ -185,6 +196,8 @@ async def _serve(sp: ServedPlant, args: argparse.Namespace) -> int:
             f"cannot serve the plant: {args.rtu} refuses {args.baudrate} 8{args.parity}1: "
             f"{exc.args[-1] if exc.args else exc}{hint}"
         ) from None
+    finally:
+        server_log.setLevel(level)
     units = sorted(sp.images)
     print(
         f"thermogate plant: site '{site.name}' ({len(sp.sim.pmap)} points, "
@@ -199,12 +212,6 @@ async def _serve(sp: ServedPlant, args: argparse.Namespace) -> int:
         flush=True,
     )
     print("Ctrl-C to stop", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     last_status = [time.monotonic()]
 
     def on_tick(s: ServedPlant) -> None:

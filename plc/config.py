@@ -9,6 +9,7 @@ reason (``ConfigError``); a user never sees a traceback for a mistake.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from pathlib import Path
@@ -46,7 +47,9 @@ class Section:
         if name in self._data:
             return self._data[name]
         if default is _MISSING:
-            raise self.error(name, "required key is missing")
+            near = difflib.get_close_matches(name, [k for k in self._data if k != name], n=1)
+            hint = f" (found '{near[0]}': a typo?)" if near else ""
+            raise self.error(name, f"required key is missing{hint}")
         return default
 
     # -- typed getters -----------------------------------------------------

@@ -400,13 +400,13 @@ def build_point_map(site: Site) -> PointMap:
 
     for lp in site.loops:
         n = lp.name
-        a.temp("plc", plc, f"{n}.supply_temp", f"loop {n} supply temperature (to the HXs)")
-        a.temp("plc", plc, f"{n}.return_temp", f"loop {n} return temperature (to the dry coolers)")
+        a.temp(n, plc, f"{n}.supply_temp", f"loop {n} supply temperature (to the HXs)")
+        a.temp(n, plc, f"{n}.return_temp", f"loop {n} return temperature (to the dry coolers)")
         a.add(
-            "plc", plc, f"{n}.flow", "input", "u16", f"loop {n} flow", scale=0.1, unit="m3/h", lo=0
+            n, plc, f"{n}.flow", "input", "u16", f"loop {n} flow", scale=0.1, unit="m3/h", lo=0
         )
         a.add(
-            "plc",
+            n,
             plc,
             f"{n}.dp",
             "input",
@@ -416,9 +416,9 @@ def build_point_map(site: Site) -> PointMap:
             unit="kPa",
             lo=0,
         )
-        a.add("plc", plc, f"{n}.leak", "discrete", "bool", f"loop {n} leak detected at the skid")
+        a.add(n, plc, f"{n}.leak", "discrete", "bool", f"loop {n} leak detected at the skid")
         a.add(
-            "plc", plc, f"{n}.low_flow", "discrete", "bool", f"loop {n} low-flow interlock latched"
+            n, plc, f"{n}.low_flow", "discrete", "bool", f"loop {n} low-flow interlock latched"
         )
         for pump in lp.pumps:
             u, pn = pump.unit_id, pump.name
@@ -526,19 +526,8 @@ def build_point_map(site: Site) -> PointMap:
                 unit="TH/s",
                 lo=0,
             )
+        # The two commands are adjacent, so one FC16 request can write both.
         a.pct_cmd(n, u, f"{n}.valve_cmd", f"tank {n} HX water valve command")
-        a.add(
-            n,
-            u,
-            f"{n}.valve_pos",
-            "holding",
-            "u16",
-            f"tank {n} HX water valve position",
-            scale=0.1,
-            unit="%",
-            lo=0,
-            hi=100,
-        )
         a.add(
             n,
             u,
@@ -551,6 +540,18 @@ def build_point_map(site: Site) -> PointMap:
             access="rw",
             lo=0.0,
             hi=round(t.rated_kw, 1),
+        )
+        a.add(
+            n,
+            u,
+            f"{n}.valve_pos",
+            "holding",
+            "u16",
+            f"tank {n} HX water valve position",
+            scale=0.1,
+            unit="%",
+            lo=0,
+            hi=100,
         )
         a.add(n, u, f"{n}.enable", "coil", "bool", f"tank {n} workload enable", access="rw")
         a.add(n, u, f"{n}.leak", "discrete", "bool", f"tank {n} water leak at the HX")
@@ -654,4 +655,95 @@ def build_point_map(site: Site) -> PointMap:
         )
         a.add(n, u, f"{n}.power_on", "discrete", "bool", f"rack row {n} power contactor closed")
 
-    return PointMap(tuple(a.points))
+    return PointMap(tuple(_layout(a.points, site)))
+
+
+# --------------------------------------------------------------------------
+# address layout
+# --------------------------------------------------------------------------
+#: Regions of a unit shared by several pieces of equipment (a PLC or gateway):
+#: category -> (base address, stride per table). Every piece of equipment gets
+#: a fixed slot ``base + index * stride`` where ``index`` counts the earlier
+#: equipment of its category on that unit, so appending equipment never moves
+#: an existing point. Unused addresses inside a slot are reserved and read 0.
+REGIONS: dict[str, tuple[int, dict[str, int]]] = {
+    "system": (0, {"coil": 16, "discrete": 16, "input": 16, "holding": 16}),
+    "loop": (100, {"coil": 2, "discrete": 2, "input": 8, "holding": 2}),
+    "tank": (1000, {"coil": 2, "discrete": 4, "input": 16, "holding": 4}),
+    "gpu_tank": (15000, {"coil": 2, "discrete": 4, "input": 16, "holding": 4}),
+    "rack_row": (20000, {"coil": 2, "discrete": 2, "input": 8, "holding": 2}),
+    "cdu": (30000, {"coil": 1, "discrete": 2, "input": 4, "holding": 2}),
+    "pump": (32000, {"coil": 1, "discrete": 2, "input": 2, "holding": 1}),
+    "dry_cooler": (34000, {"coil": 1, "discrete": 1, "input": 4, "holding": 1}),
+    "feeder": (40000, {"coil": 1, "discrete": 2, "input": 8, "holding": 1}),
+    "pdu": (44000, {"coil": 1, "discrete": 2, "input": 8, "holding": 1}),
+    "site_meter": (60000, {"coil": 1, "discrete": 1, "input": 12, "holding": 1}),
+}
+_REGION_ORDER = list(REGIONS)
+
+
+def _categories(site: Site) -> dict[str, str]:
+    cat = {"plc": "system", "site_meter": "site_meter"}
+    cat.update({f.name: "feeder" for f in site.feeders})
+    cat.update({d.name: "pdu" for d in site.pdus})
+    cat.update({lp.name: "loop" for lp in site.loops})
+    cat.update({p.name: "pump" for p in site.pumps})
+    cat.update({d.name: "dry_cooler" for d in site.dry_coolers})
+    # ASIC and GPU tanks in separate regions: either list can grow on its own.
+    cat.update({t.name: "tank" if t.workload == "asic" else "gpu_tank" for t in site.tanks})
+    cat.update({c.name: "cdu" for c in site.cdus})
+    cat.update({r.name: "rack_row" for r in site.rack_rows})
+    return cat
+
+
+def _layout(points: list[Point], site: Site) -> list[Point]:
+    """Final addresses: dense from 0 on a device's own unit, slotted on shared units.
+
+    ``device`` becomes the Modbus device answering for the point: the
+    equipment itself on its own unit id, the PLC (``plc``, or ``plc<unit>``
+    for further PLCs) where several pieces of equipment share one.
+    """
+    from dataclasses import replace
+
+    cat = _categories(site)
+    owners: dict[int, list[str]] = {}
+    for p in points:
+        devs = owners.setdefault(p.unit_id, [])
+        if p.device not in devs:
+            devs.append(p.device)
+    out: list[Point] = []
+    slot_base: dict[tuple[int, str], int] = {}  # (unit, device) -> slot index
+    seen_in_cat: dict[tuple[int, str], int] = {}
+    nxt: dict[tuple[int, str, str], int] = {}  # (unit, device, table) -> next address
+    for p in points:
+        shared = len(owners[p.unit_id]) > 1
+        if not shared:
+            key = (p.unit_id, p.device, p.table)
+            addr = nxt.get(key, 0)
+            nxt[key] = addr + p.words
+            out.append(replace(p, address=addr))
+            continue
+        c = cat[p.device]
+        if (p.unit_id, p.device) not in slot_base:
+            idx = seen_in_cat.get((p.unit_id, c), 0)
+            seen_in_cat[(p.unit_id, c)] = idx + 1
+            slot_base[(p.unit_id, p.device)] = idx
+        idx = slot_base[(p.unit_id, p.device)]
+        base, strides = REGIONS[c]
+        stride = strides[p.table]
+        start = base + idx * stride
+        key = (p.unit_id, p.device, p.table)
+        addr = nxt.get(key, start)
+        nxt[key] = addr + p.words
+        if addr + p.words > start + stride:
+            raise AssertionError(f"slot of {p.device} overflows its {p.table} stride")
+        following = _REGION_ORDER.index(c) + 1
+        limit = REGIONS[_REGION_ORDER[following]][0] if following < len(_REGION_ORDER) else 65536
+        if addr + p.words > limit:
+            raise ValueError(
+                f"too many {c.replace('_', ' ')}s on unit {p.unit_id} for its address region "
+                f"({base}..{limit - 1}): spread them over more PLCs (unit ids)"
+            )
+        device = "plc" if p.unit_id == site.plc.unit_id else f"plc{p.unit_id}"
+        out.append(replace(p, address=addr, device=device))
+    return out

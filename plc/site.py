@@ -403,7 +403,10 @@ def parse_site(root: Section) -> Site:
     # Control loops name points, so they are checked against the point map.
     from .pointmap import build_point_map  # local: pointmap imports this module
 
-    pmap = build_point_map(site)
+    try:
+        pmap = build_point_map(site)
+    except ValueError as exc:  # an address region of a shared unit is full
+        raise ConfigError(root.file, "tanks", str(exc)) from None
     loops_ctl = tuple(
         _control_loop(sec, names, pmap) for sec in root.get_sections("control_loops", [])
     )
@@ -708,19 +711,21 @@ def _control_loop(sec: Section, names: _Names, pmap: object) -> ControlLoop:
 
 
 def _check_electrical(root: Section, site: Site) -> None:
-    """A PDU's or feeder's rated load may not exceed its breaker; feeders fit the import."""
+    """A PDU's or feeder's rated load stays within its breaker's continuous rating
+    (80 % unless the file says otherwise); feeders fit the import."""
     load: dict[str, float] = {d.name: 0.0 for d in site.pdus}
     for t in site.tanks:
         load[t.pdu] += t.rated_kw
     for r in site.rack_rows:
         load[r.pdu] += r.rated_kw
     for i, d in enumerate(site.pdus):
-        if load[d.name] > d.rating_kw:
+        if load[d.name] > d.continuous_kw + 1e-6:
             raise ConfigError(
                 root.file,
                 f"pdus[{i}].rating_a",
                 f"PDU '{d.name}' carries {load[d.name]:.0f} kW of rated load, more than its"
-                f" breaker allows ({d.rating_kw:.0f} kW at {d.voltage_v:g} V)",
+                f" breaker allows continuously ({d.breaker.continuous_pct:g} % of"
+                f" {d.rating_kw:.0f} kW = {d.continuous_kw:.0f} kW at {d.voltage_v:g} V)",
             )
     feeder_load: dict[str, float] = {f.name: 0.0 for f in site.feeders}
     for d in site.pdus:
@@ -730,13 +735,14 @@ def _check_electrical(root: Section, site: Site) -> None:
             dc.fans * dc.fan_power_kw for dc in lp.dry_coolers
         )
     for i, f in enumerate(site.feeders):
-        if feeder_load[f.name] > f.rating_kw:
+        if feeder_load[f.name] > f.continuous_kw + 1e-6:
             raise ConfigError(
                 root.file,
                 f"feeders[{i}].rating_a",
                 f"feeder '{f.name}' carries {feeder_load[f.name]:.0f} kW of rated load (its PDUs,"
-                f" pumps and fans), more than its breaker allows ({f.rating_kw:.0f} kW at"
-                f" {f.voltage_v:g} V)",
+                f" pumps and fans), more than its breaker allows continuously"
+                f" ({f.breaker.continuous_pct:g} % of {f.rating_kw:.0f} kW ="
+                f" {f.continuous_kw:.0f} kW at {f.voltage_v:g} V)",
             )
         if f.rating_kw > 4.0 * site.import_limit_kw:
             raise ConfigError(

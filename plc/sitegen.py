@@ -72,49 +72,124 @@ def breaker_for(load_kw: float, voltage_v: float = LV_VOLTAGE_V) -> int:
     raise ValueError(f"{load_kw:.0f} kW at {voltage_v:g} V needs more than one feeder")
 
 
+#: Unit-id blocks per kind of device on sites where every meter, VFD and CDU
+#: has its own unit id: a site that grows by a tank (or a loop) keeps every
+#: existing device on its unit id.
+UNIT_BLOCKS: dict[str, range] = {
+    "feeder_m": range(11, 18),
+    "feeder_ai": range(18, 22),
+    "feeder_mech_m": range(22, 26),
+    "feeder_mech_ai": range(26, 30),
+    "pdu_m": range(30, 130),
+    "pdu_gpu": range(130, 140),
+    "pdu_row": range(140, 150),
+    "pump_m": range(150, 170),
+    "pump_ai": range(170, 180),
+    "dc_m": range(180, 220),
+    "dc_ai": range(220, 230),
+    "cdu": range(230, 248),
+}
+
+
+class _Units:
+    """Hands out unit ids: per-kind blocks on small sites, PLCs on large ones."""
+
+    def __init__(self, spec: SiteSpec) -> None:
+        self.spec = spec
+        self.used: dict[str, int] = {}
+        self.plc_of = _plc_assigner(spec)
+        loads = spec.asic_tanks + spec.gpu_tanks + spec.rack_rows
+        self.n_plcs = max(1, math.ceil(loads / max(1, spec.tanks_per_plc)))
+        self.rr = 0
+
+    def take(self, kind: str) -> int:
+        if self.spec.tanks_per_plc > 0:
+            # Large sites: devices sit behind the PLCs (gateways), spread evenly.
+            uid = self.plc_of((self.rr % self.n_plcs) * self.spec.tanks_per_plc)
+            self.rr += 1
+            return uid
+        block = UNIT_BLOCKS[kind]
+        k = self.used.get(kind, 0)
+        if k >= len(block):
+            raise ValueError(
+                f"more than {len(block)} devices of kind '{kind}' for their unit-id block: "
+                "spread the site over PLCs (tanks_per_plc)"
+            )
+        self.used[kind] = k + 1
+        return block[k]
+
+
 def generate_site_toml(spec: SiteSpec) -> str:
-    """Return the TOML text of a site sized from ``spec``."""
+    """Return the TOML text of a site sized from ``spec``.
+
+    Names and unit ids are stable as a site grows: ASIC tanks are
+    ``tank01..``, GPU tanks ``gpu01..``, rack rows ``row1..`` behind
+    ``cdu1..``, mining loops ``loop1..`` and AI loops ``ailoop1..``.
+    """
+    for what in ("asic_tanks", "gpu_tanks", "rack_rows", "tanks_per_plc"):
+        if getattr(spec, what) < 0:
+            raise ValueError(f"{what} must not be negative")
+    if spec.asic_tanks + spec.gpu_tanks + spec.rack_rows == 0:
+        raise ValueError("a site needs at least one tank or rack row")
     out: list[str] = []
     emit = out.append
+    units = _Units(spec)
     tank_kw = MINERS_PER_TANK * MINER_KW
     gtank_kw = GPU_NODES_PER_TANK * GPU_NODE_KW
     row_kw = NODES_PER_ROW * GPU_NODE_KW
-    mining_kw = spec.asic_tanks * tank_kw
-    ai_kw = spec.gpu_tanks * gtank_kw + spec.rack_rows * row_kw
-    n_mining_feeders = max(1, math.ceil(spec.asic_tanks / spec.tanks_per_feeder))
-    n_ai_feeders = max(1, math.ceil((spec.gpu_tanks + spec.rack_rows) / spec.tanks_per_feeder))
+    asic = [f"tank{i + 1:02d}" for i in range(spec.asic_tanks)]
+    gpus = [f"gpu{i + 1:02d}" for i in range(spec.gpu_tanks)]
+    rows = [f"row{i + 1}" for i in range(spec.rack_rows)]
+    ai = gpus + rows  # AI equipment in a fixed order: GPU tanks, then rows
+    kw_of = {
+        **dict.fromkeys(asic, tank_kw),
+        **dict.fromkeys(gpus, gtank_kw),
+        **dict.fromkeys(rows, row_kw),
+    }
 
-    # Cooling loops of at most ~3 MW: mining tanks and AI equipment apart,
-    # since their fluid temperatures and supply setpoints differ.
+    # Cooling loops of at most ~3 MW; mining and AI apart, as their fluid
+    # temperatures differ. AI loops get more dry-cooler margin: inference is
+    # the last load shed.
     loops: list[dict] = []
-    for k in range(math.ceil(spec.asic_tanks / ASIC_PER_LOOP)):
-        n = min(ASIC_PER_LOOP, spec.asic_tanks - k * ASIC_PER_LOOP)
-        loops.append({"kw": n * tank_kw, "dc_kw": 1200.0, "sp": 32.0, "min_dc": 3, "margin": 1.2})
-    n_ai = spec.gpu_tanks + spec.rack_rows
-    first_ai_loop = len(loops)
-    for k in range(math.ceil(n_ai / AI_PER_LOOP)):
-        members = range(k * AI_PER_LOOP, min(n_ai, (k + 1) * AI_PER_LOOP))
-        kw = sum(gtank_kw if j < spec.gpu_tanks else row_kw for j in members)
-        # AI loops get more dry-cooler margin: inference is the last load shed.
-        loops.append({"kw": kw, "dc_kw": 700.0, "sp": 30.0, "min_dc": 3, "margin": 2.0})
-    for k, lp in enumerate(loops):
-        lp["name"] = f"loop{k + 1}"
+    for k in range(0, len(asic), ASIC_PER_LOOP):
+        loops.append(
+            {
+                "name": f"loop{k // ASIC_PER_LOOP + 1}",
+                "members": asic[k : k + ASIC_PER_LOOP],
+                "ai": False,
+                "dc_kw": 1200.0,
+                "sp": 32.0,
+                "min_dc": 3,
+                "margin": 1.2,
+            }
+        )
+    for k in range(0, len(ai), AI_PER_LOOP):
+        loops.append(
+            {
+                "name": f"ailoop{k // AI_PER_LOOP + 1}",
+                "members": ai[k : k + AI_PER_LOOP],
+                "ai": True,
+                "dc_kw": 700.0,
+                "sp": 30.0,
+                "min_dc": 3,
+                "margin": 2.0,
+            }
+        )
+    loop_of: dict[str, str] = {}
+    for lp in loops:
+        lp["kw"] = sum(kw_of[m] for m in lp["members"])
         lp["flow"] = _flow_m3h(lp["kw"])
         lp["pump_kw"] = _pump_kw(lp["flow"])
         lp["n_dc"] = max(lp["min_dc"], math.ceil(lp["kw"] * lp["margin"] / lp["dc_kw"]))
         lp["cooling_kw"] = 2 * lp["pump_kw"] + lp["n_dc"] * 10 * 2.2
-    cooling_kw = sum(lp["cooling_kw"] for lp in loops)
+        for m in lp["members"]:
+            loop_of[m] = lp["name"]
+    it_kw = sum(kw_of.values())
+    import_kw = _round_to(1.15 * (it_kw + sum(lp["cooling_kw"] for lp in loops)), 100.0)
 
-    def loop_of_tank(i: int) -> str:
-        if i < spec.asic_tanks:
-            return loops[i // ASIC_PER_LOOP]["name"]
-        return loops[first_ai_loop + (i - spec.asic_tanks) // AI_PER_LOOP]["name"]
-
-    it_kw = mining_kw + ai_kw
-    import_kw = _round_to(1.15 * (it_kw + cooling_kw), 100.0)
-
-    emit("# thermogate site description (generated by `thermogate points --generate`,")
-    emit("# edit freely: `thermogate points --site FILE` validates it).")
+    emit("# thermogate site description (generated by `thermogate site`; edit freely,")
+    emit("# `thermogate site --check FILE` validates it). Append new equipment at the")
+    emit("# end of its list: the addresses of existing points then never move.")
     emit("[site]")
     emit(f'name = "{spec.name}"')
     emit(f"import_limit_kw = {import_kw:.0f}")
@@ -130,109 +205,80 @@ def generate_site_toml(spec: SiteSpec) -> str:
     emit("safe_gpu_cap_pct = 50.0")
     emit("leak_isolates_loop = true")
 
-    # -- unit id plan: small sites give every meter, VFD and CDU its own unit
-    # id (11..); large sites put them behind the tanks' PLCs (gateways), as
-    # a 247-address Modbus network cannot give each of thousands its own.
-    uid = _unit_ids(spec)
-    feeders: list[str] = []
-    mining_feeder_load = [0.0] * n_mining_feeders
-    for i in range(spec.asic_tanks):
-        mining_feeder_load[i // spec.tanks_per_feeder] += tank_kw
-    ai_loads = [gtank_kw] * spec.gpu_tanks + [row_kw] * spec.rack_rows
-    ai_feeder_load = [0.0] * n_ai_feeders
-    for i, kw in enumerate(ai_loads):
-        ai_feeder_load[i // spec.tanks_per_feeder] += kw
-    for i, kw in enumerate(mining_feeder_load):
-        feeders.append(_feeder(emit, f"feeder_m{i + 1}", kw, next(uid)))
-    for i, kw in enumerate(ai_feeder_load):
-        feeders.append(_feeder(emit, f"feeder_ai{i + 1}", kw, next(uid)))
-    for k in range(0, len(loops), 2):
-        pair = loops[k : k + 2]
-        mech = _feeder(
-            emit, f"feeder_mech{k // 2 + 1}", sum(lp["cooling_kw"] for lp in pair), next(uid)
-        )
-        for lp in pair:
-            lp["feeder"] = mech
+    # Feeders: IT feeders of `tanks_per_feeder` loads each, one mechanical
+    # feeder per cooling loop.
+    feeder_of: dict[str, str] = {}
+    for kind, group in (("feeder_m", asic), ("feeder_ai", ai)):
+        for k in range(0, len(group), spec.tanks_per_feeder):
+            members = group[k : k + spec.tanks_per_feeder]
+            name = f"{kind}{k // spec.tanks_per_feeder + 1}"
+            _feeder(emit, name, sum(kw_of[m] for m in members), units.take(kind))
+            for m in members:
+                feeder_of[m] = name
+    for lp in loops:
+        lp["feeder"] = f"feeder_mech_{lp['name']}"
+        kind = "feeder_mech_ai" if lp["ai"] else "feeder_mech_m"
+        _feeder(emit, lp["feeder"], lp["cooling_kw"], units.take(kind))
 
-    plc_of = _plc_assigner(spec)
-    tank_names = [f"tank{i + 1:02d}" for i in range(spec.asic_tanks + spec.gpu_tanks)]
     pdu_of: dict[str, str] = {}
-    for i, t in enumerate(tank_names):
-        if i < spec.asic_tanks:
-            feeder, kw = feeders[i // spec.tanks_per_feeder], tank_kw
-        else:
-            j = i - spec.asic_tanks
-            feeder, kw = feeders[n_mining_feeders + j // spec.tanks_per_feeder], gtank_kw
-        pdu_of[t] = f"pdu_{t}"
-        _pdu(emit, pdu_of[t], feeder, kw, next(uid))
-    row_names = [f"row{i + 1}" for i in range(spec.rack_rows)]
-    for i, r in enumerate(row_names):
-        j = spec.gpu_tanks + i
-        pdu_of[r] = f"pdu_{r}"
-        _pdu(
-            emit,
-            pdu_of[r],
-            feeders[n_mining_feeders + j // spec.tanks_per_feeder],
-            row_kw,
-            next(uid),
-        )
+    for group, kind in ((asic, "pdu_m"), (gpus, "pdu_gpu"), (rows, "pdu_row")):
+        for m in group:
+            pdu_of[m] = f"pdu_{m}"
+            _pdu(emit, pdu_of[m], feeder_of[m], kw_of[m], units.take(kind))
 
     for lp in loops:
-        name, flow, pkw, n_dc, sp = lp["name"], lp["flow"], lp["pump_kw"], lp["n_dc"], lp["sp"]
-        mech = lp["feeder"]
-        dc_kw = lp["dc_kw"]
+        flow, ai_loop = lp["flow"], lp["ai"]
         emit("")
         emit("[[loops]]")
-        emit(f'name = "{name}"')
+        emit(f'name = "{lp["name"]}"')
         emit(f"volume_l = {_round_to(max(4000.0, flow * 60.0), 500.0):.0f}")
         emit("glycol_pct = 30.0")
-        emit(f"supply_setpoint_c = {sp}")
-        emit(f"supply_alarm_c = {sp + 12.0}")
+        emit(f"supply_setpoint_c = {lp['sp']}")
+        emit(f"supply_alarm_c = {lp['sp'] + 12.0}")
         emit(f"min_flow_m3h = {_round_to(0.2 * flow, 1.0):.0f}")
         emit("low_flow_trip_s = 10.0")
-        emit(f'feeder = "{mech}"')
+        emit(f'feeder = "{lp["feeder"]}"')
         for p in ("pump_a", "pump_b"):
             emit("[[loops.pumps]]")
             emit(f'name = "{p}"')
             emit(f"rated_flow_m3h = {_round_to(1.1 * flow, 5.0):.0f}")
             emit("rated_head_kpa = 250.0")
-            emit(f"rated_power_kw = {pkw:.1f}")
+            emit(f"rated_power_kw = {lp['pump_kw']:.1f}")
             emit("min_speed_pct = 20.0")
-            emit(f"unit_id = {next(uid)}")
-        for k in range(n_dc):
+            emit(f"unit_id = {units.take('pump_ai' if ai_loop else 'pump_m')}")
+        for k in range(lp["n_dc"]):
             emit("[[loops.dry_coolers]]")
             emit(f'name = "dc{k + 1}"')
-            emit(f"capacity_kw = {dc_kw:.0f}")
+            emit(f"capacity_kw = {lp['dc_kw']:.0f}")
             emit("design_approach_k = 6.0")
             emit("fans = 10")
             emit("fan_power_kw = 2.2")
-            emit(f"unit_id = {next(uid)}")
+            emit(f"unit_id = {units.take('dc_ai' if ai_loop else 'dc_m')}")
 
-    for i, t in enumerate(tank_names):
-        asic = i < spec.asic_tanks
+    order = asic + gpus + rows  # PLC assignment order for large sites
+    for t in asic + gpus:
+        is_asic = t in asic
         emit("")
         emit("[[tanks]]")
         emit(f'name = "{t}"')
-        emit(f'workload = "{"asic" if asic else "gpu"}"')
-        emit(f'workload_class = "{"mining" if asic else "inference"}"')
-        emit(f"units = {MINERS_PER_TANK if asic else GPU_NODES_PER_TANK}")
-        emit(f"unit_power_kw = {MINER_KW if asic else GPU_NODE_KW}")
-        emit(f"volume_l = {2000.0 if asic else 1600.0}")
-        emit("hx_ua_kw_k = 30.0" if asic else "hx_ua_kw_k = 40.0")
-        emit("dielectric_flow_l_s = 15.0" if asic else "dielectric_flow_l_s = 16.0")
-        emit(f"design_water_flow_m3h = {36.0 if asic else 32.0}")
-        emit(f'loop = "{loop_of_tank(i)}"')
+        emit(f'workload = "{"asic" if is_asic else "gpu"}"')
+        emit(f'workload_class = "{"mining" if is_asic else "inference"}"')
+        emit(f"units = {MINERS_PER_TANK if is_asic else GPU_NODES_PER_TANK}")
+        emit(f"unit_power_kw = {MINER_KW if is_asic else GPU_NODE_KW}")
+        emit(f"volume_l = {2000.0 if is_asic else 1600.0}")
+        emit("hx_ua_kw_k = 30.0" if is_asic else "hx_ua_kw_k = 40.0")
+        emit("dielectric_flow_l_s = 15.0" if is_asic else "dielectric_flow_l_s = 16.0")
+        emit(f"design_water_flow_m3h = {36.0 if is_asic else 32.0}")
+        emit(f'loop = "{loop_of[t]}"')
         emit(f'pdu = "{pdu_of[t]}"')
-        emit(f"unit_id = {plc_of(i)}")
+        emit(f"unit_id = {units.plc_of(order.index(t))}")
 
-    cdu_uid = {}
-    for r in row_names:
-        c = f"cdu{r[3:]}"
-        cdu_uid[r] = c
+    cdu_of = {r: f"cdu{r[3:]}" for r in rows}
+    for r in rows:
         emit("")
         emit("[[cdus]]")
-        emit(f'name = "{c}"')
-        emit(f'loop = "{loop_of_tank(spec.asic_tanks + spec.gpu_tanks + int(r[3:]) - 1)}"')
+        emit(f'name = "{cdu_of[r]}"')
+        emit(f'loop = "{loop_of[r]}"')
         emit("tcs_volume_l = 400.0")
         emit("hx_ua_kw_k = 80.0")
         emit("tcs_flow_l_s = 9.0")
@@ -240,28 +286,27 @@ def generate_site_toml(spec: SiteSpec) -> str:
         emit("supply_setpoint_c = 40.0")
         emit("supply_alarm_c = 48.0")
         emit("supply_trip_c = 55.0")
-        emit(f"unit_id = {next(uid)}")
-    for i, r in enumerate(row_names):
+        emit(f"unit_id = {units.take('cdu')}")
+    for r in rows:
         emit("")
         emit("[[rack_rows]]")
         emit(f'name = "{r}"')
-        emit(f'cdu = "{cdu_uid[r]}"')
+        emit(f'cdu = "{cdu_of[r]}"')
         emit(f'pdu = "{pdu_of[r]}"')
         emit(f"nodes = {NODES_PER_ROW}")
         emit(f"node_power_kw = {GPU_NODE_KW}")
         emit("node_idle_kw = 1.6")
         emit('workload_class = "training"')
-        emit(f"unit_id = {plc_of(spec.asic_tanks + spec.gpu_tanks + i)}")
+        emit(f"unit_id = {units.plc_of(order.index(r))}")
 
     # -- control loops: thermal loops produce actuator commands -------------
-    for i, t in enumerate(tank_names):
-        asic = i < spec.asic_tanks
+    for t in asic + gpus:
         _control(
             emit,
             f"{t}_fluid",
             f"{t}.fluid_temp",
             [f"{t}.valve_cmd"],
-            50.0 if asic else 45.0,
+            50.0 if t in asic else 45.0,
             kp=6.0,
             ki=0.02,
             out_min=5.0,
@@ -291,8 +336,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
             out_min=20.0,
             slew=2.0,
         )
-    for r in row_names:
-        c = cdu_uid[r]
+    for r in rows:
+        c = cdu_of[r]
         _control(
             emit,
             f"{c}_supply",
@@ -305,18 +350,6 @@ def generate_site_toml(spec: SiteSpec) -> str:
             slew=3.0,
         )
     return "\n".join(out) + "\n"
-
-
-def _unit_ids(spec: SiteSpec):  # noqa: ANN202 - generator
-    if spec.tanks_per_plc <= 0:
-        yield from range(11, 248)
-        raise ValueError("more devices than Modbus unit ids: set tanks_per_plc")
-    plc_of = _plc_assigner(spec)
-    n_plcs = math.ceil((spec.asic_tanks + spec.gpu_tanks + spec.rack_rows) / spec.tanks_per_plc)
-    k = 0
-    while True:
-        yield plc_of((k % n_plcs) * spec.tanks_per_plc)
-        k += 1
 
 
 def _plc_assigner(spec: SiteSpec):  # noqa: ANN202 - small closure

@@ -100,9 +100,9 @@ def test_points_of_a_site_file(tmp_path):
     proc = run("points", "--site", str(tmp_path / "s.toml"), "--format", "json")
     assert proc.returncode == 0, proc.stderr
     names = {i["name"] for i in json.loads(proc.stdout)}
-    assert {"tank03.hashrate_ths", "tank04.fluid_temp", "row1.enable", "plc.heartbeat"} <= names
-    assert "tank04.hashrate_ths" not in names  # the GPU tank
-    assert "tank05.fluid_temp" not in names
+    assert {"tank03.hashrate_ths", "gpu01.fluid_temp", "row1.enable", "plc.heartbeat"} <= names
+    assert "gpu01.hashrate_ths" not in names  # the GPU tank
+    assert "tank04.fluid_temp" not in names
 
 
 def _demo_text() -> str:

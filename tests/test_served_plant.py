@@ -455,9 +455,14 @@ def test_illegal_addresses_and_values_answer_02_and_03_and_change_nothing() -> N
                     p = pmap[name]
                     await expect_exception(2, master.link(p.unit_id).write_register(p.address, 500))
                 valve = pmap[f"{tank}.valve_cmd"]
-                assert pmap[f"{tank}.valve_pos"].address == valve.end  # the map's layout
+                budget = pmap[f"{tank}.power_budget_kw"]
+                # the map's layout: the two commands, then the read-only position
+                assert budget.address == valve.end
+                assert pmap[f"{tank}.valve_pos"].address == budget.end
                 tank_link = master.link(valve.unit_id)
-                await expect_exception(2, tank_link.write_registers(valve.address, [500, 500]))
+                await expect_exception(
+                    2, tank_link.write_registers(valve.address, [500, 500, 500])
+                )
 
                 # 03: values outside the point's range (the wire carries them fine)
                 await expect_exception(3, tank_link.write_register(valve.address, 1500))  # 150 %
