@@ -248,12 +248,17 @@ def test_adding_a_tank_to_a_generated_site_moves_no_existing_point(tmp_path):
 
 
 def test_appending_a_tank_to_a_site_file_moves_no_existing_point(tmp_path):
-    """The hand-edited case: a tank (and its PDU) appended at the end of the file."""
+    """The hand-edited case: a tank (with its PDU and feeder) appended at the end of the file."""
     text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
     extra = """
+[[feeders]]
+name = "feeder_m9"
+rating_a = 630.0
+unit_id = 17
+
 [[pdus]]
 name = "pdu_tank99"
-feeder = "feeder_ai1"
+feeder = "feeder_m9"
 rating_a = 500.0
 unit_id = 99
 
