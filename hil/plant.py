@@ -79,6 +79,12 @@ LEVEL_EXPANSION_PCT_K = 0.07  # dielectric thermal expansion seen on the level g
 BREAKER_COOL_TAU_S = 120.0  # thermal memory of a breaker after an overload
 
 
+# ndarray.sum()/any() go through Python wrappers; the ufunc reductions are
+# several times cheaper on the small arrays a plant step is made of.
+_sum = np.add.reduce
+_any = np.logical_or.reduce
+
+
 def _clamp(x: np.ndarray, limit: float) -> np.ndarray:
     """Symmetric clamp; np.clip's dispatch costs more than the math on small arrays."""
     return np.minimum(np.maximum(x, -limit), limit)
@@ -276,6 +282,11 @@ class Plant:
         self.d_cair_design = DC_AIR_CAPACITY_RATIO * cw
 
         # electrical
+        # Capacity rate (kW/K) of 1 m3/h of each loop's water, per consumer.
+        self.l_cw_per_m3h = self.l_rho * self.l_cp / 3.6
+        self.t_cw_per_m3h = self.l_cw_per_m3h[self.t_loop]
+        self.c_cw_per_m3h = self.l_cw_per_m3h[self.c_loop]
+        self.d_share = 1.0 / self.l_n_dc[self.d_loop]
         pdu_names = [d.name for d in site.pdus]
         feeder_names = [f.name for f in site.feeders]
         self.t_pdu = np.array([pdu_names.index(t.pdu) for t in tanks], dtype=int)
@@ -293,6 +304,8 @@ class Plant:
         volts = np.array([*(d.voltage_v for d in site.pdus), *(f.voltage_v for f in site.feeders)])
         self.b_kw_per_a = math.sqrt(3.0) * volts * pf / 1000.0
         self.b_volts = volts
+        self.p_breaker = self.n_pdu + self.l_feeder[self.p_loop]  # feeder of each pump
+        self.d_breaker = self.n_pdu + self.l_feeder[self.d_loop]
 
     def _build_state(self, initial_temp_c: float | None) -> None:
         amb = self.env.ambient_c(0.0)
@@ -378,6 +391,7 @@ class Plant:
         self.cooling_kw = 0.0
         self.grid_request_kw = 0.0
         self._foul_next_t = -1.0
+        self._hydraulics_stale = True
         self._ua_t = self.t_ua
         self._ua_c = self.c_ua
         self.price = 0.0
@@ -493,25 +507,29 @@ class Plant:
             valve_cmd, cdu_valve_cmd = self.cmd_valve, self.cmd_cdu_valve
             pump_run, pump_sp, fan_cmd = self.cmd_pump_run, self.cmd_pump_speed, self.cmd_fan
             enable, budget, gpu_cap = self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap
-        valve_cmd = np.where(self.plc.tank_isolated, 0.0, valve_cmd)
-        pump_run = pump_run & ~self.plc.loop_isolated[self.p_loop]
+        if _any(self.plc.tank_isolated):
+            valve_cmd = np.where(self.plc.tank_isolated, 0.0, valve_cmd)
+        if _any(self.plc.loop_isolated):
+            pump_run = pump_run & ~self.plc.loop_isolated[self.p_loop]
 
         # ---- actuators move at their physical rates
         step_v = VALVE_STROKE_PCT_S * dt
-        self.valve_pos += _clamp(valve_cmd - self.valve_pos, step_v)
-        self.cdu_valve_pos += _clamp(cdu_valve_cmd - self.cdu_valve_pos, step_v)
-        running = (
-            pump_run & ~self.pump_fault & self.b_closed[self.n_pdu + self.l_feeder[self.p_loop]]
-        )
+        dv = _clamp(valve_cmd - self.valve_pos, step_v)
+        dcv = _clamp(cdu_valve_cmd - self.cdu_valve_pos, step_v)
+        running = pump_run & ~self.pump_fault & self.b_closed[self.p_breaker]
         target = np.where(running, np.maximum(pump_sp / 100.0, self.p_min_speed), 0.0)
-        dp_ = PUMP_RAMP_PCT_S / 100.0 * dt
-        self.pump_speed += _clamp(target - self.pump_speed, dp_)
-        fans_ok = ~self.fan_fault & self.b_closed[self.n_pdu + self.l_feeder[self.d_loop]]
+        dps = _clamp(target - self.pump_speed, PUMP_RAMP_PCT_S / 100.0 * dt)
+        fans_ok = ~self.fan_fault & self.b_closed[self.d_breaker]
         ftarget = np.where(fans_ok, fan_cmd / 100.0, 0.0)
-        df = FAN_RAMP_PCT_S / 100.0 * dt
-        self.fan_speed += _clamp(ftarget - self.fan_speed, df)
-
-        self._hydraulics()
+        self.fan_speed += _clamp(ftarget - self.fan_speed, FAN_RAMP_PCT_S / 100.0 * dt)
+        # Flows depend only on valve positions and pump speeds: when none of
+        # them moved (most steps once a loop has settled) they are unchanged.
+        if self._hydraulics_stale or _any(dv) or _any(dcv) or _any(dps):
+            self.valve_pos += dv
+            self.cdu_valve_pos += dcv
+            self.pump_speed += dps
+            self._hydraulics()
+            self._hydraulics_stale = False
         self._loads(t, enable, budget, gpu_cap, tank_trip, row_trip)
         self._thermal(t, dt)
         self._electrical(dt)
@@ -606,7 +624,6 @@ class Plant:
         self.r_gpu_temp = np.where(rrun, die, coolant)
 
     def _thermal(self, t: float, dt: float) -> None:
-        cp_l, rho_l = self.l_cp, self.l_rho
         t_cold = self.T_cold
         # Fouling drifts the HX UA down over days (the controller must live with it).
         if t >= self._foul_next_t:  # fouling drifts over days: refresh once a minute
@@ -614,11 +631,11 @@ class Plant:
             self._ua_c = self.c_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / self.c_foul_tau_s)))
             self._foul_next_t = t + 60.0
         ua_t, ua_c = self._ua_t, self._ua_c
-        cw_t = self.t_flow / 3.6 * rho_l[self.t_loop] * cp_l[self.t_loop]
-        cw_c = self.c_flow / 3.6 * rho_l[self.c_loop] * cp_l[self.c_loop]
+        cw_t = self.t_flow * self.t_cw_per_m3h
+        cw_c = self.c_flow * self.c_cw_per_m3h
         # dry coolers: water shared evenly, air side follows the fans
-        c_flow = self.flow / 3.6 * rho_l * cp_l  # kW/K per loop
-        cw_d = c_flow[self.d_loop] / self.l_n_dc[self.d_loop]
+        c_flow = self.flow * self.l_cw_per_m3h  # kW/K per loop
+        cw_d = c_flow[self.d_loop] * self.d_share
         active = (self.d_fans - self.fans_failed) / self.d_fans
         air = np.maximum(self.fan_speed * active, DC_NATURAL_DRAFT)
         # One vectorised epsilon-NTU evaluation for every HX of the site.
@@ -655,8 +672,8 @@ class Plant:
         self.T_cold = cold + dt * (-mix - q_rej + q_pump) / self.l_half_cap
 
         self.c_supply = self.T_tcs - self.q_cdu / self.c_ctcs  # the GPUs' coolant
-        self.ledger.heat_in_kj += dt * float(q_rows.sum() + self.t_power.sum() + q_pump.sum())
-        self.ledger.heat_rejected_kj += dt * float(q_rej.sum())
+        self.ledger.heat_in_kj += dt * float(_sum(q_rows) + _sum(self.t_power) + _sum(q_pump))
+        self.ledger.heat_rejected_kj += dt * float(_sum(q_rej))
 
     # Values only sensors need: computed when sampled, not every step.
     @property
@@ -708,7 +725,7 @@ class Plant:
         ratio = current / self.b_pickup
         over = ratio > 1.0
         cooled = self.b_heat * math.exp(-dt / BREAKER_COOL_TAU_S)
-        if over.any():
+        if _any(over):
             t_trip = self.b_k / (np.where(over, ratio, 2.0) ** self.b_a - 1.0)
             self.b_heat = np.where(over, self.b_heat + dt / t_trip, cooled)
             tripping = self.b_closed & (self.b_heat >= 1.0)
@@ -726,10 +743,10 @@ class Plant:
         self.b_current = current
         self.b_energy += power * dt / 3600.0
 
-        self.it_kw = float(self.t_power.sum() + self.r_power.sum())
-        self.cooling_kw = float(mech.sum())
+        self.it_kw = float(_sum(self.t_power) + _sum(self.r_power))
+        self.cooling_kw = float(_sum(mech))
         house = HOUSE_LOAD_KW + HOUSE_LOAD_FRACTION * self.it_kw
-        self.site_kw = float(feeder.sum()) + house
+        self.site_kw = float(_sum(feeder)) + house
         self.site_kwh += self.site_kw * dt / 3600.0
         v = self.site.meter_voltage_v * (1.0 - 0.01 * self.site_kw / self.site.import_limit_kw)
         self.site_voltage = v

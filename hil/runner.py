@@ -48,12 +48,17 @@ class ScenarioPlant:
         self.site = site
         self.pmap = pmap or build_point_map(site)
 
+        # The plant asks for ambient then humidity at the same t: one lookup.
+        last: list = [None, None]
+
         def ambient(t: float) -> float:
-            return sc.weather_at(t).ambient_c
+            w = sc.weather_at(t)
+            last[0], last[1] = t, w
+            return w.ambient_c
 
         def rh(t: float) -> float:
-            v = sc.weather_at(t).rh_pct
-            return 50.0 if v is None else v
+            w = last[1] if last[0] == t else sc.weather_at(t)
+            return 50.0 if w.rh_pct is None else w.rh_pct
 
         def freq(t: float) -> float:
             return sc.frequency_hz_at(t, site.frequency_hz)

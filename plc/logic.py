@@ -47,9 +47,12 @@ class PlcInputs:
     cdu_leak: np.ndarray
 
 
+_any = np.logical_or.reduce  # cheaper than ndarray.any() on small arrays
+
+
 def _where(mask: np.ndarray) -> list[int]:
     """Indices of True entries; cheap when there are none (every scan)."""
-    return np.flatnonzero(mask).tolist() if mask.any() else []
+    return np.flatnonzero(mask).tolist() if _any(mask) else []
 
 
 class PlcLogic:
@@ -103,22 +106,25 @@ class PlcLogic:
         hot = np.fmax(a, b)  # fmax ignores a single NaN
         both_bad = np.isnan(a) & np.isnan(b)
         over = (hot >= self.tank_trip_c) | both_bad
-        new_tank = self._debounce(t, over, self._tank_hot_since) & ~self.tank_latched
-        for i in _where(new_tank):
-            self._log(
-                t,
-                f"interlock: {self.site.tanks[i].name} fluid over-temperature "
-                f"({hot[i]:.1f} >= {self.tank_trip_c[i]:.1f} degC)",
-            )
-        self.tank_latched |= new_tank
+        new_tank = self._debounce(t, over, self._tank_hot_since)
+        if _any(new_tank):
+            new_tank &= ~self.tank_latched
+            for i in _where(new_tank):
+                self._log(
+                    t,
+                    f"interlock: {self.site.tanks[i].name} fluid over-temperature "
+                    f"({hot[i]:.1f} >= {self.tank_trip_c[i]:.1f} degC)",
+                )
+            self.tank_latched |= new_tank
 
-        new_leak = inp.tank_leak & ~self.tank_isolated
-        for i in _where(new_leak):
-            self._log(t, f"interlock: leak at {self.site.tanks[i].name}, HX isolated")
-        self.tank_isolated |= inp.tank_leak
-        self.tank_latched |= inp.tank_leak
+        if _any(inp.tank_leak):
+            new_leak = inp.tank_leak & ~self.tank_isolated
+            for i in _where(new_leak):
+                self._log(t, f"interlock: leak at {self.site.tanks[i].name}, HX isolated")
+            self.tank_isolated |= inp.tank_leak
+            self.tank_latched |= inp.tank_leak
 
-        if self.leak_isolates_loop:
+        if self.leak_isolates_loop and _any(inp.loop_leak):
             new_loop_leak = inp.loop_leak & ~self.loop_isolated
             for i in _where(new_loop_leak):
                 self._log(t, f"interlock: leak at {self.site.loops[i].name} skid, loop stopped")
@@ -126,7 +132,7 @@ class PlcLogic:
 
         low = (inp.loop_flow < self.loop_min_flow) & loop_pumps_commanded & ~self.loop_isolated
         since = self._low_flow_since
-        if low.any():
+        if _any(low):
             since[~low] = np.nan
             since[low & np.isnan(since)] = t
             new_low = low & (t - since >= self.loop_low_flow_s) & ~self.loop_low_flow
@@ -142,10 +148,14 @@ class PlcLogic:
         self.loop_low_flow |= new_low
 
         cdu_over = (inp.cdu_supply >= self.cdu_trip_c) | np.isnan(inp.cdu_supply) | inp.cdu_leak
-        new_cdu = self._debounce(t, cdu_over, self._cdu_hot_since) & ~self.cdu_latched
-        for i in _where(new_cdu):
-            self._log(t, f"interlock: {self.site.cdus[i].name} coolant over-temperature or leak")
-        self.cdu_latched |= new_cdu
+        new_cdu = self._debounce(t, cdu_over, self._cdu_hot_since)
+        if _any(new_cdu):
+            new_cdu &= ~self.cdu_latched
+            for i in _where(new_cdu):
+                self._log(
+                    t, f"interlock: {self.site.cdus[i].name} coolant over-temperature or leak"
+                )
+            self.cdu_latched |= new_cdu
 
         if inp.reset:
             self._reset(t, over, inp, cdu_over, low)
@@ -170,12 +180,12 @@ class PlcLogic:
             )
 
     def _debounce(self, t: float, cond: np.ndarray, since: np.ndarray) -> np.ndarray:
-        if not cond.any():  # the common case, kept cheap for accelerated runs
+        if not _any(cond):  # the common case, kept cheap for accelerated runs
             since.fill(np.nan)
             return cond
         since[~cond] = np.nan
         since[cond & np.isnan(since)] = t
-        return cond & (t - since >= TRIP_DEBOUNCE_S)
+        return cond & (t - since >= TRIP_DEBOUNCE_S)  # a new array: callers may modify it
 
     def _reset(
         self, t: float, over: np.ndarray, inp: PlcInputs, cdu_over: np.ndarray, low: np.ndarray
