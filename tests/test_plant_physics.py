@@ -29,7 +29,9 @@ from thermogate.plc.errors import ConfigError
 from thermogate.plc.site import Breaker, Site, demo_site, parse_site_text
 
 AMBIENT_C = 25.0
-GPU_STEP_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gpu_step_h200.csv"
+# The real H200 load-step measurement the GPU model is calibrated on; shipped
+# with the plant (a copy of shared/data/gpu_step_h200.csv).
+GPU_STEP_CSV = Path(str(resources.files("thermogate.hil.data").joinpath("gpu_step_h200.csv")))
 
 
 # -- helpers ------------------------------------------------------------------------
