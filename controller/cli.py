@@ -17,24 +17,23 @@ from thermogate.plc.errors import ThermogateError
 EXIT_USAGE = 2
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v} must be at least {minimum}")
+        return v
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must not be negative")
-    return v
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _positive_float(text: str) -> float:
@@ -145,10 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     ss = sub.add_parser("site", help="generate a site description, or check one")
     ss.add_argument("--check", metavar="FILE", help="validate FILE and print its summary")
     ss.add_argument("--tanks", type=_positive_int, default=12, help="ASIC miner tanks")
-    ss.add_argument("--gpu-tanks", type=_non_negative_int, default=None,
-                    help="GPU immersion tanks")
-    ss.add_argument("--rows", type=_non_negative_int, default=None,
-                    help="direct-to-chip rack rows")
+    ss.add_argument("--gpu-tanks", type=_non_negative_int, default=None, help="GPU immersion tanks")
+    ss.add_argument("--rows", type=_non_negative_int, default=None, help="direct-to-chip rack rows")
     ss.add_argument(
         "--tanks-per-plc",
         type=_non_negative_int,

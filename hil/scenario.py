@@ -46,6 +46,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from thermogate.plc.config import type_name
 from thermogate.plc.errors import ConfigError, DataFileError
 
 __all__ = [
@@ -1202,20 +1203,6 @@ _ISO_DURATION_RE = re.compile(
 _BUILTIN_PACKAGE = "thermogate.hil.data"
 
 
-def _tname(val: object) -> str:
-    if isinstance(val, bool):
-        return "a boolean"
-    if isinstance(val, int | float):
-        return f"the number {val}"
-    if isinstance(val, str):
-        return f"the string {val!r}"
-    if isinstance(val, list):
-        return "an array"
-    if isinstance(val, dict):
-        return "a table"
-    return type(val).__name__
-
-
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
@@ -1231,7 +1218,7 @@ class _Reader:
 
     def table(self, val: object, key: str) -> dict[str, Any]:
         if not isinstance(val, dict):
-            raise self.error(key, f"expected a table, got {_tname(val)}")
+            raise self.error(key, f"expected a table, got {type_name(val)}")
         return val
 
     def only(self, tbl: Mapping[str, Any], prefix: str, allowed: Sequence[str]) -> None:
@@ -1244,7 +1231,7 @@ class _Reader:
 
     def number(self, val: object, key: str, *, positive: bool = False) -> float:
         if isinstance(val, bool) or not isinstance(val, int | float):
-            raise self.error(key, f"expected a number, got {_tname(val)}")
+            raise self.error(key, f"expected a number, got {type_name(val)}")
         x = float(val)
         if not math.isfinite(x):
             raise self.error(key, f"expected a finite number, got {x}")
@@ -1254,17 +1241,17 @@ class _Reader:
 
     def integer(self, val: object, key: str) -> int:
         if isinstance(val, bool) or not isinstance(val, int):
-            raise self.error(key, f"expected an integer, got {_tname(val)}")
+            raise self.error(key, f"expected an integer, got {type_name(val)}")
         return val
 
     def string(self, val: object, key: str) -> str:
         if not isinstance(val, str):
-            raise self.error(key, f"expected a string, got {_tname(val)}")
+            raise self.error(key, f"expected a string, got {type_name(val)}")
         return val
 
     def boolean(self, val: object, key: str) -> bool:
         if not isinstance(val, bool):
-            raise self.error(key, f"expected true or false, got {_tname(val)}")
+            raise self.error(key, f"expected true or false, got {type_name(val)}")
         return val
 
     def offset(self, val: object, key: str) -> float:
@@ -1275,7 +1262,9 @@ class _Reader:
             secs = _parse_offset(val)
             if secs is not None:
                 return secs
-        raise self.error(key, f"expected 'HH:MM[:SS]' or an ISO 8601 duration, got {_tname(val)}")
+        raise self.error(
+            key, f"expected 'HH:MM[:SS]' or an ISO 8601 duration, got {type_name(val)}"
+        )
 
     def moment(self, val: object, key: str) -> float | datetime:
         """``at``: an offset from the start, or an absolute date-time."""
@@ -1295,7 +1284,7 @@ class _Reader:
         raise self.error(
             key,
             f"expected an offset from the start ('18:00', 'PT2H') or an ISO date-time, "
-            f"got {_tname(val)}",
+            f"got {type_name(val)}",
         )
 
 
@@ -1374,7 +1363,7 @@ def _params(rd: _Reader, raw: object, key: str) -> dict[str, Any]:
     tbl = rd.table(raw, key)
     for k, v in tbl.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise rd.error(f"{key}.{k}", f"expected a number, got {_tname(v)}")
+            raise rd.error(f"{key}.{k}", f"expected a number, got {type_name(v)}")
     return dict(tbl)
 
 
@@ -1397,7 +1386,7 @@ def _list_of_tables(rd: _Reader, raw: object, key: str) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise rd.error(key, f"expected an array of tables ([[{key}]]), got {_tname(raw)}")
+        raise rd.error(key, f"expected an array of tables ([[{key}]]), got {type_name(raw)}")
     return [rd.table(v, f"{key}[{i}]") for i, v in enumerate(raw)]
 
 

@@ -25,7 +25,7 @@ class Section:
 
     def __init__(self, file: str, path: str, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
-            raise ConfigError(file, path, f"expected a table, got {_tname(data)}")
+            raise ConfigError(file, path, f"expected a table, got {type_name(data)}")
         self.file = file
         self.path = path
         self._data = data
@@ -60,7 +60,7 @@ class Section:
         if val is None and default is None:
             return val
         if not isinstance(val, str):
-            raise self.error(name, f"expected a string, got {_tname(val)}")
+            raise self.error(name, f"expected a string, got {type_name(val)}")
         if choices is not None and val not in choices:
             raise self.error(name, f"'{val}' is not one of {', '.join(choices)}")
         return val
@@ -68,7 +68,7 @@ class Section:
     def get_bool(self, name: str, default: Any = _MISSING) -> bool:
         val = self._raw(name, default)
         if not isinstance(val, bool):
-            raise self.error(name, f"expected true or false, got {_tname(val)}")
+            raise self.error(name, f"expected true or false, got {type_name(val)}")
         return val
 
     def get_int(
@@ -82,7 +82,7 @@ class Section:
         if val is None and default is None:
             return val
         if isinstance(val, bool) or not isinstance(val, int):
-            raise self.error(name, f"expected an integer, got {_tname(val)}")
+            raise self.error(name, f"expected an integer, got {type_name(val)}")
         _check_range(self, name, val, minval, maxval, None, None)
         return val
 
@@ -99,7 +99,7 @@ class Section:
         if val is None and default is None:
             return val
         if isinstance(val, bool) or not isinstance(val, int | float):
-            raise self.error(name, f"expected a number, got {_tname(val)}")
+            raise self.error(name, f"expected a number, got {type_name(val)}")
         val = float(val)
         if not math.isfinite(val):
             raise self.error(name, f"expected a finite number, got {val}")
@@ -121,7 +121,7 @@ class Section:
         """An array of tables (``[[name]]``)."""
         val = self._raw(name, default)
         if not isinstance(val, list):
-            raise self.error(name, f"expected an array of tables, got {_tname(val)}")
+            raise self.error(name, f"expected an array of tables, got {type_name(val)}")
         return [Section(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(val)]
 
     def check_unused(self) -> None:
@@ -158,7 +158,8 @@ def loads_toml(text: str, file: str) -> Section:
     return Section(file, "", data)
 
 
-def _tname(val: Any) -> str:
+def type_name(val: Any) -> str:
+    """How a TOML value is named in an error message."""
     if isinstance(val, bool):
         return "a boolean"
     if isinstance(val, int | float):

@@ -68,13 +68,12 @@ class Breaker:
         return self.tms * k / ((current_a / pickup) ** a - 1.0)
 
 
-@dataclass(frozen=True)
-class Feeder:
-    name: str
+class _BreakerRated:
+    """kW ratings of a three-phase circuit from its breaker's amps."""
+
     voltage_v: float
     breaker: Breaker
-    unit_id: int
-    power_factor: float = DEFAULT_POWER_FACTOR
+    power_factor: float
 
     @property
     def rating_kw(self) -> float:
@@ -86,21 +85,22 @@ class Feeder:
 
 
 @dataclass(frozen=True)
-class Pdu:
+class Feeder(_BreakerRated):
+    name: str
+    voltage_v: float
+    breaker: Breaker
+    unit_id: int
+    power_factor: float = DEFAULT_POWER_FACTOR
+
+
+@dataclass(frozen=True)
+class Pdu(_BreakerRated):
     name: str
     feeder: str
     voltage_v: float
     breaker: Breaker
     unit_id: int
     power_factor: float = DEFAULT_POWER_FACTOR
-
-    @property
-    def rating_kw(self) -> float:
-        return _three_phase_kw(self.voltage_v, self.breaker.rating_a, self.power_factor)
-
-    @property
-    def continuous_kw(self) -> float:
-        return self.rating_kw * self.breaker.continuous_pct / 100.0
 
 
 @dataclass(frozen=True)
