@@ -1,0 +1,150 @@
+"""A PID loop as a pure function over plain records.
+
+``pid_step(cfg, state, setpoint, measurement, dt)`` returns the output and
+the next state; it reads no clock and keeps nothing hidden, so the same loop
+runs in real time and in lockstep with the simulated plant, and property
+tests can drive it directly.
+
+What it does, in order:
+
+* **Invalid measurement** (NaN, inf, or ``valid=False``): the output holds
+  its last value and the integral is untouched — a NaN never reaches the
+  integral (simple-pid's lesson). ``PidResult.held`` says so.
+* **Manual** (``manual_output`` given): the output follows the operator's
+  value (clamped, slew-limited) and the integral tracks it, so switching back
+  to automatic is bumpless.
+* **Automatic**: proportional on error, integral with a clamp and
+  conditional integration (no integration further into a saturated output:
+  anti-windup), derivative on measurement (no kick on setpoint changes),
+  feed-forward added before the clamp, output clamp, slew limit.
+
+``action = "direct"`` means more output lowers the measurement (a cooling
+valve, a fan: error = measurement - setpoint); ``"reverse"`` the opposite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class PidConfig:
+    kp: float
+    ki: float = 0.0  # output units per (error unit * second)
+    kd: float = 0.0  # output units per (error unit / second)
+    out_min: float = 0.0
+    out_max: float = 100.0
+    slew_per_s: float = math.inf  # output units per second
+    integral_min: float | None = None  # defaults to the output range
+    integral_max: float | None = None
+    action: str = "direct"
+
+    def __post_init__(self) -> None:
+        for name in ("kp", "ki", "kd"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0.0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+        if not (math.isfinite(self.out_min) and math.isfinite(self.out_max)):
+            raise ValueError("output limits must be finite")
+        if self.out_max <= self.out_min:
+            raise ValueError(f"out_max {self.out_max} must be above out_min {self.out_min}")
+        if not self.slew_per_s > 0.0:
+            raise ValueError(f"slew_per_s must be positive, got {self.slew_per_s}")
+        if self.action not in ("direct", "reverse"):
+            raise ValueError(f"action must be 'direct' or 'reverse', got {self.action!r}")
+
+    @property
+    def i_lo(self) -> float:
+        return self.out_min if self.integral_min is None else self.integral_min
+
+    @property
+    def i_hi(self) -> float:
+        return self.out_max if self.integral_max is None else self.integral_max
+
+
+@dataclass(frozen=True)
+class PidState:
+    integral: float = 0.0  # the integral term's contribution, in output units
+    last_measurement: float = math.nan
+    output: float = math.nan  # the last output; NaN until the first step
+    manual: bool = False
+
+
+@dataclass(frozen=True)
+class PidResult:
+    output: float
+    state: PidState
+    held: bool = False  # the measurement was invalid and the output held
+    saturated: bool = False
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+def pid_step(
+    cfg: PidConfig,
+    state: PidState,
+    setpoint: float,
+    measurement: float,
+    dt: float,
+    *,
+    feed_forward: float = 0.0,
+    manual_output: float | None = None,
+    valid: bool = True,
+) -> PidResult:
+    """One step of the loop; see the module docstring."""
+    if not (dt > 0.0 and math.isfinite(dt)):
+        raise ValueError(f"dt must be a positive finite number of seconds, got {dt}")
+    prev_out = state.output
+    first = not math.isfinite(prev_out)
+
+    def limit(target: float) -> float:
+        target = _clamp(target, cfg.out_min, cfg.out_max)
+        if first:
+            return target
+        step = cfg.slew_per_s * dt
+        return _clamp(target, prev_out - step, prev_out + step)
+
+    if manual_output is not None:
+        if not math.isfinite(manual_output):
+            raise ValueError(f"manual output must be finite, got {manual_output}")
+        out = limit(manual_output)
+        # Track: the integral absorbs what P and FF would add, so automatic
+        # resumes from exactly this output.
+        meas_ok = valid and math.isfinite(measurement)
+        p = cfg.kp * _error(cfg, setpoint, measurement) if meas_ok else 0.0
+        integral = _clamp(out - p - feed_forward, cfg.i_lo, cfg.i_hi)
+        new = PidState(integral, measurement if meas_ok else state.last_measurement, out, True)
+        return PidResult(out, new)
+
+    if not (valid and math.isfinite(measurement) and math.isfinite(setpoint)):
+        held = prev_out if not first else _clamp(state.integral, cfg.out_min, cfg.out_max)
+        return PidResult(held, replace(state, output=held, manual=False), held=True)
+    if not math.isfinite(feed_forward):
+        feed_forward = 0.0
+
+    err = _error(cfg, setpoint, measurement)
+    p = cfg.kp * err
+    d = 0.0
+    if cfg.kd > 0.0 and math.isfinite(state.last_measurement):
+        slope = (measurement - state.last_measurement) / dt
+        d = cfg.kd * (slope if cfg.action == "direct" else -slope)
+    integral = state.integral
+    if state.manual and not first:
+        # Leaving manual: start from the output the plant already has.
+        integral = _clamp(prev_out - p - d - feed_forward, cfg.i_lo, cfg.i_hi)
+    unclamped = p + integral + d + feed_forward
+    candidate = integral + cfg.ki * err * dt
+    # Conditional integration: never wind further into a saturated output.
+    if not ((unclamped >= cfg.out_max and err > 0) or (unclamped <= cfg.out_min and err < 0)):
+        integral = _clamp(candidate, cfg.i_lo, cfg.i_hi)
+    target = p + integral + d + feed_forward
+    out = limit(target)
+    saturated = out != target
+    return PidResult(out, PidState(integral, measurement, out, False), saturated=saturated)
+
+
+def _error(cfg: PidConfig, setpoint: float, measurement: float) -> float:
+    return measurement - setpoint if cfg.action == "direct" else setpoint - measurement
