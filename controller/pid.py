@@ -54,13 +54,18 @@ class PidConfig:
         if self.action not in ("direct", "reverse"):
             raise ValueError(f"action must be 'direct' or 'reverse', got {self.action!r}")
 
+    # By default the integral may range one output span beyond the output
+    # limits: enough to absorb the proportional term for a bumpless transfer,
+    # while conditional integration (not the clamp) is what prevents windup.
     @property
     def i_lo(self) -> float:
-        return self.out_min if self.integral_min is None else self.integral_min
+        span = self.out_max - self.out_min
+        return self.out_min - span if self.integral_min is None else self.integral_min
 
     @property
     def i_hi(self) -> float:
-        return self.out_max if self.integral_max is None else self.integral_max
+        span = self.out_max - self.out_min
+        return self.out_max + span if self.integral_max is None else self.integral_max
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ def pid_step(
         # resumes from exactly this output.
         meas_ok = valid and math.isfinite(measurement)
         p = cfg.kp * _error(cfg, setpoint, measurement) if meas_ok else 0.0
-        integral = _clamp(out - p - feed_forward, cfg.i_lo, cfg.i_hi)
+        integral = out - p - feed_forward  # tracking is not windup: no clamp here
         new = PidState(integral, measurement if meas_ok else state.last_measurement, out, True)
         return PidResult(out, new)
 
@@ -134,12 +139,18 @@ def pid_step(
     integral = state.integral
     if state.manual and not first:
         # Leaving manual: start from the output the plant already has.
-        integral = _clamp(prev_out - p - d - feed_forward, cfg.i_lo, cfg.i_hi)
+        integral = prev_out - p - d - feed_forward
     unclamped = p + integral + d + feed_forward
     candidate = integral + cfg.ki * err * dt
     # Conditional integration: never wind further into a saturated output.
     if not ((unclamped >= cfg.out_max and err > 0) or (unclamped <= cfg.out_min and err < 0)):
-        integral = _clamp(candidate, cfg.i_lo, cfg.i_hi)
+        # The clamp never pulls an integral in (that would bump the output
+        # after a manual transfer); it only stops it growing further out.
+        if candidate > cfg.i_hi:
+            candidate = max(cfg.i_hi, min(integral, candidate))
+        elif candidate < cfg.i_lo:
+            candidate = min(cfg.i_lo, max(integral, candidate))
+        integral = candidate
     target = p + integral + d + feed_forward
     out = limit(target)
     saturated = out != target
