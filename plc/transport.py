@@ -24,7 +24,10 @@ Guarantees
 * **One connection per endpoint.** Links to several unit ids behind one
   TCP endpoint (a gateway) or on one serial line share the connection, and a
   lock per connection keeps requests from interleaving. RTU links sharing a
-  port must agree on the line settings.
+  port must agree on the line settings. A TCP link made with
+  ``dedicated=True`` gets a connection of its own instead (keyed by
+  endpoint *and* unit id), so devices behind one address are polled in
+  parallel and a silent device cannot hold up the others' requests.
 * **Reconnect with capped exponential backoff.** A link connects lazily. A
   failed connect blocks further attempts for ``backoff_initial`` seconds,
   doubling per failure up to ``backoff_max``; calls made meanwhile fail at
@@ -287,6 +290,7 @@ class ModbusLink:
         connect_timeout: float | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        dedicated: bool = False,
     ) -> None:
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit id {unit_id} outside 0..255")
@@ -296,6 +300,8 @@ class ModbusLink:
             raise ValueError("retries must be >= 0")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if dedicated and kind != "tcp":
+            raise ValueError("a dedicated connection is a TCP option (a serial line is one)")
         quiet_pymodbus_logging()
         self.unit_id = unit_id
         self.kind = kind
@@ -305,6 +311,7 @@ class ModbusLink:
         self.connect_timeout = float(connect_timeout if connect_timeout is not None else timeout)
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
+        self.dedicated = bool(dedicated)
         self._endpoint: _Endpoint | None = None
         self._closed = False
 
@@ -322,8 +329,13 @@ class ModbusLink:
         connect_timeout: float | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        dedicated: bool = False,
     ) -> ModbusLink:
-        """A device at ``host:port`` (a gateway may front several unit ids)."""
+        """A device at ``host:port`` (a gateway may front several unit ids).
+
+        ``dedicated=True``: this unit id gets its own TCP connection rather
+        than sharing one with the other links to ``host:port``.
+        """
         return cls(
             unit_id,
             kind="tcp",
@@ -333,6 +345,7 @@ class ModbusLink:
             connect_timeout=connect_timeout,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
+            dedicated=dedicated,
         )
 
     @classmethod
@@ -386,6 +399,8 @@ class ModbusLink:
 
     def _describe(self) -> str:
         if self.kind == "tcp":
+            if self.dedicated:
+                return f"tcp {self.target[0]}:{self.target[1]} (unit {self.unit_id})"
             return f"tcp {self.target[0]}:{self.target[1]}"
         path, baud, parity, stop, size = self.target
         return f"rtu {path} {baud} {size}{parity}{stop}"
@@ -397,7 +412,12 @@ class ModbusLink:
             return self._endpoint
         loop = asyncio.get_running_loop()
         pool = _ENDPOINTS.setdefault(loop, {})
-        key = ("tcp", *self.target) if self.kind == "tcp" else ("rtu", self.target[0])
+        if self.kind == "rtu":
+            key: tuple = ("rtu", self.target[0])
+        elif self.dedicated:
+            key = ("tcp", *self.target, "unit", self.unit_id)
+        else:
+            key = ("tcp", *self.target)
         endpoint = pool.get(key)
         if endpoint is None:
             endpoint = _Endpoint(
