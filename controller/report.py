@@ -726,18 +726,22 @@ def _plot_alarms(ctx: _Context) -> Figure:
                     left=[a for _, a, _ in spans], height=h, color=color, alpha=0.28, lw=0,
                     zorder=1, label=label)
 
-    for kind, (marker, color, filled, size, label) in KIND_STYLE.items():
-        pts = [(t, row_of[s]) for t, k, s in evs if k == kind and s in row_of]
+    # one marker per pixel column at most: a shed logged every scan is a row of marks,
+    # not 20,000 scatter points
+    cell = (ctx.xlim[1] - ctx.xlim[0]) / 2000.0
+    by_kind: dict[str, set[tuple[int, int]]] = {}
+    for t, kind, src in evs:
+        if src in row_of:
+            key = kind if kind in KIND_STYLE else "other"
+            by_kind.setdefault(key, set()).add((row_of[src], math.floor(t / cell)))
+    styles = {**KIND_STYLE, "other": ("*", "#555555", True, 50.0, "other")}
+    for kind, (marker, color, filled, size, label) in styles.items():
+        pts = sorted(by_kind.get(kind, ()))
         if not pts:
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=size,
-                   c=color if filled else "none", edgecolors=color,
+        ax.scatter([(b + 0.5) * cell for _, b in pts], [r for r, _ in pts], marker=marker,
+                   s=size, c=color if filled else "none", edgecolors=color,
                    linewidths=1.2 if not filled else 0.5, zorder=3, label=label)
-    # kinds outside the known set still show up
-    other = [(t, row_of[s]) for t, k, s in evs if k not in KIND_STYLE and s in row_of]
-    if other:
-        ax.scatter([p[0] for p in other], [p[1] for p in other], marker="*", s=50,
-                   c="#555555", zorder=3, label="other")
 
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first to raise on top
