@@ -115,10 +115,33 @@ def cmd_plant(args: argparse.Namespace) -> int:
     return serve_plant_cli(args)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from thermogate.hil.bench import run_bench
+def cmd_run(args: argparse.Namespace) -> int:
+    from .run import run_cli
 
-    result = run_bench(args)
+    return run_cli(args)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate_cli
+
+    summary = simulate_cli(args)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for k, v in summary.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "scan":
+        from .bench import bench_scan
+
+        result = bench_scan(args)
+    else:
+        from thermogate.hil.bench import run_bench
+
+        result = run_bench(args)
     if args.json:
         print(json.dumps(result))
     else:
@@ -156,6 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("-o", "--output", metavar="FILE")
     ss.set_defaults(func=cmd_site)
 
+    rp = sub.add_parser(
+        "run",
+        help="run the controller (no --config: the demo site against the built-in plant)",
+    )
+    rp.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
+    rp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")
+    rp.set_defaults(func=cmd_run)
+
+    sm = sub.add_parser("simulate", help="controller and plant in lockstep, faster than real time")
+    sm.add_argument("--site", metavar="FILE")
+    sm.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
+    sm.add_argument("--hours", type=_positive_float, default=24.0)
+    sm.add_argument("--weather", metavar="CSV")
+    sm.add_argument("--prices", metavar="CSV")
+    sm.add_argument("--report", metavar="DIR", help="write plots and an HTML report here")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sm.set_defaults(func=cmd_simulate)
+
     pp = sub.add_parser("plant", help="serve the simulated plant over Modbus TCP or RTU")
     pp.add_argument("--site", metavar="FILE")
     pp.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
@@ -186,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     bpl.add_argument("--hours", type=_positive_float, default=24.0)
     bpl.add_argument("--json", action="store_true")
     bpl.set_defaults(func=cmd_bench)
+    bsc = bsub.add_parser("scan", help="full controller scan over Modbus vs the bare read")
+    bsc.add_argument(
+        "--points",
+        type=_positive_int,
+        default=10_000,
+        help="approximate site size in points (a site is generated)",
+    )
+    bsc.add_argument("--scans", type=_positive_int, default=200)
+    bsc.add_argument("--json", action="store_true")
+    bsc.set_defaults(func=cmd_bench)
     return p
 
 

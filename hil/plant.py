@@ -318,7 +318,7 @@ class Plant:
         c_sp = np.array([c.supply_setpoint_c for c in self.site.cdus])
         self.T_tcs = c_sp + 5.0 if initial_temp_c is None else np.full(self.n_c, initial_temp_c)
         self.ambient = amb
-        self.rh = 50.0
+        self.rh = float(self.env.rh_pct(0.0))
 
         # commands as written by the controller (engineering units)
         self.cmd_valve = np.full(self.n_t, 60.0)

@@ -178,7 +178,8 @@ class SensorModel:
         g(plc, "heartbeat", lambda: np.array([pl.heartbeat]))
         g(plc, "heartbeat_timeout_s", lambda: np.array([pl.heartbeat_timeout_s]))
         g(plc, "status", lambda: np.array([pl.plc_status_word()]))
-        g(plc, "heartbeat_age_s", lambda: np.array([min(pl.plc.heartbeat_age_s, 6553.5)]))
+        # saturates one count below 0xFFFF, the u16 failure sentinel
+        g(plc, "heartbeat_age_s", lambda: np.array([min(pl.plc.heartbeat_age_s, 6553.4)]))
         g(plc, "reset", lambda: np.array([0.0]))
         g(plc, "safe_state", lambda: np.array([pl.plc.safe_state]))
 

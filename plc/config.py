@@ -113,6 +113,25 @@ class Section:
             raise self.error(name, "expected a non-empty array of strings")
         return val
 
+    def get_int_list(
+        self,
+        name: str,
+        default: Any = _MISSING,
+        minval: int | None = None,
+        maxval: int | None = None,
+    ) -> list[int]:
+        """A non-empty array of integers, each within range."""
+        val = self._raw(name, default)
+        if (
+            not isinstance(val, list)
+            or not val
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in val)
+        ):
+            raise self.error(name, "expected a non-empty array of integers")
+        for x in val:
+            _check_range(self, name, x, minval, maxval, None, None)
+        return val
+
     def get_section(self, name: str, default: Any = _MISSING) -> Section:
         val = self._raw(name, default)
         return Section(self.file, self.key(name), val)

@@ -335,6 +335,7 @@ def generate_site_toml(spec: SiteSpec) -> str:
             ki=0.05,
             out_min=20.0,
             slew=2.0,
+            action="reverse",  # more pump speed raises the differential pressure
         )
     for r in rows:
         c = cdu_of[r]
@@ -399,6 +400,7 @@ def _control(
     ki: float,
     out_min: float,
     slew: float,
+    action: str = "direct",
 ) -> None:
     emit("")
     emit("[[control_loops]]")
@@ -411,6 +413,7 @@ def _control(
     emit(f"out_min = {out_min}")
     emit("out_max = 100.0")
     emit(f"slew_per_s = {slew}")
+    emit(f'action = "{action}"')
 
 
 def _flow_m3h(kw: float) -> float:

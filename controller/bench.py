@@ -1,0 +1,148 @@
+"""``thermogate bench scan``: the full controller scan against its bare Modbus read.
+
+A site of about ``--points`` points is generated and served by a separate
+``thermogate plant`` process (another core, as a real PLC is another box).
+In the same run the bench measures the bare read of every point over Modbus
+TCP (the baseline) and the full scan: read, estimate, protect, regulate,
+actuate (writes included) and the historian, so the ratio between the two is
+what the controller adds, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from thermogate.plc.errors import ThermogateError
+from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.site import parse_site_text
+from thermogate.plc.sitegen import SiteSpec, generate_site_toml
+
+from .modbus_io import Endpoint
+from .run import RealTimeController, RunConfig
+
+POINTS_PER_ASIC_TANK_APPROX = 30.0
+
+
+def _site_text_for(points: int) -> str:
+    """A generated site with at least ``points`` points (few % over)."""
+    k = max(2, int(points / POINTS_PER_ASIC_TANK_APPROX))
+    for _ in range(12):
+        spec = SiteSpec(
+            name=f"bench {points} points",
+            asic_tanks=k,
+            gpu_tanks=max(1, k // 11),
+            rack_rows=max(1, k // 22),
+            tanks_per_plc=12 if k > 60 else 0,
+        )
+        text = generate_site_toml(spec)
+        n = len(build_point_map(parse_site_text(text, "<bench>")))
+        if n >= points:
+            return text
+        k = int(k * points / n) + 1
+    return text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def bench_scan(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="thermogate-bench-") as tmp:
+        site_file = Path(tmp) / "site.toml"
+        site_file.write_text(_site_text_for(args.points), encoding="utf-8")
+        site = parse_site_text(site_file.read_text("utf-8"), str(site_file))
+        port = _free_port()
+        plant = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "thermogate.controller.cli",
+                "plant",
+                "--site",
+                str(site_file),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ},
+        )
+        try:
+            _wait_port(port, plant)
+            cfg = RunConfig(
+                site,
+                Path(tmp) / "bench.db",
+                Endpoint("tcp", "127.0.0.1", port),
+                site.scan_interval_s,
+                0.5,
+                built_in_plant=False,
+            )
+            return asyncio.run(_measure(cfg, args.scans))
+        finally:
+            plant.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                plant.wait(5)
+            if plant.poll() is None:
+                plant.kill()
+
+
+def _wait_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise ThermogateError(f"bench: the plant exited early: {err.strip()[-400:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise ThermogateError("bench: the plant did not start listening within 60 s")
+
+
+async def _measure(cfg: RunConfig, scans: int) -> dict:
+    rt = RealTimeController(cfg)
+    try:
+        for _ in range(5):  # warm-up: connections, first reads, zones leave fail-safe
+            await rt.scan_once()
+        read_ms: list[float] = []
+        for _ in range(scans):
+            t0 = time.perf_counter()
+            rr = await rt.io.read_all()
+            read_ms.append((time.perf_counter() - t0) * 1000.0)
+        stale = int((~rr.fresh).sum())
+        rt.scan_ms.clear()
+        for _ in range(scans):
+            await rt.scan_once()
+        scan_ms = list(rt.scan_ms)
+    finally:
+        await rt.close()
+    r99, s99 = _pct(read_ms, 99), _pct(scan_ms, 99)
+    return {
+        "points": len(rt.pmap),
+        "units": len(rt.pmap.unit_ids()),
+        "scans": scans,
+        "read_p50_ms": round(_pct(read_ms, 50), 2),
+        "read_p99_ms": round(r99, 2),
+        "scan_p50_ms": round(_pct(scan_ms, 50), 2),
+        "scan_p99_ms": round(s99, 2),
+        "scan_over_read_p99": round(s99 / r99, 2) if r99 > 0 else None,
+        "stale_points_last_read": stale,
+        "targets": {"scan_p99_ms": 50.0, "scan_over_read_p99": 2.0},
+    }

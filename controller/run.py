@@ -1,0 +1,323 @@
+"""``thermogate run``: the controller in real time against a plant over Modbus.
+
+With no configuration it starts the built-in demo site as a simulated plant on
+loopback Modbus (127.0.0.1:5020, the same server ``thermogate plant`` runs) and
+controls it; with ``--config FILE`` it connects to the configured devices.
+
+The scan is paced by ``expiry + interval`` (CPU time never stretches the
+cycle); a scan that overruns is counted and reported, never silently absorbed.
+Every write is audited (who, from where, old -> new, why) and every event
+journaled before the next scan; controller state is saved for restarts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from thermogate.plc.config import Section, load_toml
+from thermogate.plc.errors import ConfigError, ThermogateError
+from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.site import Site, load_site
+
+from .core import Controller, ControllerState, Override
+from .historian import Historian
+from .modbus_io import Endpoint, ModbusIO
+from .signals import Event, Observation
+
+DEMO_HOST = "127.0.0.1"
+DEMO_PORT = 5020
+STATE_SAVE_S = 10.0
+STATUS_EVERY_S = 10.0
+
+
+@dataclass
+class RunConfig:
+    site: Site
+    db: Path
+    endpoints: dict[int, Endpoint] | Endpoint
+    scan_s: float
+    timeout_s: float
+    built_in_plant: bool
+    plant_host: str = DEMO_HOST
+    plant_port: int = DEMO_PORT
+    scenario: str = "normal-day"
+
+
+def load_run_config(path: str | None, db: str | None) -> RunConfig:
+    """No path: the built-in demo against the built-in plant."""
+    if path is None:
+        site = load_site(None)
+        return RunConfig(
+            site,
+            Path(db or "thermogate.db"),
+            Endpoint("tcp", DEMO_HOST, DEMO_PORT),
+            site.scan_interval_s,
+            0.25,
+            built_in_plant=True,
+        )
+    root = load_toml(path)
+    base = Path(path).parent
+    c = root.get_section("controller")
+    site_file = c.get_str("site")
+    site = load_site(base / site_file)
+    scan_s = c.get_float("scan_s", site.scan_interval_s, minval=0.1, maxval=60.0)
+    db_file = db or str(base / c.get_str("db", "thermogate.db"))
+    c.check_unused()
+    m = root.get_section("modbus")
+    default = _endpoint(m)
+    timeout = m.get_float("timeout_s", 0.25, minval=0.01, maxval=10.0)
+    per_unit: dict[int, Endpoint] = {}
+    units = {p.unit_id for p in build_point_map(site).points}
+    for sec in m.get_sections("units", []):
+        ids = sec.get_int_list("unit_ids", minval=1, maxval=247)
+        ep = _endpoint(sec)
+        for u in ids:
+            if u not in units:
+                raise sec.error("unit_ids", f"unit id {u} is not used by site '{site.name}'")
+            per_unit[u] = ep
+        sec.check_unused()
+    m.check_unused()
+    root.check_unused()
+    endpoints: dict[int, Endpoint] | Endpoint = default
+    if per_unit:
+        endpoints = {u: per_unit.get(u, default) for u in units}
+    return RunConfig(site, Path(db_file), endpoints, scan_s, timeout, built_in_plant=False)
+
+
+def _endpoint(sec: Section) -> Endpoint:
+    if sec.has("device"):
+        return Endpoint(
+            "rtu",
+            device=sec.get_str("device"),
+            baudrate=sec.get_int("baudrate", 19200, 1200, 921600),
+            parity=sec.get_str("parity", "E", ("N", "E", "O")),
+        )
+    return Endpoint("tcp", host=sec.get_str("host"), port=sec.get_int("port", 502, 1, 65535))
+
+
+# --------------------------------------------------------------------------
+class RealTimeController:
+    """The controller's adapters around the core: Modbus, historian, clock."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.pmap = build_point_map(cfg.site)
+        self.ctrl = Controller(cfg.site, self.pmap, scan_s=cfg.scan_s)
+        self.idx = {p.name: i for i, p in enumerate(self.pmap.points)}
+        self.historian = Historian(
+            cfg.db, [p.name for p in self.pmap.points], site_name=cfg.site.name
+        )
+        self._restore_state()
+        self.io = ModbusIO(
+            self.pmap, cfg.endpoints, timeout_s=cfg.timeout_s, scan_budget_s=0.6 * cfg.scan_s
+        )
+        self.scan_ms: list[float] = []
+        self.overruns = 0
+        self.scans = 0
+        self.last: dict[str, object] = {}
+
+    def _restore_state(self) -> None:
+        saved = self.historian.load_state("controller")
+        if not saved:
+            return
+        st = ControllerState(mode=saved.get("mode", "auto"))
+        for name, o in saved.get("overrides", {}).items():
+            if name in self.idx:
+                st.overrides[name] = Override(o["value"], o["who"], o["where"], o["why"])
+        st.latched = dict(saved.get("latched", {}))
+        self.ctrl.state = st
+        self.historian.record_event(
+            time.time(),
+            "info",
+            "controller",
+            f"state restored: mode {st.mode}, {len(st.overrides)} overrides",
+            300,
+        )
+
+    def save_state(self) -> None:
+        st = self.ctrl.state
+        self.historian.save_state(
+            "controller",
+            {
+                "mode": st.mode,
+                "overrides": {k: o.__dict__ for k, o in st.overrides.items()},
+                "latched": st.latched,
+            },
+        )
+
+    async def scan_once(self) -> None:
+        t0 = time.perf_counter()
+        rr = await self.io.read_all()
+        now = time.time()
+        obs = Observation(now, rr.values, rr.fresh)
+        res = self.ctrl.scan(obs)
+        if res.writes:
+            outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
+            for w, o in zip(res.writes, outcomes, strict=True):
+                old = float(rr.values[self.idx[w.point]])
+                if w.point != "plc.heartbeat":
+                    self.historian.record_audit(
+                        now,
+                        w.who,
+                        w.where,
+                        w.point,
+                        None if np.isnan(old) else old,
+                        w.value,
+                        w.why,
+                        ok=o.ok,
+                    )
+                if not o.ok:
+                    res.events.append(
+                        Event(
+                            now,
+                            "write-failed",
+                            w.point,
+                            f"write {w.point} = {w.value:g} failed: {o.error}",
+                            700,
+                        )
+                    )
+        for ev in res.events:
+            self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
+        self.historian.record_scan(now, res.values, res.quality)
+        self.last = res.status
+        self.scans += 1
+        self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
+        if len(self.scan_ms) > 3600:
+            del self.scan_ms[:1800]
+
+    async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
+        last_save = last_status = loop.time()
+        while not stop.is_set():
+            await self.scan_once()
+            now = loop.time()
+            if now - last_save >= STATE_SAVE_S:
+                self.save_state()
+                last_save = now
+            if on_status and now - last_status >= STATUS_EVERY_S:
+                on_status(self)
+                last_status = now
+            next_t += self.cfg.scan_s
+            delay = next_t - loop.time()
+            if delay < 0:
+                self.overruns += 1
+                next_t = loop.time()  # don't try to replay missed scans
+                delay = 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def close(self) -> None:
+        self.save_state()
+        await self.io.close()
+        self.historian.close()
+
+
+def _status_line(rt: RealTimeController) -> None:
+    st = rt.last
+    ms = sorted(rt.scan_ms[-600:])
+    p50 = ms[len(ms) // 2] if ms else float("nan")
+    p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan")
+    v = rt.ctrl.values  # the last validated values
+    tanks = [t.name for t in rt.cfg.site.tanks]
+    temps = [float(v[rt.idx[f"{n}.fluid_temp"]]) for n in tanks]
+    hottest = max((x for x in temps if x == x), default=float("nan"))
+    site_kw = float(v[rt.idx["site.power_kw"]])
+    alarms = st.get("alarms", [])
+    print(
+        f"scan {rt.scans}: site {site_kw:.0f} kW, hottest tank {hottest:.1f} degC, "
+        f"{len(alarms)} alarms, fail-safe zones {len(st.get('failsafe_zones', []))}, "
+        f"scan p50 {p50:.1f} ms p99 {p99:.1f} ms, overruns {rt.overruns}",
+        flush=True,
+    )
+    sp = st.get("setpoints", {})
+    for lp in rt.cfg.site.loops:
+        sup = float(v[rt.idx[f"{lp.name}.supply_temp"]])
+        fans = [float(v[rt.idx[f"{d.name}.fan_speed"]]) for d in lp.dry_coolers]
+        pumps = [float(v[rt.idx[f"{p.name}.speed"]]) for p in lp.pumps]
+        print(
+            f"  {lp.name}: supply {sup:.1f} degC (setpoint {sp.get(lp.name, float('nan')):.1f}),"
+            f" fans {np.nanmean(fans):.0f} %, pumps " + "/".join(f"{x:.0f}" for x in pumps) + " %",
+            flush=True,
+        )
+    if alarms:
+        print(
+            "  active alarms: " + ", ".join(alarms[:8]) + (" ..." if len(alarms) > 8 else ""),
+            flush=True,
+        )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.config, args.db)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    served = None
+    plant_task = None
+    if cfg.built_in_plant:
+        from thermogate.hil.runner import ScenarioPlant
+        from thermogate.hil.serve import ServedPlant
+
+        served = ServedPlant(ScenarioPlant(cfg.site, cfg.scenario), speed=1.0)
+        try:
+            await served.server.start_tcp(cfg.plant_host, cfg.plant_port)
+        except (OSError, RuntimeError):
+            raise ThermogateError(
+                f"cannot start the built-in plant on {cfg.plant_host}:{cfg.plant_port} "
+                "(port in use? stop the other thermogate, or use --config)"
+            ) from None
+        plant_task = asyncio.create_task(served.run())
+    try:
+        rt = RealTimeController(cfg)
+    except ConfigError:
+        raise
+    where = (
+        f"built-in demo plant (simulated, scenario {cfg.scenario}) on Modbus TCP "
+        f"{cfg.plant_host}:{cfg.plant_port}"
+        if cfg.built_in_plant
+        else "configured devices"
+    )
+    print(
+        f"thermogate run: site '{cfg.site.name}', {len(rt.pmap)} points, scan {cfg.scan_s:g} s",
+        flush=True,
+    )
+    print(f"  plant:    {where}", flush=True)
+    print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
+    print("  Ctrl-C to stop", flush=True)
+    try:
+        await rt.run(stop, on_status=_status_line)
+    finally:
+        await rt.close()
+        if plant_task is not None:
+            plant_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await plant_task
+        if served is not None:
+            await served.server.stop()
+    print(
+        f"thermogate run: stopped after {rt.scans} scans ({rt.overruns} overruns); "
+        f"state saved to {cfg.db}",
+        flush=True,
+    )
+    return 0
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    return asyncio.run(_main(args))
+
+
+def print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout)
+    sys.stdout.write("\n")

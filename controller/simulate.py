@@ -1,0 +1,265 @@
+"""``thermogate simulate``: the control core in lockstep with the simulated plant.
+
+No sockets: each scan the plant's sensor sample is the observation (devices
+with an injected comms fault are stale, exactly as the Modbus edge would
+report them), the core's writes are applied to the plant as commands, and the
+plant advances one scan. The same ``Controller`` runs in ``thermogate run``
+against real Modbus.
+
+The summary is measured on the plant's truth, not on what the controller
+believed: ``max_fluid_temp_c`` is the hottest any tank really got,
+``limit_violation_c_min`` integrates °C·minutes above any alarm limit (tank
+fluid, CDU coolant supply), ``trips`` counts the PLC's hard interlocks and
+breaker trips.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from thermogate.hil.runner import ScenarioPlant
+from thermogate.hil.scenario import Scenario, load_scenario
+from thermogate.plc.site import Site
+
+from .core import Controller, Planner
+from .signals import Event, Observation
+
+SAMPLE_S = 60.0  # report series resolution (simulated seconds)
+
+
+@dataclass
+class SimulationResult:
+    summary: dict[str, object]
+    series: dict[str, np.ndarray]
+    meta: dict[str, object]
+    events: list[dict[str, object]]
+    controller: Controller = field(repr=False)
+    sim: ScenarioPlant = field(repr=False)
+
+
+def run_simulation(
+    site: Site,
+    scenario: Scenario | str,
+    hours: float,
+    *,
+    seed: int = 0,
+    planner: Planner | None = None,
+    progress: object | None = None,
+    sample_s: float = SAMPLE_S,
+) -> SimulationResult:
+    """Run controller + plant for ``hours`` of simulated time; see the module docstring."""
+    sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+    sim = ScenarioPlant(site, sc, seed=seed)
+    plant, pmap = sim.plant, sim.pmap
+    ctrl = Controller(site, pmap, planner=planner)
+    scan_s = ctrl.scan_s
+    steps_per_scan = max(1, round(scan_s / plant.dt))
+    n_scans = max(1, round(hours * 3600.0 / scan_s))
+    unit_of = np.array([p.unit_id for p in pmap.points])
+    unit_mask = {u: unit_of == u for u in set(unit_of.tolist())}
+    idx = {p.name: i for i, p in enumerate(pmap.points)}
+    tank_alarm = np.array([t.limits.fluid_alarm_c for t in site.tanks])
+    cdu_alarm = np.array([c.supply_alarm_c for c in site.cdus])
+    classes = ("mining", "training", "inference")
+    t_class = {c: np.array([t.workload_class == c for t in site.tanks]) for c in classes}
+    r_class = {c: np.array([r.workload_class == c for r in site.rack_rows]) for c in classes}
+
+    rec: dict[str, list[float]] = {}
+    events: list[dict[str, object]] = []
+    violation_c_min = 0.0
+    over_import_kw_min = 0.0
+    max_fluid = -math.inf
+    max_cdu = -math.inf
+    trips = 0
+    write_failures = 0
+    kwh0, it0, cool0 = plant.site_kwh, plant.ledger.it_kwh, plant.ledger.cooling_kwh
+    next_sample = plant.t
+    wall0 = time.perf_counter()
+
+    def log(ev: Event | tuple[float, str], kind: str | None = None) -> None:
+        if isinstance(ev, Event):
+            events.append(
+                {
+                    "t_h": ev.t / 3600.0,
+                    "kind": ev.kind,
+                    "source": ev.source,
+                    "message": ev.message,
+                    "severity": ev.severity,
+                }
+            )
+        else:
+            t_ev, msg = ev
+            k = kind or ("trip" if ("interlock:" in msg or "tripped" in msg) else "info")
+            events.append(
+                {
+                    "t_h": t_ev / 3600.0,
+                    "kind": k,
+                    "source": "plant",
+                    "message": msg,
+                    "severity": 900 if k == "trip" else 300,
+                }
+            )
+
+    for k in range(n_scans):
+        values = plant.sensors.sample()
+        fresh = np.ones(len(values), dtype=bool)
+        for unit in sim.device_faults:
+            m = unit_mask.get(unit)
+            if m is not None:
+                fresh[m] = False
+                values[m] = np.nan
+        limit = sim.import_limit_kw()
+        obs = Observation(
+            plant.t, values, fresh, import_limit_kw=limit, price_per_mwh=sim.price_per_mwh()
+        )
+        res = ctrl.scan(obs)
+        for w in res.writes:
+            unit = int(unit_of[idx[w.point]])
+            if unit in sim.device_faults:
+                write_failures += 1  # the device does not answer: the write is lost
+                continue
+            try:
+                plant.write(w.point, w.value)
+            except (KeyError, ValueError) as exc:
+                write_failures += 1
+                log(Event(plant.t, "write-failed", w.point, str(exc), 700))
+        for ev in res.events:
+            log(ev)
+        sim.step(steps_per_scan)
+        for ev in plant.events:
+            if "interlock:" in ev[1] or "tripped" in ev[1]:
+                trips += 1
+            log(ev)
+        plant.events.clear()
+
+        # ---- truth-based metrics
+        if len(site.tanks):
+            over = np.maximum(plant.T_tank - tank_alarm, 0.0)
+            violation_c_min += float(over.sum()) * scan_s / 60.0
+            max_fluid = max(max_fluid, float(plant.T_tank.max()))
+        if len(site.cdus):
+            over_c = np.maximum(plant.c_supply - cdu_alarm, 0.0)
+            violation_c_min += float(over_c.sum()) * scan_s / 60.0
+            max_cdu = max(max_cdu, float(plant.c_supply.max()))
+        over_import_kw_min += max(0.0, plant.site_kw - limit) * scan_s / 60.0
+
+        if plant.t >= next_sample:
+            next_sample += sample_s
+            _record(rec, sim, limit, t_class, r_class)
+        if progress is not None:
+            progress.update(k + 1, n_scans)  # type: ignore[attr-defined]
+
+    wall = time.perf_counter() - wall0
+    site_kwh = plant.site_kwh - kwh0
+    it_kwh = plant.ledger.it_kwh - it0
+    summary: dict[str, object] = {
+        "site": site.name,
+        "scenario": sc.name,
+        "hours": hours,
+        "max_fluid_temp_c": round(max_fluid, 2) if math.isfinite(max_fluid) else None,
+        "max_cdu_supply_c": round(max_cdu, 2) if math.isfinite(max_cdu) else None,
+        "limit_violation_c_min": round(violation_c_min, 2),
+        "trips": trips,
+        "sheds": sum(1 for e in events if e["kind"] == "shed"),
+        "alarms": sum(1 for e in events if e["kind"] == "alarm"),
+        "failsafe_entries": sum(1 for e in events if e["kind"] == "failsafe"),
+        "write_failures": write_failures,
+        "energy_mwh": round(site_kwh / 1000.0, 3),
+        "it_energy_mwh": round(it_kwh / 1000.0, 3),
+        "cooling_energy_mwh": round((plant.ledger.cooling_kwh - cool0) / 1000.0, 3),
+        "pue": round(site_kwh / it_kwh, 4) if it_kwh > 0 else None,
+        "import_over_limit_kw_min": round(over_import_kw_min, 1),
+        "wall_seconds": round(wall, 2),
+        "speedup": round(hours * 3600.0 / wall, 1) if wall > 0 else None,
+    }
+    series = {k_: np.asarray(v_, dtype=float) for k_, v_ in rec.items()}
+    meta = {
+        "site": site.name,
+        "scenario": sc.name,
+        "hours": hours,
+        "tanks": {
+            t.name: {
+                "alarm_c": t.limits.fluid_alarm_c,
+                "trip_c": t.limits.fluid_trip_c,
+                "workload_class": t.workload_class,
+            }
+            for t in site.tanks
+        },
+        "cdus": {
+            c.name: {"alarm_c": c.supply_alarm_c, "trip_c": c.supply_trip_c} for c in site.cdus
+        },
+        "loops": {lp.name: {"alarm_c": lp.supply_alarm_c} for lp in site.loops},
+        "feeders": {f.name: {"continuous_kw": f.continuous_kw} for f in site.feeders},
+    }
+    return SimulationResult(summary, series, meta, events, ctrl, sim)
+
+
+def _record(
+    rec: dict[str, list[float]],
+    sim: ScenarioPlant,
+    limit: float,
+    t_class: dict[str, np.ndarray],
+    r_class: dict[str, np.ndarray],
+) -> None:
+    pl = sim.plant
+
+    def put(key: str, value: float) -> None:
+        rec.setdefault(key, []).append(float(value))
+
+    put("t_h", pl.t / 3600.0)
+    put("ambient_c", pl.ambient)
+    put("site_kw", pl.site_kw)
+    put("import_limit_kw", limit)
+    put("it_kw", pl.it_kw)
+    put("cooling_kw", pl.cooling_kw)
+    put("pue", pl.pue)
+    put("price_per_mwh", sim.price_per_mwh())
+    for c in t_class:
+        put(f"class.{c}_kw", float(pl.t_power[t_class[c]].sum() + pl.r_power[r_class[c]].sum()))
+    for i, t in enumerate(sim.site.tanks):
+        put(f"tank.{t.name}.fluid_c", pl.T_tank[i])
+    for i, c in enumerate(sim.site.cdus):
+        put(f"cdu.{c.name}.supply_c", pl.c_supply[i])
+    for i, lp in enumerate(sim.site.loops):
+        put(f"loop.{lp.name}.supply_c", pl.T_cold[i])
+    for i, f in enumerate(sim.site.feeders):
+        put(f"feeder.{f.name}.kw", pl.b_power[pl.n_pdu + i])
+
+
+def simulate_cli(args: object) -> dict[str, object]:
+    """Entry point of ``thermogate simulate``; returns the JSON summary."""
+    import sys
+
+    from thermogate.plc.site import load_site
+
+    from .report import ProgressBar, write_report
+
+    site = load_site(args.site)  # type: ignore[attr-defined]
+    sc = load_scenario(
+        args.scenario,
+        weather_csv=args.weather,  # type: ignore[attr-defined]
+        prices_csv=args.prices,  # type: ignore[attr-defined]
+        wrap=True if (args.weather or args.prices) else None,
+    )  # type: ignore[attr-defined]
+    bar = ProgressBar(enabled=False if args.json else None, sim_hours=args.hours)  # type: ignore[attr-defined]
+    try:
+        result = run_simulation(
+            site,
+            sc,
+            args.hours,
+            seed=args.seed,  # type: ignore[attr-defined]
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    if args.report:  # type: ignore[attr-defined]
+        paths = write_report(
+            result.series, result.meta, result.events, result.summary, Path(args.report)
+        )  # type: ignore[attr-defined]
+        print(f"report: {paths[0].parent}/report.html", file=sys.stderr)
+    return result.summary
