@@ -1,0 +1,205 @@
+"""The controller against the simulated plant over real Modbus TCP.
+
+Communication loss, the PLC's own fallback when the controller dies, and
+configuration mistakes, as an operator would meet them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from thermogate.controller.modbus_io import Endpoint
+from thermogate.controller.run import RealTimeController, RunConfig
+from thermogate.hil.modbus_server import PlantModbusServer
+from thermogate.hil.runner import ScenarioPlant
+from thermogate.hil.serve import ServedPlant
+from thermogate.plc.site import demo_site
+
+
+def _site_file(tmp_path: Path) -> Path:
+    from importlib import resources
+
+    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    p = tmp_path / "site.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+async def _until(pred, timeout: float, step: float = 0.05) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if pred():
+            return True
+        await asyncio.sleep(step)
+    return pred()
+
+
+@pytest.mark.timeout(90)
+def test_losing_the_plant_mid_run_alarms_goes_fail_safe_plc_falls_back_and_recovers(tmp_path):
+    site = demo_site()
+
+    async def scenario() -> None:
+        sim = ScenarioPlant(site, "normal-day")
+        sp = ServedPlant(sim, speed=5.0)  # 10 s watchdog = 2 s of wall time
+        _, port = await sp.server.start_tcp("127.0.0.1", 0)
+        plant_task = asyncio.create_task(sp.run())
+        cfg = RunConfig(
+            site,
+            tmp_path / "h.db",
+            Endpoint("tcp", "127.0.0.1", port),
+            0.2,
+            0.1,
+            built_in_plant=False,
+        )
+        rt = RealTimeController(cfg)
+        rt.io.backoff_max_s = 2.0  # keep the reconnect wait of the test short
+        try:
+
+            async def scans(n: int) -> None:
+                for _ in range(n):
+                    await rt.scan_once()
+                    await asyncio.sleep(0.2)
+
+            await scans(15)
+            assert rt.last["failsafe_zones"] == [], rt.last["failsafe_zones"]
+            assert not sim.plant.plc.safe_state
+
+            await sp.server.stop()  # the network to the plant is gone
+            await scans(8)
+            assert set(rt.last["failsafe_zones"]) == set(rt.ctrl.zones)
+            rt.historian.flush()
+            kinds = {e["kind"] for e in rt.historian.events()}
+            assert "failsafe" in kinds
+            # The controller's heartbeat cannot reach the PLC: it falls back on its own.
+            assert await _until(lambda: sim.plant.plc.safe_state, 6.0)
+
+            sp.server = PlantModbusServer(sp.images, on_write=sp._on_write)
+            await sp.server.start_tcp("127.0.0.1", port)
+            for _ in range(80):
+                await scans(1)
+                if not rt.last["failsafe_zones"] and not sim.plant.plc.safe_state:
+                    break
+            assert rt.last["failsafe_zones"] == []
+            assert not sim.plant.plc.safe_state  # heartbeat resumed: control handed back
+            rt.historian.flush()
+            assert any(e["kind"] == "restore" for e in rt.historian.events())
+        finally:
+            await rt.close()
+            plant_task.cancel()
+            await sp.server.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(120)
+def test_when_the_controller_process_dies_the_plc_takes_its_safe_state_by_itself(tmp_path):
+    site_file = _site_file(tmp_path)
+    site = demo_site()
+
+    async def scenario() -> None:
+        sim = ScenarioPlant(site, "normal-day")
+        sp = ServedPlant(sim, speed=2.0)
+        _, port = await sp.server.start_tcp("127.0.0.1", 0)
+        plant_task = asyncio.create_task(sp.run())
+        cfg = tmp_path / "controller.toml"
+        cfg.write_text(
+            f'[controller]\nsite = "{site_file.name}"\ndb = "c.db"\n\n'
+            f'[modbus]\nhost = "127.0.0.1"\nport = {port}\n',
+            encoding="utf-8",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "thermogate.controller.cli",
+            "run",
+            "--config",
+            str(cfg),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ},
+        )
+        try:
+            hb0 = sim.plant.heartbeat
+            assert await _until(lambda: sim.plant.heartbeat != hb0, 30.0), "controller never ran"
+            assert await _until(lambda: not sim.plant.plc.safe_state, 10.0)
+            await asyncio.sleep(2.0)
+            assert not sim.plant.plc.safe_state  # the running controller keeps it out
+            proc.send_signal(signal.SIGKILL)  # no goodbye, no last write
+            await proc.wait()
+            timeout_wall = site.plc.heartbeat_timeout_s / sp.speed
+            assert await _until(lambda: sim.plant.plc.safe_state, timeout_wall + 3.0)
+            assert not sim.plant.cmd_enable.all() or sim.plant.t_power[sim.plant.t_asic].sum() == 0
+            assert (sim.plant.t_power[sim.plant.t_asic] == 0).all()  # mining off
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            plant_task.cancel()
+            await sp.server.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "reason"),
+    [
+        (
+            '[controller]\nsite = "site.toml"\nscan_z = 1\n[modbus]\nhost = "h"\n',
+            "controller.scan_z",
+            "unknown key",
+        ),
+        ('[controller]\nsite = "nope.toml"\n[modbus]\nhost = "h"\n', "", "file not found"),
+        (
+            '[controller]\nsite = "site.toml"\n[modbus]\nhost = "h"\nport = "502"\n',
+            "modbus.port",
+            "expected an integer",
+        ),
+        (
+            '[controller]\nsite = "site.toml"\nscan_s = 0.0\n[modbus]\nhost = "h"\n',
+            "controller.scan_s",
+            "below the minimum",
+        ),
+        (
+            '[controller]\nsite = "site.toml"\n[modbus]\nhost = "h"\n[[modbus.units]]\n'
+            'unit_ids = [99]\nhost = "g"\n',
+            "modbus.units[0].unit_ids",
+            "not used by site",
+        ),
+        ('[controller]\nsite = "site.toml"\n', "modbus", "required key is missing"),
+        ("[controller\n", "", "TOML syntax error"),
+    ],
+)
+def test_a_bad_controller_configuration_is_one_clear_line_naming_key_and_reason(
+    tmp_path, body, key, reason
+):
+    _site_file(tmp_path)
+    cfg = tmp_path / "controller.toml"
+    cfg.write_text(body, encoding="utf-8")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "thermogate.controller.cli",
+            "run",
+            "--config",
+            str(cfg),
+            "--db",
+            str(tmp_path / "x.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("thermogate: error: ")
+    assert key in line and reason in line, line
