@@ -253,6 +253,47 @@ class Controller:
                 )
             )
         self._rows = {r.name: r for r in site.rack_rows}
+        # Power constraints with the loads under each, derived once:
+        # (name, meter point, continuous limit or None for the grid, loads, severity).
+        self._power_constraints: list[tuple[str, str, float | None, list[_Load], int]] = [
+            ("site import", "site.power_kw", None, list(self.loads), 800)
+        ]
+        for j, f in enumerate(site.feeders):
+            self._power_constraints.append(
+                (
+                    f"feeder {f.name}",
+                    f"{f.name}.power_kw",
+                    f.continuous_kw,
+                    [ld for ld in self.loads if ld.feeder == j],
+                    700,
+                )
+            )
+        for j, d in enumerate(site.pdus):
+            self._power_constraints.append(
+                (
+                    f"PDU {d.name}",
+                    f"{d.name}.power_kw",
+                    d.continuous_kw,
+                    [ld for ld in self.loads if ld.pdu == j],
+                    700,
+                )
+            )
+        # Valve positions and setpoint kinds per loop, for trim & respond.
+        self._loop_valves = {
+            lp.name: [f"{t.name}.valve_pos" for t in site.tanks if t.loop == lp.name]
+            + [f"{c.name}.valve_pos" for c in site.cdus if c.loop == lp.name]
+            for lp in site.loops
+        }
+        self._sp_kind: dict[str, tuple[str, str]] = {}
+        for lp in site.loops:
+            self._sp_kind[f"{lp.name}.supply_temp"] = ("supply", lp.name)
+            self._sp_kind[f"{lp.name}.dp"] = ("dp", lp.name)
+        self._loop_tanks = {
+            lp.name: [t for t in site.tanks if t.loop == lp.name] for lp in site.loops
+        }
+        self._loop_cdus = {
+            lp.name: [c for c in site.cdus if c.loop == lp.name] for lp in site.loops
+        }
         self._load_by_name = {ld.name: ld for ld in self.loads}
 
     def _build_zones(self) -> None:
@@ -385,9 +426,7 @@ class Controller:
         # Trim & respond: the most-open valve on a loop tells whether the loop
         # could run warmer (less fan energy) and with less differential pressure.
         for lp in site.loops:
-            valves = [val(f"{t_.name}.valve_pos") for t_ in site.tanks if t_.loop == lp.name]
-            valves += [val(f"{c.name}.valve_pos") for c in site.cdus if c.loop == lp.name]
-            valves = [x for x in valves if math.isfinite(x)]
+            valves = [x for x in map(val, self._loop_valves[lp.name]) if math.isfinite(x)]
             vmax = max(valves) if valves else 100.0
             hot = self._loop_hot(lp.name, voted)
             if vmax > VALVE_WIDE_OPEN_PCT or hot:
@@ -449,25 +488,23 @@ class Controller:
         return max(found) if found else None
 
     def _setpoint(self, c: ControlLoop) -> float:
-        for lp in self.site.loops:
-            if c.measurement == f"{lp.name}.supply_temp":
-                return c.setpoint + self._supply_reset[lp.name]
-            if c.measurement == f"{lp.name}.dp":
-                return max(DP_TRIM_MIN_KPA, c.setpoint - self._dp_trim[lp.name])
-        return c.setpoint
+        kind = self._sp_kind.get(c.measurement)
+        if kind is None:
+            return c.setpoint
+        if kind[0] == "supply":
+            return c.setpoint + self._supply_reset[kind[1]]
+        return max(DP_TRIM_MIN_KPA, c.setpoint - self._dp_trim[kind[1]])
 
     def _loop_hot(self, loop: str, voted: Callable) -> bool:
         """Any zone on the loop within its soft margin: cooling energy no longer matters."""
-        for t_ in self.site.tanks:
-            if t_.loop == loop:
-                temp, ok = voted(f"{t_.name}.fluid_temp")
-                if not ok or temp > t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
-                    return True
-        for c in self.site.cdus:
-            if c.loop == loop:
-                temp, ok = voted(f"{c.name}.supply_temp")
-                if not ok or temp > c.supply_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
-                    return True
+        for t_ in self._loop_tanks[loop]:
+            temp, ok = voted(f"{t_.name}.fluid_temp")
+            if not ok or temp > t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
+                return True
+        for c in self._loop_cdus[loop]:
+            temp, ok = voted(f"{c.name}.supply_temp")
+            if not ok or temp > c.supply_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
+                return True
         return False
 
     def _pumps(
@@ -700,24 +737,16 @@ class Controller:
         grid = site.import_limit_kw
         if obs.import_limit_kw is not None and math.isfinite(obs.import_limit_kw):
             grid = min(grid, obs.import_limit_kw)
-        constraints: list[tuple[str, float, float, Callable[[_Load], bool], int]] = []
-        p_site = val("site.power_kw") if good("site.power_kw") else math.nan
-        constraints.append(("site import", p_site, GRID_LIMIT_MARGIN * grid, lambda ld: True, 800))
-        for j, f in enumerate(site.feeders):
-            p = val(f"{f.name}.power_kw") if good(f"{f.name}.power_kw") else math.nan
+        constraints = []
+        for name, point, limit, group, sev in self._power_constraints:
+            p = val(point) if good(point) else math.nan
             constraints.append(
-                (f"feeder {f.name}", p, f.continuous_kw, lambda ld, j=j: ld.feeder == j, 700)
-            )
-        for j, d in enumerate(site.pdus):
-            p = val(f"{d.name}.power_kw") if good(f"{d.name}.power_kw") else math.nan
-            constraints.append(
-                (f"PDU {d.name}", p, d.continuous_kw, lambda ld, j=j: ld.pdu == j, 700)
+                (name, p, GRID_LIMIT_MARGIN * grid if limit is None else limit, group, sev)
             )
         self._grid_limit_kw = grid
-        for name, p, limit, member, sev in constraints:
+        for name, p, limit, group, sev in constraints:
             if not math.isfinite(p):
                 continue
-            group = [ld for ld in self.loads if member(ld)]
             self._alarm(
                 t,
                 f"power:{name}",
