@@ -35,22 +35,24 @@ POINTS_PER_ASIC_TANK_APPROX = 30.0
 
 
 def _site_text_for(points: int) -> str:
-    """A generated site with at least ``points`` points (few % over)."""
-    k = max(2, int(points / POINTS_PER_ASIC_TANK_APPROX))
-    for _ in range(12):
-        spec = SiteSpec(
-            name=f"bench {points} points",
-            asic_tanks=k,
-            gpu_tanks=max(1, k // 11),
-            rack_rows=max(1, k // 22),
-            tanks_per_plc=12 if k > 60 else 0,
-        )
+    """The smallest generated site with at least ``points`` points."""
+
+    def make(k: int) -> tuple[str, int]:
+        spec = SiteSpec(name=f"bench {points} points", asic_tanks=k, gpu_tanks=max(1, k // 11),
+                        rack_rows=max(1, k // 22), tanks_per_plc=12 if k > 60 else 0)
         text = generate_site_toml(spec)
-        n = len(build_point_map(parse_site_text(text, "<bench>")))
-        if n >= points:
-            return text
-        k = int(k * points / n) + 1
-    return text
+        return text, len(build_point_map(parse_site_text(text, "<bench>")))
+
+    lo, hi = 1, max(2, int(points / POINTS_PER_ASIC_TANK_APPROX) * 2)
+    while make(hi)[1] < points:
+        hi *= 2
+    while hi - lo > 1:  # bisect on the number of ASIC tanks
+        mid = (lo + hi) // 2
+        if make(mid)[1] >= points:
+            hi = mid
+        else:
+            lo = mid
+    return make(hi)[0]
 
 
 def _free_port() -> int:
