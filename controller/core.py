@@ -66,6 +66,7 @@ VALVE_THROTTLED_PCT = 65.0
 WRITE_VERIFY_S = 5.0  # a write not read back within this is an alarm
 WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
 SAFE_GPU_CAP_FRAC = 0.5
+RESET_WINDOW_S = 10.0  # after a reset, latched trips whose interlock clears are released
 CLASS_ORDER = ("mining", "training", "inference")  # shed in this order
 
 
@@ -204,6 +205,12 @@ class Controller:
         self._build_loads()
         self._build_zones()
         self.events: list[Event] = []
+        self._queued_events: list[Event] = []  # raised between scans (operator actions)
+        self._reset_requested: tuple[str, str, str] | None = None
+        self._reset_by: tuple[str, str] | None = None
+        self._reset_window_until = -math.inf
+        self._values: np.ndarray | None = None
+        self._quality: np.ndarray | None = None
 
     # ==================================================================
     # configuration derived once from the site
@@ -327,7 +334,8 @@ class Controller:
         t = obs.t
         dt = self.scan_s if self.t_last is None else max(1e-3, min(t - self.t_last, 10.0))
         self.t_last = t
-        self.events = []
+        self.events = self._queued_events
+        self._queued_events = []
         est = self.estimator.update(t, obs.values, obs.fresh)
         v, q = est.values, est.quality
         self._values, self._quality = v, q
@@ -363,7 +371,13 @@ class Controller:
         self._protect_thermal(t, dt, voted, val, good)
         self._protect_power(t, dt, obs, val, good)
         self._allocate(t, val, good, cmds)
+        self._latch_trips(t, val, good, cmds)
         self._failsafe_overrides(cmds)
+        if self._reset_requested is not None:
+            who, where, why = self._reset_requested
+            self._reset_requested = None
+            cmds["plc.reset"] = (1.0, f"reset by {who}: {why}")
+            self._reset_by = (who, where)
         writes = self._actuate(t, v, cmds)
         status = self._status(t, v, q, voted, obs)
         return ScanResult(writes, list(self.events), v, q, status)
@@ -840,6 +854,47 @@ class Controller:
                 cmds[f"{ld.name}.enable"] = (0.0 if frac < 0.05 else 1.0, reason)
                 _ = row
 
+    def _latch_trips(
+        self, t: float, val: Callable, good: Callable, cmds: dict[str, tuple[float, str]]
+    ) -> None:
+        """A load the PLC tripped stays off until someone resets it, even if the
+        PLC's own latch clears: a hard trip means a person should look first."""
+        for ld in self.loads:
+            point = f"{ld.name}.interlock"
+            key = f"{ld.name}: PLC interlock"
+            if good(point) and val(point) >= 0.5 and key not in self.state.latched:
+                self.state.latched[key] = f"tripped by the PLC at t={t:.0f}"
+                self._event(
+                    t,
+                    "trip",
+                    ld.name,
+                    f"{ld.name} tripped by the PLC's hard interlock; latched until reset",
+                    900,
+                )
+            if key in self.state.latched:
+                clear = good(point) and val(point) < 0.5
+                if clear and t <= self._reset_window_until:
+                    del self.state.latched[key]
+                    self._event(t, "restore", ld.name, f"{ld.name}: trip reset, load released", 500)
+                    continue
+                cmds[f"{ld.name}.enable"] = (0.0, f"latched: {key} (needs a reset)")
+
+    def request_reset(self, who: str, where: str, why: str) -> None:
+        """An operator's reset: pulses the PLC's reset on the next scan; each
+        latched trip clears once its PLC interlock reads back clear within
+        RESET_WINDOW_S (a cause still present keeps it latched, and says so)."""
+        self._reset_requested = (who, where, why)
+        self._reset_window_until = (self.t_last or 0.0) + RESET_WINDOW_S
+        self._queued_events.append(
+            Event(
+                self.t_last or 0.0,
+                "info",
+                "controller",
+                f"reset requested by {who} ({where}): {why}",
+                500,
+            )
+        )
+
     def _failsafe_overrides(self, cmds: dict[str, tuple[float, str]]) -> None:
         """Zones in fail-safe take their safe state, whatever regulation wanted."""
         site = self.site
@@ -884,6 +939,10 @@ class Controller:
         for name, (value, why) in cmds.items():
             ov = self.state.overrides.get(name)
             who, where = "controller", "scan"
+            if name == "plc.reset" and self._reset_by is not None:
+                who, where = self._reset_by
+                self._reset_by = None
+                self._last_sent.pop(name, None)  # a pulse is always sent
             if ov is not None:  # operator manual override beats everything but the PLC
                 value, why, who, where = ov.value, f"manual override: {ov.why}", ov.who, ov.where
             p = self.pmap.points[self.idx[name]]
@@ -896,6 +955,14 @@ class Controller:
             if p.max is not None:
                 value = min(p.max, value)
             last = self._last_sent.get(name)
+            if last is not None and ov is None and p.table == "holding":
+                # Rate limit raises (a load, a valve): lowering a budget or a cap is
+                # never delayed, it is how protection acts.
+                up = _max_rise_per_s(p.unit, p.max) * max(t - last[1], self.scan_s)
+                if value > last[0] + up:
+                    value = last[0] + up
+                    if p.scale and p.type != "f32":
+                        value = math.floor(value / p.scale) * p.scale
             if last is not None:
                 dead = _deadband(p.unit, p.scale)
                 if abs(last[0] - value) < dead and t - last[1] < WRITE_REFRESH_S:
@@ -987,6 +1054,15 @@ def _deadband(unit: str, scale: float) -> float:
     if unit == "W":
         return 5.0
     return max(abs(scale), 1e-9) * 0.5
+
+
+def _max_rise_per_s(unit: str, full: float | None) -> float:
+    """How fast a command may rise: valves and speeds 10 %/s, loads 5 % of rating/s."""
+    if unit == "%":
+        return 10.0
+    if unit in ("kW", "W") and full:
+        return 0.05 * full
+    return math.inf
 
 
 def _nz(x: float) -> float:

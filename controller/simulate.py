@@ -9,7 +9,7 @@ against real Modbus.
 The summary is measured on the plant's truth, not on what the controller
 believed: ``max_fluid_temp_c`` is the hottest any tank really got,
 ``limit_violation_c_min`` integrates °C·minutes above any alarm limit (tank
-fluid, CDU coolant supply), ``trips`` counts the PLC's hard interlocks and
+fluid, CDU coolant supply, loop water supply), ``trips`` counts the PLC's hard interlocks and
 breaker trips.
 """
 
@@ -65,6 +65,7 @@ def run_simulation(
     idx = {p.name: i for i, p in enumerate(pmap.points)}
     tank_alarm = np.array([t.limits.fluid_alarm_c for t in site.tanks])
     cdu_alarm = np.array([c.supply_alarm_c for c in site.cdus])
+    loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops])
     classes = ("mining", "training", "inference")
     t_class = {c: np.array([t.workload_class == c for t in site.tanks]) for c in classes}
     r_class = {c: np.array([r.workload_class == c for r in site.rack_rows]) for c in classes}
@@ -146,6 +147,8 @@ def run_simulation(
             over_c = np.maximum(plant.c_supply - cdu_alarm, 0.0)
             violation_c_min += float(over_c.sum()) * scan_s / 60.0
             max_cdu = max(max_cdu, float(plant.c_supply.max()))
+        over_loop = np.maximum(plant.T_cold - loop_alarm, 0.0)
+        violation_c_min += float(over_loop.sum()) * scan_s / 60.0
         over_import_kw_min += max(0.0, plant.site_kw - limit) * scan_s / 60.0
 
         if plant.t >= next_sample:

@@ -136,3 +136,36 @@ def test_a_sensor_fault_is_flagged_and_the_tank_keeps_control_on_its_good_sensor
     assert flagged
     assert "tank01" not in res.status["failsafe_zones"]  # sensor B still good
     assert math.isfinite(plant.T_tank[0]) and plant.T_tank[0] < site.tanks[0].limits.fluid_alarm_c
+
+
+def test_a_plc_trip_is_latched_by_the_controller_until_an_operator_resets_it(site):
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    plant = sim.plant
+    events = []
+
+    def scans(n: int) -> None:
+        for _ in range(n):
+            res = ctrl.scan(_obs(plant))
+            for w in res.writes:
+                plant.write(w.point, w.value)
+            events.extend(res.events)
+            sim.step()
+
+    scans(30)
+    plant.T_tank[0] = site.tanks[0].limits.fluid_trip_c + 3.0  # the tank overheats
+    scans(8)
+    assert plant.plc.tank_latched[0]
+    assert any(e.kind == "trip" and e.source == "tank01" for e in events)
+    plant.T_tank[0] = 45.0  # it cools down; the PLC's latch still holds it off
+    scans(20)
+    assert not plant.cmd_enable[0], "the controller re-enabled a tripped tank on its own"
+    assert plant.t_power[0] == 0.0
+    ctrl.request_reset("alice", "console", "tank01 inspected")
+    scans(10)
+    assert not plant.plc.tank_latched[0]
+    assert plant.cmd_enable[0] and plant.t_power[0] > 0.0
+    assert any(e.kind == "restore" and e.source == "tank01" for e in events)
+    assert "tank01: PLC interlock" not in ctrl.state.latched
