@@ -15,16 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import re
-import shutil
 import statistics
-import subprocess
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import numpy as np
 import pytest
+from ptys import pty_pair
 
 from thermogate.controller.modbus_io import Endpoint, ModbusIO, ReadResult
 from thermogate.hil.image import SENTINEL
@@ -370,36 +368,6 @@ def test_server_stopped_mid_scan_then_restarted_on_the_same_port() -> None:
                 await io.close()
 
     run(go())
-
-
-@contextlib.contextmanager
-def pty_pair() -> Iterator[tuple[str, str]]:
-    """Two linked pseudo-terminals from socat (as in test_served_plant)."""
-    if shutil.which("socat") is None:
-        pytest.fail("socat is not on PATH: `apt-get install socat` (CI installs it)")
-    proc = subprocess.Popen(
-        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        paths: list[str] = []
-        deadline = time.monotonic() + 5
-        while len(paths) < 2 and time.monotonic() < deadline:
-            line = proc.stderr.readline() if proc.stderr else ""
-            if not line and proc.poll() is not None:
-                break
-            if match := re.search(r"PTY is (/dev/\S+)", line):
-                paths.append(match.group(1))
-        assert len(paths) == 2, "socat did not report two ptys"
-        yield paths[0], paths[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_rtu_line_shared_by_every_unit_and_a_silent_station_on_it() -> None:

@@ -13,12 +13,12 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
+from ptys import pty_pair
 
 from thermogate.hil.modbus_server import DeviceImage, PlantModbusServer
 from thermogate.plc.errors import ModbusDeviceError
@@ -555,33 +555,6 @@ def test_dead_endpoint_fails_within_budget() -> None:
 # --------------------------------------------------------------------------- #
 # RTU over a socat pty pair
 # --------------------------------------------------------------------------- #
-
-
-@contextlib.contextmanager
-def pty_pair() -> Any:
-    if shutil.which("socat") is None:
-        pytest.skip("socat not on PATH")
-    proc = subprocess.Popen(
-        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        paths: list[str] = []
-        deadline = time.monotonic() + 5
-        while len(paths) < 2 and time.monotonic() < deadline:
-            line = proc.stderr.readline() if proc.stderr else ""
-            if match := re.search(r"PTY is (\S+)", line):
-                paths.append(match.group(1))
-        assert len(paths) == 2, "socat did not report two ptys"
-        yield paths[0], paths[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.timeout(10)

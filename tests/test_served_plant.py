@@ -28,13 +28,14 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ptys import pty_pair
 
 from thermogate.hil.image import SENTINEL
 from thermogate.hil.plant import VALVE_STROKE_PCT_S
@@ -460,9 +461,7 @@ def test_illegal_addresses_and_values_answer_02_and_03_and_change_nothing() -> N
                 assert budget.address == valve.end
                 assert pmap[f"{tank}.valve_pos"].address == budget.end
                 tank_link = master.link(valve.unit_id)
-                await expect_exception(
-                    2, tank_link.write_registers(valve.address, [500, 500, 500])
-                )
+                await expect_exception(2, tank_link.write_registers(valve.address, [500, 500, 500]))
 
                 # 03: values outside the point's range (the wire carries them fine)
                 await expect_exception(3, tank_link.write_register(valve.address, 1500))  # 150 %
@@ -810,36 +809,6 @@ def test_vanishing_clients_and_garbage_do_not_disturb_another_client() -> None:
 # --------------------------------------------------------------------------- #
 # RTU over a pseudo-terminal pair
 # --------------------------------------------------------------------------- #
-
-
-@contextlib.contextmanager
-def pty_pair() -> Iterator[tuple[str, str]]:
-    """Two linked pseudo-terminals from socat; the paths come from its stderr."""
-    if shutil.which("socat") is None:
-        pytest.fail("socat is not on PATH: `apt-get install socat` (CI installs it)")
-    proc = subprocess.Popen(
-        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        paths: list[str] = []
-        deadline = time.monotonic() + 5
-        while len(paths) < 2 and time.monotonic() < deadline:
-            line = proc.stderr.readline() if proc.stderr else ""
-            if not line and proc.poll() is not None:
-                break
-            if match := re.search(r"PTY is (/dev/\S+)", line):
-                paths.append(match.group(1))
-        assert len(paths) == 2, "socat did not report two ptys"
-        yield paths[0], paths[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.timeout(20)
