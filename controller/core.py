@@ -595,13 +595,14 @@ class Controller:
             fans = [x for x in fans if math.isfinite(x)]
             loop_saturated[k] = (min(fans) if fans else 100.0) >= 95.0
             sup, ok = voted(f"{lp.name}.supply_temp")
-            self._alarm(
+            self._high_alarm(
                 t,
                 f"{lp.name}.supply_high",
-                ok and sup >= lp.supply_alarm_c,
+                sup,
+                ok,
+                lp.supply_alarm_c,
                 f"loop {lp.name} supply {sup:.1f} degC >= alarm {lp.supply_alarm_c:g}",
                 600,
-                hysteresis=not (ok and sup >= lp.supply_alarm_c - ALARM_HYSTERESIS_K),
             )
             # Lost flow: shed mining on the loop before the PLC's low-flow trip.
             flow, fok = val(f"{lp.name}.flow"), good(f"{lp.name}.flow")
@@ -677,14 +678,14 @@ class Controller:
         for t_ in site.tanks:
             temp, ok = voted(f"{t_.name}.fluid_temp")
             lim = t_.limits
-            over = ok and temp >= lim.fluid_alarm_c
-            self._alarm(
+            self._high_alarm(
                 t,
                 f"{t_.name}.fluid_high",
-                over,
+                temp,
+                ok,
+                lim.fluid_alarm_c,
                 f"{t_.name} fluid {temp:.1f} degC >= alarm {lim.fluid_alarm_c:g}",
                 700,
-                hysteresis=not (ok and temp >= lim.fluid_alarm_c - ALARM_HYSTERESIS_K),
             )
             soft = lim.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
             if ok:
@@ -693,13 +694,14 @@ class Controller:
                 self._limit_load(t, dt, t_.name, temp - soft)
         for c in site.cdus:
             temp, ok = voted(f"{c.name}.supply_temp")
-            self._alarm(
+            self._high_alarm(
                 t,
                 f"{c.name}.supply_high",
-                ok and temp >= c.supply_alarm_c,
+                temp,
+                ok,
+                c.supply_alarm_c,
                 f"CDU {c.name} supply {temp:.1f} degC >= alarm {c.supply_alarm_c:g}",
                 700,
-                hysteresis=not (ok and temp >= c.supply_alarm_c - ALARM_HYSTERESIS_K),
             )
             if ok:
                 k = loops.index(c.loop)
@@ -999,6 +1001,26 @@ class Controller:
         elif was and not active and hysteresis:
             self._alarms[key] = False
             self._event(t, "clear", key, f"cleared: {key}", 300)
+
+    def _high_alarm(
+        self,
+        t: float,
+        key: str,
+        value: float,
+        ok: bool,
+        limit: float,
+        message: str,
+        severity: int,
+    ) -> None:
+        """A high-temperature alarm: raised at the limit, cleared 1 K below it."""
+        self._alarm(
+            t,
+            key,
+            ok and value >= limit,
+            message,
+            severity,
+            hysteresis=not (ok and value >= limit - ALARM_HYSTERESIS_K),
+        )
 
     def active_alarms(self) -> list[str]:
         return sorted(k for k, a in self._alarms.items() if a)
