@@ -51,6 +51,8 @@ class RunConfig:
     plant_host: str = DEMO_HOST
     plant_port: int = DEMO_PORT
     scenario: str = "normal-day"
+    raw_days: float = 7.0  # raw telemetry kept this long, then only 1-minute aggregates
+    agg_days: float = 400.0
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
@@ -72,6 +74,8 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     site = load_site(base / site_file)
     scan_s = c.get_float("scan_s", site.scan_interval_s, minval=0.1, maxval=60.0)
     db_file = db or str(base / c.get_str("db", "thermogate.db"))
+    raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
+    agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
     c.check_unused()
     m = root.get_section("modbus")
     default = _endpoint(m)
@@ -91,7 +95,16 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     endpoints: dict[int, Endpoint] | Endpoint = default
     if per_unit:
         endpoints = {u: per_unit.get(u, default) for u in units}
-    return RunConfig(site, Path(db_file), endpoints, scan_s, timeout, built_in_plant=False)
+    return RunConfig(
+        site,
+        Path(db_file),
+        endpoints,
+        scan_s,
+        timeout,
+        built_in_plant=False,
+        raw_days=raw_days,
+        agg_days=agg_days,
+    )
 
 
 def _endpoint(sec: Section) -> Endpoint:
@@ -115,7 +128,11 @@ class RealTimeController:
         self.ctrl = Controller(cfg.site, self.pmap, scan_s=cfg.scan_s)
         self.idx = {p.name: i for i, p in enumerate(self.pmap.points)}
         self.historian = Historian(
-            cfg.db, [p.name for p in self.pmap.points], site_name=cfg.site.name
+            cfg.db,
+            [p.name for p in self.pmap.points],
+            site_name=cfg.site.name,
+            raw_days=cfg.raw_days,
+            agg_days=cfg.agg_days,
         )
         self._restore_state()
         self.io = ModbusIO(
