@@ -1,0 +1,71 @@
+"""Baselines the learned model must beat, fitted on the same training rows.
+
+* **Persistence** — the temperature ``h`` minutes ahead equals now (change 0).
+* **First-order RC**, one per zone: ``dT/dt = a * P - b * (T - T_ref)`` (the
+  lumped ``(P - UA (T - T_supply)) / C`` with ``a = 1/C``, ``b = UA/C``), where
+  ``T_ref`` is the loop supply for a tank or CDU and ambient for a loop. ``a``
+  and ``b`` are fitted by least squares on the training rows, with the slope
+  taken as the first horizon's change over its length (a forward difference
+  over 5 minutes: 1-minute differences of 0.1 °C-quantised sensors are mostly
+  noise). Prediction integrates ``h`` minutes at constant inputs (closed form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dataset import KindData
+
+__all__ = ["RCBaseline", "persistence"]
+
+
+def persistence(rows: KindData) -> np.ndarray:
+    """Predicted temperatures (n, horizons): now, at every horizon."""
+    return np.repeat(rows.temp[:, None], len(rows.horizons_min), axis=1)
+
+
+def _ref_feature(kind: str) -> str:
+    return "temp_minus_ambient" if kind == "loop" else "temp_minus_supply"
+
+
+@dataclass
+class RCBaseline:
+    """Per-zone first-order RC fits: ``params[kind][zone] = (a, b)`` per minute."""
+
+    params: dict[str, dict[str, tuple[float, float]]]
+
+    @classmethod
+    def fit(cls, dataset: object) -> RCBaseline:
+        params: dict[str, dict[str, tuple[float, float]]] = {}
+        for rows in dataset:  # type: ignore[attr-defined]
+            h0 = float(rows.horizons_min[0])
+            p = rows.feature("power_kw")
+            dx = rows.feature(_ref_feature(rows.kind))
+            slope = rows.y[:, 0] / h0  # K per minute
+            out = {}
+            for z in dict.fromkeys(rows.zones.tolist()):
+                m = (rows.zones == z) & np.isfinite(slope)
+                if m.sum() < 3:
+                    out[z] = (0.0, 0.0)
+                    continue
+                A = np.column_stack([p[m], -dx[m]])
+                coef, *_ = np.linalg.lstsq(A, slope[m], rcond=None)
+                out[z] = (max(float(coef[0]), 0.0), max(float(coef[1]), 0.0))
+            params[rows.kind] = out
+        return cls(params)
+
+    def predict(self, rows: KindData) -> np.ndarray:
+        """Predicted temperatures (n, horizons) for the rows' zones."""
+        par = self.params.get(rows.kind, {})
+        ab = np.array([par.get(z, (0.0, 0.0)) for z in rows.zones.tolist()]).reshape(-1, 2)
+        a, b = ab[:, 0], ab[:, 1]
+        r0 = a * rows.feature("power_kw") - b * rows.feature(_ref_feature(rows.kind))
+        out = np.empty((len(rows), len(rows.horizons_min)))
+        for j, h in enumerate(rows.horizons_min):
+            # integral of exp(-b t) over [0, h]; -> h as b -> 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                gain = np.where(b > 1e-12, -np.expm1(-b * h) / np.where(b > 1e-12, b, 1.0), h)
+            out[:, j] = rows.temp + r0 * gain
+        return out

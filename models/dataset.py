@@ -1,0 +1,537 @@
+"""Datasets for the learned thermal model, built from the historian only.
+
+The model never sees the simulated plant: everything here comes from recorded
+telemetry (values + quality per scan) and from the site *description* (which
+points exist, which tank sits on which loop, nameplate power, alarm limits —
+the configuration the controller itself runs on).
+
+Pipeline
+========
+1. **Resample to one step** (default 60 s). Raw scans are binned by
+   ``floor(t / step)``; a point's value in a step is the mean of its samples
+   whose quality is not BAD (GOOD and UNCERTAIN count — the core acts on both).
+   A step is *invalid* for a point when fewer than half of the step's scans
+   carry a usable sample of it, and for every point when the step holds fewer
+   than half the usual number of scans (a gap in the recording). Invalid steps
+   are NaN; nothing is interpolated.
+2. **Zones.** ``tank`` (every immersion tank: target = fluid temperature, the
+   mean of ``fluid_temp`` and ``fluid_temp_b`` where both are usable, the usable
+   one where only one is), ``loop`` (target = loop ``supply_temp``) and ``cdu``
+   (target = CDU ``supply_temp``). Each kind has its own feature list
+   (:data:`FEATURES`); zones of a kind share it, so one regressor per kind and
+   horizon can learn from all of them. Powers also enter as a fraction of the
+   zone's nameplate so that zones of different size are comparable.
+3. **Rows.** One row per zone and step ``i``: features at ``i`` plus the
+   5- and 15-step deltas of the zone temperature and power; targets
+   ``T[i + h] - T[i]`` for every horizon ``h`` (the model predicts the
+   change). A row is kept only when every point it uses is valid over its
+   whole feature window ``[i - 15, i]`` and the target is valid over
+   ``[i, i + max(h)]`` — a row touching a gap or a bad sample is dropped,
+   never repaired.
+
+With ``require_targets=False`` rows whose future is unknown (the last
+``max(h)`` steps: the *live* rows a forecast is made from) are kept with NaN
+targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from thermogate.plc.site import Site
+
+__all__ = [
+    "BAD",
+    "DELTA_STEPS",
+    "FEATURES",
+    "Dataset",
+    "KindData",
+    "Resampled",
+    "build_dataset",
+    "resample",
+    "zone_specs",
+]
+
+BAD = 2  # quality code of a value not to be used (controller.signals.BAD)
+DELTA_STEPS = (5, 15)
+WINDOW = max(DELTA_STEPS)
+DAY_S = 86400.0
+
+#: feature names per zone kind ("x" = the zone's own temperature, "p" = its heat load)
+FEATURES: dict[str, tuple[str, ...]] = {
+    "tank": (
+        "temp",
+        "power_kw",
+        "load_frac",
+        "valve_pos",
+        "supply_temp",
+        "temp_minus_supply",
+        "loop_flow",
+        "fan_speed",
+        "ambient",
+        "tod_sin",
+        "tod_cos",
+        "d_temp_5",
+        "d_temp_15",
+        "d_power_5",
+        "d_power_15",
+        "temp_minus_mean_15",
+    ),
+    "loop": (
+        "temp",
+        "power_kw",
+        "load_frac",
+        "return_temp",
+        "loop_flow",
+        "fan_speed",
+        "pump_speed",
+        "ambient",
+        "temp_minus_ambient",
+        "tod_sin",
+        "tod_cos",
+        "d_temp_5",
+        "d_temp_15",
+        "d_power_5",
+        "d_power_15",
+        "temp_minus_mean_15",
+    ),
+    "cdu": (
+        "temp",
+        "power_kw",
+        "load_frac",
+        "valve_pos",
+        "supply_temp",
+        "temp_minus_supply",
+        "return_temp",
+        "loop_flow",
+        "fan_speed",
+        "ambient",
+        "tod_sin",
+        "tod_cos",
+        "d_temp_5",
+        "d_temp_15",
+        "d_power_5",
+        "d_power_15",
+        "temp_minus_mean_15",
+    ),
+}
+#: features that move with the zone's power (shifted together by ``KindData.with_power``)
+POWER_FEATURES = ("power_kw", "load_frac")
+
+
+@dataclass(frozen=True)
+class ZoneSpec:
+    """Which points make up one zone's features (from the site description)."""
+
+    kind: str
+    name: str
+    temp: tuple[str, ...]  # averaged where both usable
+    power: tuple[str, ...]  # summed (all must be usable)
+    rated_kw: float
+    alarm_c: float
+    loop: str
+    extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # feature -> points (mean)
+
+
+def zone_specs(site: Site) -> list[ZoneSpec]:
+    """The zones of a site: every tank, loop and CDU, with their feature points."""
+    specs: list[ZoneSpec] = []
+    loops = {lp.name: lp for lp in site.loops}
+
+    def loop_points(lp_name: str) -> dict[str, tuple[str, ...]]:
+        lp = loops[lp_name]
+        return {
+            "supply_temp": (f"{lp.name}.supply_temp",),
+            "return_temp": (f"{lp.name}.return_temp",),
+            "loop_flow": (f"{lp.name}.flow",),
+            "fan_speed": tuple(f"{dc.name}.fan_speed" for dc in lp.dry_coolers),
+            "pump_speed": tuple(f"{p.name}.speed" for p in lp.pumps),
+            "ambient": ("site.ambient_temp",),
+        }
+
+    for t in site.tanks:
+        lpp = loop_points(t.loop)
+        specs.append(
+            ZoneSpec(
+                "tank",
+                t.name,
+                (f"{t.name}.fluid_temp", f"{t.name}.fluid_temp_b"),
+                (f"{t.name}.power_kw",),
+                float(t.units * t.unit_power_kw),
+                float(t.limits.fluid_alarm_c),
+                t.loop,
+                {
+                    "valve_pos": (f"{t.name}.valve_pos",),
+                    **{k: lpp[k] for k in ("supply_temp", "loop_flow", "fan_speed", "ambient")},
+                },
+            )
+        )
+    rows_of_cdu: dict[str, list[Any]] = {}
+    for r in site.rack_rows:
+        rows_of_cdu.setdefault(r.cdu, []).append(r)
+    for c in site.cdus:
+        rows = rows_of_cdu.get(c.name, [])
+        lpp = loop_points(c.loop)
+        specs.append(
+            ZoneSpec(
+                "cdu",
+                c.name,
+                (f"{c.name}.supply_temp",),
+                tuple(f"{r.name}.power_kw" for r in rows),
+                float(sum(r.nodes * r.node_power_kw for r in rows)) or 1.0,
+                float(c.supply_alarm_c),
+                c.loop,
+                {
+                    "valve_pos": (f"{c.name}.valve_pos",),
+                    "return_temp": (f"{c.name}.return_temp",),
+                    **{k: lpp[k] for k in ("supply_temp", "loop_flow", "fan_speed", "ambient")},
+                },
+            )
+        )
+    for lp in site.loops:
+        tanks = [t for t in site.tanks if t.loop == lp.name]
+        cdu_names = {c.name for c in site.cdus if c.loop == lp.name}
+        rows = [r for r in site.rack_rows if r.cdu in cdu_names]
+        lpp = loop_points(lp.name)
+        specs.append(
+            ZoneSpec(
+                "loop",
+                lp.name,
+                lpp["supply_temp"],
+                tuple(f"{t.name}.power_kw" for t in tanks)
+                + tuple(f"{r.name}.power_kw" for r in rows),
+                float(
+                    sum(t.units * t.unit_power_kw for t in tanks)
+                    + sum(r.nodes * r.node_power_kw for r in rows)
+                )
+                or 1.0,
+                float(lp.supply_alarm_c),
+                lp.name,
+                {
+                    k: lpp[k]
+                    for k in ("return_temp", "loop_flow", "fan_speed", "pump_speed", "ambient")
+                },
+            )
+        )
+    return specs
+
+
+# ----------------------------------------------------------------------------
+@dataclass
+class Resampled:
+    """Telemetry on a regular grid: ``t`` step starts, per point a value (NaN = invalid)."""
+
+    t: np.ndarray
+    values: dict[str, np.ndarray]
+    step_s: float
+
+
+def resample(
+    t: np.ndarray,
+    values: Mapping[str, np.ndarray],
+    quality: Mapping[str, np.ndarray] | None = None,
+    *,
+    step_s: float = 60.0,
+) -> Resampled:
+    """Means per step of the usable samples (see the module docstring, step 1)."""
+    t = np.asarray(t, dtype=np.float64)
+    names = list(values)
+    if len(t) == 0:
+        return Resampled(np.zeros(0), {n: np.zeros(0) for n in names}, step_s)
+    k = np.floor(t / step_s).astype(np.int64)
+    k0 = int(k.min())
+    b = k - k0
+    nb = int(b.max()) + 1
+    rows = np.bincount(b, minlength=nb).astype(np.float64)
+    usual = float(np.median(rows[rows > 0]))
+    gap = rows < 0.5 * usual
+    out: dict[str, np.ndarray] = {}
+    for n in names:
+        v = np.asarray(values[n], dtype=np.float64)
+        ok = np.isfinite(v)
+        if quality is not None and n in quality:
+            ok &= np.asarray(quality[n]) != BAD
+        cnt = np.bincount(b, weights=ok.astype(np.float64), minlength=nb)
+        s = np.bincount(b, weights=np.where(ok, v, 0.0), minlength=nb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = s / cnt
+        m[(cnt < 0.5 * rows) | gap | (cnt == 0)] = np.nan
+        out[n] = m
+    return Resampled((k0 + np.arange(nb)) * step_s, out, step_s)
+
+
+def _read_historian(
+    hist: Any, names: Sequence[str], t0: float | None, t1: float | None
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    lo = -1e18 if t0 is None else float(t0)
+    hi = 1e18 if t1 is None else float(t1)
+    tel = hist.telemetry(list(names), lo, hi, resolution="raw")
+    q = hist.quality(list(names), lo, hi)
+    t = tel["t"]
+    qt = q["t"]
+    if len(qt) != len(t) or not np.array_equal(qt, t):  # align on timestamps (should not happen)
+        pos = np.clip(np.searchsorted(qt, t), 0, max(len(qt) - 1, 0))
+        hit = (len(qt) > 0) & (qt[pos] == t) if len(qt) else np.zeros(len(t), bool)
+        q = {n: np.where(hit, q[n][pos], BAD) if len(qt) else np.full(len(t), BAD) for n in names}
+    return t, {n: tel[n] for n in names}, {n: q[n] for n in names}
+
+
+# ----------------------------------------------------------------------------
+@dataclass
+class KindData:
+    """The rows of one zone kind: features, targets (change at each horizon), bookkeeping."""
+
+    kind: str
+    feature_names: tuple[str, ...]
+    horizons_min: tuple[int, ...]
+    X: np.ndarray  # (n, f)
+    y: np.ndarray  # (n, len(horizons)): T[i+h] - T[i]; NaN where unknown
+    times: np.ndarray  # (n,) time of the row's step (seconds)
+    zones: np.ndarray  # (n,) zone name per row
+    rated_kw: np.ndarray  # (n,) nameplate of the row's zone
+    alarm_c: np.ndarray  # (n,) alarm limit of the row's zone
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def col(self, name: str) -> int:
+        return self.feature_names.index(name)
+
+    def feature(self, name: str) -> np.ndarray:
+        return self.X[:, self.col(name)]
+
+    @property
+    def temp(self) -> np.ndarray:
+        return self.feature("temp")
+
+    def take(self, mask: np.ndarray) -> KindData:
+        """The rows selected by a boolean mask or index array."""
+        return replace(
+            self,
+            X=self.X[mask],
+            y=self.y[mask],
+            times=self.times[mask],
+            zones=self.zones[mask],
+            rated_kw=self.rated_kw[mask],
+            alarm_c=self.alarm_c[mask],
+        )
+
+    def with_power(self, extra_kw: np.ndarray | float) -> np.ndarray:
+        """A copy of ``X`` with ``extra_kw`` added to every row's heat load now."""
+        X = self.X.copy()
+        extra = np.broadcast_to(np.asarray(extra_kw, dtype=np.float64), (len(self),))
+        X[:, self.col("power_kw")] += extra
+        X[:, self.col("load_frac")] += extra / self.rated_kw
+        return X
+
+
+@dataclass
+class Dataset:
+    """Rows of every zone kind present on the site (``kinds``: kind -> :class:`KindData`)."""
+
+    horizons_min: tuple[int, ...]
+    step_s: float
+    kinds: dict[str, KindData]
+
+    def __getitem__(self, kind: str) -> KindData:
+        return self.kinds[kind]
+
+    def __iter__(self) -> Iterator[KindData]:
+        return iter(self.kinds.values())
+
+    def __len__(self) -> int:
+        return sum(len(k) for k in self.kinds.values())
+
+    def zones(self) -> list[str]:
+        return [z for k in self.kinds.values() for z in dict.fromkeys(k.zones.tolist())]
+
+    def split(self, t_split: float) -> tuple[Dataset, Dataset]:
+        """Rows before ``t_split`` (targets included: ``times + max(h)`` < t_split) and after.
+
+        The first part never sees a temperature at or after ``t_split``.
+        """
+        hmax = max(self.horizons_min) * 60.0
+        a = {k: d.take(d.times + hmax < t_split) for k, d in self.kinds.items()}
+        b = {k: d.take(d.times >= t_split) for k, d in self.kinds.items()}
+        return replace(self, kinds=a), replace(self, kinds=b)
+
+    def between(self, t0: float, t1: float) -> Dataset:
+        return replace(
+            self, kinds={k: d.take((d.times >= t0) & (d.times < t1)) for k, d in self.kinds.items()}
+        )
+
+
+def _rolling_all(ok: np.ndarray, back: int, ahead: int) -> np.ndarray:
+    """``out[i]`` = ``ok[i - back : i + ahead + 1]`` all true (False where it leaves the array)."""
+    n = len(ok)
+    bad = np.concatenate([[0], np.cumsum(~ok)])
+    i = np.arange(n)
+    lo = i - back
+    hi = i + ahead + 1
+    inside = (lo >= 0) & (hi <= n)
+    cnt = bad[np.clip(hi, 0, n)] - bad[np.clip(lo, 0, n)]
+    return inside & (cnt == 0)
+
+
+def _rolling_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean of ``x[i - k + 1 : i + 1]`` (NaN for the first k - 1 and wherever x is)."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= k:
+        c = np.concatenate([[0.0], np.cumsum(x)])
+        out[k - 1 :] = (c[k:] - c[:-k]) / k
+    return out
+
+
+def _lag_delta(x: np.ndarray, k: int) -> np.ndarray:
+    d = np.full(len(x), np.nan)
+    d[k:] = x[k:] - x[:-k]
+    return d
+
+
+def _zone_series(
+    spec: ZoneSpec, rs: Resampled
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Zone temperature, power and the mean of every extra point group (NaN = invalid)."""
+    v = rs.values
+    temps = np.vstack([v[n] for n in spec.temp])
+    usable = np.isfinite(temps)
+    cnt = usable.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        temp = np.where(cnt > 0, np.where(usable, temps, 0.0).sum(axis=0) / cnt, np.nan)
+    if spec.power:
+        power = np.sum(np.vstack([v[n] for n in spec.power]), axis=0)  # NaN if any invalid
+    else:
+        power = np.zeros(len(rs.t))
+    extra = {}
+    for k, pts in spec.extra.items():
+        extra[k] = np.mean(np.vstack([v[n] for n in pts]), axis=0)  # NaN if any invalid
+    return temp, power, extra
+
+
+def _kind_rows(
+    kind: str,
+    specs: Sequence[ZoneSpec],
+    rs: Resampled,
+    horizons: tuple[int, ...],
+    require_targets: bool,
+) -> KindData:
+    names = FEATURES[kind]
+    hmax = max(horizons)
+    n = len(rs.t)
+    tod = 2 * np.pi * (rs.t % DAY_S) / DAY_S
+    Xs, ys, ts, zs, rated, alarm = [], [], [], [], [], []
+    for spec in specs:
+        temp, power, extra = _zone_series(spec, rs)
+        cols = {
+            "temp": temp,
+            "power_kw": power,
+            "load_frac": power / spec.rated_kw,
+            "tod_sin": np.sin(tod),
+            "tod_cos": np.cos(tod),
+            "d_temp_5": _lag_delta(temp, 5),
+            "d_temp_15": _lag_delta(temp, 15),
+            "d_power_5": _lag_delta(power, 5),
+            "d_power_15": _lag_delta(power, 15),
+            "temp_minus_mean_15": temp - _rolling_mean(temp, WINDOW + 1),
+            **extra,
+        }
+        if "supply_temp" in extra:
+            cols["temp_minus_supply"] = temp - extra["supply_temp"]
+        if "ambient" in extra:
+            cols["temp_minus_ambient"] = temp - extra["ambient"]
+        X = np.column_stack([cols[f] for f in names]) if n else np.zeros((0, len(names)))
+        # every input valid over the whole window [i - WINDOW, i]
+        inputs_ok = np.isfinite(temp) & np.isfinite(power)
+        for e in extra.values():
+            inputs_ok &= np.isfinite(e)
+        keep = _rolling_all(inputs_ok, WINDOW, 0)
+        y = np.full((n, len(horizons)), np.nan)
+        for j, h in enumerate(horizons):
+            y[: n - h, j] = temp[h:] - temp[: n - h] if h < n else np.nan
+        target_ok = _rolling_all(np.isfinite(temp), 0, hmax)
+        if require_targets:
+            keep &= target_ok
+        else:
+            y[~target_ok] = np.nan
+        idx = np.flatnonzero(keep)
+        Xs.append(X[idx])
+        ys.append(y[idx])
+        ts.append(rs.t[idx])
+        zs.append(np.full(len(idx), spec.name, dtype=object))
+        rated.append(np.full(len(idx), spec.rated_kw))
+        alarm.append(np.full(len(idx), spec.alarm_c))
+    if not Xs:
+        return KindData(
+            kind, names, horizons, np.zeros((0, len(names))), np.zeros((0, len(horizons))),
+            np.zeros(0), np.zeros(0, dtype=object), np.zeros(0), np.zeros(0),
+        )  # fmt: skip
+    return KindData(
+        kind,
+        names,
+        horizons,
+        np.concatenate(Xs),
+        np.concatenate(ys),
+        np.concatenate(ts),
+        np.concatenate(zs),
+        np.concatenate(rated),
+        np.concatenate(alarm),
+    )
+
+
+def build_dataset(
+    historian_or_arrays: Any,
+    site: Site,
+    *,
+    horizons_min: Sequence[int] = (5, 15, 30),
+    step_s: float = 60.0,
+    t0: float | None = None,
+    t1: float | None = None,
+    require_targets: bool = True,
+    kinds: Sequence[str] = ("tank", "loop", "cdu"),
+) -> Dataset:
+    """Rows of features and future temperature changes for every zone of ``site``.
+
+    ``historian_or_arrays`` is a :class:`~thermogate.controller.historian.Historian`
+    (raw scans between ``t0`` and ``t1`` are read with their quality) or a
+    mapping ``{"t": times, point: values, ..., "quality": {point: codes}}`` (the
+    quality mapping optional: then only NaN is invalid). Horizons are in
+    minutes of data time and must be whole multiples of ``step_s``.
+    """
+    horizons_s = [float(h) * 60.0 for h in horizons_min]
+    if any(h <= 0 or abs(h / step_s - round(h / step_s)) > 1e-9 for h in horizons_s):
+        raise ValueError("horizons must be positive multiples of step_s")
+    steps = tuple(round(h / step_s) for h in horizons_s)
+    specs = [s for s in zone_specs(site) if s.kind in kinds]
+    names = sorted(
+        {p for s in specs for p in (*s.temp, *s.power, *(q for g in s.extra.values() for q in g))}
+    )
+    if isinstance(historian_or_arrays, Mapping):
+        arr = historian_or_arrays
+        t = np.asarray(arr["t"], dtype=np.float64)
+        sel = np.ones(len(t), bool)
+        if t0 is not None:
+            sel &= t >= t0
+        if t1 is not None:
+            sel &= t <= t1
+        missing = [n for n in names if n not in arr]
+        if missing:
+            raise KeyError(f"arrays lack points {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        vals = {n: np.asarray(arr[n], dtype=np.float64)[sel] for n in names}
+        qual_in = arr.get("quality")
+        qual = {n: np.asarray(qual_in[n])[sel] for n in names if n in qual_in} if qual_in else None
+        t = t[sel]
+    else:
+        t, vals, qual = _read_historian(historian_or_arrays, names, t0, t1)
+    rs = resample(t, vals, qual, step_s=step_s)
+    out = {}
+    for kind in kinds:
+        ks = [s for s in specs if s.kind == kind]
+        if ks:
+            kd = _kind_rows(kind, ks, rs, steps, require_targets)
+            # horizons reported in minutes as asked, whatever the step
+            out[kind] = replace(kd, horizons_min=tuple(int(h) for h in horizons_min))
+    return Dataset(tuple(int(h) for h in horizons_min), float(step_s), out)
