@@ -27,9 +27,12 @@ from thermogate.hil.scenario import Scenario, load_scenario
 from thermogate.plc.site import Site
 
 from .core import Controller, Planner
+from .historian import Historian
 from .signals import Event, Observation
 
 SAMPLE_S = 60.0  # report series resolution (simulated seconds)
+#: added to the simulated time of scans recorded in a historian (2023-11-14, Unix seconds)
+HISTORIAN_EPOCH_S = 1.7e9
 
 
 @dataclass
@@ -51,8 +54,14 @@ def run_simulation(
     planner: Planner | None = None,
     progress: object | None = None,
     sample_s: float = SAMPLE_S,
+    historian: Historian | None = None,
 ) -> SimulationResult:
-    """Run controller + plant for ``hours`` of simulated time; see the module docstring."""
+    """Run controller + plant for ``hours`` of simulated time; see the module docstring.
+
+    With a ``historian``, every scan's validated values and quality are recorded
+    there at ``HISTORIAN_EPOCH_S`` + the scan's simulated time (Unix-like seconds),
+    as ``thermogate run`` records them; the caller opens, flushes and closes it.
+    """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed)
     plant, pmap = sim.plant, sim.pmap
@@ -119,6 +128,8 @@ def run_simulation(
             plant.t, values, fresh, import_limit_kw=limit, price_per_mwh=sim.price_per_mwh()
         )
         res = ctrl.scan(obs)
+        if historian is not None:
+            historian.record_scan(HISTORIAN_EPOCH_S + obs.t, res.values, res.quality)
         for w in res.writes:
             unit = int(unit_of[idx[w.point]])
             if unit in sim.device_faults:
