@@ -1,0 +1,226 @@
+"""``thermogate train`` and ``thermogate forecast``: the model lifecycle from the command line.
+
+``train`` reads the last ``--days`` of telemetry from the historian, fits a
+:class:`~thermogate.models.forecast.ThermalModel` on the first 80 % of it,
+measures it (and the persistence/RC baselines) on the last 20 %, stores it in
+the :class:`~thermogate.models.registry.Registry` of the same database and
+promotes it only if it is not worse than the promoted model on that held-out
+tail. ``forecast`` loads the promoted model and forecasts every tank, loop and
+CDU from the latest telemetry.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from thermogate.plc.errors import ThermogateError
+
+__all__ = ["MIN_HOURS", "forecast_cli", "train_cli"]
+
+#: less telemetry than this cannot fill a feature window, a 30-min target and a held-out tail
+MIN_HOURS = 2.0
+HOLDOUT_FRAC = 0.2
+LIVE_LOOKBACK_S = 3600.0  # telemetry read to build the live rows of a forecast
+DEFAULT_DB = "thermogate.db"
+CLOCK_POINT = "site.ambient_temp"
+
+
+def _step(msg: str) -> None:
+    """A progress line on stderr, only on a terminal (logs and pipes stay clean)."""
+    if sys.stderr.isatty():
+        print(f"[train] {msg}", file=sys.stderr, flush=True)
+
+
+def _open(args: Any) -> tuple[Any, Any, Path]:
+    """(site, historian, db path); an absent database is the user's mistake."""
+    from thermogate.controller.historian import Historian
+    from thermogate.plc.pointmap import build_point_map
+    from thermogate.plc.site import load_site
+
+    db = Path(getattr(args, "db", None) or DEFAULT_DB)
+    if not db.exists():
+        raise ThermogateError(f"{db}: no such historian database")
+    site = load_site(getattr(args, "site", None))
+    pmap = build_point_map(site)
+    try:
+        hist = Historian(db, [p.name for p in pmap.points], site_name=site.name)
+    except ValueError as exc:
+        raise ThermogateError(f"{db}: {exc}") from None
+    return site, hist, db
+
+
+def _time_span(hist: Any) -> tuple[float, float] | None:
+    t = hist.telemetry([CLOCK_POINT], -1e18, 1e18, resolution="raw")["t"]
+    return None if len(t) == 0 else (float(t[0]), float(t[-1]))
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name (containers)
+        return "unknown"
+
+
+def _round(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
+
+
+def train_cli(args: Any) -> int:
+    from .baselines import RCBaseline
+    from .dataset import build_dataset
+    from .forecast import ThermalModel, evaluate
+    from .registry import Registry, pooled_mae
+
+    days = float(getattr(args, "days", None) or 7)
+    site, hist, db = _open(args)
+    try:
+        _step(f"reading the last {days:g} days of telemetry from {db}")
+        span = _time_span(hist)
+        if span is None:
+            have_h = 0.0
+        else:
+            t_end = span[1]
+            t_start = max(span[0], t_end - days * 86400.0)
+            have_h = (t_end - t_start) / 3600.0
+        if have_h < MIN_HOURS:
+            raise ThermogateError(
+                f"{db}: need at least {MIN_HOURS:g} hours of telemetry, found {have_h:.1f}"
+            )
+        ds = build_dataset(hist, site, t0=t_start, t1=t_end)
+    finally:
+        hist.close()
+    if len(ds) == 0:
+        raise ThermogateError(f"{db}: no usable rows in the last {days:g} days (gaps or bad data)")
+    times = np.concatenate([kd.times for kd in ds if len(kd)])
+    t_split = float(times.min() + (1.0 - HOLDOUT_FRAC) * (times.max() - times.min()))
+    train, holdout = ds.split(t_split)
+    if len(train) == 0 or len(holdout) == 0:
+        raise ThermogateError(f"{db}: too little usable telemetry to hold out a test window")
+    _step(f"fitting on {len(train)} rows ({', '.join(f'{k.kind} {len(k)}' for k in train)})")
+    model = ThermalModel().fit(train)
+    if not model.kinds:
+        raise ThermogateError(f"{db}: too few rows to fit any zone kind")
+    _step(f"evaluating on the held-out {HOLDOUT_FRAC:.0%} ({len(holdout)} rows)")
+    rc = RCBaseline.fit(train)
+    metrics: dict[str, Any] = {
+        "kinds": evaluate(model, rc, holdout),
+        "pooled_mae_15_c": pooled_mae(model, holdout),
+        "holdout": [t_split, float(times.max())],
+        "train_s": model.train_s,
+        "rows": {"train": len(train), "holdout": len(holdout)},
+    }
+    with Registry(db) as reg:
+        version = reg.add(model, (t_start, t_split), metrics, created_by=f"train:{_user()}")
+        _step(f"stored version {version}; comparing with the promoted model")
+        promoted = reg.maybe_promote(version, holdout, by=f"thermogate train ({_user()})")
+        decision = reg.decisions()[-1]
+    summary = {
+        "version": version,
+        "promoted": promoted,
+        "decision": decision["reason"],
+        "window_h": round((t_split - t_start) / 3600.0, 2),
+        "mae_c": {
+            k: {h: _round(v) for h, v in m["mae_c"].items()} for k, m in metrics["kinds"].items()
+        },
+        "persistence_mae_c": {
+            k: {h: _round(v) for h, v in m["persistence_mae_c"].items()}
+            for k, m in metrics["kinds"].items()
+        },
+        "coverage": {
+            k: {h: _round(v) for h, v in m["coverage"].items()} for k, m in metrics["kinds"].items()
+        },
+        "train_s": round(model.train_s, 2),
+    }
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _headroom_fn() -> Any:
+    """``models.headroom.headroom`` if that module exists yet (it is written separately)."""
+    try:
+        from .headroom import headroom  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return headroom
+
+
+def forecast_cli(args: Any) -> int:
+    from .dataset import build_dataset
+    from .registry import Registry
+
+    db = Path(getattr(args, "db", None) or DEFAULT_DB)
+    if not db.exists():
+        raise ThermogateError(f"{db}: no such historian database")
+    with Registry(db) as reg:
+        got = reg.promoted()
+    if got is None:
+        raise ThermogateError(f"{db}: no promoted model; run `thermogate train --db {db}` first")
+    version, model = got
+    site, hist, db = _open(args)
+    try:
+        span = _time_span(hist)
+        if span is None:
+            raise ThermogateError(f"{db}: no telemetry to forecast from")
+        t_end = span[1]
+        ds = build_dataset(
+            hist, site, t0=max(span[0], t_end - LIVE_LOOKBACK_S), t1=t_end, require_targets=False
+        )
+    finally:
+        hist.close()
+    headroom = _headroom_fn()
+    zones: list[dict[str, Any]] = []
+    for kd in ds:
+        if len(kd) == 0 or kd.kind not in model.kinds:
+            continue
+        for zone in dict.fromkeys(kd.zones.tolist()):
+            idx = np.flatnonzero(kd.zones == zone)
+            rows = kd.take(idx[[int(np.argmax(kd.times[idx]))]])
+            mean, upper = model.predict(rows)
+            entry: dict[str, Any] = {
+                "kind": kd.kind,
+                "zone": zone,
+                "age_s": round(t_end - float(rows.times[0]), 1),
+                "temp_c": _round(rows.temp[0]),
+                "alarm_c": float(rows.alarm_c[0]),
+                "mean_c": {str(h): _round(mean[0, j]) for j, h in enumerate(kd.horizons_min)},
+                "upper_c": {str(h): _round(upper[0, j]) for j, h in enumerate(kd.horizons_min)},
+                "ood": bool(model.ood(rows)[0]),
+            }
+            if headroom is not None:
+                try:
+                    hr = headroom(model, rows)
+                    entry["headroom_kw"] = _round(float(np.ravel(hr)[0]))
+                except (TypeError, ValueError, KeyError, IndexError):
+                    entry["headroom_kw"] = None  # the headroom module's API is not settled yet
+            zones.append(entry)
+    out = {
+        "version": version,
+        "db": str(db),
+        "t": t_end,
+        "generated_at": time.time(),
+        "zones": zones,
+    }
+    if getattr(args, "json", False):
+        print(json.dumps(out))
+        return 0
+    print(f"model version {version}, data time {t_end:.0f}")
+    hs = [str(h) for h in model.horizons_min]
+    head = "  ".join(f"{h + ' min':>15}" for h in hs)
+    print(f"{'zone':<20} {'now °C':>7}  {head}   (mean / upper °C)")
+    for z in zones:
+        cells = "  ".join(f"{_fmt(z['mean_c'][h]):>7}/{_fmt(z['upper_c'][h]):<7}" for h in hs)
+        flag = "  OUT OF RANGE" if z["ood"] else ""
+        hr = f"  headroom {_fmt(z['headroom_kw'])} kW" if "headroom_kw" in z else ""
+        print(f"{z['zone']:<20} {_fmt(z['temp_c']):>7}  {cells}{hr}{flag}")
+    return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
