@@ -133,6 +133,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from thermogate.models.cli import train_cli
+
+    return train_cli(args)
+
+
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from thermogate.models.cli import forecast_cli
+
+    return forecast_cli(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "scan":
         from .bench import bench_scan
@@ -219,6 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many wall seconds (default: until Ctrl-C)",
     )
     pp.set_defaults(func=cmd_plant)
+
+    tp = sub.add_parser("train", help="train a forecast model on the historian; promote if better")
+    tp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")
+    tp.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    tp.add_argument("--days", type=_positive_float, default=7.0, help="days of history (7)")
+    tp.set_defaults(func=cmd_train)
+
+    fp = sub.add_parser("forecast", help="forecasts of every tank, loop and CDU (promoted model)")
+    fp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")
+    fp.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    fp.add_argument("--json", action="store_true", help="print JSON")
+    fp.set_defaults(func=cmd_forecast)
 
     bp = sub.add_parser("bench", help="benchmarks (JSON with --json)")
     bsub = bp.add_subparsers(dest="bench", metavar="WHAT")
