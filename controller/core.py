@@ -853,7 +853,10 @@ class Controller:
                 frac = budget_final / ld.rated_kw if ld.rated_kw else 0.0
                 cap_w = 200.0 + (700.0 - 200.0) * max(0.0, min(1.0, (frac - 0.3) / 0.7))
                 cmds[f"{ld.name}.gpu_power_cap_w"] = (round(cap_w), reason)
-                cmds[f"{ld.name}.enable"] = (0.0 if frac < 0.05 else 1.0, reason)
+                # Protection lowers the GPUs' power cap (down to its 200 W floor) but
+                # never stops a row: stopping and restarting training jobs costs
+                # more than running capped.
+                cmds[f"{ld.name}.enable"] = (1.0, "workload permitted")
                 _ = row
 
     def _latch_trips(
