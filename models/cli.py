@@ -142,24 +142,30 @@ def train_cli(args: Any) -> int:
     return 0
 
 
-def _headroom_fn() -> Any:
-    """``models.headroom.headroom`` if that module exists yet (it is written separately)."""
-    try:
-        from .headroom import headroom  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return headroom
+def _headroom_entry(h: Any, conservative: bool) -> dict[str, Any]:
+    """JSON form of a :class:`~thermogate.models.headroom.Headroom`; a time to limit
+    beyond the last horizon (``inf``) is ``null``."""
+    return {
+        "extra_kw": _round(h.extra_kw),
+        "time_to_limit_min": _round(h.time_to_limit_min),
+        "limit_c": _round(h.limit_c),
+        "bound_c": _round(h.bound_c),
+        "conservative": conservative,
+    }
 
 
 def forecast_cli(args: Any) -> int:
     from .dataset import build_dataset
+    from .headroom import headroom
     from .registry import Registry
+    from .trust import Trust
 
     db = Path(getattr(args, "db", None) or DEFAULT_DB)
     if not db.exists():
         raise ThermogateError(f"{db}: no such historian database")
     with Registry(db) as reg:
         got = reg.promoted()
+        info = {v["id"]: v for v in reg.versions()}
     if got is None:
         raise ThermogateError(f"{db}: no promoted model; run `thermogate train --db {db}` first")
     version, model = got
@@ -174,7 +180,12 @@ def forecast_cli(args: Any) -> int:
         )
     finally:
         hist.close()
-    headroom = _headroom_fn()
+    # headroom from the latest row of every zone; when the model is not trusted
+    # (OOD, stale, ...) the conservative fallback is used and the reasons recorded
+    trust = Trust(model)
+    trained_t = float(info[version]["t1"]) if version in info else t_end  # data time
+    verdict = trust.check(ds, now_t=t_end, last_trained_t=trained_t)
+    hrs = headroom(model, ds, site) if verdict.ok else trust.conservative_headroom(ds, site)
     zones: list[dict[str, Any]] = []
     for kd in ds:
         if len(kd) == 0 or kd.kind not in model.kinds:
@@ -193,33 +204,44 @@ def forecast_cli(args: Any) -> int:
                 "upper_c": {str(h): _round(upper[0, j]) for j, h in enumerate(kd.horizons_min)},
                 "ood": bool(model.ood(rows)[0]),
             }
-            if headroom is not None:
-                try:
-                    hr = headroom(model, rows)
-                    entry["headroom_kw"] = _round(float(np.ravel(hr)[0]))
-                except (TypeError, ValueError, KeyError, IndexError):
-                    entry["headroom_kw"] = None  # the headroom module's API is not settled yet
+            hr = hrs.get(str(zone))
+            entry["headroom"] = None if hr is None else _headroom_entry(hr, not verdict.ok)
             zones.append(entry)
     out = {
         "version": version,
         "db": str(db),
         "t": t_end,
         "generated_at": time.time(),
+        "trusted": verdict.ok,
+        "reasons": list(verdict.reasons),
         "zones": zones,
     }
     if getattr(args, "json", False):
         print(json.dumps(out))
         return 0
     print(f"model version {version}, data time {t_end:.0f}")
+    if not verdict.ok:
+        print("MODEL NOT TRUSTED: headroom is the conservative fallback because")
+        for reason in verdict.reasons:
+            print(f"  - {reason}")
     hs = [str(h) for h in model.horizons_min]
     head = "  ".join(f"{h + ' min':>15}" for h in hs)
     print(f"{'zone':<20} {'now °C':>7}  {head}   (mean / upper °C)")
     for z in zones:
         cells = "  ".join(f"{_fmt(z['mean_c'][h]):>7}/{_fmt(z['upper_c'][h]):<7}" for h in hs)
         flag = "  OUT OF RANGE" if z["ood"] else ""
-        hr = f"  headroom {_fmt(z['headroom_kw'])} kW" if "headroom_kw" in z else ""
+        hr = _fmt_headroom(z["headroom"])
         print(f"{z['zone']:<20} {_fmt(z['temp_c']):>7}  {cells}{hr}{flag}")
     return 0
+
+
+def _fmt_headroom(h: dict[str, Any] | None) -> str:
+    if h is None:
+        return "  headroom -"
+    ttl = h["time_to_limit_min"]
+    when = "> 30 min" if ttl is None else f"{ttl:.1f} min"
+    tag = " (conservative)" if h["conservative"] else ""
+    return f"  headroom +{_fmt(h['extra_kw'])} kW, limit {_fmt(h['limit_c'])} °C in {when}{tag}"
 
 
 def _fmt(x: float | None) -> str:

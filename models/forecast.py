@@ -23,7 +23,8 @@ Fitting, per kind:
    whole training window (same hyper-parameters, same ``w`` and ``q``).
 
 ``ood(rows)`` flags rows with any feature outside its training range by more
-than 10 % of that range's span.
+than 10 % of that range's span; the time-of-day features (``OOD_EXEMPT``) are
+not checked, since a short history covers only part of the day.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ HGB_PARAMS: dict[str, object] = {
 SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 MAX_KNN_ROWS = 5000  # neighbours searched among at most this many training rows
 OOD_MARGIN = 0.10
+#: features never checked by ``ood``: a short training history covers only part
+#: of the day, so the time of day alone would flag every later hour as out of
+#: distribution although the physics does not change with the clock
+OOD_EXEMPT = ("tod_sin", "tod_cos")
 
 
 @dataclass
@@ -92,7 +97,9 @@ class KindModel:
 
     def ood(self, X: np.ndarray) -> np.ndarray:
         tol = np.maximum(OOD_MARGIN * (self.hi - self.lo), 1e-9)
-        return ((self.lo - tol > X) | (self.hi + tol < X)).any(axis=1)
+        out = (self.lo - tol > X) | (self.hi + tol < X)
+        checked = np.array([f not in OOD_EXEMPT for f in self.feature_names], bool)
+        return out[:, checked].any(axis=1)
 
 
 def _knn(Xs: np.ndarray, k: int) -> tuple[NearestNeighbors, float]:
@@ -220,7 +227,8 @@ class ThermalModel:
         return mean, upper
 
     def ood(self, rows: KindData, X: np.ndarray | None = None) -> np.ndarray:
-        """Rows with a feature outside its training range by more than 10 % of its span."""
+        """Rows with a feature (not time of day) outside its training range by more
+        than 10 % of its span."""
         return self.kinds[rows.kind].ood(rows.X if X is None else X)
 
 

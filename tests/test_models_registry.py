@@ -134,6 +134,16 @@ def test_forecast_cli_json_has_every_zone(site_db: dict) -> None:
             assert z["upper_c"][h] >= z["mean_c"][h]
             assert abs(z["mean_c"][h] - z["temp_c"]) < 5.0
     assert {c.name for c in site.cdus} <= set(zones)
+    # headroom for every tank: numeric, or the conservative fallback with its reasons recorded
+    assert isinstance(out["trusted"], bool) and isinstance(out["reasons"], list)
+    assert out["trusted"] == (not out["reasons"])
+    for name in [t.name for t in site.tanks]:
+        h = zones[name]["headroom"]
+        assert h is not None, name
+        assert isinstance(h["extra_kw"], float) and h["extra_kw"] >= 0.0
+        assert isinstance(h["limit_c"], float) and h["limit_c"] < zones[name]["alarm_c"]
+        assert h["time_to_limit_min"] is None or h["time_to_limit_min"] >= 0.0
+        assert h["conservative"] is (not out["trusted"])
 
 
 def test_forecast_on_empty_db_tells_to_train(tmp_path: Path) -> None:
