@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import Dataset, KindData
-from .forecast import ThermalModel
+from .forecast import OOD_EXEMPT, ThermalModel
 from .headroom import Headroom, headroom, latest_rows
 
 __all__ = ["LiveErrors", "Trust", "TrustVerdict"]
@@ -102,6 +102,7 @@ class Trust:
                     f"{kd.feature_names[j]}={kd.X[i, j]:.4g} "
                     f"not in [{km.lo[j]:.4g}, {km.hi[j]:.4g}]"
                     for j in np.flatnonzero(out)
+                    if kd.feature_names[j] not in OOD_EXEMPT  # name only what ood() judged
                 )
                 ood_zones.append(str(kd.zones[i]))
                 reasons.append(f"out of distribution: {kd.kind} {kd.zones[i]} ({feats})")
