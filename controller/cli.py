@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--prices", metavar="CSV")
     sm.add_argument("--report", metavar="DIR", help="write plots and an HTML report here")
     sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument(
+        "--scan-s",
+        type=_positive_float,
+        default=None,
+        help="controller scan in simulated seconds (default: the site's)",
+    )
     sm.add_argument("--json", action="store_true", help="print the summary as JSON")
     sm.set_defaults(func=cmd_simulate)
 

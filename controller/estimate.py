@@ -231,6 +231,9 @@ STUCK_BAD_S = 300.0
 #: partner temperature: 15 counts at 0.1 °C), 20 s of not a single count of
 #: change is already conclusive (a thermowell lags by ~10-30 s, not more).
 STUCK_FAST_S = 20.0
+#: ... and never on fewer identical samples than this (at a 1 s scan the fast
+#: path's 20 s; a longer scan needs proportionally longer).
+STUCK_MIN_SAMPLES = 20
 STUCK_FAST_X = 3.0
 #: A reading must span this many counts of its register to be judged: a
 #: witness's 5 % move then changes a proportional reading by >= 1 count.
@@ -327,6 +330,7 @@ class Estimator:
         self._consist_since = nan.copy()
         self._frozen = nan.copy()  # raw value since it last changed
         self._frozen_t = nan.copy()
+        self._frozen_n = np.zeros(self.n)  # identical samples since it last changed
         self._w0 = np.full(len(self._pp), np.nan)  # witness value when the point froze
         self._wmax = np.zeros(len(self._pp))  # witness movement since, in thresholds
         self._held = nan.copy()  # last non-BAD output
@@ -722,6 +726,8 @@ class Estimator:
         changed = elig & (v != self._frozen)
         self._frozen[changed] = v[changed]
         self._frozen_t[changed] = t
+        self._frozen_n[changed] = 0.0
+        self._frozen_n[elig & ~changed] += 1.0
         pp, pw = self._pp, self._pw
         wv = cur[pw]
         reset = changed[pp]
@@ -740,6 +746,9 @@ class Estimator:
             elig
             & ~changed
             & (np.abs(v) > self._zero_band)
+            # A noisy, quantised reading repeats by chance: how unlikely a run of
+            # repeats is depends on how many samples, not how many seconds.
+            & (self._frozen_n >= STUCK_MIN_SAMPLES)
             & (
                 ((frozen_for >= STUCK_S) & (moved >= 1.0))
                 | ((frozen_for >= STUCK_FAST_S) & (moved >= STUCK_FAST_X))

@@ -24,6 +24,7 @@ import numpy as np
 
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import Scenario, load_scenario
+from thermogate.plc.errors import ThermogateError
 from thermogate.plc.site import Site
 
 from .core import Controller, Planner
@@ -55,6 +56,7 @@ def run_simulation(
     progress: object | None = None,
     sample_s: float = SAMPLE_S,
     historian: Historian | None = None,
+    scan_s: float | None = None,
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -65,7 +67,14 @@ def run_simulation(
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed)
     plant, pmap = sim.plant, sim.pmap
-    ctrl = Controller(site, pmap, planner=planner)
+    # A longer controller scan (the plant still steps at 1 s) trades control
+    # resolution for speed in long studies; the default is the site's scan.
+    if scan_s is not None and not 0 < scan_s <= site.plc.heartbeat_timeout_s / 2:
+        raise ThermogateError(
+            f"scan_s {scan_s:g} s must be positive and at most half the PLC's heartbeat "
+            f"timeout ({site.plc.heartbeat_timeout_s:g} s), or the PLC takes its safe state"
+        )
+    ctrl = Controller(site, pmap, planner=planner, scan_s=scan_s)
     scan_s = ctrl.scan_s
     steps_per_scan = max(1, round(scan_s / plant.dt))
     n_scans = max(1, round(hours * 3600.0 / scan_s))
@@ -268,6 +277,7 @@ def simulate_cli(args: object) -> dict[str, object]:
             args.hours,
             seed=args.seed,  # type: ignore[attr-defined]
             progress=bar,
+            scan_s=args.scan_s,  # type: ignore[attr-defined]
         )
     finally:
         bar.close()

@@ -169,3 +169,17 @@ def test_a_plc_trip_is_latched_by_the_controller_until_an_operator_resets_it(sit
     assert plant.cmd_enable[0] and plant.t_power[0] > 0.0
     assert any(e.kind == "restore" and e.source == "tank01" for e in events)
     assert "tank01: PLC interlock" not in ctrl.state.latched
+
+
+def test_a_longer_simulation_scan_keeps_control_and_raises_no_false_sensor_alarms(site):
+    r = run_simulation(site, "heatwave", 3.0, scan_s=5.0)
+    assert r.summary["trips"] == 0
+    assert r.summary["limit_violation_c_min"] == 0.0
+    assert [e for e in r.events if e["kind"] == "alarm" and "flagged" in e["message"]] == []
+
+
+def test_a_simulation_scan_the_plc_watchdog_would_not_survive_is_refused(site):
+    from thermogate.plc.errors import ThermogateError
+
+    with pytest.raises(ThermogateError, match="heartbeat"):
+        run_simulation(site, "normal-day", 0.1, scan_s=site.plc.heartbeat_timeout_s)
