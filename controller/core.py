@@ -126,7 +126,6 @@ class _Load:
     i_enable: int
     thermal_cap: float = math.inf
     power_cap: float = math.inf
-    budget_sent: float = math.nan
 
 
 @dataclass
@@ -259,7 +258,6 @@ class Controller:
                     self._i(f"{r.name}.enable"),
                 )
             )
-        self._rows = {r.name: r for r in site.rack_rows}
         # Power constraints with the loads under each, derived once:
         # (name, meter point, continuous limit or None for the grid, loads, severity).
         self._power_constraints: list[tuple[str, str, float | None, list[_Load], int]] = [
@@ -849,7 +847,6 @@ class Controller:
                 cmds[f"{ld.name}.power_budget_kw"] = (round(budget_final, 1), reason)
                 cmds[f"{ld.name}.enable"] = (1.0, "workload permitted")
             else:
-                row = self._rows[ld.name]
                 frac = budget_final / ld.rated_kw if ld.rated_kw else 0.0
                 cap_w = 200.0 + (700.0 - 200.0) * max(0.0, min(1.0, (frac - 0.3) / 0.7))
                 cmds[f"{ld.name}.gpu_power_cap_w"] = (round(cap_w), reason)
@@ -857,7 +854,6 @@ class Controller:
                 # never stops a row: stopping and restarting training jobs costs
                 # more than running capped.
                 cmds[f"{ld.name}.enable"] = (1.0, "workload permitted")
-                _ = row
 
     def _latch_trips(
         self, t: float, val: Callable, good: Callable, cmds: dict[str, tuple[float, str]]

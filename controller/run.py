@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,8 +331,3 @@ async def _main(args: argparse.Namespace) -> int:
 
 def run_cli(args: argparse.Namespace) -> int:
     return asyncio.run(_main(args))
-
-
-def print_json(obj: object) -> None:
-    json.dump(obj, sys.stdout)
-    sys.stdout.write("\n")

@@ -469,7 +469,6 @@ def build_point_map(site: Site) -> PointMap:
     for t in site.tanks:
         u, n = t.unit_id, t.name
         what = "miners" if t.workload == "asic" else "GPU nodes"
-        lim = t.limits
         a.temp(n, u, f"{n}.fluid_temp", f"tank {n} hot fluid temperature (sensor A)")
         a.temp(n, u, f"{n}.fluid_temp_b", f"tank {n} hot fluid temperature (sensor B, redundant)")
         a.temp(n, u, f"{n}.return_temp", f"tank {n} cooled fluid temperature after the HX")
@@ -564,7 +563,6 @@ def build_point_map(site: Site) -> PointMap:
             f"tank {n} hard interlock latched (over-temperature, leak or low flow)",
         )
         a.add(n, u, f"{n}.power_on", "discrete", "bool", f"tank {n} power contactor closed")
-        _ = lim
 
     for c in site.cdus:
         u, n = c.unit_id, c.name
