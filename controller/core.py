@@ -68,6 +68,8 @@ WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
 SAFE_GPU_CAP_FRAC = 0.5
 RESET_WINDOW_S = 10.0  # after a reset, latched trips whose interlock clears are released
 CLASS_ORDER = ("mining", "training", "inference")  # shed in this order
+PLAN_HORIZONS_MIN = (5, 15, 30)  # planned load recorded this far ahead
+FORECAST_FRESH_S = 180.0  # a model forecast older than this is not handed to the planner
 
 
 class Planner(Protocol):
@@ -84,6 +86,26 @@ class Planner(Protocol):
     ) -> dict[str, float]: ...
 
 
+class PlanAhead(Protocol):
+    """A planner that also knows its plan ahead (a job schedule, a day-ahead
+    price plan, a notified curtailment) implements ``planned``: the budget in
+    kW it intends for each load ``horizon_s`` from now. The core records it
+    (``ScanResult.plan``) so the thermal model learns what planned load
+    changes do. Without it the plan ahead is today's request."""
+
+    def planned(self, t: float, horizon_s: float, loads: list[LoadInfo]) -> dict[str, float]: ...
+
+
+@dataclass(frozen=True)
+class LoadForecast:
+    """The thermal model's word on one load, handed in once a minute (``set_forecast``)."""
+
+    headroom_kw: float  # extra kW this load may add now (its tank, or its share of its CDU)
+    loop_headroom_kw: float  # extra kW the load's whole loop may take (shared by its loads)
+    time_to_limit_min: float  # first of its zones to reach its limit at current load (inf: > 30)
+    trusted: bool  # False: the conservative fallback (model out of range, stale or drifting)
+
+
 @dataclass(frozen=True)
 class LoadInfo:
     name: str
@@ -91,6 +113,8 @@ class LoadInfo:
     rated_kw: float
     power_kw: float  # measured now (NaN if unknown)
     loop: str
+    #: the learned forecast's headroom; None without a model or when its forecast is stale
+    forecast: LoadForecast | None = None
 
 
 class DefaultPlanner:
@@ -100,6 +124,23 @@ class DefaultPlanner:
         return {ld.name: ld.rated_kw for ld in loads}
 
 
+def plan_columns(site: Site) -> list[str]:
+    """Names of the planned-load series (``plan.<load>.kw_<h>m``), in ``ScanResult.plan`` order."""
+    loads = [t.name for t in site.tanks] + [r.name for r in site.rack_rows]
+    return [f"plan.{ld}.kw_{h}m" for ld in loads for h in PLAN_HORIZONS_MIN]
+
+
+def setpoint_columns(site: Site) -> list[str]:
+    """Names of the control loops' working setpoints (``sp.<measured point>``), after
+    trim & respond: in ``ScanResult.setpoints`` order."""
+    return [f"sp.{c.measurement}" for c in site.control_loops]
+
+
+def record_columns(pmap: PointMap, site: Site) -> list[str]:
+    """A historian's columns for ``ScanResult.record``: every point, the plan, the setpoints."""
+    return [p.name for p in pmap.points] + plan_columns(site) + setpoint_columns(site)
+
+
 @dataclass
 class ScanResult:
     writes: list[Write]
@@ -107,6 +148,21 @@ class ScanResult:
     values: np.ndarray
     quality: np.ndarray
     status: dict[str, object]
+    #: planned load per load and horizon (``plan_columns`` order): what each
+    #: load is set to draw ahead if nothing else changes (NaN: no plan yet)
+    plan: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the working setpoint of every control loop (``setpoint_columns`` order)
+    setpoints: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def record(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values and quality of the points, then the plan and the setpoints, as a
+        historian opened with ``record_columns`` stores them (the controller's own
+        numbers are good)."""
+        n = len(self.plan) + len(self.setpoints)
+        return (
+            np.concatenate([self.values, self.plan, self.setpoints]),
+            np.concatenate([self.quality, np.zeros(n, self.quality.dtype)]),
+        )
 
 
 @dataclass
@@ -210,6 +266,8 @@ class Controller:
         self._reset_window_until = -math.inf
         self._values: np.ndarray | None = None
         self._quality: np.ndarray | None = None
+        self._forecast: tuple[float, dict[str, LoadForecast]] = (-math.inf, {})
+        self._plan = np.full(len(self.loads) * len(PLAN_HORIZONS_MIN), np.nan)
 
     # ==================================================================
     # configuration derived once from the site
@@ -328,6 +386,14 @@ class Controller:
     # ==================================================================
     # the scan
     # ==================================================================
+    def set_forecast(self, t: float, loads: dict[str, LoadForecast]) -> None:
+        """The thermal model's headroom per load, computed at data time ``t``.
+
+        The planner sees it for ``FORECAST_FRESH_S``; an older forecast (the
+        forecaster stopped or fell behind) is withheld rather than trusted.
+        """
+        self._forecast = (t, dict(loads))
+
     def scan(self, obs: Observation) -> ScanResult:
         t = obs.t
         dt = self.scan_s if self.t_last is None else max(1e-3, min(t - self.t_last, 10.0))
@@ -378,7 +444,8 @@ class Controller:
             self._reset_by = (who, where)
         writes = self._actuate(t, v, cmds)
         status = self._status(t, v, q, voted, obs)
-        return ScanResult(writes, list(self.events), v, q, status)
+        sps = np.array([self._setpoint(c) for c in self._loops_cfg])
+        return ScanResult(writes, list(self.events), v, q, status, self._plan.copy(), sps)
 
     # ==================================================================
     # zones and verification
@@ -823,6 +890,9 @@ class Controller:
     def _allocate(
         self, t: float, val: Callable, good: Callable, cmds: dict[str, tuple[float, str]]
     ) -> None:
+        t_fc, forecast = self._forecast
+        if t - t_fc > FORECAST_FRESH_S:
+            forecast = {}
         infos = [
             LoadInfo(
                 ld.name,
@@ -830,11 +900,22 @@ class Controller:
                 ld.rated_kw,
                 val(f"{ld.name}.power_kw"),
                 self.site.loops[ld.loop].name,
+                forecast.get(ld.name),
             )
             for ld in self.loads
         ]
         headroom = {ld.name: min(ld.thermal_cap, ld.power_cap, ld.rated_kw) for ld in self.loads}
         wanted = self.planner.plan(t, infos, headroom)
+        ahead = getattr(self.planner, "planned", None)
+        for j, h in enumerate(PLAN_HORIZONS_MIN):
+            later = wanted if ahead is None else ahead(t, h * 60.0, infos)
+            for i, ld in enumerate(self.loads):
+                want = later.get(ld.name)
+                budget = ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
+                # protection caps persist unless something changes: part of the plan
+                self._plan[i * len(PLAN_HORIZONS_MIN) + j] = min(
+                    budget, ld.rated_kw, ld.thermal_cap, ld.power_cap
+                )
         for ld in self.loads:
             want = wanted.get(ld.name)
             budget = ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
