@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from thermogate.controller.core import PLAN_HORIZONS_MIN
 from thermogate.plc.site import Site
 
 __all__ = [
@@ -80,6 +81,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "d_power_5",
         "d_power_15",
         "temp_minus_mean_15",
+        "plan_d5",
+        "plan_d15",
+        "plan_d30",
+        "sp_gap",
+        "supply_sp_gap",
     ),
     "loop": (
         "temp",
@@ -98,6 +104,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "d_power_5",
         "d_power_15",
         "temp_minus_mean_15",
+        "plan_d5",
+        "plan_d15",
+        "plan_d30",
+        "sp_gap",
+        "sp_d5",
     ),
     "cdu": (
         "temp",
@@ -117,6 +128,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "d_power_5",
         "d_power_15",
         "temp_minus_mean_15",
+        "plan_d5",
+        "plan_d15",
+        "plan_d30",
+        "sp_gap",
+        "supply_sp_gap",
     ),
 }
 #: features that move with the zone's power (shifted together by ``KindData.with_power``)
@@ -135,6 +151,15 @@ class ZoneSpec:
     alarm_c: float
     loop: str
     extra: dict[str, tuple[str, ...]] = field(default_factory=dict)  # feature -> points (mean)
+    loads: tuple[str, ...] = ()  # tanks / rack rows whose planned load is the zone's plan
+
+    def plan_points(self, h: int) -> tuple[str, ...]:
+        return tuple(f"plan.{ld}.kw_{h}m" for ld in self.loads)
+
+    @property
+    def setpoint_points(self) -> tuple[str, str]:
+        """The working setpoints of the zone's own temperature and of its loop's supply."""
+        return (f"sp.{self.temp[0]}", f"sp.{self.loop}.supply_temp")
 
 
 def zone_specs(site: Site) -> list[ZoneSpec]:
@@ -168,6 +193,7 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
                     "valve_pos": (f"{t.name}.valve_pos",),
                     **{k: lpp[k] for k in ("supply_temp", "loop_flow", "fan_speed", "ambient")},
                 },
+                (t.name,),
             )
         )
     rows_of_cdu: dict[str, list[Any]] = {}
@@ -190,6 +216,7 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
                     "return_temp": (f"{c.name}.return_temp",),
                     **{k: lpp[k] for k in ("supply_temp", "loop_flow", "fan_speed", "ambient")},
                 },
+                tuple(r.name for r in rows),
             )
         )
     for lp in site.loops:
@@ -215,6 +242,7 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
                     k: lpp[k]
                     for k in ("return_temp", "loop_flow", "fan_speed", "pump_speed", "ambient")
                 },
+                tuple(t.name for t in tanks) + tuple(r.name for r in rows),
             )
         )
     return specs
@@ -381,8 +409,12 @@ def _rolling_mean(x: np.ndarray, k: int) -> np.ndarray:
     """Mean of ``x[i - k + 1 : i + 1]`` (NaN for the first k - 1 and wherever x is)."""
     out = np.full(len(x), np.nan)
     if len(x) >= k:
-        c = np.concatenate([[0.0], np.cumsum(x)])
-        out[k - 1 :] = (c[k:] - c[:-k]) / k
+        # NaN set to 0 in the running sums and counted apart: a NaN must spoil only
+        # the windows that hold it, not every later one (as a plain cumsum would)
+        bad = ~np.isfinite(x)
+        c = np.concatenate([[0.0], np.cumsum(np.where(bad, 0.0, x))])
+        nb = np.concatenate([[0], np.cumsum(bad)])
+        out[k - 1 :] = np.where(nb[k:] - nb[:-k] > 0, np.nan, (c[k:] - c[:-k]) / k)
     return out
 
 
@@ -409,6 +441,21 @@ def _zone_series(
     extra = {}
     for k, pts in spec.extra.items():
         extra[k] = np.mean(np.vstack([v[n] for n in pts]), axis=0)  # NaN if any invalid
+    for h in PLAN_HORIZONS_MIN:
+        pts = spec.plan_points(h)
+        if pts and all(n in v for n in pts):
+            planned = np.sum(np.vstack([v[n] for n in pts]), axis=0)
+        else:  # no plan recorded: the plan is the load now (no change foreseen)
+            planned = power
+        extra[f"plan_d{h}"] = (planned - power) / spec.rated_kw
+    # working setpoints (trim & respond moves the loops'): where regulation is heading.
+    # Not recorded (an older history): the temperature is taken as at its setpoint.
+    own, supply = spec.setpoint_points
+    sp = v.get(own, temp)
+    extra["sp_gap"] = sp - temp
+    extra["sp_d5"] = _lag_delta(sp, 5) if own in v else np.zeros(len(temp))
+    if "supply_temp" in extra:
+        extra["supply_sp_gap"] = v.get(supply, extra["supply_temp"]) - extra["supply_temp"]
     return temp, power, extra
 
 
@@ -448,7 +495,7 @@ def _kind_rows(
         inputs_ok = np.isfinite(temp) & np.isfinite(power)
         for e in extra.values():
             inputs_ok &= np.isfinite(e)
-        keep = _rolling_all(inputs_ok, WINDOW, 0)
+        keep = _rolling_all(inputs_ok, WINDOW, 0) & np.isfinite(X).all(axis=1)
         y = np.full((n, len(horizons)), np.nan)
         for j, h in enumerate(horizons):
             y[: n - h, j] = temp[h:] - temp[: n - h] if h < n else np.nan
@@ -509,6 +556,15 @@ def build_dataset(
     names = sorted(
         {p for s in specs for p in (*s.temp, *s.power, *(q for g in s.extra.values() for q in g))}
     )
+    plan = sorted({p for s in specs for h in PLAN_HORIZONS_MIN for p in s.plan_points(h)})
+    sps = sorted({p for s in specs for p in s.setpoint_points})
+    if isinstance(historian_or_arrays, Mapping):
+        have = set(historian_or_arrays)
+    else:
+        have = {p["name"] for p in historian_or_arrays.points()}
+    if all(p in have for p in plan):  # else no plan was recorded: see _zone_series
+        names += plan
+    names += [p for p in sps if p in have]
     if isinstance(historian_or_arrays, Mapping):
         arr = historian_or_arrays
         t = np.asarray(arr["t"], dtype=np.float64)

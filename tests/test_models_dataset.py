@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from thermogate.models.baselines import RCBaseline, persistence
-from thermogate.models.dataset import BAD, WINDOW, build_dataset, zone_specs
+from thermogate.models.dataset import BAD, WINDOW, _rolling_mean, build_dataset, zone_specs
 from thermogate.plc.site import demo_site
 
 SITE = demo_site()
@@ -178,3 +178,11 @@ def test_baselines_on_a_ramp() -> None:
     m = tank.zones == "tank01"
     # a pure ramp at constant power: the fit reproduces it closely
     np.testing.assert_allclose(pred[m] - tank.temp[m][:, None], tank.y[m], atol=0.02)
+
+
+def test_a_nan_spoils_only_the_rolling_windows_that_hold_it() -> None:
+    x = np.arange(12, dtype=float)
+    x[3] = np.nan
+    m = _rolling_mean(x, 4)
+    assert np.isnan(m[:7]).all()  # the first 3 are short, the next 4 hold x[3]
+    np.testing.assert_allclose(m[7:], [5.5, 6.5, 7.5, 8.5, 9.5])
