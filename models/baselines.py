@@ -1,13 +1,16 @@
 """Baselines the learned model must beat, fitted on the same training rows.
 
 * **Persistence** — the temperature ``h`` minutes ahead equals now (change 0).
-* **First-order RC**, one per zone: ``dT/dt = a * P - b * (T - T_ref)`` (the
-  lumped ``(P - UA (T - T_supply)) / C`` with ``a = 1/C``, ``b = UA/C``), where
-  ``T_ref`` is the loop supply for a tank or CDU and ambient for a loop. ``a``
-  and ``b`` are fitted by least squares on the training rows, with the slope
-  taken as the first horizon's change over its length (a forward difference
-  over 5 minutes: 1-minute differences of 0.1 °C-quantised sensors are mostly
-  noise). Prediction integrates ``h`` minutes at constant inputs (closed form).
+* **First-order RC**, one per zone: ``dT/dt = a * P - b * (T - T_ref) + c`` (the
+  lumped ``(P - UA (T - T_supply)) / C`` with ``a = 1/C``, ``b = UA/C``, and
+  ``c`` the heat gains and losses no sensor sees), where ``T_ref`` is the loop
+  supply for a tank or CDU and ambient for a loop. ``a``, ``b`` and ``c`` are
+  fitted by least squares on the training rows (``b >= 0``: a negative
+  restoring term would make the forecast run away, so the fit is redone
+  without it), with the slope taken as the first horizon's change over its
+  length (a forward difference over 5 minutes: 1-minute differences of
+  0.1 °C-quantised sensors are mostly noise). Prediction integrates ``h``
+  minutes at constant inputs (closed form).
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ def _ref_feature(kind: str) -> str:
 
 @dataclass
 class RCBaseline:
-    """Per-zone first-order RC fits: ``params[kind][zone] = (a, b)`` per minute."""
+    """Per-zone first-order RC fits: ``params[kind][zone] = (a, b, c)`` per minute."""
 
-    params: dict[str, dict[str, tuple[float, float]]]
+    params: dict[str, dict[str, tuple[float, float, float]]]
 
     @classmethod
     def fit(cls, dataset: object) -> RCBaseline:
-        params: dict[str, dict[str, tuple[float, float]]] = {}
+        params: dict[str, dict[str, tuple[float, float, float]]] = {}
         for rows in dataset:  # type: ignore[attr-defined]
             h0 = float(rows.horizons_min[0])
             p = rows.feature("power_kw")
@@ -48,20 +51,25 @@ class RCBaseline:
             for z in dict.fromkeys(rows.zones.tolist()):
                 m = (rows.zones == z) & np.isfinite(slope)
                 if m.sum() < 3:
-                    out[z] = (0.0, 0.0)
+                    out[z] = (0.0, 0.0, 0.0)
                     continue
-                A = np.column_stack([p[m], -dx[m]])
-                coef, *_ = np.linalg.lstsq(A, slope[m], rcond=None)
-                out[z] = (max(float(coef[0]), 0.0), max(float(coef[1]), 0.0))
+                one = np.ones(int(m.sum()))
+                coef, *_ = np.linalg.lstsq(
+                    np.column_stack([p[m], -dx[m], one]), slope[m], rcond=None
+                )
+                if coef[1] <= 0.0:  # no restoring term: refit without it (never unstable)
+                    c2, *_ = np.linalg.lstsq(np.column_stack([p[m], one]), slope[m], rcond=None)
+                    coef = np.array([c2[0], 0.0, c2[1]])
+                out[z] = (float(coef[0]), float(coef[1]), float(coef[2]))
             params[rows.kind] = out
         return cls(params)
 
     def predict(self, rows: KindData) -> np.ndarray:
         """Predicted temperatures (n, horizons) for the rows' zones."""
         par = self.params.get(rows.kind, {})
-        ab = np.array([par.get(z, (0.0, 0.0)) for z in rows.zones.tolist()]).reshape(-1, 2)
-        a, b = ab[:, 0], ab[:, 1]
-        r0 = a * rows.feature("power_kw") - b * rows.feature(_ref_feature(rows.kind))
+        abc = np.array([par.get(z, (0.0, 0.0, 0.0)) for z in rows.zones.tolist()]).reshape(-1, 3)
+        a, b, c = abc[:, 0], abc[:, 1], abc[:, 2]
+        r0 = a * rows.feature("power_kw") - b * rows.feature(_ref_feature(rows.kind)) + c
         out = np.empty((len(rows), len(rows.horizons_min)))
         for j, h in enumerate(rows.horizons_min):
             # integral of exp(-b t) over [0, h]; -> h as b -> 0
