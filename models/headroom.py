@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from .dataset import Dataset, KindData
-from .forecast import KindModel, ThermalModel
+from .forecast import ThermalModel
+from .trees import CompiledForest
 
 __all__ = ["CompiledForest", "Headroom", "headroom", "latest_rows", "time_to_limit"]
 
@@ -63,88 +64,6 @@ class Headroom:
 
 
 # ----------------------------------------------------------------------------
-class CompiledForest:
-    """Fitted ``HistGradientBoostingRegressor`` s (squared error), one per output
-    column, as padded numpy arrays evaluated level by level for all trees at once."""
-
-    def __init__(self, regs: Sequence[Any]) -> None:
-        trees = [p[0].nodes for r in regs for p in r._predictors]
-        counts = [len(r._predictors) for r in regs]
-        n = max(len(t) for t in trees)
-        T = len(trees)
-        feat = np.zeros((T, n), np.intp)
-        thr = np.zeros((T, n))
-        left = np.zeros((T, n), np.intp)
-        right = np.zeros((T, n), np.intp)
-        leaf = np.ones((T, n), bool)
-        value = np.zeros((T, n))
-        nan_left = np.zeros((T, n), bool)
-        for i, nd in enumerate(trees):
-            k = len(nd)
-            feat[i, :k] = nd["feature_idx"]
-            thr[i, :k] = nd["num_threshold"]
-            left[i, :k] = nd["left"] + i * n  # flat indices into the (T, n) arrays
-            right[i, :k] = nd["right"] + i * n
-            leaf[i, :k] = nd["is_leaf"].astype(bool)
-            value[i, :k] = nd["value"]
-            nan_left[i, :k] = nd["missing_go_to_left"].astype(bool)
-        self.feat, self.thr, self.leaf = feat.ravel(), thr.ravel(), leaf.ravel()
-        self.left, self.right, self.value = left.ravel(), right.ravel(), value.ravel()
-        self.nan_left = nan_left.ravel()
-        self.root = np.arange(T) * n
-        self.starts = np.r_[0, np.cumsum(counts)[:-1]]
-        self.depth = int(max(t["depth"].max() for t in trees))
-        self.baseline = np.array([float(np.ravel(r._baseline_prediction)[0]) for r in regs])
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """(n, outputs) predictions."""
-        node = np.broadcast_to(self.root, (len(X), len(self.root)))
-        rows = np.arange(len(X))[:, None]
-        for _ in range(self.depth):
-            x = X[rows, self.feat[node]]
-            go_left = np.where(np.isnan(x), self.nan_left[node], x <= self.thr[node])
-            node = np.where(
-                self.leaf[node], node, np.where(go_left, self.left[node], self.right[node])
-            )
-        return self.baseline + np.add.reduceat(self.value[node], self.starts, axis=1)
-
-
-def _compiled(m: KindModel) -> CompiledForest | None:
-    """The kind's forests compiled once and cached on the model (None: use sklearn)."""
-    cache = getattr(m, "_compiled", None)
-    if cache is None:
-        try:
-            cache = CompiledForest(m.regressors)
-            probe = np.vstack([m.lo, m.hi, 0.5 * (m.lo + m.hi)])
-            ref = np.column_stack([r.predict(probe) for r in m.regressors])
-            if not np.allclose(cache.predict(probe), ref, atol=1e-9):
-                raise ValueError("compiled forest disagrees with sklearn")
-        except (AttributeError, ValueError, KeyError, IndexError):
-            cache = False
-        m._compiled = cache  # type: ignore[attr-defined]
-    return cache or None
-
-
-def _change(m: KindModel, X: np.ndarray, cols: Sequence[int]) -> np.ndarray:
-    """``m.change(X)`` restricted to horizon columns ``cols`` (fast path when compiled)."""
-    forest = _compiled(m)
-    if forest is None:
-        return m.change(X)[:, cols]
-    return (m.shrink * forest.predict(X))[:, cols]
-
-
-def _scale(m: KindModel, X: np.ndarray) -> np.ndarray:
-    """``m.scale(X)`` with the k-NN distances in numpy (sklearn's query costs ~20 ms)."""
-    fit = getattr(m.nn, "_fit_X", None)
-    if fit is None or len(X) == 0:
-        return m.scale(X)
-    Z = (X - m.mu) / m.sd
-    d2 = (Z**2).sum(1)[:, None] + (fit**2).sum(1)[None, :] - 2.0 * Z @ fit.T
-    k = m.nn.n_neighbors
-    d = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, :k], 0.0))
-    return np.maximum(1.0, d.mean(axis=1) / m.d_ref)
-
-
 # ----------------------------------------------------------------------------
 def latest_rows(rows: Dataset | KindData | Iterable[KindData]) -> list[KindData]:
     """The latest row of every zone, one :class:`KindData` per kind."""
@@ -196,7 +115,7 @@ def _kind_headroom(
     limit = alarm - margin_k
     temp = rows.temp
     p_now = rows.feature("power_kw")
-    offset = bound_factor * np.maximum(m.q[cols], 0.0)[None, :] * _scale(m, rows.X)[:, None]
+    offset = bound_factor * np.maximum(m.q[cols], 0.0)[None, :] * m.scale(rows.X)[:, None]
 
     def excess(power: np.ndarray) -> np.ndarray:
         """max over horizons of (upper bound - limit) with every row at ``power`` (n, k)."""
@@ -205,13 +124,13 @@ def _kind_headroom(
         extra = (power - p_now[:, None]).ravel()
         X[:, rows.col("power_kw")] += extra
         X[:, rows.col("load_frac")] += extra / np.repeat(rows.rated_kw, k)
-        up = np.repeat(temp, k)[:, None] + _change(m, X, cols) + np.repeat(offset, k, axis=0)
+        up = np.repeat(temp, k)[:, None] + m.change(X)[:, cols] + np.repeat(offset, k, axis=0)
         return (up - np.repeat(limit, k)[:, None]).max(axis=1).reshape(n, k)
 
     # current load: bound and time to limit
     now = excess(p_now[:, None])[:, 0]
     X0 = rows.X
-    upper_now = temp[:, None] + _change(m, X0, cols) + offset
+    upper_now = temp[:, None] + m.change(X0)[:, cols] + offset
     ttl = time_to_limit(temp, upper_now, horizons, limit)
 
     # capacity: grid of absolute power, running max, then bisection in the failing cell
