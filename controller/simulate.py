@@ -19,6 +19,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,9 +28,13 @@ from thermogate.hil.scenario import Scenario, load_scenario
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.site import Site
 
-from .core import Controller, Planner
+from .core import Controller, Planner, record_columns
 from .historian import Historian
 from .signals import Event, Observation
+
+if TYPE_CHECKING:  # the model (scikit-learn) loads only when a run forecasts
+    from thermogate.models.headroom import Headroom
+    from thermogate.models.live import LiveForecaster
 
 SAMPLE_S = 60.0  # report series resolution (simulated seconds)
 #: added to the simulated time of scans recorded in a historian (2023-11-14, Unix seconds)
@@ -57,12 +62,19 @@ def run_simulation(
     sample_s: float = SAMPLE_S,
     historian: Historian | None = None,
     scan_s: float | None = None,
+    forecaster: LiveForecaster | None = None,
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
-    With a ``historian``, every scan's validated values and quality are recorded
+    With a ``historian``, every scan's validated values and quality (and the
+    planned load, if it was opened with ``record_columns``) are recorded
     there at ``HISTORIAN_EPOCH_S`` + the scan's simulated time (Unix-like seconds),
     as ``thermogate run`` records them; the caller opens, flushes and closes it.
+
+    With a ``forecaster`` (:class:`~thermogate.models.live.LiveForecaster`) the
+    thermal model runs beside the core as in ``thermogate run``: it sees every
+    scan, its headroom reaches the planner once a minute, its events are
+    logged, and its 15-minute forecasts and headroom join the report series.
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed)
@@ -75,6 +87,8 @@ def run_simulation(
             f"timeout ({site.plc.heartbeat_timeout_s:g} s), or the PLC takes its safe state"
         )
     ctrl = Controller(site, pmap, planner=planner, scan_s=scan_s)
+    # a historian opened with ``record_columns`` also gets the planned load
+    with_plan = historian is not None and list(historian.point_names) == record_columns(pmap, site)
     scan_s = ctrl.scan_s
     steps_per_scan = max(1, round(scan_s / plant.dt))
     n_scans = max(1, round(hours * 3600.0 / scan_s))
@@ -98,6 +112,8 @@ def run_simulation(
     write_failures = 0
     kwh0, it0, cool0 = plant.site_kwh, plant.ledger.it_kwh, plant.ledger.cooling_kwh
     next_sample = plant.t
+    fc_zones: dict[str, Headroom] = {}
+    fc_trusted: bool | None = None
     wall0 = time.perf_counter()
 
     def log(ev: Event | tuple[float, str], kind: str | None = None) -> None:
@@ -138,7 +154,10 @@ def run_simulation(
         )
         res = ctrl.scan(obs)
         if historian is not None:
-            historian.record_scan(HISTORIAN_EPOCH_S + obs.t, res.values, res.quality)
+            if with_plan:
+                historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record())
+            else:
+                historian.record_scan(HISTORIAN_EPOCH_S + obs.t, res.values, res.quality)
         for w in res.writes:
             unit = int(unit_of[idx[w.point]])
             if unit in sim.device_faults:
@@ -151,6 +170,15 @@ def run_simulation(
                 log(Event(plant.t, "write-failed", w.point, str(exc), 700))
         for ev in res.events:
             log(ev)
+        if forecaster is not None:
+            forecaster.observe(obs.t, *res.record())
+            upd = forecaster.update(obs.t)
+            if upd is not None:
+                ctrl.set_forecast(upd.t, upd.loads)
+                fc_zones = upd.zones
+                fc_trusted = upd.trusted
+                for ev in upd.events:
+                    log(ev)
         sim.step(steps_per_scan)
         for ev in plant.events:
             if "interlock:" in ev[1] or "tripped" in ev[1]:
@@ -174,6 +202,8 @@ def run_simulation(
         if plant.t >= next_sample:
             next_sample += sample_s
             _record(rec, sim, limit, t_class, r_class)
+            if forecaster is not None:
+                _record_forecast(rec, forecaster, sim, fc_zones, fc_trusted)
         if progress is not None:
             progress.update(k + 1, n_scans)  # type: ignore[attr-defined]
 
@@ -200,6 +230,8 @@ def run_simulation(
         "wall_seconds": round(wall, 2),
         "speedup": round(hours * 3600.0 / wall, 1) if wall > 0 else None,
     }
+    if forecaster is not None:
+        summary["forecast"] = _forecast_summary(rec, forecaster)
     series = {k_: np.asarray(v_, dtype=float) for k_, v_ in rec.items()}
     meta = {
         "site": site.name,
@@ -219,6 +251,14 @@ def run_simulation(
         "loops": {lp.name: {"alarm_c": lp.supply_alarm_c} for lp in site.loops},
         "feeders": {f.name: {"continuous_kw": f.continuous_kw} for f in site.feeders},
     }
+    if forecaster is not None:
+        meta["forecast"] = {
+            "source": forecaster.source,
+            "learned_at_h": None
+            if forecaster.learned_at is None
+            else round(forecaster.learned_at / 3600.0, 3),
+            "horizon_min": forecaster.archive_horizon_min,
+        }
     return SimulationResult(summary, series, meta, events, ctrl, sim)
 
 
@@ -254,6 +294,109 @@ def _record(
         put(f"feeder.{f.name}.kw", pl.b_power[pl.n_pdu + i])
 
 
+def _zone_keys(site: Site) -> list[tuple[str, str, str]]:
+    """(kind, zone, actual series key) of every forecast zone, in report order."""
+    return (
+        [("tank", t.name, f"tank.{t.name}.fluid_c") for t in site.tanks]
+        + [("cdu", c.name, f"cdu.{c.name}.supply_c") for c in site.cdus]
+        + [("loop", lp.name, f"loop.{lp.name}.supply_c") for lp in site.loops]
+    )
+
+
+def _record_forecast(
+    rec: dict[str, list[float]],
+    fc: LiveForecaster,
+    sim: ScenarioPlant,
+    zones: dict[str, Headroom],
+    trusted: bool | None,
+) -> None:
+    """Per sample: the forecast made 15 min ago for this minute, and headroom now."""
+    target = math.floor(sim.plant.t / fc.step_s) * fc.step_s
+    h = fc.archive_horizon_min
+    for kind, zone, _ in _zone_keys(sim.site):
+        mean, upper = fc.archive.pop((target, zone), (math.nan, math.nan))
+        rec.setdefault(f"forecast.{kind}.{zone}.mean{h}_c", []).append(mean)
+        rec.setdefault(f"forecast.{kind}.{zone}.upper{h}_c", []).append(upper)
+        hz = zones.get(zone)
+        ttl = (
+            math.nan
+            if hz is None or not math.isfinite(hz.time_to_limit_min)
+            else hz.time_to_limit_min
+        )
+        rec.setdefault(f"headroom.{kind}.{zone}.kw", []).append(
+            math.nan if hz is None else hz.extra_kw
+        )
+        rec.setdefault(f"headroom.{kind}.{zone}.ttl_min", []).append(ttl)
+    for key in [k for k in fc.archive if k[0] < target]:  # minutes that were never sampled
+        del fc.archive[key]
+    rec.setdefault("forecast.trusted", []).append(math.nan if trusted is None else float(trusted))
+
+
+def _forecast_summary(rec: dict[str, list[float]], fc: LiveForecaster) -> dict[str, object]:
+    """15-min MAE and upper-bound coverage per kind, measured on the plant's truth."""
+    h = fc.archive_horizon_min
+    out: dict[str, object] = {"source": fc.source}
+    for kind in ("tank", "cdu", "loop"):
+        err, cov = [], []
+        for key in [
+            k for k in rec if k.startswith(f"forecast.{kind}.") and k.endswith(f".mean{h}_c")
+        ]:
+            zone = key[len(f"forecast.{kind}.") : -len(f".mean{h}_c")]
+            actual_key = {"tank": "fluid_c"}.get(kind, "supply_c")
+            actual = np.asarray(rec[f"{kind}.{zone}.{actual_key}"])
+            mean = np.asarray(rec[key])
+            upper = np.asarray(rec[f"forecast.{kind}.{zone}.upper{h}_c"])
+            ok = np.isfinite(mean) & np.isfinite(actual)
+            err.append(np.abs(mean[ok] - actual[ok]))
+            cov.append(actual[ok] <= upper[ok])
+        e = np.concatenate(err) if err else np.zeros(0)
+        if len(e):
+            out[kind] = {
+                f"mae_{h}_c": round(float(e.mean()), 4),
+                f"coverage_{h}": round(float(np.concatenate(cov).mean()), 4),
+                "samples": len(e),
+            }
+    return out
+
+
+def default_learn_h(hours: float) -> float | None:
+    """Hours of a run's own history the in-run model learns from (None: too short a run).
+
+    A third of the run, at most 6 h: the rest is forecast on unseen hours."""
+    return None if hours < 3.0 else min(6.0, hours / 3.0)
+
+
+def _forecaster(site: Site, args: object) -> LiveForecaster | None:
+    """The run's thermal model: the promoted one of ``--model DB``, else one learned
+    from the run's first hours (``--learn-h``, 0 = no forecasting)."""
+    from thermogate.models.live import LiveForecaster
+    from thermogate.plc.pointmap import build_point_map
+
+    names = record_columns(build_point_map(site), site)
+    db = getattr(args, "model", None)
+    if db:
+        from thermogate.models.registry import Registry
+
+        if not Path(db).exists():
+            raise ThermogateError(f"{db}: no such database (--model takes a historian/registry)")
+        with Registry(db) as reg:
+            got = reg.promoted()
+        if got is None:
+            raise ThermogateError(f"{db}: no promoted model; run `thermogate train --db {db}`")
+        version, model = got
+        # no trained_t: the model's window is on another clock than this run's
+        # simulated one, so its age cannot be judged here
+        fc = LiveForecaster(site, names, model, version=version)
+        fc.source = f"model version {version} from {db}"
+        return fc
+    learn_h = getattr(args, "learn_h", None)
+    hours = float(args.hours)  # type: ignore[attr-defined]
+    learn_h = default_learn_h(hours) if learn_h is None else learn_h
+    if not learn_h:
+        return None
+    return LiveForecaster(site, names, learn_after_s=learn_h * 3600.0)
+
+
 def simulate_cli(args: object) -> dict[str, object]:
     """Entry point of ``thermogate simulate``; returns the JSON summary."""
     import sys
@@ -269,6 +412,7 @@ def simulate_cli(args: object) -> dict[str, object]:
         prices_csv=args.prices,  # type: ignore[attr-defined]
         wrap=True if (args.weather or args.prices) else None,
     )  # type: ignore[attr-defined]
+    forecaster = _forecaster(site, args)
     bar = ProgressBar(enabled=False if args.json else None, sim_hours=args.hours)  # type: ignore[attr-defined]
     try:
         result = run_simulation(
@@ -278,6 +422,7 @@ def simulate_cli(args: object) -> dict[str, object]:
             seed=args.seed,  # type: ignore[attr-defined]
             progress=bar,
             scan_s=args.scan_s,  # type: ignore[attr-defined]
+            forecaster=forecaster,
         )
     finally:
         bar.close()

@@ -9,7 +9,9 @@
   recorded live errors ``|actual - predicted|``, the rolling 95th percentile
   exceeds ``error_factor`` (1.5) times the calibration quantile (the model's
   conformal offset ``q``: the held-out 95 % quantile of the normalised
-  residuals).
+  residuals) and ``min_error_c`` (0.1 °C, a sensor's resolution: a model
+  calibrated on a quiet week has a tiny ``q``, and errors below what a sensor
+  can resolve say nothing about drift).
 
 The verdict carries human-readable reasons so the caller can raise an alarm
 and record them; :attr:`Trust.log` keeps every untrusted verdict. When not
@@ -67,12 +69,14 @@ class Trust:
         max_age_days: float = 14.0,
         error_factor: float = 1.5,
         min_errors: int = 30,
+        min_error_c: float = 0.1,
         near_limit_k: float = 5.0,
     ) -> None:
         self.model = model
         self.max_age_days = max_age_days
         self.error_factor = error_factor
         self.min_errors = min_errors
+        self.min_error_c = min_error_c
         self.near_limit_k = near_limit_k
         self.log: list[tuple[float, list[str]]] = []
 
@@ -116,10 +120,11 @@ class Trust:
                     continue
                 p95 = float(np.percentile(np.asarray(errs, float), 95))
                 cal = self.calibration_quantile(kind, h)
-                if p95 > self.error_factor * cal:
+                if p95 > max(self.error_factor * cal, self.min_error_c):
                     reasons.append(
                         f"live error grew: {kind} {h} min p95 {p95:.3g} °C "
-                        f"> {self.error_factor:g} x calibration {cal:.3g} °C"
+                        f"> {self.error_factor:g} x calibration {cal:.3g} °C "
+                        f"(and > {self.min_error_c:g} °C)"
                     )
         verdict = TrustVerdict(not reasons, reasons, ood_zones)
         if not verdict.ok:

@@ -1,0 +1,331 @@
+"""The thermal model at run time: per-minute history, forecasts, headroom, trust.
+
+:class:`LiveForecaster` sits beside the control core (it never blocks or
+overrides protection). Every scan it is handed the validated values and their
+quality (:meth:`observe`); it keeps one-minute means of the points the model
+uses, exactly as :func:`~thermogate.models.dataset.resample` would build them
+from the historian (a minute with too few scans, or too few usable samples of
+a point, is invalid — never interpolated). Once a minute (:meth:`update`) it
+
+1. builds the live rows of every zone from the last minutes,
+2. checks whether the model may be trusted (:class:`~thermogate.models.trust.Trust`:
+   out of distribution, stale, live error grown beyond calibration),
+3. computes the heat headroom of every tank, CDU and loop — the model's, or
+   the conservative fallback when not trusted,
+4. scores the forecasts made ``h`` minutes ago against what happened
+   (the live errors the trust check watches), and
+5. returns a :class:`ForecastUpdate`: headroom per zone and per load (what
+   the controller's planning seam receives), the forecasts, and events
+   (an alarm when trust is lost, a clear when it returns).
+
+Without a model it can learn one from its own history
+(``learn_after_s``): ``thermogate simulate`` uses this to show a model
+learned from the first hours of a run forecasting the rest.
+
+Pure: no clock reads and no I/O; time is the data time handed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from thermogate.controller.core import PLAN_HORIZONS_MIN, LoadForecast
+from thermogate.controller.signals import BAD, Event
+from thermogate.plc.site import Site
+
+from .dataset import WINDOW, build_dataset, zone_specs
+from .forecast import ThermalModel
+from .headroom import Headroom, headroom, latest_rows
+from .trust import LiveErrors, Trust
+
+__all__ = ["ForecastUpdate", "LiveForecaster", "LoadForecast"]
+
+#: minutes of history a forecast is built from (lagged features reach back past the window)
+LIVE_STEPS = 2 * WINDOW
+
+
+@dataclass
+class ForecastUpdate:
+    t: float
+    trusted: bool
+    reasons: list[str]
+    zones: dict[str, Headroom]  # by zone name (tank, CDU, loop)
+    loads: dict[str, LoadForecast]  # by load name (tank, rack row)
+    forecasts: dict[str, tuple[str, np.ndarray, np.ndarray]]  # zone -> (kind, mean, upper)
+    events: list[Event] = field(default_factory=list)
+
+
+class _MinuteBins:
+    """One-minute means of selected points, valid as :func:`resample` defines it."""
+
+    def __init__(self, n: int, step_s: float, keep: int | None) -> None:
+        self.step_s = step_s
+        self.n = n
+        self.k: int | None = None
+        self.sum = np.zeros(n)
+        self.cnt = np.zeros(n)
+        self.scans = 0
+        self.t: deque[float] = deque(maxlen=keep)
+        self.v: deque[np.ndarray] = deque(maxlen=keep)
+        self.scans_per_bin: deque[int] = deque(maxlen=keep or 1440)
+
+    def add(self, t: float, values: np.ndarray, usable: np.ndarray) -> None:
+        k = math.floor(t / self.step_s)
+        if self.k is not None and k != self.k:
+            self._close()
+        if self.k != k:
+            self.k = k
+            self.sum[:] = 0.0
+            self.cnt[:] = 0.0
+            self.scans = 0
+        self.sum += np.where(usable, values, 0.0)
+        self.cnt += usable
+        self.scans += 1
+
+    def _close(self) -> None:
+        assert self.k is not None
+        self.scans_per_bin.append(self.scans)
+        usual = float(np.median(self.scans_per_bin))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.sum / self.cnt
+        mean[(self.cnt < 0.5 * self.scans) | (self.cnt == 0)] = np.nan
+        if self.scans < 0.5 * usual:
+            mean[:] = np.nan  # a gap in the scans: nothing of this minute is used
+        self.t.append(self.k * self.step_s)
+        self.v.append(mean)
+
+    def arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        ts = list(self.t)[-last:] if last else list(self.t)
+        vs = list(self.v)[-last:] if last else list(self.v)
+        if not ts:
+            return np.zeros(0), np.zeros((0, self.n))
+        return np.asarray(ts), np.vstack(vs)
+
+
+class LiveForecaster:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        site: Site,
+        columns: Sequence[str],
+        model: ThermalModel | None = None,
+        *,
+        trained_t: float | None = None,
+        version: int | str | None = None,
+        step_s: float = 60.0,
+        margin_k: float = 2.0,
+        learn_after_s: float | None = None,
+        keep_history: bool = False,
+        max_age_days: float = 14.0,
+    ) -> None:
+        self.site = site
+        self.specs = zone_specs(site)
+        names = sorted(
+            {
+                p
+                for s in self.specs
+                for p in (*s.temp, *s.power, *(q for g in s.extra.values() for q in g))
+            }
+        )
+        index = {n: i for i, n in enumerate(columns)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise KeyError(f"point map lacks {missing[:5]}")
+        plan = sorted({p for s in self.specs for h in PLAN_HORIZONS_MIN for p in s.plan_points(h)})
+        if all(p in index for p in plan):  # the planned load, when the columns carry it
+            names += plan
+        names += sorted({p for s in self.specs for p in s.setpoint_points if p in index})
+        self.names = names
+        self.idx = np.array([index[n] for n in names], np.intp)
+        self.step_s = step_s
+        self.margin_k = margin_k
+        self.learn_after_s = learn_after_s
+        self.max_age_days = max_age_days
+        keep = None if (keep_history or learn_after_s is not None) else LIVE_STEPS + 60
+        self.bins = _MinuteBins(len(names), step_s, keep)
+        self.model: ThermalModel | None = None
+        self.version: int | str | None = None
+        self.trained_t = math.nan
+        self.learned_at: float | None = None
+        self.source = "no model"
+        self.trust: Trust | None = None
+        self.errors = LiveErrors()
+        self._t_first: float | None = None
+        self._last_update_k: int | None = None
+        self._trusted: bool | None = None
+        self._reason_kinds: frozenset[str] = frozenset()
+        # forecasts awaiting their actuals: (zone, target bin time) -> (kind, horizon, mean)
+        self._pending: dict[tuple[str, float], list[tuple[str, int, float]]] = {}
+        #: (target time, zone) -> (mean, upper) of the 15-min forecast, for reports
+        self.archive: dict[tuple[float, str], tuple[float, float]] = {}
+        self.archive_horizon_min = 15
+        self._loads = self._load_map(site)
+        if model is not None:
+            self.set_model(model, trained_t=trained_t, version=version)
+
+    # ------------------------------------------------------------------
+    @staticmethod
+    def _load_map(site: Site) -> dict[str, tuple[str, str, float]]:
+        """load -> (its zone, its loop, its share of the zone's nameplate)."""
+        out: dict[str, tuple[str, str, float]] = {}
+        for t in site.tanks:
+            out[t.name] = (t.name, t.loop, 1.0)
+        cdu_loop = {c.name: c.loop for c in site.cdus}
+        rated: dict[str, float] = {}
+        for r in site.rack_rows:
+            rated[r.cdu] = rated.get(r.cdu, 0.0) + r.nodes * r.node_power_kw
+        for r in site.rack_rows:
+            share = r.nodes * r.node_power_kw / rated[r.cdu] if rated[r.cdu] else 0.0
+            out[r.name] = (r.cdu, cdu_loop[r.cdu], share)
+        return out
+
+    def set_model(
+        self,
+        model: ThermalModel,
+        *,
+        trained_t: float | None = None,
+        version: int | str | None = None,
+    ) -> None:
+        """Use ``model`` from now on (``trained_t``: data time its training window ended)."""
+        self.model = model
+        self.version = version
+        self.source = f"model version {version}"
+        self.trained_t = math.nan if trained_t is None else float(trained_t)
+        self.trust = Trust(model, max_age_days=self.max_age_days)
+        self.errors = LiveErrors()  # errors of the previous model say nothing about this one
+        self._pending.clear()
+
+    def observe(self, t: float, values: np.ndarray, quality: np.ndarray) -> None:
+        """One scan's validated values and quality, aligned with ``columns``
+        (``ScanResult.record()`` for ``record_columns``)."""
+        if self._t_first is None:
+            self._t_first = t
+        v = np.asarray(values, dtype=np.float64)[self.idx]
+        usable = np.isfinite(v) & (np.asarray(quality)[self.idx] != BAD)
+        self.bins.add(t, v, usable)
+
+    # ------------------------------------------------------------------
+    def _arrays(self, last: int | None) -> dict[str, Any]:
+        t, v = self.bins.arrays(last)
+        out: dict[str, Any] = {"t": t}
+        for j, n in enumerate(self.names):
+            out[n] = v[:, j]
+        return out
+
+    def _learn(self, t: float) -> list[Event]:
+        assert self.learn_after_s is not None and self._t_first is not None
+        if self.model is not None or t - self._t_first < self.learn_after_s:
+            return []
+        ds = build_dataset(self._arrays(None), self.site, step_s=self.step_s)
+        self.learned_at = t  # once, whether or not it worked: do not retry every minute
+        model = ThermalModel().fit(ds) if len(ds) else None
+        if model is None or not model.kinds:
+            return [Event(t, "alarm", "model", "too few usable rows to learn a thermal model", 600)]
+        self.set_model(model, trained_t=float(self.bins.t[-1]), version="learned in run")
+        self.source = f"learned in-run from the first {(t - self._t_first) / 3600:.3g} h"
+        kinds = ", ".join(f"{kd.kind} {len(kd)}" for kd in ds)
+        return [
+            Event(
+                t, "info", "model",
+                f"thermal model learned from {(t - self._t_first) / 3600:.1f} h of history "
+                f"({kinds} rows, {model.train_s:.1f} s)", 300,
+            )
+        ]  # fmt: skip
+
+    def update(self, t: float) -> ForecastUpdate | None:
+        """At most once a minute (after the minute's bin closed): see the module docstring."""
+        k = math.floor(t / self.step_s)
+        if self._last_update_k == k or not self.bins.t:
+            return None
+        self._last_update_k = k
+        events: list[Event] = []
+        if self.learn_after_s is not None:
+            events += self._learn(t)
+        if self.model is None or self.trust is None:
+            return None if not events else ForecastUpdate(t, False, [], {}, {}, {}, events)
+        ds = build_dataset(
+            self._arrays(LIVE_STEPS), self.site, step_s=self.step_s, require_targets=False
+        )
+        live = latest_rows(ds)
+        t_bin = float(self.bins.t[-1])
+        live = [kd.take(kd.times == t_bin) for kd in live]  # only zones valid this minute
+        live = [kd for kd in live if len(kd) and kd.kind in self.model.kinds]
+        self._score(live)
+        trained = self.trained_t if math.isfinite(self.trained_t) else t_bin
+        verdict = self.trust.check(
+            live, now_t=t_bin, last_trained_t=trained, live_errors=self.errors
+        )
+        if verdict.ok:
+            zones = headroom(self.model, live, self.site, margin_k=self.margin_k)
+        else:
+            zones = self.trust.conservative_headroom(live, self.site, margin_k=self.margin_k)
+        forecasts = self._forecast(live, t_bin)
+        events += self._trust_events(t, verdict.ok, verdict.reasons, len(live))
+        return ForecastUpdate(
+            t, verdict.ok, list(verdict.reasons), zones, self._per_load(zones, verdict.ok),
+            forecasts, events,
+        )  # fmt: skip
+
+    def _forecast(self, live: list[Any], t_bin: float) -> dict[str, tuple[str, Any, Any]]:
+        assert self.model is not None
+        out = {}
+        for kd in live:
+            mean, upper = self.model.predict(kd)
+            for i, z in enumerate(kd.zones.tolist()):
+                out[z] = (kd.kind, mean[i], upper[i])
+                for j, h in enumerate(kd.horizons_min):
+                    target = t_bin + h * 60.0
+                    self._pending.setdefault((z, target), []).append(
+                        (kd.kind, h, float(mean[i, j]))
+                    )
+                    if h == self.archive_horizon_min:
+                        self.archive[(target, z)] = (float(mean[i, j]), float(upper[i, j]))
+        return out
+
+    def _score(self, live: list[Any]) -> None:
+        """Live error of every forecast whose target minute is this one."""
+        for kd in live:
+            for z, temp, tt in zip(kd.zones.tolist(), kd.temp, kd.times, strict=True):
+                for kind, h, mean in self._pending.pop((z, float(tt)), []):
+                    self.errors.add(kind, h, temp, mean)
+        if self.bins.t:
+            now = float(self.bins.t[-1])
+            for key in [k for k in self._pending if k[1] < now]:  # targets that never came
+                del self._pending[key]
+
+    def _trust_events(self, t: float, ok: bool, reasons: list[str], n: int) -> list[Event]:
+        kinds = frozenset(r.split(":")[0] for r in reasons)
+        out: list[Event] = []
+        if not ok and (self._trusted is not False or kinds != self._reason_kinds):
+            more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
+            msg = "thermal model not trusted, conservative headroom in use: "
+            msg += "; ".join(reasons[:3]) + more
+            out.append(Event(t, "alarm", "model", msg, 700, {"reasons": reasons}))
+        elif ok and self._trusted is False:
+            out.append(Event(t, "clear", "model", "thermal model trusted again", 300))
+        elif ok and self._trusted is None:
+            out.append(
+                Event(t, "info", "model", f"thermal model {self.version} forecasting {n} zones")
+            )
+        self._trusted = ok
+        self._reason_kinds = kinds if not ok else frozenset()
+        return out
+
+    def _per_load(self, zones: Mapping[str, Headroom], trusted: bool) -> dict[str, LoadForecast]:
+        out = {}
+        for load, (zone, loop, share) in self._loads.items():
+            hz, hl = zones.get(zone), zones.get(loop)
+            if hz is None:
+                continue  # no valid forecast of its zone this minute: the planner gets none
+            ttl = min(hz.time_to_limit_min, hl.time_to_limit_min if hl else math.inf)
+            out[load] = LoadForecast(
+                hz.extra_kw * share, hl.extra_kw if hl else math.nan, ttl, trusted
+            )
+        return out
