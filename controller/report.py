@@ -12,9 +12,13 @@ an operator can open in a browser::
     pue.png           PUE and cooling kW
     alarms.png        one row per source that raised an alarm, shed, trip,
                       fail-safe or failed write; markers by kind, active spans
+    forecast.png      loop supplies (and the hottest forecast tank and CDU) vs
+                      the forecast made 15 min earlier and its upper bound;
+                      heat headroom per loop and CDU; MAE and upper-bound
+                      coverage computed from these series
     summary.json      the summary (non-finite numbers become null)
     events.csv        the event log
-    report.html       one plain page: summary table with units, the five
+    report.html       one plain page: summary table with units, the six
                       images, the event log (all text escaped)
 
 Data contract (what the simulator hands in)
@@ -25,12 +29,19 @@ everything else is optional and simply left out of the plots when absent:
 ``pue``, ``class.{mining,training,inference}_kw``, ``price_per_mwh``,
 ``tank.<name>.fluid_c``, ``cdu.<name>.supply_c``, ``loop.<name>.supply_c``,
 ``feeder.<name>.kw``. NaN is a gap (a value not measured).
+Forecasting runs add, per zone (``<kind>`` ``tank``/``cdu``/``loop``):
+``forecast.<kind>.<zone>.mean15_c`` and ``.upper15_c`` (the forecast made 15 min
+before the sample, for the sample's time; NaN before there is one),
+``headroom.<kind>.<zone>.kw`` and ``forecast.trusted`` (1 trusted, 0 conservative
+fallback, NaN no model).
 
 ``meta``: ``site``, ``scenario``, ``hours`` and the limits per equipment
 (``tanks``: ``alarm_c``, ``trip_c``, ``workload_class``; ``cdus``: ``alarm_c``,
 ``trip_c``; ``loops``: ``alarm_c``; ``feeders``: ``continuous_kw``). An
 optional ``units`` mapping (summary key -> unit text) overrides the units the
 report infers from the key names (``_c`` °C, ``_mwh`` MWh, ``_c_min`` °C·min...).
+An optional ``forecast`` mapping (``source``, ``learned_at_h``, ``horizon_min``;
+the horizon names the series, ``mean<horizon_min>_c``) describes the model.
 
 ``events``: mappings with ``t_h``, ``kind``, ``source``, ``message``,
 ``severity``; extra keys are kept as extra CSV columns.
@@ -52,7 +63,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -63,7 +74,8 @@ if TYPE_CHECKING:  # matplotlib is imported lazily: the progress bar does not ne
 __all__ = ["IMAGES", "ProgressBar", "write_report"]
 
 #: The images, in the order the HTML page shows them.
-IMAGES = ("temperatures.png", "power.png", "workloads.png", "pue.png", "alarms.png")
+IMAGES = ("temperatures.png", "power.png", "workloads.png", "pue.png", "alarms.png",
+          "forecast.png")
 
 DPI = 150
 WIDTH_IN = 11.0
@@ -77,6 +89,7 @@ OTHER_COLOR = "#7f7f7f"
 LIMIT_COLOR = "#444444"
 CURTAIL_COLOR = "#9ecae1"
 OVER_COLOR = "#d62728"
+FALLBACK_COLOR = "#f4a261"
 
 #: Event kinds that give a source its own row in the alarm timeline.
 RAISING_KINDS = ("alarm", "shed", "trip", "failsafe", "write-failed")
@@ -350,6 +363,16 @@ def _envelope(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     yy = np.empty(2 * buckets)
     yy[0::2], yy[1::2] = lo, hi
     return x, yy
+
+
+def _band(t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A band over ~MAX_LINE_POINTS buckets that still covers every sample's band."""
+    n = len(t)
+    if n <= MAX_LINE_POINTS:
+        return t, lo, hi
+    starts = np.linspace(0, n, MAX_LINE_POINTS, endpoint=False).astype(np.intp)
+    return t[starts], np.fmin.reduceat(lo, starts), np.fmax.reduceat(hi, starts)
 
 
 def _bucket_mean(t: np.ndarray, ys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -754,7 +777,209 @@ def _plot_alarms(ctx: _Context) -> Figure:
     return fig
 
 
-_PLOTS = (_plot_temperatures, _plot_power, _plot_workloads, _plot_pue, _plot_alarms)
+# --------------------------------------------------------------------------
+# forecast.png
+# --------------------------------------------------------------------------
+#: kind (as in the series keys), meta section, actual series prefix and suffix, display name
+_FORECAST_KINDS = (
+    ("loop", "loops", "loop.", ".supply_c", "loop"),
+    ("cdu", "cdus", "cdu.", ".supply_c", "CDU"),
+    ("tank", "tanks", "tank.", ".fluid_c", "tank"),
+)
+_MEAN_DASH = (0, (2, 1.5))  # shorter than the limit lines' dash, so the two do not mix up
+
+
+class _Skill(NamedTuple):
+    """How well one kind of zone was forecast, scored on the run's own series."""
+
+    label: str
+    zones: int
+    mae_c: float | None  # mean |mean forecast - actual| where both are finite
+    n_mae: int
+    coverage: float | None  # fraction of samples with actual <= upper bound, both finite
+    n_coverage: int
+
+
+class _Forecast:
+    """A run's forecast series and model facts, found once for the plot and the caption."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        info = ctx.meta.get("forecast")
+        self.info: Mapping = info if isinstance(info, Mapping) else {}
+        horizon = _float(self.info.get("horizon_min"))
+        # the horizon names the series (mean15_c); 15 min is what the simulator archives
+        self.horizon = int(horizon) if horizon and horizon > 0 and horizon == int(horizon) else 15
+        self.learned_at_h = _float(self.info.get("learned_at_h"))
+        self.source = str(self.info.get("source") or "")
+        self.zones: dict[str, list[str]] = {}
+        for kind, section, *_ in _FORECAST_KINDS:
+            names = ctx.names(section, f"forecast.{kind}.", f".mean{self.horizon}_c")
+            names += [n for n in ctx.names(section, f"forecast.{kind}.",
+                                           f".upper{self.horizon}_c") if n not in names]
+            self.zones[kind] = names
+        self.any = any(self.zones.values())
+        self.configured = bool(self.info) or any(
+            k.startswith(("forecast.", "headroom.")) for k in ctx.data)
+        trusted = ctx.get("forecast.trusted")
+        self.fallback = ([] if trusted is None else
+                         _spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5), ctx.xlim))
+        self.skill = self._score()
+
+    def series(self, kind: str, zone: str, which: str) -> np.ndarray | None:
+        """``which``: ``mean`` or ``upper``; None when absent or all NaN."""
+        return self.ctx.get(f"forecast.{kind}.{zone}.{which}{self.horizon}_c")
+
+    def _score(self) -> list[_Skill]:
+        out: list[_Skill] = []
+        for kind, _, prefix, suffix, label in _FORECAST_KINDS:
+            errors: list[np.ndarray] = []
+            held: list[np.ndarray] = []
+            zones = 0
+            for zone in self.zones[kind]:
+                actual = self.ctx.get(f"{prefix}{zone}{suffix}")
+                if actual is None:
+                    continue
+                zones += 1
+                mean, upper = self.series(kind, zone, "mean"), self.series(kind, zone, "upper")
+                if mean is not None:
+                    ok = np.isfinite(mean) & np.isfinite(actual)
+                    errors.append(np.abs(mean[ok] - actual[ok]))
+                if upper is not None:
+                    ok = np.isfinite(upper) & np.isfinite(actual)
+                    held.append(actual[ok] <= upper[ok])
+            err = np.concatenate(errors) if errors else np.zeros(0)
+            cov = np.concatenate(held) if held else np.zeros(0, dtype=bool)
+            if err.size or cov.size:
+                out.append(_Skill(label, zones, float(err.mean()) if err.size else None,
+                                  int(err.size), float(cov.mean()) if cov.size else None,
+                                  int(cov.size)))
+        return out
+
+    def missing(self) -> str:
+        """Why there is no forecast to show."""
+        if not self.configured:
+            return "no forecast: this run had no forecasting"
+        if self.learned_at_h is not None:
+            return ("no forecast: the run ended before the first forecast came due\n"
+                    f"(model learned at {self.learned_at_h:g} h)")
+        return ("no forecast: no model was ready before the run ended\n"
+                "(e.g. the run was shorter than the model's learning period)")
+
+    def skill_lines(self) -> list[str]:
+        """MAE and upper-bound coverage per kind, then the model's source."""
+        lines = []
+        for q in self.skill:
+            parts = []
+            if q.mae_c is not None:
+                parts.append(f"mean abs. error {q.mae_c:.2f} °C over {q.n_mae:,} samples")
+            if q.coverage is not None:
+                parts.append(f"actual ≤ upper bound in {q.coverage * 100:.1f} % "
+                             f"of {q.n_coverage:,} samples")
+            lines.append(f"{q.label}s ({q.zones}): {', '.join(parts)}")
+        if not lines:
+            lines.append("no actual temperatures to score the forecast against")
+        if self.source:
+            lines.append(f"model: {self.source}")
+        return lines
+
+
+def _plot_forecast(ctx: _Context) -> Figure:
+    fc = _Forecast(ctx)
+    fig, (ax1, ax2) = _new_figure(8.0, 2, height_ratios=(3, 2))
+    fig.suptitle(ctx.title("forecast and heat headroom"))
+    t, h = ctx.t, fc.horizon
+    palette = _palette()
+    colors: dict[str, str] = {}  # one colour per zone in both panels
+
+    def color(zone: str) -> str:
+        if zone not in colors:
+            colors[zone] = next(palette)
+        return colors[zone]
+
+    def peak(key: str) -> float:
+        y = ctx.get(key)
+        return -math.inf if y is None else float(np.nanmax(y))
+
+    # ---- forecast vs actual: every loop, the hottest tank and CDU that have a forecast
+    ax1.set_title(f"Forecast vs actual, {h} min ahead")
+    for a in (ax1, ax2):
+        for i, (x0, x1) in enumerate(fc.fallback):
+            a.axvspan(x0, x1, color=FALLBACK_COLOR, alpha=0.25, lw=0, zorder=0,
+                      label="conservative fallback (model not trusted)" if i == 0 else None)
+    if fc.any:
+        grey = "#555555"
+        ax1.plot([], [], color=grey, label="actual")
+        ax1.plot([], [], color=grey, ls=_MEAN_DASH, label=f"forecast made {h} min before")
+        ax1.fill_between([], [], [], color=grey, alpha=0.18, lw=0, label="up to its upper bound")
+    limits: dict[tuple[str, float], list[str]] = {}
+    for kind, section, prefix, suffix, label in _FORECAST_KINDS:
+        zones = fc.zones[kind]
+        hottest = kind != "loop" and bool(zones)
+        if hottest:  # the one that came closest to trouble; all of them would be a tangle
+            zones = [max(zones, key=lambda z, p=prefix, s=suffix: peak(f"{p}{z}{s}"))]
+        for zone in zones:
+            c = color(zone)
+            name = f"{label} {zone}" + (" (hottest)" if hottest else "")
+            actual = ctx.get(f"{prefix}{zone}{suffix}")
+            mean, upper = fc.series(kind, zone, "mean"), fc.series(kind, zone, "upper")
+            if actual is not None:
+                ax1.plot(*_envelope(t, actual), color=c, lw=1.1, zorder=3, label=name)
+                name = "_"  # labelled once per zone
+            if mean is not None:
+                ax1.plot(*_envelope(t, mean), color=c, lw=1.0, ls=_MEAN_DASH, zorder=3,
+                         label=name)
+                name = "_"
+                if upper is not None:
+                    ax1.fill_between(*_band(t, mean, upper), color=c, alpha=0.18, lw=0,
+                                     zorder=2)
+            elif upper is not None:
+                ax1.plot(*_envelope(t, upper), color=c, lw=0.9, ls=(0, (1, 1)), zorder=3,
+                         label=name)
+            alarm = _float(ctx.spec(section, zone).get("alarm_c"))
+            if alarm is not None:
+                limits.setdefault(("alarm", alarm), []).append(zone)
+    if fc.any:
+        _limit_lines(ax1, limits, colors, "zones")
+        _pad_ylim(ax1, [v for _, v in limits])
+    else:
+        _no_data(ax1, fc.missing())
+    learned = fc.learned_at_h
+    if learned is not None and ctx.xlim[0] <= learned <= ctx.xlim[1]:
+        for a, lab in ((ax1, f"model learned ({learned:g} h)"), (ax2, None)):
+            a.axvline(learned, color="#000000", lw=1.0, ls="-.", zorder=4, label=lab)
+    ax1.set_ylabel("temperature (°C)")
+    ctx.time_axis(ax1, label=False)
+    _legend_right(ax1)
+
+    # ---- heat headroom
+    low, drawn = 0.0, False
+    for kind, section, ls, label in (("loop", "loops", "-", "loop"),
+                                     ("cdu", "cdus", (0, (5, 2)), "CDU")):
+        for zone in ctx.names(section, f"headroom.{kind}.", ".kw"):
+            y = ctx.data[f"headroom.{kind}.{zone}.kw"]
+            ax2.plot(*_envelope(t, y), color=color(zone), ls=ls, zorder=3,
+                     label=f"{label} {zone}")
+            low, drawn = min(low, float(np.nanmin(y))), True
+    if drawn:
+        ax2.set_ylim(bottom=low)
+    else:
+        _no_data(ax2, "no heat headroom recorded")
+    ax2.set_title("Heat headroom per loop (CDUs dashed): extra heat load it could take "
+                  "for the next 30 min")
+    ax2.set_ylabel("headroom (kW)")
+    ctx.time_axis(ax2)
+    _legend_right(ax2)
+
+    if fc.any:
+        fig.supxlabel("\n".join([f"Forecast {h} min ahead, scored on these series "
+                                 "(all zones of each kind):", *fc.skill_lines()]),
+                      x=0.01, ha="left", fontsize=8.5)
+    return fig
+
+
+_PLOTS = (_plot_temperatures, _plot_power, _plot_workloads, _plot_pue, _plot_alarms,
+          _plot_forecast)
 
 
 # --------------------------------------------------------------------------
@@ -854,7 +1079,26 @@ _CAPTIONS = {
     "pue.png": "Power usage effectiveness and the cooling power.",
     "alarms.png": "One row per source that raised an alarm, shed, trip, fail-safe or "
                   "failed write; bars show how long alarms and sheds stayed active.",
+    "forecast.png": "Top: each loop's supply temperature (and the hottest tank's and CDU's "
+                    "that had a forecast), solid, against the forecast made {h} min before "
+                    "(dashed) and the band up to its calibrated upper bound; their alarm "
+                    "limits dashed. Bottom: the extra heat load each loop (CDUs dashed) could "
+                    "take with its upper-bound forecast staying below its limit for 30 min. "
+                    "Orange bands: the controller did not trust the model and used a "
+                    "conservative fallback.",
 }
+
+
+def _forecast_caption(ctx: _Context) -> str:
+    """The fixed explanation plus this run's forecast error and upper-bound coverage."""
+    fc = _Forecast(ctx)
+    if not fc.any:
+        text = fc.missing().replace("\n", " ")
+        text = text[:1].upper() + text[1:] + "."
+        return f"{text} Model: {fc.source}." if fc.source else text
+    return (_CAPTIONS["forecast.png"].format(h=fc.horizon)
+            + f" Forecast quality {fc.horizon} min ahead, scored on these series (all zones "
+            "of each kind): " + "; ".join(fc.skill_lines()) + ".")
 
 
 def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
@@ -909,13 +1153,15 @@ def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
     # ---- figures
     titles = {"temperatures.png": "Temperatures", "power.png": "Power and the import limit",
               "workloads.png": "Workloads", "pue.png": "PUE and cooling",
-              "alarms.png": "Alarms, sheds and trips"}
+              "alarms.png": "Alarms, sheds and trips",
+              "forecast.png": "Forecast and heat headroom"}
     for name in IMAGES:
+        caption = _forecast_caption(ctx) if name == "forecast.png" else _CAPTIONS[name]
         out += [
             f"<h2>{e(titles[name])}</h2>",
             "<figure>",
             f'<a href="{e(name)}"><img src="{e(name)}" alt="{e(titles[name])}"></a>',
-            f"<figcaption>{e(_CAPTIONS[name])}</figcaption>",
+            f"<figcaption>{e(caption)}</figcaption>",
             "</figure>",
         ]
 

@@ -99,6 +99,52 @@ def fake_day(hours: float = 24.0, step_min: float = 1.0, *, cdus: bool = True,
     return series, meta, events, summary
 
 
+FIRST_FORECAST = 375  # index of the first sample with a forecast (model learned at 6 h, +15 min)
+
+
+def add_forecast(series: dict, meta: dict, *, cdus: bool = True) -> None:
+    """Forecasts with known errors: loops 0.5 °C high, tanks 1 °C low, CDUs 0.25 °C either way.
+
+    The loops' upper bound is below the actual for 60 samples from index 720; everything else
+    stays within its upper bound. Trust drops to the fallback for samples 900-959.
+    """
+    n = len(series["t_h"])
+    before = np.arange(n) < FIRST_FORECAST
+
+    def forecast(kind: str, zone: str, actual: np.ndarray, off: np.ndarray | float,
+                 above: float) -> None:
+        mean = np.where(before, np.nan, actual + off)
+        upper = np.where(before, np.nan, actual + above)
+        series[f"forecast.{kind}.{zone}.mean15_c"] = mean
+        series[f"forecast.{kind}.{zone}.upper15_c"] = upper
+        series[f"headroom.{kind}.{zone}.kw"] = np.where(before, np.nan, 400.0 - 5.0 * actual)
+        series[f"headroom.{kind}.{zone}.ttl_min"] = np.full(n, np.nan)
+
+    for zone in meta["loops"]:
+        forecast("loop", zone, series[f"loop.{zone}.supply_c"], 0.5, 1.0)
+        series[f"forecast.loop.{zone}.upper15_c"][720:780] -= 1.1
+    for zone in meta["tanks"]:
+        forecast("tank", zone, series[f"tank.{zone}.fluid_c"], -1.0, 2.0)
+    if cdus:
+        for zone in meta["cdus"]:
+            sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+            forecast("cdu", zone, series[f"cdu.{zone}.supply_c"], 0.25 * sign, 1.0)
+    trusted = np.where(before, np.nan, 1.0)
+    trusted[900:960] = 0.0
+    series["forecast.trusted"] = trusted
+    meta["forecast"] = {"source": "learned in-run from the first 6 h", "learned_at_h": 6.0,
+                        "horizon_min": 15}
+
+
+def forecast_texts(series: dict, meta: dict) -> list[str]:
+    """The texts drawn on the forecast figure's panels (what the operator reads)."""
+    from thermogate.controller import report
+
+    ctx = report._Context(report._check_series(series), meta, [])
+    fig = report._plot_forecast(ctx)
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
 def _png_ok(path) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC, path.name
@@ -154,7 +200,7 @@ def test_equipment_less_site_and_no_events(tmp_path):
     assert (tmp_path / "events.csv").read_text().strip() == "t_h,kind,source,severity,message"
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "No events." in page
-    assert len(paths) == 8
+    assert len(paths) == len(IMAGES) + 3
 
 
 def test_only_time_and_strange_values(tmp_path):
@@ -175,6 +221,7 @@ def test_only_time_and_strange_values(tmp_path):
 def test_long_run_is_drawn_from_an_envelope(tmp_path):
     """Three days at 10 s samples: fast, and a one-sample spike still shows in the data range."""
     series, meta, events, summary = fake_day(hours=72.0, step_min=10 / 60)
+    add_forecast(series, meta)
     assert len(series["t_h"]) > 25_000
     write_report(series, meta, events, summary, tmp_path)
     for name in IMAGES:
@@ -188,6 +235,83 @@ def test_series_must_line_up(tmp_path):
         write_report(series, meta, events, summary, tmp_path)
     with pytest.raises(ValueError, match="t_h"):
         write_report({"site_kw": np.zeros(3)}, meta, events, summary, tmp_path)
+
+
+def test_forecast_plot_and_caption_score_the_forecast_on_the_series(tmp_path):
+    series, meta, events, summary = fake_day()
+    add_forecast(series, meta)
+    write_report(series, meta, events, summary, tmp_path)
+    _png_ok(tmp_path / "forecast.png")
+
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert 'src="forecast.png"' in page and "Forecast and heat headroom" in page
+    per_loop = len(series["t_h"]) - FIRST_FORECAST
+    misses = 2 * 60  # two loops, 60 samples each above the upper bound
+    coverage = 100.0 * (1 - misses / (2 * per_loop))
+    assert (f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples, "
+            f"actual ≤ upper bound in {coverage:.1f} % of {2 * per_loop:,} samples") in page
+    assert (f"tanks (5): mean abs. error 1.00 °C over {5 * per_loop:,} samples, "
+            f"actual ≤ upper bound in 100.0 % of {5 * per_loop:,} samples") in page
+    assert "CDUs (2): mean abs. error 0.25 °C" in page
+    assert "model: learned in-run from the first 6 h" in page
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary  # not extended
+
+
+def test_forecast_series_leave_the_other_plots_unchanged(tmp_path):
+    series, meta, events, summary = fake_day(hours=8.0)
+    write_report(series, meta, events, summary, tmp_path / "plain")
+    add_forecast(series, meta)
+    write_report(series, meta, events, summary, tmp_path / "forecast")
+    for name in IMAGES:
+        plain, forecast = (tmp_path / d / name for d in ("plain", "forecast"))
+        assert (plain.read_bytes() == forecast.read_bytes()) == (name != "forecast.png"), name
+
+
+def test_report_without_forecast_says_there_is_none(tmp_path):
+    series, meta, events, summary = fake_day(hours=6.0)
+    paths = write_report(series, meta, events, summary, tmp_path)
+    assert tmp_path / "forecast.png" in paths
+    for name in IMAGES:
+        _png_ok(tmp_path / name)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert 'src="forecast.png"' in page
+    assert "No forecast: this run had no forecasting." in page
+    texts = forecast_texts(series, meta)
+    assert "no forecast: this run had no forecasting" in texts
+    assert "no heat headroom recorded" in texts
+
+
+def test_nan_only_forecast_series_are_no_forecast(tmp_path):
+    """A run that ended before the model was learned: the series exist but hold only NaN."""
+    series, meta, events, summary = fake_day(hours=2.0)
+    add_forecast(series, meta)
+    for key in series:
+        if key.startswith(("forecast.", "headroom.")):
+            series[key] = np.full(len(series["t_h"]), np.nan)
+    meta["forecast"] = {"source": "no model", "learned_at_h": None, "horizon_min": 15}
+    write_report(series, meta, events, summary, tmp_path)
+    _png_ok(tmp_path / "forecast.png")
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert ("No forecast: no model was ready before the run ended (e.g. the run was shorter "
+            "than the model&#x27;s learning period).") in page
+    texts = forecast_texts(series, meta)
+    assert any(t.startswith("no forecast: no model was ready") for t in texts)
+
+    meta["forecast"]["learned_at_h"] = 1.9  # learned, but no forecast came due before the end
+    assert any("model learned at 1.9 h" in t for t in forecast_texts(series, meta))
+
+
+def test_forecast_without_upper_bound_is_scored_on_its_mean(tmp_path):
+    series, meta, events, summary = fake_day(hours=8.0, cdus=False)
+    add_forecast(series, meta, cdus=False)
+    for key in [k for k in series if k.endswith(".upper15_c")]:
+        series[key][:] = np.nan
+    del series["forecast.trusted"]
+    write_report(series, meta, events, summary, tmp_path)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    per_loop = len(series["t_h"]) - FIRST_FORECAST
+    assert f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples;" in page
+    assert "upper bound in" not in page
 
 
 def test_units_from_key_names():
