@@ -5,8 +5,9 @@
 measures it (and the persistence/RC baselines) on the last 20 %, stores it in
 the :class:`~thermogate.models.registry.Registry` of the same database and
 promotes it only if it is not worse than the promoted model on that held-out
-tail. ``forecast`` loads the promoted model and forecasts every tank, loop and
-CDU from the latest telemetry.
+tail (:func:`~thermogate.models.retrain.train_and_register`, which the
+controller's scheduled retraining shares). ``forecast`` loads the promoted
+model and forecasts every tank, loop and CDU from the latest telemetry.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ import numpy as np
 
 from thermogate.plc.errors import ThermogateError
 
+from .retrain import MIN_HOURS  # re-exported: it was defined here before models/retrain.py
+
 __all__ = ["MIN_HOURS", "forecast_cli", "train_cli"]
 
-#: less telemetry than this cannot fill a feature window, a 30-min target and a held-out tail
-MIN_HOURS = 2.0
-HOLDOUT_FRAC = 0.2
 LIVE_LOOKBACK_S = 3600.0  # telemetry read to build the live rows of a forecast
 DEFAULT_DB = "thermogate.db"
-CLOCK_POINT = "site.ambient_temp"
 
 
 def _step(msg: str) -> None:
@@ -38,27 +37,12 @@ def _step(msg: str) -> None:
         print(f"[train] {msg}", file=sys.stderr, flush=True)
 
 
-def _open(args: Any) -> tuple[Any, Any, Path]:
-    """(site, historian, db path); an absent database is the user's mistake."""
-    from thermogate.controller.historian import Historian
-    from thermogate.plc.pointmap import build_point_map
-    from thermogate.plc.site import load_site
-
+def _db(args: Any) -> Path:
+    """The database path; an absent database is the user's mistake."""
     db = Path(getattr(args, "db", None) or DEFAULT_DB)
     if not db.exists():
         raise ThermogateError(f"{db}: no such historian database")
-    site = load_site(getattr(args, "site", None))
-    pmap = build_point_map(site)
-    try:
-        hist = Historian(db, [p.name for p in pmap.points], site_name=site.name)
-    except ValueError as exc:
-        raise ThermogateError(f"{db}: {exc}") from None
-    return site, hist, db
-
-
-def _time_span(hist: Any) -> tuple[float, float] | None:
-    t = hist.telemetry([CLOCK_POINT], -1e18, 1e18, resolution="raw")["t"]
-    return None if len(t) == 0 else (float(t[0]), float(t[-1]))
+    return db
 
 
 def _user() -> str:
@@ -73,70 +57,29 @@ def _round(x: float) -> float | None:
 
 
 def train_cli(args: Any) -> int:
-    from .baselines import RCBaseline
-    from .dataset import build_dataset
-    from .forecast import ThermalModel, evaluate
-    from .registry import Registry, pooled_mae
+    from thermogate.plc.site import load_site
+
+    from .retrain import train_and_register
 
     days = float(getattr(args, "days", None) or 7)
-    site, hist, db = _open(args)
-    try:
-        _step(f"reading the last {days:g} days of telemetry from {db}")
-        span = _time_span(hist)
-        if span is None:
-            have_h = 0.0
-        else:
-            t_end = span[1]
-            t_start = max(span[0], t_end - days * 86400.0)
-            have_h = (t_end - t_start) / 3600.0
-        if have_h < MIN_HOURS:
-            raise ThermogateError(
-                f"{db}: need at least {MIN_HOURS:g} hours of telemetry, found {have_h:.1f}"
-            )
-        ds = build_dataset(hist, site, t0=t_start, t1=t_end)
-    finally:
-        hist.close()
-    if len(ds) == 0:
-        raise ThermogateError(f"{db}: no usable rows in the last {days:g} days (gaps or bad data)")
-    times = np.concatenate([kd.times for kd in ds if len(kd)])
-    t_split = float(times.min() + (1.0 - HOLDOUT_FRAC) * (times.max() - times.min()))
-    train, holdout = ds.split(t_split)
-    if len(train) == 0 or len(holdout) == 0:
-        raise ThermogateError(f"{db}: too little usable telemetry to hold out a test window")
-    _step(f"fitting on {len(train)} rows ({', '.join(f'{k.kind} {len(k)}' for k in train)})")
-    model = ThermalModel().fit(train)
-    if not model.kinds:
-        raise ThermogateError(f"{db}: too few rows to fit any zone kind")
-    _step(f"evaluating on the held-out {HOLDOUT_FRAC:.0%} ({len(holdout)} rows)")
-    rc = RCBaseline.fit(train)
-    metrics: dict[str, Any] = {
-        "kinds": evaluate(model, rc, holdout),
-        "pooled_mae_15_c": pooled_mae(model, holdout),
-        "holdout": [t_split, float(times.max())],
-        "train_s": model.train_s,
-        "rows": {"train": len(train), "holdout": len(holdout)},
-    }
-    with Registry(db) as reg:
-        version = reg.add(model, (t_start, t_split), metrics, created_by=f"train:{_user()}")
-        _step(f"stored version {version}; comparing with the promoted model")
-        promoted = reg.maybe_promote(version, holdout, by=f"thermogate train ({_user()})")
-        decision = reg.decisions()[-1]
+    db = _db(args)
+    site = load_site(getattr(args, "site", None))
+    out = train_and_register(
+        db, site, days=days, by=f"thermogate train ({_user()})", progress=_step
+    )
+    t_start, t_split = out.window
+    kinds = out.metrics["kinds"]
     summary = {
-        "version": version,
-        "promoted": promoted,
-        "decision": decision["reason"],
+        "version": out.version,
+        "promoted": out.promoted,
+        "decision": out.reason,
         "window_h": round((t_split - t_start) / 3600.0, 2),
-        "mae_c": {
-            k: {h: _round(v) for h, v in m["mae_c"].items()} for k, m in metrics["kinds"].items()
-        },
+        "mae_c": {k: {h: _round(v) for h, v in m["mae_c"].items()} for k, m in kinds.items()},
         "persistence_mae_c": {
-            k: {h: _round(v) for h, v in m["persistence_mae_c"].items()}
-            for k, m in metrics["kinds"].items()
+            k: {h: _round(v) for h, v in m["persistence_mae_c"].items()} for k, m in kinds.items()
         },
-        "coverage": {
-            k: {h: _round(v) for h, v in m["coverage"].items()} for k, m in metrics["kinds"].items()
-        },
-        "train_s": round(model.train_s, 2),
+        "coverage": {k: {h: _round(v) for h, v in m["coverage"].items()} for k, m in kinds.items()},
+        "train_s": round(out.train_s, 2),
     }
     print(json.dumps(summary, indent=1))
     return 0
@@ -155,31 +98,31 @@ def _headroom_entry(h: Any, conservative: bool) -> dict[str, Any]:
 
 
 def forecast_cli(args: Any) -> int:
+    from thermogate.plc.site import load_site
+
     from .dataset import build_dataset
     from .headroom import headroom
     from .registry import Registry
+    from .retrain import HistorianReader
     from .trust import Trust
 
-    db = Path(getattr(args, "db", None) or DEFAULT_DB)
-    if not db.exists():
-        raise ThermogateError(f"{db}: no such historian database")
+    db = _db(args)
     with Registry(db) as reg:
         got = reg.promoted()
         info = {v["id"]: v for v in reg.versions()}
     if got is None:
         raise ThermogateError(f"{db}: no promoted model; run `thermogate train --db {db}` first")
     version, model = got
-    site, hist, db = _open(args)
-    try:
-        span = _time_span(hist)
+    site = load_site(getattr(args, "site", None))
+    # read-only: a controller may be writing this file (see models/retrain.py)
+    with HistorianReader(db, site.name) as reader, reader.snapshot():
+        span = reader.span()
         if span is None:
             raise ThermogateError(f"{db}: no telemetry to forecast from")
         t_end = span[1]
         ds = build_dataset(
-            hist, site, t0=max(span[0], t_end - LIVE_LOOKBACK_S), t1=t_end, require_targets=False
+            reader, site, t0=max(span[0], t_end - LIVE_LOOKBACK_S), t1=t_end, require_targets=False
         )
-    finally:
-        hist.close()
     # headroom from the latest row of every zone; when the model is not trusted
     # (OOD, stale, ...) the conservative fallback is used and the reasons recorded
     trust = Trust(model)
