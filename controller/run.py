@@ -16,9 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,10 +29,15 @@ from thermogate.plc.errors import ConfigError, ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import Site, load_site
 
-from .core import Controller, ControllerState, Override
+from .core import Controller, ControllerState, Override, ScanResult, record_columns
 from .historian import Historian
 from .modbus_io import Endpoint, ModbusIO
 from .signals import Event, Observation
+
+if TYPE_CHECKING:  # scikit-learn loads when the model starts, not at import
+    from thermogate.models.forecast import ThermalModel
+    from thermogate.models.live import ForecastUpdate, LiveForecaster
+    from thermogate.models.retrain import RetrainScheduler, TrainOutcome
 
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 5020
@@ -51,6 +58,9 @@ class RunConfig:
     scenario: str = "normal-day"
     raw_days: float = 7.0  # raw telemetry kept this long, then only 1-minute aggregates
     agg_days: float = 400.0
+    forecast: bool = True  # run the promoted thermal model and retrain it on schedule
+    retrain_every_h: float = 24.0
+    train_days: float = 7.0
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
@@ -75,6 +85,15 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
     agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
     c.check_unused()
+    md = root.get_section("model") if root.has("model") else None
+    model_kw: dict[str, object] = {}
+    if md is not None:
+        model_kw = {
+            "forecast": md.get_bool("enabled", True),
+            "retrain_every_h": md.get_float("retrain_every_h", 24.0, minval=0.5, maxval=24.0 * 90),
+            "train_days": md.get_float("train_days", 7.0, minval=0.125, maxval=365.0),
+        }
+        md.check_unused()
     m = root.get_section("modbus")
     default = _endpoint(m)
     timeout = m.get_float("timeout_s", 0.25, minval=0.01, maxval=10.0)
@@ -102,6 +121,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         built_in_plant=False,
         raw_days=raw_days,
         agg_days=agg_days,
+        **model_kw,  # type: ignore[arg-type]
     )
 
 
@@ -125,9 +145,10 @@ class RealTimeController:
         self.pmap = build_point_map(cfg.site)
         self.ctrl = Controller(cfg.site, self.pmap, scan_s=cfg.scan_s)
         self.idx = {p.name: i for i, p in enumerate(self.pmap.points)}
+        self.columns = record_columns(self.pmap, cfg.site)
         self.historian = Historian(
             cfg.db,
-            [p.name for p in self.pmap.points],
+            self.columns,
             site_name=cfg.site.name,
             raw_days=cfg.raw_days,
             agg_days=cfg.agg_days,
@@ -140,6 +161,76 @@ class RealTimeController:
         self.overruns = 0
         self.scans = 0
         self.last: dict[str, object] = {}
+        self.forecast: ForecastUpdate | None = None
+        self.forecaster: LiveForecaster | None = None
+        self.retrainer: RetrainScheduler | None = None
+        self._handover: list[tuple[ThermalModel, int, float]] = []  # from the retrain thread
+        self._retrain_events: list[Event] = []
+        self._lock = threading.Lock()
+        if cfg.forecast:
+            self._start_model()
+
+    # -- the thermal model ---------------------------------------------------
+    def _start_model(self) -> None:
+        """The promoted model (if any) forecasts; retraining runs in its own thread."""
+        from thermogate.models.live import LiveForecaster
+        from thermogate.models.registry import Registry
+        from thermogate.models.retrain import MIN_HOURS, RetrainScheduler
+
+        self.forecaster = LiveForecaster(self.cfg.site, self.columns)
+        with Registry(self.cfg.db) as reg:
+            got = reg.promoted()
+            t1 = {v["id"]: v["t1"] for v in reg.versions()}
+        if got is not None:
+            version, model = got
+            self.forecaster.set_model(model, trained_t=t1[version], version=version)
+        every = self.cfg.retrain_every_h * 3600.0
+        # without a model, try as soon as there is enough history to learn from
+        first = every if got is not None else min(every, (MIN_HOURS + 0.25) * 3600.0)
+        self.retrainer = RetrainScheduler(
+            self.cfg.db,
+            self.cfg.site,
+            every_s=every,
+            first_after_s=first,
+            days=self.cfg.train_days,
+            on_outcome=self._on_retrain,
+        )
+
+    def _on_retrain(self, outcome: TrainOutcome | None, error: str | None) -> None:
+        """Called on the retrain thread: hand the result to the scan loop."""
+        now = time.time()
+        with self._lock:
+            if error is not None:
+                self._retrain_events.append(Event(now, "alarm", "model", error, 500))
+                return
+            assert outcome is not None
+            verdict = "promoted" if outcome.promoted else "not promoted"
+            self._retrain_events.append(
+                Event(
+                    now, "info", "model",
+                    f"retrained model version {outcome.version} {verdict}: {outcome.reason}", 300,
+                )
+            )  # fmt: skip
+            if outcome.promoted:
+                self._handover.append((outcome.model, outcome.version, outcome.window[1]))
+
+    def _model_step(self, now: float, res: ScanResult) -> None:
+        """Swap in a newly promoted model, feed the forecaster, hand headroom to the core."""
+        fc = self.forecaster
+        if fc is None:
+            return
+        with self._lock:
+            handover, self._handover = self._handover, []
+            res.events.extend(self._retrain_events)
+            self._retrain_events = []
+        for model, version, t1 in handover[-1:]:
+            fc.set_model(model, trained_t=t1, version=version)
+        fc.observe(now, *res.record())
+        upd = fc.update(now)
+        if upd is not None:
+            self.forecast = upd
+            self.ctrl.set_forecast(upd.t, upd.loads)
+            res.events.extend(upd.events)
 
     def _restore_state(self) -> None:
         saved = self.historian.load_state("controller")
@@ -201,9 +292,10 @@ class RealTimeController:
                             700,
                         )
                     )
+        self._model_step(now, res)
         for ev in res.events:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
-        self.historian.record_scan(now, res.values, res.quality)
+        self.historian.record_scan(now, *res.record())
         self.last = res.status
         self.scans += 1
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -211,6 +303,8 @@ class RealTimeController:
             del self.scan_ms[:1800]
 
     async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
+        if self.retrainer is not None:
+            self.retrainer.start()
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         last_save = last_status = loop.time()
@@ -233,6 +327,8 @@ class RealTimeController:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def close(self) -> None:
+        if self.retrainer is not None:
+            self.retrainer.stop(timeout=5.0)  # a fit in progress finishes on its own
         self.save_state()
         await self.io.close()
         self.historian.close()
@@ -265,6 +361,18 @@ def _status_line(rt: RealTimeController) -> None:
             f" fans {np.nanmean(fans):.0f} %, pumps " + "/".join(f"{x:.0f}" for x in pumps) + " %",
             flush=True,
         )
+    fc = rt.forecaster
+    if fc is not None:
+        upd = rt.forecast
+        if fc.model is None:
+            print("  model: none promoted yet (retrains on schedule)", flush=True)
+        elif upd is not None and upd.zones:
+            loops = {lp.name for lp in rt.cfg.site.loops}
+            hr = ", ".join(
+                f"{z} +{h.extra_kw:.0f} kW" for z, h in upd.zones.items() if z in loops
+            )
+            trust = "trusted" if upd.trusted else "NOT TRUSTED (conservative)"
+            print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
     if alarms:
         print(
             "  active alarms: " + ", ".join(alarms[:8]) + (" ..." if len(alarms) > 8 else ""),

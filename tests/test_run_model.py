@@ -1,0 +1,116 @@
+"""`thermogate run` and its thermal model: scheduled retraining hands a promoted model
+to the scan loop, never a worse one, and the forecast reaches the planning seam."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thermogate.controller.core import record_columns
+from thermogate.controller.historian import Historian
+from thermogate.controller.modbus_io import Endpoint
+from thermogate.controller.run import RealTimeController, RunConfig, load_run_config
+from thermogate.controller.signals import Observation
+from thermogate.controller.simulate import run_simulation
+from thermogate.hil.runner import ScenarioPlant
+from thermogate.models.registry import Registry
+from thermogate.plc.errors import ConfigError
+from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.site import demo_site
+
+HOURS = 3.0
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A historian holding 3 h of a controlled run, as `thermogate run` records it."""
+    site = demo_site()
+    path = tmp_path_factory.mktemp("run-model") / "site.db"
+    cols = record_columns(build_point_map(site), site)
+    with Historian(path, cols, site_name=site.name) as h:
+        run_simulation(site, "normal-day", HOURS, historian=h, scan_s=5.0)
+        h.flush(timeout=120.0)
+    return path
+
+
+def _scan(rt: RealTimeController, sim: ScenarioPlant, t: float) -> None:
+    values = sim.plant.sensors.sample()
+    res = rt.ctrl.scan(Observation(t, values, np.ones(len(values), bool)))
+    rt._model_step(t, res)
+    rt.events_seen.extend(res.events)  # type: ignore[attr-defined]
+
+
+def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
+    history: Path,
+) -> None:
+    site = demo_site()
+    cfg = RunConfig(site, history, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
+    rt = RealTimeController(cfg)
+    rt.events_seen = []  # type: ignore[attr-defined]
+    sim = ScenarioPlant(site, "normal-day")
+    try:
+        assert rt.forecaster is not None and rt.forecaster.model is None
+        assert rt.retrainer is not None
+        outcome, error = rt.retrainer.run_once()
+        assert error is None and outcome is not None and outcome.promoted
+        _scan(rt, sim, 1000.0)
+        assert rt.forecaster.version == outcome.version
+        assert rt.forecaster.model is outcome.model
+        msgs = [e.message for e in rt.events_seen if e.source == "model"]
+        assert any(f"version {outcome.version} promoted" in m for m in msgs)
+
+        again, error = rt.retrainer.run_once()  # same data: not better, so kept out
+        assert error is None and again is not None and not again.promoted
+        _scan(rt, sim, 1001.0)
+        assert rt.forecaster.version == outcome.version
+        with Registry(history) as reg:
+            assert reg.promoted_version() == outcome.version
+            refused = [d for d in reg.decisions() if d["candidate"] == again.version]
+            assert len(refused) == 1 and not refused[0]["promoted"]
+        assert any(
+            f"version {again.version} not promoted" in e.message for e in rt.events_seen
+        )
+    finally:
+        asyncio.run(rt.close())
+
+
+def test_a_restarted_controller_forecasts_with_the_promoted_model(history: Path) -> None:
+    site = demo_site()
+    with Registry(history) as reg:
+        promoted = reg.promoted_version()
+    assert promoted is not None  # left by the test above, or trained here
+    cfg = RunConfig(site, history, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
+    rt = RealTimeController(cfg)
+    rt.events_seen = []  # type: ignore[attr-defined]
+    sim = ScenarioPlant(site, "normal-day")
+    try:
+        assert rt.forecaster is not None and rt.forecaster.version == promoted
+        # 40 minutes of scans: the forecaster's window fills, then headroom reaches the core
+        for k in range(40 * 60 // 5):
+            sim.step(5)
+            _scan(rt, sim, 2000.0 + 5.0 * k)
+        assert rt.forecast is not None and rt.forecast.zones
+        _, loads = rt.ctrl._forecast
+        assert loads and all(f.headroom_kw >= 0.0 for f in loads.values())
+    finally:
+        asyncio.run(rt.close())
+
+
+def test_model_section_of_the_run_config_is_checked(tmp_path: Path) -> None:
+    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    (tmp_path / "site.toml").write_text(text, encoding="utf-8")
+    cfg = tmp_path / "ctl.toml"
+    base = '[controller]\nsite = "site.toml"\n[modbus]\nhost = "127.0.0.1"\n'
+    cfg.write_text(base + "[model]\nretrain_every_h = 6\ntrain_days = 3\n")
+    rc = load_run_config(str(cfg), None)
+    assert (rc.forecast, rc.retrain_every_h, rc.train_days) == (True, 6.0, 3.0)
+    cfg.write_text(base + "[model]\nretrain_every_hours = 6\n")
+    with pytest.raises(ConfigError, match="retrain_every_hours"):
+        load_run_config(str(cfg), None)
+    cfg.write_text(base + "[model]\nretrain_every_h = 0.1\n")
+    with pytest.raises(ConfigError, match="retrain_every_h"):
+        load_run_config(str(cfg), None)
