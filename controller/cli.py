@@ -150,6 +150,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench import bench_scan
 
         result = bench_scan(args)
+    elif args.bench == "forecast":
+        from thermogate.models.bench import bench_forecast
+
+        result = bench_forecast(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -213,6 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="controller scan in simulated seconds (default: the site's)",
     )
+    sm.add_argument(
+        "--model",
+        metavar="DB",
+        help="forecast with the promoted model of this historian/registry database",
+    )
+    sm.add_argument(
+        "--learn-h",
+        type=float,
+        default=None,
+        metavar="H",
+        help="without --model: learn a model from the run's first H hours "
+        "(default a third of the run, at most 6; 0 = no forecasting)",
+    )
     sm.add_argument("--json", action="store_true", help="print the summary as JSON")
     sm.set_defaults(func=cmd_simulate)
 
@@ -268,6 +285,24 @@ def build_parser() -> argparse.ArgumentParser:
     bsc.add_argument("--scans", type=_positive_int, default=200)
     bsc.add_argument("--json", action="store_true")
     bsc.set_defaults(func=cmd_bench)
+    bfc = bsub.add_parser(
+        "forecast", help="learned thermal model vs persistence and RC on simulated days"
+    )
+    bfc.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    bfc.add_argument(
+        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
+    )
+    bfc.add_argument("--days", type=_positive_float, default=10.0, help="days simulated (10)")
+    bfc.add_argument(
+        "--train-days", type=_positive_float, default=7.0, help="days trained on (first 7)"
+    )
+    bfc.add_argument("--seed", type=int, default=0)
+    bfc.add_argument("--db", metavar="FILE", help="keep the study's historian in FILE")
+    bfc.add_argument(
+        "--from-db", metavar="FILE", help="evaluate an existing study historian, no simulation"
+    )
+    bfc.add_argument("--json", action="store_true")
+    bfc.set_defaults(func=cmd_bench)
     return p
 
 
