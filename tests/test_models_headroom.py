@@ -131,16 +131,27 @@ def test_trust_ood_stale_and_fallback(trained: dict) -> None:
 
 def test_live_error_check_trips_when_errors_inflate(trained: dict) -> None:
     model, live, seen = trained["model"], trained["live"], trained["ds"]
-    trust = Trust(model)
     now = float(live["tank"].times.max())
     rng = np.random.default_rng(0)
+    for floor in (0.0, 0.1):  # without and with the sensor-resolution floor
+        trust = Trust(model, min_error_c=floor)
+        errs = LiveErrors()
+        q = max(trust.calibration_quantile("tank", 15), floor)
+        errs.add("tank", 15, rng.uniform(0, 0.8 * q, 200), 0.0)
+        assert trust.check(seen, now, now, errs).ok
+        errs.add("tank", 15, rng.uniform(2 * q, 4 * q, 200), 0.0)
+        v = trust.check(seen, now, now, errs)
+        assert not v.ok and any("live error" in r and "tank 15" in r for r in v.reasons)
+
+
+def test_live_errors_below_a_sensor_resolution_never_distrust(trained: dict) -> None:
+    model, live, seen = trained["model"], trained["live"], trained["ds"]
+    trust = Trust(model, min_error_c=0.1)
+    now = float(live["tank"].times.max())
     errs = LiveErrors()
     q = trust.calibration_quantile("tank", 15)
-    errs.add("tank", 15, rng.uniform(0, 0.8 * q, 200), 0.0)
+    errs.add("tank", 15, np.full(200, min(0.09, 10 * q)), 0.0)  # many times q, under 0.1 °C
     assert trust.check(seen, now, now, errs).ok
-    errs.add("tank", 15, rng.uniform(2 * q, 4 * q, 200), 0.0)
-    v = trust.check(seen, now, now, errs)
-    assert not v.ok and any("live error" in r and "tank 15" in r for r in v.reasons)
 
 
 def test_time_to_limit_edge_cases() -> None:
