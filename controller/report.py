@@ -826,6 +826,13 @@ class _Forecast:
                          _spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5), ctx.xlim))
         self.skill = self._score()
 
+    def actual(self, kind: str, zone: str, prefix: str, suffix: str) -> np.ndarray | None:
+        """What the forecast is scored against: the minute mean the sensors measured
+        (``forecast.<kind>.<zone>.measured_c``, what the model forecasts) when the run
+        recorded it, else the plant's temperature at the sample instant."""
+        measured = self.ctx.get(f"forecast.{kind}.{zone}.measured_c")
+        return measured if measured is not None else self.ctx.get(f"{prefix}{zone}{suffix}")
+
     def series(self, kind: str, zone: str, which: str) -> np.ndarray | None:
         """``which``: ``mean`` or ``upper``; None when absent or all NaN."""
         return self.ctx.get(f"forecast.{kind}.{zone}.{which}{self.horizon}_c")
@@ -837,7 +844,7 @@ class _Forecast:
             held: list[np.ndarray] = []
             zones = 0
             for zone in self.zones[kind]:
-                actual = self.ctx.get(f"{prefix}{zone}{suffix}")
+                actual = self.actual(kind, zone, prefix, suffix)
                 if actual is None:
                     continue
                 zones += 1
@@ -921,7 +928,7 @@ def _plot_forecast(ctx: _Context) -> Figure:
         for zone in zones:
             c = color(zone)
             name = f"{label} {zone}" + (" (hottest)" if hottest else "")
-            actual = ctx.get(f"{prefix}{zone}{suffix}")
+            actual = fc.actual(kind, zone, prefix, suffix)
             mean, upper = fc.series(kind, zone, "mean"), fc.series(kind, zone, "upper")
             if actual is not None:
                 ax1.plot(*_envelope(t, actual), color=c, lw=1.1, zorder=3, label=name)

@@ -231,7 +231,7 @@ def run_simulation(
         "speedup": round(hours * 3600.0 / wall, 1) if wall > 0 else None,
     }
     if forecaster is not None:
-        summary["forecast"] = _forecast_summary(rec, forecaster)
+        summary["forecast"] = {"source": forecaster.source, **forecaster.scores()}
     series = {k_: np.asarray(v_, dtype=float) for k_, v_ in rec.items()}
     meta = {
         "site": site.name,
@@ -294,12 +294,12 @@ def _record(
         put(f"feeder.{f.name}.kw", pl.b_power[pl.n_pdu + i])
 
 
-def _zone_keys(site: Site) -> list[tuple[str, str, str]]:
-    """(kind, zone, actual series key) of every forecast zone, in report order."""
+def _zone_keys(site: Site) -> list[tuple[str, str]]:
+    """(kind, zone) of every forecast zone, in report order."""
     return (
-        [("tank", t.name, f"tank.{t.name}.fluid_c") for t in site.tanks]
-        + [("cdu", c.name, f"cdu.{c.name}.supply_c") for c in site.cdus]
-        + [("loop", lp.name, f"loop.{lp.name}.supply_c") for lp in site.loops]
+        [("tank", t.name) for t in site.tanks]
+        + [("cdu", c.name) for c in site.cdus]
+        + [("loop", lp.name) for lp in site.loops]
     )
 
 
@@ -310,53 +310,31 @@ def _record_forecast(
     zones: dict[str, Headroom],
     trusted: bool | None,
 ) -> None:
-    """Per sample: the forecast made 15 min ago for this minute, and headroom now."""
-    target = math.floor(sim.plant.t / fc.step_s) * fc.step_s
+    """Per sample: for a recent minute, the 15-min forecast made for it and the mean
+    the sensors measured over it (what the model forecasts); headroom now.
+
+    The minute is the one before last: the last one closes (and is scored) only at
+    the first scan after the sample."""
+    minute = (math.floor(sim.plant.t / fc.step_s) - 2) * fc.step_s
     h = fc.archive_horizon_min
-    for kind, zone, _ in _zone_keys(sim.site):
-        mean, upper = fc.archive.pop((target, zone), (math.nan, math.nan))
+    for kind, zone in _zone_keys(sim.site):
+        mean, upper = fc.archive.pop((minute, zone), (math.nan, math.nan))
         rec.setdefault(f"forecast.{kind}.{zone}.mean{h}_c", []).append(mean)
         rec.setdefault(f"forecast.{kind}.{zone}.upper{h}_c", []).append(upper)
+        measured = fc.measured.pop((minute, zone), math.nan)
+        rec.setdefault(f"forecast.{kind}.{zone}.measured_c", []).append(measured)
         hz = zones.get(zone)
-        ttl = (
-            math.nan
-            if hz is None or not math.isfinite(hz.time_to_limit_min)
-            else hz.time_to_limit_min
-        )
+        ttl = hz.time_to_limit_min if hz is not None else math.nan
         rec.setdefault(f"headroom.{kind}.{zone}.kw", []).append(
             math.nan if hz is None else hz.extra_kw
         )
-        rec.setdefault(f"headroom.{kind}.{zone}.ttl_min", []).append(ttl)
-    for key in [k for k in fc.archive if k[0] < target]:  # minutes that were never sampled
-        del fc.archive[key]
+        rec.setdefault(f"headroom.{kind}.{zone}.ttl_min", []).append(
+            ttl if math.isfinite(ttl) else math.nan
+        )
+    for store in (fc.archive, fc.measured):  # minutes that were never sampled
+        for key in [k for k in store if k[0] < minute]:
+            del store[key]
     rec.setdefault("forecast.trusted", []).append(math.nan if trusted is None else float(trusted))
-
-
-def _forecast_summary(rec: dict[str, list[float]], fc: LiveForecaster) -> dict[str, object]:
-    """15-min MAE and upper-bound coverage per kind, measured on the plant's truth."""
-    h = fc.archive_horizon_min
-    out: dict[str, object] = {"source": fc.source}
-    for kind in ("tank", "cdu", "loop"):
-        err, cov = [], []
-        for key in [
-            k for k in rec if k.startswith(f"forecast.{kind}.") and k.endswith(f".mean{h}_c")
-        ]:
-            zone = key[len(f"forecast.{kind}.") : -len(f".mean{h}_c")]
-            actual_key = {"tank": "fluid_c"}.get(kind, "supply_c")
-            actual = np.asarray(rec[f"{kind}.{zone}.{actual_key}"])
-            mean = np.asarray(rec[key])
-            upper = np.asarray(rec[f"forecast.{kind}.{zone}.upper{h}_c"])
-            ok = np.isfinite(mean) & np.isfinite(actual)
-            err.append(np.abs(mean[ok] - actual[ok]))
-            cov.append(actual[ok] <= upper[ok])
-        e = np.concatenate(err) if err else np.zeros(0)
-        if len(e):
-            out[kind] = {
-                f"mae_{h}_c": round(float(e.mean()), 4),
-                f"coverage_{h}": round(float(np.concatenate(cov).mean()), 4),
-                "samples": len(e),
-            }
-    return out
 
 
 def default_learn_h(hours: float) -> float | None:

@@ -224,12 +224,15 @@ def bench_forecast(args: Any) -> dict[str, Any]:
             model.predict(kd)
     predict_all_ms = (time.perf_counter() - t_pred) * 1e3
     live = latest_rows(test)
-    # one forecast of the whole site (every zone's latest row), as a planning interval does
-    t_one = time.perf_counter()
-    for kd in live:
-        model.predict(kd)
-    predict_ms = (time.perf_counter() - t_one) * 1e3
-    headroom_ms = timed_headroom(model, live, site)
+    # one forecast of the whole site (every zone's latest row), as a planning interval
+    # does; the best of 5 (a shared machine's hiccups are not the model's cost)
+    predict_ms = math.inf
+    for _ in range(5):
+        t_one = time.perf_counter()
+        for kd in live:
+            model.predict(kd)
+        predict_ms = min(predict_ms, (time.perf_counter() - t_one) * 1e3)
+    headroom_ms = min(timed_headroom(model, live, site) for _ in range(5))
     res = evaluate(model, rc, test)
     counts = {k: len(test[k]) for k in res}
     metrics = {k: res[k] for k in ("tank", "loop", "cdu") if k in res}

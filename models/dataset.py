@@ -109,6 +109,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
         "plan_d30",
         "sp_gap",
         "sp_d5",
+        "valve_max",
     ),
     "cdu": (
         "temp",
@@ -239,8 +240,13 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
                 float(lp.supply_alarm_c),
                 lp.name,
                 {
-                    k: lpp[k]
-                    for k in ("return_temp", "loop_flow", "fan_speed", "pump_speed", "ambient")
+                    **{
+                        k: lpp[k]
+                        for k in ("return_temp", "loop_flow", "fan_speed", "pump_speed", "ambient")
+                    },
+                    # the most open valve on the loop drives trim & respond of its supply
+                    "valve_max": tuple(f"{t.name}.valve_pos" for t in tanks)
+                    + tuple(f"{c}.valve_pos" for c in sorted(cdu_names)),
                 },
                 tuple(t.name for t in tanks) + tuple(r.name for r in rows),
             )
@@ -440,7 +446,8 @@ def _zone_series(
         power = np.zeros(len(rs.t))
     extra = {}
     for k, pts in spec.extra.items():
-        extra[k] = np.mean(np.vstack([v[n] for n in pts]), axis=0)  # NaN if any invalid
+        reduce = np.max if k.endswith("_max") else np.mean
+        extra[k] = reduce(np.vstack([v[n] for n in pts]), axis=0)  # NaN if any invalid
     for h in PLAN_HORIZONS_MIN:
         pts = spec.plan_points(h)
         if pts and all(n in v for n in pts):

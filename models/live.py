@@ -46,6 +46,7 @@ from .trust import LiveErrors, Trust
 
 __all__ = ["ForecastUpdate", "LiveForecaster", "LoadForecast"]
 
+CLEAR_AFTER = 5  # trusted minutes in a row before a distrusted model is trusted again
 #: minutes of history a forecast is built from (lagged features reach back past the window)
 LIVE_STEPS = 2 * WINDOW
 
@@ -162,7 +163,12 @@ class LiveForecaster:
         self._trusted: bool | None = None
         self._reason_kinds: frozenset[str] = frozenset()
         # forecasts awaiting their actuals: (zone, target bin time) -> (kind, horizon, mean)
-        self._pending: dict[tuple[str, float], list[tuple[str, int, float]]] = {}
+        self._pending: dict[tuple[str, float], list[tuple[str, int, float, float]]] = {}
+        self._ok_streak = 0
+        #: per kind, for the report horizon: [sum |error|, forecasts scored, under the bound]
+        self.score: dict[str, list[float]] = {}
+        #: (minute, zone) -> the minute's measured mean, once known (for reports)
+        self.measured: dict[tuple[float, str], float] = {}
         #: (target time, zone) -> (mean, upper) of the 15-min forecast, for reports
         self.archive: dict[tuple[float, str], tuple[float, float]] = {}
         self.archive_horizon_min = 15
@@ -262,6 +268,12 @@ class LiveForecaster:
         verdict = self.trust.check(
             live, now_t=t_bin, last_trained_t=trained, live_errors=self.errors
         )
+        # trust returns only after CLEAR_AFTER trusted minutes in a row: a model at
+        # the edge of its range would otherwise flap between alarm and clear
+        self._ok_streak = self._ok_streak + 1 if verdict.ok else 0
+        if verdict.ok and self._trusted is False and self._ok_streak < CLEAR_AFTER:
+            verdict.ok = False
+            verdict.reasons = [f"recovering: {self._ok_streak} of {CLEAR_AFTER} minutes trusted"]
         if verdict.ok:
             zones = headroom(self.model, live, self.site, margin_k=self.margin_k)
         else:
@@ -283,7 +295,7 @@ class LiveForecaster:
                 for j, h in enumerate(kd.horizons_min):
                     target = t_bin + h * 60.0
                     self._pending.setdefault((z, target), []).append(
-                        (kd.kind, h, float(mean[i, j]))
+                        (kd.kind, h, float(mean[i, j]), float(upper[i, j]))
                     )
                     if h == self.archive_horizon_min:
                         self.archive[(target, z)] = (float(mean[i, j]), float(upper[i, j]))
@@ -293,14 +305,33 @@ class LiveForecaster:
         """Live error of every forecast whose target minute is this one."""
         for kd in live:
             for z, temp, tt in zip(kd.zones.tolist(), kd.temp, kd.times, strict=True):
-                for kind, h, mean in self._pending.pop((z, float(tt)), []):
+                if self.archive_horizon_min in kd.horizons_min:
+                    self.measured[(float(tt), z)] = float(temp)
+                for kind, h, mean, upper in self._pending.pop((z, float(tt)), []):
                     self.errors.add(kind, h, temp, mean)
+                    if h == self.archive_horizon_min:
+                        acc = self.score.setdefault(kind, [0.0, 0, 0])
+                        acc[0] += abs(temp - mean)
+                        acc[1] += 1
+                        acc[2] += temp <= upper
         if self.bins.t:
             now = float(self.bins.t[-1])
             for key in [k for k in self._pending if k[1] < now]:  # targets that never came
                 del self._pending[key]
 
+    def scores(self) -> dict[str, dict[str, float]]:
+        """Per kind: MAE (°C) and upper-bound coverage of the scored report-horizon
+        forecasts, against the measured minute means they forecast."""
+        h = self.archive_horizon_min
+        return {
+            kind: {f"mae_{h}_c": round(a / n, 4), f"coverage_{h}": round(c / n, 4), "samples": n}
+            for kind, (a, n, c) in self.score.items()
+            if n
+        }
+
     def _trust_events(self, t: float, ok: bool, reasons: list[str], n: int) -> list[Event]:
+        if reasons and reasons[0].startswith("recovering:"):
+            return []  # still the same episode: its alarm stands, its clear is not due
         kinds = frozenset(r.split(":")[0] for r in reasons)
         out: list[Event] = []
         if not ok and (self._trusted is not False or kinds != self._reason_kinds):

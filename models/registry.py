@@ -252,6 +252,12 @@ class Registry:
         """
         candidate = self.load(candidate_version)
         cand_mae = pooled_mae(candidate, holdout_rows)
+        # score the promoted model before taking the write lock: predictions take
+        # time, and the controller's historian writes to the same file meanwhile
+        seen_v = self.promoted_version()
+        seen_mae = None
+        if seen_v is not None and seen_v != candidate_version:
+            seen_mae = pooled_mae(self.load(seen_v), holdout_rows)
         with self._tx():
             current_v = self.promoted_version()
             cur_mae: float | None = None
@@ -260,7 +266,11 @@ class Registry:
             elif current_v == candidate_version:
                 promote, reason = False, "candidate is already promoted"
             else:
-                cur_mae = pooled_mae(self.load(current_v), holdout_rows)
+                cur_mae = (
+                    seen_mae
+                    if current_v == seen_v and seen_mae is not None
+                    else pooled_mae(self.load(current_v), holdout_rows)  # promoted meanwhile
+                )
                 promote = bool(cand_mae < cur_mae)
                 rel = "<" if promote else ">="
                 reason = (

@@ -41,7 +41,13 @@ class CompiledForest:
             leaf[i, :k] = nd["is_leaf"].astype(bool)
             value[i, :k] = nd["value"]
             nan_left[i, :k] = nd["missing_go_to_left"].astype(bool)
-        self.feat, self.thr, self.leaf = feat.ravel(), thr.ravel(), leaf.ravel()
+        # a leaf (and padding) points to itself both ways: a row that reached its
+        # leaf stays there for the remaining levels without a leaf test per level
+        own = np.arange(T * n).reshape(T, n)
+        left[leaf] = own[leaf]
+        right[leaf] = own[leaf]
+        feat[leaf] = 0
+        self.feat, self.thr = feat.ravel(), thr.ravel()
         self.left, self.right, self.value = left.ravel(), right.ravel(), value.ravel()
         self.nan_left = nan_left.ravel()
         self.root = np.arange(T) * n
@@ -51,12 +57,15 @@ class CompiledForest:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """(n, outputs) predictions."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        flat = X.ravel()
+        offset = (np.arange(len(X)) * X.shape[1])[:, None]
+        has_nan = bool(np.isnan(flat).any())
         node = np.broadcast_to(self.root, (len(X), len(self.root)))
-        rows = np.arange(len(X))[:, None]
         for _ in range(self.depth):
-            x = X[rows, self.feat[node]]
-            go_left = np.where(np.isnan(x), self.nan_left[node], x <= self.thr[node])
-            node = np.where(
-                self.leaf[node], node, np.where(go_left, self.left[node], self.right[node])
-            )
+            x = flat[offset + self.feat[node]]
+            go_left = x <= self.thr[node]
+            if has_nan:  # sklearn sends a missing value the way it saw most of them go
+                go_left = np.where(np.isnan(x), self.nan_left[node], go_left)
+            node = np.where(go_left, self.left[node], self.right[node])
         return self.baseline + np.add.reduceat(self.value[node], self.starts, axis=1)

@@ -122,10 +122,17 @@ def test_report_series_hold_forecasts_that_beat_a_loose_bound(learned: dict) -> 
     mean = res.series[f"forecast.tank.{name}.mean15_c"]
     actual = res.series[f"tank.{name}.fluid_c"]
     ok = np.isfinite(mean)
-    # the first forecast, from the last whole minute before learning, targets 15 min later
-    first = (learned["fc"].learned_at - 60.0) / 3600.0 + 0.25
+    # the first forecast, from the last whole minute before learning, targets 15 min
+    # later; a sample shows the minute before last (the last is measured after it)
+    first = learned["fc"].learned_at / 3600.0 + 0.25 + 1.0 / 60.0
     assert ok.any() and t[ok].min() == pytest.approx(first, abs=1e-6)
     assert np.abs(mean[ok] - actual[ok]).mean() < 0.5
+    measured = res.series[f"forecast.tank.{name}.measured_c"]
+    both = ok & np.isfinite(measured)
+    assert both.sum() >= 0.9 * ok.sum()
+    mae = np.abs(mean[both] - measured[both]).mean()
+    # the summary scores every tank against what its sensors measured
+    assert 0.0 < res.summary["forecast"]["tank"]["mae_15_c"] < 0.5 and mae < 0.5
     lp = site.loops[0].name
     hr = res.series[f"headroom.loop.{lp}.kw"]
     assert np.isfinite(hr[ok]).any() and (hr[np.isfinite(hr)] >= 0).all()
