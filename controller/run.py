@@ -184,6 +184,8 @@ class RealTimeController:
         if got is not None:
             version, model = got
             self.forecaster.set_model(model, trained_t=t1[version], version=version)
+            # the last minutes from before a restart: forecasts resume at once
+            self.forecaster.seed(self.historian, time.time())
         every = self.cfg.retrain_every_h * 3600.0
         # without a model, try as soon as there is enough history to learn from
         first = every if got is not None else min(every, (MIN_HOURS + 0.25) * 3600.0)

@@ -39,7 +39,7 @@ from thermogate.controller.core import PLAN_HORIZONS_MIN, LoadForecast
 from thermogate.controller.signals import BAD, Event
 from thermogate.plc.site import Site
 
-from .dataset import WINDOW, build_dataset, zone_specs
+from .dataset import WINDOW, build_dataset, resample, zone_specs
 from .forecast import ThermalModel
 from .headroom import Headroom, headroom, latest_rows
 from .trust import LiveErrors, Trust
@@ -207,6 +207,26 @@ class LiveForecaster:
         self.trust = Trust(model, max_age_days=self.max_age_days)
         self.errors = LiveErrors()  # errors of the previous model say nothing about this one
         self._pending.clear()
+
+    def seed(self, history: Any, now: float) -> int:
+        """Fill the minute bins from a historian's last minutes, so a restarted
+        controller forecasts at once instead of after ``LIVE_STEPS`` minutes.
+
+        ``history`` has the historian's ``telemetry``/``quality`` reads; the
+        minutes are resampled exactly as :meth:`observe` would have binned them.
+        Returns the number of minutes seeded (0 when the history is not recent).
+        """
+        t0 = (math.floor(now / self.step_s) - LIVE_STEPS) * self.step_s
+        t1 = math.floor(now / self.step_s) * self.step_s - 1e-6  # whole minutes only
+        tel = history.telemetry(self.names, t0, t1, resolution="raw")
+        if len(tel["t"]) == 0:
+            return 0
+        qual = history.quality(self.names, t0, t1)
+        rs = resample(tel["t"], {n: tel[n] for n in self.names}, qual, step_s=self.step_s)
+        for i, tb in enumerate(rs.t):
+            self.bins.t.append(float(tb))
+            self.bins.v.append(np.array([rs.values[n][i] for n in self.names]))
+        return len(rs.t)
 
     def observe(self, t: float, values: np.ndarray, quality: np.ndarray) -> None:
         """One scan's validated values and quality, aligned with ``columns``

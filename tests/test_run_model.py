@@ -114,3 +114,25 @@ def test_model_section_of_the_run_config_is_checked(tmp_path: Path) -> None:
     cfg.write_text(base + "[model]\nretrain_every_h = 0.1\n")
     with pytest.raises(ConfigError, match="retrain_every_h"):
         load_run_config(str(cfg), None)
+
+
+def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once(
+    history: Path,
+) -> None:
+    from thermogate.controller.simulate import HISTORIAN_EPOCH_S
+    from thermogate.models.live import LIVE_STEPS, LiveForecaster
+    from thermogate.models.retrain import train_and_register
+
+    site = demo_site()
+    cols = record_columns(build_point_map(site), site)
+    outcome = train_and_register(history, site, days=1.0, by="test")
+    now = HISTORIAN_EPOCH_S + HOURS * 3600.0  # the end of the recorded run
+    with Historian(history, cols, site_name=site.name) as h:
+        cold = LiveForecaster(site, cols, outcome.model)
+        seeded = LiveForecaster(site, cols, outcome.model)
+        assert seeded.seed(h, now) == LIVE_STEPS
+        # a day later the history is not recent: nothing is seeded
+        assert LiveForecaster(site, cols, outcome.model).seed(h, now + 86400.0) == 0
+    assert cold.update(now) is None  # nothing to forecast from yet
+    upd = seeded.update(now)
+    assert upd is not None and set(upd.zones) >= {t.name for t in site.tanks}
