@@ -1108,6 +1108,17 @@ def _forecast_caption(ctx: _Context) -> str:
             "of each kind): " + "; ".join(fc.skill_lines()) + ".")
 
 
+def _flat(summary: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested summary entries as dotted rows (``forecast.tank.mae_15_c``)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in summary.items():
+        if isinstance(value, Mapping):
+            out += _flat(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
                  ctx: _Context) -> str:
     e = html.escape
@@ -1141,7 +1152,7 @@ def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
     # ---- summary
     out += ["<h2>Summary</h2>", "<table>",
             "<thead><tr><th>quantity</th><th>value</th><th>unit</th></tr></thead>", "<tbody>"]
-    for key, value in summary.items():
+    for key, value in _flat(summary):
         k = str(key)
         v = value.item() if isinstance(value, np.generic) else value
         attention = (

@@ -393,3 +393,12 @@ def test_progress_bar_line_fits_a_narrow_terminal():
     line = bar.line(clock.now, columns=40)
     assert len(line) <= 39 and "25%" in line
     assert math.isfinite(len(bar.line(clock.now, columns=200)))
+
+
+def test_nested_summary_entries_are_dotted_rows_of_the_table(tmp_path):
+    series, meta, events, summary = fake_day(hours=2.0)
+    summary = {**summary, "forecast": {"source": "learned", "tank": {"mae_15_c": 0.0425}}}
+    write_report(series, meta, events, summary, tmp_path)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "forecast.tank.mae_15_c" in page and "0.0425" in page
+    assert "{&#x27;" not in page and "{'" not in page  # no raw dict in a cell
