@@ -972,8 +972,10 @@ def _plot_forecast(ctx: _Context) -> Figure:
         ax2.set_ylim(bottom=low)
     else:
         _no_data(ax2, "no heat headroom recorded")
-    ax2.set_title("Heat headroom per loop (CDUs dashed): extra heat load it could take "
-                  "for the next 30 min")
+    # the search stops at the installed nameplate (trees do not extrapolate beyond
+    # the loads they saw): a loop whose loads all run flat out shows ~0 by design
+    ax2.set_title("Heat headroom per loop (CDUs dashed): extra heat load for the next "
+                  "30 min, up to the installed nameplate")
     ax2.set_ylabel("headroom (kW)")
     ctx.time_axis(ax2)
     _legend_right(ax2)
