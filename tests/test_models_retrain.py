@@ -97,6 +97,16 @@ def first_run(sim_db: dict) -> dict:
     }
 
 
+
+def _run_until_reported(sched: RetrainScheduler, reports: Reports) -> None:
+    """Start ``sched``, wait for the reports asked for while it stays alive, stop it."""
+    sched.start()
+    try:
+        assert reports.enough.wait(WAIT_S), "the scheduler stopped trying"
+        assert sched.alive
+    finally:
+        assert sched.stop(timeout=WAIT_S)
+
 def test_run_once_registers_and_promotes_the_first_model(sim_db: dict, first_run: dict) -> None:
     out, error = first_run["outcome"], first_run["error"]
     assert error is None
@@ -181,13 +191,8 @@ def test_too_little_telemetry_is_reported_and_the_scheduler_keeps_trying(
 ) -> None:
     path, site = short_db
     reports = Reports(n=2)
-    sched = RetrainScheduler(path, site, every_s=0.2, first_after_s=0.0, on_outcome=reports)
-    sched.start()
-    try:
-        assert reports.enough.wait(WAIT_S), "the scheduler stopped trying"
-        assert sched.alive
-    finally:
-        assert sched.stop(timeout=WAIT_S)
+    _run_until_reported(RetrainScheduler(path, site, every_s=0.2, first_after_s=0.0,
+                                         on_outcome=reports), reports)  # fmt: skip
     for outcome, error in reports.got[:2]:
         assert outcome is None
         assert error is not None
@@ -212,13 +217,8 @@ def test_an_unexpected_error_and_a_failing_callback_do_not_end_the_thread(
         if len(reports.got) == 1:
             raise ValueError("a bug in the controller's callback")
 
-    sched = RetrainScheduler(path, site, every_s=0.2, first_after_s=0.0, on_outcome=callback)
-    sched.start()
-    try:
-        assert reports.enough.wait(WAIT_S), "the thread died"
-        assert sched.alive
-    finally:
-        assert sched.stop(timeout=WAIT_S)
+    _run_until_reported(RetrainScheduler(path, site, every_s=0.2, first_after_s=0.0,
+                                         on_outcome=callback), reports)  # fmt: skip
     for outcome, error in reports.got[:2]:
         assert outcome is None and error is not None
         assert "unexpectedly" in error and "RuntimeError: disk on fire" in error
