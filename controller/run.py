@@ -181,6 +181,15 @@ class RealTimeController:
         with Registry(self.cfg.db) as reg:
             got = reg.promoted()
             t1 = {v["id"]: v["t1"] for v in reg.versions()}
+        if got is not None and got[1].incompatible():
+            self._retrain_events.append(
+                Event(
+                    time.time(), "alarm", "model",
+                    f"promoted model version {got[0]} was trained on other features than "
+                    "this version builds: not used until a retrain replaces it", 500,
+                )
+            )  # fmt: skip
+            got = None
         if got is not None:
             version, model = got
             self.forecaster.set_model(model, trained_t=t1[version], version=version)

@@ -281,12 +281,23 @@ class ThermalModel:
         current temperature stays ``rows.temp``.
         """
         m = self.kinds[rows.kind]
+        if m.feature_names != rows.feature_names:
+            raise ValueError(
+                f"the model's {rows.kind} features differ from this version's; retrain it"
+            )
         X = rows.X if X is None else X
         change = m.change(X)
         s = m.scale(X)
         mean = rows.temp[:, None] + change
         upper = mean + np.maximum(m.q, 0.0)[None, :] * s[:, None]
         return mean, upper
+
+    def incompatible(self) -> list[str]:
+        """Kinds whose features differ from what this version's dataset builds
+        (a model stored before an upgrade that changed them): empty if usable."""
+        from .dataset import FEATURES
+
+        return [k for k, km in self.kinds.items() if km.feature_names != FEATURES.get(k)]
 
     def ood(self, rows: KindData, X: np.ndarray | None = None) -> np.ndarray:
         """Rows with a feature (not time of day) outside its training range by more

@@ -79,8 +79,9 @@ def pooled_mae(
 ) -> float:
     """Mean absolute error (°C) at ``horizon_min`` over every row of every kind.
 
-    Rows of a kind the model cannot forecast count as infinitely wrong, so a
-    model that lost a kind never looks better than one that has it.
+    Rows of a kind the model cannot forecast (or was trained on other features
+    for) count as infinitely wrong, so a model that lost a kind, or predates a
+    change of features, never looks better than one that has it.
     """
     if horizon_min not in rows.horizons_min:
         raise ValueError(f"the held-out rows have no {horizon_min}-minute target")
@@ -89,8 +90,9 @@ def pooled_mae(
     for kd in rows:
         if len(kd) == 0:
             continue
-        if kd.kind not in model.kinds or horizon_min not in model.kinds[kd.kind].horizons_min:
-            return float("inf")
+        km = model.kinds.get(kd.kind)
+        if km is None or horizon_min not in km.horizons_min or km.feature_names != kd.feature_names:
+            return float("inf")  # cannot forecast these rows (or not with these features)
         jm = model.kinds[kd.kind].horizons_min.index(horizon_min)
         mean, _ = model.predict(kd)
         truth = kd.temp + kd.y[:, j]

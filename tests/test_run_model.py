@@ -4,6 +4,8 @@ to the scan loop, never a worse one, and the forecast reaches the planning seam.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -35,6 +37,15 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_simulation(site, "normal-day", HOURS, historian=h, scan_s=5.0)
         h.flush(timeout=120.0)
     return path
+
+
+def _forecast_cli(db: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "thermogate.controller.cli", "forecast", "--db", str(db), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _scan(rt: RealTimeController, sim: ScenarioPlant, t: float) -> None:
@@ -136,3 +147,43 @@ def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once
     assert cold.update(now) is None  # nothing to forecast from yet
     upd = seeded.update(now)
     assert upd is not None and set(upd.zones) >= {t.name for t in site.tanks}
+
+
+def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_replaces_it(
+    history: Path, tmp_path: Path
+) -> None:
+    import copy
+    import shutil
+    from dataclasses import replace
+
+    from thermogate.models.retrain import train_and_register
+
+    db = tmp_path / "upgraded.db"
+    shutil.copy(history, db)
+    site = demo_site()
+    outcome = train_and_register(db, site, days=1.0, by="test")
+    old = copy.deepcopy(outcome.model)  # as stored by an older version: one feature fewer
+    old.kinds = {k: replace(km, feature_names=km.feature_names[:-1]) for k, km in old.kinds.items()}
+    assert sorted(old.incompatible()) == sorted(old.kinds)
+    with Registry(db) as reg:
+        v_old = reg.add(old, (0.0, 1.0), {}, created_by="thermogate 0.x")
+        reg.promote(v_old, "test", "as an older version left it")
+    refused = _forecast_cli(db)
+    assert refused.returncode == 2 and "other features" in refused.stderr
+    assert "thermogate train" in refused.stderr
+    cfg = RunConfig(site, db, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
+    rt = RealTimeController(cfg)
+    rt.events_seen = []  # type: ignore[attr-defined]
+    try:
+        assert rt.forecaster is not None and rt.forecaster.model is None
+        _scan(rt, ScenarioPlant(site, "normal-day"), 1000.0)
+        assert any(
+            e.kind == "alarm" and f"version {v_old}" in e.message and "other features" in e.message
+            for e in rt.events_seen
+        )
+        assert rt.retrainer is not None
+        new, error = rt.retrainer.run_once()
+        assert error is None and new is not None and new.promoted  # the old one scores inf
+    finally:
+        asyncio.run(rt.close())
+    assert _forecast_cli(db).returncode == 0  # with the retrained model
