@@ -358,15 +358,7 @@ def _forecaster(site: Site, args: object) -> LiveForecaster | None:
         if not Path(db).exists():
             raise ThermogateError(f"{db}: no such database (--model takes a historian/registry)")
         with Registry(db) as reg:
-            got = reg.promoted()
-        if got is None:
-            raise ThermogateError(f"{db}: no promoted model; run `thermogate train --db {db}`")
-        version, model = got
-        if model.incompatible():
-            raise ThermogateError(
-                f"{db}: model version {version} was trained on other features than this "
-                f"version of thermogate builds; run `thermogate train --db {db}`"
-            )
+            version, model = reg.promoted_usable()
         # no trained_t: the model's window is on another clock than this run's
         # simulated one, so its age cannot be judged here
         fc = LiveForecaster(site, names, model, version=version)

@@ -108,17 +108,8 @@ def forecast_cli(args: Any) -> int:
 
     db = _db(args)
     with Registry(db) as reg:
-        got = reg.promoted()
+        version, model = reg.promoted_usable()
         info = {v["id"]: v for v in reg.versions()}
-    if got is None:
-        raise ThermogateError(f"{db}: no promoted model; run `thermogate train --db {db}` first")
-    version, model = got
-    if model.incompatible():
-        raise ThermogateError(
-            f"{db}: promoted model version {version} was trained on other features than this "
-            f"version of thermogate builds ({', '.join(model.incompatible())}); "
-            f"run `thermogate train --db {db}`"
-        )
     site = load_site(getattr(args, "site", None))
     # read-only: a controller may be writing this file (see models/retrain.py)
     with HistorianReader(db, site.name) as reader, reader.snapshot():

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from thermogate.plc.errors import ThermogateError
+
 from .dataset import Dataset
 from .forecast import ThermalModel
 
@@ -235,6 +237,23 @@ class Registry:
             d["promoted"] = d["id"] == current
             out.append(d)
         return out
+
+    def promoted_usable(self) -> tuple[int, ThermalModel]:
+        """The promoted ``(version, model)`` for forecasting; a ``ThermogateError``
+        telling what to run when there is none or it predates this version's features."""
+        got = self.promoted()
+        if got is None:
+            raise ThermogateError(
+                f"{self.path}: no promoted model; run `thermogate train --db {self.path}` first"
+            )
+        version, model = got
+        if model.incompatible():
+            raise ThermogateError(
+                f"{self.path}: promoted model version {version} was trained on other features "
+                f"than this version of thermogate builds ({', '.join(model.incompatible())}); "
+                f"run `thermogate train --db {self.path}`"
+            )
+        return version, model
 
     def decisions(self) -> list[dict[str, Any]]:
         """Every promotion decision, oldest first."""
