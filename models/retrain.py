@@ -171,7 +171,9 @@ class HistorianReader:
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
-    def _by_shard(self, names: Sequence[str]) -> dict[int, list[tuple[str, str, int]]]:
+    def _by_shard(self, names: Sequence[str]) -> dict[int, list[tuple[str, str, int]]] | None:
+        """(name, column, slot) of ``names`` per shard (shard 0 alone for no names:
+        it has every scan's time); None when nothing was ever recorded."""
         out: dict[int, list[tuple[str, str, int]]] = {}
         for n in names:
             try:
@@ -179,7 +181,9 @@ class HistorianReader:
             except KeyError:
                 raise KeyError(f"no point {n!r} in the historian") from None
             out.setdefault(k, []).append((n, col, slot))
-        return out
+        if self._n_shards == 0:
+            return None
+        return out or {0: []}
 
     def telemetry(
         self, names: Sequence[str], t0: float, t1: float, *, resolution: str = "raw"
@@ -188,11 +192,11 @@ class HistorianReader:
         if resolution != "raw":
             raise ValueError(f"HistorianReader reads raw telemetry only, not {resolution!r}")
         by_shard = self._by_shard(names)
-        if self._n_shards == 0:
+        if by_shard is None:
             return {"t": np.zeros(0)}
         parts = []
         with self._read() as c:
-            for k, cols in (by_shard or {0: []}).items():
+            for k, cols in by_shard.items():
                 sel = ", ".join(['"t"', *(_q(col) for _, col, _ in cols)])
                 cur = c.execute(
                     f'SELECT {sel} FROM "telemetry_{k}" WHERE "t" >= ? AND "t" <= ? ORDER BY "t"',
@@ -208,11 +212,11 @@ class HistorianReader:
     def quality(self, names: Sequence[str], t0: float, t1: float) -> dict[str, np.ndarray]:
         """Raw quality codes (uint8) between t0 and t1; a point absent from a scan reads 2."""
         by_shard = self._by_shard(names)
-        if self._n_shards == 0:
+        if by_shard is None:
             return {"t": np.zeros(0)}
         parts = []
         with self._read() as c:
-            for k, cols in (by_shard or {0: []}).items():
+            for k, cols in by_shard.items():
                 slots = np.array([slot for _, _, slot in cols], np.intp)
                 cur = c.execute(
                     f'SELECT "t", "quality" FROM "telemetry_{k}" '
