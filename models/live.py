@@ -161,7 +161,7 @@ class LiveForecaster:
         self._t_first: float | None = None
         self._last_update_k: int | None = None
         self._trusted: bool | None = None
-        self._reason_kinds: frozenset[str] = frozenset()
+        self._reason_kinds: frozenset[str] = frozenset()  # raised in this untrusted episode
         # forecasts awaiting their actuals: (zone, target bin time) -> (kind, horizon, mean)
         self._pending: dict[tuple[str, float], list[tuple[str, int, float, float]]] = {}
         self._ok_streak = 0
@@ -354,7 +354,9 @@ class LiveForecaster:
             return []  # still the same episode: its alarm stands, its clear is not due
         kinds = frozenset(r.split(":")[0] for r in reasons)
         out: list[Event] = []
-        if not ok and (self._trusted is not False or kinds != self._reason_kinds):
+        # one alarm per episode, and another only for a kind of reason the episode
+        # has not raised yet (reasons coming and going inside it are not news)
+        if not ok and (self._trusted is not False or not kinds <= self._reason_kinds):
             more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
             msg = "thermal model not trusted, conservative headroom in use: "
             msg += "; ".join(reasons[:3]) + more
@@ -366,7 +368,7 @@ class LiveForecaster:
                 Event(t, "info", "model", f"thermal model {self.version} forecasting {n} zones")
             )
         self._trusted = ok
-        self._reason_kinds = kinds if not ok else frozenset()
+        self._reason_kinds = self._reason_kinds | kinds if not ok else frozenset()
         return out
 
     def _per_load(self, zones: Mapping[str, Headroom], trusted: bool) -> dict[str, LoadForecast]:

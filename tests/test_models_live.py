@@ -172,17 +172,7 @@ def test_out_of_range_input_alarms_falls_back_and_clears(learned: dict) -> None:
     t0 = math.ceil(learned["res"].sim.plant.t / 60.0) * 60.0 + 3600.0  # after a gap
 
     def feed(minutes: int, ambient_shift: float, start: float) -> list:
-        out = []
-        for k in range(minutes * len(minute)):
-            t = start + 60.0 * k / len(minute)
-            v, q = minute[k % len(minute)]
-            v = v.copy()
-            v[amb] += ambient_shift
-            fc.observe(t, v, q)
-            upd = fc.update(t)
-            if upd is not None:
-                out.append(upd)
-        return out
+        return _feed(fc, minute, amb, minutes, ambient_shift, start)
 
     ok = [u for u in feed(25, 0.0, t0) if u.zones]
     assert ok and ok[-1].trusted
@@ -199,3 +189,38 @@ def test_out_of_range_input_alarms_falls_back_and_clears(learned: dict) -> None:
     assert back[-1].trusted
     clears = [e for u in back for e in u.events if e.kind == "clear" and e.source == "model"]
     assert len(clears) == 1
+
+
+def _feed(
+    fc: LiveForecaster, minute: list, amb: int, minutes: int, ambient_shift: float, start: float
+) -> list:
+    """Replay one recorded minute of scans for ``minutes`` minutes, ambient shifted."""
+    out = []
+    for k in range(minutes * len(minute)):
+        t = start + 60.0 * k / len(minute)
+        v, q = minute[k % len(minute)]
+        v = v.copy()
+        v[amb] += ambient_shift
+        fc.observe(t, v, q)
+        upd = fc.update(t)
+        if upd is not None:
+            out.append(upd)
+    return out
+
+
+def test_one_untrusted_episode_alarms_once_per_kind_of_reason(learned: dict) -> None:
+    model = learned["fc"].model
+    t0 = math.ceil(learned["res"].sim.plant.t / 60.0) * 60.0 + 3600.0
+    # trained 20 days before: stale for the whole episode
+    fc = LiveForecaster(learned["site"], learned["cols"], model, trained_t=t0 - 20 * 86400.0)
+    amb = learned["cols"].index("site.ambient_temp")
+    minute = learned["last"]
+    ups = _feed(fc, minute, amb, 25, 0.0, t0)  # stale
+    ups += _feed(fc, minute, amb, 10, 45.0, t0 + 25 * 60.0)  # stale, then also out of range
+    ups += _feed(fc, minute, amb, 10, 0.0, t0 + 35 * 60.0)  # back to stale only
+    ups += _feed(fc, minute, amb, 10, 45.0, t0 + 45 * 60.0)  # out of range again: not news
+    assert ups and not any(u.trusted for u in ups if u.zones)
+    alarms = [e.message for u in ups for e in u.events if e.kind == "alarm"]
+    assert len(alarms) == 2, alarms
+    assert "stale model" in alarms[0] and "out of distribution" in alarms[1]
+    assert not any(e.kind == "clear" for u in ups for e in u.events)
