@@ -910,15 +910,12 @@ class Controller:
         for j, h in enumerate(PLAN_HORIZONS_MIN):
             later = wanted if ahead is None else ahead(t, h * 60.0, infos)
             for i, ld in enumerate(self.loads):
-                want = later.get(ld.name)
-                budget = ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
                 # protection caps persist unless something changes: part of the plan
                 self._plan[i * len(PLAN_HORIZONS_MIN) + j] = min(
-                    budget, ld.rated_kw, ld.thermal_cap, ld.power_cap
+                    _asked(later, ld), ld.rated_kw, ld.thermal_cap, ld.power_cap
                 )
         for ld in self.loads:
-            want = wanted.get(ld.name)
-            budget = ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
+            budget = _asked(wanted, ld)
             limits = {"thermal": ld.thermal_cap, "power": ld.power_cap}
             budget_final = min(budget, ld.rated_kw, *limits.values())
             reason = "planner"
@@ -1133,6 +1130,12 @@ class Controller:
                 if c.measurement.endswith(".supply_temp")
             },
         }
+
+
+def _asked(wanted: dict[str, float], ld: _Load) -> float:
+    """The budget a planner asked for a load (no or no finite answer: its rating)."""
+    want = wanted.get(ld.name)
+    return ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
 
 
 def _pid_cfg(c: ControlLoop) -> PidConfig:

@@ -36,7 +36,7 @@ targets.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -500,6 +500,19 @@ def _kind_rows(
     )
 
 
+def input_columns(specs: Sequence[ZoneSpec], have: Collection[str]) -> list[str]:
+    """The recorded series the zones' rows are built from: every point they name,
+    then the planned load (all of it, or none: see ``_zone_series``) and the
+    working setpoints, as far as ``have`` (the recorded columns) holds them."""
+    names = sorted(
+        {p for s in specs for p in (*s.temp, *s.power, *(q for g in s.extra.values() for q in g))}
+    )
+    plan = sorted({p for s in specs for h in PLAN_HORIZONS_MIN for p in s.plan_points(h)})
+    if all(p in have for p in plan):
+        names += plan
+    return names + sorted({p for s in specs for p in s.setpoint_points if p in have})
+
+
 def build_dataset(
     historian_or_arrays: Any,
     site: Site,
@@ -524,18 +537,11 @@ def build_dataset(
         raise ValueError("horizons must be positive multiples of step_s")
     steps = tuple(round(h / step_s) for h in horizons_s)
     specs = [s for s in zone_specs(site) if s.kind in kinds]
-    names = sorted(
-        {p for s in specs for p in (*s.temp, *s.power, *(q for g in s.extra.values() for q in g))}
-    )
-    plan = sorted({p for s in specs for h in PLAN_HORIZONS_MIN for p in s.plan_points(h)})
-    sps = sorted({p for s in specs for p in s.setpoint_points})
     if isinstance(historian_or_arrays, Mapping):
         have = set(historian_or_arrays)
     else:
         have = {p["name"] for p in historian_or_arrays.points()}
-    if all(p in have for p in plan):  # else no plan was recorded: see _zone_series
-        names += plan
-    names += [p for p in sps if p in have]
+    names = input_columns(specs, have)
     if isinstance(historian_or_arrays, Mapping):
         arr = historian_or_arrays
         t = np.asarray(arr["t"], dtype=np.float64)

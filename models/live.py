@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.controller.core import PLAN_HORIZONS_MIN, LoadForecast
+from thermogate.controller.core import LoadForecast
 from thermogate.controller.signals import BAD, Event
 from thermogate.plc.site import Site
 
-from .dataset import WINDOW, build_dataset, resample, zone_specs
+from .dataset import WINDOW, build_dataset, input_columns, resample, zone_specs
 from .forecast import ThermalModel
 from .headroom import Headroom, headroom, latest_rows
 from .trust import LiveErrors, Trust
@@ -128,21 +128,11 @@ class LiveForecaster:
     ) -> None:
         self.site = site
         self.specs = zone_specs(site)
-        names = sorted(
-            {
-                p
-                for s in self.specs
-                for p in (*s.temp, *s.power, *(q for g in s.extra.values() for q in g))
-            }
-        )
         index = {n: i for i, n in enumerate(columns)}
+        names = input_columns(self.specs, index)
         missing = [n for n in names if n not in index]
         if missing:
             raise KeyError(f"point map lacks {missing[:5]}")
-        plan = sorted({p for s in self.specs for h in PLAN_HORIZONS_MIN for p in s.plan_points(h)})
-        if all(p in index for p in plan):  # the planned load, when the columns carry it
-            names += plan
-        names += sorted({p for s in self.specs for p in s.setpoint_points if p in index})
         self.names = names
         self.idx = np.array([index[n] for n in names], np.intp)
         self.step_s = step_s
