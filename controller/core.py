@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -154,10 +155,11 @@ class ScanResult:
     #: the working setpoint of every control loop (``setpoint_columns`` order)
     setpoints: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    @cached_property
     def record(self) -> tuple[np.ndarray, np.ndarray]:
         """Values and quality of the points, then the plan and the setpoints, as a
         historian opened with ``record_columns`` stores them (the controller's own
-        numbers are good)."""
+        numbers are good). Built once: the historian and the forecaster both take it."""
         n = len(self.plan) + len(self.setpoints)
         return (
             np.concatenate([self.values, self.plan, self.setpoints]),

@@ -236,7 +236,7 @@ class RealTimeController:
             self._retrain_events = []
         for model, version, t1 in handover[-1:]:
             fc.set_model(model, trained_t=t1, version=version)
-        fc.observe(now, *res.record())
+        fc.observe(now, *res.record)
         upd = fc.update(now)
         if upd is not None:
             self.forecast = upd
@@ -306,7 +306,7 @@ class RealTimeController:
         self._model_step(now, res)
         for ev in res.events:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
-        self.historian.record_scan(now, *res.record())
+        self.historian.record_scan(now, *res.record)
         self.last = res.status
         self.scans += 1
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)

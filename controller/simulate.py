@@ -155,7 +155,7 @@ def run_simulation(
         res = ctrl.scan(obs)
         if historian is not None:
             if with_plan:
-                historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record())
+                historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record)
             else:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, res.values, res.quality)
         for w in res.writes:
@@ -171,7 +171,7 @@ def run_simulation(
         for ev in res.events:
             log(ev)
         if forecaster is not None:
-            forecaster.observe(obs.t, *res.record())
+            forecaster.observe(obs.t, *res.record)
             upd = forecaster.update(obs.t)
             if upd is not None:
                 ctrl.set_forecast(upd.t, upd.loads)

@@ -31,6 +31,7 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -102,8 +103,10 @@ class _MinuteBins:
         self.v.append(mean)
 
     def arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        ts = list(self.t)[-last:] if last else list(self.t)
-        vs = list(self.v)[-last:] if last else list(self.v)
+        # only the tail: a run that learns keeps its whole history in these deques
+        skip = max(0, len(self.t) - last) if last else 0
+        ts = list(islice(self.t, skip, None))
+        vs = list(islice(self.v, skip, None))
         if not ts:
             return np.zeros(0), np.zeros((0, self.n))
         return np.asarray(ts), np.vstack(vs)
@@ -220,7 +223,7 @@ class LiveForecaster:
 
     def observe(self, t: float, values: np.ndarray, quality: np.ndarray) -> None:
         """One scan's validated values and quality, aligned with ``columns``
-        (``ScanResult.record()`` for ``record_columns``)."""
+        (``ScanResult.record`` for ``record_columns``)."""
         if self._t_first is None:
             self._t_first = t
         v = np.asarray(values, dtype=np.float64)[self.idx]
