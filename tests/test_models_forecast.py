@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from history import simulated_history
 
-from thermogate.controller.historian import Historian
-from thermogate.controller.simulate import HISTORIAN_EPOCH_S, run_simulation
+from thermogate.controller.simulate import HISTORIAN_EPOCH_S
 from thermogate.models.baselines import RCBaseline
 from thermogate.models.dataset import build_dataset
 from thermogate.models.forecast import ThermalModel, evaluate
-from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site
 
 HOURS = 8.0
@@ -22,11 +21,8 @@ TRAIN_H = 6.0
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     site = demo_site()
-    pmap = build_point_map(site)
     path = tmp_path_factory.mktemp("models") / "hist.db"
-    with Historian(path, [p.name for p in pmap.points], site_name=site.name) as h:
-        run_simulation(site, "normal-day", HOURS, historian=h)
-        h.flush(timeout=120.0)
+    with simulated_history(path, HOURS) as h:
         t = h.telemetry(["site.ambient_temp"], 0.0, 1e18, resolution="raw")["t"]
         ds = build_dataset(h, site)
     train, test = ds.split(HISTORIAN_EPOCH_S + TRAIN_H * 3600.0)

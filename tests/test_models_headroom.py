@@ -7,14 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from history import simulated_history
 
-from thermogate.controller.historian import Historian
-from thermogate.controller.simulate import run_simulation
 from thermogate.models.dataset import KindData
 from thermogate.models.forecast import ThermalModel
 from thermogate.models.headroom import headroom, latest_rows, time_to_limit
 from thermogate.models.trust import LiveErrors, Trust
-from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site
 
 HOURS = 4.0
@@ -23,11 +21,8 @@ HOURS = 4.0
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     site = demo_site()
-    pmap = build_point_map(site)
     path = tmp_path_factory.mktemp("headroom") / "hist.db"
-    with Historian(path, [p.name for p in pmap.points], site_name=site.name) as h:
-        run_simulation(site, "normal-day", HOURS, historian=h)
-        h.flush(timeout=120.0)
+    with simulated_history(path, HOURS) as h:
         from thermogate.models.dataset import build_dataset
 
         ds = build_dataset(h, site, kinds=("tank", "cdu"))

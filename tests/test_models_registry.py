@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from history import simulated_history
 
 from thermogate.controller.historian import Historian
-from thermogate.controller.simulate import run_simulation
 from thermogate.models.dataset import build_dataset
 from thermogate.models.forecast import ThermalModel
 from thermogate.models.registry import Registry, pooled_mae
@@ -36,11 +36,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def site_db(tmp_path_factory: pytest.TempPathFactory) -> dict:
     site = demo_site()
-    names = [p.name for p in build_point_map(site).points]
     path = tmp_path_factory.mktemp("registry") / "hist.db"
-    with Historian(path, names, site_name=site.name) as h:
-        run_simulation(site, "normal-day", HOURS, historian=h)
-        h.flush(timeout=120.0)
+    with simulated_history(path, HOURS) as h:
         ds = build_dataset(h, site)
     train = _cli("train", "--db", str(path), "--days", "1")
     return {"site": site, "path": path, "ds": ds, "train": train}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from history import simulated_history
 
 from thermogate.controller.historian import Historian
-from thermogate.controller.simulate import run_simulation
 from thermogate.models import retrain
 from thermogate.models.dataset import build_dataset
 from thermogate.models.registry import Registry
@@ -62,9 +62,8 @@ def sim_db(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A historian with HOURS of a simulated normal day, closed."""
     site = demo_site()
     path = tmp_path_factory.mktemp("retrain") / "hist.db"
-    with Historian(path, _names(site), site_name=site.name) as h:
-        run_simulation(site, "normal-day", HOURS, historian=h)
-        h.flush(timeout=120.0)
+    with simulated_history(path, HOURS, columns=_names(site)):
+        pass
     return {"site": site, "path": path}
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from history import simulated_history
 
 from thermogate.controller.core import record_columns
 from thermogate.controller.historian import Historian
 from thermogate.controller.modbus_io import Endpoint
 from thermogate.controller.run import RealTimeController, RunConfig, load_run_config
 from thermogate.controller.signals import Observation
-from thermogate.controller.simulate import run_simulation
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.models.registry import Registry
 from thermogate.plc.errors import ConfigError
@@ -32,10 +32,10 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A historian holding 3 h of a controlled run, as `thermogate run` records it."""
     site = demo_site()
     path = tmp_path_factory.mktemp("run-model") / "site.db"
-    cols = record_columns(build_point_map(site), site)
-    with Historian(path, cols, site_name=site.name) as h:
-        run_simulation(site, "normal-day", HOURS, historian=h, scan_s=5.0)
-        h.flush(timeout=120.0)
+    with simulated_history(
+        path, HOURS, columns=record_columns(build_point_map(site), site), scan_s=5.0
+    ):
+        pass
     return path
 
 
@@ -82,9 +82,7 @@ def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
             assert reg.promoted_version() == outcome.version
             refused = [d for d in reg.decisions() if d["candidate"] == again.version]
             assert len(refused) == 1 and not refused[0]["promoted"]
-        assert any(
-            f"version {again.version} not promoted" in e.message for e in rt.events_seen
-        )
+        assert any(f"version {again.version} not promoted" in e.message for e in rt.events_seen)
     finally:
         asyncio.run(rt.close())
 

@@ -1,0 +1,27 @@
+"""A historian filled by a simulated normal day, as the model tests train on it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from thermogate.controller.historian import Historian
+from thermogate.controller.simulate import run_simulation
+from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.site import demo_site
+
+
+@contextmanager
+def simulated_history(
+    path: Path, hours: float, *, columns: Sequence[str] | None = None, scan_s: float | None = None
+) -> Iterator[Historian]:
+    """The demo site's controller and plant for ``hours`` of a normal day, every
+    scan recorded in a historian at ``path`` (``columns``: the point map's by
+    default); yields it open and flushed, closes it after."""
+    site = demo_site()
+    cols = list(columns) if columns is not None else [p.name for p in build_point_map(site).points]
+    with Historian(path, cols, site_name=site.name) as h:
+        run_simulation(site, "normal-day", hours, historian=h, scan_s=scan_s)
+        h.flush(timeout=120.0)
+        yield h
