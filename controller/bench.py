@@ -38,8 +38,13 @@ def _site_text_for(points: int) -> str:
     """The smallest generated site with at least ``points`` points."""
 
     def make(k: int) -> tuple[str, int]:
-        spec = SiteSpec(name=f"bench {points} points", asic_tanks=k, gpu_tanks=max(1, k // 11),
-                        rack_rows=max(1, k // 22), tanks_per_plc=12 if k > 60 else 0)
+        spec = SiteSpec(
+            name=f"bench {points} points",
+            asic_tanks=k,
+            gpu_tanks=max(1, k // 11),
+            rack_rows=max(1, k // 22),
+            tanks_per_plc=12 if k > 60 else 0,
+        )
         text = generate_site_toml(spec)
         return text, len(build_point_map(parse_site_text(text, "<bench>")))
 

@@ -425,9 +425,7 @@ class Estimator:
         tol = np.maximum(tol, 1e-9 * np.maximum(np.abs(np.where(np.isfinite(hi), hi, 0)), 1))
         self._lo, self._hi = lo - tol, hi + tol
         self._rate, self._floor = rate, floor
-        self._zero_ok = np.array(
-            [p.unit in ("m3/h", "l/s", "kPa") and not p.writable for p in pts]
-        )
+        self._zero_ok = np.array([p.unit in ("m3/h", "l/s", "kPa") and not p.writable for p in pts])
         self._sentinel = sentinel
         self._has_sentinel = ~np.isnan(sentinel)
         self._sentinel_tol = 0.5 * scale
@@ -486,8 +484,12 @@ class Estimator:
 
         for t in site.tanks:
             n = t.name
-            temps = [f"{n}.fluid_temp", f"{n}.fluid_temp_b", f"{n}.return_temp",
-                     f"{n}.water_out_temp"]
+            temps = [
+                f"{n}.fluid_temp",
+                f"{n}.fluid_temp_b",
+                f"{n}.return_temp",
+                f"{n}.water_out_temp",
+            ]
             mutual(temps)
             by(f"{n}.chip_temp_max", [f"{n}.fluid_temp", f"{n}.fluid_temp_b", f"{n}.power_kw"])
             by(f"{n}.water_flow", [f"{n}.valve_pos", f"{t.loop}.dp"])
@@ -508,8 +510,7 @@ class Estimator:
             for d in lp.dry_coolers:
                 by(f"{d.name}.power_kw", [f"{d.name}.fan_speed"])
         for c in site.cdus:
-            mutual([f"{c.name}.supply_temp", f"{c.name}.return_temp",
-                    f"{c.name}.water_out_temp"])
+            mutual([f"{c.name}.supply_temp", f"{c.name}.return_temp", f"{c.name}.water_out_temp"])
         for r in site.rack_rows:
             by(f"{r.name}.gpu_temp_max", [f"{r.cdu}.supply_temp", f"{r.name}.power_kw"])
             mutual([f"{r.name}.power_kw", f"{r.pdu}.power_kw"])
@@ -564,8 +565,7 @@ class Estimator:
         site, ix = self.site, self.index
         loops = {lp.name: lp for lp in site.loops}
         tanks = [
-            t for t in site.tanks
-            if f"{t.name}.fluid_temp" in ix and f"{t.name}.fluid_temp_b" in ix
+            t for t in site.tanks if f"{t.name}.fluid_temp" in ix and f"{t.name}.fluid_temp_b" in ix
         ]
         self._tank_names = [t.name for t in tanks]
 
@@ -578,9 +578,7 @@ class Estimator:
         self._ti_wout = col("{t.name}.water_out_temp")
         self._ti_wflow = col("{t.name}.water_flow")
         self._ti_dflow = col("{t.name}.dielectric_flow")
-        self._t_loop = np.array(
-            [self._loop_pos(t.loop) for t in tanks], dtype=np.int64
-        )
+        self._t_loop = np.array([self._loop_pos(t.loop) for t in tanks], dtype=np.int64)
         # capacity rates: water kW/K per m3/h, dielectric kW/K per l/s
         self._t_cw = np.array(
             [loops[t.loop].density_kg_l * loops[t.loop].cp_kj_kgk / 3.6 for t in tanks]
@@ -774,8 +772,9 @@ class Estimator:
         good_out = pre_q[self._di_out] == GOOD
         w = good_out.astype(float)
         cnt = np.bincount(self._d_loop, weights=w, minlength=nl)
-        tot = np.bincount(self._d_loop, weights=np.where(good_out, val[self._di_out], 0.0),
-                          minlength=nl)
+        tot = np.bincount(
+            self._d_loop, weights=np.where(good_out, val[self._di_out], 0.0), minlength=nl
+        )
         mean_out = np.where(cnt > 0, tot / np.maximum(cnt, 1.0), np.nan)
         flow = val[self._li_flow]
         flow_ok = (pre_q[self._li_flow] == GOOD) & (flow >= self._l_qmin)
@@ -840,8 +839,12 @@ class Estimator:
         wflow, dflow = val[iwf], val[idf]
         tsup = sup_val[self._t_loop]
         ref_ok = (
-            (pre_q[ir] == GOOD) & (pre_q[iw] == GOOD) & (pre_q[iwf] == GOOD)
-            & (pre_q[idf] == GOOD) & (wflow >= self._t_wmin) & (dflow >= self._t_dmin)
+            (pre_q[ir] == GOOD)
+            & (pre_q[iw] == GOOD)
+            & (pre_q[iwf] == GOOD)
+            & (pre_q[idf] == GOOD)
+            & (wflow >= self._t_wmin)
+            & (dflow >= self._t_dmin)
             & (sup_q[self._t_loop] != BAD)
         )
         tref = val[ir] + self._t_cw * wflow * (val[iw] - tsup) / (self._t_cd * dflow)

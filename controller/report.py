@@ -74,8 +74,7 @@ if TYPE_CHECKING:  # matplotlib is imported lazily: the progress bar does not ne
 __all__ = ["IMAGES", "ProgressBar", "write_report"]
 
 #: The images, in the order the HTML page shows them.
-IMAGES = ("temperatures.png", "power.png", "workloads.png", "pue.png", "alarms.png",
-          "forecast.png")
+IMAGES = ("temperatures.png", "power.png", "workloads.png", "pue.png", "alarms.png", "forecast.png")
 
 DPI = 150
 WIDTH_IN = 11.0
@@ -142,8 +141,10 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     events = list(events)
 
-    data_files = [_write_summary(out / "summary.json", summary),
-                  _write_events(out / "events.csv", events)]
+    data_files = [
+        _write_summary(out / "summary.json", summary),
+        _write_events(out / "events.csv", events),
+    ]
 
     import matplotlib
 
@@ -194,8 +195,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_summary(path: Path, summary: Mapping) -> Path:
-    path.write_text(json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(_jsonable(summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -263,7 +265,7 @@ class _Context:
         names = [str(k) for k in (self.meta.get(section) or {})]
         for key in self.data:
             if key.startswith(prefix) and key.endswith(suffix):
-                name = key[len(prefix): len(key) - len(suffix)]
+                name = key[len(prefix) : len(key) - len(suffix)]
                 if name and name not in names:
                     names.append(name)
         return [nm for nm in names if self.get(f"{prefix}{nm}{suffix}") is not None]
@@ -297,8 +299,15 @@ class _Context:
 
     def shade_curtailment(self, ax: Axes, label: bool) -> None:
         for i, (a, b) in enumerate(self.curtailment):
-            ax.axvspan(a, b, color=CURTAIL_COLOR, alpha=0.25, lw=0, zorder=0,
-                       label="curtailment (import limit lowered)" if label and i == 0 else None)
+            ax.axvspan(
+                a,
+                b,
+                color=CURTAIL_COLOR,
+                alpha=0.25,
+                lw=0,
+                zorder=0,
+                label="curtailment (import limit lowered)" if label and i == 0 else None,
+            )
 
 
 def _float(value: Any) -> float | None:
@@ -309,15 +318,23 @@ def _float(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _new_figure(height_in: float, nrows: int = 1, height_ratios: Sequence[float] | None = None,
-                ) -> tuple[Figure, list[Axes]]:
+def _new_figure(
+    height_in: float,
+    nrows: int = 1,
+    height_ratios: Sequence[float] | None = None,
+) -> tuple[Figure, list[Axes]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, 1, sharex=True, squeeze=False,
-                        gridspec_kw={"height_ratios": height_ratios} if height_ratios else None)
+    axes = fig.subplots(
+        nrows,
+        1,
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": height_ratios} if height_ratios else None,
+    )
     return fig, [a for row in axes for a in row]
 
 
@@ -346,8 +363,16 @@ def _legend_figure(fig: Figure, axes: Iterable[Axes]) -> None:
 
 def _no_data(ax: Axes, text: str = "no data") -> None:
     ax.set_yticks([])  # an empty axis' 0..1 scale means nothing
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center",
-            color="#777777", fontsize=11)
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        color="#777777",
+        fontsize=11,
+    )
 
 
 def _envelope(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -365,8 +390,11 @@ def _envelope(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, yy
 
 
-def _band(t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _band(
+    t: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A band over ~MAX_LINE_POINTS buckets that still covers every sample's band."""
     n = len(t)
     if n <= MAX_LINE_POINTS:
@@ -415,17 +443,23 @@ def _spans(t: np.ndarray, mask: np.ndarray, xlim: tuple[float, float]) -> list[t
     return spans
 
 
-def _limit_lines(ax: Axes, limits: dict[tuple[str, float], list[str]], colors: dict[str, str],
-                 what: str) -> None:
+def _limit_lines(
+    ax: Axes, limits: dict[tuple[str, float], list[str]], colors: dict[str, str], what: str
+) -> None:
     """Horizontal limit lines; one per distinct (kind, value), named by who has it."""
     styles = {"alarm": (0, (5, 3)), "trip": (0, (1, 1.5))}
     for (kind, value), owners in sorted(limits.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         distinct = sorted(set(owners))
         color = colors.get(distinct[0], LIMIT_COLOR) if len(distinct) == 1 else LIMIT_COLOR
         who = ", ".join(distinct) if len(distinct) <= 3 else f"{len(distinct)} {what}"
-        ax.axhline(value, color=color, ls=styles.get(kind, "--"),
-                   lw=1.6 if kind == "trip" else 1.2, zorder=1,
-                   label=f"{kind} {value:g} °C ({who})")
+        ax.axhline(
+            value,
+            color=color,
+            ls=styles.get(kind, "--"),
+            lw=1.6 if kind == "trip" else 1.2,
+            zorder=1,
+            label=f"{kind} {value:g} °C ({who})",
+        )
 
 
 def _pad_ylim(ax: Axes, values: Iterable[float], pad_frac: float = 0.06) -> None:
@@ -457,8 +491,15 @@ def _plot_temperatures(ctx: _Context) -> Figure:
         first = cls not in by_class
         by_class[cls] = by_class.get(cls, 0) + 1
         x, yy = _envelope(t, y)
-        ax1.plot(x, yy, color=CLASS_COLORS.get(cls, OTHER_COLOR), lw=0.9, alpha=0.85,
-                 label=f"_{cls}" if not first else f"{cls} tank", zorder=3)
+        ax1.plot(
+            x,
+            yy,
+            color=CLASS_COLORS.get(cls, OTHER_COLOR),
+            lw=0.9,
+            alpha=0.85,
+            label=f"_{cls}" if not first else f"{cls} tank",
+            zorder=3,
+        )
         i = int(np.nanargmax(y))
         if hottest is None or y[i] > hottest[0]:
             hottest = (float(y[i]), float(t[i]), name)
@@ -476,9 +517,17 @@ def _plot_temperatures(ctx: _Context) -> Figure:
         _limit_lines(ax1, limits, CLASS_COLORS, "classes")
         _pad_ylim(ax1, [v for _, v in limits])
         assert hottest is not None
-        ax1.plot([hottest[1]], [hottest[0]], marker="o", ms=6, mfc="none", mec="#000000",
-                 ls="none", zorder=4,
-                 label=f"peak {hottest[2]} {hottest[0]:.1f} °C at {hottest[1]:.1f} h")
+        ax1.plot(
+            [hottest[1]],
+            [hottest[0]],
+            marker="o",
+            ms=6,
+            mfc="none",
+            mec="#000000",
+            ls="none",
+            zorder=4,
+            label=f"peak {hottest[2]} {hottest[0]:.1f} °C at {hottest[1]:.1f} h",
+        )
     else:
         _no_data(ax1, "no immersion tanks")
     ax1.set_title("Immersion tank fluid")
@@ -510,8 +559,7 @@ def _plot_temperatures(ctx: _Context) -> Figure:
     amb = ctx.get("ambient_c")
     if amb is not None:
         x, yy = _envelope(t, amb)
-        ax2.plot(x, yy, color="#888888", lw=1.0, ls=(0, (1, 1)), label="ambient",
-                 zorder=2)
+        ax2.plot(x, yy, color="#888888", lw=1.0, ls=(0, (1, 1)), label="ambient", zorder=2)
         drawn = True
     if drawn:
         _pad_ylim(ax2, [v for _, v in limits])
@@ -525,8 +573,18 @@ def _plot_temperatures(ctx: _Context) -> Figure:
 
 
 def _palette() -> Iterable[str]:
-    colors = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-              "#ff7f0e", "#d62728", "#7f7f7f")
+    colors = (
+        "#1f77b4",
+        "#2ca02c",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#17becf",
+        "#bcbd22",
+        "#ff7f0e",
+        "#d62728",
+        "#7f7f7f",
+    )
     while True:
         yield from colors
 
@@ -547,13 +605,21 @@ def _plot_power(ctx: _Context) -> Figure:
         ax1.plot(x, yy, color="#1f77b4", lw=1.2, label="site import", zorder=3)
     if limit is not None:
         x, yy = _change_points(t, limit)
-        ax1.step(x, yy, where="post", color="#000000", lw=1.6, label="import limit (grid)",
-                 zorder=4)
+        ax1.step(
+            x, yy, where="post", color="#000000", lw=1.6, label="import limit (grid)", zorder=4
+        )
     if site is not None and limit is not None:
         over = np.isfinite(site) & np.isfinite(limit) & (site > limit)
         for i, (a, b) in enumerate(_spans(t, over, ctx.xlim)):
-            ax1.axvspan(a, b, color=OVER_COLOR, alpha=0.18, lw=0, zorder=1,
-                        label="over the limit" if i == 0 else None)
+            ax1.axvspan(
+                a,
+                b,
+                color=OVER_COLOR,
+                alpha=0.18,
+                lw=0,
+                zorder=1,
+                label="over the limit" if i == 0 else None,
+            )
     if site is None and limit is None:
         _no_data(ax1)
     else:
@@ -580,11 +646,17 @@ def _plot_power(ctx: _Context) -> Figure:
             x, yy = _envelope(t, y)
             ax2.plot(x, yy, color=color, label=name, zorder=3)
             if rating is not None:
-                ax2.axhline(rating, color=color, ls=(0, (5, 3)), lw=1.1,
-                            label=f"{name} continuous {rating:,.0f} kW")
+                ax2.axhline(
+                    rating,
+                    color=color,
+                    ls=(0, (5, 3)),
+                    lw=1.1,
+                    label=f"{name} continuous {rating:,.0f} kW",
+                )
     if percent:
-        ax2.axhline(100.0, color=OVER_COLOR, ls=(0, (5, 3)), lw=1.4,
-                    label="continuous rating (100 %)")
+        ax2.axhline(
+            100.0, color=OVER_COLOR, ls=(0, (5, 3)), lw=1.4, label="continuous rating (100 %)"
+        )
         ax2.set_ylabel("load (% of continuous rating)")
         _pad_ylim(ax2, [0.0, 100.0], pad_frac=0.04)
         ax2.set_ylim(bottom=0.0)
@@ -610,8 +682,15 @@ def _plot_workloads(ctx: _Context) -> Figure:
     ctx.shade_curtailment(ax, label=True)
     if present:
         x, ys = _bucket_mean(ctx.t, [np.nan_to_num(y, nan=0.0) for _, y in present])
-        ax.stackplot(x, *ys, colors=[CLASS_COLORS[c] for c, _ in present], alpha=0.8,
-                     labels=[f"{c} (kW)" for c, _ in present], lw=0, zorder=2)
+        ax.stackplot(
+            x,
+            *ys,
+            colors=[CLASS_COLORS[c] for c, _ in present],
+            alpha=0.8,
+            labels=[f"{c} (kW)" for c, _ in present],
+            lw=0,
+            zorder=2,
+        )
         ax.set_ylim(bottom=0.0)
     else:
         _no_data(ax, "no workload power recorded")
@@ -625,8 +704,9 @@ def _plot_workloads(ctx: _Context) -> Figure:
         ax2 = ax.twinx()
         ax2.grid(False)
         x, yy = _change_points(ctx.t, price)
-        ax2.step(x, yy, where="post", color="#000000", lw=1.1, label="energy price (right)",
-                 zorder=5)
+        ax2.step(
+            x, yy, where="post", color="#000000", lw=1.1, label="energy price (right)", zorder=5
+        )
         ax2.set_ylabel("energy price (per MWh)")
         extra.append(ax2)
     _legend_figure(fig, [ax, *extra])
@@ -645,8 +725,9 @@ def _plot_pue(ctx: _Context) -> Figure:
         x, yy = _envelope(ctx.t, clean)
         ax1.plot(x, yy, color="#1f77b4", lw=1.2, label="PUE", zorder=3)
         mean = float(np.nanmean(clean))
-        ax1.axhline(mean, color=LIMIT_COLOR, ls=(0, (5, 3)), lw=1.0,
-                    label=f"mean of samples {mean:.3f}")
+        ax1.axhline(
+            mean, color=LIMIT_COLOR, ls=(0, (5, 3)), lw=1.0, label=f"mean of samples {mean:.3f}"
+        )
         lo, hi = float(np.nanmin(clean)), float(np.nanmax(clean))
         p99 = float(np.nanpercentile(clean, 99.5))
         title = "Power usage effectiveness (site ÷ IT)"
@@ -742,12 +823,22 @@ def _plot_alarms(ctx: _Context) -> Figure:
     alarm_spans += [(row_of[s], a, end) for s, a in open_alarm.items()]
     shed_spans += [(row_of[s], a, end) for s, a in open_shed.items()]
     min_w = (ctx.xlim[1] - ctx.xlim[0]) / 600.0  # a span that cleared at once stays visible
-    for spans, color, h, label in ((alarm_spans, "#e69f00", 0.56, "alarm active"),
-                                   (shed_spans, "#d62728", 0.28, "shed active")):
+    for spans, color, h, label in (
+        (alarm_spans, "#e69f00", 0.56, "alarm active"),
+        (shed_spans, "#d62728", 0.28, "shed active"),
+    ):
         if spans:
-            ax.barh([r for r, _, _ in spans], [max(b - a, min_w) for _, a, b in spans],
-                    left=[a for _, a, _ in spans], height=h, color=color, alpha=0.28, lw=0,
-                    zorder=1, label=label)
+            ax.barh(
+                [r for r, _, _ in spans],
+                [max(b - a, min_w) for _, a, b in spans],
+                left=[a for _, a, _ in spans],
+                height=h,
+                color=color,
+                alpha=0.28,
+                lw=0,
+                zorder=1,
+                label=label,
+            )
 
     # one marker per pixel column at most: a shed logged every scan is a row of marks,
     # not 20,000 scatter points
@@ -762,9 +853,17 @@ def _plot_alarms(ctx: _Context) -> Figure:
         pts = sorted(by_kind.get(kind, ()))
         if not pts:
             continue
-        ax.scatter([(b + 0.5) * cell for _, b in pts], [r for r, _ in pts], marker=marker,
-                   s=size, c=color if filled else "none", edgecolors=color,
-                   linewidths=1.2 if not filled else 0.5, zorder=3, label=label)
+        ax.scatter(
+            [(b + 0.5) * cell for _, b in pts],
+            [r for r, _ in pts],
+            marker=marker,
+            s=size,
+            c=color if filled else "none",
+            edgecolors=color,
+            linewidths=1.2 if not filled else 0.5,
+            zorder=3,
+            label=label,
+        )
 
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first to raise on top
@@ -815,15 +914,22 @@ class _Forecast:
         self.zones: dict[str, list[str]] = {}
         for kind, section, *_ in _FORECAST_KINDS:
             names = ctx.names(section, f"forecast.{kind}.", f".mean{self.horizon}_c")
-            names += [n for n in ctx.names(section, f"forecast.{kind}.",
-                                           f".upper{self.horizon}_c") if n not in names]
+            names += [
+                n
+                for n in ctx.names(section, f"forecast.{kind}.", f".upper{self.horizon}_c")
+                if n not in names
+            ]
             self.zones[kind] = names
         self.any = any(self.zones.values())
         self.configured = bool(self.info) or any(
-            k.startswith(("forecast.", "headroom.")) for k in ctx.data)
+            k.startswith(("forecast.", "headroom.")) for k in ctx.data
+        )
         trusted = ctx.get("forecast.trusted")
-        self.fallback = ([] if trusted is None else
-                         _spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5), ctx.xlim))
+        self.fallback = (
+            []
+            if trusted is None
+            else _spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5), ctx.xlim)
+        )
         self.skill = self._score()
 
     def actual(self, kind: str, zone: str, prefix: str, suffix: str) -> np.ndarray | None:
@@ -858,9 +964,16 @@ class _Forecast:
             err = np.concatenate(errors) if errors else np.zeros(0)
             cov = np.concatenate(held) if held else np.zeros(0, dtype=bool)
             if err.size or cov.size:
-                out.append(_Skill(label, zones, float(err.mean()) if err.size else None,
-                                  int(err.size), float(cov.mean()) if cov.size else None,
-                                  int(cov.size)))
+                out.append(
+                    _Skill(
+                        label,
+                        zones,
+                        float(err.mean()) if err.size else None,
+                        int(err.size),
+                        float(cov.mean()) if cov.size else None,
+                        int(cov.size),
+                    )
+                )
         return out
 
     def missing(self) -> str:
@@ -868,10 +981,14 @@ class _Forecast:
         if not self.configured:
             return "no forecast: this run had no forecasting"
         if self.learned_at_h is not None:
-            return ("no forecast: the run ended before the first forecast came due\n"
-                    f"(model learned at {self.learned_at_h:g} h)")
-        return ("no forecast: no model was ready before the run ended\n"
-                "(e.g. the run was shorter than the model's learning period)")
+            return (
+                "no forecast: the run ended before the first forecast came due\n"
+                f"(model learned at {self.learned_at_h:g} h)"
+            )
+        return (
+            "no forecast: no model was ready before the run ended\n"
+            "(e.g. the run was shorter than the model's learning period)"
+        )
 
     def skill_lines(self) -> list[str]:
         """MAE and upper-bound coverage per kind, then the model's source."""
@@ -881,8 +998,9 @@ class _Forecast:
             if q.mae_c is not None:
                 parts.append(f"mean abs. error {q.mae_c:.2f} °C over {q.n_mae:,} samples")
             if q.coverage is not None:
-                parts.append(f"actual ≤ upper bound in {q.coverage * 100:.1f} % "
-                             f"of {q.n_coverage:,} samples")
+                parts.append(
+                    f"actual ≤ upper bound in {q.coverage * 100:.1f} % of {q.n_coverage:,} samples"
+                )
             lines.append(f"{q.label}s ({q.zones}): {', '.join(parts)}")
         if not lines:
             lines.append("no actual temperatures to score the forecast against")
@@ -912,8 +1030,15 @@ def _plot_forecast(ctx: _Context) -> Figure:
     ax1.set_title(f"Forecast vs actual, {h} min ahead")
     for a in (ax1, ax2):
         for i, (x0, x1) in enumerate(fc.fallback):
-            a.axvspan(x0, x1, color=FALLBACK_COLOR, alpha=0.25, lw=0, zorder=0,
-                      label="conservative fallback (model not trusted)" if i == 0 else None)
+            a.axvspan(
+                x0,
+                x1,
+                color=FALLBACK_COLOR,
+                alpha=0.25,
+                lw=0,
+                zorder=0,
+                label="conservative fallback (model not trusted)" if i == 0 else None,
+            )
     if fc.any:
         grey = "#555555"
         ax1.plot([], [], color=grey, label="actual")
@@ -934,15 +1059,14 @@ def _plot_forecast(ctx: _Context) -> Figure:
                 ax1.plot(*_envelope(t, actual), color=c, lw=1.1, zorder=3, label=name)
                 name = "_"  # labelled once per zone
             if mean is not None:
-                ax1.plot(*_envelope(t, mean), color=c, lw=1.0, ls=_MEAN_DASH, zorder=3,
-                         label=name)
+                ax1.plot(*_envelope(t, mean), color=c, lw=1.0, ls=_MEAN_DASH, zorder=3, label=name)
                 name = "_"
                 if upper is not None:
-                    ax1.fill_between(*_band(t, mean, upper), color=c, alpha=0.18, lw=0,
-                                     zorder=2)
+                    ax1.fill_between(*_band(t, mean, upper), color=c, alpha=0.18, lw=0, zorder=2)
             elif upper is not None:
-                ax1.plot(*_envelope(t, upper), color=c, lw=0.9, ls=(0, (1, 1)), zorder=3,
-                         label=name)
+                ax1.plot(
+                    *_envelope(t, upper), color=c, lw=0.9, ls=(0, (1, 1)), zorder=3, label=name
+                )
             alarm = _float(ctx.spec(section, zone).get("alarm_c"))
             if alarm is not None:
                 limits.setdefault(("alarm", alarm), []).append(zone)
@@ -961,12 +1085,13 @@ def _plot_forecast(ctx: _Context) -> Figure:
 
     # ---- heat headroom
     low, drawn = 0.0, False
-    for kind, section, ls, label in (("loop", "loops", "-", "loop"),
-                                     ("cdu", "cdus", (0, (5, 2)), "CDU")):
+    for kind, section, ls, label in (
+        ("loop", "loops", "-", "loop"),
+        ("cdu", "cdus", (0, (5, 2)), "CDU"),
+    ):
         for zone in ctx.names(section, f"headroom.{kind}.", ".kw"):
             y = ctx.data[f"headroom.{kind}.{zone}.kw"]
-            ax2.plot(*_envelope(t, y), color=color(zone), ls=ls, zorder=3,
-                     label=f"{label} {zone}")
+            ax2.plot(*_envelope(t, y), color=color(zone), ls=ls, zorder=3, label=f"{label} {zone}")
             low, drawn = min(low, float(np.nanmin(y))), True
     if drawn:
         ax2.set_ylim(bottom=low)
@@ -974,28 +1099,47 @@ def _plot_forecast(ctx: _Context) -> Figure:
         _no_data(ax2, "no heat headroom recorded")
     # the search stops at the installed nameplate (trees do not extrapolate beyond
     # the loads they saw): a loop whose loads all run flat out shows ~0 by design
-    ax2.set_title("Heat headroom per loop (CDUs dashed): extra heat load for the next "
-                  "30 min, up to the installed nameplate")
+    ax2.set_title(
+        "Heat headroom per loop (CDUs dashed): extra heat load for the next "
+        "30 min, up to the installed nameplate"
+    )
     ax2.set_ylabel("headroom (kW)")
     ctx.time_axis(ax2)
     _legend_right(ax2)
 
     if fc.any:
-        fig.supxlabel("\n".join([f"Forecast {h} min ahead, scored on these series "
-                                 "(all zones of each kind):", *fc.skill_lines()]),
-                      x=0.01, ha="left", fontsize=8.5)
+        fig.supxlabel(
+            "\n".join(
+                [
+                    f"Forecast {h} min ahead, scored on these series (all zones of each kind):",
+                    *fc.skill_lines(),
+                ]
+            ),
+            x=0.01,
+            ha="left",
+            fontsize=8.5,
+        )
     return fig
 
 
-_PLOTS = (_plot_temperatures, _plot_power, _plot_workloads, _plot_pue, _plot_alarms,
-          _plot_forecast)
+_PLOTS = (_plot_temperatures, _plot_power, _plot_workloads, _plot_pue, _plot_alarms, _plot_forecast)
 
 
 # --------------------------------------------------------------------------
 # report.html
 # --------------------------------------------------------------------------
-_COUNT_KEYS = {"trips", "sheds", "alarms", "clears", "restores", "failsafes", "events",
-               "write_failures", "failsafe_entries", "scans"}
+_COUNT_KEYS = {
+    "trips",
+    "sheds",
+    "alarms",
+    "clears",
+    "restores",
+    "failsafes",
+    "events",
+    "write_failures",
+    "failsafe_entries",
+    "scans",
+}
 _ATTENTION = ("trip", "violation", "failsafe", "write_fail", "over_limit")
 
 
@@ -1013,10 +1157,24 @@ def unit_for(key: str, units: Mapping | None = None) -> str:
     if k in ("speedup",) or k.endswith("_speedup"):
         return "× real time"
     for suffix, unit in (
-        ("_c_min", "°C·min"), ("_kw_min", "kW·min"), ("_per_mwh", "per MWh"),
-        ("_mwh", "MWh"), ("_kwh", "kWh"), ("_mw", "MW"), ("_kw", "kW"), ("_c", "°C"),
-        ("_k", "K"), ("_pct", "%"), ("_percent", "%"), ("_seconds", "s"), ("_s", "s"),
-        ("_min", "min"), ("_h", "h"), ("_m3h", "m³/h"), ("_kpa", "kPa"), ("_l", "L"),
+        ("_c_min", "°C·min"),
+        ("_kw_min", "kW·min"),
+        ("_per_mwh", "per MWh"),
+        ("_mwh", "MWh"),
+        ("_kwh", "kWh"),
+        ("_mw", "MW"),
+        ("_kw", "kW"),
+        ("_c", "°C"),
+        ("_k", "K"),
+        ("_pct", "%"),
+        ("_percent", "%"),
+        ("_seconds", "s"),
+        ("_s", "s"),
+        ("_min", "min"),
+        ("_h", "h"),
+        ("_m3h", "m³/h"),
+        ("_kpa", "kPa"),
+        ("_l", "L"),
     ):
         if k.endswith(suffix):
             return unit
@@ -1078,23 +1236,23 @@ figcaption { color: #555; font-size: 0.9em; }
 
 _CAPTIONS = {
     "temperatures.png": "Tank fluid temperatures against their alarm (dashed) and trip (dotted) "
-                        "limits per workload class; CDU and loop supply temperatures with "
-                        "their limits, and the ambient temperature.",
+    "limits per workload class; CDU and loop supply temperatures with "
+    "their limits, and the ambient temperature.",
     "power.png": "Site import against the grid's import limit (step line); blue bands: "
-                 "curtailment, red bands: time over the limit. Feeders as a percentage of "
-                 "their continuous rating.",
+    "curtailment, red bands: time over the limit. Feeders as a percentage of "
+    "their continuous rating.",
     "workloads.png": "IT power per workload class, stacked; energy price on the right axis "
-                     "when known.",
+    "when known.",
     "pue.png": "Power usage effectiveness and the cooling power.",
     "alarms.png": "One row per source that raised an alarm, shed, trip, fail-safe or "
-                  "failed write; bars show how long alarms and sheds stayed active.",
+    "failed write; bars show how long alarms and sheds stayed active.",
     "forecast.png": "Top: each loop's supply temperature (and the hottest tank's and CDU's "
-                    "that had a forecast), solid, against the forecast made {h} min before "
-                    "(dashed) and the band up to its calibrated upper bound; their alarm "
-                    "limits dashed. Bottom: the extra heat load each loop (CDUs dashed) could "
-                    "take with its upper-bound forecast staying below its limit for 30 min. "
-                    "Orange bands: the controller did not trust the model and used a "
-                    "conservative fallback.",
+    "that had a forecast), solid, against the forecast made {h} min before "
+    "(dashed) and the band up to its calibrated upper bound; their alarm "
+    "limits dashed. Bottom: the extra heat load each loop (CDUs dashed) could "
+    "take with its upper-bound forecast staying below its limit for 30 min. "
+    "Orange bands: the controller did not trust the model and used a "
+    "conservative fallback.",
 }
 
 
@@ -1105,9 +1263,11 @@ def _forecast_caption(ctx: _Context) -> str:
         text = fc.missing().replace("\n", " ")
         text = text[:1].upper() + text[1:] + "."
         return f"{text} Model: {fc.source}." if fc.source else text
-    return (_CAPTIONS["forecast.png"].format(h=fc.horizon)
-            + f" Forecast quality {fc.horizon} min ahead, scored on these series (all zones "
-            "of each kind): " + "; ".join(fc.skill_lines()) + ".")
+    return (
+        _CAPTIONS["forecast.png"].format(h=fc.horizon)
+        + f" Forecast quality {fc.horizon} min ahead, scored on these series (all zones "
+        "of each kind): " + "; ".join(fc.skill_lines()) + "."
+    )
 
 
 def _flat(summary: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
@@ -1121,8 +1281,7 @@ def _flat(summary: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
-                 ctx: _Context) -> str:
+def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping, ctx: _Context) -> str:
     e = html.escape
     site, scenario = ctx.site, ctx.scenario
     units = meta.get("units") if isinstance(meta.get("units"), Mapping) else None
@@ -1148,18 +1307,27 @@ def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
     sub.append(f"{len(ctx.t):,} samples")
     sub.append(f"{len(events):,} events")
     out.append(f'<p class="sub">{" · ".join(sub)}</p>')
-    out.append('<p class="sub">Data: <a href="summary.json">summary.json</a> · '
-               '<a href="events.csv">events.csv</a></p>')
+    out.append(
+        '<p class="sub">Data: <a href="summary.json">summary.json</a> · '
+        '<a href="events.csv">events.csv</a></p>'
+    )
 
     # ---- summary
-    out += ["<h2>Summary</h2>", "<table>",
-            "<thead><tr><th>quantity</th><th>value</th><th>unit</th></tr></thead>", "<tbody>"]
+    out += [
+        "<h2>Summary</h2>",
+        "<table>",
+        "<thead><tr><th>quantity</th><th>value</th><th>unit</th></tr></thead>",
+        "<tbody>",
+    ]
     for key, value in _flat(summary):
         k = str(key)
         v = value.item() if isinstance(value, np.generic) else value
         attention = (
-            isinstance(v, (int, float)) and not isinstance(v, bool)
-            and math.isfinite(v) and v > 0 and any(a in k.lower() for a in _ATTENTION)
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v > 0
+            and any(a in k.lower() for a in _ATTENTION)
         )
         numeric = isinstance(v, (int, float)) and not isinstance(v, bool)
         tr = '<tr class="attention">' if attention else "<tr>"
@@ -1171,10 +1339,14 @@ def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
     out += ["</tbody>", "</table>"]
 
     # ---- figures
-    titles = {"temperatures.png": "Temperatures", "power.png": "Power and the import limit",
-              "workloads.png": "Workloads", "pue.png": "PUE and cooling",
-              "alarms.png": "Alarms, sheds and trips",
-              "forecast.png": "Forecast and heat headroom"}
+    titles = {
+        "temperatures.png": "Temperatures",
+        "power.png": "Power and the import limit",
+        "workloads.png": "Workloads",
+        "pue.png": "PUE and cooling",
+        "alarms.png": "Alarms, sheds and trips",
+        "forecast.png": "Forecast and heat headroom",
+    }
     for name in IMAGES:
         caption = _forecast_caption(ctx) if name == "forecast.png" else _CAPTIONS[name]
         out += [
@@ -1194,13 +1366,24 @@ def _render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping,
         for ev in events:
             k = str(ev.get("kind") or "")
             kinds[k] = kinds.get(k, 0) + 1
-        out.append("<p>" + " · ".join(f"{e(k or '?')}: {n:,}" for k, n in
-                                      sorted(kinds.items(), key=lambda kv: -kv[1])) + "</p>")
+        out.append(
+            "<p>"
+            + " · ".join(
+                f"{e(k or '?')}: {n:,}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])
+            )
+            + "</p>"
+        )
         if len(events) > MAX_HTML_EVENTS:
-            out.append(f"<p>The first {MAX_HTML_EVENTS:,} of {len(events):,} events; all of "
-                       'them are in <a href="events.csv">events.csv</a>.</p>')
-        out += ["<table>", "<thead><tr><th>t (h)</th><th>elapsed</th><th>kind</th>"
-                "<th>source</th><th>severity</th><th>message</th></tr></thead>", "<tbody>"]
+            out.append(
+                f"<p>The first {MAX_HTML_EVENTS:,} of {len(events):,} events; all of "
+                'them are in <a href="events.csv">events.csv</a>.</p>'
+            )
+        out += [
+            "<table>",
+            "<thead><tr><th>t (h)</th><th>elapsed</th><th>kind</th>"
+            "<th>source</th><th>severity</th><th>message</th></tr></thead>",
+            "<tbody>",
+        ]
         for ev in events[:MAX_HTML_EVENTS]:
             t = _float(ev.get("t_h"))
             kind = str(ev.get("kind") or "")

@@ -379,9 +379,7 @@ def _status_line(rt: RealTimeController) -> None:
             print("  model: none promoted yet (retrains on schedule)", flush=True)
         elif upd is not None and upd.zones:
             loops = {lp.name for lp in rt.cfg.site.loops}
-            hr = ", ".join(
-                f"{z} +{h.extra_kw:.0f} kW" for z, h in upd.zones.items() if z in loops
-            )
+            hr = ", ".join(f"{z} +{h.extra_kw:.0f} kW" for z, h in upd.zones.items() if z in loops)
             trust = "trusted" if upd.trusted else "NOT TRUSTED (conservative)"
             print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
     if alarms:

@@ -172,8 +172,9 @@ class Plant:
         no_trip_t = np.zeros(self.n_t, dtype=bool)
         no_trip_r = np.zeros(self.n_r, dtype=bool)
         self._hydraulics()
-        self._loads(self.t, self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap, no_trip_t,
-                    no_trip_r)
+        self._loads(
+            self.t, self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap, no_trip_t, no_trip_r
+        )
         self._thermal(self.t, 0.0)
         self._electrical(0.0)
 
@@ -583,8 +584,9 @@ class Plant:
         p_req = np.minimum(np.maximum(per_unit, min_kw), self.t_unit_kw)
         # ---- GPU tanks: the budget caps what the demand would draw
         util = self.t_train_f * (self.env.training_demand - demand_inf) + demand_inf
-        gpu_node = np.minimum(self.t_idle_kw + self.t_dyn_kw * util,
-                              np.maximum(per_unit, self.t_idle_kw))
+        gpu_node = np.minimum(
+            self.t_idle_kw + self.t_dyn_kw * util, np.maximum(per_unit, self.t_idle_kw)
+        )
         p_req = np.where(self.t_asic, p_req, gpu_node)
         units_on = np.where(self.t_asic, units_on, self.t_units)
         # Thermal throttling: chips hold their throttle temperature by shedding power.

@@ -402,9 +402,7 @@ def build_point_map(site: Site) -> PointMap:
         n = lp.name
         a.temp(n, plc, f"{n}.supply_temp", f"loop {n} supply temperature (to the HXs)")
         a.temp(n, plc, f"{n}.return_temp", f"loop {n} return temperature (to the dry coolers)")
-        a.add(
-            n, plc, f"{n}.flow", "input", "u16", f"loop {n} flow", scale=0.1, unit="m3/h", lo=0
-        )
+        a.add(n, plc, f"{n}.flow", "input", "u16", f"loop {n} flow", scale=0.1, unit="m3/h", lo=0)
         a.add(
             n,
             plc,
@@ -417,9 +415,7 @@ def build_point_map(site: Site) -> PointMap:
             lo=0,
         )
         a.add(n, plc, f"{n}.leak", "discrete", "bool", f"loop {n} leak detected at the skid")
-        a.add(
-            n, plc, f"{n}.low_flow", "discrete", "bool", f"loop {n} low-flow interlock latched"
-        )
+        a.add(n, plc, f"{n}.low_flow", "discrete", "bool", f"loop {n} low-flow interlock latched")
         for pump in lp.pumps:
             u, pn = pump.unit_id, pump.name
             a.pct_cmd(pn, u, f"{pn}.speed_cmd", f"pump {pn} speed command", lo=0.0)

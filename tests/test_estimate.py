@@ -231,8 +231,13 @@ def test_nan_inf_and_integer_failure_sentinels_are_bad_nan_but_a_sentinel_in_ran
         feeder_m1__current_a=math.nan,
         plc__status=65535,  # a u16 whose declared range is 0..65535
     )
-    for name in ("tank01.fluid_temp", "loop1.flow", "tank02.power_kw", "site.power_kw",
-                 "feeder_m1.current_a"):
+    for name in (
+        "tank01.fluid_temp",
+        "loop1.flow",
+        "tank02.power_kw",
+        "site.power_kw",
+        "feeder_m1.current_a",
+    ):
         assert quality_of(e, name) == BAD and flags_of(e, name) == FLAG_NAN, name
     assert quality_of(e, "plc.status") == GOOD
 
@@ -247,8 +252,12 @@ def test_values_outside_the_physically_plausible_range_are_bad_range():
     v[IDX["site.frequency_hz"]] = 56.0
     v[IDX["site.ambient_temp"]] = -45.0  # a cold night is plausible
     e = est.update(100.0, v, np.ones(len(PMAP), dtype=bool))
-    for name in ("tank01.fluid_temp", "loop1.supply_temp", "tank01.water_flow",
-                 "site.frequency_hz"):
+    for name in (
+        "tank01.fluid_temp",
+        "loop1.supply_temp",
+        "tank01.water_flow",
+        "site.frequency_hz",
+    ):
         assert quality_of(e, name) == BAD and flags_of(e, name) == FLAG_RANGE, name
     assert quality_of(e, "site.ambient_temp") == GOOD
 
@@ -261,8 +270,14 @@ def test_a_single_spike_never_reaches_the_validated_value():
     e = feed(est, 0.0, 10, BASE)
     a = IDX["tank01.fluid_temp"]
     before = e.values[a]
-    e = feed(est, 10.0, 1, BASE, tank01__fluid_temp=BASE[a] + 25.0, loop1__flow=BASE[
-        IDX["loop1.flow"]] + 400.0)
+    e = feed(
+        est,
+        10.0,
+        1,
+        BASE,
+        tank01__fluid_temp=BASE[a] + 25.0,
+        loop1__flow=BASE[IDX["loop1.flow"]] + 400.0,
+    )
     assert e.values[a] == before
     assert quality_of(e, "tank01.fluid_temp") == UNCERTAIN
     assert flags_of(e, "tank01.fluid_temp") == FLAG_RATE
@@ -431,8 +446,9 @@ def test_loop_supply_drift_is_flagged_against_the_dry_cooler_outlets_and_voted_a
 # ----------------------------------------------------------------------------
 # voting rules (hand-made)
 # ----------------------------------------------------------------------------
-def vote_of(a: float, b: float, *, fresh_a: bool = True, fresh_b: bool = True,
-            est: Estimator | None = None) -> tuple[Estimator, Estimate]:
+def vote_of(
+    a: float, b: float, *, fresh_a: bool = True, fresh_b: bool = True, est: Estimator | None = None
+) -> tuple[Estimator, Estimate]:
     est = est or Estimator(PMAP, SITE)
     v = BASE.copy()
     v[IDX["tank05.fluid_temp"]], v[IDX["tank05.fluid_temp_b"]] = a, b

@@ -96,7 +96,6 @@ def first_run(sim_db: dict) -> dict:
     }
 
 
-
 def _run_until_reported(sched: RetrainScheduler, reports: Reports) -> None:
     """Start ``sched``, wait for the reports asked for while it stays alive, stop it."""
     sched.start()
@@ -105,6 +104,7 @@ def _run_until_reported(sched: RetrainScheduler, reports: Reports) -> None:
         assert sched.alive
     finally:
         assert sched.stop(timeout=WAIT_S)
+
 
 def test_run_once_registers_and_promotes_the_first_model(sim_db: dict, first_run: dict) -> None:
     out, error = first_run["outcome"], first_run["error"]

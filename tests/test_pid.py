@@ -20,15 +20,23 @@ def configs(draw: st.DrawFn) -> PidConfig:
     lo = draw(st.floats(min_value=-100.0, max_value=50.0))
     hi = lo + draw(st.floats(min_value=1.0, max_value=200.0))
     return PidConfig(
-        kp=draw(gains), ki=draw(gains), kd=draw(gains), out_min=lo, out_max=hi,
+        kp=draw(gains),
+        ki=draw(gains),
+        kd=draw(gains),
+        out_min=lo,
+        out_max=hi,
         slew_per_s=draw(st.one_of(st.just(math.inf), st.floats(min_value=0.1, max_value=50.0))),
         action=draw(st.sampled_from(["direct", "reverse"])),
     )
 
 
 @settings(max_examples=150, deadline=None)
-@given(configs(), st.lists(measurement, min_size=1, max_size=40), finite,
-       st.floats(min_value=0.05, max_value=5.0))
+@given(
+    configs(),
+    st.lists(measurement, min_size=1, max_size=40),
+    finite,
+    st.floats(min_value=0.05, max_value=5.0),
+)
 def test_output_stays_within_its_limits_for_any_measurements(cfg, meas, sp, dt):
     state = PidState()
     for m in meas:
@@ -80,8 +88,13 @@ def test_integral_does_not_wind_up_while_the_output_is_saturated():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.floats(min_value=0.0, max_value=100.0), finite, finite, st.floats(0.1, 10.0),
-       st.floats(0.0, 1.0))
+@given(
+    st.floats(min_value=0.0, max_value=100.0),
+    finite,
+    finite,
+    st.floats(0.1, 10.0),
+    st.floats(0.0, 1.0),
+)
 def test_manual_to_auto_transfer_is_bumpless(manual, sp, meas, kp, ki):
     cfg = PidConfig(kp=kp, ki=ki, out_min=0.0, out_max=100.0)
     state = PidState()
@@ -122,8 +135,9 @@ def test_feed_forward_adds_before_the_clamp():
 def test_direct_and_reverse_action_push_opposite_ways():
     hot = pid_step(PidConfig(kp=1.0, out_min=-10, out_max=10), PidState(), 50.0, 55.0, 1.0)
     assert hot.output > 0  # direct: hotter -> more cooling output
-    rev = pid_step(PidConfig(kp=1.0, out_min=-10, out_max=10, action="reverse"), PidState(),
-                   50.0, 55.0, 1.0)
+    rev = pid_step(
+        PidConfig(kp=1.0, out_min=-10, out_max=10, action="reverse"), PidState(), 50.0, 55.0, 1.0
+    )
     assert rev.output < 0
 
 

@@ -17,8 +17,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.filterwarnings("error")  # no matplotlib or numpy warnings either
 
 
-def fake_day(hours: float = 24.0, step_min: float = 1.0, *, cdus: bool = True,
-             price: bool = True) -> tuple[dict, dict, list, dict]:
+def fake_day(
+    hours: float = 24.0, step_min: float = 1.0, *, cdus: bool = True, price: bool = True
+) -> tuple[dict, dict, list, dict]:
     """A small site over a day: a hot afternoon, a curtailment 14-16 h, one tank tripping."""
     t = np.arange(0.0, hours + 1e-9, step_min / 60.0)
     rng = np.random.default_rng(7)
@@ -33,14 +34,22 @@ def fake_day(hours: float = 24.0, step_min: float = 1.0, *, cdus: bool = True,
     site = it + cooling
     site[(t > 14.0) & (t < 14.2)] += 900.0  # the controller took a while to shed
     series: dict[str, np.ndarray] = {
-        "t_h": t, "ambient_c": ambient, "site_kw": site, "import_limit_kw": limit,
-        "it_kw": it, "cooling_kw": cooling, "pue": site / it,
-        "class.mining_kw": mining, "class.training_kw": training,
+        "t_h": t,
+        "ambient_c": ambient,
+        "site_kw": site,
+        "import_limit_kw": limit,
+        "it_kw": it,
+        "cooling_kw": cooling,
+        "pue": site / it,
+        "class.mining_kw": mining,
+        "class.training_kw": training,
         "class.inference_kw": inference,
     }
     tanks = {
-        "tank01": ("mining", 60.0, 65.0), "tank02": ("mining", 60.0, 65.0),
-        "tank03": ("mining", 60.0, 65.0), "gpu01": ("inference", 57.0, 62.0),
+        "tank01": ("mining", 60.0, 65.0),
+        "tank02": ("mining", 60.0, 65.0),
+        "tank03": ("mining", 60.0, 65.0),
+        "gpu01": ("inference", 57.0, 62.0),
         "gpu02": ("training", 57.0, 62.0),
     }
     for i, name in enumerate(tanks):
@@ -50,16 +59,25 @@ def fake_day(hours: float = 24.0, step_min: float = 1.0, *, cdus: bool = True,
         y[100:103] = np.nan  # a sensor that was not read
         series[f"tank.{name}.fluid_c"] = y
     meta: dict = {
-        "site": "demo-hall", "scenario": "hot-day", "hours": hours,
-        "tanks": {n: {"alarm_c": a, "trip_c": tr, "workload_class": c}
-                  for n, (c, a, tr) in tanks.items()},
-        "cdus": {}, "loops": {"loop1": {"alarm_c": 44.0}, "ailoop1": {"alarm_c": 42.0}},
-        "feeders": {"feeder_m1": {"continuous_kw": 1750.0}, "feeder_ai1": {"continuous_kw": 1090.0},
-                    "feeder_mech": {"continuous_kw": 170.0}},
+        "site": "demo-hall",
+        "scenario": "hot-day",
+        "hours": hours,
+        "tanks": {
+            n: {"alarm_c": a, "trip_c": tr, "workload_class": c} for n, (c, a, tr) in tanks.items()
+        },
+        "cdus": {},
+        "loops": {"loop1": {"alarm_c": 44.0}, "ailoop1": {"alarm_c": 42.0}},
+        "feeders": {
+            "feeder_m1": {"continuous_kw": 1750.0},
+            "feeder_ai1": {"continuous_kw": 1090.0},
+            "feeder_mech": {"continuous_kw": 170.0},
+        },
     }
     if cdus:
-        meta["cdus"] = {"cdu1": {"alarm_c": 48.0, "trip_c": 55.0},
-                        "cdu2": {"alarm_c": 48.0, "trip_c": 55.0}}
+        meta["cdus"] = {
+            "cdu1": {"alarm_c": 48.0, "trip_c": 55.0},
+            "cdu2": {"alarm_c": 48.0, "trip_c": 55.0},
+        }
         series["cdu.cdu1.supply_c"] = 40.0 + 0.2 * (ambient - 18.0)
         series["cdu.cdu2.supply_c"] = 40.5 + 0.25 * (ambient - 18.0)
     series["loop.loop1.supply_c"] = 32.0 + 0.4 * np.maximum(ambient - 18.0, 0.0)
@@ -70,31 +88,85 @@ def fake_day(hours: float = 24.0, step_min: float = 1.0, *, cdus: bool = True,
     if price:
         series["price_per_mwh"] = np.where((t % 24 >= 17) & (t % 24 < 21), 180.0, 55.0)
     events = [
-        {"t_h": 12.9, "kind": "alarm", "source": "tank02", "message": "tank02 fluid 60.2 °C",
-         "severity": 700},
-        {"t_h": 13.1, "kind": "shed", "source": "tank02", "message": "tank02 budget -40 %",
-         "severity": 600},
-        {"t_h": 13.95, "kind": "trip", "source": "plant", "message": "interlock: tank02 trip",
-         "severity": 900},
-        {"t_h": 14.0, "kind": "shed", "source": "grid", "message": "curtailment to 1500 kW",
-         "severity": 600},
-        {"t_h": 14.5, "kind": "write-failed", "source": "cdu1.sp", "message": "timeout",
-         "severity": 700},
-        {"t_h": 15.2, "kind": "clear", "source": "tank02", "message": "cleared: tank02",
-         "severity": 300},
-        {"t_h": 16.0, "kind": "restore", "source": "grid", "message": "curtailment over",
-         "severity": 300},
-        {"t_h": 18.0, "kind": "failsafe", "source": "zone.gpu",
-         "message": "<script>alert(1)</script>", "severity": 800},
-        {"t_h": 19.0, "kind": "info", "source": "planner", "message": "price high & rising",
-         "severity": 200},
+        {
+            "t_h": 12.9,
+            "kind": "alarm",
+            "source": "tank02",
+            "message": "tank02 fluid 60.2 °C",
+            "severity": 700,
+        },
+        {
+            "t_h": 13.1,
+            "kind": "shed",
+            "source": "tank02",
+            "message": "tank02 budget -40 %",
+            "severity": 600,
+        },
+        {
+            "t_h": 13.95,
+            "kind": "trip",
+            "source": "plant",
+            "message": "interlock: tank02 trip",
+            "severity": 900,
+        },
+        {
+            "t_h": 14.0,
+            "kind": "shed",
+            "source": "grid",
+            "message": "curtailment to 1500 kW",
+            "severity": 600,
+        },
+        {
+            "t_h": 14.5,
+            "kind": "write-failed",
+            "source": "cdu1.sp",
+            "message": "timeout",
+            "severity": 700,
+        },
+        {
+            "t_h": 15.2,
+            "kind": "clear",
+            "source": "tank02",
+            "message": "cleared: tank02",
+            "severity": 300,
+        },
+        {
+            "t_h": 16.0,
+            "kind": "restore",
+            "source": "grid",
+            "message": "curtailment over",
+            "severity": 300,
+        },
+        {
+            "t_h": 18.0,
+            "kind": "failsafe",
+            "source": "zone.gpu",
+            "message": "<script>alert(1)</script>",
+            "severity": 800,
+        },
+        {
+            "t_h": 19.0,
+            "kind": "info",
+            "source": "planner",
+            "message": "price high & rising",
+            "severity": 200,
+        },
     ]
     summary = {
-        "site": "demo-hall", "scenario": "hot-day", "hours": hours,
-        "max_fluid_temp_c": 66.4, "max_cdu_supply_c": None if not cdus else 42.1,
-        "limit_violation_c_min": 123.5, "trips": 1, "sheds": 2, "alarms": 1,
-        "energy_mwh": 52.125, "pue": 1.0812, "import_over_limit_kw_min": 9000.0,
-        "wall_seconds": 3.2, "speedup": 27000.0,
+        "site": "demo-hall",
+        "scenario": "hot-day",
+        "hours": hours,
+        "max_fluid_temp_c": 66.4,
+        "max_cdu_supply_c": None if not cdus else 42.1,
+        "limit_violation_c_min": 123.5,
+        "trips": 1,
+        "sheds": 2,
+        "alarms": 1,
+        "energy_mwh": 52.125,
+        "pue": 1.0812,
+        "import_over_limit_kw_min": 9000.0,
+        "wall_seconds": 3.2,
+        "speedup": 27000.0,
     }
     return series, meta, events, summary
 
@@ -111,8 +183,9 @@ def add_forecast(series: dict, meta: dict, *, cdus: bool = True) -> None:
     n = len(series["t_h"])
     before = np.arange(n) < FIRST_FORECAST
 
-    def forecast(kind: str, zone: str, actual: np.ndarray, off: np.ndarray | float,
-                 above: float) -> None:
+    def forecast(
+        kind: str, zone: str, actual: np.ndarray, off: np.ndarray | float, above: float
+    ) -> None:
         mean = np.where(before, np.nan, actual + off)
         upper = np.where(before, np.nan, actual + above)
         series[f"forecast.{kind}.{zone}.mean15_c"] = mean
@@ -132,8 +205,11 @@ def add_forecast(series: dict, meta: dict, *, cdus: bool = True) -> None:
     trusted = np.where(before, np.nan, 1.0)
     trusted[900:960] = 0.0
     series["forecast.trusted"] = trusted
-    meta["forecast"] = {"source": "learned in-run from the first 6 h", "learned_at_h": 6.0,
-                        "horizon_min": 15}
+    meta["forecast"] = {
+        "source": "learned in-run from the first 6 h",
+        "learned_at_h": 6.0,
+        "horizon_min": 15,
+    }
 
 
 def forecast_texts(series: dict, meta: dict) -> list[str]:
@@ -207,13 +283,18 @@ def test_only_time_and_strange_values(tmp_path):
     """A run stopped at once: one sample, numpy scalars, unknown event kinds."""
     series = {"t_h": np.array([0.0]), "pue": np.array([np.inf]), "site_kw": [np.nan]}
     summary = {"trips": np.int64(0), "energy_mwh": np.float64(0.0), "note": "stopped"}
-    events = [{"t_h": 0.0, "kind": "mystery", "source": "x", "message": "m", "extra": 1},
-              {"t_h": 0.0, "kind": "trip", "source": "x", "message": "m", "severity": 900}]
+    events = [
+        {"t_h": 0.0, "kind": "mystery", "source": "x", "message": "m", "extra": 1},
+        {"t_h": 0.0, "kind": "trip", "source": "x", "message": "m", "severity": 900},
+    ]
     write_report(series, {"hours": 24.0}, events, summary, tmp_path)
     for name in IMAGES:
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
     assert json.loads((tmp_path / "summary.json").read_text()) == {
-        "trips": 0, "energy_mwh": 0.0, "note": "stopped"}
+        "trips": 0,
+        "energy_mwh": 0.0,
+        "note": "stopped",
+    }
     header = (tmp_path / "events.csv").read_text().splitlines()[0]
     assert header == "t_h,kind,source,severity,message,extra"
 
@@ -248,10 +329,14 @@ def test_forecast_plot_and_caption_score_the_forecast_on_the_series(tmp_path):
     per_loop = len(series["t_h"]) - FIRST_FORECAST
     misses = 2 * 60  # two loops, 60 samples each above the upper bound
     coverage = 100.0 * (1 - misses / (2 * per_loop))
-    assert (f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples, "
-            f"actual ≤ upper bound in {coverage:.1f} % of {2 * per_loop:,} samples") in page
-    assert (f"tanks (5): mean abs. error 1.00 °C over {5 * per_loop:,} samples, "
-            f"actual ≤ upper bound in 100.0 % of {5 * per_loop:,} samples") in page
+    assert (
+        f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples, "
+        f"actual ≤ upper bound in {coverage:.1f} % of {2 * per_loop:,} samples"
+    ) in page
+    assert (
+        f"tanks (5): mean abs. error 1.00 °C over {5 * per_loop:,} samples, "
+        f"actual ≤ upper bound in 100.0 % of {5 * per_loop:,} samples"
+    ) in page
     assert "CDUs (2): mean abs. error 0.25 °C" in page
     assert "model: learned in-run from the first 6 h" in page
     assert json.loads((tmp_path / "summary.json").read_text()) == summary  # not extended
@@ -292,8 +377,10 @@ def test_nan_only_forecast_series_are_no_forecast(tmp_path):
     write_report(series, meta, events, summary, tmp_path)
     _png_ok(tmp_path / "forecast.png")
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert ("No forecast: no model was ready before the run ended (e.g. the run was shorter "
-            "than the model&#x27;s learning period).") in page
+    assert (
+        "No forecast: no model was ready before the run ended (e.g. the run was shorter "
+        "than the model&#x27;s learning period)."
+    ) in page
     texts = forecast_texts(series, meta)
     assert any(t.startswith("no forecast: no model was ready") for t in texts)
 
