@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from thermogate.plc.pointmap import STATUS_SAFE_STATE, PointMap
+from thermogate.plc.records import PLAN_HORIZONS_MIN
 from thermogate.plc.site import ControlLoop, Site
 
 from .estimate import Estimator
@@ -69,7 +70,6 @@ WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
 SAFE_GPU_CAP_FRAC = 0.5
 RESET_WINDOW_S = 10.0  # after a reset, latched trips whose interlock clears are released
 CLASS_ORDER = ("mining", "training", "inference")  # shed in this order
-PLAN_HORIZONS_MIN = (5, 15, 30)  # planned load recorded this far ahead
 FORECAST_FRESH_S = 180.0  # a model forecast older than this is not handed to the planner
 
 
@@ -123,23 +123,6 @@ class DefaultPlanner:
 
     def plan(self, t: float, loads: list[LoadInfo], headroom: dict[str, float]) -> dict[str, float]:
         return {ld.name: ld.rated_kw for ld in loads}
-
-
-def plan_columns(site: Site) -> list[str]:
-    """Names of the planned-load series (``plan.<load>.kw_<h>m``), in ``ScanResult.plan`` order."""
-    loads = [t.name for t in site.tanks] + [r.name for r in site.rack_rows]
-    return [f"plan.{ld}.kw_{h}m" for ld in loads for h in PLAN_HORIZONS_MIN]
-
-
-def setpoint_columns(site: Site) -> list[str]:
-    """Names of the control loops' working setpoints (``sp.<measured point>``), after
-    trim & respond: in ``ScanResult.setpoints`` order."""
-    return [f"sp.{c.measurement}" for c in site.control_loops]
-
-
-def record_columns(pmap: PointMap, site: Site) -> list[str]:
-    """A historian's columns for ``ScanResult.record``: every point, the plan, the setpoints."""
-    return [p.name for p in pmap.points] + plan_columns(site) + setpoint_columns(site)
 
 
 @dataclass

@@ -27,9 +27,10 @@ import numpy as np
 from thermogate.plc.config import Section, load_toml
 from thermogate.plc.errors import ConfigError, ThermogateError
 from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
 
-from .core import Controller, ControllerState, Override, ScanResult, record_columns
+from .core import Controller, ControllerState, Override, ScanResult
 from .historian import Historian
 from .modbus_io import Endpoint, ModbusIO
 from .signals import Event, Observation

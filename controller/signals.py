@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# -- quality of a point (mirrored later by OPC UA status codes) -------------
-GOOD = 0
-UNCERTAIN = 1
-BAD = 2
-QUALITY_NAMES = ("good", "uncertain", "bad")
+from thermogate.plc.points import BAD, GOOD, QUALITY_NAMES, UNCERTAIN
+
+__all__ = ["BAD", "GOOD", "QUALITY_NAMES", "UNCERTAIN", "Event", "Observation", "Write"]
 
 # -- why a point is not good (bit flags, combinable) ------------------------
 FLAG_STALE = 1 << 0  # not read this scan (device timeout, exception, comms loss)

@@ -26,9 +26,10 @@ import numpy as np
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import Scenario, load_scenario
 from thermogate.plc.errors import ThermogateError
+from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site
 
-from .core import Controller, Planner, record_columns
+from .core import Controller, Planner
 from .historian import Historian
 from .signals import Event, Observation
 

@@ -126,11 +126,11 @@ def bench_scenario(
 
 
 def _simulate(site: Site, sc: Scenario, days: float, db: Path, seed: int, quiet: bool) -> float:
-    from thermogate.controller.core import record_columns
     from thermogate.controller.historian import Historian
     from thermogate.controller.report import ProgressBar
     from thermogate.controller.simulate import run_simulation
     from thermogate.plc.pointmap import build_point_map
+    from thermogate.plc.records import record_columns
 
     names = record_columns(build_point_map(site), site)
     loads = [t.name for t in site.tanks] + [r.name for r in site.rack_rows]

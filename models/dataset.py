@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.controller.core import PLAN_HORIZONS_MIN
+from thermogate.plc.records import PLAN_HORIZONS_MIN
 from thermogate.plc.site import Site
 
 __all__ = [

@@ -20,8 +20,8 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .equipment import Site
 from .points import BIT_TABLES, TABLES, Point
-from .site import Site
 
 #: Header of the published CSV; integrators' tooling keys on it, keep it exact.
 CSV_HEADER = (

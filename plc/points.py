@@ -20,6 +20,12 @@ TABLES: tuple[Table, ...] = ("coil", "discrete", "input", "holding")
 BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete"})
 REGISTER_TABLES: frozenset[str] = frozenset({"input", "holding"})
 
+# -- quality of a value (the controller's estimate; OPC UA status codes mirror it)
+GOOD = 0
+UNCERTAIN = 1
+BAD = 2
+QUALITY_NAMES = ("good", "uncertain", "bad")
+
 #: Registers (16-bit words) each type occupies. Bits occupy one bit address.
 TYPE_WORDS: dict[str, int] = {"bool": 1, "u16": 1, "i16": 1, "u32": 2, "i32": 2, "f32": 2}
 

@@ -16,304 +16,58 @@ breaker's rating.
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 from .config import _MISSING, Section, load_toml, loads_toml
+from .equipment import (
+    DEFAULT_CONTINUOUS_PCT,
+    DEFAULT_POWER_FACTOR,
+    Breaker,
+    Cdu,
+    ControlLoop,
+    DryCooler,
+    Feeder,
+    Loop,
+    Pdu,
+    PlcConfig,
+    Pump,
+    RackRow,
+    Site,
+    Tank,
+    TankLimits,
+)
 from .errors import ConfigError
+from .pointmap import PointMap, build_point_map
+
+__all__ = [
+    "Breaker",
+    "Cdu",
+    "ControlLoop",
+    "DryCooler",
+    "Feeder",
+    "Loop",
+    "Pdu",
+    "PlcConfig",
+    "Pump",
+    "RackRow",
+    "Site",
+    "Tank",
+    "TankLimits",
+    "demo_site",
+    "demo_site_text",
+    "load_site",
+    "parse_site",
+    "parse_site_text",
+]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 #: Prefixes of the PLC's and the site meter's own points (``site.power_kw``).
 RESERVED_NAMES = frozenset({"plc", "site"})
+#: The built-in demo hall, shipped beside this module.
 DEMO_SITE_FILE = "demo_site.toml"
-
-#: Power factor assumed when converting a breaker's amps to kW.
-DEFAULT_POWER_FACTOR = 0.95
-#: Continuous load allowed on a breaker, % of rating (NEC/IEC practice).
-DEFAULT_CONTINUOUS_PCT = 80.0
-
-
-# --------------------------------------------------------------------------
-# equipment records (immutable; the plant and controller never mutate them)
-# --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Breaker:
-    """An inverse-time overcurrent breaker.
-
-    Trip time for a current ``I`` above pickup ``Is = pickup_pct% * rating``
-    follows IEC 60255 curves: ``t = tms * k / ((I/Is)**a - 1)``.
-    """
-
-    rating_a: float
-    curve: str = "iec-ei"
-    pickup_pct: float = 105.0
-    tms: float = 1.0
-    continuous_pct: float = DEFAULT_CONTINUOUS_PCT
-
-    CURVES = {  # noqa: RUF012 - class constant: (k, a) per IEC 60255-151
-        "iec-si": (0.14, 0.02),
-        "iec-vi": (13.5, 1.0),
-        "iec-ei": (80.0, 2.0),
-    }
-
-    def trip_time_s(self, current_a: float) -> float:
-        """Seconds to trip at a constant ``current_a``; ``inf`` below pickup."""
-        pickup = self.rating_a * self.pickup_pct / 100.0
-        if not current_a > pickup:
-            return math.inf
-        k, a = self.CURVES[self.curve]
-        return self.tms * k / ((current_a / pickup) ** a - 1.0)
-
-
-class _BreakerRated:
-    """kW ratings of a three-phase circuit from its breaker's amps."""
-
-    voltage_v: float
-    breaker: Breaker
-    power_factor: float
-
-    @property
-    def rating_kw(self) -> float:
-        return _three_phase_kw(self.voltage_v, self.breaker.rating_a, self.power_factor)
-
-    @property
-    def continuous_kw(self) -> float:
-        return self.rating_kw * self.breaker.continuous_pct / 100.0
-
-
-@dataclass(frozen=True)
-class Feeder(_BreakerRated):
-    name: str
-    voltage_v: float
-    breaker: Breaker
-    unit_id: int
-    power_factor: float = DEFAULT_POWER_FACTOR
-
-
-@dataclass(frozen=True)
-class Pdu(_BreakerRated):
-    name: str
-    feeder: str
-    voltage_v: float
-    breaker: Breaker
-    unit_id: int
-    power_factor: float = DEFAULT_POWER_FACTOR
-
-
-@dataclass(frozen=True)
-class Pump:
-    """A variable-speed pump on a VFD; affinity laws scale from rated values."""
-
-    name: str  # full dotted name: loop.pump
-    loop: str
-    rated_flow_m3h: float
-    rated_head_kpa: float
-    rated_power_kw: float
-    min_speed_pct: float
-    unit_id: int
-
-
-@dataclass(frozen=True)
-class DryCooler:
-    """An adiabatic-free dry cooler; duty rated at a design approach."""
-
-    name: str
-    loop: str
-    capacity_kw: float
-    design_approach_k: float
-    design_ambient_c: float
-    fans: int
-    fan_power_kw: float  # per fan at 100 % speed
-    unit_id: int
-
-
-@dataclass(frozen=True)
-class Loop:
-    """A water/glycol loop from the heat exchangers to the dry coolers."""
-
-    name: str
-    volume_l: float
-    glycol_pct: float
-    supply_setpoint_c: float
-    supply_alarm_c: float
-    min_flow_m3h: float
-    low_flow_trip_s: float
-    feeder: str  # where the pumps' and fans' power comes from
-    pumps: tuple[Pump, ...]
-    dry_coolers: tuple[DryCooler, ...]
-
-    @property
-    def density_kg_l(self) -> float:
-        return 1.0 + 0.0013 * self.glycol_pct  # ~1.04 at 30 % propylene glycol
-
-    @property
-    def cp_kj_kgk(self) -> float:
-        return 4.18 - 0.0113 * self.glycol_pct  # ~3.84 at 30 % propylene glycol
-
-
-@dataclass(frozen=True)
-class TankLimits:
-    fluid_setpoint_c: float
-    fluid_alarm_c: float
-    fluid_trip_c: float
-    chip_throttle_c: float
-    chip_trip_c: float
-    rate_alarm_c_per_min: float
-
-
-@dataclass(frozen=True)
-class Tank:
-    """A single-phase immersion tank with its own plate HX to a loop."""
-
-    name: str
-    workload: str  # "asic" (miners) or "gpu" (GPU servers)
-    volume_l: float
-    fluid_density_kg_l: float
-    fluid_cp_kj_kgk: float
-    units: int  # miners or 8-GPU nodes
-    unit_power_kw: float  # nameplate per unit at 100 % budget
-    unit_idle_kw: float
-    chip_r_k_per_kw: float  # chip-to-fluid thermal resistance per unit
-    hx_ua_kw_k: float  # design UA of the tank's plate HX
-    dielectric_flow_l_s: float  # tank-side pump through the HX
-    design_water_flow_m3h: float  # water side at 100 % valve
-    loop: str
-    pdu: str
-    unit_id: int
-    limits: TankLimits
-    workload_class: str  # mining | inference | training
-
-    @property
-    def rated_kw(self) -> float:
-        return self.units * self.unit_power_kw
-
-    @property
-    def heat_capacity_kj_k(self) -> float:
-        return self.volume_l * self.fluid_density_kg_l * self.fluid_cp_kj_kgk
-
-
-@dataclass(frozen=True)
-class Cdu:
-    """A coolant distribution unit for direct-to-chip racks."""
-
-    name: str
-    loop: str
-    tcs_volume_l: float  # technology cooling system (secondary) volume
-    hx_ua_kw_k: float
-    tcs_flow_l_s: float
-    design_water_flow_m3h: float
-    supply_setpoint_c: float
-    supply_alarm_c: float
-    supply_trip_c: float
-    unit_id: int
-
-
-@dataclass(frozen=True)
-class RackRow:
-    """A row of direct-to-chip GPU racks behind one CDU."""
-
-    name: str
-    cdu: str
-    pdu: str
-    nodes: int
-    node_power_kw: float
-    node_idle_kw: float
-    gpus_per_node: int
-    gpu_r_k_per_w: float  # die-to-coolant resistance, ~0.037 K/W on an H200
-    chip_throttle_c: float
-    chip_trip_c: float
-    unit_id: int
-    workload_class: str
-
-    @property
-    def rated_kw(self) -> float:
-        return self.nodes * self.node_power_kw
-
-
-@dataclass(frozen=True)
-class ControlLoop:
-    """A PID loop declared by the site: measurement point → actuator point."""
-
-    name: str
-    measurement: str
-    actuators: tuple[str, ...]  # parallel equipment driven with one output
-    setpoint: float
-    kp: float
-    ki: float
-    kd: float
-    out_min: float
-    out_max: float
-    slew_per_s: float
-    action: str  # "direct": more output lowers the measurement (cooling)
-
-
-@dataclass(frozen=True)
-class PlcConfig:
-    unit_id: int
-    heartbeat_timeout_s: float
-    safe_gpu_cap_pct: float
-    leak_isolates_loop: bool
-
-
-@dataclass(frozen=True)
-class Site:
-    name: str
-    source: str
-    import_limit_kw: float
-    meter_voltage_v: float
-    frequency_hz: float
-    meter_unit_id: int
-    design_ambient_c: float
-    scan_interval_s: float
-    plc: PlcConfig
-    feeders: tuple[Feeder, ...]
-    pdus: tuple[Pdu, ...]
-    loops: tuple[Loop, ...]
-    tanks: tuple[Tank, ...]
-    cdus: tuple[Cdu, ...]
-    rack_rows: tuple[RackRow, ...]
-    control_loops: tuple[ControlLoop, ...]
-    _index: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def pumps(self) -> tuple[Pump, ...]:
-        return tuple(p for lp in self.loops for p in lp.pumps)
-
-    @property
-    def dry_coolers(self) -> tuple[DryCooler, ...]:
-        return tuple(d for lp in self.loops for d in lp.dry_coolers)
-
-    @property
-    def it_rated_kw(self) -> float:
-        return sum(t.rated_kw for t in self.tanks) + sum(r.rated_kw for r in self.rack_rows)
-
-    def loop(self, name: str) -> Loop:
-        return next(lp for lp in self.loops if lp.name == name)
-
-    def summary(self) -> dict[str, object]:
-        """A plain dict for reports and ``--json`` output."""
-        return {
-            "name": self.name,
-            "source": self.source,
-            "tanks_asic": sum(t.workload == "asic" for t in self.tanks),
-            "tanks_gpu": sum(t.workload == "gpu" for t in self.tanks),
-            "rack_rows": len(self.rack_rows),
-            "cdus": len(self.cdus),
-            "loops": len(self.loops),
-            "pumps": len(self.pumps),
-            "dry_coolers": len(self.dry_coolers),
-            "feeders": len(self.feeders),
-            "pdus": len(self.pdus),
-            "it_rated_kw": round(self.it_rated_kw, 1),
-            "import_limit_kw": self.import_limit_kw,
-        }
-
-
-def _three_phase_kw(voltage_v: float, current_a: float, pf: float) -> float:
-    return math.sqrt(3.0) * voltage_v * current_a * pf / 1000.0
 
 
 # --------------------------------------------------------------------------
@@ -326,9 +80,13 @@ def load_site(path: str | Path | None = None) -> Site:
     return parse_site(load_toml(path))
 
 
+def demo_site_text() -> str:
+    """The built-in demo site's TOML text (``plc/data/demo_site.toml``)."""
+    return resources.files("thermogate.plc.data").joinpath(DEMO_SITE_FILE).read_text("utf-8")
+
+
 def demo_site() -> Site:
-    text = resources.files("thermogate.hil.data").joinpath(DEMO_SITE_FILE).read_text("utf-8")
-    return parse_site(loads_toml(text, "<built-in demo site>"))
+    return parse_site(loads_toml(demo_site_text(), "<built-in demo site>"))
 
 
 def parse_site_text(text: str, file: str = "<string>") -> Site:
@@ -401,8 +159,6 @@ def parse_site(root: Section) -> Site:
         control_loops=(),
     )
     # Control loops name points, so they are checked against the point map.
-    from .pointmap import build_point_map  # local: pointmap imports this module
-
     try:
         pmap = build_point_map(site)
     except ValueError as exc:  # an address region of a shared unit is full
@@ -412,8 +168,7 @@ def parse_site(root: Section) -> Site:
     )
     root.check_unused()
     _check_electrical(root, site)
-    object.__setattr__(site, "control_loops", loops_ctl)
-    return site
+    return replace(site, control_loops=loops_ctl)
 
 
 class _Names:
@@ -673,9 +428,9 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
     return r
 
 
-def _control_loop(sec: Section, names: _Names, pmap: object) -> ControlLoop:
+def _control_loop(sec: Section, names: _Names, pmap: PointMap) -> ControlLoop:
     name = names.claim(sec)
-    by_name = pmap.by_name  # type: ignore[attr-defined]
+    by_name = pmap.by_name
     meas = sec.get_str("measurement")
     if meas not in by_name:
         raise sec.error("measurement", f"no point named '{meas}' (see `thermogate points`)")

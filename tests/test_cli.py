@@ -22,7 +22,7 @@ import pytest
 
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import CSV_HEADER, build_point_map
-from thermogate.plc.site import demo_site, load_site
+from thermogate.plc.site import demo_site, demo_site_text, load_site
 
 _SCRIPT = Path(sys.executable).with_name("thermogate")
 #: The installed console script when there is one, else the module.
@@ -106,9 +106,8 @@ def test_points_of_a_site_file(tmp_path):
 
 
 def _demo_text() -> str:
-    from importlib import resources
 
-    return resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    return demo_site_text()
 
 
 @pytest.mark.parametrize(

@@ -20,13 +20,12 @@ from thermogate.controller.run import RealTimeController, RunConfig
 from thermogate.hil.modbus_server import PlantModbusServer
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.serve import ServedPlant
-from thermogate.plc.site import demo_site
+from thermogate.plc.site import demo_site, demo_site_text
 
 
 def _site_file(tmp_path: Path) -> Path:
-    from importlib import resources
 
-    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    text = demo_site_text()
     p = tmp_path / "site.toml"
     p.write_text(text, encoding="utf-8")
     return p

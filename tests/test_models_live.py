@@ -14,7 +14,6 @@ from thermogate.controller.core import (
     DefaultPlanner,
     LoadForecast,
     LoadInfo,
-    record_columns,
 )
 from thermogate.controller.signals import BAD, Observation
 from thermogate.controller.simulate import run_simulation
@@ -22,6 +21,7 @@ from thermogate.hil.runner import ScenarioPlant
 from thermogate.models.dataset import resample
 from thermogate.models.live import LiveForecaster
 from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.records import record_columns
 from thermogate.plc.site import demo_site
 
 LEARN_H = 2.0

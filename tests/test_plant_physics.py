@@ -26,7 +26,7 @@ from thermogate.hil.plant import GPU_IDLE_W, GPU_TDP_W, Environment, Plant, _hx
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import parse_scenario
 from thermogate.plc.errors import ConfigError
-from thermogate.plc.site import Breaker, Site, demo_site, parse_site_text
+from thermogate.plc.site import Breaker, Site, demo_site, demo_site_text, parse_site_text
 
 AMBIENT_C = 25.0
 # The real H200 load-step measurement the GPU model is calibrated on; shipped
@@ -425,7 +425,7 @@ def test_breaker_trip_time_falls_with_current_and_is_infinite_up_to_pickup():
 
 
 def test_site_with_an_undersized_pdu_breaker_is_rejected():
-    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    text = demo_site_text()
     marker = 'name = "pdu_tank01"'
     head, tail = text.split(marker, 1)
     tail = tail.replace("rating_a = 500.0", "rating_a = 200.0", 1)

@@ -8,14 +8,13 @@ import itertools
 import json
 import re
 from collections import defaultdict
-from importlib import resources
 from pathlib import Path
 
 import pytest
 
 from thermogate.plc.pointmap import CSV_HEADER, PointMap, build_point_map
 from thermogate.plc.points import BIT_TABLES, TABLES, Point
-from thermogate.plc.site import demo_site, load_site
+from thermogate.plc.site import demo_site, demo_site_text, load_site
 from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -249,7 +248,7 @@ def test_adding_a_tank_to_a_generated_site_moves_no_existing_point(tmp_path):
 
 def test_appending_a_tank_to_a_site_file_moves_no_existing_point(tmp_path):
     """The hand-edited case: a tank (with its PDU and feeder) appended at the end of the file."""
-    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    text = demo_site_text()
     extra = """
 [[feeders]]
 name = "feeder_m9"

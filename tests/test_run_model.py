@@ -6,14 +6,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 from history import simulated_history
 
-from thermogate.controller.core import record_columns
 from thermogate.controller.historian import Historian
 from thermogate.controller.modbus_io import Endpoint
 from thermogate.controller.run import RealTimeController, RunConfig, load_run_config
@@ -22,7 +20,8 @@ from thermogate.hil.runner import ScenarioPlant
 from thermogate.models.registry import Registry
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import build_point_map
-from thermogate.plc.site import demo_site
+from thermogate.plc.records import record_columns
+from thermogate.plc.site import demo_site, demo_site_text
 
 HOURS = 3.0
 
@@ -110,7 +109,7 @@ def test_a_restarted_controller_forecasts_with_the_promoted_model(history: Path)
 
 
 def test_model_section_of_the_run_config_is_checked(tmp_path: Path) -> None:
-    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    text = demo_site_text()
     (tmp_path / "site.toml").write_text(text, encoding="utf-8")
     cfg = tmp_path / "ctl.toml"
     base = '[controller]\nsite = "site.toml"\n[modbus]\nhost = "127.0.0.1"\n'

@@ -18,7 +18,7 @@ import pytest
 
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import build_point_map
-from thermogate.plc.site import Breaker, Site, demo_site, load_site
+from thermogate.plc.site import Breaker, Site, demo_site, demo_site_text, load_site
 from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 
 
@@ -604,9 +604,8 @@ def test_demo_pdus_and_feeders_stay_within_80_percent_of_their_breakers(demo):
 
 
 def test_demo_file_is_what_the_generator_produces():
-    from importlib import resources
 
-    text = resources.files("thermogate.hil.data").joinpath("demo_site.toml").read_text("utf-8")
+    text = demo_site_text()
     assert text == generate_site_toml(SiteSpec())
 
 

@@ -1,0 +1,1 @@
+"""Data files of the PLC contract: the built-in demo site description."""

@@ -1,0 +1,292 @@
+"""The equipment of a site: immutable records the site description is loaded into.
+
+The plant, the PLC logic, the point map and the controller all read these;
+none of them mutates one. Loading and validating a site file is ``site.py``'s
+job; deriving points from the records is ``pointmap.py``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Power factor assumed when converting a breaker's amps to kW.
+DEFAULT_POWER_FACTOR = 0.95
+#: Continuous load allowed on a breaker, % of rating (NEC/IEC practice).
+DEFAULT_CONTINUOUS_PCT = 80.0
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """An inverse-time overcurrent breaker.
+
+    Trip time for a current ``I`` above pickup ``Is = pickup_pct% * rating``
+    follows IEC 60255 curves: ``t = tms * k / ((I/Is)**a - 1)``.
+    """
+
+    rating_a: float
+    curve: str = "iec-ei"
+    pickup_pct: float = 105.0
+    tms: float = 1.0
+    continuous_pct: float = DEFAULT_CONTINUOUS_PCT
+
+    CURVES = {  # noqa: RUF012 - class constant: (k, a) per IEC 60255-151
+        "iec-si": (0.14, 0.02),
+        "iec-vi": (13.5, 1.0),
+        "iec-ei": (80.0, 2.0),
+    }
+
+    def trip_time_s(self, current_a: float) -> float:
+        """Seconds to trip at a constant ``current_a``; ``inf`` below pickup."""
+        pickup = self.rating_a * self.pickup_pct / 100.0
+        if not current_a > pickup:
+            return math.inf
+        k, a = self.CURVES[self.curve]
+        return self.tms * k / ((current_a / pickup) ** a - 1.0)
+
+
+class _BreakerRated:
+    """kW ratings of a three-phase circuit from its breaker's amps."""
+
+    voltage_v: float
+    breaker: Breaker
+    power_factor: float
+
+    @property
+    def rating_kw(self) -> float:
+        return _three_phase_kw(self.voltage_v, self.breaker.rating_a, self.power_factor)
+
+    @property
+    def continuous_kw(self) -> float:
+        return self.rating_kw * self.breaker.continuous_pct / 100.0
+
+
+@dataclass(frozen=True)
+class Feeder(_BreakerRated):
+    name: str
+    voltage_v: float
+    breaker: Breaker
+    unit_id: int
+    power_factor: float = DEFAULT_POWER_FACTOR
+
+
+@dataclass(frozen=True)
+class Pdu(_BreakerRated):
+    name: str
+    feeder: str
+    voltage_v: float
+    breaker: Breaker
+    unit_id: int
+    power_factor: float = DEFAULT_POWER_FACTOR
+
+
+@dataclass(frozen=True)
+class Pump:
+    """A variable-speed pump on a VFD; affinity laws scale from rated values."""
+
+    name: str  # full dotted name: loop.pump
+    loop: str
+    rated_flow_m3h: float
+    rated_head_kpa: float
+    rated_power_kw: float
+    min_speed_pct: float
+    unit_id: int
+
+
+@dataclass(frozen=True)
+class DryCooler:
+    """An adiabatic-free dry cooler; duty rated at a design approach."""
+
+    name: str
+    loop: str
+    capacity_kw: float
+    design_approach_k: float
+    design_ambient_c: float
+    fans: int
+    fan_power_kw: float  # per fan at 100 % speed
+    unit_id: int
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A water/glycol loop from the heat exchangers to the dry coolers."""
+
+    name: str
+    volume_l: float
+    glycol_pct: float
+    supply_setpoint_c: float
+    supply_alarm_c: float
+    min_flow_m3h: float
+    low_flow_trip_s: float
+    feeder: str  # where the pumps' and fans' power comes from
+    pumps: tuple[Pump, ...]
+    dry_coolers: tuple[DryCooler, ...]
+
+    @property
+    def density_kg_l(self) -> float:
+        return 1.0 + 0.0013 * self.glycol_pct  # ~1.04 at 30 % propylene glycol
+
+    @property
+    def cp_kj_kgk(self) -> float:
+        return 4.18 - 0.0113 * self.glycol_pct  # ~3.84 at 30 % propylene glycol
+
+
+@dataclass(frozen=True)
+class TankLimits:
+    fluid_setpoint_c: float
+    fluid_alarm_c: float
+    fluid_trip_c: float
+    chip_throttle_c: float
+    chip_trip_c: float
+    rate_alarm_c_per_min: float
+
+
+@dataclass(frozen=True)
+class Tank:
+    """A single-phase immersion tank with its own plate HX to a loop."""
+
+    name: str
+    workload: str  # "asic" (miners) or "gpu" (GPU servers)
+    volume_l: float
+    fluid_density_kg_l: float
+    fluid_cp_kj_kgk: float
+    units: int  # miners or 8-GPU nodes
+    unit_power_kw: float  # nameplate per unit at 100 % budget
+    unit_idle_kw: float
+    chip_r_k_per_kw: float  # chip-to-fluid thermal resistance per unit
+    hx_ua_kw_k: float  # design UA of the tank's plate HX
+    dielectric_flow_l_s: float  # tank-side pump through the HX
+    design_water_flow_m3h: float  # water side at 100 % valve
+    loop: str
+    pdu: str
+    unit_id: int
+    limits: TankLimits
+    workload_class: str  # mining | inference | training
+
+    @property
+    def rated_kw(self) -> float:
+        return self.units * self.unit_power_kw
+
+    @property
+    def heat_capacity_kj_k(self) -> float:
+        return self.volume_l * self.fluid_density_kg_l * self.fluid_cp_kj_kgk
+
+
+@dataclass(frozen=True)
+class Cdu:
+    """A coolant distribution unit for direct-to-chip racks."""
+
+    name: str
+    loop: str
+    tcs_volume_l: float  # technology cooling system (secondary) volume
+    hx_ua_kw_k: float
+    tcs_flow_l_s: float
+    design_water_flow_m3h: float
+    supply_setpoint_c: float
+    supply_alarm_c: float
+    supply_trip_c: float
+    unit_id: int
+
+
+@dataclass(frozen=True)
+class RackRow:
+    """A row of direct-to-chip GPU racks behind one CDU."""
+
+    name: str
+    cdu: str
+    pdu: str
+    nodes: int
+    node_power_kw: float
+    node_idle_kw: float
+    gpus_per_node: int
+    gpu_r_k_per_w: float  # die-to-coolant resistance, ~0.037 K/W on an H200
+    chip_throttle_c: float
+    chip_trip_c: float
+    unit_id: int
+    workload_class: str
+
+    @property
+    def rated_kw(self) -> float:
+        return self.nodes * self.node_power_kw
+
+
+@dataclass(frozen=True)
+class ControlLoop:
+    """A PID loop declared by the site: measurement point → actuator point."""
+
+    name: str
+    measurement: str
+    actuators: tuple[str, ...]  # parallel equipment driven with one output
+    setpoint: float
+    kp: float
+    ki: float
+    kd: float
+    out_min: float
+    out_max: float
+    slew_per_s: float
+    action: str  # "direct": more output lowers the measurement (cooling)
+
+
+@dataclass(frozen=True)
+class PlcConfig:
+    unit_id: int
+    heartbeat_timeout_s: float
+    safe_gpu_cap_pct: float
+    leak_isolates_loop: bool
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    source: str
+    import_limit_kw: float
+    meter_voltage_v: float
+    frequency_hz: float
+    meter_unit_id: int
+    design_ambient_c: float
+    scan_interval_s: float
+    plc: PlcConfig
+    feeders: tuple[Feeder, ...]
+    pdus: tuple[Pdu, ...]
+    loops: tuple[Loop, ...]
+    tanks: tuple[Tank, ...]
+    cdus: tuple[Cdu, ...]
+    rack_rows: tuple[RackRow, ...]
+    control_loops: tuple[ControlLoop, ...]
+
+    @property
+    def pumps(self) -> tuple[Pump, ...]:
+        return tuple(p for lp in self.loops for p in lp.pumps)
+
+    @property
+    def dry_coolers(self) -> tuple[DryCooler, ...]:
+        return tuple(d for lp in self.loops for d in lp.dry_coolers)
+
+    @property
+    def it_rated_kw(self) -> float:
+        return sum(t.rated_kw for t in self.tanks) + sum(r.rated_kw for r in self.rack_rows)
+
+    def loop(self, name: str) -> Loop:
+        return next(lp for lp in self.loops if lp.name == name)
+
+    def summary(self) -> dict[str, object]:
+        """A plain dict for reports and ``--json`` output."""
+        return {
+            "name": self.name,
+            "source": self.source,
+            "tanks_asic": sum(t.workload == "asic" for t in self.tanks),
+            "tanks_gpu": sum(t.workload == "gpu" for t in self.tanks),
+            "rack_rows": len(self.rack_rows),
+            "cdus": len(self.cdus),
+            "loops": len(self.loops),
+            "pumps": len(self.pumps),
+            "dry_coolers": len(self.dry_coolers),
+            "feeders": len(self.feeders),
+            "pdus": len(self.pdus),
+            "it_rated_kw": round(self.it_rated_kw, 1),
+            "import_limit_kw": self.import_limit_kw,
+        }
+
+
+def _three_phase_kw(voltage_v: float, current_a: float, pf: float) -> float:
+    return math.sqrt(3.0) * voltage_v * current_a * pf / 1000.0
