@@ -16,24 +16,11 @@ Pure and vectorised: no I/O, no clock reads (``t`` comes in), deterministic;
 every per-point rule is a handful of numpy operations over all points, the
 redundancy rules are numpy operations over tanks and loops.
 
-Measured cost of ``update`` (numpy 2.4, Python 3.11, one core of a 2-core
-development VM; noisy plant samples from ``ScenarioPlant`` on ``normal-day``,
-2,000 updates after 200 warm-up, over several runs):
+Its cost is measured by ``thermogate bench scan`` (the README's Benchmarks
+section); the tests assert behaviour, not speed.
 
-=====================================  ========  ============
-site                                   median    p99
-=====================================  ========  ============
-demo hall, 514 points                  0.24 ms   0.3-0.5 ms
-generated, 330 tanks, 10,072 points    0.83 ms   1.0-1.6 ms
-generated, 400 tanks, 12,182 points    0.97 ms   1.2-1.7 ms
-=====================================  ========  ============
-
-Wall clock and CPU time agree except when other processes preempt the scan
-(then ~5 ms outliers on that loaded 2-core VM). The tests assert behaviour,
-not speed; re-measure with ``time.thread_time()`` around ``update``.
-
-The checks, in order (each with its constant below, units in the name)
-----------------------------------------------------------------------
+The checks, in order (constants here and in ``plausibility.py``, units in names)
+--------------------------------------------------------------------------------
 1. **Not fresh** (the read failed: timeout, exception, comms loss):
    ``BAD + FLAG_STALE`` immediately.
 2. **NaN / inf, or an integer register's failure sentinel** (0x8000 for i16,
@@ -146,6 +133,7 @@ import numpy as np
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.site import Site
 
+from .plausibility import point_rules, witnesses
 from .signals import (
     BAD,
     FLAG_DISAGREE,
@@ -169,54 +157,7 @@ HOLD_S = 10.0
 #: (the off-delay ISA-18.2 recommends against chattering alarms, 15-60 s).
 CLEAR_S = 60.0
 
-# -- plausible ranges -------------------------------------------------------------
-#: Fluid and water/glycol temperatures: below -20 °C a 30 % glycol loop is
-#: frozen, above 120 °C a dielectric is past its flash point margin and water
-#: boils at loop pressure; an i16 in 0.1 °C can hold far more than either.
-FLUID_TEMP_MIN_C = -20.0
-FLUID_TEMP_MAX_C = 120.0
-#: Semiconductor dies: chips shut themselves down near 105-125 °C.
-DIE_TEMP_MIN_C = -20.0
-DIE_TEMP_MAX_C = 150.0
-#: A pump at run-out (shut-off head 1.3x, valves open) cannot push 2x design.
-FLOW_MAX_X_DESIGN = 2.0
-#: Loop dp: pumps' shut-off head is ~1.3x rated head.
-DP_MAX_X_RATED_HEAD = 2.0
-#: IT loads cannot draw much above nameplate (the PDU breaker is sized at 125 %).
-LOAD_MAX_X_RATED = 1.5
-#: Motors draw at most their rated power at 100 % speed (affinity laws).
-MOTOR_MAX_X_RATED = 2.0
-#: Above the breaker's magnetic (instantaneous) pickup, 5-10 x In, it trips in
-#: tens of ms: no scan can read a load beyond this multiple of its rating.
-BREAKER_MAX_X_RATING = 10.0
-#: Over-voltage relays trip at 1.1-1.2 x nominal; 0 V (a dead bus) is plausible.
-VOLTAGE_MAX_X_NOMINAL = 1.3
-#: Grid protection disconnects well inside nominal ±10 %.
-FREQUENCY_BAND_FRAC = 0.10
-
 # -- rate of change -----------------------------------------------------------------
-#: Temperatures of fluids: the fastest tank moves ~0.1 K/s at full load, a loop
-#: lump slower still; 3 K/s is a 30x margin (a thermowell cannot follow faster).
-TEMP_RATE_K_S = 3.0
-#: Heat-exchanger outlets (a tank's return and water-out, a dry cooler's outlet,
-#: a CDU's supply and water-out) follow their flows algebraically: a duty pump
-#: trip halves the loop flow within a scan and moves them ~5 K at once. 10 K/s
-#: keeps them plausible and still rejects a loose connector's 25 K spike.
-HX_OUTLET_RATE_K_S = 10.0
-#: Die temperatures are algebraic in power (an H200 settles within a second of
-#: a load step, 0.037 K/W x 700 W ~ 26 K; a miner's chips ~27 K above fluid):
-#: allow this multiple of the site's full-load die rise per second.
-DIE_RATE_X_RISE = 1.5
-#: Flows and dp: the fastest actuator (a VFD ramp, ~20 s 0-100 %) moves ~5 %/s
-#: of design; 50 % of design per second is only reachable by a fault.
-FLOW_RATE_FRAC_S = 0.5
-#: Positions, speeds, levels (%): valve actuators stroke in 15-150 s, VFDs ramp
-#: in 5 s or more; 20 %/s is a generous bound.
-PCT_RATE_S = 20.0
-#: Grid frequency: RoCoF withstand requirements are 1-2 Hz/s.
-FREQ_RATE_HZ_S = 2.0
-#: Quantisation allowance on the rate check: two counts of the register.
-RATE_FLOOR_COUNTS = 2.0
 #: A rate violation lasting this long (the third consecutive scan at 1 s) is BAD.
 RATE_BAD_AFTER_S = 2.0
 #: A new level that stays self-consistent this long is accepted as the value.
@@ -235,17 +176,6 @@ STUCK_FAST_S = 20.0
 #: path's 20 s; a longer scan needs proportionally longer).
 STUCK_MIN_SAMPLES = 20
 STUCK_FAST_X = 3.0
-#: A reading must span this many counts of its register to be judged: a
-#: witness's 5 % move then changes a proportional reading by >= 1 count.
-STUCK_MIN_COUNTS = 20.0
-#: What counts as a witness moving: well above its own noise (0.05 K for a
-#: class A RTD, 0.5 % for flow meters, 0.3 % for power meters).
-WITNESS_MOVE_K = 0.5  # degC: 5 counts of 0.1 °C, 10 sigma
-WITNESS_MOVE_PCT = 2.0  # % points (speed / position feedback is noise-free)
-WITNESS_MOVE_REL = 0.05  # flows, dp, kW, A: 5 % of reading (10 sigma)
-WITNESS_MOVE_REL_V = 0.02  # voltage
-WITNESS_MOVE_REL_HASH = 0.10  # hashrate (pool-side noise ~1 %)
-
 # -- redundancy ---------------------------------------------------------------------
 #: A and B agree within this: far beyond two healthy class A RTDs' combined
 #: tolerance (±0.27 K each at 60 °C), so a larger spread is a fault.
@@ -284,9 +214,6 @@ LOOP_MIN_FLOW_FRAC = 0.1
 #: Flags that stay for CLEAR_S after their cause has gone.
 LATCHED_FLAGS = 0xFFFF & ~FLAG_NEVER_READ
 
-_STUCK_UNITS = frozenset({"degC", "m3/h", "l/s", "kPa", "kW", "A", "V", "TH/s"})
-_SENTINEL_RAW = {"u16": 0xFFFF, "i16": -0x8000, "u32": 0xFFFFFFFF, "i32": -0x80000000}
-
 
 @dataclass
 class Estimate:
@@ -313,10 +240,20 @@ class Estimator:
         self.hold_s = float(hold_s)
         pts = pmap.points
         self.names = [p.name for p in pts]
-        self.index = {p.name: i for i, p in enumerate(pts)}
         self.n = n = len(pts)
-        self._build_limits()
-        self._build_witnesses()
+        rules = point_rules(pmap, site)
+        self._lo, self._hi = rules.lo, rules.hi
+        self._floor, self._zero_ok = rules.floor, rules.zero_ok
+        self._sentinel, self._sentinel_tol = rules.sentinel, rules.sentinel_tol
+        self._has_sentinel = rules.has_sentinel
+        self._has_rate = rules.has_rate
+        self._rate_fin = np.where(self._has_rate, rules.rate, 0.0)
+        w = witnesses(pmap, site)
+        self._pp, self._pw = w.point, w.witness
+        self._stuck_elig = w.eligible
+        self._pp_starts, self._pp_heads = w.starts, w.heads
+        self._zero_band = w.zero_band
+        self._pw_abs, self._pw_rel = w.move_abs, w.move_rel
         self._build_tanks()
         self._build_loops()
 
@@ -357,227 +294,21 @@ class Estimator:
     # ==================================================================
     # configuration derived once from the site
     # ==================================================================
-    def _build_limits(self) -> None:
-        site, pts, n = self.site, self.pmap.points, self.n
-        lo = np.full(n, -np.inf)
-        hi = np.full(n, np.inf)
-        rate = np.full(n, np.inf)
-        floor = np.zeros(n)
-        sentinel = np.full(n, np.nan)
-        scale = np.array([p.scale for p in pts])
-        die_rise: dict[str, float] = {}
-        for t in site.tanks:
-            die_rise[f"{t.name}.chip_temp_max"] = t.chip_r_k_per_kw * t.unit_power_kw
-        for r in site.rack_rows:
-            gpu_w = r.node_power_kw * 1000.0 / r.gpus_per_node
-            die_rise[f"{r.name}.gpu_temp_max"] = r.gpu_r_k_per_w * gpu_w
-        design = self._design_values()
-        hx_out = {f"{t.name}.{q}" for t in site.tanks for q in ("return_temp", "water_out_temp")}
-        hx_out |= {f"{d.name}.outlet_temp" for d in site.dry_coolers}
-        hx_out |= {f"{c.name}.{q}" for c in site.cdus for q in ("supply_temp", "water_out_temp")}
-        for i, p in enumerate(pts):
-            if p.min is not None:
-                lo[i] = p.min
-            if p.max is not None:
-                hi[i] = p.max
-            if p.is_bit:
-                lo[i], hi[i] = 0.0, 1.0
-                continue
-            if p.type in _SENTINEL_RAW:
-                sv = _SENTINEL_RAW[p.type] * p.scale
-                declared = p.min is not None and p.max is not None and p.min <= sv <= p.max
-                if not declared:  # a sentinel the map declares in range is a value
-                    sentinel[i] = sv
-                floor[i] = RATE_FLOOR_COUNTS * p.scale
-            if p.writable:
-                continue  # commands read back: range only, no physics
-            u = p.unit
-            if u == "degC":
-                if p.name in die_rise:
-                    lo[i] = max(lo[i], DIE_TEMP_MIN_C)
-                    hi[i] = min(hi[i], DIE_TEMP_MAX_C)
-                    rate[i] = max(TEMP_RATE_K_S, DIE_RATE_X_RISE * die_rise[p.name])
-                else:
-                    if p.name != "site.ambient_temp":
-                        lo[i] = max(lo[i], FLUID_TEMP_MIN_C)
-                        hi[i] = min(hi[i], FLUID_TEMP_MAX_C)
-                    rate[i] = HX_OUTLET_RATE_K_S if p.name in hx_out else TEMP_RATE_K_S
-            elif u in ("m3/h", "l/s", "kPa"):
-                d = design.get(p.name)
-                if d is not None:
-                    cap = DP_MAX_X_RATED_HEAD if u == "kPa" else FLOW_MAX_X_DESIGN
-                    hi[i] = min(hi[i], cap * d)
-                    rate[i] = FLOW_RATE_FRAC_S * d
-            elif u == "%":
-                rate[i] = PCT_RATE_S
-            elif u == "Hz":
-                f0 = site.frequency_hz
-                lo[i] = max(lo[i], f0 * (1 - FREQUENCY_BAND_FRAC))
-                hi[i] = min(hi[i], f0 * (1 + FREQUENCY_BAND_FRAC))
-                rate[i] = FREQ_RATE_HZ_S
-            elif u in ("kW", "A", "V"):
-                d = design.get(p.name)
-                if d is not None:
-                    hi[i] = min(hi[i], d)
-        # a reading within half a count of a limit rounds onto it (163.2 kW is
-        # 163.20000000000002 after 16 x 10.2); f32 gets a few ulps' worth
-        tol = np.array([0.5 * p.scale if p.type != "f32" else 0.0 for p in pts])
-        tol = np.maximum(tol, 1e-9 * np.maximum(np.abs(np.where(np.isfinite(hi), hi, 0)), 1))
-        self._lo, self._hi = lo - tol, hi + tol
-        self._rate, self._floor = rate, floor
-        self._zero_ok = np.array([p.unit in ("m3/h", "l/s", "kPa") and not p.writable for p in pts])
-        self._sentinel = sentinel
-        self._has_sentinel = ~np.isnan(sentinel)
-        self._sentinel_tol = 0.5 * scale
-        self._has_rate = np.isfinite(rate)
-        self._rate_fin = np.where(self._has_rate, rate, 0.0)
-
-    def _design_values(self) -> dict[str, float]:
-        """Upper bounds / design values by point name, from the site description."""
-        site = self.site
-        d: dict[str, float] = {}
-        feeder_kw = 0.0
-        for f in site.feeders:
-            kw = BREAKER_MAX_X_RATING * f.rating_kw
-            feeder_kw += f.rating_kw
-            d[f"{f.name}.power_kw"] = kw
-            d[f"{f.name}.current_a"] = BREAKER_MAX_X_RATING * f.breaker.rating_a
-            d[f"{f.name}.voltage_v"] = VOLTAGE_MAX_X_NOMINAL * f.voltage_v
-        for x in site.pdus:
-            d[f"{x.name}.power_kw"] = BREAKER_MAX_X_RATING * x.rating_kw
-            d[f"{x.name}.current_a"] = BREAKER_MAX_X_RATING * x.breaker.rating_a
-            d[f"{x.name}.voltage_v"] = VOLTAGE_MAX_X_NOMINAL * x.voltage_v
-        site_a = feeder_kw * 1000.0 / (math.sqrt(3.0) * site.meter_voltage_v * 0.5)
-        d["site.power_kw"] = BREAKER_MAX_X_RATING * feeder_kw
-        d["site.current_a"] = BREAKER_MAX_X_RATING * site_a
-        d["site.voltage_v"] = VOLTAGE_MAX_X_NOMINAL * site.meter_voltage_v
-        for lp in site.loops:
-            d[f"{lp.name}.flow"] = sum(p.rated_flow_m3h for p in lp.pumps)
-            d[f"{lp.name}.dp"] = max(p.rated_head_kpa for p in lp.pumps)
-            for p in lp.pumps:
-                d[f"{p.name}.power_kw"] = MOTOR_MAX_X_RATED * p.rated_power_kw
-            for c in lp.dry_coolers:
-                d[f"{c.name}.power_kw"] = MOTOR_MAX_X_RATED * c.fans * c.fan_power_kw
-        for t in site.tanks:
-            d[f"{t.name}.water_flow"] = t.design_water_flow_m3h
-            d[f"{t.name}.dielectric_flow"] = t.dielectric_flow_l_s
-            d[f"{t.name}.power_kw"] = LOAD_MAX_X_RATED * t.rated_kw
-        for c in site.cdus:
-            d[f"{c.name}.tcs_flow"] = c.tcs_flow_l_s
-        for r in site.rack_rows:
-            d[f"{r.name}.power_kw"] = LOAD_MAX_X_RATED * r.rated_kw
-        return d
-
-    def _build_witnesses(self) -> None:
-        """Stuck eligibility and the physically coupled witnesses of each point."""
-        site, pts, ix = self.site, self.pmap.points, self.index
-        rel: list[tuple[str, str]] = []
-
-        def mutual(names: list[str]) -> None:
-            for a in names:
-                for b in names:
-                    if a != b:
-                        rel.append((a, b))
-
-        def by(point: str, witnesses: list[str]) -> None:
-            rel.extend((point, w) for w in witnesses)
-
-        for t in site.tanks:
-            n = t.name
-            temps = [
-                f"{n}.fluid_temp",
-                f"{n}.fluid_temp_b",
-                f"{n}.return_temp",
-                f"{n}.water_out_temp",
-            ]
-            mutual(temps)
-            by(f"{n}.chip_temp_max", [f"{n}.fluid_temp", f"{n}.fluid_temp_b", f"{n}.power_kw"])
-            by(f"{n}.water_flow", [f"{n}.valve_pos", f"{t.loop}.dp"])
-            elec = [f"{n}.power_kw", f"{t.pdu}.power_kw"]
-            if t.workload == "asic":
-                elec.append(f"{n}.hashrate_ths")
-            mutual(elec)
-        for lp in site.loops:
-            n = lp.name
-            outs = [f"{d.name}.outlet_temp" for d in lp.dry_coolers]
-            mutual([f"{n}.supply_temp", f"{n}.return_temp", *outs])
-            speeds = [f"{p.name}.speed" for p in lp.pumps]
-            mutual([f"{n}.flow", f"{n}.dp"])
-            by(f"{n}.flow", speeds)
-            by(f"{n}.dp", speeds)
-            for p in lp.pumps:
-                by(f"{p.name}.power_kw", [f"{p.name}.speed"])
-            for d in lp.dry_coolers:
-                by(f"{d.name}.power_kw", [f"{d.name}.fan_speed"])
-        for c in site.cdus:
-            mutual([f"{c.name}.supply_temp", f"{c.name}.return_temp", f"{c.name}.water_out_temp"])
-        for r in site.rack_rows:
-            by(f"{r.name}.gpu_temp_max", [f"{r.cdu}.supply_temp", f"{r.name}.power_kw"])
-            mutual([f"{r.name}.power_kw", f"{r.pdu}.power_kw"])
-        for m in ["site", *(f.name for f in site.feeders), *(d.name for d in site.pdus)]:
-            mutual([f"{m}.power_kw", f"{m}.current_a"])
-            by(f"{m}.voltage_v", [f"{m}.power_kw", f"{m}.current_a"])
-
-        pairs = sorted({(ix[a], ix[b]) for a, b in rel if a in ix and b in ix})
-        self._pp = np.array([a for a, _ in pairs], dtype=np.int64)
-        self._pw = np.array([b for _, b in pairs], dtype=np.int64)
-        n = self.n
-        elig = np.array(
-            [(not p.is_bit) and (not p.writable) and p.unit in _STUCK_UNITS for p in pts]
-        )
-        has_w = np.zeros(n, dtype=bool)
-        has_w[self._pp] = True
-        self._stuck_elig = elig & has_w
-        # a point with a witness is the head of a run of pairs (sorted by point)
-        if len(self._pp):
-            starts = np.flatnonzero(np.r_[True, self._pp[1:] != self._pp[:-1]])
-        else:
-            starts = np.zeros(0, dtype=np.int64)
-        self._pp_starts = starts
-        self._pp_heads = self._pp[starts] if len(starts) else starts
-        # a reading within STUCK_MIN_COUNTS of zero (equipment off, a fan idling at
-        # 0.3 kW in 0.1 kW counts) cannot show a witness's 5 % move: not judged
-        # (temperatures have absolute witnesses and no such floor)
-        scale = np.array([p.scale if p.type != "f32" else 1e-3 for p in pts])
-        self._zero_band = np.where(
-            np.array([p.unit == "degC" for p in pts]), -np.inf, STUCK_MIN_COUNTS * scale
-        )
-        # witness movement thresholds: max(absolute, relative * |value at freeze|)
-        w_abs = np.zeros(n)
-        w_rel = np.zeros(n)
-        for i, p in enumerate(pts):
-            u = p.unit
-            if u == "degC":
-                w_abs[i] = WITNESS_MOVE_K
-            elif u == "%":
-                w_abs[i] = WITNESS_MOVE_PCT
-            elif u == "V":
-                w_rel[i] = WITNESS_MOVE_REL_V
-            elif u == "TH/s":
-                w_rel[i] = WITNESS_MOVE_REL_HASH
-            else:
-                w_rel[i] = WITNESS_MOVE_REL
-            w_abs[i] = max(w_abs[i], 5.0 * p.scale if p.type != "f32" else 1e-6)
-        self._pw_abs = w_abs[self._pw]
-        self._pw_rel = w_rel[self._pw]
-
     def _build_tanks(self) -> None:
-        site, ix = self.site, self.index
+        site, ix = self.site, self.pmap.index
         loops = {lp.name: lp for lp in site.loops}
-        tanks = [
-            t for t in site.tanks if f"{t.name}.fluid_temp" in ix and f"{t.name}.fluid_temp_b" in ix
-        ]
+        tanks = list(site.tanks)
         self._tank_names = [t.name for t in tanks]
 
-        def col(fmt: str) -> np.ndarray:
-            return np.array([ix[fmt.format(t=t)] for t in tanks], dtype=np.int64)
+        def col(attr: str) -> np.ndarray:
+            return np.array([getattr(tp, attr) for tp in ix.tanks], dtype=np.int64)
 
-        self._ti_a = col("{t.name}.fluid_temp")
-        self._ti_b = col("{t.name}.fluid_temp_b")
-        self._ti_ret = col("{t.name}.return_temp")
-        self._ti_wout = col("{t.name}.water_out_temp")
-        self._ti_wflow = col("{t.name}.water_flow")
-        self._ti_dflow = col("{t.name}.dielectric_flow")
+        self._ti_a = col("fluid_temp")
+        self._ti_b = col("fluid_temp_b")
+        self._ti_ret = col("return_temp")
+        self._ti_wout = col("water_out_temp")
+        self._ti_wflow = col("water_flow")
+        self._ti_dflow = col("dielectric_flow")
         self._t_loop = np.array([self._loop_pos(t.loop) for t in tanks], dtype=np.int64)
         # capacity rates: water kW/K per m3/h, dielectric kW/K per l/s
         self._t_cw = np.array(
@@ -586,25 +317,25 @@ class Estimator:
         self._t_cd = np.array([t.fluid_density_kg_l * t.fluid_cp_kj_kgk for t in tanks])
         self._t_wmin = np.array([REF_MIN_FLOW_FRAC * t.design_water_flow_m3h for t in tanks])
         self._t_dmin = np.array([REF_MIN_FLOW_FRAC * t.dielectric_flow_l_s for t in tanks])
-        self._t_voted_keys = [f"{n}.fluid_temp" for n in self._tank_names]
+        self._t_voted_keys = [self.names[tp.fluid_temp] for tp in ix.tanks]
 
     def _loop_pos(self, name: str) -> int:
         return [lp.name for lp in self.site.loops].index(name)
 
     def _build_loops(self) -> None:
-        site, ix = self.site, self.index
+        site, ix = self.site, self.pmap.index
         loops = site.loops
         self._loop_names = [lp.name for lp in loops]
-        self._li_sup = np.array([ix[f"{lp.name}.supply_temp"] for lp in loops], dtype=np.int64)
-        self._li_flow = np.array([ix[f"{lp.name}.flow"] for lp in loops], dtype=np.int64)
+        self._li_sup = np.array([lpp.supply_temp for lpp in ix.loops], dtype=np.int64)
+        self._li_flow = np.array([lpp.flow for lpp in ix.loops], dtype=np.int64)
         dcs = [(k, d) for k, lp in enumerate(loops) for d in lp.dry_coolers]
-        self._di_out = np.array([ix[f"{d.name}.outlet_temp"] for _, d in dcs], dtype=np.int64)
+        self._di_out = np.array([ix.dry_cooler[d.name].outlet_temp for _, d in dcs], dtype=np.int64)
         self._d_loop = np.array([k for k, _ in dcs], dtype=np.int64)
         self._l_vol = np.array([LOOP_SUPPLY_VOLUME_FRAC * lp.volume_l for lp in loops])
         self._l_qmin = np.array(
             [LOOP_MIN_FLOW_FRAC * sum(p.rated_flow_m3h for p in lp.pumps) for lp in loops]
         )
-        self._l_voted_keys = [f"{n}.supply_temp" for n in self._loop_names]
+        self._l_voted_keys = [self.names[lpp.supply_temp] for lpp in ix.loops]
 
     # ==================================================================
     # the update

@@ -15,13 +15,28 @@ family with low word first).
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .equipment import Site
-from .points import BIT_TABLES, TABLES, Point
+from .points import BIT_TABLES, TYPE_WORDS, Point
+from .pointtable import (
+    CduPoints,
+    DryCoolerPoints,
+    FeederPoints,
+    G,
+    LoopPoints,
+    PduPoints,
+    PlcPoints,
+    PointIndex,
+    PumpPoints,
+    RowPoints,
+    SiteMeterPoints,
+    TankPoints,
+)
 
 #: Header of the published CSV; integrators' tooling keys on it, keep it exact.
 CSV_HEADER = (
@@ -47,10 +62,17 @@ STATUS_LEAK = 1 << 3  # any leak detected
 
 @dataclass
 class PointMap:
-    """The ordered points of a site with lookups by name and by unit."""
+    """The ordered points of a site with lookups by name, position and unit.
+
+    Position ``i`` is point ``i`` in every per-scan array (values, quality,
+    fresh bits). A map built from a site description also carries its typed
+    index (``index``); code asks it for positions instead of spelling names.
+    """
 
     points: tuple[Point, ...]
-    by_name: dict[str, Point] = field(init=False)
+    _index: PointIndex | None = field(default=None, repr=False)
+    by_name: dict[str, Point] = field(init=False, repr=False)
+    _position: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.by_name = {p.name: p for p in self.points}
@@ -58,6 +80,14 @@ class PointMap:
             seen: set[str] = set()
             dup = next(p.name for p in self.points if p.name in seen or seen.add(p.name))
             raise ValueError(f"duplicate point name '{dup}'")
+        self._position = {p.name: i for i, p in enumerate(self.points)}
+
+    @property
+    def index(self) -> PointIndex:
+        """Positions of every point by equipment and attribute (``pointtable.py``)."""
+        if self._index is None:
+            raise ValueError("this point map was not built from a site description: no index")
+        return self._index
 
     def __len__(self) -> int:
         return len(self.points)
@@ -66,7 +96,22 @@ class PointMap:
         return iter(self.points)
 
     def __getitem__(self, name: str) -> Point:
-        return self.by_name[name]
+        return self.points[self.position(name)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._position
+
+    def position(self, name: str) -> int:
+        """Where point ``name`` is in the map; an unknown name raises, with a hint."""
+        try:
+            return self._position[name]
+        except KeyError:
+            near = difflib.get_close_matches(name, self._position, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else " (see `thermogate points`)"
+            raise KeyError(f"no point named '{name}'{hint}") from None
+
+    def name_of(self, i: int) -> str:
+        return self.points[i].name
 
     def unit_ids(self) -> list[int]:
         return sorted({p.unit_id for p in self.points})
@@ -144,512 +189,80 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-class _Allocator:
-    """Hands out consecutive 0-based addresses per (unit, table)."""
+def build_point_map(site: Site) -> PointMap:
+    """Derive every point of ``site`` from the table (``pointtable.py``); pure and
+    deterministic. The map carries the typed index of what it built."""
+    points: list[Point] = []
 
-    def __init__(self) -> None:
-        self.next: dict[tuple[int, str], int] = {}
-        self.points: list[Point] = []
-
-    def add(
-        self,
+    def emit(
+        cls: type[G],
+        record: object,
+        name: str,
         device: str,
         unit_id: int,
-        name: str,
-        table: str,
-        type_: str,
-        description: str,
-        *,
-        scale: float = 1.0,
-        unit: str = "",
-        access: str = "ro",
-        lo: float | None = None,
-        hi: float | None = None,
-        word_order: str = "big",
-    ) -> None:
-        assert table in TABLES
-        if table in BIT_TABLES:
-            type_ = "bool"
-        key = (unit_id, table)
-        addr = self.next.get(key, 0)
-        p = Point(
-            name=name,
-            unit_id=unit_id,
-            table=table,  # type: ignore[arg-type]
-            address=addr,
-            type=type_,  # type: ignore[arg-type]
-            scale=scale,
-            unit=unit,
-            access=access,  # type: ignore[arg-type]
-            min=lo,
-            max=hi,
-            description=description,
-            word_order=word_order,  # type: ignore[arg-type]
-            device=device,
-        )
-        self.next[key] = p.end
-        self.points.append(p)
-
-    # shorthands for the recurring kinds of point ------------------------------
-    def temp(
-        self, dev: str, uid: int, name: str, desc: str, lo: float = -40, hi: float = 150
-    ) -> None:
-        self.add(dev, uid, name, "input", "i16", desc, scale=0.1, unit="degC", lo=lo, hi=hi)
-
-    def pct_cmd(self, dev: str, uid: int, name: str, desc: str, lo: float = 0.0) -> None:
-        self.add(
-            dev,
-            uid,
-            name,
-            "holding",
-            "u16",
-            desc,
-            scale=0.1,
-            unit="%",
-            access="rw",
-            lo=lo,
-            hi=100.0,
-        )
-
-    def pct_in(self, dev: str, uid: int, name: str, desc: str) -> None:
-        self.add(dev, uid, name, "input", "u16", desc, scale=0.1, unit="%", lo=0.0, hi=100.0)
-
-    def meter(self, dev: str, uid: int, prefix: str, what: str, word_order: str = "big") -> None:
-        """A power meter's standard block: kW, A, V, Hz as f32, kWh as u32."""
-        for q, unit, hi in (
-            ("power_kw", "kW", None),
-            ("current_a", "A", None),
-            ("voltage_v", "V", None),
-        ):
-            self.add(
-                dev,
-                uid,
-                f"{prefix}.{q}",
-                "input",
-                "f32",
-                f"{what} {q.split('_')[0]}",
-                unit=unit,
-                lo=0.0,
-                hi=hi,
-                word_order=word_order,
+        what: str = "",
+        units: str = "",
+    ) -> G:
+        """One piece of equipment's points, in the table's order; its index entry."""
+        text = {"n": name, "what": what, "units": units}
+        pos: dict[str, int | None] = {}
+        for attr, spec in cls.specs():
+            if spec.only is not None and not spec.only(record):
+                pos[attr] = None
+                continue
+            pos[attr] = len(points)
+            points.append(
+                Point(
+                    name=f"{spec.prefix or name}.{attr}",
+                    unit_id=unit_id,
+                    table=spec.table,
+                    address=0,  # _layout places it
+                    type="bool" if spec.table in BIT_TABLES else spec.type,
+                    scale=spec.scale,
+                    unit=spec.unit,
+                    access=spec.access,
+                    min=spec.lo(record) if callable(spec.lo) else spec.lo,
+                    max=spec.hi(record) if callable(spec.hi) else spec.hi,
+                    description=spec.description.format(**text),
+                    # the kind's word order is about its two-register values
+                    word_order=cls.word_order if TYPE_WORDS[spec.type] == 2 else "big",
+                    device=device,
+                )
             )
-        self.add(
-            dev,
-            uid,
-            f"{prefix}.energy_kwh",
-            "input",
-            "u32",
-            f"{what} energy import counter",
-            unit="kWh",
-            lo=0.0,
-            word_order=word_order,
-        )
+        return cls(name, **pos)
 
-
-def build_point_map(site: Site) -> PointMap:
-    """Derive every point of ``site``; pure and deterministic."""
-    a = _Allocator()
-    plc = site.plc.unit_id
-
-    # PLC system block first: the heartbeat at holding 0 is what every
-    # integrator looks for.
-    a.add(
-        "plc",
-        plc,
-        "plc.heartbeat",
-        "holding",
-        "u16",
-        "controller heartbeat: change it every scan or the PLC takes its safe state",
-        access="rw",
-        lo=0,
-        hi=65535,
+    plc = emit(PlcPoints, site.plc, "plc", "plc", site.plc.unit_id)
+    meter = emit(
+        SiteMeterPoints, site, "site", "site_meter", site.meter_unit_id, SiteMeterPoints.label
     )
-    a.add(
-        "plc",
-        plc,
-        "plc.heartbeat_timeout_s",
-        "holding",
-        "u16",
-        "watchdog timeout for the heartbeat (PLC setting, read-only here)",
-        unit="s",
-        lo=1,
-        hi=600,
+    feeders = tuple(
+        emit(FeederPoints, f, f.name, f.name, f.unit_id, f"feeder {f.name}") for f in site.feeders
     )
-    a.add(
-        "plc",
-        plc,
-        "plc.status",
-        "input",
-        "u16",
-        "status bits: 0 safe state, 1 interlock latched, 2 heartbeat ok, 3 leak",
-        lo=0,
-        hi=65535,
+    pdus = tuple(emit(PduPoints, d, d.name, d.name, d.unit_id, f"PDU {d.name}") for d in site.pdus)
+    loops: list[LoopPoints] = []
+    pumps: list[PumpPoints] = []
+    coolers: list[DryCoolerPoints] = []
+    for lp in site.loops:  # a loop's skid, then its pumps and dry coolers
+        loops.append(emit(LoopPoints, lp, lp.name, lp.name, site.plc.unit_id))
+        pumps += [emit(PumpPoints, p, p.name, p.name, p.unit_id) for p in lp.pumps]
+        coolers += [emit(DryCoolerPoints, d, d.name, d.name, d.unit_id) for d in lp.dry_coolers]
+    tanks = tuple(
+        emit(
+            TankPoints,
+            t,
+            t.name,
+            t.name,
+            t.unit_id,
+            units="miners" if t.workload == "asic" else "GPU nodes",
+        )
+        for t in site.tanks
     )
-    a.add(
-        "plc",
-        plc,
-        "plc.heartbeat_age_s",
-        "input",
-        "u16",
-        "seconds since the heartbeat last changed (saturates)",
-        scale=0.1,
-        unit="s",
-        lo=0,
+    cdus = tuple(emit(CduPoints, c, c.name, c.name, c.unit_id) for c in site.cdus)
+    rows = tuple(emit(RowPoints, r, r.name, r.name, r.unit_id) for r in site.rack_rows)
+    index = PointIndex(
+        plc, meter, feeders, pdus, tuple(loops), tuple(pumps), tuple(coolers), tanks, cdus, rows
     )
-    a.add(
-        "plc",
-        plc,
-        "plc.reset",
-        "coil",
-        "bool",
-        "write 1 to reset latched interlocks whose cause has cleared (self-clearing)",
-        access="rw",
-    )
-    a.add(
-        "plc",
-        plc,
-        "plc.safe_state",
-        "discrete",
-        "bool",
-        "PLC is in its watchdog safe state (cooling full, mining off, GPUs capped)",
-    )
-    a.temp(
-        "plc",
-        plc,
-        "site.ambient_temp",
-        "outdoor ambient temperature at the dry coolers",
-        lo=-50,
-        hi=70,
-    )
-    a.add(
-        "plc",
-        plc,
-        "site.ambient_rh",
-        "input",
-        "u16",
-        "outdoor relative humidity",
-        scale=0.1,
-        unit="%",
-        lo=0,
-        hi=100,
-    )
-
-    # Site meter at the point of common coupling.
-    m = site.meter_unit_id
-    a.meter("site_meter", m, "site", "site import")
-    a.add(
-        "site_meter",
-        m,
-        "site.frequency_hz",
-        "input",
-        "f32",
-        "grid frequency",
-        unit="Hz",
-        lo=40.0,
-        hi=70.0,
-    )
-    a.add(
-        "site_meter",
-        m,
-        "site.power_factor",
-        "input",
-        "i16",
-        "site power factor",
-        scale=0.001,
-        lo=-1.0,
-        hi=1.0,
-    )
-
-    for f in site.feeders:
-        a.meter(f.name, f.unit_id, f.name, f"feeder {f.name}")
-        a.add(
-            f.name,
-            f.unit_id,
-            f"{f.name}.breaker_closed",
-            "discrete",
-            "bool",
-            f"feeder {f.name} breaker closed",
-        )
-        a.add(
-            f.name,
-            f.unit_id,
-            f"{f.name}.breaker_tripped",
-            "discrete",
-            "bool",
-            f"feeder {f.name} breaker tripped on overcurrent",
-        )
-    for d in site.pdus:
-        # PDU meters are a different family that puts the low word first.
-        a.meter(d.name, d.unit_id, d.name, f"PDU {d.name}", word_order="little")
-        a.add(
-            d.name,
-            d.unit_id,
-            f"{d.name}.breaker_closed",
-            "discrete",
-            "bool",
-            f"PDU {d.name} breaker closed",
-        )
-        a.add(
-            d.name,
-            d.unit_id,
-            f"{d.name}.breaker_tripped",
-            "discrete",
-            "bool",
-            f"PDU {d.name} breaker tripped on overcurrent",
-        )
-
-    for lp in site.loops:
-        n = lp.name
-        a.temp(n, plc, f"{n}.supply_temp", f"loop {n} supply temperature (to the HXs)")
-        a.temp(n, plc, f"{n}.return_temp", f"loop {n} return temperature (to the dry coolers)")
-        a.add(n, plc, f"{n}.flow", "input", "u16", f"loop {n} flow", scale=0.1, unit="m3/h", lo=0)
-        a.add(
-            n,
-            plc,
-            f"{n}.dp",
-            "input",
-            "u16",
-            f"loop {n} differential pressure",
-            scale=0.1,
-            unit="kPa",
-            lo=0,
-        )
-        a.add(n, plc, f"{n}.leak", "discrete", "bool", f"loop {n} leak detected at the skid")
-        a.add(n, plc, f"{n}.low_flow", "discrete", "bool", f"loop {n} low-flow interlock latched")
-        for pump in lp.pumps:
-            u, pn = pump.unit_id, pump.name
-            a.pct_cmd(pn, u, f"{pn}.speed_cmd", f"pump {pn} speed command", lo=0.0)
-            a.add(pn, u, f"{pn}.run_cmd", "coil", "bool", f"pump {pn} run command", access="rw")
-            a.pct_in(pn, u, f"{pn}.speed", f"pump {pn} actual speed")
-            a.add(
-                pn,
-                u,
-                f"{pn}.power_kw",
-                "input",
-                "u16",
-                f"pump {pn} electrical power",
-                scale=0.1,
-                unit="kW",
-                lo=0,
-            )
-            a.add(pn, u, f"{pn}.running", "discrete", "bool", f"pump {pn} running")
-            a.add(pn, u, f"{pn}.fault", "discrete", "bool", f"pump {pn} VFD fault")
-        for dc in lp.dry_coolers:
-            u, dn = dc.unit_id, dc.name
-            a.pct_cmd(dn, u, f"{dn}.fan_cmd", f"dry cooler {dn} fan speed command")
-            a.pct_in(dn, u, f"{dn}.fan_speed", f"dry cooler {dn} actual fan speed")
-            a.add(
-                dn,
-                u,
-                f"{dn}.power_kw",
-                "input",
-                "u16",
-                f"dry cooler {dn} fan power",
-                scale=0.1,
-                unit="kW",
-                lo=0,
-            )
-            a.temp(dn, u, f"{dn}.outlet_temp", f"dry cooler {dn} water outlet temperature")
-            a.add(
-                dn,
-                u,
-                f"{dn}.fans_running",
-                "input",
-                "u16",
-                f"dry cooler {dn} fans running",
-                lo=0,
-                hi=dc.fans,
-            )
-            a.add(dn, u, f"{dn}.fault", "discrete", "bool", f"dry cooler {dn} fan fault")
-
-    for t in site.tanks:
-        u, n = t.unit_id, t.name
-        what = "miners" if t.workload == "asic" else "GPU nodes"
-        a.temp(n, u, f"{n}.fluid_temp", f"tank {n} hot fluid temperature (sensor A)")
-        a.temp(n, u, f"{n}.fluid_temp_b", f"tank {n} hot fluid temperature (sensor B, redundant)")
-        a.temp(n, u, f"{n}.return_temp", f"tank {n} cooled fluid temperature after the HX")
-        a.temp(n, u, f"{n}.water_out_temp", f"tank {n} water temperature leaving the HX")
-        a.temp(n, u, f"{n}.chip_temp_max", f"tank {n} hottest chip reported by the {what}")
-        a.add(
-            n,
-            u,
-            f"{n}.dielectric_flow",
-            "input",
-            "u16",
-            f"tank {n} dielectric flow",
-            scale=0.01,
-            unit="l/s",
-            lo=0,
-        )
-        a.add(
-            n,
-            u,
-            f"{n}.water_flow",
-            "input",
-            "u16",
-            f"tank {n} HX water flow",
-            scale=0.1,
-            unit="m3/h",
-            lo=0,
-        )
-        a.pct_in(n, u, f"{n}.level", f"tank {n} fluid level")
-        a.add(
-            n, u, f"{n}.power_kw", "input", "u32", f"tank {n} IT power", scale=0.01, unit="kW", lo=0
-        )
-        a.add(
-            n, u, f"{n}.units_online", "input", "u16", f"tank {n} {what} online", lo=0, hi=t.units
-        )
-        a.add(
-            n,
-            u,
-            f"{n}.units_throttled",
-            "input",
-            "u16",
-            f"tank {n} {what} throttling",
-            lo=0,
-            hi=t.units,
-        )
-        if t.workload == "asic":
-            a.add(
-                n,
-                u,
-                f"{n}.hashrate_ths",
-                "input",
-                "u32",
-                f"tank {n} hashrate",
-                scale=0.1,
-                unit="TH/s",
-                lo=0,
-            )
-        # The two commands are adjacent, so one FC16 request can write both.
-        a.pct_cmd(n, u, f"{n}.valve_cmd", f"tank {n} HX water valve command")
-        a.add(
-            n,
-            u,
-            f"{n}.power_budget_kw",
-            "holding",
-            "u16",
-            f"tank {n} power budget for its {what} (miner target / GPU cap)",
-            scale=0.1,
-            unit="kW",
-            access="rw",
-            lo=0.0,
-            hi=round(t.rated_kw, 1),
-        )
-        a.add(
-            n,
-            u,
-            f"{n}.valve_pos",
-            "holding",
-            "u16",
-            f"tank {n} HX water valve position",
-            scale=0.1,
-            unit="%",
-            lo=0,
-            hi=100,
-        )
-        a.add(n, u, f"{n}.enable", "coil", "bool", f"tank {n} workload enable", access="rw")
-        a.add(n, u, f"{n}.leak", "discrete", "bool", f"tank {n} water leak at the HX")
-        a.add(
-            n,
-            u,
-            f"{n}.interlock",
-            "discrete",
-            "bool",
-            f"tank {n} hard interlock latched (over-temperature, leak or low flow)",
-        )
-        a.add(n, u, f"{n}.power_on", "discrete", "bool", f"tank {n} power contactor closed")
-
-    for c in site.cdus:
-        u, n = c.unit_id, c.name
-        a.temp(n, u, f"{n}.supply_temp", f"CDU {n} coolant supply to the racks")
-        a.temp(n, u, f"{n}.return_temp", f"CDU {n} coolant return from the racks")
-        a.temp(n, u, f"{n}.water_out_temp", f"CDU {n} facility water leaving the HX")
-        a.add(
-            n,
-            u,
-            f"{n}.tcs_flow",
-            "input",
-            "u16",
-            f"CDU {n} coolant flow",
-            scale=0.01,
-            unit="l/s",
-            lo=0,
-        )
-        a.pct_cmd(n, u, f"{n}.valve_cmd", f"CDU {n} facility water valve command")
-        a.add(
-            n,
-            u,
-            f"{n}.valve_pos",
-            "holding",
-            "u16",
-            f"CDU {n} facility water valve position",
-            scale=0.1,
-            unit="%",
-            lo=0,
-            hi=100,
-        )
-        a.add(n, u, f"{n}.leak", "discrete", "bool", f"CDU {n} leak detected")
-        a.add(n, u, f"{n}.fault", "discrete", "bool", f"CDU {n} fault")
-
-    for r in site.rack_rows:
-        u, n = r.unit_id, r.name
-        a.add(
-            n,
-            u,
-            f"{n}.power_kw",
-            "input",
-            "u32",
-            f"rack row {n} IT power",
-            scale=0.01,
-            unit="kW",
-            lo=0,
-        )
-        a.temp(n, u, f"{n}.gpu_temp_max", f"rack row {n} hottest GPU die")
-        a.add(
-            n,
-            u,
-            f"{n}.nodes_online",
-            "input",
-            "u16",
-            f"rack row {n} nodes online",
-            lo=0,
-            hi=r.nodes,
-        )
-        a.add(
-            n,
-            u,
-            f"{n}.nodes_throttled",
-            "input",
-            "u16",
-            f"rack row {n} nodes throttling",
-            lo=0,
-            hi=r.nodes,
-        )
-        a.add(
-            n,
-            u,
-            f"{n}.gpu_power_cap_w",
-            "holding",
-            "u16",
-            f"rack row {n} per-GPU power cap",
-            unit="W",
-            access="rw",
-            lo=200,
-            hi=700,
-        )
-        a.add(n, u, f"{n}.enable", "coil", "bool", f"rack row {n} workload enable", access="rw")
-        a.add(
-            n,
-            u,
-            f"{n}.interlock",
-            "discrete",
-            "bool",
-            f"rack row {n} hard interlock latched (coolant over-temperature)",
-        )
-        a.add(n, u, f"{n}.power_on", "discrete", "bool", f"rack row {n} power contactor closed")
-
-    return PointMap(tuple(_layout(a.points, site)))
+    return PointMap(tuple(_layout(points, site)), index)
 
 
 # --------------------------------------------------------------------------

@@ -280,3 +280,52 @@ unit_id = 1
     assert "tank99.fluid_temp" in after.by_name
     moved = _moved(before, after)
     assert not moved, f"{len(moved)} of {len(before)} points moved, e.g. {moved[:6]}"
+
+
+# -- the typed index -----------------------------------------------------------
+def test_the_index_names_every_point_exactly_once(pmap):
+    """Every point is reachable through the index, under its equipment and attribute,
+    and nothing in the index points anywhere else."""
+    seen: dict[int, str] = {}
+    for group in pmap.index.groups():
+        for attr, pos in group.items():
+            assert pos not in seen, f"{pmap.name_of(pos)} indexed twice"
+            seen[pos] = attr
+            assert pmap.name_of(pos) == type(group).point_name(group.name, attr)
+    assert sorted(seen) == list(range(len(pmap)))
+
+
+def test_the_index_lines_up_with_the_site_description():
+    site = demo_site()
+    ix = build_point_map(site).index
+    assert [tp.name for tp in ix.tanks] == [t.name for t in site.tanks]
+    assert [rp.name for rp in ix.rows] == [r.name for r in site.rack_rows]
+    assert [p.name for p in ix.pumps] == [p.name for p in site.pumps]
+    assert ix.tank["tank01"] is ix.tanks[0]
+    # a miner tank reports its hashrate; a GPU tank has no such point
+    gpu = next(t for t in site.tanks if t.workload == "gpu")
+    assert ix.tanks[0].hashrate_ths is not None
+    assert ix.tank[gpu.name].hashrate_ths is None
+
+
+def test_the_site_ambient_is_indexed_under_the_plc_that_reads_it(demo_map):
+    assert demo_map.name_of(demo_map.index.plc.ambient_temp) == "site.ambient_temp"
+    assert demo_map.name_of(demo_map.index.plc.heartbeat) == "plc.heartbeat"
+
+
+def test_a_misspelled_point_fails_with_a_hint(demo_map):
+    from thermogate.plc.pointtable import TankPoints
+
+    with pytest.raises(KeyError, match=r"did you mean 'tank01\.fluid_temp'"):
+        demo_map.position("tank01.fluid_tmp")
+    with pytest.raises(KeyError, match="tank has no point 'fluid_tmp'"):
+        TankPoints.point_name("tank01", "fluid_tmp")
+    with pytest.raises(AttributeError):
+        demo_map.index.tanks[0].fluid_tmp  # noqa: B018 - the access itself is the test
+
+
+def test_a_map_of_loose_points_has_no_index():
+    pm = PointMap((Point("a.x", 1, "input", 0, "u16"),))
+    assert pm.position("a.x") == 0
+    with pytest.raises(ValueError, match="not built from a site description"):
+        pm.index  # noqa: B018
