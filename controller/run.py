@@ -30,10 +30,10 @@ from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
 
-from .core import Controller, ControllerState, Override, ScanResult
+from .core import Command, CommandResult, Controller, Principal, ScanResult
 from .historian import Historian
 from .modbus_io import Endpoint, ModbusIO
-from .signals import Event, Observation
+from .signals import Audit, Event, Observation
 
 if TYPE_CHECKING:  # scikit-learn loads when the model starts, not at import
     from thermogate.models.forecast import ThermalModel
@@ -147,6 +147,7 @@ class RealTimeController:
         self.ctrl = Controller(cfg.site, self.pmap, scan_s=cfg.scan_s)
         self.idx = {p.name: i for i, p in enumerate(self.pmap.points)}
         self.columns = record_columns(self.pmap, cfg.site)
+        self._saved_version = 0
         self.historian = Historian(
             cfg.db,
             self.columns,
@@ -245,33 +246,38 @@ class RealTimeController:
             res.events.extend(upd.events)
 
     def _restore_state(self) -> None:
+        """Latched trips, overrides (with their expiry), setpoints, tunings,
+        curtailments and the estimator's slow memory, as the last run left them."""
         saved = self.historian.load_state("controller")
         if not saved:
             return
-        st = ControllerState(mode=saved.get("mode", "auto"))
-        for name, o in saved.get("overrides", {}).items():
-            if name in self.idx:
-                st.overrides[name] = Override(o["value"], o["who"], o["where"], o["why"])
-        st.latched = dict(saved.get("latched", {}))
-        self.ctrl.state = st
+        notes = self.ctrl.restore_state(saved)
+        st = self.ctrl.state
+        self._saved_version = st.version
         self.historian.record_event(
             time.time(),
             "info",
             "controller",
-            f"state restored: mode {st.mode}, {len(st.overrides)} overrides",
+            f"state restored: mode {st.mode}, {len(st.overrides)} overrides, "
+            f"{len(st.latched)} latched trips, {len(st.curtailments)} curtailments"
+            + "".join(f"; {n}" for n in notes),
             300,
         )
 
     def save_state(self) -> None:
-        st = self.ctrl.state
-        self.historian.save_state(
-            "controller",
-            {
-                "mode": st.mode,
-                "overrides": {k: o.__dict__ for k, o in st.overrides.items()},
-                "latched": st.latched,
-            },
-        )
+        self._saved_version = self.ctrl.state.version
+        self.historian.save_state("controller", self.ctrl.saved_state())
+
+    def command(self, cmd: Command, by: Principal) -> CommandResult:
+        """One command through the core's command path, audited and saved at once."""
+        res = self.ctrl.command(cmd, by, time.time())
+        self._audit(res.audit)
+        if res.accepted:
+            self.save_state()
+        return res
+
+    def _audit(self, a: Audit) -> None:
+        self.historian.record_audit(a.t, a.who, a.where, a.target, a.old, a.new, a.why, ok=a.ok)
 
     async def scan_once(self) -> None:
         t0 = time.perf_counter()
@@ -304,6 +310,10 @@ class RealTimeController:
                             700,
                         )
                     )
+        for a in res.audit:
+            self._audit(a)
+        if self.ctrl.state.version != self._saved_version:  # a trip latched, an override ended
+            self.save_state()
         self._model_step(now, res)
         for ev in res.events:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)

@@ -13,7 +13,16 @@ import numpy as np
 
 from thermogate.plc.points import BAD, GOOD, QUALITY_NAMES, UNCERTAIN
 
-__all__ = ["BAD", "GOOD", "QUALITY_NAMES", "UNCERTAIN", "Event", "Observation", "Write"]
+__all__ = [
+    "BAD",
+    "GOOD",
+    "QUALITY_NAMES",
+    "UNCERTAIN",
+    "Audit",
+    "Event",
+    "Observation",
+    "Write",
+]
 
 # -- why a point is not good (bit flags, combinable) ------------------------
 FLAG_STALE = 1 << 0  # not read this scan (device timeout, exception, comms loss)
@@ -67,8 +76,24 @@ class Event:
     """An alarm, a protective action or a notable state change."""
 
     t: float
-    kind: str  # alarm | clear | shed | restore | failsafe | write-failed | info
+    kind: str  # alarm | clear | ack | shed | restore | failsafe | trip | write-failed | info
     source: str  # the zone, loop or point it is about
     message: str
     severity: int = 500  # OPC UA style 1..1000
     data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """One accountable change: a command given (accepted or refused) or one the
+    controller made on its own (an override expiring). Writes are audited by the
+    run loop from their ``Write`` records."""
+
+    t: float
+    who: str  # the user, or "controller"
+    where: str  # cli | opcua | console | grid | scan
+    target: str  # what it is about: a point, "mode", "alarm:<key>", "curtailment:<id>" ...
+    old: float | None
+    new: float | None
+    why: str  # what was asked and the outcome, with the person's reason
+    ok: bool  # accepted

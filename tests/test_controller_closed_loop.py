@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from thermogate.controller.core import Controller
+from thermogate.controller.core import Controller, Principal, ResetInterlock
 from thermogate.controller.signals import BAD, Observation
 from thermogate.controller.simulate import run_simulation
 from thermogate.plc.pointmap import build_point_map
@@ -163,7 +163,12 @@ def test_a_plc_trip_is_latched_by_the_controller_until_an_operator_resets_it(sit
     scans(20)
     assert not plant.cmd_enable[0], "the controller re-enabled a tripped tank on its own"
     assert plant.t_power[0] == 0.0
-    ctrl.request_reset("alice", "console", "tank01 inspected")
+    res = ctrl.command(
+        ResetInterlock("tank01", "tank01 inspected"),
+        Principal("alice", "engineer", "console"),
+        plant.t,
+    )
+    assert res.accepted, res.message
     scans(10)
     assert not plant.plc.tank_latched[0]
     assert plant.cmd_enable[0] and plant.t_power[0] > 0.0

@@ -102,7 +102,7 @@ def test_a_restarted_controller_forecasts_with_the_promoted_model(history: Path)
             sim.step(5)
             _scan(rt, sim, 2000.0 + 5.0 * k)
         assert rt.forecast is not None and rt.forecast.zones
-        _, loads = rt.ctrl._forecast
+        loads = rt.ctrl.planning.forecast(rt.ctrl.t_last)
         assert loads and all(f.headroom_kw >= 0.0 for f in loads.values())
     finally:
         asyncio.run(rt.close())

@@ -1,0 +1,127 @@
+"""Actuation: what the scan's commands become on the wire.
+
+In order, for every command: to the register's resolution, into the point's
+range, rate-limited on the way up (a valve or a speed 10 %/s, a load 5 % of
+its rating per second; lowering a budget or a cap is never delayed: it is how
+protection acts; an operator's override is not limited either), and skipped
+when within a deadband of what was last sent — unless a minute has passed
+(a PLC that restarted gets its commands again). The heartbeat goes first,
+changed every scan.
+
+Every holding register written is verified: it must read back what was
+written within ``WRITE_VERIFY_S``, or an alarm says so and it is resent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..signals import Write
+from .alarms import Alarms
+from .topology import Topology
+from .view import Cmds, ScanView
+
+WRITE_VERIFY_S = 5.0  # a write not read back within this is an alarm
+WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
+
+
+@dataclass(slots=True)
+class _Pending:
+    value: float
+    t: float
+    why: str
+
+
+class Actuation:
+    """See the module docstring."""
+
+    def __init__(self, topo: Topology, scan_s: float) -> None:
+        self.topo = topo
+        self.scan_s = scan_s
+        self.heartbeat = 0
+        self._last_sent: dict[int, tuple[float, float]] = {}  # point -> (value, t)
+        self._pending: dict[int, _Pending] = {}
+
+    def verify(self, view: ScanView, alarms: Alarms) -> None:
+        """A command is verified when its register reads back what was written."""
+        t, v = view.t, view.values
+        pts = self.topo.pmap.points
+        for i, p in list(self._pending.items()):
+            point = pts[i]
+            tol = max(abs(point.scale) * 0.51, 1e-9)
+            if view.good(i) and abs(float(v[i]) - p.value) <= tol:
+                del self._pending[i]
+                alarms.alarm(t, f"write:{point.name}", False, f"write of {point.name} verified")
+            elif t - p.t > WRITE_VERIFY_S:
+                del self._pending[i]
+                self._last_sent.pop(i, None)  # resend next scan
+                alarms.alarm(
+                    t,
+                    f"write:{point.name}",
+                    True,
+                    f"write of {point.name} = {p.value:g} not read back within "
+                    f"{WRITE_VERIFY_S:g} s (reads {float(v[i]):g})",
+                    700,
+                )
+
+    def actuate(self, t: float, cmds: Cmds) -> list[Write]:
+        pts = self.topo.pmap.points
+        hb = self.topo.ix.plc.heartbeat
+        writes: list[Write] = []
+        self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+        writes.append(Write(pts[hb].name, float(self.heartbeat), "heartbeat"))
+        for i, cmd in cmds.items():
+            value = cmd.value
+            if cmd.pulse:
+                self._last_sent.pop(i, None)  # a pulse is always sent
+            p = pts[i]
+            if not math.isfinite(value):
+                continue
+            if p.scale and p.type != "f32":  # to the register's resolution, then the range
+                value = round(value / p.scale) * p.scale
+            if p.min is not None:
+                value = max(p.min, value)
+            if p.max is not None:
+                value = min(p.max, value)
+            last = self._last_sent.get(i)
+            if last is not None and not cmd.override and p.table == "holding":
+                # Rate limit raises (a load, a valve): lowering a budget or a cap is
+                # never delayed, it is how protection acts.
+                up = _max_rise_per_s(p.unit, p.max) * max(t - last[1], self.scan_s)
+                if value > last[0] + up:
+                    value = last[0] + up
+                    if p.scale and p.type != "f32":
+                        value = math.floor(value / p.scale) * p.scale
+            if last is not None:
+                dead = _deadband(p.unit, p.scale)
+                if abs(last[0] - value) < dead and t - last[1] < WRITE_REFRESH_S:
+                    continue
+            self._last_sent[i] = (value, t)
+            if p.table == "holding":
+                # A register that keeps being rewritten is still unverified since
+                # the first write that did not read back: keep that time.
+                since = self._pending[i].t if i in self._pending else t
+                self._pending[i] = _Pending(value, since, cmd.why)
+            writes.append(Write(p.name, float(value), cmd.why, cmd.who, cmd.where))
+        return writes
+
+
+def _deadband(unit: str, scale: float) -> float:
+    """Smallest change worth a write: below this the plant would not notice."""
+    if unit == "%":
+        return 0.5
+    if unit == "kW":
+        return 1.0
+    if unit == "W":
+        return 5.0
+    return max(abs(scale), 1e-9) * 0.5
+
+
+def _max_rise_per_s(unit: str, full: float | None) -> float:
+    """How fast a command may rise: valves and speeds 10 %/s, loads 5 % of rating/s."""
+    if unit == "%":
+        return 10.0
+    if unit in ("kW", "W") and full:
+        return 0.05 * full
+    return math.inf

@@ -1,0 +1,135 @@
+"""Events and alarms of the scan: raised once, cleared once, acknowledged by people.
+
+Every part of the core reports through one ``Alarms``: a notable change is an
+``Event`` (the historian journals it, the faces show it); an alarm is a
+condition with a key that raises one event when it becomes active and one
+when it clears (with hysteresis, so a value hovering at a limit is one alarm,
+not a chatter of them).
+
+Acknowledgement follows ISA-18.2: an alarm is unacknowledged until a person
+acknowledges it; one that clears while unacknowledged stays listed
+("returned to normal, unacknowledged") until it is, and one acknowledged and
+cleared is gone. Acknowledging never silences a condition that is still
+active: it stays active (and listed) until its cause has cleared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..signals import Event
+
+ALARM_HYSTERESIS_K = 1.0  # a high-temperature alarm clears this far below its limit
+
+
+@dataclass(slots=True)
+class AlarmRecord:
+    """One alarm as a person sees it."""
+
+    key: str
+    message: str
+    severity: int
+    since: float  # when it last became active
+    active: bool = True
+    acked: bool = False
+    acked_by: str = ""
+
+
+class Alarms:
+    """See the module docstring. ``events`` holds the current scan's events."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._queued: list[Event] = []  # raised between scans (commands)
+        self._active: dict[str, bool] = {}
+        self._records: dict[str, AlarmRecord] = {}
+
+    def begin_scan(self) -> None:
+        """Start a scan's event list with what was raised since the last scan."""
+        self.events, self._queued = self._queued, []
+
+    def queue(self, event: Event) -> None:
+        """An event raised between scans: it is reported with the next scan."""
+        self._queued.append(event)
+
+    def event(self, t: float, kind: str, source: str, message: str, severity: int = 500) -> None:
+        self.events.append(Event(t, kind, source, message, severity))
+
+    def alarm(
+        self,
+        t: float,
+        key: str,
+        active: bool,
+        message: str,
+        severity: int = 600,
+        hysteresis: bool = True,
+    ) -> None:
+        """Raise once when it becomes active; clear once when it is gone.
+
+        ``hysteresis=False`` keeps an active alarm raised although ``active`` is
+        False (the value is back under its limit but not yet by the margin)."""
+        was = self._active.get(key, False)
+        if active and not was:
+            self._active[key] = True
+            self.event(t, "alarm", key, message, severity)
+            rec = self._records.get(key)
+            if rec is None:
+                self._records[key] = AlarmRecord(key, message, severity, t)
+            else:  # back before anyone acknowledged its return: a new occurrence
+                rec.message, rec.severity, rec.since = message, severity, t
+                rec.active, rec.acked, rec.acked_by = True, False, ""
+        elif was and not active and hysteresis:
+            self._active[key] = False
+            self.event(t, "clear", key, f"cleared: {key}", 300)
+            rec = self._records.get(key)
+            if rec is not None:
+                rec.active = False
+                if rec.acked:
+                    del self._records[key]
+
+    def high(
+        self,
+        t: float,
+        key: str,
+        value: float,
+        ok: bool,
+        limit: float,
+        message: str,
+        severity: int,
+    ) -> None:
+        """A high-temperature alarm: raised at the limit, cleared 1 K below it."""
+        self.alarm(
+            t,
+            key,
+            ok and value >= limit,
+            message,
+            severity,
+            hysteresis=not (ok and value >= limit - ALARM_HYSTERESIS_K),
+        )
+
+    def active(self) -> list[str]:
+        """Keys of the alarms active now, sorted."""
+        return sorted(k for k, a in self._active.items() if a)
+
+    def records(self) -> list[AlarmRecord]:
+        """Active alarms and cleared ones not yet acknowledged, most severe first."""
+        return sorted(self._records.values(), key=lambda r: (-r.severity, r.since, r.key))
+
+    def record(self, key: str) -> AlarmRecord | None:
+        return self._records.get(key)
+
+    def acknowledge(self, key: str | None, by: str) -> list[str]:
+        """Acknowledge one alarm (or all with ``None``); returns the keys acknowledged.
+
+        Already acknowledged alarms are not counted again."""
+        keys = list(self._records) if key is None else [key]
+        done = []
+        for k in keys:
+            rec = self._records.get(k)
+            if rec is None or rec.acked:
+                continue
+            rec.acked, rec.acked_by = True, by
+            done.append(k)
+            if not rec.active:
+                del self._records[k]
+        return done

@@ -1,0 +1,481 @@
+"""The one command path: every command from a person or a system comes in here.
+
+A command is a small frozen record (``SetMode``, ``OverrideActuator``, ...)
+given by a ``Principal`` — who (a user, or the grid) and from where (``cli``,
+``opcua``, ``console``, ``grid``). ``CommandPath.give`` checks it, in order:
+
+1. **Role**: viewers read only; operators set modes and setpoints, override
+   actuators, return them to auto, acknowledge alarms and request or clear
+   curtailments; engineers also tune loops and reset latched interlocks; the
+   grid may only request and clear curtailments.
+2. **The site's limits**: a setpoint within what its zone can take (below
+   its alarm, leaving room for trim & respond), an override within the
+   point's range and for at most a day, a curtailment between zero and the
+   site's import limit.
+3. **Precedence**: hard interlocks > operator override > grid > headroom >
+   economics. An override of an actuator that a fail-safe zone or a latched
+   trip holds is refused (the interlock beats it) and says which; an override
+   of a budget is still bounded by thermal and breaker protection at every
+   scan.
+
+It then applies the command to the controller's state (it takes effect at
+the next scan), and returns a ``CommandResult``: accepted or refused, a
+message that says why, and the ``Audit`` record the caller must store.
+Refusals are audited too. Pure: the time comes in with the command.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from thermogate.plc.equipment import ControlLoop
+
+from ..signals import Audit, Event
+from .alarms import Alarms
+from .regulation import (
+    DP_TRIM_MIN_KPA,
+    SUPPLY_RESET_MAX_K,
+    THERMAL_SOFT_MARGIN_K,
+    Regulation,
+)
+from .state import MODES, ControllerState, Curtailment, Override
+from .topology import Topology
+from .trips import TripLatch, latch_key
+from .zones import FailSafeZones
+
+ROLES = ("viewer", "operator", "engineer")
+FACES = ("cli", "opcua", "console", "grid")
+MAX_OVERRIDE_S = 86_400.0  # an override expires within a day at the latest
+MAX_CURTAIL_S = 7 * 86_400.0
+MAX_GAIN = 1e4  # the site file's bound on kp, ki, kd
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who gives a command, with which role, from where."""
+
+    user: str
+    role: str  # viewer | operator | engineer | grid
+    face: str  # cli | opcua | console | grid
+
+    @property
+    def origin(self) -> str:
+        """``opcua:alice``, ``console:bob``, ``cli:carol``, or ``grid``."""
+        return "grid" if self.face == "grid" else f"{self.face}:{self.user}"
+
+    @classmethod
+    def grid(cls) -> Principal:
+        return cls("grid", "grid", "grid")
+
+
+# -- the commands ----------------------------------------------------------
+@dataclass(frozen=True)
+class SetMode:
+    mode: str  # auto | manual | maintenance
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class SetSetpoint:
+    loop: str  # a control loop's name, or the point it measures
+    value: float
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class OverrideActuator:
+    point: str
+    value: float
+    duration_s: float
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class ReturnToAuto:
+    point: str | None  # None: every override
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Acknowledge:
+    alarm: str | None  # None: every unacknowledged alarm
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class ResetInterlock:
+    load: str | None  # a tank or rack row; None: every latched trip
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class SetTuning:
+    loop: str
+    kp: float | None = None
+    ki: float | None = None
+    kd: float | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class RequestCurtailment:
+    limit_kw: float  # import at most this ...
+    duration_s: float  # ... for this long ...
+    start: float | None = None  # ... from then (None: now)
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class ClearCurtailment:
+    id: int | None  # None: every curtailment
+    why: str = ""
+
+
+Command = (
+    SetMode
+    | SetSetpoint
+    | OverrideActuator
+    | ReturnToAuto
+    | Acknowledge
+    | ResetInterlock
+    | SetTuning
+    | RequestCurtailment
+    | ClearCurtailment
+)
+
+#: the least role that may give each command (the grid: only curtailments)
+REQUIRED_ROLE: dict[type, str] = {
+    SetMode: "operator",
+    SetSetpoint: "operator",
+    OverrideActuator: "operator",
+    ReturnToAuto: "operator",
+    Acknowledge: "operator",
+    RequestCurtailment: "operator",
+    ClearCurtailment: "operator",
+    SetTuning: "engineer",
+    ResetInterlock: "engineer",
+}
+GRID_COMMANDS = (RequestCurtailment, ClearCurtailment)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    accepted: bool
+    message: str
+    audit: Audit
+
+
+class Refused(Exception):
+    """A command that fails a check; its message says why."""
+
+
+def may(who: Principal, cmd: Command) -> bool:
+    """Whether ``who``'s role allows ``cmd``."""
+    if who.role == "grid":
+        return isinstance(cmd, GRID_COMMANDS)
+    if who.role not in ROLES:
+        return False
+    return ROLES.index(who.role) >= ROLES.index(REQUIRED_ROLE[type(cmd)])
+
+
+class CommandPath:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        state: ControllerState,
+        alarms: Alarms,
+        zones: FailSafeZones,
+        trips: TripLatch,
+        regulation: Regulation,
+    ) -> None:
+        self.topo = topo
+        self.state = state
+        self.alarms = alarms
+        self.zones = zones
+        self.trips = trips
+        self.regulation = regulation
+        self._loops = {c.name: c for c in topo.site.control_loops}
+        self._loop_of_point = {c.measurement: c for c in topo.site.control_loops}
+
+    def give(self, cmd: Command, by: Principal, t: float) -> CommandResult:
+        if not may(by, cmd):
+            need = "the grid" if by.role == "grid" else f"role {REQUIRED_ROLE[type(cmd)]}"
+            why = f"refused: {by.origin} has role {by.role}; {_name(cmd)} needs {need}"
+            return self._result(t, by, cmd, _target(cmd), None, None, False, why)
+        try:
+            target, old, new, message = self._apply(cmd, by, t)
+        except Refused as exc:
+            return self._result(t, by, cmd, _target(cmd), None, None, False, f"refused: {exc}")
+        self.state.changed()
+        self.alarms.queue(
+            Event(t, "ack" if isinstance(cmd, Acknowledge) else "info", by.origin, message, 400)
+        )
+        return self._result(t, by, cmd, target, old, new, True, message)
+
+    def _result(
+        self,
+        t: float,
+        by: Principal,
+        cmd: Command,
+        target: str,
+        old: float | None,
+        new: float | None,
+        ok: bool,
+        message: str,
+    ) -> CommandResult:
+        why = f"{message} ({cmd.why})" if cmd.why else message
+        return CommandResult(ok, message, Audit(t, by.user, by.face, target, old, new, why, ok))
+
+    # -- one method per command: (target, old, new, message) or Refused ----------
+    def _apply(
+        self, cmd: Command, by: Principal, t: float
+    ) -> tuple[str, float | None, float | None, str]:
+        st = self.state
+        if isinstance(cmd, SetMode):
+            if cmd.mode not in MODES:
+                raise Refused(f"unknown mode '{cmd.mode}' (one of {', '.join(MODES)})")
+            if cmd.mode == st.mode:
+                raise Refused(f"already in {st.mode} mode")
+            was, st.mode = st.mode, cmd.mode
+            return "mode", None, None, f"mode {was} -> {cmd.mode} by {by.origin}"
+        if isinstance(cmd, SetSetpoint):
+            c = self._loop(cmd.loop)
+            lo, hi, what = self.setpoint_limits(c)
+            if not (math.isfinite(cmd.value) and lo <= cmd.value <= hi):
+                raise Refused(
+                    f"setpoint {cmd.value:g} of {c.name} is outside {lo:g}..{hi:g} ({what})"
+                )
+            old = self.regulation.base_setpoint(c)
+            st.setpoints[c.name] = float(cmd.value)
+            return (
+                f"{c.name}.setpoint",
+                old,
+                float(cmd.value),
+                f"{c.name} setpoint {old:g} -> {cmd.value:g} by {by.origin}",
+            )
+        if isinstance(cmd, OverrideActuator):
+            return self._override(cmd, by, t)
+        if isinstance(cmd, ReturnToAuto):
+            if cmd.point is None:
+                if not st.overrides:
+                    raise Refused("no actuator is overridden")
+                names = sorted(st.overrides)
+                st.overrides.clear()
+                return "overrides", None, None, f"{', '.join(names)} back to auto by {by.origin}"
+            ov = st.overrides.pop(cmd.point, None)
+            if ov is None:
+                listed = ", ".join(sorted(st.overrides)) or "none"
+                raise Refused(f"{cmd.point} is not overridden (overridden: {listed})")
+            return cmd.point, ov.value, None, f"{cmd.point} back to auto by {by.origin}"
+        if isinstance(cmd, Acknowledge):
+            if cmd.alarm is not None and self.alarms.record(cmd.alarm) is None:
+                pending = [r.key for r in self.alarms.records() if not r.acked]
+                raise Refused(
+                    f"no alarm '{cmd.alarm}' to acknowledge"
+                    f" (unacknowledged: {', '.join(pending) or 'none'})"
+                )
+            done = self.alarms.acknowledge(cmd.alarm, by.origin)
+            if not done:
+                raise Refused(
+                    f"{cmd.alarm} is already acknowledged"
+                    if cmd.alarm
+                    else "no unacknowledged alarms"
+                )
+            target = f"alarm:{cmd.alarm}" if cmd.alarm else "alarms"
+            return target, None, None, f"acknowledged by {by.origin}: {', '.join(done)}"
+        if isinstance(cmd, ResetInterlock):
+            if cmd.load is not None:
+                if cmd.load not in self.topo.load:
+                    raise Refused(
+                        f"no tank or rack row named '{cmd.load}'{_hint(cmd.load, self.topo.load)}"
+                    )
+                if latch_key(cmd.load) not in st.latched:
+                    listed = ", ".join(sorted(st.latched)) or "none"
+                    raise Refused(f"{cmd.load} has no latched trip (latched: {listed})")
+            self.trips.request_reset(t, by.user, by.face, cmd.why or "reset", cmd.load)
+            what = cmd.load or "every latched trip"
+            return (
+                f"interlock:{cmd.load or 'all'}",
+                None,
+                None,
+                f"reset requested by {by.origin} ({by.face}) for {what}: "
+                "released once its PLC interlock reads clear",
+            )
+        if isinstance(cmd, SetTuning):
+            c = self._loop(cmd.loop)
+            gains = {"kp": cmd.kp, "ki": cmd.ki, "kd": cmd.kd}
+            given = {k: v for k, v in gains.items() if v is not None}
+            if not given:
+                raise Refused("no gain given (kp, ki, kd)")
+            for k, v in given.items():
+                if not (math.isfinite(v) and 0.0 <= v <= MAX_GAIN):
+                    raise Refused(f"{k} {v:g} is outside 0..{MAX_GAIN:g}")
+            now = st.tunings.get(c.name, {"kp": c.kp, "ki": c.ki, "kd": c.kd})
+            st.tunings[c.name] = {**now, **{k: float(v) for k, v in given.items()}}
+            text = ", ".join(f"{k} {now[k]:g} -> {v:g}" for k, v in given.items())
+            return f"{c.name}.tuning", None, None, f"{c.name} tuned by {by.origin}: {text}"
+        if isinstance(cmd, RequestCurtailment):
+            return self._curtail(cmd, by, t)
+        if isinstance(cmd, ClearCurtailment):
+            if not st.curtailments:
+                raise Refused("no curtailment to clear")
+            if cmd.id is None:
+                gone = st.curtailments
+                st.curtailments = []
+            else:
+                gone = [c for c in st.curtailments if c.id == cmd.id]
+                if not gone:
+                    ids = ", ".join(f"#{c.id}" for c in st.curtailments)
+                    raise Refused(f"no curtailment #{cmd.id} (current: {ids})")
+                st.curtailments = [c for c in st.curtailments if c.id != cmd.id]
+            ids = ", ".join(f"#{c.id}" for c in gone)
+            return (
+                f"curtailment:{cmd.id or 'all'}",
+                None,
+                None,
+                f"curtailment {ids} cleared by {by.origin}",
+            )
+        raise Refused(f"unknown command {type(cmd).__name__}")
+
+    def _override(
+        self, cmd: OverrideActuator, by: Principal, t: float
+    ) -> tuple[str, float | None, float | None, str]:
+        pmap = self.topo.pmap
+        try:
+            i = pmap.position(cmd.point)
+        except KeyError as exc:
+            raise Refused(str(exc.args[0])) from None
+        p = pmap.points[i]
+        own = (self.topo.ix.plc.heartbeat, self.topo.ix.plc.reset)
+        if not p.writable or i in own:
+            raise Refused(f"{p.name} is not an actuator (writable commands only)")
+        lo = 0.0 if p.is_bit else (p.min if p.min is not None else -math.inf)
+        hi = 1.0 if p.is_bit else (p.max if p.max is not None else math.inf)
+        if not (math.isfinite(cmd.value) and lo <= cmd.value <= hi):
+            raise Refused(f"{cmd.value:g} is outside {p.name}'s range {lo:g}..{hi:g} {p.unit}")
+        if p.is_bit and cmd.value not in (0.0, 1.0):
+            raise Refused(f"{p.name} is a bit: 0 or 1")
+        if not (math.isfinite(cmd.duration_s) and 0.0 < cmd.duration_s <= MAX_OVERRIDE_S):
+            raise Refused(
+                f"duration {cmd.duration_s:g} s must be above 0 and at most "
+                f"{MAX_OVERRIDE_S / 3600:g} h (an override always expires)"
+            )
+        held = self.zones.holds(i)
+        if held is not None:
+            raise Refused(
+                f"{p.name} is held by protection ({held}): the interlock beats an override"
+            )
+        load = next((ld for ld in self.topo.loads if ld.enable == i), None)
+        if load is not None and latch_key(load.name) in self.state.latched:
+            raise Refused(
+                f"{load.name} is latched off by a PLC trip: an engineer must reset it first"
+            )
+        old = self.state.overrides.get(p.name)
+        self.state.overrides[p.name] = Override(
+            float(cmd.value), by.user, by.face, cmd.why or "manual", t, t + cmd.duration_s
+        )
+        return (
+            p.name,
+            None if old is None else old.value,
+            float(cmd.value),
+            f"{p.name} overridden to {cmd.value:g} {p.unit} for {_duration(cmd.duration_s)} "
+            f"by {by.origin}",
+        )
+
+    def _curtail(
+        self, cmd: RequestCurtailment, by: Principal, t: float
+    ) -> tuple[str, float | None, float | None, str]:
+        site_kw = self.topo.site.import_limit_kw
+        if not (math.isfinite(cmd.limit_kw) and 0.0 <= cmd.limit_kw <= site_kw):
+            raise Refused(
+                f"limit {cmd.limit_kw:g} kW is outside 0..{site_kw:g} kW (the site's import limit)"
+            )
+        if not (math.isfinite(cmd.duration_s) and 0.0 < cmd.duration_s <= MAX_CURTAIL_S):
+            raise Refused(f"duration {cmd.duration_s:g} s must be above 0 and at most 7 days")
+        start = t if cmd.start is None else float(cmd.start)
+        if not math.isfinite(start) or start < t - 60.0 or start > t + MAX_CURTAIL_S:
+            raise Refused("start must be now or within the next 7 days")
+        st = self.state
+        c = Curtailment(
+            st.next_curtailment,
+            float(cmd.limit_kw),
+            start,
+            start + cmd.duration_s,
+            by.user,
+            by.face,
+            cmd.why,
+        )
+        st.next_curtailment += 1
+        st.curtailments.append(c)
+        when = "now" if start <= t else f"in {_duration(start - t)}"
+        return (
+            f"curtailment:{c.id}",
+            None,
+            c.limit_kw,
+            f"curtailment #{c.id}: import <= {c.limit_kw:g} kW {when} for "
+            f"{_duration(cmd.duration_s)}, by {by.origin}",
+        )
+
+    # -- helpers ------------------------------------------------------------
+    def _loop(self, name: str) -> ControlLoop:
+        c = self._loops.get(name) or self._loop_of_point.get(name)
+        if c is None:
+            raise Refused(
+                f"no control loop '{name}'{_hint(name, [*self._loops, *self._loop_of_point])}"
+            )
+        return c
+
+    def setpoint_limits(self, c: ControlLoop) -> tuple[float, float, str]:
+        """The setpoints a loop accepts, and why: below the alarm of what it holds."""
+        ix, site = self.topo.ix, self.topo.site
+        i = self.topo.pmap.position(c.measurement)
+        for t_ in site.tanks:
+            if ix.tank[t_.name].fluid_temp == i:
+                hi = t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
+                return 20.0, hi, f"{THERMAL_SOFT_MARGIN_K:g} K below the tank's alarm"
+        for lp in site.loops:
+            lpp = ix.loop[lp.name]
+            if lpp.supply_temp == i:
+                hi = lp.supply_alarm_c - SUPPLY_RESET_MAX_K
+                return 10.0, hi, "the loop's alarm less the trim & respond reset"
+            if lpp.dp == i:
+                head = max(p.rated_head_kpa for p in lp.pumps)
+                return DP_TRIM_MIN_KPA, head, "the pumps' rated head"
+        for cdu in site.cdus:
+            if ix.cdu[cdu.name].supply_temp == i:
+                hi = cdu.supply_alarm_c - THERMAL_SOFT_MARGIN_K
+                return 15.0, hi, f"{THERMAL_SOFT_MARGIN_K:g} K below the CDU's alarm"
+        p = self.topo.pmap.points[i]
+        lo = -math.inf if p.min is None else p.min
+        hi = math.inf if p.max is None else p.max
+        return lo, hi, "the measured point's range"
+
+
+def _target(cmd: Command) -> str:
+    for attr in ("point", "loop", "alarm", "load"):
+        v = getattr(cmd, attr, None)
+        if v:
+            return str(v)
+    return _name(cmd)
+
+
+def _name(cmd: Command) -> str:
+    return type(cmd).__name__
+
+
+def _hint(name: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _duration(s: float) -> str:
+    if s >= 3600.0:
+        return f"{s / 3600.0:g} h"
+    if s >= 60.0:
+        return f"{s / 60.0:g} min"
+    return f"{s:g} s"

@@ -1,0 +1,299 @@
+"""The control core: one scan as a function of (observation, state, configuration).
+
+No I/O and no clock reads: the time comes in with the observation, the
+commands go out as ``Write`` records. The same ``Controller`` runs in real time
+over Modbus (``controller.run``) and in lockstep with the simulated plant far
+faster than real time (``controller.simulate``).
+
+One scan, part by part (each its own module, its own state)::
+
+    estimate    ../estimate.py      validate every measurement; quality travels
+                                    with the value; redundant sensors voted
+    verify      actuation.py        earlier writes read back, or an alarm
+    zones       zones.py            fail-safe zones from the inputs' quality
+    regulate    regulation.py       PID loops, trim & respond, duty/standby pumps
+    protect     thermal.py          over-temperature and lost-flow caps (never the model)
+                power.py            breakers and the grid's import limit
+    plan        planning.py         the planner's budgets within protection's caps
+    override    (here)              operators' overrides
+    interlock   trips.py            latched PLC trips keep their loads off
+                zones.py            zones in fail-safe take their safe state
+    actuate     actuation.py        resolution, range, rate, deadband, heartbeat
+
+The order *is* the precedence: a later part overrides an earlier one, so hard
+interlocks (latched trips, fail-safe) > operator override > protection's caps
+and the grid > the planner's economics. Mining is shed first, then training,
+then inference. Commands from people and systems come in through
+``command`` (``commands.py``: one path, checked and audited).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from thermogate.plc.equipment import Site
+from thermogate.plc.pointmap import STATUS_SAFE_STATE, PointMap
+
+from ..estimate import Estimator
+from ..signals import BAD, GOOD, Audit, Event, Observation, Write, flag_names
+from .actuation import Actuation
+from .alarms import AlarmRecord, Alarms
+from .commands import Command, CommandPath, CommandResult, Principal
+from .planning import DefaultPlanner, LoadForecast, Planner, Planning, row_cap_w
+from .power import PowerProtection
+from .regulation import Regulation
+from .state import ControllerState, Override
+from .thermal import ThermalProtection
+from .topology import Topology
+from .trips import TripLatch
+from .view import Cmd, Cmds, ScanView
+from .zones import FailSafeZones, Zone
+
+
+@dataclass
+class ScanResult:
+    writes: list[Write]
+    events: list[Event]
+    values: np.ndarray
+    quality: np.ndarray
+    status: dict[str, Any]
+    #: planned load per load and horizon (``plc.records.plan_columns`` order): what
+    #: each load is set to draw ahead if nothing else changes (NaN: no plan yet)
+    plan: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the working setpoint of every control loop (``setpoint_columns`` order)
+    setpoints: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: changes the controller made on its own that need an audit record
+    #: (an override that expired, a curtailment that ended)
+    audit: list[Audit] = field(default_factory=list)
+
+    @cached_property
+    def record(self) -> tuple[np.ndarray, np.ndarray]:
+        """Values and quality of the points, then the plan and the setpoints, as a
+        historian opened with ``record_columns`` stores them (the controller's own
+        numbers are good). Built once: the historian and the forecaster both take it."""
+        n = len(self.plan) + len(self.setpoints)
+        return (
+            np.concatenate([self.values, self.plan, self.setpoints]),
+            np.concatenate([self.quality, np.zeros(n, self.quality.dtype)]),
+        )
+
+
+class Controller:
+    """The site controller's core; see the module docstring."""
+
+    def __init__(
+        self,
+        site: Site,
+        pmap: PointMap,
+        *,
+        planner: Planner | None = None,
+        scan_s: float | None = None,
+    ) -> None:
+        self.site = site
+        self.pmap = pmap
+        self.scan_s = scan_s or site.scan_interval_s
+        self.state = ControllerState()
+        self.topo = Topology(site, pmap)
+        self.estimator = Estimator(pmap, site, scan_s=self.scan_s)
+        self.alarms = Alarms()
+        self.failsafe = FailSafeZones(self.topo)
+        self.regulation = Regulation(self.topo, self.state)
+        self.thermal = ThermalProtection(self.topo)
+        self.power = PowerProtection(self.topo)
+        self.planning = Planning(self.topo, planner or DefaultPlanner())
+        self.trips = TripLatch(self.topo, self.state)
+        self.actuation = Actuation(self.topo, self.scan_s)
+        self.commands = CommandPath(
+            self.topo, self.state, self.alarms, self.failsafe, self.trips, self.regulation
+        )
+        self.t_last: float | None = None
+        n = len(pmap)
+        #: the last validated values and quality, for status displays
+        self.values: np.ndarray = np.full(n, np.nan)
+        self.quality: np.ndarray = np.full(n, BAD, dtype=np.uint8)
+        ix = pmap.index
+        #: status shows the working supply setpoint of each loop and CDU
+        self._supply_of = {lpp.supply_temp: lpp.name for lpp in ix.loops} | {
+            cp.supply_temp: cp.name for cp in ix.cdus
+        }
+
+    # -- what the faces read --------------------------------------------------
+    @property
+    def zones(self) -> dict[str, Zone]:
+        return self.failsafe.zones
+
+    def active_alarms(self) -> list[str]:
+        return self.alarms.active()
+
+    def alarm_records(self) -> list[AlarmRecord]:
+        return self.alarms.records()
+
+    # -- what comes in between scans -------------------------------------------
+    def set_forecast(self, t: float, loads: dict[str, LoadForecast]) -> None:
+        """The thermal model's headroom per load, computed at data time ``t``.
+
+        The planner sees it while fresh; an older forecast (the forecaster
+        stopped or fell behind) is withheld rather than trusted."""
+        self.planning.set_forecast(t, loads)
+
+    def command(self, cmd: Command, by: Principal, t: float) -> CommandResult:
+        """One command from a person or a system (``commands.py``); takes effect
+        at the next scan. The caller stores ``result.audit``."""
+        return self.commands.give(cmd, by, t)
+
+    def saved_state(self) -> dict[str, Any]:
+        """What a restart restores: the decided state and the estimator's slow memory."""
+        return {**self.state.to_json(), "estimator": self.estimator.state()}
+
+    def restore_state(self, saved: dict[str, Any]) -> list[str]:
+        """Take back a ``saved_state``; returns notes on what no longer applies."""
+        loops = {c.name for c in self.site.control_loops}
+        st, notes = ControllerState.from_json(saved, set(self.pmap.by_name), loops)
+        for name in list(vars(st)):  # the parts hold this object: update it in place
+            setattr(self.state, name, getattr(st, name))
+        if saved.get("estimator"):
+            self.estimator.restore(saved["estimator"])
+        return notes
+
+    # -- the scan ----------------------------------------------------------------
+    def scan(self, obs: Observation) -> ScanResult:
+        t = obs.t
+        dt = self.scan_s if self.t_last is None else max(1e-3, min(t - self.t_last, 10.0))
+        self.t_last = t
+        alarms = self.alarms
+        alarms.begin_scan()
+        est = self.estimator.update(t, obs.values, obs.fresh)
+        v, q = est.values, est.quality
+        self.values, self.quality = v, q
+        for name, flags in self.estimator.newly_flagged():
+            alarms.event(t, "alarm", name, f"sensor {name} flagged: {_flags(flags)}", 600)
+        for name in self.estimator.newly_cleared():
+            alarms.event(t, "clear", name, f"sensor {name} good again", 300)
+        position = self.pmap.position
+        voted = {position(k): (val, qual != BAD) for k, (val, qual) in est.voted.items()}
+        view = ScanView(t, dt, v, q, voted, obs.import_limit_kw)
+
+        self.actuation.verify(view, alarms)
+        self.failsafe.update(t, q, alarms)
+        status = self.pmap.index.plc.status
+        plc_safe = view.good(status) and int(view.val(status)) & STATUS_SAFE_STATE != 0
+        if plc_safe:
+            alarms.alarm(t, "plc.safe_state", True, "PLC is in its watchdog safe state")
+        else:
+            alarms.alarm(t, "plc.safe_state", False, "PLC left its safe state")
+        audit = self._expire(t)
+
+        cmds: Cmds = {}
+        overrides = {position(n): o for n, o in self.state.overrides.items()}
+        self.regulation.regulate(view, cmds, alarms, overrides)
+        self.thermal.protect(view, alarms)
+        overridden = {
+            self.topo.load_of_budget[i].name for i in overrides if i in self.topo.load_of_budget
+        }
+        self.power.protect(view, alarms, self._curtail_kw(t), overridden)
+        hold = self.state.mode == "maintenance"
+        self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, hold=hold)
+        self._apply_overrides(cmds, overrides)
+        self.trips.latch(view, cmds, alarms)
+        self.failsafe.apply(cmds)
+        self.trips.pulse(cmds)
+        writes = self.actuation.actuate(t, cmds)
+        return ScanResult(
+            writes,
+            list(alarms.events),
+            v,
+            q,
+            self._status(view),
+            self.planning.plan.copy(),
+            self.regulation.setpoints(),
+            audit,
+        )
+
+    def _apply_overrides(self, cmds: Cmds, overrides: dict[int, Override]) -> None:
+        """Operators' values beat regulation and the planner; a budget stays within
+        protection's thermal and breaker caps (interlocks come after this)."""
+        for i, ov in overrides.items():
+            value, why = ov.value, f"manual override: {ov.why}"
+            load = self.topo.load_of_budget.get(i)
+            if load is not None:
+                cap_kw = min(self.thermal.cap[load.name], self.power.cap[load.name], load.rated_kw)
+                cap = cap_kw if load.kind == "tank" else row_cap_w(cap_kw, load.rated_kw)
+                if value > cap:
+                    value, why = cap, f"{why} (capped by protection at {cap:.0f})"
+            cmds[i] = Cmd(value, why, ov.who, ov.where, override=True)
+
+    def _expire(self, t: float) -> list[Audit]:
+        """Overrides and curtailments whose time is up end by themselves, audited."""
+        st, out = self.state, []
+        for name, ov in list(st.overrides.items()):
+            if t >= ov.until:
+                del st.overrides[name]
+                st.changed()
+                msg = f"override of {name} by {ov.who} ({ov.where}) expired: back to auto"
+                self.alarms.event(t, "info", name, msg, 400)
+                out.append(Audit(t, "controller", "scan", name, ov.value, None, msg, True))
+        for c in list(st.curtailments):
+            if t >= c.end:
+                st.curtailments.remove(c)
+                st.changed()
+                msg = f"curtailment #{c.id} ({c.limit_kw:g} kW) ended"
+                self.alarms.event(t, "restore", "grid", msg, 400)
+                out.append(
+                    Audit(
+                        t, "controller", "scan", f"curtailment:{c.id}", c.limit_kw, None, msg, True
+                    )
+                )
+        return out
+
+    def _curtail_kw(self, t: float) -> float | None:
+        active = [c.limit_kw for c in self.state.curtailments if c.active(t)]
+        return min(active) if active else None
+
+    def _status(self, view: ScanView) -> dict[str, Any]:
+        q = view.quality
+        st = self.state
+        return {
+            "t": view.t,
+            "mode": st.mode,
+            "alarms": self.alarms.active(),
+            "failsafe_zones": self.failsafe.in_failsafe(),
+            "bad_points": int((q == BAD).sum()),
+            "good_points": int((q == GOOD).sum()),
+            "import_limit_kw": self.power.grid_limit_kw,
+            "loads": {
+                ld.name: {
+                    "class": ld.wclass,
+                    "thermal_cap_kw": _kw(self.thermal.cap[ld.name]),
+                    "power_cap_kw": _kw(self.power.cap[ld.name]),
+                }
+                for ld in self.topo.loads
+            },
+            "supply_reset_k": {k: round(x, 2) for k, x in self.regulation.supply_reset.items()},
+            "setpoints": {
+                self._supply_of[i]: round(self.regulation.setpoint(c), 2)
+                for c in self.regulation.loops
+                if (i := self.pmap.position(c.measurement)) in self._supply_of
+            },
+            "overrides": {
+                name: {"value": o.value, "by": f"{o.where}:{o.who}", "until": o.until}
+                for name, o in st.overrides.items()
+            },
+            "curtailments": [
+                {"id": c.id, "limit_kw": c.limit_kw, "start": c.start, "end": c.end}
+                for c in st.curtailments
+            ],
+            "latched": sorted(st.latched),
+        }
+
+
+def _kw(x: float) -> float | None:
+    return None if math.isinf(x) else round(x, 1)
+
+
+def _flags(flags: int) -> str:
+    return ", ".join(flag_names(flags)) or "none"

@@ -1,0 +1,179 @@
+"""Planning: the seam where economics and the grid hand in budgets.
+
+The planner (``Planner``) says what each load should draw; protection's caps
+always bound it: a planner can never raise a load above what protection
+allows. A tank gets a power budget in kW (the miners' target, the GPU cap), a
+rack row a per-GPU power cap in W (200 W at 30 % of its rating or less, 700 W
+at full). Protection lowers the GPUs' power cap but never stops a row:
+stopping and restarting training jobs costs more than running capped.
+
+The thermal model's headroom reaches the planner through ``set_forecast``
+while it is fresh (``FORECAST_FRESH_S``); an older forecast is withheld rather
+than trusted. With every scan the planned load 5, 15 and 30 minutes ahead is
+recorded (``PlanAhead``): the model learns what planned changes do.
+
+In maintenance mode the planner is not asked: every load keeps the budget it
+had, and only protection may lower it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from thermogate.plc.records import PLAN_HORIZONS_MIN
+
+from .topology import Load, Topology
+from .view import Cmd, Cmds, ScanView
+
+FORECAST_FRESH_S = 180.0  # a model forecast older than this is not handed to the planner
+ROW_CAP_MIN_W = 200.0  # a rack row's per-GPU cap at or below 30 % of its rating ...
+ROW_CAP_MAX_W = 700.0  # ... and at full rating
+ROW_CAP_KNEE_FRAC = 0.3
+
+
+@dataclass(frozen=True)
+class LoadForecast:
+    """The thermal model's word on one load, handed in once a minute (``set_forecast``)."""
+
+    headroom_kw: float  # extra kW this load may add now (its tank, or its share of its CDU)
+    loop_headroom_kw: float  # extra kW the load's whole loop may take (shared by its loads)
+    time_to_limit_min: float  # first of its zones to reach its limit at current load (inf: > 30)
+    trusted: bool  # False: the conservative fallback (model out of range, stale or drifting)
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    name: str
+    workload_class: str
+    rated_kw: float
+    power_kw: float  # measured now (NaN if unknown)
+    loop: str
+    #: the learned forecast's headroom; None without a model or when its forecast is stale
+    forecast: LoadForecast | None = None
+
+
+class Planner(Protocol):
+    """``plan`` returns, per load (tank or rack row name), the budget in kW the
+    planner wants (absent or not finite: no opinion, i.e. rated). ``headroom``
+    is what protection allows each load now."""
+
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict[str, float]
+    ) -> dict[str, float]: ...
+
+
+class PlanAhead(Protocol):
+    """A planner that also knows its plan ahead (a job schedule, a day-ahead
+    price plan, a notified curtailment) implements ``planned``: the budget in
+    kW it intends for each load ``horizon_s`` from now. The core records it
+    (``ScanResult.plan``) so the thermal model learns what planned load
+    changes do. Without it the plan ahead is today's request."""
+
+    def planned(self, t: float, horizon_s: float, loads: list[LoadInfo]) -> dict[str, float]: ...
+
+
+class DefaultPlanner:
+    """Until the gating planner exists: everything allowed within the limits."""
+
+    def plan(self, t: float, loads: list[LoadInfo], headroom: dict[str, float]) -> dict[str, float]:
+        return {ld.name: ld.rated_kw for ld in loads}
+
+
+def row_cap_w(budget_kw: float, rated_kw: float) -> float:
+    """A rack row's per-GPU power cap for a budget in kW."""
+    frac = budget_kw / rated_kw if rated_kw else 0.0
+    knee = ROW_CAP_KNEE_FRAC
+    return ROW_CAP_MIN_W + (ROW_CAP_MAX_W - ROW_CAP_MIN_W) * max(
+        0.0, min(1.0, (frac - knee) / (1.0 - knee))
+    )
+
+
+def asked(wanted: dict[str, float], ld: Load) -> float:
+    """The budget a planner asked for a load (no or no finite answer: its rating)."""
+    want = wanted.get(ld.name)
+    return ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
+
+
+class Planning:
+    """See the module docstring."""
+
+    def __init__(self, topo: Topology, planner: Planner) -> None:
+        self.topo = topo
+        self.planner = planner
+        self._forecast: tuple[float, dict[str, LoadForecast]] = (-math.inf, {})
+        self._held: dict[str, float] | None = None  # maintenance: the budgets kept
+        self._last_wanted: dict[str, float] = {}
+        #: planned load per load and horizon (``plc.records.plan_columns`` order)
+        self.plan = np.full(len(topo.loads) * len(PLAN_HORIZONS_MIN), np.nan)
+
+    def set_forecast(self, t: float, loads: dict[str, LoadForecast]) -> None:
+        """The thermal model's headroom per load, computed at data time ``t``."""
+        self._forecast = (t, dict(loads))
+
+    def forecast(self, t: float) -> dict[str, LoadForecast]:
+        """The model's word while fresh; nothing once it is older than FORECAST_FRESH_S."""
+        t_fc, forecast = self._forecast
+        return {} if t - t_fc > FORECAST_FRESH_S else forecast
+
+    def allocate(
+        self,
+        view: ScanView,
+        cmds: Cmds,
+        thermal_cap: dict[str, float],
+        power_cap: dict[str, float],
+        hold: bool = False,
+    ) -> None:
+        """Budgets for every load: the planner's wish within protection's caps.
+
+        ``hold`` (maintenance) keeps the budgets the planner last asked for."""
+        t = view.t
+        forecast = self.forecast(t)
+        site = self.topo.site
+        infos = [
+            LoadInfo(
+                ld.name,
+                ld.wclass,
+                ld.rated_kw,
+                view.val(ld.power),
+                site.loops[ld.loop].name,
+                forecast.get(ld.name),
+            )
+            for ld in self.topo.loads
+        ]
+        loads = self.topo.loads
+        headroom = {
+            ld.name: min(thermal_cap[ld.name], power_cap[ld.name], ld.rated_kw) for ld in loads
+        }
+        if hold:
+            if self._held is None:
+                self._held = dict(self._last_wanted)
+            wanted = self._held
+        else:
+            self._held = None
+            wanted = self.planner.plan(t, infos, headroom)
+            self._last_wanted = wanted
+        ahead = getattr(self.planner, "planned", None)
+        nh = len(PLAN_HORIZONS_MIN)
+        for j, h in enumerate(PLAN_HORIZONS_MIN):
+            later = wanted if ahead is None or hold else ahead(t, h * 60.0, infos)
+            for i, ld in enumerate(loads):
+                # protection caps persist unless something changes: part of the plan
+                self.plan[i * nh + j] = min(
+                    asked(later, ld), ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name]
+                )
+        for ld in loads:
+            budget = asked(wanted, ld)
+            limits = {"thermal": thermal_cap[ld.name], "power": power_cap[ld.name]}
+            budget_final = min(budget, ld.rated_kw, *limits.values())
+            reason = "planner"
+            if budget_final < budget - 1e-6:
+                reason = min(limits, key=lambda k: limits[k]) + " limit"
+            if ld.kind == "tank":
+                cmds[ld.budget] = Cmd(round(budget_final, 1), reason)
+            else:
+                cmds[ld.budget] = Cmd(round(row_cap_w(budget_final, ld.rated_kw)), reason)
+            cmds[ld.enable] = Cmd(1.0, "workload permitted")

@@ -1,0 +1,261 @@
+"""Regulation: the site's PID loops, trim & respond, duty/standby pumps.
+
+Each control loop of the site description drives its actuators from its
+measurement (``pid.py``: a pure step). Around them:
+
+* **Trim & respond** (ASHRAE Guideline 36): the most-open valve on a cooling
+  loop says whether the loop could run warmer and with less differential
+  pressure (less fan and pump energy): below 65 % the loop's supply setpoint
+  is raised (up to +6 K) and its ΔP setpoint trimmed; above 90 %, or with any
+  zone near its alarm, both return four times as fast.
+* **Duty/standby pumps**: one pump regulates ΔP; the standby starts when the
+  duty pump faults or stays saturated for a minute, and stops after five
+  minutes of both running below 45 %. A minimum-flow guard raises the speed
+  before the PLC's low-flow trip can act.
+* **Operator**: a loop whose first actuator is overridden follows the
+  operator's value bumplessly; in manual and maintenance modes every loop
+  holds its output and trim & respond stands still. Setpoints and tunings
+  set through the command path replace the site file's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from thermogate.plc.equipment import ControlLoop
+
+from ..pid import PidConfig, PidState, pid_step
+from .alarms import Alarms
+from .state import ControllerState, Override
+from .topology import Topology
+from .view import Cmd, Cmds, ScanView
+
+THERMAL_SOFT_MARGIN_K = 2.5  # protection starts shedding this far below a zone's alarm
+SUPPLY_RESET_MAX_K = 6.0  # raise a loop's supply setpoint up to this when far from limits
+SUPPLY_RESET_RATE_K_S = 0.005
+DP_TRIM_MIN_KPA = 40.0
+DP_TRIM_RATE_KPA_S = 0.05
+VALVE_WIDE_OPEN_PCT = 90.0  # trim & respond thresholds on the most-open valve
+VALVE_THROTTLED_PCT = 65.0
+MIN_FLOW_GUARD_FRAC = 1.4  # the ΔP loop never lets flow fall below this x min flow
+MIN_FLOW_GUARD_PCT_S = 2.0  # how fast the guard raises pump speed (%/s)
+STANDBY_START_SAT_S = 60.0  # duty pump saturated this long -> start the standby
+STANDBY_STOP_BELOW_PCT = 45.0  # both pumps below this for STANDBY_STOP_S -> stop standby
+STANDBY_STOP_S = 300.0
+
+
+def pid_config(c: ControlLoop, tuning: Mapping[str, float] | None = None) -> PidConfig:
+    """A control loop's PID settings: the site file's, or an engineer's tuning."""
+    g = tuning or {}
+    return PidConfig(
+        kp=g.get("kp", c.kp),
+        ki=g.get("ki", c.ki),
+        kd=g.get("kd", c.kd),
+        out_min=c.out_min,
+        out_max=c.out_max,
+        slew_per_s=c.slew_per_s,
+        action=c.action,
+    )
+
+
+class Regulation:
+    """See the module docstring."""
+
+    def __init__(self, topo: Topology, state: ControllerState) -> None:
+        self.topo = topo
+        self.state = state
+        site, pmap, ix = topo.site, topo.pmap, topo.ix
+        self.loops: list[ControlLoop] = list(site.control_loops)
+        self._meas = {c.name: pmap.position(c.measurement) for c in self.loops}
+        self._acts = {c.name: [pmap.position(a) for a in c.actuators] for c in self.loops}
+        self._pump_loop = {c.name: topo.is_pump_loop(c) for c in self.loops}
+        self._pid: dict[str, PidState] = {c.name: PidState() for c in self.loops}
+        self._tuned: dict[str, dict[str, float]] = {}
+        self._cfg: dict[str, PidConfig] = {c.name: pid_config(c) for c in self.loops}
+        # which measurements trim & respond moves: a loop's supply and its ΔP
+        self._sp_kind: dict[int, tuple[str, str]] = {}
+        for lpp in ix.loops:
+            self._sp_kind[lpp.supply_temp] = ("supply", lpp.name)
+            self._sp_kind[lpp.dp] = ("dp", lpp.name)
+        self.supply_reset = {lp.name: 0.0 for lp in site.loops}
+        self.dp_trim = {lp.name: 0.0 for lp in site.loops}
+        self._standby_sat_s = {lp.name: 0.0 for lp in site.loops}
+        self._standby_low_s = {lp.name: 0.0 for lp in site.loops}
+        self._standby_on = {lp.name: False for lp in site.loops}
+        self._flow_guard: dict[str, float] = {}
+        self._pump_of = {ix.pump[p.name].speed_cmd: p for p in site.pumps}
+
+    # -- setpoints ------------------------------------------------------------
+    def base_setpoint(self, c: ControlLoop) -> float:
+        """The loop's setpoint before trim & respond: the command path's, else the file's."""
+        return self.state.setpoints.get(c.name, c.setpoint)
+
+    def setpoint(self, c: ControlLoop) -> float:
+        """The working setpoint (trim & respond applied)."""
+        base = self.base_setpoint(c)
+        kind = self._sp_kind.get(self._meas[c.name])
+        if kind is None:
+            return base
+        if kind[0] == "supply":
+            return base + self.supply_reset[kind[1]]
+        return max(DP_TRIM_MIN_KPA, base - self.dp_trim[kind[1]])
+
+    def setpoints(self) -> np.ndarray:
+        """Every loop's working setpoint, in the site's control-loop order."""
+        return np.array([self.setpoint(c) for c in self.loops])
+
+    def _config(self, c: ControlLoop) -> PidConfig:
+        tuning = self.state.tunings.get(c.name)
+        if tuning != self._tuned.get(c.name):  # an engineer retuned it: rebuild once
+            self._cfg[c.name] = pid_config(c, tuning)
+            if tuning is None:
+                self._tuned.pop(c.name, None)
+            else:
+                self._tuned[c.name] = dict(tuning)
+        return self._cfg[c.name]
+
+    # -- the step ---------------------------------------------------------------
+    def regulate(
+        self, view: ScanView, cmds: Cmds, alarms: Alarms, overrides: Mapping[int, Override]
+    ) -> None:
+        t, dt = view.t, view.dt
+        auto = self.state.mode == "auto"
+        if auto:
+            self._trim_and_respond(view)
+        for c in self.loops:
+            meas, ok = view.vote(self._meas[c.name])
+            sp = self.setpoint(c)
+            cfg = self._config(c)
+            manual = None
+            ov = overrides.get(self._acts[c.name][0])
+            if ov is not None:
+                manual = ov.value
+            elif not math.isfinite(self._pid[c.name].output):
+                # Bumpless start: take over from where the plant is now.
+                now = self._actuator_position(c, view)
+                if now is not None:
+                    self._pid[c.name] = pid_step(
+                        cfg, PidState(), sp, meas, dt, manual_output=now
+                    ).state
+            if manual is None and not auto and math.isfinite(self._pid[c.name].output):
+                manual = self._pid[c.name].output  # manual/maintenance: hold where it is
+            res = pid_step(cfg, self._pid[c.name], sp, meas, dt, manual_output=manual, valid=ok)
+            self._pid[c.name] = res.state
+            out = res.output
+            why = f"loop {c.name}: {c.measurement} {meas:.2f} -> setpoint {sp:.2f}"
+            if res.held:
+                why = f"loop {c.name}: measurement bad, holding output"
+            elif manual is not None and ov is None:
+                why = f"loop {c.name}: holding output ({self.state.mode} mode)"
+            if self._pump_loop[c.name]:
+                self._pumps(t, dt, c, out, why, view, cmds, alarms)
+                continue
+            for a in self._acts[c.name]:
+                cmds[a] = Cmd(out, why)
+
+    def _trim_and_respond(self, view: ScanView) -> None:
+        dt = view.dt
+        for lp in self.topo.site.loops:
+            valves = [x for x in map(view.val, self.topo.loop_valves[lp.name]) if math.isfinite(x)]
+            vmax = max(valves) if valves else 100.0
+            hot = self.loop_hot(lp.name, view)
+            if vmax > VALVE_WIDE_OPEN_PCT or hot:
+                self.supply_reset[lp.name] = max(
+                    0.0, self.supply_reset[lp.name] - 4 * SUPPLY_RESET_RATE_K_S * dt
+                )
+                self.dp_trim[lp.name] = max(
+                    0.0, self.dp_trim[lp.name] - 4 * DP_TRIM_RATE_KPA_S * dt
+                )
+            elif vmax < VALVE_THROTTLED_PCT:
+                self.supply_reset[lp.name] = min(
+                    SUPPLY_RESET_MAX_K, self.supply_reset[lp.name] + SUPPLY_RESET_RATE_K_S * dt
+                )
+                self.dp_trim[lp.name] = self.dp_trim[lp.name] + DP_TRIM_RATE_KPA_S * dt
+
+    def _actuator_position(self, c: ControlLoop, view: ScanView) -> float | None:
+        """Where the loop's actuators are now (the highest of them), if known."""
+        found = []
+        for a in self._acts[c.name]:
+            rb = self.topo.readback.get(a, a)
+            if view.good(rb) and math.isfinite(view.val(rb)):
+                found.append(view.val(rb))
+        return max(found) if found else None
+
+    def loop_hot(self, loop: str, view: ScanView) -> bool:
+        """Any zone on the loop within its soft margin: cooling energy no longer matters."""
+        ix = self.topo.ix
+        for t_ in self.topo.loop_tanks[loop]:
+            temp, ok = view.vote(ix.tank[t_.name].fluid_temp)
+            if not ok or temp > t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
+                return True
+        for c in self.topo.loop_cdus[loop]:
+            temp, ok = view.vote(ix.cdu[c.name].supply_temp)
+            if not ok or temp > c.supply_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
+                return True
+        return False
+
+    def _pumps(
+        self,
+        t: float,
+        dt: float,
+        c: ControlLoop,
+        out: float,
+        why: str,
+        view: ScanView,
+        cmds: Cmds,
+        alarms: Alarms,
+    ) -> None:
+        """Duty/standby: one pump regulates ΔP; the standby starts when the duty
+        pump faults or saturates (fans and valves have already had their go)."""
+        ix = self.topo.ix
+        pumps = [self._pump_of[a] for a in self._acts[c.name]]
+        loop = pumps[0].loop
+        lp = self.topo.site.loop(loop)
+        lpp = ix.loop[loop]
+        flow = view.val(lpp.flow)
+        guard = self._flow_guard.get(loop, 0.0)
+        if view.good(lpp.flow) and flow < MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+            guard = min(100.0, max(guard, out) + MIN_FLOW_GUARD_PCT_S * dt)
+        elif view.good(lpp.flow) and flow > 1.5 * MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+            guard = max(0.0, guard - 0.1 * MIN_FLOW_GUARD_PCT_S * dt)
+        self._flow_guard[loop] = guard
+        if guard > out:
+            out = guard
+            why = f"loop {loop}: holding minimum flow ({flow:.0f} m3/h)"
+        points = [ix.pump[p.name] for p in pumps]
+        faulted = [
+            bool(view.val(pp.fault) >= 0.5) if view.good(pp.fault) else False for pp in points
+        ]
+        healthy = [p.name for p, f in zip(pumps, faulted, strict=True) if not f]
+        if out >= 99.0:
+            self._standby_sat_s[loop] += dt
+        else:
+            self._standby_sat_s[loop] = 0.0
+        if self._standby_on[loop] and out < STANDBY_STOP_BELOW_PCT:
+            self._standby_low_s[loop] += dt
+        else:
+            self._standby_low_s[loop] = 0.0
+        want_two = self._standby_on[loop]
+        if self._standby_sat_s[loop] >= STANDBY_START_SAT_S:
+            want_two = True
+        if self._standby_low_s[loop] >= STANDBY_STOP_S:
+            want_two = False
+        self._standby_on[loop] = want_two
+        running = healthy[: 2 if want_two else 1]
+        for p, pp, f in zip(pumps, points, faulted, strict=True):
+            run = p.name in running
+            reason = why
+            if f:
+                reason = f"pump {p.name} faulted: standby takes over"
+                alarms.alarm(t, f"{p.name}.fault", True, f"pump {p.name} faulted", 700)
+            else:
+                alarms.alarm(t, f"{p.name}.fault", False, f"pump {p.name} fault cleared")
+            cmds[pp.run_cmd] = Cmd(1.0 if run else 0.0, reason)
+            cmds[pp.speed_cmd] = Cmd(out if run else 0.0, reason)
+        if not healthy:
+            alarms.alarm(t, f"{loop}.no_pump", True, f"loop {loop}: no healthy pump", 900)
+        else:
+            alarms.alarm(t, f"{loop}.no_pump", False, f"loop {loop}: a pump is available")

@@ -1,0 +1,75 @@
+"""What the parts of a scan share: the validated observation and the commands.
+
+``ScanView`` is the estimator's picture of one scan, read-only, by point
+position (``pmap.index``): every part after estimation reads the plant through
+it, never the raw observation. ``Cmd`` is one command a part wants written this
+scan, with its reason and, for an operator's override, who gave it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from thermogate.plc.points import BAD
+
+
+@dataclass(frozen=True, slots=True)
+class ScanView:
+    """One scan's validated values and quality (arrays are read-only)."""
+
+    t: float  # the observation's time (s)
+    dt: float  # time since the previous scan, bounded (s)
+    values: np.ndarray  # validated values, aligned with pmap.points
+    quality: np.ndarray  # GOOD / UNCERTAIN / BAD per point
+    #: voted or cross-checked signals (tank fluid, loop supply) by the position
+    #: of the point they stand for: (value, usable)
+    voted: Mapping[int, tuple[float, bool]]
+    import_limit_kw: float | None = None  # the grid's limit this scan (scenario / DR)
+
+    def __post_init__(self) -> None:
+        self.values.setflags(write=False)
+        self.quality.setflags(write=False)
+
+    def val(self, i: int) -> float:
+        """The validated value of point ``i`` (NaN once a BAD point's hold ran out)."""
+        return float(self.values[i])
+
+    def good(self, i: int) -> bool:
+        """Point ``i`` may be acted on (GOOD or UNCERTAIN)."""
+        return bool(self.quality[i] != BAD)
+
+    def vote(self, i: int) -> tuple[float, bool]:
+        """The voted value of point ``i`` where there is one, else its own."""
+        got = self.voted.get(i)
+        if got is not None:
+            return got
+        return self.val(i), self.good(i)
+
+    def measured(self, i: int) -> float:
+        """A meter's reading this scan, NaN when it is BAD."""
+        return float(self.values[i]) if self.quality[i] != BAD else math.nan
+
+
+@dataclass(slots=True)
+class Cmd:
+    """A value a part wants on point ``i`` (the key of the scan's command dict)."""
+
+    value: float
+    why: str
+    who: str = "controller"
+    where: str = "scan"
+    override: bool = False  # an operator's value: not rate-limited
+    pulse: bool = False  # always sent, even if unchanged (the PLC's reset coil)
+
+
+#: The scan's commands by point position, in the order the parts set them.
+Cmds = dict[int, Cmd]
+
+
+def nz(x: float) -> float:
+    """0 for NaN and inf: a missing reading adds nothing to a sum."""
+    return 0.0 if not math.isfinite(x) else x
