@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     fp.add_argument("--json", action="store_true", help="print JSON")
     fp.set_defaults(func=cmd_forecast)
 
+    from .people import add_parsers
+
+    add_parsers(sub)
+
     bp = sub.add_parser("bench", help="benchmarks (JSON with --json)")
     bsub = bp.add_subparsers(dest="bench", metavar="WHAT")
     bsub.required = True

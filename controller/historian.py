@@ -681,11 +681,11 @@ class Historian:
         where: str,
         point: str,
         old: float | None,
-        new: float,
+        new: float | None,
         why: str,
         ok: bool = True,
     ) -> None:
-        """Queue an audit row for a write: who, from where, old → new, why, ok.
+        """Queue an audit row for a write or a command: who, from where, old → new, why, ok.
 
         Committed (fsynced) at once by the writer, like events (principle 5).
         """
@@ -696,7 +696,7 @@ class Historian:
             str(where),
             str(point),
             None if old is None else float(old),
-            float(new),
+            None if new is None else float(new),
             str(why),
             int(bool(ok)),
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -32,13 +33,17 @@ from thermogate.plc.site import Site, load_site
 
 from .core import Command, CommandResult, Controller, Principal, ScanResult
 from .historian import Historian
+from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
 from .signals import Audit, Event, Observation
+from .users import UserStore
 
 if TYPE_CHECKING:  # scikit-learn loads when the model starts, not at import
     from thermogate.models.forecast import ThermalModel
     from thermogate.models.live import ForecastUpdate, LiveForecaster
     from thermogate.models.retrain import RetrainScheduler, TrainOutcome
+
+log = logging.getLogger(__name__)
 
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 5020
@@ -156,6 +161,8 @@ class RealTimeController:
             agg_days=cfg.agg_days,
         )
         self._restore_state()
+        self.inbox = Inbox(cfg.db)
+        self.users = UserStore(cfg.db)
         self.io = ModbusIO(
             self.pmap, cfg.endpoints, timeout_s=cfg.timeout_s, scan_budget_s=0.6 * cfg.scan_s
         )
@@ -276,6 +283,27 @@ class RealTimeController:
             self.save_state()
         return res
 
+    def serve_inbox(self) -> int:
+        """Give the commands queued by ``thermogate command`` to the core, answer each.
+
+        The role is the user's role now (a removed user's queued command is refused)."""
+        taken = self.inbox.take()
+        for cid, who, cmd in taken:
+            user = self.users.get(who.user)
+            if isinstance(cmd, str) or user is None:
+                why = cmd if isinstance(cmd, str) else f"user '{who.user}' does not exist any more"
+                self._audit(Audit(time.time(), who.user, "cli", "command", None, None, why, False))
+                self.inbox.answer(cid, why)
+                continue
+            try:
+                res: CommandResult | str = self.command(cmd, Principal(user.name, user.role, "cli"))
+            except Exception as exc:  # a failed command must never stop the scan loop
+                log.exception("command %d from %s failed", cid, who.user)
+                res = f"the controller failed on it ({type(exc).__name__}: {exc}); see its log"
+                self.historian.record_event(time.time(), "alarm", "controller", res, 700)
+            self.inbox.answer(cid, res)
+        return len(taken)
+
     def _audit(self, a: Audit) -> None:
         self.historian.record_audit(a.t, a.who, a.where, a.target, a.old, a.new, a.why, ok=a.ok)
 
@@ -332,6 +360,7 @@ class RealTimeController:
         last_save = last_status = loop.time()
         while not stop.is_set():
             await self.scan_once()
+            self.serve_inbox()  # after the scan's writes: commands act at the next scan
             now = loop.time()
             if now - last_save >= STATE_SAVE_S:
                 self.save_state()
@@ -353,6 +382,8 @@ class RealTimeController:
             self.retrainer.stop(timeout=5.0)  # a fit in progress finishes on its own
         self.save_state()
         await self.io.close()
+        self.inbox.close()
+        self.users.close()
         self.historian.close()
 
 

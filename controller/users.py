@@ -181,6 +181,12 @@ class UserStore:
         )
 
 
+def check_new_user(name: str, role: str) -> None:
+    """A user name and role ``add`` would take (checked before asking for a secret)."""
+    _check_name(name)
+    _check_role(role)
+
+
 def _check_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise ThermogateError(

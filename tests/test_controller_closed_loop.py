@@ -15,12 +15,6 @@ from thermogate.controller.core import Controller, Principal, ResetInterlock
 from thermogate.controller.signals import BAD, Observation
 from thermogate.controller.simulate import run_simulation
 from thermogate.plc.pointmap import build_point_map
-from thermogate.plc.site import demo_site
-
-
-@pytest.fixture(scope="module")
-def site():
-    return demo_site()
 
 
 @pytest.mark.timeout(600)

@@ -26,7 +26,7 @@ from thermogate.hil.plant import GPU_IDLE_W, GPU_TDP_W, Environment, Plant, _hx
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import parse_scenario
 from thermogate.plc.errors import ConfigError
-from thermogate.plc.site import Breaker, Site, demo_site, demo_site_text, parse_site_text
+from thermogate.plc.site import Breaker, Site, demo_site_text, parse_site_text
 
 AMBIENT_C = 25.0
 # The real H200 load-step measurement the GPU model is calibrated on; shipped
@@ -35,11 +35,6 @@ GPU_STEP_CSV = Path(str(resources.files("thermogate.hil.data").joinpath("gpu_ste
 
 
 # -- helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def site() -> Site:
-    return demo_site()
 
 
 def make_plant(

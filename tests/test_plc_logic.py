@@ -21,12 +21,7 @@ from thermogate.plc.pointmap import (
     STATUS_LEAK,
     STATUS_SAFE_STATE,
 )
-from thermogate.plc.site import Site, demo_site
-
-
-@pytest.fixture(scope="module")
-def site() -> Site:
-    return demo_site()
+from thermogate.plc.site import Site
 
 
 def make_plant(site: Site, *, sensors: bool = False) -> Plant:

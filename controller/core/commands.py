@@ -204,8 +204,13 @@ class CommandPath:
 
     def give(self, cmd: Command, by: Principal, t: float) -> CommandResult:
         if not may(by, cmd):
-            need = "the grid" if by.role == "grid" else f"role {REQUIRED_ROLE[type(cmd)]}"
-            why = f"refused: {by.origin} has role {by.role}; {_name(cmd)} needs {need}"
+            if by.role == "grid":
+                why = f"refused: the grid may only request or clear curtailments, not {_name(cmd)}"
+            elif by.role not in ROLES:
+                why = f"refused: {by.origin} has no known role ('{by.role}')"
+            else:
+                need = REQUIRED_ROLE[type(cmd)]
+                why = f"refused: {by.origin} has role {by.role}; {_name(cmd)} needs role {need}"
             return self._result(t, by, cmd, _target(cmd), None, None, False, why)
         try:
             target, old, new, message = self._apply(cmd, by, t)
@@ -383,8 +388,8 @@ class CommandPath:
             p.name,
             None if old is None else old.value,
             float(cmd.value),
-            f"{p.name} overridden to {cmd.value:g} {p.unit} for {_duration(cmd.duration_s)} "
-            f"by {by.origin}",
+            f"{p.name} overridden to {cmd.value:g}{' ' + p.unit if p.unit else ''} for "
+            f"{_duration(cmd.duration_s)} by {by.origin}",
         )
 
     def _curtail(
@@ -457,11 +462,20 @@ class CommandPath:
 
 
 def _target(cmd: Command) -> str:
-    for attr in ("point", "loop", "alarm", "load"):
-        v = getattr(cmd, attr, None)
-        if v:
-            return str(v)
-    return _name(cmd)
+    """What a refused command was about, for the audit log."""
+    if isinstance(cmd, SetMode):
+        return "mode"
+    if isinstance(cmd, Acknowledge):
+        return f"alarm:{cmd.alarm}" if cmd.alarm else "alarms"
+    if isinstance(cmd, ResetInterlock):
+        return f"interlock:{cmd.load or 'all'}"
+    if isinstance(cmd, RequestCurtailment):
+        return "curtailment"
+    if isinstance(cmd, ClearCurtailment):
+        return f"curtailment:{cmd.id or 'all'}"
+    if isinstance(cmd, ReturnToAuto):
+        return cmd.point or "overrides"
+    return cmd.point if isinstance(cmd, OverrideActuator) else cmd.loop
 
 
 def _name(cmd: Command) -> str:
