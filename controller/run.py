@@ -150,7 +150,6 @@ class RealTimeController:
         self.cfg = cfg
         self.pmap = build_point_map(cfg.site)
         self.ctrl = Controller(cfg.site, self.pmap, scan_s=cfg.scan_s)
-        self.idx = {p.name: i for i, p in enumerate(self.pmap.points)}
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0
         self.historian = Historian(
@@ -316,7 +315,7 @@ class RealTimeController:
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
             for w, o in zip(res.writes, outcomes, strict=True):
-                old = float(rr.values[self.idx[w.point]])
+                old = float(rr.values[self.pmap.position(w.point)])
                 if w.point != "plc.heartbeat":
                     self.historian.record_audit(
                         now,
@@ -393,10 +392,10 @@ def _status_line(rt: RealTimeController) -> None:
     p50 = ms[len(ms) // 2] if ms else float("nan")
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan")
     v = rt.ctrl.values  # the last validated values
-    tanks = [t.name for t in rt.cfg.site.tanks]
-    temps = [float(v[rt.idx[f"{n}.fluid_temp"]]) for n in tanks]
+    ix = rt.pmap.index
+    temps = [float(v[tp.fluid_temp]) for tp in ix.tanks]
     hottest = max((x for x in temps if x == x), default=float("nan"))
-    site_kw = float(v[rt.idx["site.power_kw"]])
+    site_kw = float(v[ix.site.power_kw])
     alarms = st.get("alarms", [])
     print(
         f"scan {rt.scans}: site {site_kw:.0f} kW, hottest tank {hottest:.1f} degC, "
@@ -406,9 +405,9 @@ def _status_line(rt: RealTimeController) -> None:
     )
     sp = st.get("setpoints", {})
     for lp in rt.cfg.site.loops:
-        sup = float(v[rt.idx[f"{lp.name}.supply_temp"]])
-        fans = [float(v[rt.idx[f"{d.name}.fan_speed"]]) for d in lp.dry_coolers]
-        pumps = [float(v[rt.idx[f"{p.name}.speed"]]) for p in lp.pumps]
+        sup = float(v[ix.loop[lp.name].supply_temp])
+        fans = [float(v[ix.dry_cooler[d.name].fan_speed]) for d in lp.dry_coolers]
+        pumps = [float(v[ix.pump[p.name].speed]) for p in lp.pumps]
         print(
             f"  {lp.name}: supply {sup:.1f} degC (setpoint {sp.get(lp.name, float('nan')):.1f}),"
             f" fans {np.nanmean(fans):.0f} %, pumps " + "/".join(f"{x:.0f}" for x in pumps) + " %",

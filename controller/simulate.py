@@ -95,7 +95,6 @@ def run_simulation(
     n_scans = max(1, round(hours * 3600.0 / scan_s))
     unit_of = np.array([p.unit_id for p in pmap.points])
     unit_mask = {u: unit_of == u for u in set(unit_of.tolist())}
-    idx = {p.name: i for i, p in enumerate(pmap.points)}
     tank_alarm = np.array([t.limits.fluid_alarm_c for t in site.tanks])
     cdu_alarm = np.array([c.supply_alarm_c for c in site.cdus])
     loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops])
@@ -160,7 +159,7 @@ def run_simulation(
             else:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, res.values, res.quality)
         for w in res.writes:
-            unit = int(unit_of[idx[w.point]])
+            unit = int(unit_of[pmap.position(w.point)])
             if unit in sim.device_faults:
                 write_failures += 1  # the device does not answer: the write is lost
                 continue

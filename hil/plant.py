@@ -409,20 +409,21 @@ class Plant:
 
             return set_
 
-        for i, t in enumerate(self.site.tanks):
-            cmds[f"{t.name}.valve_cmd"] = arr(self.cmd_valve, i)
-            cmds[f"{t.name}.power_budget_kw"] = arr(self.cmd_budget, i)
-            cmds[f"{t.name}.enable"] = arr(self.cmd_enable, i, bool)
-        for i, c in enumerate(self.site.cdus):
-            cmds[f"{c.name}.valve_cmd"] = arr(self.cmd_cdu_valve, i)
-        for i, r in enumerate(self.site.rack_rows):
-            cmds[f"{r.name}.gpu_power_cap_w"] = arr(self.cmd_gpu_cap, i)
-            cmds[f"{r.name}.enable"] = arr(self.cmd_row_enable, i, bool)
-        for i, p in enumerate(self.site.pumps):
-            cmds[f"{p.name}.speed_cmd"] = arr(self.cmd_pump_speed, i)
-            cmds[f"{p.name}.run_cmd"] = arr(self.cmd_pump_run, i, bool)
-        for i, d in enumerate(self.site.dry_coolers):
-            cmds[f"{d.name}.fan_cmd"] = arr(self.cmd_fan, i)
+        ix, name = self.pmap.index, self.pmap.name_of
+        for i, tp in enumerate(ix.tanks):
+            cmds[name(tp.valve_cmd)] = arr(self.cmd_valve, i)
+            cmds[name(tp.power_budget_kw)] = arr(self.cmd_budget, i)
+            cmds[name(tp.enable)] = arr(self.cmd_enable, i, bool)
+        for i, cp in enumerate(ix.cdus):
+            cmds[name(cp.valve_cmd)] = arr(self.cmd_cdu_valve, i)
+        for i, rp in enumerate(ix.rows):
+            cmds[name(rp.gpu_power_cap_w)] = arr(self.cmd_gpu_cap, i)
+            cmds[name(rp.enable)] = arr(self.cmd_row_enable, i, bool)
+        for i, pp in enumerate(ix.pumps):
+            cmds[name(pp.speed_cmd)] = arr(self.cmd_pump_speed, i)
+            cmds[name(pp.run_cmd)] = arr(self.cmd_pump_run, i, bool)
+        for i, dp in enumerate(ix.dry_coolers):
+            cmds[name(dp.fan_cmd)] = arr(self.cmd_fan, i)
 
         def heartbeat(v: float) -> None:
             self.heartbeat = int(v)
@@ -431,8 +432,8 @@ class Plant:
             if v:
                 self.reset_request = True
 
-        cmds["plc.heartbeat"] = heartbeat
-        cmds["plc.reset"] = reset
+        cmds[name(ix.plc.heartbeat)] = heartbeat
+        cmds[name(ix.plc.reset)] = reset
         writable = {p.name for p in self.pmap.writable()}
         missing = writable - cmds.keys()
         if missing:  # the point map and the plant must agree on every command

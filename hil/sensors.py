@@ -18,11 +18,13 @@ which is why the controller votes redundant sensors.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from thermogate.plc.pointtable import GroupPoints
 
 if TYPE_CHECKING:
     from .plant import Plant
@@ -82,7 +84,8 @@ class SensorModel:
         pl = self.plant
         site = pl.site
         g = self._group
-        tanks = [t.name for t in site.tanks]
+        ix = pl.pmap.index
+        tanks = ix.tanks
         g(tanks, "fluid_temp", lambda: pl.T_tank)
         g(tanks, "fluid_temp_b", lambda: pl.T_tank)
         g(tanks, "return_temp", lambda: pl.t_return)
@@ -105,7 +108,7 @@ class SensorModel:
         g(tanks, "interlock", lambda: pl.plc.tank_tripped())
         g(tanks, "power_on", lambda: pl.t_power_on)
 
-        cdus = [c.name for c in site.cdus]
+        cdus = ix.cdus
         g(cdus, "supply_temp", lambda: pl.c_supply)
         g(cdus, "return_temp", lambda: pl.T_tcs)
         g(cdus, "water_out_temp", lambda: pl.c_water_out)
@@ -116,7 +119,7 @@ class SensorModel:
         g(cdus, "leak", lambda: pl.cdu_leak)
         g(cdus, "fault", lambda: pl.plc.cdu_latched)
 
-        rows = [r.name for r in site.rack_rows]
+        rows = ix.rows
         g(rows, "power_kw", lambda: pl.r_power)
         g(rows, "gpu_temp_max", lambda: pl.r_gpu_temp)
         g(rows, "nodes_online", lambda: pl.r_nodes_on)
@@ -126,7 +129,7 @@ class SensorModel:
         g(rows, "interlock", lambda: pl.plc.row_tripped())
         g(rows, "power_on", lambda: pl.r_power_on)
 
-        loops = [lp.name for lp in site.loops]
+        loops = ix.loops
         g(loops, "supply_temp", lambda: pl.T_cold)
         g(loops, "return_temp", lambda: pl.T_hot)
         g(loops, "flow", lambda: pl.flow)
@@ -134,7 +137,7 @@ class SensorModel:
         g(loops, "leak", lambda: pl.loop_leak)
         g(loops, "low_flow", lambda: pl.plc.loop_low_flow)
 
-        pumps = [p.name for p in site.pumps]
+        pumps = ix.pumps
         g(pumps, "speed_cmd", lambda: pl.cmd_pump_speed)
         g(pumps, "run_cmd", lambda: pl.cmd_pump_run)
         g(pumps, "speed", lambda: pl.pump_speed * 100.0)
@@ -142,7 +145,7 @@ class SensorModel:
         g(pumps, "running", lambda: pl.pump_speed > 0.02)
         g(pumps, "fault", lambda: pl.pump_fault)
 
-        dcs = [d.name for d in site.dry_coolers]
+        dcs = ix.dry_coolers
         g(dcs, "fan_cmd", lambda: pl.cmd_fan)
         g(dcs, "fan_speed", lambda: pl.fan_speed * 100.0)
         g(dcs, "power_kw", lambda: pl.fan_kw)
@@ -151,8 +154,7 @@ class SensorModel:
         g(dcs, "fault", lambda: pl.fan_fault)
 
         n_pdu = pl.n_pdu
-        pdus = [d.name for d in site.pdus]
-        feeders = [f.name for f in site.feeders]
+        pdus, feeders = ix.pdus, ix.feeders
         for names, sl in ((pdus, slice(0, n_pdu)), (feeders, slice(n_pdu, None))):
             g(names, "power_kw", lambda sl=sl: pl.b_power[sl])
             g(names, "current_a", lambda sl=sl: pl.b_current[sl])
@@ -165,16 +167,16 @@ class SensorModel:
             g(names, "breaker_closed", lambda sl=sl: pl.b_closed[sl])
             g(names, "breaker_tripped", lambda sl=sl: ~pl.b_closed[sl])
 
-        one = ["site"]
+        one = (ix.site,)
         g(one, "power_kw", lambda: np.array([pl.site_kw]))
         g(one, "current_a", lambda: np.array([pl.site_current]))
         g(one, "voltage_v", lambda: np.array([pl.site_voltage]))
         g(one, "energy_kwh", lambda: np.array([math.floor(pl.site_kwh)]))
         g(one, "frequency_hz", lambda: np.array([pl.site_freq]))
         g(one, "power_factor", lambda: np.array([0.97]))
-        g(one, "ambient_temp", lambda: np.array([pl.ambient]))
-        g(one, "ambient_rh", lambda: np.array([pl.rh]))
-        plc = ["plc"]
+        plc = (ix.plc,)
+        g(plc, "ambient_temp", lambda: np.array([pl.ambient]))
+        g(plc, "ambient_rh", lambda: np.array([pl.rh]))
         g(plc, "heartbeat", lambda: np.array([pl.heartbeat]))
         g(plc, "heartbeat_timeout_s", lambda: np.array([pl.heartbeat_timeout_s]))
         g(plc, "status", lambda: np.array([pl.plc_status_word()]))
@@ -194,12 +196,16 @@ class SensorModel:
         self._i_loop_flow = self._idx(loops, "flow")
         self._i_cdu_supply = self._idx(cdus, "supply_temp")
 
-    def _idx(self, names: list[str], suffix: str) -> np.ndarray:
-        return np.array([self.index[f"{n}.{suffix}"] for n in names], dtype=int)
+    @staticmethod
+    def _idx(groups: Sequence[GroupPoints], attr: str) -> np.ndarray:
+        """Positions of point ``attr`` of every piece of equipment in ``groups``."""
+        return np.array([getattr(gp, attr) for gp in groups], dtype=int)
 
-    def _group(self, names: list[str], suffix: str, getter: Callable[[], np.ndarray]) -> None:
-        if names:
-            self.groups.append((self._idx(names, suffix), getter))
+    def _group(
+        self, groups: Sequence[GroupPoints], attr: str, getter: Callable[[], np.ndarray]
+    ) -> None:
+        if groups:
+            self.groups.append((self._idx(groups, attr), getter))
 
     # ------------------------------------------------------------------
     def truth(self) -> np.ndarray:

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .pointtable import CduPoints, DryCoolerPoints, LoopPoints, PumpPoints, TankPoints
+
 #: IEC standard breaker frame sizes (A).
 BREAKER_SIZES_A = (
     100,
@@ -307,8 +309,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         _control(
             emit,
             f"{t}_fluid",
-            f"{t}.fluid_temp",
-            [f"{t}.valve_cmd"],
+            TankPoints.point_name(t, "fluid_temp"),
+            [TankPoints.point_name(t, "valve_cmd")],
             50.0 if t in asic else 45.0,
             kp=6.0,
             ki=0.02,
@@ -320,8 +322,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         _control(
             emit,
             f"{name}_supply",
-            f"{name}.supply_temp",
-            [f"{name}.dc{k + 1}.fan_cmd" for k in range(lp["n_dc"])],
+            LoopPoints.point_name(name, "supply_temp"),
+            [DryCoolerPoints.point_name(f"{name}.dc{k + 1}", "fan_cmd") for k in range(lp["n_dc"])],
             lp["sp"],
             kp=10.0,
             ki=0.02,
@@ -331,8 +333,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         _control(
             emit,
             f"{name}_dp",
-            f"{name}.dp",
-            [f"{name}.pump_a.speed_cmd", f"{name}.pump_b.speed_cmd"],
+            LoopPoints.point_name(name, "dp"),
+            [PumpPoints.point_name(f"{name}.{p}", "speed_cmd") for p in ("pump_a", "pump_b")],
             80.0,
             kp=0.5,
             ki=0.05,
@@ -345,8 +347,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         _control(
             emit,
             f"{c}_supply",
-            f"{c}.supply_temp",
-            [f"{c}.valve_cmd"],
+            CduPoints.point_name(c, "supply_temp"),
+            [CduPoints.point_name(c, "valve_cmd")],
             40.0,
             kp=8.0,
             ki=0.05,
