@@ -36,7 +36,7 @@ import operator
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Context, Decimal
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from thermogate.plc.errors import CodecError
 from thermogate.plc.points import BIT_TABLES, REGISTER_TABLES, TYPE_WORDS, Point
@@ -178,7 +178,7 @@ def _encode_bit(point: Point, value: object) -> int:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, str) and value in (0, 1):
-        return int(value)
+        return 1 if value else 0
     raise CodecError(f"{_describe(point)}: value {value!r} is not a bit (True/False/0/1)")
 
 
@@ -319,6 +319,13 @@ class BlockDecoder:
         "table",
         "unit_id",
     )
+    # set by _init_bits (bits: _getter) or _init_registers (registers: the rest)
+    _getter: Callable[[Sequence[Any]], tuple[Any, ...]] | None
+    _pack: struct.Struct | None
+    _unpack: struct.Struct | None
+    _reorder: Callable[[Sequence[Any]], Any] | None
+    _scales: tuple[float, ...]
+    _bool_idx: tuple[int, ...]
 
     def __init__(self, points: Iterable[Point], start: int, count: int) -> None:
         pts = tuple(sorted(points, key=operator.attrgetter("address")))
@@ -412,15 +419,19 @@ class BlockDecoder:
                     f"unit {self.unit_id} {self.table} {self.start}: "
                     f"expected {self.count} bits, got {len(data)}"
                 )
-            return list(map(bool, self._getter(data)))
+            getter = self._getter
+            assert getter is not None  # a bit block has a getter (_init_bits)
+            return list(map(bool, getter(data)))
         if len(data) != self.count:
             raise CodecError(
                 f"unit {self.unit_id} {self.table} {self.start}: "
                 f"expected {self.count} registers, got {len(data)}"
             )
+        pack, unpack = self._pack, self._unpack
+        assert pack is not None and unpack is not None  # a register block (_init_registers)
         regs = data if self._reorder is None else self._reorder(data)
         try:
-            buf = self._pack.pack(*regs)
+            buf = pack.pack(*regs)
         except struct.error:
             bad = next(
                 (r for r in data if not (isinstance(r, int) and REGISTER_MIN <= r <= REGISTER_MAX)),
@@ -430,7 +441,7 @@ class BlockDecoder:
                 f"unit {self.unit_id} {self.table} {self.start}: "
                 f"register value {bad!r} outside 0..65535"
             ) from None
-        raw = self._unpack.unpack(buf)
+        raw = unpack.unpack(buf)
         values: list[float | bool] = list(map(operator.mul, raw, self._scales))
         for i in self._bool_idx:
             values[i] = raw[i] != 0

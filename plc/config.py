@@ -13,7 +13,7 @@ import difflib
 import math
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .errors import ConfigError
 
@@ -53,12 +53,20 @@ class Section:
         return default
 
     # -- typed getters -----------------------------------------------------
+    @overload
+    def get_str(
+        self, name: str, default: None, choices: tuple[str, ...] | None = None
+    ) -> str | None: ...
+    @overload
+    def get_str(
+        self, name: str, default: str = ..., choices: tuple[str, ...] | None = None
+    ) -> str: ...
     def get_str(
         self, name: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None
-    ) -> str:
+    ) -> str | None:
         val = self._raw(name, default)
         if val is None and default is None:
-            return val
+            return None
         if not isinstance(val, str):
             raise self.error(name, f"expected a string, got {type_name(val)}")
         if choices is not None and val not in choices:
@@ -71,21 +79,49 @@ class Section:
             raise self.error(name, f"expected true or false, got {type_name(val)}")
         return val
 
+    @overload
+    def get_int(
+        self, name: str, default: None, minval: int | None = None, maxval: int | None = None
+    ) -> int | None: ...
+    @overload
+    def get_int(
+        self, name: str, default: int = ..., minval: int | None = None, maxval: int | None = None
+    ) -> int: ...
     def get_int(
         self,
         name: str,
         default: Any = _MISSING,
         minval: int | None = None,
         maxval: int | None = None,
-    ) -> int:
+    ) -> int | None:
         val = self._raw(name, default)
         if val is None and default is None:
-            return val
+            return None
         if isinstance(val, bool) or not isinstance(val, int):
             raise self.error(name, f"expected an integer, got {type_name(val)}")
         _check_range(self, name, val, minval, maxval, None, None)
         return val
 
+    @overload
+    def get_float(
+        self,
+        name: str,
+        default: None,
+        minval: float | None = None,
+        maxval: float | None = None,
+        above: float | None = None,
+        below: float | None = None,
+    ) -> float | None: ...
+    @overload
+    def get_float(
+        self,
+        name: str,
+        default: float = ...,
+        minval: float | None = None,
+        maxval: float | None = None,
+        above: float | None = None,
+        below: float | None = None,
+    ) -> float: ...
     def get_float(
         self,
         name: str,
@@ -94,10 +130,10 @@ class Section:
         maxval: float | None = None,
         above: float | None = None,
         below: float | None = None,
-    ) -> float:
+    ) -> float | None:
         val = self._raw(name, default)
         if val is None and default is None:
-            return val
+            return None
         if isinstance(val, bool) or not isinstance(val, int | float):
             raise self.error(name, f"expected a number, got {type_name(val)}")
         val = float(val)

@@ -78,8 +78,10 @@ class PointMap:
         self.by_name = {p.name: p for p in self.points}
         if len(self.by_name) != len(self.points):
             seen: set[str] = set()
-            dup = next(p.name for p in self.points if p.name in seen or seen.add(p.name))
-            raise ValueError(f"duplicate point name '{dup}'")
+            for p in self.points:
+                if p.name in seen:
+                    raise ValueError(f"duplicate point name '{p.name}'")
+                seen.add(p.name)
         self._position = {p.name: i for i, p in enumerate(self.points)}
 
     @property

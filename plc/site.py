@@ -205,7 +205,7 @@ def _ref(sec: Section, key: str, valid: set[str], what: str) -> str:
     return val
 
 
-def _unit_id(sec: Section, key: str, default: object = _MISSING) -> int:
+def _unit_id(sec: Section, key: str, default: int = _MISSING) -> int:
     """A Modbus unit id: 1-247 (0 is broadcast, 248-255 are reserved)."""
     return sec.get_int(key, default, 1, 247)
 

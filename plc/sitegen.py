@@ -358,7 +358,7 @@ def generate_site_toml(spec: SiteSpec) -> str:
     return "\n".join(out) + "\n"
 
 
-def _plc_assigner(spec: SiteSpec):  # noqa: ANN202 - small closure
+def _plc_assigner(spec: SiteSpec) -> Callable[[int], int]:
     """Tanks/rows per PLC: large sites spread them over several PLC unit ids."""
     if spec.tanks_per_plc <= 0:
         return lambda i: 1
