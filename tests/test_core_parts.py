@@ -1,0 +1,232 @@
+"""Each part of the control core on its own, fed hand-made scan views (no plant).
+
+The closed-loop tests (``test_controller_closed_loop.py``) show the parts
+working together on the simulated plant; these pin each part's rules.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S, Actuation
+from thermogate.controller.core.alarms import Alarms
+from thermogate.controller.core.planning import LoadInfo, Planning, row_cap_w
+from thermogate.controller.core.power import PowerProtection
+from thermogate.controller.core.state import ControllerState
+from thermogate.controller.core.thermal import ThermalProtection
+from thermogate.controller.core.topology import Topology
+from thermogate.controller.core.trips import TripLatch, latch_key
+from thermogate.controller.core.view import Cmd, ScanView
+from thermogate.controller.core.zones import FailSafeZones
+from thermogate.plc.points import BAD, GOOD
+
+
+@pytest.fixture(scope="module")
+def topo(site, demo_pmap) -> Topology:
+    return Topology(site, demo_pmap)
+
+
+def view(topo: Topology, t: float = 100.0, dt: float = 1.0, bad=(), **values) -> ScanView:
+    """A scan view: every point GOOD at a plausible value, some set, some BAD.
+
+    Keyword names are point names with ``__`` for the dot (``tank01__fluid_temp``)."""
+    pts = topo.pmap.points
+    v = np.array([(p.min if p.min is not None else 0.0) for p in pts], dtype=float)
+    ix = topo.ix
+    for tp in ix.tanks:
+        v[[tp.fluid_temp, tp.fluid_temp_b]] = 45.0
+    for lp in ix.loops:
+        v[lp.supply_temp] = 30.0
+        v[lp.flow] = 300.0
+    for cp in ix.cdus:
+        v[cp.supply_temp] = 38.0
+    for dp in ix.dry_coolers:
+        v[dp.fan_speed] = 50.0
+    for name, x in values.items():
+        v[topo.pmap.position(name.replace("__", "."))] = x
+    q = np.full(len(pts), GOOD, dtype=np.uint8)
+    for name in bad:
+        q[topo.pmap.position(name)] = BAD
+    return ScanView(t, dt, v, q, {}, None)
+
+
+# -- fail-safe zones ------------------------------------------------------------------
+def test_a_zone_needs_its_inputs_but_one_good_fluid_sensor_of_two_will_do(topo):
+    zones, al = FailSafeZones(topo), Alarms()
+    zones.update(1.0, view(topo).quality, al)
+    assert zones.in_failsafe() == []
+    assert [e.kind for e in al.events].count("restore") == len(zones.zones)
+    al.begin_scan()
+    zones.update(2.0, view(topo, bad=["tank01.fluid_temp"]).quality, al)
+    assert zones.in_failsafe() == []  # sensor B carries the tank
+    zones.update(3.0, view(topo, bad=["tank01.fluid_temp", "tank01.fluid_temp_b"]).quality, al)
+    assert zones.in_failsafe() == ["tank01"]
+    z = zones.zones["tank01"]
+    assert z.reason == "bad inputs: tank01.fluid_temp, tank01.fluid_temp_b"
+    assert [(e.kind, e.source) for e in al.events] == [("failsafe", "tank01")]
+
+
+def test_a_zone_in_fail_safe_takes_its_safe_state(topo, site):
+    zones = FailSafeZones(topo)  # every zone starts in fail-safe
+    ix = topo.ix
+    cmds = {ix.tanks[0].valve_cmd: Cmd(20.0, "loop"), ix.tanks[0].power_budget_kw: Cmd(90.0, "")}
+    zones.apply(cmds)
+    assert cmds[ix.tanks[0].valve_cmd].value == 100.0
+    assert cmds[ix.tanks[0].enable].value == 0.0  # mining: off
+    gpu = next(i for i, t in enumerate(site.tanks) if t.workload == "gpu")
+    assert cmds[ix.tanks[gpu].power_budget_kw].value == round(0.5 * site.tanks[gpu].rated_kw, 1)
+    assert all(cmds[p.speed_cmd].value == 100.0 for p in ix.pumps)
+    assert all(cmds[d.fan_cmd].value == 100.0 for d in ix.dry_coolers)
+    assert all(c.why.startswith("fail-safe: ") for c in cmds.values())
+
+
+# -- actuation -----------------------------------------------------------------------
+def test_actuation_limits_raises_not_cuts_and_skips_what_the_plant_would_not_notice(topo):
+    act = Actuation(topo, scan_s=1.0)
+    tp = topo.ix.tanks[0]
+    name = topo.pmap.name_of(tp.valve_cmd)
+
+    def sent(t: float, value: float, **kw) -> list:
+        return [w for w in act.actuate(t, {tp.valve_cmd: Cmd(value, "x", **kw)}) if w.point == name]
+
+    assert [w.value for w in sent(0.0, 20.0)] == [20.0]
+    assert [w.value for w in sent(1.0, 90.0)] == [30.0]  # up at 10 %/s
+    assert [w.value for w in sent(2.0, 5.0)] == [5.0]  # down at once
+    assert sent(3.0, 5.3) == []  # inside the 0.5 % deadband
+    assert [w.value for w in sent(3.0 + WRITE_REFRESH_S, 5.3)] == [pytest.approx(5.3)]  # again
+    assert [w.value for w in sent(70.0, 80.0, override=True)] == [80.0]  # a person: not limited
+    assert [w.value for w in sent(71.0, 250.0, override=True)] == [100.0]  # into its range
+
+
+def test_the_heartbeat_changes_every_scan_and_wraps(topo):
+    act = Actuation(topo, scan_s=1.0)
+    act.heartbeat = 65534
+    beats = [act.actuate(float(k), {})[0] for k in range(3)]
+    assert [(w.point, w.value) for w in beats] == [
+        ("plc.heartbeat", 65535.0),
+        ("plc.heartbeat", 0.0),
+        ("plc.heartbeat", 1.0),
+    ]
+
+
+def test_a_write_that_does_not_read_back_is_an_alarm_and_is_sent_again(topo):
+    act, al = Actuation(topo, scan_s=1.0), Alarms()
+    tp = topo.ix.tanks[0]
+    act.actuate(0.0, {tp.valve_cmd: Cmd(60.0, "x")})
+    act.verify(view(topo, t=WRITE_VERIFY_S + 1.0, tank01__valve_cmd=20.0), al)
+    assert al.active() == ["write:tank01.valve_cmd"]
+    again = act.actuate(WRITE_VERIFY_S + 1.0, {tp.valve_cmd: Cmd(60.0, "x")})
+    assert any(w.point == "tank01.valve_cmd" for w in again)
+    act.verify(view(topo, t=WRITE_VERIFY_S + 2.0, tank01__valve_cmd=60.0), al)
+    assert al.active() == []
+
+
+# -- protection ------------------------------------------------------------------------
+def test_a_hot_tank_sheds_its_own_load_and_gets_it_back_slowly(topo, site):
+    th, al = ThermalProtection(topo), Alarms()
+    t01 = site.tanks[0]
+    hot = t01.limits.fluid_alarm_c - 1.0  # 1.5 K into the soft margin
+    v = view(topo, tank01__fluid_temp=hot, tank01__fluid_temp_b=hot, tank01__power_kw=100.0)
+    th.protect(v, al)
+    assert th.cap["tank01"] < 100.0 and math.isinf(th.cap["tank02"])
+    cut = th.cap["tank01"]
+    cool = t01.limits.fluid_alarm_c - 6.0
+    th.protect(view(topo, t=101.0, tank01__fluid_temp=cool, tank01__fluid_temp_b=cool), al)
+    assert cut < th.cap["tank01"] < cut + 0.01 * t01.rated_kw  # 0.2 % of rating per s
+
+
+def test_power_protection_sheds_mining_before_training_before_inference(topo, site):
+    pw, al = PowerProtection(topo), Alarms()
+    limit = 0.97 * site.import_limit_kw
+    loads = {
+        f"{ld.name}__power_kw": 0.9 * ld.rated_kw for ld in topo.loads
+    }  # everything near full power
+    v = view(topo, site__power_kw=limit * 1.05, **loads)
+    pw.protect(v, al)
+    shed = {ld.wclass for ld in topo.loads if math.isfinite(pw.cap[ld.name])}
+    assert shed == {"mining"}  # 5 % over: mining alone can carry it
+    assert any(e.kind == "shed" and "mining" in e.message for e in al.events)
+
+
+def test_the_grid_limit_spares_an_overridden_load_but_not_the_others(topo, site):
+    pw, al = PowerProtection(topo), Alarms()
+    loads = {f"{ld.name}__power_kw": 0.9 * ld.rated_kw for ld in topo.loads}
+    v = view(topo, site__power_kw=site.import_limit_kw, **loads)
+    pw.protect(v, al, overridden={"tank01"})
+    assert math.isinf(pw.cap["tank01"]) and math.isfinite(pw.cap["tank02"])
+
+
+def test_a_curtailment_is_the_lowest_limit_of_the_scan(topo, site):
+    pw = PowerProtection(topo)
+    v = view(topo)
+    assert pw.grid_limit(v, None) == site.import_limit_kw
+    assert pw.grid_limit(v, 3000.0) == 3000.0
+    assert (
+        pw.grid_limit(ScanView(1.0, 1.0, v.values.copy(), v.quality.copy(), {}, 2500.0), 3000.0)
+        == 2500.0
+    )
+
+
+# -- planning ---------------------------------------------------------------------------
+class _Half:
+    def plan(self, t: float, loads: list[LoadInfo], headroom: dict) -> dict[str, float]:
+        return {ld.name: ld.rated_kw / 2 for ld in loads}
+
+
+def test_the_planner_is_bounded_by_protection_and_says_which_limit(topo, site):
+    pl = Planning(topo, _Half())
+    thermal = {ld.name: math.inf for ld in topo.loads}
+    power = dict(thermal)
+    thermal["tank01"] = 10.0
+    cmds: dict = {}
+    pl.allocate(view(topo), cmds, thermal, power)
+    t01, t02 = topo.load["tank01"], topo.load["tank02"]
+    assert (cmds[t01.budget].value, cmds[t01.budget].why) == (10.0, "thermal limit")
+    assert cmds[t02.budget].value == round(t02.rated_kw / 2, 1)
+    assert cmds[t02.budget].why == "planner"
+    row = topo.loads[-1]
+    assert cmds[row.budget].value == round(row_cap_w(row.rated_kw / 2, row.rated_kw))
+
+
+def test_a_stale_forecast_is_withheld_from_the_planner(topo):
+    from thermogate.controller.core import FORECAST_FRESH_S, LoadForecast
+
+    pl = Planning(topo, _Half())
+    pl.set_forecast(0.0, {"tank01": LoadForecast(5.0, 20.0, 30.0, True)})
+    assert pl.forecast(FORECAST_FRESH_S)["tank01"].headroom_kw == 5.0
+    assert pl.forecast(FORECAST_FRESH_S + 1.0) == {}
+
+
+def test_row_caps_span_200_to_700_watts_per_gpu():
+    assert row_cap_w(0.0, 100.0) == 200.0
+    assert row_cap_w(30.0, 100.0) == 200.0
+    assert row_cap_w(100.0, 100.0) == 700.0
+    assert row_cap_w(65.0, 100.0) == pytest.approx(450.0)
+
+
+# -- latched trips ------------------------------------------------------------------------
+def test_a_trip_stays_latched_until_a_reset_finds_its_interlock_clear(topo):
+    st = ControllerState()
+    trips, al = TripLatch(topo, st), Alarms()
+    cmds: dict = {}
+    trips.latch(view(topo, t=1.0, tank01__interlock=1.0), cmds, al)
+    assert latch_key("tank01") in st.latched and st.version == 1
+    en = topo.load["tank01"].enable
+    assert cmds[en].value == 0.0
+    cmds = {}
+    trips.latch(view(topo, t=2.0), cmds, al)  # the PLC's latch cleared: still off here
+    assert cmds[en].value == 0.0
+    trips.request_reset(3.0, "erin", "console", "checked", "tank02")  # not this one
+    trips.latch(view(topo, t=4.0), {}, al)
+    assert latch_key("tank01") in st.latched
+    trips.request_reset(5.0, "erin", "console", "checked", None)
+    cmds = {}
+    trips.pulse(cmds)
+    assert cmds[topo.ix.plc.reset].pulse and cmds[topo.ix.plc.reset].who == "erin"
+    trips.latch(view(topo, t=6.0), cmds, al)
+    assert st.latched == {}
+    trips.latch(view(topo, t=6.0 + 60.0, tank01__interlock=1.0), {}, al)
+    assert latch_key("tank01") in st.latched  # a new trip after the window latches again
