@@ -373,6 +373,19 @@ def _by_name(groups: tuple[G, ...]) -> Mapping[str, G]:
     return MappingProxyType({g.name: g for g in groups})
 
 
+#: (lookup by name, tuple in site order) of each kind of equipment in ``PointIndex``
+_PER_KIND = (
+    ("feeder", "feeders"),
+    ("pdu", "pdus"),
+    ("loop", "loops"),
+    ("pump", "pumps"),
+    ("dry_cooler", "dry_coolers"),
+    ("tank", "tanks"),
+    ("cdu", "cdus"),
+    ("row", "rows"),
+)
+
+
 @dataclass(frozen=True)
 class PointIndex:
     """Every point of a site by equipment and attribute (positions in the point map).
@@ -401,33 +414,15 @@ class PointIndex:
     row: Mapping[str, RowPoints] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        for single, many in (
-            ("feeder", self.feeders),
-            ("pdu", self.pdus),
-            ("loop", self.loops),
-            ("pump", self.pumps),
-            ("dry_cooler", self.dry_coolers),
-            ("tank", self.tanks),
-            ("cdu", self.cdus),
-            ("row", self.rows),
-        ):
-            object.__setattr__(self, single, _by_name(many))
+        for single, many in _PER_KIND:
+            object.__setattr__(self, single, _by_name(getattr(self, many)))
 
     def groups(self) -> Iterator[GroupPoints]:
         """Every piece of equipment's points, PLC and site meter first."""
         yield self.plc
         yield self.site
-        for many in (
-            self.feeders,
-            self.pdus,
-            self.loops,
-            self.pumps,
-            self.dry_coolers,
-            self.tanks,
-            self.cdus,
-            self.rows,
-        ):
-            yield from many
+        for _, many in _PER_KIND:
+            yield from getattr(self, many)
 
     def meter(self, name: str) -> MeterPoints:
         """The meter block of ``site``, a feeder or a PDU, by name."""
