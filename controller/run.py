@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,7 +167,7 @@ class RealTimeController:
         self.io = ModbusIO(
             self.pmap, cfg.endpoints, timeout_s=cfg.timeout_s, scan_budget_s=0.6 * cfg.scan_s
         )
-        self.scan_ms: list[float] = []
+        self.scan_ms: deque[float] = deque(maxlen=3600)  # the last hour at 1 s
         self.overruns = 0
         self.scans = 0
         self.last: dict[str, object] = {}
@@ -348,8 +350,6 @@ class RealTimeController:
         self.last = res.status
         self.scans += 1
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
-        if len(self.scan_ms) > 3600:
-            del self.scan_ms[:1800]
 
     async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
         if self.retrainer is not None:
@@ -388,7 +388,7 @@ class RealTimeController:
 
 def _status_line(rt: RealTimeController) -> None:
     st = rt.last
-    ms = sorted(rt.scan_ms[-600:])
+    ms = sorted(itertools.islice(rt.scan_ms, max(0, len(rt.scan_ms) - 600), None))
     p50 = ms[len(ms) // 2] if ms else float("nan")
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan")
     v = rt.ctrl.values  # the last validated values
