@@ -636,6 +636,17 @@ def test_progress_bar_line_fits_the_terminal(terminal, columns):
         assert lines[-1].endswith("1.0/4.0 h sim, 1,800x real time, ETA 00:06")
 
 
+def test_progress_bar_on_a_terminal_that_reports_no_size_draws_for_80_columns(terminal):
+    tty, clock = terminal(0), FakeClock()  # as under `script` writing to a file
+    with ProgressBar(stream=tty.stream, clock=clock) as bar:
+        bar.update(0.0, 4.0)
+        clock.now += 2.0
+        bar.update(1.0, 4.0)
+    lines = [ln.rstrip() for ln in tty.shown().strip().split("\r") if ln.strip()]
+    assert lines and all(len(ln) < 80 for ln in lines)
+    assert lines[-1].endswith("1.0/4.0 h sim, 1,800x real time, ETA 00:06")
+
+
 def test_progress_bar_on_a_closed_stream_does_not_stop_the_run(terminal):
     tty = terminal()
     bar = ProgressBar(stream=tty.stream)

@@ -8,6 +8,7 @@ logs, pipes and ``--json`` output stay clean.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,9 @@ class _SimHours(tqdm):
 
     @property
     def format_dict(self) -> dict[str, Any]:
+        # tqdm's dynamic_ncols, except for a terminal that reports no size: tqdm
+        # would take it as -1 columns and rows and hide the bar
+        self.ncols, self.nrows = _screen_shape(self.fp)
         d = super().format_dict
         sim_h, wall_s = d["n"] - d["initial"], d["elapsed"]
         speed = sim_h * 3600.0 / wall_s if wall_s > 0 and sim_h > 0 else None
@@ -48,6 +52,18 @@ class _SimHours(tqdm):
         else:
             text = f"{speed:.1f}x"
         return {**d, "speed": text, "eta": eta}
+
+
+def _screen_shape(stream: Any) -> tuple[int | None, int | None]:
+    """tqdm's (columns - 1, rows - 1) of the stream's terminal; 80x24 when it reports
+    none (``script`` writing to a file, some serial consoles); no limit off a terminal."""
+    try:
+        columns, rows = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return None, None
+    if columns <= 0 or rows <= 0:
+        columns, rows = 80, 24
+    return columns - 1, rows - 1
 
 
 def _isatty(stream: Any) -> bool:
@@ -125,6 +141,7 @@ class ProgressBar:
         return self.sim_hours * (done / total if total > 0 else 1.0)
 
     def _start(self, sim_h: float, total: float) -> _SimHours:
+        ncols, nrows = _screen_shape(self.stream)
         bar = _SimHours(
             total=float(self.sim_hours if self.sim_hours is not None else total),
             initial=sim_h,
@@ -134,7 +151,8 @@ class ProgressBar:
             mininterval=self.min_interval_s,
             miniters=0,  # throttle by time only; tqdm's adaptive count skips late redraws
             smoothing=0.0,
-            dynamic_ncols=True,
+            ncols=ncols,
+            nrows=nrows,  # and then followed on every redraw (format_dict)
             leave=True,
             delay=0.0,
         )
