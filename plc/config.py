@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import tomllib
+from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, overload
 
 from .errors import ConfigError
 
 _MISSING: Any = object()
+_HHMM_RE = re.compile(r"^(\d+):([0-5]\d)(?::([0-5]\d(?:\.\d+)?))?$")
+_ISO_DURATION_RE = re.compile(
+    r"^P(?:(?P<w>\d+(?:\.\d+)?)W)?(?:(?P<d>\d+(?:\.\d+)?)D)?"
+    r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$",
+    re.IGNORECASE,
+)
 
 
 class Section:
@@ -168,6 +176,77 @@ class Section:
             _check_range(self, name, x, minval, maxval, None, None)
         return val
 
+    def get_float_map(self, name: str, default: Any = _MISSING) -> dict[str, float]:
+        """A table of finite numbers keyed by names (not options: any name is taken).
+
+        Dotted keys (``tank01.fluid_temp_c = 45``), which TOML nests, come back
+        as the dotted names (``{"tank01.fluid_temp_c": 45.0}``).
+        """
+        sec = self.get_section(name, default)
+        out: dict[str, float] = {}
+        for key, val in sec._data.items():
+            if isinstance(val, dict):
+                out.update({f"{key}.{k}": v for k, v in sec.get_float_map(key).items()})
+            else:
+                out[key] = sec.get_float(key)
+        return out
+
+    @overload
+    def get_duration(
+        self,
+        name: str,
+        default: None,
+        minval: float | None = None,
+        above: float | None = None,
+    ) -> float | None: ...
+    @overload
+    def get_duration(
+        self,
+        name: str,
+        default: float = ...,
+        minval: float | None = None,
+        above: float | None = None,
+    ) -> float: ...
+    def get_duration(
+        self,
+        name: str,
+        default: Any = _MISSING,
+        minval: float | None = None,
+        above: float | None = None,
+    ) -> float | None:
+        """Seconds, written for people: ``'HH:MM[:SS]'``, ISO 8601 ``'PT2H30M'`` or a
+        TOML local time (``18:00:00``). A plain number belongs in a ``*_s`` key."""
+        val = self._raw(name, default)
+        if val is None and default is None:
+            return None
+        secs = _duration_s(val)
+        if secs is None:
+            raise self.error(
+                name, f"expected 'HH:MM[:SS]' or an ISO 8601 duration, got {type_name(val)}"
+            )
+        _check_range(self, name, secs, minval, None, above, None)
+        return secs
+
+    @overload
+    def get_datetime(self, name: str, default: None) -> datetime | None: ...
+    @overload
+    def get_datetime(self, name: str, default: datetime = ...) -> datetime: ...
+    def get_datetime(self, name: str, default: Any = _MISSING) -> datetime | None:
+        """A TOML date-time or date (midnight), or the same as an ISO 8601 string.
+
+        With a zone (``Z``, ``+02:00``) it is aware, without one it is local wall
+        time (naive); the caller decides what a naive time means.
+        """
+        val = self._raw(name, default)
+        if val is None and default is None:
+            return None
+        dt = _datetime(val)
+        if dt is None:
+            raise self.error(
+                name, f"expected a date-time such as 2024-07-15T00:00:00Z, got {type_name(val)}"
+            )
+        return dt
+
     def get_section(self, name: str, default: Any = _MISSING) -> Section:
         val = self._raw(name, default)
         return Section(self.file, self.key(name), val)
@@ -180,34 +259,46 @@ class Section:
         return [Section(self.file, f"{self.key(name)}[{i}]", v) for i, v in enumerate(val)]
 
     def check_unused(self) -> None:
-        """Raise on the first key nobody read: almost always a typo."""
+        """Raise on the first key nobody read: almost always a typo.
+
+        The message names the closest key the reader asked for (present or
+        not), else all of them: what the section may hold.
+        """
         for name in self._data:
             if name not in self._used:
-                raise self.error(name, "unknown key (check the spelling)")
+                known = sorted(self._used)
+                near = difflib.get_close_matches(name, known, n=1)
+                hint = (
+                    f"; did you mean '{near[0]}'?"
+                    if near
+                    else f"; known keys: {', '.join(known)}"
+                    if known
+                    else ""
+                )
+                raise self.error(name, f"unknown key (check the spelling){hint}")
 
 
 def load_toml(path: str | Path) -> Section:
     """Parse a TOML file into a root ``Section``; syntax errors name the line."""
     file = str(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+        text = Path(path).read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(file, "", "file not found") from None
     except IsADirectoryError:
         raise ConfigError(file, "", "is a directory, expected a TOML file") from None
     except PermissionError:
         raise ConfigError(file, "", "permission denied") from None
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(file, "", f"not UTF-8 text ({exc.reason})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(file, "", f"TOML syntax error: {exc}") from None
-    return Section(file, "", data)
+    return loads_toml(text, file)
 
 
 def loads_toml(text: str, file: str) -> Section:
     try:
-        data = tomllib.loads(text)
+        data = tomllib.loads(text.removeprefix("\ufeff"))  # Notepad starts UTF-8 with a BOM
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"TOML syntax error: {exc}") from None
     return Section(file, "", data)
@@ -226,6 +317,37 @@ def type_name(val: Any) -> str:
     if isinstance(val, dict):
         return "a table"
     return type(val).__name__
+
+
+def _duration_s(val: Any) -> float | None:
+    """Seconds of ``'HH:MM[:SS]'``, an ISO 8601 duration or a TOML time; None if neither."""
+    if isinstance(val, time):
+        return val.hour * 3600.0 + val.minute * 60.0 + val.second + val.microsecond / 1e6
+    if not isinstance(val, str):
+        return None
+    s = val.strip()
+    m = _HHMM_RE.match(s)
+    if m:
+        return int(m.group(1)) * 3600.0 + int(m.group(2)) * 60.0 + float(m.group(3) or 0)
+    m = _ISO_DURATION_RE.match(s)
+    if m and any(m.groupdict().values()) and not s.upper().endswith("T"):
+        g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
+        return g["w"] * 604800 + g["d"] * 86400 + g["h"] * 3600 + g["m"] * 60 + g["s"]
+    return None
+
+
+def _datetime(val: Any) -> datetime | None:
+    """A TOML date-time, a date (midnight) or an ISO 8601 string; None if neither."""
+    if isinstance(val, str):
+        try:
+            return datetime.fromisoformat(val.strip())
+        except ValueError:
+            return None
+    if isinstance(val, datetime):
+        return val
+    if isinstance(val, date):
+        return datetime(val.year, val.month, val.day)
+    return None
 
 
 def _check_range(

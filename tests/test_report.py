@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import csv
-import html
-import io
+import fcntl
 import json
-import math
+import os
+import select
+import struct
+import termios
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
 
 from thermogate.controller.report import IMAGES, ProgressBar, unit_for, write_report
+from thermogate.controller.report.draw import MAX_LINE_POINTS
+from thermogate.controller.report.forecast import plot_forecast
+from thermogate.controller.report.plots import plot_temperatures
+from thermogate.controller.report.series import Context, check_series
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.filterwarnings("error")  # no matplotlib or numpy warnings either
@@ -212,13 +219,91 @@ def add_forecast(series: dict, meta: dict, *, cdus: bool = True) -> None:
     }
 
 
-def forecast_texts(series: dict, meta: dict) -> list[str]:
-    """The texts drawn on the forecast figure's panels (what the operator reads)."""
-    from thermogate.controller import report
-
-    ctx = report._Context(report._check_series(series), meta, [])
-    fig = report._plot_forecast(ctx)
+def figure_texts(plot, series: dict, meta: dict) -> list[str]:
+    """The texts drawn on a figure's panels (what the operator reads)."""
+    fig = plot(Context(check_series(series), meta, []))
     return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def forecast_texts(series: dict, meta: dict) -> list[str]:
+    return figure_texts(plot_forecast, series, meta)
+
+
+class Page(HTMLParser):
+    """What report.html shows, read back with the standard library's HTML parser.
+
+    ``tables``: rows of (the row's class, [(cell class, cell text)]) per table;
+    ``figures``: (img src, caption); ``tags``: every start tag seen; ``text``:
+    the visible text with entities decoded.
+    """
+
+    def __init__(self, source: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[tuple[str, list[tuple[str, str]]]]] = []
+        self.figures: list[tuple[str, str]] = []
+        self.tags: list[str] = []
+        self.title = ""
+        self._parts: list[str] = []
+        self._cell: list[str] | None = None
+        self._in: list[str] = []
+        self.feed(source)
+        self.close()
+        self.text = " ".join("".join(self._parts).split())
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        self._in.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr" and self.tables:
+            self.tables[-1].append((a.get("class") or "", []))
+        elif tag == "td":
+            self._cell = []
+            self.tables[-1][-1][1].append((a.get("class") or "", ""))
+        elif tag == "img":
+            self.figures.append((a["src"], ""))
+
+    def handle_endtag(self, tag):
+        if self._in and self._in[-1] == tag:
+            self._in.pop()
+        if tag == "td" and self._cell is not None:
+            cls, _ = self.tables[-1][-1][1][-1]
+            self.tables[-1][-1][1][-1] = (cls, "".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if "style" in self._in:
+            return
+        if "title" in self._in:
+            self.title += data
+        self._parts.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if "figcaption" in self._in:
+            src, text = self.figures[-1]
+            self.figures[-1] = (src, text + data)
+
+    def summary(self) -> dict[str, tuple[str, str, str]]:
+        """Summary key -> (value, unit, row class)."""
+        return {cells[0][1]: (cells[1][1], cells[2][1], cls) for cls, cells in self.tables[0][1:]}
+
+    def events(self) -> list[dict[str, str]]:
+        """The event log's rows, by column name, plus the row's class."""
+        if len(self.tables) < 2:
+            return []
+        names = ("t_h", "elapsed", "kind", "source", "severity", "message")
+        return [
+            {"class": cls, **dict(zip(names, (text for _, text in cells), strict=True))}
+            for cls, cells in self.tables[1][1:]
+        ]
+
+    def caption(self, image: str) -> str:
+        return next(" ".join(text.split()) for src, text in self.figures if src == image)
+
+
+def read_page(out) -> Page:
+    return Page((out / "report.html").read_text(encoding="utf-8"))
 
 
 def _png_ok(path) -> None:
@@ -250,17 +335,32 @@ def test_full_report(tmp_path):
     assert rows[7]["message"] == "<script>alert(1)</script>"  # the CSV keeps the raw text
     assert float(rows[0]["t_h"]) == 12.9 and rows[0]["kind"] == "alarm"
 
-    page = (out / "report.html").read_text(encoding="utf-8")
-    for name in IMAGES:
-        assert f'src="{name}"' in page
-    for key in summary:
-        assert f">{key}<" in page
-    assert "<script>" not in page
-    assert html.escape("<script>alert(1)</script>") in page
-    assert "price high &amp; rising" in page
-    assert "demo-hall" in page and "hot-day" in page
-    assert ">°C·min<" in page and ">MWh<" in page and ">count<" in page
-    assert '<tr class="attention"><td class="key">trips<' in page
+    page = read_page(out)
+    assert [src for src, _ in page.figures] == list(IMAGES)
+    assert page.title == "thermogate report — demo-hall — hot-day"
+    assert "thermogate simulation report: demo-hall" in page.text
+    assert "scenario hot-day · 24 h simulated · 1,441 samples · 9 events" in page.text
+    rows = page.summary()
+    assert list(rows) == list(summary)  # every entry, in the summary's order
+    assert rows["limit_violation_c_min"] == ("123.5", "°C·min", "attention")
+    assert rows["energy_mwh"] == ("52.125", "MWh", "")
+    assert rows["trips"] == ("1", "count", "attention")  # a trip needs attention
+    assert rows["import_over_limit_kw_min"] == ("9,000", "kW·min", "attention")
+    assert rows["sheds"][2] == "" and rows["site"] == ("demo-hall", "", "")
+    assert "shed: 2 · alarm: 1 · trip: 1 · write-failed: 1" in page.text  # most frequent first
+    logged = page.events()
+    assert [e["message"] for e in logged] == [e["message"] for e in events]
+    assert logged[0] == {
+        "class": "k-alarm",
+        "t_h": "12.900",
+        "elapsed": "12:54",
+        "kind": "alarm",
+        "source": "tank02",
+        "severity": "700",
+        "message": "tank02 fluid 60.2 °C",
+    }
+    assert logged[4]["class"] == "k-write-failed"
+    assert logged[8]["message"] == "price high & rising"
 
 
 def test_equipment_less_site_and_no_events(tmp_path):
@@ -274,8 +374,10 @@ def test_equipment_less_site_and_no_events(tmp_path):
         _png_ok(tmp_path / name)
     assert json.loads((tmp_path / "summary.json").read_text())["max_cdu_supply_c"] is None
     assert (tmp_path / "events.csv").read_text().strip() == "t_h,kind,source,severity,message"
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "No events." in page
+    page = read_page(tmp_path)
+    assert "No events." in page.text and page.events() == []
+    assert page.summary()["max_cdu_supply_c"] == ("—", "°C", "")
+    assert "no immersion tanks" in figure_texts(plot_temperatures, series, meta)
     assert len(paths) == len(IMAGES) + 3
 
 
@@ -297,16 +399,32 @@ def test_only_time_and_strange_values(tmp_path):
     }
     header = (tmp_path / "events.csv").read_text().splitlines()[0]
     assert header == "t_h,kind,source,severity,message,extra"
+    page = read_page(tmp_path)
+    assert page.summary()["trips"] == ("0", "count", "")  # zero trips need no attention
+    assert [(e["kind"], e["class"], e["severity"]) for e in page.events()] == [
+        ("mystery", "k-mystery", "—"),
+        ("trip", "k-trip", "900"),
+    ]
 
 
-def test_long_run_is_drawn_from_an_envelope(tmp_path):
-    """Three days at 10 s samples: fast, and a one-sample spike still shows in the data range."""
+def test_long_run_is_drawn_from_an_envelope_that_keeps_a_one_sample_spike(tmp_path):
+    """Three days at 10 s samples: drawn from few points, and a lone spike still shows."""
     series, meta, events, summary = fake_day(hours=72.0, step_min=10 / 60)
     add_forecast(series, meta)
-    assert len(series["t_h"]) > 25_000
+    n = len(series["t_h"])
+    assert n > 25_000
+    series["tank.gpu01.fluid_c"][n // 3] = 71.5  # one sample, far above everything else
     write_report(series, meta, events, summary, tmp_path)
     for name in IMAGES:
         _png_ok(tmp_path / name)
+
+    fig = plot_temperatures(Context(check_series(series), meta, []))
+    tanks = fig.axes[0]
+    (gpu01,) = [ln for ln in tanks.get_lines() if ln.get_label().startswith("inference")]
+    assert len(gpu01.get_ydata()) <= MAX_LINE_POINTS
+    assert np.nanmax(gpu01.get_ydata()) == 71.5
+    assert tanks.get_ylim()[1] > 71.5
+    assert any(ln.get_label() == "peak gpu01 71.5 °C at 24.0 h" for ln in tanks.get_lines())
 
 
 def test_series_must_line_up(tmp_path):
@@ -324,21 +442,22 @@ def test_forecast_plot_and_caption_score_the_forecast_on_the_series(tmp_path):
     write_report(series, meta, events, summary, tmp_path)
     _png_ok(tmp_path / "forecast.png")
 
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert 'src="forecast.png"' in page and "Forecast and heat headroom" in page
+    page = read_page(tmp_path)
+    assert "Forecast and heat headroom" in page.text
+    caption = page.caption("forecast.png")
     per_loop = len(series["t_h"]) - FIRST_FORECAST
     misses = 2 * 60  # two loops, 60 samples each above the upper bound
     coverage = 100.0 * (1 - misses / (2 * per_loop))
     assert (
         f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples, "
         f"actual ≤ upper bound in {coverage:.1f} % of {2 * per_loop:,} samples"
-    ) in page
+    ) in caption
     assert (
         f"tanks (5): mean abs. error 1.00 °C over {5 * per_loop:,} samples, "
         f"actual ≤ upper bound in 100.0 % of {5 * per_loop:,} samples"
-    ) in page
-    assert "CDUs (2): mean abs. error 0.25 °C" in page
-    assert "model: learned in-run from the first 6 h" in page
+    ) in caption
+    assert "CDUs (2): mean abs. error 0.25 °C" in caption
+    assert caption.endswith("; model: learned in-run from the first 6 h.")
     assert json.loads((tmp_path / "summary.json").read_text()) == summary  # not extended
 
 
@@ -358,9 +477,9 @@ def test_report_without_forecast_says_there_is_none(tmp_path):
     assert tmp_path / "forecast.png" in paths
     for name in IMAGES:
         _png_ok(tmp_path / name)
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert 'src="forecast.png"' in page
-    assert "No forecast: this run had no forecasting." in page
+    assert read_page(tmp_path).caption("forecast.png") == (
+        "No forecast: this run had no forecasting."
+    )
     texts = forecast_texts(series, meta)
     assert "no forecast: this run had no forecasting" in texts
     assert "no heat headroom recorded" in texts
@@ -376,11 +495,10 @@ def test_nan_only_forecast_series_are_no_forecast(tmp_path):
     meta["forecast"] = {"source": "no model", "learned_at_h": None, "horizon_min": 15}
     write_report(series, meta, events, summary, tmp_path)
     _png_ok(tmp_path / "forecast.png")
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert (
+    assert read_page(tmp_path).caption("forecast.png") == (
         "No forecast: no model was ready before the run ended (e.g. the run was shorter "
-        "than the model&#x27;s learning period)."
-    ) in page
+        "than the model's learning period). Model: no model."
+    )
     texts = forecast_texts(series, meta)
     assert any(t.startswith("no forecast: no model was ready") for t in texts)
 
@@ -395,10 +513,10 @@ def test_forecast_without_upper_bound_is_scored_on_its_mean(tmp_path):
         series[key][:] = np.nan
     del series["forecast.trusted"]
     write_report(series, meta, events, summary, tmp_path)
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    caption = read_page(tmp_path).caption("forecast.png")
     per_loop = len(series["t_h"]) - FIRST_FORECAST
-    assert f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples;" in page
-    assert "upper bound in" not in page
+    assert f"loops (2): mean abs. error 0.50 °C over {2 * per_loop:,} samples;" in caption
+    assert "upper bound in" not in caption
 
 
 def test_units_from_key_names():
@@ -424,9 +542,38 @@ class FakeClock:
         return self.now
 
 
-class FakeTty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+class Terminal:
+    """A real pseudo-terminal of a given width: the bar's stream, and what it showed."""
+
+    def __init__(self, columns: int) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        self.stream = open(slave, "w", encoding="utf-8")  # noqa: SIM115  (closed in close())
+
+    def shown(self) -> str:
+        """Everything written so far, as the terminal received it."""
+        self.stream.flush()
+        chunks = []
+        while select.select([self.master], [], [], 0.2)[0]:
+            chunks.append(os.read(self.master, 65536))
+        return b"".join(chunks).decode("utf-8").replace("\r\n", "\n")  # the tty's ONLCR
+
+    def close(self) -> None:
+        self.stream.close()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal():
+    made: list[Terminal] = []
+
+    def make(columns: int = 80) -> Terminal:
+        made.append(Terminal(columns))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
 
 
 def test_progress_bar_silent_when_stderr_is_not_a_tty(capsys):
@@ -448,15 +595,14 @@ def test_progress_bar_forced_on_writes_percent(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert err.startswith("\r") and err.endswith("\n")
-    assert "50%" in err and "12.0/24.0 h" in err
+    assert "simulate: " in err and " 50%" in err and "12.0/24.0 h sim" in err
     assert "4,320x real time" in err
-    assert "ETA 0:10" in err  # the other 12 h at the same speed
-    assert "#" in err
+    assert "ETA 00:10" in err  # the other 12 h at the same speed
 
 
-def test_progress_bar_auto_detects_a_terminal_and_counts_scans():
-    stream, clock = FakeTty(), FakeClock()
-    with ProgressBar(stream=stream, sim_hours=2.0, clock=clock) as bar:
+def test_progress_bar_auto_detects_a_terminal_and_counts_scans(terminal):
+    tty, clock = terminal(), FakeClock()
+    with ProgressBar(stream=tty.stream, sim_hours=2.0, clock=clock) as bar:
         assert bar.enabled
         bar.update(1, 7200)
         clock.now += 1.0
@@ -465,27 +611,93 @@ def test_progress_bar_auto_detects_a_terminal_and_counts_scans():
         bar.update(3601, 7200)  # throttled: not redrawn
         clock.now += 1.0
         bar.update(7200, 7200)
-    text = stream.getvalue()
-    assert text.count("\r") == 4  # first, half, done, and the final redraw on close
-    assert "50%" in text and "1.0/2.0 h" in text and "100%" in text and "done" in text
+    text = tty.shown()
+    drawn = text.split("\r")[1:]
+    assert len(drawn) == 4  # first, half, done (not the throttled one), and on close
+    # the speed counts from the first update (after one scan): 3,599 s simulated in 1 s
+    assert " 50%" in drawn[1] and "1.0/2.0 h sim" in drawn[1] and "3,599x real time" in drawn[1]
+    assert "100%" in drawn[2] and "2.0/2.0 h sim" in drawn[2] and drawn[2].rstrip().endswith("done")
     assert text.endswith("\n")
     bar.close()  # idempotent
-    assert stream.getvalue() == text
+    assert tty.shown() == ""
 
 
-def test_progress_bar_line_fits_a_narrow_terminal():
-    clock = FakeClock()
-    bar = ProgressBar(enabled=True, stream=io.StringIO(), clock=clock)
-    bar.update(1.0, 4.0)
-    line = bar.line(clock.now, columns=40)
-    assert len(line) <= 39 and "25%" in line
-    assert math.isfinite(len(bar.line(clock.now, columns=200)))
+@pytest.mark.parametrize("columns", [40, 200])
+def test_progress_bar_line_fits_the_terminal(terminal, columns):
+    tty, clock = terminal(columns), FakeClock()
+    with ProgressBar(stream=tty.stream, clock=clock) as bar:
+        bar.update(0.0, 4.0)
+        clock.now += 2.0
+        bar.update(1.0, 4.0)
+    lines = [ln.rstrip() for ln in tty.shown().strip().split("\r") if ln.strip()]
+    assert lines and all(len(ln) < columns for ln in lines)
+    assert "25%" in lines[-1]
+    if columns >= 100:  # room for everything: nothing cut off
+        assert lines[-1].endswith("1.0/4.0 h sim, 1,800x real time, ETA 00:06")
+
+
+def test_progress_bar_on_a_terminal_that_reports_no_size_draws_for_80_columns(terminal):
+    tty, clock = terminal(0), FakeClock()  # as under `script` writing to a file
+    with ProgressBar(stream=tty.stream, clock=clock) as bar:
+        bar.update(0.0, 4.0)
+        clock.now += 2.0
+        bar.update(1.0, 4.0)
+    lines = [ln.rstrip() for ln in tty.shown().strip().split("\r") if ln.strip()]
+    assert lines and all(len(ln) < 80 for ln in lines)
+    assert lines[-1].endswith("1.0/4.0 h sim, 1,800x real time, ETA 00:06")
+
+
+def test_progress_bar_on_a_closed_stream_does_not_stop_the_run(terminal):
+    tty = terminal()
+    bar = ProgressBar(stream=tty.stream)
+    assert bar.enabled
+    tty.stream.close()  # e.g. the terminal went away mid-run
+    for k in range(1, 5):
+        bar.update(k, 4.0)
+    bar.close()
 
 
 def test_nested_summary_entries_are_dotted_rows_of_the_table(tmp_path):
     series, meta, events, summary = fake_day(hours=2.0)
     summary = {**summary, "forecast": {"source": "learned", "tank": {"mae_15_c": 0.0425}}}
     write_report(series, meta, events, summary, tmp_path)
-    page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "forecast.tank.mae_15_c" in page and "0.0425" in page
-    assert "{&#x27;" not in page and "{'" not in page  # no raw dict in a cell
+    rows = read_page(tmp_path).summary()
+    assert rows["forecast.source"] == ("learned", "", "")
+    assert rows["forecast.tank.mae_15_c"] == ("0.0425", "°C", "")
+    assert not any(value.startswith("{") for value, _, _ in rows.values())  # no raw dict
+
+
+def test_event_text_is_escaped_in_the_page_and_raw_in_the_csv(tmp_path):
+    """Names and messages come from site files and devices: the page shows them as text."""
+    series, meta, _, summary = fake_day(hours=2.0)
+    meta["site"] = "hall <b>7</b>"
+    events = [
+        {
+            "t_h": 0.5,
+            "kind": "alarm",
+            "source": "<img src=x onerror=alert(1)>",
+            "message": "<script>alert('x')</script> & \"more\"",
+            "severity": 700,
+        },
+        {"t_h": 0.6, "kind": "<i>odd</i>", "source": "s", "message": "m"},
+    ]
+    write_report(series, meta, events, {**summary, "<key>": "<value>"}, tmp_path)
+    source = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in source and "<b>" not in source and "<i>" not in source
+    assert "&lt;script&gt;" in source
+
+    page = read_page(tmp_path)
+    assert set(page.tags) <= {
+        "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "strong", "a",
+        "table", "thead", "tbody", "tr", "th", "td", "figure", "img", "figcaption",
+    }  # fmt: skip
+    assert page.title == "thermogate report — hall <b>7</b> — hot-day"
+    logged = page.events()
+    assert logged[0]["source"] == "<img src=x onerror=alert(1)>"
+    assert logged[0]["message"] == "<script>alert('x')</script> & \"more\""
+    assert logged[1]["kind"] == "<i>odd</i>" and logged[1]["class"] == "k-_i_odd__i_"
+    assert page.summary()["<key>"] == ("<value>", "", "")
+
+    with (tmp_path / "events.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["message"] == events[0]["message"]

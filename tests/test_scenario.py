@@ -516,6 +516,81 @@ def test_toml_validation_errors_name_the_key(text, key):
     assert err.file == "s.toml"
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        # the typo, not the fault "after the end" of a day-long default duration
+        (
+            "duraton_s = 200000\n[[faults]]\nat_s = 90000\ntarget = 'pump:p1'\nkind = 'trip'",
+            "duraton_s",
+            "did you mean 'duration_s'?",
+        ),
+        # the typo, not "kind is required"
+        (
+            "[[grid_events]]\nat_s = 1\nknd = 'curtail'\nduration_s = 5",
+            "grid_events[0].knd",
+            "did you mean 'kind'?",
+        ),
+        ("[weather]\nsource = 'csv'\npth = 'w.csv'", "weather.pth", "did you mean 'path'?"),
+        (
+            "[[faults]]\nat_s = 1\ntarget = 'pump:p1'\nkind = 'trip'\nextra = 1",
+            "faults[0].extra",
+            "known keys: at, at_s, duration_s, kind, params, target",
+        ),
+    ],
+)
+def test_a_misspelt_key_is_reported_first_with_the_key_it_resembles(text, key, hint):
+    err = bad_toml(text)
+    assert (err.key, err.reason) == (key, f"unknown key (check the spelling); {hint}")
+    assert str(err) == f"s.toml: {key}: {err.reason}"  # one line: file, dotted key, reason
+
+
+def test_event_parameters_are_those_of_its_kind():
+    err = bad_toml(
+        "[[grid_events]]\nat_s = 10\nkind = 'price'\nduration_s = 5\nparams = {price = 3}"
+    )
+    assert err.key == "grid_events[0].params.price"
+    assert err.reason == "not a parameter of a price event; parameters: price_per_mwh"
+
+
+@pytest.mark.parametrize(
+    ("at", "seconds"),
+    [
+        ("'18:30'", 18.5 * 3600),
+        ("'PT2H15M'", 2.25 * 3600),
+        ("06:00:30", 6 * 3600 + 30),  # a TOML local time
+        ("2024-07-15T03:00:00Z", 5 * 3600),  # absolute, against the start
+        ("'2024-07-15 05:00+02:00'", 5 * 3600),
+    ],
+)
+def test_at_is_an_offset_or_an_absolute_time(at, seconds):
+    s = parse_scenario(
+        f"start = 2024-07-14T22:00:00Z\n[[faults]]\nat = {at}\ntarget = 'pump:p1'\nkind = 'trip'"
+    )
+    assert s.faults[0].at_s == seconds
+
+
+def test_at_that_is_neither_an_offset_nor_a_date_time_says_where_seconds_go():
+    err = bad_toml("[[faults]]\nat = 18\ntarget = 'pump:p1'\nkind = 'trip'")
+    assert err.key == "faults[0].at"
+    assert "'18:00'" in err.reason and "seconds go in at_s" in err.reason
+
+
+def test_scenario_file_saved_with_a_bom_loads(tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_bytes(b"\xef\xbb\xbf" + b"name = 'bom'\nduration = '06:00'\n")
+    s = load_scenario(toml)
+    assert (s.name, s.duration_s, s.source) == ("bom", 6 * 3600.0, str(toml))
+
+
+def test_unreadable_scenario_files_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_scenario(tmp_path / "missing.toml")
+    (tmp_path / "latin1.toml").write_bytes(b"description = 'caf\xe9'\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
+        load_scenario(tmp_path / "latin1.toml")
+
+
 def test_toml_syntax_error_reports_the_line():
     err = bad_toml("name = 'x'\nduration_s = = 5\n")
     assert "line 2" in err.reason

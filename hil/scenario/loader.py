@@ -1,0 +1,403 @@
+"""Scenario files (TOML) and the built-in scenarios, resolved to a ``Scenario``.
+
+A scenario file is read through ``thermogate.plc.config`` like a site file:
+every key typed and range-checked, every mistake one ``ConfigError`` line
+naming the file, the dotted key (``faults[2].params.p``) and the reason. Each
+table is read whole and checked for unknown keys before anything is required
+of it or resolved against anything else: a misspelt key is usually why a
+key is "missing" or a time "after the end", so the typo is what gets reported.
+
+Times: ``at_s`` counts seconds from the scenario start; ``at`` is an offset
+('18:00', 'PT2H', a TOML time) or an absolute date-time, which needs a start:
+the file's ``start``, else the first sample of a CSV series with ISO times.
+When the scenario start and a CSV series' start are both absolute, the series
+is aligned to the scenario by absolute time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import fields
+from datetime import UTC, datetime
+from importlib import resources
+from importlib.resources.abc import Traversable
+from os import PathLike
+from pathlib import Path
+
+from thermogate.plc.config import Section, load_toml, loads_toml
+from thermogate.plc.errors import ConfigError, DataFileError
+
+from .csvfiles import CsvSource, load_prices_csv, load_weather_csv
+from .events import GRID_EVENT_KINDS, GRID_EVENT_PARAMS, NAME_RE, FaultSpec, GridEvent
+from .fields import FieldError
+from .resolved import Scenario
+from .series import DAY_S, TimeSeries
+from .synthetic import SyntheticPrices, SyntheticWeather
+
+__all__ = ["list_builtin_scenarios", "load_scenario", "parse_scenario"]
+
+_SCENARIO_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
+_BUILTIN_PACKAGE = "thermogate.hil.data"
+
+Moment = float | datetime  # seconds from the start, or an absolute time
+
+
+def parse_scenario(
+    text: str,
+    file: str = "<string>",
+    *,
+    base_dir: str | PathLike[str] | None = None,
+    weather_csv: str | PathLike[str] | None = None,
+    prices_csv: str | PathLike[str] | None = None,
+    wrap: bool | None = None,
+) -> Scenario:
+    """Parse scenario TOML ``text`` (``file`` names it in errors).
+
+    Relative CSV paths in the TOML resolve against ``base_dir``.
+    ``weather_csv``/``prices_csv`` replace the file's weather/price source;
+    ``wrap`` applies to those (None: the file's own ``wrap``, else false).
+    """
+    base = Path(base_dir) if base_dir is not None else None
+    return _scenario(loads_toml(text, file), base, weather_csv, prices_csv, wrap)
+
+
+def list_builtin_scenarios() -> list[str]:
+    """Names of the scenarios shipped with thermogate, sorted."""
+    names = []
+    for entry in resources.files(_BUILTIN_PACKAGE).iterdir():
+        n = entry.name
+        if n.startswith("scenario_") and n.endswith(".toml"):
+            names.append(n.removeprefix("scenario_").removesuffix(".toml"))
+    return sorted(names)
+
+
+def load_scenario(
+    path_or_name: str | PathLike[str],
+    weather_csv: str | PathLike[str] | None = None,
+    prices_csv: str | PathLike[str] | None = None,
+    *,
+    wrap: bool | None = None,
+) -> Scenario:
+    """Load a scenario from a TOML file or by built-in name (``"heatwave"``).
+
+    A ``PathLike``, or a string ending in ``.toml`` or containing a path
+    separator, is a file; any other string is a built-in name.
+    ``weather_csv``/``prices_csv`` replace the scenario's sources (e.g. run the
+    heatwave's events against measured weather); ``wrap`` repeats them.
+    Raises ConfigError for scenario mistakes and DataFileError for CSV ones.
+    """
+    s = str(path_or_name)
+    if isinstance(path_or_name, PathLike) or s.endswith(".toml") or "/" in s or "\\" in s:
+        path = Path(path_or_name)
+        return _scenario(load_toml(path), path.parent, weather_csv, prices_csv, wrap)
+    entry = _builtin_file(s)
+    if not entry.is_file():
+        raise ConfigError(
+            "<scenario>",
+            "",
+            f"no built-in scenario {s!r}; built-ins: {', '.join(list_builtin_scenarios())} "
+            "(or give the path of a .toml file)",
+        )
+    root = loads_toml(entry.read_text(encoding="utf-8"), f"<built-in {s}>")
+    scenario = _scenario(root, Path(str(entry)).parent, weather_csv, prices_csv, wrap)
+    if scenario.name != s:
+        raise root.error("name", f"{scenario.name!r} differs from the built-in name {s!r}")
+    return scenario
+
+
+def _builtin_file(name: str) -> Traversable:
+    return resources.files(_BUILTIN_PACKAGE).joinpath(f"scenario_{name}.toml")
+
+
+# --------------------------------------------------------------------------
+# the file
+# --------------------------------------------------------------------------
+def _scenario(
+    root: Section,
+    base: Path | None,
+    weather_csv: str | PathLike[str] | None,
+    prices_csv: str | PathLike[str] | None,
+    wrap: bool | None,
+) -> Scenario:
+    file = root.file
+    default_name = Path(file).stem.removeprefix("scenario_") if file[:1] != "<" else "scenario"
+    name = root.get_str("name", default_name)
+    description = root.get_str("description", "")
+    written = root.get_duration("duration", None, above=0.0)
+    duration_s = root.get_float("duration_s", None, above=0.0)
+    start_given = root.get_datetime("start", None)
+    weather_sec = root.get_section("weather", {})
+    prices_sec = root.get_section("prices", {})
+    event_secs = root.get_sections("grid_events", [])
+    fault_secs = root.get_sections("faults", [])
+    initial = root.get_float_map("initial", {})
+    root.check_unused()
+
+    if not _SCENARIO_NAME_RE.match(name):
+        raise root.error("name", f"{name!r}: use lowercase letters, digits, '-' and '_'")
+    if written is not None and duration_s is not None:
+        raise root.error("duration", "give duration_s or duration, not both")
+    duration = written if written is not None else duration_s if duration_s is not None else DAY_S
+    for key in initial:
+        if not NAME_RE.match(key):
+            raise root.error(f"initial.{key}", "invalid name (letters, digits, _ . -)")
+
+    w_override = weather_csv is not None
+    p_override = prices_csv is not None
+    # The file's sources are validated even when replaced: a typo stays an error.
+    wsrc = _source(weather_sec, base, SyntheticWeather, w_override)
+    psrc = _source(prices_sec, base, SyntheticPrices, p_override)
+    if weather_csv is not None:
+        inherit = wsrc.wrap if isinstance(wsrc, CsvSource) else False
+        wsrc = CsvSource(Path(weather_csv), inherit if wrap is None else wrap)
+    if prices_csv is not None:
+        inherit = psrc.wrap if isinstance(psrc, CsvSource) else False
+        psrc = CsvSource(Path(prices_csv), inherit if wrap is None else wrap)
+
+    weather = (
+        load_weather_csv(wsrc.path, wrap=wsrc.wrap, period_s=wsrc.period_s)
+        if isinstance(wsrc, CsvSource)
+        else None
+    )
+    prices = (
+        load_prices_csv(psrc.path, wrap=psrc.wrap, period_s=psrc.period_s)
+        if isinstance(psrc, CsvSource)
+        else None
+    )
+    # t = 0 is the explicit start, else the first weather sample, else prices'.
+    start = start_given
+    for series in (weather.ambient_c if weather else None, prices):
+        if start is None and series is not None and series.start is not None:
+            start = series.start
+    hour0 = _start_hour(start_given if start_given is not None else start)
+    if start is not None:
+        start = _norm(start)
+    if weather is None:
+        assert isinstance(wsrc, SyntheticWeather)
+        weather = wsrc.generate(duration, start=start, start_hour=hour0)
+    if prices is None:
+        assert isinstance(psrc, SyntheticPrices)
+        prices = psrc.generate(duration, start=start, start_hour=hour0)
+
+    w_off = _offset_between(root, "weather", start, weather.start)
+    p_off = _offset_between(root, "prices", start, prices.start)
+    for series, off, src, override, key in (
+        (weather.ambient_c, w_off, wsrc, w_override, "weather"),
+        (prices, p_off, psrc, p_override, "prices"),
+    ):
+        problem = _coverage_problem(series, off, duration)
+        if problem is None:
+            continue
+        assert isinstance(src, CsvSource)
+        if override:
+            raise DataFileError(str(src.path), None, None, problem.replace("set wrap", "pass wrap"))
+        raise root.error(f"{key}.path", f"{src.path.name} {problem}")
+
+    clock = _Clock(start, duration)
+    return Scenario(
+        name=name,
+        description=description,
+        duration_s=duration,
+        weather=weather,
+        prices=prices,
+        grid_events=tuple(_grid_event(sec, clock) for sec in event_secs),
+        faults=tuple(_fault(sec, clock) for sec in fault_secs),
+        initial=initial,
+        start=start,
+        weather_offset_s=w_off,
+        price_offset_s=p_off,
+        weather_source=wsrc,
+        price_source=psrc,
+        source=file,
+    )
+
+
+def _source(
+    sec: Section,
+    base_dir: Path | None,
+    cls: type[SyntheticWeather | SyntheticPrices],
+    overridden: bool,
+) -> SyntheticWeather | SyntheticPrices | CsvSource:
+    """``[weather]``/``[prices]``: a synthetic generator's settings, or a CSV file."""
+    if sec.get_str("source", "synthetic", choices=("synthetic", "csv")) == "synthetic":
+        kwargs: dict[str, float] = {}
+        for f in fields(cls):
+            value = sec.get_int(f.name, None) if f.name == "seed" else sec.get_float(f.name, None)
+            if value is not None:
+                kwargs[f.name] = value
+        sec.check_unused()
+        try:
+            return cls(**kwargs)
+        except FieldError as exc:
+            raise sec.error(exc.field, exc.reason) from None
+    path = sec.get_str("path", None)
+    wrap = sec.get_bool("wrap", False)
+    period_s = sec.get_float("period_s", None, above=0.0)
+    sec.check_unused()
+    if path is None:
+        raise sec.error("path", "required when source = 'csv'")
+    p = Path(path)
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p  # relative to the scenario file, not the working directory
+    if not overridden and not p.is_file():
+        raise sec.error("path", f"file not found: {p}")
+    return CsvSource(p, wrap, period_s)
+
+
+# --------------------------------------------------------------------------
+# grid events and faults
+# --------------------------------------------------------------------------
+class _Clock:
+    """Resolves an event's ``at``/``at_s`` to seconds within the scenario."""
+
+    def __init__(self, start: datetime | None, duration_s: float) -> None:
+        self.start = start
+        self.duration_s = duration_s
+
+    def seconds(self, sec: Section, name: str, at: Moment) -> float:
+        start = self.start
+        if isinstance(at, datetime):
+            if start is None:
+                raise sec.error(
+                    name,
+                    "an absolute time needs a scenario start: set start, use a CSV with "
+                    "ISO times, or give an offset such as '18:00' or at_s",
+                )
+            if _aware(at) != _aware(start):
+                raise sec.error(
+                    name, "has a time zone and the scenario start does not, or vice versa"
+                )
+            secs = (_norm(at) - start).total_seconds()
+            if secs < 0:
+                raise sec.error(
+                    name, f"is {-secs:g} s before the scenario start {start.isoformat()}"
+                )
+        else:
+            secs = at
+        if secs >= self.duration_s:
+            raise sec.error(
+                name,
+                f"at {secs:g} s it is not before the end of the scenario ({self.duration_s:g} s); "
+                "lengthen the duration",
+            )
+        return secs
+
+
+def _when(sec: Section) -> tuple[Moment | None, str]:
+    """``at_s`` or ``at`` and the key it came from; None when neither is given."""
+    at_s = sec.get_float("at_s", None, minval=0.0)
+    at = _moment(sec, "at")
+    if at_s is not None and at is not None:
+        raise sec.error("at", "give at_s or at, not both")
+    return (at_s, "at_s") if at is None else (at, "at")
+
+
+def _moment(sec: Section, name: str) -> Moment | None:
+    """An offset from the start ('18:00', 'PT2H', a TOML time), an absolute date-time,
+    or None when the key is absent."""
+    with contextlib.suppress(ConfigError):  # not an offset: a date-time, or neither
+        return sec.get_duration(name, None)
+    with contextlib.suppress(ConfigError):
+        return sec.get_datetime(name)
+    raise sec.error(
+        name,
+        "expected an offset from the start ('18:00', 'PT2H') or an ISO date-time "
+        "(2024-07-15T18:00:00Z); seconds go in at_s",
+    )
+
+
+def _grid_event(sec: Section, clock: _Clock) -> GridEvent:
+    kind = sec.get_str("kind", None, choices=GRID_EVENT_KINDS)
+    at_s, at_key, duration_s, params = _timing(sec, clock)
+    if kind is None:
+        raise sec.error("kind", f"required: one of {', '.join(GRID_EVENT_KINDS)}")
+    if duration_s is None:
+        raise sec.error("duration_s", "required: how long the event lasts")
+    allowed = GRID_EVENT_PARAMS[kind]
+    for p in params:
+        if p not in allowed:
+            raise sec.error(
+                f"params.{p}",
+                f"not a parameter of a {kind} event; parameters: {', '.join(allowed)}",
+            )
+    try:
+        return GridEvent(at_s=at_s, kind=kind, duration_s=duration_s, **params)
+    except FieldError as exc:
+        key = {"at_s": at_key, "kind": "kind", "duration_s": "duration_s"}
+        raise sec.error(key.get(exc.field, f"params.{exc.field}"), exc.reason) from None
+
+
+def _fault(sec: Section, clock: _Clock) -> FaultSpec:
+    target = sec.get_str("target", None)
+    kind = sec.get_str("kind", None)
+    at_s, at_key, duration_s, params = _timing(sec, clock)
+    if target is None:
+        raise sec.error("target", "required: what fails, as 'category:name'")
+    if kind is None:
+        raise sec.error("kind", "required: how it fails")
+    try:
+        return FaultSpec(at_s, target, kind, duration_s, params)
+    except FieldError as exc:
+        raise sec.error(at_key if exc.field == "at_s" else exc.field, exc.reason) from None
+
+
+def _timing(sec: Section, clock: _Clock) -> tuple[float, str, float | None, dict[str, float]]:
+    """What events and faults share: when (seconds, and the key it came from), how long
+    (None: not given), the parameters. The table's last read: unknown keys are checked here."""
+    at, at_key = _when(sec)
+    duration_s = sec.get_float("duration_s", None, above=0.0)
+    params = sec.get_float_map("params", {})
+    sec.check_unused()
+    if at is None:
+        raise sec.error("at_s", "required: when it happens (at_s = seconds, or at)")
+    return clock.seconds(sec, at_key, at), at_key, duration_s, params
+
+
+# --------------------------------------------------------------------------
+# time alignment
+# --------------------------------------------------------------------------
+def _norm(dt: datetime) -> datetime:
+    return dt.astimezone(UTC) if dt.utcoffset() is not None else dt
+
+
+def _aware(dt: datetime) -> bool:
+    return dt.utcoffset() is not None
+
+
+def _start_hour(dt: datetime | None) -> float:
+    # Wall-clock time of day as written, before any UTC conversion: that is
+    # the local time the synthetic diurnal cycle is about.
+    if dt is None:
+        return 0.0
+    return dt.hour + dt.minute / 60.0 + dt.second / 3600.0
+
+
+def _offset_between(
+    root: Section, key: str, scenario_start: datetime | None, series_start: datetime | None
+) -> float:
+    if scenario_start is None or series_start is None:
+        return 0.0
+    if _aware(scenario_start) != _aware(series_start):
+        raise root.error(
+            key,
+            "cannot align by absolute time: one of the scenario start "
+            f"({scenario_start.isoformat()}) and this series' start "
+            f"({series_start.isoformat()}) has a time zone and the other does not",
+        )
+    return (_norm(scenario_start) - _norm(series_start)).total_seconds()
+
+
+def _coverage_problem(series: TimeSeries, offset: float, duration: float) -> str | None:
+    if series.wrap:
+        return None
+    t = series.t_s
+    cover = float(t[-1] + (t[-1] - t[-2]))  # the last sample stands for one interval
+    if offset < -1e-6:
+        return f"starts {-offset:g} s after the scenario start"
+    if offset + duration > cover + 1e-6:
+        return (
+            f"covers {cover / 3600:g} h from the scenario start but the scenario runs "
+            f"{duration / 3600:g} h; set wrap to repeat it, or shorten the duration"
+        )
+    return None
