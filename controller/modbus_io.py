@@ -21,11 +21,7 @@ Reading
   (0x8000 i16, 0xFFFF u16, 0xFFFFFFFF u32, 0x80000000 i32, see
   ``hil/image.py``) become NaN with one vectorised comparison. Such a point
   is *fresh* (it was read) but NaN: the device itself reports a failed input.
-  Measured (CPython 3.11, 2-core container): decoding and assembling the
-  11,354 points of a generated 360-tank site from its 567 responses takes
-  ~1.4 ms; a whole ``read_all`` of the 514-point demo hall against the
-  served plant on 127.0.0.1 ~9 ms (p50), of the 11,354-point site ~52 ms,
-  with the plant's server in the same process and event loop.
+  Its cost is in the README's Benchmarks section (``thermogate bench scan``).
 * **Bounded time.** :meth:`ModbusIO.read_all` returns within
   ``scan_budget_s`` whatever the devices do: every unit runs under one
   deadline. A unit that does not answer (timeout, refused or lost

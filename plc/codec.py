@@ -293,13 +293,7 @@ class BlockDecoder:
     ``map(operator.mul, raw, scales)``. Bit blocks are one ``itemgetter`` and
     ``map(bool, ...)``.
 
-    Measured (CPython 3.11.7, 2-core dev container, best of 50 runs):
-    10,000 mixed points (u16/i16/u32/i32/f32, both word orders, scales)
-    planned into 129 reads of <=125 registers: ``decode`` 0.95 ms for all
-    (~95 ns/point), ``decode_into`` a dict 1.5 ms; 10,000 coils in 5 reads
-    of 2000 bits: ``decode`` 0.23 ms, ``decode_into`` 0.7 ms. Per-point
-    :func:`decode` of the same 10,000 points: 14 ms.
-    ``tests/test_codec.py`` asserts the 10,000-point case stays under 5 ms.
+    What that costs is in the README's Benchmarks section.
 
     Values come back in ``self.points`` order, which is address order.
     """
