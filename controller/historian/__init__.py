@@ -8,8 +8,11 @@ training, forecasts and benchmarks). The parts:
     column names, the shard layout, tables, schema version, validation of an
     existing file (the why of the layout is in its docstring);
 ``writer``
-    the ``Historian``: queue, writer thread, urgent (fsynced) commits,
-    flush/close, error reporting — the scan never waits for the disk;
+    the ``Historian``, callers' side: validate, copy, enqueue, flush/close,
+    error reporting — the scan never waits for the disk;
+``committer``
+    the ``Historian``'s writer thread: batched telemetry commits, urgent
+    (fsynced) events/audit/state, retries, the backlog bound;
 ``aggregate``
     1-minute aggregates (live and catch-up) and retention, on the writer thread;
 ``reader``

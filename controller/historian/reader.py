@@ -73,25 +73,29 @@ class HistoryReader:
         self._lock = threading.RLock()
         self._depth = 0  # snapshot nesting: reads inside one share its transaction
         try:
-            self._load_layout(site_name)
+            meta, rows = self._load_layout()
+            check_meta(meta, self.path, site_name)
         except sqlite3.DatabaseError as exc:  # not SQLite at all
             conn.close()
             raise HistorianError(f"{self.path}: not a readable historian database: {exc}") from None
         except BaseException:
             conn.close()
             raise
+        #: the site whose history this is ("" for a file that never stored one)
+        self.site_name: str = meta.get("site_name", "")
+        # read once: points a Historian adds later (when it opens) need a new reader
+        self._col_of = {str(n): (int(k), str(col), int(slot)) for n, k, col, slot in rows}
+        self._n_shards = 1 + max((k for k, _, _ in self._col_of.values()), default=-1)
 
-    def _load_layout(self, site_name: str) -> None:
+    def _load_layout(self) -> tuple[dict[str, str], list[tuple]]:
+        """The ``meta`` table and the ``points`` rows (name, shard, col, slot)."""
         c = self._conn
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not {"meta", "points"} <= tables:
             raise HistorianError(f"{self.path}: not a thermogate historian database")
         meta = dict(c.execute('SELECT "key", "value" FROM "meta"').fetchall())
-        check_meta(meta, self.path, site_name)
-        self.site_name: str = meta.get("site_name", "")
         rows = c.execute('SELECT "name", "shard", "col", "slot" FROM "points"').fetchall()
-        self._col_of = {str(n): (int(k), str(col), int(slot)) for n, k, col, slot in rows}
-        self._n_shards = 1 + max((k for k, _, _ in self._col_of.values()), default=-1)
+        return meta, rows
 
     def close(self) -> None:
         with self._lock:
