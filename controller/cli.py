@@ -135,13 +135,13 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from thermogate.models.cli import train_cli
+    from .modelcli import train_cli
 
     return train_cli(args)
 
 
 def cmd_forecast(args: argparse.Namespace) -> int:
-    from thermogate.models.cli import forecast_cli
+    from .modelcli import forecast_cli
 
     return forecast_cli(args)
 
@@ -152,9 +152,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         result = bench_scan(args)
     elif args.bench == "forecast":
-        from thermogate.models.bench import bench_forecast
+        from .bench_forecast import bench_forecast
 
         result = bench_forecast(args)
+    elif args.bench == "historian":
+        from .historian.bench import bench_historian
+
+        result = bench_historian(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -315,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bfc.add_argument("--json", action="store_true")
     bfc.set_defaults(func=cmd_bench)
+    bhi = bsub.add_parser(
+        "historian", help="historian: caller cost of a scan/event, writer throughput, disk"
+    )
+    bhi.add_argument("--points", type=_positive_int, default=10_000, help="points per scan")
+    bhi.add_argument("--scans", type=_positive_int, default=300, help="scans per phase")
+    bhi.add_argument("--json", action="store_true")
+    bhi.set_defaults(func=cmd_bench)
     return p
 
 

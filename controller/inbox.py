@@ -15,7 +15,6 @@ row that does not decode is answered as refused, with the reason.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -37,6 +36,7 @@ from .core.commands import (
     SetSetpoint,
     SetTuning,
 )
+from .historian.schema import open_side_db
 
 KINDS: dict[str, type] = {
     c.__name__: c
@@ -98,12 +98,7 @@ class Inbox:
 
     def __init__(self, db: str | Path) -> None:
         self.path = Path(db)
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=10.0, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ThermogateError(f"{self.path}: not a thermogate database ({exc})") from None
+        self._conn = open_side_db(self.path, _SCHEMA)
 
     def close(self) -> None:
         self._conn.close()

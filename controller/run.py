@@ -18,12 +18,10 @@ import contextlib
 import itertools
 import logging
 import signal
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,17 +31,13 @@ from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
 
-from .core import Command, CommandResult, Controller, Principal, ScanResult
+from .core import Command, CommandResult, Controller, Principal
+from .forecasting import ModelRuntime
 from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
 from .signals import Audit, Event, Observation
 from .users import UserStore
-
-if TYPE_CHECKING:  # scikit-learn loads when the model starts, not at import
-    from thermogate.models.forecast import ThermalModel
-    from thermogate.models.live import ForecastUpdate, LiveForecaster
-    from thermogate.models.retrain import RetrainScheduler, TrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -171,87 +165,13 @@ class RealTimeController:
         self.overruns = 0
         self.scans = 0
         self.last: dict[str, object] = {}
-        self.forecast: ForecastUpdate | None = None
-        self.forecaster: LiveForecaster | None = None
-        self.retrainer: RetrainScheduler | None = None
-        self._handover: list[tuple[ThermalModel, int, float]] = []  # from the retrain thread
-        self._retrain_events: list[Event] = []
-        self._lock = threading.Lock()
+        #: the thermal model and its retraining (None: forecasting is off)
+        self.model: ModelRuntime | None = None
         if cfg.forecast:
-            self._start_model()
-
-    # -- the thermal model ---------------------------------------------------
-    def _start_model(self) -> None:
-        """The promoted model (if any) forecasts; retraining runs in its own thread."""
-        from thermogate.models.live import LiveForecaster
-        from thermogate.models.registry import Registry
-        from thermogate.models.retrain import MIN_HOURS, RetrainScheduler
-
-        self.forecaster = LiveForecaster(self.cfg.site, self.columns)
-        with Registry(self.cfg.db) as reg:
-            got = reg.promoted()
-            t1 = {v["id"]: v["t1"] for v in reg.versions()}
-        if got is not None and got[1].incompatible():
-            self._retrain_events.append(
-                Event(
-                    time.time(), "alarm", "model",
-                    f"promoted model version {got[0]} was trained on other features than "
-                    "this version builds: not used until a retrain replaces it", 500,
-                )
+            self.model = ModelRuntime.for_run(
+                self.ctrl, cfg.site, self.columns, cfg.db, self.historian.reader,
+                retrain_every_h=cfg.retrain_every_h, train_days=cfg.train_days,
             )  # fmt: skip
-            got = None
-        if got is not None:
-            version, model = got
-            self.forecaster.set_model(model, trained_t=t1[version], version=version)
-            # the last minutes from before a restart: forecasts resume at once
-            self.forecaster.seed(self.historian, time.time())
-        every = self.cfg.retrain_every_h * 3600.0
-        # without a model, try as soon as there is enough history to learn from
-        first = every if got is not None else min(every, (MIN_HOURS + 0.25) * 3600.0)
-        self.retrainer = RetrainScheduler(
-            self.cfg.db,
-            self.cfg.site,
-            every_s=every,
-            first_after_s=first,
-            days=self.cfg.train_days,
-            on_outcome=self._on_retrain,
-        )
-
-    def _on_retrain(self, outcome: TrainOutcome | None, error: str | None) -> None:
-        """Called on the retrain thread: hand the result to the scan loop."""
-        now = time.time()
-        with self._lock:
-            if error is not None:
-                self._retrain_events.append(Event(now, "alarm", "model", error, 500))
-                return
-            assert outcome is not None
-            verdict = "promoted" if outcome.promoted else "not promoted"
-            self._retrain_events.append(
-                Event(
-                    now, "info", "model",
-                    f"retrained model version {outcome.version} {verdict}: {outcome.reason}", 300,
-                )
-            )  # fmt: skip
-            if outcome.promoted:
-                self._handover.append((outcome.model, outcome.version, outcome.window[1]))
-
-    def _model_step(self, now: float, res: ScanResult) -> None:
-        """Swap in a newly promoted model, feed the forecaster, hand headroom to the core."""
-        fc = self.forecaster
-        if fc is None:
-            return
-        with self._lock:
-            handover, self._handover = self._handover, []
-            res.events.extend(self._retrain_events)
-            self._retrain_events = []
-        for model, version, t1 in handover[-1:]:
-            fc.set_model(model, trained_t=t1, version=version)
-        fc.observe(now, *res.record)
-        upd = fc.update(now)
-        if upd is not None:
-            self.forecast = upd
-            self.ctrl.set_forecast(upd.t, upd.loads)
-            res.events.extend(upd.events)
 
     def _restore_state(self) -> None:
         """Latched trips, overrides (with their expiry), setpoints, tunings,
@@ -343,7 +263,8 @@ class RealTimeController:
             self._audit(a)
         if self.ctrl.state.version != self._saved_version:  # a trip latched, an override ended
             self.save_state()
-        self._model_step(now, res)
+        if self.model is not None:
+            res.events.extend(self.model.step(now, res))
         for ev in res.events:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
         self.historian.record_scan(now, *res.record)
@@ -352,8 +273,8 @@ class RealTimeController:
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
 
     async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
-        if self.retrainer is not None:
-            self.retrainer.start()
+        if self.model is not None:
+            self.model.start()
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         last_save = last_status = loop.time()
@@ -377,8 +298,8 @@ class RealTimeController:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def close(self) -> None:
-        if self.retrainer is not None:
-            self.retrainer.stop(timeout=5.0)  # a fit in progress finishes on its own
+        if self.model is not None:
+            self.model.close()  # a fit in progress finishes on its own
         self.save_state()
         await self.io.close()
         self.inbox.close()
@@ -413,9 +334,8 @@ def _status_line(rt: RealTimeController) -> None:
             f" fans {np.nanmean(fans):.0f} %, pumps " + "/".join(f"{x:.0f}" for x in pumps) + " %",
             flush=True,
         )
-    fc = rt.forecaster
-    if fc is not None:
-        upd = rt.forecast
+    if rt.model is not None:
+        fc, upd = rt.model.forecaster, rt.model.last
         if fc.model is None:
             print("  model: none promoted yet (retrains on schedule)", flush=True)
         elif upd is not None and upd.zones:

@@ -30,6 +30,7 @@ from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site
 
 from .core import Controller, Planner
+from .forecasting import ModelRuntime
 from .historian import Historian
 from .signals import Event, Observation
 
@@ -88,6 +89,7 @@ def run_simulation(
             f"timeout ({site.plc.heartbeat_timeout_s:g} s), or the PLC takes its safe state"
         )
     ctrl = Controller(site, pmap, planner=planner, scan_s=scan_s)
+    model = ModelRuntime(ctrl, forecaster) if forecaster is not None else None
     # a historian opened with ``record_columns`` also gets the planned load
     with_plan = historian is not None and list(historian.point_names) == record_columns(pmap, site)
     scan_s = ctrl.scan_s
@@ -170,15 +172,11 @@ def run_simulation(
                 log(Event(plant.t, "write-failed", w.point, str(exc), 700))
         for ev in res.events:
             log(ev)
-        if forecaster is not None:
-            forecaster.observe(obs.t, *res.record)
-            upd = forecaster.update(obs.t)
-            if upd is not None:
-                ctrl.set_forecast(upd.t, upd.loads)
-                fc_zones = upd.zones
-                fc_trusted = upd.trusted
-                for ev in upd.events:
-                    log(ev)
+        if model is not None:
+            for ev in model.step(obs.t, res):
+                log(ev)
+            if model.last is not None:
+                fc_zones, fc_trusted = model.last.zones, model.last.trusted
         sim.step(steps_per_scan)
         for ev in plant.events:
             if "interlock:" in ev[1] or "tripped" in ev[1]:

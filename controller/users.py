@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from thermogate.plc.errors import ThermogateError
 
 from .core.commands import ROLES, Principal
+from .historian.schema import open_side_db
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
 MIN_SECRET_LEN = 4  # a 4-digit console PIN is the shortest secret accepted
@@ -46,17 +46,6 @@ CREATE TABLE IF NOT EXISTS "users" (
     "p" INTEGER NOT NULL,
     "created" REAL NOT NULL,
     "updated" REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS "audit" (
-    "id" INTEGER PRIMARY KEY,
-    "t" REAL,
-    "who" TEXT,
-    "where" TEXT,
-    "point" TEXT,
-    "old" REAL,
-    "new" REAL,
-    "why" TEXT,
-    "ok" INTEGER
 );
 """
 
@@ -88,12 +77,7 @@ class UserStore:
 
     def __init__(self, db: str | Path) -> None:
         self.path = Path(db)
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=10.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ThermogateError(f"{self.path}: not a thermogate database ({exc})") from None
+        self._conn = open_side_db(self.path, _SCHEMA)
 
     def close(self) -> None:
         self._conn.close()

@@ -1,9 +1,10 @@
-"""Datasets for the learned thermal model, built from the historian only.
+"""Datasets for the learned thermal model, built from recorded telemetry only.
 
 The model never sees the simulated plant: everything here comes from recorded
-telemetry (values + quality per scan) and from the site *description* (which
-points exist, which tank sits on which loop, nameplate power, alarm limits —
-the configuration the controller itself runs on).
+telemetry (values + quality per scan, as arrays: the controller reads them
+from its historian) and from the site *description* (which points exist, which
+tank sits on which loop, nameplate power, alarm limits — the configuration the
+controller itself runs on).
 
 Pipeline
 ========
@@ -13,7 +14,8 @@ Pipeline
    A step is *invalid* for a point when fewer than half of the step's scans
    carry a usable sample of it, and for every point when the step holds fewer
    than half the usual number of scans (a gap in the recording). Invalid steps
-   are NaN; nothing is interpolated.
+   are NaN; nothing is interpolated. The rule lives in :mod:`.bins`, shared
+   with the live forecaster and the historian's aggregates.
 2. **Zones.** ``tank`` (every immersion tank: target = fluid temperature, the
    mean of ``fluid_temp`` and ``fluid_temp_b`` where both are usable, the usable
    one where only one is), ``loop`` (target = loop ``supply_temp``) and ``cdu``
@@ -42,8 +44,20 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.plc.records import PLAN_HORIZONS_MIN
+from thermogate.plc.points import BAD
+from thermogate.plc.pointtable import (
+    CduPoints,
+    DryCoolerPoints,
+    LoopPoints,
+    PlcPoints,
+    PumpPoints,
+    RowPoints,
+    TankPoints,
+)
+from thermogate.plc.records import PLAN_HORIZONS_MIN, plan_column, setpoint_column
 from thermogate.plc.site import Site
+
+from .bins import bin_index, bin_means, bin_sums, usual_scans
 
 __all__ = [
     "BAD",
@@ -57,7 +71,6 @@ __all__ = [
     "zone_specs",
 ]
 
-BAD = 2  # quality code of a value not to be used (controller.signals.BAD)
 DELTA_STEPS = (5, 15)
 WINDOW = max(DELTA_STEPS)
 DAY_S = 86400.0
@@ -119,28 +132,32 @@ class ZoneSpec:
     loads: tuple[str, ...] = ()  # tanks / rack rows whose planned load is the zone's plan
 
     def plan_points(self, h: int) -> tuple[str, ...]:
-        return tuple(f"plan.{ld}.kw_{h}m" for ld in self.loads)
+        return tuple(plan_column(ld, h) for ld in self.loads)
 
     @property
     def setpoint_points(self) -> tuple[str, str]:
         """The working setpoints of the zone's own temperature and of its loop's supply."""
-        return (f"sp.{self.temp[0]}", f"sp.{self.loop}.supply_temp")
+        loop_supply = LoopPoints.point_name(self.loop, "supply_temp")
+        return (setpoint_column(self.temp[0]), setpoint_column(loop_supply))
 
 
 def zone_specs(site: Site) -> list[ZoneSpec]:
     """The zones of a site: every tank, loop and CDU, with their feature points."""
     specs: list[ZoneSpec] = []
     loops = {lp.name: lp for lp in site.loops}
+    # point names from the point table (a misspelled attribute raises here)
+    tank, loop, cdu = TankPoints.point_name, LoopPoints.point_name, CduPoints.point_name
+    cooler, pump, row = DryCoolerPoints.point_name, PumpPoints.point_name, RowPoints.point_name
 
     def loop_points(lp_name: str) -> dict[str, tuple[str, ...]]:
         lp = loops[lp_name]
         return {
-            "supply_temp": (f"{lp.name}.supply_temp",),
-            "return_temp": (f"{lp.name}.return_temp",),
-            "loop_flow": (f"{lp.name}.flow",),
-            "fan_speed": tuple(f"{dc.name}.fan_speed" for dc in lp.dry_coolers),
-            "pump_speed": tuple(f"{p.name}.speed" for p in lp.pumps),
-            "ambient": ("site.ambient_temp",),
+            "supply_temp": (loop(lp.name, "supply_temp"),),
+            "return_temp": (loop(lp.name, "return_temp"),),
+            "loop_flow": (loop(lp.name, "flow"),),
+            "fan_speed": tuple(cooler(d.name, "fan_speed") for d in lp.dry_coolers),
+            "pump_speed": tuple(pump(p.name, "speed") for p in lp.pumps),
+            "ambient": (PlcPoints.point_name("plc", "ambient_temp"),),
         }
 
     for t in site.tanks:
@@ -149,13 +166,16 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
             ZoneSpec(
                 "tank",
                 t.name,
-                (f"{t.name}.fluid_temp", f"{t.name}.fluid_temp_b"),
-                (f"{t.name}.power_kw",),
+                (
+                    tank(t.name, "fluid_temp"),
+                    tank(t.name, "fluid_temp_b"),
+                ),
+                (tank(t.name, "power_kw"),),
                 float(t.units * t.unit_power_kw),
                 float(t.limits.fluid_alarm_c),
                 t.loop,
                 {
-                    "valve_pos": (f"{t.name}.valve_pos",),
+                    "valve_pos": (tank(t.name, "valve_pos"),),
                     **{k: lpp[k] for k in ("supply_temp", "loop_flow", "fan_speed", "ambient")},
                 },
                 (t.name,),
@@ -171,14 +191,14 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
             ZoneSpec(
                 "cdu",
                 c.name,
-                (f"{c.name}.supply_temp",),
-                tuple(f"{r.name}.power_kw" for r in rows),
+                (cdu(c.name, "supply_temp"),),
+                tuple(row(r.name, "power_kw") for r in rows),
                 float(sum(r.nodes * r.node_power_kw for r in rows)) or 1.0,
                 float(c.supply_alarm_c),
                 c.loop,
                 {
-                    "valve_pos": (f"{c.name}.valve_pos",),
-                    "return_temp": (f"{c.name}.return_temp",),
+                    "valve_pos": (cdu(c.name, "valve_pos"),),
+                    "return_temp": (cdu(c.name, "return_temp"),),
                     **{k: lpp[k] for k in ("supply_temp", "loop_flow", "fan_speed", "ambient")},
                 },
                 tuple(r.name for r in rows),
@@ -194,8 +214,8 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
                 "loop",
                 lp.name,
                 lpp["supply_temp"],
-                tuple(f"{t.name}.power_kw" for t in tanks)
-                + tuple(f"{r.name}.power_kw" for r in rows),
+                tuple(tank(t.name, "power_kw") for t in tanks)
+                + tuple(row(r.name, "power_kw") for r in rows),
                 float(
                     sum(t.units * t.unit_power_kw for t in tanks)
                     + sum(r.nodes * r.node_power_kw for r in rows)
@@ -209,8 +229,8 @@ def zone_specs(site: Site) -> list[ZoneSpec]:
                         for k in ("return_temp", "loop_flow", "fan_speed", "pump_speed", "ambient")
                     },
                     # the most open valve on the loop drives trim & respond of its supply
-                    "valve_max": tuple(f"{t.name}.valve_pos" for t in tanks)
-                    + tuple(f"{c}.valve_pos" for c in sorted(cdu_names)),
+                    "valve_max": tuple(tank(t.name, "valve_pos") for t in tanks)
+                    + tuple(cdu(c, "valve_pos") for c in sorted(cdu_names)),
                 },
                 tuple(t.name for t in tanks) + tuple(r.name for r in rows),
             )
@@ -240,42 +260,21 @@ def resample(
     names = list(values)
     if len(t) == 0:
         return Resampled(np.zeros(0), {n: np.zeros(0) for n in names}, step_s)
-    k = np.floor(t / step_s).astype(np.int64)
+    k = bin_index(t, step_s)
     k0 = int(k.min())
     b = k - k0
     nb = int(b.max()) + 1
     rows = np.bincount(b, minlength=nb).astype(np.float64)
-    usual = float(np.median(rows[rows > 0]))
-    gap = rows < 0.5 * usual
+    usual = usual_scans(rows)
     out: dict[str, np.ndarray] = {}
     for n in names:
         v = np.asarray(values[n], dtype=np.float64)
         ok = np.isfinite(v)
         if quality is not None and n in quality:
             ok &= np.asarray(quality[n]) != BAD
-        cnt = np.bincount(b, weights=ok.astype(np.float64), minlength=nb)
-        s = np.bincount(b, weights=np.where(ok, v, 0.0), minlength=nb)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = s / cnt
-        m[(cnt < 0.5 * rows) | gap | (cnt == 0)] = np.nan
-        out[n] = m
+        s, cnt = bin_sums(b, v, ok, nb)
+        out[n] = bin_means(s, cnt, rows, usual)
     return Resampled((k0 + np.arange(nb)) * step_s, out, step_s)
-
-
-def _read_historian(
-    hist: Any, names: Sequence[str], t0: float | None, t1: float | None
-) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    lo = -1e18 if t0 is None else float(t0)
-    hi = 1e18 if t1 is None else float(t1)
-    tel = hist.telemetry(list(names), lo, hi, resolution="raw")
-    q = hist.quality(list(names), lo, hi)
-    t = tel["t"]
-    qt = q["t"]
-    if len(qt) != len(t) or not np.array_equal(qt, t):  # align on timestamps (should not happen)
-        pos = np.clip(np.searchsorted(qt, t), 0, max(len(qt) - 1, 0))
-        hit = (len(qt) > 0) & (qt[pos] == t) if len(qt) else np.zeros(len(t), bool)
-        q = {n: np.where(hit, q[n][pos], BAD) if len(qt) else np.full(len(t), BAD) for n in names}
-    return t, {n: tel[n] for n in names}, {n: q[n] for n in names}
 
 
 # ----------------------------------------------------------------------------
@@ -514,7 +513,7 @@ def input_columns(specs: Sequence[ZoneSpec], have: Collection[str]) -> list[str]
 
 
 def build_dataset(
-    historian_or_arrays: Any,
+    arrays: Mapping[str, Any],
     site: Site,
     *,
     horizons_min: Sequence[int] = (5, 15, 30),
@@ -526,39 +525,35 @@ def build_dataset(
 ) -> Dataset:
     """Rows of features and future temperature changes for every zone of ``site``.
 
-    ``historian_or_arrays`` is a :class:`~thermogate.controller.historian.Historian`
-    (raw scans between ``t0`` and ``t1`` are read with their quality) or a
-    mapping ``{"t": times, point: values, ..., "quality": {point: codes}}`` (the
-    quality mapping optional: then only NaN is invalid). Horizons are in
-    minutes of data time and must be whole multiples of ``step_s``.
+    ``arrays`` is ``{"t": times, point: values, ..., "quality": {point: codes}}``
+    (the quality mapping optional: then only NaN is invalid), e.g. the raw scans
+    of the points :func:`input_columns` names. Only scans in ``[t0, t1]`` are
+    used. Horizons are in minutes of data time and must be whole multiples of
+    ``step_s``.
     """
     horizons_s = [float(h) * 60.0 for h in horizons_min]
     if any(h <= 0 or abs(h / step_s - round(h / step_s)) > 1e-9 for h in horizons_s):
         raise ValueError("horizons must be positive multiples of step_s")
     steps = tuple(round(h / step_s) for h in horizons_s)
     specs = [s for s in zone_specs(site) if s.kind in kinds]
-    if isinstance(historian_or_arrays, Mapping):
-        have = set(historian_or_arrays)
+    names = input_columns(specs, set(arrays))
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise KeyError(f"arrays lack points {missing[:5]}{'...' if len(missing) > 5 else ''}")
+    t = np.asarray(arrays["t"], dtype=np.float64)
+    qual_in = arrays.get("quality")
+    if t0 is None and t1 is None:  # every scan: no copy of what may be days of them
+        vals = {n: np.asarray(arrays[n], dtype=np.float64) for n in names}
+        qual = {n: np.asarray(qual_in[n]) for n in names if n in qual_in} if qual_in else None
     else:
-        have = {p["name"] for p in historian_or_arrays.points()}
-    names = input_columns(specs, have)
-    if isinstance(historian_or_arrays, Mapping):
-        arr = historian_or_arrays
-        t = np.asarray(arr["t"], dtype=np.float64)
         sel = np.ones(len(t), bool)
         if t0 is not None:
             sel &= t >= t0
         if t1 is not None:
             sel &= t <= t1
-        missing = [n for n in names if n not in arr]
-        if missing:
-            raise KeyError(f"arrays lack points {missing[:5]}{'...' if len(missing) > 5 else ''}")
-        vals = {n: np.asarray(arr[n], dtype=np.float64)[sel] for n in names}
-        qual_in = arr.get("quality")
+        vals = {n: np.asarray(arrays[n], dtype=np.float64)[sel] for n in names}
         qual = {n: np.asarray(qual_in[n])[sel] for n in names if n in qual_in} if qual_in else None
         t = t[sel]
-    else:
-        t, vals, qual = _read_historian(historian_or_arrays, names, t0, t1)
     rs = resample(t, vals, qual, step_s=step_s)
     out = {}
     for kind in kinds:

@@ -41,6 +41,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from .baselines import RCBaseline, persistence
 from .dataset import Dataset, KindData
+from .scoring import abs_errors, coverage, mae
 from .trees import CompiledForest
 
 __all__ = ["HGB_PARAMS", "KindModel", "ThermalModel", "evaluate"]
@@ -316,7 +317,6 @@ def evaluate(
             continue
         truth = rows.temp[:, None] + rows.y
         mean, upper = model.predict(rows)
-        err = np.abs(mean - truth)
         res: dict[str, dict[str, float]] = {
             "mae_c": {},
             "p95_c": {},
@@ -329,12 +329,12 @@ def evaluate(
         rcp = rc.predict(rows) if rc is not None else None
         for j, h in enumerate(rows.horizons_min):
             k = str(h)
-            res["mae_c"][k] = float(err[:, j].mean())
-            res["p95_c"][k] = float(np.percentile(err[:, j], 95))
-            res["persistence_mae_c"][k] = float(np.abs(pers[:, j] - truth[:, j]).mean())
+            res["mae_c"][k] = mae(mean[:, j], truth[:, j])
+            res["p95_c"][k] = float(np.percentile(abs_errors(mean[:, j], truth[:, j]), 95))
+            res["persistence_mae_c"][k] = mae(pers[:, j], truth[:, j])
             if rcp is not None:
-                res["rc_mae_c"][k] = float(np.abs(rcp[:, j] - truth[:, j]).mean())
-            res["coverage"][k] = float((truth[:, j] <= upper[:, j]).mean())
+                res["rc_mae_c"][k] = mae(rcp[:, j], truth[:, j])
+            res["coverage"][k] = coverage(upper[:, j], truth[:, j])
             res["bound_width_c"][k] = float((upper[:, j] - mean[:, j]).mean())
         out[rows.kind] = res
     return out

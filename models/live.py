@@ -14,15 +14,19 @@ a point, is invalid — never interpolated). Once a minute (:meth:`update`) it
    the conservative fallback when not trusted,
 4. scores the forecasts made ``h`` minutes ago against what happened
    (the live errors the trust check watches), and
-5. returns a :class:`ForecastUpdate`: headroom per zone and per load (what
-   the controller's planning seam receives), the forecasts, and events
-   (an alarm when trust is lost, a clear when it returns).
+5. returns a :class:`ForecastUpdate`: headroom per zone and per load
+   (:class:`LoadHeadroom`, what the controller hands its planning seam), the
+   forecasts, and notices (:class:`Notice`: an alarm when trust is lost, a
+   clear when it returns). These are the model's own records: the controller
+   adapts them to its own types (``controller/forecasting.py``).
 
 Without a model it can learn one from its own history
 (``learn_after_s``): ``thermogate simulate`` uses this to show a model
 learned from the first hours of a run forecasting the rest.
 
-Pure: no clock reads and no I/O; time is the data time handed in.
+Pure: no clock reads and no I/O; time is the data time handed in. A
+restarted controller fills the minute bins from its historian with
+:meth:`LiveForecaster.seed` (arrays it read over :meth:`seed_window`).
 """
 
 from __future__ import annotations
@@ -36,20 +40,42 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.controller.core import LoadForecast
-from thermogate.controller.signals import BAD, Event
+from thermogate.plc.points import BAD
 from thermogate.plc.site import Site
 
+from .bins import BinAccumulator, bin_index, bin_means, usual_scans
 from .dataset import WINDOW, build_dataset, input_columns, resample, zone_specs
 from .forecast import ThermalModel
 from .headroom import Headroom, headroom, latest_rows
+from .scoring import Score
 from .trust import LiveErrors, Trust
 
-__all__ = ["ForecastUpdate", "LiveForecaster", "LoadForecast"]
+__all__ = ["LIVE_STEPS", "ForecastUpdate", "LiveForecaster", "LoadHeadroom", "Notice"]
 
 CLEAR_AFTER = 5  # trusted minutes in a row before a distrusted model is trusted again
 #: minutes of history a forecast is built from (lagged features reach back past the window)
 LIVE_STEPS = 2 * WINDOW
+
+
+@dataclass(frozen=True)
+class LoadHeadroom:
+    """The model's word on one load (a tank or a rack row)."""
+
+    headroom_kw: float  # extra kW this load may add now (its tank, or its share of its CDU)
+    loop_headroom_kw: float  # extra kW the load's whole loop may take (shared by its loads)
+    time_to_limit_min: float  # first of its zones to reach its limit at current load (inf: > 30)
+    trusted: bool  # False: the conservative fallback (model out of range, stale or drifting)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the forecaster has to say: trust lost (alarm), regained (clear), info."""
+
+    t: float
+    kind: str  # alarm | clear | info
+    message: str
+    severity: int = 500  # OPC UA style 1..1000
+    data: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -58,49 +84,39 @@ class ForecastUpdate:
     trusted: bool
     reasons: list[str]
     zones: dict[str, Headroom]  # by zone name (tank, CDU, loop)
-    loads: dict[str, LoadForecast]  # by load name (tank, rack row)
+    loads: dict[str, LoadHeadroom]  # by load name (tank, rack row)
     forecasts: dict[str, tuple[str, np.ndarray, np.ndarray]]  # zone -> (kind, mean, upper)
-    events: list[Event] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
 
 
 class _MinuteBins:
-    """One-minute means of selected points, valid as :func:`resample` defines it."""
+    """One-minute means of selected points, valid as :mod:`.bins` defines it."""
 
     def __init__(self, n: int, step_s: float, keep: int | None) -> None:
         self.step_s = step_s
         self.n = n
         self.k: int | None = None
-        self.sum = np.zeros(n)
-        self.cnt = np.zeros(n)
-        self.scans = 0
+        self.acc = BinAccumulator(n, extremes=False)
         self.t: deque[float] = deque(maxlen=keep)
         self.v: deque[np.ndarray] = deque(maxlen=keep)
         self.scans_per_bin: deque[int] = deque(maxlen=keep or 1440)
 
     def add(self, t: float, values: np.ndarray, usable: np.ndarray) -> None:
-        k = math.floor(t / self.step_s)
+        k = bin_index(t, self.step_s)
         if self.k is not None and k != self.k:
             self._close()
         if self.k != k:
             self.k = k
-            self.sum[:] = 0.0
-            self.cnt[:] = 0.0
-            self.scans = 0
-        self.sum += np.where(usable, values, 0.0)
-        self.cnt += usable
-        self.scans += 1
+            self.acc.reset()
+        self.acc.add(values, usable)
 
     def _close(self) -> None:
         assert self.k is not None
-        self.scans_per_bin.append(self.scans)
-        usual = float(np.median(self.scans_per_bin))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = self.sum / self.cnt
-        mean[(self.cnt < 0.5 * self.scans) | (self.cnt == 0)] = np.nan
-        if self.scans < 0.5 * usual:
-            mean[:] = np.nan  # a gap in the scans: nothing of this minute is used
+        scans = self.acc.rows
+        self.scans_per_bin.append(scans)
+        usual = usual_scans(np.asarray(self.scans_per_bin))
         self.t.append(self.k * self.step_s)
-        self.v.append(mean)
+        self.v.append(bin_means(self.acc.sum, self.acc.cnt, scans, usual))
 
     def arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         # only the tail: a run that learns keeps its whole history in these deques
@@ -158,8 +174,8 @@ class LiveForecaster:
         # forecasts awaiting their actuals: (zone, target bin time) -> (kind, horizon, mean)
         self._pending: dict[tuple[str, float], list[tuple[str, int, float, float]]] = {}
         self._ok_streak = 0
-        #: per kind, for the report horizon: [sum |error|, forecasts scored, under the bound]
-        self.score: dict[str, list[float]] = {}
+        #: per kind, the scored forecasts of the report horizon
+        self.score: dict[str, Score] = {}
         #: (minute, zone) -> the minute's measured mean, once known (for reports)
         self.measured: dict[tuple[float, str], float] = {}
         #: (target time, zone) -> (mean, upper) of the 15-min forecast, for reports
@@ -201,21 +217,29 @@ class LiveForecaster:
         self.errors = LiveErrors()  # errors of the previous model say nothing about this one
         self._pending.clear()
 
-    def seed(self, history: Any, now: float) -> int:
-        """Fill the minute bins from a historian's last minutes, so a restarted
-        controller forecasts at once instead of after ``LIVE_STEPS`` minutes.
-
-        ``history`` has the historian's ``telemetry``/``quality`` reads; the
-        minutes are resampled exactly as :meth:`observe` would have binned them.
-        Returns the number of minutes seeded (0 when the history is not recent).
-        """
+    def seed_window(self, now: float) -> tuple[float, float]:
+        """The data time (t0, t1) of the recorded scans :meth:`seed` wants: the
+        last ``LIVE_STEPS`` whole minutes before ``now``."""
         t0 = (math.floor(now / self.step_s) - LIVE_STEPS) * self.step_s
         t1 = math.floor(now / self.step_s) * self.step_s - 1e-6  # whole minutes only
-        tel = history.telemetry(self.names, t0, t1, resolution="raw")
-        if len(tel["t"]) == 0:
+        return t0, t1
+
+    def seed(
+        self,
+        t: np.ndarray,
+        values: Mapping[str, np.ndarray],
+        quality: Mapping[str, np.ndarray] | None,
+    ) -> int:
+        """Fill the minute bins from recorded scans (of :attr:`names`, over
+        :meth:`seed_window`), so a restarted controller forecasts at once
+        instead of after ``LIVE_STEPS`` minutes.
+
+        The minutes are resampled exactly as :meth:`observe` would have binned
+        them. Returns the number of minutes seeded (0 when there are no scans).
+        """
+        if len(t) == 0:
             return 0
-        qual = history.quality(self.names, t0, t1)
-        rs = resample(tel["t"], {n: tel[n] for n in self.names}, qual, step_s=self.step_s)
+        rs = resample(t, {n: values[n] for n in self.names}, quality, step_s=self.step_s)
         for i, tb in enumerate(rs.t):
             self.bins.t.append(float(tb))
             self.bins.v.append(np.array([rs.values[n][i] for n in self.names]))
@@ -238,7 +262,7 @@ class LiveForecaster:
             out[n] = v[:, j]
         return out
 
-    def _learn(self, t: float) -> list[Event]:
+    def _learn(self, t: float) -> list[Notice]:
         assert self.learn_after_s is not None and self._t_first is not None
         if self.model is not None or t - self._t_first < self.learn_after_s:
             return []
@@ -246,13 +270,13 @@ class LiveForecaster:
         self.learned_at = t  # once, whether or not it worked: do not retry every minute
         model = ThermalModel().fit(ds) if len(ds) else None
         if model is None or not model.kinds:
-            return [Event(t, "alarm", "model", "too few usable rows to learn a thermal model", 600)]
+            return [Notice(t, "alarm", "too few usable rows to learn a thermal model", 600)]
         self.set_model(model, trained_t=float(self.bins.t[-1]), version="learned in run")
         self.source = f"learned in-run from the first {(t - self._t_first) / 3600:.3g} h"
         kinds = ", ".join(f"{kd.kind} {len(kd)}" for kd in ds)
         return [
-            Event(
-                t, "info", "model",
+            Notice(
+                t, "info",
                 f"thermal model learned from {(t - self._t_first) / 3600:.1f} h of history "
                 f"({kinds} rows, {model.train_s:.1f} s)", 300,
             )
@@ -260,15 +284,15 @@ class LiveForecaster:
 
     def update(self, t: float) -> ForecastUpdate | None:
         """At most once a minute (after the minute's bin closed): see the module docstring."""
-        k = math.floor(t / self.step_s)
+        k = bin_index(t, self.step_s)
         if self._last_update_k == k or not self.bins.t:
             return None
         self._last_update_k = k
-        events: list[Event] = []
+        notices: list[Notice] = []
         if self.learn_after_s is not None:
-            events += self._learn(t)
+            notices += self._learn(t)
         if self.model is None or self.trust is None:
-            return None if not events else ForecastUpdate(t, False, [], {}, {}, {}, events)
+            return None if not notices else ForecastUpdate(t, False, [], {}, {}, {}, notices)
         ds = build_dataset(
             self._arrays(LIVE_STEPS), self.site, step_s=self.step_s, require_targets=False
         )
@@ -292,10 +316,10 @@ class LiveForecaster:
         else:
             zones = self.trust.conservative_headroom(live, self.site, margin_k=self.margin_k)
         forecasts = self._forecast(live, t_bin)
-        events += self._trust_events(t, verdict.ok, verdict.reasons, len(live))
+        notices += self._trust_notices(t, verdict.ok, verdict.reasons, len(live))
         return ForecastUpdate(
             t, verdict.ok, list(verdict.reasons), zones, self._per_load(zones, verdict.ok),
-            forecasts, events,
+            forecasts, notices,
         )  # fmt: skip
 
     def _forecast(self, live: list[Any], t_bin: float) -> dict[str, tuple[str, Any, Any]]:
@@ -323,10 +347,7 @@ class LiveForecaster:
                 for kind, h, mean, upper in self._pending.pop((z, float(tt)), []):
                     self.errors.add(kind, h, temp, mean)
                     if h == self.archive_horizon_min:
-                        acc = self.score.setdefault(kind, [0.0, 0, 0])
-                        acc[0] += abs(temp - mean)
-                        acc[1] += 1
-                        acc[2] += temp <= upper
+                        self.score.setdefault(kind, Score()).add(temp, mean, upper)
         if self.bins.t:
             now = float(self.bins.t[-1])
             for key in [k for k in self._pending if k[1] < now]:  # targets that never came
@@ -337,41 +358,43 @@ class LiveForecaster:
         forecasts, against the measured minute means they forecast."""
         h = self.archive_horizon_min
         return {
-            kind: {f"mae_{h}_c": round(a / n, 4), f"coverage_{h}": round(c / n, 4), "samples": n}
-            for kind, (a, n, c) in self.score.items()
-            if n
+            kind: {
+                f"mae_{h}_c": round(sc.mae, 4),
+                f"coverage_{h}": round(sc.coverage, 4),
+                "samples": sc.n_mae,
+            }
+            for kind, sc in self.score.items()
+            if sc.mae is not None and sc.coverage is not None
         }
 
-    def _trust_events(self, t: float, ok: bool, reasons: list[str], n: int) -> list[Event]:
+    def _trust_notices(self, t: float, ok: bool, reasons: list[str], n: int) -> list[Notice]:
         if reasons and reasons[0].startswith("recovering:"):
             return []  # still the same episode: its alarm stands, its clear is not due
         kinds = frozenset(r.split(":")[0] for r in reasons)
-        out: list[Event] = []
+        out: list[Notice] = []
         # one alarm per episode, and another only for a kind of reason the episode
         # has not raised yet (reasons coming and going inside it are not news)
         if not ok and (self._trusted is not False or not kinds <= self._reason_kinds):
             more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
             msg = "thermal model not trusted, conservative headroom in use: "
             msg += "; ".join(reasons[:3]) + more
-            out.append(Event(t, "alarm", "model", msg, 700, {"reasons": reasons}))
+            out.append(Notice(t, "alarm", msg, 700, {"reasons": reasons}))
         elif ok and self._trusted is False:
-            out.append(Event(t, "clear", "model", "thermal model trusted again", 300))
+            out.append(Notice(t, "clear", "thermal model trusted again", 300))
         elif ok and self._trusted is None:
-            out.append(
-                Event(t, "info", "model", f"thermal model {self.version} forecasting {n} zones")
-            )
+            out.append(Notice(t, "info", f"thermal model {self.version} forecasting {n} zones"))
         self._trusted = ok
         self._reason_kinds = self._reason_kinds | kinds if not ok else frozenset()
         return out
 
-    def _per_load(self, zones: Mapping[str, Headroom], trusted: bool) -> dict[str, LoadForecast]:
+    def _per_load(self, zones: Mapping[str, Headroom], trusted: bool) -> dict[str, LoadHeadroom]:
         out = {}
         for load, (zone, loop, share) in self._loads.items():
             hz, hl = zones.get(zone), zones.get(loop)
             if hz is None:
                 continue  # no valid forecast of its zone this minute: the planner gets none
             ttl = min(hz.time_to_limit_min, hl.time_to_limit_min if hl else math.inf)
-            out[load] = LoadForecast(
+            out[load] = LoadHeadroom(
                 hz.extra_kw * share, hl.extra_kw if hl else math.nan, ttl, trusted
             )
         return out

@@ -38,6 +38,7 @@ from thermogate.plc.errors import ThermogateError
 
 from .dataset import Dataset
 from .forecast import ThermalModel
+from .scoring import Score
 
 __all__ = ["DECISION_HORIZON_MIN", "Registry", "pooled_mae"]
 
@@ -88,7 +89,7 @@ def pooled_mae(
     if horizon_min not in rows.horizons_min:
         raise ValueError(f"the held-out rows have no {horizon_min}-minute target")
     j = rows.horizons_min.index(horizon_min)
-    total, n = 0.0, 0
+    score = Score()
     for kd in rows:
         if len(kd) == 0:
             continue
@@ -97,13 +98,10 @@ def pooled_mae(
             return float("inf")  # cannot forecast these rows (or not with these features)
         jm = model.kinds[kd.kind].horizons_min.index(horizon_min)
         mean, _ = model.predict(kd)
-        truth = kd.temp + kd.y[:, j]
-        ok = np.isfinite(truth)
-        total += float(np.abs(mean[ok, jm] - truth[ok]).sum())
-        n += int(ok.sum())
-    if n == 0:
+        score.add(kd.temp + kd.y[:, j], mean[:, jm])
+    if score.mae is None:
         raise ValueError("no held-out rows with a known target")
-    return total / n
+    return score.mae
 
 
 def _json_default(o: object) -> object:

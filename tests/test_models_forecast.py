@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from history import simulated_history
 
+from thermogate.controller.retrain import history_dataset
 from thermogate.controller.simulate import HISTORIAN_EPOCH_S
 from thermogate.models.baselines import RCBaseline
-from thermogate.models.dataset import build_dataset
 from thermogate.models.forecast import ThermalModel, evaluate
 from thermogate.plc.site import demo_site
 
@@ -24,7 +24,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     path = tmp_path_factory.mktemp("models") / "hist.db"
     with simulated_history(path, HOURS) as h:
         t = h.telemetry(["site.ambient_temp"], 0.0, 1e18, resolution="raw")["t"]
-        ds = build_dataset(h, site)
+        ds = history_dataset(h.reader, site)
     train, test = ds.split(HISTORIAN_EPOCH_S + TRAIN_H * 3600.0)
     model = ThermalModel().fit(train)
     rc = RCBaseline.fit(train)

@@ -23,10 +23,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     site = demo_site()
     path = tmp_path_factory.mktemp("headroom") / "hist.db"
     with simulated_history(path, HOURS) as h:
-        from thermogate.models.dataset import build_dataset
+        from thermogate.controller.retrain import history_dataset
 
-        ds = build_dataset(h, site, kinds=("tank", "cdu"))
-        live = build_dataset(h, site, kinds=("tank", "cdu"), require_targets=False)
+        ds = history_dataset(h.reader, site, kinds=("tank", "cdu"))
+        live = history_dataset(h.reader, site, kinds=("tank", "cdu"), require_targets=False)
     model = ThermalModel().fit(ds)
     return {"site": site, "ds": ds, "live": live, "model": model}
 

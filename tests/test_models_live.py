@@ -90,7 +90,7 @@ def test_minute_bins_match_the_historian_resample() -> None:
     )
     np.testing.assert_array_equal(bt, ref.t)
     for c, name in enumerate(fc.names):
-        np.testing.assert_allclose(bv[:, c], ref.values[name], equal_nan=True)
+        np.testing.assert_array_equal(bv[:, c], ref.values[name])  # the same bits
     assert np.isnan(bv[2]).all()  # the gap
     assert np.isnan(bv[5, 0]) and np.isfinite(bv[6, 0])
 
@@ -178,14 +178,14 @@ def test_out_of_range_input_alarms_falls_back_and_clears(learned: dict) -> None:
     hot = [u for u in feed(25, 45.0, t0 + 25 * 60.0) if u.zones]
     assert hot and not hot[-1].trusted
     assert any("out of distribution" in r and "ambient" in r for r in hot[-1].reasons)
-    alarms = [e for u in hot for e in u.events if e.kind == "alarm" and e.source == "model"]
+    alarms = [n for u in hot for n in u.notices if n.kind == "alarm"]
     assert len(alarms) == 1 and "conservative" in alarms[0].message  # raised once, not per minute
     assert all(not f.trusted for f in hot[-1].loads.values())
     for z, h in hot[-1].zones.items():
         assert h.extra_kw <= trusted_hr.get(z, math.inf) + 1e-6
     back = [u for u in feed(25, 0.0, t0 + 50 * 60.0) if u.zones]
     assert back[-1].trusted
-    clears = [e for u in back for e in u.events if e.kind == "clear" and e.source == "model"]
+    clears = [n for u in back for n in u.notices if n.kind == "clear"]
     assert len(clears) == 1
 
 
@@ -218,7 +218,7 @@ def test_one_untrusted_episode_alarms_once_per_kind_of_reason(learned: dict) -> 
     ups += _feed(fc, minute, amb, 10, 0.0, t0 + 35 * 60.0)  # back to stale only
     ups += _feed(fc, minute, amb, 10, 45.0, t0 + 45 * 60.0)  # out of range again: not news
     assert ups and not any(u.trusted for u in ups if u.zones)
-    alarms = [e.message for u in ups for e in u.events if e.kind == "alarm"]
+    alarms = [n.message for u in ups for n in u.notices if n.kind == "alarm"]
     assert len(alarms) == 2, alarms
     assert "stale model" in alarms[0] and "out of distribution" in alarms[1]
-    assert not any(e.kind == "clear" for u in ups for e in u.events)
+    assert not any(n.kind == "clear" for u in ups for n in u.notices)

@@ -13,7 +13,7 @@ import pytest
 from history import simulated_history
 
 from thermogate.controller.historian import Historian
-from thermogate.models.dataset import build_dataset
+from thermogate.controller.retrain import history_dataset
 from thermogate.models.forecast import ThermalModel
 from thermogate.models.registry import Registry, pooled_mae
 from thermogate.plc.pointmap import build_point_map
@@ -38,7 +38,7 @@ def site_db(tmp_path_factory: pytest.TempPathFactory) -> dict:
     site = demo_site()
     path = tmp_path_factory.mktemp("registry") / "hist.db"
     with simulated_history(path, HOURS) as h:
-        ds = build_dataset(h, site)
+        ds = history_dataset(h.reader, site)
     train = _cli("train", "--db", str(path), "--days", "1")
     return {"site": site, "path": path, "ds": ds, "train": train}
 

@@ -1,4 +1,4 @@
-"""Scheduled retraining: train_and_register, the read-only historian reader, RetrainScheduler."""
+"""Scheduled retraining: train_and_register, reading beside a writer, RetrainScheduler."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ import numpy as np
 import pytest
 from history import simulated_history
 
-from thermogate.controller.historian import Historian
-from thermogate.models import retrain
-from thermogate.models.dataset import build_dataset
+from thermogate.controller import retrain
+from thermogate.controller.historian import Historian, HistoryReader
+from thermogate.controller.retrain import SCHEDULED_BY, RetrainScheduler, history_dataset
 from thermogate.models.registry import Registry
-from thermogate.models.retrain import (
-    SCHEDULED_BY,
-    HistorianReader,
-    RetrainScheduler,
-    TrainOutcome,
-)
+from thermogate.models.training import TrainOutcome
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import Site, demo_site
@@ -77,7 +72,7 @@ def first_run(sim_db: dict) -> dict:
     try:
         outcome, error = sched.run_once()
         # the controller's historian still records after a training read its file
-        with HistorianReader(path) as reader:
+        with HistoryReader(path) as reader:
             span = reader.span()
         assert span is not None
         t_next = span[1] + 1.0
@@ -131,7 +126,7 @@ def test_training_beside_a_writing_historian_leaves_the_writer_working(
     sim_db: dict, first_run: dict
 ) -> None:
     assert first_run["writer_error"] is None
-    with HistorianReader(sim_db["path"], sim_db["site"].name) as reader:
+    with HistoryReader(sim_db["path"], sim_db["site"].name) as reader:
         span = reader.span()
     assert span is not None and span[1] == first_run["t_next"]
 
@@ -152,13 +147,15 @@ def test_second_run_on_the_same_data_keeps_the_promoted_model(
     assert ">=" in d["reason"] and out.reason == d["reason"]
 
 
-def test_reader_reads_what_the_historian_reads_and_never_writes(sim_db: dict) -> None:
+def test_a_reader_beside_no_writer_reads_what_the_historian_reads_and_never_writes(
+    sim_db: dict,
+) -> None:
     site, path = sim_db["site"], sim_db["path"]
     with Historian(path, _names(site), site_name=site.name) as h:
-        expected = build_dataset(h, site)
+        expected = history_dataset(h.reader, site)
     before = _digest(path)
-    with HistorianReader(path, site.name) as reader, reader.snapshot():
-        got = build_dataset(reader, site)
+    with HistoryReader(path, site.name) as reader, reader.snapshot():
+        got = history_dataset(reader, site)
     assert _digest(path) == before
     wal = Path(str(path) + "-wal")
     assert not wal.exists() or wal.stat().st_size == 0
@@ -171,7 +168,7 @@ def test_reader_reads_what_the_historian_reads_and_never_writes(sim_db: dict) ->
 
 def test_reader_refuses_another_sites_history(sim_db: dict) -> None:
     with pytest.raises(ThermogateError, match="holds the history of site"):
-        HistorianReader(sim_db["path"], "some-other-site")
+        HistoryReader(sim_db["path"], "some-other-site")
 
 
 @pytest.fixture

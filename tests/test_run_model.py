@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from history import simulated_history
 
-from thermogate.controller.historian import Historian
+from thermogate.controller.historian import HistoryReader
 from thermogate.controller.modbus_io import Endpoint
 from thermogate.controller.run import RealTimeController, RunConfig, load_run_config
 from thermogate.controller.signals import Observation
@@ -50,7 +50,8 @@ def _forecast_cli(db: Path) -> subprocess.CompletedProcess[str]:
 def _scan(rt: RealTimeController, sim: ScenarioPlant, t: float) -> None:
     values = sim.plant.sensors.sample()
     res = rt.ctrl.scan(Observation(t, values, np.ones(len(values), bool)))
-    rt._model_step(t, res)
+    assert rt.model is not None
+    res.events.extend(rt.model.step(t, res))
     rt.events_seen.extend(res.events)  # type: ignore[attr-defined]
 
 
@@ -63,20 +64,20 @@ def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
     rt.events_seen = []  # type: ignore[attr-defined]
     sim = ScenarioPlant(site, "normal-day")
     try:
-        assert rt.forecaster is not None and rt.forecaster.model is None
-        assert rt.retrainer is not None
-        outcome, error = rt.retrainer.run_once()
+        assert rt.model.forecaster is not None and rt.model.forecaster.model is None
+        assert rt.model.retrainer is not None
+        outcome, error = rt.model.retrainer.run_once()
         assert error is None and outcome is not None and outcome.promoted
         _scan(rt, sim, 1000.0)
-        assert rt.forecaster.version == outcome.version
-        assert rt.forecaster.model is outcome.model
+        assert rt.model.forecaster.version == outcome.version
+        assert rt.model.forecaster.model is outcome.model
         msgs = [e.message for e in rt.events_seen if e.source == "model"]
         assert any(f"version {outcome.version} promoted" in m for m in msgs)
 
-        again, error = rt.retrainer.run_once()  # same data: not better, so kept out
+        again, error = rt.model.retrainer.run_once()  # same data: not better, so kept out
         assert error is None and again is not None and not again.promoted
         _scan(rt, sim, 1001.0)
-        assert rt.forecaster.version == outcome.version
+        assert rt.model.forecaster.version == outcome.version
         with Registry(history) as reg:
             assert reg.promoted_version() == outcome.version
             refused = [d for d in reg.decisions() if d["candidate"] == again.version]
@@ -96,12 +97,12 @@ def test_a_restarted_controller_forecasts_with_the_promoted_model(history: Path)
     rt.events_seen = []  # type: ignore[attr-defined]
     sim = ScenarioPlant(site, "normal-day")
     try:
-        assert rt.forecaster is not None and rt.forecaster.version == promoted
+        assert rt.model.forecaster is not None and rt.model.forecaster.version == promoted
         # 40 minutes of scans: the forecaster's window fills, then headroom reaches the core
         for k in range(40 * 60 // 5):
             sim.step(5)
             _scan(rt, sim, 2000.0 + 5.0 * k)
-        assert rt.forecast is not None and rt.forecast.zones
+        assert rt.model.last is not None and rt.model.last.zones
         loads = rt.ctrl.planning.forecast(rt.ctrl.t_last)
         assert loads and all(f.headroom_kw >= 0.0 for f in loads.values())
     finally:
@@ -127,20 +128,25 @@ def test_model_section_of_the_run_config_is_checked(tmp_path: Path) -> None:
 def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once(
     history: Path,
 ) -> None:
+    from thermogate.controller.core import Controller
+    from thermogate.controller.forecasting import ModelRuntime
+    from thermogate.controller.retrain import train_and_register
     from thermogate.controller.simulate import HISTORIAN_EPOCH_S
     from thermogate.models.live import LIVE_STEPS, LiveForecaster
-    from thermogate.models.retrain import train_and_register
 
     site = demo_site()
-    cols = record_columns(build_point_map(site), site)
+    pmap = build_point_map(site)
+    cols = record_columns(pmap, site)
     outcome = train_and_register(history, site, days=1.0, by="test")
     now = HISTORIAN_EPOCH_S + HOURS * 3600.0  # the end of the recorded run
-    with Historian(history, cols, site_name=site.name) as h:
-        cold = LiveForecaster(site, cols, outcome.model)
-        seeded = LiveForecaster(site, cols, outcome.model)
-        assert seeded.seed(h, now) == LIVE_STEPS
+    ctrl = Controller(site, pmap)
+    cold = LiveForecaster(site, cols, outcome.model)
+    seeded = LiveForecaster(site, cols, outcome.model)
+    with HistoryReader(history, site.name) as reader:
+        assert ModelRuntime(ctrl, seeded).seed(reader, now) == LIVE_STEPS
         # a day later the history is not recent: nothing is seeded
-        assert LiveForecaster(site, cols, outcome.model).seed(h, now + 86400.0) == 0
+        later = ModelRuntime(ctrl, LiveForecaster(site, cols, outcome.model))
+        assert later.seed(reader, now + 86400.0) == 0
     assert cold.update(now) is None  # nothing to forecast from yet
     upd = seeded.update(now)
     assert upd is not None and set(upd.zones) >= {t.name for t in site.tanks}
@@ -153,7 +159,7 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
     import shutil
     from dataclasses import replace
 
-    from thermogate.models.retrain import train_and_register
+    from thermogate.controller.retrain import train_and_register
 
     db = tmp_path / "upgraded.db"
     shutil.copy(history, db)
@@ -172,14 +178,14 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
     rt = RealTimeController(cfg)
     rt.events_seen = []  # type: ignore[attr-defined]
     try:
-        assert rt.forecaster is not None and rt.forecaster.model is None
+        assert rt.model.forecaster is not None and rt.model.forecaster.model is None
         _scan(rt, ScenarioPlant(site, "normal-day"), 1000.0)
         assert any(
             e.kind == "alarm" and f"version {v_old}" in e.message and "other features" in e.message
             for e in rt.events_seen
         )
-        assert rt.retrainer is not None
-        new, error = rt.retrainer.run_once()
+        assert rt.model.retrainer is not None
+        new, error = rt.model.retrainer.run_once()
         assert error is None and new is not None and new.promoted  # the old one scores inf
     finally:
         asyncio.run(rt.close())

@@ -5,7 +5,7 @@
 measures it (and the persistence/RC baselines) on the last 20 %, stores it in
 the :class:`~thermogate.models.registry.Registry` of the same database and
 promotes it only if it is not worse than the promoted model on that held-out
-tail (:func:`~thermogate.models.retrain.train_and_register`, which the
+tail (:func:`~thermogate.controller.retrain.train_and_register`, which the
 controller's scheduled retraining shares). ``forecast`` loads the promoted
 model and forecasts every tank, loop and CDU from the latest telemetry.
 """
@@ -23,9 +23,10 @@ import numpy as np
 
 from thermogate.plc.errors import ThermogateError
 
-from .retrain import MIN_HOURS  # re-exported: it was defined here before models/retrain.py
+from .historian import HistoryReader
+from .retrain import history_dataset, train_and_register
 
-__all__ = ["MIN_HOURS", "forecast_cli", "train_cli"]
+__all__ = ["forecast_cli", "train_cli"]
 
 LIVE_LOOKBACK_S = 3600.0  # telemetry read to build the live rows of a forecast
 DEFAULT_DB = "thermogate.db"
@@ -58,8 +59,6 @@ def _round(x: float) -> float | None:
 
 def train_cli(args: Any) -> int:
     from thermogate.plc.site import load_site
-
-    from .retrain import train_and_register
 
     days = float(getattr(args, "days", None) or 7)
     db = _db(args)
@@ -98,26 +97,23 @@ def _headroom_entry(h: Any, conservative: bool) -> dict[str, Any]:
 
 
 def forecast_cli(args: Any) -> int:
+    from thermogate.models.headroom import headroom
+    from thermogate.models.registry import Registry
+    from thermogate.models.trust import Trust
     from thermogate.plc.site import load_site
-
-    from .dataset import build_dataset
-    from .headroom import headroom
-    from .registry import Registry
-    from .retrain import HistorianReader
-    from .trust import Trust
 
     db = _db(args)
     with Registry(db) as reg:
         version, model = reg.promoted_usable()
         info = {v["id"]: v for v in reg.versions()}
     site = load_site(getattr(args, "site", None))
-    # read-only: a controller may be writing this file (see models/retrain.py)
-    with HistorianReader(db, site.name) as reader, reader.snapshot():
+    # read-only: a controller may be writing this file
+    with HistoryReader(db, site.name) as reader, reader.snapshot():
         span = reader.span()
         if span is None:
             raise ThermogateError(f"{db}: no telemetry to forecast from")
         t_end = span[1]
-        ds = build_dataset(
+        ds = history_dataset(
             reader, site, t0=max(span[0], t_end - LIVE_LOOKBACK_S), t1=t_end, require_targets=False
         )
     # headroom from the latest row of every zone; when the model is not trusted

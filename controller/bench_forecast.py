@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.controller.core import LoadInfo
 from thermogate.hil.scenario import (
     DAY_S,
     Scenario,
@@ -42,6 +41,10 @@ from thermogate.hil.scenario import (
 )
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.site import Site, load_site
+
+from .core import LoadInfo
+from .historian import Historian, HistoryReader
+from .retrain import history_dataset
 
 __all__ = ["BenchPlanner", "bench_forecast", "bench_scenario"]
 
@@ -126,11 +129,11 @@ def bench_scenario(
 
 
 def _simulate(site: Site, sc: Scenario, days: float, db: Path, seed: int, quiet: bool) -> float:
-    from thermogate.controller.historian import Historian
-    from thermogate.controller.report import ProgressBar
-    from thermogate.controller.simulate import run_simulation
     from thermogate.plc.pointmap import build_point_map
     from thermogate.plc.records import record_columns
+
+    from .report import ProgressBar
+    from .simulate import run_simulation
 
     names = record_columns(build_point_map(site), site)
     loads = [t.name for t in site.tanks] + [r.name for r in site.rack_rows]
@@ -164,10 +167,11 @@ def _pool(res: dict[str, dict[str, dict[str, float]]], n: dict[str, int]) -> dic
 
 
 def bench_forecast(args: Any) -> dict[str, Any]:
-    from .baselines import RCBaseline
-    from .dataset import build_dataset
-    from .forecast import ThermalModel, evaluate
-    from .headroom import latest_rows, timed_headroom
+    from thermogate.models.baselines import RCBaseline
+    from thermogate.models.forecast import ThermalModel, evaluate
+    from thermogate.models.headroom import latest_rows, timed_headroom
+
+    from .simulate import HISTORIAN_EPOCH_S
 
     days = float(getattr(args, "days", None) or 10.0)
     train_days = float(getattr(args, "train_days", None) or 7.0)
@@ -197,15 +201,8 @@ def bench_forecast(args: Any) -> dict[str, Any]:
             print(f"simulating {days:g} days ({sc.description})", file=sys.stderr)
         sim_wall = _simulate(site, sc, days, db, seed, quiet)
     try:
-        from thermogate.controller.historian import Historian
-        from thermogate.controller.simulate import HISTORIAN_EPOCH_S
-        from thermogate.plc.pointmap import build_point_map
-
-        hist = Historian(db, [p.name for p in build_point_map(site).points], site_name=site.name)
-        try:
-            ds = build_dataset(hist, site)
-        finally:
-            hist.close()
+        with HistoryReader(db, site.name) as reader:  # read-only: the study's file stays as is
+            ds = history_dataset(reader, site)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -1,0 +1,177 @@
+"""The thermal model beside the control core: the wiring between ``models`` and the scan.
+
+``models`` is a learning library: its :class:`~thermogate.models.live.LiveForecaster`
+returns its own records (headroom per load, notices). :class:`ModelRuntime`
+owns that forecaster for ``thermogate run`` and ``thermogate simulate`` and
+does what the controller needs around it, once per scan (:meth:`ModelRuntime.step`):
+
+* swaps in a model the background retraining promoted (handed over under a
+  lock: the retrain thread never touches the forecaster itself);
+* feeds the forecaster the scan's validated record;
+* hands the per-load headroom to the core's planning seam as
+  :class:`~thermogate.controller.core.LoadForecast` and returns the
+  forecaster's and the retraining's notices as controller :class:`Event` s.
+
+The model never blocks or overrides protection: without a forecast, or with a
+stale one, the planner simply gets none.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .core import Controller, LoadForecast, ScanResult
+from .historian import HistoryReader
+from .signals import Event
+
+if TYPE_CHECKING:  # scikit-learn loads when the model starts, not at import
+    from thermogate.models.forecast import ThermalModel
+    from thermogate.models.live import ForecastUpdate, LiveForecaster, LoadHeadroom, Notice
+    from thermogate.models.training import TrainOutcome
+    from thermogate.plc.site import Site
+
+    from .retrain import RetrainScheduler
+
+__all__ = ["MODEL_SOURCE", "ModelRuntime", "load_forecasts", "model_events"]
+
+#: the source of every event about the thermal model
+MODEL_SOURCE = "model"
+
+
+def load_forecasts(loads: Mapping[str, LoadHeadroom]) -> dict[str, LoadForecast]:
+    """The forecaster's per-load headroom as the core's planning seam takes it."""
+    return {
+        name: LoadForecast(h.headroom_kw, h.loop_headroom_kw, h.time_to_limit_min, h.trusted)
+        for name, h in loads.items()
+    }
+
+
+def model_events(notices: Iterable[Notice]) -> list[Event]:
+    """The forecaster's notices as controller events."""
+    return [Event(n.t, n.kind, MODEL_SOURCE, n.message, n.severity, n.data) for n in notices]
+
+
+class ModelRuntime:
+    """A live forecaster beside one controller, optionally retrained in the background.
+
+    ``step`` runs on the scan's thread; ``on_retrain`` (the retrainer's callback)
+    on the retrain thread, which only queues its result for the next ``step``.
+    """
+
+    def __init__(
+        self,
+        ctrl: Controller,
+        forecaster: LiveForecaster,
+        retrainer: RetrainScheduler | None = None,
+    ) -> None:
+        self.ctrl = ctrl
+        self.forecaster = forecaster
+        self.retrainer = retrainer
+        #: the last forecast handed to the core (None until the first)
+        self.last: ForecastUpdate | None = None
+        self._lock = threading.Lock()
+        self._handover: list[tuple[ThermalModel, int, float]] = []  # from the retrain thread
+        self._events: list[Event] = []
+
+    @classmethod
+    def for_run(
+        cls,
+        ctrl: Controller,
+        site: Site,
+        columns: Sequence[str],
+        db: Path,
+        history: HistoryReader,
+        *,
+        retrain_every_h: float,
+        train_days: float,
+    ) -> ModelRuntime:
+        """``thermogate run``'s model: the promoted one of ``db`` (if any and
+        usable) forecasts at once from the last minutes of ``history``;
+        retraining runs in its own thread once :meth:`start` is called."""
+        from thermogate.models.live import LiveForecaster
+        from thermogate.models.registry import Registry
+
+        from .retrain import MIN_HOURS, RetrainScheduler
+
+        rt = cls(ctrl, LiveForecaster(site, columns))
+        with Registry(db) as reg:
+            got = reg.promoted()
+            t1 = {v["id"]: v["t1"] for v in reg.versions()}
+        if got is not None and got[1].incompatible():
+            rt._events.append(
+                Event(
+                    time.time(), "alarm", MODEL_SOURCE,
+                    f"promoted model version {got[0]} was trained on other features than "
+                    "this version builds: not used until a retrain replaces it", 500,
+                )
+            )  # fmt: skip
+            got = None
+        if got is not None:
+            version, model = got
+            rt.forecaster.set_model(model, trained_t=t1[version], version=version)
+            rt.seed(history, time.time())
+        every = retrain_every_h * 3600.0
+        # without a model, try as soon as there is enough history to learn from
+        first = every if got is not None else min(every, (MIN_HOURS + 0.25) * 3600.0)
+        rt.retrainer = RetrainScheduler(
+            db, site, every_s=every, first_after_s=first, days=train_days,
+            on_outcome=rt.on_retrain,
+        )  # fmt: skip
+        return rt
+
+    def seed(self, history: HistoryReader, now: float) -> int:
+        """Fill the forecaster's minutes from the recorded scans before ``now``
+        (a restart forecasts at once); returns the minutes seeded."""
+        fc = self.forecaster
+        t0, t1 = fc.seed_window(now)
+        t, values, quality = history.scans(fc.names, t0, t1)
+        return fc.seed(t, values, quality)
+
+    def start(self) -> None:
+        """Start background retraining (if this runtime retrains)."""
+        if self.retrainer is not None:
+            self.retrainer.start()
+
+    def close(self) -> None:
+        """Stop background retraining; a fit in progress finishes on its own."""
+        if self.retrainer is not None:
+            self.retrainer.stop(timeout=5.0)
+
+    def on_retrain(self, outcome: TrainOutcome | None, error: str | None) -> None:
+        """The retrainer's callback (on its thread): hand the result to the scan loop."""
+        now = time.time()
+        with self._lock:
+            if error is not None:
+                self._events.append(Event(now, "alarm", MODEL_SOURCE, error, 500))
+                return
+            assert outcome is not None
+            verdict = "promoted" if outcome.promoted else "not promoted"
+            self._events.append(
+                Event(
+                    now, "info", MODEL_SOURCE,
+                    f"retrained model version {outcome.version} {verdict}: {outcome.reason}", 300,
+                )
+            )  # fmt: skip
+            if outcome.promoted:
+                self._handover.append((outcome.model, outcome.version, outcome.window[1]))
+
+    def step(self, t: float, res: ScanResult) -> list[Event]:
+        """One scan: swap in a newly promoted model, feed the forecaster, hand
+        headroom to the core; returns the events to record."""
+        fc = self.forecaster
+        with self._lock:
+            handover, self._handover = self._handover, []
+            events, self._events = self._events, []
+        for model, version, t1 in handover[-1:]:
+            fc.set_model(model, trained_t=t1, version=version)
+        fc.observe(t, *res.record)
+        upd = fc.update(t)
+        if upd is not None:
+            self.last = upd
+            self.ctrl.set_forecast(upd.t, load_forecasts(upd.loads))
+            events.extend(model_events(upd.notices))
+        return events
