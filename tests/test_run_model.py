@@ -4,6 +4,7 @@ to the scan loop, never a worse one, and the forecast reaches the planning seam.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,18 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture
+def db(history: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the recorded run: a test neither sees nor leaves models
+    of another, so each passes alone and in any order."""
+    dst = tmp_path / "site.db"
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(f"{history}{suffix}")
+        if src.exists():
+            shutil.copy(src, f"{dst}{suffix}")
+    return dst
+
+
 def _forecast_cli(db: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "thermogate.controller.cli", "forecast", "--db", str(db), "--json"],
@@ -56,10 +69,10 @@ def _scan(rt: RealTimeController, sim: ScenarioPlant, t: float) -> None:
 
 
 def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
-    history: Path,
+    db: Path,
 ) -> None:
     site = demo_site()
-    cfg = RunConfig(site, history, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
+    cfg = RunConfig(site, db, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
     rt = RealTimeController(cfg)
     rt.events_seen = []  # type: ignore[attr-defined]
     sim = ScenarioPlant(site, "normal-day")
@@ -78,7 +91,7 @@ def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
         assert error is None and again is not None and not again.promoted
         _scan(rt, sim, 1001.0)
         assert rt.model.forecaster.version == outcome.version
-        with Registry(history) as reg:
+        with Registry(db) as reg:
             assert reg.promoted_version() == outcome.version
             refused = [d for d in reg.decisions() if d["candidate"] == again.version]
             assert len(refused) == 1 and not refused[0]["promoted"]
@@ -87,12 +100,14 @@ def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
         asyncio.run(rt.close())
 
 
-def test_a_restarted_controller_forecasts_with_the_promoted_model(history: Path) -> None:
+def test_a_restarted_controller_forecasts_with_the_promoted_model(db: Path) -> None:
+    from thermogate.controller.retrain import train_and_register
+
     site = demo_site()
-    with Registry(history) as reg:
-        promoted = reg.promoted_version()
-    assert promoted is not None  # left by the test above, or trained here
-    cfg = RunConfig(site, history, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
+    promoted = train_and_register(db, site, days=1.0, by="test").version
+    with Registry(db) as reg:
+        assert reg.promoted_version() == promoted
+    cfg = RunConfig(site, db, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
     rt = RealTimeController(cfg)
     rt.events_seen = []  # type: ignore[attr-defined]
     sim = ScenarioPlant(site, "normal-day")
@@ -126,7 +141,7 @@ def test_model_section_of_the_run_config_is_checked(tmp_path: Path) -> None:
 
 
 def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once(
-    history: Path,
+    db: Path,
 ) -> None:
     from thermogate.controller.core import Controller
     from thermogate.controller.forecasting import ModelRuntime
@@ -137,12 +152,12 @@ def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once
     site = demo_site()
     pmap = build_point_map(site)
     cols = record_columns(pmap, site)
-    outcome = train_and_register(history, site, days=1.0, by="test")
+    outcome = train_and_register(db, site, days=1.0, by="test")
     now = HISTORIAN_EPOCH_S + HOURS * 3600.0  # the end of the recorded run
     ctrl = Controller(site, pmap)
     cold = LiveForecaster(site, cols, outcome.model)
     seeded = LiveForecaster(site, cols, outcome.model)
-    with HistoryReader(history, site.name) as reader:
+    with HistoryReader(db, site.name) as reader:
         assert ModelRuntime(ctrl, seeded).seed(reader, now) == LIVE_STEPS
         # a day later the history is not recent: nothing is seeded
         later = ModelRuntime(ctrl, LiveForecaster(site, cols, outcome.model))
@@ -153,16 +168,13 @@ def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once
 
 
 def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_replaces_it(
-    history: Path, tmp_path: Path
+    db: Path,
 ) -> None:
     import copy
-    import shutil
     from dataclasses import replace
 
     from thermogate.controller.retrain import train_and_register
 
-    db = tmp_path / "upgraded.db"
-    shutil.copy(history, db)
     site = demo_site()
     outcome = train_and_register(db, site, days=1.0, by="test")
     old = copy.deepcopy(outcome.model)  # as stored by an older version: one feature fewer
