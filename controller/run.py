@@ -87,15 +87,11 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
     agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
     c.check_unused()
-    md = root.get_section("model") if root.has("model") else None
-    model_kw: dict[str, object] = {}
-    if md is not None:
-        model_kw = {
-            "forecast": md.get_bool("enabled", True),
-            "retrain_every_h": md.get_float("retrain_every_h", 24.0, minval=0.5, maxval=24.0 * 90),
-            "train_days": md.get_float("train_days", 7.0, minval=0.125, maxval=365.0),
-        }
-        md.check_unused()
+    md = root.get_section("model", {})  # optional: the defaults run the model
+    forecast = md.get_bool("enabled", True)
+    retrain_every_h = md.get_float("retrain_every_h", 24.0, minval=0.5, maxval=24.0 * 90)
+    train_days = md.get_float("train_days", 7.0, minval=0.125, maxval=365.0)
+    md.check_unused()
     m = root.get_section("modbus")
     default = _endpoint(m)
     timeout = m.get_float("timeout_s", 0.25, minval=0.01, maxval=10.0)
@@ -123,7 +119,9 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         built_in_plant=False,
         raw_days=raw_days,
         agg_days=agg_days,
-        **model_kw,  # type: ignore[arg-type]
+        forecast=forecast,
+        retrain_every_h=retrain_every_h,
+        train_days=train_days,
     )
 
 
