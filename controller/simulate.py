@@ -15,6 +15,7 @@ breaker trips.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ if TYPE_CHECKING:  # the model (scikit-learn) loads only when a run forecasts
     from thermogate.models.headroom import Headroom
     from thermogate.models.live import LiveForecaster
 
+    from .report import ProgressBar
+
 SAMPLE_S = 60.0  # report series resolution (simulated seconds)
 #: added to the simulated time of scans recorded in a historian (2023-11-14, Unix seconds)
 HISTORIAN_EPOCH_S = 1.7e9
@@ -60,7 +63,7 @@ def run_simulation(
     *,
     seed: int = 0,
     planner: Planner | None = None,
-    progress: object | None = None,
+    progress: ProgressBar | None = None,
     sample_s: float = SAMPLE_S,
     historian: Historian | None = None,
     scan_s: float | None = None,
@@ -203,7 +206,7 @@ def run_simulation(
             if forecaster is not None:
                 _record_forecast(rec, forecaster, sim, fc_zones, fc_trusted)
         if progress is not None:
-            progress.update(k + 1, n_scans)  # type: ignore[attr-defined]
+            progress.update(k + 1, n_scans)
 
     wall = time.perf_counter() - wall0
     site_kwh = plant.site_kwh - kwh0
@@ -342,7 +345,7 @@ def default_learn_h(hours: float) -> float | None:
     return None if hours < 3.0 else min(6.0, hours / 3.0)
 
 
-def _forecaster(site: Site, args: object) -> LiveForecaster | None:
+def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
     """The run's thermal model: the promoted one of ``--model DB``, else one learned
     from the run's first hours (``--learn-h``, 0 = no forecasting)."""
     from thermogate.models.live import LiveForecaster
@@ -363,14 +366,14 @@ def _forecaster(site: Site, args: object) -> LiveForecaster | None:
         fc.source = f"model version {version} from {db}"
         return fc
     learn_h = getattr(args, "learn_h", None)
-    hours = float(args.hours)  # type: ignore[attr-defined]
+    hours = float(args.hours)
     learn_h = default_learn_h(hours) if learn_h is None else learn_h
     if not learn_h:
         return None
     return LiveForecaster(site, names, learn_after_s=learn_h * 3600.0)
 
 
-def simulate_cli(args: object) -> dict[str, object]:
+def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
     """Entry point of ``thermogate simulate``; returns the JSON summary."""
     import sys
 
@@ -378,30 +381,30 @@ def simulate_cli(args: object) -> dict[str, object]:
 
     from .report import ProgressBar, write_report
 
-    site = load_site(args.site)  # type: ignore[attr-defined]
+    site = load_site(args.site)
     sc = load_scenario(
         args.scenario,
-        weather_csv=args.weather,  # type: ignore[attr-defined]
-        prices_csv=args.prices,  # type: ignore[attr-defined]
+        weather_csv=args.weather,
+        prices_csv=args.prices,
         wrap=True if (args.weather or args.prices) else None,
-    )  # type: ignore[attr-defined]
+    )
     forecaster = _forecaster(site, args)
-    bar = ProgressBar(enabled=False if args.json else None, sim_hours=args.hours)  # type: ignore[attr-defined]
+    bar = ProgressBar(enabled=False if args.json else None, sim_hours=args.hours)
     try:
         result = run_simulation(
             site,
             sc,
             args.hours,
-            seed=args.seed,  # type: ignore[attr-defined]
+            seed=args.seed,
             progress=bar,
-            scan_s=args.scan_s,  # type: ignore[attr-defined]
+            scan_s=args.scan_s,
             forecaster=forecaster,
         )
     finally:
         bar.close()
-    if args.report:  # type: ignore[attr-defined]
+    if args.report:
         paths = write_report(
             result.series, result.meta, result.events, result.summary, Path(args.report)
-        )  # type: ignore[attr-defined]
+        )
         print(f"report: {paths[0].parent}/report.html", file=sys.stderr)
     return result.summary
