@@ -25,7 +25,7 @@ The parts: ``series`` (checking the series, the shared ``Context``),
 ``files`` (summary.json, events.csv), ``draw`` (what all figures share),
 ``plots`` (temperatures, power, workloads, PUE), ``alarms`` (the event
 timeline), ``forecast`` (the forecast figure and its skill), ``html`` and
-``templates/report.html.j2`` (the page), ``progress`` (the tqdm bar).
+``report.html.j2`` (the page), ``progress`` (the tqdm bar).
 
 Data contract (what the simulator hands in)
 -------------------------------------------

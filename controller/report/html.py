@@ -1,7 +1,7 @@
 """``report.html``: what the page shows, in plain rows for the jinja2 template.
 
 Python decides the content (which rows, how a number and its unit read,
-which rows need attention); ``templates/report.html.j2`` lays it out. The
+which rows need attention); ``report.html.j2`` lays it out. The
 template escapes every value (autoescape is on), so an event message such as
 ``<script>`` is shown as text, never run, and nothing here escapes by hand.
 """
@@ -215,7 +215,7 @@ def _template() -> jinja2.Template:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader(__package__, "templates"),
+        loader=jinja2.PackageLoader(__package__, "."),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelled name in the template fails, loudly
         trim_blocks=True,
