@@ -35,6 +35,8 @@ Behaviour on the wire
   they are handled, so no reply is ever sent for them, not even late.
   ``set_fault(unit, "exception", code)`` answers every request to the unit
   with ``code`` (04 SERVER DEVICE FAILURE, 06 BUSY, ...).
+  ``requests_seen[unit]`` counts the requests that reached the unit,
+  faulted or not, as a bus analyser would.
 * Robustness: a TCP stream whose MBAP header is invalid (protocol id not 0,
   length outside 2..254) cannot be resynchronised, so that connection is
   closed; other connections are unaffected. On RTU a silence of more than
@@ -67,6 +69,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from time import monotonic
 from typing import Any, Literal
@@ -324,6 +327,9 @@ class PlantModbusServer:
         self.images: dict[int, DeviceImage] = dict(images)
         self.on_write = on_write
         self._faults: dict[int, tuple[Fault, int]] = {}
+        #: requests received per unit (answered or not): what a bus analyser
+        #: would count, so a test can tell "skipped" from "tried" without a clock
+        self.requests_seen: Counter[int] = Counter()
         self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
         self.tcp_address: tuple[str, int] | None = None
 
@@ -407,6 +413,7 @@ class PlantModbusServer:
         self, unit_id: int, frame: bytes, pdu: ModbusPDU | None, context: Any, rtu: bool
     ) -> ModbusPDU | None:
         """The response to one request, or None to stay silent."""
+        self.requests_seen[unit_id] += 1
         fc = frame[0] & 0x7F
         image = self.images.get(unit_id)
         if image is None:

@@ -283,7 +283,6 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def test_plant_with_duration_serves_then_exits_by_itself():
     port = free_port()
-    t0 = time.monotonic()
     proc, out = _start_plant("--duration", "3", "--port", str(port))
     try:
         where = out.until("serving")
@@ -291,7 +290,6 @@ def test_plant_with_duration_serves_then_exits_by_itself():
         read_heartbeat(port)  # it really serves Modbus where it says
         out.until("stopped", timeout=20)
         assert proc.wait(20) == 0
-        assert time.monotonic() - t0 < 20
         err = proc.stderr.read().decode()
         assert "Traceback" not in err
     finally:
