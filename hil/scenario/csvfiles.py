@@ -17,7 +17,6 @@ file, the line a user sees in an editor, and the column.
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thermogate.plc.csvtable import read_table
 from thermogate.plc.errors import DataFileError
 
 from .series import (
@@ -61,26 +61,17 @@ _WEATHER_COLUMNS = (
 )
 _PRICE_COLUMNS = (_Column("price_per_mwh", True, -PRICE_ABS_MAX, PRICE_ABS_MAX, unit="/MWh"),)
 
-# Optional cells spelled like this are "no reading" (station exports use them).
-_MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none"})
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 # Hourly exports often write the end of the day as 24:00 (hour-ending convention).
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ]24:00(?::00(?:\.0+)?)?(.*)$")
 
 
-def _decode(label: str, data: bytes) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # "Unicode text" exports: UTF-16 with BOM
-        try:
-            return data.decode("utf-16")
-        except UnicodeDecodeError as exc:
-            raise DataFileError(label, None, None, f"invalid UTF-16 ({exc.reason})") from None
+def _seconds(cell: str) -> float | None:
     try:
-        return data.decode("utf-8-sig")  # -sig strips the BOM Excel writes
-    except UnicodeDecodeError:
-        # A Windows-1252 spreadsheet export: only header and comments carry
-        # non-ASCII (°, µ), the numbers are ASCII, so Latin-1 reads it safely.
-        return data.decode("latin-1")
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def _parse_iso(cell: str) -> datetime | None:
@@ -97,15 +88,6 @@ def _parse_iso(cell: str) -> datetime | None:
         return None
 
 
-def _to_float(cell: str, decimal_comma: bool) -> float | None:
-    if decimal_comma:
-        cell = cell.replace(",", ".")
-    try:
-        return float(cell)
-    except ValueError:
-        return None
-
-
 def _read_csv(
     path: str | PathLike[str], columns: Sequence[_Column]
 ) -> tuple[np.ndarray, datetime | None, dict[str, np.ndarray | None]]:
@@ -114,80 +96,27 @@ def _read_csv(
     Missing optional cells are NaN-filled then interpolated from their
     neighbours; an optional column with no value at all is ``None``.
     """
-    label = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataFileError(label, None, None, "file not found") from None
-    except IsADirectoryError:
-        raise DataFileError(label, None, None, "is a directory, expected a CSV file") from None
-    except OSError as exc:
-        raise DataFileError(label, None, None, f"cannot read: {exc.strerror}") from None
-    text = _decode(label, data)
-
-    # Keep the physical line number of every line that carries data, so every
-    # error points at the line a user sees in an editor.
-    kept: list[str] = []
-    numbers: list[int] = []
-    for no, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
-        s = line.strip()
-        if not s or s.startswith("#") or not s.strip(",;\t \"'"):
-            continue  # blank, comment, or a row of empty cells
-        kept.append(line)
-        numbers.append(no)
-    if not kept:
-        raise DataFileError(label, None, None, "no header line: the file is empty or all comments")
-
-    head = kept[0]
-    # Spreadsheets in comma-decimal locales export ';' separated with '12,5'.
-    delim = "," if "," in head else ";" if ";" in head else "\t" if "\t" in head else ","
-    decimal_comma = delim != ","
-    reader = csv.reader(kept, delimiter=delim, skipinitialspace=True)
-    header_raw = next(reader)
-    header = [h.strip().lower() for h in header_raw]
-    while header and not header[-1]:
-        header.pop()  # trailing commas
-    wanted = {"time"} | {c.name for c in columns}
-    idx: dict[str, int] = {}
-    for j, h in enumerate(header):
-        if h in wanted:
-            if h in idx:
-                raise DataFileError(
-                    label, numbers[0], h, f"column appears twice (fields {idx[h] + 1} and {j + 1})"
-                )
-            idx[h] = j
-    found = ", ".join(repr(h.strip()) for h in header_raw if h.strip()) or "(nothing)"
-    for name in ["time"] + [c.name for c in columns if c.required]:
-        if name not in idx:
-            raise DataFileError(
-                label,
-                numbers[0],
-                name,
-                f"missing required column '{name}'; header found: {found} "
-                "(the first line that is not blank or a '#' comment is the header)",
-            )
-    width = len(header)
-    ti = idx["time"]
-    cols = [(c, idx[c.name]) for c in columns if c.name in idx]
+    table = read_table(
+        path,
+        ["time"] + [c.name for c in columns if c.required],
+        [c.name for c in columns if not c.required],
+    )
+    label = table.label
+    cols = [c for c in columns if c.name in table.columns]
 
     t_abs: list[float] = []
     t_cells: list[str] = []
     lines: list[int] = []
-    vals: dict[str, list[float]] = {c.name: [] for c, _ in cols}
+    vals: dict[str, list[float]] = {c.name: [] for c in cols}
     mode: str | None = None  # "seconds", "naive", "aware"; fixed by the first row
     first_dt: datetime | None = None
     first_line = 0
-    for row in reader:
-        ln = numbers[reader.line_num - 1]
-        if len(row) > width and any(c.strip() for c in row[width:]):
-            hint = " (a decimal comma in a comma-separated file?)" if delim == "," else ""
-            raise DataFileError(
-                label, ln, None, f"row has {len(row)} fields but the header has {width}{hint}"
-            )
-        cell = row[ti].strip() if ti < len(row) else ""
+    for row in table:
+        ln = row.line
+        cell = row.text("time")
         if not cell:
             raise DataFileError(label, ln, "time", "empty cell; every row needs a time")
-        secs = _to_float(cell, False)
+        secs = _seconds(cell)
         if secs is not None:
             kind = "seconds"
             if not math.isfinite(secs):
@@ -228,28 +157,10 @@ def _read_csv(
         t_abs.append(value)
         t_cells.append(cell)
         lines.append(ln)
-        for c, j in cols:
-            raw = row[j].strip() if j < len(row) else ""
-            if raw.lower() in _MISSING_MARKERS:
-                if c.required:
-                    raise DataFileError(label, ln, c.name, f"empty cell; {c.name} is required")
-                vals[c.name].append(math.nan)
-                continue
-            x = _to_float(raw, decimal_comma)
-            if x is None:
-                raise DataFileError(label, ln, c.name, f"not a number: {raw!r}")
-            if not math.isfinite(x):
-                raise DataFileError(label, ln, c.name, f"not a finite number: {raw!r}")
-            if c.clamp_from is not None and c.clamp_from <= x < c.lo:
-                x = c.lo
-            if not c.lo <= x <= c.hi:
-                raise DataFileError(
-                    label,
-                    ln,
-                    c.name,
-                    f"{x:g}{c.unit} is outside the plausible range "
-                    f"{c.lo:g}..{c.hi:g}{c.unit} (wrong unit or a faulty reading?)",
-                )
+        for c in cols:
+            x = row.number(
+                c.name, lo=c.lo, hi=c.hi, unit=c.unit, required=c.required, clamp_from=c.clamp_from
+            )
             vals[c.name].append(x)
 
     if len(t_abs) < 2:
@@ -278,7 +189,7 @@ def _read_csv(
         start = first_dt.astimezone(UTC) if mode == "aware" else first_dt
 
     out: dict[str, np.ndarray | None] = {c.name: None for c in columns}
-    for c, _ in cols:
+    for c in cols:
         v = np.asarray(vals[c.name], dtype=np.float64)
         ok = np.isfinite(v)
         if not ok.any():

@@ -1,0 +1,99 @@
+"""GPU-cluster job traces: what the AI side of the hall is asked to run.
+
+Format (read through :func:`thermogate.plc.csvtable.read_table`, so the usual
+tolerances apply: comments, BOM, ``;`` files with decimal commas, extra
+columns ignored)::
+
+    submit_time_s,duration_s,gpus,kind[,checkpoint_s]
+
+``submit_time_s`` counts from the start of the run (the first price
+timestamp), ``duration_s`` is the job's run time on its GPUs at full power,
+``gpus`` a whole number of GPUs, ``kind`` ``training`` or ``inference``.
+``checkpoint_s`` (optional) is a training job's checkpoint interval; without
+it, training jobs checkpoint every ``DEFAULT_CHECKPOINT_S``. Rows need not be
+in submit order (exports of several queues often are not); jobs are sorted,
+ties keeping file order. A bad row is a ``DataFileError`` naming the file,
+the line and the column.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from os import PathLike
+from typing import Literal
+
+from thermogate.plc.csvtable import read_table
+from thermogate.plc.errors import DataFileError
+
+__all__ = ["DEFAULT_CHECKPOINT_S", "KINDS", "Job", "JobKind", "load_jobs_csv"]
+
+JobKind = Literal["training", "inference"]
+KINDS: tuple[JobKind, ...] = ("training", "inference")
+
+#: A training job's checkpoint interval when the trace does not give one (30 min,
+#: a common choice for multi-hour jobs on large models).
+DEFAULT_CHECKPOINT_S = 1800.0
+#: A job longer than this is a unit mistake (ms for s), not a real job.
+MAX_DURATION_S = 90 * 86400.0
+#: Larger than any single cluster a hall would serve: a typo, not a job.
+MAX_GPUS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job of a trace. ``id`` is its position in submit order (0-based)."""
+
+    id: int
+    submit_s: float
+    duration_s: float
+    gpus: int
+    kind: JobKind
+    checkpoint_s: float  # inf for inference (nothing to checkpoint: it restarts stateless)
+    line: int = 0  # where it came from (0: generated)
+
+    @property
+    def gpu_s(self) -> float:
+        """The work the job asks for, in GPU-seconds."""
+        return self.duration_s * self.gpus
+
+
+def _ordered(jobs: Iterable[Job]) -> tuple[Job, ...]:
+    ranked = sorted(jobs, key=lambda j: j.submit_s)  # stable: ties keep file order
+    return tuple(
+        Job(i, j.submit_s, j.duration_s, j.gpus, j.kind, j.checkpoint_s, j.line)
+        for i, j in enumerate(ranked)
+    )
+
+
+def load_jobs_csv(path: str | PathLike[str]) -> tuple[Job, ...]:
+    """Read a job trace (see the module docstring); the jobs in submit order."""
+    table = read_table(path, ("submit_time_s", "duration_s", "gpus", "kind"), ("checkpoint_s",))
+    jobs: list[Job] = []
+    for row in table:
+        submit = row.number("submit_time_s", lo=0.0, unit=" s")
+        duration = row.number("duration_s", lo=0.0, hi=MAX_DURATION_S, unit=" s")
+        if duration <= 0:
+            raise row.error("duration_s", "must be above 0 s")
+        gpus_f = row.number("gpus", lo=1, hi=MAX_GPUS)
+        if gpus_f != int(gpus_f):
+            raise row.error("gpus", f"{row.text('gpus')!r} is not a whole number of GPUs")
+        kind: JobKind
+        match row.text("kind").lower():
+            case "training":
+                kind = "training"
+            case "inference":
+                kind = "inference"
+            case _:
+                raise row.error("kind", f"{row.text('kind')!r} is not one of {', '.join(KINDS)}")
+        ckpt = math.inf
+        if kind == "training":
+            given = row.number("checkpoint_s", lo=0.0, unit=" s", required=False)
+            if given == 0:
+                raise row.error("checkpoint_s", "must be above 0 s (or empty for the default)")
+            ckpt = DEFAULT_CHECKPOINT_S if math.isnan(given) else given
+        jobs.append(Job(0, submit, duration, int(gpus_f), kind, ckpt, row.line))
+    if not jobs:
+        raise DataFileError(table.label, table.header_line, None, "no jobs after the header")
+    return _ordered(jobs)

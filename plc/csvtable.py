@@ -1,0 +1,193 @@
+"""CSV tables as exports give them: one reader, one set of tolerances, one error style.
+
+Every CSV input thermogate takes (weather, prices, GPU-cluster job traces)
+is read through :func:`read_table`, so they share what a user can rely on:
+
+* the header is the first line that is not blank or a ``#`` comment; column
+  names are case-insensitive; other columns are ignored;
+* tolerated: a BOM, UTF-16 and Windows-1252 exports, CRLF, comments, blank
+  lines, trailing commas, ``;``-separated files with decimal commas;
+* anything else is a :class:`~thermogate.plc.errors.DataFileError` naming the
+  file, the line a user sees in an editor, and the column.
+
+The table knows nothing of what its columns mean; the callers check ranges
+and order (they know the units).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from os import PathLike
+from pathlib import Path
+
+from thermogate.plc.errors import DataFileError
+
+__all__ = ["MISSING_MARKERS", "Row", "Table", "read_table"]
+
+#: Cells spelled like this are "no reading" (station exports use them).
+MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none"})
+
+
+def _decode(label: str, data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # "Unicode text" exports: UTF-16 with BOM
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DataFileError(label, None, None, f"invalid UTF-16 ({exc.reason})") from None
+    try:
+        return data.decode("utf-8-sig")  # -sig strips the BOM Excel writes
+    except UnicodeDecodeError:
+        # A Windows-1252 spreadsheet export: only header and comments carry
+        # non-ASCII (°, µ), the numbers are ASCII, so Latin-1 reads it safely.
+        return data.decode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One data row: its line in the file and its cells by (lower-case) column name."""
+
+    table: Table
+    line: int
+    cells: dict[str, str]
+
+    def text(self, column: str) -> str:
+        """The stripped cell ('' when the row is short or the column absent)."""
+        return self.cells.get(column, "")
+
+    def error(self, column: str | None, reason: str) -> DataFileError:
+        return DataFileError(self.table.label, self.line, column, reason)
+
+    def number(
+        self,
+        column: str,
+        *,
+        lo: float = -math.inf,
+        hi: float = math.inf,
+        unit: str = "",
+        required: bool = True,
+        clamp_from: float | None = None,
+    ) -> float:
+        """The cell as a finite float in ``lo..hi``; NaN for an empty optional cell.
+
+        ``clamp_from``: values in ``[clamp_from, lo)`` become ``lo`` (a sensor's
+        known small offset, such as a pyranometer's negative night reading)."""
+        raw = self.text(column)
+        if raw.lower() in MISSING_MARKERS:
+            if required:
+                raise self.error(column, f"empty cell; {column} is required")
+            return math.nan
+        x = self.table.to_float(raw)
+        if x is None:
+            raise self.error(column, f"not a number: {raw!r}")
+        if not math.isfinite(x):
+            raise self.error(column, f"not a finite number: {raw!r}")
+        if clamp_from is not None and clamp_from <= x < lo:
+            x = lo
+        if not lo <= x <= hi:
+            raise self.error(
+                column,
+                f"{x:g}{unit} is outside the plausible range {lo:g}..{hi:g}{unit} "
+                "(wrong unit or a faulty reading?)",
+            )
+        return x
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV file's header and data rows (see the module docstring)."""
+
+    label: str  # the file, as errors name it
+    header_line: int
+    columns: tuple[str, ...]  # lower-case names, in file order
+    decimal_comma: bool
+    _rows: tuple[tuple[int, tuple[str, ...]], ...]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __iter__(self) -> Iterator[Row]:
+        idx = {c: j for j, c in enumerate(self.columns) if c}
+        for line, cells in self._rows:
+            yield Row(self, line, {c: cells[j].strip() for c, j in idx.items() if j < len(cells)})
+
+    def to_float(self, cell: str) -> float | None:
+        """A cell as a float (decimal comma in ``;`` files), or None when it is not one."""
+        if self.decimal_comma:
+            cell = cell.replace(",", ".")
+        try:
+            return float(cell)
+        except ValueError:
+            return None
+
+
+def read_table(
+    path: str | PathLike[str], required: Sequence[str], optional: Sequence[str] = ()
+) -> Table:
+    """Read a CSV file whose header must name every column in ``required``.
+
+    A column of ``required`` or ``optional`` named twice is an error (which one
+    would be meant?); other columns are ignored, twice or not."""
+    label = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataFileError(label, None, None, "file not found") from None
+    except IsADirectoryError:
+        raise DataFileError(label, None, None, "is a directory, expected a CSV file") from None
+    except OSError as exc:
+        raise DataFileError(label, None, None, f"cannot read: {exc.strerror}") from None
+    text = _decode(label, data)
+
+    # Keep the physical line number of every line that carries data, so every
+    # error points at the line a user sees in an editor.
+    kept: list[str] = []
+    numbers: list[int] = []
+    for no, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), 1):
+        s = line.strip()
+        if not s or s.startswith("#") or not s.strip(",;\t \"'"):
+            continue  # blank, comment, or a row of empty cells
+        kept.append(line)
+        numbers.append(no)
+    if not kept:
+        raise DataFileError(label, None, None, "no header line: the file is empty or all comments")
+
+    head = kept[0]
+    # Spreadsheets in comma-decimal locales export ';' separated with '12,5'.
+    delim = "," if "," in head else ";" if ";" in head else "\t" if "\t" in head else ","
+    reader = csv.reader(kept, delimiter=delim, skipinitialspace=True)
+    header_raw = next(reader)
+    header = [h.strip().lower() for h in header_raw]
+    while header and not header[-1]:
+        header.pop()  # trailing commas
+    known = {*required, *optional}
+    seen: dict[str, int] = {}
+    for j, h in enumerate(header):
+        if h in known and h in seen:
+            raise DataFileError(
+                label, numbers[0], h, f"column appears twice (fields {seen[h] + 1} and {j + 1})"
+            )
+        seen[h] = j
+    found = ", ".join(repr(h.strip()) for h in header_raw if h.strip()) or "(nothing)"
+    for name in required:
+        if name not in seen:
+            raise DataFileError(
+                label,
+                numbers[0],
+                name,
+                f"missing required column '{name}'; header found: {found} "
+                "(the first line that is not blank or a '#' comment is the header)",
+            )
+    width = len(header)
+    rows: list[tuple[int, tuple[str, ...]]] = []
+    for row in reader:
+        ln = numbers[reader.line_num - 1]
+        if len(row) > width and any(c.strip() for c in row[width:]):
+            hint = " (a decimal comma in a comma-separated file?)" if delim == "," else ""
+            raise DataFileError(
+                label, ln, None, f"row has {len(row)} fields but the header has {width}{hint}"
+            )
+        rows.append((ln, tuple(row)))
+    return Table(label, numbers[0], tuple(header), delim != ",", tuple(rows))
