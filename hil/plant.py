@@ -63,12 +63,12 @@ BYPASS_FLOW_FRACTION = 0.08  # minimum-flow bypass, of rated pump flow at design
 VALVE_RANGEABILITY = 30.0  # equal-percentage trim R
 DC_AIR_CAPACITY_RATIO = 2.5  # air-side capacity rate / water-side at design
 DC_NATURAL_DRAFT = 0.10  # fraction of design airflow with fans stopped
-MINER_J_PER_TH = 16.5  # at nameplate
+MINER_J_PER_TH = 16.5  # at nameplate (the site description's default)
 MINER_HASH_EXPONENT = 0.65  # hashrate ~ power^0.65 (voltage scaling)
 MINER_MIN_POWER_FRACTION = 0.30  # below this a miner cannot hash
 CHIP_RECOVER_MARGIN_K = 10.0  # auto-restart after a thermal shutdown
-GPU_IDLE_W = 120.0  # H200 idle, measured
-GPU_TDP_W = 700.0
+GPU_IDLE_W = 120.0  # H200 idle, measured (the site description's default)
+GPU_TDP_W = 700.0  # H200 SXM (the site description's default ``gpu_full_w``)
 GPU_SHARE_OF_NODE_DYNAMIC = 0.7  # GPUs' share of a node's dynamic power
 HOUSE_LOAD_KW = 15.0  # lighting, controls, UPS losses
 HOUSE_LOAD_FRACTION = 0.005  # of IT load
@@ -205,7 +205,8 @@ class Plant:
         self.t_floor_kw = np.where(self.t_asic, self.t_min_kw, self.t_idle_kw)
         # A unit that shut itself down restarts once its fluid is this cool.
         self.t_recover_c = self.t_throttle - CHIP_RECOVER_MARGIN_K - self.t_r * self.t_floor_kw
-        self.t_th_nom = self.t_unit_kw / MINER_J_PER_TH * 1000.0  # TH/s at nameplate
+        j_per_th = np.array([t.miner_j_per_th for t in tanks])
+        self.t_th_nom = self.t_unit_kw / j_per_th * 1000.0  # TH/s at nameplate
         self.t_ua = np.array([t.hx_ua_kw_k for t in tanks])
         self.t_cd = np.array(
             [t.dielectric_flow_l_s * t.fluid_density_kg_l * t.fluid_cp_kj_kgk for t in tanks]
@@ -235,7 +236,15 @@ class Plant:
         self.r_throttle = np.array([r.chip_throttle_c for r in rows])
         self.r_chip_trip = np.array([r.chip_trip_c for r in rows])
         self.r_train = np.array([r.workload_class == "training" for r in rows], dtype=bool)
-        self.r_recover_c = self.r_throttle - CHIP_RECOVER_MARGIN_K - self.r_gpu_r * GPU_IDLE_W
+        self.r_gpu_idle_w = np.array([r.gpu_idle_w for r in rows])
+        self.r_gpu_full_w = np.array([r.gpu_full_w for r in rows])
+        self.r_recover_c = (
+            self.r_throttle - CHIP_RECOVER_MARGIN_K - self.r_gpu_r * self.r_gpu_idle_w
+        )
+        # A GPU scheduler in the loop (``set_gpu_utilisation``) replaces the
+        # environment's demand per tank and row; NaN: the environment's.
+        self.t_util_override = np.full(self.n_t, np.nan)
+        self.r_util_override = np.full(len(rows), np.nan)
 
         # loops
         self.l_rho = np.array([lp.density_kg_l for lp in loops])
@@ -326,7 +335,7 @@ class Plant:
         self.cmd_budget = self.t_rated.copy()
         self.cmd_enable = np.ones(self.n_t, dtype=bool)
         self.cmd_cdu_valve = np.full(self.n_c, 60.0)
-        self.cmd_gpu_cap = np.full(self.n_r, GPU_TDP_W)
+        self.cmd_gpu_cap = self.r_gpu_full_w.copy()
         self.cmd_row_enable = np.ones(self.n_r, dtype=bool)
         n_p, n_d = len(self.p_loop), len(self.d_loop)
         # Duty/standby: the first pump of each loop runs, the others stand by.
@@ -504,7 +513,9 @@ class Plant:
             enable = self.cmd_enable & ~self.t_asic  # mining off, GPUs capped below
             budget_frac = np.where(self.t_asic, 0.0, self.site.plc.safe_gpu_cap_pct / 100.0)
             budget = np.minimum(self.cmd_budget, budget_frac * self.t_rated)
-            gpu_cap = np.minimum(self.cmd_gpu_cap, self.site.plc.safe_gpu_cap_pct / 100 * GPU_TDP_W)
+            gpu_cap = np.minimum(
+                self.cmd_gpu_cap, self.site.plc.safe_gpu_cap_pct / 100 * self.r_gpu_full_w
+            )
         else:
             valve_cmd, cdu_valve_cmd = self.cmd_valve, self.cmd_cdu_valve
             pump_run, pump_sp, fan_cmd = self.cmd_pump_run, self.cmd_pump_speed, self.cmd_fan
@@ -585,6 +596,7 @@ class Plant:
         p_req = np.minimum(np.maximum(per_unit, min_kw), self.t_unit_kw)
         # ---- GPU tanks: the budget caps what the demand would draw
         util = self.t_train_f * (self.env.training_demand - demand_inf) + demand_inf
+        util = np.where(np.isnan(self.t_util_override), util, self.t_util_override)
         gpu_node = np.minimum(
             self.t_idle_kw + self.t_dyn_kw * util, np.maximum(per_unit, self.t_idle_kw)
         )
@@ -608,17 +620,19 @@ class Plant:
         self.r_power_on = ~row_trip & pdu_ok[self.r_pdu]
         rrun = self.r_power_on & self.cmd_row_enable & ~self.r_hw_off
         rutil = np.where(self.r_train, self.env.training_demand, demand_inf)
+        rutil = np.where(np.isnan(self.r_util_override), rutil, self.r_util_override)
         coolant = self.c_supply[self.r_cdu]
         cap = gpu_cap.astype(float)
-        gpu_w = GPU_IDLE_W + rutil * (np.minimum(cap, GPU_TDP_W) - GPU_IDLE_W)
+        idle_w, full_w = self.r_gpu_idle_w, self.r_gpu_full_w
+        gpu_w = idle_w + rutil * (np.minimum(cap, full_w) - idle_w)
         # Throttle: a GPU holds its slowdown temperature by lowering power.
         gpu_w_thermal = (self.r_throttle - coolant) / self.r_gpu_r
-        gpu_w_eff = np.maximum(np.minimum(gpu_w, gpu_w_thermal), GPU_IDLE_W)
+        gpu_w_eff = np.maximum(np.minimum(gpu_w, gpu_w_thermal), idle_w)
         die = coolant + self.r_gpu_r * gpu_w_eff
         self.r_hw_off |= rrun & (die >= self.r_chip_trip)
         self.r_hw_off &= coolant >= self.r_recover_c
         rrun = rrun & ~self.r_hw_off
-        gpu_frac = (gpu_w_eff - GPU_IDLE_W) / (GPU_TDP_W - GPU_IDLE_W)
+        gpu_frac = (gpu_w_eff - idle_w) / (full_w - idle_w)
         other = (1.0 - GPU_SHARE_OF_NODE_DYNAMIC) * rutil + GPU_SHARE_OF_NODE_DYNAMIC * gpu_frac
         node_kw = self.r_idle_kw + (self.r_node_kw - self.r_idle_kw) * other
         self.r_nodes_on = np.where(rrun, self.r_nodes, 0.0)
@@ -812,6 +826,17 @@ class Plant:
     # ==================================================================
     # faults (driven by scenarios)
     # ==================================================================
+    def set_gpu_utilisation(self, name: str, util: float | None) -> None:
+        """A GPU scheduler's word on a GPU tank or rack row: the busy fraction of its
+        GPUs (0..1) from now on; ``None`` hands it back to the environment's demand."""
+        u = math.nan if util is None else min(max(float(util), 0.0), 1.0)
+        tanks = [t.name for t in self.site.tanks]
+        if name in tanks and self.site.tanks[tanks.index(name)].workload == "gpu":
+            self.t_util_override[tanks.index(name)] = u
+            return
+        rows = [r.name for r in self.site.rack_rows]
+        self.r_util_override[self._index(rows, name, "GPU tank or rack row")] = u
+
     def set_equipment_fault(self, category: str, name: str, kind: str, active: bool) -> None:
         """Trip or restore a pump or fan, start or stop a leak."""
         if category == "pump":

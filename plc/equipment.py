@@ -162,10 +162,28 @@ class Tank:
     unit_id: int
     limits: TankLimits
     workload_class: str  # mining | inference | training
+    #: ASIC tanks: the miners' efficiency at nameplate power (J/TH)
+    miner_j_per_th: float = 16.5
+    #: GPU tanks: GPUs per node and their power draw idle and at full load (W)
+    gpus_per_unit: int = 0
+    gpu_idle_w: float = 120.0
+    gpu_full_w: float = 700.0
 
     @property
     def rated_kw(self) -> float:
         return self.units * self.unit_power_kw
+
+    @property
+    def gpus(self) -> int:
+        """GPUs installed (0 for a mining tank)."""
+        return self.units * self.gpus_per_unit
+
+    @property
+    def rated_th_s(self) -> float:
+        """Hashrate at nameplate power (TH/s; 0 for a GPU tank)."""
+        if self.workload != "asic":
+            return 0.0
+        return self.rated_kw * 1000.0 / self.miner_j_per_th
 
     @property
     def heat_capacity_kj_k(self) -> float:
@@ -204,10 +222,16 @@ class RackRow:
     chip_trip_c: float
     unit_id: int
     workload_class: str
+    gpu_idle_w: float = 120.0
+    gpu_full_w: float = 700.0
 
     @property
     def rated_kw(self) -> float:
         return self.nodes * self.node_power_kw
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
 
 
 @dataclass(frozen=True)
@@ -236,6 +260,27 @@ class PlcConfig:
 
 
 @dataclass(frozen=True)
+class Economics:
+    """What the hall earns and pays, as the planner weighs it (``[economics]``).
+
+    Constants here; scenarios and benchmarks may give series (prices by the
+    hour, hashprice by the day) that replace them.
+    """
+
+    hashprice_usd_per_th_day: float = 0.05  # mining revenue per TH/s for a day
+    inference_usd_per_gpu_h: float = 2.50  # what an inference GPU-hour sells for
+    training_usd_per_gpu_h: float = 1.80
+    energy_usd_per_mwh: float = 60.0  # without a price series
+
+    def mining_breakeven_usd_per_mwh(self, j_per_th: float) -> float:
+        """The energy price above which a miner of ``j_per_th`` loses money.
+
+        One TH/s for a day uses ``j_per_th`` W x 24 h = ``j_per_th`` x 24e-6 MWh
+        and earns the hashprice."""
+        return self.hashprice_usd_per_th_day / (j_per_th * 24e-6)
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     source: str
@@ -253,6 +298,7 @@ class Site:
     cdus: tuple[Cdu, ...]
     rack_rows: tuple[RackRow, ...]
     control_loops: tuple[ControlLoop, ...]
+    economics: Economics = Economics()
 
     @property
     def pumps(self) -> tuple[Pump, ...]:
@@ -261,6 +307,16 @@ class Site:
     @property
     def dry_coolers(self) -> tuple[DryCooler, ...]:
         return tuple(d for lp in self.loops for d in lp.dry_coolers)
+
+    @property
+    def gpus(self) -> int:
+        """GPUs installed in GPU tanks and rack rows."""
+        return sum(t.gpus for t in self.tanks) + sum(r.gpus for r in self.rack_rows)
+
+    @property
+    def oversubscription(self) -> float:
+        """Installed IT power over the grid import limit (above 1: not all can run at once)."""
+        return self.it_rated_kw / self.import_limit_kw
 
     @property
     def it_rated_kw(self) -> float:
@@ -285,6 +341,8 @@ class Site:
             "pdus": len(self.pdus),
             "it_rated_kw": round(self.it_rated_kw, 1),
             "import_limit_kw": self.import_limit_kw,
+            "oversubscription": round(self.oversubscription, 2),
+            "gpus": self.gpus,
         }
 
 

@@ -20,6 +20,7 @@ import re
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .config import _MISSING, Section, load_toml, loads_toml
 from .equipment import (
@@ -29,6 +30,7 @@ from .equipment import (
     Cdu,
     ControlLoop,
     DryCooler,
+    Economics,
     Feeder,
     Loop,
     Pdu,
@@ -47,6 +49,7 @@ __all__ = [
     "Cdu",
     "ControlLoop",
     "DryCooler",
+    "Economics",
     "Feeder",
     "Loop",
     "Pdu",
@@ -157,6 +160,7 @@ def parse_site(root: Section) -> Site:
         cdus=cdus,
         rack_rows=rows,
         control_loops=(),
+        economics=_economics(root),
     )
     # Control loops name points, so they are checked against the point map.
     try:
@@ -375,6 +379,7 @@ def _tank(sec: Section, names: _Names, loops: set[str], pdus: set[str]) -> Tank:
             rate_alarm_c_per_min=sec.get_float("rate_alarm_c_per_min", 1.0, above=0.0),
         ),
         workload_class=wclass,
+        **_workload_fields(sec, workload),
     )
     kw = t.rated_kw
     if not 20.0 <= kw <= 600.0:
@@ -383,6 +388,48 @@ def _tank(sec: Section, names: _Names, loops: set[str], pdus: set[str]) -> Tank:
         )
     sec.check_unused()
     return t
+
+
+def _gpu_power(sec: Section) -> dict[str, float]:
+    idle = sec.get_float("gpu_idle_w", 120.0, minval=0.0, maxval=2_000.0)
+    full = sec.get_float("gpu_full_w", 700.0, above=idle, maxval=3_000.0)
+    return {"gpu_idle_w": idle, "gpu_full_w": full}
+
+
+def _workload_fields(sec: Section, workload: str) -> dict[str, Any]:
+    """What a tank's workload adds: the miners' efficiency, or the GPUs per node."""
+    if workload == "asic":
+        for key in ("gpus_per_unit", "gpu_idle_w", "gpu_full_w"):
+            if sec.has(key):
+                raise sec.error(key, 'only GPU tanks (workload = "gpu") have GPUs')
+        return {"miner_j_per_th": sec.get_float("miner_j_per_th", 16.5, minval=5.0, maxval=200.0)}
+    if sec.has("miner_j_per_th"):
+        raise sec.error("miner_j_per_th", 'only ASIC tanks (workload = "asic") mine')
+    return {
+        "gpus_per_unit": sec.get_int("gpus_per_unit", 8, minval=1, maxval=16),
+        **_gpu_power(sec),
+    }
+
+
+def _economics(root: Section) -> Economics:
+    e = root.get_section("economics", {})
+    d = Economics()
+    econ = Economics(
+        hashprice_usd_per_th_day=e.get_float(
+            "hashprice_usd_per_th_day", d.hashprice_usd_per_th_day, minval=0.0, maxval=10.0
+        ),
+        inference_usd_per_gpu_h=e.get_float(
+            "inference_usd_per_gpu_h", d.inference_usd_per_gpu_h, minval=0.0, maxval=100.0
+        ),
+        training_usd_per_gpu_h=e.get_float(
+            "training_usd_per_gpu_h", d.training_usd_per_gpu_h, minval=0.0, maxval=100.0
+        ),
+        energy_usd_per_mwh=e.get_float(
+            "energy_usd_per_mwh", d.energy_usd_per_mwh, minval=-10_000.0, maxval=20_000.0
+        ),
+    )
+    e.check_unused()
+    return econ
 
 
 def _cdu(sec: Section, names: _Names, loops: set[str]) -> Cdu:
@@ -423,6 +470,7 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
         chip_trip_c=sec.get_float("chip_trip_c", 95.0, above=throttle, maxval=120.0),
         unit_id=_unit_id(sec, "unit_id", 1),
         workload_class=sec.get_str("workload_class", "training", ("inference", "training")),
+        **_gpu_power(sec),
     )
     sec.check_unused()
     return r

@@ -638,3 +638,55 @@ def test_generated_small_site_gives_every_meter_vfd_and_cdu_its_own_unit_id(tmp_
 def test_generator_refuses_more_devices_than_unit_ids_without_plc_spreading():
     with pytest.raises(ValueError, match="tanks_per_plc"):
         generate_site_toml(SiteSpec(asic_tanks=400))
+
+
+# --------------------------------------------------------------------------
+# workloads and economics (what the gating planner weighs)
+# --------------------------------------------------------------------------
+def test_the_demo_describes_its_gpus_miners_and_economics():
+    site = demo_site()
+    assert site.gpus == sum(t.units * 8 for t in site.tanks if t.workload == "gpu") + sum(
+        r.nodes * r.gpus_per_node for r in site.rack_rows
+    )
+    miner = site.tanks[0]
+    assert miner.workload == "asic" and miner.gpus == 0
+    assert miner.rated_th_s == pytest.approx(miner.rated_kw * 1000 / miner.miner_j_per_th)
+    assert site.summary()["oversubscription"] == round(site.it_rated_kw / site.import_limit_kw, 2)
+
+
+def test_breakeven_energy_price_of_a_miner():
+    econ = demo_site().economics
+    # 0.05 $/TH/day at 20 J/TH: a TH/s uses 0.48 kWh a day, so 104.17 $/MWh
+    assert econ.mining_breakeven_usd_per_mwh(20.0) == pytest.approx(0.05 / 0.00048)
+
+
+def test_economics_section_is_read_and_its_typos_are_named(tmp_path):
+    d = small_site()
+    d["economics"] = {"hashprice_usd_per_th_day": 0.04, "training_usd_per_gpu_h": 2.2}
+    site = load_site(write(tmp_path, d))
+    assert site.economics.hashprice_usd_per_th_day == 0.04
+    assert site.economics.training_usd_per_gpu_h == 2.2
+    assert site.economics.inference_usd_per_gpu_h == 2.5  # the default
+    d["economics"] = {"hashprice_usd_per_th": 0.04}
+    bad(tmp_path, d, "economics.hashprice_usd_per_th", "unknown key")
+
+
+def test_gpu_keys_on_a_mining_tank_and_miner_keys_on_a_gpu_tank_are_refused(tmp_path):
+    d = small_site()
+    asic = next(i for i, t in enumerate(d["tanks"]) if t.get("workload") == "asic")
+    d["tanks"][asic]["gpus_per_unit"] = 8
+    bad(tmp_path, d, f"tanks[{asic}].gpus_per_unit", "only GPU tanks")
+    d = small_site()
+    d["tanks"][asic]["miner_j_per_th"] = 21.5
+    site = load_site(write(tmp_path, d))
+    assert site.tanks[asic].miner_j_per_th == 21.5
+    d["tanks"][asic]["workload"] = "gpu"
+    d["tanks"][asic]["workload_class"] = "inference"
+    bad(tmp_path, d, f"tanks[{asic}].miner_j_per_th", "only ASIC tanks")
+
+
+def test_gpu_full_power_must_be_above_idle(tmp_path):
+    d = small_site()
+    d["rack_rows"][0]["gpu_idle_w"] = 300.0
+    d["rack_rows"][0]["gpu_full_w"] = 250.0
+    bad(tmp_path, d, "rack_rows[0].gpu_full_w", "above")
