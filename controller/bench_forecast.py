@@ -42,7 +42,7 @@ from thermogate.hil.scenario import (
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.site import Site, load_site
 
-from .core import LoadInfo
+from .core import LoadInfo, SiteNow
 from .historian import Historian, HistoryReader
 from .retrain import history_dataset
 
@@ -71,7 +71,12 @@ class BenchPlanner:
         at, levels = self.schedule[name]
         return float(levels[max(0, int(np.searchsorted(at, t, side="right")) - 1)])
 
-    def plan(self, t: float, loads: list[LoadInfo], headroom: dict[str, float]) -> dict[str, float]:
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow
+    ) -> dict[str, float]:
+        return self._at(t, loads)
+
+    def _at(self, t: float, loads: list[LoadInfo]) -> dict[str, float]:
         hour = (t % DAY_S) / 3600.0
         out = {}
         for ld in loads:
@@ -83,7 +88,7 @@ class BenchPlanner:
 
     def planned(self, t: float, horizon_s: float, loads: list[LoadInfo]) -> dict[str, float]:
         """The schedule is known ahead (as a job scheduler's queue is)."""
-        return self.plan(t + horizon_s, loads, {})
+        return self._at(t + horizon_s, loads)
 
 
 def _synthetic_days(days: int, first: int, seed: int, warm: bool) -> list[np.ndarray]:

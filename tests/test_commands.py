@@ -245,7 +245,9 @@ def test_manual_mode_holds_every_loop_and_auto_takes_over_bumplessly(warm):
 class _Stepping:
     """A planner that wants the full rating, then half of it after t = 100 s."""
 
-    def plan(self, t: float, loads: list[LoadInfo], headroom: dict) -> dict[str, float]:
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict, now: object
+    ) -> dict[str, float]:
         return {ld.name: ld.rated_kw * (1.0 if t < 100.0 else 0.5) for ld in loads}
 
 

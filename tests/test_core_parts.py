@@ -13,7 +13,7 @@ import pytest
 
 from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S, Actuation
 from thermogate.controller.core.alarms import Alarms
-from thermogate.controller.core.planning import LoadInfo, Planning, row_cap_w
+from thermogate.controller.core.planning import LoadInfo, Planning, SiteNow, row_cap_w
 from thermogate.controller.core.power import PowerProtection
 from thermogate.controller.core.state import ControllerState
 from thermogate.controller.core.thermal import ThermalProtection
@@ -172,7 +172,9 @@ def test_a_curtailment_is_the_lowest_limit_of_the_scan(topo, site):
 
 # -- planning ---------------------------------------------------------------------------
 class _Half:
-    def plan(self, t: float, loads: list[LoadInfo], headroom: dict) -> dict[str, float]:
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict, now: SiteNow
+    ) -> dict[str, float]:
         return {ld.name: ld.rated_kw / 2 for ld in loads}
 
 
@@ -182,7 +184,7 @@ def test_the_planner_is_bounded_by_protection_and_says_which_limit(topo, site):
     power = dict(thermal)
     thermal["tank01"] = 10.0
     cmds: dict = {}
-    pl.allocate(view(topo), cmds, thermal, power)
+    pl.allocate(view(topo), cmds, thermal, power, topo.site.import_limit_kw)
     t01, t02 = topo.load["tank01"], topo.load["tank02"]
     assert (cmds[t01.budget].value, cmds[t01.budget].why) == (10.0, "thermal limit")
     assert cmds[t02.budget].value == round(t02.rated_kw / 2, 1)

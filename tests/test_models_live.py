@@ -14,6 +14,7 @@ from thermogate.controller.core import (
     DefaultPlanner,
     LoadForecast,
     LoadInfo,
+    SiteNow,
 )
 from thermogate.controller.signals import BAD, Observation
 from thermogate.controller.simulate import run_simulation
@@ -34,9 +35,11 @@ class RecordingPlanner(DefaultPlanner):
     def __init__(self) -> None:
         self.seen: list[tuple[float, list[LoadInfo]]] = []
 
-    def plan(self, t: float, loads: list[LoadInfo], headroom: dict[str, float]) -> dict[str, float]:
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow
+    ) -> dict[str, float]:
         self.seen.append((t, loads))
-        return super().plan(t, loads, headroom)
+        return super().plan(t, loads, headroom, now)
 
 
 class CapturingForecaster(LiveForecaster):

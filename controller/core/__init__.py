@@ -19,10 +19,12 @@ from .controller import Controller, ScanResult
 from .planning import (
     FORECAST_FRESH_S,
     DefaultPlanner,
+    Explains,
     LoadForecast,
     LoadInfo,
     PlanAhead,
     Planner,
+    SiteNow,
 )
 from .state import ControllerState, Curtailment, Override
 
@@ -38,6 +40,7 @@ __all__ = [
     "ControllerState",
     "Curtailment",
     "DefaultPlanner",
+    "Explains",
     "LoadForecast",
     "LoadInfo",
     "Override",
@@ -52,4 +55,5 @@ __all__ = [
     "SetMode",
     "SetSetpoint",
     "SetTuning",
+    "SiteNow",
 ]

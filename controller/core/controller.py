@@ -176,7 +176,7 @@ class Controller:
             alarms.event(t, "clear", name, f"sensor {name} good again", 300)
         position = self.pmap.position
         voted = {position(k): (val, qual != BAD) for k, (val, qual) in est.voted.items()}
-        view = ScanView(t, dt, v, q, voted, obs.import_limit_kw)
+        view = ScanView(t, dt, v, q, voted, obs.import_limit_kw, obs.price_per_mwh)
 
         self.actuation.verify(view, alarms)
         self.failsafe.update(t, q, alarms)
@@ -195,9 +195,11 @@ class Controller:
         overridden = {
             self.topo.load_of_budget[i].name for i in overrides if i in self.topo.load_of_budget
         }
-        self.power.protect(view, alarms, self._curtail_kw(t), overridden)
+        curtail_kw = self._curtail_kw(t)
+        self.power.protect(view, alarms, curtail_kw, overridden)
         hold = self.state.mode == "maintenance"
-        self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, hold=hold)
+        grid_kw = self.power.grid_limit(view, curtail_kw)
+        self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, grid_kw, hold=hold)
         self._apply_overrides(cmds, overrides)
         self.trips.latch(view, cmds, alarms)
         self.failsafe.apply(cmds)

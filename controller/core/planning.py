@@ -19,15 +19,16 @@ had, and only protection may lower it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from thermogate.plc.records import PLAN_HORIZONS_MIN
 
 from .topology import Load, Topology
-from .view import Cmd, Cmds, ScanView
+from .view import Cmd, Cmds, ScanView, nz
 
 FORECAST_FRESH_S = 180.0  # a model forecast older than this is not handed to the planner
 ROW_CAP_MIN_W = 200.0  # a rack row's per-GPU cap at or below 30 % of its rating ...
@@ -56,14 +57,33 @@ class LoadInfo:
     forecast: LoadForecast | None = None
 
 
+@dataclass(frozen=True)
+class SiteNow:
+    """What a planner sees of the whole site this scan, besides its loads."""
+
+    grid_limit_kw: float  # the import limit in force: the site's, the grid's, a curtailment's
+    site_kw: float  # measured import (NaN when the meter is bad)
+    it_kw: float  # the loads' measured power, summed (bad meters count 0)
+    price_per_mwh: float  # the energy price now (NaN: no feed)
+
+
 class Planner(Protocol):
     """``plan`` returns, per load (tank or rack row name), the budget in kW the
     planner wants (absent or not finite: no opinion, i.e. rated). ``headroom``
     is what protection allows each load now."""
 
     def plan(
-        self, t: float, loads: list[LoadInfo], headroom: dict[str, float]
+        self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow
     ) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Explains(Protocol):
+    """A planner that says why: per load, the limit or price that bound its
+    last plan ("grid limit", "price above mining breakeven", ...). The reason
+    goes with the budget's write into the audit trail and the status."""
+
+    def why(self) -> Mapping[str, str]: ...
 
 
 class PlanAhead(Protocol):
@@ -79,7 +99,9 @@ class PlanAhead(Protocol):
 class DefaultPlanner:
     """Until the gating planner exists: everything allowed within the limits."""
 
-    def plan(self, t: float, loads: list[LoadInfo], headroom: dict[str, float]) -> dict[str, float]:
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow
+    ) -> dict[str, float]:
         return {ld.name: ld.rated_kw for ld in loads}
 
 
@@ -125,6 +147,7 @@ class Planning:
         cmds: Cmds,
         thermal_cap: dict[str, float],
         power_cap: dict[str, float],
+        grid_limit_kw: float,
         hold: bool = False,
     ) -> None:
         """Budgets for every load: the planner's wish within protection's caps.
@@ -148,14 +171,21 @@ class Planning:
         headroom = {
             ld.name: min(thermal_cap[ld.name], power_cap[ld.name], ld.rated_kw) for ld in loads
         }
+        why: Mapping[str, str] = {}
         if hold:
             if self._held is None:
                 self._held = dict(self._last_wanted)
             wanted = self._held
         else:
             self._held = None
-            wanted = self.planner.plan(t, infos, headroom)
+            it_kw = sum(nz(view.measured(ld.power)) for ld in loads)
+            site_kw = view.measured(self.topo.site_meter)
+            price = math.nan if view.price_per_mwh is None else float(view.price_per_mwh)
+            now = SiteNow(grid_limit_kw, site_kw, it_kw, price)
+            wanted = self.planner.plan(t, infos, headroom, now)
             self._last_wanted = wanted
+            if isinstance(self.planner, Explains):
+                why = self.planner.why()
         ahead = getattr(self.planner, "planned", None)
         nh = len(PLAN_HORIZONS_MIN)
         for j, h in enumerate(PLAN_HORIZONS_MIN):
@@ -169,7 +199,7 @@ class Planning:
             budget = asked(wanted, ld)
             limits = {"thermal": thermal_cap[ld.name], "power": power_cap[ld.name]}
             budget_final = min(budget, ld.rated_kw, *limits.values())
-            reason = "planner"
+            reason = why.get(ld.name, "planner")
             if budget_final < budget - 1e-6:
                 reason = min(limits, key=lambda k: limits[k]) + " limit"
             if ld.kind == "tank":

@@ -98,7 +98,9 @@ class Topology:
         self.load: dict[str, Load] = {ld.name: ld for ld in loads}
         #: the load whose budget a point is (for overrides of a budget)
         self.load_of_budget: dict[int, Load] = {ld.budget: ld for ld in loads}
-        constraints = [PowerConstraint("site import", ix.site.power_kw, None, self.loads, 800)]
+        #: position of the site's import meter (power_kw)
+        self.site_meter: int = ix.site.power_kw
+        constraints = [PowerConstraint("site import", self.site_meter, None, self.loads, 800)]
         for j, f in enumerate(site.feeders):
             constraints.append(
                 PowerConstraint(

@@ -29,6 +29,7 @@ class ScanView:
     #: of the point they stand for: (value, usable)
     voted: Mapping[int, tuple[float, bool]]
     import_limit_kw: float | None = None  # the grid's limit this scan (scenario / DR)
+    price_per_mwh: float | None = None  # the energy price this scan (market feed / scenario)
 
     def __post_init__(self) -> None:
         self.values.setflags(write=False)

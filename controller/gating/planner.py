@@ -1,0 +1,175 @@
+"""The gating planner: what each tank and rack row may draw, and why.
+
+It implements the core's planning seam (:class:`~thermogate.controller.core.Planner`
+and :class:`~thermogate.controller.core.Explains`); protection's caps still
+bound whatever it asks. Order of operations of one plan:
+
+1. **room**: the IT power the grid allows, ``margin`` x the import limit in
+   force (the site's, the grid's, a curtailment's) less the non-IT load
+   (cooling, house) measured as import minus IT and smoothed; without a
+   good meter, ``NON_IT_DEFAULT_FRAC`` of the IT rating;
+2. **caps** per load: protection's headroom (interlocks, thermal limiter,
+   breakers) and the rating; then the learned heat headroom: a load may
+   grow by at most its forecast headroom (the model's conservative fallback
+   when it is not trusted), and the loads of one loop share that loop's
+   headroom;
+3. **want** per load: a GPU load what its jobs need (``gpu_demand``; all of
+   it without a scheduler in the loop), a mining tank its rating while the
+   energy price is below its miners' breakeven (off above it, with
+   ``price_hysteresis`` so a price hovering at breakeven does not toggle it);
+4. **allocate** the room by precedence, inference first, then training, then
+   mining: a class gets what it wants within its caps while room is left,
+   shared pro rata by want when not all of it fits.
+
+Every load's budget comes with the reason that bound it (``why``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from thermogate.plc.site import Site
+
+from ..core import LoadInfo, SiteNow
+
+CLASS_PRECEDENCE = ("inference", "training", "mining")  # who gets the room first
+NON_IT_DEFAULT_FRAC = 0.10  # cooling + house as a fraction of IT, before a meter says
+NON_IT_SMOOTHING_S = 120.0  # time constant of the non-IT load estimate
+
+
+@dataclass(frozen=True)
+class GatingConfig:
+    margin: float = 0.95  # plan IT within this fraction of the import limit
+    price_hysteresis: float = 0.05  # mining back on below (1 - h) x breakeven, off above (1 + h)
+
+
+class GatingPlanner:
+    """See the module docstring.
+
+    ``gpu_demand(t)`` gives, per GPU load, the fraction of its GPUs its jobs
+    need now (a scheduler's view); absent or unknown: all of them.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        config: GatingConfig | None = None,
+        gpu_demand: Callable[[float], Mapping[str, float]] | None = None,
+    ) -> None:
+        self.site = site
+        self.config = config or GatingConfig()
+        self.gpu_demand = gpu_demand
+        self.breakeven = {
+            t.name: site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
+            for t in site.tanks
+            if t.workload == "asic"
+        }
+        self._mining_on = dict.fromkeys(self.breakeven, True)
+        self._non_it_kw = NON_IT_DEFAULT_FRAC * site.it_rated_kw
+        self._t_last = math.nan
+        self._why: dict[str, str] = {}
+        self.room_kw = math.nan  # the IT room of the last plan (for the status)
+
+    def why(self) -> Mapping[str, str]:
+        return self._why
+
+    # -- the plan --------------------------------------------------------------
+
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow
+    ) -> dict[str, float]:
+        self._observe_non_it(t, now)
+        room = max(0.0, self.config.margin * now.grid_limit_kw - self._non_it_kw)
+        self.room_kw = room
+        caps, why = self._caps(loads, headroom)
+        demand = self.gpu_demand(t) if self.gpu_demand is not None else {}
+        want: dict[str, float] = {}
+        for ld in loads:
+            if ld.workload_class == "mining":
+                want[ld.name] = ld.rated_kw if self._mining_wanted(ld.name, now) else 0.0
+                if not want[ld.name]:
+                    why[ld.name] = "price above mining breakeven"
+            else:
+                frac = demand.get(ld.name, 1.0)
+                frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
+                want[ld.name] = frac * ld.rated_kw
+                if frac < 1.0:
+                    why.setdefault(ld.name, "job demand")
+        out: dict[str, float] = {}
+        for wclass in CLASS_PRECEDENCE:
+            members = [ld for ld in loads if ld.workload_class == wclass]
+            give = {ld.name: min(want[ld.name], caps[ld.name]) for ld in members}
+            total = sum(give.values())
+            scale = 1.0 if total <= room or total <= 0 else room / total
+            for ld in members:
+                out[ld.name] = give[ld.name] * scale
+                if scale < 1.0 and give[ld.name] > 0:
+                    why[ld.name] = "grid limit"
+            room = 0.0 if scale < 1.0 else max(0.0, room - total)
+        self._why = why
+        return out
+
+    def _observe_non_it(self, t: float, now: SiteNow) -> None:
+        """Smooth import minus IT: the cooling and house load the IT must leave room for."""
+        if not (math.isfinite(now.site_kw) and math.isfinite(now.it_kw)):
+            return
+        sample = max(0.0, now.site_kw - now.it_kw)
+        dt = t - self._t_last if math.isfinite(self._t_last) else math.inf
+        self._t_last = t
+        a = 1.0 if not math.isfinite(dt) else 1.0 - math.exp(-max(dt, 0.0) / NON_IT_SMOOTHING_S)
+        self._non_it_kw += a * (sample - self._non_it_kw)
+
+    def _caps(
+        self, loads: list[LoadInfo], headroom: dict[str, float]
+    ) -> tuple[dict[str, float], dict[str, str]]:
+        caps: dict[str, float] = {}
+        why: dict[str, str] = {}
+        for ld in loads:
+            cap = min(ld.rated_kw, headroom.get(ld.name, ld.rated_kw))
+            if cap < ld.rated_kw - 1e-9:
+                why[ld.name] = "protection"
+            fc = ld.forecast
+            if fc is not None and math.isfinite(fc.headroom_kw):
+                now_kw = ld.power_kw if math.isfinite(ld.power_kw) else 0.0
+                thermal = max(0.0, now_kw + fc.headroom_kw)
+                if thermal < cap:
+                    cap = thermal
+                    why[ld.name] = (
+                        "heat headroom (forecast)"
+                        if fc.trusted
+                        else "heat headroom (conservative fallback)"
+                    )
+            caps[ld.name] = cap
+        # the loads of one loop share its headroom: their growth together fits it
+        for loop in {ld.loop for ld in loads}:
+            members = [ld for ld in loads if ld.loop == loop and ld.forecast is not None]
+            if not members:
+                continue
+            loop_room = min(ld.forecast.loop_headroom_kw for ld in members if ld.forecast)
+            if not math.isfinite(loop_room):
+                continue
+            base = {ld.name: ld.power_kw if math.isfinite(ld.power_kw) else 0.0 for ld in members}
+            growth = {ld.name: max(0.0, caps[ld.name] - base[ld.name]) for ld in members}
+            total = sum(growth.values())
+            if total > max(loop_room, 0.0):
+                k = max(loop_room, 0.0) / total
+                for ld in members:
+                    if growth[ld.name] > 0:
+                        caps[ld.name] = base[ld.name] + growth[ld.name] * k
+                        why[ld.name] = "loop heat headroom (forecast)"
+        return caps, why
+
+    def _mining_wanted(self, name: str, now: SiteNow) -> bool:
+        price = now.price_per_mwh
+        if not math.isfinite(price):
+            price = self.site.economics.energy_usd_per_mwh
+        be, h = self.breakeven[name], self.config.price_hysteresis
+        on = self._mining_on[name]
+        if on and price > be * (1.0 + h):
+            on = False
+        elif not on and price < be * (1.0 - h):
+            on = True
+        self._mining_on[name] = on
+        return on

@@ -1,0 +1,143 @@
+"""The gating planner on its own (pure: loads in, budgets and reasons out), and
+its precedence inside the controller core."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from thermogate.controller.core import LoadForecast, LoadInfo, SiteNow
+from thermogate.controller.gating.planner import GatingConfig, GatingPlanner
+from thermogate.plc.site import Site
+
+
+def infos(site: Site, power_frac: float = 1.0, forecast: LoadForecast | None = None):
+    out = []
+    for t in site.tanks:
+        out.append(
+            LoadInfo(
+                t.name, t.workload_class, t.rated_kw, power_frac * t.rated_kw, t.loop, forecast
+            )
+        )
+    loop_of_cdu = {c.name: c.loop for c in site.cdus}
+    for r in site.rack_rows:
+        out.append(
+            LoadInfo(
+                r.name,
+                r.workload_class,
+                r.rated_kw,
+                power_frac * r.rated_kw,
+                loop_of_cdu[r.cdu],
+                forecast,
+            )
+        )
+    return out
+
+
+def by_class(site: Site, plan: dict[str, float]) -> dict[str, float]:
+    out = {"mining": 0.0, "training": 0.0, "inference": 0.0}
+    for ld in infos(site):
+        out[ld.workload_class] += plan[ld.name]
+    return out
+
+
+def now(site: Site, limit: float | None = None, price: float = 40.0) -> SiteNow:
+    # non-IT load known: 300 kW of cooling and house
+    return SiteNow(site.import_limit_kw if limit is None else limit, 3300.0, 3000.0, price)
+
+
+def test_as_the_grid_limit_falls_mining_goes_first_then_training_then_inference(site):
+    lds = infos(site)
+    rated = {c: v for c, v in by_class(site, {ld.name: ld.rated_kw for ld in lds}).items()}
+    seen = []
+    for limit in np.linspace(5000, 500, 46):
+        p = GatingPlanner(site)
+        plan = p.plan(0.0, lds, {}, now(site, float(limit)))
+        c = by_class(site, plan)
+        seen.append(c)
+        assert sum(plan.values()) <= 0.95 * limit - 300 + 1e-6 or sum(plan.values()) == 0
+        # a class is cut only once every class after it is at zero
+        if c["inference"] < rated["inference"] - 1e-6:
+            assert c["training"] == 0 and c["mining"] == 0
+        if c["training"] < rated["training"] - 1e-6:
+            assert c["mining"] == 0
+        cut = [ld.name for ld in lds if plan[ld.name] < ld.rated_kw - 1e-6]
+        assert all(p.why()[n] == "grid limit" for n in cut if plan[n] > 0)
+    assert seen[0]["mining"] > 0 and seen[-1]["inference"] > 0  # 500 kW: inference alone
+
+
+def test_mining_stops_above_its_breakeven_price_and_restarts_only_clearly_below_it(site):
+    p = GatingPlanner(site, GatingConfig(price_hysteresis=0.05))
+    be = p.breakeven["tank01"]
+    lds = infos(site)
+    plan = p.plan(0.0, lds, {}, now(site, price=be * 0.9))
+    assert plan["tank01"] == pytest.approx(site.tanks[0].rated_kw)
+    for price, mining in [
+        (be * 1.02, True),  # inside the band: stays on
+        (be * 1.10, False),  # above: off, and says why
+        (be * 0.99, False),  # back inside the band: stays off
+        (be * 0.90, True),  # clearly below: on again
+    ]:
+        plan = p.plan(0.0, lds, {}, now(site, price=price))
+        assert (plan["tank01"] > 0) is mining, price
+        if not mining:
+            assert p.why()["tank01"] == "price above mining breakeven"
+    # the GPUs do not care about the mining breakeven
+    plan = p.plan(0.0, lds, {}, now(site, price=be * 3))
+    assert by_class(site, plan)["inference"] > 0 and by_class(site, plan)["training"] > 0
+
+
+def test_no_load_is_planned_past_its_forecast_heat_headroom(site):
+    trusted = LoadForecast(
+        headroom_kw=20.0, loop_headroom_kw=math.inf, time_to_limit_min=math.inf, trusted=True
+    )
+    lds = infos(site, power_frac=0.5, forecast=trusted)
+    p = GatingPlanner(site)
+    plan = p.plan(0.0, lds, {}, now(site, limit=20_000.0))
+    for ld in lds:
+        assert plan[ld.name] <= ld.power_kw + 20.0 + 1e-6
+        assert p.why()[ld.name] == "heat headroom (forecast)"
+    # untrusted: the model hands in its conservative fallback, and it is said so
+    fallback = LoadForecast(0.0, math.inf, math.inf, trusted=False)
+    plan = p.plan(0.0, infos(site, 0.5, fallback), {}, now(site, limit=20_000.0))
+    assert all(plan[ld.name] <= ld.power_kw + 1e-6 for ld in lds)
+    assert set(p.why().values()) == {"heat headroom (conservative fallback)"}
+
+
+def test_the_loads_of_a_loop_share_its_heat_headroom(site):
+    fc = LoadForecast(
+        headroom_kw=100.0, loop_headroom_kw=120.0, time_to_limit_min=math.inf, trusted=True
+    )
+    lds = infos(site, power_frac=0.5, forecast=fc)
+    plan = GatingPlanner(site).plan(0.0, lds, {}, now(site, limit=20_000.0))
+    for loop in {ld.loop for ld in lds}:
+        grow = sum(plan[ld.name] - ld.power_kw for ld in lds if ld.loop == loop)
+        assert grow == pytest.approx(120.0)
+
+
+def test_protection_headroom_caps_the_plan_and_is_named(site):
+    lds = infos(site)
+    p = GatingPlanner(site)
+    plan = p.plan(0.0, lds, {"gpu01": 12.5}, now(site, limit=20_000.0))
+    assert plan["gpu01"] == 12.5 and p.why()["gpu01"] == "protection"
+
+
+def test_gpu_loads_ask_for_what_their_jobs_need(site):
+    p = GatingPlanner(site, gpu_demand=lambda t: {"row1": 0.25, "gpu01": 0.0})
+    plan = p.plan(0.0, infos(site), {}, now(site, limit=20_000.0))
+    row1 = next(r for r in site.rack_rows if r.name == "row1")
+    assert plan["row1"] == pytest.approx(0.25 * row1.rated_kw) and plan["gpu01"] == 0.0
+    assert p.why()["row1"] == "job demand"
+    assert plan["row2"] == pytest.approx(
+        next(r for r in site.rack_rows if r.name == "row2").rated_kw
+    )
+
+
+def test_the_non_it_load_is_learned_from_the_meters(site):
+    p = GatingPlanner(site)
+    lds = infos(site)
+    for k in range(2000):  # cooling grows to 600 kW
+        p.plan(float(k), lds, {}, SiteNow(20_000.0, 3600.0, 3000.0, 40.0))
+    assert p.room_kw == pytest.approx(0.95 * 20_000.0 - 600.0, rel=1e-3)
