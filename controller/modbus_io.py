@@ -337,6 +337,11 @@ class ModbusIO:
         unit = self._units[unit_id]
         return max(0.0, unit.skip_until - asyncio.get_running_loop().time())
 
+    def backoff_period_s(self, unit_id: int) -> float:
+        """The unit's current backoff period: 0 while it answers, doubling per failed
+        probe from ``backoff_initial_s`` up to ``backoff_max_s``."""
+        return self._units[unit_id].delay
+
     # -- reading -------------------------------------------------------------
 
     async def read_all(self) -> ReadResult:
