@@ -11,7 +11,9 @@ measurement (``pid.py``: a pure step). Around them:
 * **Duty/standby pumps**: one pump regulates ΔP; the standby starts when the
   duty pump faults or stays saturated for a minute, and stops after five
   minutes of both running below 45 %. A minimum-flow guard raises the speed
-  before the PLC's low-flow trip can act.
+  before the PLC's low-flow trip can act, and, when the zones need so little
+  cooling that every valve on the loop closes (mining stopped on price, say),
+  holds the loop's valves open far enough that the pumps are not dead-headed.
 * **Operator**: a loop whose first actuator is overridden follows the
   operator's value bumplessly; in manual and maintenance modes every loop
   holds its output and trim & respond stands still. Setpoints and tunings
@@ -42,6 +44,7 @@ VALVE_WIDE_OPEN_PCT = 90.0  # trim & respond thresholds on the most-open valve
 VALVE_THROTTLED_PCT = 65.0
 MIN_FLOW_GUARD_FRAC = 1.4  # the ΔP loop never lets flow fall below this x min flow
 MIN_FLOW_GUARD_PCT_S = 2.0  # how fast the guard raises pump speed (%/s)
+VALVE_FLOOR_PCT_S = 1.0  # how fast the guard opens a loop's closed valves (%/s)
 STANDBY_START_SAT_S = 60.0  # duty pump saturated this long -> start the standby
 STANDBY_STOP_BELOW_PCT = 45.0  # both pumps below this for STANDBY_STOP_S -> stop standby
 STANDBY_STOP_S = 300.0
@@ -86,6 +89,7 @@ class Regulation:
         self._standby_low_s = {lp.name: 0.0 for lp in site.loops}
         self._standby_on = {lp.name: False for lp in site.loops}
         self._flow_guard: dict[str, float] = {}
+        self._valve_floor: dict[str, float] = {}
         self._pump_of = {ix.pump[p.name].speed_cmd: p for p in site.pumps}
 
     # -- setpoints ------------------------------------------------------------
@@ -155,6 +159,31 @@ class Regulation:
                 continue
             for a in self._acts[c.name]:
                 cmds[a] = Cmd(out, why)
+        self._valve_floors(view, cmds)
+
+    def _valve_floors(self, view: ScanView, cmds: Cmds) -> None:
+        """Keep a loop's valves open enough for its minimum flow (see the module docstring)."""
+        ix = self.topo.ix
+        for lp in self.topo.site.loops:
+            flow_i = ix.loop[lp.name].flow
+            if not view.good(flow_i):
+                continue
+            flow = view.val(flow_i)
+            floor = self._valve_floor.get(lp.name, 0.0)
+            if flow < MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+                floor = min(100.0, floor + VALVE_FLOOR_PCT_S * view.dt)
+            elif flow > 1.5 * MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+                floor = max(0.0, floor - 0.1 * VALVE_FLOOR_PCT_S * view.dt)
+            self._valve_floor[lp.name] = floor
+            if floor <= 0.0:
+                continue
+            valves = [ix.tank[t.name].valve_cmd for t in self.topo.loop_tanks[lp.name]]
+            valves += [ix.cdu[c.name].valve_cmd for c in self.topo.loop_cdus[lp.name]]
+            for v in valves:
+                cmd = cmds.get(v)
+                if cmd is not None and cmd.value < floor:
+                    cmd.value = floor
+                    cmd.why = f"loop {lp.name}: valves held at {floor:.0f} % for minimum flow"
 
     def _trim_and_respond(self, view: ScanView) -> None:
         dt = view.dt
@@ -241,7 +270,11 @@ class Regulation:
         want_two = self._standby_on[loop]
         if self._standby_sat_s[loop] >= STANDBY_START_SAT_S:
             want_two = True
-        if self._standby_low_s[loop] >= STANDBY_STOP_S:
+        # stopping one of two pumps about halves the flow: not while that would
+        # take the loop into its minimum-flow guard (a sudden load drop closes
+        # every valve at once, and the PLC trips the loop on low flow)
+        one_pump_ok = view.good(lpp.flow) and flow > 2.0 * MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h
+        if self._standby_low_s[loop] >= STANDBY_STOP_S and one_pump_ok:
             want_two = False
         self._standby_on[loop] = want_two
         running = healthy[: 2 if want_two else 1]
