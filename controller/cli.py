@@ -242,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="without --model: learn a model from the run's first H hours "
         "(default a third of the run, at most 6; 0 = no forecasting)",
     )
+    sm.add_argument(
+        "--jobs",
+        metavar="CSV",
+        help="GPU-cluster job trace (submit_time_s,duration_s,gpus,kind) run on the GPUs",
+    )
+    sm.add_argument(
+        "--planner",
+        choices=("gating", "limits"),
+        default="limits",
+        help="gating: the gating planner (price, heat headroom, precedence); "
+        "limits: every load at its rating within protection's limits (default)",
+    )
     sm.add_argument("--json", action="store_true", help="print the summary as JSON")
     sm.set_defaults(func=cmd_simulate)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,12 +27,17 @@ import numpy as np
 
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import Scenario, load_scenario
+from thermogate.hil.scenario.jobs import Job, load_jobs_csv
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site
 
 from .core import Controller, Planner
 from .forecasting import ModelRuntime
+from .gating.cluster import Admission
+from .gating.economics import EconomicsLedger
+from .gating.planner import GatingPlanner
+from .gating.world import ClusterInTheLoop
 from .historian import Historian
 from .signals import Event, Observation
 
@@ -68,6 +74,8 @@ def run_simulation(
     historian: Historian | None = None,
     scan_s: float | None = None,
     forecaster: LiveForecaster | None = None,
+    jobs: Sequence[Job] | None = None,
+    admission: Admission = "backfill",
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -80,6 +88,11 @@ def run_simulation(
     thermal model runs beside the core as in ``thermogate run``: it sees every
     scan, its headroom reaches the planner once a minute, its events are
     logged, and its 15-minute forecasts and headroom join the report series.
+
+    With ``jobs`` (a GPU-cluster trace) a simulated cluster runs them on the
+    plant's GPUs (:class:`~thermogate.controller.gating.world.ClusterInTheLoop`):
+    the gating planner tells it how many GPUs it may keep busy and learns what
+    the jobs want; any other planner lets it use every GPU.
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed)
@@ -92,6 +105,9 @@ def run_simulation(
             f"timeout ({site.plc.heartbeat_timeout_s:g} s), or the PLC takes its safe state"
         )
     ctrl = Controller(site, pmap, planner=planner, scan_s=scan_s)
+    world = ClusterInTheLoop(site, jobs, admission) if jobs is not None else None
+    if world is not None and isinstance(planner, GatingPlanner) and planner.gpu_demand is None:
+        planner.gpu_demand = world.demand
     model = ModelRuntime(ctrl, forecaster) if forecaster is not None else None
     # a historian opened with ``record_columns`` also gets the planned load
     with_plan = historian is not None and list(historian.point_names) == record_columns(pmap, site)
@@ -106,6 +122,12 @@ def run_simulation(
     classes = ("mining", "training", "inference")
     t_class = {c: np.array([t.workload_class == c for t in site.tanks]) for c in classes}
     r_class = {c: np.array([r.workload_class == c for r in site.rack_rows]) for c in classes}
+
+    # GPU loads' work as GPU equivalents: (gpus, idle kW, rated kW) per tank and row
+    gpu_tank = np.array([t.workload == "gpu" for t in site.tanks], dtype=bool)
+    t_gpu = np.array([[t.gpus, t.units * t.unit_idle_kw, t.rated_kw] for t in site.tanks])
+    r_gpu = np.array([[r.gpus, r.nodes * r.node_idle_kw, r.rated_kw] for r in site.rack_rows])
+    ledger = EconomicsLedger(site.economics)
 
     rec: dict[str, list[float]] = {}
     events: list[dict[str, object]] = []
@@ -180,6 +202,9 @@ def run_simulation(
                 log(ev)
             if model.last is not None:
                 fc_zones, fc_trusted = model.last.zones, model.last.trusted
+        if world is not None:
+            gate = planner.gpu_capacity if isinstance(planner, GatingPlanner) else None
+            world.step(plant.t, world.cluster.gpus if gate is None else gate, plant)
         sim.step(steps_per_scan)
         for ev in plant.events:
             if "interlock:" in ev[1] or "tripped" in ev[1]:
@@ -199,6 +224,19 @@ def run_simulation(
         over_loop = np.maximum(plant.T_cold - loop_alarm, 0.0)
         violation_c_min += float(over_loop.sum()) * scan_s / 60.0
         over_import_kw_min += max(0.0, plant.site_kw - limit) * scan_s / 60.0
+        gpus = {}
+        for c in ("inference", "training"):
+            n = _gpu_equivalents(plant.t_power, t_gpu, gpu_tank & t_class[c])
+            gpus[c] = n + _gpu_equivalents(plant.r_power, r_gpu, r_class[c])
+        price = sim.price_per_mwh()
+        ledger.add(
+            scan_s,
+            float(plant.t_hash.sum()),
+            gpus["inference"],
+            gpus["training"],
+            plant.site_kw,
+            price if math.isfinite(price) else site.economics.energy_usd_per_mwh,
+        )
 
         if plant.t >= next_sample:
             next_sample += sample_s
@@ -231,6 +269,16 @@ def run_simulation(
         "wall_seconds": round(wall, 2),
         "speedup": round(hours * 3600.0 / wall, 1) if wall > 0 else None,
     }
+    summary["economics"] = {
+        **ledger.summary(),
+        "mining_breakeven_per_mwh": {
+            t.name: round(site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th), 2)
+            for t in site.tanks
+            if t.workload == "asic"
+        },
+    }
+    if world is not None:
+        summary["jobs"] = world.summary()
     if forecaster is not None:
         summary["forecast"] = {"source": forecaster.source, **forecaster.scores()}
     series = {k_: np.asarray(v_, dtype=float) for k_, v_ in rec.items()}
@@ -261,6 +309,15 @@ def run_simulation(
             "horizon_min": forecaster.archive_horizon_min,
         }
     return SimulationResult(summary, series, meta, events, ctrl, sim)
+
+
+def _gpu_equivalents(power: np.ndarray, spec: np.ndarray, which: np.ndarray) -> float:
+    """GPUs' worth of work of the selected loads (``spec`` rows: gpus, idle kW, rated kW)."""
+    if not which.any():
+        return 0.0
+    gpus, idle, rated = spec[which].T
+    frac = np.clip((power[which] - idle) / np.maximum(rated - idle, 1e-9), 0.0, 1.0)
+    return float((gpus * frac).sum())
 
 
 def _record(
@@ -396,6 +453,8 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
             sc,
             args.hours,
             seed=args.seed,
+            planner=GatingPlanner(site) if args.planner == "gating" else None,
+            jobs=load_jobs_csv(args.jobs) if args.jobs else None,
             progress=bar,
             scan_s=args.scan_s,
             forecaster=forecaster,

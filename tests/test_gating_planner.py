@@ -128,7 +128,12 @@ def test_gpu_loads_ask_for_what_their_jobs_need(site):
     p = GatingPlanner(site, gpu_demand=lambda t: {"row1": 0.25, "gpu01": 0.0})
     plan = p.plan(0.0, infos(site), {}, now(site, limit=20_000.0))
     row1 = next(r for r in site.rack_rows if r.name == "row1")
-    assert plan["row1"] == pytest.approx(0.25 * row1.rated_kw) and plan["gpu01"] == 0.0
+    idle = row1.nodes * row1.node_idle_kw  # its nodes stay on; a quarter of its GPUs busy
+    assert plan["row1"] == pytest.approx(idle + 0.25 * (row1.rated_kw - idle))
+    gpu01 = next(t for t in site.tanks if t.name == "gpu01")
+    assert plan["gpu01"] == pytest.approx(gpu01.units * gpu01.unit_idle_kw)
+    # the gate: every GPU may be used (AI before mining, and the room is ample)
+    assert p.gpu_capacity == site.gpus
     assert p.why()["row1"] == "job demand"
     assert plan["row2"] == pytest.approx(
         next(r for r in site.rack_rows if r.name == "row2").rated_kw
@@ -141,3 +146,48 @@ def test_the_non_it_load_is_learned_from_the_meters(site):
     for k in range(2000):  # cooling grows to 600 kW
         p.plan(float(k), lds, {}, SiteNow(20_000.0, 3600.0, 3000.0, 40.0))
     assert p.room_kw == pytest.approx(0.95 * 20_000.0 - 600.0, rel=1e-3)
+
+
+# --------------------------------------------------------------------------- #
+# the books in dollars
+# --------------------------------------------------------------------------- #
+
+
+def test_the_economics_ledger_adds_mining_ai_and_energy_by_the_interval(site):
+    from thermogate.controller.gating.economics import EconomicsLedger, gpu_equivalents
+
+    econ = site.economics
+    led = EconomicsLedger(econ)
+    # one hour: 100,000 TH/s, 64 inference and 128 training GPUs, 2 MW at 80 $/MWh
+    for _ in range(60):
+        led.add(60.0, 100_000.0, 64.0, 128.0, 2000.0, 80.0)
+    assert led.mining_revenue == pytest.approx(100_000 * econ.hashprice_usd_per_th_day / 24)
+    assert led.ai_revenue == pytest.approx(
+        64 * econ.inference_usd_per_gpu_h + 128 * econ.training_usd_per_gpu_h
+    )
+    assert led.energy_cost == pytest.approx(2.0 * 80.0)
+    assert led.net_margin == pytest.approx(led.mining_revenue + led.ai_revenue - 160.0)
+    led.add(3600.0, 0.0, 0.0, 0.0, 1000.0, -50.0)  # a negative price pays the site
+    assert led.energy_cost == pytest.approx(160.0 - 50.0)
+    assert gpu_equivalents(5.0, 8, 1.0, 9.0) == 4.0  # half the dynamic power: half the work
+    assert gpu_equivalents(0.5, 8, 1.0, 9.0) == 0.0 and gpu_equivalents(20.0, 8, 1.0, 9.0) == 8
+
+
+def test_in_a_heatwave_the_price_peak_turns_mining_off_and_the_gpus_keep_running(site):
+    from thermogate.controller.simulate import run_simulation
+
+    p = GatingPlanner(site)
+    # the heatwave's evening price peak (19:00) starts climbing past the breakeven after 16:00
+    r = run_simulation(site, "heatwave", 17.0, scan_s=5.0, planner=p)
+    s = r.series
+    be = min(p.breakeven.values())
+    expensive = s["price_per_mwh"] > be * 1.06
+    cheap = s["price_per_mwh"] < be * 0.94
+    assert expensive.any() and cheap.any()
+    # a scan later the tanks follow (the sample after a price step)
+    later = np.flatnonzero(expensive)[1:]
+    assert s["class.mining_kw"][later].max() < 0.05 * s["class.mining_kw"][cheap].max()
+    assert s["class.inference_kw"][later].min() > 0 and s["class.training_kw"][later].min() > 0
+    assert r.summary["trips"] == 0 and r.summary["limit_violation_c_min"] == 0
+    econ = r.summary["economics"]
+    assert econ["mining_revenue"] > 0 and econ["ai_revenue"] > 0

@@ -156,6 +156,13 @@ class Cluster:
             out[r.job.kind] += r.job.gpus
         return out
 
+    def wanted_by_kind(self) -> dict[str, int]:
+        """GPUs each kind would keep busy now: running plus queued (capped at the cluster)."""
+        out = self.busy_by_kind()
+        for r in self._queue:
+            out[r.job.kind] += r.job.gpus
+        return {k: min(v, self.gpus) for k, v in out.items()}
+
     def queued(self) -> list[Job]:
         return [r.job for r in self._queue]
 

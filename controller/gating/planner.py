@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from thermogate.plc.site import Site
 
 from ..core import LoadInfo, SiteNow
+from .placement import Placement
 
 CLASS_PRECEDENCE = ("inference", "training", "mining")  # who gets the room first
 NON_IT_DEFAULT_FRAC = 0.10  # cooling + house as a fraction of IT, before a meter says
@@ -71,6 +72,9 @@ class GatingPlanner:
         self._t_last = math.nan
         self._why: dict[str, str] = {}
         self.room_kw = math.nan  # the IT room of the last plan (for the status)
+        self.placement = Placement(site)
+        #: GPUs the cluster may keep busy under the last plan (jobs admitted within it)
+        self.gpu_capacity = self.placement.gpus
 
     def why(self) -> Mapping[str, str]:
         return self._why
@@ -85,29 +89,30 @@ class GatingPlanner:
         self.room_kw = room
         caps, why = self._caps(loads, headroom)
         demand = self.gpu_demand(t) if self.gpu_demand is not None else {}
+        spec = {ld.name: ld for ld in self.placement.loads}
         want: dict[str, float] = {}
         for ld in loads:
             if ld.workload_class == "mining":
                 want[ld.name] = ld.rated_kw if self._mining_wanted(ld.name, now) else 0.0
                 if not want[ld.name]:
                     why[ld.name] = "price above mining breakeven"
-            else:
-                frac = demand.get(ld.name, 1.0)
-                frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
-                want[ld.name] = frac * ld.rated_kw
-                if frac < 1.0:
-                    why.setdefault(ld.name, "job demand")
-        out: dict[str, float] = {}
-        for wclass in CLASS_PRECEDENCE:
-            members = [ld for ld in loads if ld.workload_class == wclass]
-            give = {ld.name: min(want[ld.name], caps[ld.name]) for ld in members}
-            total = sum(give.values())
-            scale = 1.0 if total <= room or total <= 0 else room / total
-            for ld in members:
-                out[ld.name] = give[ld.name] * scale
-                if scale < 1.0 and give[ld.name] > 0:
-                    why[ld.name] = "grid limit"
-            room = 0.0 if scale < 1.0 else max(0.0, room - total)
+                continue
+            frac = demand.get(ld.name, 1.0)
+            frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
+            g = spec.get(ld.name)
+            idle = g.idle_kw if g is not None else 0.0
+            want[ld.name] = idle + frac * (ld.rated_kw - idle)  # its busy GPUs at full power
+            if frac < 1.0:
+                why.setdefault(ld.name, "job demand")
+        out, cut = _allocate(loads, want, caps, room)
+        for name in cut:
+            why[name] = "grid limit"
+        # The gate: the GPUs the cluster may keep busy. AI comes before mining, so
+        # a job that arrives may start at once within what AI could take from
+        # mining; the next plan then moves the power over.
+        ai_want = {ld.name: ld.rated_kw if ld.workload_class != "mining" else 0.0 for ld in loads}
+        gate, _ = _allocate(loads, ai_want, caps, room)
+        self.gpu_capacity = self.placement.capacity(gate)
         self._why = why
         return out
 
@@ -173,3 +178,23 @@ class GatingPlanner:
             on = True
         self._mining_on[name] = on
         return on
+
+
+def _allocate(
+    loads: list[LoadInfo], want: dict[str, float], caps: dict[str, float], room: float
+) -> tuple[dict[str, float], set[str]]:
+    """The room by precedence: each class what it wants within its caps, pro rata when
+    not all of it fits; the budgets and the loads the room cut."""
+    out: dict[str, float] = {}
+    cut: set[str] = set()
+    for wclass in CLASS_PRECEDENCE:
+        members = [ld for ld in loads if ld.workload_class == wclass]
+        give = {ld.name: min(want[ld.name], caps[ld.name]) for ld in members}
+        total = sum(give.values())
+        scale = 1.0 if total <= room or total <= 0 else room / total
+        for ld in members:
+            out[ld.name] = give[ld.name] * scale
+            if scale < 1.0 and give[ld.name] > 0:
+                cut.add(ld.name)
+        room = 0.0 if scale < 1.0 else max(0.0, room - total)
+    return out, cut

@@ -1,0 +1,63 @@
+"""A GPU cluster in the loop of a simulation: jobs run on the plant's GPUs.
+
+The cluster (``cluster.Cluster``) admits and runs a trace's jobs within the
+GPUs the controller lets it use; where they run (``placement``) sets each GPU
+tank's and rack row's utilisation in the simulated plant, so the plant's
+meters and temperatures carry the jobs. The other way, the planner learns
+what the jobs want (``demand``) as a busy fraction per GPU load.
+
+In a real hall the cluster is the site's orchestrator (Slurm, Kubernetes),
+told the GPU capacity through its API; here it is simulated beside the plant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from thermogate.hil.plant import Plant
+from thermogate.hil.scenario.jobs import Job
+from thermogate.plc.site import Site
+
+from .cluster import Admission, Cluster
+from .placement import Placement
+
+
+class ClusterInTheLoop:
+    """See the module docstring."""
+
+    def __init__(self, site: Site, jobs: Sequence[Job], admission: Admission = "backfill") -> None:
+        self.placement = Placement(site)
+        self.cluster = Cluster(self.placement.gpus, admission)
+        self.cluster.submit(jobs)
+
+    def demand(self, t: float) -> dict[str, float]:
+        """Per GPU load, the busy fraction its share of the wanted GPUs would be."""
+        used = self.placement.spread(self.cluster.wanted_by_kind())
+        return {ld.name: used[ld.name] / ld.gpus for ld in self.placement.loads if ld.gpus}
+
+    def step(self, t: float, capacity: int, plant: Plant) -> None:
+        """Advance the cluster to ``t`` within ``capacity`` GPUs; the plant follows."""
+        self.cluster.step(t, capacity)
+        for name, u in self.placement.utilisation(self.cluster.busy_by_kind()).items():
+            plant.set_gpu_utilisation(name, u)
+
+    def summary(self) -> dict[str, float | int]:
+        """What the jobs saw: completion and queueing times, preemptions, lost work."""
+        fin = self.cluster.finished
+        b = self.cluster.books()
+        jct = np.array([f.jct_s for f in fin]) if fin else np.zeros(0)
+        queue = np.array([f.queue_s for f in fin]) if fin else np.zeros(0)
+        return {
+            "finished": len(fin),
+            "pending": len(self.cluster.queued()) + len(self.cluster.running()),
+            "rejected_jobs": b.rejected_jobs,
+            "mean_jct_s": round(float(jct.mean()), 1) if jct.size else 0.0,
+            "p95_jct_s": round(float(np.percentile(jct, 95)), 1) if jct.size else 0.0,
+            "mean_queue_s": round(float(queue.mean()), 1) if queue.size else 0.0,
+            "preemptions": b.preemptions,
+            "lost_gpu_h": round(b.lost_gpu_s / 3600.0, 2),
+            "done_gpu_h": round(b.done_gpu_s / 3600.0, 2),
+            "submitted_gpu_h": round(b.submitted_gpu_s / 3600.0, 2),
+        }
