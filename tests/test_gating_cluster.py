@@ -231,3 +231,52 @@ def test_every_gpu_second_submitted_is_done_pending_or_rejected(spec, caps, admi
     for f in c.finished:
         assert f.submit_s <= f.start_s < f.end_s
         assert f.end_s - f.start_s >= f.job.duration_s - 1e-6  # never faster than full rate
+
+
+# --------------------------------------------------------------------------- #
+# the cluster in the loop of a simulation, and the command line
+# --------------------------------------------------------------------------- #
+
+
+def test_a_job_burst_moves_power_to_the_gpus_in_the_plant(tmp_path: Path):
+    from thermogate.controller.gating.planner import GatingPlanner
+    from thermogate.controller.simulate import run_simulation
+    from thermogate.plc.site import demo_site
+
+    site = demo_site()
+    rows = ["submit_time_s,duration_s,gpus,kind"]
+    rows += [f"{1800 + i},{4 * 3600},64,training" for i in range(8)]  # 512 GPUs at 30 min
+    rows += ["1800,7200,128,inference"]
+    f = tmp_path / "burst.csv"
+    f.write_text("\n".join(rows) + "\n")
+    r = run_simulation(
+        site, "normal-day", 1.0, scan_s=5.0, planner=GatingPlanner(site), jobs=load_jobs_csv(f)
+    )
+    s = r.series
+    before = s["t_h"] < 0.45
+    after = s["t_h"] > 0.6
+    for c in ("training", "inference"):  # idle GPUs before the burst, busy after it
+        assert s[f"class.{c}_kw"][after].mean() > 2.0 * s[f"class.{c}_kw"][before].mean(), c
+    jobs = r.summary["jobs"]
+    assert jobs["rejected_jobs"] == 0 and jobs["finished"] + jobs["pending"] == 9
+    assert jobs["preemptions"] == 0 and r.summary["trips"] == 0
+
+
+def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path):
+    import subprocess
+    import sys
+
+    f = tmp_path / "t.csv"
+    f.write_text("submit_time_s,duration_s,gpus,kind\n0,60,4,training\n10,60,2.5,training\n")
+    cmd = [sys.executable, "-m", "thermogate.controller.cli", "simulate", "--hours", "0.1"]
+    out = subprocess.run(
+        [*cmd, "--jobs", str(f), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        f"thermogate: error: {f}:3: column 'gpus': '2.5' is not a whole number of GPUs"
+    )
+    assert out.stdout == ""
