@@ -155,6 +155,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench_forecast import bench_forecast
 
         result = bench_forecast(args)
+    elif args.bench == "schedule":
+        from .gating.bench_schedule import bench_schedule
+
+        result = bench_schedule(args)
     elif args.bench == "historian":
         from .historian.bench import bench_historian
 
@@ -313,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     bsc.add_argument("--scans", type=_positive_int, default=200)
     bsc.add_argument("--json", action="store_true")
     bsc.set_defaults(func=cmd_bench)
+    bsh = bsub.add_parser(
+        "schedule", help="workload gating against static splits, closed loop, one run"
+    )
+    bsh.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    bsh.add_argument(
+        "--trace", metavar="CSV", help="job trace (submit_time_s,duration_s,gpus,kind)"
+    )
+    bsh.add_argument("--prices", metavar="CSV", help="energy prices (time,price_per_mwh)")
+    bsh.add_argument("--weather", metavar="CSV", help="weather (time,ambient_c[,...])")
+    bsh.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
+    bsh.add_argument("--days", type=_positive_float, default=1.0, help="days simulated (1)")
+    bsh.add_argument("--json", action="store_true")
+    bsh.set_defaults(func=cmd_bench)
     bfc = bsub.add_parser(
         "forecast", help="learned thermal model vs persistence and RC on simulated days"
     )

@@ -37,7 +37,7 @@ from .forecasting import ModelRuntime
 from .gating.cluster import Admission
 from .gating.economics import EconomicsLedger
 from .gating.planner import GatingPlanner
-from .gating.world import ClusterInTheLoop
+from .gating.world import ClusterInTheLoop, GpuGate
 from .historian import Historian
 from .signals import Event, Observation
 
@@ -203,7 +203,7 @@ def run_simulation(
             if model.last is not None:
                 fc_zones, fc_trusted = model.last.zones, model.last.trusted
         if world is not None:
-            gate = planner.gpu_capacity if isinstance(planner, GatingPlanner) else None
+            gate = planner.gpu_capacity if isinstance(planner, GpuGate) else None
             world.step(plant.t, world.cluster.gpus if gate is None else gate, plant)
         sim.step(steps_per_scan)
         for ev in plant.events:

@@ -13,6 +13,7 @@ told the GPU capacity through its API; here it is simulated beside the plant.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,6 +23,16 @@ from thermogate.plc.site import Site
 
 from .cluster import Admission, Cluster
 from .placement import Placement
+
+
+@runtime_checkable
+class GpuGate(Protocol):
+    """A planner that gates the cluster: at most ``gpu_capacity`` GPUs busy."""
+
+    gpu_capacity: int
+
+
+SLO_QUEUE_S = 60.0  # an inference job that waits longer than this missed its objective
 
 
 class ClusterInTheLoop:
@@ -56,6 +67,11 @@ class ClusterInTheLoop:
             "mean_jct_s": round(float(jct.mean()), 1) if jct.size else 0.0,
             "p95_jct_s": round(float(np.percentile(jct, 95)), 1) if jct.size else 0.0,
             "mean_queue_s": round(float(queue.mean()), 1) if queue.size else 0.0,
+            "slo_violations": sum(
+                1
+                for f in fin
+                if f.job.kind == "inference" and (f.queue_s > SLO_QUEUE_S or f.preemptions)
+            ),
             "preemptions": b.preemptions,
             "lost_gpu_h": round(b.lost_gpu_s / 3600.0, 2),
             "done_gpu_h": round(b.done_gpu_s / 3600.0, 2),
