@@ -19,7 +19,7 @@ import itertools
 import logging
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from thermogate.plc.site import Site, load_site
 
 from .core import Command, CommandResult, Controller, Principal
 from .forecasting import ModelRuntime
+from .gating.planner import GatingPlanner
 from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
@@ -58,6 +59,7 @@ class RunConfig:
     plant_host: str = DEMO_HOST
     plant_port: int = DEMO_PORT
     scenario: str = "normal-day"
+    planner: str = "gating"  # "gating" (the gating planner) or "limits" (rated within limits)
     raw_days: float = 7.0  # raw telemetry kept this long, then only 1-minute aggregates
     agg_days: float = 400.0
     forecast: bool = True  # run the promoted thermal model and retrain it on schedule
@@ -86,6 +88,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     db_file = db or str(base / c.get_str("db", "thermogate.db"))
     raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
     agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
+    planner = c.get_str("planner", "gating", ("gating", "limits"))
     c.check_unused()
     md = root.get_section("model", {})  # optional: the defaults run the model
     forecast = md.get_bool("enabled", True)
@@ -122,6 +125,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         forecast=forecast,
         retrain_every_h=retrain_every_h,
         train_days=train_days,
+        planner=planner,
     )
 
 
@@ -143,7 +147,8 @@ class RealTimeController:
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.pmap = build_point_map(cfg.site)
-        self.ctrl = Controller(cfg.site, self.pmap, scan_s=cfg.scan_s)
+        self.gating = GatingPlanner(cfg.site) if cfg.planner == "gating" else None
+        self.ctrl = Controller(cfg.site, self.pmap, planner=self.gating, scan_s=cfg.scan_s)
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0
         self.historian = Historian(
@@ -341,11 +346,31 @@ def _status_line(rt: RealTimeController) -> None:
             hr = ", ".join(f"{z} +{h.extra_kw:.0f} kW" for z, h in upd.zones.items() if z in loops)
             trust = "trusted" if upd.trusted else "NOT TRUSTED (conservative)"
             print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
+    if rt.gating is not None:
+        print("  " + gating_line(rt.gating), flush=True)
     if alarms:
         print(
             "  active alarms: " + ", ".join(alarms[:8]) + (" ..." if len(alarms) > 8 else ""),
             flush=True,
         )
+
+
+def gating_line(g: GatingPlanner) -> str:
+    """What the gating planner holds back and why, in one line."""
+    why = Counter(g.why().values())
+    held = ", ".join(f"{n} x{k}" for n, k in sorted(why.items())) or "nothing held back"
+    mining = (
+        "on"
+        if all(g.mining_on.values())
+        else "off"
+        if not any(g.mining_on.values())
+        else "partly on"
+    )
+    return (
+        f"gating: IT room {g.room_kw:.0f} kW, mining {mining} (breakeven "
+        f"{min(g.breakeven.values(), default=float('nan')):.0f} $/MWh), "
+        f"GPUs allowed {g.gpu_capacity}; budgets bound by: {held}"
+    )
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -210,3 +210,15 @@ def test_a_loop_whose_mining_stops_keeps_its_minimum_flow(site, tmp_path):
     assert r.series["class.mining_kw"][-1] == 0.0
     assert r.summary["trips"] == 0, [e for e in r.events if e["kind"] == "trip"][:3]
     assert not [e for e in r.events if "low_flow" in str(e["source"])]
+
+
+def test_the_run_status_says_what_is_gated_and_why(site):
+    from thermogate.controller.run import gating_line
+
+    p = GatingPlanner(site)
+    be = min(p.breakeven.values())
+    p.plan(0.0, infos(site), {"gpu01": 12.5}, now(site, limit=1000.0, price=2 * be))
+    line = gating_line(p)
+    assert line.startswith("gating: IT room 650 kW, mining off (breakeven 126 $/MWh)")
+    assert "price above mining breakeven x12" in line and "protection x1" in line
+    assert "grid limit x" in line  # 650 kW cannot feed every GPU

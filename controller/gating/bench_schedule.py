@@ -40,6 +40,7 @@ from thermogate.plc.site import Site, load_site
 
 from ..core import Planner
 from .baselines import StaticPlanner
+from .cluster import Admission
 from .placement import Placement
 from .planner import GatingPlanner
 
@@ -107,7 +108,7 @@ def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
         wrap=True if (job["weather"] or job["prices"]) else None,
     )
     policy = job["policy"]
-    admission = "fifo" if policy == "static" else "backfill"
+    admission: Admission = "fifo" if policy == "static" else "backfill"
     r = run_simulation(
         site,
         sc,

@@ -79,6 +79,11 @@ class GatingPlanner:
     def why(self) -> Mapping[str, str]:
         return self._why
 
+    @property
+    def mining_on(self) -> Mapping[str, bool]:
+        """Per mining tank: running (the price is below its breakeven, with hysteresis)."""
+        return self._mining_on
+
     # -- the plan --------------------------------------------------------------
 
     def plan(
