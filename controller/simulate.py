@@ -241,6 +241,13 @@ def run_simulation(
         if plant.t >= next_sample:
             next_sample += sample_s
             _record(rec, sim, limit, t_class, r_class)
+            for key, usd in (
+                ("econ.margin_usd", ledger.net_margin),
+                ("econ.mining_usd", ledger.mining_revenue),
+                ("econ.ai_usd", ledger.ai_revenue),
+                ("econ.energy_usd", ledger.energy_cost),
+            ):  # running totals since the start of the run
+                rec.setdefault(key, []).append(usd)
             if forecaster is not None:
                 _record_forecast(rec, forecaster, sim, fc_zones, fc_trusted)
         if progress is not None:

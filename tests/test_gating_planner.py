@@ -195,6 +195,10 @@ def test_a_price_spike_turns_mining_off_and_back_on_while_the_gpus_keep_running(
     assert r.summary["trips"] == 0 and r.summary["limit_violation_c_min"] == 0
     econ = r.summary["economics"]
     assert econ["mining_revenue"] > 0 and econ["ai_revenue"] > 0
+    # the running books the report plots: mining earns nothing while it is off
+    mined = s["econ.mining_usd"]
+    assert (np.diff(mined) >= 0).all() and np.diff(mined[spike]).max() == 0.0
+    assert s["econ.margin_usd"][-1] == pytest.approx(econ["net_margin"], rel=0.05)
 
 
 def test_a_loop_whose_mining_stops_keeps_its_minimum_flow(site, tmp_path):

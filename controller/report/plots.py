@@ -218,8 +218,22 @@ def plot_power(ctx: Context) -> Figure:
 # workloads.png
 # --------------------------------------------------------------------------
 def plot_workloads(ctx: Context) -> Figure:
-    """IT power per workload class, stacked; the energy price on a second axis."""
-    fig, (ax,) = new_figure(4.8)
+    """IT power per workload class, stacked; the energy price on a second axis; below,
+    when the run kept the books, the cumulative margin and what made it."""
+    books = [
+        (key, label, color)
+        for key, label, color in (
+            ("econ.margin_usd", "net margin", "#000000"),
+            ("econ.mining_usd", "mining revenue", CLASS_COLORS["mining"]),
+            ("econ.ai_usd", "AI revenue", CLASS_COLORS["inference"]),
+            ("econ.energy_usd", "energy cost", OVER_COLOR),
+        )
+        if ctx.get(key) is not None
+    ]
+    if books:
+        fig, (ax, ax_m) = new_figure(7.6, 2, height_ratios=(3, 2))
+    else:
+        fig, (ax,) = new_figure(4.8)
     fig.suptitle(ctx.title("workloads"))
     present = [(c, ctx.get(f"class.{c}_kw")) for c in CLASSES]
     present = [(c, y) for c, y in present if y is not None]
@@ -240,7 +254,7 @@ def plot_workloads(ctx: Context) -> Figure:
         no_data(ax, "no workload power recorded")
     ax.set_title("IT power by workload class (stacked)")
     ax.set_ylabel("IT power (kW)")
-    time_axis(ax, ctx)
+    time_axis(ax, ctx, label=not books)
 
     price = ctx.get("price_per_mwh")
     extra = []
@@ -254,6 +268,23 @@ def plot_workloads(ctx: Context) -> Figure:
         ax2.set_ylabel("energy price (per MWh)")
         extra.append(ax2)
     legend_figure(fig, [ax, *extra])
+    if books:
+        for key, label, color in books:
+            y = ctx.get(key)
+            assert y is not None
+            ax_m.plot(
+                ctx.t,
+                y,
+                color=color,
+                lw=1.6 if key == "econ.margin_usd" else 1.0,
+                label=label,
+                zorder=3,
+            )
+        ax_m.axhline(0.0, color=LIMIT_COLOR, lw=0.8)
+        ax_m.set_title("Cumulative margin and what made it")
+        ax_m.set_ylabel("since the start ($)")
+        time_axis(ax_m, ctx)
+        legend_right(ax_m)
     return fig
 
 
