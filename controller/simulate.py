@@ -108,6 +108,8 @@ def run_simulation(
     world = ClusterInTheLoop(site, jobs, admission) if jobs is not None else None
     if world is not None and isinstance(planner, GatingPlanner) and planner.gpu_demand is None:
         planner.gpu_demand = world.demand
+    if isinstance(planner, GatingPlanner) and planner.price_ahead is None:
+        planner.price_ahead = sc.price_at  # the scenario's prices are day-ahead prices
     model = ModelRuntime(ctrl, forecaster) if forecaster is not None else None
     # a historian opened with ``record_columns`` also gets the planned load
     with_plan = historian is not None and list(historian.point_names) == record_columns(pmap, site)

@@ -226,3 +226,19 @@ def test_the_run_status_says_what_is_gated_and_why(site):
     assert line.startswith("gating: IT room 650 kW, mining off (breakeven 126 $/MWh)")
     assert "price above mining breakeven x12" in line and "protection x1" in line
     assert "grid limit x" in line  # 650 kW cannot feed every GPU
+
+
+def test_the_plan_ahead_switches_mining_where_a_known_price_crosses_breakeven(site):
+    p = GatingPlanner(site)
+    be = p.breakeven["tank01"]
+    p.price_ahead = lambda t: 0.5 * be if t < 1200 else 3 * be  # a step in 20 min
+    lds = infos(site)
+    now_plan = p.plan(0.0, lds, {}, now(site, limit=20_000.0, price=0.5 * be))
+    assert p.planned(0.0, 300.0, lds) == now_plan  # 5 min ahead: nothing changes
+    later = p.planned(0.0, 1800.0, lds)  # 30 min ahead: past the step
+    assert later["tank01"] == 0.0 and later["row1"] == now_plan["row1"]
+    # and the other way round: off now, back on ahead once the price falls
+    p.price_ahead = lambda t: 3 * be if t < 1200 else 0.5 * be
+    p.plan(0.0, lds, {}, now(site, limit=20_000.0, price=3 * be))
+    assert p.planned(0.0, 300.0, lds)["tank01"] == 0.0
+    assert p.planned(0.0, 1800.0, lds)["tank01"] == site.tanks[0].rated_kw

@@ -1,7 +1,8 @@
 """The gating planner: what each tank and rack row may draw, and why.
 
-It implements the core's planning seam (:class:`~thermogate.controller.core.Planner`
-and :class:`~thermogate.controller.core.Explains`); protection's caps still
+It implements the core's planning seam (:class:`~thermogate.controller.core.Planner`,
+:class:`~thermogate.controller.core.Explains` and, with a known price ahead,
+:class:`~thermogate.controller.core.PlanAhead`); protection's caps still
 bound whatever it asks. Order of operations of one plan:
 
 1. **room**: the IT power the grid allows, ``margin`` x the import limit in
@@ -58,10 +59,14 @@ class GatingPlanner:
         site: Site,
         config: GatingConfig | None = None,
         gpu_demand: Callable[[float], Mapping[str, float]] | None = None,
+        price_ahead: Callable[[float], float] | None = None,
     ) -> None:
         self.site = site
         self.config = config or GatingConfig()
         self.gpu_demand = gpu_demand
+        #: the energy price at a future time where it is known (a day-ahead market)
+        self.price_ahead = price_ahead
+        self._last: dict[str, float] = {}
         self.breakeven = {
             t.name: site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
             for t in site.tanks
@@ -119,6 +124,28 @@ class GatingPlanner:
         gate, _ = _allocate(loads, ai_want, caps, room)
         self.gpu_capacity = self.placement.capacity(gate)
         self._why = why
+        self._last = dict(out)
+        return out
+
+    def planned(self, t: float, horizon_s: float, loads: list[LoadInfo]) -> dict[str, float]:
+        """The plan ``horizon_s`` ahead (the core's plan-ahead seam): today's plan,
+        with each mining tank switched where a known price ahead crosses its
+        breakeven band, so the thermal model learns what a price step does."""
+        out = dict(self._last)
+        if self.price_ahead is None:
+            return out
+        price = self.price_ahead(t + horizon_s)
+        if not math.isfinite(price):
+            return out
+        h = self.config.price_hysteresis
+        for ld in loads:
+            be = self.breakeven.get(ld.name)
+            if be is None:
+                continue
+            if price > be * (1.0 + h):
+                out[ld.name] = 0.0
+            elif price < be * (1.0 - h) and not out.get(ld.name):
+                out[ld.name] = ld.rated_kw  # protection still caps it when it comes
         return out
 
     def _observe_non_it(self, t: float, now: SiteNow) -> None:
