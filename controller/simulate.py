@@ -36,6 +36,7 @@ from .core import Controller, Planner
 from .forecasting import ModelRuntime
 from .gating.cluster import Admission
 from .gating.economics import EconomicsLedger
+from .gating.placement import gpu_loads
 from .gating.planner import GatingPlanner
 from .gating.world import ClusterInTheLoop, GpuGate
 from .historian import Historian
@@ -125,10 +126,13 @@ def run_simulation(
     t_class = {c: np.array([t.workload_class == c for t in site.tanks]) for c in classes}
     r_class = {c: np.array([r.workload_class == c for r in site.rack_rows]) for c in classes}
 
-    # GPU loads' work as GPU equivalents: (gpus, idle kW, rated kW) per tank and row
-    gpu_tank = np.array([t.workload == "gpu" for t in site.tanks], dtype=bool)
-    t_gpu = np.array([[t.gpus, t.units * t.unit_idle_kw, t.rated_kw] for t in site.tanks])
-    r_gpu = np.array([[r.gpus, r.nodes * r.node_idle_kw, r.rated_kw] for r in site.rack_rows])
+    # each GPU load and its place in the plant's power arrays (a tank's or a row's)
+    tank_at = {t.name: i for i, t in enumerate(site.tanks)}
+    row_at = {r.name: i for i, r in enumerate(site.rack_rows)}
+    gpu_meters = [
+        (ld, ld.name in tank_at, tank_at[ld.name] if ld.name in tank_at else row_at[ld.name])
+        for ld in gpu_loads(site)
+    ]
     ledger = EconomicsLedger(site.economics)
 
     rec: dict[str, list[float]] = {}
@@ -226,10 +230,10 @@ def run_simulation(
         over_loop = np.maximum(plant.T_cold - loop_alarm, 0.0)
         violation_c_min += float(over_loop.sum()) * scan_s / 60.0
         over_import_kw_min += max(0.0, plant.site_kw - limit) * scan_s / 60.0
-        gpus = {}
-        for c in ("inference", "training"):
-            n = _gpu_equivalents(plant.t_power, t_gpu, gpu_tank & t_class[c])
-            gpus[c] = n + _gpu_equivalents(plant.r_power, r_gpu, r_class[c])
+        gpus = {"inference": 0.0, "training": 0.0}
+        for ld, in_tank, i in gpu_meters:  # the plant replaces its arrays every step
+            power = plant.t_power if in_tank else plant.r_power
+            gpus[ld.wclass] += ld.busy_at(float(power[i]))
         price = sim.price_per_mwh()
         ledger.add(
             scan_s,
@@ -281,9 +285,7 @@ def run_simulation(
     summary["economics"] = {
         **ledger.summary(),
         "mining_breakeven_per_mwh": {
-            t.name: round(site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th), 2)
-            for t in site.tanks
-            if t.workload == "asic"
+            name: round(usd, 2) for name, usd in site.mining_breakeven().items()
         },
     }
     if world is not None:
@@ -318,15 +320,6 @@ def run_simulation(
             "horizon_min": forecaster.archive_horizon_min,
         }
     return SimulationResult(summary, series, meta, events, ctrl, sim)
-
-
-def _gpu_equivalents(power: np.ndarray, spec: np.ndarray, which: np.ndarray) -> float:
-    """GPUs' worth of work of the selected loads (``spec`` rows: gpus, idle kW, rated kW)."""
-    if not which.any():
-        return 0.0
-    gpus, idle, rated = spec[which].T
-    frac = np.clip((power[which] - idle) / np.maximum(rated - idle, 1e-9), 0.0, 1.0)
-    return float((gpus * frac).sum())
 
 
 def _record(

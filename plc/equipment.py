@@ -313,6 +313,14 @@ class Site:
         """GPUs installed in GPU tanks and rack rows."""
         return sum(t.gpus for t in self.tanks) + sum(r.gpus for r in self.rack_rows)
 
+    def mining_breakeven(self) -> dict[str, float]:
+        """Per ASIC tank, the energy price ($/MWh) above which its miners lose money."""
+        return {
+            t.name: self.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
+            for t in self.tanks
+            if t.workload == "asic"
+        }
+
     @property
     def oversubscription(self) -> float:
         """Installed IT power over the grid import limit (above 1: not all can run at once)."""

@@ -154,7 +154,8 @@ def test_the_non_it_load_is_learned_from_the_meters(site):
 
 
 def test_the_economics_ledger_adds_mining_ai_and_energy_by_the_interval(site):
-    from thermogate.controller.gating.economics import EconomicsLedger, gpu_equivalents
+    from thermogate.controller.gating.economics import EconomicsLedger
+    from thermogate.controller.gating.placement import GpuLoad
 
     econ = site.economics
     led = EconomicsLedger(econ)
@@ -169,8 +170,10 @@ def test_the_economics_ledger_adds_mining_ai_and_energy_by_the_interval(site):
     assert led.net_margin == pytest.approx(led.mining_revenue + led.ai_revenue - 160.0)
     led.add(3600.0, 0.0, 0.0, 0.0, 1000.0, -50.0)  # a negative price pays the site
     assert led.energy_cost == pytest.approx(160.0 - 50.0)
-    assert gpu_equivalents(5.0, 8, 1.0, 9.0) == 4.0  # half the dynamic power: half the work
-    assert gpu_equivalents(0.5, 8, 1.0, 9.0) == 0.0 and gpu_equivalents(20.0, 8, 1.0, 9.0) == 8
+    node = GpuLoad("row9", "training", 8, 1.0, 9.0)
+    assert node.busy_at(5.0) == 4.0  # half the dynamic power: half the work
+    assert node.busy_at(0.5) == 0.0 and node.busy_at(20.0) == 8
+    assert node.kw_at(0.5) == 5.0  # and the same rule read the other way
 
 
 def test_a_price_spike_turns_mining_off_and_back_on_while_the_gpus_keep_running(site, tmp_path):

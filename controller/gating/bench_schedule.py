@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.hil.scenario import load_scenario
+from thermogate.hil.scenario import Scenario, load_scenario
 from thermogate.hil.scenario.jobs import DEFAULT_CHECKPOINT_S, Job, JobKind, load_jobs_csv
 from thermogate.plc.site import Site, load_site
 
@@ -97,16 +97,18 @@ def _planner(policy: str, site: Site, ai_gpus: int) -> Planner:
     return StaticPlanner(site, ai_gpus, price_threshold=policy == "price_threshold")
 
 
+def _scenario(name: str, weather: str | None, prices: str | None) -> Scenario:
+    """The study's scenario; measured series given as CSV repeat over long studies."""
+    return load_scenario(
+        name, weather_csv=weather, prices_csv=prices, wrap=True if (weather or prices) else None
+    )
+
+
 def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
     from ..simulate import run_simulation
 
     site: Site = job["site"]
-    sc = load_scenario(
-        job["scenario"],
-        weather_csv=job["weather"],
-        prices_csv=job["prices"],
-        wrap=True if (job["weather"] or job["prices"]) else None,
-    )
+    sc = _scenario(job["scenario"], job["weather"], job["prices"])
     policy = job["policy"]
     admission: Admission = "fifo" if policy == "static" else "backfill"
     r = run_simulation(
@@ -209,6 +211,9 @@ def bench_schedule(args: argparse.Namespace) -> dict[str, Any]:
     jobs = load_jobs_csv(args.trace) if args.trace else synthetic_trace(args.days, site.gpus)
     rejected = sum(1 for j in jobs if j.gpus > site.gpus)
     ai_gpus = min(site.gpus, round(mean_gpu_demand(jobs, hours * 3600.0)))
+    # read here first, so a bad CSV stops the bench before any policy runs; the
+    # workers read it again (a scenario does not pickle)
+    sc = _scenario(args.scenario, args.weather, args.prices)
     common = {
         "site": site,
         "scenario": args.scenario,
@@ -233,12 +238,6 @@ def bench_schedule(args: argparse.Namespace) -> dict[str, Any]:
     if progress is not None:
         progress.close()
 
-    sc = load_scenario(
-        args.scenario,
-        weather_csv=args.weather,
-        prices_csv=args.prices,
-        wrap=True if (args.weather or args.prices) else None,
-    )
     steps = np.arange(0.0, hours * 3600.0, LP_STEP_S)
     price = np.array([sc.price_at(t) for t in steps])
     price = np.where(np.isfinite(price), price, site.economics.energy_usd_per_mwh)

@@ -169,10 +169,6 @@ class Cluster:
     def running(self) -> list[Job]:
         return [r.job for r in self._running]
 
-    def demand_gpus(self) -> int:
-        """GPUs the submitted work would use now if nothing held it back."""
-        return min(self.gpus, self.busy_gpus + sum(r.job.gpus for r in self._queue))
-
     def next_event_s(self) -> float:
         """The next time something happens by itself: a job arrives or one ends."""
         nxt = self._future[0].submit_s if self._future else math.inf

@@ -5,7 +5,8 @@ Pure arithmetic over what was metered (no clock, no I/O):
 * mining revenue = hashrate (TH/s) x hashprice ($/TH/day) x time;
 * AI revenue = GPU-hours delivered x the class's price per GPU-hour, a GPU
   counted in proportion to its power above idle (a GPU capped to half its
-  dynamic power delivers about half a GPU-hour per hour);
+  dynamic power delivers about half a GPU-hour per hour;
+  ``placement.GpuLoad.busy_at``);
 * energy cost = import x energy price x time (a negative price pays the site).
 
 The mining breakeven energy price is shown beside it: above it, a miner of
@@ -17,13 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thermogate.plc.equipment import Economics
-
-
-def gpu_equivalents(power_kw: float, gpus: int, idle_kw: float, rated_kw: float) -> float:
-    """GPUs' worth of work a GPU load delivers at ``power_kw`` (0 at idle, all at rating)."""
-    if rated_kw <= idle_kw or gpus <= 0:
-        return 0.0
-    return gpus * min(max((power_kw - idle_kw) / (rated_kw - idle_kw), 0.0), 1.0)
 
 
 @dataclass

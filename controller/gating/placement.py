@@ -25,11 +25,26 @@ from thermogate.plc.site import Site
 
 @dataclass(frozen=True)
 class GpuLoad:
+    """A GPU tank or rack row as the scheduler and the books see it.
+
+    Its power is ``idle + f x (rated - idle)`` kW with ``f`` of its GPUs busy
+    at full power: one rule, read both ways (``kw_at`` and ``busy_at``)."""
+
     name: str
     wclass: str  # inference | training
     gpus: int
     idle_kw: float
     rated_kw: float
+
+    def kw_at(self, frac: float) -> float:
+        """The power with ``frac`` of its GPUs busy at full power."""
+        return self.idle_kw + frac * (self.rated_kw - self.idle_kw)
+
+    def busy_at(self, kw: float) -> float:
+        """GPUs' worth of work at ``kw`` (0 at idle, all of them at the rating)."""
+        if self.rated_kw <= self.idle_kw or self.gpus <= 0:
+            return 0.0
+        return self.gpus * min(max((kw - self.idle_kw) / (self.rated_kw - self.idle_kw), 0.0), 1.0)
 
 
 def gpu_loads(site: Site) -> tuple[GpuLoad, ...]:
@@ -80,8 +95,6 @@ class Placement:
         total = 0.0
         for ld in self.loads:
             b = budget_kw.get(ld.name, ld.rated_kw)
-            if not math.isfinite(b) or ld.rated_kw <= ld.idle_kw:
-                continue
-            frac = min(max((b - ld.idle_kw) / (ld.rated_kw - ld.idle_kw), 0.0), 1.0)
-            total += ld.gpus * frac
+            if math.isfinite(b):
+                total += ld.busy_at(b)
         return math.floor(total + 1e-9)

@@ -67,11 +67,7 @@ class GatingPlanner:
         #: the energy price at a future time where it is known (a day-ahead market)
         self.price_ahead = price_ahead
         self._last: dict[str, float] = {}
-        self.breakeven = {
-            t.name: site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
-            for t in site.tanks
-            if t.workload == "asic"
-        }
+        self.breakeven = site.mining_breakeven()
         self._mining_on = dict.fromkeys(self.breakeven, True)
         self._non_it_kw = NON_IT_DEFAULT_FRAC * site.it_rated_kw
         self._t_last = math.nan
@@ -109,9 +105,7 @@ class GatingPlanner:
                 continue
             frac = demand.get(ld.name, 1.0)
             frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
-            g = spec.get(ld.name)
-            idle = g.idle_kw if g is not None else 0.0
-            want[ld.name] = idle + frac * (ld.rated_kw - idle)  # its busy GPUs at full power
+            want[ld.name] = spec[ld.name].kw_at(frac)  # its busy GPUs at full power
             if frac < 1.0:
                 why.setdefault(ld.name, "job demand")
         out, cut = _allocate(loads, want, caps, room)
@@ -137,15 +131,14 @@ class GatingPlanner:
         price = self.price_ahead(t + horizon_s)
         if not math.isfinite(price):
             return out
-        h = self.config.price_hysteresis
         for ld in loads:
             be = self.breakeven.get(ld.name)
             if be is None:
                 continue
-            if price > be * (1.0 + h):
-                out[ld.name] = 0.0
-            elif price < be * (1.0 - h) and not out.get(ld.name):
-                out[ld.name] = ld.rated_kw  # protection still caps it when it comes
+            running = bool(out.get(ld.name))
+            if self._mining_band(running, price, be) != running:
+                # switched ahead; back on at its rating (protection caps it when it comes)
+                out[ld.name] = 0.0 if running else ld.rated_kw
         return out
 
     def _observe_non_it(self, t: float, now: SiteNow) -> None:
@@ -202,13 +195,18 @@ class GatingPlanner:
         price = now.price_per_mwh
         if not math.isfinite(price):
             price = self.site.economics.energy_usd_per_mwh
-        be, h = self.breakeven[name], self.config.price_hysteresis
-        on = self._mining_on[name]
-        if on and price > be * (1.0 + h):
-            on = False
-        elif not on and price < be * (1.0 - h):
-            on = True
+        on = self._mining_band(self._mining_on[name], price, self.breakeven[name])
         self._mining_on[name] = on
+        return on
+
+    def _mining_band(self, on: bool, price: float, breakeven: float) -> bool:
+        """Mining on or off at ``price``: off above (1 + h) x breakeven, on again below
+        (1 - h) x breakeven, as it was in between."""
+        h = self.config.price_hysteresis
+        if on and price > breakeven * (1.0 + h):
+            return False
+        if not on and price < breakeven * (1.0 - h):
+            return True
         return on
 
 
