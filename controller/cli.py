@@ -327,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     bsh.add_argument("--prices", metavar="CSV", help="energy prices (time,price_per_mwh)")
     bsh.add_argument("--weather", metavar="CSV", help="weather (time,ambient_c[,...])")
     bsh.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
-    bsh.add_argument("--days", type=_positive_float, default=1.0, help="days simulated (1)")
+    bsh.add_argument("--days", type=_positive_float, default=2.0, help="days simulated (2)")
+    bsh.add_argument(
+        "--gpus",
+        type=_positive_int,
+        metavar="N",
+        help="GPUs of the site (default: the demo's; with --trace, 1.5x its mean offered load)",
+    )
     bsh.add_argument("--json", action="store_true")
     bsh.set_defaults(func=cmd_bench)
     bfc = bsub.add_parser(

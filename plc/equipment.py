@@ -162,8 +162,13 @@ class Tank:
     unit_id: int
     limits: TankLimits
     workload_class: str  # mining | inference | training
-    #: ASIC tanks: the miners' efficiency at nameplate power (J/TH)
+    #: ASIC tanks: the miners' efficiency at nameplate power (J/TH); underclocked
+    #: (lower voltage) a miner hashes ``(P / P_nameplate) ** miner_hash_exponent``
+    #: of its nameplate hashrate, down to ``miner_min_power_pct`` of its power,
+    #: below which it cannot hash (a tank then runs fewer miners at that minimum)
     miner_j_per_th: float = 16.5
+    miner_hash_exponent: float = 0.65
+    miner_min_power_pct: float = 30.0
     #: GPU tanks: GPUs per node and their power draw idle and at full load (W)
     gpus_per_unit: int = 0
     gpu_idle_w: float = 120.0
@@ -184,6 +189,46 @@ class Tank:
         if self.workload != "asic":
             return 0.0
         return self.rated_kw * 1000.0 / self.miner_j_per_th
+
+    @property
+    def miner_best_j_per_th(self) -> float:
+        """The miners' efficiency at their minimum power, their most efficient."""
+        f_min = self.miner_min_power_pct / 100.0
+        return self.miner_j_per_th * f_min ** (1.0 - self.miner_hash_exponent)
+
+    def hashrate_at(self, kw: float) -> float:
+        """TH/s of this tank drawing ``kw`` (the miner curve above; 0 for GPUs)."""
+        if self.workload != "asic" or kw <= 0:
+            return 0.0
+        kw = min(kw, self.rated_kw)
+        f_min = self.miner_min_power_pct / 100.0
+        th_unit = self.unit_power_kw * 1000.0 / self.miner_j_per_th
+        if kw >= f_min * self.rated_kw:  # every miner on, underclocked alike
+            return self.units * th_unit * (kw / self.rated_kw) ** self.miner_hash_exponent
+        # fewer miners, each at its minimum (whole miners: ``floor``)
+        on = math.floor(kw / (f_min * self.unit_power_kw) + 1e-9)
+        return on * th_unit * f_min**self.miner_hash_exponent
+
+    def economic_power_kw(self, usd_per_th_day: float, price_per_mwh: float) -> float:
+        """The power at which this tank's mining margin is largest at an energy price.
+
+        Revenue is concave in power (underclocked miners are more efficient), so
+        the best power is where one more kW earns what it costs; below the
+        miners' minimum, running earns its average rate there or nothing at all.
+        """
+        if self.workload != "asic":
+            return 0.0
+        e = self.miner_hash_exponent
+        f_min = self.miner_min_power_pct / 100.0
+        # $/kWh at nameplate: TH/s per kW x $/TH/day / 24 h
+        nominal = 1000.0 / self.miner_j_per_th * usd_per_th_day / 24.0
+        price = price_per_mwh / 1000.0
+        if price <= 0:
+            return self.rated_kw
+        if nominal * f_min ** (e - 1.0) <= price:  # loses money even at its best
+            return 0.0
+        f = (e * nominal / price) ** (1.0 / (1.0 - e)) if e < 1.0 else 1.0
+        return self.rated_kw * min(1.0, max(f_min, f))
 
     @property
     def heat_capacity_kj_k(self) -> float:
@@ -314,9 +359,10 @@ class Site:
         return sum(t.gpus for t in self.tanks) + sum(r.gpus for r in self.rack_rows)
 
     def mining_breakeven(self) -> dict[str, float]:
-        """Per ASIC tank, the energy price ($/MWh) above which its miners lose money."""
+        """Per ASIC tank, the energy price ($/MWh) above which its miners lose money
+        even at their most efficient (their minimum power; ``Tank.hashrate_at``)."""
         return {
-            t.name: self.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
+            t.name: self.economics.mining_breakeven_usd_per_mwh(t.miner_best_j_per_th)
             for t in self.tanks
             if t.workload == "asic"
         }

@@ -402,9 +402,18 @@ def _workload_fields(sec: Section, workload: str) -> dict[str, Any]:
         for key in ("gpus_per_unit", "gpu_idle_w", "gpu_full_w"):
             if sec.has(key):
                 raise sec.error(key, 'only GPU tanks (workload = "gpu") have GPUs')
-        return {"miner_j_per_th": sec.get_float("miner_j_per_th", 16.5, minval=5.0, maxval=200.0)}
-    if sec.has("miner_j_per_th"):
-        raise sec.error("miner_j_per_th", 'only ASIC tanks (workload = "asic") mine')
+        return {
+            "miner_j_per_th": sec.get_float("miner_j_per_th", 16.5, minval=5.0, maxval=200.0),
+            "miner_hash_exponent": sec.get_float(
+                "miner_hash_exponent", 0.65, minval=0.3, maxval=1.0
+            ),
+            "miner_min_power_pct": sec.get_float(
+                "miner_min_power_pct", 30.0, minval=0.0, maxval=100.0
+            ),
+        }
+    for key in ("miner_j_per_th", "miner_hash_exponent", "miner_min_power_pct"):
+        if sec.has(key):
+            raise sec.error(key, 'only ASIC tanks (workload = "asic") mine')
     return {
         "gpus_per_unit": sec.get_int("gpus_per_unit", 8, minval=1, maxval=16),
         **_gpu_power(sec),

@@ -73,7 +73,7 @@ def test_mining_stops_above_its_breakeven_price_and_restarts_only_clearly_below_
     be = p.breakeven["tank01"]
     lds = infos(site)
     plan = p.plan(0.0, lds, {}, now(site, price=be * 0.9))
-    assert plan["tank01"] == pytest.approx(site.tanks[0].rated_kw)
+    assert plan["tank01"] > 0
     for price, mining in [
         (be * 1.02, True),  # inside the band: stays on
         (be * 1.10, False),  # above: off, and says why
@@ -87,6 +87,27 @@ def test_mining_stops_above_its_breakeven_price_and_restarts_only_clearly_below_
     # the GPUs do not care about the mining breakeven
     plan = p.plan(0.0, lds, {}, now(site, price=be * 3))
     assert by_class(site, plan)["inference"] > 0 and by_class(site, plan)["training"] > 0
+
+
+def test_dearer_energy_asks_less_mining_power_at_the_most_profitable_point(site):
+    tank = site.tanks[0]
+    hp = site.economics.hashprice_usd_per_th_day
+    p = GatingPlanner(site)
+    lds = infos(site)
+    asked = []
+    for price in (-20.0, 40.0, 80.0, 100.0, 130.0, 170.0):
+        plan = p.plan(0.0, lds, {}, now(site, limit=20_000.0, price=price))
+        asked.append(plan["tank01"])
+
+        def margin(kw: float, price: float = price) -> float:  # $/h
+            return tank.hashrate_at(kw) * hp / 24 - kw * price / 1000
+
+        # no other power on the curve earns more at this price
+        best = max(margin(tank.rated_kw * f / 100) for f in range(0, 101))
+        assert margin(plan["tank01"]) >= best - 1e-6 * tank.rated_kw, price
+    assert asked == sorted(asked, reverse=True) and asked[0] == tank.rated_kw
+    assert asked[-1] == pytest.approx(tank.miner_min_power_pct / 100 * tank.rated_kw)
+    assert p.why()["tank01"] == "energy price (most profitable miner power)"
 
 
 def test_no_load_is_planned_past_its_forecast_heat_headroom(site):
@@ -226,7 +247,7 @@ def test_the_run_status_says_what_is_gated_and_why(site):
     be = min(p.breakeven.values())
     p.plan(0.0, infos(site), {"gpu01": 12.5}, now(site, limit=1000.0, price=2 * be))
     line = gating_line(p)
-    assert line.startswith("gating: IT room 650 kW, mining off (breakeven 126 $/MWh)")
+    assert line.startswith(f"gating: IT room 650 kW, mining off (breakeven {be:.0f} $/MWh)")
     assert "price above mining breakeven x12" in line and "protection x1" in line
     assert "grid limit x" in line  # 650 kW cannot feed every GPU
 
@@ -244,4 +265,6 @@ def test_the_plan_ahead_switches_mining_where_a_known_price_crosses_breakeven(si
     p.price_ahead = lambda t: 3 * be if t < 1200 else 0.5 * be
     p.plan(0.0, lds, {}, now(site, limit=20_000.0, price=3 * be))
     assert p.planned(0.0, 300.0, lds)["tank01"] == 0.0
-    assert p.planned(0.0, 1800.0, lds)["tank01"] == site.tanks[0].rated_kw
+    hp = site.economics.hashprice_usd_per_th_day
+    back = site.tanks[0].economic_power_kw(hp, 0.5 * be)  # at the price it comes back to
+    assert p.planned(0.0, 1800.0, lds)["tank01"] == pytest.approx(back) and back > 0

@@ -34,7 +34,12 @@ class StaticPlanner:
         share = self.gpu_capacity / self.placement.gpus if self.placement.gpus else 0.0
         # every GPU load gets its share of the AI GPUs at full power
         self.ai_kw = {ld.name: ld.kw_at(share) for ld in self.placement.loads}
-        self.breakeven = site.mining_breakeven()
+        # at full power, as these policies mine: the nameplate efficiency's breakeven
+        self.breakeven = {
+            t.name: site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
+            for t in site.tanks
+            if t.workload == "asic"
+        }
         self._why: dict[str, str] = {}
 
     def why(self) -> Mapping[str, str]:

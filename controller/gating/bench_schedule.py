@@ -16,12 +16,27 @@ prices and of the work submitted, within the import limit, GPU work never
 done before it is submitted. It relaxes job granularity, the thermal limits
 and cooling energy, and prices mining at its nameplate efficiency.
 
-The bench site is the demo with its import limit lowered until the installed
-IT load is ``OVERSUBSCRIPTION`` times what the grid connection can feed, as
-hybrid halls are built. The built-in trace has a diurnal inference demand
-(8-GPU services of 30 min, peaking at half the GPUs in the afternoon) and
-Poisson-arriving training jobs (8 to 128 GPUs, log-normal run times with a
-2 h median, checkpoints every 30 min).
+The bench site is the demo (its GPU side sized with ``--gpus``, by default
+for a CSV trace ``PEAK_OVER_MEAN`` x its mean offered load; ``plc.sizing``)
+with its import limit lowered until the installed IT load is
+``OVERSUBSCRIPTION`` times what the grid connection can feed, as hybrid halls
+are built. The run starts at the first timestamp of the price series and the
+measured series must cover it; nothing repeats. Jobs larger than the site's
+GPUs are rejected and counted.
+
+The built-in trace follows what published cluster traces show (Philly,
+Helios, Alibaba PAI): many short jobs and a few long ones holding most of the
+GPU time, submitted mostly in working hours. Inference is a service with a
+diurnal demand peaking at ``INFERENCE_PEAK`` of the GPUs, scaled out every
+30 min in 8-GPU replicas that serve 2 h each; training offers
+``TRAINING_LOAD`` of the GPUs on average, 60 % of its jobs short (1 to 8
+GPUs, 10 min median) and 40 % long (8 to 128 GPUs, 3 h median, log-normal),
+arriving as a Poisson process thinned to a day-time peak, checkpointing every
+30 min.
+
+Completion and queueing times count every job submitted: one still waiting
+or running at the end counts with its time so far (``world``), so a policy
+cannot look faster by leaving work stuck in its queue.
 """
 
 from __future__ import annotations
@@ -34,9 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from thermogate.hil.scenario import Scenario, load_scenario
+from thermogate.hil.scenario import Scenario, load_for_run
 from thermogate.hil.scenario.jobs import DEFAULT_CHECKPOINT_S, Job, JobKind, load_jobs_csv
+from thermogate.plc.equipment import Tank
 from thermogate.plc.site import Site, load_site
+from thermogate.plc.sizing import with_gpus
 
 from ..core import Planner
 from .baselines import StaticPlanner
@@ -45,7 +62,8 @@ from .placement import Placement
 from .planner import GatingPlanner
 
 OVERSUBSCRIPTION = 1.4  # installed IT kW / import limit kW of the bench site
-SCAN_S = 5.0  # controller scan of the study (the plant steps at 1 s)
+SCAN_S = 5.0  # controller scan of the study; the plant steps at the same period
+PEAK_OVER_MEAN = 1.5  # GPUs installed per GPU of a trace's mean offered load
 POLICIES = ("static", "static_backfill", "price_threshold", "thermogate")
 LP_STEP_S = 900.0
 
@@ -55,29 +73,64 @@ def bench_site(site: Site) -> Site:
     return replace(site, import_limit_kw=round(site.it_rated_kw / OVERSUBSCRIPTION, 1))
 
 
+#: training job mix: (share of jobs, sizes in GPUs, their weights, median run s, sigma)
+_TRAINING_MIX = (
+    (0.6, (1, 2, 4, 8), (0.4, 0.25, 0.2, 0.15), 600.0, 1.0),  # debugging, evaluation
+    (0.4, (8, 16, 32, 64, 128), (0.35, 0.25, 0.2, 0.12, 0.08), 3 * 3600.0, 0.8),  # runs
+)
+INFERENCE_REPLICA_S = 2 * 3600.0  # an inference replica, once placed, serves this long
+TRAINING_LOAD = 0.35  # training offers this fraction of the GPUs on average
+INFERENCE_PEAK = 0.5  # inference wants this fraction of the GPUs at its daily peak
+
+
+def _hump(hour: float, start: float, span: float) -> float:
+    """A half-sine over ``span`` hours from ``start``; zero outside it."""
+    return max(0.0, math.sin(math.pi * (hour - start) / span))
+
+
+def _working_hours(hour: float) -> float:
+    """Relative training submission rate: a trickle at night, a day-time peak."""
+    return 0.3 + 0.7 * _hump(hour, 8.0, 12.0)
+
+
 def synthetic_trace(days: float, gpus: int, seed: int = 0) -> tuple[Job, ...]:
     """The built-in trace (see the module docstring), deterministic for a seed."""
     rng = np.random.default_rng(seed)
     end = days * 86400.0
     jobs: list[tuple[float, float, int, JobKind]] = []
+    # inference: every 30 min the service scales out to its demand; replicas live 2 h
+    live: list[float] = []
     t = 0.0
-    while t < end:  # inference: services re-placed every 30 min
-        hour = (t % 86400.0) / 3600.0
-        level = 0.35 + 0.65 * max(0.0, math.sin(math.pi * (hour - 6.0) / 16.0))
-        want = 0.5 * gpus * level * rng.uniform(0.9, 1.1)
-        for _ in range(int(want // 8)):
-            jobs.append((t, 1800.0, 8, "inference"))
+    while t < end:
+        level = 0.35 + 0.65 * _hump((t % 86400.0) / 3600.0, 6.0, 16.0)
+        want = int(INFERENCE_PEAK * gpus * level * rng.uniform(0.9, 1.1) // 8)
+        live = [e for e in live if e > t]
+        for _ in range(max(0, want - len(live))):
+            jobs.append((t, INFERENCE_REPLICA_S, 8, "inference"))
+            live.append(t + INFERENCE_REPLICA_S)
         t += 1800.0
-    sizes = np.array([8, 16, 32, 64, 128])
-    sizes = sizes[sizes <= gpus] if (sizes <= gpus).any() else np.array([gpus])
-    weights = np.array([0.35, 0.25, 0.2, 0.12, 0.08])[: len(sizes)]
-    weights /= weights.sum()
-    mean_gpu_s = float((sizes * weights).sum()) * 2 * 3600.0 * math.exp(0.8**2 / 2)
-    rate = 0.35 * gpus / mean_gpu_s  # training offers 35 % of the GPUs on average
+    # training: Poisson arrivals thinned to working hours; short and long jobs
+    mix = [
+        (share, np.array(sz), np.array(w) / sum(w), med, sig)
+        for share, sz, w, med, sig in _TRAINING_MIX
+        if (np.array(sz) <= gpus).any()
+    ]
+    mix = [
+        (sh, sz[sz <= gpus], w[sz <= gpus] / w[sz <= gpus].sum(), m, sg) for sh, sz, w, m, sg in mix
+    ]
+    shares = np.array([m[0] for m in mix]) / sum(m[0] for m in mix)
+    mean_gpu_s = sum(
+        sh * float((sz * w).sum()) * med * math.exp(sg**2 / 2)
+        for sh, (_, sz, w, med, sg) in zip(shares, mix, strict=True)
+    )
+    mean_shape = float(np.mean([_working_hours(h / 60.0) for h in range(24 * 60)]))
+    rate = TRAINING_LOAD * gpus / mean_gpu_s / mean_shape  # the day-time peak rate
     t = float(rng.exponential(1 / rate))
     while t < end:
-        dur = float(min(24 * 3600.0, 2 * 3600.0 * rng.lognormal(0.0, 0.8)))
-        jobs.append((t, max(60.0, dur), int(rng.choice(sizes, p=weights)), "training"))
+        if rng.uniform() < _working_hours((t % 86400.0) / 3600.0):
+            _, sizes, weights, median, sigma = mix[int(rng.choice(len(mix), p=shares))]
+            dur = float(min(86400.0, median * rng.lognormal(0.0, sigma)))
+            jobs.append((t, max(60.0, dur), int(rng.choice(sizes, p=weights)), "training"))
         t += float(rng.exponential(1 / rate))
     jobs.sort(key=lambda j: j[0])
     return tuple(
@@ -97,18 +150,23 @@ def _planner(policy: str, site: Site, ai_gpus: int) -> Planner:
     return StaticPlanner(site, ai_gpus, price_threshold=policy == "price_threshold")
 
 
-def _scenario(name: str, weather: str | None, prices: str | None) -> Scenario:
-    """The study's scenario; measured series given as CSV repeat over long studies."""
-    return load_scenario(
-        name, weather_csv=weather, prices_csv=prices, wrap=True if (weather or prices) else None
-    )
+def _scenario(name: str, weather: str | None, prices: str | None, hours: float) -> Scenario:
+    """The study's scenario: measured series must cover the run, which starts at
+    the first timestamp of the prices (``load_for_run``, strict)."""
+    return load_for_run(name, weather, prices, hours=hours, strict=True)
+
+
+def default_gpus(jobs: tuple[Job, ...], seconds: float) -> int:
+    """GPUs for a trace: its mean offered load x ``PEAK_OVER_MEAN`` (a hall is built
+    for its peak AI demand, not its average), in whole 8-GPU nodes."""
+    return max(8, 8 * math.ceil(PEAK_OVER_MEAN * mean_gpu_demand(jobs, seconds) / 8))
 
 
 def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
     from ..simulate import run_simulation
 
     site: Site = job["site"]
-    sc = _scenario(job["scenario"], job["weather"], job["prices"])
+    sc = _scenario(job["scenario"], job["weather"], job["prices"], job["hours"])
     policy = job["policy"]
     admission: Admission = "fifo" if policy == "static" else "backfill"
     r = run_simulation(
@@ -116,6 +174,7 @@ def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
         sc,
         job["hours"],
         scan_s=SCAN_S,
+        plant_dt=SCAN_S,
         planner=_planner(policy, site, job["ai_gpus"]),
         jobs=job["jobs"],
         admission=admission,
@@ -142,78 +201,132 @@ def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _mining_tangents(site: Site) -> list[tuple[float, list[tuple[float, float]]]]:
+    """Mining revenue as lines over-estimating it: per group of identical ASIC
+    tanks, its kW and its lines ``($/h at 0 kW, $/h per kW)``. A group's revenue
+    at ``m`` kW is at most every one of its lines at ``m`` (``Tank.hashrate_at``
+    is concave: linear up to the miners' minimum, then a power law; tangents of
+    a concave curve lie above it); ``n`` alike tanks earn most with the power
+    split evenly."""
+    groups: dict[tuple[float, ...], list[Tank]] = {}
+    for t in site.tanks:
+        if t.workload == "asic":
+            key = (
+                t.units,
+                t.unit_power_kw,
+                t.miner_j_per_th,
+                t.miner_hash_exponent,
+                t.miner_min_power_pct,
+            )
+            groups.setdefault(key, []).append(t)
+    usd_h_per_th_s = site.economics.hashprice_usd_per_th_day / 24.0
+    out: list[tuple[float, list[tuple[float, float]]]] = []
+    for tanks in groups.values():
+        t, n = tanks[0], len(tanks)
+        r, e = t.rated_kw, t.miner_hash_exponent
+        x_min = t.miner_min_power_pct / 100.0 * r
+        th_full = t.hashrate_at(r)
+        lines = [(0.0, t.hashrate_at(x_min) / x_min)] if x_min > 0 else []
+        for x in np.linspace(max(x_min, 1e-3 * r), r, 12):
+            slope = th_full * e * x ** (e - 1.0) / r**e
+            lines.append((th_full * (x / r) ** e - slope * x, slope))
+        # one tank's (TH/s at 0 kW, TH/s per kW) -> n alike tanks' $/h over their kW
+        out.append((n * r, [(n * a * usd_h_per_th_s, b * usd_h_per_th_s) for a, b in lines]))
+    return out
+
+
 def oracle_net_margin(
     site: Site, jobs: tuple[Job, ...], price: np.ndarray, limit_kw: np.ndarray
 ) -> float:
-    """The hindsight LP bound (module docstring); ``price``/``limit_kw`` per LP step."""
+    """The hindsight LP bound (module docstring); ``price``/``limit_kw`` per LP step.
+
+    Per step: mining kW and revenue per group of alike ASIC tanks (below every
+    line of ``_mining_tangents``), busy inference and training GPUs. Power: mining
+    plus busy GPUs' dynamic power within the import limit less the GPUs' idle
+    power. Work: by the end of each step no class has done more GPU-hours than
+    its jobs could have, each at most at full rate on its own GPUs from its
+    submission (and never more than all of it). Jobs larger than the site are
+    rejected, as the cluster rejects them.
+    """
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix, hstack, identity, tril, vstack
 
     n = len(price)
     dt_h = LP_STEP_S / 3600.0
     econ = site.economics
-    miners = [t for t in site.tanks if t.workload == "asic"]
-    m_max = sum(t.rated_kw for t in miners)
-    j_per_th = sum(t.rated_kw * t.miner_j_per_th for t in miners) / m_max if m_max else math.inf
-    mine_usd_per_kwh = 1000.0 / j_per_th * econ.hashprice_usd_per_th_day / 24.0
     pl = Placement(site)
     idle_kw = sum(ld.idle_kw for ld in pl.loads)
     kw_per_gpu = sum(ld.rated_kw - ld.idle_kw for ld in pl.loads) / max(pl.gpus, 1)
-    gpu_h = sum(j.gpu_s for j in jobs) / 3600.0
-    ai_usd_per_gpu_h = (
-        sum(
-            j.gpu_s
-            / 3600.0
-            * (
-                econ.inference_usd_per_gpu_h
-                if j.kind == "inference"
-                else econ.training_usd_per_gpu_h
-            )
-            for j in jobs
-        )
-        / gpu_h
-        if gpu_h
-        else 0.0
-    )
-    # variables: m_0..m_{n-1} (mining kW), a_0..a_{n-1} (busy GPUs)
+    groups = _mining_tangents(site)
+    g = len(groups)
+    e_n = identity(n, format="csr")
+    z = coo_matrix((n, n))
+    # variables, blocks of n steps: mining kW per group, mining $/h per group,
+    # busy inference GPUs, busy training GPUs
+    inf, tr = 2 * g, 2 * g + 1
+
+    def row(blocks: dict[int, Any]) -> Any:
+        return hstack([blocks.get(k, z) for k in range(2 * g + 2)])
+
+    price_kwh = price / 1000.0
     c = np.concatenate(
-        [
-            -(mine_usd_per_kwh - price / 1000.0) * dt_h,
-            -(ai_usd_per_gpu_h - price / 1000.0 * kw_per_gpu) * dt_h,
+        [price_kwh * dt_h] * g  # mining energy
+        + [np.full(n, -dt_h)] * g  # mining revenue
+        + [
+            -(econ.inference_usd_per_gpu_h - price_kwh * kw_per_gpu) * dt_h,
+            -(econ.training_usd_per_gpu_h - price_kwh * kw_per_gpu) * dt_h,
         ]
     )
-    # power: m_t + kw_per_gpu a_t <= limit_t - idle
-    a_pow = hstack([identity(n), kw_per_gpu * identity(n)])
-    b_pow = np.maximum(limit_kw - idle_kw, 0.0)
-    # work: sum_{s<=t} a_s dt <= GPU-h submitted by the end of step t
+    power = {k: e_n for k in range(g)} | {inf: kw_per_gpu * e_n, tr: kw_per_gpu * e_n}
+    a_rows = [row(power), row({inf: e_n, tr: e_n})]  # the import, the GPUs installed
+    b_rows = [np.maximum(limit_kw - idle_kw, 0.0), np.full(n, float(pl.gpus))]
+    for k, (_, lines) in enumerate(groups):  # revenue <= a0 + slope x kW, every line
+        for a0, slope in lines:
+            a_rows.append(row({g + k: e_n, k: -slope * e_n}))
+            b_rows.append(np.full(n, a0))
     edges = (np.arange(n) + 1) * LP_STEP_S
-    submits = np.array([j.submit_s for j in jobs])
-    work = np.array([j.gpu_s / 3600.0 for j in jobs])
-    order = np.argsort(submits)
-    cum = np.concatenate([[0.0], np.cumsum(work[order])])
-    b_work = cum[np.searchsorted(submits[order], edges, side="right")]
-    a_work = hstack([coo_matrix((n, n)), dt_h * tril(np.ones((n, n)))])
+    cum = tril(np.ones((n, n)), format="csr") * dt_h
+    for kind, var in (("inference", inf), ("training", tr)):
+        ok = [j for j in jobs if j.kind == kind and j.gpus <= pl.gpus]
+        if ok:
+            sub = np.array([j.submit_s for j in ok])
+            gpus = np.array([float(j.gpus) for j in ok])
+            work = np.array([j.gpu_s for j in ok])
+            ran = np.maximum(edges[:, None] - sub[None, :], 0.0) * gpus[None, :]
+            can = np.minimum(ran, work[None, :]).sum(axis=1) / 3600.0
+        else:
+            can = np.zeros(n)
+        a_rows.append(row({var: cum}))
+        b_rows.append(can)
     res = linprog(
         c,
-        A_ub=vstack([a_pow, a_work]).tocsr(),
-        b_ub=np.concatenate([b_pow, b_work]),
-        bounds=[(0, m_max)] * n + [(0, pl.gpus)] * n,
+        A_ub=vstack(a_rows).tocsr(),
+        b_ub=np.concatenate(b_rows),
+        bounds=[(0.0, cap) for cap, _ in groups for _ in range(n)] + [(0.0, None)] * ((g + 2) * n),
         method="highs",
     )
     if res.status != 0:
         raise RuntimeError(f"oracle LP failed: {res.message}")
-    return float(-res.fun - float((price / 1000.0 * idle_kw * dt_h).sum()))
+    return float(-res.fun - float((price_kwh * idle_kw * dt_h).sum()))
 
 
 def bench_schedule(args: argparse.Namespace) -> dict[str, Any]:
-    site = bench_site(load_site(getattr(args, "site", None)))
+    site = load_site(getattr(args, "site", None))
     hours = args.days * 24.0
-    jobs = load_jobs_csv(args.trace) if args.trace else synthetic_trace(args.days, site.gpus)
+    jobs = load_jobs_csv(args.trace) if args.trace else None
+    gpus = args.gpus
+    if gpus is None and jobs is not None:
+        gpus = default_gpus(jobs, hours * 3600.0)
+    if gpus is not None and gpus != site.gpus:
+        site = with_gpus(site, gpus)
+    site = bench_site(site)
+    if jobs is None:
+        jobs = synthetic_trace(args.days, site.gpus)
     rejected = sum(1 for j in jobs if j.gpus > site.gpus)
     ai_gpus = min(site.gpus, round(mean_gpu_demand(jobs, hours * 3600.0)))
     # read here first, so a bad CSV stops the bench before any policy runs; the
     # workers read it again (a scenario does not pickle)
-    sc = _scenario(args.scenario, args.weather, args.prices)
+    sc = _scenario(args.scenario, args.weather, args.prices, hours)
     common = {
         "site": site,
         "scenario": args.scenario,

@@ -169,6 +169,16 @@ class Cluster:
     def running(self) -> list[Job]:
         return [r.job for r in self._running]
 
+    def unfinished(self) -> list[tuple[Job, float, float]]:
+        """Jobs submitted and not finished at ``t``, with their completion and queueing
+        times so far (``t - submit``; the queueing up to the first start): what a
+        run that ends now owes them, a lower bound on their final times."""
+        out = []
+        for r in (*self._queue, *self._running):
+            started = r.started_s if math.isfinite(r.started_s) else self.t
+            out.append((r.job, self.t - r.job.submit_s, started - r.job.submit_s))
+        return out
+
     def next_event_s(self) -> float:
         """The next time something happens by itself: a job arrives or one ends."""
         nxt = self._future[0].submit_s if self._future else math.inf

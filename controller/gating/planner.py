@@ -15,9 +15,11 @@ bound whatever it asks. Order of operations of one plan:
    when it is not trusted), and the loads of one loop share that loop's
    headroom;
 3. **want** per load: a GPU load what its jobs need (``gpu_demand``; all of
-   it without a scheduler in the loop), a mining tank its rating while the
-   energy price is below its miners' breakeven (off above it, with
-   ``price_hysteresis`` so a price hovering at breakeven does not toggle it);
+   it without a scheduler in the loop); a mining tank the power where one
+   more kW earns what it costs (``Tank.economic_power_kw``: underclocked
+   miners are more efficient, so a dearer price asks less power rather than
+   none), and nothing above its miners' breakeven at their best efficiency
+   (with ``price_hysteresis`` so a price hovering there does not toggle it);
 4. **allocate** the room by precedence, inference first, then training, then
    mining: a class gets what it wants within its caps while room is left,
    shared pro rata by want when not all of it fits.
@@ -68,6 +70,7 @@ class GatingPlanner:
         self.price_ahead = price_ahead
         self._last: dict[str, float] = {}
         self.breakeven = site.mining_breakeven()
+        self._tanks = {t.name: t for t in site.tanks}
         self._mining_on = dict.fromkeys(self.breakeven, True)
         self._non_it_kw = NON_IT_DEFAULT_FRAC * site.it_rated_kw
         self._t_last = math.nan
@@ -99,9 +102,11 @@ class GatingPlanner:
         want: dict[str, float] = {}
         for ld in loads:
             if ld.workload_class == "mining":
-                want[ld.name] = ld.rated_kw if self._mining_wanted(ld.name, now) else 0.0
+                want[ld.name] = self._mining_want(ld, now)
                 if not want[ld.name]:
                     why[ld.name] = "price above mining breakeven"
+                elif want[ld.name] < ld.rated_kw - 1e-9:
+                    why[ld.name] = "energy price (most profitable miner power)"
                 continue
             frac = demand.get(ld.name, 1.0)
             frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
@@ -136,9 +141,10 @@ class GatingPlanner:
             if be is None:
                 continue
             running = bool(out.get(ld.name))
-            if self._mining_band(running, price, be) != running:
-                # switched ahead; back on at its rating (protection caps it when it comes)
-                out[ld.name] = 0.0 if running else ld.rated_kw
+            on = self._mining_band(running, price, be)
+            if on != running:
+                # switched ahead; back on at its economic power (protection caps it)
+                out[ld.name] = self._economic_kw(ld.name, price) if on else 0.0
         return out
 
     def _observe_non_it(self, t: float, now: SiteNow) -> None:
@@ -191,13 +197,21 @@ class GatingPlanner:
                         why[ld.name] = "loop heat headroom (forecast)"
         return caps, why
 
-    def _mining_wanted(self, name: str, now: SiteNow) -> bool:
+    def _mining_want(self, ld: LoadInfo, now: SiteNow) -> float:
+        """A mining tank's most profitable power at today's price, or nothing."""
         price = now.price_per_mwh
         if not math.isfinite(price):
             price = self.site.economics.energy_usd_per_mwh
-        on = self._mining_band(self._mining_on[name], price, self.breakeven[name])
-        self._mining_on[name] = on
-        return on
+        on = self._mining_band(self._mining_on[ld.name], price, self.breakeven[ld.name])
+        self._mining_on[ld.name] = on
+        return self._economic_kw(ld.name, price) if on else 0.0
+
+    def _economic_kw(self, name: str, price: float) -> float:
+        """``Tank.economic_power_kw``; inside the hysteresis band, where that says
+        off but the tank stays on, its miners' minimum (their best efficiency)."""
+        tank = self._tanks[name]
+        kw = tank.economic_power_kw(self.site.economics.hashprice_usd_per_th_day, price)
+        return max(kw, tank.miner_min_power_pct / 100.0 * tank.rated_kw)
 
     def _mining_band(self, on: bool, price: float, breakeven: float) -> bool:
         """Mining on or off at ``price``: off above (1 + h) x breakeven, on again below

@@ -55,14 +55,18 @@ class ClusterInTheLoop:
             plant.set_gpu_utilisation(name, u)
 
     def summary(self) -> dict[str, float | int]:
-        """What the jobs saw: completion and queueing times, preemptions, lost work."""
+        """What the jobs saw: completion and queueing times (of every job submitted,
+        the unfinished ones with their times so far), preemptions, lost work."""
         fin = self.cluster.finished
+        left = self.cluster.unfinished()
         b = self.cluster.books()
-        jct = np.array([f.jct_s for f in fin]) if fin else np.zeros(0)
-        queue = np.array([f.queue_s for f in fin]) if fin else np.zeros(0)
+        # A job still waiting or running at the end counts with its time so far: a
+        # policy that leaves work stuck in its queue must not look faster for it.
+        jct = np.array([f.jct_s for f in fin] + [jct for _, jct, _ in left])
+        queue = np.array([f.queue_s for f in fin] + [q for _, _, q in left])
         return {
             "finished": len(fin),
-            "pending": len(self.cluster.queued()) + len(self.cluster.running()),
+            "pending": len(left),
             "rejected_jobs": b.rejected_jobs,
             "mean_jct_s": round(float(jct.mean()), 1) if jct.size else 0.0,
             "p95_jct_s": round(float(np.percentile(jct, 95)), 1) if jct.size else 0.0,
@@ -71,7 +75,8 @@ class ClusterInTheLoop:
                 1
                 for f in fin
                 if f.job.kind == "inference" and (f.queue_s > SLO_QUEUE_S or f.preemptions)
-            ),
+            )
+            + sum(1 for j, _, q in left if j.kind == "inference" and q > SLO_QUEUE_S),
             "preemptions": b.preemptions,
             "lost_gpu_h": round(b.lost_gpu_s / 3600.0, 2),
             "done_gpu_h": round(b.done_gpu_s / 3600.0, 2),

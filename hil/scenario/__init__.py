@@ -48,7 +48,7 @@ from .events import (
     GridEvent,
     GridEventKind,
 )
-from .loader import list_builtin_scenarios, load_scenario, parse_scenario
+from .loader import list_builtin_scenarios, load_for_run, load_scenario, parse_scenario
 from .resolved import PriceSource, Scenario, WeatherSource
 from .series import (
     AMBIENT_RANGE_C,
@@ -92,6 +92,7 @@ __all__ = [
     "WeatherSample",
     "WeatherSource",
     "list_builtin_scenarios",
+    "load_for_run",
     "load_prices_csv",
     "load_scenario",
     "load_weather_csv",

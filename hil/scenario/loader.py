@@ -78,6 +78,8 @@ def load_scenario(
     prices_csv: str | PathLike[str] | None = None,
     *,
     wrap: bool | None = None,
+    duration_s: float | None = None,
+    start_at_prices: bool = False,
 ) -> Scenario:
     """Load a scenario from a TOML file or by built-in name (``"heatwave"``).
 
@@ -85,12 +87,16 @@ def load_scenario(
     separator, is a file; any other string is a built-in name.
     ``weather_csv``/``prices_csv`` replace the scenario's sources (e.g. run the
     heatwave's events against measured weather); ``wrap`` repeats them.
+    ``duration_s`` replaces the file's duration (the CSV series must cover it);
+    ``start_at_prices`` starts it at the price series' first timestamp.
     Raises ConfigError for scenario mistakes and DataFileError for CSV ones.
     """
     s = str(path_or_name)
     if isinstance(path_or_name, PathLike) or s.endswith(".toml") or "/" in s or "\\" in s:
         path = Path(path_or_name)
-        return _scenario(load_toml(path), path.parent, weather_csv, prices_csv, wrap)
+        return _scenario(
+            load_toml(path), path.parent, weather_csv, prices_csv, wrap, duration_s, start_at_prices
+        )
     entry = _builtin_file(s)
     if not entry.is_file():
         raise ConfigError(
@@ -100,10 +106,43 @@ def load_scenario(
             "(or give the path of a .toml file)",
         )
     root = loads_toml(entry.read_text(encoding="utf-8"), f"<built-in {s}>")
-    scenario = _scenario(root, Path(str(entry)).parent, weather_csv, prices_csv, wrap)
+    scenario = _scenario(
+        root, Path(str(entry)).parent, weather_csv, prices_csv, wrap, duration_s, start_at_prices
+    )
     if scenario.name != s:
         raise root.error("name", f"{scenario.name!r} differs from the built-in name {s!r}")
     return scenario
+
+
+def load_for_run(
+    path_or_name: str | PathLike[str],
+    weather_csv: str | PathLike[str] | None,
+    prices_csv: str | PathLike[str] | None,
+    *,
+    hours: float | None = None,
+    strict: bool = False,
+) -> Scenario:
+    """The scenario of a run, with measured series given on the command line.
+
+    By default (``simulate``, ``serve``) a measured CSV repeats over a run longer
+    than it. ``strict`` (the schedule benchmark) repeats nothing: the run starts
+    at the first timestamp of the price series (of the weather without one) and
+    lasts ``hours``; a series that does not cover that whole period is an error
+    naming the file and how much it covers.
+    """
+    if strict and hours is None:
+        raise ValueError("a strict run needs its hours")
+    if not strict or hours is None:
+        measured = weather_csv is not None or prices_csv is not None
+        return load_scenario(path_or_name, weather_csv, prices_csv, wrap=True if measured else None)
+    return load_scenario(
+        path_or_name,
+        weather_csv,
+        prices_csv,
+        wrap=False if (weather_csv or prices_csv) else None,
+        duration_s=hours * 3600.0,
+        start_at_prices=prices_csv is not None,
+    )
 
 
 def _builtin_file(name: str) -> Traversable:
@@ -119,6 +158,8 @@ def _scenario(
     weather_csv: str | PathLike[str] | None,
     prices_csv: str | PathLike[str] | None,
     wrap: bool | None,
+    run_s: float | None = None,
+    start_at_prices: bool = False,
 ) -> Scenario:
     file = root.file
     default_name = Path(file).stem.removeprefix("scenario_") if file[:1] != "<" else "scenario"
@@ -139,6 +180,8 @@ def _scenario(
     if written is not None and duration_s is not None:
         raise root.error("duration", "give duration_s or duration, not both")
     duration = written if written is not None else duration_s if duration_s is not None else DAY_S
+    if run_s is not None:
+        duration = run_s
     for key in initial:
         if not NAME_RE.match(key):
             raise root.error(f"initial.{key}", "invalid name (letters, digits, _ . -)")
@@ -167,6 +210,8 @@ def _scenario(
     )
     # t = 0 is the explicit start, else the first weather sample, else prices'.
     start = start_given
+    if start_at_prices and prices is not None and prices.start is not None:
+        start = start_given = prices.start  # the market's clock is the run's
     for series in (weather.ambient_c if weather else None, prices):
         if start is None and series is not None and series.start is not None:
             start = series.start
