@@ -64,8 +64,6 @@ VALVE_RANGEABILITY = 30.0  # equal-percentage trim R
 DC_AIR_CAPACITY_RATIO = 2.5  # air-side capacity rate / water-side at design
 DC_NATURAL_DRAFT = 0.10  # fraction of design airflow with fans stopped
 MINER_J_PER_TH = 16.5  # at nameplate (the site description's default)
-MINER_HASH_EXPONENT = 0.65  # hashrate ~ power^0.65 (voltage scaling)
-MINER_MIN_POWER_FRACTION = 0.30  # below this a miner cannot hash
 CHIP_RECOVER_MARGIN_K = 10.0  # auto-restart after a thermal shutdown
 GPU_IDLE_W = 120.0  # H200 idle, measured (the site description's default)
 GPU_TDP_W = 700.0  # H200 SXM (the site description's default ``gpu_full_w``)
@@ -199,7 +197,9 @@ class Plant:
         self.t_asic = np.array([t.workload == "asic" for t in tanks], dtype=bool)
         self.t_train = np.array([t.workload_class == "training" for t in tanks], dtype=bool)
         self.t_train_f = self.t_train.astype(float)
-        self.t_min_kw = MINER_MIN_POWER_FRACTION * self.t_unit_kw
+        # the miners' curve, from the site (``Tank.hashrate_at`` is the same curve)
+        self.t_min_kw = np.array([t.miner_min_power_pct / 100.0 for t in tanks]) * self.t_unit_kw
+        self.t_hash_exp = np.array([t.miner_hash_exponent for t in tanks])
         self.t_dyn_kw = self.t_unit_kw - self.t_idle_kw
         # The least a running unit draws: a miner's minimum clock, a GPU node's idle.
         self.t_floor_kw = np.where(self.t_asic, self.t_min_kw, self.t_idle_kw)
@@ -698,7 +698,7 @@ class Plant:
         """Hashrate (TH/s) per tank: J/TH improves as a miner is underclocked."""
         frac = self.t_p_unit / self.t_unit_kw
         return np.where(
-            self.t_asic, self.t_units_on * self.t_th_nom * frac**MINER_HASH_EXPONENT, 0.0
+            self.t_asic, self.t_units_on * self.t_th_nom * frac**self.t_hash_exp, 0.0
         )
 
     @property

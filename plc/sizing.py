@@ -28,9 +28,9 @@ from .errors import ConfigError
 def with_gpus(site: Site, gpus: int) -> Site:
     """The site with about ``gpus`` GPUs (whole nodes; see the module docstring)."""
     if site.gpus <= 0:
-        raise ConfigError(f"site {site.name!r} has no GPU equipment to size to {gpus} GPUs")
+        raise ConfigError(site.source, "gpus", f"no GPU equipment to size to {gpus} GPUs")
     if gpus < 1:
-        raise ConfigError(f"gpus {gpus} must be at least 1")
+        raise ConfigError(site.source, "gpus", f"{gpus} must be at least 1")
     k = gpus / site.gpus
     tanks = tuple(_tank(t, k) for t in site.tanks)
     rows = tuple(_row(r, k) for r in site.rack_rows)

@@ -268,3 +268,19 @@ def test_the_plan_ahead_switches_mining_where_a_known_price_crosses_breakeven(si
     hp = site.economics.hashprice_usd_per_th_day
     back = site.tanks[0].economic_power_kw(hp, 0.5 * be)  # at the price it comes back to
     assert p.planned(0.0, 1800.0, lds)["tank01"] == pytest.approx(back) and back > 0
+
+
+def test_the_plant_hashes_as_the_site_says_its_miners_do(site):
+    from thermogate.hil.plant import Plant
+
+    plant = Plant(site)
+    budgets = {0: 1.0, 1: 0.6, 2: 0.3, 3: 0.12}  # full, underclocked, minimum, fewer miners
+    for i, frac in budgets.items():
+        plant.write(f"{site.tanks[i].name}.power_budget_kw", frac * site.tanks[i].rated_kw)
+    for _ in range(3):
+        plant.heartbeat += 1
+        plant.step()
+    for i in budgets:
+        kw = float(plant.t_power[i])
+        assert kw > 0
+        assert float(plant.t_hash[i]) == pytest.approx(site.tanks[i].hashrate_at(kw), rel=1e-6)

@@ -680,3 +680,37 @@ def test_sensor_faults_and_comms_loss_contents():
 def test_unknown_builtin_lists_the_builtins():
     with pytest.raises(ConfigError, match="heatwave"):
         load_scenario("heat-wave")
+
+
+# --------------------------------------------------------------------------- #
+# a study over measured series: starts at the prices, nothing repeats
+# --------------------------------------------------------------------------- #
+
+
+def _hourly(path: Path, header: str, start: datetime, hours: int, value: float) -> Path:
+    rows = [header] + [
+        f"{(start + timedelta(hours=h)).isoformat()},{value}" for h in range(hours)
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_a_strict_study_starts_at_the_first_price_and_needs_weather_for_all_of_it(tmp_path):
+    from thermogate.hil.scenario import load_for_run
+
+    t0 = datetime(2025, 8, 4, tzinfo=UTC)
+    prices = _hourly(tmp_path / "p.csv", "time,price_per_mwh", t0 + timedelta(hours=2), 30, 50.0)
+    weather = _hourly(tmp_path / "w.csv", "time,ambient_c", t0, 40, 30.0)
+    sc = load_for_run("normal-day", weather, prices, hours=24.0, strict=True)
+    assert sc.start == t0 + timedelta(hours=2)  # the market's clock, not the weather's
+    assert sc.duration_s == 24 * 3600.0
+    assert sc.weather_offset_s == 2 * 3600.0 and sc.price_offset_s == 0.0
+    # longer than the weather covers from the prices' start: named, with what it covers
+    with pytest.raises(DataFileError, match=r"w\.csv: covers 38 h .* runs 39 h; give a file"):
+        load_for_run("normal-day", weather, prices, hours=39.0, strict=True)
+    # weather that begins after the prices do
+    late = _hourly(tmp_path / "late.csv", "time,ambient_c", t0 + timedelta(hours=5), 60, 30.0)
+    with pytest.raises(DataFileError, match=r"late\.csv.*starts 10800 s after"):
+        load_for_run("normal-day", late, prices, hours=12.0, strict=True)
+    # the same files repeat in an open-ended simulation
+    assert load_for_run("normal-day", weather, prices).weather.ambient_c.wrap

@@ -235,6 +235,11 @@ def _scenario(
         if problem is None:
             continue
         assert isinstance(src, CsvSource)
+        if run_s is not None:  # a study of a fixed length: nothing repeats
+            problem = problem.replace(
+                "set wrap to repeat it, or shorten the duration",
+                "give a file that covers the run, or shorten the run",
+            )
         if override:
             raise DataFileError(str(src.path), None, None, problem.replace("set wrap", "pass wrap"))
         raise root.error(f"{key}.path", f"{src.path.name} {problem}")
@@ -442,7 +447,7 @@ def _coverage_problem(series: TimeSeries, offset: float, duration: float) -> str
         return f"starts {-offset:g} s after the scenario start"
     if offset + duration > cover + 1e-6:
         return (
-            f"covers {cover / 3600:g} h from the scenario start but the scenario runs "
-            f"{duration / 3600:g} h; set wrap to repeat it, or shorten the duration"
+            f"covers {(cover - offset) / 3600:g} h from the scenario start but the scenario "
+            f"runs {duration / 3600:g} h; set wrap to repeat it, or shorten the duration"
         )
     return None
