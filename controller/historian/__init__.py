@@ -1,4 +1,5 @@
-"""The controller's historian: telemetry, events, audit and state in one SQLite file.
+"""The controller's historian: telemetry, events, audit, state and the books
+(economics per interval, gating reasons) in one SQLite file.
 
 One writer (:class:`Historian`, owned by the controller) and one read path
 (:class:`HistoryReader`, read-only, used by the historian's own reads,
@@ -17,7 +18,7 @@ training, forecasts and benchmarks). The parts:
     1-minute aggregates (live and catch-up) and retention, on the writer thread;
 ``reader``
     ``HistoryReader``: snapshots, raw/1-minute telemetry, quality, events,
-    audit, state;
+    audit, state, economics and gating rows;
 ``bench``
     ``thermogate bench historian`` (results in README.md, "Benchmarks").
 """

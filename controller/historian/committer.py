@@ -9,6 +9,9 @@ pending lists and the error state, declared below.
 a flush, a retention request or close), commits the scans that accumulated,
 ``TX_BYTES`` worth per transaction so a backlog never becomes one huge
 commit, then folds them into the minute aggregates (``aggregate.py``).
+The rows of the books that accumulated (``economics``, ``gating``) go in one
+small transaction of their own on the same tick, with telemetry's durability
+(they are retried like scans if it fails).
 
 **Durability** (design principle 6). WAL mode. Telemetry transactions commit
 with ``synchronous=NORMAL``: the commit is a ``write()`` into the WAL, which
@@ -44,7 +47,7 @@ import numpy as np
 import sqlite_utils
 
 from .aggregate import Aggregator, Scan
-from .schema import QUALITY_ABSENT, HistorianError, Shard
+from .schema import ECONOMICS_COLUMNS, GATING_COLUMNS, QUALITY_ABSENT, HistorianError, Shard
 
 __all__ = ["RETRY_S", "Waiter", "WriterThread"]
 
@@ -89,6 +92,8 @@ class WriterThread:
     _max_tx_scans: int
     _last_dup: int
     _scans: collections.deque[Scan]
+    _books: collections.deque[tuple]
+    _p_books: list[tuple]
     _q: queue.SimpleQueue
     _pool: collections.deque[tuple[np.ndarray, np.ndarray]]
     _pool_max: int
@@ -136,7 +141,12 @@ class WriterThread:
                     next_batch = now + self.batch_s
                 self._service(batch_due)
                 if self._closing and not (
-                    self._scans or self._p_scans or self._p_urgent or self._p_flush
+                    self._scans
+                    or self._p_scans
+                    or self._books
+                    or self._p_books
+                    or self._p_urgent
+                    or self._p_flush
                 ):
                     break
         except BaseException as exc:  # never die silently
@@ -178,6 +188,12 @@ class WriterThread:
                 # every scan appended before a waiter's flush() call is on the deque now
                 while self._scans:
                     self._p_scans.append(self._scans.popleft())
+                while self._books:
+                    self._p_books.append(self._books.popleft())
+                if self._p_books:  # a few rows a minute: one small transaction
+                    rows = list(self._p_books)
+                    self._tx(lambda: self._write_books(rows))
+                    del self._p_books[: len(rows)]
                 self._pool_max = min(self._max_backlog, max(self._pool_max, 2 * len(self._p_scans)))
                 while self._p_scans:
                     chunk = self._p_scans[: self._max_tx_scans]
@@ -262,6 +278,19 @@ class WriterThread:
             c.executemany(
                 'INSERT OR REPLACE INTO "state" ("key", "value", "saved") VALUES (?, ?, ?)', st
             )
+
+    def _write_books(self, items: list[tuple]) -> None:
+        c = self._wconn
+        econ = [i[1:] for i in items if i[0] == "econ"]
+        gate = [i[1:] for i in items if i[0] == "gate"]
+        if econ:
+            cols = ", ".join(f'"{col}"' for col in ECONOMICS_COLUMNS)
+            marks = ", ".join("?" * len(ECONOMICS_COLUMNS))
+            c.executemany(f'INSERT INTO "economics" ({cols}) VALUES ({marks})', econ)
+        if gate:
+            cols = ", ".join(f'"{col}"' for col in GATING_COLUMNS)
+            marks = ", ".join("?" * len(GATING_COLUMNS))
+            c.executemany(f'INSERT INTO "gating" ({cols}) VALUES ({marks})', gate)
 
     def _writer_event(self, kind: str, message: str, severity: int, data: dict) -> None:
         t = self._agg.max_t if self._agg.max_t is not None else time.time()

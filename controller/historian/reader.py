@@ -36,7 +36,15 @@ import numpy as np
 
 from thermogate.models.bins import bin_start
 
-from .schema import MINUTE_S, QUALITY_ABSENT, STAT_SQL, HistorianError, check_meta, quote
+from .schema import (
+    ECONOMICS_COLUMNS,
+    MINUTE_S,
+    QUALITY_ABSENT,
+    STAT_SQL,
+    HistorianError,
+    check_meta,
+    quote,
+)
 
 __all__ = ["HistoryReader"]
 
@@ -283,6 +291,56 @@ class HistoryReader:
         for r in rows:
             r["ok"] = bool(r["ok"])
         return rows[::-1]
+
+    # -- the books: economics and gating -----------------------------------------
+    def economics(
+        self, t0: float | None = None, t1: float | None = None, limit: int = 100_000
+    ) -> list[dict]:
+        """Economics rows whose interval starts in [t0, t1], oldest first; the newest
+        ``limit``. Keys: ``ECONOMICS_COLUMNS`` (NULL as NaN). A file from before the
+        table has none."""
+        if not self._has_table("economics"):
+            return []
+        sql, params = _window_sql("economics", t0, t1)
+        cols = ", ".join(quote(c) for c in ECONOMICS_COLUMNS)
+        sql = sql.replace("SELECT *", f'SELECT "id", {cols}', 1)
+        rows = self.query(sql + _NEWEST, [*params, limit])
+        for r in rows:
+            del r["id"]
+            for c in ECONOMICS_COLUMNS:
+                if r[c] is None:
+                    r[c] = float("nan")
+        return rows[::-1]
+
+    def gating(
+        self,
+        t0: float | None = None,
+        t1: float | None = None,
+        loads: Sequence[str] | None = None,
+        limit: int = 10_000,
+    ) -> list[dict]:
+        """Changes of a load's budget or of what bound it in [t0, t1], oldest first
+        (the newest ``limit``): ``t``, ``load``, ``budget_kw``, ``why``. A load's
+        budget and reason hold from its row to its next one. A file from before the
+        table has none."""
+        if not self._has_table("gating"):
+            return []
+        sql, params = _window_sql("gating", t0, t1)
+        if loads:
+            sql += f' AND "load" IN ({", ".join("?" * len(loads))})'
+            params += list(loads)
+        sql = sql.replace("SELECT *", 'SELECT "id", "t", "load", "budget_kw", "why"', 1)
+        rows = self.query(sql + _NEWEST, [*params, limit])
+        for r in rows:
+            del r["id"]
+        return rows[::-1]
+
+    def _has_table(self, name: str) -> bool:
+        with self._read() as c:
+            row = c.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone()
+        return row is not None
 
     def state(self, key: str) -> dict | None:
         """The last committed value saved under ``key`` (``Historian.save_state``), or None."""

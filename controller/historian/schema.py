@@ -26,6 +26,13 @@ overflows any page below 16 KB; larger pages read a column faster but cost
 more disk and make every small event/audit commit write many times more bytes.
 The measurements behind both choices are in README.md ("Benchmarks").
 
+**The books** (additive to schema 1: an older file gains the tables when a
+``Historian`` opens it; code without them ignores them): ``economics`` holds one
+row per interval of the hall's economics (``ECONOMICS_COLUMNS``: money in $,
+means over the metered seconds; ``t`` is the interval's start), ``gating``
+one row per change of a load's budget or of the reason that bound it. Both are
+written in the writer's telemetry batches (no commit of their own).
+
 **1-minute aggregates** live in ``agg_mean_k``, ``agg_min_k``, ``agg_max_k`` (same
 columns as ``telemetry_k``; ``t`` is the minute's start; ``agg_mean_k.n`` is the
 number of raw rows); ``agg_progress`` holds each shard's aggregation watermark.
@@ -46,6 +53,8 @@ import sqlite_utils
 from thermogate.plc.errors import ThermogateError
 
 __all__ = [
+    "ECONOMICS_COLUMNS",
+    "GATING_COLUMNS",
     "MAX_POINTS_PER_SHARD",
     "MINUTE_S",
     "QUALITY_ABSENT",
@@ -65,6 +74,24 @@ SCHEMA_VERSION = 1
 #: point columns per telemetry shard (SQLite allows 2000 columns per table)
 MAX_POINTS_PER_SHARD = 1000
 MINUTE_S = 60.0
+#: the ``economics`` table's columns after its ``id``, in insert order
+ECONOMICS_COLUMNS: tuple[str, ...] = (
+    "t",  # the interval's start (s since the epoch)
+    "interval_s",  # seconds of it that were metered
+    "mining_usd",
+    "inference_usd",
+    "training_usd",
+    "energy_usd",
+    "net_usd",
+    "price_per_mwh",  # time-weighted mean energy price
+    "import_kwh",
+    "hash_th_s",  # mean hashrate
+    "inference_gpus",  # mean busy GPUs
+    "training_gpus",
+    "mining_breakeven_per_mwh",
+)
+#: the ``gating`` table's columns after its ``id``
+GATING_COLUMNS: tuple[str, ...] = ("t", "load", "budget_kw", "why")
 #: quality byte for a point that is in the database but not in the point list
 QUALITY_ABSENT = 2
 #: aggregate statistic -> its SQL function
@@ -201,6 +228,22 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     )
     db["agg_progress"].create({"shard": int, "until": float}, pk="shard", if_not_exists=True)
     create_journal(db)
+    create_books(db)
+
+
+def create_books(db: sqlite_utils.Database) -> None:
+    """The economics and gating tables (see the module docstring); idempotent, so
+    a file from before them gains them when a ``Historian`` opens it."""
+    spec: dict[str, Any] = {"id": int}
+    spec.update(dict.fromkeys(ECONOMICS_COLUMNS, float))
+    db["economics"].create(spec, pk="id", if_not_exists=True)
+    db["economics"].create_index(["t"], if_not_exists=True)
+    db["gating"].create(
+        {"id": int, "t": float, "load": str, "budget_kw": float, "why": str},
+        pk="id",
+        if_not_exists=True,
+    )
+    db["gating"].create_index(["t"], if_not_exists=True)
 
 
 def create_journal(db: sqlite_utils.Database) -> None:

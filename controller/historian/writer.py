@@ -12,7 +12,9 @@ after one telemetry commit — not on the caller's thread, because an fsync per
 event (ms on SSD, tens of ms on an SD card) inside a 50 ms scan during an
 alarm storm is exactly what the queue is for. ``save_state`` blocks until its
 fsynced commit is done; ``flush()`` until everything recorded before it is
-committed, aggregates of completed minutes included.
+committed, aggregates of completed minutes included. Rows of the books
+(``record_economics``, ``record_gating``: a few a minute) take the scans' road:
+a deque the writer empties on its batch tick, committed in the batch.
 
 If the disk cannot keep up, the backlog is bounded (~256 MB of scans): further
 scans are dropped, counted (``dropped_scans``) and reported as a historian
@@ -49,7 +51,13 @@ import sqlite_utils
 from .aggregate import Aggregator, Scan
 from .committer import Waiter, WriterThread
 from .reader import HistoryReader
-from .schema import HistorianError, Shard, create_or_extend, open_for_writing
+from .schema import (
+    ECONOMICS_COLUMNS,
+    HistorianError,
+    Shard,
+    create_or_extend,
+    open_for_writing,
+)
 
 __all__ = ["Historian"]
 
@@ -148,6 +156,9 @@ class Historian(WriterThread):
         # scans go on a deque that does not wake the writer (it polls every
         # batch_s); everything else goes on a queue that wakes it at once
         self._scans: collections.deque[Scan] = collections.deque()
+        # economics and gating rows: batched with the scans, no wake-up either
+        self._books: collections.deque[tuple] = collections.deque()
+        self._p_books: list[tuple] = []
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._pool: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
         self._pool_max = 64
@@ -269,6 +280,36 @@ class Historian(WriterThread):
         )
         self._urgent(row)
 
+    def record_economics(self, row: Mapping[str, float] | object) -> None:
+        """Queue one interval of the books: a mapping or an object (e.g. an
+        ``EconomicsRow``) with the ``ECONOMICS_COLUMNS``; NaN is stored as NULL.
+
+        Committed with the next telemetry batch (``batch_s``), not on its own."""
+        get = row.get if isinstance(row, Mapping) else lambda k: getattr(row, k)
+        try:
+            values = tuple(float(get(c)) for c in ECONOMICS_COLUMNS)
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise ValueError(f"record_economics: not an economics row ({exc})") from None
+        if not math.isfinite(values[0]):
+            raise ValueError(f"record_economics: t must be finite, got {values[0]}")
+        self._batched(("econ", *(None if math.isnan(v) else v for v in values)))
+
+    def record_gating(self, t: float, load: str, budget_kw: float, why: str) -> None:
+        """Queue a change of a load's budget or of what bound it (committed with
+        the next telemetry batch)."""
+        t = float(t)
+        if not math.isfinite(t):
+            raise ValueError(f"record_gating: t must be finite, got {t}")
+        kw = float(budget_kw)
+        self._batched(("gate", t, str(load), None if math.isnan(kw) else kw, str(why)))
+
+    def _batched(self, item: tuple) -> None:
+        if self._dead or self._closed:
+            self._raise_pending(queued=False)
+        self._books.append(item)
+        if self._unreported is not None:
+            self._raise_pending(queued=True)
+
     def _urgent(self, item: tuple) -> None:
         if self._dead or self._closed:
             self._raise_pending(queued=False)
@@ -370,6 +411,22 @@ class Historian(WriterThread):
     ) -> list[dict]:
         """Committed audit rows: see :meth:`HistoryReader.audit`."""
         return self.reader.audit(t0, t1, limit)
+
+    def economics(
+        self, t0: float | None = None, t1: float | None = None, limit: int = 100_000
+    ) -> list[dict]:
+        """Committed economics rows: see :meth:`HistoryReader.economics`."""
+        return self.reader.economics(t0, t1, limit)
+
+    def gating(
+        self,
+        t0: float | None = None,
+        t1: float | None = None,
+        loads: Sequence[str] | None = None,
+        limit: int = 10_000,
+    ) -> list[dict]:
+        """Committed gating rows: see :meth:`HistoryReader.gating`."""
+        return self.reader.gating(t0, t1, loads, limit)
 
     def points(self) -> list[dict]:
         """Every point the database has ever held: see :meth:`HistoryReader.points`."""
