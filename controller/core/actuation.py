@@ -42,15 +42,30 @@ class Actuation:
         self.heartbeat = 0
         self._last_sent: dict[int, tuple[float, float]] = {}  # point -> (value, t)
         self._pending: dict[int, _Pending] = {}
+        # What actuate needs of each point, looked up once (the map does not
+        # change): name, resolution (0: written as is), min, max, holding
+        # register?, rise per second, deadband.
+        self._spec: list[tuple[str, float, float | None, float | None, bool, float, float]] = [
+            (
+                p.name,
+                p.scale if p.scale and p.type != "f32" else 0.0,
+                p.min,
+                p.max,
+                p.table == "holding",
+                _max_rise_per_s(p.unit, p.max),
+                _deadband(p.unit, p.scale),
+            )
+            for p in topo.pmap.points
+        ]
 
     def verify(self, view: ScanView, alarms: Alarms) -> None:
         """A command is verified when its register reads back what was written."""
-        t, v = view.t, view.values
+        t = view.t
         pts = self.topo.pmap.points
         for i, p in list(self._pending.items()):
             point = pts[i]
             tol = max(abs(point.scale) * 0.51, 1e-9)
-            if view.good(i) and abs(float(v[i]) - p.value) <= tol:
+            if view.good(i) and abs(view.val(i) - p.value) <= tol:
                 del self._pending[i]
                 alarms.alarm(t, f"write:{point.name}", False, f"write of {point.name} verified")
             elif t - p.t > WRITE_VERIFY_S:
@@ -61,49 +76,48 @@ class Actuation:
                     f"write:{point.name}",
                     True,
                     f"write of {point.name} = {p.value:g} not read back within "
-                    f"{WRITE_VERIFY_S:g} s (reads {float(v[i]):g})",
+                    f"{WRITE_VERIFY_S:g} s (reads {view.val(i):g})",
                     700,
                 )
 
     def actuate(self, t: float, cmds: Cmds) -> list[Write]:
-        pts = self.topo.pmap.points
+        spec = self._spec
+        last_sent, pending, scan_s = self._last_sent, self._pending, self.scan_s
         hb = self.topo.ix.plc.heartbeat
         writes: list[Write] = []
         self.heartbeat = (self.heartbeat + 1) & 0xFFFF
-        writes.append(Write(pts[hb].name, float(self.heartbeat), "heartbeat"))
+        writes.append(Write(spec[hb][0], float(self.heartbeat), "heartbeat"))
         for i, cmd in cmds.items():
             value = cmd.value
             if cmd.pulse:
-                self._last_sent.pop(i, None)  # a pulse is always sent
-            p = pts[i]
+                last_sent.pop(i, None)  # a pulse is always sent
+            name, scale, lo, hi, holding, rise_per_s, dead = spec[i]
             if not math.isfinite(value):
                 continue
-            if p.scale and p.type != "f32":  # to the register's resolution, then the range
-                value = round(value / p.scale) * p.scale
-            if p.min is not None:
-                value = max(p.min, value)
-            if p.max is not None:
-                value = min(p.max, value)
-            last = self._last_sent.get(i)
-            if last is not None and not cmd.override and p.table == "holding":
+            if scale:  # to the register's resolution, then the range
+                value = round(value / scale) * scale
+            if lo is not None:
+                value = max(lo, value)
+            if hi is not None:
+                value = min(hi, value)
+            last = last_sent.get(i)
+            if last is not None and not cmd.override and holding:
                 # Rate limit raises (a load, a valve): lowering a budget or a cap is
                 # never delayed, it is how protection acts.
-                up = _max_rise_per_s(p.unit, p.max) * max(t - last[1], self.scan_s)
+                up = rise_per_s * max(t - last[1], scan_s)
                 if value > last[0] + up:
                     value = last[0] + up
-                    if p.scale and p.type != "f32":
-                        value = math.floor(value / p.scale) * p.scale
-            if last is not None:
-                dead = _deadband(p.unit, p.scale)
-                if abs(last[0] - value) < dead and t - last[1] < WRITE_REFRESH_S:
-                    continue
-            self._last_sent[i] = (value, t)
-            if p.table == "holding":
+                    if scale:
+                        value = math.floor(value / scale) * scale
+            if last is not None and abs(last[0] - value) < dead and t - last[1] < WRITE_REFRESH_S:
+                continue  # within the deadband of what was sent, and not due again
+            last_sent[i] = (value, t)
+            if holding:
                 # A register that keeps being rewritten is still unverified since
                 # the first write that did not read back: keep that time.
-                since = self._pending[i].t if i in self._pending else t
-                self._pending[i] = _Pending(value, since, cmd.why)
-            writes.append(Write(p.name, float(value), cmd.why, cmd.who, cmd.where))
+                since = pending[i].t if i in pending else t
+                pending[i] = _Pending(value, since, cmd.why)
+            writes.append(Write(name, float(value), cmd.why, cmd.who, cmd.where))
         return writes
 
 

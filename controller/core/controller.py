@@ -121,6 +121,12 @@ class Controller:
         self._supply_of = {lpp.supply_temp: lpp.name for lpp in ix.loops} | {
             cp.supply_temp: cp.name for cp in ix.cdus
         }
+        # ... which control loops those are, found once (the site does not change)
+        self._status_setpoints = [
+            (self._supply_of[i], c)
+            for c in self.regulation.loops
+            if (i := pmap.position(c.measurement)) in self._supply_of
+        ]
 
     # -- what the faces read --------------------------------------------------
     @property
@@ -259,27 +265,26 @@ class Controller:
     def _status(self, view: ScanView) -> dict[str, Any]:
         q = view.quality
         st = self.state
+        thermal_cap, power_cap = self.thermal.cap, self.power.cap
         return {
             "t": view.t,
             "mode": st.mode,
             "alarms": self.alarms.active(),
             "failsafe_zones": self.failsafe.in_failsafe(),
-            "bad_points": int((q == BAD).sum()),
-            "good_points": int((q == GOOD).sum()),
+            "bad_points": int(np.count_nonzero(q == BAD)),
+            "good_points": int(np.count_nonzero(q == GOOD)),
             "import_limit_kw": self.power.grid_limit_kw,
             "loads": {
                 ld.name: {
                     "class": ld.wclass,
-                    "thermal_cap_kw": _kw(self.thermal.cap[ld.name]),
-                    "power_cap_kw": _kw(self.power.cap[ld.name]),
+                    "thermal_cap_kw": _kw(thermal_cap[ld.name]),
+                    "power_cap_kw": _kw(power_cap[ld.name]),
                 }
                 for ld in self.topo.loads
             },
             "supply_reset_k": {k: round(x, 2) for k, x in self.regulation.supply_reset.items()},
             "setpoints": {
-                self._supply_of[i]: round(self.regulation.setpoint(c), 2)
-                for c in self.regulation.loops
-                if (i := self.pmap.position(c.measurement)) in self._supply_of
+                name: round(self.regulation.setpoint(c), 2) for name, c in self._status_setpoints
             },
             "overrides": {
                 name: {"value": o.value, "by": f"{o.where}:{o.who}", "until": o.until}
