@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -131,6 +131,17 @@ class Planning:
         self._last_wanted: dict[str, float] = {}
         #: planned load per load and horizon (``plc.records.plan_columns`` order)
         self.plan = np.full(len(topo.loads) * len(PLAN_HORIZONS_MIN), np.nan)
+        self._loop_name = [topo.site.loops[ld.loop].name for ld in topo.loads]
+        # isinstance against a runtime-checkable Protocol inspects the class
+        # every time: asked once per planner object, not once per scan
+        self._explains_of: tuple[Planner, bool] | None = None
+
+    def _explains(self) -> bool:
+        """The planner says why (``Explains``); remembered while it is the same planner."""
+        got = self._explains_of
+        if got is None or got[0] is not self.planner:
+            got = self._explains_of = (self.planner, isinstance(self.planner, Explains))
+        return got[1]
 
     def set_forecast(self, t: float, loads: dict[str, LoadForecast]) -> None:
         """The thermal model's headroom per load, computed at data time ``t``."""
@@ -155,19 +166,12 @@ class Planning:
         ``hold`` (maintenance) keeps the budgets the planner last asked for."""
         t = view.t
         forecast = self.forecast(t)
-        site = self.topo.site
-        infos = [
-            LoadInfo(
-                ld.name,
-                ld.wclass,
-                ld.rated_kw,
-                view.val(ld.power),
-                site.loops[ld.loop].name,
-                forecast.get(ld.name),
-            )
-            for ld in self.topo.loads
-        ]
         loads = self.topo.loads
+        val = view.val
+        infos = [
+            LoadInfo(ld.name, ld.wclass, ld.rated_kw, val(ld.power), loop, forecast.get(ld.name))
+            for ld, loop in zip(loads, self._loop_name, strict=True)
+        ]
         headroom = {
             ld.name: min(thermal_cap[ld.name], power_cap[ld.name], ld.rated_kw) for ld in loads
         }
@@ -184,26 +188,26 @@ class Planning:
             now = SiteNow(grid_limit_kw, site_kw, it_kw, price)
             wanted = self.planner.plan(t, infos, headroom, now)
             self._last_wanted = wanted
-            if isinstance(self.planner, Explains):
-                why = self.planner.why()
+            if self._explains():
+                why = cast(Explains, self.planner).why()
         ahead = getattr(self.planner, "planned", None)
+        # each load's rating and protection caps, in the order the min()s take them
+        caps = [(ld, ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name]) for ld in loads]
         nh = len(PLAN_HORIZONS_MIN)
+        plan = self.plan
         for j, h in enumerate(PLAN_HORIZONS_MIN):
             later = wanted if ahead is None or hold else ahead(t, h * 60.0, infos)
-            for i, ld in enumerate(loads):
-                # protection caps persist unless something changes: part of the plan
-                self.plan[i * nh + j] = min(
-                    asked(later, ld), ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name]
-                )
-        for ld in loads:
+            # protection caps persist unless something changes: part of the plan
+            plan[j::nh] = [min(asked(later, ld), rated, th, pw) for ld, rated, th, pw in caps]
+        for ld, rated, th, pw in caps:
             budget = asked(wanted, ld)
-            limits = {"thermal": thermal_cap[ld.name], "power": power_cap[ld.name]}
-            budget_final = min(budget, ld.rated_kw, *limits.values())
+            budget_final = min(budget, rated, th, pw)
             reason = why.get(ld.name, "planner")
             if budget_final < budget - 1e-6:
+                limits = {"thermal": th, "power": pw}
                 reason = min(limits, key=lambda k: limits[k]) + " limit"
             if ld.kind == "tank":
                 cmds[ld.budget] = Cmd(round(budget_final, 1), reason)
             else:
-                cmds[ld.budget] = Cmd(round(row_cap_w(budget_final, ld.rated_kw)), reason)
+                cmds[ld.budget] = Cmd(round(row_cap_w(budget_final, rated)), reason)
             cmds[ld.enable] = Cmd(1.0, "workload permitted")

@@ -18,7 +18,7 @@ import math
 from collections.abc import Collection
 
 from .alarms import Alarms
-from .topology import CLASS_ORDER, Topology
+from .topology import CLASS_ORDER, Load, Topology
 from .view import ScanView, nz
 
 POWER_SHED_AT = 0.98  # shed when a measured load exceeds this fraction of its limit
@@ -36,6 +36,8 @@ class PowerProtection:
         self.cap: dict[str, float] = {ld.name: math.inf for ld in topo.loads}
         self.grid_limit_kw = topo.site.import_limit_kw
         self._shedding: dict[str, bool] = {}
+        #: each constraint's loads by class (split once: the site does not change)
+        self._classes = [_by_class(c.loads) for c in topo.constraints]
 
     def grid_limit(self, view: ScanView, curtail_kw: float | None) -> float:
         """The import limit this scan: the site's, the grid's, a curtailment's, lowest."""
@@ -56,15 +58,17 @@ class PowerProtection:
         t, dt = view.t, view.dt
         grid = self.grid_limit(view, curtail_kw)
         constraints = []
-        for c in self.topo.constraints:
+        for c, classes in zip(self.topo.constraints, self._classes, strict=True):
             p = view.val(c.meter) if view.good(c.meter) else math.nan
             limit = GRID_LIMIT_MARGIN * grid if c.limit_kw is None else c.limit_kw
             group = c.loads
             if c.limit_kw is None and overridden:  # the operator's hand beats the grid
                 group = tuple(ld for ld in group if ld.name not in overridden)
-            constraints.append((c.name, p, limit, group, c.severity))
+                classes = _by_class(group)
+            constraints.append((c.name, p, limit, group, classes, c.severity))
         self.grid_limit_kw = grid
-        for name, p, limit, group, sev in constraints:
+        cap = self.cap
+        for name, p, limit, group, classes, sev in constraints:
             if not math.isfinite(p):
                 continue
             alarms.alarm(
@@ -79,7 +83,7 @@ class PowerProtection:
             if p > POWER_SHED_AT * limit:
                 excess = p - POWER_SHED_TO * limit
                 for wclass in CLASS_ORDER:
-                    cls = [ld for ld in group if ld.wclass == wclass]
+                    cls = classes[wclass]
                     have = sum(min(self.cap[ld.name], nz(view.measured(ld.power))) for ld in cls)
                     if have <= 1.0:
                         continue
@@ -101,20 +105,25 @@ class PowerProtection:
                     if excess <= 1.0:
                         break
             elif p < POWER_RESTORE_BELOW * limit:
-                if shedding and all(not math.isfinite(self.cap[ld.name]) for ld in group):
+                if shedding and all(not math.isfinite(cap[ld.name]) for ld in group):
                     alarms.event(t, "restore", name, f"{name}: all loads restored", 400)
                     shedding = False
                 # Restore in reverse order: inference first, mining last.
                 spare = POWER_RESTORE_BELOW * limit - p
                 for wclass in reversed(CLASS_ORDER):
-                    for ld in group:
-                        if ld.wclass != wclass or not math.isfinite(self.cap[ld.name]):
+                    for ld in classes[wclass]:
+                        if not math.isfinite(cap[ld.name]):
                             continue
                         step = min(POWER_RESTORE_FRAC_S * dt * ld.rated_kw, spare)
-                        self.cap[ld.name] += step
+                        cap[ld.name] += step
                         spare -= step
-                        if self.cap[ld.name] >= ld.rated_kw:
-                            self.cap[ld.name] = math.inf
+                        if cap[ld.name] >= ld.rated_kw:
+                            cap[ld.name] = math.inf
                     if spare <= 0.0:
                         break
             self._shedding[name] = shedding
+
+
+def _by_class(loads: tuple[Load, ...]) -> dict[str, list[Load]]:
+    """Loads by workload class (every class present), each in the group's order."""
+    return {wclass: [ld for ld in loads if ld.wclass == wclass] for wclass in CLASS_ORDER}

@@ -27,7 +27,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from thermogate.plc.equipment import ControlLoop
+from thermogate.plc.equipment import ControlLoop, Loop, Pump
+from thermogate.plc.pointtable import LoopPoints, PumpPoints
 
 from ..pid import PidConfig, PidState, pid_step
 from .alarms import Alarms
@@ -91,6 +92,38 @@ class Regulation:
         self._flow_guard: dict[str, float] = {}
         self._valve_floor: dict[str, float] = {}
         self._pump_of = {ix.pump[p.name].speed_cmd: p for p in site.pumps}
+        self._pump_wiring: dict[str, tuple[list[Pump], Loop, LoopPoints, list[PumpPoints]]] = {}
+        # The wiring each scan walks, looked up once (the site does not change).
+        #: per control loop: its measurement, its actuators, drives pumps?
+        self._wiring = [
+            (c, self._meas[c.name], self._acts[c.name], self._pump_loop[c.name]) for c in self.loops
+        ]
+        #: per control loop: what trim & respond moves of its setpoint (None: nothing)
+        self._trim_of = {c.name: self._sp_kind.get(self._meas[c.name]) for c in self.loops}
+        #: per cooling loop: its zones' (point, hot above) for ``loop_hot``
+        self._hot_at: dict[str, list[tuple[int, float]]] = {
+            lp.name: [
+                (ix.tank[t_.name].fluid_temp, t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0)
+                for t_ in topo.loop_tanks[lp.name]
+            ]
+            + [
+                (ix.cdu[c.name].supply_temp, c.supply_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0)
+                for c in topo.loop_cdus[lp.name]
+            ]
+            for lp in site.loops
+        }
+        #: per cooling loop: its flow point, minimum-flow guard bands and valve commands
+        self._floor_wiring = [
+            (
+                lp.name,
+                ix.loop[lp.name].flow,
+                MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h,
+                1.5 * MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h,
+                [ix.tank[t.name].valve_cmd for t in topo.loop_tanks[lp.name]]
+                + [ix.cdu[c.name].valve_cmd for c in topo.loop_cdus[lp.name]],
+            )
+            for lp in site.loops
+        ]
 
     # -- setpoints ------------------------------------------------------------
     def base_setpoint(self, c: ControlLoop) -> float:
@@ -100,7 +133,7 @@ class Regulation:
     def setpoint(self, c: ControlLoop) -> float:
         """The working setpoint (trim & respond applied)."""
         base = self.base_setpoint(c)
-        kind = self._sp_kind.get(self._meas[c.name])
+        kind = self._trim_of[c.name]
         if kind is None:
             return base
         if kind[0] == "supply":
@@ -129,66 +162,63 @@ class Regulation:
         auto = self.state.mode == "auto"
         if auto:
             self._trim_and_respond(view)
-        for c in self.loops:
-            meas, ok = view.vote(self._meas[c.name])
+        pid = self._pid
+        for c, meas_i, acts, pump_loop in self._wiring:
+            name = c.name
+            meas, ok = view.vote(meas_i)
             sp = self.setpoint(c)
             cfg = self._config(c)
             manual = None
-            ov = overrides.get(self._acts[c.name][0])
+            ov = overrides.get(acts[0])
             if ov is not None:
                 manual = ov.value
-            elif not math.isfinite(self._pid[c.name].output):
+            elif not math.isfinite(pid[name].output):
                 # Bumpless start: take over from where the plant is now.
                 now = self._actuator_position(c, view)
                 if now is not None:
-                    self._pid[c.name] = pid_step(
-                        cfg, PidState(), sp, meas, dt, manual_output=now
-                    ).state
-            if manual is None and not auto and math.isfinite(self._pid[c.name].output):
-                manual = self._pid[c.name].output  # manual/maintenance: hold where it is
-            res = pid_step(cfg, self._pid[c.name], sp, meas, dt, manual_output=manual, valid=ok)
-            self._pid[c.name] = res.state
+                    pid[name] = pid_step(cfg, PidState(), sp, meas, dt, manual_output=now).state
+            if manual is None and not auto and math.isfinite(pid[name].output):
+                manual = pid[name].output  # manual/maintenance: hold where it is
+            res = pid_step(cfg, pid[name], sp, meas, dt, manual_output=manual, valid=ok)
+            pid[name] = res.state
             out = res.output
-            why = f"loop {c.name}: {c.measurement} {meas:.2f} -> setpoint {sp:.2f}"
+            why = f"loop {name}: {c.measurement} {meas:.2f} -> setpoint {sp:.2f}"
             if res.held:
-                why = f"loop {c.name}: measurement bad, holding output"
+                why = f"loop {name}: measurement bad, holding output"
             elif manual is not None and ov is None:
-                why = f"loop {c.name}: holding output ({self.state.mode} mode)"
-            if self._pump_loop[c.name]:
+                why = f"loop {name}: holding output ({self.state.mode} mode)"
+            if pump_loop:
                 self._pumps(t, dt, c, out, why, view, cmds, alarms)
                 continue
-            for a in self._acts[c.name]:
+            for a in acts:
                 cmds[a] = Cmd(out, why)
         self._valve_floors(view, cmds)
 
     def _valve_floors(self, view: ScanView, cmds: Cmds) -> None:
         """Keep a loop's valves open enough for its minimum flow (see the module docstring)."""
-        ix = self.topo.ix
-        for lp in self.topo.site.loops:
-            flow_i = ix.loop[lp.name].flow
+        for loop, flow_i, guard_below, release_above, valves in self._floor_wiring:
             if not view.good(flow_i):
                 continue
             flow = view.val(flow_i)
-            floor = self._valve_floor.get(lp.name, 0.0)
-            if flow < MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+            floor = self._valve_floor.get(loop, 0.0)
+            if flow < guard_below:
                 floor = min(100.0, floor + VALVE_FLOOR_PCT_S * view.dt)
-            elif flow > 1.5 * MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+            elif flow > release_above:
                 floor = max(0.0, floor - 0.1 * VALVE_FLOOR_PCT_S * view.dt)
-            self._valve_floor[lp.name] = floor
+            self._valve_floor[loop] = floor
             if floor <= 0.0:
                 continue
-            valves = [ix.tank[t.name].valve_cmd for t in self.topo.loop_tanks[lp.name]]
-            valves += [ix.cdu[c.name].valve_cmd for c in self.topo.loop_cdus[lp.name]]
             for v in valves:
                 cmd = cmds.get(v)
                 if cmd is not None and cmd.value < floor:
                     cmd.value = floor
-                    cmd.why = f"loop {lp.name}: valves held at {floor:.0f} % for minimum flow"
+                    cmd.why = f"loop {loop}: valves held at {floor:.0f} % for minimum flow"
 
     def _trim_and_respond(self, view: ScanView) -> None:
         dt = view.dt
+        isfinite = math.isfinite
         for lp in self.topo.site.loops:
-            valves = [x for x in map(view.val, self.topo.loop_valves[lp.name]) if math.isfinite(x)]
+            valves = [x for x in map(view.val, self.topo.loop_valves[lp.name]) if isfinite(x)]
             vmax = max(valves) if valves else 100.0
             hot = self.loop_hot(lp.name, view)
             if vmax > VALVE_WIDE_OPEN_PCT or hot:
@@ -215,16 +245,27 @@ class Regulation:
 
     def loop_hot(self, loop: str, view: ScanView) -> bool:
         """Any zone on the loop within its soft margin: cooling energy no longer matters."""
-        ix = self.topo.ix
-        for t_ in self.topo.loop_tanks[loop]:
-            temp, ok = view.vote(ix.tank[t_.name].fluid_temp)
-            if not ok or temp > t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
-                return True
-        for c in self.topo.loop_cdus[loop]:
-            temp, ok = view.vote(ix.cdu[c.name].supply_temp)
-            if not ok or temp > c.supply_alarm_c - THERMAL_SOFT_MARGIN_K - 1.0:
+        for i, hot_above in self._hot_at[loop]:  # tanks, then CDUs
+            temp, ok = view.vote(i)
+            if not ok or temp > hot_above:
                 return True
         return False
+
+    def _pumps_of(self, c: ControlLoop) -> tuple[list[Pump], Loop, LoopPoints, list[PumpPoints]]:
+        """A pump loop's pumps, its cooling loop and their points (found once)."""
+        got = self._pump_wiring.get(c.name)
+        if got is None:
+            ix = self.topo.ix
+            pumps = [self._pump_of[a] for a in self._acts[c.name]]
+            loop = pumps[0].loop
+            got = (
+                pumps,
+                self.topo.site.loop(loop),
+                ix.loop[loop],
+                [ix.pump[p.name] for p in pumps],
+            )
+            self._pump_wiring[c.name] = got
+        return got
 
     def _pumps(
         self,
@@ -239,11 +280,8 @@ class Regulation:
     ) -> None:
         """Duty/standby: one pump regulates ΔP; the standby starts when the duty
         pump faults or saturates (fans and valves have already had their go)."""
-        ix = self.topo.ix
-        pumps = [self._pump_of[a] for a in self._acts[c.name]]
-        loop = pumps[0].loop
-        lp = self.topo.site.loop(loop)
-        lpp = ix.loop[loop]
+        pumps, lp, lpp, points = self._pumps_of(c)
+        loop = lp.name
         flow = view.val(lpp.flow)
         guard = self._flow_guard.get(loop, 0.0)
         if view.good(lpp.flow) and flow < MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
@@ -254,7 +292,6 @@ class Regulation:
         if guard > out:
             out = guard
             why = f"loop {loop}: holding minimum flow ({flow:.0f} m3/h)"
-        points = [ix.pump[p.name] for p in pumps]
         faulted = [
             bool(view.val(pp.fault) >= 0.5) if view.good(pp.fault) else False for pp in points
         ]

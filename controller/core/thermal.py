@@ -44,19 +44,49 @@ class ThermalProtection:
         self._flow_ok_s: dict[str, float] = {}
         self._pump_episode: dict[str, bool] = {}
         self._fault_seen: dict[str, bool] = {}
+        # Where each zone's signals are, looked up once (the site does not change).
+        site, ix = topo.site, topo.ix
+        loops = [lp.name for lp in site.loops]
+        #: per loop: its supply point and its fans' speeds
+        self._loop_points = [
+            (
+                lp,
+                ix.loop[lp.name].supply_temp,
+                [ix.dry_cooler[d.name].fan_speed for d in lp.dry_coolers],
+            )
+            for lp in site.loops
+        ]
+        #: per tank: its fluid point and the position of its loop
+        self._tank_points = [
+            (t_, tp.fluid_temp, loops.index(t_.loop))
+            for t_, tp in zip(site.tanks, ix.tanks, strict=True)
+        ]
+        #: per CDU: its supply point, the position of its loop and its rack rows
+        self._cdu_points = [
+            (
+                c,
+                cp.supply_temp,
+                loops.index(c.loop),
+                [r.name for r in site.rack_rows if r.cdu == c.name],
+            )
+            for c, cp in zip(site.cdus, ix.cdus, strict=True)
+        ]
+        #: per loop: its pumps' points and its mining loads (lost flow sheds them)
+        self._loop_pumps = [[ix.pump[p.name] for p in lp.pumps] for lp in site.loops]
+        self._loop_mining = [
+            [ld for ld in topo.loads if ld.loop == k and ld.wclass == "mining"]
+            for k in range(len(site.loops))
+        ]
 
     def protect(self, view: ScanView, alarms: Alarms) -> None:
-        site, ix = self.topo.site, self.topo.ix
         t = view.t
-        loop_stress = dict.fromkeys(range(len(site.loops)), -math.inf)
+        val, vote = view.val, view.vote
+        loop_stress = dict.fromkeys(range(len(self._loop_points)), -math.inf)
         loop_saturated: dict[int, bool] = {}
-        loops = [lp.name for lp in site.loops]
-        for k, lp in enumerate(site.loops):
-            lpp = ix.loop[lp.name]
-            fans = [view.val(ix.dry_cooler[d.name].fan_speed) for d in lp.dry_coolers]
-            fans = [x for x in fans if math.isfinite(x)]
+        for k, (lp, supply_temp, fan_speeds) in enumerate(self._loop_points):
+            fans = [x for x in map(val, fan_speeds) if math.isfinite(x)]
             loop_saturated[k] = (min(fans) if fans else 100.0) >= SATURATED_FAN_PCT
-            sup, ok = view.vote(lpp.supply_temp)
+            sup, ok = vote(supply_temp)
             alarms.high(
                 t,
                 f"{lp.name}.supply_high",
@@ -67,8 +97,8 @@ class ThermalProtection:
                 600,
             )
             self._flow(view, alarms, k, lp.name)
-        for t_, tp in zip(site.tanks, ix.tanks, strict=True):
-            temp, ok = view.vote(tp.fluid_temp)
+        for t_, fluid_temp, k in self._tank_points:
+            temp, ok = vote(fluid_temp)
             lim = t_.limits
             alarms.high(
                 t,
@@ -81,11 +111,10 @@ class ThermalProtection:
             )
             soft = lim.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
             if ok:
-                k = loops.index(t_.loop)
                 loop_stress[k] = max(loop_stress[k], temp - soft)
                 self._limit_load(view, alarms, t_.name, temp - soft)
-        for c, cp in zip(site.cdus, ix.cdus, strict=True):
-            temp, ok = view.vote(cp.supply_temp)
+        for c, supply_temp, k, rows in self._cdu_points:
+            temp, ok = vote(supply_temp)
             alarms.high(
                 t,
                 f"{c.name}.supply_high",
@@ -96,12 +125,10 @@ class ThermalProtection:
                 700,
             )
             if ok:
-                k = loops.index(c.loop)
                 excess = temp - (c.supply_alarm_c - THERMAL_SOFT_MARGIN_K)
                 loop_stress[k] = max(loop_stress[k], excess)
-                for r in site.rack_rows:
-                    if r.cdu == c.name:
-                        self._limit_load(view, alarms, r.name, excess)
+                for row in rows:
+                    self._limit_load(view, alarms, row, excess)
         # A loop whose cooling is at its limit: shed by class order on the loop.
         for k, stress in loop_stress.items():
             if stress > 0.0 and loop_saturated[k]:
@@ -110,10 +137,9 @@ class ThermalProtection:
     def _flow(self, view: ScanView, alarms: Alarms, k: int, loop: str) -> None:
         """Lost flow: shed mining on the loop before the PLC's low-flow trip."""
         lp = self.topo.site.loops[k]
-        ix = self.topo.ix
         t, dt = view.t, view.dt
-        lpp = ix.loop[loop]
-        pumps = [ix.pump[p.name] for p in lp.pumps]
+        lpp = self.topo.ix.loop[loop]
+        pumps = self._loop_pumps[k]
         flow, fok = view.val(lpp.flow), view.good(lpp.flow)
         low = fok and flow < LOW_FLOW_PREEMPT_FRAC * lp.min_flow_m3h
         pump_fault = any(view.good(pp.fault) and view.val(pp.fault) >= 0.5 for pp in pumps)
@@ -160,9 +186,8 @@ class ThermalProtection:
             episode = False
         self._pump_episode[loop] = episode
         if shedding:
-            for ld in self.topo.loads:
-                if ld.loop == k and ld.wclass == "mining":
-                    self.cap[ld.name] = min(self.cap[ld.name], PUMP_FAULT_SHED_FRAC * ld.rated_kw)
+            for ld in self._loop_mining[k]:
+                self.cap[ld.name] = min(self.cap[ld.name], PUMP_FAULT_SHED_FRAC * ld.rated_kw)
             if not was:
                 alarms.event(
                     t,

@@ -53,14 +53,17 @@ class FailSafeZones:
             self.zones[lpp.name] = Zone(lpp.name, [lpp.supply_temp, lpp.flow, lpp.dp])
         for cp in ix.cdus:
             self.zones[cp.name] = Zone(cp.name, [cp.supply_temp, cp.valve_pos])
+        #: every zone's inputs in one array: their quality is read in one go
+        self._inputs = np.array([i for z in self.zones.values() for i in z.inputs], dtype=np.intp)
 
     def in_failsafe(self) -> list[str]:
         return sorted(n for n, z in self.zones.items() if z.failsafe)
 
     def update(self, t: float, quality: np.ndarray, alarms: Alarms) -> None:
         name_of = self.topo.pmap.name_of
+        bad_at = iter((quality[self._inputs] == BAD).tolist())  # zone by zone, in order
         for z in self.zones.values():
-            bad = [i for i in z.inputs if quality[i] == BAD]
+            bad = [i for i in z.inputs if next(bad_at)]
             if z.pair is not None:
                 a, b = z.pair
                 if (a in bad) != (b in bad):  # one good fluid sensor of two will do
