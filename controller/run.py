@@ -8,6 +8,13 @@ The scan is paced by ``expiry + interval`` (CPU time never stretches the
 cycle); a scan that overruns is counted and reported, never silently absorbed.
 Every write is audited (who, from where, old -> new, why) and every event
 journaled before the next scan; controller state is saved for restarts.
+
+The books are kept from what the meters say over Modbus (``gating.metered``):
+one ``economics`` row per minute (mining, inference and training revenue,
+energy cost, net margin, price, import, hashrate, busy GPUs, the mining
+breakeven) and one ``gating`` row whenever a load's budget or the reason
+that bound it changes; the status every 10 s says the margin so far, the
+$/h now and the energy price against the mining breakeven.
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import signal
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +42,10 @@ from thermogate.plc.site import Site, load_site
 
 from .core import Command, CommandResult, Controller, Principal
 from .forecasting import ModelRuntime
+from .gating.economics import EconomicsIntervals
+from .gating.metered import SiteMeters
 from .gating.planner import GatingPlanner
+from .gating.reasons import PlanTap, ReasonLog
 from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
@@ -46,6 +58,9 @@ DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 5020
 STATE_SAVE_S = 10.0
 STATUS_EVERY_S = 10.0
+#: the books count at most this long between two scans (a stalled controller's
+#: gap is not booked at the rates of the scan after it)
+BOOKS_MAX_DT_S = 10.0
 
 
 @dataclass
@@ -142,13 +157,38 @@ def _endpoint(sec: Section) -> Endpoint:
 
 # --------------------------------------------------------------------------
 class RealTimeController:
-    """The controller's adapters around the core: Modbus, historian, clock."""
+    """The controller's adapters around the core: Modbus, historian, clock.
 
-    def __init__(self, cfg: RunConfig) -> None:
+    ``clock`` is the time the controller lives in (the wall clock; a plant run
+    faster than real time in a HIL rig is its own clock). ``price_feed(t)``
+    is the energy market's price ($/MWh) at ``t``: a site's market interface,
+    or the built-in plant's scenario prices; without one the site's default
+    price (``[economics] energy_usd_per_mwh``) stands.
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        price_feed: Callable[[float], float] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.clock = clock
+        self.price_feed = price_feed
         self.pmap = build_point_map(cfg.site)
         self.gating = GatingPlanner(cfg.site) if cfg.planner == "gating" else None
-        self.ctrl = Controller(cfg.site, self.pmap, planner=self.gating, scan_s=cfg.scan_s)
+        # the tap keeps the budgets of each plan for the gating rows
+        self.plan_tap = PlanTap(self.gating) if self.gating is not None else None
+        self.ctrl = Controller(cfg.site, self.pmap, planner=self.plan_tap, scan_s=cfg.scan_s)
+        site = cfg.site
+        self.meters = SiteMeters(site, self.pmap)
+        self.breakeven = min(site.mining_breakeven().values(), default=math.nan)
+        self.books = EconomicsIntervals(site.economics, self.breakeven)
+        self.reasons = ReasonLog(
+            {t.name: t.rated_kw for t in site.tanks} | {r.name: r.rated_kw for r in site.rack_rows}
+        )
+        self._t_books = math.nan
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0
         self.historian = Historian(
@@ -186,7 +226,7 @@ class RealTimeController:
         st = self.ctrl.state
         self._saved_version = st.version
         self.historian.record_event(
-            time.time(),
+            self.clock(),
             "info",
             "controller",
             f"state restored: mode {st.mode}, {len(st.overrides)} overrides, "
@@ -201,7 +241,7 @@ class RealTimeController:
 
     def command(self, cmd: Command, by: Principal) -> CommandResult:
         """One command through the core's command path, audited and saved at once."""
-        res = self.ctrl.command(cmd, by, time.time())
+        res = self.ctrl.command(cmd, by, self.clock())
         self._audit(res.audit)
         if res.accepted:
             self.save_state()
@@ -216,7 +256,7 @@ class RealTimeController:
             user = self.users.get(who.user)
             if isinstance(cmd, str) or user is None:
                 why = cmd if isinstance(cmd, str) else f"user '{who.user}' does not exist any more"
-                self._audit(Audit(time.time(), who.user, "cli", "command", None, None, why, False))
+                self._audit(Audit(self.clock(), who.user, "cli", "command", None, None, why, False))
                 self.inbox.answer(cid, why)
                 continue
             try:
@@ -224,7 +264,7 @@ class RealTimeController:
             except Exception as exc:  # a failed command must never stop the scan loop
                 log.exception("command %d from %s failed", cid, who.user)
                 res = f"the controller failed on it ({type(exc).__name__}: {exc}); see its log"
-                self.historian.record_event(time.time(), "alarm", "controller", res, 700)
+                self.historian.record_event(self.clock(), "alarm", "controller", res, 700)
             self.inbox.answer(cid, res)
         return len(taken)
 
@@ -234,8 +274,9 @@ class RealTimeController:
     async def scan_once(self) -> None:
         t0 = time.perf_counter()
         rr = await self.io.read_all()
-        now = time.time()
-        obs = Observation(now, rr.values, rr.fresh)
+        now = self.clock()
+        price = self.price_feed(now) if self.price_feed is not None else None
+        obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price)
         res = self.ctrl.scan(obs)
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
@@ -271,9 +312,33 @@ class RealTimeController:
         for ev in res.events:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
         self.historian.record_scan(now, *res.record)
+        self._keep_books(now, price)
         self.last = res.status
         self.scans += 1
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    def _keep_books(self, now: float, price: float | None) -> None:
+        """This scan's meters into the books; closed intervals and changed reasons
+        into the historian."""
+        m = self.meters.read(self.ctrl.values)
+        if price is None or not math.isfinite(price):
+            price = self.cfg.site.economics.energy_usd_per_mwh
+        dt = now - self._t_books if math.isfinite(self._t_books) else 0.0
+        self._t_books = now
+        for row in self.books.add(
+            now,
+            min(dt, BOOKS_MAX_DT_S),
+            m.hash_th_s,
+            m.inference_gpus,
+            m.training_gpus,
+            m.import_kw,
+            price,
+            m.mining_kw,
+        ):
+            self.historian.record_economics(row)
+        if self.plan_tap is not None:
+            for g in self.reasons.observe(now, self.plan_tap.budgets, self.plan_tap.why()):
+                self.historian.record_gating(g.t, g.load, g.budget_kw, g.why)
 
     async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
         if self.model is not None:
@@ -304,6 +369,9 @@ class RealTimeController:
         if self.model is not None:
             self.model.close()  # a fit in progress finishes on its own
         self.save_state()
+        last = self.books.close()  # the minute in progress: money is never left out
+        if last is not None:
+            self.historian.record_economics(last)
         await self.io.close()
         self.inbox.close()
         self.users.close()
@@ -348,6 +416,7 @@ def _status_line(rt: RealTimeController) -> None:
             print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
     if rt.gating is not None:
         print("  " + gating_line(rt.gating), flush=True)
+    print("  " + economics_line(rt.books), flush=True)
     if alarms:
         print(
             "  active alarms: " + ", ".join(alarms[:8]) + (" ..." if len(alarms) > 8 else ""),
@@ -373,6 +442,22 @@ def gating_line(g: GatingPlanner) -> str:
     )
 
 
+def economics_line(books: EconomicsIntervals) -> str:
+    """The books in one line: margin so far, $/h now by part, price against breakeven."""
+    tot, now = books.total, books.rates
+    if now is None:
+        return f"economics: margin ${tot.net_margin:+,.2f} so far (no meters read yet)"
+    be = now.mining_breakeven(books.rated_breakeven)
+    price = books.price_now
+    verdict = "mining pays" if price < be else "mining loses money"
+    return (
+        f"economics: margin ${tot.net_margin:+,.2f} so far, ${now.net_margin:+,.0f}/h now "
+        f"(mining {now.mining_revenue:,.0f}, AI {now.ai_revenue:,.0f}, "
+        f"energy -{now.energy_cost:,.0f} $/h); energy {price:.0f} $/MWh vs mining "
+        f"breakeven {be:.0f} $/MWh: {verdict}"
+    )
+
+
 async def _main(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.db)
     stop = asyncio.Event()
@@ -395,8 +480,10 @@ async def _main(args: argparse.Namespace) -> int:
                 "(port in use? stop the other thermogate, or use --config)"
             ) from None
         plant_task = asyncio.create_task(served.run())
+    # the built-in plant's scenario prices stand in for a market feed
+    feed = None if served is None else (lambda t, s=served: s.sim.price_per_mwh())
     try:
-        rt = RealTimeController(cfg)
+        rt = RealTimeController(cfg, price_feed=feed)
     except ConfigError:
         raise
     where = (

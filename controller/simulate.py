@@ -35,9 +35,10 @@ from thermogate.plc.site import Site
 from .core import Controller, Planner
 from .forecasting import ModelRuntime
 from .gating.cluster import Admission
-from .gating.economics import EconomicsLedger
+from .gating.economics import EconomicsIntervals
 from .gating.placement import gpu_loads
 from .gating.planner import GatingPlanner
+from .gating.reasons import PlanTap, ReasonLog
 from .gating.world import ClusterInTheLoop, GpuGate
 from .historian import Historian
 from .signals import Event, Observation
@@ -83,7 +84,9 @@ def run_simulation(
     With a ``historian``, every scan's validated values and quality (and the
     planned load, if it was opened with ``record_columns``) are recorded
     there at ``HISTORIAN_EPOCH_S`` + the scan's simulated time (Unix-like seconds),
-    as ``thermogate run`` records them; the caller opens, flushes and closes it.
+    as ``thermogate run`` records them, with the books (an ``economics`` row a
+    minute, from the plant's truth) and a ``gating`` row whenever a load's budget
+    or its reason changes; the caller opens, flushes and closes it.
 
     With a ``forecaster`` (:class:`~thermogate.models.live.LiveForecaster`) the
     thermal model runs beside the core as in ``thermogate run``: it sees every
@@ -105,7 +108,9 @@ def run_simulation(
             f"scan_s {scan_s:g} s must be positive and at most half the PLC's heartbeat "
             f"timeout ({site.plc.heartbeat_timeout_s:g} s), or the PLC takes its safe state"
         )
-    ctrl = Controller(site, pmap, planner=planner, scan_s=scan_s)
+    # with a historian, a tap on the planner keeps its budgets for the gating rows
+    tap = PlanTap(planner) if planner is not None and historian is not None else None
+    ctrl = Controller(site, pmap, planner=tap or planner, scan_s=scan_s)
     world = ClusterInTheLoop(site, jobs, admission) if jobs is not None else None
     if world is not None and isinstance(planner, GatingPlanner) and planner.gpu_demand is None:
         planner.gpu_demand = world.demand
@@ -133,7 +138,12 @@ def run_simulation(
         (ld, ld.name in tank_at, tank_at[ld.name] if ld.name in tank_at else row_at[ld.name])
         for ld in gpu_loads(site)
     ]
-    ledger = EconomicsLedger(site.economics)
+    # the books by the minute (historian rows) and in total (the summary)
+    books = EconomicsIntervals(
+        site.economics, min(site.mining_breakeven().values(), default=math.nan)
+    )
+    ledger = books.total
+    reasons = ReasonLog({ld.name: ld.rated_kw for ld in ctrl.topo.loads})
 
     rec: dict[str, list[float]] = {}
     events: list[dict[str, object]] = []
@@ -191,6 +201,9 @@ def run_simulation(
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record)
             else:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, res.values, res.quality)
+            if tap is not None:
+                for g in reasons.observe(HISTORIAN_EPOCH_S + obs.t, tap.budgets, tap.why()):
+                    historian.record_gating(g.t, g.load, g.budget_kw, g.why)
         for w in res.writes:
             unit = int(unit_of[pmap.position(w.point)])
             if unit in sim.device_faults:
@@ -235,14 +248,18 @@ def run_simulation(
             power = plant.t_power if in_tank else plant.r_power
             gpus[ld.wclass] += ld.busy_at(float(power[i]))
         price = sim.price_per_mwh()
-        ledger.add(
+        for row in books.add(
+            HISTORIAN_EPOCH_S + plant.t,
             scan_s,
             float(plant.t_hash.sum()),
             gpus["inference"],
             gpus["training"],
             plant.site_kw,
             price if math.isfinite(price) else site.economics.energy_usd_per_mwh,
-        )
+            float(plant.t_power[plant.t_asic].sum()),
+        ):
+            if historian is not None:
+                historian.record_economics(row)
 
         if plant.t >= next_sample:
             next_sample += sample_s
@@ -259,6 +276,9 @@ def run_simulation(
         if progress is not None:
             progress.update(k + 1, n_scans)
 
+    last_row = books.close()
+    if historian is not None and last_row is not None:
+        historian.record_economics(last_row)
     wall = time.perf_counter() - wall0
     site_kwh = plant.site_kwh - kwh0
     it_kwh = plant.ledger.it_kwh - it0
