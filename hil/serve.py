@@ -19,7 +19,9 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pymodbus.constants import ExcCodes
 
@@ -29,6 +31,7 @@ from thermogate.plc.site import Site, load_site
 
 from .image import ImageWriter, build_images
 from .modbus_server import PlantModbusServer
+from .plant import Plant
 from .runner import ScenarioPlant
 from .scenario import load_scenario
 
@@ -52,17 +55,36 @@ def _limit_slack(type_: str, scale: float, value: float) -> float:
     return abs(scale) * 1e-6
 
 
+class BesideThePlant(Protocol):
+    """Something simulated beside the plant on the plant's clock, e.g. the hall's
+    GPU cluster (``controller.gating.world.ClusterInTheLoop``): it runs its jobs
+    within ``capacity`` GPUs and sets the plant's GPU utilisation."""
+
+    def step(self, t: float, capacity: int, plant: Plant) -> None: ...
+
+
 @dataclass
 class ServedPlant:
-    """A ``ScenarioPlant`` behind a ``PlantModbusServer``."""
+    """A ``ScenarioPlant`` behind a ``PlantModbusServer``.
+
+    With a ``cluster`` (and the ``capacity`` it may use, asked each tick) the
+    hall's GPU jobs run beside the plant, stepped at the plant's time before
+    each tick's steps: in a real hall they are the orchestrator's (Slurm,
+    Kubernetes), reached through its own API rather than Modbus, so nothing of
+    them goes over the wire here either; their load does, in the meters.
+    """
 
     sim: ScenarioPlant
     speed: float = 1.0
+    cluster: BesideThePlant | None = None
+    capacity: Callable[[], int] | None = None
     server: PlantModbusServer = field(init=False)
     writes: int = 0
     rejected_writes: int = 0
 
     def __post_init__(self) -> None:
+        if (self.cluster is None) != (self.capacity is None):
+            raise ValueError("a cluster beside the plant needs its capacity, and only it")
         pmap = self.sim.pmap
         self.images = build_images(pmap.points)
         self.writer = ImageWriter(pmap.points, self.images)
@@ -135,6 +157,8 @@ class ServedPlant:
                 )
                 steps = MAX_CATCH_UP_STEPS
             if steps > 0:
+                if self.cluster is not None and self.capacity is not None:
+                    self.cluster.step(plant.t, self.capacity(), plant)
                 self.sim.step(steps)
                 self._publish()
             if on_tick is not None:
