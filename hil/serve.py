@@ -33,7 +33,7 @@ from .image import ImageWriter, build_images
 from .modbus_server import PlantModbusServer
 from .plant import Plant
 from .runner import ScenarioPlant
-from .scenario import load_scenario
+from .scenario import load_for_run
 
 try:  # tcsetattr failures (e.g. parity on a pseudo-terminal) raise termios.error
     from termios import error as _termios_error
@@ -177,12 +177,7 @@ def _print_events(sp: ServedPlant) -> None:
 def serve_plant_cli(args: argparse.Namespace) -> int:
     """Entry point of ``thermogate plant``."""
     site: Site = load_site(args.site)
-    scenario = load_scenario(
-        args.scenario,
-        weather_csv=args.weather,
-        prices_csv=args.prices,
-        wrap=True if (args.weather or args.prices) else None,
-    )
+    scenario = load_for_run(args.scenario, args.weather, args.prices)
     sim = ScenarioPlant(site, scenario, seed=args.seed)
     sp = ServedPlant(sim, speed=args.speed)
     return asyncio.run(_serve(sp, args))
