@@ -392,8 +392,9 @@ class Estimator:
         flags[viol] |= FLAG_RATE
         bad |= viol & (t - self._rate_since >= RATE_BAD_AFTER_S)
         accept = valid & ~viol
-        self._ref[accept] = v[accept]
-        self._prev[valid] = v[valid]
+        # np.copyto(a, b, where=m) is a[m] = b[m] without fancy indexing's gather/scatter
+        np.copyto(self._ref, v, where=accept)
+        np.copyto(self._prev, v, where=valid)
         self._prev_t[valid] = t
         cur = np.where(accept, v, np.nan)  # this scan's accepted readings
 
@@ -423,7 +424,7 @@ class Estimator:
         rep = flags | latched
         quality = np.where(bad, BAD, np.where(rep != 0, UNCERTAIN, GOOD)).astype(np.uint8)
         keep = quality != BAD
-        self._held[keep] = val[keep]
+        np.copyto(self._held, val, where=keep)
         self._held_t[keep] = t
         fresh_hold = t - self._held_t <= self.hold_s
         values_out = np.where(keep, val, np.where(fresh_hold, self._held, np.nan))
@@ -434,17 +435,22 @@ class Estimator:
         self._reported = rep
         voted: dict[str, tuple[float, int]] = {}
         vflags: dict[str, int] = {}
+        # (tolist gives the same Python floats and ints as float()/int() per element)
         if len(tank_q):
             fv = rep[self._ti_a] | rep[self._ti_b] | np.where(tank_dis, FLAG_DISAGREE, 0)
             fv = np.where(tank_q == GOOD, 0, fv)
-            for k, key in enumerate(self._t_voted_keys):
-                voted[key] = (float(tank_val[k]), int(tank_q[k]))
-                vflags[key] = int(fv[k])
+            for key, x, q, f in zip(
+                self._t_voted_keys, tank_val.tolist(), tank_q.tolist(), fv.tolist(), strict=True
+            ):
+                voted[key] = (x, q)
+                vflags[key] = f
         if len(sup_q):
             fv = np.where(sup_q == GOOD, 0, rep[self._li_sup])
-            for k, key in enumerate(self._l_voted_keys):
-                voted[key] = (float(sup_val[k]), int(sup_q[k]))
-                vflags[key] = int(fv[k])
+            for key, x, q, f in zip(
+                self._l_voted_keys, sup_val.tolist(), sup_q.tolist(), fv.tolist(), strict=True
+            ):
+                voted[key] = (x, q)
+                vflags[key] = f
         return Estimate(values_out, quality, rep.copy(), voted, vflags)
 
     # ------------------------------------------------------------------
@@ -453,17 +459,17 @@ class Estimator:
     ) -> tuple[np.ndarray, np.ndarray]:
         elig = accept & self._stuck_elig
         changed = elig & (v != self._frozen)
-        self._frozen[changed] = v[changed]
+        np.copyto(self._frozen, v, where=changed)
         self._frozen_t[changed] = t
         self._frozen_n[changed] = 0.0
-        self._frozen_n[elig & ~changed] += 1.0
+        np.add(self._frozen_n, 1.0, out=self._frozen_n, where=elig & ~changed)
         pp, pw = self._pp, self._pw
         wv = cur[pw]
         reset = changed[pp]
-        self._w0[reset] = wv[reset]
+        np.copyto(self._w0, wv, where=reset)
         self._wmax[reset] = 0.0
         fill = np.isnan(self._w0) & ~np.isnan(wv)
-        self._w0[fill] = wv[fill]
+        np.copyto(self._w0, wv, where=fill)
         thr = np.maximum(self._pw_abs, self._pw_rel * np.abs(self._w0))
         mv = np.abs(wv - self._w0) / thr
         self._wmax = np.fmax(self._wmax, mv)  # NaN (a witness away) leaves it

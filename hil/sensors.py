@@ -75,8 +75,12 @@ class SensorModel:
             sigma[i], rel[i] = s, r
             quant[i] = p.scale if p.type != "f32" else 0.0
         self.sigma, self.rel, self.quant = sigma, rel, quant
+        self._quantised = np.flatnonzero(quant > 0)  # points with an integer register
+        self._quant = quant[self._quantised]
         self.faults: dict[int, SensorFault] = {}
         self._truth = np.zeros(self.n)
+        #: every group's positions, concatenated in group order (set by ``bind``)
+        self._bound = np.zeros(0, dtype=np.intp)
 
     # ------------------------------------------------------------------
     def bind(self) -> None:
@@ -191,6 +195,9 @@ class SensorModel:
         if not bound.all():
             missing = [self.plant.pmap.points[i].name for i in np.flatnonzero(~bound)][:5]
             raise RuntimeError(f"points with no plant signal: {missing}")
+        self._bound = np.concatenate([idx for idx, _ in self.groups])
+        if len(self._bound) != self.n:  # truth() writes each point once, in one go
+            raise RuntimeError("a point is bound to more than one plant signal")
         self._i_tank_a = self._idx(tanks, "fluid_temp")
         self._i_tank_b = self._idx(tanks, "fluid_temp_b")
         self._i_loop_flow = self._idx(loops, "flow")
@@ -210,8 +217,8 @@ class SensorModel:
     # ------------------------------------------------------------------
     def truth(self) -> np.ndarray:
         out = self._truth
-        for idx, get in self.groups:
-            out[idx] = get()
+        if self.groups:  # one scatter of every group's values (bools and counts become floats)
+            out[self._bound] = np.concatenate([get() for _, get in self.groups], dtype=float)
         return out
 
     def truth_of(self, name: str) -> float:
@@ -223,9 +230,8 @@ class SensorModel:
         if self.enabled:
             noise = self.rng.standard_normal(self.n) * self.sigma
             v += np.where(self.rel, noise * np.abs(v), noise)
-            q = self.quant
-            nz = q > 0
-            v[nz] = np.round(v[nz] / q[nz]) * q[nz]
+            nz, q = self._quantised, self._quant
+            v[nz] = np.round(v[nz] / q) * q
         for i, f in self.faults.items():
             v[i] = self._apply(f, v[i])
         return v
