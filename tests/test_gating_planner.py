@@ -284,3 +284,24 @@ def test_the_plant_hashes_as_the_site_says_its_miners_do(site):
         kw = float(plant.t_power[i])
         assert kw > 0
         assert float(plant.t_hash[i]) == pytest.approx(site.tanks[i].hashrate_at(kw), rel=1e-6)
+
+
+def test_a_rack_row_budgeted_for_its_busy_gpus_lets_them_run_at_full_power(site):
+    from thermogate.controller.core.planning import ROW_CAP_MAX_W, row_cap_w
+    from thermogate.controller.gating.placement import gpu_loads
+    from thermogate.controller.simulate import run_simulation
+    from thermogate.hil.scenario.jobs import Job
+
+    row = next(ld for ld in gpu_loads(site) if ld.name == "row1")
+    # half the GPUs busy at full power: the cap is the GPUs' full power, not half of it
+    assert row_cap_w(row.kw_at(0.5), row.rated_kw, row.idle_kw, 0.5) == ROW_CAP_MAX_W
+    assert row_cap_w(row.kw_at(0.5), row.rated_kw) < ROW_CAP_MAX_W  # spread over every GPU
+    # closed loop: training on a third of the rows' GPUs; the books (from the rows'
+    # meters) sell the GPU-hours the cluster ran, none lost to a cap spread too thin
+    rows_gpus = sum(r.gpus for r in site.rack_rows)
+    jobs = [Job(i, 0.0, 4 * 3600.0, 8, "training", 1800.0) for i in range(rows_gpus // 24)]
+    r = run_simulation(site, "normal-day", 1.0, scan_s=5.0, planner=GatingPlanner(site), jobs=jobs)
+    done_gpu_h = r.summary["jobs"]["done_gpu_h"]
+    sold_gpu_h = r.summary["economics"]["ai_revenue"] / site.economics.training_usd_per_gpu_h
+    assert done_gpu_h == pytest.approx(8 * (rows_gpus // 24), rel=0.01)  # from the 1st scan
+    assert sold_gpu_h == pytest.approx(done_gpu_h, rel=0.03)

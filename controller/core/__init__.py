@@ -18,6 +18,7 @@ from .commands import (
 from .controller import Controller, ScanResult
 from .planning import (
     FORECAST_FRESH_S,
+    BusyShares,
     DefaultPlanner,
     Explains,
     LoadForecast,
@@ -33,6 +34,7 @@ __all__ = [
     "Acknowledge",
     "AlarmRecord",
     "Alarms",
+    "BusyShares",
     "ClearCurtailment",
     "Command",
     "CommandResult",

@@ -4,8 +4,9 @@ The planner (``Planner``) says what each load should draw; protection's caps
 always bound it: a planner can never raise a load above what protection
 allows. A tank gets a power budget in kW (the miners' target, the GPU cap), a
 rack row a per-GPU power cap in W (200 W at 30 % of its rating or less, 700 W
-at full). Protection lowers the GPUs' power cap but never stops a row:
-stopping and restarting training jobs costs more than running capped.
+at full; for the busy GPUs a planner says its budget is for, ``BusyShares``).
+Protection lowers the GPUs' power cap but never stops a row: stopping and
+restarting training jobs costs more than running capped.
 
 The thermal model's headroom reaches the planner through ``set_forecast``
 while it is fresh (``FORECAST_FRESH_S``); an older forecast is withheld rather
@@ -96,6 +97,17 @@ class PlanAhead(Protocol):
     def planned(self, t: float, horizon_s: float, loads: list[LoadInfo]) -> dict[str, float]: ...
 
 
+@runtime_checkable
+class BusyShares(Protocol):
+    """A planner that budgets GPU loads for the GPUs it lets the cluster keep
+    busy says so: per GPU load, the fraction of its GPUs its budget is for. A
+    rack row's budget is enforced through one per-GPU power cap, so the cap
+    must let that many busy GPUs draw the budget (idle GPUs draw their idle
+    power whatever the cap), not spread the budget over every GPU."""
+
+    def busy_shares(self) -> Mapping[str, float]: ...
+
+
 class DefaultPlanner:
     """Until the gating planner exists: everything allowed within the limits."""
 
@@ -105,9 +117,13 @@ class DefaultPlanner:
         return {ld.name: ld.rated_kw for ld in loads}
 
 
-def row_cap_w(budget_kw: float, rated_kw: float) -> float:
-    """A rack row's per-GPU power cap for a budget in kW."""
+def row_cap_w(budget_kw: float, rated_kw: float, idle_kw: float = 0.0, busy: float = 1.0) -> float:
+    """A rack row's per-GPU power cap for a budget in kW, ``busy`` of its GPUs
+    working (``BusyShares``): their power above the row's idle is the budget's."""
     frac = budget_kw / rated_kw if rated_kw else 0.0
+    if busy < 1.0:
+        idle = idle_kw / rated_kw if rated_kw else 0.0
+        frac = idle + (frac - idle) / max(busy, 1e-3)
     knee = ROW_CAP_KNEE_FRAC
     return ROW_CAP_MIN_W + (ROW_CAP_MAX_W - ROW_CAP_MIN_W) * max(
         0.0, min(1.0, (frac - knee) / (1.0 - knee))
@@ -135,6 +151,7 @@ class Planning:
         # isinstance against a runtime-checkable Protocol inspects the class
         # every time: asked once per planner object, not once per scan
         self._explains_of: tuple[Planner, bool] | None = None
+        self._busy_of: tuple[Planner, bool] | None = None
 
     def _explains(self) -> bool:
         """The planner says why (``Explains``); remembered while it is the same planner."""
@@ -142,6 +159,13 @@ class Planning:
         if got is None or got[0] is not self.planner:
             got = self._explains_of = (self.planner, isinstance(self.planner, Explains))
         return got[1]
+
+    def _busy_shares(self) -> Mapping[str, float]:
+        """The planner's ``BusyShares`` (remembered per planner, as ``_explains``)."""
+        got = self._busy_of
+        if got is None or got[0] is not self.planner:
+            got = self._busy_of = (self.planner, isinstance(self.planner, BusyShares))
+        return cast(BusyShares, self.planner).busy_shares() if got[1] else {}
 
     def set_forecast(self, t: float, loads: dict[str, LoadForecast]) -> None:
         """The thermal model's headroom per load, computed at data time ``t``."""
@@ -190,6 +214,7 @@ class Planning:
             self._last_wanted = wanted
             if self._explains():
                 why = cast(Explains, self.planner).why()
+        busy = self._busy_shares()
         ahead = getattr(self.planner, "planned", None)
         # each load's rating and protection caps, in the order the min()s take them
         caps = [(ld, ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name]) for ld in loads]
@@ -209,5 +234,7 @@ class Planning:
             if ld.kind == "tank":
                 cmds[ld.budget] = Cmd(round(budget_final, 1), reason)
             else:
-                cmds[ld.budget] = Cmd(round(row_cap_w(budget_final, rated)), reason)
+                share = busy.get(ld.name, 1.0)
+                cap_w = row_cap_w(budget_final, rated, ld.idle_kw, share)
+                cmds[ld.budget] = Cmd(round(cap_w), reason)
             cmds[ld.enable] = Cmd(1.0, "workload permitted")

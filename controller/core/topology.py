@@ -31,6 +31,7 @@ class Load:
     budget: int  # ... budget (tank: power_budget_kw; row: gpu_power_cap_w) ...
     enable: int  # ... workload enable ...
     interlock: int  # ... and the PLC's latched interlock
+    idle_kw: float = 0.0  # drawn with every GPU idle (GPU loads; 0 for miners)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Topology:
                     tp.power_budget_kw,
                     tp.enable,
                     tp.interlock,
+                    t.units * t.unit_idle_kw if t.workload == "gpu" else 0.0,
                 )
             )
         for r, rp in zip(site.rack_rows, ix.rows, strict=True):
@@ -92,6 +94,7 @@ class Topology:
                     rp.gpu_power_cap_w,
                     rp.enable,
                     rp.interlock,
+                    r.nodes * r.node_idle_kw,
                 )
             )
         self.loads: tuple[Load, ...] = tuple(loads)

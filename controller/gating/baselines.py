@@ -34,6 +34,7 @@ class StaticPlanner:
         share = self.gpu_capacity / self.placement.gpus if self.placement.gpus else 0.0
         # every GPU load gets its share of the AI GPUs at full power
         self.ai_kw = {ld.name: ld.kw_at(share) for ld in self.placement.loads}
+        self._share = dict.fromkeys(self.ai_kw, share)
         # at full power, as these policies mine: the nameplate efficiency's breakeven
         self.breakeven = {
             t.name: site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
@@ -44,6 +45,10 @@ class StaticPlanner:
 
     def why(self) -> Mapping[str, str]:
         return self._why
+
+    def busy_shares(self) -> Mapping[str, float]:
+        """Every GPU load budgeted for its share of the AI GPUs, busy at full power."""
+        return self._share
 
     def plan(
         self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow

@@ -1,7 +1,8 @@
 """The gating planner: what each tank and rack row may draw, and why.
 
 It implements the core's planning seam (:class:`~thermogate.controller.core.Planner`,
-:class:`~thermogate.controller.core.Explains` and, with a known price ahead,
+:class:`~thermogate.controller.core.Explains`,
+:class:`~thermogate.controller.core.BusyShares` and, with a known price ahead,
 :class:`~thermogate.controller.core.PlanAhead`); protection's caps still
 bound whatever it asks. Order of operations of one plan:
 
@@ -75,6 +76,7 @@ class GatingPlanner:
         self._non_it_kw = NON_IT_DEFAULT_FRAC * site.it_rated_kw
         self._t_last = math.nan
         self._why: dict[str, str] = {}
+        self._busy: dict[str, float] = {}
         self.room_kw = math.nan  # the IT room of the last plan (for the status)
         self.placement = Placement(site)
         #: GPUs the cluster may keep busy under the last plan (jobs admitted within it)
@@ -82,6 +84,10 @@ class GatingPlanner:
 
     def why(self) -> Mapping[str, str]:
         return self._why
+
+    def busy_shares(self) -> Mapping[str, float]:
+        """Per GPU load, the busy fraction of its GPUs its last budget is for."""
+        return self._busy
 
     @property
     def mining_on(self) -> Mapping[str, bool]:
@@ -100,6 +106,7 @@ class GatingPlanner:
         demand = self.gpu_demand(t) if self.gpu_demand is not None else {}
         spec = {ld.name: ld for ld in self.placement.loads}
         want: dict[str, float] = {}
+        busy: dict[str, float] = {}
         for ld in loads:
             if ld.workload_class == "mining":
                 want[ld.name] = self._mining_want(ld, now)
@@ -111,6 +118,7 @@ class GatingPlanner:
             frac = demand.get(ld.name, 1.0)
             frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
             want[ld.name] = spec[ld.name].kw_at(frac)  # its busy GPUs at full power
+            busy[ld.name] = frac
             if frac < 1.0:
                 why.setdefault(ld.name, "job demand")
         out, cut = _allocate(loads, want, caps, room)
@@ -123,6 +131,7 @@ class GatingPlanner:
         gate, _ = _allocate(loads, ai_want, caps, room)
         self.gpu_capacity = self.placement.capacity(gate)
         self._why = why
+        self._busy = busy
         self._last = dict(out)
         return out
 
