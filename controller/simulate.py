@@ -116,6 +116,7 @@ def run_simulation(
     tap = PlanTap(planner) if planner is not None and historian is not None else None
     ctrl = Controller(site, pmap, planner=tap or planner, scan_s=scan_s)
     world = ClusterInTheLoop(site, jobs, admission) if jobs is not None else None
+    gates = isinstance(planner, GpuGate)  # once: a Protocol check inspects the class
     if world is not None and isinstance(planner, GatingPlanner) and planner.gpu_demand is None:
         planner.gpu_demand = world.demand
     if isinstance(planner, GatingPlanner) and planner.price_ahead is None:
@@ -226,7 +227,7 @@ def run_simulation(
             if model.last is not None:
                 fc_zones, fc_trusted = model.last.zones, model.last.trusted
         if world is not None:
-            gate = planner.gpu_capacity if isinstance(planner, GpuGate) else None
+            gate = planner.gpu_capacity if gates else None
             world.step(plant.t, world.cluster.gpus if gate is None else gate, plant)
         sim.step(steps_per_scan)
         for ev in plant.events:

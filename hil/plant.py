@@ -697,9 +697,7 @@ class Plant:
     def t_hash(self) -> np.ndarray:
         """Hashrate (TH/s) per tank: J/TH improves as a miner is underclocked."""
         frac = self.t_p_unit / self.t_unit_kw
-        return np.where(
-            self.t_asic, self.t_units_on * self.t_th_nom * frac**self.t_hash_exp, 0.0
-        )
+        return np.where(self.t_asic, self.t_units_on * self.t_th_nom * frac**self.t_hash_exp, 0.0)
 
     @property
     def t_return(self) -> np.ndarray:
