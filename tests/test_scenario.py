@@ -688,9 +688,7 @@ def test_unknown_builtin_lists_the_builtins():
 
 
 def _hourly(path: Path, header: str, start: datetime, hours: int, value: float) -> Path:
-    rows = [header] + [
-        f"{(start + timedelta(hours=h)).isoformat()},{value}" for h in range(hours)
-    ]
+    rows = [header] + [f"{(start + timedelta(hours=h)).isoformat()},{value}" for h in range(hours)]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 
@@ -714,3 +712,13 @@ def test_a_strict_study_starts_at_the_first_price_and_needs_weather_for_all_of_i
         load_for_run("normal-day", late, prices, hours=12.0, strict=True)
     # the same files repeat in an open-ended simulation
     assert load_for_run("normal-day", weather, prices).weather.ambient_c.wrap
+
+
+def test_weather_without_a_time_zone_beside_prices_with_one_names_the_file(tmp_path):
+    from thermogate.hil.scenario import load_for_run
+
+    t0 = datetime(2025, 8, 4, tzinfo=UTC)
+    prices = _hourly(tmp_path / "p.csv", "time,price_per_mwh", t0, 30, 50.0)
+    naive = _hourly(tmp_path / "w.csv", "time,ambient_c", t0.replace(tzinfo=None), 30, 30.0)
+    with pytest.raises(DataFileError, match=r"w\.csv: .* has no time zone .* UTC \('Z'\)"):
+        load_for_run("normal-day", naive, prices, hours=12.0, strict=True)

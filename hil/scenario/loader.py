@@ -225,8 +225,8 @@ def _scenario(
         assert isinstance(psrc, SyntheticPrices)
         prices = psrc.generate(duration, start=start, start_hour=hour0)
 
-    w_off = _offset_between(root, "weather", start, weather.start)
-    p_off = _offset_between(root, "prices", start, prices.start)
+    w_off = _offset_between(root, "weather", start, weather.start, wsrc, w_override)
+    p_off = _offset_between(root, "prices", start, prices.start, psrc, p_override)
     for series, off, src, override, key in (
         (weather.ambient_c, w_off, wsrc, w_override, "weather"),
         (prices, p_off, psrc, p_override, "prices"),
@@ -424,17 +424,26 @@ def _start_hour(dt: datetime | None) -> float:
 
 
 def _offset_between(
-    root: Section, key: str, scenario_start: datetime | None, series_start: datetime | None
+    root: Section,
+    key: str,
+    scenario_start: datetime | None,
+    series_start: datetime | None,
+    src: object,
+    override: bool,
 ) -> float:
     if scenario_start is None or series_start is None:
         return 0.0
     if _aware(scenario_start) != _aware(series_start):
-        raise root.error(
-            key,
-            "cannot align by absolute time: one of the scenario start "
-            f"({scenario_start.isoformat()}) and this series' start "
-            f"({series_start.isoformat()}) has a time zone and the other does not",
+        zone = "has no time zone" if not _aware(series_start) else "has a time zone"
+        other = "has one" if not _aware(series_start) else "has none"
+        problem = (
+            f"cannot align by absolute time: this series' start ({series_start.isoformat()}) "
+            f"{zone} and the run's start ({scenario_start.isoformat()}) {other}; write the "
+            "times of every file in UTC ('Z') or with their offset (+02:00)"
         )
+        if override and isinstance(src, CsvSource):
+            raise DataFileError(str(src.path), None, None, problem)
+        raise root.error(key, problem)
     return (_norm(scenario_start) - _norm(series_start)).total_seconds()
 
 
