@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -47,11 +47,16 @@ if TYPE_CHECKING:  # the model (scikit-learn) loads only when a run forecasts
     from thermogate.models.headroom import Headroom
     from thermogate.models.live import LiveForecaster
 
-    from .report import ProgressBar
 
 SAMPLE_S = 60.0  # report series resolution (simulated seconds)
 #: added to the simulated time of scans recorded in a historian (2023-11-14, Unix seconds)
 HISTORIAN_EPOCH_S = 1.7e9
+
+
+class Progress(Protocol):
+    """Told how far a run is: ``done`` of ``total`` scans (``report.ProgressBar``)."""
+
+    def update(self, done: float, total: float) -> None: ...
 
 
 @dataclass
@@ -71,7 +76,7 @@ def run_simulation(
     *,
     seed: int = 0,
     planner: Planner | None = None,
-    progress: ProgressBar | None = None,
+    progress: Progress | None = None,
     sample_s: float = SAMPLE_S,
     historian: Historian | None = None,
     scan_s: float | None = None,
