@@ -92,6 +92,7 @@ def cmd_site(args: argparse.Namespace) -> int:
         gpu_tanks=args.gpu_tanks if args.gpu_tanks is not None else max(1, args.tanks // 6),
         rack_rows=args.rows if args.rows is not None else max(1, args.tanks // 12),
         tanks_per_plc=args.tanks_per_plc,
+        oversubscription=args.oversubscription,
     )
     try:
         text = generate_site_toml(spec)
@@ -207,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="spread tanks over PLCs (needed above ~100 devices)",
     )
+    ss.add_argument(
+        "--oversubscription",
+        type=_positive_float,
+        default=1.4,
+        metavar="X",
+        help="installed IT over the grid import limit (1.4: the import feeds 1/1.4 of it)",
+    )
     ss.add_argument("--name", default="Generated hall")
     ss.add_argument("-o", "--output", metavar="FILE")
     ss.set_defaults(func=cmd_site)
@@ -254,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument(
         "--planner",
         choices=("gating", "limits"),
-        default="limits",
-        help="gating: the gating planner (price, heat headroom, precedence); "
-        "limits: every load at its rating within protection's limits (default)",
+        default="gating",
+        help="gating: the gating planner (price, heat headroom, precedence; default); "
+        "limits: every load at its rating within protection's limits",
     )
     sm.add_argument("--json", action="store_true", help="print the summary as JSON")
     sm.set_defaults(func=cmd_simulate)

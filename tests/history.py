@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from thermogate.controller.historian import Historian
@@ -18,8 +19,13 @@ def simulated_history(
 ) -> Iterator[Historian]:
     """The demo site's controller and plant for ``hours`` of a normal day, every
     scan recorded in a historian at ``path`` (``columns``: the point map's by
-    default); yields it open and flushed, closes it after."""
-    site = demo_site()
+    default); yields it open and flushed, closes it after.
+
+    The hall's grid connection is widened to 5 MW for it: the model learns the
+    thermal response to everything the plant does, not a planner's choices under
+    a binding import (the demo's own 2,870 kW would have protection cutting
+    mining every scan under the every-load-at-rating planner)."""
+    site = replace(demo_site(), import_limit_kw=5000.0)
     cols = list(columns) if columns is not None else [p.name for p in build_point_map(site).points]
     with Historian(path, cols, site_name=site.name) as h:
         run_simulation(site, "normal-day", hours, historian=h, scan_s=scan_s)

@@ -1,7 +1,9 @@
 """The controller core in closed loop with the simulated plant (lockstep, no sockets).
 
 These are the scenario acceptance tests of the controller: what the plant
-really did (its truth, not the controller's belief) is what is asserted.
+really did (its truth, not the controller's belief) is what is asserted. They
+run the gating planner, as ``thermogate run`` and ``simulate`` do: the demo
+hall installs 1.4x the IT its grid connection feeds.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 
 from thermogate.controller.core import Controller, Principal, ResetInterlock
+from thermogate.controller.gating.planner import GatingPlanner
 from thermogate.controller.signals import BAD, Observation
 from thermogate.controller.simulate import run_simulation
 from thermogate.plc.pointmap import build_point_map
@@ -19,7 +22,7 @@ from thermogate.plc.pointmap import build_point_map
 
 @pytest.mark.timeout(600)
 def test_heatwave_day_keeps_every_tank_under_its_alarm_with_zero_trips(site):
-    r = run_simulation(site, "heatwave", 24.0)
+    r = run_simulation(site, "heatwave", 24.0, planner=GatingPlanner(site))
     s = r.summary
     assert s["limit_violation_c_min"] == 0.0, s
     assert s["trips"] == 0, s
@@ -39,9 +42,13 @@ def test_heatwave_day_keeps_every_tank_under_its_alarm_with_zero_trips(site):
 
 @pytest.mark.timeout(300)
 def test_pump_failure_sheds_mining_on_the_affected_loop_before_any_plc_trip(site):
-    r = run_simulation(site, "pump-failure", 2.6)
+    r = run_simulation(site, "pump-failure", 2.6, planner=GatingPlanner(site))
     assert r.summary["trips"] == 0
+    # The plant starts with every load at full power, more than the grid feeds:
+    # protection sheds for the seconds until the planner's first budgets land.
     sheds = [e for e in r.events if e["kind"] == "shed"]
+    assert all(e["source"] == "site import" and e["t_h"] < 60 / 3600 for e in sheds[:1])
+    sheds = [e for e in sheds if e["t_h"] >= 60 / 3600]
     assert sheds, "the controller did not shed on the pump failure"
     first = sheds[0]
     assert first["source"] == "loop1"
@@ -60,7 +67,7 @@ def test_pump_failure_sheds_mining_on_the_affected_loop_before_any_plc_trip(site
 def test_grid_curtailment_is_met_by_shedding_mining_first(site):
     # a 5 s controller scan (the plant still steps at 1 s): the limit is held
     # just the same and the 16.5 h cost a third of the time
-    r = run_simulation(site, "grid-curtailment", 16.5, scan_s=5.0)
+    r = run_simulation(site, "grid-curtailment", 16.5, scan_s=5.0, planner=GatingPlanner(site))
     s = r.series
     during = s["import_limit_kw"] < site.import_limit_kw
     assert during.any()

@@ -163,10 +163,10 @@ def test_a_curtailment_is_the_lowest_limit_of_the_scan(topo, site):
     pw = PowerProtection(topo)
     v = view(topo)
     assert pw.grid_limit(v, None) == site.import_limit_kw
-    assert pw.grid_limit(v, 3000.0) == 3000.0
+    assert pw.grid_limit(v, 2000.0) == 2000.0
     assert (
-        pw.grid_limit(ScanView(1.0, 1.0, v.values.copy(), v.quality.copy(), {}, 2500.0), 3000.0)
-        == 2500.0
+        pw.grid_limit(ScanView(1.0, 1.0, v.values.copy(), v.quality.copy(), {}, 1800.0), 2000.0)
+        == 1800.0
     )
 
 

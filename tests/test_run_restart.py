@@ -126,7 +126,7 @@ def test_state_given_through_the_command_path_survives_a_kill_minus_9(site_dir: 
         assert r.returncode == 0, r.stdout + r.stderr
         for args in (
             ("setpoint", "loop1_supply", "33.5"),
-            ("curtail", "4000", "--for", "2h"),
+            ("curtail", "2000", "--for", "2h"),
             ("mode", "manual"),
         ):
             r = _command(tmp, *args)
@@ -146,7 +146,7 @@ def test_state_given_through_the_command_path_survives_a_kill_minus_9(site_dir: 
         saved = _saved(db)
         assert saved["overrides"]["tank01.valve_cmd"]["until"] == until  # expiry kept
         assert saved["setpoints"] == {"loop1_supply": 33.5}
-        assert [c["limit_kw"] for c in saved["curtailments"]] == [4000.0]
+        assert [c["limit_kw"] for c in saved["curtailments"]] == [2000.0]
         # the override is live again: ending it finds it, with its value
         r = _command(tmp, "auto", "tank01.valve_cmd")
         assert r.returncode == 0 and "back to auto" in r.stdout, r.stdout + r.stderr
