@@ -305,3 +305,40 @@ def test_a_rack_row_budgeted_for_its_busy_gpus_lets_them_run_at_full_power(site)
     sold_gpu_h = r.summary["economics"]["ai_revenue"] / site.economics.training_usd_per_gpu_h
     assert done_gpu_h == pytest.approx(8 * (rows_gpus // 24), rel=0.01)  # from the 1st scan
     assert sold_gpu_h == pytest.approx(done_gpu_h, rel=0.03)
+
+
+def test_an_interlock_beats_a_grid_commitment_beats_economics(site):
+    """Through the core, with the plant in lockstep: cheap energy makes every miner
+    worth running (economics); a curtailment cuts them anyway (the grid); a latched
+    interlock keeps a tank off although the curtailment has ended and the price
+    still pays (interlocks first)."""
+    from thermogate.controller.core import Controller, Principal, RequestCurtailment
+    from thermogate.controller.signals import Observation
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap, planner=GatingPlanner(site))
+    plant = sim.plant
+
+    def scans(n: int) -> None:
+        for _ in range(n):
+            v = plant.sensors.sample()
+            res = ctrl.scan(Observation(plant.t, v, np.ones(len(v), bool), price_per_mwh=20.0))
+            for w in res.writes:
+                plant.write(w.point, w.value)
+            sim.step()
+
+    miners = [i for i, t in enumerate(site.tanks) if t.workload == "asic"]
+    scans(120)
+    mining_free = plant.cmd_budget[miners].sum()
+    assert mining_free > 0.5 * sum(site.tanks[i].rated_kw for i in miners)  # economics: run
+    grid = Principal("gridops", "grid", "openadr")
+    limit = 0.5 * site.import_limit_kw
+    assert ctrl.command(RequestCurtailment(limit, 300.0, why="DR"), grid, plant.t).accepted
+    scans(120)
+    assert plant.cmd_budget[miners].sum() < 0.5 * mining_free  # the grid beats the price
+    assert plant.site_kw < limit * 1.02
+    plant.T_tank[miners[0]] = site.tanks[miners[0]].limits.fluid_trip_c + 2.0  # a hard trip
+    scans(400)  # the curtailment is over; the price still pays
+    assert plant.cmd_budget[miners[1:]].sum() > 0.8 * mining_free * (len(miners) - 1) / len(miners)
+    assert plant.cmd_enable[miners[0]] == 0  # latched off until a person resets it
