@@ -183,11 +183,8 @@ class RealTimeController:
         self.ctrl = Controller(cfg.site, self.pmap, planner=self.plan_tap, scan_s=cfg.scan_s)
         site = cfg.site
         self.meters = SiteMeters(site, self.pmap)
-        self.breakeven = min(site.mining_breakeven().values(), default=math.nan)
-        self.books = EconomicsIntervals(site.economics, self.breakeven)
-        self.reasons = ReasonLog(
-            {t.name: t.rated_kw for t in site.tanks} | {r.name: r.rated_kw for r in site.rack_rows}
-        )
+        self.books = EconomicsIntervals.for_site(site)
+        self.reasons = ReasonLog({ld.name: ld.rated_kw for ld in self.ctrl.topo.loads})
         self._t_books = math.nan
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0

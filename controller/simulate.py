@@ -149,9 +149,7 @@ def run_simulation(
         for ld in gpu_loads(site)
     ]
     # the books by the minute (historian rows) and in total (the summary)
-    books = EconomicsIntervals(
-        site.economics, min(site.mining_breakeven().values(), default=math.nan)
-    )
+    books = EconomicsIntervals.for_site(site)
     ledger = books.total
     reasons = ReasonLog({ld.name: ld.rated_kw for ld in ctrl.topo.loads})
 

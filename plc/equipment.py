@@ -191,6 +191,11 @@ class Tank:
         return self.rated_kw * 1000.0 / self.miner_j_per_th
 
     @property
+    def miner_min_kw(self) -> float:
+        """The least the tank's miners draw and still hash: every one at its minimum."""
+        return self.miner_min_power_pct / 100.0 * self.rated_kw
+
+    @property
     def miner_best_j_per_th(self) -> float:
         """The miners' efficiency at their minimum power, their most efficient."""
         f_min = self.miner_min_power_pct / 100.0
@@ -358,11 +363,14 @@ class Site:
         """GPUs installed in GPU tanks and rack rows."""
         return sum(t.gpus for t in self.tanks) + sum(r.gpus for r in self.rack_rows)
 
-    def mining_breakeven(self) -> dict[str, float]:
+    def mining_breakeven(self, *, nameplate: bool = False) -> dict[str, float]:
         """Per ASIC tank, the energy price ($/MWh) above which its miners lose money
-        even at their most efficient (their minimum power; ``Tank.hashrate_at``)."""
+        even at their most efficient (their minimum power; ``Tank.hashrate_at``);
+        ``nameplate``: run at full power, as a fixed split runs them."""
         return {
-            t.name: self.economics.mining_breakeven_usd_per_mwh(t.miner_best_j_per_th)
+            t.name: self.economics.mining_breakeven_usd_per_mwh(
+                t.miner_j_per_th if nameplate else t.miner_best_j_per_th
+            )
             for t in self.tanks
             if t.workload == "asic"
         }

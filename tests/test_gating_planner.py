@@ -106,7 +106,7 @@ def test_dearer_energy_asks_less_mining_power_at_the_most_profitable_point(site)
         best = max(margin(tank.rated_kw * f / 100) for f in range(0, 101))
         assert margin(plan["tank01"]) >= best - 1e-6 * tank.rated_kw, price
     assert asked == sorted(asked, reverse=True) and asked[0] == tank.rated_kw
-    assert asked[-1] == pytest.approx(tank.miner_min_power_pct / 100 * tank.rated_kw)
+    assert asked[-1] == pytest.approx(tank.miner_min_kw)
     assert p.why()["tank01"] == "energy price (most profitable miner power)"
 
 

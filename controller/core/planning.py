@@ -28,7 +28,7 @@ import numpy as np
 
 from thermogate.plc.records import PLAN_HORIZONS_MIN
 
-from .topology import Load, Topology
+from .topology import Topology
 from .view import Cmd, Cmds, ScanView, nz
 
 FORECAST_FRESH_S = 180.0  # a model forecast older than this is not handed to the planner
@@ -130,7 +130,14 @@ def row_cap_w(budget_kw: float, rated_kw: float, idle_kw: float = 0.0, busy: flo
     )
 
 
-def asked(wanted: dict[str, float], ld: Load) -> float:
+class _Rated(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def rated_kw(self) -> float: ...
+
+
+def asked(wanted: Mapping[str, float], ld: _Rated) -> float:
     """The budget a planner asked for a load (no or no finite answer: its rating)."""
     want = wanted.get(ld.name)
     return ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)

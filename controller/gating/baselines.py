@@ -35,12 +35,7 @@ class StaticPlanner:
         # every GPU load gets its share of the AI GPUs at full power
         self.ai_kw = {ld.name: ld.kw_at(share) for ld in self.placement.loads}
         self._share = dict.fromkeys(self.ai_kw, share)
-        # at full power, as these policies mine: the nameplate efficiency's breakeven
-        self.breakeven = {
-            t.name: site.economics.mining_breakeven_usd_per_mwh(t.miner_j_per_th)
-            for t in site.tanks
-            if t.workload == "asic"
-        }
+        self.breakeven = site.mining_breakeven(nameplate=True)  # these mine at full power
         self._why: dict[str, str] = {}
 
     def why(self) -> Mapping[str, str]:

@@ -256,7 +256,7 @@ def _mining_tangents(site: Site) -> list[tuple[float, list[tuple[float, float]]]
     for tanks in groups.values():
         t, n = tanks[0], len(tanks)
         r, e = t.rated_kw, t.miner_hash_exponent
-        x_min = t.miner_min_power_pct / 100.0 * r
+        x_min = t.miner_min_kw
         th_full = t.hashrate_at(r)
         lines = [(0.0, t.hashrate_at(x_min) / x_min)] if x_min > 0 else []
         for x in np.linspace(max(x_min, 1e-3 * r), r, 12):

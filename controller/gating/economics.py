@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from thermogate.plc.equipment import Economics
+from thermogate.plc.equipment import Economics, Site
 
 #: length of one economics row (s): one per minute, aligned to the minute like
 #: the historian's 1-minute aggregates
@@ -178,6 +178,11 @@ class EconomicsIntervals:
         self.rates: EconomicsLedger | None = None
         #: energy price of the last sample
         self.price_now = math.nan
+
+    @classmethod
+    def for_site(cls, site: Site) -> EconomicsIntervals:
+        """The books of a site: its prices, its miners' breakeven (the lowest)."""
+        return cls(site.economics, min(site.mining_breakeven().values(), default=math.nan))
 
     def add(
         self,

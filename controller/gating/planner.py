@@ -220,7 +220,7 @@ class GatingPlanner:
         off but the tank stays on, its miners' minimum (their best efficiency)."""
         tank = self._tanks[name]
         kw = tank.economic_power_kw(self.site.economics.hashprice_usd_per_th_day, price)
-        return max(kw, tank.miner_min_power_pct / 100.0 * tank.rated_kw)
+        return max(kw, tank.miner_min_kw)
 
     def _mining_band(self, on: bool, price: float, breakeven: float) -> bool:
         """Mining on or off at ``price``: off above (1 + h) x breakeven, on again below

@@ -11,12 +11,12 @@ operator sees what bound each load and since when without a row per scan.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..core import Explains, LoadInfo, Planner, SiteNow
+from ..core.planning import asked
 
 #: a budget change smaller than this fraction of the load's rating is not logged...
 REASON_DEADBAND_FRAC = 0.05
@@ -42,7 +42,8 @@ class PlanTap:
         self, t: float, loads: list[LoadInfo], headroom: dict[str, float], now: SiteNow
     ) -> dict[str, float]:
         out = self.inner.plan(t, loads, headroom, now)
-        self.budgets = {ld.name: _budget(out.get(ld.name), ld.rated_kw) for ld in loads}
+        # what the core makes of the answer, within the rating
+        self.budgets = {ld.name: min(asked(out, ld), ld.rated_kw) for ld in loads}
         return out
 
     def why(self) -> Mapping[str, str]:
@@ -52,13 +53,6 @@ class PlanTap:
         if name == "inner":  # not set yet (copy, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
-
-
-def _budget(asked: float | None, rated: float) -> float:
-    """What the core makes of an answer: none or not finite is the rating."""
-    if asked is None or not math.isfinite(asked):
-        return rated
-    return min(max(0.0, asked), rated)
 
 
 @dataclass(frozen=True)

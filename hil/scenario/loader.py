@@ -130,16 +130,16 @@ def load_for_run(
     lasts ``hours``; a series that does not cover that whole period is an error
     naming the file and how much it covers.
     """
-    if strict and hours is None:
-        raise ValueError("a strict run needs its hours")
-    if not strict or hours is None:
-        measured = weather_csv is not None or prices_csv is not None
+    measured = weather_csv is not None or prices_csv is not None
+    if not strict:
         return load_scenario(path_or_name, weather_csv, prices_csv, wrap=True if measured else None)
+    if hours is None:
+        raise ValueError("a strict run needs its hours")
     return load_scenario(
         path_or_name,
         weather_csv,
         prices_csv,
-        wrap=False if (weather_csv or prices_csv) else None,
+        wrap=False if measured else None,
         duration_s=hours * 3600.0,
         start_at_prices=prices_csv is not None,
     )
@@ -231,17 +231,16 @@ def _scenario(
         (weather.ambient_c, w_off, wsrc, w_override, "weather"),
         (prices, p_off, psrc, p_override, "prices"),
     ):
-        problem = _coverage_problem(series, off, duration)
+        if run_s is not None:  # a study of a fixed length: nothing repeats
+            remedy = "give a file that covers the run, or shorten the run"
+        else:
+            remedy = f"{'pass' if override else 'set'} wrap to repeat it, or shorten the duration"
+        problem = _coverage_problem(series, off, duration, remedy)
         if problem is None:
             continue
         assert isinstance(src, CsvSource)
-        if run_s is not None:  # a study of a fixed length: nothing repeats
-            problem = problem.replace(
-                "set wrap to repeat it, or shorten the duration",
-                "give a file that covers the run, or shorten the run",
-            )
         if override:
-            raise DataFileError(str(src.path), None, None, problem.replace("set wrap", "pass wrap"))
+            raise DataFileError(str(src.path), None, None, problem)
         raise root.error(f"{key}.path", f"{src.path.name} {problem}")
 
     clock = _Clock(start, duration)
@@ -428,7 +427,7 @@ def _offset_between(
     key: str,
     scenario_start: datetime | None,
     series_start: datetime | None,
-    src: object,
+    src: CsvSource | SyntheticWeather | SyntheticPrices,
     override: bool,
 ) -> float:
     if scenario_start is None or series_start is None:
@@ -447,7 +446,9 @@ def _offset_between(
     return (_norm(scenario_start) - _norm(series_start)).total_seconds()
 
 
-def _coverage_problem(series: TimeSeries, offset: float, duration: float) -> str | None:
+def _coverage_problem(
+    series: TimeSeries, offset: float, duration: float, remedy: str
+) -> str | None:
     if series.wrap:
         return None
     t = series.t_s
@@ -457,6 +458,6 @@ def _coverage_problem(series: TimeSeries, offset: float, duration: float) -> str
     if offset + duration > cover + 1e-6:
         return (
             f"covers {(cover - offset) / 3600:g} h from the scenario start but the scenario "
-            f"runs {duration / 3600:g} h; set wrap to repeat it, or shorten the duration"
+            f"runs {duration / 3600:g} h; {remedy}"
         )
     return None
