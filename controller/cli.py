@@ -156,6 +156,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench_forecast import bench_forecast
 
         result = bench_forecast(args)
+    elif args.bench == "headroom":
+        from .bench_headroom import bench_headroom
+
+        result = bench_headroom(args)
     elif args.bench == "schedule":
         from .gating.bench_schedule import bench_schedule
 
@@ -362,6 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bfc.add_argument("--json", action="store_true")
     bfc.set_defaults(func=cmd_bench)
+    bhr = bsub.add_parser(
+        "headroom", help="heat headroom tested by stepping copies of the plant (and an oracle)"
+    )
+    bhr.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    bhr.add_argument(
+        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
+    )
+    bhr.add_argument("--days", type=_positive_float, default=7.0, help="hot days tested on (7)")
+    bhr.add_argument(
+        "--train-days", type=_positive_float, default=3.0, help="ordinary days trained on (3)"
+    )
+    bhr.add_argument(
+        "--points", type=_positive_int, default=120, help="operating points stepped (120)"
+    )
+    bhr.add_argument("--seed", type=int, default=0)
+    bhr.add_argument("--json", action="store_true")
+    bhr.set_defaults(func=cmd_bench)
     bhi = bsub.add_parser(
         "historian", help="historian: caller cost of a scan/event, writer throughput, disk"
     )

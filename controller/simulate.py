@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -32,7 +32,7 @@ from thermogate.plc.errors import ThermogateError
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site
 
-from .core import Controller, Planner
+from .core import Controller, Planner, ScanResult
 from .forecasting import ModelRuntime
 from .gating.cluster import Admission
 from .gating.economics import EconomicsIntervals
@@ -69,6 +69,67 @@ class SimulationResult:
     sim: ScenarioPlant = field(repr=False)
 
 
+class Lockstep:
+    """One scan of controller and plant in lockstep: what ``run_simulation`` does
+    every scan, and what a study continuing a copied plant and controller does.
+
+    Each scan, in order: :meth:`observe` (the plant's sensor sample; devices
+    with an injected comms fault are stale, as the Modbus edge reports them),
+    the caller's ``ctrl.scan``, :meth:`apply` (the writes, lost for a device
+    that does not answer) and :meth:`advance` (the plant steps one scan).
+    """
+
+    def __init__(self, sim: ScenarioPlant, ctrl: Controller) -> None:
+        self.sim = sim
+        self.ctrl = ctrl
+        pmap = sim.pmap
+        self.steps_per_scan = max(1, round(ctrl.scan_s / sim.plant.dt))
+        self.unit_of = np.array([p.unit_id for p in pmap.points])
+        self.unit_mask = {u: self.unit_of == u for u in set(self.unit_of.tolist())}
+
+    def observe(self) -> Observation:
+        sim = self.sim
+        values = sim.plant.sensors.sample()
+        fresh = np.ones(len(values), dtype=bool)
+        for unit in sim.device_faults:
+            m = self.unit_mask.get(unit)
+            if m is not None:
+                fresh[m] = False
+                values[m] = np.nan
+        return Observation(
+            sim.plant.t,
+            values,
+            fresh,
+            import_limit_kw=sim.import_limit_kw(),
+            price_per_mwh=sim.price_per_mwh(),
+        )
+
+    def apply(self, res: ScanResult) -> tuple[int, list[Event]]:
+        """Write the scan's commands: (writes lost, an event per write the plant refused)."""
+        sim, plant = self.sim, self.sim.plant
+        lost, failed = 0, []
+        for w in res.writes:
+            if int(self.unit_of[sim.pmap.position(w.point)]) in sim.device_faults:
+                lost += 1  # the device does not answer: the write is lost
+                continue
+            try:
+                plant.write(w.point, w.value)
+            except (KeyError, ValueError) as exc:
+                lost += 1
+                failed.append(Event(plant.t, "write-failed", w.point, str(exc), 700))
+        return lost, failed
+
+    def advance(self) -> None:
+        self.sim.step(self.steps_per_scan)
+
+    def scan(self) -> ScanResult:
+        """observe, scan, apply, advance: a scan with nothing recorded."""
+        res = self.ctrl.scan(self.observe())
+        self.apply(res)
+        self.advance()
+        return res
+
+
 def run_simulation(
     site: Site,
     scenario: Scenario | str,
@@ -84,6 +145,7 @@ def run_simulation(
     jobs: Sequence[Job] | None = None,
     admission: Admission = "backfill",
     plant_dt: float = 1.0,
+    on_scan: Callable[[ScenarioPlant, Controller], None] | None = None,
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -103,6 +165,9 @@ def run_simulation(
     plant's GPUs (:class:`~thermogate.controller.gating.world.ClusterInTheLoop`):
     the gating planner tells it how many GPUs it may keep busy and learns what
     the jobs want; any other planner lets it use every GPU.
+
+    ``on_scan(sim, ctrl)`` is called after every scan's plant step (a study
+    takes its snapshots there).
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed, dt=plant_dt)
@@ -130,10 +195,8 @@ def run_simulation(
     # a historian opened with ``record_columns`` also gets the planned load
     with_plan = historian is not None and list(historian.point_names) == record_columns(pmap, site)
     scan_s = ctrl.scan_s
-    steps_per_scan = max(1, round(scan_s / plant.dt))
+    step = Lockstep(sim, ctrl)
     n_scans = max(1, round(hours * 3600.0 / scan_s))
-    unit_of = np.array([p.unit_id for p in pmap.points])
-    unit_mask = {u: unit_of == u for u in set(unit_of.tolist())}
     tank_alarm = np.array([t.limits.fluid_alarm_c for t in site.tanks])
     cdu_alarm = np.array([c.supply_alarm_c for c in site.cdus])
     loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops])
@@ -192,17 +255,8 @@ def run_simulation(
             )
 
     for k in range(n_scans):
-        values = plant.sensors.sample()
-        fresh = np.ones(len(values), dtype=bool)
-        for unit in sim.device_faults:
-            m = unit_mask.get(unit)
-            if m is not None:
-                fresh[m] = False
-                values[m] = np.nan
-        limit = sim.import_limit_kw()
-        obs = Observation(
-            plant.t, values, fresh, import_limit_kw=limit, price_per_mwh=sim.price_per_mwh()
-        )
+        obs = step.observe()
+        limit = obs.import_limit_kw
         res = ctrl.scan(obs)
         if historian is not None:
             if with_plan:
@@ -212,16 +266,10 @@ def run_simulation(
             if tap is not None:
                 for g in reasons.observe(HISTORIAN_EPOCH_S + obs.t, tap.budgets, tap.why()):
                     historian.record_gating(g.t, g.load, g.budget_kw, g.why)
-        for w in res.writes:
-            unit = int(unit_of[pmap.position(w.point)])
-            if unit in sim.device_faults:
-                write_failures += 1  # the device does not answer: the write is lost
-                continue
-            try:
-                plant.write(w.point, w.value)
-            except (KeyError, ValueError) as exc:
-                write_failures += 1
-                log(Event(plant.t, "write-failed", w.point, str(exc), 700))
+        lost, failed = step.apply(res)
+        write_failures += lost
+        for ev in failed:
+            log(ev)
         for ev in res.events:
             log(ev)
         if model is not None:
@@ -232,7 +280,9 @@ def run_simulation(
         if world is not None:
             gate = planner.gpu_capacity if gates else None
             world.step(plant.t, world.cluster.gpus if gate is None else gate, plant)
-        sim.step(steps_per_scan)
+        step.advance()
+        if on_scan is not None:
+            on_scan(sim, ctrl)
         for ev in plant.events:
             if "interlock:" in ev[1] or "tripped" in ev[1]:
                 trips += 1

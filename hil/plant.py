@@ -31,6 +31,7 @@ ledger), and ``energy_ledger`` exposes it for the energy-balance test.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,6 +164,22 @@ class Plant:
         self._commands = self._bind_commands()
         self.sensors.bind()
         self._evaluate()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Plant:
+        """A plant that runs on from this one's state, apart from it (a study's what-if).
+
+        The command table and the sensors' bindings are closures over this
+        plant's arrays: copied as they are, the copy's writes and readings would
+        reach this plant. They are bound anew to the copy's own arrays."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k != "_commands":
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new._commands = new._bind_commands()
+        new.sensors.groups = []
+        new.sensors.bind()
+        return new
 
     def _evaluate(self) -> None:
         """Compute flows, loads and meters for the initial state without advancing time,
@@ -357,6 +374,11 @@ class Plant:
         self.fan_fault = np.zeros(n_d, dtype=bool)  # whole unit tripped
         self.fans_failed = np.zeros(n_d)  # individual fans out of service
         self.tank_leak = np.zeros(self.n_t, dtype=bool)
+        # heat a test adds to a tank's fluid or a CDU's coolant (kW), beside the IT
+        # load: no meter sees it and no command sheds it, only the cooling answers it
+        self.t_heat_extra_kw = np.zeros(self.n_t)
+        self.pump_head_frac = np.ones(len(self.p_loop))  # 1 = as new; a worn impeller less
+        self.c_heat_extra_kw = np.zeros(self.n_c)
         self.loop_leak = np.zeros(self.n_l, dtype=bool)
         self.cdu_leak = np.zeros(self.n_c, dtype=bool)
 
@@ -561,7 +583,9 @@ class Plant:
         )
         on = self.pump_speed > 0.02
         n = np.bincount(self.p_loop, weights=on, minlength=self.n_l)
-        s_sum = np.bincount(self.p_loop, weights=self.pump_speed * on, minlength=self.n_l)
+        # a worn pump's head falls as speed squared would: its speed counts as sqrt(head) less
+        s_eff = self.pump_speed * np.sqrt(self.pump_head_frac)
+        s_sum = np.bincount(self.p_loop, weights=s_eff * on, minlength=self.n_l)
         s = np.divide(s_sum, n, out=np.zeros(self.n_l), where=n > 0)
         n_safe = np.maximum(n, 1.0)
         dp = self.l_hmax * s**2 / (1.0 + self.l_r_main * k**2 + self.l_a * k**2 / n_safe**2)
@@ -680,8 +704,10 @@ class Plant:
         q_pump = np.bincount(self.p_loop, weights=self.pump_kw, minlength=self.n_l)
         # row heat goes to its CDU's coolant
         q_rows = np.bincount(self.r_cdu, weights=self.r_power, minlength=self.n_c)
+        q_rows = q_rows + self.c_heat_extra_kw
+        q_tanks = self.t_power + self.t_heat_extra_kw
 
-        self.T_tank = self.T_tank + dt * (self.t_power - self.q_tank) / self.t_cap
+        self.T_tank = self.T_tank + dt * (q_tanks - self.q_tank) / self.t_cap
         self.T_tcs = self.T_tcs + dt * (q_rows - self.q_cdu) / self.c_cap
         hot, cold = self.T_hot, self.T_cold
         mix = c_flow * (cold - hot)
@@ -689,7 +715,7 @@ class Plant:
         self.T_cold = cold + dt * (-mix - q_rej + q_pump) / self.l_half_cap
 
         self.c_supply = self.T_tcs - self.q_cdu / self.c_ctcs  # the GPUs' coolant
-        self.ledger.heat_in_kj += dt * float(_sum(q_rows) + _sum(self.t_power) + _sum(q_pump))
+        self.ledger.heat_in_kj += dt * float(_sum(q_rows) + _sum(q_tanks) + _sum(q_pump))
         self.ledger.heat_rejected_kj += dt * float(_sum(q_rej))
 
     # Values only sensors need: computed when sampled, not every step.
@@ -834,6 +860,29 @@ class Plant:
             return
         rows = [r.name for r in self.site.rack_rows]
         self.r_util_override[self._index(rows, name, "GPU tank or rack row")] = u
+
+    def add_heat(self, zone: str, kw: float) -> None:
+        """Heat ``kw`` (>= 0) into a tank's fluid or a CDU's coolant from now on, on
+        top of its IT load; 0 removes it. A test disturbance: no power meter sees
+        it and no command sheds it (``thermogate bench headroom`` steps zones
+        with it to find how much heat they really take)."""
+        if not (math.isfinite(kw) and kw >= 0.0):
+            raise ValueError(f"heat for {zone} must be a finite kW >= 0, got {kw!r}")
+        tanks = [t.name for t in self.site.tanks]
+        if zone in tanks:
+            self.t_heat_extra_kw[tanks.index(zone)] = kw
+            return
+        cdus = [c.name for c in self.site.cdus]
+        self.c_heat_extra_kw[self._index(cdus, zone, "tank or CDU")] = kw
+
+    def degrade_pump(self, name: str, head_frac: float) -> None:
+        """A worn pump: from now on it delivers ``head_frac`` (0 < x <= 1) of its
+        design head at any speed (the controller sees less flow and speeds up)."""
+        if not (math.isfinite(head_frac) and 0.0 < head_frac <= 1.0):
+            raise ValueError(f"pump {name}: head fraction must be in (0, 1], got {head_frac!r}")
+        i = self._index([p.name for p in self.site.pumps], name, "pump")
+        self.pump_head_frac[i] = head_frac
+        self.events.append((self.t, f"pump {name} degraded to {head_frac:.0%} of its head"))
 
     def set_equipment_fault(self, category: str, name: str, kind: str, active: bool) -> None:
         """Trip or restore a pump or fan, start or stop a leak."""

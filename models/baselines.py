@@ -10,18 +10,25 @@
   without it), with the slope taken as the first horizon's change over its
   length (a forward difference over 5 minutes: 1-minute differences of
   0.1 °C-quantised sensors are mostly noise). Prediction integrates ``h``
-  minutes at constant inputs (closed form).
+  minutes at constant inputs (closed form). Its heat headroom
+  (:meth:`RCBaseline.headroom`) is closed-form too: the forecast is linear in
+  the power, so the largest power whose forecast stays under the limit at
+  every horizon is one division per horizon.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .dataset import KindData
 
 __all__ = ["RCBaseline", "persistence"]
+
+if TYPE_CHECKING:
+    from .headroom import Headroom
 
 
 def persistence(rows: KindData) -> np.ndarray:
@@ -66,9 +73,7 @@ class RCBaseline:
 
     def predict(self, rows: KindData) -> np.ndarray:
         """Predicted temperatures (n, horizons) for the rows' zones."""
-        par = self.params.get(rows.kind, {})
-        abc = np.array([par.get(z, (0.0, 0.0, 0.0)) for z in rows.zones.tolist()]).reshape(-1, 3)
-        a, b, c = abc[:, 0], abc[:, 1], abc[:, 2]
+        a, b, c = self._abc(rows)
         r0 = a * rows.feature("power_kw") - b * rows.feature(_ref_feature(rows.kind)) + c
         out = np.empty((len(rows), len(rows.horizons_min)))
         for j, h in enumerate(rows.horizons_min):
@@ -77,3 +82,48 @@ class RCBaseline:
                 gain = np.where(b > 1e-12, -np.expm1(-b * h) / np.where(b > 1e-12, b, 1.0), h)
             out[:, j] = rows.temp + r0 * gain
         return out
+
+    def _abc(self, rows: KindData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        par = self.params.get(rows.kind, {})
+        abc = np.array([par.get(z, (0.0, 0.0, 0.0)) for z in rows.zones.tolist()]).reshape(-1, 3)
+        return abc[:, 0], abc[:, 1], abc[:, 2]
+
+    def headroom(
+        self,
+        rows: KindData,
+        alarm_c: np.ndarray,
+        *,
+        margin_k: float,
+        horizons: tuple[int, ...] | None = None,
+        max_load_frac: float = 1.0,
+    ) -> dict[str, Headroom]:
+        """Extra kW per zone (one row each) keeping the RC forecast under
+        ``alarm_c - margin_k`` at every horizon; capped at the nameplate room.
+
+        The forecast ``T + (a P - b dx + c) g(h)`` is linear in ``P``: the
+        capacity is ``min_h ((limit - T) / g(h) + b dx - c) / a``. A zone whose
+        fit found no effect of power (``a <= 0``) is limited by its nameplate
+        alone, if it is under its limit now."""
+        from .headroom import Headroom, time_to_limit
+
+        a, b, c = self._abc(rows)
+        hs = tuple(rows.horizons_min) if horizons is None else horizons
+        limit = np.asarray(alarm_c, float) - margin_k
+        temp, p_now = rows.temp, rows.feature("power_kw")
+        dx = rows.feature(_ref_feature(rows.kind))
+        room = np.maximum(max_load_frac * rows.rated_kw - p_now, 0.0)
+        cap = np.full(len(rows), np.inf)
+        path = np.empty((len(rows), len(hs)))
+        for j, h in enumerate(hs):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g = np.where(b > 1e-12, -np.expm1(-b * h) / np.where(b > 1e-12, b, 1.0), h)
+                p_max = ((limit - temp) / g + b * dx - c) / np.where(a > 1e-12, a, 1.0)
+            cap = np.minimum(cap, np.where(a > 1e-12, p_max, np.inf))
+            path[:, j] = temp + (a * p_now - b * dx + c) * g
+        over_now = (path.max(axis=1) > limit) | (temp >= limit)
+        extra = np.where(over_now, 0.0, np.clip(cap - p_now, 0.0, room))
+        ttl = time_to_limit(temp, path, hs, limit)
+        return {
+            str(z): Headroom(float(extra[i]), float(ttl[i]), float(limit[i]), float(path[i].max()))
+            for i, z in enumerate(rows.zones)
+        }
