@@ -21,11 +21,13 @@ and stay under its limit". The study keeps or breaks it on the plant itself.
    At each, the plant, the controller and its planner are frozen
    (deep-copied) right after a scan, and the zone's headroom is read from the
    recorded minute that closed before it, as the live forecaster reads it:
-   the headroom it *serves* the planner (the learned model's; the
-   conservative fallback's where the row is out of the model's training
-   range), the learned model's unguarded, the fallback's (bound offset
-   doubled, none within 5 K of the alarm) and the RC baseline's (closed form),
-   each held under the same limit.
+   the headroom it *serves* the planner (the learned model's, its bound
+   offset moved by the adaptive tracker since the day's model arrived; the
+   physics prior's where the row is out of the model's training range), and
+   beside it the learned model's unguarded, the physics prior's (its margin
+   measured on the 3 hours before), the conservative fallback's (bound offset
+   doubled, none within 5 K of the alarm) and the RC baseline's (closed
+   form), each held under the same limit.
 4. **Acting on it.** In a copy of the frozen plant and controller, exactly
    that heat is added to the zone as a step (a tank's fluid, a CDU's coolant;
    a loop's share per tank and CDU by nameplate) and the pair runs 30
@@ -44,7 +46,7 @@ starts shedding (``THERMAL_SOFT_MARGIN_K``). A headroom that takes a zone
 there has not kept its promise, even if protection then holds it.
 
 Reported per method (the served headroom at the top level; ``baselines``:
-``learned``, ``conservative``, ``rc``): ``points``, ``violations`` (steps that
+``learned``, ``prior``, ``conservative``, ``rc``): ``points``, ``violations`` (steps that
 crossed), and per kind ``points``, ``violations``, ``median_utilisation`` and
 ``p10_utilisation`` (headroom / true headroom, over the points where the
 zone had any: true headroom above 1 % of its nameplate); ``thermal_bound``
@@ -106,7 +108,8 @@ ORACLE_TOL_FRAC = 0.01  # bisection stops within this fraction of the zone's nam
 MAX_BISECT = 10
 MIN_TRUE_FRAC = 0.01  # a zone with less true headroom than this x nameplate had none
 KINDS = ("tank", "cdu", "loop")
-METHODS = ("served", "learned", "conservative", "rc")
+PRIOR_REPLAY_H = 3.0  # hours the prior replays to measure its margin (as ``forecast`` does)
+METHODS = ("served", "learned", "prior", "conservative", "rc")
 TARGETS: dict[str, Any] = {
     "violation_frac": 0.01,
     "median_utilisation": {"tank": 0.8, "loop": 0.6, "cdu": 0.6},
@@ -351,31 +354,62 @@ def _rows_at(ds: Any, kind: str, zone: str, t_abs: float, step_s: float) -> Any:
     return kd.take(np.array([i]))
 
 
-def _estimates(model: Any, rc: Any, site: Site, row: Any, zone: str) -> dict[str, Any]:
+def _adaptive(model: Any, ds: Any, day: int) -> dict[str, tuple[Any, np.ndarray]]:
+    """Per kind: the rows of ``day`` and the offset the live forecaster's adaptive
+    bound (:mod:`thermogate.models.conformal`), started when the day's model
+    arrived, gave each of them (causal: each row's offset was fed only the
+    actuals known by its time)."""
+    from thermogate.models.forecast import adaptive_offsets
+
+    t0 = HISTORIAN_EPOCH_S + day * DAY_S
+    out = {}
+    for kind, kd in ds.between(t0, t0 + DAY_S).kinds.items():
+        if kind in model.kinds and len(kd):
+            mean, _ = model.predict(kd)
+            scale = model.kinds[kind].scale(kd.X)
+            out[kind] = (kd, adaptive_offsets(model, kd, mean, scale))
+    return out
+
+
+def _prior_at(site: Site, ds: Any, row: Any) -> Any:
+    """The physics prior as the live forecaster holds it: its margin measured by
+    replaying the hours before the row (``PRIOR_REPLAY_H``)."""
+    from thermogate.models.prior import PhysicsPrior
+
+    prior = PhysicsPrior(site)
+    t = float(row.times[0])
+    prior.replay(ds.between(t - PRIOR_REPLAY_H * 3600.0, t + 1.0))
+    return prior
+
+
+def _estimates(
+    model: Any, rc: Any, site: Site, ds: Any, row: Any, offsets: dict[str, np.ndarray]
+) -> dict[str, Any]:
     from thermogate.models.headroom import headroom
     from thermogate.models.trust import Trust
 
-    alarm = float(row.alarm_c[0])
+    zone = str(row.zones[0])
     rated = float(row.rated_kw[0])
     p_now = float(row.feature("power_kw")[0])
-    trust = Trust(model)
-    learned = headroom(model, row, site, margin_k=MARGIN_K)[zone].extra_kw
-    fallback = trust.conservative_headroom(row, site, margin_k=MARGIN_K)[zone].extra_kw
+    learned = headroom(model, row, site, margin_k=MARGIN_K, offsets=offsets)[zone].extra_kw
+    prior = _prior_at(site, ds, row).headroom([row], margin_k=MARGIN_K)[zone].extra_kw
     ood = bool(model.ood(row)[0])
-    out = {
-        "limit_c": alarm - MARGIN_K,
+    return {
+        "limit_c": float(row.alarm_c[0]) - MARGIN_K,
         "rated_kw": rated,
         "power_kw": p_now,
         "room_kw": max(0.0, rated - p_now),
         "temp_c": float(row.temp[0]),
         "ood": ood,
-        # what the live forecaster hands the planner: the fallback when not trusted
-        "served": fallback if ood else learned,
+        # what the live forecaster hands the planner: the prior's when out of range
+        "served": prior if ood else learned,
         "learned": learned,
-        "conservative": fallback,
+        "prior": prior,
+        "conservative": Trust(model)
+        .conservative_headroom(row, site, margin_k=MARGIN_K)[zone]
+        .extra_kw,
         "rc": rc.headroom(row, row.alarm_c, margin_k=MARGIN_K)[zone].extra_kw,
     }
-    return out
 
 
 # ----------------------------------------------------------------------------
@@ -449,8 +483,11 @@ def bench_headroom(args: Any) -> dict[str, Any]:
     planner = BenchPlanner(loads, total_h * 3600.0, seed=seed)
     if not quiet:
         print(f"simulating {total_h / 24:g} days ({sc.description})", file=sys.stderr)
+    keep = getattr(args, "db", None)
+    if keep and Path(keep).exists():
+        raise ThermogateError(f"{keep}: exists; remove it or name another file")
     with tempfile.TemporaryDirectory(prefix="thermogate-headroom-") as tmp:
-        db = Path(tmp) / "headroom-study.db"
+        db = Path(keep) if keep else Path(tmp) / "headroom-study.db"
         hist = Historian(db, names, site_name=site.name, raw_days=total_h / 24 + 1)
         bar = ProgressBar(enabled=False if quiet else None, sim_hours=total_h)
         try:
@@ -467,13 +504,20 @@ def bench_headroom(args: Any) -> dict[str, Any]:
     models = _daily_models(ds, HISTORIAN_EPOCH_S + t_week, [p.t for p in points])
     jobs: list[tuple[int, dict[str, Any]]] = []
     meta: list[dict[str, Any]] = []
+    adaptive: dict[int, dict[str, tuple[Any, np.ndarray]]] = {}
     for i, snap in enumerate(rec.snapshots):
         p = snap.point
-        model, rc = models[_day(p.t)]
+        day = _day(p.t)
+        model, rc = models[day]
         row = _rows_at(ds, p.kind, p.zone, HISTORIAN_EPOCH_S + p.t, ds.step_s)
         if row is None or p.kind not in model.kinds:
             continue
-        est = _estimates(model, rc, site, row, p.zone)
+        if day not in adaptive:
+            adaptive[day] = _adaptive(model, ds, day)
+        kd, q = adaptive[day][p.kind]
+        at = np.flatnonzero((kd.zones == p.zone) & (kd.times == row.times[0]))
+        offsets = {p.kind: q[at[0]] if len(at) else model.kinds[p.kind].q}
+        est = _estimates(model, rc, site, ds, row, offsets)
         jobs.append((i, est))
         meta.append(
             {"index": p.index, "t_h": round(p.t / 3600.0, 3), "kind": p.kind, "zone": p.zone,

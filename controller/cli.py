@@ -381,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--points", type=_positive_int, default=120, help="operating points stepped (120)"
     )
     bhr.add_argument("--seed", type=int, default=0)
+    bhr.add_argument("--db", metavar="FILE", help="keep the study's historian in FILE")
     bhr.add_argument("--json", action="store_true")
     bhr.set_defaults(func=cmd_bench)
     bhi = bsub.add_parser(

@@ -113,7 +113,7 @@ def test_the_oracle_brackets_the_largest_step_that_stays_under_the_limit(
     limit = base + 2.0  # a limit the zone reaches with a step well inside its nameplate
     rated = site.tanks[0].units * site.tanks[0].unit_power_kw
     est = {"limit_c": limit, "room_kw": rated, "rated_kw": rated,
-           "served": 0.5 * rated, "learned": 0.5 * rated, "conservative": 0.0,
+           "served": 0.5 * rated, "learned": 0.5 * rated, "prior": 0.0, "conservative": 0.0,
            "rc": 0.05 * rated}  # fmt: skip
     res = probe_point(site, frozen, est)
     true = res["true_kw"]
@@ -121,7 +121,13 @@ def test_the_oracle_brackets_the_largest_step_that_stays_under_the_limit(
     assert step_run(site, frozen, true, limit) <= limit
     assert step_run(site, frozen, true + 0.011 * rated, limit) > limit
     over = 0.5 * rated > true
-    assert res["crossed"] == {"served": over, "learned": over, "conservative": False, "rc": False}
+    assert res["crossed"] == {
+        "served": over,
+        "learned": over,
+        "prior": False,
+        "conservative": False,
+        "rc": False,
+    }
 
 
 def _rc_rows(kind: str, temp: float, power: float, ref_dx: float) -> KindData:
@@ -190,13 +196,13 @@ def test_lockstep_scans_are_the_runs_scans(site) -> None:
 
 
 def test_bench_headroom_prints_the_promise_kept_per_kind_and_method(capsys) -> None:
-    rc = main(["bench", "headroom", "--train-days", "0.3", "--days", "0.15", "--points", "4",
+    rc = main(["bench", "headroom", "--train-days", "0.15", "--days", "0.1", "--points", "4",
                "--json"])  # fmt: skip
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert 1 <= out["points"] <= 4
     assert 0 <= out["violations"] <= out["points"]
-    assert set(out["baselines"]) == {"learned", "conservative", "rc"}
+    assert set(out["baselines"]) == {"learned", "prior", "conservative", "rc"}
     for res in (out, *out["baselines"].values()):
         assert sum(k["points"] for k in res["kinds"].values()) == res["points"]
     for d in out["detail"]:
