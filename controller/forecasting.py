@@ -9,8 +9,16 @@ does what the controller needs around it, once per scan (:meth:`ModelRuntime.ste
   lock: the retrain thread never touches the forecaster itself);
 * feeds the forecaster the scan's validated record;
 * hands the per-load headroom to the core's planning seam as
-  :class:`~thermogate.controller.core.LoadForecast` and returns the
+  :class:`~thermogate.controller.core.LoadForecast` (``source`` says whether
+  the learned model or the physics prior gave it) and returns the
   forecaster's and the retraining's notices as controller :class:`Event` s.
+
+A site with no promoted model is forecast by the physics prior
+(:mod:`thermogate.models.prior`) as soon as the forecaster's minute bins hold
+a feature window (~16 minutes, at once after a restart: the bins are seeded
+from the historian); the first retrain comes as soon as ``MIN_HOURS`` of
+history can exist, retried hourly until a model is promoted, and the promoted
+model takes over from the prior with an info event.
 
 The model never blocks or overrides protection: without a forecast, or with a
 stale one, the planner simply gets none.
@@ -40,12 +48,17 @@ __all__ = ["MODEL_SOURCE", "ModelRuntime", "load_forecasts", "model_events"]
 
 #: the source of every event about the thermal model
 MODEL_SOURCE = "model"
+#: s between retrain attempts while no model is promoted (the physics prior forecasts)
+RETRY_UNTIL_MODEL_S = 3600.0
 
 
 def load_forecasts(loads: Mapping[str, LoadHeadroom]) -> dict[str, LoadForecast]:
-    """The forecaster's per-load headroom as the core's planning seam takes it."""
+    """The forecaster's per-load headroom as the core's planning seam takes it,
+    marked with its source (the learned model, or the physics prior)."""
     return {
-        name: LoadForecast(h.headroom_kw, h.loop_headroom_kw, h.time_to_limit_min, h.trusted)
+        name: LoadForecast(
+            h.headroom_kw, h.loop_headroom_kw, h.time_to_limit_min, h.trusted, h.source
+        )
         for name, h in loads.items()
     }
 
@@ -113,13 +126,15 @@ class ModelRuntime:
         if got is not None:
             version, model = got
             rt.forecaster.set_model(model, trained_t=t1[version], version=version)
-            rt.seed(history, time.time())
+        rt.seed(history, time.time())  # the model, or the physics prior, forecasts at once
         every = retrain_every_h * 3600.0
-        # without a model, try as soon as there is enough history to learn from
+        # without a model, try as soon as there is enough history to learn from,
+        # and again every hour until one is promoted (not a day after a failure)
         first = every if got is not None else min(every, (MIN_HOURS + 0.25) * 3600.0)
         rt.retrainer = RetrainScheduler(
             db, site, every_s=every, first_after_s=first, days=train_days,
             on_outcome=rt.on_retrain,
+            retry_after_s=None if got is not None else min(every, RETRY_UNTIL_MODEL_S),
         )  # fmt: skip
         return rt
 

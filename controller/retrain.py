@@ -134,8 +134,10 @@ class RetrainScheduler:
 
     The first attempt comes ``first_after_s`` after :meth:`start` (default
     ``every_s``); each attempt is due ``every_s`` after the previous one
-    started, and an attempt that overran its period is followed at once by one
-    more, never by a burst. After every attempt ``on_outcome(outcome, None)``
+    started (``retry_after_s`` after it while no attempt has promoted a model:
+    a new site should not wait a day for its first model after a failure),
+    and an attempt that overran its period is followed at once by one more,
+    never by a burst. After every attempt ``on_outcome(outcome, None)``
     or ``on_outcome(None, message)`` is called on the thread that ran it. A
     failure — too little data, any ``ThermogateError``, an unexpected exception,
     even an exception from ``on_outcome`` itself — is reported (and logged) and
@@ -157,6 +159,7 @@ class RetrainScheduler:
         first_after_s: float | None = None,
         days: float = 7.0,
         by: str = SCHEDULED_BY,
+        retry_after_s: float | None = None,
     ) -> None:
         if not every_s > 0:
             raise ValueError(f"every_s must be positive, not {every_s:g}")
@@ -171,6 +174,9 @@ class RetrainScheduler:
         self.days = float(days)
         self.by = by
         self.on_outcome = on_outcome
+        #: until an attempt promotes a model, the next is due this long after a
+        #: failed or unpromoted one (None: ``every_s`` always)
+        self.retry_after_s = None if retry_after_s is None else float(retry_after_s)
         self._lock = threading.Lock()  # one training at a time
         self._stop = threading.Event()
         self._next_due = 0.0  # time.monotonic() of the next scheduled attempt
@@ -231,7 +237,8 @@ class RetrainScheduler:
         with self._lock:
             if scheduled and (self._stop.is_set() or time.monotonic() < self._next_due):
                 return None, None  # stopped, or a run_once trained while we waited
-            self._next_due = time.monotonic() + self.every_s
+            started = time.monotonic()
+            self._next_due = started + self.every_s
             outcome: TrainOutcome | None = None
             error: str | None = None
             try:
@@ -249,6 +256,10 @@ class RetrainScheduler:
                 error = f"retrain failed unexpectedly ({self.db}): {type(exc).__name__}: {exc}"
                 _log.exception("%s", error)
             self._attempts += 1
+            if outcome is not None and outcome.promoted:
+                self.retry_after_s = None  # a model exists: the normal period from now on
+            elif self.retry_after_s is not None:
+                self._next_due = min(self._next_due, started + self.retry_after_s)
             if not self._stop.is_set():
                 try:
                     self.on_outcome(outcome, error)

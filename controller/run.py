@@ -404,12 +404,15 @@ def _status_line(rt: RealTimeController) -> None:
         )
     if rt.model is not None:
         fc, upd = rt.model.forecaster, rt.model.last
+        loops = {lp.name for lp in rt.cfg.site.loops}
+        hr = ", ".join(
+            f"{z} +{h.extra_kw:.0f} kW" for z, h in (upd.zones if upd else {}).items() if z in loops
+        )
         if fc.model is None:
-            print("  model: none promoted yet (retrains on schedule)", flush=True)
+            what = f"physics prior forecasting; loop headroom {hr}" if hr else "no forecast yet"
+            print(f"  model: none promoted yet (retrains on schedule); {what}", flush=True)
         elif upd is not None and upd.zones:
-            loops = {lp.name for lp in rt.cfg.site.loops}
-            hr = ", ".join(f"{z} +{h.extra_kw:.0f} kW" for z, h in upd.zones.items() if z in loops)
-            trust = "trusted" if upd.trusted else "NOT TRUSTED (conservative)"
+            trust = "trusted" if upd.trusted else f"NOT TRUSTED ({upd.source})"
             print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
     if rt.gating is not None:
         print("  " + gating_line(rt.gating), flush=True)

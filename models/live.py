@@ -11,7 +11,7 @@ a point, is invalid — never interpolated). Once a minute (:meth:`update`) it
 2. checks whether the model may be trusted (:class:`~thermogate.models.trust.Trust`:
    out of distribution, stale, live error grown beyond calibration),
 3. computes the heat headroom of every tank, CDU and loop — the model's, or
-   the conservative fallback when not trusted,
+   the physics prior's when it is not trusted (see ``_with_prior``),
 4. scores the forecasts made ``h`` minutes ago against what happened
    (the live errors the trust check watches), and
 5. returns a :class:`ForecastUpdate`: headroom per zone and per load
@@ -19,6 +19,15 @@ a point, is invalid — never interpolated). Once a minute (:meth:`update`) it
    forecasts, and notices (:class:`Notice`: an alarm when trust is lost, a
    clear when it returns). These are the model's own records: the controller
    adapts them to its own types (``controller/forecasting.py``).
+
+Without a learned model (a new site) the physics prior built from the site
+description (:class:`~thermogate.models.prior.PhysicsPrior`) forecasts and
+gives the headroom, from the first minute whose feature window is whole
+(~16-20 minutes after a start); a learned model that arrives (``set_model``,
+or learned in-run) takes over, with an info notice recording the hand-over,
+and :attr:`ForecastUpdate.source` and :attr:`LoadHeadroom.source` say which
+forecast. The prior keeps forecasting beside the learned model, scored on
+its own, so its margin is current whenever it has to stand in.
 
 Without a model it can learn one from its own history
 (``learn_after_s``): ``thermogate simulate`` uses this to show a model
@@ -47,6 +56,7 @@ from .bins import BinAccumulator, bin_index, bin_means, usual_scans
 from .dataset import WINDOW, build_dataset, input_columns, resample, zone_specs
 from .forecast import ThermalModel
 from .headroom import Headroom, headroom, latest_rows
+from .prior import PRIOR_SOURCE, PhysicsPrior
 from .scoring import Score
 from .trust import LiveErrors, Trust
 
@@ -65,6 +75,7 @@ class LoadHeadroom:
     loop_headroom_kw: float  # extra kW the load's whole loop may take (shared by its loads)
     time_to_limit_min: float  # first of its zones to reach its limit at current load (inf: > 30)
     trusted: bool  # False: the conservative fallback (model out of range, stale or drifting)
+    source: str = "learned"  # learned | prior (the physics prior: no model yet, or not trusted)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,9 @@ class ForecastUpdate:
     loads: dict[str, LoadHeadroom]  # by load name (tank, rack row)
     forecasts: dict[str, tuple[str, np.ndarray, np.ndarray]]  # zone -> (kind, mean, upper)
     notices: list[Notice] = field(default_factory=list)
+    #: what forecast this minute: the learned model's source, or the physics prior's
+    #: (no learned model yet, or it is not trusted)
+    source: str = ""
 
 
 class _MinuteBins:
@@ -144,6 +158,7 @@ class LiveForecaster:
         learn_after_s: float | None = None,
         keep_history: bool = False,
         max_age_days: float = 14.0,
+        prior: bool = True,
     ) -> None:
         self.site = site
         self.specs = zone_specs(site)
@@ -164,7 +179,17 @@ class LiveForecaster:
         self.version: int | str | None = None
         self.trained_t = math.nan
         self.learned_at: float | None = None
-        self.source = "no model"
+        #: forecasts and headroom before a learned model arrives, and while one is
+        #: not trusted (None: no forecast without a learned model)
+        self.prior = PhysicsPrior(site) if prior else None
+        self.source = PRIOR_SOURCE if prior else "no model"
+        #: data time of the first forecast, and of the learned model's taking over
+        self.first_forecast_t: float | None = None
+        self.handover_t: float | None = None
+        #: target minutes of archived forecasts the prior made for want of a learned
+        #: model (reports mark them; the last hour's only)
+        self.prior_made: set[float] = set()
+        self._handover: str | None = None  # the source handed over from, until its notice
         self.trust: Trust | None = None
         self.errors = LiveErrors()
         self._t_first: float | None = None
@@ -208,7 +233,12 @@ class LiveForecaster:
         trained_t: float | None = None,
         version: int | str | None = None,
     ) -> None:
-        """Use ``model`` from now on (``trained_t``: data time its training window ended)."""
+        """Use ``model`` from now on (``trained_t``: data time its training window ended).
+
+        After forecasts from the physics prior the next :meth:`update` records
+        the hand-over in an info notice."""
+        if self.model is None and self.first_forecast_t is not None and self._handover is None:
+            self._handover = self.source
         self.model = model
         self.version = version
         self.source = f"model version {version}"
@@ -291,15 +321,18 @@ class LiveForecaster:
         notices: list[Notice] = []
         if self.learn_after_s is not None:
             notices += self._learn(t)
-        if self.model is None or self.trust is None:
+        if (self.model is None or self.trust is None) and self.prior is None:
             return None if not notices else ForecastUpdate(t, False, [], {}, {}, {}, notices)
         ds = build_dataset(
             self._arrays(LIVE_STEPS), self.site, step_s=self.step_s, require_targets=False
         )
-        live = latest_rows(ds)
         t_bin = float(self.bins.t[-1])
-        live = [kd.take(kd.times == t_bin) for kd in live]  # only zones valid this minute
-        live = [kd for kd in live if len(kd) and kd.kind in self.model.kinds]
+        rows = [kd.take(kd.times == t_bin) for kd in latest_rows(ds)]  # zones valid this minute
+        rows = [kd for kd in rows if len(kd)]
+        prior_fc = self._prior_step(rows, t_bin)
+        if self.model is None or self.trust is None:
+            return self._prior_update(t, t_bin, rows, prior_fc, notices)
+        live = [kd for kd in rows if kd.kind in self.model.kinds]
         self._score(live)
         trained = self.trained_t if math.isfinite(self.trained_t) else t_bin
         verdict = self.trust.check(
@@ -316,10 +349,14 @@ class LiveForecaster:
         else:
             zones = self.trust.conservative_headroom(live, self.site, margin_k=self.margin_k)
         forecasts = self._forecast(live, t_bin)
+        zones, forecasts, used = self._with_prior(
+            verdict.ok, rows, zones, forecasts, prior_fc, t_bin
+        )
+        notices += self._handover_notice(t, t_bin, sum(len(kd) for kd in live))
         notices += self._trust_notices(t, verdict.ok, verdict.reasons, len(live))
         return ForecastUpdate(
-            t, verdict.ok, list(verdict.reasons), zones, self._per_load(zones, verdict.ok),
-            forecasts, notices,
+            t, verdict.ok, list(verdict.reasons), zones, self._per_load(zones, verdict.ok, used),
+            forecasts, notices, self.source if verdict.ok or self.prior is None else PRIOR_SOURCE,
         )  # fmt: skip
 
     def _forecast(self, live: list[Any], t_bin: float) -> dict[str, tuple[str, Any, Any]]:
@@ -376,7 +413,8 @@ class LiveForecaster:
         # has not raised yet (reasons coming and going inside it are not news)
         if not ok and (self._trusted is not False or not kinds <= self._reason_kinds):
             more = f" (+{len(reasons) - 3} more)" if len(reasons) > 3 else ""
-            msg = "thermal model not trusted, conservative headroom in use: "
+            fallback = "the physics prior's" if self.prior is not None else "conservative"
+            msg = f"thermal model not trusted, {fallback} headroom in use: "
             msg += "; ".join(reasons[:3]) + more
             out.append(Notice(t, "alarm", msg, 700, {"reasons": reasons}))
         elif ok and self._trusted is False:
@@ -387,14 +425,138 @@ class LiveForecaster:
         self._reason_kinds = self._reason_kinds | kinds if not ok else frozenset()
         return out
 
-    def _per_load(self, zones: Mapping[str, Headroom], trusted: bool) -> dict[str, LoadHeadroom]:
+    def _per_load(
+        self,
+        zones: Mapping[str, Headroom],
+        trusted: bool,
+        sources: Mapping[str, str] | None = None,
+    ) -> dict[str, LoadHeadroom]:
+        """Per load: its zone's headroom (its share of a CDU's), its loop's; ``sources``
+        (zone -> learned | prior) says which forecast gave its zone's."""
         out = {}
         for load, (zone, loop, share) in self._loads.items():
             hz, hl = zones.get(zone), zones.get(loop)
             if hz is None:
                 continue  # no valid forecast of its zone this minute: the planner gets none
             ttl = min(hz.time_to_limit_min, hl.time_to_limit_min if hl else math.inf)
+            source = (sources or {}).get(zone, "learned")
             out[load] = LoadHeadroom(
-                hz.extra_kw * share, hl.extra_kw if hl else math.nan, ttl, trusted
-            )
+                hz.extra_kw * share, hl.extra_kw if hl else math.nan, ttl,
+                trusted and source == "learned", source,
+            )  # fmt: skip
         return out
+
+    # -- the physics prior: before a learned model, and in its place when untrusted
+    def _prior_step(
+        self, rows: list[Any], t_bin: float
+    ) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+        """Score the prior's earlier forecasts on this minute, then forecast from it.
+
+        Every minute, whoever forecasts: its margin is measured on its own live
+        errors, so it is calibrated on this site the moment it is needed again."""
+        if self.prior is None:
+            return {}
+        self.prior.observe(rows, t_bin)
+        return self.prior.forecast(rows, t_bin)
+
+    def _archive(
+        self, forecasts: Mapping[str, tuple[str, Any, Any]], rows: list[Any], t_bin: float
+    ) -> None:
+        """Keep the report horizon's forecasts (mean, upper) of ``forecasts``."""
+        h = self.archive_horizon_min
+        if not rows or h not in rows[0].horizons_min:
+            return
+        j = list(rows[0].horizons_min).index(h)
+        for z, (_kind, mean, upper) in forecasts.items():
+            self.archive[(t_bin + h * 60.0, z)] = (float(mean[j]), float(upper[j]))
+
+    def _prior_update(
+        self,
+        t: float,
+        t_bin: float,
+        rows: list[Any],
+        forecasts: dict[str, tuple[str, np.ndarray, np.ndarray]],
+        notices: list[Notice],
+    ) -> ForecastUpdate | None:
+        """No learned model yet: the physics prior forecasts (once the minute
+        bins hold a feature window, ~16 minutes after the start)."""
+        assert self.prior is not None
+        if not forecasts:
+            return None if not notices else ForecastUpdate(t, False, [], {}, {}, {}, notices)
+        zones = self.prior.headroom(rows, margin_k=self.margin_k)
+        self._archive(forecasts, rows, t_bin)
+        self.prior_made = {k for k in self.prior_made if k > t_bin - 3600.0}
+        self.prior_made.add(t_bin + self.archive_horizon_min * 60.0)
+        if self.first_forecast_t is None:
+            self.first_forecast_t = t_bin
+            notices.append(
+                Notice(
+                    t, "info",
+                    f"no learned thermal model yet: the {PRIOR_SOURCE} forecasts "
+                    f"{len(forecasts)} zones (conservative headroom)", 300,
+                    {"source": "prior"},
+                )
+            )  # fmt: skip
+        reasons = ["no learned model yet: physics prior"]
+        loads = self._per_load(zones, False, dict.fromkeys(zones, "prior"))
+        return ForecastUpdate(t, False, reasons, zones, loads, forecasts, notices, PRIOR_SOURCE)
+
+    def _with_prior(
+        self,
+        ok: bool,
+        rows: list[Any],
+        zones: dict[str, Headroom],
+        forecasts: dict[str, tuple[str, Any, Any]],
+        prior_fc: Mapping[str, tuple[str, Any, Any]],
+        t_bin: float,
+    ) -> tuple[dict[str, Headroom], dict[str, tuple[str, Any, Any]], dict[str, str]]:
+        """The learned model's headroom and forecasts, with the prior where the
+        learned model cannot be relied on: ``(zones, forecasts, zone -> source)``.
+
+        * **Not trusted** (out of its training range, stale, live error grown):
+          the prior's headroom and forecasts for every zone. Doubling the
+          offset of a model that extrapolates is not a bound: out of range its
+          trees run flat while the k-NN scale explodes, so its doubled bound
+          swings between absurd (a tank at 170 °C: no headroom at all) and
+          untouched (the full nameplate); the prior's bound is physics with a
+          margin measured on this site's own live errors, valid at any input.
+          Without a prior (``prior=False``) the conservative fallback stands.
+        * **Trusted**: the learned model's, plus the prior's for zones of a
+          kind the learned model has no regressor for (too few rows of it).
+
+        Either way no upper bound passes the zone's physical cap (trip +
+        overshoot, :mod:`.prior`)."""
+        if self.first_forecast_t is None:
+            self.first_forecast_t = t_bin
+        sources = dict.fromkeys(zones, "learned")
+        if self.prior is None:
+            return zones, forecasts, sources
+        cap = {z: p.cap_c for z, p in self.prior.physics.items()}
+        for z, (kind, mean, upper) in list(forecasts.items()):
+            capped = np.minimum(upper, cap[z])
+            forecasts[z] = (kind, np.minimum(mean, capped), capped)
+        if ok:
+            missing = [kd for kd in rows if self.model is None or kd.kind not in self.model.kinds]
+        else:
+            missing = rows
+        if missing:
+            zones = {**zones, **self.prior.headroom(missing, margin_k=self.margin_k)}
+            names = {z for kd in missing for z in kd.zones.tolist()}
+            forecasts = {**forecasts, **{z: f for z, f in prior_fc.items() if z in names}}
+            sources.update(dict.fromkeys(names, "prior"))
+        self._archive(forecasts, rows, t_bin)
+        return zones, forecasts, sources
+
+    def _handover_notice(self, t: float, t_bin: float, n: int) -> list[Notice]:
+        """The info notice of a learned model taking over from the physics prior."""
+        if self._handover is None:
+            return []
+        was, self._handover = self._handover, None
+        self.handover_t = t_bin
+        return [
+            Notice(
+                t, "info",
+                f"forecast hand-over: {self.source} takes over {n} zones from the {was}",
+                300, {"from": "prior", "to": self.source, "version": self.version},
+            )
+        ]  # fmt: skip

@@ -197,6 +197,18 @@ def test_too_little_telemetry_is_reported_and_the_scheduler_keeps_trying(
         assert reg.versions() == [] and reg.promoted_version() is None
 
 
+def test_without_a_model_a_failed_attempt_is_retried_soon_not_a_period_later(
+    short_db: tuple[Path, Site],
+) -> None:
+    path, site = short_db
+    reports = Reports(n=2)  # a day's period: the second attempt can only be the retry
+    sched = RetrainScheduler(path, site, every_s=86400.0, first_after_s=0.0,
+                             retry_after_s=0.05, on_outcome=reports)  # fmt: skip
+    _run_until_reported(sched, reports)
+    assert [outcome for outcome, _ in reports.got[:2]] == [None, None]
+    assert sched.retry_after_s == 0.05  # still no model: still retrying soon
+
+
 def test_an_unexpected_error_and_a_failing_callback_do_not_end_the_thread(
     monkeypatch: pytest.MonkeyPatch, short_db: tuple[Path, Site]
 ) -> None:

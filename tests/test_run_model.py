@@ -4,6 +4,7 @@ to the scan loop, never a worse one, and the forecast reaches the planning seam.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -124,6 +125,29 @@ def test_a_restarted_controller_forecasts_with_the_promoted_model(db: Path) -> N
         asyncio.run(rt.close())
 
 
+def test_a_new_site_is_forecast_by_the_physics_prior_until_its_first_model(db: Path) -> None:
+    site = demo_site()
+    cfg = RunConfig(site, db, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
+    rt = RealTimeController(cfg)
+    rt.events_seen = []  # type: ignore[attr-defined]
+    sim = ScenarioPlant(site, "normal-day")
+    try:
+        assert rt.model.forecaster is not None and rt.model.forecaster.model is None
+        # no model yet: retrained within the hour after a failure, not a day later
+        assert rt.model.retrainer is not None and rt.model.retrainer.retry_after_s == 3600.0
+        for k in range(25 * 60 // 5):
+            sim.step(5)
+            _scan(rt, sim, 2000.0 + 5.0 * k)
+        loads = rt.ctrl.planning.forecast(rt.ctrl.t_last)
+        assert loads and {f.source for f in loads.values()} == {"prior"}
+        assert not any(f.trusted for f in loads.values())
+        assert all(f.headroom_kw >= 0.0 for f in loads.values())
+        msgs = [e.message for e in rt.events_seen if e.source == "model"]
+        assert any("physics prior" in m for m in msgs)
+    finally:
+        asyncio.run(rt.close())
+
+
 def test_model_section_of_the_run_config_is_checked(tmp_path: Path) -> None:
     text = demo_site_text()
     (tmp_path / "site.toml").write_text(text, encoding="utf-8")
@@ -183,9 +207,11 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
     with Registry(db) as reg:
         v_old = reg.add(old, (0.0, 1.0), {}, created_by="thermogate 0.x")
         reg.promote(v_old, "test", "as an older version left it")
-    refused = _forecast_cli(db)
-    assert refused.returncode == 2 and "other features" in refused.stderr
-    assert "thermogate train" in refused.stderr
+    refused = _forecast_cli(db)  # not used: the physics prior answers, and says why
+    assert refused.returncode == 0, refused.stderr
+    answer = json.loads(refused.stdout)
+    assert answer["version"] is None and "physics prior" in answer["source"]
+    assert "other features" in answer["reasons"][0] and "thermogate train" in answer["reasons"][0]
     cfg = RunConfig(site, db, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
     rt = RealTimeController(cfg)
     rt.events_seen = []  # type: ignore[attr-defined]

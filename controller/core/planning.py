@@ -45,6 +45,9 @@ class LoadForecast:
     loop_headroom_kw: float  # extra kW the load's whole loop may take (shared by its loads)
     time_to_limit_min: float  # first of its zones to reach its limit at current load (inf: > 30)
     trusted: bool  # False: the conservative fallback (model out of range, stale or drifting)
+    #: learned (the learned model) | prior (the physics prior from the site description:
+    #: no learned model yet, or it is not trusted)
+    source: str = "learned"
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,8 @@ class GatingPlanner:
                     why[ld.name] = (
                         "heat headroom (forecast)"
                         if fc.trusted
+                        else "heat headroom (physics prior)"
+                        if fc.source == "prior"
                         else "heat headroom (conservative fallback)"
                     )
             caps[ld.name] = cap
