@@ -7,7 +7,10 @@ the :class:`~thermogate.models.registry.Registry` of the same database and
 promotes it only if it is not worse than the promoted model on that held-out
 tail (:func:`~thermogate.controller.retrain.train_and_register`, which the
 controller's scheduled retraining shares). ``forecast`` loads the promoted
-model and forecasts every tank, loop and CDU from the latest telemetry.
+model and forecasts every tank, loop and CDU from the latest telemetry; with
+no usable promoted model (a new site) the physics prior from the site
+description forecasts instead (:mod:`thermogate.models.prior`), its margin
+measured by replaying the last hours, and the answer names its source.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,13 @@ import numpy as np
 from thermogate.plc.errors import ThermogateError
 
 from .historian import HistoryReader
-from .retrain import history_dataset, train_and_register
+from .retrain import MIN_HOURS, history_dataset, train_and_register
 
 __all__ = ["forecast_cli", "train_cli"]
 
 LIVE_LOOKBACK_S = 3600.0  # telemetry read to build the live rows of a forecast
+#: without a learned model: the physics prior replays this much to measure its margin
+PRIOR_LOOKBACK_S = 3 * 3600.0
 DEFAULT_DB = "thermogate.db"
 
 
@@ -98,14 +104,23 @@ def _headroom_entry(h: Any, conservative: bool) -> dict[str, Any]:
 
 def forecast_cli(args: Any) -> int:
     from thermogate.models.headroom import headroom
+    from thermogate.models.prior import PRIOR_SOURCE, PhysicsPrior
     from thermogate.models.registry import Registry
     from thermogate.models.trust import Trust
     from thermogate.plc.site import load_site
 
     db = _db(args)
     with Registry(db) as reg:
-        version, model = reg.promoted_usable()
+        got = reg.promoted()
         info = {v["id"]: v for v in reg.versions()}
+    why_prior = f"no promoted model yet (`thermogate train --db {db}` once it holds "
+    why_prior += f"{MIN_HOURS:g} h of telemetry)"
+    if got is not None and got[1].incompatible():
+        why_prior = (
+            f"promoted model version {got[0]} was trained on other features than this "
+            f"version builds (`thermogate train --db {db}` replaces it)"
+        )
+        got = None
     site = load_site(getattr(args, "site", None))
     # read-only: a controller may be writing this file
     with HistoryReader(db, site.name) as reader, reader.snapshot():
@@ -113,54 +128,55 @@ def forecast_cli(args: Any) -> int:
         if span is None:
             raise ThermogateError(f"{db}: no telemetry to forecast from")
         t_end = span[1]
+        # the prior replays its last hours to measure its margin on this site
+        lookback = LIVE_LOOKBACK_S if got is not None else PRIOR_LOOKBACK_S
         ds = history_dataset(
-            reader, site, t0=max(span[0], t_end - LIVE_LOOKBACK_S), t1=t_end, require_targets=False
+            reader, site, t0=max(span[0], t_end - lookback), t1=t_end, require_targets=False
         )
-    # headroom from the latest row of every zone; when the model is not trusted
-    # (OOD, stale, ...) the conservative fallback is used and the reasons recorded
-    trust = Trust(model)
-    trained_t = float(info[version]["t1"]) if version in info else t_end  # data time
-    verdict = trust.check(ds, now_t=t_end, last_trained_t=trained_t)
-    hrs = headroom(model, ds, site) if verdict.ok else trust.conservative_headroom(ds, site)
+    if got is None:  # no learned model: the physics prior, from the site description
+        prior = PhysicsPrior(site)
+        prior.replay(ds)
+        out = _forecast_entries(ds, prior.predict, lambda kd: np.zeros(len(kd), bool), t_end)
+        hrs = prior.headroom(ds)
+        version, source, trusted, reasons = None, PRIOR_SOURCE, False, [why_prior]
+    else:
+        version, model = got
+        # headroom from the latest row of every zone; when the model is not trusted
+        # (OOD, stale, ...) the conservative fallback is used and the reasons recorded
+        trust = Trust(model)
+        trained_t = float(info[version]["t1"]) if version in info else t_end  # data time
+        verdict = trust.check(ds, now_t=t_end, last_trained_t=trained_t)
+        hrs = headroom(model, ds, site) if verdict.ok else trust.conservative_headroom(ds, site)
+        known = [kd for kd in ds if kd.kind in model.kinds]
+        out = _forecast_entries(known, model.predict, model.ood, t_end)
+        source, trusted, reasons = f"model version {version}", verdict.ok, list(verdict.reasons)
     zones: list[dict[str, Any]] = []
-    for kd in ds:
-        if len(kd) == 0 or kd.kind not in model.kinds:
-            continue
-        for zone in dict.fromkeys(kd.zones.tolist()):
-            idx = np.flatnonzero(kd.zones == zone)
-            rows = kd.take(idx[[int(np.argmax(kd.times[idx]))]])
-            mean, upper = model.predict(rows)
-            entry: dict[str, Any] = {
-                "kind": kd.kind,
-                "zone": zone,
-                "age_s": round(t_end - float(rows.times[0]), 1),
-                "temp_c": _round(rows.temp[0]),
-                "alarm_c": float(rows.alarm_c[0]),
-                "mean_c": {str(h): _round(mean[0, j]) for j, h in enumerate(kd.horizons_min)},
-                "upper_c": {str(h): _round(upper[0, j]) for j, h in enumerate(kd.horizons_min)},
-                "ood": bool(model.ood(rows)[0]),
-            }
-            hr = hrs.get(str(zone))
-            entry["headroom"] = None if hr is None else _headroom_entry(hr, not verdict.ok)
-            zones.append(entry)
-    out = {
+    for entry in out:
+        hr = hrs.get(entry["zone"])
+        entry["headroom"] = None if hr is None else _headroom_entry(hr, not trusted)
+        zones.append(entry)
+    result = {
         "version": version,
+        "source": source,
         "db": str(db),
         "t": t_end,
         "generated_at": time.time(),
-        "trusted": verdict.ok,
-        "reasons": list(verdict.reasons),
+        "trusted": trusted,
+        "reasons": reasons,
         "zones": zones,
     }
     if getattr(args, "json", False):
-        print(json.dumps(out))
+        print(json.dumps(result))
         return 0
-    print(f"model version {version}, data time {t_end:.0f}")
-    if not verdict.ok:
-        print("MODEL NOT TRUSTED: headroom is the conservative fallback because")
-        for reason in verdict.reasons:
-            print(f"  - {reason}")
-    hs = [str(h) for h in model.horizons_min]
+    if version is None:
+        print(f"{source}, data time {t_end:.0f}: {why_prior}")
+    else:
+        print(f"model version {version}, data time {t_end:.0f}")
+        if not trusted:
+            print("MODEL NOT TRUSTED: headroom is the conservative fallback because")
+            for reason in reasons:
+                print(f"  - {reason}")
+    hs = [str(h) for h in ds.horizons_min]
     head = "  ".join(f"{h + ' min':>15}" for h in hs)
     print(f"{'zone':<20} {'now °C':>7}  {head}   (mean / upper °C)")
     for z in zones:
@@ -169,6 +185,37 @@ def forecast_cli(args: Any) -> int:
         hr = _fmt_headroom(z["headroom"])
         print(f"{z['zone']:<20} {_fmt(z['temp_c']):>7}  {cells}{hr}{flag}")
     return 0
+
+
+def _forecast_entries(
+    kinds: Iterable[Any],
+    predict: Callable[[Any], tuple[np.ndarray, np.ndarray]],
+    ood: Callable[[Any], np.ndarray],
+    t_end: float,
+) -> list[dict[str, Any]]:
+    """One JSON entry per zone: its latest row's forecast (``predict`` gives
+    mean and upper, ``ood`` flags rows out of the model's range)."""
+    out: list[dict[str, Any]] = []
+    for kd in kinds:
+        if len(kd) == 0:
+            continue
+        for zone in dict.fromkeys(kd.zones.tolist()):
+            idx = np.flatnonzero(kd.zones == zone)
+            rows = kd.take(idx[[int(np.argmax(kd.times[idx]))]])
+            mean, upper = predict(rows)
+            out.append(
+                {
+                    "kind": kd.kind,
+                    "zone": zone,
+                    "age_s": round(t_end - float(rows.times[0]), 1),
+                    "temp_c": _round(rows.temp[0]),
+                    "alarm_c": float(rows.alarm_c[0]),
+                    "mean_c": {str(h): _round(mean[0, j]) for j, h in enumerate(kd.horizons_min)},
+                    "upper_c": {str(h): _round(upper[0, j]) for j, h in enumerate(kd.horizons_min)},
+                    "ood": bool(ood(rows)[0]),
+                }
+            )
+    return out
 
 
 def _fmt_headroom(h: dict[str, Any] | None) -> str:
