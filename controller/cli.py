@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="H",
         help="without --model: learn a model from the run's first H hours "
-        "(default a third of the run, at most 6; 0 = no forecasting)",
+        "(default a third of the run, at most 6; the physics prior forecasts until "
+        "then, and alone in runs under 3 h; 0 = no forecasting)",
     )
     sm.add_argument(
         "--jobs",

@@ -369,7 +369,11 @@ def run_simulation(
     if world is not None:
         summary["jobs"] = world.summary()
     if forecaster is not None:
-        summary["forecast"] = {"source": forecaster.source, **forecaster.scores()}
+        summary["forecast"] = {
+            "source": forecaster.source,
+            **forecaster.scores(),
+            **_forecast_timeline(forecaster),
+        }
     series = {k_: np.asarray(v_, dtype=float) for k_, v_ in rec.items()}
     meta = {
         "site": site.name,
@@ -396,6 +400,7 @@ def run_simulation(
             if forecaster.learned_at is None
             else round(forecaster.learned_at / 3600.0, 3),
             "horizon_min": forecaster.archive_horizon_min,
+            **_forecast_timeline(forecaster),
         }
     return SimulationResult(summary, series, meta, events, ctrl, sim)
 
@@ -473,6 +478,26 @@ def _record_forecast(
         for key in [k for k in store if k[0] < minute]:
             del store[key]
     rec.setdefault("forecast.trusted", []).append(math.nan if trusted is None else float(trusted))
+    # 1 where the forecast shown was made by the physics prior for want of a learned model
+    rec.setdefault("forecast.prior", []).append(float(minute in fc.prior_made))
+
+
+def _forecast_timeline(fc: LiveForecaster) -> dict[str, object]:
+    """When forecasts began and the learned model took over from the physics prior
+    (hours of the run), and the prior's own scores (all its forecasts, whoever
+    gave the headroom: it forecasts every minute to keep its margin measured)."""
+
+    def hours(t: float | None) -> float | None:
+        return None if t is None else round(t / 3600.0, 3)
+
+    out: dict[str, object] = {
+        "first_forecast_h": hours(fc.first_forecast_t),
+        "handover_h": hours(fc.handover_t),
+        "fallback": "physics prior" if fc.prior is not None else "conservative headroom",
+    }
+    if fc.prior is not None and fc.prior.scores():
+        out["prior"] = fc.prior.scores()
+    return out
 
 
 def default_learn_h(hours: float) -> float | None:
@@ -504,9 +529,11 @@ def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
         return fc
     learn_h = getattr(args, "learn_h", None)
     hours = float(args.hours)
-    learn_h = default_learn_h(hours) if learn_h is None else learn_h
-    if not learn_h:
+    if learn_h == 0:
         return None
+    learn_h = default_learn_h(hours) if learn_h is None else learn_h
+    if learn_h is None:  # too short a run to learn from: the physics prior alone
+        return LiveForecaster(site, names)
     return LiveForecaster(site, names, learn_after_s=learn_h * 3600.0)
 
 

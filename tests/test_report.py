@@ -461,6 +461,27 @@ def test_forecast_plot_and_caption_score_the_forecast_on_the_series(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary  # not extended
 
 
+def test_forecast_plot_shows_the_physics_prior_period_and_the_hand_over(tmp_path):
+    series, meta, events, summary = fake_day()
+    add_forecast(series, meta)
+    n = len(series["t_h"])
+    prior = (np.arange(n) >= 100) & (np.arange(n) < FIRST_FORECAST)  # before the model
+    for key in [k for k in series if k.startswith("forecast.") and k.endswith("15_c")]:
+        series[key] = np.where(prior, series[key][FIRST_FORECAST], series[key])
+    series["forecast.prior"] = prior.astype(float)
+    series["forecast.trusted"] = np.where(prior, 0.0, series["forecast.trusted"])
+    meta["forecast"] |= {"handover_h": 6.25, "first_forecast_h": 1.6, "fallback": "physics prior"}
+    fig = plot_forecast(Context(check_series(series), meta, []))
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "physics prior (no learned model yet)" in legend
+    assert "learned model takes over (6.25 h)" in legend
+    assert "model not trusted: physics prior" in legend  # the fallback apart from the prior
+    write_report(series, meta, events, summary, tmp_path)
+    caption = read_page(tmp_path).caption("forecast.png")
+    assert "of which the physics prior's (before a learned model): loops" in caption
+    assert "fallback (physics prior)" in caption
+
+
 def test_forecast_series_leave_the_other_plots_unchanged(tmp_path):
     series, meta, events, summary = fake_day(hours=8.0)
     write_report(series, meta, events, summary, tmp_path / "plain")

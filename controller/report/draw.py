@@ -31,6 +31,7 @@ LIMIT_COLOR = "#444444"
 CURTAIL_COLOR = "#9ecae1"
 OVER_COLOR = "#d62728"
 FALLBACK_COLOR = "#f4a261"
+PRIOR_COLOR = "#a6cee3"
 
 #: matplotlib settings for every figure (applied with ``rc_context``, never globally).
 RC = {

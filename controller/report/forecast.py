@@ -19,6 +19,7 @@ from thermogate.models.scoring import abs_errors, bound_held
 
 from .draw import (
     FALLBACK_COLOR,
+    PRIOR_COLOR,
     band,
     envelope,
     legend_right,
@@ -51,8 +52,10 @@ _CAPTION = (
     "(dashed) and the band up to its calibrated upper bound; their alarm "
     "limits dashed. Bottom: the extra heat load each loop (CDUs dashed) could "
     "take with its upper-bound forecast staying below its limit for 30 min. "
-    "Orange bands: the controller did not trust the model and used a "
-    "conservative fallback."
+    "Blue band: no learned model yet, the physics prior (an RC model of each "
+    "zone built from the site description) forecast; the dash-dotted line marks "
+    "the learned model taking over. Orange bands: the controller did not trust "
+    "the learned model and used its fallback ({fallback})."
 )
 
 
@@ -78,6 +81,9 @@ class Forecast:
         # the horizon names the series (mean15_c); 15 min is what the simulator archives
         self.horizon = int(horizon) if horizon and horizon > 0 and horizon == int(horizon) else 15
         self.learned_at_h = as_float(self.info.get("learned_at_h"))
+        self.handover_h = as_float(self.info.get("handover_h"))
+        self.first_forecast_h = as_float(self.info.get("first_forecast_h"))
+        self.fallback_name = str(self.info.get("fallback") or "conservative headroom")
         self.source = str(self.info.get("source") or "")
         self.zones: dict[str, list[str]] = {}
         for kind, section, *_ in FORECAST_KINDS:
@@ -93,12 +99,20 @@ class Forecast:
             k.startswith(("forecast.", "headroom.")) for k in ctx.data
         )
         trusted = ctx.get("forecast.trusted")
+        prior = ctx.get("forecast.prior")
+        #: samples forecast by the physics prior for want of a learned model
+        self.prior_mask = (
+            np.zeros(len(ctx.t), bool) if prior is None else np.isfinite(prior) & (prior > 0.5)
+        )
+        self.prior = spans(ctx.t, self.prior_mask, ctx.xlim)
         self.fallback = (
             []
             if trusted is None
-            else spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5), ctx.xlim)
+            else spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5) & ~self.prior_mask, ctx.xlim)
         )
         self.skill = self._score()
+        #: the same skill over the physics prior's samples alone, if it forecast any
+        self.skill_prior = self._score(self.prior_mask) if self.prior_mask.any() else []
 
     def actual(self, kind: str, zone: str, prefix: str, suffix: str) -> np.ndarray | None:
         """What the forecast is scored against: the minute mean the sensors measured
@@ -111,8 +125,9 @@ class Forecast:
         """``which``: ``mean`` or ``upper``; None when absent or all NaN."""
         return self.ctx.get(f"forecast.{kind}.{zone}.{which}{self.horizon}_c")
 
-    def _score(self) -> list[Skill]:
-        """MAE and coverage per kind over all its zones' samples pooled."""
+    def _score(self, mask: np.ndarray | None = None) -> list[Skill]:
+        """MAE and coverage per kind over all its zones' samples pooled (those of
+        ``mask`` only, if given)."""
         out: list[Skill] = []
         for kind, _, prefix, suffix, label in FORECAST_KINDS:
             errors: list[np.ndarray] = []
@@ -124,6 +139,10 @@ class Forecast:
                     continue
                 zones += 1
                 mean, upper = self.series(kind, zone, "mean"), self.series(kind, zone, "upper")
+                if mask is not None:
+                    actual = actual[mask]
+                    mean = None if mean is None else mean[mask]
+                    upper = None if upper is None else upper[mask]
                 if mean is not None:
                     errors.append(abs_errors(mean, actual))
                 if upper is not None:
@@ -172,6 +191,13 @@ class Forecast:
             lines.append(f"{q.label}s ({q.zones}): {', '.join(parts)}")
         if not lines:
             lines.append("no actual temperatures to score the forecast against")
+        if self.skill_prior:
+            part = "; ".join(
+                f"{q.label}s {q.mae_c:.2f} °C, ≤ bound {q.coverage * 100:.1f} %"
+                for q in self.skill_prior
+                if q.mae_c is not None and q.coverage is not None
+            )
+            lines.append(f"of which the physics prior's (before a learned model): {part}")
         if self.source:
             lines.append(f"model: {self.source}")
         return lines
@@ -185,7 +211,7 @@ def caption(ctx: Context) -> str:
         text = text[:1].upper() + text[1:] + "."
         return f"{text} Model: {fc.source}." if fc.source else text
     return (
-        _CAPTION.format(h=fc.horizon)
+        _CAPTION.format(h=fc.horizon, fallback=fc.fallback_name)
         + f" Forecast quality {fc.horizon} min ahead, scored on these series (all zones "
         "of each kind): " + "; ".join(fc.skill_lines()) + "."
     )
@@ -212,7 +238,8 @@ def plot_forecast(ctx: Context) -> Figure:
     # ---- forecast vs actual: every loop, the hottest tank and CDU that have a forecast
     ax1.set_title(f"Forecast vs actual, {h} min ahead")
     for a in (ax1, ax2):
-        shade(a, fc.fallback, FALLBACK_COLOR, "conservative fallback (model not trusted)")
+        shade(a, fc.prior, PRIOR_COLOR, "physics prior (no learned model yet)")
+        shade(a, fc.fallback, FALLBACK_COLOR, f"model not trusted: {fc.fallback_name}")
     if fc.any:
         grey = "#555555"
         ax1.plot([], [], color=grey, label="actual")
@@ -248,8 +275,12 @@ def plot_forecast(ctx: Context) -> Figure:
     else:
         no_data(ax1, fc.missing())
     learned = fc.learned_at_h
+    if fc.handover_h is not None:  # the moment the learned model took over from the prior
+        learned, what = fc.handover_h, "learned model takes over"
+    else:
+        what = "model learned"
     if learned is not None and ctx.xlim[0] <= learned <= ctx.xlim[1]:
-        for a, lab in ((ax1, f"model learned ({learned:g} h)"), (ax2, None)):
+        for a, lab in ((ax1, f"{what} ({learned:g} h)"), (ax2, None)):
             a.axvline(learned, color="#000000", lw=1.0, ls="-.", zorder=4, label=lab)
     ax1.set_ylabel("temperature (°C)")
     time_axis(ax1, ctx, label=False)
