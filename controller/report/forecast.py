@@ -105,10 +105,19 @@ class Forecast:
             np.zeros(len(ctx.t), bool) if prior is None else np.isfinite(prior) & (prior > 0.5)
         )
         self.prior = spans(ctx.t, self.prior_mask, ctx.xlim)
+        # a fallback needs a learned model to fall back from: none before it took over
+        # (learned in the run), none at all in a run the physics prior alone forecast
+        since = self.handover_h if self.handover_h is not None else self.learned_at_h
+        if since is None:
+            since = math.inf if self.source.startswith("physics prior") else -math.inf
         self.fallback = (
             []
             if trusted is None
-            else spans(ctx.t, np.isfinite(trusted) & (trusted < 0.5) & ~self.prior_mask, ctx.xlim)
+            else spans(
+                ctx.t,
+                np.isfinite(trusted) & (trusted < 0.5) & ~self.prior_mask & (ctx.t >= since),
+                ctx.xlim,
+            )
         )
         self.skill = self._score()
         #: the same skill over the physics prior's samples alone, if it forecast any
