@@ -456,6 +456,9 @@ class LiveForecaster:
         errors, so it is calibrated on this site the moment it is needed again."""
         if self.prior is None:
             return {}
+        for kd in rows:  # what reports score the shown forecasts against, with or without a model
+            for z, temp in zip(kd.zones.tolist(), kd.temp, strict=True):
+                self.measured[(t_bin, z)] = float(temp)
         self.prior.observe(rows, t_bin)
         return self.prior.forecast(rows, t_bin)
 
