@@ -24,6 +24,12 @@ Fitting, per kind:
    measured on (and training takes half the time). The feature ranges
    (``ood``) span the whole window.
 
+At run time the offset moves: :class:`~.conformal.AdaptiveBound` starts at
+``q`` and tracks the ``1 - alpha`` quantile of the live normalised residuals
+(``predict(rows, q=...)`` takes its offsets); :func:`evaluate` reports both
+bounds, the adaptive one replayed with each actual fed only once it is known
+(:func:`adaptive_offsets`).
+
 ``ood(rows)`` flags rows with any feature outside its training range by more
 than 10 % of that range's span; the time-of-day features (``OOD_EXEMPT``) are
 not checked, since a short history covers only part of the day.
@@ -40,11 +46,12 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.neighbors import NearestNeighbors
 
 from .baselines import RCBaseline, persistence
+from .conformal import DEFAULT_LR, AdaptiveBound
 from .dataset import Dataset, KindData
 from .scoring import abs_errors, coverage, mae
 from .trees import CompiledForest
 
-__all__ = ["HGB_PARAMS", "KindModel", "ThermalModel", "evaluate"]
+__all__ = ["HGB_PARAMS", "KindModel", "ThermalModel", "adaptive_offsets", "evaluate"]
 
 #: chosen on the 10-day ``thermogate bench forecast`` study (train 7 days, test 3):
 #: tank 15-min MAE 0.060 °C with 100 iterations/depth 3/leaf 50, 0.051 with
@@ -103,6 +110,9 @@ class KindModel:
     n_train: int
     n_calib: int
     calib_coverage: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: (H,) largest normalised calibration residual: caps the adaptive offset
+    #: (:mod:`.conformal`); empty in a model pickled before it was stored
+    calib_max: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def scale(self, X: np.ndarray) -> np.ndarray:
         """Residual scale per row: grows with the distance from the training data.
@@ -272,26 +282,37 @@ class ThermalModel:
             int(fit_m.sum()),
             int(cal_m.sum()),
             calib_coverage=(resid <= q).mean(axis=0),  # one-sided, on the held-out rows
+            calib_max=resid.max(axis=0),
         )
 
     # ------------------------------------------------------------------
-    def predict(self, rows: KindData, X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict(
+        self, rows: KindData, X: np.ndarray | None = None, q: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Forecast temperatures ``(mean, upper)``, each (n, horizons), for ``rows``.
 
         ``X`` replaces the rows' features (e.g. with extra load) while the
-        current temperature stays ``rows.temp``.
+        current temperature stays ``rows.temp``; ``q`` (horizons,) replaces the
+        calibrated offset of the bound (an :class:`~.conformal.AdaptiveBound`'s).
         """
+        mean, s = self.mean_scale(rows, X)
+        m = self.kinds[rows.kind]
+        offset = m.q if q is None else np.asarray(q, dtype=np.float64)
+        upper = mean + np.maximum(offset, 0.0)[None, :] * s[:, None]
+        return mean, upper
+
+    def mean_scale(
+        self, rows: KindData, X: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The mean forecast (n, horizons) and the bound's scale ``s(x)`` (n,):
+        ``upper = mean + max(q, 0) * s``, whichever offset ``q``."""
         m = self.kinds[rows.kind]
         if m.feature_names != rows.feature_names:
             raise ValueError(
                 f"the model's {rows.kind} features differ from this version's; retrain it"
             )
         X = rows.X if X is None else X
-        change = m.change(X)
-        s = m.scale(X)
-        mean = rows.temp[:, None] + change
-        upper = mean + np.maximum(m.q, 0.0)[None, :] * s[:, None]
-        return mean, upper
+        return rows.temp[:, None] + m.change(X), m.scale(X)
 
     def incompatible(self) -> list[str]:
         """Kinds whose features differ from what this version's dataset builds
@@ -307,16 +328,21 @@ class ThermalModel:
 
 
 def evaluate(
-    model: ThermalModel, rc: RCBaseline | None, test: Dataset
+    model: ThermalModel, rc: RCBaseline | None, test: Dataset, *, lr: float = DEFAULT_LR
 ) -> dict[str, dict[str, dict[str, float]]]:
     """MAE/p95 (°C) per kind and horizon of the model and the baselines; the upper
-    bound's coverage and mean width (upper - mean)."""
+    bound's coverage and mean width (upper - mean): the static split-conformal
+    bound (``coverage``, ``bound_width_c``) and the adaptive one
+    (``adaptive_coverage``, ``adaptive_bound_width_c``: :func:`adaptive_offsets`)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for rows in test:
         if rows.kind not in model.kinds or len(rows) == 0:
             continue
         truth = rows.temp[:, None] + rows.y
-        mean, upper = model.predict(rows)
+        mean, s = model.mean_scale(rows)
+        upper = mean + np.maximum(model.kinds[rows.kind].q, 0.0)[None, :] * s[:, None]
+        q_rows = adaptive_offsets(model, rows, mean, s, lr=lr)
+        upper_a = mean + np.maximum(q_rows, 0.0) * s[:, None]
         res: dict[str, dict[str, float]] = {
             "mae_c": {},
             "p95_c": {},
@@ -324,6 +350,8 @@ def evaluate(
             "rc_mae_c": {},
             "coverage": {},
             "bound_width_c": {},
+            "adaptive_coverage": {},
+            "adaptive_bound_width_c": {},
         }
         pers = persistence(rows)
         rcp = rc.predict(rows) if rc is not None else None
@@ -336,5 +364,44 @@ def evaluate(
                 res["rc_mae_c"][k] = mae(rcp[:, j], truth[:, j])
             res["coverage"][k] = coverage(upper[:, j], truth[:, j])
             res["bound_width_c"][k] = float((upper[:, j] - mean[:, j]).mean())
+            res["adaptive_coverage"][k] = coverage(upper_a[:, j], truth[:, j])
+            res["adaptive_bound_width_c"][k] = float((upper_a[:, j] - mean[:, j]).mean())
         out[rows.kind] = res
+    return out
+
+
+def adaptive_offsets(
+    model: ThermalModel,
+    rows: KindData,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    *,
+    lr: float = DEFAULT_LR,
+) -> np.ndarray:
+    """The offset (n, horizons) an :class:`~.conformal.AdaptiveBound` started at
+    the model's calibration would have given each row, replaying ``rows`` in
+    time order as the live forecaster sees them.
+
+    At each row time ``t``, first every score whose actual is known by ``t``
+    (its row's ``t_row + h <= t``) is fed, the zones of one row time together
+    and against the offset their forecasts were issued with; then the rows of
+    ``t`` take the current offsets. No bound uses an actual after its own time.
+    """
+    bound = AdaptiveBound(model, lr=lr)
+    kind = rows.kind
+    H = len(rows.horizons_min)
+    score = (rows.temp[:, None] + rows.y - mean) / scale[:, None]
+    out = np.zeros((len(rows), H))
+    order = np.argsort(rows.times, kind="stable")
+    ts, first = np.unique(rows.times[order], return_index=True)
+    groups = np.split(order, first[1:])
+    lag_s = np.asarray(rows.horizons_min, dtype=np.float64) * 60.0
+    fed = [0] * H  # per horizon: row times whose scores were fed
+    for g, t in enumerate(ts.tolist()):
+        for j in range(H):
+            while fed[j] < g and ts[fed[j]] + lag_s[j] <= t:
+                idx = groups[fed[j]]
+                bound.observe(kind, j, score[idx, j], out[idx, j])
+                fed[j] += 1
+        out[groups[g]] = bound.offsets(kind)
     return out

@@ -110,6 +110,7 @@ def _kind_headroom(
     horizons: Sequence[int],
     bound_factor: float,
     max_load_frac: float,
+    q: np.ndarray | None = None,
 ) -> dict[str, Headroom]:
     m = model.kinds[rows.kind]
     cols = [list(m.horizons_min).index(h) for h in horizons]
@@ -117,7 +118,8 @@ def _kind_headroom(
     limit = alarm - margin_k
     temp = rows.temp
     p_now = rows.feature("power_kw")
-    offset = bound_factor * np.maximum(m.q[cols], 0.0)[None, :] * m.scale(rows.X)[:, None]
+    q_all = m.q if q is None else np.asarray(q, dtype=np.float64)
+    offset = bound_factor * np.maximum(q_all[cols], 0.0)[None, :] * m.scale(rows.X)[:, None]
 
     def excess(power: np.ndarray) -> np.ndarray:
         """max over horizons of (upper bound - limit) with every row at ``power`` (n, k)."""
@@ -171,13 +173,16 @@ def headroom(
     bound_factor: float = 1.0,
     max_load_frac: float = 1.0,
     kinds: Sequence[str] | None = None,
+    offsets: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Headroom]:
     """Headroom of every zone in ``rows`` (its latest row) whose kind the model knows.
 
     ``site`` (optional) supplies the alarm limits by zone name (else the rows'
     own ``alarm_c``); ``bound_factor`` scales the bound's offset above the mean
     (2.0 = doubled: the conservative fallback); the capacity is capped at
-    ``max_load_frac`` times the zone's nameplate.
+    ``max_load_frac`` times the zone's nameplate. ``offsets`` (kind -> one per
+    model horizon) replaces the calibrated offsets ``q`` of the kinds it names
+    (an :class:`~.conformal.AdaptiveBound`'s ``all_offsets()``).
     """
     alarms: Mapping[str, float] = {}
     if site is not None:
@@ -198,6 +203,7 @@ def headroom(
                 horizons=horizons,
                 bound_factor=bound_factor,
                 max_load_frac=max_load_frac,
+                q=None if offsets is None else offsets.get(kd.kind),
             )
         )
     return out
