@@ -53,6 +53,7 @@ from thermogate.plc.points import BAD
 from thermogate.plc.site import Site
 
 from .bins import BinAccumulator, bin_index, bin_means, usual_scans
+from .conformal import AdaptiveBound
 from .dataset import WINDOW, build_dataset, input_columns, resample, zone_specs
 from .forecast import ThermalModel
 from .headroom import Headroom, headroom, latest_rows
@@ -196,8 +197,14 @@ class LiveForecaster:
         self._last_update_k: int | None = None
         self._trusted: bool | None = None
         self._reason_kinds: frozenset[str] = frozenset()  # raised in this untrusted episode
-        # forecasts awaiting their actuals: (zone, target bin time) -> (kind, horizon, mean)
-        self._pending: dict[tuple[str, float], list[tuple[str, int, float, float]]] = {}
+        # forecasts awaiting their actuals: (zone, target bin time) ->
+        # (kind, horizon index, horizon, mean, upper, scale s(x), offset the bound used)
+        self._pending: dict[
+            tuple[str, float], list[tuple[str, int, int, float, float, float, float]]
+        ] = {}
+        #: the bound's offsets, adapted from the scored forecasts (:mod:`.conformal`),
+        #: with the model they belong to (a new model starts from its own calibration)
+        self._bound: tuple[ThermalModel, AdaptiveBound] | None = None
         self._ok_streak = 0
         #: per kind, the scored forecasts of the report horizon
         self.score: dict[str, Score] = {}
@@ -344,10 +351,15 @@ class LiveForecaster:
         if verdict.ok and self._trusted is False and self._ok_streak < CLEAR_AFTER:
             verdict.ok = False
             verdict.reasons = [f"recovering: {self._ok_streak} of {CLEAR_AFTER} minutes trusted"]
+        offsets = self.bound().all_offsets()
         if verdict.ok:
-            zones = headroom(self.model, live, self.site, margin_k=self.margin_k)
+            zones = headroom(self.model, live, self.site, margin_k=self.margin_k, offsets=offsets)
         else:
-            zones = self.trust.conservative_headroom(live, self.site, margin_k=self.margin_k)
+            # the fallback doubles an offset never narrower than the calibrated one
+            wide = {k: np.maximum(q, self.model.kinds[k].q) for k, q in offsets.items()}
+            zones = self.trust.conservative_headroom(
+                live, self.site, margin_k=self.margin_k, offsets=wide
+            )
         forecasts = self._forecast(live, t_bin)
         zones, forecasts, used = self._with_prior(
             verdict.ok, rows, zones, forecasts, prior_fc, t_bin
@@ -359,32 +371,52 @@ class LiveForecaster:
             forecasts, notices, self.source if verdict.ok or self.prior is None else PRIOR_SOURCE,
         )  # fmt: skip
 
+    def bound(self) -> AdaptiveBound:
+        """The adaptive bound of the model in use (see :mod:`.conformal`)."""
+        assert self.model is not None
+        if self._bound is None or self._bound[0] is not self.model:
+            self._bound = (self.model, AdaptiveBound(self.model))
+        return self._bound[1]
+
     def _forecast(self, live: list[Any], t_bin: float) -> dict[str, tuple[str, Any, Any]]:
         assert self.model is not None
         out = {}
+        bound = self.bound()
         for kd in live:
-            mean, upper = self.model.predict(kd)
+            q = bound.offsets(kd.kind)
+            mean, upper = self.model.predict(kd, q=q)
+            s = self.model.kinds[kd.kind].scale(kd.X)
             for i, z in enumerate(kd.zones.tolist()):
                 out[z] = (kd.kind, mean[i], upper[i])
                 for j, h in enumerate(kd.horizons_min):
                     target = t_bin + h * 60.0
                     self._pending.setdefault((z, target), []).append(
-                        (kd.kind, h, float(mean[i, j]), float(upper[i, j]))
-                    )
+                        (kd.kind, j, h, float(mean[i, j]), float(upper[i, j]), float(s[i]),
+                         float(q[j]))
+                    )  # fmt: skip
                     if h == self.archive_horizon_min:
                         self.archive[(target, z)] = (float(mean[i, j]), float(upper[i, j]))
         return out
 
     def _score(self, live: list[Any]) -> None:
-        """Live error of every forecast whose target minute is this one."""
+        """Live error of every forecast whose target minute is this one; the
+        adaptive bound steps once per kind and horizon on this minute's scores."""
+        fed: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
         for kd in live:
             for z, temp, tt in zip(kd.zones.tolist(), kd.temp, kd.times, strict=True):
                 if self.archive_horizon_min in kd.horizons_min:
                     self.measured[(float(tt), z)] = float(temp)
-                for kind, h, mean, upper in self._pending.pop((z, float(tt)), []):
+                for kind, j, h, mean, upper, s, q in self._pending.pop((z, float(tt)), []):
                     self.errors.add(kind, h, temp, mean)
                     if h == self.archive_horizon_min:
                         self.score.setdefault(kind, Score()).add(temp, mean, upper)
+                    scores, used = fed.setdefault((kind, j), ([], []))
+                    scores.append((float(temp) - mean) / s)
+                    used.append(q)
+        if fed and self.model is not None:
+            bound = self.bound()
+            for (kind, j), (scores, used) in fed.items():
+                bound.observe(kind, j, scores, used)
         if self.bins.t:
             now = float(self.bins.t[-1])
             for key in [k for k in self._pending if k[1] < now]:  # targets that never came
