@@ -163,7 +163,16 @@ def _pool(res: dict[str, dict[str, dict[str, float]]], n: dict[str, int]) -> dic
     out: dict[str, Any] = {}
     kinds = list(res)
     w = np.array([n[k] for k in kinds], float)
-    for metric in ("mae_c", "p95_c", "persistence_mae_c", "rc_mae_c", "coverage", "bound_width_c"):
+    for metric in (
+        "mae_c",
+        "p95_c",
+        "persistence_mae_c",
+        "rc_mae_c",
+        "coverage",
+        "bound_width_c",
+        "adaptive_coverage",
+        "adaptive_bound_width_c",
+    ):
         out[metric] = {
             h: round(float(np.dot(w, [res[k][metric][h] for k in kinds]) / w.sum()), 4)
             for h in res[kinds[0]][metric]
@@ -173,6 +182,7 @@ def _pool(res: dict[str, dict[str, dict[str, float]]], n: dict[str, int]) -> dic
 
 def bench_forecast(args: Any) -> dict[str, Any]:
     from thermogate.models.baselines import RCBaseline
+    from thermogate.models.conformal import DEFAULT_LR
     from thermogate.models.forecast import ThermalModel, evaluate
     from thermogate.models.headroom import latest_rows, timed_headroom
 
@@ -250,7 +260,8 @@ def bench_forecast(args: Any) -> dict[str, Any]:
         "vs_rc": all(
             m["rc_mae_c"]["15"] >= TARGETS["vs_rc"] * m["mae_c"]["15"] for m in metrics.values()
         ),
-        "coverage": min(min(m["coverage"].values()) for m in metrics.values())
+        # the adaptive bound: the one the live forecaster hands the planner
+        "coverage": min(min(m["adaptive_coverage"].values()) for m in metrics.values())
         >= TARGETS["coverage"],
         "train_s": model.train_s <= TARGETS["train_s"],
     }
@@ -269,6 +280,19 @@ def bench_forecast(args: Any) -> dict[str, Any]:
         "persistence_mae_c": r(tank["persistence_mae_c"]),
         "rc_mae_c": r(tank["rc_mae_c"]),
         "coverage": r(tank["coverage"]),
+        "adaptive_coverage": r(tank["adaptive_coverage"]),
+        # per kind and horizon, the static split-conformal bound beside the adaptive one
+        "bound": {
+            k: {
+                "static": {"coverage": r(m["coverage"]), "width_c": r(m["bound_width_c"])},
+                "adaptive": {
+                    "coverage": r(m["adaptive_coverage"]),
+                    "width_c": r(m["adaptive_bound_width_c"]),
+                },
+            }
+            for k, m in metrics.items()
+        },
+        "conformal": {"method": "quantile tracking", "alpha": model.alpha, "lr": DEFAULT_LR},
         "kinds": {
             k: {name: r(v) for name, v in m.items()} | {"rows": counts[k]}
             for k, m in metrics.items()
