@@ -63,6 +63,10 @@ from .trust import LiveErrors, Trust
 
 __all__ = ["LIVE_STEPS", "ForecastUpdate", "LiveForecaster", "LoadHeadroom", "Notice"]
 
+#: headroom keeps the bound this far below a zone's alarm: where the controller's
+#: thermal protection starts shedding (``THERMAL_SOFT_MARGIN_K``), so a load the
+#: planner adds on the headroom is not shed again by protection
+HEADROOM_MARGIN_K = 2.5
 CLEAR_AFTER = 5  # trusted minutes in a row before a distrusted model is trusted again
 #: minutes of history a forecast is built from (lagged features reach back past the window)
 LIVE_STEPS = 2 * WINDOW
@@ -155,7 +159,7 @@ class LiveForecaster:
         trained_t: float | None = None,
         version: int | str | None = None,
         step_s: float = 60.0,
-        margin_k: float = 2.0,
+        margin_k: float = HEADROOM_MARGIN_K,
         learn_after_s: float | None = None,
         keep_history: bool = False,
         max_age_days: float = 14.0,

@@ -41,6 +41,14 @@ def frozen(site) -> Snapshot:
                     res.controller)  # fmt: skip
 
 
+def test_headroom_stops_where_protection_starts_shedding_live_and_in_the_study() -> None:
+    from thermogate.controller.bench_headroom import MARGIN_K
+    from thermogate.controller.core.thermal import THERMAL_SOFT_MARGIN_K
+    from thermogate.models.live import HEADROOM_MARGIN_K
+
+    assert HEADROOM_MARGIN_K == THERMAL_SOFT_MARGIN_K == MARGIN_K
+
+
 def test_added_heat_warms_a_tank_and_a_cdu_that_no_meter_sees(site) -> None:
     hot, cold = Plant(site), Plant(site)
     hot.add_heat(site.tanks[0].name, 80.0)
