@@ -22,8 +22,9 @@ and stay under its limit". The study keeps or breaks it on the plant itself.
    (deep-copied) right after a scan, and the zone's headroom is read from the
    recorded minute that closed before it, as the live forecaster reads it:
    the headroom it *serves* the planner (the learned model's, its bound
-   offset moved by the adaptive tracker since the day's model arrived; the
-   physics prior's where the row is out of the model's training range), and
+   offset moved by the adaptive tracker since the day's model arrived, never
+   above the physics prior's; the prior's alone where the row is out of the
+   model's training range), and
    beside it the learned model's unguarded, the physics prior's (its margin
    measured on the 3 hours before), the conservative fallback's (bound offset
    doubled, none within 5 K of the alarm) and the RC baseline's (closed
@@ -401,8 +402,9 @@ def _estimates(
         "room_kw": max(0.0, rated - p_now),
         "temp_c": float(row.temp[0]),
         "ood": ood,
-        # what the live forecaster hands the planner: the prior's when out of range
-        "served": prior if ood else learned,
+        # what the live forecaster hands the planner: the prior's when out of range,
+        # else the learned headroom checked against the prior's (live.physics_checked)
+        "served": prior if ood else min(learned, prior),
         "learned": learned,
         "prior": prior,
         "conservative": Trust(model)
