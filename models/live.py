@@ -58,7 +58,7 @@ from .dataset import WINDOW, build_dataset, input_columns, resample, zone_specs
 from .forecast import ThermalModel
 from .headroom import Headroom, headroom, latest_rows
 from .prior import PRIOR_SOURCE, PhysicsPrior
-from .scoring import Score
+from .scoring import Score, score_table
 from .trust import LiveErrors, Trust
 
 __all__ = ["LIVE_STEPS", "ForecastUpdate", "LiveForecaster", "LoadHeadroom", "Notice"]
@@ -453,16 +453,7 @@ class LiveForecaster:
     def scores(self) -> dict[str, dict[str, float]]:
         """Per kind: MAE (°C) and upper-bound coverage of the scored report-horizon
         forecasts, against the measured minute means they forecast."""
-        h = self.archive_horizon_min
-        return {
-            kind: {
-                f"mae_{h}_c": round(sc.mae, 4),
-                f"coverage_{h}": round(sc.coverage, 4),
-                "samples": sc.n_mae,
-            }
-            for kind, sc in self.score.items()
-            if sc.mae is not None and sc.coverage is not None
-        }
+        return score_table(self.score, self.archive_horizon_min)
 
     def _trust_notices(self, t: float, ok: bool, reasons: list[str], n: int) -> list[Notice]:
         if reasons and reasons[0].startswith("recovering:"):

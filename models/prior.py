@@ -83,7 +83,7 @@ from thermogate.plc.site import Site
 
 from .dataset import KindData, zone_specs
 from .headroom import Headroom, latest_rows, time_to_limit
-from .scoring import Score
+from .scoring import Score, score_table
 
 __all__ = [
     "INITIAL_MARGIN_K",
@@ -324,16 +324,7 @@ class PhysicsPrior:
     def scores(self) -> dict[str, dict[str, float]]:
         """Per kind: MAE (°C), upper-bound coverage and samples of the scored
         ``report_horizon_min`` forecasts."""
-        h = self.report_horizon_min
-        return {
-            kind: {
-                f"mae_{h}_c": round(sc.mae, 4),
-                f"coverage_{h}": round(sc.coverage, 4),
-                "samples": sc.n_mae,
-            }
-            for kind, sc in self.score.items()
-            if sc.mae is not None and sc.coverage is not None
-        }
+        return score_table(self.score, self.report_horizon_min)
 
     # ------------------------------------------------------------------
     def headroom(

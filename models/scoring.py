@@ -11,12 +11,13 @@ matters).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Score", "abs_errors", "bound_held", "coverage", "mae"]
+__all__ = ["Score", "abs_errors", "bound_held", "coverage", "mae", "score_table"]
 
 
 def abs_errors(predicted: ArrayLike, actual: ArrayLike) -> np.ndarray:
@@ -86,3 +87,17 @@ class Score:
     @property
     def coverage(self) -> float | None:
         return self.held / self.n_coverage if self.n_coverage else None
+
+
+def score_table(scores: Mapping[str, Score], horizon_min: int) -> dict[str, dict[str, float]]:
+    """Per kind: MAE (°C), upper-bound coverage and samples of scored forecasts of
+    ``horizon_min`` (kinds with none scored yet are left out)."""
+    return {
+        kind: {
+            f"mae_{horizon_min}_c": round(sc.mae, 4),
+            f"coverage_{horizon_min}": round(sc.coverage, 4),
+            "samples": sc.n_mae,
+        }
+        for kind, sc in scores.items()
+        if sc.mae is not None and sc.coverage is not None
+    }
