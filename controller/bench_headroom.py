@@ -91,6 +91,7 @@ from .bench_forecast import BenchPlanner
 from .core import Controller
 from .core.thermal import THERMAL_SOFT_MARGIN_K
 from .historian import Historian, HistoryReader
+from .modelcli import PRIOR_LOOKBACK_S
 from .retrain import history_dataset
 from .simulate import HISTORIAN_EPOCH_S, Lockstep, run_simulation
 
@@ -109,7 +110,6 @@ ORACLE_TOL_FRAC = 0.01  # bisection stops within this fraction of the zone's nam
 MAX_BISECT = 10
 MIN_TRUE_FRAC = 0.01  # a zone with less true headroom than this x nameplate had none
 KINDS = ("tank", "cdu", "loop")
-PRIOR_REPLAY_H = 3.0  # hours the prior replays to measure its margin (as ``forecast`` does)
 METHODS = ("served", "learned", "prior", "conservative", "rc")
 TARGETS: dict[str, Any] = {
     "violation_frac": 0.01,
@@ -217,6 +217,17 @@ def zone_truth(site: Site, kind: str, zone: str) -> Callable[[ScenarioPlant], fl
     return lambda sim: float(sim.plant.T_cold[i])
 
 
+def fork(sim: ScenarioPlant, ctrl: Controller) -> tuple[ScenarioPlant, Controller]:
+    """A copy of a plant and its controller that runs on apart from them.
+
+    The site, the point map and the scenario are configuration, never changed
+    by a run: the copy shares them (a fresh memo each call, so two copies never
+    share anything else)."""
+    memo: dict[int, Any] = {id(sim.site): sim.site, id(sim.pmap): sim.pmap}
+    memo[id(sim.scenario)] = sim.scenario
+    return copy.deepcopy((sim, ctrl), memo)
+
+
 class _Recorder:
     """``run_simulation``'s ``on_scan``: snapshots at the points, the pump wears."""
 
@@ -232,10 +243,7 @@ class _Recorder:
             sim.plant.degrade_pump(self.pump, PUMP_WEAR)
             self.pump = None
         while self._next < len(self.points) and sim.plant.t >= self.points[self._next].t:
-            memo: dict[int, Any] = {id(sim.site): sim.site, id(sim.pmap): sim.pmap}
-            memo[id(sim.scenario)] = sim.scenario
-            s, c = copy.deepcopy((sim, ctrl), memo)
-            self.snapshots.append(Snapshot(self.points[self._next], s, c))
+            self.snapshots.append(Snapshot(self.points[self._next], *fork(sim, ctrl)))
             self._next += 1
 
 
@@ -245,9 +253,7 @@ def step_run(site: Site, snap: Snapshot, heat_kw: float, limit_c: float) -> floa
     """The hottest the zone got (°C) with ``heat_kw`` added for ``STEP_MIN`` minutes
     in a copy of the snapshot, stopping early once it crossed ``limit_c``."""
     p = snap.point
-    memo: dict[int, Any] = {id(site): site, id(snap.sim.pmap): snap.sim.pmap}
-    memo[id(snap.sim.scenario)] = snap.sim.scenario
-    sim, ctrl = copy.deepcopy((snap.sim, snap.ctrl), memo)
+    sim, ctrl = fork(snap.sim, snap.ctrl)
     for name, share in heat_shares(site, p.kind, p.zone).items():
         sim.plant.add_heat(name, heat_kw * share)
     truth = zone_truth(site, p.kind, p.zone)
@@ -374,12 +380,12 @@ def _adaptive(model: Any, ds: Any, day: int) -> dict[str, tuple[Any, np.ndarray]
 
 def _prior_at(site: Site, ds: Any, row: Any) -> Any:
     """The physics prior as the live forecaster holds it: its margin measured by
-    replaying the hours before the row (``PRIOR_REPLAY_H``)."""
+    replaying the hours before the row, as ``thermogate forecast`` does."""
     from thermogate.models.prior import PhysicsPrior
 
     prior = PhysicsPrior(site)
     t = float(row.times[0])
-    prior.replay(ds.between(t - PRIOR_REPLAY_H * 3600.0, t + 1.0))
+    prior.replay(ds.between(t - PRIOR_LOOKBACK_S, t + 1.0))
     return prior
 
 

@@ -16,6 +16,7 @@ from thermogate.controller.bench_headroom import (
     OperatingPoint,
     Snapshot,
     choose_points,
+    fork,
     heat_shares,
     probe_point,
     step_run,
@@ -175,12 +176,9 @@ def test_a_copied_plant_and_controller_run_on_exactly_as_the_original_and_apart_
     """The copy's writes reach its own plant and its sensors read its own state:
     run side by side, copy and original stay identical, and a step in one does
     not reach the other."""
-    import copy
-
     res = run_simulation(site, "normal-day", 10 / 60, scan_s=5.0, plant_dt=5.0)
-    memo = {id(site): site, id(res.sim.pmap): res.sim.pmap, id(res.sim.scenario): res.sim.scenario}
-    sim2, ctrl2 = copy.deepcopy((res.sim, res.controller), dict(memo))
-    heated = copy.deepcopy((res.sim, res.controller), dict(memo))
+    sim2, ctrl2 = fork(res.sim, res.controller)
+    heated = fork(res.sim, res.controller)
     heated[0].plant.add_heat(site.tanks[0].name, 200.0)
     pairs = [Lockstep(res.sim, res.controller), Lockstep(sim2, ctrl2), Lockstep(*heated)]
     for _ in range(60):
