@@ -168,6 +168,38 @@ def test_prior_margin_grows_when_an_unannounced_step_beats_its_frozen_path(step:
     assert (prior.margin("tank", (5, 15))[0] > initial[0]).all()
 
 
+def _warming_prior(rise_c: np.ndarray) -> PhysicsPrior:
+    """A prior fed one tank minute by minute: the tank reads ``rise_c`` above 45 °C
+    at minute ``i`` while its rows show no trend (a reference warming the RC
+    cannot see), forecasting at every minute and scoring what comes due."""
+    prior = PhysicsPrior(demo_site())
+    zone = next(z for z, p in prior.physics.items() if p.kind == "tank")
+    for i, r in enumerate(rise_c):
+        rows = _rows("tank", 45.0 + float(r), 20.0, 35.0, 0.0, prior.physics[zone].rated_kw)
+        rows = replace(rows, zones=np.array([zone], dtype=object), times=np.array([i * 60.0]))
+        prior.observe([rows], i * 60.0)
+        prior.forecast([rows], i * 60.0)
+    return prior
+
+
+def test_prior_bound_keeps_its_coverage_through_an_accelerating_warming() -> None:
+    # 0.5 K/h at first, 5.5 K/h four hours on: every error beats the window's
+    # past quantile, so the window alone misses nearly every minute
+    minutes = np.arange(300)
+    rise = 0.5 * minutes / 60.0 + 0.5 * (minutes / 60.0) ** 2 * 1.25
+    prior = _warming_prior(rise)
+    score = prior.score["tank"]
+    assert score.n_coverage >= 250
+    assert score.held / score.n_coverage >= 0.9
+    assert prior.correction("tank", 15) > 0.0
+
+
+def test_prior_correction_stays_at_zero_on_a_steady_tank() -> None:
+    prior = _warming_prior(np.zeros(200))
+    assert all(prior.correction("tank", h) == 0.0 for h in (5, 15, 30))
+    assert prior.score["tank"].held == prior.score["tank"].n_coverage
+
+
 def test_live_forecaster_without_a_model_forecasts_from_the_prior_in_its_first_20_minutes(
     step: dict,
 ) -> None:
