@@ -168,6 +168,26 @@ def test_prior_margin_grows_when_an_unannounced_step_beats_its_frozen_path(step:
     assert (prior.margin("tank", (5, 15))[0] > initial[0]).all()
 
 
+@pytest.mark.parametrize("kind", ["tank", "cdu", "loop"])
+def test_prior_headroom_counts_the_travel_its_actuator_has_left(kind: str) -> None:
+    prior = PhysicsPrior(demo_site())
+    zone = next(z for z, p in prior.physics.items() if p.kind == kind)
+    ph = prior.physics[zone]
+    actuator = "fan_speed" if kind == "loop" else "valve_pos"
+    ref = 25.0 if kind == "loop" else 35.0
+    temp = ph.alarm_c - 8.0  # held steady, carrying a quarter of its nameplate
+
+    def headroom_at(pos: float) -> float:
+        rows = _rows(kind, temp, 0.25 * ph.rated_kw, ref, 0.0, ph.rated_kw)
+        rows.X[:, rows.col(actuator)] = pos
+        rows = replace(rows, zones=np.array([zone], dtype=object))
+        return prior.headroom([rows])[zone].extra_kw
+
+    wide_open, half, shut = headroom_at(100.0), headroom_at(50.0), headroom_at(0.0)
+    assert wide_open < half < shut  # a saturated actuator adds no conductance
+    assert shut <= 0.75 * ph.rated_kw
+
+
 def _warming_prior(rise_c: np.ndarray) -> PhysicsPrior:
     """A prior fed one tank minute by minute: the tank reads ``rise_c`` above 45 °C
     at minute ``i`` while its rows show no trend (a reference warming the RC
