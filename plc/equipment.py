@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .ufls import RelayConfig
+
 #: Power factor assumed when converting a breaker's amps to kW.
 DEFAULT_POWER_FACTOR = 0.95
 #: Continuous load allowed on a breaker, % of rating (NEC/IEC practice).
@@ -310,6 +312,21 @@ class PlcConfig:
 
 
 @dataclass(frozen=True)
+class GridConfig:
+    """The site as a load the grid counts on (``[grid]``): its under-frequency
+    relay and the loads it sheds, and how curtailments are settled."""
+
+    under_frequency_armed: bool = False
+    #: None: the relay's defaults relative to the site's nominal frequency
+    relay: RelayConfig | None = None
+    #: the loads the relay sheds: mining tanks only (never inference)
+    under_frequency_shed: tuple[str, ...] = ()
+    settlement_interval_s: float = 900.0
+    baseline_count: int = 10
+    baseline_like: str = "day"  # "day" | "preceding"
+
+
+@dataclass(frozen=True)
 class Economics:
     """What the hall earns and pays, as the planner weighs it (``[economics]``).
 
@@ -349,6 +366,7 @@ class Site:
     rack_rows: tuple[RackRow, ...]
     control_loops: tuple[ControlLoop, ...]
     economics: Economics = Economics()
+    grid: GridConfig = GridConfig()
 
     @property
     def pumps(self) -> tuple[Pump, ...]:

@@ -32,6 +32,7 @@ from .equipment import (
     DryCooler,
     Economics,
     Feeder,
+    GridConfig,
     Loop,
     Pdu,
     PlcConfig,
@@ -43,6 +44,7 @@ from .equipment import (
 )
 from .errors import ConfigError
 from .pointmap import PointMap, build_point_map
+from .ufls import RelayConfig
 
 __all__ = [
     "Breaker",
@@ -161,6 +163,7 @@ def parse_site(root: Section) -> Site:
         rack_rows=rows,
         control_loops=(),
         economics=_economics(root),
+        grid=_grid(root, freq, tanks),
     )
     # Control loops name points, so they are checked against the point map.
     try:
@@ -439,6 +442,52 @@ def _economics(root: Section) -> Economics:
     )
     e.check_unused()
     return econ
+
+
+def _grid(root: Section, nominal_hz: float, tanks: tuple[Tank, ...]) -> GridConfig:
+    g = root.get_section("grid", {})
+    d = GridConfig()
+    armed = g.get_bool("under_frequency_armed", d.under_frequency_armed)
+    # ERCOT's Load Resource relay: 59.7 Hz at 60 Hz nominal, i.e. 0.3 Hz under
+    trip = g.get_float("under_frequency_trip_hz", nominal_hz - 0.3)
+    recover = g.get_float("under_frequency_recover_hz", nominal_hz - 0.05)
+    delay = g.get_float("under_frequency_delay_s", 0.1, minval=0.0, maxval=10.0)
+    recover_s = g.get_float("under_frequency_recover_s", 600.0, minval=0.0, maxval=86_400.0)
+    try:
+        relay = RelayConfig(nominal_hz, trip, delay, recover, recover_s)
+    except ValueError as exc:
+        key = (
+            "under_frequency_recover_hz" if "recover_hz" in str(exc) else "under_frequency_trip_hz"
+        )
+        raise g.error(key, str(exc)) from None
+    mining = [t.name for t in tanks if t.workload_class == "mining"]
+    shed = g.get_str_list("under_frequency_shed", mining)
+    for name in shed:
+        if name not in mining:
+            other = {t.name: t.workload_class for t in tanks}
+            why = f"{name} runs {other[name]}" if name in other else f"{name} is not a tank"
+            raise g.error(
+                "under_frequency_shed",
+                f"{why}; the relay sheds mining tanks only ({', '.join(mining) or 'none'})",
+            )
+    if armed and not shed:
+        raise g.error("under_frequency_shed", "armed with nothing to shed")
+    grid = GridConfig(
+        under_frequency_armed=armed,
+        relay=relay,
+        under_frequency_shed=tuple(shed),
+        settlement_interval_s=g.get_float(
+            "settlement_interval_s", d.settlement_interval_s, minval=60.0, maxval=3600.0
+        ),
+        baseline_count=g.get_int("baseline_count", d.baseline_count, minval=1, maxval=90),
+        baseline_like=g.get_str("baseline_like", d.baseline_like, choices=("day", "preceding")),
+    )
+    if 86_400.0 % grid.settlement_interval_s:
+        raise g.error(
+            "settlement_interval_s", f"{grid.settlement_interval_s:g} s does not divide a day"
+        )
+    g.check_unused()
+    return grid
 
 
 def _cdu(sec: Section, names: _Names, loops: set[str]) -> Cdu:
