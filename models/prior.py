@@ -54,10 +54,10 @@ What :meth:`PhysicsPrior.predict` does, per row and in order
    reference warming, a fouled HX, sensor noise): :data:`INITIAL_MARGIN_K`
    until the prior has scored :data:`MIN_MINUTES` minutes of its own
    forecasts, then the ``1 - alpha`` quantile of its own signed live errors
-   (``actual - frozen path``) over the last :data:`ERROR_WINDOW` of them — a
-   margin that shrinks on a quiet site and grows when the frozen path is
-   beaten (a heatwave warming the reference), never below
-   :data:`MARGIN_FLOOR_K`. A window of past errors lags a trend (its
+   (``actual - bare path``, the bound before its margin) over the last
+   :data:`ERROR_WINDOW` of them — a margin that shrinks on a quiet site and
+   grows when the bare path is beaten (a heatwave warming the reference),
+   never below :data:`MARGIN_FLOOR_K`. A window of past errors lags a trend (its
    quantile is of the last two hours, the afternoon is hotter), so a
    tracked correction (:func:`~.conformal.track_step`, the learned model's
    adaptive bound) is added on top: it steps up by ``lr x initial margin x
@@ -135,7 +135,7 @@ MARGIN_FLOOR_K = 0.2
 MIN_MINUTES = 30
 #: signed live errors kept per kind and horizon (~2 h of a 14-tank hall)
 ERROR_WINDOW = 2000
-#: the frozen actuators' conductance is at least this share of the design UA:
+#: today's conductance is taken as at least this share of the design UA:
 #: a valve or fan at its minimum still moves some heat
 UA_FLOOR_FRAC = 0.1
 #: the least |T - T_ref| (K) ``UA_now`` is judged over (a smaller gap is noise)
@@ -216,7 +216,7 @@ class PhysicsPrior:
         self.physics = zone_physics(site)
         self.alpha = alpha
         self.source = PRIOR_SOURCE
-        #: (kind, horizon) -> signed errors ``actual - frozen path`` (the bound without margin)
+        #: (kind, horizon) -> signed errors ``actual - bare path`` (the bound without margin)
         self.errors: dict[tuple[str, int], deque[float]] = {}
         self.minutes: dict[tuple[str, int], int] = {}  # scored minutes per (kind, horizon)
         #: per kind: the scored forecasts of ``report_horizon_min`` (MAE, coverage)
@@ -224,7 +224,7 @@ class PhysicsPrior:
         self.report_horizon_min = 15
         #: (kind, horizon) -> the tracked correction (K) added to the window's margin
         self.track: dict[tuple[str, int], TrackerState] = {}
-        # (zone, target time) -> [(kind, horizon, frozen path, mean, upper, correction)]
+        # (zone, target time) -> [(kind, horizon, bare path, mean, upper, correction)]
         self._pending: dict[
             tuple[str, float], list[tuple[str, int, float, float, float, float]]
         ] = {}
@@ -270,8 +270,8 @@ class PhysicsPrior:
     def paths(
         self, rows: KindData, extra_kw: np.ndarray | float = 0.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(mean, frozen, upper)`` temperatures (rows x horizons) with ``extra_kw``
-        added to every row's load now; ``frozen`` is the upper bound before its
+        """``(mean, bare, upper)`` temperatures (rows x horizons) with ``extra_kw``
+        added to every row's load now; ``bare`` is the upper bound before its
         margin and caps (what the margin is measured against)."""
         n = len(rows)
         h = np.asarray(rows.horizons_min, dtype=np.float64)
@@ -294,8 +294,8 @@ class PhysicsPrior:
         gap = np.maximum(temp - ref, GAP_FLOOR_K)
         ua_now = np.clip(q_now / gap, UA_FLOOR_FRAC * ua, ua)
         ua_up = ua_now + (ua - ua_now) * _spare_authority(rows)
-        frozen = temp[:, None] + _relax(net, ua_up, c_min, h)
-        upper = frozen + self.margin(rows.kind, rows.horizons_min)[None, :]
+        bare = temp[:, None] + _relax(net, ua_up, c_min, h)
+        upper = bare + self.margin(rows.kind, rows.horizons_min)[None, :]
         # 4. physical caps: nameplate (or more, if already above it) with no
         # cooling plus what a warmer reference pours in; the trip interlock
         p_max = np.maximum(rows.rated_kw, power + extra)
@@ -303,7 +303,7 @@ class PhysicsPrior:
         fastest = temp[:, None] + ((p_max + inflow) / c_min)[:, None] * h[None, :]
         upper = np.minimum(upper, fastest + MARGIN_FLOOR_K)
         upper = np.minimum(upper, cap[:, None])
-        return np.minimum(mean, upper), frozen, upper
+        return np.minimum(mean, upper), bare, upper
 
     def predict(
         self, rows: KindData, extra_kw: np.ndarray | float = 0.0
@@ -322,12 +322,12 @@ class PhysicsPrior:
         model's forecasts."""
         out: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
         for kd in rows:
-            mean, frozen, upper = self.paths(kd)
+            mean, bare, upper = self.paths(kd)
             for i, z in enumerate(kd.zones.tolist()):
                 out[z] = (kd.kind, mean[i], upper[i])
                 for j, h in enumerate(kd.horizons_min):
                     self._pending.setdefault((z, t + h * 60.0), []).append(
-                        (kd.kind, int(h), float(frozen[i, j]), float(mean[i, j]),
+                        (kd.kind, int(h), float(bare[i, j]), float(mean[i, j]),
                          float(upper[i, j]), self.correction(kd.kind, h))
                     )  # fmt: skip
         return out
@@ -340,10 +340,10 @@ class PhysicsPrior:
         held: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
         for kd in rows:
             for z, temp in zip(kd.zones.tolist(), kd.temp, strict=True):
-                for kind, h, frozen, mean, upper, used in self._pending.pop((z, t), []):
+                for kind, h, bare, mean, upper, used in self._pending.pop((z, t), []):
                     key = (kind, h)
                     buf = self.errors.setdefault(key, deque(maxlen=ERROR_WINDOW))
-                    buf.append(float(temp) - frozen)
+                    buf.append(float(temp) - bare)
                     scores, corrections = held.setdefault(key, ([], []))
                     scores.append(float(temp) - upper + used)
                     corrections.append(used)
