@@ -44,7 +44,7 @@ from .equipment import (
 )
 from .errors import ConfigError
 from .pointmap import PointMap, build_point_map
-from .ufls import RelayConfig
+from .ufls import RelayConfig, RelaySettingError
 
 __all__ = [
     "Breaker",
@@ -455,11 +455,8 @@ def _grid(root: Section, nominal_hz: float, tanks: tuple[Tank, ...]) -> GridConf
     recover_s = g.get_float("under_frequency_recover_s", 600.0, minval=0.0, maxval=86_400.0)
     try:
         relay = RelayConfig(nominal_hz, trip, delay, recover, recover_s)
-    except ValueError as exc:
-        key = (
-            "under_frequency_recover_hz" if "recover_hz" in str(exc) else "under_frequency_trip_hz"
-        )
-        raise g.error(key, str(exc)) from None
+    except RelaySettingError as exc:
+        raise g.error(f"under_frequency_{exc.field}", str(exc)) from None
     mining = [t.name for t in tanks if t.workload_class == "mining"]
     shed = g.get_str_list("under_frequency_shed", mining)
     for name in shed:

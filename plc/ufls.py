@@ -32,7 +32,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["RelayConfig", "RelayState", "UnderFrequencyRelay"]
+__all__ = ["RelayConfig", "RelaySettingError", "RelayState", "UnderFrequencyRelay"]
+
+
+class RelaySettingError(ValueError):
+    """A relay setting out of range; ``field`` names it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field} {reason}")
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -45,21 +53,23 @@ class RelayConfig:
 
     def __post_init__(self) -> None:
         if self.nominal_hz not in (50.0, 60.0):
-            raise ValueError(f"nominal_hz must be 50 or 60, got {self.nominal_hz}")
+            raise RelaySettingError("nominal_hz", f"must be 50 or 60, got {self.nominal_hz}")
         if not self.nominal_hz * 0.9 <= self.trip_hz < self.nominal_hz:
-            raise ValueError(
-                f"trip_hz must be below nominal {self.nominal_hz:g} Hz and within 10 % "
-                f"of it, got {self.trip_hz}"
+            raise RelaySettingError(
+                "trip_hz",
+                f"must be below nominal {self.nominal_hz:g} Hz and within 10 % of it, "
+                f"got {self.trip_hz}",
             )
         if not self.trip_hz < self.recover_hz <= self.nominal_hz:
-            raise ValueError(
-                f"recover_hz must be above trip_hz ({self.trip_hz:g}) and at most "
-                f"nominal, got {self.recover_hz}"
+            raise RelaySettingError(
+                "recover_hz",
+                f"must be above trip_hz ({self.trip_hz:g}) and at most nominal, "
+                f"got {self.recover_hz}",
             )
         for name in ("delay_s", "recover_s"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0.0):
-                raise ValueError(f"{name} must be >= 0, got {v}")
+                raise RelaySettingError(name, f"must be >= 0, got {v}")
 
 
 @dataclass
