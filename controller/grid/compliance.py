@@ -102,6 +102,10 @@ class Instruction:
         """The interval indices wholly inside the window."""
         return range(math.ceil(self.start_s / interval_s), math.floor(self.end_s / interval_s))
 
+    def touched(self, interval_s: float) -> range:
+        """The interval indices the window touches, its ramps included."""
+        return range(math.floor(self.start_s / interval_s), math.ceil(self.end_s / interval_s))
+
 
 @dataclass(frozen=True)
 class IntervalCompliance:
@@ -182,9 +186,7 @@ def settle(
     """Every interval wholly inside ``instruction`` scored (step 3)."""
     size = rule.interval_s
     window = instruction.intervals(size)
-    excluded: set[int] = set()
-    for ev in (instruction, *past_events):  # an event's intervals, ramps included
-        excluded.update(range(math.floor(ev.start_s / size), math.ceil(ev.end_s / size)))
+    excluded = {k for ev in (instruction, *past_events) for k in ev.touched(size)}
     if rule.like == "preceding":  # one baseline for the event: the intervals before it
         base_all = baseline_kw(means, window.start, rule, excluded) if window else None
     out = []
@@ -219,13 +221,14 @@ def summarise(
     metered ones; the reduction delivered and required (kWh) over the
     intervals that have both a baseline and a meter reading."""
     metered = [r for r in records if r.compliant is not None]
+    compliant = sum(1 for r in metered if r.compliant)
     both = [r for r in records if r.delivered_kw is not None and r.required_kw is not None]
     hours = interval_s / 3600.0
     return {
         "intervals": len(records),
-        "compliant": sum(1 for r in metered if r.compliant),
+        "compliant": compliant,
         "not_metered": len(records) - len(metered),
-        "compliance": sum(1 for r in metered if r.compliant) / len(metered) if metered else None,
+        "compliance": compliant / len(metered) if metered else None,
         "delivered_kwh": sum(r.delivered_kw or 0.0 for r in both) * hours if both else None,
         "required_kwh": sum(r.required_kw or 0.0 for r in both) * hours if both else None,
     }
