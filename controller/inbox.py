@@ -29,6 +29,7 @@ from .core.commands import (
     CommandResult,
     OverrideActuator,
     Principal,
+    ReleaseUnderFrequency,
     RequestCurtailment,
     ResetInterlock,
     ReturnToAuto,
@@ -50,6 +51,7 @@ KINDS: dict[str, type] = {
         SetTuning,
         RequestCurtailment,
         ClearCurtailment,
+        ReleaseUnderFrequency,
     )
 }
 

@@ -24,6 +24,7 @@ from .core.commands import (
     ClearCurtailment,
     Command,
     OverrideActuator,
+    ReleaseUnderFrequency,
     RequestCurtailment,
     ResetInterlock,
     ReturnToAuto,
@@ -130,6 +131,8 @@ def _command(args: argparse.Namespace) -> Command:
         return SetTuning(args.loop, args.kp, args.ki, args.kd, why)
     if what == "curtail":
         return RequestCurtailment(args.limit_kw, args.duration, None, why)
+    if what == "release":
+        return ReleaseUnderFrequency(why)
     if args.id == "all":
         return ClearCurtailment(None, why)
     try:
@@ -226,3 +229,4 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("limit_kw", type=float)
     p.add_argument("--for", dest="duration", type=_duration_arg, required=True, metavar="DURATION")
     add("clear-curtailment", "end a curtailment").add_argument("id", help="its number, or all")
+    add("release", "release the load an under-frequency trip shed (once the grid has recovered)")

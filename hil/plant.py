@@ -44,6 +44,7 @@ from thermogate.plc.pointmap import (
     STATUS_INTERLOCK,
     STATUS_LEAK,
     STATUS_SAFE_STATE,
+    STATUS_UFLS_TRIPPED,
     PointMap,
     build_point_map,
 )
@@ -76,6 +77,8 @@ FOULING_TAU_DAYS = (8.0, 30.0)  # range of per-HX fouling time constants
 LEVEL_NOMINAL_PCT = 85.0
 LEVEL_EXPANSION_PCT_K = 0.07  # dielectric thermal expansion seen on the level gauge
 BREAKER_COOL_TAU_S = 120.0  # thermal memory of a breaker after an overload
+#: a shed tank's contactors open this long after the relay trips (3 cycles at 60 Hz)
+CONTACTOR_OPEN_S = 0.05
 
 
 # ndarray.sum()/any() go through Python wrappers; the ufunc reductions are
@@ -364,6 +367,8 @@ class Plant:
         self.heartbeat = 0
         self.heartbeat_timeout_s = self.site.plc.heartbeat_timeout_s
         self.reset_request = False
+        self.ufls_armed = self.site.grid.under_frequency_armed
+        self.ufls_release_request = False
 
         # actuator states
         self.valve_pos = self.cmd_valve.copy()
@@ -463,8 +468,17 @@ class Plant:
             if v:
                 self.reset_request = True
 
+        def ufls_armed(v: float) -> None:
+            self.ufls_armed = bool(v)
+
+        def ufls_release(v: float) -> None:
+            if v:
+                self.ufls_release_request = True
+
         cmds[name(ix.plc.heartbeat)] = heartbeat
         cmds[name(ix.plc.reset)] = reset
+        cmds[name(ix.plc.ufls_armed)] = ufls_armed
+        cmds[name(ix.plc.ufls_release)] = ufls_release
         writable = {p.name for p in self.pmap.writable()}
         missing = writable - cmds.keys()
         if missing:  # the point map and the plant must agree on every command
@@ -510,15 +524,18 @@ class Plant:
             loop_leak=self.loop_leak,
             cdu_supply=meas["cdu_supply"],
             cdu_leak=self.cdu_leak,
+            frequency_hz=self.grid_frequency(t),
+            ufls_armed=self.ufls_armed,
+            ufls_release=self.ufls_release_request,
         )
         pumps_cmd = np.bincount(self.p_loop, weights=self.cmd_pump_run, minlength=self.n_l) > 0
         self.plc.step(t, inp, pumps_cmd)
-        self.reset_request = False
+        self.reset_request = self.ufls_release_request = False
         if self.plc.events:
             self.events.extend(self.plc.events)
             self.plc.events.clear()
         safe = self.plc.safe_state
-        tank_trip = self.plc.tank_tripped()
+        tank_trip = self.plc.tank_tripped() | self._contactors_open(t)
         row_trip = self.plc.row_tripped()
         if inp.reset:
             closed_before = self.b_closed.copy()
@@ -569,6 +586,43 @@ class Plant:
         self._thermal(t, dt)
         self._electrical(dt)
         self.t = t
+
+    def grid_frequency(self, t: float) -> float:
+        """The grid's frequency at ``t`` (the scenario's, else nominal)."""
+        f = self.env.grid_frequency_hz(t)
+        return self.site.frequency_hz if f is None else float(f)
+
+    def _contactors_open(self, t: float) -> np.ndarray:
+        """Tanks the under-frequency relay has shed, once their contactors opened."""
+        trip_t = self.plc.relay.state.trip_t
+        if trip_t is None or t - trip_t < CONTACTOR_OPEN_S - 1e-9:
+            return np.zeros(self.n_t, dtype=bool)
+        return self.plc.tank_shed()
+
+    def fast_cycle(self, t: float) -> bool:
+        """The PLC's fast cycle at ``t`` (between two plant steps, ``t`` at most
+        one step ahead): the under-frequency relay and the contactors it opens,
+        and the meter that sees them. Returns whether the load changed.
+
+        The served plant runs this every few milliseconds, so a shed does not
+        wait for the next plant step, as a relay does not wait for a scan."""
+        f = self.grid_frequency(t)
+        self.site_freq = f
+        release, self.ufls_release_request = self.ufls_release_request, False
+        self.plc.relay_step(t, f, self.ufls_armed, release)
+        if self.plc.events:
+            self.events.extend(self.plc.events)
+            self.plc.events.clear()
+        off = self._contactors_open(t) & (self.t_power > 0.0)
+        if not _any(off):
+            return False
+        self.t_power_on &= ~off
+        self.t_units_on = np.where(off, 0.0, self.t_units_on)
+        self.t_power = np.where(off, 0.0, self.t_power)
+        self.t_throttled = np.where(off, 0.0, self.t_throttled)
+        self._electrical(0.0)  # the meters see it now; no time passes
+        self.site_freq = f
+        return True
 
     def _hydraulics(self) -> None:
         # Equal-percentage valves: Kv = Kvs * R^(x-1), closed at 0.
@@ -792,8 +846,7 @@ class Plant:
         v = self.site.meter_voltage_v * (1.0 - 0.01 * self.site_kw / self.site.import_limit_kw)
         self.site_voltage = v
         self.site_current = self.site_kw * 1000.0 / (math.sqrt(3.0) * v * 0.97)
-        f = self.env.grid_frequency_hz(self.t + dt)
-        self.site_freq = self.site.frequency_hz if f is None else float(f)
+        self.site_freq = self.grid_frequency(self.t + dt)
         self.ledger.it_kwh += self.it_kw * dt / 3600.0
         self.ledger.cooling_kwh += self.cooling_kw * dt / 3600.0
         self.ledger.site_kwh = self.site_kwh
@@ -819,6 +872,8 @@ class Plant:
             w |= STATUS_HEARTBEAT_OK
         if self.tank_leak.any() or self.loop_leak.any() or self.cdu_leak.any():
             w |= STATUS_LEAK
+        if self.plc.relay.state.tripped:
+            w |= STATUS_UFLS_TRIPPED
         return w
 
     @property

@@ -188,6 +188,10 @@ class SensorModel:
         g(plc, "heartbeat_age_s", lambda: np.array([min(pl.plc.heartbeat_age_s, 6553.4)]))
         g(plc, "reset", lambda: np.array([0.0]))
         g(plc, "safe_state", lambda: np.array([pl.plc.safe_state]))
+        g(plc, "ufls_armed", lambda: np.array([pl.ufls_armed]))
+        g(plc, "ufls_release", lambda: np.array([0.0]))
+        g(plc, "ufls_tripped", lambda: np.array([pl.plc.relay.state.tripped]))
+        g(plc, "ufls_recovered", lambda: np.array([pl.plc.ufls_recovered()]))
 
         bound = np.zeros(self.n, dtype=bool)
         for idx, _ in self.groups:
@@ -235,6 +239,19 @@ class SensorModel:
         for i, f in self.faults.items():
             v[i] = self._apply(f, v[i])
         return v
+
+    def measure_one(self, i: int, value: float) -> float:
+        """What point ``i`` reads when its true value is ``value``: noise,
+        quantisation and its fault as in :meth:`sample` (a fast path for one point)."""
+        v = float(value)
+        if self.enabled:
+            noise = float(self.rng.standard_normal()) * float(self.sigma[i])
+            v += noise * abs(v) if self.rel[i] else noise
+            q = float(self.quant[i])
+            if q > 0:
+                v = round(v / q) * q
+        f = self.faults.get(i)
+        return v if f is None else self._apply(f, v)
 
     def plc_view(self) -> dict[str, np.ndarray]:
         """The few signals the PLC's interlocks read, faults applied (no noise)."""

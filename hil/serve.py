@@ -7,6 +7,10 @@ against the point's range (exception 03 if outside, nothing applied) and
 handed to the plant as commands. The tick re-arms at ``expiry + interval``
 so CPU time never stretches the simulated clock; if the host falls behind,
 the plant catches up in bounded bursts and says so.
+
+Between ticks the PLC's fast cycle runs every ``FAST_CYCLE_S`` (the
+under-frequency relay, the contactors it opens, the site meter's frequency
+and power): a relay does not wait for a plant step, nor for a scan.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Protocol
 
 from pymodbus.constants import ExcCodes
 
-from thermogate.plc.codec import decode
+from thermogate.plc.codec import decode, encode
 from thermogate.plc.errors import CodecError, ThermogateError
 from thermogate.plc.site import Site, load_site
 
@@ -46,6 +50,10 @@ except ImportError:  # not POSIX
 TICK_S = 0.1
 #: At most this many plant steps per tick when catching up after a stall.
 MAX_CATCH_UP_STEPS = 2000
+#: Wall-clock period of the PLC's fast cycle (s): a protective relay's pace.
+FAST_CYCLE_S = 0.005
+#: self-clearing coils: the PLC acts on a 1 and drops it
+SELF_CLEARING = ("plc.reset", "plc.ufls_release")
 
 
 def _limit_slack(type_: str, scale: float, value: float) -> float:
@@ -94,6 +102,9 @@ class ServedPlant:
         )
         self.server = PlantModbusServer(self.images, on_write=self._on_write)
         self.sim.on_device_fault = self._device_fault
+        self._freq_point = pmap.by_name["site.frequency_hz"]
+        self._freq_index = pmap.position("site.frequency_hz")
+        self._clock: tuple[float, float] | None = None
         self._publish()
 
     # -- Modbus side ---------------------------------------------------
@@ -133,9 +144,34 @@ class ServedPlant:
 
     def _publish(self) -> None:
         self.writer.write(self.sim.plant.sensors.sample())
-        # plc.reset is a self-clearing coil: the PLC acts on it and drops it.
-        reset = self.sim.pmap.by_name["plc.reset"]
-        self.images[reset.unit_id].coils[reset.address] = False
+        for name in SELF_CLEARING:
+            p = self.sim.pmap.by_name[name]
+            self.images[p.unit_id].coils[p.address] = False
+
+    def _publish_fast(self, changed: bool) -> None:
+        """After a fast cycle: the meter's frequency always, the rest if the load changed."""
+        if changed:
+            self._publish()
+            return
+        p, plant = self._freq_point, self.sim.plant
+        f = plant.sensors.measure_one(self._freq_index, plant.site_freq)
+        self.images[p.unit_id].set_registers(p, encode(p, f))
+
+    def sim_time(self) -> float:
+        """The plant's clock now (between ticks: where the next tick will step to)."""
+        if self._clock is None:
+            return self.sim.plant.t
+        start_wall, start_sim = self._clock
+        return start_sim + (time.monotonic() - start_wall) * self.speed
+
+    async def _fast_cycle(self) -> None:
+        """The PLC's fast cycle (module docstring), until cancelled."""
+        plant = self.sim.plant
+        while True:
+            await asyncio.sleep(FAST_CYCLE_S)
+            t = min(self.sim_time(), plant.t + plant.dt)  # never past the next step
+            if t > plant.t:
+                self._publish_fast(plant.fast_cycle(t))
 
     # -- clock -----------------------------------------------------------
     async def run(self, duration_s: float | None = None, on_tick=None) -> None:  # noqa: ANN001
@@ -144,6 +180,25 @@ class ServedPlant:
         loop = asyncio.get_running_loop()
         start_wall = loop.time()
         start_sim = plant.t
+        self._clock = (time.monotonic(), start_sim)
+        fast = asyncio.create_task(self._fast_cycle())
+        try:
+            await self._run(duration_s, on_tick, start_wall, start_sim)
+        finally:
+            fast.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fast
+            self._clock = None
+
+    async def _run(
+        self,
+        duration_s: float | None,
+        on_tick: Callable[[ServedPlant], None] | None,
+        start_wall: float,
+        start_sim: float,
+    ) -> None:
+        plant = self.sim.plant
+        loop = asyncio.get_running_loop()
         next_tick = start_wall + TICK_S
         while duration_s is None or loop.time() - start_wall < duration_s:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))

@@ -15,6 +15,13 @@ and trusts nothing upstream:
   the loop's ``low_flow_trip_s`` trips every load on the loop; CDU coolant
   over-temperature trips its rack row. A latch clears only on an explicit
   reset (``plc.reset``) and only if its cause has cleared.
+* **Under-frequency relay (81U, ``plc/ufls.py``).** Armed, it sheds the
+  site description's designated mining tanks when the grid frequency sags,
+  and holds them off until the frequency has recovered and a release
+  (``plc.ufls_release``) comes. It is not an interlock (no reset clears it)
+  and it needs no controller: a controller that is down must not keep load
+  on a collapsing grid. :meth:`PlcLogic.relay_step` may run more often than
+  :meth:`PlcLogic.step` (the served plant runs it every fast PLC cycle).
 
 The logic is a pure step over arrays (no I/O, no clock reads): the plant
 passes ``t`` and the inputs it measured, and applies the outputs.
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .site import Site
+from .ufls import RelayConfig, UnderFrequencyRelay
 
 #: An over-temperature must persist this long before it trips (filters spikes).
 TRIP_DEBOUNCE_S = 3.0
@@ -45,6 +53,10 @@ class PlcInputs:
     loop_leak: np.ndarray
     cdu_supply: np.ndarray
     cdu_leak: np.ndarray
+    #: the relay's own measurement (NaN: failed; None: no relay cycle in this step)
+    frequency_hz: float | None = None
+    ufls_armed: bool = False
+    ufls_release: bool = False
 
 
 _any = np.logical_or.reduce  # cheaper than ndarray.any() on small arrays
@@ -87,6 +99,13 @@ class PlcLogic:
         self._cdu_hot_since = np.full(n_c, np.nan)
         self._low_flow_since = np.full(n_l, np.nan)
         self.events: list[tuple[float, str]] = []  # (t, message) for the plant's log
+        f0 = site.frequency_hz
+        relay_cfg = site.grid.relay or RelayConfig(f0, f0 - 0.3, recover_hz=f0 - 0.05)
+        self.relay = UnderFrequencyRelay(relay_cfg)
+        self.ufls_designated = np.array(
+            [t.name in site.grid.under_frequency_shed for t in site.tanks], dtype=bool
+        )
+        self._relay_t = -np.inf
 
     # ------------------------------------------------------------------
     def step(self, t: float, inp: PlcInputs, loop_pumps_commanded: np.ndarray) -> None:
@@ -96,6 +115,8 @@ class PlcLogic:
         run: low flow with no pump commanded is a controlled stop, not a fault.
         """
         self._watchdog(t, inp.heartbeat)
+        if inp.frequency_hz is not None:
+            self.relay_step(t, inp.frequency_hz, inp.ufls_armed, inp.ufls_release)
         # In its safe state the PLC runs every pump itself: no flow is then a fault.
         loop_pumps_commanded = loop_pumps_commanded | self.safe_state
 
@@ -160,6 +181,21 @@ class PlcLogic:
         if inp.reset:
             self._reset(t, over, inp, cdu_over, low)
 
+    def relay_step(self, t: float, frequency_hz: float, armed: bool, release: bool) -> bool:
+        """One cycle of the under-frequency relay; returns whether it sheds.
+
+        A cycle at or before the last one's time is skipped (the fast cycle
+        may have run ahead of the plant step), except to carry a release."""
+        if t > self._relay_t:
+            self._relay_t = t
+            self.relay.step(t, frequency_hz, armed=armed, release=release)
+        elif release:
+            self.relay.step(self._relay_t, frequency_hz, armed=armed, release=True)
+        if self.relay.events:
+            self.events.extend(self.relay.events)
+            self.relay.events.clear()
+        return self.relay.state.tripped
+
     # ------------------------------------------------------------------
     def _watchdog(self, t: float, heartbeat: int) -> None:
         if self.last_heartbeat is None or heartbeat != self.last_heartbeat:
@@ -218,6 +254,14 @@ class PlcLogic:
             | self.loop_low_flow[self.tank_loop]
         )
 
+    def tank_shed(self) -> np.ndarray:
+        """Tanks the under-frequency relay holds off (its designated ones, while tripped)."""
+        return self.ufls_designated & self.relay.state.tripped
+
+    def ufls_recovered(self) -> bool:
+        """Tripped, and recovered long enough that a release would be accepted."""
+        return self.relay.release_ready(self._relay_t)
+
     def row_tripped(self) -> np.ndarray:
         loop_of_row = self.cdu_loop[self.row_cdu]
         return (
@@ -250,4 +294,6 @@ class PlcLogic:
             "cdus_tripped": [
                 c.name for c, x in zip(self.site.cdus, self.cdu_latched, strict=True) if x
             ],
+            "ufls_tripped": self.relay.state.tripped,
+            "ufls_recovered": self.ufls_recovered(),
         }

@@ -58,6 +58,7 @@ STATUS_SAFE_STATE = 1 << 0  # watchdog fallback active
 STATUS_INTERLOCK = 1 << 1  # at least one hard interlock latched
 STATUS_HEARTBEAT_OK = 1 << 2  # heartbeat changed within the timeout
 STATUS_LEAK = 1 << 3  # any leak detected
+STATUS_UFLS_TRIPPED = 1 << 4  # the under-frequency relay has shed its load
 
 
 @dataclass

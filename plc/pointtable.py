@@ -153,7 +153,8 @@ class PlcPoints(GroupPoints):
     status: int = point(
         "input",
         "u16",
-        "status bits: 0 safe state, 1 interlock latched, 2 heartbeat ok, 3 leak",
+        "status bits: 0 safe state, 1 interlock latched, 2 heartbeat ok, 3 leak, "
+        "4 under-frequency trip",
         lo=0,
         hi=65535,
     )
@@ -186,6 +187,25 @@ class PlcPoints(GroupPoints):
         lo=0,
         hi=100,
         prefix="site",
+    )
+    # The under-frequency relay (plc/ufls.py), appended: no earlier address moves.
+    ufls_armed: int = bit(
+        "coil",
+        "under-frequency relay armed (starts as the site description says)",
+        access="rw",
+    )
+    ufls_release: int = bit(
+        "coil",
+        "write 1 to release an under-frequency trip once the frequency has recovered "
+        "(self-clearing; refused before, see ufls_recovered)",
+        access="rw",
+    )
+    ufls_tripped: int = bit(
+        "discrete", "under-frequency trip: the designated mining tanks are shed (latched)"
+    )
+    ufls_recovered: int = bit(
+        "discrete",
+        "frequency recovered for the required time: a release will be accepted",
     )
 
 

@@ -451,7 +451,7 @@ def _grid(root: Section, nominal_hz: float, tanks: tuple[Tank, ...]) -> GridConf
     # ERCOT's Load Resource relay: 59.7 Hz at 60 Hz nominal, i.e. 0.3 Hz under
     trip = g.get_float("under_frequency_trip_hz", nominal_hz - 0.3)
     recover = g.get_float("under_frequency_recover_hz", nominal_hz - 0.05)
-    delay = g.get_float("under_frequency_delay_s", 0.1, minval=0.0, maxval=10.0)
+    delay = g.get_float("under_frequency_delay_s", RelayConfig.delay_s, minval=0.0, maxval=10.0)
     recover_s = g.get_float("under_frequency_recover_s", 600.0, minval=0.0, maxval=86_400.0)
     try:
         relay = RelayConfig(nominal_hz, trip, delay, recover, recover_s)

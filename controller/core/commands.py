@@ -7,7 +7,8 @@ given by a ``Principal`` — who (a user, or the grid) and from where (``cli``,
 1. **Role**: viewers read only; operators set modes and setpoints, override
    actuators, return them to auto, acknowledge alarms and request or clear
    curtailments; engineers also tune loops and reset latched interlocks; the
-   grid may only request and clear curtailments.
+   grid may only request and clear curtailments and release an
+   under-frequency trip (operators may release it too).
 2. **The site's limits**: a setpoint within what its zone can take (below
    its alarm, leaving room for trim & respond), an override within the
    point's range and for at most a day, a curtailment between zero and the
@@ -44,6 +45,7 @@ from .regulation import (
 from .state import MODES, ControllerState, Curtailment, Override
 from .topology import Topology
 from .trips import TripLatch, latch_key
+from .underfreq import UnderFrequencyResponse
 from .zones import FailSafeZones
 
 ROLES = ("viewer", "operator", "engineer")
@@ -134,6 +136,13 @@ class ClearCurtailment:
     why: str = ""
 
 
+@dataclass(frozen=True)
+class ReleaseUnderFrequency:
+    """Let the load the under-frequency relay shed come back (ERCOT's release)."""
+
+    why: str = ""
+
+
 Command = (
     SetMode
     | SetSetpoint
@@ -144,6 +153,7 @@ Command = (
     | SetTuning
     | RequestCurtailment
     | ClearCurtailment
+    | ReleaseUnderFrequency
 )
 
 #: the least role that may give each command (the grid: only curtailments)
@@ -155,10 +165,11 @@ REQUIRED_ROLE: dict[type, str] = {
     Acknowledge: "operator",
     RequestCurtailment: "operator",
     ClearCurtailment: "operator",
+    ReleaseUnderFrequency: "operator",
     SetTuning: "engineer",
     ResetInterlock: "engineer",
 }
-GRID_COMMANDS = (RequestCurtailment, ClearCurtailment)
+GRID_COMMANDS = (RequestCurtailment, ClearCurtailment, ReleaseUnderFrequency)
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,7 @@ class CommandPath:
         zones: FailSafeZones,
         trips: TripLatch,
         regulation: Regulation,
+        underfreq: UnderFrequencyResponse,
     ) -> None:
         self.topo = topo
         self.state = state
@@ -199,13 +211,17 @@ class CommandPath:
         self.zones = zones
         self.trips = trips
         self.regulation = regulation
+        self.underfreq = underfreq
         self._loops = {c.name: c for c in topo.site.control_loops}
         self._loop_of_point = {c.measurement: c for c in topo.site.control_loops}
 
     def give(self, cmd: Command, by: Principal, t: float) -> CommandResult:
         if not may(by, cmd):
             if by.role == "grid":
-                why = f"refused: the grid may only request or clear curtailments, not {_name(cmd)}"
+                why = (
+                    "refused: the grid may only request or clear curtailments and release "
+                    f"an under-frequency trip, not {_name(cmd)}"
+                )
             elif by.role not in ROLES:
                 why = f"refused: {by.origin} has no known role ('{by.role}')"
             else:
@@ -326,6 +342,18 @@ class CommandPath:
             return f"{c.name}.tuning", None, None, f"{c.name} tuned by {by.origin}: {text}"
         if isinstance(cmd, RequestCurtailment):
             return self._curtail(cmd, by, t)
+        if isinstance(cmd, ReleaseUnderFrequency):
+            why = self.underfreq.refusal()
+            if why is not None:
+                raise Refused(why)
+            self.underfreq.request_release(by.user, by.face, cmd.why or "release")
+            return (
+                "grid.under_frequency",
+                None,
+                None,
+                f"under-frequency release by {by.origin}: the PLC releases the shed load "
+                "at the next scan",
+            )
         if isinstance(cmd, ClearCurtailment):
             if not st.curtailments:
                 raise Refused("no curtailment to clear")
@@ -473,6 +501,8 @@ def _target(cmd: Command) -> str:
         return "curtailment"
     if isinstance(cmd, ClearCurtailment):
         return f"curtailment:{cmd.id or 'all'}"
+    if isinstance(cmd, ReleaseUnderFrequency):
+        return "grid.under_frequency"
     if isinstance(cmd, ReturnToAuto):
         return cmd.point or "overrides"
     return cmd.point if isinstance(cmd, OverrideActuator) else cmd.loop

@@ -51,6 +51,7 @@ from .state import ControllerState, Override
 from .thermal import ThermalProtection
 from .topology import Topology
 from .trips import TripLatch
+from .underfreq import UnderFrequencyResponse
 from .view import Cmd, Cmds, ScanView
 from .zones import FailSafeZones, Zone
 
@@ -107,9 +108,16 @@ class Controller:
         self.power = PowerProtection(self.topo)
         self.planning = Planning(self.topo, planner or DefaultPlanner())
         self.trips = TripLatch(self.topo, self.state)
+        self.underfreq = UnderFrequencyResponse(self.topo)
         self.actuation = Actuation(self.topo, self.scan_s)
         self.commands = CommandPath(
-            self.topo, self.state, self.alarms, self.failsafe, self.trips, self.regulation
+            self.topo,
+            self.state,
+            self.alarms,
+            self.failsafe,
+            self.trips,
+            self.regulation,
+            self.underfreq,
         )
         self.t_last: float | None = None
         n = len(pmap)
@@ -203,6 +211,7 @@ class Controller:
         }
         curtail_kw = self._curtail_kw(t)
         self.power.protect(view, alarms, curtail_kw, overridden)
+        audit += self.underfreq.observe(view, alarms, self.power.cap)
         hold = self.state.mode == "maintenance"
         grid_kw = self.power.grid_limit(view, curtail_kw)
         self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, grid_kw, hold=hold)
@@ -210,6 +219,7 @@ class Controller:
         self.trips.latch(view, cmds, alarms)
         self.failsafe.apply(cmds)
         self.trips.pulse(cmds)
+        self.underfreq.pulse(cmds)
         writes = self.actuation.actuate(t, cmds)
         return ScanResult(
             writes,
@@ -295,6 +305,10 @@ class Controller:
                 for c in st.curtailments
             ],
             "latched": sorted(st.latched),
+            "under_frequency": {
+                "tripped": bool(self.underfreq.tripped),
+                "release_ready": self.underfreq.recovered,
+            },
         }
 
 

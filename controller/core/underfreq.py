@@ -1,0 +1,98 @@
+"""The controller's side of the PLC's under-frequency relay.
+
+The relay itself is PLC-local (``plc/ufls.py``): it sheds the designated
+mining tanks without waiting for a scan and holds them off whatever the
+controller does. The controller's part, every scan, in order:
+
+1. **Watch.** ``plc.ufls_tripped`` rising raises the alarm
+   ``grid.under_frequency`` and writes an audit record (the PLC acted, on the
+   grid's behalf); falling clears it with another record. ``plc.ufls_recovered``
+   rising says a release would now be accepted (an event).
+2. **Hold.** While tripped, the designated loads' power caps are 0: they come
+   back from nothing after the release and climb at protection's restore rate,
+   so the returning load cannot rebound over a limit.
+3. **Release.** A release (operator or grid, through the command path; ERCOT
+   requires one) pulses ``plc.ufls_release`` at the next scan. The command is
+   refused while the relay is not tripped or the frequency has not recovered
+   for long enough; the relay refuses it too, whatever the controller thinks.
+"""
+
+from __future__ import annotations
+
+from ..signals import Audit
+from .alarms import Alarms
+from .topology import Topology
+from .view import Cmd, Cmds, ScanView
+
+ALARM_KEY = "grid.under_frequency"
+
+
+class UnderFrequencyResponse:
+    """See the module docstring."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.topo = topo
+        ix = topo.ix.plc
+        self._tripped_pt, self._recovered_pt = ix.ufls_tripped, ix.ufls_recovered
+        self._release_pt = ix.ufls_release
+        shed = set(topo.site.grid.under_frequency_shed)
+        self.designated = tuple(ld for ld in topo.loads if ld.name in shed)
+        #: what the PLC said at the last scan (None: not known yet, or unreadable)
+        self.tripped: bool | None = None
+        self.recovered = False
+        self._release: tuple[str, str, str] | None = None  # who, where, why
+
+    def _bit(self, view: ScanView, i: int) -> bool | None:
+        return bool(view.val(i) >= 0.5) if view.good(i) else None
+
+    def observe(self, view: ScanView, alarms: Alarms, cap: dict[str, float]) -> list[Audit]:
+        """Watch and hold (module docstring); the audit records of what changed."""
+        t, audit = view.t, []
+        tripped = self._bit(view, self._tripped_pt)
+        recovered = bool(self._bit(view, self._recovered_pt))
+        names = ", ".join(ld.name for ld in self.designated) or "nothing designated"
+        if tripped is not None and tripped != self.tripped:
+            if tripped:
+                msg = f"under-frequency trip: the PLC relay shed {names}; needs a release"
+            else:
+                msg = "under-frequency trip released: shed load returns at the restore rate"
+            if tripped or self.tripped is not None:  # not at start-up with no trip
+                alarms.alarm(t, ALARM_KEY, tripped, msg, 850)
+                if not tripped:
+                    alarms.event(t, "restore", ALARM_KEY, msg, 500)
+                audit.append(Audit(t, "plc", "plc", ALARM_KEY, None, None, msg, True))
+            self.tripped = tripped
+        if tripped and recovered and not self.recovered:
+            alarms.event(t, "info", ALARM_KEY, "frequency recovered: a release may be given", 500)
+        self.recovered = bool(tripped) and recovered
+        if self.tripped:
+            for ld in self.designated:
+                cap[ld.name] = 0.0
+        return audit
+
+    def request_release(self, who: str, where: str, why: str) -> None:
+        """Pulse the relay's release at the next scan (the command path checked it)."""
+        self._release = (who, where, why)
+
+    def refusal(self) -> str | None:
+        """Why a release now would be refused, or None."""
+        if not self.tripped:
+            return "no under-frequency trip to release"
+        if not self.recovered:
+            cfg = self.topo.site.grid.relay
+            need = (
+                f"above {cfg.recover_hz:g} Hz for {cfg.recover_s:g} s"
+                if cfg is not None
+                else "recovered"
+            )
+            return f"the grid frequency has not yet been {need} (plc.ufls_recovered is off)"
+        return None
+
+    def pulse(self, cmds: Cmds) -> None:
+        if self._release is None:
+            return
+        who, where, why = self._release
+        self._release = None
+        cmds[self._release_pt] = Cmd(
+            1.0, f"under-frequency release by {who}: {why}", who, where, override=False, pulse=True
+        )
