@@ -46,6 +46,7 @@ from .gating.economics import EconomicsIntervals
 from .gating.metered import SiteMeters
 from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
+from .grid.openadr import Decision, Ven, VenConfig, parse_openadr
 from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
@@ -80,6 +81,7 @@ class RunConfig:
     forecast: bool = True  # run the promoted thermal model and retrain it on schedule
     retrain_every_h: float = 24.0
     train_days: float = 7.0
+    openadr: VenConfig | None = None  # the OpenADR VEN, when configured
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
@@ -124,6 +126,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
             per_unit[u] = ep
         sec.check_unused()
     m.check_unused()
+    openadr = parse_openadr(root.get_section("openadr"), base) if root.has("openadr") else None
     root.check_unused()
     endpoints: dict[int, Endpoint] | Endpoint = default
     if per_unit:
@@ -141,6 +144,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         retrain_every_h=retrain_every_h,
         train_days=train_days,
         planner=planner,
+        openadr=openadr,
     )
 
 
@@ -375,6 +379,35 @@ class RealTimeController:
         self.historian.close()
 
 
+def grid_telemetry(rt: RealTimeController) -> dict[str, float]:
+    """What the OpenADR VEN reports and decides on, from the last scan's validated
+    values: the site's import and what it can shed now (measured mining and
+    training power; a bad meter counts nothing; NaN: nothing known yet)."""
+    v = rt.ctrl.values
+    shed = [float(v[ld.power]) for ld in rt.ctrl.topo.loads if ld.wclass != "inference"]
+    known = [x for x in shed if math.isfinite(x)]
+    return {
+        "import_kw": float(v[rt.pmap.index.site.power_kw]),
+        "curtailable_kw": sum(known) if known else math.nan,
+    }
+
+
+def make_ven(rt: RealTimeController, cfg: VenConfig) -> Ven:
+    """The VEN on the controller's command path; its decisions in the event log."""
+
+    def journal(d: Decision) -> None:
+        rt.historian.record_event(d.t, "info", "grid", d.text, 400 if d.opt == "optIn" else 500)
+
+    return Ven(
+        cfg,
+        rt.command,
+        lambda: grid_telemetry(rt),
+        import_limit_kw=rt.cfg.site.import_limit_kw,
+        clock=rt.clock,
+        on_decision=journal,
+    )
+
+
 def _status_line(rt: RealTimeController) -> None:
     st = rt.last
     ms = sorted(itertools.islice(rt.scan_ms, max(0, len(rt.scan_ms) - 600), None))
@@ -498,10 +531,21 @@ async def _main(args: argparse.Namespace) -> int:
     )
     print(f"  plant:    {where}", flush=True)
     print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
+    ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
+    if ven is not None:
+        print(
+            f"  OpenADR:  VEN '{ven.cfg.ven_name}' of VTN {ven.cfg.vtn_url} (registers after "
+            "the first scan; decisions in the event log)",
+            flush=True,
+        )
     print("  Ctrl-C to stop", flush=True)
     try:
+        if ven is not None:
+            await ven.start()
         await rt.run(stop, on_status=_status_line)
     finally:
+        if ven is not None:
+            await ven.stop()
         await rt.close()
         if plant_task is not None:
             plant_task.cancel()
