@@ -713,7 +713,9 @@ async def _shut(client: Any) -> None:
     sched = client.scheduler
     if sched.running:
         sched.pause()
-        executor = sched._lookup_executor("default")
+        # apscheduler keeps the jobs under way privately; without them, none is awaited
+        lookup = getattr(sched, "_lookup_executor", None)
+        executor = lookup("default") if lookup is not None else None
         pending = [f for f in getattr(executor, "_pending_futures", ()) if not f.done()]
         if pending:
             await asyncio.wait(pending, timeout=STOP_WAIT_S)
