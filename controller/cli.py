@@ -164,6 +164,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .gating.bench_schedule import bench_schedule
 
         result = bench_schedule(args)
+    elif args.bench == "dr":
+        from .grid.bench_dr import bench_dr
+
+        result = bench_dr(args)
     elif args.bench == "historian":
         from .historian.bench import bench_historian
 
@@ -392,6 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
     bhi.add_argument("--scans", type=_positive_int, default=300, help="scans per phase")
     bhi.add_argument("--json", action="store_true")
     bhi.set_defaults(func=cmd_bench)
+    bdr = bsub.add_parser(
+        "dr", help="under-frequency shed timed over real Modbus: frequency dips in the served plant"
+    )
+    bdr.add_argument("--site", metavar="FILE", help="a site with an armed [grid] relay")
+    bdr.add_argument(
+        "--events", type=_positive_int, default=60, help="tripping dips (near misses come extra)"
+    )
+    bdr.add_argument("--json", action="store_true")
+    bdr.set_defaults(func=cmd_bench)
     return p
 
 

@@ -602,20 +602,21 @@ class Plant:
     def fast_cycle(self, t: float) -> bool:
         """The PLC's fast cycle at ``t`` (between two plant steps, ``t`` at most
         one step ahead): the under-frequency relay and the contactors it opens,
-        and the meter that sees them. Returns whether the load changed.
+        and the meter that sees them. Returns whether the relay or the load changed.
 
         The served plant runs this every few milliseconds, so a shed does not
         wait for the next plant step, as a relay does not wait for a scan."""
         f = self.grid_frequency(t)
         self.site_freq = f
         release, self.ufls_release_request = self.ufls_release_request, False
-        self.plc.relay_step(t, f, self.ufls_armed, release)
+        was = self.plc.relay.state.tripped
+        relay_changed = self.plc.relay_step(t, f, self.ufls_armed, release) != was
         if self.plc.events:
             self.events.extend(self.plc.events)
             self.plc.events.clear()
         off = self._contactors_open(t) & (self.t_power > 0.0)
         if not _any(off):
-            return False
+            return relay_changed
         self.t_power_on &= ~off
         self.t_units_on = np.where(off, 0.0, self.t_units_on)
         self.t_power = np.where(off, 0.0, self.t_power)
