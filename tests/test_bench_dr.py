@@ -93,9 +93,10 @@ def test_analysis_sees_an_undesignated_load_dropping():
     tr = _trace([(2.0, 0.4, 0.06, 0.11)])
     for ts, snap in tr.loads:
         if 2.3 <= ts <= 2.9:
-            snap["row1"] = 0.0  # inference went with the shed
+            snap["row1"] = 0.0  # training went with the shed ...
+            snap["gpu01"] = 40.0  # ... and inference lost half its power
     out = analyse(site, tr)
-    assert out["undesignated_shed"] > 0 and out["inference_lost_kw"] == 315.0
+    assert out["undesignated_shed"] > 0 and out["inference_lost_kw"] == 51.0
 
 
 def test_a_short_real_run_sees_every_dip_shed_and_released_over_modbus():
