@@ -3,6 +3,7 @@ overrides that expire, and the audit record every command leaves."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from thermogate.controller.core import (
     SetTuning,
 )
 from thermogate.controller.core.alarms import Alarms
+from thermogate.controller.core.power import GRID_RESTORE_FRAC_S
 from thermogate.controller.signals import Observation
 from thermogate.hil.runner import ScenarioPlant
 
@@ -295,6 +297,13 @@ def test_a_curtailment_lowers_the_import_limit_until_it_ends(warm):
     warm.scans(2)
     assert warm.results[-1].status["import_limit_kw"] == 2000.0
     warm.scans(62)
+    # it ended: the limit in force climbs back at the restore rate, never in one step
+    back = [r.status["import_limit_kw"] for r in warm.results[-3:]]
+    assert 2000.0 < back[0] < back[-1] < site_kw
+    steps = [b - a for a, b in itertools.pairwise(back)]
+    rate = GRID_RESTORE_FRAC_S * site_kw * warm.ctrl.scan_s
+    assert all(s == pytest.approx(rate) for s in steps)
+    warm.scans(round((site_kw - back[-1]) / rate) + 2)
     assert warm.results[-1].status["import_limit_kw"] == site_kw
     ended = [a for r in warm.results for a in r.audit if a.target.startswith("curtailment")]
     assert len(ended) == 1 and "ended" in ended[0].why

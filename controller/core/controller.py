@@ -213,7 +213,7 @@ class Controller:
         self.power.protect(view, alarms, curtail_kw, overridden)
         audit += self.underfreq.observe(view, alarms, self.power.cap)
         hold = self.state.mode == "maintenance"
-        grid_kw = self.power.grid_limit(view, curtail_kw)
+        grid_kw = self.power.grid_limit_kw  # in force: protect ramps a lifted limit
         self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, grid_kw, hold=hold)
         self._apply_overrides(cmds, overrides)
         self.trips.latch(view, cmds, alarms)

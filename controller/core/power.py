@@ -8,6 +8,11 @@ loads under it shed — mining first, then training, then inference — down to
 95 %; below 92 % they come back in the reverse order at 0.5 % of their rating
 per second. One event per shedding episode, one when every load is restored.
 
+A lowered grid limit takes effect at once (mining can stop at once); when it
+lifts, the limit in force climbs back at ``GRID_RESTORE_FRAC_S`` of the site's
+import limit per second, so the load returning after a curtailment is ramped
+and cannot rebound over any limit (``grid_limit_kw`` is the limit in force).
+
 Precedence: an operator's override of a load's budget beats the grid's limit
 (the load keeps its override and the others shed more) but not a breaker's.
 """
@@ -26,6 +31,7 @@ POWER_SHED_TO = 0.95  # ... down to this fraction
 POWER_RESTORE_BELOW = 0.92  # restore when below this fraction
 POWER_RESTORE_FRAC_S = 0.005  # restore rate, fraction of a load's rating per s
 GRID_LIMIT_MARGIN = 0.97  # stay this far inside the grid's import limit
+GRID_RESTORE_FRAC_S = 0.002  # a lifted limit climbs back at this share of the site's per s
 
 
 class PowerProtection:
@@ -40,7 +46,8 @@ class PowerProtection:
         self._classes = [_by_class(c.loads) for c in topo.constraints]
 
     def grid_limit(self, view: ScanView, curtail_kw: float | None) -> float:
-        """The import limit this scan: the site's, the grid's, a curtailment's, lowest."""
+        """The import limit asked for this scan: the site's, the grid's, a
+        curtailment's, lowest (before the restore ramp; see ``grid_limit_kw``)."""
         grid = self.topo.site.import_limit_kw
         if view.import_limit_kw is not None and math.isfinite(view.import_limit_kw):
             grid = min(grid, view.import_limit_kw)
@@ -57,6 +64,9 @@ class PowerProtection:
     ) -> None:
         t, dt = view.t, view.dt
         grid = self.grid_limit(view, curtail_kw)
+        if grid > self.grid_limit_kw:  # a lifted limit returns at the restore rate
+            step = GRID_RESTORE_FRAC_S * self.topo.site.import_limit_kw * max(dt, 0.0)
+            grid = min(grid, self.grid_limit_kw + step)
         constraints = []
         for c, classes in zip(self.topo.constraints, self._classes, strict=True):
             p = view.val(c.meter) if view.good(c.meter) else math.nan
