@@ -209,9 +209,9 @@ class Controller:
         overridden = {
             self.topo.load_of_budget[i].name for i in overrides if i in self.topo.load_of_budget
         }
-        curtail_kw = self._curtail_kw(t)
+        curtail_kw = self.curtail_kw(t)
         self.power.protect(view, alarms, curtail_kw, overridden)
-        audit += self.underfreq.observe(view, alarms, self.power.cap)
+        audit += self.underfreq.observe(view, alarms, self.power)
         hold = self.state.mode == "maintenance"
         grid_kw = self.power.grid_limit_kw  # in force: protect ramps a lifted limit
         self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, grid_kw, hold=hold)
@@ -268,7 +268,8 @@ class Controller:
                 )
         return out
 
-    def _curtail_kw(self, t: float) -> float | None:
+    def curtail_kw(self, t: float) -> float | None:
+        """The lowest limit of the curtailments active at ``t`` (None: none)."""
         active = [c.limit_kw for c in self.state.curtailments if c.active(t)]
         return min(active) if active else None
 

@@ -5,8 +5,14 @@ otherwise); the grid's is the site's import limit, lowered by the grid or the
 scenario (``Observation.import_limit_kw``) and by curtailments requested
 through the command path, kept with a 3 % margin. Above 98 % of a limit the
 loads under it shed — mining first, then training, then inference — down to
-95 %; below 92 % they come back in the reverse order at 0.5 % of their rating
-per second. One event per shedding episode, one when every load is restored.
+95 %; below 95 % what was shed comes back in the reverse order at 0.5 % of
+its rating per second, so the import settles at 95 % while the loads want
+more, and nothing stays held once there is room. One event per shedding
+episode, one when every load is restored.
+Each limit keeps its own caps and restores only what it shed, so a feeder
+with room to spare never hands back load the site import is shedding; a
+load's cap is the lowest any limit (or a hold, such as the under-frequency
+relay's) puts on it.
 
 A lowered grid limit takes effect at once (mining can stop at once); when it
 lifts, the limit in force climbs back at ``GRID_RESTORE_FRAC_S`` of the site's
@@ -28,7 +34,8 @@ from .view import ScanView, nz
 
 POWER_SHED_AT = 0.98  # shed when a measured load exceeds this fraction of its limit
 POWER_SHED_TO = 0.95  # ... down to this fraction
-POWER_RESTORE_BELOW = 0.92  # restore when below this fraction
+POWER_RESTORE_BELOW = POWER_SHED_TO  # restore below this fraction (no dead band: a
+# planner that keeps the import steady inside it must not find caps held forever)
 POWER_RESTORE_FRAC_S = 0.005  # restore rate, fraction of a load's rating per s
 GRID_LIMIT_MARGIN = 0.97  # stay this far inside the grid's import limit
 GRID_RESTORE_FRAC_S = 0.002  # a lifted limit climbs back at this share of the site's per s
@@ -42,6 +49,9 @@ class PowerProtection:
         self.cap: dict[str, float] = {ld.name: math.inf for ld in topo.loads}
         self.grid_limit_kw = topo.site.import_limit_kw
         self._shedding: dict[str, bool] = {}
+        #: per constraint (or hold source), the loads it holds below their rating
+        self._held: dict[str, dict[str, float]] = {}
+        self._ramping: set[str] = set()  # released holds climbing back
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
 
@@ -75,10 +85,10 @@ class PowerProtection:
             if c.limit_kw is None and overridden:  # the operator's hand beats the grid
                 group = tuple(ld for ld in group if ld.name not in overridden)
                 classes = _by_class(group)
-            constraints.append((c.name, p, limit, group, classes, c.severity))
+            constraints.append((c.name, p, limit, classes, c.severity))
         self.grid_limit_kw = grid
-        cap = self.cap
-        for name, p, limit, group, classes, sev in constraints:
+        self._ramp_holds(dt)
+        for name, p, limit, classes, sev in constraints:
             if not math.isfinite(p):
                 continue
             alarms.alarm(
@@ -90,8 +100,17 @@ class PowerProtection:
                 hysteresis=not p > POWER_SHED_TO * limit,
             )
             shedding = self._shedding.get(name, False)
-            if p > POWER_SHED_AT * limit:
-                excess = p - POWER_SHED_TO * limit
+            held = self._held.setdefault(name, {})
+            # what is already on its way out: loads above the caps a scan before
+            # set (a meter lags the command): shedding it again would over-shed
+            pending = sum(
+                max(0.0, nz(view.measured(ld.power)) - self.cap[ld.name])
+                for members in classes.values()
+                for ld in members
+                if math.isfinite(self.cap[ld.name])
+            )
+            if p - pending > POWER_SHED_AT * limit:
+                excess = p - pending - POWER_SHED_TO * limit
                 for wclass in CLASS_ORDER:
                     cls = classes[wclass]
                     have = sum(min(self.cap[ld.name], nz(view.measured(ld.power))) for ld in cls)
@@ -100,7 +119,8 @@ class PowerProtection:
                     take = min(excess, have)
                     for ld in cls:
                         cur = min(self.cap[ld.name], nz(view.measured(ld.power)), ld.rated_kw)
-                        self.cap[ld.name] = max(0.0, cur - take * cur / have)
+                        held[ld.name] = max(0.0, cur - take * cur / have)
+                        self._update(ld.name)
                     if not shedding:  # one event per episode, not one per scan
                         alarms.event(
                             t,
@@ -115,23 +135,55 @@ class PowerProtection:
                     if excess <= 1.0:
                         break
             elif p < POWER_RESTORE_BELOW * limit:
-                if shedding and all(not math.isfinite(cap[ld.name]) for ld in group):
+                if shedding and not held:
                     alarms.event(t, "restore", name, f"{name}: all loads restored", 400)
                     shedding = False
-                # Restore in reverse order: inference first, mining last.
+                # Restore what this constraint shed, in reverse order: inference
+                # first, mining last. What another limit holds stays held there.
                 spare = POWER_RESTORE_BELOW * limit - p
                 for wclass in reversed(CLASS_ORDER):
                     for ld in classes[wclass]:
-                        if not math.isfinite(cap[ld.name]):
+                        if ld.name not in held:
                             continue
                         step = min(POWER_RESTORE_FRAC_S * dt * ld.rated_kw, spare)
-                        cap[ld.name] += step
+                        held[ld.name] += step
                         spare -= step
-                        if cap[ld.name] >= ld.rated_kw:
-                            cap[ld.name] = math.inf
+                        if held[ld.name] >= ld.rated_kw:
+                            del held[ld.name]
+                        self._update(ld.name)
                     if spare <= 0.0:
                         break
             self._shedding[name] = shedding
+
+    def hold(self, source: str, loads: Collection[str], kw: float = 0.0) -> None:
+        """Hold ``loads`` at ``kw`` for ``source`` (not a metered limit: e.g. the
+        under-frequency relay's shed) until :meth:`release`."""
+        held = self._held.setdefault(source, {})
+        self._ramping.discard(source)
+        for name in loads:
+            held[name] = kw
+            self._update(name)
+
+    def release(self, source: str) -> None:
+        """Let ``source``'s holds climb back at the restore rate, then go."""
+        if self._held.get(source):
+            self._ramping.add(source)
+
+    def _ramp_holds(self, dt: float) -> None:
+        for source in list(self._ramping):
+            held = self._held[source]
+            for name in list(held):
+                rated = self.topo.load[name].rated_kw
+                held[name] += POWER_RESTORE_FRAC_S * max(dt, 0.0) * rated
+                if held[name] >= rated:
+                    del held[name]
+                self._update(name)
+            if not held:
+                self._ramping.discard(source)
+
+    def _update(self, name: str) -> None:
+        """A load's cap: the lowest any constraint or hold puts on it."""
+        self.cap[name] = min((h[name] for h in self._held.values() if name in h), default=math.inf)
 
 
 def _by_class(loads: tuple[Load, ...]) -> dict[str, list[Load]]:

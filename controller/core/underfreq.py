@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from ..signals import Audit
 from .alarms import Alarms
+from .power import PowerProtection
 from .topology import Topology
 from .view import Cmd, Cmds, ScanView
 
@@ -45,7 +46,7 @@ class UnderFrequencyResponse:
     def _bit(self, view: ScanView, i: int) -> bool | None:
         return bool(view.val(i) >= 0.5) if view.good(i) else None
 
-    def observe(self, view: ScanView, alarms: Alarms, cap: dict[str, float]) -> list[Audit]:
+    def observe(self, view: ScanView, alarms: Alarms, power: PowerProtection) -> list[Audit]:
         """Watch and hold (module docstring); the audit records of what changed."""
         t, audit = view.t, []
         tripped = self._bit(view, self._tripped_pt)
@@ -61,13 +62,14 @@ class UnderFrequencyResponse:
                 if not tripped:
                     alarms.event(t, "restore", ALARM_KEY, msg, 500)
                 audit.append(Audit(t, "plc", "plc", ALARM_KEY, None, None, msg, True))
+            if tripped:
+                power.hold(ALARM_KEY, [ld.name for ld in self.designated])
+            else:
+                power.release(ALARM_KEY)
             self.tripped = tripped
         if tripped and recovered and not self.recovered:
             alarms.event(t, "info", ALARM_KEY, "frequency recovered: a release may be given", 500)
         self.recovered = bool(tripped) and recovered
-        if self.tripped:
-            for ld in self.designated:
-                cap[ld.name] = 0.0
         return audit
 
     def request_release(self, who: str, where: str, why: str) -> None:
