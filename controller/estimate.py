@@ -175,6 +175,10 @@ STUCK_FAST_S = 20.0
 #: ... and never on fewer identical samples than this (at a 1 s scan the fast
 #: path's 20 s; a longer scan needs proportionally longer).
 STUCK_MIN_SAMPLES = 20
+#: ... and the slow path on no fewer than this: a quiet reading whose noise is
+#: half a count repeats with p ~ 0.7, so 20 repeats happen by chance about once
+#: in 2,000 windows (hours of a large site at a 5 s scan), 40 once in 10^6.
+STUCK_MIN_SAMPLES_SLOW = 40
 STUCK_FAST_X = 3.0
 # -- redundancy ---------------------------------------------------------------------
 #: A and B agree within this: far beyond two healthy class A RTDs' combined
@@ -485,7 +489,11 @@ class Estimator:
             # repeats is depends on how many samples, not how many seconds.
             & (self._frozen_n >= STUCK_MIN_SAMPLES)
             & (
-                ((frozen_for >= STUCK_S) & (moved >= 1.0))
+                (
+                    (frozen_for >= STUCK_S)
+                    & (moved >= 1.0)
+                    & (self._frozen_n >= STUCK_MIN_SAMPLES_SLOW)
+                )
                 | ((frozen_for >= STUCK_FAST_S) & (moved >= STUCK_FAST_X))
             )
         )
