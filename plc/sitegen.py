@@ -65,6 +65,9 @@ class SiteSpec:
     #: installed IT over the grid import limit: hybrid halls install more miners
     #: and GPUs than their connection feeds at once, and choose what runs
     oversubscription: float = 1.4
+    #: the first this many mining tanks are a Load Resource: the PLC's
+    #: under-frequency relay sheds them (0: no [grid] section)
+    ufls_shed_tanks: int = 8
 
 
 def breaker_for(load_kw: float, voltage_v: float = LV_VOLTAGE_V) -> int:
@@ -364,6 +367,7 @@ def generate_site_toml(spec: SiteSpec) -> str:
             out_min=5.0,
             slew=3.0,
         )
+    _grid(emit, asic[: spec.ufls_shed_tanks], sum(1 for _ in asic))
     return "\n".join(out) + "\n"
 
 
@@ -381,6 +385,37 @@ def _plc_assigner(spec: SiteSpec) -> Callable[[int], int]:
         return ids[k]
 
     return plc_of
+
+
+def _grid(emit: Callable[[str], None], shed: list[str], mining: int) -> None:
+    if not shed:
+        return
+    mw = len(shed) * MINERS_PER_TANK * MINER_KW / 1000.0
+    n, of = _count(len(shed)), _count(mining)
+    emit("")
+    emit("[grid]")
+    emit(f"# A Load Resource: the PLC's own under-frequency relay sheds {n} of the")
+    emit(f"# {of} mining tanks (about {mw:.0f} MW) when the grid sags to 49.7 Hz for 3")
+    emit("# cycles, and holds them off until the frequency has stayed above 49.95 Hz")
+    emit("# for 10 minutes and the grid operator releases them. GPU work is never shed.")
+    emit("under_frequency_armed = true")
+    emit("under_frequency_shed = [")
+    for i in range(0, len(shed), 8):
+        emit("    " + " ".join(f'"{n}",' for n in shed[i : i + 8]))
+    emit("]")
+    emit("# Curtailments are settled per 15-minute interval against the mean of the")
+    emit("# same interval on the last 10 days.")
+    emit("settlement_interval_s = 900")
+    emit("baseline_count = 10")
+    emit('baseline_like = "day"')
+
+
+def _count(n: int) -> str:
+    return _WORDS[n] if n < len(_WORDS) else str(n)
+
+
+_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven")
+_WORDS += ("eight", "nine", "ten", "eleven", "twelve")
 
 
 def _feeder(emit: Callable[[str], None], name: str, kw: float, unit_id: int) -> str:
