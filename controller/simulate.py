@@ -40,6 +40,8 @@ from .gating.placement import gpu_loads
 from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
 from .gating.world import ClusterInTheLoop, GpuGate
+from .grid.compliance import Instruction
+from .grid.settlement import Judged, Settlement, rule_for
 from .historian import Historian
 from .signals import Event, Observation
 
@@ -216,6 +218,17 @@ def run_simulation(
     ledger = books.total
     reasons = ReasonLog({ld.name: ld.rated_kw for ld in ctrl.topo.loads})
 
+    # curtailments settled as the grid operator would: the scenario's and the
+    # command path's (an operator, the OpenADR VEN), against the plant's meter
+    settlement = Settlement(rule_for(site.grid))
+    for e in sc.grid_events:
+        if e.kind == "curtail":
+            settlement.instruct(
+                f"scenario curtail at {e.at_s / 3600.0:.2f} h",
+                Instruction(e.at_s, e.end_s, e.import_limit_kw(site.import_limit_kw)),
+            )
+    ufls_trips = 0
+
     rec: dict[str, list[float]] = {}
     events: list[dict[str, object]] = []
     violation_c_min = 0.0
@@ -256,8 +269,10 @@ def run_simulation(
 
     for k in range(n_scans):
         obs = step.observe()
-        limit = obs.import_limit_kw
         res = ctrl.scan(obs)
+        # the limit asked of the site: the grid's (scenario) or a curtailment's
+        curtail_kw = ctrl.curtail_kw(obs.t)
+        limit = min(obs.import_limit_kw or site.import_limit_kw, curtail_kw or math.inf)
         if historian is not None:
             if with_plan:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record)
@@ -286,8 +301,15 @@ def run_simulation(
         for ev in plant.events:
             if "interlock:" in ev[1] or "tripped" in ev[1]:
                 trips += 1
+            if ev[1].startswith("under-frequency trip:"):
+                ufls_trips += 1
             log(ev)
         plant.events.clear()
+        settlement.follow(ctrl.state.curtailments, plant.t)
+        for j in settlement.meter(plant.t, plant.site_kw):
+            log(_judged_event(j))
+            if historian is not None:
+                historian.record_compliance(j, HISTORIAN_EPOCH_S)
 
         # ---- truth-based metrics
         if len(site.tanks):
@@ -366,6 +388,11 @@ def run_simulation(
             name: round(usd, 2) for name, usd in site.mining_breakeven().items()
         },
     }
+    summary["grid"] = {
+        "instructions": len(settlement.instructions),
+        **settlement.summary(),
+        "under_frequency_trips": ufls_trips,
+    }
     if world is not None:
         summary["jobs"] = world.summary()
     if forecaster is not None:
@@ -392,6 +419,17 @@ def run_simulation(
         },
         "loops": {lp.name: {"alarm_c": lp.supply_alarm_c} for lp in site.loops},
         "feeders": {f.name: {"continuous_kw": f.continuous_kw} for f in site.feeders},
+        "instructions": [
+            {
+                "name": n,
+                "start_h": i.start_s / 3600.0,
+                "end_h": i.end_s / 3600.0,
+                "limit_kw": i.limit_kw,
+            }
+            for n, i in settlement.instructions.items()
+        ],
+        "compliance": [_judged_row(j) for j in settlement.judged],
+        "settlement_interval_s": settlement.rule.interval_s,
     }
     if forecaster is not None:
         meta["forecast"] = {
@@ -403,6 +441,37 @@ def run_simulation(
             **_forecast_timeline(forecaster),
         }
     return SimulationResult(summary, series, meta, events, ctrl, sim)
+
+
+def _judged_row(j: Judged) -> dict[str, object]:
+    r = j.record
+    return {
+        "instruction": j.instruction,
+        "start_h": r.start_s / 3600.0,
+        "limit_kw": r.limit_kw,
+        "metered_kw": r.metered_kw,
+        "baseline_kw": r.baseline_kw,
+        "required_kw": r.required_kw,
+        "delivered_kw": r.delivered_kw,
+        "compliant": r.compliant,
+        "note": r.note,
+    }
+
+
+def _judged_event(j: Judged) -> Event:
+    """A settled interval for the event log."""
+    r = j.record
+    metered = "not metered" if r.metered_kw is None else f"metered {r.metered_kw:.0f} kW"
+    base = "no baseline" if r.baseline_kw is None else f"baseline {r.baseline_kw:.0f} kW"
+    verdict = {True: "compliant", False: "NOT compliant", None: "not judged"}[r.compliant]
+    return Event(
+        r.start_s,
+        "settled",
+        j.instruction,
+        f"{j.instruction}: interval {r.start_s / 3600.0:.2f} h {verdict}: {metered} against "
+        f"a limit of {r.limit_kw:.0f} kW, {base}",
+        700 if r.compliant is False else 300,
+    )
 
 
 def _record(

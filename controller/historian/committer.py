@@ -47,7 +47,14 @@ import numpy as np
 import sqlite_utils
 
 from .aggregate import Aggregator, Scan
-from .schema import ECONOMICS_COLUMNS, GATING_COLUMNS, QUALITY_ABSENT, HistorianError, Shard
+from .schema import (
+    COMPLIANCE_COLUMNS,
+    ECONOMICS_COLUMNS,
+    GATING_COLUMNS,
+    QUALITY_ABSENT,
+    HistorianError,
+    Shard,
+)
 
 __all__ = ["RETRY_S", "Waiter", "WriterThread"]
 
@@ -283,6 +290,7 @@ class WriterThread:
         c = self._wconn
         econ = [i[1:] for i in items if i[0] == "econ"]
         gate = [i[1:] for i in items if i[0] == "gate"]
+        comp = [i[1:] for i in items if i[0] == "comp"]
         if econ:
             cols = ", ".join(f'"{col}"' for col in ECONOMICS_COLUMNS)
             marks = ", ".join("?" * len(ECONOMICS_COLUMNS))
@@ -291,6 +299,10 @@ class WriterThread:
             cols = ", ".join(f'"{col}"' for col in GATING_COLUMNS)
             marks = ", ".join("?" * len(GATING_COLUMNS))
             c.executemany(f'INSERT INTO "gating" ({cols}) VALUES ({marks})', gate)
+        if comp:
+            cols = ", ".join(f'"{col}"' for col in COMPLIANCE_COLUMNS)
+            marks = ", ".join("?" * len(COMPLIANCE_COLUMNS))
+            c.executemany(f'INSERT INTO "compliance" ({cols}) VALUES ({marks})', comp)
 
     def _writer_event(self, kind: str, message: str, severity: int, data: dict) -> None:
         t = self._agg.max_t if self._agg.max_t is not None else time.time()

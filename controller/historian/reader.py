@@ -37,6 +37,7 @@ import numpy as np
 from thermogate.models.bins import bin_start
 
 from .schema import (
+    COMPLIANCE_COLUMNS,
     ECONOMICS_COLUMNS,
     MINUTE_S,
     QUALITY_ABSENT,
@@ -333,6 +334,23 @@ class HistoryReader:
         rows = self.query(sql + _NEWEST, [*params, limit])
         for r in rows:
             del r["id"]
+        return rows[::-1]
+
+    def compliance(
+        self, t0: float | None = None, t1: float | None = None, limit: int = 100_000
+    ) -> list[dict]:
+        """Settled intervals of curtailment instructions whose interval starts in
+        [t0, t1], oldest first; keys ``COMPLIANCE_COLUMNS`` (``compliant`` True,
+        False or None). A file from before the table has none."""
+        if not self._has_table("compliance"):
+            return []
+        sql, params = _window_sql("compliance", t0, t1)
+        cols = ", ".join(quote(c) for c in COMPLIANCE_COLUMNS)
+        sql = sql.replace("SELECT *", f'SELECT "id", {cols}', 1)
+        rows = self.query(sql + _NEWEST, [*params, limit])
+        for r in rows:
+            del r["id"]
+            r["compliant"] = None if r["compliant"] is None else bool(r["compliant"])
         return rows[::-1]
 
     def _has_table(self, name: str) -> bool:

@@ -30,8 +30,9 @@ The measurements behind both choices are in README.md ("Benchmarks").
 ``Historian`` opens it; code without them ignores them): ``economics`` holds one
 row per interval of the hall's economics (``ECONOMICS_COLUMNS``: money in $,
 means over the metered seconds; ``t`` is the interval's start), ``gating``
-one row per change of a load's budget or of the reason that bound it. Both are
-written in the writer's telemetry batches (no commit of their own).
+one row per change of a load's budget or of the reason that bound it,
+``compliance`` one row per settled interval of a curtailment instruction. All
+are written in the writer's telemetry batches (no commit of their own).
 
 **1-minute aggregates** live in ``agg_mean_k``, ``agg_min_k``, ``agg_max_k`` (same
 columns as ``telemetry_k``; ``t`` is the minute's start; ``agg_mean_k.n`` is the
@@ -53,6 +54,7 @@ import sqlite_utils
 from thermogate.plc.errors import ThermogateError
 
 __all__ = [
+    "COMPLIANCE_COLUMNS",
     "ECONOMICS_COLUMNS",
     "GATING_COLUMNS",
     "MAX_POINTS_PER_SHARD",
@@ -92,6 +94,21 @@ ECONOMICS_COLUMNS: tuple[str, ...] = (
 )
 #: the ``gating`` table's columns after its ``id``
 GATING_COLUMNS: tuple[str, ...] = ("t", "load", "budget_kw", "why")
+#: the ``compliance`` table's columns after its ``id``: one settled interval of
+#: one curtailment instruction (``controller.grid.settlement``); ``compliant`` is
+#: 1, 0 or NULL (not metered)
+COMPLIANCE_COLUMNS: tuple[str, ...] = (
+    "t",  # the interval's start
+    "interval_s",
+    "instruction",
+    "limit_kw",
+    "metered_kw",
+    "baseline_kw",
+    "required_kw",
+    "delivered_kw",
+    "compliant",
+    "note",
+)
 #: quality byte for a point that is in the database but not in the point list
 QUALITY_ABSENT = 2
 #: aggregate statistic -> its SQL function
@@ -244,6 +261,10 @@ def create_books(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     db["gating"].create_index(["t"], if_not_exists=True)
+    spec = {"id": int} | dict.fromkeys(COMPLIANCE_COLUMNS, float)
+    spec |= {"instruction": str, "note": str}
+    db["compliance"].create(spec, pk="id", if_not_exists=True)
+    db["compliance"].create_index(["t"], if_not_exists=True)
 
 
 def create_journal(db: sqlite_utils.Database) -> None:

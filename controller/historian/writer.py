@@ -303,6 +303,33 @@ class Historian(WriterThread):
         kw = float(budget_kw)
         self._batched(("gate", t, str(load), None if math.isnan(kw) else kw, str(why)))
 
+    def record_compliance(self, judged: Any, t_offset: float = 0.0) -> None:
+        """Queue one settled interval (``controller.grid.settlement.Judged``);
+        ``t_offset`` maps its time base to the historian's (a simulation's epoch)."""
+        r = judged.record
+        t = float(r.start_s) + float(t_offset)
+        if not math.isfinite(t):
+            raise ValueError(f"record_compliance: t must be finite, got {t}")
+
+        def num(x: float | bool | None) -> float | None:
+            return None if x is None else float(x)
+
+        self._batched(
+            (
+                "comp",
+                t,
+                float(judged.interval_s),
+                str(judged.instruction),
+                num(r.limit_kw),
+                num(r.metered_kw),
+                num(r.baseline_kw),
+                num(r.required_kw),
+                num(r.delivered_kw),
+                num(r.compliant),
+                str(r.note),
+            )
+        )
+
     def _batched(self, item: tuple) -> None:
         if self._dead or self._closed:
             self._raise_pending(queued=False)
@@ -427,6 +454,12 @@ class Historian(WriterThread):
     ) -> list[dict]:
         """Committed gating rows: see :meth:`HistoryReader.gating`."""
         return self.reader.gating(t0, t1, loads, limit)
+
+    def compliance(
+        self, t0: float | None = None, t1: float | None = None, limit: int = 100_000
+    ) -> list[dict]:
+        """Committed settled intervals: see :meth:`HistoryReader.compliance`."""
+        return self.reader.compliance(t0, t1, limit)
 
     def points(self) -> list[dict]:
         """Every point the database has ever held: see :meth:`HistoryReader.points`."""

@@ -211,6 +211,68 @@ def _kind_counts(events: Sequence[Mapping]) -> list[tuple[str, int]]:
 
 
 @cache
+class SettledRow(NamedTuple):
+    instruction: str
+    start: str  # the interval's start (h)
+    limit: str
+    metered: str
+    baseline: str
+    required: str
+    delivered: str
+    verdict: str
+    css: str
+    note: str
+
+
+class InstructionRow(NamedTuple):
+    name: str
+    start: str
+    end: str
+    limit: str
+
+
+def _kw_text(x: Any) -> str:
+    v = as_float(x)
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def _settled_rows(meta: Mapping) -> list[SettledRow]:
+    """One row per settled interval of a curtailment (the grid operator's view)."""
+    rows = []
+    for r in meta.get("compliance") or []:
+        verdict = r.get("compliant")
+        text, css = {True: ("compliant", "ok"), False: ("NOT compliant", "trip")}.get(
+            verdict, ("not metered", "alarm")
+        )
+        rows.append(
+            SettledRow(
+                str(r.get("instruction", "")),
+                fmt(round(float(r.get("start_h", math.nan)), 2)),
+                _kw_text(r.get("limit_kw")),
+                _kw_text(r.get("metered_kw")),
+                _kw_text(r.get("baseline_kw")),
+                _kw_text(r.get("required_kw")),
+                _kw_text(r.get("delivered_kw")),
+                text,
+                css,
+                str(r.get("note") or ""),
+            )
+        )
+    return rows
+
+
+def _instruction_rows(meta: Mapping) -> list[InstructionRow]:
+    return [
+        InstructionRow(
+            str(i.get("name", "")),
+            fmt(round(float(i.get("start_h", math.nan)), 2)),
+            fmt(round(float(i.get("end_h", math.nan)), 2)),
+            _kw_text(i.get("limit_kw")),
+        )
+        for i in meta.get("instructions") or []
+    ]
+
+
 def _template() -> jinja2.Template:
     import jinja2
 
@@ -247,6 +309,9 @@ def render_html(meta: Mapping, events: Sequence[Mapping], summary: Mapping, ctx:
         ends_at_h=fmt(round(reached, 2)) if ends_early else None,
         samples=len(ctx.t),
         summary=_summary_rows(summary, units),
+        instructions=_instruction_rows(meta),
+        settled=_settled_rows(meta),
+        interval_min=fmt((as_float(meta.get("settlement_interval_s")) or 900.0) / 60.0),
         figures=figures,
         n_events=len(events),
         kinds=_kind_counts(events),

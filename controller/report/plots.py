@@ -34,6 +34,7 @@ from .draw import (
 from .series import Context, as_float, spans
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["plot_power", "plot_pue", "plot_temperatures", "plot_workloads"]
@@ -144,6 +145,53 @@ def plot_temperatures(ctx: Context) -> Figure:
 # --------------------------------------------------------------------------
 # power.png
 # --------------------------------------------------------------------------
+#: a settled interval's metered mean: compliant, not compliant, not metered
+_VERDICT_STYLE = {
+    True: ("#2ca02c", "interval mean, compliant"),
+    False: ("#d62728", "interval mean, NOT compliant"),
+    None: ("#7f7f7f", "interval not metered"),
+}
+
+
+def _settled_intervals(ax: Axes, ctx: Context) -> None:
+    """Each settled interval of a curtailment: its metered mean (coloured by the
+    verdict) and its baseline (dashed) over the interval."""
+    rows = ctx.meta.get("compliance") or []
+    size_h = (as_float(ctx.meta.get("settlement_interval_s")) or 900.0) / 3600.0
+    labelled: set[object] = set()
+    for r in rows:
+        a = as_float(r.get("start_h"))
+        if a is None:
+            continue
+        verdict = r.get("compliant")
+        color, label = _VERDICT_STYLE.get(verdict, _VERDICT_STYLE[None])
+        metered = as_float(r.get("metered_kw"))
+        if metered is not None:
+            ax.hlines(
+                metered,
+                a,
+                a + size_h,
+                color=color,
+                lw=3.0,
+                zorder=5,
+                label=None if verdict in labelled else label,
+            )
+            labelled.add(verdict)
+        base = as_float(r.get("baseline_kw"))
+        if base is not None:
+            ax.hlines(
+                base,
+                a,
+                a + size_h,
+                color="#9467bd",
+                lw=1.4,
+                ls=(0, (3, 2)),
+                zorder=5,
+                label=None if "base" in labelled else "baseline (like intervals)",
+            )
+            labelled.add("base")
+
+
 def plot_power(ctx: Context) -> Figure:
     """Site import against the grid's limit, time over it shaded; feeders against ratings."""
     fig, (ax1, ax2) = new_figure(7.0, 2, height_ratios=(1, 1))
@@ -164,6 +212,7 @@ def plot_power(ctx: Context) -> Figure:
     if site is not None and limit is not None:
         over = np.isfinite(site) & np.isfinite(limit) & (site > limit)
         shade(ax1, spans(t, over, ctx.xlim), OVER_COLOR, "over the limit", alpha=0.18, zorder=1)
+    _settled_intervals(ax1, ctx)
     if site is None and limit is None:
         no_data(ax1)
     else:
