@@ -241,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--hours", type=_positive_float, default=24.0)
     sm.add_argument("--weather", metavar="CSV")
     sm.add_argument("--prices", metavar="CSV")
+    sm.add_argument(
+        "--peaks",
+        metavar="CSV",
+        help="peak windows (start,end,reduce_kw; ISO times with UTC offsets): the import "
+        "cut by reduce_kw inside each",
+    )
     sm.add_argument("--report", metavar="DIR", help="write plots and an HTML report here")
     sm.add_argument("--seed", type=int, default=0)
     sm.add_argument(

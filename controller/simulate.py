@@ -41,6 +41,7 @@ from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
 from .gating.world import ClusterInTheLoop, GpuGate
 from .grid.compliance import Instruction
+from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Judged, Settlement, rule_for
 from .historian import Historian
 from .signals import Event, Observation
@@ -148,6 +149,7 @@ def run_simulation(
     admission: Admission = "backfill",
     plant_dt: float = 1.0,
     on_scan: Callable[[ScenarioPlant, Controller], None] | None = None,
+    peaks: Sequence[PeakWindow] = (),
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -170,6 +172,9 @@ def run_simulation(
 
     ``on_scan(sim, ctrl)`` is called after every scan's plant step (a study
     takes its snapshots there).
+
+    ``peaks`` (in scenario seconds) join the scenario's ``peak`` grid events as
+    the controller's peak windows (``controller.grid.peaks``).
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed, dt=plant_dt)
@@ -228,6 +233,13 @@ def run_simulation(
                 Instruction(e.at_s, e.end_s, e.import_limit_kw(site.import_limit_kw)),
             )
     ufls_trips = 0
+    windows = [*peaks] + [
+        PeakWindow(e.at_s, e.end_s, e.reduce_kw)
+        for e in sc.grid_events
+        if e.kind == "peak" and e.reduce_kw is not None
+    ]
+    if windows:
+        ctrl.peaks = PeakShaving(windows)
 
     rec: dict[str, list[float]] = {}
     events: list[dict[str, object]] = []
@@ -272,7 +284,11 @@ def run_simulation(
         res = ctrl.scan(obs)
         # the limit asked of the site: the grid's (scenario) or a curtailment's
         curtail_kw = ctrl.curtail_kw(obs.t)
-        limit = min(obs.import_limit_kw or site.import_limit_kw, curtail_kw or math.inf)
+        limit = min(
+            obs.import_limit_kw or site.import_limit_kw,
+            math.inf if curtail_kw is None else curtail_kw,
+            math.inf if ctrl.peak_limit_kw is None else ctrl.peak_limit_kw,
+        )
         if historian is not None:
             if with_plan:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record)
@@ -606,6 +622,22 @@ def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
     return LiveForecaster(site, names, learn_after_s=learn_h * 3600.0)
 
 
+def _peaks_for(sc: Scenario, path: str) -> list[PeakWindow]:
+    """A peaks CSV's windows (Unix seconds) on the scenario's clock."""
+    if sc.start is None or sc.start.utcoffset() is None:
+        raise ThermogateError(
+            f"{path}: peak windows are moments on the grid's clock; the scenario needs an "
+            "absolute start with a UTC offset (a weather or price CSV with zoned times, or "
+            "start = ... in the scenario)"
+        )
+    t0 = sc.start.timestamp()
+    return [
+        PeakWindow(w.start_s - t0, w.end_s - t0, w.reduce_kw)
+        for w in load_peaks_csv(path)
+        if w.end_s > t0 and w.start_s - t0 < sc.duration_s
+    ]
+
+
 def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
     """Entry point of ``thermogate simulate``; returns the JSON summary."""
     import sys
@@ -629,6 +661,7 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
             progress=bar,
             scan_s=args.scan_s,
             forecaster=forecaster,
+            peaks=_peaks_for(sc, args.peaks) if args.peaks else (),
         )
     finally:
         bar.close()

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,7 +52,7 @@ from .thermal import ThermalProtection
 from .topology import Topology
 from .trips import TripLatch
 from .underfreq import UnderFrequencyResponse
-from .view import Cmd, Cmds, ScanView
+from .view import Cmd, Cmds, ScanView, nz
 from .zones import FailSafeZones, Zone
 
 
@@ -82,6 +82,13 @@ class ScanResult:
             np.concatenate([self.values, self.plan, self.setpoints]),
             np.concatenate([self.quality, np.zeros(n, self.quality.dtype)]),
         )
+
+
+class PeakLimit(Protocol):
+    """Peak windows (``controller.grid.peaks.PeakShaving``): the import limit at
+    ``t`` given the import now and what must stay on, or None outside them."""
+
+    def limit_kw(self, t: float, import_kw: float, keep_kw: float = 0.0) -> float | None: ...
 
 
 class Controller:
@@ -120,6 +127,9 @@ class Controller:
             self.underfreq,
         )
         self.t_last: float | None = None
+        #: peak windows (``controller.grid.peaks.PeakShaving``), set by the caller
+        self.peaks: PeakLimit | None = None
+        self.peak_limit_kw: float | None = None
         n = len(pmap)
         #: the last validated values and quality, for status displays
         self.values: np.ndarray = np.full(n, np.nan)
@@ -209,7 +219,7 @@ class Controller:
         overridden = {
             self.topo.load_of_budget[i].name for i in overrides if i in self.topo.load_of_budget
         }
-        curtail_kw = self.curtail_kw(t)
+        curtail_kw = self._lowest(self.curtail_kw(t), self._peak_kw(view, alarms))
         self.power.protect(view, alarms, curtail_kw, overridden)
         audit += self.underfreq.observe(view, alarms, self.power)
         hold = self.state.mode == "maintenance"
@@ -268,6 +278,31 @@ class Controller:
                 )
         return out
 
+    @staticmethod
+    def _lowest(*limits: float | None) -> float | None:
+        given = [x for x in limits if x is not None]
+        return min(given) if given else None
+
+    def _peak_kw(self, view: ScanView, alarms: Alarms) -> float | None:
+        """The limit a peak window puts on the import now (None: none), and an
+        event as a window begins and ends."""
+        if self.peaks is None:
+            return None
+        site_kw = view.measured(self.topo.site_meter)
+        flexible = sum(
+            nz(view.measured(ld.power)) for ld in self.topo.loads if ld.wclass != "inference"
+        )
+        kw = self.peaks.limit_kw(view.t, site_kw, site_kw - flexible)
+        if (kw is None) != (self.peak_limit_kw is None):
+            msg = (
+                f"peak window: import <= {kw:.0f} kW (its cut from the import before it)"
+                if kw is not None
+                else "peak window over: the import limit returns at the restore rate"
+            )
+            alarms.event(view.t, "info", "grid.peak", msg, 400)
+        self.peak_limit_kw = kw
+        return kw
+
     def curtail_kw(self, t: float) -> float | None:
         """The lowest limit of the curtailments active at ``t`` (None: none)."""
         active = [c.limit_kw for c in self.state.curtailments if c.active(t)]
@@ -285,6 +320,7 @@ class Controller:
             "bad_points": int(np.count_nonzero(q == BAD)),
             "good_points": int(np.count_nonzero(q == GOOD)),
             "import_limit_kw": self.power.grid_limit_kw,
+            "peak_limit_kw": self.peak_limit_kw,
             "loads": {
                 ld.name: {
                     "class": ld.wclass,

@@ -33,18 +33,21 @@ __all__ = [
     "GridEventKind",
 ]
 
-GridEventKind = Literal["curtail", "frequency", "price"]
+GridEventKind = Literal["curtail", "frequency", "price", "peak"]
 #: What demand-response programs actually send: an import limit (curtail), a
-#: grid-frequency excursion the site may respond to, and a price signal.
+#: grid-frequency excursion the site may respond to, and a price signal; and
+#: a window the site itself expects a coincident system peak in (peak: cut the
+#: import by ``reduce_kw``, 4CP-style).
 #: No "outage": losing the grid is a power-system failure the controller cannot
 #: act on (UPS/generator territory), not a signal it gets to respond to.
-GRID_EVENT_KINDS: tuple[str, ...] = ("curtail", "frequency", "price")
+GRID_EVENT_KINDS: tuple[str, ...] = ("curtail", "frequency", "price", "peak")
 FREQUENCY_RANGE_HZ = (45.0, 65.0)
 
 GRID_EVENT_PARAMS: dict[str, tuple[str, ...]] = {
     "curtail": ("limit_kw", "limit_fraction"),
     "frequency": ("frequency_hz",),
     "price": ("price_per_mwh",),
+    "peak": ("reduce_kw",),
 }
 
 
@@ -67,6 +70,7 @@ class GridEvent:
     limit_fraction: float | None = None
     frequency_hz: float | None = None
     price_per_mwh: float | None = None
+    reduce_kw: float | None = None
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.at_s) and self.at_s >= 0, "at_s", "must be >= 0 s")
@@ -81,7 +85,7 @@ class GridEvent:
             f"{self.duration_s:g} must be a positive number of seconds",
         )
         allowed = GRID_EVENT_PARAMS[self.kind]
-        for name in ("limit_kw", "limit_fraction", "frequency_hz", "price_per_mwh"):
+        for name in ("limit_kw", "limit_fraction", "frequency_hz", "price_per_mwh", "reduce_kw"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -110,6 +114,10 @@ class GridEvent:
                 "frequency_hz",
                 f"{self.frequency_hz:g} Hz is outside {lo:g}..{hi:g} Hz",
             )
+        elif self.kind == "peak":
+            require(self.reduce_kw is not None, "reduce_kw", "required for this kind")
+            assert self.reduce_kw is not None
+            require(self.reduce_kw > 0, "reduce_kw", f"{self.reduce_kw:g} kW must be above 0")
         else:
             require(self.price_per_mwh is not None, "price_per_mwh", "required for this kind")
             assert self.price_per_mwh is not None

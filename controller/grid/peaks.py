@@ -1,0 +1,131 @@
+"""Peak windows (4CP-style): the import reduced by a set amount inside them.
+
+ERCOT sets a year of transmission charges on the site's import in the four
+15-minute intervals of the summer's coincident system peaks (4CP); other
+markets have their own coincident-peak charges. A site that expects a peak
+declares the window and how much to cut: inside it, the import limit is the
+site's import just before the window (its mean over ``lookback_s``) less
+``reduce_kw``, but never below what must stay on (inference and cooling, as
+metered at the window's start). It is the site's own choice, not the grid's
+instruction: mining sheds first as for any limit, then training.
+
+Windows come from the scenario (``[[grid_events]] kind = "peak"``,
+``params.reduce_kw``) or a CSV (:func:`load_peaks_csv`):
+
+    start,end,reduce_kw
+    2026-08-14T16:00:00-05:00,2026-08-14T16:30:00-05:00,1500
+
+Times are ISO 8601 with a UTC offset (``Z`` or ``-05:00``): a window is a
+moment on the grid's clock, so a time without its zone is refused rather than
+guessed. Windows may not overlap.
+
+:class:`PeakShaving` is pure: it is told the time and the import each scan.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from os import PathLike
+
+from thermogate.plc.csvtable import Row, read_table
+from thermogate.plc.errors import DataFileError
+
+__all__ = ["PeakShaving", "PeakWindow", "load_peaks_csv"]
+
+LOOKBACK_S = 900.0  # the import a window cuts from: its mean over the 15 min before
+MAX_REDUCE_KW = 1_000_000.0
+
+
+@dataclass(frozen=True)
+class PeakWindow:
+    """Cut the import by ``reduce_kw`` for ``start_s <= t < end_s``."""
+
+    start_s: float
+    end_s: float
+    reduce_kw: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.start_s) and math.isfinite(self.end_s)):
+            raise ValueError("a peak window needs a finite start and end")
+        if self.end_s <= self.start_s:
+            raise ValueError(
+                f"the window ends ({self.end_s:g}) before it starts ({self.start_s:g})"
+            )
+        if not (math.isfinite(self.reduce_kw) and 0.0 < self.reduce_kw <= MAX_REDUCE_KW):
+            raise ValueError(f"reduce_kw must be above 0, got {self.reduce_kw:g}")
+
+
+def _moment(row: Row, column: str) -> float:
+    cell = row.text(column)
+    try:
+        dt = datetime.fromisoformat(cell.replace("Z", "+00:00"))
+    except ValueError:
+        raise row.error(column, f"not an ISO 8601 time: {cell!r}") from None
+    if dt.utcoffset() is None:
+        raise row.error(column, f"{cell!r} has no UTC offset (write e.g. {cell}-05:00 or {cell}Z)")
+    return dt.timestamp()
+
+
+def load_peaks_csv(path: str | PathLike[str]) -> list[PeakWindow]:
+    """Peak windows from a CSV (module docstring), in Unix seconds, sorted."""
+    table = read_table(path, ("start", "end", "reduce_kw"))
+    out: list[tuple[PeakWindow, int]] = []
+    for row in table:
+        start = _moment(row, "start")
+        end = _moment(row, "end")
+        reduce_kw = row.number("reduce_kw", lo=0.0, hi=MAX_REDUCE_KW, unit=" kW")
+        if end <= start:
+            raise row.error("end", "is not after start")
+        if reduce_kw <= 0.0:
+            raise row.error("reduce_kw", "must be above 0")
+        out.append((PeakWindow(start, end, reduce_kw), row.line))
+    if not out:
+        raise DataFileError(str(path), None, None, "no peak windows (header only)")
+    out.sort(key=lambda w: w[0].start_s)
+    for (a, _), (b, line) in itertools.pairwise(out):
+        if b.start_s < a.end_s:
+            raise DataFileError(str(path), line, "start", "overlaps the window before it")
+    return [w for w, _ in out]
+
+
+class PeakShaving:
+    """The limit the peak windows put on the import (module docstring)."""
+
+    def __init__(self, windows: Iterable[PeakWindow], lookback_s: float = LOOKBACK_S) -> None:
+        self.windows: Sequence[PeakWindow] = sorted(windows, key=lambda w: w.start_s)
+        self.lookback_s = lookback_s
+        self._history: deque[tuple[float, float]] = deque()
+        self._limits: dict[int, float] = {}  # window index -> its limit, fixed at its start
+
+    def window_at(self, t: float) -> tuple[int, PeakWindow] | None:
+        for i, w in enumerate(self.windows):
+            if w.start_s <= t < w.end_s:
+                return i, w
+        return None
+
+    def limit_kw(self, t: float, import_kw: float, keep_kw: float = 0.0) -> float | None:
+        """The import limit at ``t`` (None outside every window and when nothing
+        was metered to cut from); ``import_kw`` is the site import now (NaN when
+        unknown: it does not count), ``keep_kw`` what must stay on (inference,
+        cooling): a window never cuts below it."""
+        hit = self.window_at(t)
+        if hit is None:
+            if math.isfinite(import_kw):
+                self._history.append((t, import_kw))
+            while self._history and self._history[0][0] < t - self.lookback_s:
+                self._history.popleft()
+            return None
+        i, w = hit
+        if i not in self._limits:
+            before = [kw for ts, kw in self._history if ts >= w.start_s - self.lookback_s]
+            ref = sum(before) / len(before) if before else import_kw
+            if not math.isfinite(ref):  # nothing metered to cut from: no limit
+                return None
+            floor = keep_kw if math.isfinite(keep_kw) else 0.0
+            self._limits[i] = max(floor, ref - w.reduce_kw, 0.0)
+        return self._limits[i]
