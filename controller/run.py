@@ -47,6 +47,8 @@ from .gating.metered import SiteMeters
 from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, parse_openadr
+from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
+from .grid.settlement import Settlement, rule_for
 from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
@@ -82,6 +84,7 @@ class RunConfig:
     retrain_every_h: float = 24.0
     train_days: float = 7.0
     openadr: VenConfig | None = None  # the OpenADR VEN, when configured
+    peaks: tuple[PeakWindow, ...] = ()  # peak windows ([grid] peaks = "file.csv")
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
@@ -127,6 +130,11 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         sec.check_unused()
     m.check_unused()
     openadr = parse_openadr(root.get_section("openadr"), base) if root.has("openadr") else None
+    peaks: tuple[PeakWindow, ...] = ()
+    if root.has("grid"):
+        g = root.get_section("grid")
+        peaks = tuple(load_peaks_csv(base / g.get_str("peaks")))
+        g.check_unused()
     root.check_unused()
     endpoints: dict[int, Endpoint] | Endpoint = default
     if per_unit:
@@ -145,6 +153,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         train_days=train_days,
         planner=planner,
         openadr=openadr,
+        peaks=peaks,
     )
 
 
@@ -185,6 +194,10 @@ class RealTimeController:
         # the tap keeps the budgets of each plan for the gating rows
         self.plan_tap = PlanTap(self.gating) if self.gating is not None else None
         self.ctrl = Controller(cfg.site, self.pmap, planner=self.plan_tap, scan_s=cfg.scan_s)
+        if cfg.peaks:
+            self.ctrl.peaks = PeakShaving(cfg.peaks)
+        #: every curtailment settled as the grid operator would, on the site meter
+        self.settlement = Settlement(rule_for(cfg.site.grid))
         site = cfg.site
         self.meters = SiteMeters(site, self.pmap)
         self.books = EconomicsIntervals.for_site(site)
@@ -314,9 +327,30 @@ class RealTimeController:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
         self.historian.record_scan(now, *res.record)
         self._keep_books(now, price)
+        self._settle(now, res.events)
         self.last = res.status
         self.scans += 1
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
+
+    def _settle(self, now: float, events: list[Event]) -> None:
+        """The site meter into the settlement; settled intervals into the historian."""
+        self.settlement.follow(self.ctrl.state.curtailments, now)
+        kw = float(self.ctrl.values[self.pmap.index.site.power_kw])
+        if not math.isfinite(kw):
+            return  # not metered: the interval's coverage says so when it closes
+        for j in self.settlement.meter(now, kw):
+            self.historian.record_compliance(j)
+            r = j.record
+            verdict = {True: "compliant", False: "NOT compliant", None: "not metered"}
+            self.historian.record_event(
+                now,
+                "settled",
+                j.instruction,
+                f"{j.instruction}: interval from {r.start_s:.0f} {verdict[r.compliant]} "
+                f"(metered {r.metered_kw if r.metered_kw is None else round(r.metered_kw)} kW, "
+                f"limit {r.limit_kw:.0f} kW)",
+                700 if r.compliant is False else 300,
+            )
 
     def _keep_books(self, now: float, price: float | None) -> None:
         """This scan's meters into the books; closed intervals and changed reasons
@@ -449,12 +483,36 @@ def _status_line(rt: RealTimeController) -> None:
             print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
     if rt.gating is not None:
         print("  " + gating_line(rt.gating), flush=True)
+    print("  " + grid_line(rt), flush=True)
     print("  " + economics_line(rt.books), flush=True)
     if alarms:
         print(
             "  active alarms: " + ", ".join(alarms[:8]) + (" ..." if len(alarms) > 8 else ""),
             flush=True,
         )
+
+
+def grid_line(rt: RealTimeController) -> str:
+    """The grid's side: the import limit in force and why, the relay, settlement."""
+    st = rt.last
+    limit = st.get("import_limit_kw")
+    parts = [f"grid: import limit {limit:.0f} kW" if isinstance(limit, float) else "grid:"]
+    curt = st.get("curtailments") or []
+    if isinstance(curt, list) and curt:
+        parts.append(", ".join(f"curtailment #{c['id']} <= {c['limit_kw']:.0f} kW" for c in curt))
+    peak = st.get("peak_limit_kw")
+    if isinstance(peak, float):
+        parts.append(f"peak window <= {peak:.0f} kW")
+    uf = st.get("under_frequency") or {}
+    if isinstance(uf, dict) and uf.get("tripped"):
+        ready = "release ready" if uf.get("release_ready") else "waiting for recovery"
+        parts.append(f"UNDER-FREQUENCY TRIP ({ready})")
+    elif rt.cfg.site.grid.under_frequency_armed:
+        parts.append("under-frequency relay armed")
+    s = rt.settlement.summary()
+    if s["intervals"]:
+        parts.append(f"settled {s['compliant']}/{s['intervals']} intervals compliant")
+    return "; ".join(parts)
 
 
 def gating_line(g: GatingPlanner) -> str:
