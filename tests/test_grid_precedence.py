@@ -1,0 +1,73 @@
+"""Grid instructions within the safety precedence, on the plant's truth.
+
+hard interlocks > operator override > grid > headroom > economics: an
+instruction from the grid may lower the import, never re-enable a load an
+interlock holds; and when it ends the load returns ramped, never as a spike
+over the site's limit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from served import normal_day_with
+
+from thermogate.controller.core import Controller, Principal
+from thermogate.controller.core.commands import ClearCurtailment, RequestCurtailment
+from thermogate.controller.core.power import GRID_RESTORE_FRAC_S
+from thermogate.controller.gating.planner import GatingPlanner
+from thermogate.controller.signals import Observation
+from thermogate.controller.simulate import run_simulation
+from thermogate.hil.runner import ScenarioPlant
+
+
+def test_an_instruction_during_an_interlock_never_brings_the_tripped_tank_back(site):
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap, planner=GatingPlanner(site))
+    plant = sim.plant
+    on: list[float] = []
+
+    def scans(n: int) -> None:
+        for _ in range(n):
+            v = plant.sensors.sample()
+            res = ctrl.scan(Observation(plant.t, v, np.ones(len(v), dtype=bool)))
+            for w in res.writes:
+                plant.write(w.point, w.value)
+            sim.step()
+            on.append(plant.t_power[0])
+
+    scans(30)
+    plant.T_tank[0] = site.tanks[0].limits.fluid_trip_c + 3.0  # tank01 overheats: PLC trips it
+    scans(8)
+    assert plant.plc.tank_latched[0]
+    plant.T_tank[0] = 45.0  # cool again; the latch holds
+    on.clear()
+    grid = Principal.grid()
+    assert ctrl.commands.give(RequestCurtailment(1500.0, 120.0), grid, plant.t).accepted
+    scans(30)
+    assert ctrl.commands.give(ClearCurtailment(None, "event over"), grid, plant.t).accepted
+    scans(200)  # the limit climbs back; every other tank is restored
+    assert max(on) == 0.0 and not plant.cmd_enable[0]
+    assert "tank01: PLC interlock" in ctrl.state.latched
+    assert plant.t_power[1:12].min() > 0.0  # the others came back
+
+
+CURTAIL = """
+[[grid_events]]
+kind = "curtail"
+at_s = 900
+duration_s = 900
+params.limit_kw = 1500
+"""
+
+
+def test_when_a_curtailment_ends_the_import_climbs_back_ramped_never_over_the_limit(site):
+    r = run_simulation(site, normal_day_with(CURTAIL), 1.0, scan_s=1.0, planner=GatingPlanner(site))
+    t = r.series["t_h"] * 3600.0
+    kw = r.series["site_kw"]
+    assert (kw[t >= 960] <= site.import_limit_kw).all()
+    after = (t >= 1800) & (t < 2400)
+    rise = np.diff(kw[after]) / np.diff(t[after])  # kW per s between samples
+    # the limit in force climbs at the restore rate; the import follows it
+    assert rise.max() <= 2.0 * GRID_RESTORE_FRAC_S * site.import_limit_kw
+    assert kw[(t >= 1700) & (t < 1800)].max() <= 1500.0
+    assert kw[t >= 3000].mean() > 2000.0  # and it does come back
