@@ -151,9 +151,16 @@ def test_controller_alarms_audits_holds_and_releases_through_the_command_path(si
     d = [t.name for t in s.tanks if t.name in s.grid.under_frequency_shed]
     seen: dict[str, object] = {"refused": None, "accepted": None, "audit": [], "max_kw": 0.0}
 
+    others = ~designated(s) & np.array([t.workload_class == "mining" for t in s.tanks])
+    other_kw: dict[str, list[float]] = {"before": [], "during": []}
+
     def on_scan(sim: ScenarioPlant, ctrl) -> None:
         t = sim.plant.t
         seen["max_kw"] = max(float(seen["max_kw"]), sim.plant.site_kw)  # type: ignore[arg-type]
+        if 250.0 <= t < 300.0 or 310.0 <= t < 400.0:
+            other_kw["before" if t < 300.0 else "during"].append(
+                float(sim.plant.t_power[others].sum())
+            )
         if t == 320.0:  # tripped, not yet recovered for 60 s: refused
             seen["refused"] = ctrl.commands.give(
                 ReleaseUnderFrequency("too soon"), Principal.grid(), t
@@ -174,6 +181,8 @@ def test_controller_alarms_audits_holds_and_releases_through_the_command_path(si
     raised = [m for src, m in msgs if src == ALARM_KEY and "shed" in str(m)]
     assert raised and all(n in raised[0] for n in d)
     assert any("released" in str(m) for src, m in msgs if src == ALARM_KEY)
+    # the room the shed left is the grid's: the other miners did not fill it
+    assert max(other_kw["during"]) <= 1.02 * max(other_kw["before"])
     ctrl = res.controller
     assert ALARM_KEY not in ctrl.active_alarms()
     assert not ctrl.underfreq.tripped

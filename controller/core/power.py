@@ -26,7 +26,7 @@ Precedence: an operator's override of a load's budget beats the grid's limit
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from .alarms import Alarms
 from .topology import CLASS_ORDER, Load, Topology
@@ -155,13 +155,13 @@ class PowerProtection:
                         break
             self._shedding[name] = shedding
 
-    def hold(self, source: str, loads: Collection[str], kw: float = 0.0) -> None:
-        """Hold ``loads`` at ``kw`` for ``source`` (not a metered limit: e.g. the
-        under-frequency relay's shed) until :meth:`release`."""
+    def hold(self, source: str, loads: Mapping[str, float]) -> None:
+        """Hold each of ``loads`` at its kW for ``source`` (not a metered limit:
+        e.g. the under-frequency relay's shed) until :meth:`release`."""
         held = self._held.setdefault(source, {})
         self._ramping.discard(source)
-        for name in loads:
-            held[name] = kw
+        for name, kw in loads.items():
+            held[name] = max(0.0, kw)
             self._update(name)
 
     def release(self, source: str) -> None:

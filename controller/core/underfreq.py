@@ -8,9 +8,11 @@ controller does. The controller's part, every scan, in order:
    ``grid.under_frequency`` and writes an audit record (the PLC acted, on the
    grid's behalf); falling clears it with another record. ``plc.ufls_recovered``
    rising says a release would now be accepted (an event).
-2. **Hold.** While tripped, the designated loads' power caps are 0: they come
-   back from nothing after the release and climb at protection's restore rate,
-   so the returning load cannot rebound over a limit.
+2. **Hold.** While tripped, the designated loads' power caps are 0 and every
+   other load but inference is held at what it drew when the trip was seen:
+   the room the shed load leaves is the grid's, not the planner's to fill.
+   After the release they climb at protection's restore rate, so the
+   returning load cannot rebound over a limit.
 3. **Release.** A release (operator or grid, through the command path; ERCOT
    requires one) pulses ``plc.ufls_release`` at the next scan. The command is
    refused while the relay is not tripped or the frequency has not recovered
@@ -63,14 +65,28 @@ class UnderFrequencyResponse:
                     alarms.event(t, "restore", ALARM_KEY, msg, 500)
                 audit.append(Audit(t, "plc", "plc", ALARM_KEY, None, None, msg, True))
             if tripped:
-                power.hold(ALARM_KEY, [ld.name for ld in self.designated])
+                power.hold(ALARM_KEY, {ld.name: 0.0 for ld in self.designated})
+                power.hold(ALARM_KEY + ":others", self._others_now(view))
             else:
                 power.release(ALARM_KEY)
+                power.release(ALARM_KEY + ":others")
             self.tripped = tripped
         if tripped and recovered and not self.recovered:
             alarms.event(t, "info", ALARM_KEY, "frequency recovered: a release may be given", 500)
         self.recovered = bool(tripped) and recovered
         return audit
+
+    def _others_now(self, view: ScanView) -> dict[str, float]:
+        """What the loads that are neither designated nor inference draw now."""
+        shed = {ld.name for ld in self.designated}
+        out = {}
+        for ld in self.topo.loads:
+            if ld.name in shed or ld.wclass == "inference":
+                continue
+            kw = view.measured(ld.power)
+            if kw == kw:  # an unmetered load has nothing to hold it at; the import limit binds
+                out[ld.name] = kw
+        return out
 
     def request_release(self, who: str, where: str, why: str) -> None:
         """Pulse the relay's release at the next scan (the command path checked it)."""
