@@ -111,6 +111,12 @@ def cmd_site(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_vtn(args: argparse.Namespace) -> int:
+    from thermogate.hil.vtn import serve_vtn_cli
+
+    return serve_vtn_cli(args)
+
+
 def cmd_plant(args: argparse.Namespace) -> int:
     from thermogate.hil.serve import serve_plant_cli
 
@@ -242,6 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--weather", metavar="CSV")
     sm.add_argument("--prices", metavar="CSV")
     sm.add_argument(
+        "--openadr",
+        metavar="TOML",
+        help="a file with an [openadr] section: the VEN runs beside the simulation on its "
+        "clock and its events become curtailments",
+    )
+    sm.add_argument(
         "--peaks",
         metavar="CSV",
         help="peak windows (start,end,reduce_kw; ISO times with UTC offsets): the import "
@@ -305,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many wall seconds (default: until Ctrl-C)",
     )
     pp.set_defaults(func=cmd_plant)
+
+    vp = sub.add_parser("vtn", help="a grid operator's OpenADR 2.0b VTN (openleadr) for tests")
+    vp.add_argument("--host", default="127.0.0.1")
+    vp.add_argument("--port", type=_port, default=8080)
+    vp.add_argument("--vtn-id", default="thermogate-test-vtn")
+    vp.add_argument("--poll-s", type=_positive_float, default=10.0, help="VENs poll this often")
+    vp.add_argument(
+        "--event",
+        action="append",
+        metavar="START,DURATION,LIMIT_KW",
+        help="an import limit for every VEN that registers (repeatable)",
+    )
+    vp.add_argument("--duration", type=_positive_float, help="stop after this many seconds")
+    vp.set_defaults(func=cmd_vtn)
 
     tp = sub.add_parser("train", help="train a forecast model on the historian; promote if better")
     tp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")

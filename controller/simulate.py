@@ -33,6 +33,7 @@ from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site
 
 from .core import Controller, Planner, ScanResult
+from .core.commands import Principal, ReleaseUnderFrequency
 from .forecasting import ModelRuntime
 from .gating.cluster import Admission
 from .gating.economics import EconomicsIntervals
@@ -60,6 +61,11 @@ class Progress(Protocol):
     """Told how far a run is: ``done`` of ``total`` scans (``report.ProgressBar``)."""
 
     def update(self, done: float, total: float) -> None: ...
+
+
+#: the simulated grid operator releases an under-frequency trip this long after
+#: the relay reports the frequency recovered (an ERCOT release takes minutes)
+UFLS_RELEASE_AFTER_S = 300.0
 
 
 @dataclass
@@ -150,6 +156,7 @@ def run_simulation(
     plant_dt: float = 1.0,
     on_scan: Callable[[ScenarioPlant, Controller], None] | None = None,
     peaks: Sequence[PeakWindow] = (),
+    ufls_release_after_s: float | None = UFLS_RELEASE_AFTER_S,
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -175,6 +182,10 @@ def run_simulation(
 
     ``peaks`` (in scenario seconds) join the scenario's ``peak`` grid events as
     the controller's peak windows (``controller.grid.peaks``).
+
+    An under-frequency trip is released by the simulated grid operator
+    ``ufls_release_after_s`` after the relay reports the frequency recovered
+    (through the command path, as the grid; None: never, the load stays shed).
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed, dt=plant_dt)
@@ -279,9 +290,12 @@ def run_simulation(
                 }
             )
 
+    recovered_at: float | None = None
     for k in range(n_scans):
         obs = step.observe()
         res = ctrl.scan(obs)
+        if ufls_release_after_s is not None:
+            recovered_at = _grid_operator_release(ctrl, obs.t, recovered_at, ufls_release_after_s)
         # the limit asked of the site: the grid's (scenario) or a curtailment's
         curtail_kw = ctrl.curtail_kw(obs.t)
         limit = min(
@@ -459,6 +473,21 @@ def run_simulation(
     return SimulationResult(summary, series, meta, events, ctrl, sim)
 
 
+def _grid_operator_release(
+    ctrl: Controller, t: float, recovered_at: float | None, after_s: float
+) -> float | None:
+    """The simulated grid operator: releases an under-frequency trip ``after_s``
+    after the relay reported the frequency recovered; when it saw that first."""
+    if not ctrl.underfreq.recovered:
+        return None
+    if recovered_at is None:
+        return t
+    if t - recovered_at >= after_s:
+        ctrl.commands.give(ReleaseUnderFrequency("simulated grid operator"), Principal.grid(), t)
+        return None
+    return recovered_at
+
+
 def _judged_row(j: Judged) -> dict[str, object]:
     r = j.record
     return {
@@ -622,15 +651,20 @@ def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
     return LiveForecaster(site, names, learn_after_s=learn_h * 3600.0)
 
 
-def _peaks_for(sc: Scenario, path: str) -> list[PeakWindow]:
-    """A peaks CSV's windows (Unix seconds) on the scenario's clock."""
+def _epoch(sc: Scenario, what: str) -> float:
+    """The scenario's start on the grid's clock (Unix seconds), for ``what``."""
     if sc.start is None or sc.start.utcoffset() is None:
         raise ThermogateError(
-            f"{path}: peak windows are moments on the grid's clock; the scenario needs an "
-            "absolute start with a UTC offset (a weather or price CSV with zoned times, or "
-            "start = ... in the scenario)"
+            f"{what} are moments on the grid's clock; the scenario needs an absolute start "
+            "with a UTC offset (a weather or price CSV with zoned times, or start = ... in "
+            "the scenario)"
         )
-    t0 = sc.start.timestamp()
+    return sc.start.timestamp()
+
+
+def _peaks_for(sc: Scenario, path: str) -> list[PeakWindow]:
+    """A peaks CSV's windows (Unix seconds) on the scenario's clock."""
+    t0 = _epoch(sc, f"{path}: peak windows")
     return [
         PeakWindow(w.start_s - t0, w.end_s - t0, w.reduce_kw)
         for w in load_peaks_csv(path)
@@ -649,6 +683,18 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
     site = load_site(args.site)
     sc = load_for_run(args.scenario, args.weather, args.prices, hours=args.hours)
     forecaster = _forecaster(site, args)
+    ven = None
+    if args.openadr:
+        from thermogate.plc.config import load_toml
+
+        from .grid.openadr import parse_openadr
+        from .grid.simven import VenBeside
+
+        root = load_toml(args.openadr)
+        cfg = parse_openadr(root.get_section("openadr"), Path(args.openadr).parent)
+        root.check_unused()
+        ven = VenBeside(cfg, _epoch(sc, "OpenADR events"), site.import_limit_kw)
+        ven.start()
     bar = ProgressBar(enabled=False if args.json else None, sim_hours=args.hours)
     try:
         result = run_simulation(
@@ -662,9 +708,14 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
             scan_s=args.scan_s,
             forecaster=forecaster,
             peaks=_peaks_for(sc, args.peaks) if args.peaks else (),
+            on_scan=None if ven is None else (lambda sim, ctrl: ven.on_scan(sim.plant.t, ctrl)),
         )
     finally:
         bar.close()
+        if ven is not None:
+            ven.stop()
+    if ven is not None:
+        result.summary["grid"]["openadr"] = [d.text for d in ven.decisions]
     if args.report:
         paths = write_report(
             result.series, result.meta, result.events, result.summary, Path(args.report)

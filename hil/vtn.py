@@ -1,0 +1,148 @@
+"""``thermogate vtn``: a grid operator's (or aggregator's) OpenADR 2.0b VTN for tests.
+
+A site with an ``[openadr]`` VEN needs a VTN to talk to; this one is
+openleadr's own server, so the VEN meets the protocol as a real aggregator
+speaks it. It registers any VEN that asks, sends each ``--event`` to it as a
+``LOAD_DISPATCH``/``setpoint`` import limit in kW, and prints every answer
+(optIn/optOut) and every telemetry report it receives, one line each.
+
+    thermogate vtn --port 8080 --event 2024-07-10T16:00:00-05:00,2h,1500
+
+An event is ``START,DURATION,LIMIT_KW``: START in ISO 8601 with its UTC
+offset, DURATION as ``90m``, ``2h`` or seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from thermogate.plc.errors import ThermogateError
+
+__all__ = ["VtnEvent", "parse_event", "serve_vtn_cli"]
+
+
+@dataclass(frozen=True)
+class VtnEvent:
+    start: datetime
+    duration: timedelta
+    limit_kw: float
+
+
+def _duration(text: str) -> timedelta:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    unit = text[-1:] if text[-1:] in units else "s"
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise ThermogateError(f"duration {text!r}: expected e.g. 90m, 2h or 3600") from None
+    if not 0 < seconds <= 7 * 86_400:
+        raise ThermogateError(f"duration {text!r}: must be above 0 and at most 7 days")
+    return timedelta(seconds=seconds)
+
+
+def parse_event(text: str) -> VtnEvent:
+    """``START,DURATION,LIMIT_KW`` (module docstring); a bad one says which part."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3:
+        raise ThermogateError(f"--event {text!r}: expected START,DURATION,LIMIT_KW")
+    try:
+        start = datetime.fromisoformat(parts[0].replace("Z", "+00:00"))
+    except ValueError:
+        raise ThermogateError(f"--event {text!r}: START is not an ISO 8601 time") from None
+    if start.utcoffset() is None:
+        raise ThermogateError(f"--event {text!r}: START needs its UTC offset (e.g. -05:00 or Z)")
+    try:
+        limit = float(parts[2])
+    except ValueError:
+        raise ThermogateError(f"--event {text!r}: LIMIT_KW is not a number") from None
+    if not 0.0 <= limit < 1e7:
+        raise ThermogateError(f"--event {text!r}: LIMIT_KW must be 0 or more")
+    return VtnEvent(start, _duration(parts[1]), limit)
+
+
+async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
+    from openleadr import OpenADRServer
+
+    # openleadr logs every request at INFO; the answers below are what matter
+    logging.getLogger("openleadr").setLevel(logging.WARNING)
+    sent: set[str] = set()
+
+    def on_opt(ven_id: str, event_id: str, opt_type: str) -> None:
+        print(f"vtn: {ven_id} answered event {event_id}: {opt_type}", flush=True)
+
+    def on_register_report(report: dict) -> list[tuple]:
+        def printer(rid: str):  # noqa: ANN202
+            def got(values: list) -> None:
+                for t, v in values:
+                    print(f"vtn: report {rid} at {t.isoformat()}: {v:g}", flush=True)
+
+            return got
+
+        return [
+            (rd["r_id"], printer(rd["r_id"]), rd["sampling_rate"]["min_period"])
+            for rd in report["report_descriptions"]
+        ]
+
+    vtn = OpenADRServer(
+        vtn_id=args.vtn_id,
+        http_host=args.host,
+        http_port=args.port,
+        requested_poll_freq=timedelta(seconds=args.poll_s),
+        show_fingerprint=False,
+    )
+
+    def on_register(payload: dict) -> tuple[str, str]:
+        ven_name = str(payload.get("ven_name", "ven"))
+        ven_id = f"ven-{ven_name}"
+        print(f"vtn: registered {ven_name} as {ven_id}", flush=True)
+        if ven_id not in sent:
+            sent.add(ven_id)
+            for ev in events:
+                eid = vtn.add_event(
+                    ven_id,
+                    "LOAD_DISPATCH",
+                    "setpoint",
+                    [{"dtstart": ev.start, "duration": ev.duration, "signal_payload": ev.limit_kw}],
+                    callback=on_opt,
+                )
+                print(
+                    f"vtn: event {eid} for {ven_id}: import <= {ev.limit_kw:g} kW from "
+                    f"{ev.start.isoformat()} for {ev.duration}",
+                    flush=True,
+                )
+        return ven_id, f"reg-{ven_name}"
+
+    vtn.add_handler("on_create_party_registration", on_register)
+    vtn.add_handler("on_register_report", on_register_report)
+    await vtn.run()
+    print(
+        f"vtn: listening on http://{args.host}:{args.port}/OpenADR2/Simple/2.0b "
+        f"({len(events)} event(s) for each VEN that registers); Ctrl-C to stop",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        if args.duration:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), args.duration)
+        else:
+            await stop.wait()
+    finally:
+        await vtn.stop()
+    return 0
+
+
+def serve_vtn_cli(args: argparse.Namespace) -> int:
+    events = [parse_event(e) for e in args.event or []]
+    return asyncio.run(_serve(args, events))
