@@ -352,16 +352,22 @@ class Loopback:
             for rd in report["report_descriptions"]
         ]
 
-    async def __aenter__(self) -> Loopback:
-        self.vtn = OpenADRServer(
+    def vtn_server(self) -> OpenADRServer:
+        """The VTN on loopback, registering the VEN as ``ven-hall`` and keeping
+        its reports; not yet running."""
+        vtn = OpenADRServer(
             vtn_id="VTN",
             http_host="127.0.0.1",
             http_port=self.port,
             requested_poll_freq=timedelta(seconds=1),
             show_fingerprint=False,
         )
-        self.vtn.add_handler("on_create_party_registration", lambda p: ("ven-hall", "reg-1"))
-        self.vtn.add_handler("on_register_report", self.on_register_report)
+        vtn.add_handler("on_create_party_registration", lambda p: ("ven-hall", "reg-1"))
+        vtn.add_handler("on_register_report", self.on_register_report)
+        return vtn
+
+    async def __aenter__(self) -> Loopback:
+        self.vtn = self.vtn_server()
         await self.vtn.run()
         self.ven = Ven(
             self.cfg, self.give, lambda: self.site, import_limit_kw=LIMIT_KW, clock=time.time
@@ -563,11 +569,7 @@ def test_run_wiring_opts_in_on_the_controllers_telemetry_and_reports_it(tmp_path
         _, mb_port = await sp.server.start_tcp("127.0.0.1", 0)
         plant = asyncio.create_task(sp.run())
         lb = Loopback()
-        vtn = OpenADRServer(
-            vtn_id="VTN", http_port=lb.port, requested_poll_freq=timedelta(seconds=1)
-        )
-        vtn.add_handler("on_create_party_registration", lambda p: ("ven-hall", "reg-1"))
-        vtn.add_handler("on_register_report", lb.on_register_report)
+        vtn = lb.vtn_server()
         await vtn.run()
         cfg = RunConfig(
             site,

@@ -17,7 +17,6 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from openleadr import OpenADRServer
 from test_grid_openadr import VTN_WARNINGS, Loopback
 
 from thermogate.controller.grid.openadr import CURTAILABLE_RID, IMPORT_RID
@@ -55,15 +54,7 @@ def test_an_openadr_event_is_met_over_modbus_settled_and_reported(tmp_path) -> N
         _, mb_port = await sp.server.start_tcp("127.0.0.1", 0)
         pl = sim.plant
         clock_task = asyncio.create_task(sp.run())
-        vtn = OpenADRServer(
-            vtn_id="VTN",
-            http_host="127.0.0.1",
-            http_port=lb.port,
-            requested_poll_freq=timedelta(seconds=1),
-            show_fingerprint=False,
-        )
-        vtn.add_handler("on_create_party_registration", lambda p: ("ven-hall", "reg-1"))
-        vtn.add_handler("on_register_report", lb.on_register_report)
+        vtn = lb.vtn_server()
         await vtn.run()
         cfg = RunConfig(
             site,

@@ -39,6 +39,7 @@ from thermogate.models.bins import bin_start
 from .schema import (
     COMPLIANCE_COLUMNS,
     ECONOMICS_COLUMNS,
+    GATING_COLUMNS,
     MINUTE_S,
     QUALITY_ABSENT,
     STAT_SQL,
@@ -293,25 +294,19 @@ class HistoryReader:
             r["ok"] = bool(r["ok"])
         return rows[::-1]
 
-    # -- the books: economics and gating -----------------------------------------
+    # -- the books: economics, gating and compliance ------------------------------
     def economics(
         self, t0: float | None = None, t1: float | None = None, limit: int = 100_000
     ) -> list[dict]:
         """Economics rows whose interval starts in [t0, t1], oldest first; the newest
         ``limit``. Keys: ``ECONOMICS_COLUMNS`` (NULL as NaN). A file from before the
         table has none."""
-        if not self._has_table("economics"):
-            return []
-        sql, params = _window_sql("economics", t0, t1)
-        cols = ", ".join(quote(c) for c in ECONOMICS_COLUMNS)
-        sql = sql.replace("SELECT *", f'SELECT "id", {cols}', 1)
-        rows = self.query(sql + _NEWEST, [*params, limit])
+        rows = self._book("economics", ECONOMICS_COLUMNS, t0, t1, limit)
         for r in rows:
-            del r["id"]
             for c in ECONOMICS_COLUMNS:
                 if r[c] is None:
                     r[c] = float("nan")
-        return rows[::-1]
+        return rows
 
     def gating(
         self,
@@ -324,17 +319,7 @@ class HistoryReader:
         (the newest ``limit``): ``t``, ``load``, ``budget_kw``, ``why``. A load's
         budget and reason hold from its row to its next one. A file from before the
         table has none."""
-        if not self._has_table("gating"):
-            return []
-        sql, params = _window_sql("gating", t0, t1)
-        if loads:
-            sql += f' AND "load" IN ({", ".join("?" * len(loads))})'
-            params += list(loads)
-        sql = sql.replace("SELECT *", 'SELECT "id", "t", "load", "budget_kw", "why"', 1)
-        rows = self.query(sql + _NEWEST, [*params, limit])
-        for r in rows:
-            del r["id"]
-        return rows[::-1]
+        return self._book("gating", GATING_COLUMNS, t0, t1, limit, "load", loads)
 
     def compliance(
         self, t0: float | None = None, t1: float | None = None, limit: int = 100_000
@@ -342,15 +327,34 @@ class HistoryReader:
         """Settled intervals of curtailment instructions whose interval starts in
         [t0, t1], oldest first; keys ``COMPLIANCE_COLUMNS`` (``compliant`` True,
         False or None). A file from before the table has none."""
-        if not self._has_table("compliance"):
+        rows = self._book("compliance", COMPLIANCE_COLUMNS, t0, t1, limit)
+        for r in rows:
+            r["compliant"] = None if r["compliant"] is None else bool(r["compliant"])
+        return rows
+
+    def _book(
+        self,
+        table: str,
+        columns: Sequence[str],
+        t0: float | None,
+        t1: float | None,
+        limit: int,
+        key: str | None = None,
+        values: Sequence[str] | None = None,
+    ) -> list[dict]:
+        """Rows of one of the books in [t0, t1] (``key`` IN ``values`` when given),
+        oldest first, the newest ``limit``; none from a file before the table."""
+        if not self._has_table(table):
             return []
-        sql, params = _window_sql("compliance", t0, t1)
-        cols = ", ".join(quote(c) for c in COMPLIANCE_COLUMNS)
+        sql, params = _window_sql(table, t0, t1)
+        if key is not None and values:
+            sql += f" AND {quote(key)} IN ({', '.join('?' * len(values))})"
+            params += list(values)
+        cols = ", ".join(quote(c) for c in columns)
         sql = sql.replace("SELECT *", f'SELECT "id", {cols}', 1)
         rows = self.query(sql + _NEWEST, [*params, limit])
         for r in rows:
             del r["id"]
-            r["compliant"] = None if r["compliant"] is None else bool(r["compliant"])
         return rows[::-1]
 
     def _has_table(self, name: str) -> bool:
