@@ -324,6 +324,9 @@ class GridConfig:
     settlement_interval_s: float = 900.0
     baseline_count: int = 10
     baseline_like: str = "day"  # "day" | "preceding"
+    #: the commitment: may the grid's instructions cut inference? (no: mining
+    #: and training only; a lower limit is held up where it would)
+    curtail_inference: bool = False
 
 
 @dataclass(frozen=True)

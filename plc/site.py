@@ -478,6 +478,7 @@ def _grid(root: Section, nominal_hz: float, tanks: tuple[Tank, ...]) -> GridConf
         ),
         baseline_count=g.get_int("baseline_count", d.baseline_count, minval=1, maxval=90),
         baseline_like=g.get_str("baseline_like", d.baseline_like, choices=("day", "preceding")),
+        curtail_inference=g.get_bool("curtail_inference", d.curtail_inference),
     )
     if 86_400.0 % grid.settlement_interval_s:
         raise g.error(

@@ -159,15 +159,12 @@ def test_the_grid_limit_spares_an_overridden_load_but_not_the_others(topo, site)
     assert math.isinf(pw.cap["tank01"]) and math.isfinite(pw.cap["tank02"])
 
 
-def test_a_curtailment_is_the_lowest_limit_of_the_scan(topo, site):
+def test_an_instruction_lowers_the_limit_and_never_raises_it(topo, site):
     pw = PowerProtection(topo)
-    v = view(topo)
-    assert pw.grid_limit(v, None) == site.import_limit_kw
-    assert pw.grid_limit(v, 2000.0) == 2000.0
-    assert (
-        pw.grid_limit(ScanView(1.0, 1.0, v.values.copy(), v.quality.copy(), {}, 1800.0), 2000.0)
-        == 1800.0
-    )
+    assert pw.grid_limit(None) == site.import_limit_kw
+    assert pw.grid_limit(2000.0) == 2000.0
+    assert pw.grid_limit(site.import_limit_kw + 500.0) == site.import_limit_kw
+    assert pw.grid_limit(float("nan")) == site.import_limit_kw
 
 
 # -- planning ---------------------------------------------------------------------------

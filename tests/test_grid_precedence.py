@@ -71,3 +71,63 @@ def test_when_a_curtailment_ends_the_import_climbs_back_ramped_never_over_the_li
     assert rise.max() <= 2.0 * GRID_RESTORE_FRAC_S * site.import_limit_kw
     assert kw[(t >= 1700) & (t < 1800)].max() <= 1500.0
     assert kw[t >= 3000].mean() > 2000.0  # and it does come back
+
+
+DEEP = """
+[[grid_events]]
+kind = "curtail"
+at_s = 600
+duration_s = 900
+params.limit_kw = 100
+"""
+
+
+def test_a_grid_limit_below_what_must_stay_on_never_cuts_inference_unless_committed(site):
+    import dataclasses
+
+    from thermogate.controller.core.controller import INFERENCE_FLOOR_ALARM
+
+    def run(curtail_inference: bool):
+        s = dataclasses.replace(
+            site, grid=dataclasses.replace(site.grid, curtail_inference=curtail_inference)
+        )
+        return run_simulation(s, normal_day_with(DEEP), 0.45, scan_s=5.0, planner=GatingPlanner(s))
+
+    kept, cut = run(False), run(True)
+    t = kept.series["t_h"] * 3600.0
+    before, during = (t >= 300) & (t < 600), (t >= 700) & (t < 1500)
+    inf_before = kept.series["class.inference_kw"][before].mean()
+    # a scenario's curtail event is an instruction like any other: inference spared
+    assert kept.series["class.inference_kw"][during].min() >= 0.95 * inf_before
+    assert INFERENCE_FLOOR_ALARM in {e["source"] for e in kept.events if e["kind"] == "alarm"}
+    assert cut.series["class.inference_kw"][during].min() < 0.5 * inf_before
+
+
+def test_an_instruction_below_what_must_stay_on_is_held_up_to_spare_inference(site):
+    import dataclasses
+
+    from thermogate.controller.core.controller import INFERENCE_FLOOR_ALARM
+
+    def run(curtail_inference: bool):
+        s = dataclasses.replace(
+            site, grid=dataclasses.replace(site.grid, curtail_inference=curtail_inference)
+        )
+
+        def instruct(sim, ctrl) -> None:
+            if sim.plant.t == 600.0:
+                cmd = RequestCurtailment(100.0, 900.0, why="deep DR event")
+                assert ctrl.commands.give(cmd, Principal.grid(), sim.plant.t).accepted
+
+        return run_simulation(
+            s, "normal-day", 0.45, scan_s=5.0, planner=GatingPlanner(s), on_scan=instruct
+        )
+
+    kept, cut = run(False), run(True)
+    t = kept.series["t_h"] * 3600.0
+    before, during = (t >= 300) & (t < 600), (t >= 700) & (t < 1500)
+    inf = kept.series["class.inference_kw"]
+    assert inf[during].min() >= 0.95 * inf[before].mean()  # inference kept ...
+    assert kept.series["class.mining_kw"][during].max() < 1.0  # ... mining went to zero
+    assert INFERENCE_FLOOR_ALARM in {e["source"] for e in kept.events if e["kind"] == "alarm"}
+    # committed to it, the same instruction does cut inference
+    assert cut.series["class.inference_kw"][during].min() < 0.5 * inf[before].mean()

@@ -45,7 +45,7 @@ from .actuation import Actuation
 from .alarms import AlarmRecord, Alarms
 from .commands import Command, CommandPath, CommandResult, Principal
 from .planning import DefaultPlanner, LoadForecast, Planner, Planning, row_cap_w
-from .power import PowerProtection
+from .power import GRID_LIMIT_MARGIN, POWER_SHED_TO, PowerProtection
 from .regulation import Regulation
 from .state import ControllerState, Override
 from .thermal import ThermalProtection
@@ -82,6 +82,10 @@ class ScanResult:
             np.concatenate([self.values, self.plan, self.setpoints]),
             np.concatenate([self.quality, np.zeros(n, self.quality.dtype)]),
         )
+
+
+#: raised while an instruction's limit is held up so as not to cut inference
+INFERENCE_FLOOR_ALARM = "grid.inference_floor"
 
 
 class PeakLimit(Protocol):
@@ -219,8 +223,15 @@ class Controller:
         overridden = {
             self.topo.load_of_budget[i].name for i in overrides if i in self.topo.load_of_budget
         }
-        curtail_kw = self._lowest(self.curtail_kw(t), self._peak_kw(view, alarms))
-        self.power.protect(view, alarms, curtail_kw, overridden)
+        keep_kw = self._must_stay_kw(view)
+        grid = obs.import_limit_kw
+        instruction = self._lowest(
+            grid if grid is not None and math.isfinite(grid) else None,
+            self.curtail_kw(t),
+            self._peak_kw(view, alarms, keep_kw),
+        )
+        instruction = self._spare_inference(view, alarms, instruction, keep_kw)
+        self.power.protect(view, alarms, instruction, overridden)
         audit += self.underfreq.observe(view, alarms, self.power)
         hold = self.state.mode == "maintenance"
         grid_kw = self.power.grid_limit_kw  # in force: protect ramps a lifted limit
@@ -283,16 +294,45 @@ class Controller:
         given = [x for x in limits if x is not None]
         return min(given) if given else None
 
-    def _peak_kw(self, view: ScanView, alarms: Alarms) -> float | None:
+    def _must_stay_kw(self, view: ScanView) -> float:
+        """The import that is not curtailable now: inference, cooling and the house
+        (the site meter less measured mining and training; NaN when it is bad)."""
+        flexible = sum(
+            nz(view.measured(ld.power)) for ld in self.topo.loads if ld.wclass != "inference"
+        )
+        return view.measured(self.topo.site_meter) - flexible
+
+    def _spare_inference(
+        self, view: ScanView, alarms: Alarms, limit_kw: float | None, keep_kw: float
+    ) -> float | None:
+        """An instruction's limit, raised where it would cut inference: the grid's
+        instructions curtail mining and training only, unless the site's commitment
+        says otherwise (``[grid] curtail_inference``). The site's own import limit
+        and the grid's physical limit are not raised: they protect the connection."""
+        if limit_kw is None or self.site.grid.curtail_inference or not math.isfinite(keep_kw):
+            alarms.alarm(view.t, INFERENCE_FLOOR_ALARM, False, "")
+            return limit_kw
+        # the planner plans to 95 % of a limit and protection sheds to 95 % of 97 %:
+        # inference is spared when what must stay on fits under the latter
+        floor = keep_kw / (GRID_LIMIT_MARGIN * POWER_SHED_TO)
+        binds = limit_kw < floor
+        alarms.alarm(
+            view.t,
+            INFERENCE_FLOOR_ALARM,
+            binds,
+            f"an import limit of {limit_kw:.0f} kW would cut inference: held at {floor:.0f} kW "
+            "(the grid's instructions curtail mining and training only)",
+            600,
+        )
+        return max(limit_kw, floor)
+
+    def _peak_kw(self, view: ScanView, alarms: Alarms, keep_kw: float) -> float | None:
         """The limit a peak window puts on the import now (None: none), and an
         event as a window begins and ends."""
         if self.peaks is None:
             return None
         site_kw = view.measured(self.topo.site_meter)
-        flexible = sum(
-            nz(view.measured(ld.power)) for ld in self.topo.loads if ld.wclass != "inference"
-        )
-        kw = self.peaks.limit_kw(view.t, site_kw, site_kw - flexible)
+        kw = self.peaks.limit_kw(view.t, site_kw, keep_kw)
         if (kw is None) != (self.peak_limit_kw is None):
             msg = (
                 f"peak window: import <= {kw:.0f} kW (its cut from the import before it)"

@@ -1,9 +1,10 @@
 """Power protection: feeders, PDUs and the site import stay inside their limits.
 
 A breaker's limit is its continuous rating (80 % unless the site says
-otherwise); the grid's is the site's import limit, lowered by the grid or the
-scenario (``Observation.import_limit_kw``) and by curtailments requested
-through the command path, kept with a 3 % margin. Above 98 % of a limit the
+otherwise); the grid's is the site's import limit, lowered by the instruction in force
+(the grid's own limit, ``Observation.import_limit_kw``, curtailments from the
+command path and peak windows, as the controller resolves them), kept with a
+3 % margin. Above 98 % of a limit the
 loads under it shed — mining first, then training, then inference — down to
 95 %; below 95 % what was shed comes back in the reverse order at 0.5 % of
 its rating per second, so the import settles at 95 % while the loads want
@@ -55,25 +56,26 @@ class PowerProtection:
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
 
-    def grid_limit(self, view: ScanView, curtail_kw: float | None) -> float:
-        """The import limit asked for this scan: the site's, the grid's, a
-        curtailment's, lowest (before the restore ramp; see ``grid_limit_kw``)."""
+    def grid_limit(self, instruction_kw: float | None) -> float:
+        """The import limit asked for this scan: the site's, or the instruction in
+        force when lower (before the restore ramp; see ``grid_limit_kw``)."""
         grid = self.topo.site.import_limit_kw
-        if view.import_limit_kw is not None and math.isfinite(view.import_limit_kw):
-            grid = min(grid, view.import_limit_kw)
-        if curtail_kw is not None:
-            grid = min(grid, curtail_kw)
+        if instruction_kw is not None and math.isfinite(instruction_kw):
+            grid = min(grid, instruction_kw)
         return grid
 
     def protect(
         self,
         view: ScanView,
         alarms: Alarms,
-        curtail_kw: float | None = None,
+        instruction_kw: float | None = None,
         overridden: Collection[str] = (),
     ) -> None:
+        """``instruction_kw``: the lowest import limit the grid and the site's own
+        schedule ask for now (the grid's limit, curtailments, peak windows), as the
+        controller resolved it; None: only the site's."""
         t, dt = view.t, view.dt
-        grid = self.grid_limit(view, curtail_kw)
+        grid = self.grid_limit(instruction_kw)
         if grid > self.grid_limit_kw:  # a lifted limit returns at the restore rate
             step = GRID_RESTORE_FRAC_S * self.topo.site.import_limit_kw * max(dt, 0.0)
             grid = min(grid, self.grid_limit_kw + step)
