@@ -430,7 +430,12 @@ def make_ven(rt: RealTimeController, cfg: VenConfig) -> Ven:
     """The VEN on the controller's command path; its decisions in the event log."""
 
     def journal(d: Decision) -> None:
+        # every answer to the grid is accountable, an opt-out given before any
+        # command as much as the curtailments an opt-in gave (audited on their own)
         rt.historian.record_event(d.t, "info", "grid", d.text, 400 if d.opt == "optIn" else 500)
+        rt.historian.record_audit(
+            d.t, "grid", "grid", f"openadr:{d.event_id}", None, None, d.text, ok=d.opt == "optIn"
+        )
 
     return Ven(
         cfg,

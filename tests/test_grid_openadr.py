@@ -613,6 +613,8 @@ def test_run_wiring_opts_in_on_the_controllers_telemetry_and_reports_it(tmp_path
             assert audit and audit[0]["who"] == "grid" and audit[0]["ok"]
             journal = [e["message"] for e in rt.historian.events() if e["source"] == "grid"]
             assert any(f"OpenADR event {eid}" in m and "optIn" in m for m in journal), journal
+            answered = [a for a in rt.historian.audit() if a["point"] == f"openadr:{eid}"]
+            assert answered and answered[0]["who"] == "grid" and answered[0]["ok"]
         finally:
             stop.set()
             if "loop" in locals():
