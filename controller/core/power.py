@@ -4,12 +4,12 @@ A breaker's limit is its continuous rating (80 % unless the site says
 otherwise); the grid's is the site's import limit, lowered by the instruction in force
 (the grid's own limit, ``Observation.import_limit_kw``, curtailments from the
 command path and peak windows, as the controller resolves them), kept with a
-3 % margin. Above 99 % of a limit the
+3 % margin. Above 98 % of a limit the
 loads under it shed — mining first, then training, then inference — down to
-95 %; below 98 % what was shed comes back in the reverse order at 2 % of
-its rating per second, so the import settles between 98 and 99 % while the
-loads want more, and nothing stays held once there is room. One event per
-shedding episode, one when every load is restored.
+95 %; below 95 % what was shed comes back in the reverse order at 0.5 % of
+its rating per second, so the import settles at 95 % while the loads want
+more, and nothing stays held once there is room. One event per shedding
+episode, one when every load is restored.
 Each limit keeps its own caps and restores only what it shed, so a feeder
 with room to spare never hands back load the site import is shedding; a
 load's cap is the lowest any limit (or a hold, such as the under-frequency
@@ -33,18 +33,11 @@ from .alarms import Alarms
 from .topology import CLASS_ORDER, Load, Topology
 from .view import ScanView, nz
 
-POWER_SHED_AT = 0.99  # shed when a measured load exceeds this fraction of its limit
+POWER_SHED_AT = 0.98  # shed when a measured load exceeds this fraction of its limit
 POWER_SHED_TO = 0.95  # ... down to this fraction
-#: restore below this fraction; caps hold between it and POWER_SHED_AT. It sits
-#: above where the gating planner keeps the import (95 % of the grid limit is
-#: 97.9 % of protection's 97 % limit), so a planner holding the import steady
-#: never finds caps held forever, and a planner that wants more than the room
-#: settles in the band instead of sawing between shed and restore.
-POWER_RESTORE_BELOW = 0.98
-#: restore rate, fraction of a load's rating per s: a tank from nothing to its
-#: rating in 50 s (miners and GPU caps follow within seconds; the grid's own
-#: limit has its slower ramp, GRID_RESTORE_FRAC_S, after a curtailment)
-POWER_RESTORE_FRAC_S = 0.02
+POWER_RESTORE_BELOW = POWER_SHED_TO  # restore below this fraction (no dead band: a
+# planner that keeps the import steady inside it must not find caps held forever)
+POWER_RESTORE_FRAC_S = 0.005  # restore rate, fraction of a load's rating per s
 GRID_LIMIT_MARGIN = 0.97  # stay this far inside the grid's import limit
 GRID_RESTORE_FRAC_S = 0.002  # a lifted limit climbs back at this share of the site's per s
 
