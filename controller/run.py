@@ -30,6 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,9 @@ from .gating.economics import EconomicsIntervals
 from .gating.metered import SiteMeters
 from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
-from .grid.openadr import Decision, Ven, VenConfig, parse_openadr
+from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
-from .grid.settlement import Settlement, rule_for
+from .grid.settlement import Settlement, rule_for, settled_event
 from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
@@ -327,12 +328,12 @@ class RealTimeController:
             self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
         self.historian.record_scan(now, *res.record)
         self._keep_books(now, price)
-        self._settle(now, res.events)
+        self._settle(now)
         self.last = res.status
         self.scans += 1
         self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
 
-    def _settle(self, now: float, events: list[Event]) -> None:
+    def _settle(self, now: float) -> None:
         """The site meter into the settlement; settled intervals into the historian."""
         self.settlement.follow(self.ctrl.state.curtailments, now)
         kw = float(self.ctrl.values[self.pmap.index.site.power_kw])
@@ -340,17 +341,9 @@ class RealTimeController:
             return  # not metered: the interval's coverage says so when it closes
         for j in self.settlement.meter(now, kw):
             self.historian.record_compliance(j)
-            r = j.record
-            verdict = {True: "compliant", False: "NOT compliant", None: "not metered"}
-            self.historian.record_event(
-                now,
-                "settled",
-                j.instruction,
-                f"{j.instruction}: interval from {r.start_s:.0f} {verdict[r.compliant]} "
-                f"(metered {r.metered_kw if r.metered_kw is None else round(r.metered_kw)} kW, "
-                f"limit {r.limit_kw:.0f} kW)",
-                700 if r.compliant is False else 300,
-            )
+            when = datetime.fromtimestamp(j.record.start_s, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            ev = settled_event(j, now, when)
+            self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
 
     def _keep_books(self, now: float, price: float | None) -> None:
         """This scan's meters into the books; closed intervals and changed reasons
@@ -417,13 +410,7 @@ def grid_telemetry(rt: RealTimeController) -> dict[str, float]:
     """What the OpenADR VEN reports and decides on, from the last scan's validated
     values: the site's import and what it can shed now (measured mining and
     training power; a bad meter counts nothing; NaN: nothing known yet)."""
-    v = rt.ctrl.values
-    shed = [float(v[ld.power]) for ld in rt.ctrl.topo.loads if ld.wclass != "inference"]
-    known = [x for x in shed if math.isfinite(x)]
-    return {
-        "import_kw": float(v[rt.pmap.index.site.power_kw]),
-        "curtailable_kw": sum(known) if known else math.nan,
-    }
+    return site_telemetry(rt.ctrl)
 
 
 def make_ven(rt: RealTimeController, cfg: VenConfig) -> Ven:

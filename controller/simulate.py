@@ -43,7 +43,7 @@ from .gating.reasons import PlanTap, ReasonLog
 from .gating.world import ClusterInTheLoop, GpuGate
 from .grid.compliance import Instruction
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
-from .grid.settlement import Judged, Settlement, rule_for
+from .grid.settlement import Judged, Settlement, rule_for, settled_event
 from .historian import Historian
 from .signals import Event, Observation
 
@@ -337,7 +337,7 @@ def run_simulation(
         plant.events.clear()
         settlement.follow(ctrl.state.curtailments, plant.t)
         for j in settlement.meter(plant.t, plant.site_kw):
-            log(_judged_event(j))
+            log(settled_event(j, j.record.start_s, f"{j.record.start_s / 3600.0:.2f} h"))
             if historian is not None:
                 historian.record_compliance(j, HISTORIAN_EPOCH_S)
 
@@ -501,22 +501,6 @@ def _judged_row(j: Judged) -> dict[str, object]:
         "compliant": r.compliant,
         "note": r.note,
     }
-
-
-def _judged_event(j: Judged) -> Event:
-    """A settled interval for the event log."""
-    r = j.record
-    metered = "not metered" if r.metered_kw is None else f"metered {r.metered_kw:.0f} kW"
-    base = "no baseline" if r.baseline_kw is None else f"baseline {r.baseline_kw:.0f} kW"
-    verdict = {True: "compliant", False: "NOT compliant", None: "not judged"}[r.compliant]
-    return Event(
-        r.start_s,
-        "settled",
-        j.instruction,
-        f"{j.instruction}: interval {r.start_s / 3600.0:.2f} h {verdict}: {metered} against "
-        f"a limit of {r.limit_kw:.0f} kW, {base}",
-        700 if r.compliant is False else 300,
-    )
 
 
 def _record(

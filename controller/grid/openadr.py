@@ -70,6 +70,7 @@ from openleadr import OpenADRClient, objects
 
 from thermogate.plc.config import Section
 
+from ..core import Controller
 from ..core.commands import (
     ClearCurtailment,
     Command,
@@ -456,6 +457,19 @@ class _Given:
     modification: int
     ids: list[int] = field(default_factory=list)
     end: float = math.inf
+
+
+def site_telemetry(ctrl: Controller) -> dict[str, float]:
+    """What the VEN reports and decides on, from the controller's last validated
+    values: the site's import and what it can shed now (measured mining and
+    training power; a bad meter counts nothing; NaN: nothing known yet)."""
+    v = ctrl.values
+    shed = [float(v[ld.power]) for ld in ctrl.topo.loads if ld.wclass != "inference"]
+    known = [x for x in shed if math.isfinite(x)]
+    return {
+        "import_kw": float(v[ctrl.topo.site_meter]),
+        "curtailable_kw": sum(known) if known else math.nan,
+    }
 
 
 class Ven:

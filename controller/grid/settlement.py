@@ -28,6 +28,7 @@ from typing import Literal, Protocol
 
 from thermogate.plc.equipment import GridConfig
 
+from ..signals import Event
 from .compliance import (
     DAY_S,
     BaselineRule,
@@ -38,7 +39,7 @@ from .compliance import (
     summarise,
 )
 
-__all__ = ["Judged", "Settlement", "rule_for"]
+__all__ = ["Judged", "Settlement", "rule_for", "settled_event"]
 
 
 def rule_for(grid: GridConfig) -> BaselineRule:
@@ -67,6 +68,23 @@ class Judged:
     instruction: str
     record: IntervalCompliance
     interval_s: float
+
+
+def settled_event(j: Judged, t: float, when: str) -> Event:
+    """A settled interval for the event log at ``t``; ``when`` names the interval's
+    start on the caller's clock (hours into a simulation, a UTC time live)."""
+    r = j.record
+    metered = "not metered" if r.metered_kw is None else f"metered {r.metered_kw:.0f} kW"
+    base = "no baseline" if r.baseline_kw is None else f"baseline {r.baseline_kw:.0f} kW"
+    verdict = {True: "compliant", False: "NOT compliant", None: "not judged"}[r.compliant]
+    return Event(
+        t,
+        "settled",
+        j.instruction,
+        f"{j.instruction}: interval {when} {verdict}: {metered} against "
+        f"a limit of {r.limit_kw:.0f} kW, {base}",
+        700 if r.compliant is False else 300,
+    )
 
 
 class Settlement:

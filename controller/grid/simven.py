@@ -29,7 +29,7 @@ from typing import Any
 
 from ..core import Controller
 from ..core.commands import Command, CommandResult, Principal, RequestCurtailment
-from .openadr import Decision, Ven, VenConfig
+from .openadr import Decision, Ven, VenConfig, site_telemetry
 
 __all__ = ["VenBeside"]
 
@@ -104,13 +104,7 @@ class VenBeside:
         if t < SETTLED_S:
             self._drain(ctrl, t)
             return
-        v = ctrl.values
-        flexible = [float(v[ld.power]) for ld in ctrl.topo.loads if ld.wclass != "inference"]
-        known = [x for x in flexible if math.isfinite(x)]
-        self.telemetry = {
-            "import_kw": float(v[ctrl.topo.site_meter]),
-            "curtailable_kw": sum(known) if known else math.nan,
-        }
+        self.telemetry = site_telemetry(ctrl)
         if self._first:
             self._first = False
             self._wait_for_vtn(ctrl)
