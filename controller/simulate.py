@@ -296,13 +296,9 @@ def run_simulation(
         res = ctrl.scan(obs)
         if ufls_release_after_s is not None:
             recovered_at = _grid_operator_release(ctrl, obs.t, recovered_at, ufls_release_after_s)
-        # the limit asked of the site: the grid's (scenario) or a curtailment's
-        curtail_kw = ctrl.curtail_kw(obs.t)
-        limit = min(
-            obs.import_limit_kw or site.import_limit_kw,
-            math.inf if curtail_kw is None else curtail_kw,
-            math.inf if ctrl.peak_limit_kw is None else ctrl.peak_limit_kw,
-        )
+        # the limit asked of the site, as the controller resolved it this scan
+        asked = ctrl.instruction_kw
+        limit = site.import_limit_kw if asked is None else min(site.import_limit_kw, asked)
         if historian is not None:
             if with_plan:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record)

@@ -134,6 +134,9 @@ class Controller:
         #: peak windows (``controller.grid.peaks.PeakShaving``), set by the caller
         self.peaks: PeakLimit | None = None
         self.peak_limit_kw: float | None = None
+        #: the lowest import limit asked this scan (the grid's, a curtailment's, a
+        #: peak window's; None: only the site's), before inference is spared
+        self.instruction_kw: float | None = None
         n = len(pmap)
         #: the last validated values and quality, for status displays
         self.values: np.ndarray = np.full(n, np.nan)
@@ -230,6 +233,7 @@ class Controller:
             self.curtail_kw(t),
             self._peak_kw(view, alarms, keep_kw),
         )
+        self.instruction_kw = instruction  # as asked, before sparing inference
         instruction = self._spare_inference(view, alarms, instruction, keep_kw)
         self.power.protect(view, alarms, instruction, overridden)
         audit += self.underfreq.observe(view, alarms, self.power)
