@@ -14,7 +14,7 @@ import pytest
 from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S, Actuation
 from thermogate.controller.core.alarms import Alarms
 from thermogate.controller.core.planning import LoadInfo, Planning, SiteNow, row_cap_w
-from thermogate.controller.core.power import PowerProtection
+from thermogate.controller.core.power import GRID_LIMIT_MARGIN, PowerProtection
 from thermogate.controller.core.state import ControllerState
 from thermogate.controller.core.thermal import ThermalProtection
 from thermogate.controller.core.topology import Topology
@@ -140,7 +140,7 @@ def test_a_hot_tank_sheds_its_own_load_and_gets_it_back_slowly(topo, site):
 
 def test_power_protection_sheds_mining_before_training_before_inference(topo, site):
     pw, al = PowerProtection(topo), Alarms()
-    limit = 0.97 * site.import_limit_kw
+    limit = GRID_LIMIT_MARGIN * site.import_limit_kw
     loads = {
         f"{ld.name}__power_kw": 0.9 * ld.rated_kw for ld in topo.loads
     }  # everything near full power

@@ -176,6 +176,7 @@ def test_out_of_range_input_alarms_falls_back_and_clears(learned: dict) -> None:
     # the run's model, with no live errors yet: the run's own last hour drifted from
     # the 2 h it learned on, which is a different reason not to trust it
     fc = LiveForecaster(learned["site"], learned["cols"], learned["fc"].model, version=1)
+    _replay_tolerant(fc)
     minute = learned["last"]
     amb = learned["cols"].index("site.ambient_temp")
     t0 = math.ceil(learned["res"].sim.plant.t / 60.0) * 60.0 + 3600.0  # after a gap
@@ -200,6 +201,15 @@ def test_out_of_range_input_alarms_falls_back_and_clears(learned: dict) -> None:
     assert len(clears) == 1
 
 
+def _replay_tolerant(fc: LiveForecaster) -> None:
+    """A minute replayed over and over is no trajectory the model forecasts to a
+    tenth of a degree (its 30 min forecasts from the frozen minute miss by ~0.15 °C,
+    over the 0.1 °C live-error floor): these tests pin distribution and staleness,
+    so the live-error reason is kept out of them by a wider floor."""
+    assert fc.trust is not None
+    fc.trust.min_error_c = 0.5
+
+
 def _feed(
     fc: LiveForecaster, minute: list, amb: int, minutes: int, ambient_shift: float, start: float
 ) -> list:
@@ -222,6 +232,7 @@ def test_one_untrusted_episode_alarms_once_per_kind_of_reason(learned: dict) -> 
     t0 = math.ceil(learned["res"].sim.plant.t / 60.0) * 60.0 + 3600.0
     # trained 20 days before: stale for the whole episode
     fc = LiveForecaster(learned["site"], learned["cols"], model, trained_t=t0 - 20 * 86400.0)
+    _replay_tolerant(fc)
     amb = learned["cols"].index("site.ambient_temp")
     minute = learned["last"]
     ups = _feed(fc, minute, amb, 25, 0.0, t0)  # stale

@@ -45,7 +45,7 @@ from .actuation import Actuation
 from .alarms import AlarmRecord, Alarms
 from .commands import Command, CommandPath, CommandResult, Principal
 from .planning import DefaultPlanner, LoadForecast, Planner, Planning, row_cap_w
-from .power import GRID_LIMIT_MARGIN, POWER_SHED_TO, PowerProtection
+from .power import PowerProtection
 from .regulation import Regulation
 from .state import ControllerState, Override
 from .thermal import ThermalProtection
@@ -86,6 +86,10 @@ class ScanResult:
 
 #: raised while an instruction's limit is held up so as not to cut inference
 INFERENCE_FLOOR_ALARM = "grid.inference_floor"
+#: what must stay on sits at this fraction of the limit it is spared by: under where
+#: the gating planner plans (95 %) with room for the cooling to follow, and well
+#: under where protection sheds (97 % of 99 %)
+INFERENCE_FLOOR_FRAC = 0.92
 
 
 class PeakLimit(Protocol):
@@ -316,9 +320,7 @@ class Controller:
         if limit_kw is None or self.site.grid.curtail_inference or not math.isfinite(keep_kw):
             alarms.alarm(view.t, INFERENCE_FLOOR_ALARM, False, "")
             return limit_kw
-        # the planner plans to 95 % of a limit and protection sheds to 95 % of 97 %:
-        # inference is spared when what must stay on fits under the latter
-        floor = keep_kw / (GRID_LIMIT_MARGIN * POWER_SHED_TO)
+        floor = keep_kw / INFERENCE_FLOOR_FRAC
         binds = limit_kw < floor
         alarms.alarm(
             view.t,

@@ -3,13 +3,21 @@
 A breaker's limit is its continuous rating (80 % unless the site says
 otherwise); the grid's is the site's import limit, lowered by the instruction in force
 (the grid's own limit, ``Observation.import_limit_kw``, curtailments from the
-command path and peak windows, as the controller resolves them), kept with a
-3 % margin. Above 98 % of a limit the
-loads under it shed — mining first, then training, then inference — down to
-95 %; below 95 % what was shed comes back in the reverse order at 0.5 % of
-its rating per second, so the import settles at 95 % while the loads want
-more, and nothing stays held once there is room. One event per shedding
-episode, one when every load is restored.
+command path and peak windows, as the controller resolved them), kept with a
+1 % margin. Above 98 % of a limit the loads under it shed — mining first,
+then training, then inference — down to 97 %; below 97 % what was shed comes
+back in the reverse order at 0.5 % of its rating per second.
+
+Protection is the backstop of the planner, not a second planner: the gating
+planner keeps the import at 95 % of the grid's limit (``GatingConfig.margin``),
+below protection's restore line (96 % of it) by a margin a meter's ripple does
+not cross, so caps left by a transient (a start-up, a load step the planner
+had not seen) are handed back while the planner holds the import steady, and
+only a real excursion (above 97 % of the grid's limit) sheds. With a planner
+that asks for more than fits (``limits``), protection alone keeps a breaker
+between 97 % and 98 % of its limit. One event per shedding episode, one when
+every load is restored.
+
 Each limit keeps its own caps and restores only what it shed, so a feeder
 with room to spare never hands back load the site import is shedding; a
 load's cap is the lowest any limit (or a hold, such as the under-frequency
@@ -34,11 +42,11 @@ from .topology import CLASS_ORDER, Load, Topology
 from .view import ScanView, nz
 
 POWER_SHED_AT = 0.98  # shed when a measured load exceeds this fraction of its limit
-POWER_SHED_TO = 0.95  # ... down to this fraction
-POWER_RESTORE_BELOW = POWER_SHED_TO  # restore below this fraction (no dead band: a
-# planner that keeps the import steady inside it must not find caps held forever)
+POWER_SHED_TO = 0.97  # ... down to this fraction
+POWER_RESTORE_BELOW = POWER_SHED_TO  # restore below this fraction: the band is 98-97 %
+# of a limit, above where the gating planner keeps the import (see the docstring)
 POWER_RESTORE_FRAC_S = 0.005  # restore rate, fraction of a load's rating per s
-GRID_LIMIT_MARGIN = 0.97  # stay this far inside the grid's import limit
+GRID_LIMIT_MARGIN = 0.99  # protection's limit: this far inside the grid's import limit
 GRID_RESTORE_FRAC_S = 0.002  # a lifted limit climbs back at this share of the site's per s
 
 
