@@ -1,0 +1,1 @@
+"""thermogate's OPC UA face: address space, commands, alarms, history and security."""
