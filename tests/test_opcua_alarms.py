@@ -1,0 +1,430 @@
+"""The OPC UA alarm face: events of fitting types, per-alarm variables, acknowledgement
+through the command path, ConditionRefresh — a real asyncua server and client over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from asyncua import Client, Node, Server, ua
+
+from thermogate.controller.core import Acknowledge, Controller, Principal
+from thermogate.controller.core.commands import CommandResult
+from thermogate.controller.opcua.alarms import AlarmFace, kind_of
+from thermogate.plc.pointmap import build_point_map
+from thermogate.plc.site import demo_site
+
+NS = "urn:thermogate:test"
+T = 1_700_000_000.0
+OLGA = Principal("olga", "operator", "opcua")
+VIC = Principal("vic", "viewer", "opcua")
+ALARM_TYPES = [
+    ua.ObjectIds.RefreshStartEventType,
+    ua.ObjectIds.RefreshEndEventType,
+    ua.ObjectIds.AlarmConditionType,
+    ua.ObjectIds.ExclusiveLevelAlarmType,  # its LimitState fields
+]
+
+
+@dataclass
+class Shared:
+    """One server for the module, in its own thread and event loop as the face runs;
+    each test gets its own folder, AlarmFace and controller on it."""
+
+    server: Server
+    idx: int
+    url: str
+    loop: asyncio.AbstractEventLoop
+    made: int = 0
+
+    async def on_server(self, coro: Any) -> Any:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+
+@dataclass
+class Rig:
+    """A controller's alarms behind an AlarmFace on the shared server."""
+
+    ctrl: Controller
+    face: AlarmFace
+    shared: Shared
+    base: str  # the folder's NodeId string
+    who: Principal | None = None  # the calling session's principal (None: anonymous)
+    given: list[tuple[str | None, Principal]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.shared.url
+
+    @property
+    def folder(self) -> ua.NodeId:
+        return ua.NodeId(self.base, self.shared.idx)
+
+    def node(self, path: str) -> ua.NodeId:
+        return ua.NodeId(f"{self.base}/{path}", self.shared.idx)
+
+    async def publish(self, t: float) -> None:
+        """The OPC UA thread applying a snapshot's records."""
+        await self.shared.on_server(self.face.update(t, self.ctrl.alarms.records()))
+
+
+class Events:
+    """A client's event subscription handler."""
+
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+
+    def event_notification(self, event: Any) -> None:
+        self.got.append(event)
+
+    async def wait_for(self, n: int, timeout_s: float = 10.0) -> list[Any]:
+        async with asyncio.timeout(timeout_s):
+            while len(self.got) < n:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)  # and nothing more
+        return self.got
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _start(loop: asyncio.AbstractEventLoop) -> Shared:
+    server = Server()
+    await server.init()
+    server.set_endpoint("opc.tcp://127.0.0.1:0/thermogate")
+    idx = await server.register_namespace(NS)
+    await server.start()
+    return Shared(server, idx, f"opc.tcp://127.0.0.1:{server.bserver.port}/thermogate", loop)
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[Shared]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="opcua", daemon=True)
+    thread.start()
+    try:
+        sh = asyncio.run_coroutine_threadsafe(_start(loop), loop).result(120.0)
+        try:
+            yield sh
+        finally:
+            asyncio.run_coroutine_threadsafe(sh.server.stop(), loop).result(60.0)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        loop.close()
+
+
+@contextlib.asynccontextmanager
+async def rig(sh: Shared) -> AsyncIterator[Rig]:
+    site = demo_site()
+    ctrl = Controller(site, build_point_map(site))
+    sh.made += 1
+    name = f"Site{sh.made}"
+    face = AlarmFace()
+    r = Rig(ctrl, face, sh, f"{name}/Alarms")
+
+    async def acknowledge(key: str | None, who: Principal) -> CommandResult:
+        r.given.append((key, who))
+        return ctrl.command(Acknowledge(key), who, T + 50)
+
+    async def setup() -> None:
+        idx, server = sh.idx, sh.server
+        site_node = await server.nodes.objects.add_object(
+            ua.NodeId(name, idx), ua.QualifiedName(name, idx)
+        )
+        folder = await site_node.add_folder(r.folder, ua.QualifiedName("Alarms", idx))
+        anonymous = Principal("anonymous", "viewer", "opcua")
+        await face.setup(
+            server, idx, folder, acknowledge, principal_for_call=lambda: r.who or anonymous
+        )
+
+    await sh.on_server(setup())
+    try:
+        yield r
+    finally:  # nothing of this test stays retained for the next one's ConditionRefresh
+        await sh.on_server(face.update(T + 1000, []))
+
+
+async def subscribe(client: Client) -> tuple[Events, Any]:
+    events = Events()
+    sub = await client.create_subscription(20, events)
+    await sub.subscribe_events(ua.ObjectIds.Server, ALARM_TYPES)
+    return events, sub
+
+
+def alarm_node(client: Client, r: Rig, key: str) -> Node:
+    return client.get_node(r.node(key))
+
+
+async def variables(client: Client, r: Rig, key: str) -> dict[str, Any]:
+    names = ("Active", "Acked", "Severity", "Message", "Since", "AckedBy")
+    nodes = [client.get_node(r.node(f"{key}/{n}")) for n in names]
+    return dict(zip(names, await client.read_values(nodes), strict=True))
+
+
+def field_of(ev: Any, name: str) -> Any:
+    return getattr(ev, name)
+
+
+def raise_(r: Rig, t: float, key: str, message: str, severity: int) -> None:
+    r.ctrl.alarms.alarm(t, key, True, message, severity)
+
+
+def clear(r: Rig, t: float, key: str) -> None:
+    r.ctrl.alarms.alarm(t, key, False, "")
+
+
+async def call(node: Node, method: ua.NodeId, *args: Any) -> Any:
+    return await node.call_method(method, *args)
+
+
+# -- types -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "type_id", "limit"),
+    [
+        ("power:site", ua.ObjectIds.ExclusiveLevelAlarmType, "High"),
+        ("loop1.supply_high", ua.ObjectIds.ExclusiveLevelAlarmType, "High"),
+        ("tank01.fluid_high", ua.ObjectIds.ExclusiveLevelAlarmType, "High"),
+        ("loop1.low_flow", ua.ObjectIds.ExclusiveLevelAlarmType, "Low"),
+        ("grid.under_frequency", ua.ObjectIds.TripAlarmType, None),
+        ("tank01: PLC interlock", ua.ObjectIds.TripAlarmType, None),
+        ("loop1_p1.fault", ua.ObjectIds.TripAlarmType, None),
+        ("plc.safe_state", ua.ObjectIds.OffNormalAlarmType, None),
+        ("loop1.no_pump", ua.ObjectIds.OffNormalAlarmType, None),
+        ("write:loop1.pump1_speed", ua.ObjectIds.DiscrepancyAlarmType, None),
+        ("grid.inference_floor", ua.ObjectIds.AlarmConditionType, None),
+    ],
+)
+def test_each_family_of_alarm_keys_has_a_fitting_condition_type(key, type_id, limit) -> None:
+    kind = kind_of(key)
+    assert (kind.type_id, kind.limit_state) == (type_id, limit)
+
+
+# -- events and variables ----------------------------------------------------------
+def test_a_raised_alarm_fires_one_event_of_its_type_with_severity_source_and_message(
+    shared: Shared,
+) -> None:
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "loop1.supply_high", "loop loop1 supply 41.0 degC >= alarm 40", 600)
+            raise_(r, T + 1, "grid.under_frequency", "under-frequency trip: shed mining", 850)
+            others = ("plc.safe_state", "write:loop1.pump1_speed", "grid.inference_floor")
+            for key in others:
+                raise_(r, T + 1, key, key, 500)
+            await r.publish(T + 1)
+            await r.publish(T + 2)  # the same records again: no new events
+            got = await events.wait_for(5)
+            assert len(got) == 5
+            assert {ev.ConditionName: ev.EventType for ev in got} == {
+                key: ua.NodeId(kind_of(key).type_id)
+                for key in ("loop1.supply_high", "grid.under_frequency", *others)
+            }
+            by_key = {ev.ConditionName: ev for ev in got}
+            hot, trip = by_key["loop1.supply_high"], by_key["grid.under_frequency"]
+            assert hot.EventType == ua.NodeId(ua.ObjectIds.ExclusiveLevelAlarmType)
+            assert trip.EventType == ua.NodeId(ua.ObjectIds.TripAlarmType)
+            assert (hot.Severity, trip.Severity) == (600, 850)
+            assert hot.Message.Text == "loop loop1 supply 41.0 degC >= alarm 40"
+            assert hot.SourceName == "loop1.supply_high"
+            source = alarm_node(client, r, "loop1.supply_high")
+            assert hot.SourceNode == source.nodeid == hot.NodeId  # the ConditionId
+            assert field_of(hot, "ActiveState/Id") is True
+            assert field_of(hot, "AckedState/Id") is False
+            assert hot.Retain is True and field_of(hot, "EnabledState/Id") is True
+            assert field_of(hot, "LimitState/CurrentState").Text == "High"
+            assert hot.Time.timestamp() == T and hot.EventId != trip.EventId
+
+            v = await variables(client, r, "loop1.supply_high")
+            assert v["Active"] is True and v["Acked"] is False
+            assert v["Severity"] == 600 and v["Message"] == hot.Message.Text
+            assert v["Since"].timestamp() == T and v["AckedBy"] == ""
+            counts = [client.get_node(r.node(n)) for n in ("ActiveCount", "UnackedCount")]
+            assert await client.read_values(counts) == [5, 5]
+
+    run(scenario())
+
+
+def test_clearing_fires_an_event_with_active_false_and_acknowledging_a_last_one_unretained(
+    shared: Shared,
+) -> None:
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "plc.safe_state", "PLC is in its watchdog safe state", 900)
+            await r.publish(T)
+            clear(r, T + 5, "plc.safe_state")
+            await r.publish(T + 5)
+            got = await events.wait_for(2)
+            cleared = got[1]
+            assert cleared.EventType == ua.NodeId(ua.ObjectIds.OffNormalAlarmType)
+            assert field_of(cleared, "ActiveState/Id") is False
+            assert field_of(cleared, "AckedState/Id") is False
+            assert cleared.Retain is True  # returned to normal, not yet acknowledged
+            assert cleared.Message.Text.startswith("cleared:")
+            v = await variables(client, r, "plc.safe_state")
+            assert (v["Active"], v["Acked"]) == (False, False)
+
+            r.who = OLGA
+            out = await call(
+                client.get_node(r.folder),
+                r.node("AcknowledgeAlarm"),
+                "",  # every alarm
+            )
+            assert isinstance(out, str) and out  # the command path's answer
+            assert r.given == [(None, OLGA)]
+            assert r.ctrl.alarms.records() == []  # cleared and acknowledged: gone
+            await r.publish(T + 6)
+            got = await events.wait_for(3)
+            last = got[2]
+            assert field_of(last, "ActiveState/Id") is False
+            assert field_of(last, "AckedState/Id") is True
+            assert last.Retain is False
+            v = await variables(client, r, "plc.safe_state")
+            assert (v["Active"], v["Acked"], v["AckedBy"]) == (False, True, "opcua:olga")
+
+    run(scenario())
+
+
+def test_an_operator_acknowledges_through_the_standard_method_and_the_alarm_shows_acked(
+    shared: Shared,
+) -> None:
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "power:site", "site at 3000 kW over its limit 2870 kW", 800)
+            await r.publish(T)
+            (raised,) = await events.wait_for(1)
+            condition = client.get_node(raised.NodeId)
+            ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+            comment = ua.LocalizedText("seen, shedding")
+
+            r.who = OLGA
+            with pytest.raises(ua.UaStatusCodeError) as info:
+                await call(condition, ack, b"no such event", comment)
+            assert info.value.code == ua.StatusCodes.BadEventIdUnknown
+            await call(condition, ack, raised.EventId, comment)
+            assert r.given == [("power:site", OLGA)]
+            v = await variables(client, r, "power:site")
+            assert v["Acked"] is False  # shows with the next update (the next scan)
+
+            await r.publish(T + 1)
+            got = await events.wait_for(2)
+            acked = got[1]
+            assert field_of(acked, "AckedState/Id") is True
+            assert field_of(acked, "ActiveState/Id") is True and acked.Retain is True
+            assert acked.ClientUserId == "opcua:olga"
+            assert acked.EventId != raised.EventId
+            v = await variables(client, r, "power:site")
+            assert (v["Active"], v["Acked"], v["AckedBy"]) == (True, True, "opcua:olga")
+
+            with pytest.raises(ua.UaStatusCodeError) as info:
+                await call(condition, ack, acked.EventId, comment)
+            assert info.value.code == ua.StatusCodes.BadConditionBranchAlreadyAcked
+
+    run(scenario())
+
+
+def test_an_anonymous_or_viewer_acknowledge_is_refused_with_bad_user_access_denied(
+    shared: Shared,
+) -> None:
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "tank01.fluid_high", "tank01 fluid 56.0 degC >= alarm 55", 700)
+            await r.publish(T)
+            (raised,) = await events.wait_for(1)
+            condition = client.get_node(raised.NodeId)
+            ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+            by_key = r.node("AcknowledgeAlarm")
+            for who in (None, VIC):
+                r.who = who
+                for node, method, args in (
+                    (condition, ack, (raised.EventId, ua.LocalizedText("x"))),
+                    (client.get_node(r.folder), by_key, ("tank01.fluid_high",)),
+                ):
+                    with pytest.raises(ua.UaStatusCodeError) as info:
+                        await call(node, method, *args)
+                    assert info.value.code == ua.StatusCodes.BadUserAccessDenied
+            assert [w.user for _, w in r.given] == ["anonymous"] * 2 + ["vic"] * 2
+            await r.publish(T + 1)
+            v = await variables(client, r, "tank01.fluid_high")
+            assert v["Acked"] is False
+            assert not r.ctrl.alarms.record("tank01.fluid_high").acked  # type: ignore[union-attr]
+            await asyncio.sleep(0.2)
+            assert len(events.got) == 1  # nothing changed, nothing fired
+
+    run(scenario())
+
+
+def test_condition_refresh_sends_a_new_client_the_retained_alarms_between_start_and_end(
+    shared: Shared,
+) -> None:
+    async def scenario() -> None:
+        async with rig(shared) as r:
+            raise_(r, T, "loop1.supply_high", "loop1 hot", 600)
+            raise_(r, T, "plc.safe_state", "PLC safe state", 900)
+            raise_(r, T, "grid.inference_floor", "inference held", 600)
+            await r.publish(T)
+            clear(r, T + 1, "plc.safe_state")  # returned to normal, unacknowledged: retained
+            clear(r, T + 1, "grid.inference_floor")
+            r.ctrl.alarms.acknowledge("grid.inference_floor", "cli:carol")  # gone
+            await r.publish(T + 1)
+
+            async with Client(r.url) as client:  # connects after all of it
+                events, sub = await subscribe(client)
+                await asyncio.sleep(0.2)
+                assert events.got == []
+                await call(
+                    client.get_node(ua.ObjectIds.ConditionType),
+                    ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                    ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+                )
+                got = await events.wait_for(4)
+                kinds = [ev.EventType for ev in got]
+                assert kinds[0] == ua.NodeId(ua.ObjectIds.RefreshStartEventType)
+                assert kinds[-1] == ua.NodeId(ua.ObjectIds.RefreshEndEventType)
+                middle = {ev.ConditionName: ev for ev in got[1:-1]}
+                assert set(middle) == {"loop1.supply_high", "plc.safe_state"}
+                assert len(got) == 4
+                assert field_of(middle["loop1.supply_high"], "ActiveState/Id") is True
+                assert field_of(middle["plc.safe_state"], "ActiveState/Id") is False
+                assert all(ev.Retain for ev in middle.values())
+                v = await variables(client, r, "grid.inference_floor")
+                assert (v["Active"], v["Acked"]) == (False, True)
+
+    run(scenario())
+
+
+def test_a_re_raised_alarm_is_a_new_occurrence_whose_old_event_ids_no_longer_acknowledge(
+    shared: Shared,
+) -> None:
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "loop1.no_pump", "loop loop1: no healthy pump", 900)
+            await r.publish(T)
+            clear(r, T + 1, "loop1.no_pump")
+            await r.publish(T + 1)
+            raise_(r, T + 2, "loop1.no_pump", "loop loop1: no healthy pump", 900)
+            await r.publish(T + 2)
+            first, _, again = await events.wait_for(3)
+            assert field_of(again, "ActiveState/Id") is True
+            assert again.Time.timestamp() == T + 2
+            r.who = OLGA
+            condition = client.get_node(again.NodeId)
+            ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+            with pytest.raises(ua.UaStatusCodeError) as info:
+                await call(condition, ack, first.EventId, ua.LocalizedText(""))
+            assert info.value.code == ua.StatusCodes.BadEventIdUnknown
+            await call(condition, ack, again.EventId, ua.LocalizedText(""))
+            v = await variables(client, r, "loop1.no_pump")
+            assert v["Since"].timestamp() == T + 2
+
+    run(scenario())

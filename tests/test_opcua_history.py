@@ -1,0 +1,263 @@
+"""HistoryRead raw over OPC UA, served from thermogate's own historian: real scans in a
+real SQLite historian, a real asyncua server and client over TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from asyncua import Client, Server, ua
+
+from thermogate.controller.historian import Historian, HistoryReader
+from thermogate.controller.opcua.history import HistorianStorage, serve_history
+
+T0 = 1_700_000_000.0
+NAMES = ["loop1.supply_temp", "tank01.leak"]
+N = 30
+QUALITY = [0, 1, 2]  # scan i of the temperature has quality QUALITY[i % 3]
+STATUS = {
+    0: ua.StatusCodes.Good,
+    1: ua.StatusCodes.Uncertain,
+    2: ua.StatusCodes.Bad,
+}
+
+
+def utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """N scans, one a second from T0: the temperature 30 + i/10, the leak bit on
+    from scan 20."""
+    path = tmp_path_factory.mktemp("opcua_history") / "hist.db"
+    with Historian(path, NAMES, site_name="Hall A", batch_s=0.05) as h:
+        for i in range(N):
+            values = np.array([30.0 + i / 10, 1.0 if i >= 20 else 0.0])
+            h.record_scan(T0 + i, values, np.array([QUALITY[i % 3], 0], np.uint8))
+        h.flush(timeout=30.0)
+    return path
+
+
+@dataclass
+class Served:
+    """One server for the module, in its own thread and event loop (as the face runs)."""
+
+    url: str
+    nodes: dict[str, ua.NodeId]
+    server: Server
+    storage: HistorianStorage
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60.0)
+
+
+async def _start(db: Path, loop: asyncio.AbstractEventLoop) -> Served:
+    server = Server()
+    await server.init()
+    server.set_endpoint("opc.tcp://127.0.0.1:0/thermogate")
+    idx = await server.register_namespace("urn:thermogate:test")
+    folder = await server.nodes.objects.add_folder(ua.NodeId("Site", idx), "Site")
+    temp = await folder.add_variable(
+        ua.NodeId("loop1.supply_temp", idx), "supply_temp", ua.Variant(0.0, ua.VariantType.Double)
+    )
+    leak = await folder.add_variable(
+        ua.NodeId("tank01.leak", idx), "leak", ua.Variant(False, ua.VariantType.Boolean)
+    )
+    missing = await folder.add_variable(
+        ua.NodeId("not.recorded", idx), "not_recorded", ua.Variant(0.0, ua.VariantType.Double)
+    )
+    nodes = {
+        "temp": temp.nodeid,
+        "leak": leak.nodeid,
+        "missing": missing.nodeid,
+        "site": folder.nodeid,
+    }
+    serve_history(
+        server,
+        lambda: HistoryReader(db, "Hall A"),
+        {temp.nodeid: NAMES[0], leak.nodeid: NAMES[1], missing.nodeid: "not.recorded"},
+    )
+    await server.start()
+    url = f"opc.tcp://127.0.0.1:{server.bserver.port}/thermogate"
+    storage = server.iserver.history_manager.storage
+    assert isinstance(storage, HistorianStorage)
+    return Served(url, nodes, server, storage, loop)
+
+
+@pytest.fixture(scope="module")
+def served(db: Path) -> Iterator[Served]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="opcua", daemon=True)
+    thread.start()
+    try:
+        s = asyncio.run_coroutine_threadsafe(_start(db, loop), loop).result(120.0)
+        try:
+            yield s
+        finally:
+            s.call(s.server.stop())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        loop.close()
+
+
+async def read_page(
+    client: Client,
+    nodeid: ua.NodeId,
+    start: datetime,
+    end: datetime,
+    n: int,
+    cont: bytes | None = None,
+) -> tuple[list[ua.DataValue], bytes | None]:
+    details = ua.ReadRawModifiedDetails(
+        IsReadModified=False, StartTime=start, EndTime=end, NumValuesPerNode=n
+    )
+    res = await client.get_node(nodeid).history_read(details, cont)
+    res.StatusCode.check()
+    return res.HistoryData.DataValues, res.ContinuationPoint
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_raw_history_returns_the_historians_scans_in_order_with_their_quality(
+    served: Served,
+) -> None:
+    async def scenario() -> None:
+        nodes = served.nodes
+        async with Client(served.url) as client:
+            temp = client.get_node(nodes["temp"])
+            assert await temp.read_attribute(ua.AttributeIds.Historizing) is not None
+            assert (await temp.read_attribute(ua.AttributeIds.Historizing)).Value.Value is True
+            level = (await temp.read_attribute(ua.AttributeIds.AccessLevel)).Value.Value
+            assert level & (1 << ua.AccessLevel.HistoryRead)
+            assert level & (1 << ua.AccessLevel.CurrentRead)  # what it had stays
+
+            got = await temp.read_raw_history(utc(T0 + 5), utc(T0 + 14))
+            assert [dv.SourceTimestamp.timestamp() for dv in got] == [T0 + i for i in range(5, 15)]
+            assert [dv.Value.Value for dv in got] == pytest.approx(
+                [30 + i / 10 for i in range(5, 15)]
+            )
+            assert [dv.StatusCode.value for dv in got] == [
+                STATUS[QUALITY[i % 3]] for i in range(5, 15)
+            ]
+
+            leak = await client.get_node(nodes["leak"]).read_raw_history(utc(T0 + 18), utc(T0 + 21))
+            assert [dv.Value.Value for dv in leak] == [False, False, True, True]
+            assert {dv.Value.VariantType for dv in leak} == {ua.VariantType.Boolean}
+
+            back = await temp.read_raw_history(utc(T0 + 14), utc(T0 + 5))  # start > end
+            assert [dv.SourceTimestamp.timestamp() for dv in back] == [
+                T0 + i for i in range(14, 4, -1)
+            ]
+
+    run(scenario())
+
+
+def test_num_values_limits_a_page_and_its_continuation_point_reads_the_rest(
+    served: Served,
+) -> None:
+    async def scenario() -> None:
+        nodes = served.nodes
+        async with Client(served.url) as client:
+            node = nodes["temp"]
+            for start, end, want in (
+                (T0 + 3, T0 + 13, list(range(3, 14))),
+                (T0 + 13, T0 + 3, list(range(13, 2, -1))),  # backward, newest first
+            ):
+                seen: list[float] = []
+                values, cont = await read_page(client, node, utc(start), utc(end), 4)
+                pages = 1
+                seen += [dv.SourceTimestamp.timestamp() for dv in values]
+                assert len(values) == 4 and cont is not None
+                while cont is not None:
+                    values, cont = await read_page(client, node, utc(start), utc(end), 4, cont)
+                    seen += [dv.SourceTimestamp.timestamp() for dv in values]
+                    pages += 1
+                assert seen == [T0 + i for i in want]
+                assert pages == 3  # 4 + 4 + 3
+
+            # the client's own read: the first NumValuesPerNode only
+            got = await client.get_node(node).read_raw_history(utc(T0), utc(T0 + N), numvalues=7)
+            assert [dv.SourceTimestamp.timestamp() for dv in got] == [T0 + i for i in range(7)]
+
+    run(scenario())
+
+
+def test_a_long_read_comes_in_pages_the_client_follows(served: Served) -> None:
+    async def scenario() -> None:
+        nodes = served.nodes
+        async with Client(served.url) as client:
+            node = nodes["temp"]
+            values, cont = await read_page(client, node, utc(T0), utc(T0 + N), 0)
+            assert len(values) == 8 and cont is not None  # the server's page size
+            got = await client.get_node(node).read_raw_history(utc(T0 - 60), utc(T0 + 3600))
+            assert [dv.SourceTimestamp.timestamp() for dv in got] == [T0 + i for i in range(N)]
+
+    served.storage.max_history_data_response_size = 8  # the server's page size
+    try:
+        run(scenario())
+    finally:
+        served.storage.max_history_data_response_size = 10_000
+
+
+def test_a_time_range_without_scans_or_a_point_never_recorded_reads_empty(
+    served: Served,
+) -> None:
+    async def scenario() -> None:
+        nodes = served.nodes
+        async with Client(served.url) as client:
+            temp = client.get_node(nodes["temp"])
+            assert await temp.read_raw_history(utc(T0 - 3600), utc(T0 - 1)) == []
+            assert await temp.read_raw_history(utc(T0 + N + 1), utc(T0 + N + 3600)) == []
+            missing = client.get_node(nodes["missing"])
+            assert await missing.read_raw_history(utc(T0), utc(T0 + N)) == []
+
+    run(scenario())
+
+
+def test_the_storage_stores_nothing_and_refuses_a_node_that_is_not_a_variable(
+    served: Served, db: Path
+) -> None:
+    with pytest.raises(ValueError, match="is not a variable"):
+        serve_history(served.server, lambda: HistoryReader(db), {served.nodes["site"]: NAMES[0]})
+    served.call(served.storage.save_node_value(served.nodes["temp"], ua.DataValue(ua.Variant(1.0))))
+    with HistoryReader(db) as reader:
+        assert reader.query('SELECT count(*) AS n FROM "telemetry_0"') == [{"n": N}]
+
+
+def test_a_point_the_historian_gains_later_is_read_through_a_reopened_reader(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "grows.db"
+    with Historian(path, ["a"], batch_s=0.05) as h:
+        h.record_scan(T0, np.array([1.0]), np.array([0], np.uint8))
+        h.flush(timeout=30.0)
+    storage = HistorianStorage(lambda: HistoryReader(path))
+    node = ua.NodeId("b", 2)
+    storage.nodes[node] = ("b", ua.VariantType.Double)
+
+    async def read() -> list[ua.DataValue]:
+        values, cont = await storage.read_node_history(node, utc(T0), utc(T0 + 10), 0)
+        assert cont is None
+        return values
+
+    assert run(read()) == []  # not (yet) a point of the historian
+    with Historian(path, ["a", "b"], batch_s=0.05) as h:  # a new point: the schema grows
+        h.record_scan(T0 + 1, np.array([2.0, 20.0]), np.array([0, 1], np.uint8))
+        h.flush(timeout=30.0)
+    before, got = run(read())
+    assert (got.Value.Value, got.StatusCode.value) == (20.0, ua.StatusCodes.Uncertain)
+    # the scan before the point existed: no value, never Good
+    assert (before.Value.Value, before.StatusCode.value) == (None, ua.StatusCodes.Bad)
+    run(storage.stop())
