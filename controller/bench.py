@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
-from thermogate.plc.site import parse_site_text
+from thermogate.plc.site import Site, parse_site_text
 from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 
 from .modbus_io import Endpoint
@@ -66,14 +67,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pct(xs: list[float], q: float) -> float:
+def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
 
 
 def bench_scan(args: argparse.Namespace) -> dict:
+    with served_site(args.points) as (site, port, tmp):
+        cfg = RunConfig(
+            site,
+            tmp / "bench.db",
+            Endpoint("tcp", "127.0.0.1", port),
+            site.scan_interval_s,
+            0.5,
+            built_in_plant=False,
+        )
+        return asyncio.run(_measure(cfg, args.scans))
+
+
+@contextlib.contextmanager
+def served_site(points: int) -> Iterator[tuple[Site, int, Path]]:
+    """A generated site of about ``points`` points, its plant served by a separate
+    ``thermogate plant`` process on a free port, and a scratch directory."""
     with tempfile.TemporaryDirectory(prefix="thermogate-bench-") as tmp:
         site_file = Path(tmp) / "site.toml"
-        site_file.write_text(_site_text_for(args.points), encoding="utf-8")
+        site_file.write_text(_site_text_for(points), encoding="utf-8")
         site = parse_site_text(site_file.read_text("utf-8"), str(site_file))
         port = _free_port()
         plant = subprocess.Popen(
@@ -93,15 +110,7 @@ def bench_scan(args: argparse.Namespace) -> dict:
         )
         try:
             _wait_port(port, plant)
-            cfg = RunConfig(
-                site,
-                Path(tmp) / "bench.db",
-                Endpoint("tcp", "127.0.0.1", port),
-                site.scan_interval_s,
-                0.5,
-                built_in_plant=False,
-            )
-            return asyncio.run(_measure(cfg, args.scans))
+            yield site, port, Path(tmp)
         finally:
             plant.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -140,14 +149,14 @@ async def _measure(cfg: RunConfig, scans: int) -> dict:
         scan_ms = list(rt.scan_ms)
     finally:
         await rt.close()
-    r99, s99 = _pct(read_ms, 99), _pct(scan_ms, 99)
+    r99, s99 = pct(read_ms, 99), pct(scan_ms, 99)
     return {
         "points": len(rt.pmap),
         "units": len(rt.pmap.unit_ids()),
         "scans": scans,
-        "read_p50_ms": round(_pct(read_ms, 50), 2),
+        "read_p50_ms": round(pct(read_ms, 50), 2),
         "read_p99_ms": round(r99, 2),
-        "scan_p50_ms": round(_pct(scan_ms, 50), 2),
+        "scan_p50_ms": round(pct(scan_ms, 50), 2),
         "scan_p99_ms": round(s99, 2),
         "scan_over_read_p99": round(s99 / r99, 2) if r99 > 0 else None,
         "stale_points_last_read": stale,

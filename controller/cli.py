@@ -174,6 +174,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .grid.bench_dr import bench_dr
 
         result = bench_dr(args)
+    elif args.bench == "opcua":
+        from .opcua.bench import bench_opcua
+
+        result = bench_opcua(args)
     elif args.bench == "historian":
         from .historian.bench import bench_historian
 
@@ -366,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     bsc.add_argument("--scans", type=_positive_int, default=200)
     bsc.add_argument("--json", action="store_true")
     bsc.set_defaults(func=cmd_bench)
+    bou = bsub.add_parser(
+        "opcua", help="scan p99 without OPC UA, with a client monitoring 10,000 items, stuck"
+    )
+    bou.add_argument("--points", type=_positive_int, default=10_000, help="approximate site size")
+    bou.add_argument("--items", type=_positive_int, default=10_000, help="monitored items")
+    bou.add_argument("--scans", type=_positive_int, default=120, help="scans per phase")
+    bou.add_argument("--json", action="store_true")
+    bou.set_defaults(func=cmd_bench)
     bsh = bsub.add_parser(
         "schedule", help="workload gating against static splits, closed loop, one run"
     )

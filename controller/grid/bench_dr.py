@@ -52,7 +52,7 @@ from thermogate.plc.points import Point
 from thermogate.plc.site import Site, demo_site_text, parse_site_text
 from thermogate.plc.transport import ModbusLink
 
-from ..bench import _free_port, _pct, _wait_port
+from ..bench import _free_port, _wait_port, pct
 
 RECOVER_S = 1.0  # the bench relay's recovery time (the site's is minutes)
 FIRST_DIP_S = 12.0  # plant time of the first dip: the plant settles, the master connects
@@ -294,17 +294,17 @@ def analyse(site: Site, tr: Trace) -> dict:
                 if name in inference and v < INFERENCE_TOLERANCE * was:
                     inference_lost = max(inference_lost, was - v)
     poll = np.diff(t) * 1000.0 if len(t) > 1 else np.zeros(0)
-    c99, m99 = _pct(cmd_ms, 99), _pct(meter_s, 99)
+    c99, m99 = pct(cmd_ms, 99), pct(meter_s, 99)
     return {
         "events": len(cmd_ms),
-        "signal_to_command_p50_ms": round(_pct(cmd_ms, 50), 1),
+        "signal_to_command_p50_ms": round(pct(cmd_ms, 50), 1),
         "signal_to_command_p99_ms": round(c99, 1),
-        "signal_to_meter_p50_s": round(_pct(meter_s, 50), 3),
+        "signal_to_meter_p50_s": round(pct(meter_s, 50), 3),
         "signal_to_meter_p99_s": round(m99, 3),
         "meter_seen": len(meter_s),
         "pickup_delay_ms": round(relay.delay_s * 1000.0, 1),
-        "poll_p50_ms": round(_pct(list(poll), 50), 2),
-        "poll_p99_ms": round(_pct(list(poll), 99), 2),
+        "poll_p50_ms": round(pct(list(poll), 50), 2),
+        "poll_p99_ms": round(pct(list(poll), 99), 2),
         "polls": len(t),
         "poll_errors": tr.errors,
         "releases": tr.releases,
