@@ -281,7 +281,9 @@ class Space:
 
     async def apply(self, snap: Snapshot) -> int:
         """Write what changed since the last snapshot; returns how many points changed."""
-        ts = datetime.fromtimestamp(snap.t, UTC) if math.isfinite(snap.t) else datetime.now(UTC)
+        # SourceTimestamp: the scan that produced the value; ServerTimestamp: now
+        now = datetime.now(UTC)
+        ts = datetime.fromtimestamp(snap.t, UTC) if math.isfinite(snap.t) else now
         v = snap.values
         codes = status_codes(snap.quality, snap.flags, v)
         same = (v == self._last_v) | (np.isnan(v) & np.isnan(self._last_v))
@@ -297,7 +299,7 @@ class Space:
             else:
                 var = (_TRUE if x >= 0.5 else _FALSE) if bit[i] else _double(x)
             av = pav[i]
-            av.value = dv = _datavalue(var, status(c), ts)
+            av.value = dv = _datavalue(var, status(c), ts, now)
             if av.datachange_callbacks:
                 await _notify(av, dv)
         await self._apply_health(snap, ts)
@@ -320,7 +322,7 @@ class Space:
         if s.code == code and same:
             return
         s.last, s.code = var.Value, code
-        await _set(s.av, _datavalue(var, self._status(code), ts))
+        await _set(s.av, _datavalue(var, self._status(code), ts, datetime.now(UTC)))
 
     async def _apply_workloads(self, snap: Snapshot, ts: datetime) -> None:
         v, q, loads = snap.values, snap.quality, snap.status.get("loads", {})
@@ -417,6 +419,7 @@ class Published(ua.DataValue):
 # construction, so the hot loop fills the slots directly, when asyncua's layout is
 # the one this was written against (else the ordinary constructors).
 _TRUE, _FALSE = ua.Variant(True, V.Boolean), ua.Variant(False, V.Boolean)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _new = object.__new__
 _V_SLOTS = ("Value", "VariantType", "Dimensions", "is_array")
 _DV_SLOTS = ("Encoding", "Value", "StatusCode", "SourceTimestamp", "ServerTimestamp",
@@ -429,10 +432,12 @@ def _double_fast(x: float) -> ua.Variant:
     return var
 
 
-def _datavalue_fast(var: ua.Variant, sc: ua.StatusCode, ts: datetime) -> ua.DataValue:
+def _datavalue_fast(
+    var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime
+) -> ua.DataValue:
     dv = _new(Published)
     dv.Encoding, dv.Value, dv.StatusCode = 0, var, sc
-    dv.SourceTimestamp = dv.ServerTimestamp = ts
+    dv.SourceTimestamp, dv.ServerTimestamp = source, server
     dv.SourcePicoseconds = dv.ServerPicoseconds = None
     return dv
 
@@ -441,14 +446,16 @@ def _double_std(x: float) -> ua.Variant:
     return ua.Variant(x, V.Double)
 
 
-def _datavalue_std(var: ua.Variant, sc: ua.StatusCode, ts: datetime) -> ua.DataValue:
-    return Published(var, sc, ts, ts)
+def _datavalue_std(
+    var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime
+) -> ua.DataValue:
+    return Published(var, sc, source, server)
 
 
 _fits = (
     tuple(f.name for f in dataclasses.fields(ua.Variant)) == _V_SLOTS
     and tuple(f.name for f in dataclasses.fields(ua.DataValue)) == _DV_SLOTS
-    and _datavalue_fast(_double_fast(1.0), ua.StatusCode(), datetime.now(UTC)).Value
+    and _datavalue_fast(_double_fast(1.0), ua.StatusCode(), _EPOCH, _EPOCH).Value
     == ua.Variant(1.0, V.Double)
 )
 _double = _double_fast if _fits else _double_std
