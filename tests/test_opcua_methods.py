@@ -27,9 +27,13 @@ def rig(site, demo_pmap, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def auto_mode(rig):
-    yield
-    rig.ctrl.state.mode = "auto"
+def fresh_state(rig):
+    """Each test starts from the file's state (xdist may split this module's tests)."""
+    st = rig.ctrl.state
+    st.mode = "auto"
+    for kept in (st.curtailments, st.overrides, st.setpoints, st.tunings):
+        kept.clear()
+    rig.publish()
 
 
 def _s(text: str) -> ua.Variant:
