@@ -1,0 +1,91 @@
+"""Commands from the OPC UA thread to the run loop, which gives them between scans.
+
+The OPC UA server runs in its own thread; the controller's state belongs to
+the run loop. A method call or a setpoint write is therefore *submitted* here
+and answered through a future once the run loop has *served* it after its
+scan (``face.serve(rt.command)``): the command then takes the same path as
+every other face's, with its audit, and is never applied half-way through a
+scan. A command the run loop has not taken within the caller's timeout is
+withdrawn, so it can never be applied later by surprise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..core.commands import Command, CommandResult, Principal, _target
+from ..signals import Audit
+
+log = logging.getLogger(__name__)
+
+Future = concurrent.futures.Future
+
+
+class CommandBridge:
+    """Thread-safe queue of (command, who, future); see the module docstring."""
+
+    def __init__(self) -> None:
+        # deque's append and popleft are atomic: no lock between the two threads
+        self._queue: deque[tuple[Command, Principal, Future[CommandResult]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def submit(self, cmd: Command, by: Principal) -> Future[CommandResult]:
+        """Queue ``cmd`` for the run loop; the future resolves once it is given."""
+        fut: Future[CommandResult] = Future()
+        self._queue.append((cmd, by, fut))
+        return fut
+
+    def serve(self, give: Callable[[Command, Principal], CommandResult]) -> int:
+        """Run-loop side, after each scan: give every queued command, resolve its future
+        (an exception in give resolves it with set_exception; never raises).
+
+        Returns how many commands were given (withdrawn ones are not counted)."""
+        n = 0
+        while self._queue:
+            cmd, by, fut = self._queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue  # withdrawn by its caller's timeout: never applied late
+            try:
+                res = give(cmd, by)
+            except Exception as exc:  # a failed command must never stop the scan loop
+                log.exception("OPC UA command %s from %s failed", type(cmd).__name__, by.origin)
+                fut.set_exception(exc)
+            else:
+                fut.set_result(res)
+            n += 1
+        return n
+
+
+def not_taken(cmd: Command, by: Principal, timeout_s: float) -> CommandResult:
+    """The answer to a command the controller did not take in time (it was withdrawn)."""
+    why = (
+        f"refused: the controller did not take the command within {timeout_s:g} s "
+        "(is it scanning?); it was withdrawn and will not be applied"
+    )
+    return CommandResult(
+        False, why, Audit(time.time(), by.user, by.face, _target(cmd), None, None, why, False)
+    )
+
+
+async def give(
+    bridge: CommandBridge, cmd: Command, by: Principal, timeout_s: float = 10.0
+) -> CommandResult:
+    """Submit ``cmd`` and await its result on the OPC UA loop.
+
+    A timeout withdraws the command and returns a refusal saying the controller
+    is not scanning; a command the run loop is giving at that very moment is
+    awaited instead (giving is quick), so the answer always tells the truth."""
+    cf = bridge.submit(cmd, by)
+    af = asyncio.wrap_future(cf)
+    done, _ = await asyncio.wait({af}, timeout=timeout_s)
+    if not done and cf.cancel():
+        af.cancel()
+        return not_taken(cmd, by, timeout_s)
+    return await af

@@ -1,0 +1,352 @@
+"""Methods on the Controller object and writable setpoints: commands on the one path.
+
+Every method call and every write of a setpoint variable becomes one command
+record (``core/commands.py``) given by the session's user, ``opcua:<user>``,
+through the ``CommandBridge``: the run loop gives it between two scans, so the
+role check, the site's limits, the precedence and the audit are exactly those
+of every other face. The answer is the command path's message; a refusal is a
+Bad status code carrying that message:
+
+* ``BadUserAccessDenied`` - the role may not (anonymous is a viewer: it may read,
+  never change anything);
+* ``BadOutOfRange`` - a value outside the site's limits (never a silent clamp);
+* ``BadTimeout`` - the controller did not take it (not scanning); it was withdrawn;
+* ``BadInvalidArgument`` - any other refusal (unknown loop, nothing to acknowledge ...).
+
+A method call returns its message as its output argument, also when refused
+(``CallMethodResult.StatusCode`` is then Bad). ``UserExecutable`` of each method
+and ``UserAccessLevel`` of each setpoint say, per session, whether its user's
+role may use them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User
+from asyncua.server.address_space import AttributeService
+
+from ..core.commands import (
+    GRID_COMMANDS,
+    REQUIRED_ROLE,
+    ROLES,
+    Acknowledge,
+    ClearCurtailment,
+    Command,
+    CommandResult,
+    OverrideActuator,
+    Principal,
+    ReleaseUnderFrequency,
+    RequestCurtailment,
+    ResetInterlock,
+    ReturnToAuto,
+    SetMode,
+    SetSetpoint,
+    SetTuning,
+)
+from .bridge import CommandBridge, give
+from .space import Space
+
+log = logging.getLogger(__name__)
+S, V = ua.StatusCodes, ua.VariantType
+#: refusals for being outside a limit (the command path's wording)
+_RANGE = re.compile(r"\boutside\b|must be above 0 and at most|within the next 7 days")
+_NOT_TAKEN = "did not take the command"
+#: DateTime.MinValue (and 1601, OPC UA's null DateTime) ask for "now"
+_NULL_DATE = datetime(1601, 1, 2, tzinfo=UTC)
+
+
+def allowed(by: Principal, kind: type) -> bool:
+    """Whether ``by``'s role may give commands of type ``kind`` (``commands.may``'s rule)."""
+    if by.role == "grid":
+        return kind in GRID_COMMANDS
+    return by.role in ROLES and ROLES.index(by.role) >= ROLES.index(REQUIRED_ROLE[kind])
+
+
+def status_of(res: CommandResult, cmd: Command, by: Principal) -> int:
+    """The OPC UA status code of a command's result (see the module docstring)."""
+    if res.accepted:
+        return S.Good
+    if not allowed(by, type(cmd)):
+        return S.BadUserAccessDenied
+    if _NOT_TAKEN in res.message:
+        return S.BadTimeout
+    if _RANGE.search(res.message):
+        return S.BadOutOfRange
+    return S.BadInvalidArgument
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method: its command type, arguments (name, type, description) and builder."""
+
+    name: str
+    kind: type
+    description: str
+    args: tuple[tuple[str, ua.VariantType, str], ...]
+    build: Callable[..., Command]
+
+
+def _opt(s: str) -> str | None:
+    return s or None
+
+
+def _start(d: datetime) -> float | None:
+    if d.tzinfo is None:  # asyncua decodes DateTime as naive UTC
+        d = d.replace(tzinfo=UTC)
+    return None if d <= _NULL_DATE else d.timestamp()
+
+
+def _gain(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+_WHY = ("Why", V.String, "the reason, for the audit log (may be omitted)")
+METHODS = (
+    Method(
+        "SetMode",
+        SetMode,
+        "set the controller's mode",
+        (
+            (
+                "Mode",
+                V.String,
+                "auto | manual (loops hold) | maintenance (loops and workloads hold)",
+            ),
+        ),
+        lambda m, why: SetMode(m, why),
+    ),
+    Method(
+        "SetSetpoint",
+        SetSetpoint,
+        "set a control loop's setpoint (within its limits)",
+        (
+            ("Loop", V.String, "a control loop's name, or the point it measures"),
+            ("Value", V.Double, "the new setpoint, in the measured point's unit"),
+        ),
+        lambda loop, x, why: SetSetpoint(loop, x, why),
+    ),
+    Method(
+        "OverrideActuator",
+        OverrideActuator,
+        "hold an actuator at a value for a while (an interlock still beats it)",
+        (
+            ("Point", V.String, "the actuator's point name (a writable point)"),
+            ("Value", V.Double, "the value, within the point's range"),
+            ("DurationS", V.Double, "how long, in seconds (at most a day)"),
+        ),
+        lambda p, x, d, why: OverrideActuator(p, x, d, why),
+    ),
+    Method(
+        "ReturnToAuto",
+        ReturnToAuto,
+        "end an override",
+        (("Point", V.String, "the overridden point; empty: every override"),),
+        lambda p, why: ReturnToAuto(_opt(p), why),
+    ),
+    Method(
+        "AcknowledgeAlarm",
+        Acknowledge,
+        "acknowledge an alarm (ISA-18.2)",
+        (("Alarm", V.String, "the alarm's key; empty: every unacknowledged alarm"),),
+        lambda a, why: Acknowledge(_opt(a), why),
+    ),
+    Method(
+        "ResetInterlock",
+        ResetInterlock,
+        "release a latched trip once its PLC interlock reads clear (engineers)",
+        (("Load", V.String, "the tank or rack row; empty: every latched trip"),),
+        lambda ld, why: ResetInterlock(_opt(ld), why),
+    ),
+    Method(
+        "SetTuning",
+        SetTuning,
+        "retune a control loop (engineers)",
+        (
+            ("Loop", V.String, "the control loop's name"),
+            ("Kp", V.Double, "proportional gain (NaN: unchanged)"),
+            ("Ki", V.Double, "integral gain (NaN: unchanged)"),
+            ("Kd", V.Double, "derivative gain (NaN: unchanged)"),
+        ),
+        lambda loop, kp, ki, kd, why: SetTuning(loop, _gain(kp), _gain(ki), _gain(kd), why),
+    ),
+    Method(
+        "RequestCurtailment",
+        RequestCurtailment,
+        "hold the site's import at or below a limit for a while",
+        (
+            ("LimitMW", V.Double, "import at most this (MW), between 0 and the site's limit"),
+            ("Start", V.DateTime, "when (UTC); a null DateTime: now"),
+            ("DurationS", V.Double, "how long, in seconds (at most 7 days)"),
+        ),
+        lambda mw, start, d, why: RequestCurtailment(mw * 1000.0, d, _start(start), why),
+    ),
+    Method(
+        "ClearCurtailment",
+        ClearCurtailment,
+        "end a curtailment",
+        (("Id", V.UInt32, "the curtailment's number; 0: every curtailment"),),
+        lambda i, why: ClearCurtailment(i or None, why),
+    ),
+    Method(
+        "ReleaseUnderFrequency",
+        ReleaseUnderFrequency,
+        "let the load the under-frequency relay shed come back (once recovered)",
+        (),
+        lambda why: ReleaseUnderFrequency(why),
+    ),
+)
+
+_PYTYPE: dict[ua.VariantType, type | tuple[type, ...]] = {
+    V.String: str,
+    V.Double: (float, int),
+    V.UInt32: int,
+    V.DateTime: datetime,
+}
+
+
+class Commands:
+    """Installs the methods, the setpoint writes and the per-user access attributes.
+
+    ``principal_of`` maps a session's user to a Principal (``security.principal_of``);
+    ``current_user`` is the user of the request being served (``server.current_user``)."""
+
+    def __init__(
+        self,
+        bridge: CommandBridge,
+        principal_of: Callable[[User | None], Principal],
+        current_user: Callable[[], User | None],
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.bridge, self.principal_of, self.current_user = bridge, principal_of, current_user
+        self.timeout_s = timeout_s
+
+    def who(self) -> Principal:
+        return self.principal_of(self.current_user())
+
+    async def give(self, cmd: Command, by: Principal) -> tuple[int, CommandResult]:
+        res = await give(self.bridge, cmd, by, self.timeout_s)
+        return status_of(res, cmd, by), res
+
+    async def setup(self, server: Server, space: Space) -> None:
+        parent = server.get_node(space.controller)
+        aspace = server.iserver.aspace
+        for m in METHODS:
+            args = [*m.args, _WHY]
+            inputs = [_argument(n, t, d) for n, t, d in args]
+            out = [_argument("Message", V.String, "what the command path answered")]
+            nid = ua.NodeId(f"Site/Controller/{m.name}", space.idx)
+            qn = ua.QualifiedName(m.name, space.idx)
+            node = await parent.add_method(nid, qn, self._callback(m), inputs, out)
+            desc = f"{m.description}; needs role {REQUIRED_ROLE[m.kind]}"
+            aspace[node.nodeid].attributes[ua.AttributeIds.Description].value = ua.DataValue(
+                ua.Variant(ua.LocalizedText(desc), V.LocalizedText)
+            )
+            aspace.set_attribute_value_callback(
+                node.nodeid, ua.AttributeIds.UserExecutable, self._may_call(m.kind)
+            )
+        for nid in space.setpoints:
+            aspace.set_attribute_value_callback(nid, ua.AttributeIds.UserAccessLevel, self._rw)
+        server.iserver.attribute_service = SetpointWrites(self, space, server)
+
+    def _may_call(self, kind: type) -> Callable[..., ua.DataValue]:
+        def user_executable(nodeid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
+            return ua.DataValue(ua.Variant(allowed(self.who(), kind), V.Boolean))
+
+        return user_executable
+
+    def _rw(self, nodeid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
+        write = ua.AccessLevel.CurrentWrite.mask if allowed(self.who(), SetSetpoint) else 0
+        return ua.DataValue(ua.Variant(ua.AccessLevel.CurrentRead.mask | write, V.Byte))
+
+    def _callback(self, m: Method) -> Callable[..., Any]:
+        async def call(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
+            values = [a.Value if isinstance(a, ua.Variant) else a for a in args]
+            n = len(m.args)
+            if len(values) == n:  # Why omitted
+                values.append("")
+            bad = _check(values, [*m.args, _WHY])
+            if bad is not None:
+                return _result(bad[0], bad[1])
+            cmd = m.build(*values)
+            code, res = await self.give(cmd, self.who())
+            return _result(code, res.message)
+
+        return call
+
+
+def _check(
+    values: list[Any], args: list[tuple[str, ua.VariantType, str]]
+) -> tuple[int, str] | None:
+    """A status and message for arguments that do not fit the method (None: they fit)."""
+    if len(values) < len(args):
+        return S.BadArgumentsMissing, f"expected {', '.join(a[0] for a in args)}"
+    if len(values) > len(args):
+        return S.BadTooManyArguments, f"expected {', '.join(a[0] for a in args)}"
+    for x, (name, vt, _) in zip(values, args, strict=True):
+        if not isinstance(x, _PYTYPE[vt]) or isinstance(x, bool):
+            return S.BadInvalidArgument, f"{name} must be a {vt.name}, not {type(x).__name__}"
+    return None
+
+
+def _result(code: int, message: str) -> ua.CallMethodResult:
+    return ua.CallMethodResult(
+        StatusCode=ua.StatusCode(code), OutputArguments=[ua.Variant(message, V.String)]
+    )
+
+
+def _argument(name: str, vt: ua.VariantType, desc: str) -> ua.Argument:
+    return ua.Argument(
+        Name=name, DataType=ua.NodeId(vt.value), ValueRank=-1, Description=ua.LocalizedText(desc)
+    )
+
+
+class SetpointWrites(AttributeService):
+    """The server's write service with setpoint variables routed to the command path.
+
+    A write of a setpoint's Value is a SetSetpoint by the session's user: refused ->
+    its Bad status (the value stays what the controller holds), accepted -> Good, and
+    the variable shows the new setpoint with the next scan. Any other external write
+    into the site's namespace is refused; the server's own writes pass untouched."""
+
+    def __init__(self, commands: Commands, space: Space, server: Server) -> None:
+        super().__init__(server.iserver.aspace)
+        self.commands, self.space = commands, space
+        self._internal = server.iserver.isession.user
+
+    async def write(
+        self, params: ua.WriteParameters, user: User | None = None
+    ) -> list[ua.StatusCode]:
+        if user is None:  # called directly, as the server itself
+            return await super().write(params)
+        if user is self._internal:  # the server's own writes (its internal session)
+            return await super().write(params, user)
+        out = []
+        for wv in params.NodesToWrite:
+            if wv.NodeId.NamespaceIndex != self.space.idx:
+                one = ua.WriteParameters(NodesToWrite=[wv])
+                out += await super().write(one, user)
+                continue
+            out.append(ua.StatusCode(await self._write(wv, user)))
+        return out
+
+    async def _write(self, wv: ua.WriteValue, user: User) -> int:
+        by = self.commands.principal_of(user)
+        loop = self.space.setpoints.get(wv.NodeId)
+        if loop is None or wv.AttributeId != ua.AttributeIds.Value:
+            return S.BadNotWritable if allowed(by, SetSetpoint) else S.BadUserAccessDenied
+        x = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
+        if not isinstance(x, float | int) or isinstance(x, bool):
+            return S.BadTypeMismatch
+        cmd = SetSetpoint(loop.name, float(x), "written over OPC UA")
+        code, res = await self.commands.give(cmd, by)
+        if code != S.Good:
+            log.info("OPC UA write of %s by %s refused: %s", loop.name, by.origin, res.message)
+        return code

@@ -1,0 +1,324 @@
+"""``OpcUaFace``: the asyncua server in its own thread and event loop.
+
+The scan must never wait on OPC UA: ``publish`` only stores the snapshot and,
+if none is pending, schedules its application on the server's loop (latest
+wins: a server that falls behind skips to the newest scan instead of queueing
+old ones). Commands from clients wait in the ``CommandBridge`` until the run
+loop calls ``serve`` after its scan.
+
+asyncua gives method callbacks no session; each external session's ``read``,
+``write``, ``call`` and ``history_read`` are wrapped here to run with the
+session's user in a context variable (``current_user``), so a method knows who
+called it and ``UserExecutable`` / ``UserAccessLevel`` can answer per user.
+
+Security lives in ``security.py``; until it is wired in, ``configure_security``
+and ``principal_of`` below are the small stand-ins (None policy, anonymous
+reads, user names checked against the site's ``UserStore``), and
+``configure_alarms`` / ``configure_history`` the seams for ``alarms.py`` and
+``history.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import Future
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlparse
+
+from asyncua import Server, ua
+from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua.server.internal_server import InternalServer
+
+from thermogate.plc.equipment import Site
+from thermogate.plc.errors import ThermogateError
+from thermogate.plc.pointmap import PointMap
+
+from ..core.alarms import AlarmRecord
+from ..core.commands import Acknowledge, Command, CommandResult, Principal
+from ..core.topology import Topology
+from ..users import AuthError, UserStore
+from .bridge import CommandBridge, give
+from .methods import Commands
+from .snapshot import Snapshot
+from .space import Space, namespace_uri
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/thermogate/"
+
+_user: ContextVar[User | None] = ContextVar("opcua_user", default=None)
+
+
+def current_user() -> User | None:
+    """The user of the OPC UA request being served (None outside a client's request)."""
+    return _user.get()
+
+
+def install_session_users(iserver: InternalServer) -> None:
+    """Make every external session serve its requests with its user in ``current_user``."""
+    create = iserver.create_session
+
+    def create_session(name: str, user: User = User(), external: bool = False) -> Any:  # noqa: B008
+        session = create(name, user, external)
+        if external:
+            for attr in ("read", "write", "call", "history_read"):
+                setattr(session, attr, _as_user(session, getattr(session, attr)))
+        return session
+
+    iserver.create_session = create_session  # type: ignore[method-assign]
+
+
+def _as_user(session: Any, service: Callable[[Any], Awaitable[T]]) -> Callable[[Any], Awaitable[T]]:
+    async def serve(params: Any) -> T:
+        token = _user.set(session.user)  # read now: activation may have changed it
+        try:
+            return await service(params)
+        finally:
+            _user.reset(token)
+
+    return serve
+
+
+# -- stand-ins until security.py, alarms.py and history.py are wired in ----------------
+@dataclass
+class _RoleUser(User):
+    """An asyncua user that carries its thermogate role."""
+
+    thermogate_role: str = "viewer"
+
+
+class _UserStoreManager:
+    """User names and passwords checked against the site's users (``UserStore``)."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self._store: UserStore | None = None  # opened in the server's thread (SQLite)
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if username is None:
+            return User(role=UserRole.Anonymous)
+        if self._store is None:
+            self._store = UserStore(self.db)
+        try:
+            p = self._store.authenticate(username, password or "", "opcua")
+        except AuthError:
+            return None  # asyncua answers BadUserAccessDenied
+        return _RoleUser(role=UserRole.User, name=p.user, thermogate_role=p.role)
+
+
+class _AnonymousMayRead(SimpleRoleRuleset):
+    """asyncua's roles, but anonymous may use the services a logged-in user may (browse,
+    read, subscribe, call): every change it asks for is refused by the command path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._permission_dict[UserRole.Anonymous] = set(self._permission_dict[UserRole.User])
+
+
+async def configure_security(server: Server, sec_config: object, users_db: Path) -> list[str]:
+    """Stand-in for ``security.secure``: the None policy only, anonymous (read-only)
+    and user-name logins mapped to the site's users and their roles."""
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity], _AnonymousMayRead())
+    server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
+    server.iserver.set_user_manager(_UserStoreManager(users_db))  # type: ignore[arg-type]
+    server.allow_remote_admin(False)
+    return ["security: None policy only (development stand-in): anonymous reads, user logins"]
+
+
+def principal_of(user: User | None) -> Principal:
+    """Stand-in for ``security.principal_of``: anonymous is a viewer."""
+    if user is None or user.role == UserRole.Anonymous or not user.name:
+        return Principal("anonymous", "viewer", "opcua")
+    return Principal(user.name, getattr(user, "thermogate_role", "viewer"), "opcua")
+
+
+class AlarmSink(Protocol):
+    async def update(self, t: float, records: Sequence[AlarmRecord]) -> None: ...
+
+
+async def configure_alarms(
+    server: Server,
+    idx: int,
+    parent: Any,
+    acknowledge: Callable[[str | None, Principal], Awaitable[CommandResult]],
+) -> AlarmSink | None:
+    """Seam for ``alarms.AlarmFace`` (``setup`` then ``update`` per snapshot)."""
+    return None
+
+
+def configure_history(server: Server, reader_factory: Any, nodes: Mapping[Any, str]) -> None:
+    """Seam for ``history.serve_history`` (HistoryRead from thermogate's historian)."""
+
+
+# -- the face ------------------------------------------------------------------------------
+class OpcUaFace:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        site: Site,
+        pmap: PointMap,
+        topo: Topology,
+        sec_config: object,
+        users_db: Path | str,
+        reader_factory: Callable[[], Any] | None,
+        *,
+        endpoint: str = DEFAULT_ENDPOINT,
+        command_timeout_s: float = 10.0,
+    ) -> None:
+        self.site, self.pmap, self.topo = site, pmap, topo
+        self.sec_config, self.users_db = sec_config, Path(users_db)
+        self.reader_factory = reader_factory
+        self.endpoint = _free_port(endpoint)
+        self.bridge = CommandBridge()
+        self.command_timeout_s = command_timeout_s
+        self.server: Server | None = None
+        self.space: Space | None = None
+        self.commands: Commands | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._lines: list[str] = []
+        self._error: BaseException | None = None
+        self._latest: Snapshot | None = None
+        self._scheduled = False
+        self._wake: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._alarms: AlarmSink | None = None
+
+    @property
+    def applied(self) -> int:
+        """Snapshots applied to the address space so far."""
+        return 0 if self.space is None else self.space.applied
+
+    def start(self, timeout_s: float = 120.0) -> list[str]:
+        """Start the server's thread; returns lines describing the endpoint to print."""
+        self._thread = threading.Thread(target=self._run, name="opcua", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise ThermogateError(f"the OPC UA server did not start within {timeout_s:g} s")
+        if self._error is not None:
+            raise ThermogateError(f"the OPC UA server did not start: {self._error}")
+        return list(self._lines)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Hand a scan's snapshot over (O(1), never blocks; the latest wins)."""
+        self._latest = snapshot
+        loop, wake = self._loop, self._wake
+        if self._scheduled or loop is None or wake is None:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop closed: the face is stopping
+            loop.call_soon_threadsafe(wake.set)
+
+    def serve(self, give: Callable[[Command, Principal], CommandResult]) -> int:
+        """Run-loop side: give the commands clients sent (see ``CommandBridge.serve``)."""
+        return self.bridge.serve(give)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run a coroutine on the server's loop (for integration and tests)."""
+        if self._loop is None:
+            raise ThermogateError("the OPC UA server is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- the server's thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported by start(); logged once running
+            if self._ready.is_set():
+                log.exception("the OPC UA server failed")
+            self._error = exc
+        finally:
+            self._loop = None
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake, self._stop = asyncio.Event(), asyncio.Event()
+        server = self.server = Server()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name(f"thermogate: {self.site.name}")
+        server.product_uri = "urn:thermogate"
+        lines = await configure_security(server, self.sec_config, self.users_db)
+        await server.init()
+        await server.set_application_uri(namespace_uri(self.site) + ":server")
+        install_session_users(server.iserver)
+        space = self.space = Space(server, self.site, self.pmap, self.topo)
+        await space.build()
+        self.commands = Commands(self.bridge, principal_of, current_user, self.command_timeout_s)
+        await self.commands.setup(server, space)
+        self._alarms = await configure_alarms(
+            server, space.idx, server.get_node(space.alarms), self._acknowledge
+        )
+        if self.reader_factory is not None:
+            configure_history(server, self.reader_factory, space.historized)
+        await server.start()
+        try:
+            n = len(self.pmap)
+            self._lines = [
+                f"OPC UA:   {self.endpoint} ({n} points, namespace {namespace_uri(self.site)})",
+                *(f"          {x}" for x in lines),
+            ]
+            self._ready.set()
+            consumer = asyncio.create_task(self._consume())
+            await self._stop.wait()
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+        finally:
+            await server.stop()
+
+    async def _acknowledge(self, key: str | None, by: Principal) -> CommandResult:
+        return await give(self.bridge, Acknowledge(key, "OPC UA acknowledge"), by, 10.0)
+
+    async def _consume(self) -> None:
+        """Apply the newest snapshot whenever one was published."""
+        assert self._wake is not None and self.space is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            self._scheduled = False  # before taking it: a newer one schedules again
+            snap = self._latest
+            if snap is None:
+                continue
+            try:
+                await self.space.apply(snap)
+                if self._alarms is not None:
+                    await self._alarms.update(snap.t, snap.alarms)
+            except Exception:  # one bad snapshot must not end the face
+                log.exception("applying a snapshot to the OPC UA address space failed")
+
+
+def _free_port(endpoint: str) -> str:
+    """The endpoint with port 0 replaced by a free port (endpoint descriptions must
+    carry the port clients connect to, known before asyncua binds it)."""
+    url = urlparse(endpoint)
+    if url.port != 0:
+        return endpoint
+    with socket.socket() as s:
+        s.bind((url.hostname or "127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return url._replace(netloc=f"{url.hostname}:{port}").geturl()
