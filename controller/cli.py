@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
     rp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")
+    rp.add_argument(
+        "--no-opcua", action="store_true", help="do not start the OPC UA server ([opcua] or demo)"
+    )
     rp.set_defaults(func=cmd_run)
 
     sm = sub.add_parser("simulate", help="controller and plant in lockstep, faster than real time")

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -50,9 +51,11 @@ from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
-from .historian import Historian
+from .historian import Historian, HistoryReader
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
+from .opcua.security import OpcUaSecurity, demo_security, parse_opcua
+from .opcua.snapshot import Snapshot
 from .signals import Audit, Event, Observation
 from .users import UserStore
 
@@ -86,6 +89,7 @@ class RunConfig:
     train_days: float = 7.0
     openadr: VenConfig | None = None  # the OpenADR VEN, when configured
     peaks: tuple[PeakWindow, ...] = ()  # peak windows ([grid] peaks = "file.csv")
+    opcua: OpcUaSecurity | None = None  # the OPC UA server for SCADA ([opcua]); None: none
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
@@ -99,6 +103,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
             site.scan_interval_s,
             0.25,
             built_in_plant=True,
+            opcua=demo_security(Path(db or "thermogate.db").parent),
         )
     root = load_toml(path)
     base = Path(path).parent
@@ -136,6 +141,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         g = root.get_section("grid")
         peaks = tuple(load_peaks_csv(base / g.get_str("peaks")))
         g.check_unused()
+    opcua = parse_opcua(root.get_section("opcua"), base) if root.has("opcua") else None
     root.check_unused()
     endpoints: dict[int, Endpoint] | Endpoint = default
     if per_unit:
@@ -155,6 +161,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         planner=planner,
         openadr=openadr,
         peaks=peaks,
+        opcua=opcua,
     )
 
 
@@ -170,6 +177,15 @@ def _endpoint(sec: Section) -> Endpoint:
 
 
 # --------------------------------------------------------------------------
+class Face(Protocol):
+    """A face of the controller (OPC UA, the console): it shows each scan's
+    snapshot and queues commands for the run loop to give between scans."""
+
+    def publish(self, snapshot: Snapshot) -> None: ...
+
+    def serve(self, give: Callable[[Command, Principal], CommandResult]) -> int: ...
+
+
 class RealTimeController:
     """The controller's adapters around the core: Modbus, historian, clock.
 
@@ -219,6 +235,8 @@ class RealTimeController:
         self.io = ModbusIO(
             self.pmap, cfg.endpoints, timeout_s=cfg.timeout_s, scan_budget_s=0.6 * cfg.scan_s
         )
+        #: faces people and systems use the controller through (OPC UA, the console)
+        self.faces: list[Face] = []
         self.scan_ms: deque[float] = deque(maxlen=3600)  # the last hour at 1 s
         self.overruns = 0
         self.scans = 0
@@ -282,6 +300,24 @@ class RealTimeController:
                 self.historian.record_event(self.clock(), "alarm", "controller", res, 700)
             self.inbox.answer(cid, res)
         return len(taken)
+
+    def after_scan(self) -> None:
+        """Between two scans: give the commands the CLI's inbox and the faces queued
+        (they act at the next scan), then hand the faces this scan's picture (a
+        copy: no face ever holds the scan up; each applies it in its own time)."""
+        self.serve_inbox()
+        for face in self.faces:
+            face.serve(self.command)
+        if self.faces:
+            snap = Snapshot.of(
+                self.ctrl,
+                status=self.last,
+                scans=self.scans,
+                overruns=self.overruns,
+                scan_ms=self.scan_ms[-1] if self.scan_ms else math.nan,
+            )
+            for face in self.faces:
+                face.publish(snap)
 
     def _audit(self, a: Audit) -> None:
         self.historian.record_audit(a.t, a.who, a.where, a.target, a.old, a.new, a.why, ok=a.ok)
@@ -376,7 +412,7 @@ class RealTimeController:
         last_save = last_status = loop.time()
         while not stop.is_set():
             await self.scan_once()
-            self.serve_inbox()  # after the scan's writes: commands act at the next scan
+            self.after_scan()
             now = loop.time()
             if now - last_save >= STATE_SAVE_S:
                 self.save_state()
@@ -581,6 +617,27 @@ async def _main(args: argparse.Namespace) -> int:
     )
     print(f"  plant:    {where}", flush=True)
     print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
+    face = None
+    if cfg.opcua is not None and not getattr(args, "no_opcua", False):
+        from .opcua.server import OpcUaFace
+
+        face = OpcUaFace(
+            cfg.site,
+            rt.pmap,
+            rt.ctrl.topo,
+            cfg.opcua,
+            cfg.db,
+            lambda: HistoryReader(cfg.db, cfg.site.name),
+        )
+        try:
+            for line in await asyncio.to_thread(face.start):  # the plant serves meanwhile
+                print(f"  {line}", flush=True)
+        except ThermogateError as exc:
+            await rt.close()
+            raise ThermogateError(
+                f"{exc} (port in use? another thermogate runs, or use --no-opcua)"
+            ) from None
+        rt.faces.append(face)
     ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
     if ven is not None:
         print(
@@ -596,6 +653,8 @@ async def _main(args: argparse.Namespace) -> int:
     finally:
         if ven is not None:
             await ven.stop()
+        if face is not None:
+            await asyncio.to_thread(face.stop)
         await rt.close()
         if plant_task is not None:
             plant_task.cancel()

@@ -1,8 +1,10 @@
 """A running OPC UA face on the demo site, with a run loop that serves its commands.
 
 The face is the real one (its own thread, asyncua over TCP on a free loopback
-port); the "run loop" is a thread that gives queued commands to a real
-``Controller`` and publishes a snapshot after each, as ``thermogate run`` does.
+port, secured as ``thermogate run``'s demo: Basic256Sha256 for user logins with
+a trusted client certificate, None for anonymous reading); the "run loop" is a
+thread that gives queued commands to a real ``Controller`` and publishes a
+snapshot after each, as ``thermogate run`` does.
 """
 
 from __future__ import annotations
@@ -11,14 +13,21 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from asyncua import Client, ua
+from asyncua.crypto import cert_gen, security_policies
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from thermogate.controller.core import Controller
 from thermogate.controller.core.commands import Command, CommandResult, Principal
-from thermogate.controller.opcua.server import OpcUaFace
+from thermogate.controller.opcua.security import OpcUaSecurity, thumbprint
+from thermogate.controller.opcua.server import OpcUaFace, free_endpoint
 from thermogate.controller.opcua.snapshot import Snapshot
 from thermogate.controller.signals import Audit
 from thermogate.controller.users import UserStore
@@ -30,6 +39,32 @@ USERS = {
     "vic": ("viewer", "vic-pw"),
     "erin": ("engineer", "erin-pw"),
 }
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    uri: str
+    cert: Path
+    key: Path
+    thumb: str
+
+
+def make_client(folder: Path, name: str) -> ClientKeys:
+    """A client application's certificate and key (as UaExpert makes its own)."""
+    key = cert_gen.generate_private_key()
+    uri = f"urn:test:{name}"
+    cert = cert_gen.generate_self_signed_app_certificate(
+        key,
+        name,
+        {},
+        [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")],
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=30,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    (folder / f"{name}.pem").write_bytes(cert_gen.dump_private_key_as_pem(key))
+    return ClientKeys(uri, folder / f"{name}.der", folder / f"{name}.pem", thumbprint(cert))
 
 
 class Rig:
@@ -44,16 +79,18 @@ class Rig:
         self.quality = np.full(len(pmap), GOOD, np.uint8)
         self.flags = np.zeros(len(pmap), np.uint16)
         self.t = 1_700_000_000.0
-        self.face = OpcUaFace(
-            site,
-            pmap,
-            self.ctrl.topo,
-            None,
-            db,
-            None,
-            endpoint="opc.tcp://127.0.0.1:0/thermogate/",
-            command_timeout_s=5.0,
+        pki = Path(db).parent / "pki"
+        self.keys = make_client(Path(db).parent / "client", "scada")
+        (pki / "trusted").mkdir(parents=True)
+        (pki / "trusted" / "scada.der").write_bytes(self.keys.cert.read_bytes())
+        self.pki = pki
+        sec = OpcUaSecurity(
+            endpoint=free_endpoint(),
+            policies=("Basic256Sha256_SignAndEncrypt", "None"),
+            pki_dir=pki,
+            anonymous="read",
         )
+        self.face = OpcUaFace(site, pmap, self.ctrl.topo, sec, db, None, command_timeout_s=5.0)
         self.lines = self.face.start()
         self.url = self.face.endpoint
         self._stop = threading.Event()
@@ -118,7 +155,15 @@ class Rig:
 
         async def go() -> T:
             c = Client(self.url, timeout=10)
-            if user is not None:
+            if user is not None:  # a login needs a signed channel and a trusted certificate
+                c.application_uri = self.keys.uri
+                await c.set_security(
+                    security_policies.SecurityPolicyBasic256Sha256,
+                    str(self.keys.cert),
+                    str(self.keys.key),
+                    server_certificate=str(self.pki / "own" / "cert.der"),
+                    mode=ua.MessageSecurityMode.SignAndEncrypt,
+                )
                 c.set_user(user)
                 c.set_password(USERS[user][1])
             async with c:

@@ -21,7 +21,6 @@ import socket
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from asyncua.crypto import cert_gen, security_policies, uacrypto
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from opcua_rig import ClientKeys, make_client
 
 from thermogate.controller.core.commands import Principal
 from thermogate.controller.opcua.security import (
@@ -44,7 +44,6 @@ from thermogate.controller.opcua.security import (
     parse_opcua,
     principal_of,
     secure,
-    thumbprint,
 )
 from thermogate.controller.users import UserStore
 from thermogate.plc.config import loads_toml
@@ -76,31 +75,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class ClientKeys:
-    uri: str
-    cert: Path
-    key: Path
-    thumb: str
-
-
-def make_client(folder: Path, name: str) -> ClientKeys:
-    key = cert_gen.generate_private_key()
-    uri = f"urn:test:{name}"
-    cert = cert_gen.generate_self_signed_app_certificate(
-        key,
-        name,
-        {},
-        [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")],
-        [ExtendedKeyUsageOID.CLIENT_AUTH],
-        days=30,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
-    (folder / f"{name}.pem").write_bytes(cert_gen.dump_private_key_as_pem(key))
-    return ClientKeys(uri, folder / f"{name}.der", folder / f"{name}.pem", thumbprint(cert))
 
 
 @pytest.fixture(scope="module")

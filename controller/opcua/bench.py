@@ -35,7 +35,7 @@ from ..bench import pct, served_site
 from ..modbus_io import Endpoint
 from ..run import RealTimeController, RunConfig
 from .security import OpcUaSecurity
-from .server import OpcUaFace
+from .server import OpcUaFace, free_endpoint
 
 PERIOD_S = 0.25  # the scan period of every phase (10,000 points scan in ~50-90 ms)
 WARMUP_SCANS = 5
@@ -96,8 +96,9 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         for _ in range(WARMUP_SCANS):
             await rt.scan_once()
         without = await _paced(rt, scans)
-        sec = OpcUaSecurity(endpoint="opc.tcp://127.0.0.1:0/thermogate", policies=("None",),
-                            anonymous="read")  # fmt: skip
+        sec = OpcUaSecurity(
+            endpoint=free_endpoint(), policies=("None",), anonymous="read", pki_dir=tmp / "pki"
+        )
         face = OpcUaFace(cfg.site, rt.pmap, rt.ctrl.topo, sec, cfg.db, None)
         face.start()
         rt.faces.append(face)

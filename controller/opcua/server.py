@@ -11,11 +11,9 @@ asyncua gives method callbacks no session; each external session's ``read``,
 session's user in a context variable (``current_user``), so a method knows who
 called it and ``UserExecutable`` / ``UserAccessLevel`` can answer per user.
 
-Security lives in ``security.py``; until it is wired in, ``configure_security``
-and ``principal_of`` below are the small stand-ins (None policy, anonymous
-reads, user names checked against the site's ``UserStore``), and
-``configure_alarms`` / ``configure_history`` the seams for ``alarms.py`` and
-``history.py``.
+Security (endpoint, policies, certificates, users) is ``security.secure``; alarm
+events and variables ``alarms.AlarmFace``; history reads from thermogate's own
+historian ``history.serve_history``.
 """
 
 from __future__ import annotations
@@ -25,34 +23,33 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urlparse
+from typing import Any, TypeVar
 
-from asyncua import Server, ua
-from asyncua.crypto.permission_rules import SimpleRoleRuleset, User, UserRole
+from asyncua import Server
+from asyncua.crypto.permission_rules import User
 from asyncua.server.internal_server import InternalServer
 
 from thermogate.plc.equipment import Site
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import PointMap
 
-from ..core.alarms import AlarmRecord
 from ..core.commands import Acknowledge, Command, CommandResult, Principal
 from ..core.topology import Topology
-from ..users import AuthError, UserStore
+from ..historian import HistoryReader
+from .alarms import AlarmFace
 from .bridge import CommandBridge, give
+from .history import serve_history
 from .methods import Commands
+from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
 from .space import Space, namespace_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-DEFAULT_ENDPOINT = "opc.tcp://127.0.0.1:4840/thermogate/"
 
 _user: ContextVar[User | None] = ContextVar("opcua_user", default=None)
 
@@ -87,83 +84,6 @@ def _as_user(session: Any, service: Callable[[Any], Awaitable[T]]) -> Callable[[
     return serve
 
 
-# -- stand-ins until security.py, alarms.py and history.py are wired in ----------------
-@dataclass
-class _RoleUser(User):
-    """An asyncua user that carries its thermogate role."""
-
-    thermogate_role: str = "viewer"
-
-
-class _UserStoreManager:
-    """User names and passwords checked against the site's users (``UserStore``)."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self._store: UserStore | None = None  # opened in the server's thread (SQLite)
-
-    def get_user(
-        self,
-        iserver: Any,
-        username: str | None = None,
-        password: str | None = None,
-        certificate: Any = None,
-    ) -> User | None:
-        if username is None:
-            return User(role=UserRole.Anonymous)
-        if self._store is None:
-            self._store = UserStore(self.db)
-        try:
-            p = self._store.authenticate(username, password or "", "opcua")
-        except AuthError:
-            return None  # asyncua answers BadUserAccessDenied
-        return _RoleUser(role=UserRole.User, name=p.user, thermogate_role=p.role)
-
-
-class _AnonymousMayRead(SimpleRoleRuleset):
-    """asyncua's roles, but anonymous may use the services a logged-in user may (browse,
-    read, subscribe, call): every change it asks for is refused by the command path."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._permission_dict[UserRole.Anonymous] = set(self._permission_dict[UserRole.User])
-
-
-async def configure_security(server: Server, sec_config: object, users_db: Path) -> list[str]:
-    """Stand-in for ``security.secure``: the None policy only, anonymous (read-only)
-    and user-name logins mapped to the site's users and their roles."""
-    server.set_security_policy([ua.SecurityPolicyType.NoSecurity], _AnonymousMayRead())
-    server.set_identity_tokens([ua.AnonymousIdentityToken, ua.UserNameIdentityToken])
-    server.iserver.set_user_manager(_UserStoreManager(users_db))  # type: ignore[arg-type]
-    server.allow_remote_admin(False)
-    return ["security: None policy only (development stand-in): anonymous reads, user logins"]
-
-
-def principal_of(user: User | None) -> Principal:
-    """Stand-in for ``security.principal_of``: anonymous is a viewer."""
-    if user is None or user.role == UserRole.Anonymous or not user.name:
-        return Principal("anonymous", "viewer", "opcua")
-    return Principal(user.name, getattr(user, "thermogate_role", "viewer"), "opcua")
-
-
-class AlarmSink(Protocol):
-    async def update(self, t: float, records: Sequence[AlarmRecord]) -> None: ...
-
-
-async def configure_alarms(
-    server: Server,
-    idx: int,
-    parent: Any,
-    acknowledge: Callable[[str | None, Principal], Awaitable[CommandResult]],
-) -> AlarmSink | None:
-    """Seam for ``alarms.AlarmFace`` (``setup`` then ``update`` per snapshot)."""
-    return None
-
-
-def configure_history(server: Server, reader_factory: Any, nodes: Mapping[Any, str]) -> None:
-    """Seam for ``history.serve_history`` (HistoryRead from thermogate's historian)."""
-
-
 # -- the face ------------------------------------------------------------------------------
 class OpcUaFace:
     """See the module docstring."""
@@ -173,17 +93,19 @@ class OpcUaFace:
         site: Site,
         pmap: PointMap,
         topo: Topology,
-        sec_config: object,
+        sec: OpcUaSecurity,
         users_db: Path | str,
-        reader_factory: Callable[[], Any] | None,
+        reader_factory: Callable[[], HistoryReader] | None,
         *,
-        endpoint: str = DEFAULT_ENDPOINT,
         command_timeout_s: float = 10.0,
     ) -> None:
+        """``sec``: endpoint and security; ``users_db``: the
+        database with the users (and, beside it by default, the PKI);
+        ``reader_factory``: opens the historian for history reads (None: none)."""
         self.site, self.pmap, self.topo = site, pmap, topo
-        self.sec_config, self.users_db = sec_config, Path(users_db)
+        self.sec, self.endpoint = sec, sec.endpoint
+        self.users_db = Path(users_db)
         self.reader_factory = reader_factory
-        self.endpoint = _free_port(endpoint)
         self.bridge = CommandBridge()
         self.command_timeout_s = command_timeout_s
         self.server: Server | None = None
@@ -198,7 +120,7 @@ class OpcUaFace:
         self._scheduled = False
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
-        self._alarms: AlarmSink | None = None
+        self._alarms: AlarmFace | None = None
 
     @property
     def applied(self) -> int:
@@ -259,28 +181,31 @@ class OpcUaFace:
         self._loop = asyncio.get_running_loop()
         self._wake, self._stop = asyncio.Event(), asyncio.Event()
         server = self.server = Server()
-        server.set_endpoint(self.endpoint)
+        await server.init()
         server.set_server_name(f"thermogate: {self.site.name}")
         server.product_uri = "urn:thermogate"
-        lines = await configure_security(server, self.sec_config, self.users_db)
-        await server.init()
-        await server.set_application_uri(namespace_uri(self.site) + ":server")
+        lines = await secure(server, self.sec, self.users_db)
         install_session_users(server.iserver)
         space = self.space = Space(server, self.site, self.pmap, self.topo)
         await space.build()
         self.commands = Commands(self.bridge, principal_of, current_user, self.command_timeout_s)
         await self.commands.setup(server, space)
-        self._alarms = await configure_alarms(
-            server, space.idx, server.get_node(space.alarms), self._acknowledge
+        self._alarms = AlarmFace()
+        await self._alarms.setup(
+            server,
+            space.idx,
+            server.get_node(space.alarms),
+            self._acknowledge,
+            principal_for_call=lambda: principal_of(current_user()),
         )
         if self.reader_factory is not None:
-            configure_history(server, self.reader_factory, space.historized)
+            serve_history(server, self.reader_factory, space.historized)
         await server.start()
         try:
             n = len(self.pmap)
             self._lines = [
                 f"OPC UA:   {self.endpoint} ({n} points, namespace {namespace_uri(self.site)})",
-                *(f"          {x}" for x in lines),
+                *(f"          {x.strip()}" for x in lines),
             ]
             self._ready.set()
             consumer = asyncio.create_task(self._consume())
@@ -312,13 +237,10 @@ class OpcUaFace:
                 log.exception("applying a snapshot to the OPC UA address space failed")
 
 
-def _free_port(endpoint: str) -> str:
-    """The endpoint with port 0 replaced by a free port (endpoint descriptions must
-    carry the port clients connect to, known before asyncua binds it)."""
-    url = urlparse(endpoint)
-    if url.port != 0:
-        return endpoint
+def free_endpoint(host: str = "127.0.0.1") -> str:
+    """An endpoint URL on a free port of ``host`` (tests and benches: endpoint
+    descriptions must carry the port clients connect to, known before binding)."""
     with socket.socket() as s:
-        s.bind((url.hostname or "127.0.0.1", 0))
+        s.bind((host, 0))
         port = s.getsockname()[1]
-    return url._replace(netloc=f"{url.hostname}:{port}").geturl()
+    return f"opc.tcp://{host}:{port}/thermogate/"
