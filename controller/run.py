@@ -51,7 +51,7 @@ from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
-from .historian import Historian, HistoryReader
+from .historian import Historian
 from .inbox import Inbox
 from .modbus_io import Endpoint, ModbusIO
 from .opcua.security import OpcUaSecurity, demo_security, parse_opcua
@@ -619,16 +619,9 @@ async def _main(args: argparse.Namespace) -> int:
     print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
     face = None
     if cfg.opcua is not None and not getattr(args, "no_opcua", False):
-        from .opcua.server import OpcUaFace
+        from .opcua.process import OpcUaProcess
 
-        face = OpcUaFace(
-            cfg.site,
-            rt.pmap,
-            rt.ctrl.topo,
-            cfg.opcua,
-            cfg.db,
-            lambda: HistoryReader(cfg.db, cfg.site.name),
-        )
+        face = OpcUaProcess(cfg.site, cfg.opcua, cfg.db)
         try:
             for line in await asyncio.to_thread(face.start):  # the plant serves meanwhile
                 print(f"  {line}", flush=True)

@@ -34,10 +34,12 @@ from thermogate.plc.errors import ThermogateError
 from ..bench import pct, served_site
 from ..modbus_io import Endpoint
 from ..run import RealTimeController, RunConfig
+from .process import OpcUaProcess
 from .security import OpcUaSecurity
-from .server import OpcUaFace, free_endpoint
+from .server import free_endpoint
+from .space import namespace_uri
 
-PERIOD_S = 0.25  # the scan period of every phase (10,000 points scan in ~50-90 ms)
+PERIOD_S = 0.5  # the scan period of every phase (10,000 points scan in ~50-90 ms)
 WARMUP_SCANS = 5
 
 
@@ -90,7 +92,7 @@ def _phase(times: list[float], late: int, base_p99: float | None = None) -> dict
 
 async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
     rt = RealTimeController(cfg)
-    face: OpcUaFace | None = None
+    face: OpcUaProcess | None = None
     client: subprocess.Popen[str] | None = None
     try:
         for _ in range(WARMUP_SCANS):
@@ -99,21 +101,20 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         sec = OpcUaSecurity(
             endpoint=free_endpoint(), policies=("None",), anonymous="read", pki_dir=tmp / "pki"
         )
-        face = OpcUaFace(cfg.site, rt.pmap, rt.ctrl.topo, sec, cfg.db, None)
-        face.start()
+        face = OpcUaProcess(cfg.site, sec, cfg.db, history=False)
+        await asyncio.to_thread(face.start)
         rt.faces.append(face)
-        assert face.space is not None
-        nodes = face.space.point_nodes[:items]
-        if len(nodes) < items:
+        names = [p.name for p in rt.pmap.points][:items]
+        if len(names) < items:
             raise ThermogateError(
-                f"bench opcua: the site has {len(nodes)} point variables, fewer than "
-                f"--items {items} (raise --points)"
+                f"bench opcua: the site has {len(names)} points, fewer than --items {items} "
+                "(raise --points)"
             )
         nodes_file = tmp / "nodes.txt"
-        nodes_file.write_text("".join(n.to_string() + "\n" for n in nodes), encoding="utf-8")
+        nodes_file.write_text("".join(n + "\n" for n in names), encoding="utf-8")
         client = subprocess.Popen(
             [sys.executable, "-m", "thermogate.controller.opcua.benchclient",
-             face.endpoint, str(nodes_file)],
+             face.endpoint, namespace_uri(cfg.site), str(nodes_file)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
         )  # fmt: skip
         # keep scanning while the client subscribes: the face must not stall meanwhile
@@ -129,7 +130,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         if client is not None and client.poll() is None:
             client.kill()
         if face is not None:
-            face.stop()
+            await asyncio.to_thread(face.stop)
         await rt.close()
     base = pct(without[0], 99)
     return {
@@ -141,6 +142,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         "subscribed": _phase(*live, base),
         "stuck_client": _phase(*stuck, base),
         "notifications_received": notifications,
+        "snapshots_sent": face.sent if face is not None else 0,
         "snapshots_applied": face.applied if face is not None else 0,
     }
 

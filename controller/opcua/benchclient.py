@@ -1,8 +1,9 @@
 """The SCADA client of ``thermogate bench opcua``: another process, as a real one is.
 
-``python -m thermogate.controller.opcua.benchclient URL NODES_FILE`` connects
-anonymously (the bench's server offers read-only anonymous on loopback),
-monitors every node id listed in ``NODES_FILE`` (one per line) in one
+``python -m thermogate.controller.opcua.benchclient URL NAMESPACE NODES_FILE``
+connects anonymously (the bench's server offers read-only anonymous on
+loopback), monitors every point named in ``NODES_FILE`` (one per line; a
+point's NodeId is its name in the site's ``NAMESPACE``) in one
 subscription at ``--publish-ms``, prints ``subscribed N`` once the items are
 created, and on SIGTERM prints ``notifications K`` (data changes received)
 and exits. The bench stops it with SIGSTOP to play a client that hangs.
@@ -29,15 +30,17 @@ class _Count:
         self.n += 1
 
 
-async def _main(url: str, nodes_file: str, publish_ms: float) -> int:
+async def _main(url: str, namespace: str, nodes_file: str, publish_ms: float) -> int:
     with open(nodes_file, encoding="utf-8") as f:
-        ids = [ua.NodeId.from_string(line.strip()) for line in f if line.strip()]
+        names = [line.strip() for line in f if line.strip()]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     count = _Count()
     client = Client(url, timeout=30)
     async with client:
+        idx = await client.get_namespace_index(namespace)
+        ids = [ua.NodeId(n, idx) for n in names]
         sub = await client.create_subscription(publish_ms, count)
         made = 0
         for i in range(0, len(ids), CHUNK):
@@ -53,10 +56,11 @@ async def _main(url: str, nodes_file: str, publish_ms: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchclient", description=__doc__)
     ap.add_argument("url")
+    ap.add_argument("namespace")
     ap.add_argument("nodes_file")
     ap.add_argument("--publish-ms", type=float, default=250.0)
     a = ap.parse_args(argv)
-    return asyncio.run(_main(a.url, a.nodes_file, a.publish_ms))
+    return asyncio.run(_main(a.url, a.namespace, a.nodes_file, a.publish_ms))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,228 @@
+"""The OPC UA face in a process of its own: no client can take time from a scan.
+
+A thread is not enough: asyncua's work per monitored item is Python, and with
+10,000 items one scan's changes cost the server ~0.3 s of interpreter time that
+a thread would take from the scan under the GIL (``thermogate bench opcua``
+measured a scan p99 2.3x its baseline that way). In a process of its own the
+server runs beside the scan, on the other core.
+
+Two pipes join the run loop to the server process:
+
+* **snapshots**, run loop -> server: ``publish`` only stores the newest
+  snapshot and wakes a sender thread, which pickles and sends it (latest wins:
+  a server that falls behind skips to the newest scan, and a full pipe blocks
+  the sender thread, never the scan);
+* **commands**, server -> run loop and back: a method call or write in the
+  server becomes ``("cmd", id, command, principal)``; ``serve`` (the run loop,
+  between two scans) gives each one waiting on the command path and sends its
+  ``CommandResult`` back. A command the run loop does not take in time is
+  withdrawn by the server (``bridge.give``), never applied later.
+
+The server process is ``OpcUaFace`` (its own thread and event loop) fed by a
+receiver thread; it ends when the snapshot pipe closes, so it never outlives
+the controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import multiprocessing as mp
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from thermogate.plc.equipment import Site
+from thermogate.plc.errors import ThermogateError
+
+from ..core.commands import Command, CommandResult, Principal
+from .security import OpcUaSecurity
+from .snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 180.0  # asyncua's start-up of a 10,000-point space takes ~10 s
+ANSWER_TIMEOUT_S = 30.0  # the run loop answers a command at its next scan
+
+
+class OpcUaProcess:
+    """The run loop's side of the OPC UA server process (a ``run.Face``)."""
+
+    def __init__(
+        self, site: Site, sec: OpcUaSecurity, db: Path | str, history: bool = True
+    ) -> None:
+        self.site, self.sec, self.db, self.history = site, sec, Path(db), history
+        self.endpoint = sec.endpoint
+        self._proc: mp.process.BaseProcess | None = None
+        self._snaps: Connection | None = None
+        self._cmds: Connection | None = None
+        self._latest: Snapshot | None = None
+        self._wake = threading.Event()
+        self._closing = False
+        self._sender: threading.Thread | None = None
+        self.sent = 0
+        self.applied = 0  # reported by the server process when it stops
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> list[str]:
+        """Start the server process; the lines describing its endpoint."""
+        ctx = mp.get_context("spawn")  # a clean interpreter: no threads or loops inherited
+        snaps_child, self._snaps = ctx.Pipe(duplex=False)
+        self._cmds, cmds_child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(self.site, self.sec, str(self.db), self.history, snaps_child, cmds_child),
+            name="thermogate-opcua",
+            daemon=True,
+        )
+        self._proc.start()
+        snaps_child.close()
+        cmds_child.close()
+        if not self._cmds.poll(timeout_s):
+            self.stop()
+            raise ThermogateError(f"the OPC UA server did not start within {timeout_s:g} s")
+        try:
+            kind, payload = self._cmds.recv()
+        except EOFError:
+            kind, payload = "error", "its process ended"
+        if kind != "ready":
+            self.stop()
+            raise ThermogateError(f"the OPC UA server did not start: {payload}")
+        self._sender = threading.Thread(target=self._send, name="opcua-publish", daemon=True)
+        self._sender.start()
+        return list(payload)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Hand a scan's snapshot over (O(1), never blocks; the latest wins)."""
+        self._latest = snapshot
+        self._wake.set()
+
+    def serve(self, give: Callable[[Command, Principal], CommandResult]) -> int:
+        """Between two scans: give the commands clients sent, answer each."""
+        conn, n = self._cmds, 0
+        if conn is None:
+            return 0
+        try:
+            while conn.poll(0):
+                msg = conn.recv()
+                if msg[0] == "applied":
+                    self.applied = msg[1]
+                    continue
+                _, cid, cmd, by = msg
+                try:
+                    res: CommandResult | str = give(cmd, by)
+                except Exception as exc:  # a failed command must never stop the scan loop
+                    log.exception("OPC UA command %s from %s failed", cmd, by.origin)
+                    res = f"the controller failed on it ({type(exc).__name__}: {exc})"
+                conn.send(("result", cid, res))
+                n += 1
+        except (EOFError, OSError, BrokenPipeError):
+            log.error("the OPC UA server process is gone: commands over OPC UA are not served")
+            self._cmds = None
+        return n
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._sender is not None:
+            self._sender.join(timeout_s)
+        if self._snaps is not None:
+            self._snaps.close()  # the server process ends when its pipe closes
+        if self._proc is not None:
+            self._proc.join(timeout_s)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(5.0)
+        if self._cmds is not None:
+            with contextlib.suppress(EOFError, OSError):
+                while self._cmds.poll(0):
+                    msg = self._cmds.recv()
+                    if msg[0] == "applied":
+                        self.applied = msg[1]
+            self._cmds.close()
+
+    def _send(self) -> None:
+        """The sender thread: the newest snapshot to the server process."""
+        assert self._snaps is not None
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            snap, self._latest = self._latest, None
+            if snap is None:
+                continue
+            try:
+                self._snaps.send(dataclasses.replace(snap, status=dict(snap.status)))
+                self.sent += 1
+            except (OSError, BrokenPipeError, ValueError):
+                log.error("the OPC UA server process is gone: it shows no more scans")
+                return
+
+
+# -- the server process ------------------------------------------------------------------
+def _serve(
+    site: Site,
+    sec: OpcUaSecurity,
+    db: str,
+    history: bool,
+    snaps: Connection,
+    cmds: Connection,
+) -> None:
+    from thermogate.plc.pointmap import build_point_map
+
+    from ..core.topology import Topology
+    from ..historian import HistoryReader
+    from .server import OpcUaFace
+
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    pmap = build_point_map(site)
+    reader = (lambda: HistoryReader(db, site.name)) if history else None
+    face = OpcUaFace(site, pmap, Topology(site, pmap), sec, db, reader)
+    try:
+        lines = face.start()
+    except Exception as exc:
+        cmds.send(("error", str(exc)))
+        return
+    cmds.send(("ready", lines))
+    lock = threading.Lock()  # one command on the pipe at a time
+    ids = itertools.count(1)
+
+    def give_remote(cmd: Command, by: Principal) -> CommandResult:
+        with lock:
+            cid = next(ids)
+            cmds.send(("cmd", cid, cmd, by))
+            while cmds.poll(ANSWER_TIMEOUT_S):
+                kind, rid, res = cmds.recv()
+                if kind == "result" and rid == cid:
+                    if isinstance(res, str):
+                        raise ThermogateError(res)
+                    return res
+            raise ThermogateError("the controller did not answer")
+
+    stop = threading.Event()
+
+    def pump() -> None:  # the bridge's queued commands to the run loop
+        while not stop.is_set():
+            if not face.serve(give_remote):
+                stop.wait(0.01)
+
+    pumping = threading.Thread(target=pump, name="opcua-commands", daemon=True)
+    pumping.start()
+    try:
+        while True:
+            try:
+                snap: Any = snaps.recv()
+            except (EOFError, OSError):
+                break  # the controller closed the pipe: stop
+            face.publish(snap)
+    finally:
+        stop.set()
+        pumping.join(5.0)
+        with contextlib.suppress(OSError, BrokenPipeError):
+            cmds.send(("applied", face.applied))
+        face.stop()

@@ -1,0 +1,159 @@
+"""The OPC UA server in its own process, as ``thermogate run`` starts it.
+
+The run loop's side (``OpcUaProcess``) publishes snapshots and serves commands
+between scans; the server is a real asyncua server in a spawned process; the
+clients are real asyncua clients over TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+from opcua_rig import USERS, make_client
+
+from thermogate.controller.core import Controller
+from thermogate.controller.core.commands import Command, CommandResult, Principal
+from thermogate.controller.opcua.process import OpcUaProcess
+from thermogate.controller.opcua.security import OpcUaSecurity
+from thermogate.controller.opcua.server import free_endpoint
+from thermogate.controller.opcua.snapshot import Snapshot
+from thermogate.controller.opcua.space import namespace_uri
+from thermogate.controller.users import UserStore
+
+
+@pytest.fixture(scope="module")
+def served(site, demo_pmap, tmp_path_factory):
+    root = tmp_path_factory.mktemp("process")
+    db = root / "site.db"
+    with UserStore(db) as users:
+        for name, (role, pw) in USERS.items():
+            users.add(name, role, pw, by="test")
+    keys = make_client(root / "client", "scada")
+    (root / "pki" / "trusted").mkdir(parents=True)
+    (root / "pki" / "trusted" / "scada.der").write_bytes(keys.cert.read_bytes())
+    sec = OpcUaSecurity(
+        endpoint=free_endpoint(),
+        policies=("Basic256Sha256_SignAndEncrypt", "None"),
+        pki_dir=root / "pki",
+        anonymous="read",
+    )
+    face = OpcUaProcess(site, sec, db, history=False)
+    lines = face.start()
+    ctrl = Controller(site, demo_pmap)
+    yield face, ctrl, keys, root, lines
+    face.stop()
+
+
+def _client(face, keys, root, user: str | None) -> Client:
+    c = Client(face.endpoint, timeout=10)
+    return c if user is None else _secured(c, keys, root, user)
+
+
+def _secured(c: Client, keys, root, user: str) -> Client:
+    c.application_uri = keys.uri
+    c.set_user(user)
+    c.set_password(USERS[user][1])
+    c._thermogate_security = (keys, root)  # applied in _connect (set_security is async)
+    return c
+
+
+async def _connect(c: Client) -> None:
+    sec = getattr(c, "_thermogate_security", None)
+    if sec is not None:
+        keys, root = sec
+        await c.set_security(
+            security_policies.SecurityPolicyBasic256Sha256,
+            str(keys.cert),
+            str(keys.key),
+            server_certificate=str(root / "pki" / "own" / "cert.der"),
+            mode=ua.MessageSecurityMode.SignAndEncrypt,
+        )
+    await c.connect()
+
+
+def test_it_prints_its_endpoint_and_shows_what_the_run_loop_publishes(served, site):
+    face, ctrl, keys, root, lines = served
+    assert face.endpoint in lines[0]
+    snap = Snapshot.of(ctrl, 1_700_000_000.0)
+    values = snap.values.copy()
+    i = ctrl.pmap.position("tank01.fluid_temp")
+    values[i] = 41.5
+    quality = snap.quality.copy()
+    quality[i] = 0
+    face.publish(Snapshot(**{**snap.__dict__, "values": values, "quality": quality}))
+
+    async def read() -> tuple[float, bool]:
+        c = _client(face, keys, root, None)
+        await _connect(c)
+        try:
+            idx = await c.get_namespace_index(namespace_uri(site))
+            node = c.get_node(ua.NodeId("tank01.fluid_temp", idx))
+            for _ in range(200):  # the server applies it in its own time
+                dv = await node.read_data_value()
+                if dv.Value.Value == 41.5:
+                    return dv.Value.Value, dv.StatusCode.is_good()
+                await asyncio.sleep(0.05)
+            return dv.Value.Value, dv.StatusCode.is_good()
+        finally:
+            await c.disconnect()
+
+    assert asyncio.run(read()) == (41.5, True)
+
+
+def test_a_method_call_waits_for_the_run_loop_and_is_given_as_opcua_user(served, site):
+    face, ctrl, keys, root, _ = served
+    given: list[tuple[Command, Principal]] = []
+
+    def give(cmd: Command, by: Principal) -> CommandResult:
+        given.append((cmd, by))
+        return ctrl.command(cmd, by, time.time())
+
+    stop = threading.Event()
+
+    def run_loop() -> None:  # serves between "scans", as RealTimeController.after_scan
+        while not stop.is_set():
+            face.serve(give)
+            time.sleep(0.02)
+
+    loop = threading.Thread(target=run_loop, daemon=True)
+    loop.start()
+
+    async def call() -> ua.CallMethodResult:
+        c = _client(face, keys, root, "olive")
+        await _connect(c)
+        try:
+            idx = await c.get_namespace_index(namespace_uri(site))
+            req = ua.CallMethodRequest(
+                ua.NodeId("Site/Controller", idx),
+                ua.NodeId("Site/Controller/SetMode", idx),
+                [ua.Variant("manual", ua.VariantType.String), ua.Variant("pump swap")],
+            )
+            return (await c.uaclient.call([req]))[0]
+        finally:
+            await c.disconnect()
+
+    try:
+        res = asyncio.run(call())
+    finally:
+        stop.set()
+        loop.join(5)
+    assert res.StatusCode.is_good(), res
+    assert ctrl.state.mode == "manual"
+    assert [(type(c).__name__, p.origin) for c, p in given] == [("SetMode", "opcua:olive")]
+
+
+def test_stopping_ends_the_server_process(site, tmp_path):
+    sec = OpcUaSecurity(
+        endpoint=free_endpoint(), policies=("None",), pki_dir=tmp_path / "pki", anonymous="read"
+    )
+    face = OpcUaProcess(site, sec, tmp_path / "site.db", history=False)
+    face.start()
+    proc = face._proc
+    assert proc is not None and proc.is_alive()
+    face.stop()
+    assert not proc.is_alive()
