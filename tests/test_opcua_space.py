@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from asyncua import Client, ua
+from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.ua.uaerrors import UaStatusCodeError
 from opcua_rig import Rig
 
 from thermogate.controller.core import Controller, Principal, SetMode
@@ -388,3 +390,25 @@ def test_a_command_is_answered_once_the_run_loop_serves_it():
         return await task
 
     assert asyncio.run(go()) == "opcua:olive manual"
+
+
+def test_a_republish_the_server_cannot_serve_gets_the_specs_answer_not_an_empty_good(rig):
+    # an empty Good answer keeps a reconnecting client (node-opcua) asking forever
+    async def fn(c: Client) -> tuple[int, int]:
+        sub = await c.create_subscription(500, None)
+        codes = []
+        for sid in (sub.subscription_id, 123_456_789):
+            request = ua.RepublishRequest()
+            request.Parameters = ua.RepublishParameters(sid, 999_999)
+            try:
+                data = await c.uaclient.protocol.send_request(request)
+                response = struct_from_binary(ua.RepublishResponse, data)
+                codes.append(response.ResponseHeader.ServiceResult.value)
+            except UaStatusCodeError as exc:  # a ServiceFault
+                codes.append(exc.code)
+        return tuple(codes)
+
+    assert rig.client(None, fn) == (
+        ua.StatusCodes.BadMessageNotAvailable,
+        ua.StatusCodes.BadSubscriptionIdInvalid,
+    )

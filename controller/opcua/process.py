@@ -178,7 +178,9 @@ def _serve(
     from .server import OpcUaFace
 
     logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",  # as the controller's own lines
     )
     pmap = build_point_map(site)
     reader = (lambda: HistoryReader(db, site.name)) if history else None

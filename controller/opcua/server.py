@@ -26,10 +26,13 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from contextvars import ContextVar
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from asyncua import Server
+from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User
 from asyncua.server.internal_server import InternalServer
 
@@ -184,6 +187,12 @@ class OpcUaFace:
         await server.init()
         server.set_server_name(f"thermogate: {self.site.name}")
         server.product_uri = "urn:thermogate"
+        await server.set_build_info(
+            "urn:thermogate", "thermogate", "thermogate", _version(), _version(), datetime.now(UTC)
+        )
+        strict_republish(server.iserver)
+        # asyncua logs a warning per sample per item for a percent deadband it ignores
+        logging.getLogger("asyncua.server.monitored_item_service").setLevel(logging.ERROR)
         lines = await secure(server, self.sec, self.users_db)
         install_session_users(server.iserver)
         space = self.space = Space(server, self.site, self.pmap, self.topo)
@@ -235,6 +244,30 @@ class OpcUaFace:
                     await self._alarms.update(snap.t, snap.alarms)
             except Exception:  # one bad snapshot must not end the face
                 log.exception("applying a snapshot to the OPC UA address space failed")
+
+
+def strict_republish(iserver: InternalServer) -> None:
+    """Answer a Republish asyncua cannot serve as the spec says (asyncua answers an
+    empty Good message, and a client such as node-opcua then asks again, ~1,000
+    times a second, instead of recreating its subscription after a restart)."""
+    subs = iserver.subscription_service
+
+    def republish(params: ua.RepublishParameters) -> ua.NotificationMessage:
+        sub = subs.subscriptions.get(params.SubscriptionId)
+        if sub is None:
+            raise ServiceError(ua.StatusCodes.BadSubscriptionIdInvalid)
+        if params.RetransmitSequenceNumber not in sub._not_acknowledged_results:
+            raise ServiceError(ua.StatusCodes.BadMessageNotAvailable)
+        return sub.republish(params.RetransmitSequenceNumber)
+
+    subs.republish = republish  # type: ignore[method-assign]
+
+
+def _version() -> str:
+    try:
+        return metadata.version("thermogate")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def free_endpoint(host: str = "127.0.0.1") -> str:
