@@ -261,3 +261,22 @@ def test_a_point_the_historian_gains_later_is_read_through_a_reopened_reader(
     # the scan before the point existed: no value, never Good
     assert (before.Value.Value, before.StatusCode.value) == (None, ua.StatusCodes.Bad)
     run(storage.stop())
+
+
+def test_a_node_without_history_is_refused_with_the_specs_code_not_an_empty_good(
+    served: Served,
+) -> None:
+    async def scenario() -> tuple[int, int]:
+        details = ua.ReadRawModifiedDetails(
+            IsReadModified=False, StartTime=utc(T0), EndTime=utc(T0 + N), NumValuesPerNode=0
+        )
+        async with Client(served.url) as client:
+            server_state = client.get_node(ua.NodeId(ua.ObjectIds.Server_ServerStatus_State))
+            plain = await server_state.history_read(details)
+            unknown = await client.get_node(ua.NodeId("no.such.point", 7)).history_read(details)
+            return plain.StatusCode.value, unknown.StatusCode.value
+
+    assert run(scenario()) == (
+        ua.StatusCodes.BadHistoryOperationUnsupported,
+        ua.StatusCodes.BadNodeIdUnknown,
+    )

@@ -253,6 +253,26 @@ def _data_value(s: Sample, vtype: ua.VariantType) -> ua.DataValue:
     return ua.DataValue(variant, StatusCode=status, SourceTimestamp=when, ServerTimestamp=when)
 
 
+def _refuse_unhistorized(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
+    """A history read of a node that has none is refused with the spec's code
+    (asyncua would answer Good with no values, as if the history were empty)."""
+    read = manager._read_history
+
+    async def read_history(details: Any, rv: ua.HistoryReadValueId) -> ua.HistoryReadResult:
+        if rv.NodeId not in storage.nodes:
+            result = ua.HistoryReadResult()
+            code = (
+                ua.StatusCodes.BadHistoryOperationUnsupported
+                if rv.NodeId in aspace
+                else ua.StatusCodes.BadNodeIdUnknown
+            )
+            result.StatusCode = ua.StatusCode(code)
+            return result
+        return await read(details, rv)
+
+    manager._read_history = read_history
+
+
 def serve_history(
     server: Server,
     reader_factory: Callable[[], HistoryReader],
@@ -275,6 +295,7 @@ def serve_history(
     if not isinstance(storage, HistorianStorage):
         storage = HistorianStorage(reader_factory)
         manager.set_storage(storage)
+        _refuse_unhistorized(manager, storage, aspace)
     storage.reader_factory = reader_factory
     bit = 1 << ua.AccessLevel.HistoryRead
     for nodeid, name in nodes.items():
