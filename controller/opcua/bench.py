@@ -1,33 +1,41 @@
-"""``thermogate bench opcua``: the scan with and without SCADA subscribed to it.
+"""``thermogate bench opcua``: the scan and SCADA's view of it, with 10,000 items.
 
 A site of about ``--points`` points is generated and served by a separate
-``thermogate plant`` process (as ``bench scan``). The controller scans it at a
-fixed period in three phases of ``--scans`` scans each, in one run:
+``thermogate plant`` process (as ``bench scan``). The controller scans it every
+second (``PERIOD_S``), in one run:
 
-1. ``without``: no OPC UA server (the baseline);
-2. ``subscribed``: the OPC UA face running, publishing every scan, and a
-   client in another process monitoring ``--items`` variables (10,000 by
-   default) in one subscription;
+1. ``without``: no OPC UA server (the scan's baseline);
+2. ``subscribed``: the OPC UA server (its own process) publishing every scan,
+   and a client in another process monitoring ``--items`` points (10,000 by
+   default) in one subscription at a 250 ms publishing interval;
 3. ``stuck``: the same client frozen with SIGSTOP: it reads nothing, so the
-   server's notifications pile up on a socket nobody drains.
+   server's notifications pile up on a socket nobody drains;
+4. ``naive_baseline``: the same as 2 with a server that writes every point
+   through asyncua's public ``write_attribute_value``, one by one.
 
-A scan is timed as ``thermogate run`` runs it: read, decide, write, historian,
-then the hand-over to the faces (``RealTimeController.after_scan``). What the
-face costs the scan is the ratio of each phase's p99 to the baseline's; the
-client's notification count shows the items were live.
+A scan is timed as ``thermogate run`` runs it (read, decide, write, historian,
+then the hand-over to the faces, ``RealTimeController.after_scan``): what the
+server costs the scan is each phase's p99 over the baseline's. What SCADA gets
+is measured against what was published: every change of every scan of a
+monitored item (value or status) must reach the client (``delivered``, a
+share), ``latency`` from the scan that produced a value (its SourceTimestamp)
+to the client receiving it, and ``notifications_per_s``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from thermogate.plc.errors import ThermogateError
 
@@ -37,9 +45,10 @@ from ..run import RealTimeController, RunConfig
 from .process import OpcUaProcess
 from .security import OpcUaSecurity
 from .server import free_endpoint
-from .space import namespace_uri
+from .snapshot import Snapshot
+from .space import BAD_BIT, namespace_uri, status_codes
 
-PERIOD_S = 0.5  # the scan period of every phase (10,000 points scan in ~50-90 ms)
+PERIOD_S = 1.0  # the scan period of every phase (the site's)
 WARMUP_SCANS = 5
 
 
@@ -90,60 +99,133 @@ def _phase(times: list[float], late: int, base_p99: float | None = None) -> dict
     return out
 
 
+class _Published:
+    """A face that keeps what each scan published for the monitored items: the
+    ground truth of what a client must receive (every change of every scan)."""
+
+    def __init__(self, items: int) -> None:
+        self.items = items
+        self.scans: list[tuple[float, np.ndarray, np.ndarray]] = []
+
+    def publish(self, snap: Snapshot) -> None:
+        n = self.items
+        codes = status_codes(snap.quality[:n], snap.flags[:n], snap.values[:n])
+        self.scans.append((snap.t, codes, snap.values[:n].copy()))
+
+    def serve(self, give: object) -> int:
+        return 0
+
+    def expected(self) -> set[tuple[int, float]]:
+        """(item, scan time) of every change a client must be told of."""
+        out: set[tuple[int, float]] = set()
+        for (_, c0, v0), (t, c, v) in itertools.pairwise(self.scans):
+            same = (v == v0) | (np.isnan(v) & np.isnan(v0))
+            changed = np.flatnonzero((c != c0) | ((c < BAD_BIT) & ~same))
+            out.update((int(i), round(t, 3)) for i in changed)
+        return out
+
+
 async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
     rt = RealTimeController(cfg)
-    face: OpcUaProcess | None = None
-    client: subprocess.Popen[str] | None = None
+    names = [p.name for p in rt.pmap.points][:items]
+    if len(names) < items:
+        raise ThermogateError(
+            f"bench opcua: the site has {len(names)} points, fewer than --items {items} "
+            "(raise --points)"
+        )
+    nodes_file = tmp / "nodes.txt"
+    nodes_file.write_text("".join(n + "\n" for n in names), encoding="utf-8")
     try:
         for _ in range(WARMUP_SCANS):
             await rt.scan_once()
         without = await _paced(rt, scans)
-        sec = OpcUaSecurity(
-            endpoint=free_endpoint(), policies=("None",), anonymous="read", pki_dir=tmp / "pki"
-        )
-        face = OpcUaProcess(cfg.site, sec, cfg.db, history=False)
-        await asyncio.to_thread(face.start)
-        rt.faces.append(face)
-        names = [p.name for p in rt.pmap.points][:items]
-        if len(names) < items:
-            raise ThermogateError(
-                f"bench opcua: the site has {len(names)} points, fewer than --items {items} "
-                "(raise --points)"
-            )
-        nodes_file = tmp / "nodes.txt"
-        nodes_file.write_text("".join(n + "\n" for n in names), encoding="utf-8")
-        client = subprocess.Popen(
-            [sys.executable, "-m", "thermogate.controller.opcua.benchclient",
-             face.endpoint, namespace_uri(cfg.site), str(nodes_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
-        )  # fmt: skip
-        # keep scanning while the client subscribes: the face must not stall meanwhile
-        subscribed = await _until_subscribed(rt, client)
-        live = await _paced(rt, scans)
-        client.send_signal(signal.SIGSTOP)
-        stuck = await _paced(rt, scans)
-        client.send_signal(signal.SIGCONT)
-        client.send_signal(signal.SIGTERM)
-        out, _ = await asyncio.to_thread(client.communicate, timeout=60)
-        notifications = _last_int(out, "notifications")
+        bulk = await _served(rt, cfg, tmp, nodes_file, items, scans, naive=False)
+        try:
+            naive = await _served(rt, cfg, tmp, nodes_file, items, scans, naive=True)
+        except ThermogateError as exc:  # the baseline may fail outright: say how
+            naive = {"error": str(exc)}
     finally:
-        if client is not None and client.poll() is None:
-            client.kill()
-        if face is not None:
-            await asyncio.to_thread(face.stop)
         await rt.close()
     base = pct(without[0], 99)
     return {
         "points": len(rt.pmap),
-        "monitored_items": subscribed,
+        "items": items,
         "scans_per_phase": scans,
         "period_s": PERIOD_S,
         "without": _phase(*without),
-        "subscribed": _phase(*live, base),
-        "stuck_client": _phase(*stuck, base),
-        "notifications_received": notifications,
-        "snapshots_sent": face.sent if face is not None else 0,
-        "snapshots_applied": face.applied if face is not None else 0,
+        "subscribed": {**_phase(*bulk["live"], base), **bulk["delivery"]},
+        "stuck_client": _phase(*bulk["stuck"], base),
+        "naive_baseline": (
+            {**_phase(*naive["live"], base), **naive["delivery"]} if "live" in naive else naive
+        ),
+        "items_subscribed": bulk["subscribed"],
+        "targets": {"delivered": 1.0, "latency_p99_ms": 250.0},
+    }
+
+
+async def _served(
+    rt: RealTimeController,
+    cfg: RunConfig,
+    tmp: Path,
+    nodes_file: Path,
+    items: int,
+    scans: int,
+    *,
+    naive: bool,
+) -> dict:
+    """One server (bulk or naive) and one client: a live phase, then (bulk) a stuck one."""
+    sec = OpcUaSecurity(
+        endpoint=free_endpoint(), policies=("None",), anonymous="read", pki_dir=tmp / "pki"
+    )
+    face = OpcUaProcess(cfg.site, sec, cfg.db, history=False, naive=naive)
+    await asyncio.to_thread(face.start)
+    rt.faces.append(face)
+    out_file = tmp / f"client-{'naive' if naive else 'bulk'}.npz"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "thermogate.controller.opcua.benchclient",
+         face.endpoint, namespace_uri(cfg.site), str(nodes_file), str(out_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+    )  # fmt: skip
+    published = _Published(items)
+    result: dict = {}
+    try:
+        # keep scanning while the client subscribes: the face must not stall meanwhile
+        result["subscribed"] = await _until_subscribed(rt, client)
+        await _paced(rt, 3)  # the initial values are in
+        rt.faces.append(published)
+        result["live"] = await _paced(rt, scans)
+        rt.faces.remove(published)
+        await _paced(rt, 3)  # the last scan's changes travel
+        if not naive:
+            client.send_signal(signal.SIGSTOP)
+            result["stuck"] = await _paced(rt, scans)
+            client.send_signal(signal.SIGCONT)
+        client.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(client.communicate, timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+        rt.faces.remove(face)
+        await asyncio.to_thread(face.stop)
+    result["delivery"] = _delivery(published, np.load(out_file))
+    return result
+
+
+def _delivery(published: _Published, got: Any) -> dict:
+    """What share of the published changes reached the client, and how late."""
+    want = published.expected()
+    t0, t1 = published.scans[1][0], published.scans[-1][0]
+    src = np.round(got["source"], 3)
+    inside = (src >= round(t0, 3)) & (src <= round(t1, 3)) & (got["item"] >= 0)
+    pairs = set(zip(got["item"][inside].tolist(), src[inside].tolist(), strict=True))
+    latency = (got["arrived"][inside] - got["source"][inside]) * 1000.0
+    span = max(t1 - t0, 1e-9)
+    return {
+        "changes_published": len(want),
+        "delivered": round(len(want & pairs) / len(want), 4) if want else None,
+        "notifications_per_s": round(int(inside.sum()) / span, 1),
+        "latency_p50_ms": round(pct(latency.tolist(), 50), 1) if latency.size else None,
+        "latency_p99_ms": round(pct(latency.tolist(), 99), 1) if latency.size else None,
     }
 
 
@@ -159,13 +241,6 @@ async def _until_subscribed(rt: RealTimeController, client: subprocess.Popen[str
     line = line_task.result()
     if not line.startswith("subscribed"):
         err = client.stderr.read() if client.stderr else ""
-        raise ThermogateError(f"bench opcua: the client failed: {(line + err).strip()[-400:]}")
+        last = [x for x in (line + err).strip().splitlines() if x.strip()][-3:]
+        raise ThermogateError(f"bench opcua: the client failed: {' | '.join(last)}")
     return int(line.split()[1])
-
-
-def _last_int(text: str, key: str) -> int | None:
-    for line in reversed(text.splitlines()):
-        if line.startswith(key):
-            with contextlib.suppress(ValueError, IndexError):
-                return int(line.split()[1])
-    return None

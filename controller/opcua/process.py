@@ -52,9 +52,17 @@ class OpcUaProcess:
     """The run loop's side of the OPC UA server process (a ``run.Face``)."""
 
     def __init__(
-        self, site: Site, sec: OpcUaSecurity, db: Path | str, history: bool = True
+        self,
+        site: Site,
+        sec: OpcUaSecurity,
+        db: Path | str,
+        history: bool = True,
+        naive: bool = False,
     ) -> None:
+        """``naive``: the server applies snapshots point by point through asyncua's
+        public write (``bench opcua``'s baseline)."""
         self.site, self.sec, self.db, self.history = site, sec, Path(db), history
+        self.naive = naive
         self.endpoint = sec.endpoint
         self._proc: mp.process.BaseProcess | None = None
         self._snaps: Connection | None = None
@@ -73,7 +81,15 @@ class OpcUaProcess:
         self._cmds, cmds_child = ctx.Pipe(duplex=True)
         self._proc = ctx.Process(
             target=_serve,
-            args=(self.site, self.sec, str(self.db), self.history, snaps_child, cmds_child),
+            args=(
+                self.site,
+                self.sec,
+                str(self.db),
+                self.history,
+                self.naive,
+                snaps_child,
+                cmds_child,
+            ),
             name="thermogate-opcua",
             daemon=True,
         )
@@ -168,6 +184,7 @@ def _serve(
     sec: OpcUaSecurity,
     db: str,
     history: bool,
+    naive: bool,
     snaps: Connection,
     cmds: Connection,
 ) -> None:
@@ -184,7 +201,7 @@ def _serve(
     )
     pmap = build_point_map(site)
     reader = (lambda: HistoryReader(db, site.name)) if history else None
-    face = OpcUaFace(site, pmap, Topology(site, pmap), sec, db, reader)
+    face = OpcUaFace(site, pmap, Topology(site, pmap), sec, db, reader, naive=naive)
     try:
         lines = face.start()
     except Exception as exc:

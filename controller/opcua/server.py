@@ -49,7 +49,7 @@ from .history import serve_history
 from .methods import Commands
 from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
-from .space import Space, namespace_uri
+from .space import Space, namespace_uri, status_codes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -101,6 +101,7 @@ class OpcUaFace:
         reader_factory: Callable[[], HistoryReader] | None,
         *,
         command_timeout_s: float = 10.0,
+        naive: bool = False,
     ) -> None:
         """``sec``: endpoint and security; ``users_db``: the
         database with the users (and, beside it by default, the PKI);
@@ -109,6 +110,9 @@ class OpcUaFace:
         self.sec, self.endpoint = sec, sec.endpoint
         self.users_db = Path(users_db)
         self.reader_factory = reader_factory
+        #: apply snapshots the naive way, one ``write_attribute_value`` per point
+        #: (``bench opcua``'s baseline; never in a run)
+        self.naive = naive
         self.bridge = CommandBridge()
         self.command_timeout_s = command_timeout_s
         self.server: Server | None = None
@@ -228,6 +232,27 @@ class OpcUaFace:
     async def _acknowledge(self, key: str | None, by: Principal) -> CommandResult:
         return await give(self.bridge, Acknowledge(key, "OPC UA acknowledge"), by, 10.0)
 
+    async def _apply_naively(self, snap: Snapshot) -> None:
+        """Every point through asyncua's public write, one by one (the baseline)."""
+        assert self.server is not None and self.space is not None
+        ts = datetime.fromtimestamp(snap.t, UTC)
+        codes = status_codes(snap.quality, snap.flags, snap.values)
+        bits = [p.is_bit for p in self.pmap.points]
+        for k, (nid, x, c, bit) in enumerate(
+            zip(self.space.point_nodes, snap.values.tolist(), codes.tolist(), bits, strict=True)
+        ):
+            if k % 1000 == 999:
+                await asyncio.sleep(0)  # let clients be served meanwhile
+            if c >= 0x80000000:
+                var = ua.Variant(None)
+            elif bit:
+                var = ua.Variant(x >= 0.5, ua.VariantType.Boolean)
+            else:
+                var = ua.Variant(float(x), ua.VariantType.Double)
+            dv = ua.DataValue(var, ua.StatusCode(c), SourceTimestamp=ts)
+            await self.server.write_attribute_value(nid, dv)
+        self.space.applied += 1
+
     async def _consume(self) -> None:
         """Apply the newest snapshot whenever one was published."""
         assert self._wake is not None and self.space is not None
@@ -239,7 +264,10 @@ class OpcUaFace:
             if snap is None:
                 continue
             try:
-                await self.space.apply(snap)
+                if self.naive:
+                    await self._apply_naively(snap)
+                else:
+                    await self.space.apply(snap)
                 if self._alarms is not None:
                     await self._alarms.update(snap.t, snap.alarms)
             except Exception:  # one bad snapshot must not end the face
