@@ -309,13 +309,7 @@ class RealTimeController:
         for face in self.faces:
             face.serve(self.command)
         if self.faces:
-            snap = Snapshot.of(
-                self.ctrl,
-                status=self.last,
-                scans=self.scans,
-                overruns=self.overruns,
-                scan_ms=self.scan_ms[-1] if self.scan_ms else math.nan,
-            )
+            snap = Snapshot.of_run(self)
             for face in self.faces:
                 face.publish(snap)
 

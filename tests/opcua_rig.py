@@ -67,6 +67,21 @@ def make_client(folder: Path, name: str) -> ClientKeys:
     return ClientKeys(uri, folder / f"{name}.der", folder / f"{name}.pem", thumbprint(cert))
 
 
+async def login(c: Client, keys: ClientKeys, pki: Path, user: str) -> None:
+    """Set ``c`` up to log in as ``user`` (of ``USERS``): a login needs a signed
+    channel and a trusted client certificate (``keys``; the server's PKI ``pki``)."""
+    c.application_uri = keys.uri
+    await c.set_security(
+        security_policies.SecurityPolicyBasic256Sha256,
+        str(keys.cert),
+        str(keys.key),
+        server_certificate=str(pki / "own" / "cert.der"),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
+    c.set_user(user)
+    c.set_password(USERS[user][1])
+
+
 class Rig:
     def __init__(self, site, pmap, db) -> None:
         with UserStore(db) as users:
@@ -155,17 +170,8 @@ class Rig:
 
         async def go() -> T:
             c = Client(self.url, timeout=10)
-            if user is not None:  # a login needs a signed channel and a trusted certificate
-                c.application_uri = self.keys.uri
-                await c.set_security(
-                    security_policies.SecurityPolicyBasic256Sha256,
-                    str(self.keys.cert),
-                    str(self.keys.key),
-                    server_certificate=str(self.pki / "own" / "cert.der"),
-                    mode=ua.MessageSecurityMode.SignAndEncrypt,
-                )
-                c.set_user(user)
-                c.set_password(USERS[user][1])
+            if user is not None:
+                await login(c, self.keys, self.pki, user)
             async with c:
                 assert fn is not None
                 return await fn(c)

@@ -13,8 +13,7 @@ import time
 
 import pytest
 from asyncua import Client, ua
-from asyncua.crypto import security_policies
-from opcua_rig import USERS, make_client
+from opcua_rig import USERS, login, make_client
 
 from thermogate.controller.core import Controller
 from thermogate.controller.core.commands import Command, CommandResult, Principal
@@ -49,31 +48,13 @@ def served(site, demo_pmap, tmp_path_factory):
     face.stop()
 
 
-def _client(face, keys, root, user: str | None) -> Client:
+async def _connected(face, keys, root, user: str | None) -> Client:
+    """A client connected to ``face``: anonymous over None, or ``user`` logged in."""
     c = Client(face.endpoint, timeout=10)
-    return c if user is None else _secured(c, keys, root, user)
-
-
-def _secured(c: Client, keys, root, user: str) -> Client:
-    c.application_uri = keys.uri
-    c.set_user(user)
-    c.set_password(USERS[user][1])
-    c._thermogate_security = (keys, root)  # applied in _connect (set_security is async)
-    return c
-
-
-async def _connect(c: Client) -> None:
-    sec = getattr(c, "_thermogate_security", None)
-    if sec is not None:
-        keys, root = sec
-        await c.set_security(
-            security_policies.SecurityPolicyBasic256Sha256,
-            str(keys.cert),
-            str(keys.key),
-            server_certificate=str(root / "pki" / "own" / "cert.der"),
-            mode=ua.MessageSecurityMode.SignAndEncrypt,
-        )
+    if user is not None:
+        await login(c, keys, root / "pki", user)
     await c.connect()
+    return c
 
 
 def test_it_prints_its_endpoint_and_shows_what_the_run_loop_publishes(served, site):
@@ -88,8 +69,7 @@ def test_it_prints_its_endpoint_and_shows_what_the_run_loop_publishes(served, si
     face.publish(Snapshot(**{**snap.__dict__, "values": values, "quality": quality}))
 
     async def read() -> tuple[float, bool]:
-        c = _client(face, keys, root, None)
-        await _connect(c)
+        c = await _connected(face, keys, root, None)
         try:
             idx = await c.get_namespace_index(namespace_uri(site))
             node = c.get_node(ua.NodeId("tank01.fluid_temp", idx))
@@ -124,8 +104,7 @@ def test_a_method_call_waits_for_the_run_loop_and_is_given_as_opcua_user(served,
     loop.start()
 
     async def call() -> ua.CallMethodResult:
-        c = _client(face, keys, root, "olive")
-        await _connect(c)
+        c = await _connected(face, keys, root, "olive")
         try:
             idx = await c.get_namespace_index(namespace_uri(site))
             req = ua.CallMethodRequest(

@@ -46,7 +46,7 @@ from .process import OpcUaProcess
 from .security import OpcUaSecurity
 from .server import free_endpoint
 from .snapshot import Snapshot
-from .space import BAD_BIT, namespace_uri, status_codes
+from .space import changed_points, namespace_uri, status_codes
 
 PERIOD_S = 1.0  # the scan period of every phase (the site's)
 WARMUP_SCANS = 5
@@ -119,9 +119,7 @@ class _Published:
         """(item, scan time) of every change a client must be told of."""
         out: set[tuple[int, float]] = set()
         for (_, c0, v0), (t, c, v) in itertools.pairwise(self.scans):
-            same = (v == v0) | (np.isnan(v) & np.isnan(v0))
-            changed = np.flatnonzero((c != c0) | ((c < BAD_BIT) & ~same))
-            out.update((int(i), round(t, 3)) for i in changed)
+            out.update((int(i), round(t, 3)) for i in changed_points(c0, v0, c, v))
         return out
 
 

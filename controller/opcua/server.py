@@ -237,9 +237,14 @@ class OpcUaFace:
         assert self.server is not None and self.space is not None
         ts = datetime.fromtimestamp(snap.t, UTC)
         codes = status_codes(snap.quality, snap.flags, snap.values)
-        bits = [p.is_bit for p in self.pmap.points]
         for k, (nid, x, c, bit) in enumerate(
-            zip(self.space.point_nodes, snap.values.tolist(), codes.tolist(), bits, strict=True)
+            zip(
+                self.space.point_nodes,
+                snap.values.tolist(),
+                codes.tolist(),
+                self.space.bits,
+                strict=True,
+            )
         ):
             if k % 1000 == 999:
                 await asyncio.sleep(0)  # let clients be served meanwhile

@@ -69,6 +69,15 @@ NOT_MAINTENANCE = 0xFFFF & ~MAINTENANCE_FLAGS
 BAD_BIT = 0x80000000
 
 
+def changed_points(
+    last_codes: np.ndarray, last_values: np.ndarray, codes: np.ndarray, values: np.ndarray
+) -> np.ndarray:
+    """Indices of the points a client must be told of: a new status, or a new value
+    under a status that is not Bad (a Bad value is null whatever the number)."""
+    same = (values == last_values) | (np.isnan(values) & np.isnan(last_values))
+    return np.flatnonzero((codes != last_codes) | ((codes < BAD_BIT) & ~same))
+
+
 def status_codes(quality: np.ndarray, flags: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Each point's OPC UA status code from its quality and why (uint32, vectorised).
 
@@ -257,7 +266,7 @@ class Space:
         """Attribute records to write into, and which device each point belongs to."""
         aspace, value, pmap = self.server.iserver.aspace, ua.AttributeIds.Value, self.pmap
         self._pav = [aspace[n].attributes[value] for n in self.point_nodes]
-        self._bit = [p.is_bit for p in pmap.points]
+        self.bits = [p.is_bit for p in pmap.points]  #: per point: a Boolean variable
         self._small = {k: _Small(aspace[n].attributes[value]) for k, n in b.derived_nodes.items()}
         wait = self._status(S.BadWaitingForInitialData)
         for av in [*self._pav, *(s.av for s in self._small.values())]:
@@ -286,10 +295,9 @@ class Space:
         ts = datetime.fromtimestamp(snap.t, UTC) if math.isfinite(snap.t) else now
         v = snap.values
         codes = status_codes(snap.quality, snap.flags, v)
-        same = (v == self._last_v) | (np.isnan(v) & np.isnan(self._last_v))
-        changed = np.flatnonzero((codes != self._last_c) | ((codes < BAD_BIT) & ~same))
+        changed = changed_points(self._last_c, self._last_v, codes, v)
         self._last_v, self._last_c = v, codes
-        pav, bit, status, null = self._pav, self._bit, self._status, ua.Variant()
+        pav, bit, status, null = self._pav, self.bits, self._status, ua.Variant()
         # the hot loop: one new DataValue per changed point, no per-point coroutine
         for i, x, c in zip(
             changed.tolist(), v[changed].tolist(), codes[changed].tolist(), strict=True
