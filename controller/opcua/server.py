@@ -47,6 +47,7 @@ from .alarms import AlarmFace
 from .bridge import CommandBridge, give
 from .history import serve_history
 from .methods import Commands
+from .publishing import lock_publishing_to_scans
 from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
 from .space import Space, namespace_uri, status_codes
@@ -195,6 +196,8 @@ class OpcUaFace:
             "urn:thermogate", "thermogate", "thermogate", _version(), _version(), datetime.now(UTC)
         )
         strict_republish(server.iserver)
+        if not self.naive:  # the baseline runs asyncua's own cycle
+            lock_publishing_to_scans()
         # asyncua logs a warning per sample per item for a percent deadband it ignores
         logging.getLogger("asyncua.server.monitored_item_service").setLevel(logging.ERROR)
         lines = await secure(server, self.sec, self.users_db)

@@ -56,6 +56,7 @@ from ..signals import (
 )
 from . import nodes
 from .nodes import OID, Builder, Device, V
+from .publishing import Notifier
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ class Space:
         self.historized: dict[ua.NodeId, str] = {}
         self.root = self.controller = self.alarms = ua.NodeId()
         self.applied = 0  # snapshots applied
+        #: each apply's changes into the subscriptions, in bulk
+        self.notifier = Notifier()
         self._small: dict[str, _Small] = {}
         self._sc: dict[int, ua.StatusCode] = {}
 
@@ -298,6 +301,7 @@ class Space:
         changed = changed_points(self._last_c, self._last_v, codes, v)
         self._last_v, self._last_c = v, codes
         pav, bit, status, null = self._pav, self.bits, self._status, ua.Variant()
+        enqueue = self.notifier.enqueue
         # the hot loop: one new DataValue per changed point, no per-point coroutine
         for i, x, c in zip(
             changed.tolist(), v[changed].tolist(), codes[changed].tolist(), strict=True
@@ -309,36 +313,41 @@ class Space:
             av = pav[i]
             av.value = dv = _datavalue(var, status(c), ts, now)
             if av.datachange_callbacks:
-                await _notify(av, dv)
-        await self._apply_health(snap, ts)
+                enqueue(av, dv)
+        self._apply_health(snap, ts)
         for c, x, w in zip(
             self.site.control_loops, snap.setpoints.tolist(), snap.working.tolist(), strict=True
         ):
-            await self.put(f"{c.name}.setpoint", ua.Variant(x, V.Double), ts)
-            await self.put(f"{c.name}.working", ua.Variant(w, V.Double), ts)
-        await self._apply_workloads(snap, ts)
+            self.put(f"{c.name}.setpoint", x, V.Double, ts)
+            self.put(f"{c.name}.working", w, V.Double, ts)
+        self._apply_workloads(snap, ts)
         for name, x in controller_values(snap).items():
-            var = ua.Variant(x, CONTROLLER_VARS[name][0], is_array=name in ARRAYS)
-            await self.put(f"ctl.{name}", var, ts)
+            self.put(f"ctl.{name}", x, CONTROLLER_VARS[name][0], ts, array=name in ARRAYS)
+        await self.notifier.flush()  # the scan's changes leave in one go
         self.applied += 1
         return len(changed)
 
-    async def put(self, key: str, var: ua.Variant, ts: datetime, code: int = 0) -> None:
-        """A derived variable's value, written only when it or its status changed."""
+    def put(
+        self, key: str, x: Any, vt: V, ts: datetime, code: int = 0, *, array: bool = False
+    ) -> None:
+        """A derived variable's value (``x`` of type ``vt``), written only when it or its
+        status changed."""
         s = self._small[key]
-        same = s.last == var.Value or (_isnan(s.last) and _isnan(var.Value))
+        same = s.last == x or (_isnan(s.last) and _isnan(x))
         if s.code == code and same:
             return
-        s.last, s.code = var.Value, code
-        await _set(s.av, _datavalue(var, self._status(code), ts, datetime.now(UTC)))
+        s.last, s.code = x, code
+        var = ua.Variant(x, vt, is_array=array)
+        s.av.value = dv = _datavalue(var, self._status(code), ts, datetime.now(UTC))
+        if s.av.datachange_callbacks:
+            self.notifier.enqueue(s.av, dv)
 
-    async def _apply_workloads(self, snap: Snapshot, ts: datetime) -> None:
+    def _apply_workloads(self, snap: Snapshot, ts: datetime) -> None:
         v, q, loads = snap.values, snap.quality, snap.status.get("loads", {})
         for ld in self.topo.loads:
             caps = loads.get(ld.name, {})
             for key in ("thermal_cap_kw", "power_cap_kw"):
-                x = ua.Variant(_num(caps.get(key)), V.Double)
-                await self.put(f"{ld.name}.{key}", x, ts)
+                self.put(f"{ld.name}.{key}", _num(caps.get(key)), V.Double, ts)
         for cls in CLASS_ORDER:
             mine = [ld for ld in self.topo.loads if ld.wclass == cls]
             if not mine:
@@ -347,12 +356,12 @@ class Space:
             ok = q[pw] < BAD
             code = 0 if (q[pw] == GOOD).all() else S.Uncertain if ok.any() else S.BadSensorFailure
             total = float(np.sum(v[pw][ok])) if ok.any() else math.nan
-            await self.put(f"wl.{cls}.power", ua.Variant(total, V.Double), ts, code)
+            self.put(f"wl.{cls}.power", total, V.Double, ts, code)
             en = np.array([ld.enable for ld in mine])
             on = int(np.count_nonzero((v[en] >= 0.5) & (q[en] < BAD)))
-            await self.put(f"wl.{cls}.enabled", ua.Variant(on, V.UInt32), ts)
+            self.put(f"wl.{cls}.enabled", on, V.UInt32, ts)
 
-    async def _apply_health(self, snap: Snapshot, ts: datetime) -> None:
+    def _apply_health(self, snap: Snapshot, ts: datetime) -> None:
         """NE107 per device, vectorised over devices; written where it changed."""
         q, f, v, nd = snap.quality, snap.flags, snap.values, len(self.devices)
         maxq = np.zeros(nd, np.uint8)
@@ -379,30 +388,13 @@ class Space:
         for d in np.flatnonzero((state != self._health) | (state != NORMAL)).tolist():
             dev, st = self.devices[d], int(state[d])
             why_text = health_reason(dev, self.pmap, snap, st, bool(failsafe[d]))
-            await self.put(f"{dev.path}/DeviceHealth", ua.Variant(st, V.Int32), ts)
-            await self.put(f"{dev.path}/DeviceHealthReason", ua.Variant(why_text, V.String), ts)
+            self.put(f"{dev.path}/DeviceHealth", st, V.Int32, ts)
+            self.put(f"{dev.path}/DeviceHealthReason", why_text, V.String, ts)
         self._health = state
 
 
 def _isnan(x: object) -> bool:
     return isinstance(x, float) and math.isnan(x)
-
-
-async def _set(av: AttributeValue, dv: ua.DataValue) -> None:
-    """What ``AddressSpace.write_attribute_value`` does, less its per-call lookups and
-    type checks (our values have their node's type by construction)."""
-    av.value = dv
-    if av.datachange_callbacks:
-        await _notify(av, dv)
-
-
-async def _notify(av: AttributeValue, dv: ua.DataValue) -> None:
-    """The monitored items of a value (the subscriptions' data-change callbacks)."""
-    for handle, cb in list(av.datachange_callbacks.items()):
-        try:
-            await cb(handle, dv)
-        except Exception:  # one broken subscription must not stop the others
-            log.exception("datachange callback %s failed", handle)
 
 
 class Published(ua.DataValue):
