@@ -303,15 +303,25 @@ class RealTimeController:
 
     def after_scan(self) -> None:
         """Between two scans: give the commands the CLI's inbox and the faces queued
-        (they act at the next scan), then hand the faces this scan's picture (a
-        copy: no face ever holds the scan up; each applies it in its own time)."""
+        (they act at the next scan)."""
         self.serve_inbox()
         for face in self.faces:
             face.serve(self.command)
-        if self.faces:
-            snap = Snapshot.of_run(self)
-            for face in self.faces:
-                face.publish(snap)
+
+    def _publish(self, now: float, status: dict[str, object]) -> None:
+        """Hand the faces this scan's picture as soon as it is decided, before its
+        writes go out: SCADA sees a scan without waiting for Modbus, and no face ever
+        holds the scan up (a copy, handed over in O(1); each applies it in its own time)."""
+        snap = Snapshot.of(
+            self.ctrl,
+            now,
+            status=status,
+            scans=self.scans + 1,
+            overruns=self.overruns,
+            scan_ms=self.scan_ms[-1] if self.scan_ms else math.nan,
+        )
+        for face in self.faces:
+            face.publish(snap)
 
     def _audit(self, a: Audit) -> None:
         self.historian.record_audit(a.t, a.who, a.where, a.target, a.old, a.new, a.why, ok=a.ok)
@@ -323,6 +333,8 @@ class RealTimeController:
         price = self.price_feed(now) if self.price_feed is not None else None
         obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price)
         res = self.ctrl.scan(obs)
+        if self.faces:
+            self._publish(now, res.status)
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
             for w, o in zip(res.writes, outcomes, strict=True):

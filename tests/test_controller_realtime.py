@@ -41,6 +41,57 @@ async def _until(pred, timeout: float, step: float = 0.05) -> bool:
     return pred()
 
 
+@pytest.mark.timeout(60)
+def test_faces_get_each_scans_picture_before_its_writes_go_out(tmp_path):
+    """SCADA sees a scan without waiting for its Modbus writes; the picture is the
+    scan's own (its time, counters and status), and a copy."""
+    site = demo_site()
+
+    async def scenario() -> None:
+        sp = ServedPlant(ScenarioPlant(site, "normal-day"), speed=1.0)
+        _, port = await sp.server.start_tcp("127.0.0.1", 0)
+        plant_task = asyncio.create_task(sp.run())
+        cfg = RunConfig(
+            site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.2, 0.1,
+            built_in_plant=False, forecast=False,
+        )  # fmt: skip
+        rt = RealTimeController(cfg)
+        order: list[tuple[str, object]] = []
+        write = rt.io.write
+
+        async def writes(pairs):
+            order.append(("write", len(pairs)))
+            return await write(pairs)
+
+        class Face:
+            def publish(self, snap) -> None:
+                order.append(("publish", snap))
+
+            def serve(self, give) -> int:
+                return 0
+
+        rt.io.write = writes
+        rt.faces.append(Face())
+        try:
+            for _ in range(6):
+                order.clear()
+                await rt.scan_once()
+                rt.after_scan()
+                kinds = [k for k, _ in order]
+                assert kinds[0] == "publish" and kinds.count("publish") == 1, kinds
+                snap = order[0][1]
+                assert snap.t == rt.ctrl.t_last and snap.scans == rt.scans
+                assert dict(snap.status) == rt.last and snap.status is not rt.last
+                await asyncio.sleep(0.2)
+            assert any(k == "write" for k, _ in order), "the scans wrote nothing"
+        finally:
+            await rt.close()
+            plant_task.cancel()
+            await sp.server.stop()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.timeout(90)
 def test_losing_the_plant_mid_run_alarms_goes_fail_safe_plc_falls_back_and_recovers(tmp_path):
     site = demo_site()

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections import deque
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -315,23 +313,6 @@ def test_publishing_never_waits_for_a_busy_server(rig, demo_pmap):
     blocked.result(10)
     rig.publish()
     assert _read(rig, "site.power_kw").Value.Value == 2099.0
-
-
-def test_the_run_loop_snapshot_carries_its_counters_and_status(site, demo_pmap):
-    ctrl = Controller(site, demo_pmap)
-    ctrl.t_last = 7.0
-    rt = SimpleNamespace(
-        ctrl=ctrl,
-        last={"mode": "auto", "import_limit_kw": 2870.0},
-        scans=12,
-        overruns=1,
-        scan_ms=deque([3.5, 4.25]),
-    )
-    snap = Snapshot.of_run(rt)
-    assert (snap.t, snap.scans, snap.overruns, snap.scan_ms) == (7.0, 12, 1, 4.25)
-    assert snap.status["import_limit_kw"] == 2870.0
-    rt.last["import_limit_kw"] = 1.0
-    assert snap.status["import_limit_kw"] == 2870.0
 
 
 def test_a_snapshot_is_a_read_only_copy(site, demo_pmap):

@@ -14,15 +14,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ..core.alarms import AlarmRecord
 from ..core.controller import Controller
-
-if TYPE_CHECKING:
-    from ..run import RealTimeController
 
 
 def _frozen(a: np.ndarray, dtype: type | np.dtype) -> np.ndarray:
@@ -82,17 +79,6 @@ class Snapshot:
             scans=scans,
             overruns=overruns,
             scan_ms=scan_ms,
-        )
-
-    @classmethod
-    def of_run(cls, rt: RealTimeController) -> Snapshot:
-        """What ``thermogate run`` publishes after each scan."""
-        return cls.of(
-            rt.ctrl,
-            status=rt.last,
-            scans=rt.scans,
-            overruns=rt.overruns,
-            scan_ms=rt.scan_ms[-1] if rt.scan_ms else math.nan,
         )
 
 
