@@ -7,8 +7,16 @@ point's NodeId is its name in the site's ``NAMESPACE``) in one
 subscription at ``--publish-ms``, prints ``subscribed N`` once the items are
 created, and on SIGTERM saves every data change it received to ``OUT`` (numpy
 ``.npz``: the item's index, the value's SourceTimestamp — the scan that
-produced it — and the wall time it arrived), prints ``notifications K`` and
-exits. The bench stops it with SIGSTOP to play a client that hangs.
+produced it — and the wall time its PublishResponse arrived, decoded), prints
+``notifications K`` and exits. The bench stops it with SIGSTOP to play a
+client that hangs.
+
+A change is timed when its PublishResponse has arrived and been decoded, and
+each response is read in one pass, as SCADA drivers read them. asyncua's own
+client hands every notification to its handler as an asyncio task of its own
+(``--per-item``): at 4,000 changes a scan that alone adds ~0.1 s, and its one
+outstanding Publish request waits for it — a cost of that client, not of the
+server measured here; ``--per-item`` times changes that way instead.
 """
 
 from __future__ import annotations
@@ -29,19 +37,35 @@ CHUNK = 1000  # monitored items per CreateMonitoredItems request
 
 class _Record:
     def __init__(self) -> None:
-        self.index: dict[Any, int] = {}
+        self.index: dict[Any, int] = {}  # NodeId -> item
+        self.by_handle: dict[int, int] = {}  # client handle -> item
         self.item: list[int] = []
         self.source: list[float] = []
         self.arrived: list[float] = []
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        """asyncua's per-notification handler (``--per-item``)."""
         ts = data.monitored_item.Value.SourceTimestamp
         self.item.append(self.index.get(node.nodeid, -1))
         self.source.append(ts.timestamp() if ts is not None else math.nan)
         self.arrived.append(time.time())
 
+    def publish_result(self, result: ua.PublishResult) -> None:
+        """A whole PublishResponse, read in one pass."""
+        now = time.time()
+        for nd in result.NotificationMessage.NotificationData or ():
+            if not isinstance(nd, ua.DataChangeNotification):
+                continue
+            for it in nd.MonitoredItems:
+                ts = it.Value.SourceTimestamp if it.Value is not None else None
+                self.item.append(self.by_handle.get(it.ClientHandle, -1))
+                self.source.append(ts.timestamp() if ts is not None else math.nan)
+                self.arrived.append(now)
 
-async def _main(url: str, namespace: str, nodes_file: str, out: str, publish_ms: float) -> int:
+
+async def _main(
+    url: str, namespace: str, nodes_file: str, out: str, publish_ms: float, per_item: bool
+) -> int:
     with open(nodes_file, encoding="utf-8") as f:
         names = [line.strip() for line in f if line.strip()]
     stop = asyncio.Event()
@@ -59,6 +83,15 @@ async def _main(url: str, namespace: str, nodes_file: str, out: str, publish_ms:
             nodes = [client.get_node(n) for n in ids[i : i + CHUNK]]
             handles = await sub.subscribe_data_change(nodes, queuesize=1)
             made += sum(1 for h in handles if isinstance(h, int))
+        rec.by_handle = {
+            h: rec.index.get(d.node.nodeid, -1)
+            for h, d in sub._monitored_items.items()
+            if d.node is not None
+        }
+        if not per_item:  # the session hands this subscription's responses to us whole
+            client.uaclient.session._subscription_callbacks[sub.subscription_id] = (
+                rec.publish_result
+            )
         print(f"subscribed {made}", flush=True)
         await stop.wait()
     np.savez(
@@ -78,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("nodes_file")
     ap.add_argument("out")
     ap.add_argument("--publish-ms", type=float, default=250.0)
+    ap.add_argument("--per-item", action="store_true", help="asyncua's per-notification handler")
     a = ap.parse_args(argv)
-    return asyncio.run(_main(a.url, a.namespace, a.nodes_file, a.out, a.publish_ms))
+    return asyncio.run(_main(a.url, a.namespace, a.nodes_file, a.out, a.publish_ms, a.per_item))
 
 
 if __name__ == "__main__":
