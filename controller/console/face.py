@@ -80,6 +80,7 @@ class ConsoleFace:
             clock=clock,
         )
         self._stores: list[UserStore | HistoryReader] = []
+        self._reader: HistoryReader | None = None  # the console thread's own
 
     # -- the Face protocol (run loop) -------------------------------------------
     def publish(self, snapshot: Snapshot) -> None:
@@ -113,8 +114,7 @@ class ConsoleFace:
 
     def _make_console(self) -> Console:
         users = UserStore(self.db)
-        reader = HistoryReader(self.db, self.site.name)
-        self._stores = [users, reader]
+        self._stores = [users]
         self.port.on_close = self._close_stores
 
         def authenticate(name: str, secret: str) -> Principal:
@@ -125,7 +125,10 @@ class ConsoleFace:
             return None if u is None else u.role
 
         def trend(name: str, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
-            got = reader.telemetry([name], t0, t1)
+            if self._reader is None:  # opened on first use: the historian may be new
+                self._reader = HistoryReader(self.db, self.site.name)
+                self._stores.append(self._reader)
+            got = self._reader.telemetry([name], t0, t1)
             return got["t"], got.get(name, np.full(len(got["t"]), np.nan))
 
         session = Session(

@@ -189,7 +189,8 @@ class Shell:
                 except ValueError as exc:
                     raise Unknown(str(exc)) from None
             return OverrideActuator(name, _number(args[1]), dur, why)
-        arg = self._one(args, v)
+        # an alarm's key may hold a space ("power:site import"): the rest of the line
+        arg = " ".join(args) if v.name == "ack" and args else self._one(args, v)
         every = arg.lower() == "all"
         if v.name == "auto":
             overridden = list(snap.status.get("overrides", {}) or {})
@@ -470,7 +471,10 @@ class Shell:
         if trend is None:
             return "no historian to read trends from"
         t1 = snap.t if math.isfinite(snap.t) else now
-        t, x = trend(name, t1 - window, t1)
+        try:
+            t, x = trend(name, t1 - window, t1)
+        except Exception as exc:  # no historian yet, a locked file: said, never fatal
+            return f"no trend of {name}: the historian cannot be read ({exc})"
         unit = self.pmap[name].unit
         return sparkline(name, unit, t, x, t1 - window, t1)
 
@@ -537,8 +541,11 @@ def resolve(word: str, candidates: Sequence[str], what: str, *, hint: str = "") 
     if len(found) == 1:
         return found[0]
     if found:
-        more = f", ... {len(found) - LIST_MAX} more" if len(found) > LIST_MAX else ""
-        raise Unknown(f"'{word}' is ambiguous: {', '.join(sorted(found)[:LIST_MAX])}{more}")
+        # equipment stands for its points: tank10, not tank10.enable, tank10.level, ...
+        top = sorted(c for c in found if not any(c.startswith(o + ".") for o in found))
+        more = f", ... {len(top) - LIST_MAX} more" if len(top) > LIST_MAX else ""
+        points = " (and their points)" if len(top) < len(found) else ""
+        raise Unknown(f"'{word}' is ambiguous: {', '.join(top[:LIST_MAX])}{more}{points}")
     near = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
     if near:
         raise Unknown(f"no {what} '{word}' (did you mean {' or '.join(near)}?)")
