@@ -252,10 +252,13 @@ class Shell:
         for lp in self.site.loops:
             x = float(v[ix.loop[lp.name].supply_temp])
             loops.append(f"{lp.name} supply {_num(x)}/{lp.supply_alarm_c:g}")
+        out.append("  " + ", ".join(loops))
+        cdus = []
         for c in self.site.cdus:
             x = float(v[ix.cdu[c.name].supply_temp])
-            loops.append(f"{c.name} supply {_num(x)}/{c.supply_alarm_c:g}")
-        out.append("  " + ", ".join(loops))
+            cdus.append(f"{c.name} supply {_num(x)}/{c.supply_alarm_c:g}")
+        if cdus:
+            out.append("  " + ", ".join(cdus))
         alarms = snap.alarms
         active = sum(1 for a in alarms if a.active)
         unacked = sum(1 for a in alarms if not a.acked)
