@@ -63,6 +63,7 @@ class SerialLink:
             stopbits=serial.STOPBITS_ONE,
             timeout=READ_S,
             write_timeout=WRITE_S,
+            exclusive=True,  # a second program on the port would steal half the keystrokes
         )
 
     def read(self, n: int) -> bytes:
