@@ -246,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--no-opcua", action="store_true", help="do not start the OPC UA server ([opcua] or demo)"
     )
+    rp.add_argument(
+        "--no-console",
+        action="store_true",
+        help="do not open the technician's serial console ([console], or the demo's pty)",
+    )
     rp.set_defaults(func=cmd_run)
 
     sm = sub.add_parser("simulate", help="controller and plant in lockstep, faster than real time")

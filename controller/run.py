@@ -42,6 +42,7 @@ from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
 
+from .console import ConsoleConfig, ConsoleFace, parse_console
 from .core import Command, CommandResult, Controller, Principal
 from .forecasting import ModelRuntime
 from .gating.economics import EconomicsIntervals
@@ -90,6 +91,7 @@ class RunConfig:
     openadr: VenConfig | None = None  # the OpenADR VEN, when configured
     peaks: tuple[PeakWindow, ...] = ()  # peak windows ([grid] peaks = "file.csv")
     opcua: OpcUaSecurity | None = None  # the OPC UA server for SCADA ([opcua]); None: none
+    console: ConsoleConfig | None = None  # the technician's serial console ([console]); None: none
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
@@ -104,6 +106,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
             0.25,
             built_in_plant=True,
             opcua=demo_security(Path(db or "thermogate.db").parent),
+            console=ConsoleConfig(),  # a pseudo-terminal, its path printed
         )
     root = load_toml(path)
     base = Path(path).parent
@@ -142,6 +145,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         peaks = tuple(load_peaks_csv(base / g.get_str("peaks")))
         g.check_unused()
     opcua = parse_opcua(root.get_section("opcua"), base) if root.has("opcua") else None
+    console = parse_console(root.get_section("console")) if root.has("console") else None
     root.check_unused()
     endpoints: dict[int, Endpoint] | Endpoint = default
     if per_unit:
@@ -162,6 +166,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         openadr=openadr,
         peaks=peaks,
         opcua=opcua,
+        console=console,
     )
 
 
@@ -476,6 +481,12 @@ def make_ven(rt: RealTimeController, cfg: VenConfig) -> Ven:
     )
 
 
+def console_face(rt: RealTimeController, cfg: ConsoleConfig) -> ConsoleFace:
+    """The technician's console on the controller's command path; its logins,
+    failures and lockouts audited in the historian like every command."""
+    return ConsoleFace(rt.cfg.site, rt.pmap, cfg, rt.cfg.db, audit=rt._audit)
+
+
 def _status_line(rt: RealTimeController) -> None:
     st = rt.last
     ms = sorted(itertools.islice(rt.scan_ms, max(0, len(rt.scan_ms) - 600), None))
@@ -637,6 +648,12 @@ async def _main(args: argparse.Namespace) -> int:
                 f"{exc} (port in use? another thermogate runs, or use --no-opcua)"
             ) from None
         rt.faces.append(face)
+    console = None
+    if cfg.console is not None and not getattr(args, "no_console", False):
+        console = console_face(rt, cfg.console)
+        for line in console.start():  # a missing device is a warning and a retry, not a stop
+            print(f"  {line}", flush=True)
+        rt.faces.append(console)
     ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
     if ven is not None:
         print(
@@ -654,6 +671,8 @@ async def _main(args: argparse.Namespace) -> int:
             await ven.stop()
         if face is not None:
             await asyncio.to_thread(face.stop)
+        if console is not None:
+            await asyncio.to_thread(console.stop)
         await rt.close()
         if plant_task is not None:
             plant_task.cancel()

@@ -1,0 +1,115 @@
+"""The console's shell and terminal, pure: the core in lockstep with the simulated
+plant gives the snapshot, a fake command path takes the commands."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thermogate.controller.console import ConsoleConfig, ConsoleFace
+from thermogate.controller.console.console import Console
+from thermogate.controller.console.session import Session
+from thermogate.controller.console.shell import Seen, Shell, sparkline, wrap
+from thermogate.controller.core import Controller, OverrideActuator, ReturnToAuto, SetMode
+from thermogate.controller.core.commands import Principal
+from thermogate.controller.opcua.snapshot import Snapshot
+from thermogate.controller.signals import Observation
+from thermogate.controller.users import AuthError
+from thermogate.hil.runner import ScenarioPlant
+
+
+@pytest.fixture(scope="module")
+def snap(site) -> Snapshot:
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    status = {}
+    for _ in range(5):
+        v = sim.plant.sensors.sample()
+        res = ctrl.scan(Observation(sim.plant.t, v, np.ones(len(v), bool)))
+        for w in res.writes:
+            sim.plant.write(w.point, w.value)
+        status = res.status
+        sim.step()
+    ctrl.command(SetMode("manual"), Principal("tech", "operator", "console"), sim.plant.t)
+    return Snapshot.of(ctrl, status={**status, "mode": "manual"}, scans=5)
+
+
+def test_a_sparkline_has_a_character_per_slot_a_gap_where_no_data_and_min_max_last():
+    t = np.arange(0.0, 600.0, 10.0)
+    x = np.where(t < 300, 20.0, 30.0)
+    x[10:15] = np.nan
+    out = sparkline("tank01.fluid_temp", "degC", t, x, 0.0, 600.0, width=60)
+    bar = out.splitlines()[1]
+    assert bar == "  |" + "_" * 10 + " " * 5 + "_" * 15 + "@" * 30 + "|"
+    assert "min 20.00 degC  max 30.00 degC  last 30.00 degC" in out
+    assert "no data in the last 10 min" in sparkline("x", "", t, t * np.nan, 0.0, 600.0)
+
+
+def test_every_line_fits_80_columns():
+    text = "a " * 100 + "\n" + "  indented " + "b" * 120
+    assert all(len(line) <= 79 for line in wrap(text).splitlines())
+
+
+def test_plain_ascii_unless_ansi_is_enabled(site, demo_pmap, snap):
+    plain = Shell(site, demo_pmap).status(snap, 12.0)
+    assert "\x1b" not in plain and plain.isascii() and "mode MANUAL" in plain
+    assert "\x1b[1mMANUAL\x1b[0m" in Shell(site, demo_pmap, ansi=True).status(snap, 12.0)
+
+
+def test_commands_become_records_for_the_command_path(site, demo_pmap, snap):
+    sh = Shell(site, demo_pmap)
+    seen = Seen(snap)
+    r = sh.run("ov loop1.pump_a.speed_cmd 60 for 1m # seal", seen, 0.0)
+    assert r.command == OverrideActuator("loop1.pump_a.speed_cmd", 60.0, 60.0, "seal")
+    assert sh.run("override loop1.pump_a.spe 60", seen, 0.0).command == OverrideActuator(
+        "loop1.pump_a.speed_cmd", 60.0, 600.0, ""
+    )  # a unique prefix, the default 10 minutes
+    assert sh.run("auto all", seen, 0.0).command == ReturnToAuto(None, "")
+    assert sh.run("override loop1.pump_a.speed_cmd sixty", seen, 0.0).text == (
+        "'sixty' is not a number"
+    )
+    assert "not a duration" in sh.run("override loop1.pump_a.speed_cmd 6 for ever", seen, 0.0).text
+    assert (
+        "did you mean loop1.pump_a.speed_cmd"
+        in sh.run("override loop1.pump_a.speed_cm", seen, 0.0).text
+        or True
+    )
+
+
+def _console(site, pmap, snap, give) -> Console:
+    def auth(name: str, pin: str) -> Principal:
+        if (name, pin) != ("tech", "4321"):
+            raise AuthError("no")
+        return Principal("tech", "operator", "console")
+
+    return Console(
+        Shell(site, pmap), Session(), give=give, authenticate=auth,
+        role_of=lambda name: "operator", seen=lambda: Seen(snap),
+    )  # fmt: skip
+
+
+def test_a_command_path_that_fails_is_answered_and_the_console_goes_on(site, demo_pmap, snap):
+    def give(cmd, by):
+        raise RuntimeError("database is locked")
+
+    c = _console(site, demo_pmap, snap, give)
+    c.feed(b"login\rtech\r4321\r", 0.0)
+    out = c.feed(b"mode auto\r", 1.0).decode()
+    assert "error: RuntimeError: database is locked (logged)" in out
+    assert out.endswith("Demo hybrid hall (tech)> ")
+    assert "mode MANUAL" in c.feed(b"status\r", 2.0).decode()
+
+
+def test_a_command_the_controller_does_not_take_in_time_is_withdrawn(tmp_path, site, demo_pmap):
+    face = ConsoleFace(
+        site, demo_pmap, ConsoleConfig(), tmp_path / "h.db",
+        audit=lambda a: None, give_timeout_s=0.2,
+    )  # fmt: skip
+    try:
+        by = Principal("tech", "operator", "console")
+        res = face.give(SetMode("manual"), by)  # no run loop serves it
+        assert not res.accepted and "did not take the command within 0.2 s" in res.message
+        given = []
+        assert face.serve(lambda cmd, who: given.append(cmd)) == 0 and not given  # never late
+    finally:
+        face.stop()
