@@ -147,7 +147,7 @@ def test_a_write_without_login_is_refused_and_nothing_reaches_the_core(rig, term
     out = term.cmd(f"override {PUMP} 55 for 1m")
     assert out.startswith("refused: log in first")
     assert term.cmd("set loop1_supply 30").startswith("refused: log in first")
-    time.sleep(0.5)  # a scan or two: had it been queued, it would be given now
+    time.sleep(1.2)  # a scan or two: had it been queued, it would be given now
     assert PUMP not in rig.rt.ctrl.state.overrides
     assert not audit(rig, t0, where="console", point=PUMP)
 
@@ -176,6 +176,7 @@ def test_every_change_goes_through_the_command_path_and_is_audited_as_console_us
     assert re.search(
         r"loop1_supply setpoint \S+ -> 31 by console:tech", term.cmd("set loop1_sup 31")
     )
+    rig.settled()
     assert "overridden to 55 % for 5 min by console:tech" in term.cmd(
         "override loop1.dc1.fan_cmd 55 for 5m"
     )
@@ -224,8 +225,9 @@ def test_a_removed_users_session_loses_its_role_at_the_next_command(rig, term):
 def test_an_override_expires_by_itself_and_the_pump_returns_to_auto_all_audited(rig, term):
     t0 = time.time()
     term.login("tech")
-    out = term.cmd(f"override {PUMP} 61.5 for 2s # seal check")
-    assert out == f"{PUMP} overridden to 61.5 % for 2 s by console:tech\n"
+    rig.settled()
+    out = term.cmd(f"override {PUMP} 61.5 for 4s # seal check")
+    assert out == f"{PUMP} overridden to 61.5 % for 4 s by console:tech\n"
     assert until(lambda: "HAND 61.5 by console:tech" in term.cmd(f"show {PUMP}"), 5.0)
     assert until(lambda: PUMP not in rig.rt.ctrl.state.overrides, 10.0)
     assert "HAND" not in until(lambda: (o := term.cmd(f"show {PUMP}")) and "HAND" not in o and o)
