@@ -72,7 +72,9 @@ async def _main(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     rec = _Record()
-    client = Client(url, timeout=30)
+    # asyncua's watchdog gives up on a server that takes over 1 s to read its state;
+    # SCADA drivers wait longer (the naive baseline's server is busy for seconds)
+    client = Client(url, timeout=30, watchdog_intervall=10.0)
     async with client:
         idx = await client.get_namespace_index(namespace)
         ids = [ua.NodeId(n, idx) for n in names]
