@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import threading
@@ -217,6 +218,11 @@ class OpcUaFace:
         if self.reader_factory is not None:
             serve_history(server, self.reader_factory, space.historized)
         await server.start()
+        # the address space lives as long as the server: out of the collector's sight,
+        # or each full collection walks its million objects again (~1 s, a scan's
+        # changes held up meanwhile; bench opcua's worst latency)
+        gc.collect()
+        gc.freeze()
         try:
             n = len(self.pmap)
             self._lines = [
