@@ -226,10 +226,12 @@ def test_an_override_expires_by_itself_and_the_pump_returns_to_auto_all_audited(
     t0 = time.time()
     term.login("tech")
     rig.settled()
-    out = term.cmd(f"override {PUMP} 61.5 for 4s # seal check")
-    assert out == f"{PUMP} overridden to 61.5 % for 4 s by console:tech\n"
-    assert until(lambda: "HAND 61.5 by console:tech" in term.cmd(f"show {PUMP}"), 5.0)
-    assert until(lambda: PUMP not in rig.rt.ctrl.state.overrides, 10.0)
+    # 8 s: several scans in hand even if a late read on a loaded host makes the
+    # loop's zone fail-safe for one (protection then holds the pump, as it must)
+    out = term.cmd(f"override {PUMP} 61.5 for 8s # seal check")
+    assert out == f"{PUMP} overridden to 61.5 % for 8 s by console:tech\n"
+    assert until(lambda: "HAND 61.5 by console:tech" in term.cmd(f"show {PUMP}"), 8.0)
+    assert until(lambda: PUMP not in rig.rt.ctrl.state.overrides, 15.0)
     assert "HAND" not in until(lambda: (o := term.cmd(f"show {PUMP}")) and "HAND" not in o and o)
     rows = until(
         lambda: (r := audit(rig, t0, point=PUMP)) and any("expired" in a["why"] for a in r) and r
