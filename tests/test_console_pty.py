@@ -51,8 +51,9 @@ def term(rig):
 
 
 def audit(rig, since: float, **match) -> list[dict]:
-    with HistoryReader(rig.db) as r:
-        return [a for a in r.audit(since - 1.0) if all(a[k] == v for k, v in match.items())]
+    with HistoryReader(rig.db) as r:  # every row: the reader's default is the newest 1,000
+        rows = r.audit(since - 1.0, limit=1_000_000)
+        return [a for a in rows if all(a[k] == v for k, v in match.items())]
 
 
 def until(pred, timeout: float = 15.0, step: float = 0.1):
