@@ -231,21 +231,24 @@ def test_an_override_expires_by_itself_and_the_pump_returns_to_auto_all_audited(
     t0 = time.time()
     term.login("tech")
     rig.settled()
+    # a value below the pump's command now: written at once (a raise is rate-limited),
+    # and never the value it already has (nothing to write then)
+    now = float(rig.rt.ctrl.values[rig.rt.pmap.position(PUMP)])
+    x = round(max(40.0, now - 8.0) * 2.0) / 2.0
     # 8 s: several scans in hand even if a late read on a loaded host makes the
     # loop's zone fail-safe for one (protection then holds the pump, as it must)
-    out = term.cmd(f"override {PUMP} 61.5 for 8s # seal check")
-    assert out == f"{PUMP} overridden to 61.5 % for 8 s by console:tech\n"
-    assert until(lambda: "HAND 61.5 by console:tech" in term.cmd(f"show {PUMP}"), 8.0)
+    out = term.cmd(f"override {PUMP} {x:g} for 8s # seal check")
+    assert out == f"{PUMP} overridden to {x:g} % for 8 s by console:tech\n"
+    assert until(lambda: f"HAND {x:g} by console:tech" in term.cmd(f"show {PUMP}"), 8.0)
     assert until(lambda: PUMP not in rig.rt.ctrl.state.overrides, 15.0)
     assert "HAND" not in until(lambda: (o := term.cmd(f"show {PUMP}")) and "HAND" not in o and o)
     rows = until(
         lambda: (r := audit(rig, t0, point=PUMP)) and any("expired" in a["why"] for a in r) and r
     )
     mine = [a for a in rows if a["who"] == "tech"]
-    assert (
-        mine[0]["where"] == "console" and mine[0]["new"] == 61.5 and "seal check" in mine[0]["why"]
-    )
-    assert any(a["who"] == "tech" and a["new"] == 61.5 for a in mine[1:])  # the write, as tech
+    assert mine[0]["where"] == "console" and mine[0]["new"] == x and "seal check" in mine[0]["why"]
+    seen = [(round(a["t"] - t0, 2), a["who"], a["old"], a["new"], a["why"]) for a in rows]
+    assert any(a["new"] == x for a in mine[1:]), seen  # the write, as tech
     gone = [a for a in rows if "expired" in a["why"]]
     assert gone[0]["who"] == "controller"
 
