@@ -72,6 +72,20 @@ def _sends(rig: Rig, sid: int) -> list[float]:
     return times
 
 
+async def _one_item_at_rest(
+    rig: Rig, c: Client, name: str, period: float
+) -> tuple[Got, list[float]]:
+    """A subscription at ``period`` s monitoring ``name``, its first value in, the
+    times its server side sends, and one whole interval gone by (the cycle is free)."""
+    got = Got()
+    sub = await c.create_subscription(period * 1000, got)
+    await sub.subscribe_data_change(c.get_node(rig.node_id(name)))
+    await got.until(1)
+    sends = _sends(rig, sub.subscription_id)
+    await asyncio.sleep(period + 0.3)
+    return got, sends
+
+
 def test_every_change_of_each_scan_reaches_every_subscription_once(rig, demo_pmap):
     pos = [demo_pmap.position(n) for n in NAMES]
 
@@ -131,12 +145,7 @@ def test_a_scans_changes_leave_at_once_not_at_the_next_cycle(rig, demo_pmap):
     i = demo_pmap.position("tank05.fluid_temp")
 
     async def fn(c: Client) -> tuple[float, float]:
-        got = Got()
-        sub = await c.create_subscription(period * 1000, got)
-        await sub.subscribe_data_change(c.get_node(rig.node_id("tank05.fluid_temp")))
-        await got.until(1)
-        sends = _sends(rig, sub.subscription_id)
-        await asyncio.sleep(period + 0.3)  # past one whole interval: the cycle is free
+        got, sends = await _one_item_at_rest(rig, c, "tank05.fluid_temp", period)
         rig.values[i] += 3.0
         t_apply = time.monotonic()
         await asyncio.to_thread(rig.publish)
@@ -154,12 +163,7 @@ def test_never_two_messages_within_one_publishing_interval(rig, demo_pmap):
     i = demo_pmap.position("tank06.fluid_temp")
 
     async def fn(c: Client) -> list[float]:
-        got = Got()
-        sub = await c.create_subscription(period * 1000, got)
-        await sub.subscribe_data_change(c.get_node(rig.node_id("tank06.fluid_temp")))
-        await got.until(1)
-        sends = _sends(rig, sub.subscription_id)
-        await asyncio.sleep(period + 0.2)  # past one whole interval: the cycle is free
+        got, sends = await _one_item_at_rest(rig, c, "tank06.fluid_temp", period)
         for k in range(2):  # a scan, and the next one right after its message left
             rig.values[i] = 40.0 + k
             await asyncio.to_thread(rig.publish)

@@ -12,7 +12,6 @@ taken by then is withdrawn and will never be applied late.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import math
 import time
@@ -27,7 +26,7 @@ from thermogate.plc.site import Site
 
 from ..core.commands import Command, CommandResult, Principal
 from ..historian.reader import HistoryReader
-from ..opcua.bridge import CommandBridge, not_taken
+from ..opcua.bridge import CommandBridge, give_blocking
 from ..opcua.snapshot import Snapshot
 from ..signals import Audit
 from ..users import UserStore
@@ -152,15 +151,9 @@ class ConsoleFace:
 
     def give(self, cmd: Command, by: Principal) -> CommandResult:
         """Console thread: queue ``cmd`` for the run loop and wait for its answer."""
-        fut = self.bridge.submit(cmd, by)
-        try:
-            res = fut.result(self.give_timeout_s)
-        except concurrent.futures.TimeoutError:
-            if fut.cancel():
-                res = not_taken(cmd, by, self.give_timeout_s)
-                self._journal.append(res.audit)
-                return res
-            res = fut.result()  # being given this very moment: the true answer
+        res, withdrawn = give_blocking(self.bridge, cmd, by, self.give_timeout_s)
+        if withdrawn:
+            self._journal.append(res.audit)
         return res
 
 

@@ -74,6 +74,21 @@ def not_taken(cmd: Command, by: Principal, timeout_s: float) -> CommandResult:
     )
 
 
+def give_blocking(
+    bridge: CommandBridge, cmd: Command, by: Principal, timeout_s: float
+) -> tuple[CommandResult, bool]:
+    """``give``'s twin for a thread of its own (the console): submit ``cmd`` and wait
+    for its result; returns it and whether the command was withdrawn (not taken in
+    ``timeout_s``; its refusal is then the caller's to audit)."""
+    fut = bridge.submit(cmd, by)
+    try:
+        return fut.result(timeout_s), False
+    except concurrent.futures.TimeoutError:
+        if fut.cancel():
+            return not_taken(cmd, by, timeout_s), True
+        return fut.result(), False  # being given this very moment: the true answer
+
+
 async def give(
     bridge: CommandBridge, cmd: Command, by: Principal, timeout_s: float = 10.0
 ) -> CommandResult:
