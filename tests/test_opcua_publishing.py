@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -19,6 +22,7 @@ import pytest
 from asyncua import Client, ua
 from opcua_rig import Rig
 
+from thermogate.controller.opcua.space import namespace_uri
 from thermogate.plc.points import GOOD
 
 NAMES = [f"tank{k:02d}.fluid_temp" for k in range(1, 9)]
@@ -176,3 +180,45 @@ def test_never_two_messages_within_one_publishing_interval(rig, demo_pmap):
 
     sent = rig.client(None, fn)
     assert len(sent) == 2 and sent[1] - sent[0] >= period - 0.01, sent
+
+
+def test_the_bench_client_records_every_change_with_its_scan(rig, demo_pmap, site, tmp_path):
+    """``bench opcua``'s client (another process, its own fast decoder) against the
+    server's fast encoder: every change of each scan, with its scan's time."""
+    pos = [demo_pmap.position(n) for n in NAMES]
+    (tmp_path / "nodes.txt").write_text("".join(n + "\n" for n in NAMES), encoding="utf-8")
+    out = tmp_path / "got.npz"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "thermogate.controller.opcua.benchclient", rig.url,
+         namespace_uri(site), str(tmp_path / "nodes.txt"), str(out), "--publish-ms", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().split() == ["subscribed", str(len(NAMES))]
+
+        async def fn(c: Client) -> list[float]:
+            seen = Got()  # a barrier: the last scan has been sent to subscribers
+            sub = await c.create_subscription(100, seen)
+            await sub.subscribe_data_change(c.get_node(rig.node_id(NAMES[-1])))
+            await seen.until(1)
+            scans = []
+            for k in range(3):  # a scan each time the last one has left (queue size 1)
+                rig.values[pos] = 50.0 + k + np.arange(len(pos)) / 10
+                await asyncio.to_thread(rig.publish)
+                scans.append(rig.t)
+                await seen.until(2 + k)
+                await asyncio.sleep(0.5)  # five publishing intervals
+            await asyncio.sleep(1.5)  # the other process's copy travels as fast
+            return scans
+
+        scans = rig.client(None, fn)
+    finally:
+        client.send_signal(signal.SIGTERM)
+        _, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    got = np.load(out)
+    pairs = set(zip(got["item"].tolist(), np.round(got["source"], 3).tolist(), strict=True))
+    want = {(j, round(t, 3)) for t in scans for j in range(len(NAMES))}
+    assert want <= pairs
+    assert (got["arrived"] >= got["source"]).all()

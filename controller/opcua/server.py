@@ -52,6 +52,7 @@ from .publishing import lock_publishing_to_scans
 from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
 from .space import Space, namespace_uri, status_codes
+from .wire import install_encoder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -197,8 +198,9 @@ class OpcUaFace:
             "urn:thermogate", "thermogate", "thermogate", _version(), _version(), datetime.now(UTC)
         )
         strict_republish(server.iserver)
-        if not self.naive:  # the baseline runs asyncua's own cycle
+        if not self.naive:  # the baseline runs asyncua's own cycle and encoder
             lock_publishing_to_scans()
+            install_encoder()
         # asyncua logs a warning per sample per item for a percent deadband it ignores
         logging.getLogger("asyncua.server.monitored_item_service").setLevel(logging.ERROR)
         lines = await secure(server, self.sec, self.users_db)

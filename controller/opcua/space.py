@@ -24,7 +24,6 @@ address space, so subscriptions carry exactly the changes of each scan.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import math
@@ -58,6 +57,8 @@ from . import nodes
 from .nodes import OID, Builder, Device, V
 from .publishing import Notifier
 from .snapshot import Snapshot
+from .wire import datavalue
+from .wire import double as _double
 
 log = logging.getLogger(__name__)
 S = ua.StatusCodes
@@ -414,49 +415,8 @@ class Published(ua.DataValue):
         return self
 
 
-# Variant and DataValue are slotted dataclasses whose __post_init__ checks and guesses
-# types: a third of the cost of a 10,000-point apply. Our values have their type by
-# construction, so the hot loop fills the slots directly, when asyncua's layout is
-# the one this was written against (else the ordinary constructors).
 _TRUE, _FALSE = ua.Variant(True, V.Boolean), ua.Variant(False, V.Boolean)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_new = object.__new__
-_V_SLOTS = ("Value", "VariantType", "Dimensions", "is_array")
-_DV_SLOTS = ("Encoding", "Value", "StatusCode", "SourceTimestamp", "ServerTimestamp",
-             "SourcePicoseconds", "ServerPicoseconds")  # fmt: skip
 
 
-def _double_fast(x: float) -> ua.Variant:
-    var = _new(ua.Variant)
-    var.Value, var.VariantType, var.Dimensions, var.is_array = x, V.Double, None, False
-    return var
-
-
-def _datavalue_fast(
-    var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime
-) -> ua.DataValue:
-    dv = _new(Published)
-    dv.Encoding, dv.Value, dv.StatusCode = 0, var, sc
-    dv.SourceTimestamp, dv.ServerTimestamp = source, server
-    dv.SourcePicoseconds = dv.ServerPicoseconds = None
-    return dv
-
-
-def _double_std(x: float) -> ua.Variant:
-    return ua.Variant(x, V.Double)
-
-
-def _datavalue_std(
-    var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime
-) -> ua.DataValue:
-    return Published(var, sc, source, server)
-
-
-_fits = (
-    tuple(f.name for f in dataclasses.fields(ua.Variant)) == _V_SLOTS
-    and tuple(f.name for f in dataclasses.fields(ua.DataValue)) == _DV_SLOTS
-    and _datavalue_fast(_double_fast(1.0), ua.StatusCode(), _EPOCH, _EPOCH).Value
-    == ua.Variant(1.0, V.Double)
-)
-_double = _double_fast if _fits else _double_std
-_datavalue = _datavalue_fast if _fits else _datavalue_std
+def _datavalue(var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime) -> Any:
+    return datavalue(Published, var, sc, source, server)
