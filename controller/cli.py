@@ -376,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="approximate site size in points (a site is generated)",
     )
     bsc.add_argument("--scans", type=_positive_int, default=200)
+    bsc.add_argument(
+        "--in-flight",
+        type=_positive_int,
+        default=4,
+        help="read requests outstanding per connection (the plant serves a pipelined stream; 4)",
+    )
     bsc.add_argument("--json", action="store_true")
     bsc.set_defaults(func=cmd_bench)
     bou = bsub.add_parser(

@@ -11,8 +11,12 @@ Reading
 * **One connection per device.** Each unit id has its own
   :class:`~thermogate.plc.transport.ModbusLink` (over TCP a dedicated
   connection, even when several unit ids share one address), and the units
-  are polled concurrently; one unit's requests go in order on its own
-  connection. On an RTU line the units necessarily share the line.
+  are polled concurrently. On its connection a unit has up to
+  ``Endpoint.in_flight`` requests outstanding (TCP default ``TCP_IN_FLIGHT``,
+  sent in address order and matched by transaction id, ``plc/mbap.py``), so a
+  scan waits for about one round trip per ``in_flight`` requests rather than
+  one per request. On an RTU line the units necessarily share the line, one
+  request at a time.
 * **Planned once.** ``plan_reads(points, max_gap=max_gap)`` and one
   :class:`~thermogate.plc.codec.BlockDecoder` per request are built in the
   constructor. A scan copies each decoded block into one flat list with a
@@ -50,7 +54,8 @@ a bad value. Accepted writes are grouped per unit and table: adjacent holding
 registers go in one FC16 (a lone one-register point uses FC6), adjacent coils
 in one FC15 (a lone coil FC5). A request is all or nothing on the device, so
 every write of a failed request reports that request's error. Units are
-written concurrently, requests to one unit in address order. A unit in read
+written concurrently, requests to one unit sent in address order with up to
+``in_flight`` outstanding. A unit in read
 backoff is not written (the write fails at once, saying so). If the same
 point appears more than once in one call, the last value is the one written
 and the earlier entries report ``ok=False`` ("superseded").
@@ -90,6 +95,10 @@ SENTINEL_RAW: dict[str, int] = {
     "i32": -0x8000_0000,
 }
 
+#: Requests in flight per TCP connection unless an endpoint says otherwise: one, as
+#: every Modbus/TCP device takes; a device or gateway that serves a pipelined stream
+#: (most do, in order) is configured with more (``in_flight`` in ``[modbus]``).
+TCP_IN_FLIGHT = 1
 #: The link's own connect backoff; kept negligible so the unit backoff here governs.
 _LINK_BACKOFF_S = 0.01
 #: Part of the scan budget kept for decoding and assembling the result.
@@ -115,6 +124,14 @@ class Endpoint:
     device: str = ""
     baudrate: int = 19200
     parity: str = "E"
+    #: requests outstanding at once on the connection (TCP; a serial line has one)
+    in_flight: int = 0  # 0: the kind's default, TCP_IN_FLIGHT or 1
+
+    @property
+    def requests_in_flight(self) -> int:
+        if self.kind == "rtu":
+            return 1
+        return self.in_flight or TCP_IN_FLIGHT
 
 
 @dataclass
@@ -215,6 +232,7 @@ class _Unit:
     def __init__(self, unit_id: int, link: ModbusLink) -> None:
         self.unit_id = unit_id
         self.link = link
+        self.in_flight = link.in_flight
         self.delay = 0.0
         self.skip_until = 0.0
         self.last_error = ""
@@ -312,7 +330,14 @@ class ModbusIO:
             "backoff_max": _LINK_BACKOFF_S,
         }
         if ep.kind == "tcp":
-            return ModbusLink.tcp(ep.host, ep.port, unit_id, dedicated=True, **common)
+            return ModbusLink.tcp(
+                ep.host,
+                ep.port,
+                unit_id,
+                dedicated=True,
+                in_flight=ep.requests_in_flight,
+                **common,
+            )
         if ep.kind == "rtu":
             if not ep.device:
                 raise ValueError(f"unit {unit_id}: an RTU endpoint needs a device path")
@@ -415,41 +440,53 @@ class ModbusIO:
             return skip
         flat, fresh = scan.flat, scan.fresh
         problems: list[str] = []
-        current: _Block | None = None
-        sent_at = 0.0
+        todo = iter(enumerate(blocks))
+        sent: dict[int, float] = {}  # in flight: block -> when it was sent
+        down: list[str] = []  # why the unit stopped answering, once it did
+
+        async def worker() -> None:  # up to in_flight of them share the unit's blocks
+            for k, block in todo:
+                if down:
+                    return  # a silent unit is not asked again this scan
+                sent[k] = loop.time()
+                try:
+                    data = await unit.link.read(block.table, block.address, block.count)
+                except ModbusDeviceError as exc:
+                    del sent[k]
+                    if exc.exception_code is None:  # no usable answer: the unit is down
+                        down.append(exc.reason)
+                        return
+                    problems.append(exc.reason)  # an answer: only this block is lost
+                    continue
+                del sent[k]
+                try:
+                    flat[block.lo : block.hi] = block.decoder.decode(data)
+                except CodecError as exc:
+                    problems.append(f"read {block.what}: {exc}")
+                    continue
+                fresh[block.lo : block.hi] = True
+
         try:
-            async with asyncio.timeout_at(deadline):
-                for block in blocks:
-                    current, sent_at = block, loop.time()
-                    try:
-                        data = await unit.link.read(block.table, block.address, block.count)
-                    except ModbusDeviceError as exc:
-                        if exc.exception_code is None:  # no usable answer: the unit is down
-                            unit.failed(
-                                loop.time(), exc.reason, self.backoff_initial_s, self.backoff_max_s
-                            )
-                            return _summary([*problems, exc.reason])
-                        problems.append(exc.reason)  # an answer: only this block is lost
-                        continue
-                    current = None
-                    try:
-                        flat[block.lo : block.hi] = block.decoder.decode(data)
-                    except CodecError as exc:
-                        problems.append(f"read {block.what}: {exc}")
-                        continue
-                    fresh[block.lo : block.hi] = True
+            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as tg:
+                for _ in range(min(unit.in_flight, len(blocks))):
+                    tg.create_task(worker())
         except TimeoutError:
             now = loop.time()
-            if current is None:
+            if not sent:
                 return _summary([*problems, "scan budget spent before the last reads"])
+            k, sent_at = min(sent.items(), key=lambda kv: kv[1])
             waited = now - sent_at
-            reason = f"read {current.what}: no answer within the scan budget ({waited:.3f} s)"
+            reason = f"read {blocks[k].what}: no answer within the scan budget ({waited:.3f} s)"
             if waited >= self.timeout_s:  # it had its timeout: the unit is not answering
                 unit.failed(now, reason, self.backoff_initial_s, self.backoff_max_s)
             return _summary([*problems, reason])
         except Exception as exc:  # the scan must go on; say what broke
-            log.exception("Modbus unit %d: unexpected failure while reading", unit_id)
-            return _summary([*problems, f"unexpected {type(exc).__name__}: {exc}"])
+            err = _first(exc)
+            log.error("Modbus unit %d: unexpected failure while reading", unit_id, exc_info=err)
+            return _summary([*problems, f"unexpected {type(err).__name__}: {err}"])
+        if down:
+            unit.failed(loop.time(), down[0], self.backoff_initial_s, self.backoff_max_s)
+            return _summary([*problems, down[0]])
         unit.answered()
         return _summary(problems) if problems else None
 
@@ -522,33 +559,49 @@ class ModbusIO:
         if skip is not None:
             return [f"not sent: unit {unit_id} {skip}"] * len(runs)
         errors: list[str | None] = [f"not sent: unit {unit_id} stopped answering"] * len(runs)
-        k = 0
+        todo = iter(enumerate(runs))
+        sent: dict[int, float] = {}
+        down: list[str] = []
+
+        async def worker() -> None:
+            for k, run in todo:
+                if down:
+                    return
+                sent[k] = loop.time()
+                try:
+                    await run.send(unit.link)
+                except ModbusDeviceError as exc:
+                    del sent[k]
+                    if exc.exception_code is None:
+                        errors[k] = f"{exc.reason} (the device may or may not have applied it)"
+                        down.append(exc.reason)
+                        return
+                    errors[k] = exc.reason
+                    continue
+                del sent[k]
+                errors[k] = None
+
         try:
-            async with asyncio.timeout_at(deadline):
-                for k, run in enumerate(runs):
-                    try:
-                        await run.send(unit.link)
-                    except ModbusDeviceError as exc:
-                        if exc.exception_code is None:
-                            reason = f"{exc.reason} (the device may or may not have applied it)"
-                            unit.failed(
-                                loop.time(), exc.reason, self.backoff_initial_s, self.backoff_max_s
-                            )
-                            errors[k] = reason
-                            return errors
-                        errors[k] = exc.reason
-                        continue
-                    errors[k] = None
+            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as tg:
+                for _ in range(min(unit.in_flight, len(runs))):
+                    tg.create_task(worker())
         except TimeoutError:
-            errors[k] = (
-                f"write {runs[k].what}: no answer within the write budget "
-                f"({self.scan_budget_s:g} s); the device may or may not have applied it"
-            )
-            unit.failed(loop.time(), errors[k], self.backoff_initial_s, self.backoff_max_s)
+            for k in sent:
+                errors[k] = (
+                    f"write {runs[k].what}: no answer within the write budget "
+                    f"({self.scan_budget_s:g} s); the device may or may not have applied it"
+                )
+            first = errors[min(sent)] if sent else "write budget spent"
+            unit.failed(loop.time(), str(first), self.backoff_initial_s, self.backoff_max_s)
             return errors
         except Exception as exc:
-            log.exception("Modbus unit %d: unexpected failure while writing", unit_id)
-            errors[k] = f"unexpected {type(exc).__name__}: {exc}"
+            err = _first(exc)
+            log.error("Modbus unit %d: unexpected failure while writing", unit_id, exc_info=err)
+            for k in sent:
+                errors[k] = f"unexpected {type(err).__name__}: {err}"
+            return errors
+        if down:
+            unit.failed(loop.time(), down[0], self.backoff_initial_s, self.backoff_max_s)
             return errors
         unit.answered()
         return errors
@@ -637,3 +690,10 @@ def _summary(problems: list[str]) -> str:
     more = len(problems) - _ERRORS_QUOTED
     text = "; ".join(problems[:_ERRORS_QUOTED])
     return f"{text} (+{more} more)" if more > 0 else text
+
+
+def _first(exc: BaseException) -> BaseException:
+    """The first exception a task group gathered (the exception itself otherwise)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -41,6 +41,7 @@ from thermogate.plc.errors import ConfigError, ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
+from thermogate.plc.transport import MAX_IN_FLIGHT
 
 from .console import ConsoleConfig, ConsoleFace, parse_console
 from .core import Command, CommandResult, Controller, Principal
@@ -54,7 +55,7 @@ from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
 from .historian import Historian
 from .inbox import Inbox
-from .modbus_io import Endpoint, ModbusIO
+from .modbus_io import TCP_IN_FLIGHT, Endpoint, ModbusIO
 from .opcua.security import OpcUaSecurity, demo_security, parse_opcua
 from .opcua.snapshot import Snapshot
 from .signals import Audit, Event, Observation
@@ -172,13 +173,20 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
 
 def _endpoint(sec: Section) -> Endpoint:
     if sec.has("device"):
+        if sec.has("in_flight") and sec.get_int("in_flight", 1, 1, MAX_IN_FLIGHT) != 1:
+            raise sec.error("in_flight", "a serial line carries one request at a time")
         return Endpoint(
             "rtu",
             device=sec.get_str("device"),
             baudrate=sec.get_int("baudrate", 19200, 1200, 921600),
             parity=sec.get_str("parity", "E", ("N", "E", "O")),
         )
-    return Endpoint("tcp", host=sec.get_str("host"), port=sec.get_int("port", 502, 1, 65535))
+    return Endpoint(
+        "tcp",
+        host=sec.get_str("host"),
+        port=sec.get_int("port", 502, 1, 65535),
+        in_flight=sec.get_int("in_flight", TCP_IN_FLIGHT, 1, MAX_IN_FLIGHT),
+    )
 
 
 # --------------------------------------------------------------------------

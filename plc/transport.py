@@ -28,6 +28,11 @@ Guarantees
   ``dedicated=True`` gets a connection of its own instead (keyed by
   endpoint *and* unit id), so devices behind one address are polled in
   parallel and a silent device cannot hold up the others' requests.
+* **Requests in flight.** Over TCP (``plc/mbap.py``, not pymodbus's client,
+  which sends one request at a time) a link made with ``in_flight=N`` lets up
+  to N requests wait for their answers on its connection at once, matched by
+  transaction id; each still has its own timeout, retries and checks. A serial
+  line has one request at a time (``in_flight=1``, the default everywhere).
 * **Reconnect with capped exponential backoff.** A link connects lazily. A
   failed connect blocks further attempts for ``backoff_initial`` seconds,
   doubling per failure up to ``backoff_max``; calls made meanwhile fail at
@@ -35,12 +40,13 @@ Guarantees
   if the connection had carried a good answer, else it backs off too (so a
   peer that accepts and drops is not hammered). A good answer resets the
   backoff. On TCP, three timeouts in a row on an endpoint with no answer in
-  between (from any unit) drop the connection, so a silently dead peer shows
-  as disconnected instead of hanging on a half-open socket; one dead unit
+  between (from any unit; three per request in flight) drop the
+  connection, so a silently dead peer shows as disconnected instead of
+  hanging on a half-open socket; one dead unit
   behind a gateway does not drop the others as long as they answer.
 
-pymodbus 3.16 notes (``pymodbus==3.16.1``)
-------------------------------------------
+pymodbus 3.16 notes (``pymodbus==3.16.1``; RTU only, TCP is ``plc/mbap.py``)
+--------------------------------------------------------------------------
 * Client calls take ``device_id=`` (not ``slave=``/``unit=``) and ``count=``
   as a keyword; read coil/discrete responses are padded to a multiple of 8
   bits, so results are trimmed to ``count``.
@@ -60,11 +66,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from thermogate.plc.errors import ModbusDeviceError
+from thermogate.plc.mbap import MbapClient
 from thermogate.plc.points import (
     BIT_TABLES,
     MAX_READ_BITS,
@@ -90,6 +97,8 @@ EXCEPTION_NAMES: dict[int, str] = {
 
 #: Timeout handed to pymodbus; never reached because the link's own deadlines are shorter.
 _PYMODBUS_TIMEOUT_S = 3600.0
+#: Requests one TCP connection may have outstanding (Modbus/TCP devices take a few).
+MAX_IN_FLIGHT = 16
 #: TCP: consecutive unanswered requests on an endpoint before the connection is dropped.
 _DROP_AFTER_TIMEOUTS = 3
 
@@ -155,6 +164,7 @@ class _Endpoint:
         connect_timeout: float,
         backoff_initial: float,
         backoff_max: float,
+        in_flight: int = 1,
     ) -> None:
         self.key = key
         self.describe = describe
@@ -162,7 +172,12 @@ class _Endpoint:
         self.connect_timeout = connect_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.lock = asyncio.Lock()
+        # requests outstanding at once: one (a lock) unless the TCP device takes more
+        self.in_flight = in_flight
+        self.lock: asyncio.Lock | asyncio.Semaphore = (
+            asyncio.Lock() if in_flight == 1 else asyncio.Semaphore(in_flight)
+        )
+        self._connecting = asyncio.Lock()
         self.users = 0
         self.client = factory(self._on_connect_change)
         self._delay = 0.0
@@ -200,6 +215,9 @@ class _Endpoint:
 
     def _fail_pending(self, why: str) -> None:
         """Fail a request pymodbus is waiting on (it would otherwise wait out its timeout)."""
+        if isinstance(self.client, MbapClient):
+            self.client.fail_pending(why)
+            return
         future = getattr(self.client.ctx, "response_future", None)
         if future is not None and not future.done():
             future.set_exception(ConnectionException(why))
@@ -212,7 +230,9 @@ class _Endpoint:
 
     def note_timeout(self) -> None:
         self._timeouts_in_row += 1
-        if not self.serial and self._timeouts_in_row >= _DROP_AFTER_TIMEOUTS and self.connected:
+        # with requests in flight their timeouts come together: three rounds of them
+        drop_after = _DROP_AFTER_TIMEOUTS * self.in_flight
+        if not self.serial and self._timeouts_in_row >= drop_after and self.connected:
             log.warning(
                 "Modbus %s: %d requests in a row unanswered; dropping the connection",
                 self.describe,
@@ -228,6 +248,12 @@ class _Endpoint:
         """Connect if needed, honouring the backoff; raise ModbusDeviceError if down."""
         if self._closed:
             raise ModbusDeviceError(unit_id, f"{self.describe}: link closed")
+        if self.connected:
+            return
+        async with self._connecting:  # several requests in flight: one connects
+            await self._connect(unit_id)
+
+    async def _connect(self, unit_id: int) -> None:
         if self.connected:
             return
         loop = asyncio.get_running_loop()
@@ -291,6 +317,7 @@ class ModbusLink:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         dedicated: bool = False,
+        in_flight: int = 1,
     ) -> None:
         if not 0 <= unit_id <= 255:
             raise ValueError(f"unit id {unit_id} outside 0..255")
@@ -302,6 +329,10 @@ class ModbusLink:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
         if dedicated and kind != "tcp":
             raise ValueError("a dedicated connection is a TCP option (a serial line is one)")
+        if not 1 <= in_flight <= MAX_IN_FLIGHT:
+            raise ValueError(f"in_flight {in_flight} outside 1..{MAX_IN_FLIGHT}")
+        if in_flight > 1 and kind != "tcp":
+            raise ValueError("requests in flight at once are a TCP option (a serial line has one)")
         quiet_pymodbus_logging()
         self.unit_id = unit_id
         self.kind = kind
@@ -312,6 +343,7 @@ class ModbusLink:
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
         self.dedicated = bool(dedicated)
+        self.in_flight = int(in_flight)
         self._endpoint: _Endpoint | None = None
         self._closed = False
 
@@ -330,11 +362,14 @@ class ModbusLink:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         dedicated: bool = False,
+        in_flight: int = 1,
     ) -> ModbusLink:
         """A device at ``host:port`` (a gateway may front several unit ids).
 
         ``dedicated=True``: this unit id gets its own TCP connection rather
-        than sharing one with the other links to ``host:port``.
+        than sharing one with the other links to ``host:port``. ``in_flight``:
+        requests sent on the connection before the first is answered (set by
+        the first link to open it).
         """
         return cls(
             unit_id,
@@ -346,6 +381,7 @@ class ModbusLink:
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             dedicated=dedicated,
+            in_flight=in_flight,
         )
 
     @classmethod
@@ -428,6 +464,7 @@ class ModbusLink:
                 connect_timeout=self.connect_timeout,
                 backoff_initial=self.backoff_initial,
                 backoff_max=self.backoff_max,
+                in_flight=self.in_flight,
             )
             pool[key] = endpoint
         elif self.kind == "rtu" and endpoint.describe != self._describe():
@@ -440,15 +477,8 @@ class ModbusLink:
         if self.kind == "tcp":
             host, port = self.target
 
-            def make_tcp(on_connect: Callable[[bool], None]) -> AsyncModbusTcpClient:
-                return AsyncModbusTcpClient(
-                    host,
-                    port=port,
-                    timeout=_PYMODBUS_TIMEOUT_S,
-                    retries=0,
-                    reconnect_delay=0,
-                    trace_connect=on_connect,
-                )
+            def make_tcp(on_connect: Callable[[bool], None]) -> MbapClient:
+                return MbapClient(host, port, trace_connect=on_connect)
 
             return make_tcp
         path, baud, parity, stop, size = self.target

@@ -57,7 +57,7 @@ def bench_opcua(args: argparse.Namespace) -> dict:
         cfg = RunConfig(
             site,
             tmp / "bench.db",
-            Endpoint("tcp", "127.0.0.1", port),
+            Endpoint("tcp", "127.0.0.1", port, in_flight=4),  # as bench scan
             PERIOD_S,
             0.5,
             built_in_plant=False,

@@ -1,0 +1,258 @@
+"""Modbus/TCP with several requests in flight (plc/mbap.py), over real sockets.
+
+A scripted device (an asyncio TCP server on loopback) holds requests, answers
+them out of order, late, split across segments or wrongly, so each check of
+the client is seen from the wire: answers are matched by transaction id, an
+answer that does not fit its request fails that request alone, an out-of-step
+stream drops the connection and fails everything pending. Against the real
+plant server (pymodbus), a link with requests in flight reads what a link
+with one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymodbus.exceptions import ConnectionException
+
+from thermogate.plc.mbap import MalformedAnswer, MbapClient
+
+MBAP = struct.Struct(">HHHB")
+
+Frame = tuple[int, int, bytes]  # transaction id, unit, pdu
+
+
+def frame(tid: int, unit: int, pdu: bytes, proto: int = 0) -> bytes:
+    return MBAP.pack(tid, proto, len(pdu) + 1, unit) + pdu
+
+
+def registers(values: list[int]) -> bytes:
+    return bytes((3, 2 * len(values))) + struct.pack(f">{len(values)}H", *values)
+
+
+class Device:
+    """A scripted Modbus/TCP device: it collects requests and answers as told."""
+
+    def __init__(self) -> None:
+        self.requests: list[Frame] = []
+        self.arrived = asyncio.Condition()
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                tid, _, length, unit = MBAP.unpack(await reader.readexactly(7))
+                pdu = await reader.readexactly(length - 1)
+                async with self.arrived:
+                    self.requests.append((tid, unit, pdu))
+                    self.arrived.notify_all()
+
+    async def until(self, n: int) -> list[Frame]:
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.requests) >= n), 10)
+        return self.requests[:n]
+
+    async def send(self, data: bytes) -> None:
+        assert self.writer is not None
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def scripted() -> AsyncIterator[tuple[Device, MbapClient, list[bool]]]:
+    dev = Device()
+    server = await asyncio.start_server(dev.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    trace: list[bool] = []
+    client = MbapClient("127.0.0.1", port, trace_connect=trace.append)
+    assert await client.connect()
+    try:
+        yield dev, client, trace
+    finally:
+        client.close()
+        server.close()
+
+
+def run(fn: Callable[[], object]) -> None:
+    asyncio.run(fn())  # type: ignore[arg-type]
+
+
+def test_requests_go_out_before_answers_and_answers_are_matched_by_transaction_id():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            tasks = [
+                asyncio.ensure_future(client.read_holding_registers(100 * k, count=2, device_id=7))
+                for k in range(4)
+            ]
+            reqs = await dev.until(4)  # all four sent, none answered yet
+            assert not any(t.done() for t in tasks)
+            assert len({tid for tid, _, _ in reqs}) == 4
+            for tid, unit, pdu in reversed(reqs):  # answered last first
+                address = struct.unpack_from(">H", pdu, 1)[0]
+                await dev.send(frame(tid, unit, registers([address, address + 1])))
+            got = [(await t).registers for t in tasks]
+            assert got == [[100 * k, 100 * k + 1] for k in range(4)]
+
+    run(go)
+
+
+def test_an_answer_split_across_segments_is_taken_whole():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            task = asyncio.ensure_future(client.read_input_registers(0, count=3, device_id=1))
+            ((tid, unit, _),) = await dev.until(1)
+            raw = frame(tid, unit, bytes((4, 6)) + struct.pack(">3H", 1, 2, 3))
+            for i in range(len(raw)):  # one byte at a time
+                await dev.send(raw[i : i + 1])
+                await asyncio.sleep(0)
+            assert (await task).registers == [1, 2, 3]
+
+    run(go)
+
+
+def test_a_late_answer_is_counted_and_given_to_no_one():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await client.read_holding_registers(0, count=1, device_id=1)
+            second = asyncio.ensure_future(client.read_holding_registers(5, count=1, device_id=1))
+            (old, new) = await dev.until(2)
+            await dev.send(frame(old[0], 1, registers([111])))  # the first's, too late
+            await dev.send(frame(new[0], 1, registers([222])))
+            assert (await second).registers == [222]
+            assert client.late == 1
+
+    run(go)
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (lambda tid: frame(tid, 9, registers([1, 2])), "unit 9"),
+        (lambda tid: frame(tid, 1, bytes((4, 4, 0, 1, 0, 2))), "function 4"),
+        (lambda tid: frame(tid, 1, bytes((3, 2, 0, 1))), "2 data bytes"),
+        (lambda tid: frame(tid, 1, bytes((3, 4, 0, 1))), "4 expected"),
+        (lambda tid: frame(tid, 1, bytes((0x83, 2, 0))), "exception answer of 3 bytes"),
+    ],
+)
+def test_an_answer_that_does_not_fit_its_request_fails_that_request_alone(answer, why):
+    async def go() -> None:
+        async with scripted() as (dev, client, trace):
+            bad = asyncio.ensure_future(client.read_holding_registers(0, count=2, device_id=1))
+            good = asyncio.ensure_future(client.read_holding_registers(8, count=2, device_id=1))
+            (a, b) = await dev.until(2)
+            await dev.send(answer(a[0]))
+            await dev.send(frame(b[0], 1, registers([8, 9])))
+            with pytest.raises(MalformedAnswer, match=why):
+                await bad
+            assert (await good).registers == [8, 9]
+            assert client.connected and trace == [True]
+
+    run(go)
+
+
+def test_an_exception_reply_is_an_answer_with_its_code():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            task = asyncio.ensure_future(client.write_register(40, 7, device_id=3))
+            ((tid, unit, pdu),) = await dev.until(1)
+            assert pdu == struct.pack(">BHH", 6, 40, 7)
+            await dev.send(frame(tid, unit, bytes((0x86, 0x02))))
+            ans = await task
+            assert ans.isError() and ans.exception_code == 2
+
+    run(go)
+
+
+def test_a_stream_out_of_step_drops_the_connection_and_fails_everything_pending():
+    async def go() -> None:
+        async with scripted() as (dev, client, trace):
+            tasks = [
+                asyncio.ensure_future(client.read_coils(k, count=9, device_id=1)) for k in range(3)
+            ]
+            reqs = await dev.until(3)
+            await dev.send(frame(reqs[0][0], 1, bytes((1, 2, 0xFF, 0x01)), proto=7))
+            for t in tasks:
+                with pytest.raises(ConnectionException):
+                    await t
+            assert not client.connected and trace == [True, False]
+
+    run(go)
+
+
+def test_a_peer_closing_fails_the_pending_requests_at_once():
+    async def go() -> None:
+        async with scripted() as (dev, client, trace):
+            task = asyncio.ensure_future(client.read_coils(0, count=1, device_id=1))
+            await dev.until(1)
+            assert dev.writer is not None
+            dev.writer.close()
+            with pytest.raises(ConnectionException):
+                await asyncio.wait_for(task, 10)
+            assert trace == [True, False]
+            with pytest.raises(ConnectionException, match="not connected"):
+                await client.read_coils(0, count=1, device_id=1)
+
+    run(go)
+
+
+def test_writes_are_framed_as_the_spec_says_and_their_echo_is_checked():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            calls = [
+                client.write_coil(3, True, device_id=2),
+                client.write_coils(
+                    10, [True, False, True, True, False, False, False, False, True], device_id=2
+                ),
+                client.write_registers(20, [0x4120, 0x0000], device_id=2),
+            ]
+            tasks = [asyncio.ensure_future(c) for c in calls]
+            reqs = await dev.until(3)
+            assert [pdu for _, _, pdu in reqs] == [
+                bytes.fromhex("050003ff00"),
+                bytes.fromhex("0f000a0009020d01"),
+                bytes.fromhex("10001400020441200000"),
+            ]
+            await dev.send(frame(reqs[0][0], 2, reqs[0][2]))  # fc 5 echoes the request
+            await dev.send(frame(reqs[1][0], 2, reqs[1][2][:5]))  # fc 15: address, quantity
+            await dev.send(frame(reqs[2][0], 2, bytes.fromhex("1000140003")))  # wrong quantity
+            assert not (await tasks[0]).isError()
+            assert not (await tasks[1]).isError()
+            with pytest.raises(MalformedAnswer, match="does not echo"):
+                await tasks[2]
+
+    run(go)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=125),
+    st.lists(st.booleans(), min_size=1, max_size=2000),
+    st.integers(1, 40),
+)
+def test_any_read_answer_in_any_segmentation_decodes_to_its_values(regs, bits, chunk):
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            r = asyncio.ensure_future(client.read_input_registers(0, count=len(regs), device_id=1))
+            b = asyncio.ensure_future(client.read_discrete_inputs(0, count=len(bits), device_id=1))
+            (rq, bq) = await dev.until(2)
+            packed = bytearray((len(bits) + 7) // 8)
+            for i, v in enumerate(bits):
+                packed[i >> 3] |= v << (i & 7)
+            raw = frame(bq[0], 1, bytes((2, len(packed))) + packed) + frame(
+                rq[0], 1, bytes((4, 2 * len(regs))) + struct.pack(f">{len(regs)}H", *regs)
+            )
+            for i in range(0, len(raw), chunk):
+                await dev.send(raw[i : i + chunk])
+            assert (await r).registers == regs
+            assert (await b).bits == bits
+
+    run(go)
