@@ -5,9 +5,10 @@ hands the arrays to :func:`~thermogate.models.dataset.build_dataset`;
 :func:`train_and_register` is what ``thermogate train`` does: read the last
 ``days`` of telemetry and :func:`~thermogate.models.training.fit_and_register`
 (fit on the first 80 %, measure on the held-out 20 %, register, promote only if
-not worse). :class:`RetrainScheduler` runs it in a background thread every
-``every_s`` seconds, so ``thermogate run`` retrains without its scan loop ever
-waiting for a fit (up to about a minute).
+not worse). :class:`RetrainScheduler` runs it every ``every_s`` seconds in a process of its
+own at a lower priority (a fit is a minute of numpy and scikit-learn: in a
+thread it held the GIL long enough to wake scans ~14 ms late), watched by a
+thread, so ``thermogate run`` retrains without its scan loop ever waiting.
 
 Reading beside a running controller: the controller owns the only writing
 ``Historian`` of its database; training reads through a
@@ -17,7 +18,10 @@ sees committed scans and never blocks or alters the writer).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing as mp
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -129,8 +133,30 @@ def train_and_register(
 OutcomeCallback = Callable[["TrainOutcome | None", "str | None"], None]
 
 
+class _Stopped(Exception):
+    """stop() was called while a training process ran: it was ended."""
+
+
+class _Crashed(Exception):
+    """The training process failed unexpectedly; the message names the exception."""
+
+
+def _train_child(conn: Any, db: Path, site: Site, days: float, by: str) -> None:
+    """The training process: one ``train_and_register``, its result on ``conn``."""
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the scan's process comes first on a shared core
+    try:
+        conn.send(("ok", train_and_register(db, site, days=days, by=by)))
+    except ThermogateError as exc:
+        conn.send(("refused", str(exc)))
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
 class RetrainScheduler:
-    """Retrain in a daemon thread every ``every_s`` wall-clock seconds.
+    """Retrain every ``every_s`` wall-clock seconds, in a process of its own.
 
     The first attempt comes ``first_after_s`` after :meth:`start` (default
     ``every_s``); each attempt is due ``every_s`` after the previous one
@@ -142,6 +168,11 @@ class RetrainScheduler:
     failure — too little data, any ``ThermogateError``, an unexpected exception,
     even an exception from ``on_outcome`` itself — is reported (and logged) and
     never ends the thread: the next period tries again.
+
+    Each training runs in a child process (``process=False``: on the calling
+    thread, for tests that replace ``train_and_register``) at a lower priority;
+    its outcome, model included, comes back pickled. ``last_pid`` is the
+    process that ran the last one.
 
     Only one training runs at a time. :meth:`run_once` called while a scheduled
     attempt runs *waits* for it and then trains again on the latest data (an
@@ -160,6 +191,7 @@ class RetrainScheduler:
         days: float = 7.0,
         by: str = SCHEDULED_BY,
         retry_after_s: float | None = None,
+        process: bool = True,
     ) -> None:
         if not every_s > 0:
             raise ValueError(f"every_s must be positive, not {every_s:g}")
@@ -182,6 +214,8 @@ class RetrainScheduler:
         self._next_due = 0.0  # time.monotonic() of the next scheduled attempt
         self._thread: threading.Thread | None = None
         self._attempts = 0
+        self.process = bool(process)
+        self.last_pid: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -204,10 +238,11 @@ class RetrainScheduler:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread; returns whether it ended within ``timeout`` seconds.
 
-        Between attempts it ends at once. A fit cannot be interrupted: if one
-        is running, the thread (a daemon, so it never holds up the process's
-        exit) finishes it — the registry stays consistent, every write is one
-        transaction — and makes no more callbacks once stop() was called.
+        Between attempts it ends at once. A training process is ended (the
+        registry stays consistent: every write of it is one SQLite transaction);
+        a training on the thread itself (``process=False``) cannot be
+        interrupted and is finished by the thread (a daemon). No callbacks are
+        made once stop() was called.
         """
         self._stop.set()
         if self._thread is None:
@@ -233,6 +268,53 @@ class RetrainScheduler:
                 continue  # re-check: stopped, or a run_once moved the due time
             self._attempt(by=self.by, scheduled=True)
 
+    def _train(self, by: str) -> TrainOutcome:
+        if not self.process:
+            self.last_pid = os.getpid()
+            return train_and_register(
+                self.db,
+                self.site,
+                days=self.days,
+                by=by,
+                progress=lambda msg: _log.debug("retrain: %s", msg),
+            )
+        ctx = mp.get_context("spawn")  # a clean interpreter: no threads or loops inherited
+        answer, child_end = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=_train_child,
+            args=(child_end, self.db, self.site, self.days, by),
+            name="thermogate-retrain",
+            daemon=True,  # never outlives the controller
+        )
+        proc.start()
+        child_end.close()
+        self.last_pid = proc.pid
+        try:
+            while not answer.poll(0.5):
+                if self._stop.is_set():
+                    raise _Stopped
+                if not proc.is_alive() and not answer.poll(0):
+                    raise ThermogateError(
+                        f"{self.db}: the training process ended (exit code {proc.exitcode}) "
+                        "without an answer"
+                    )
+            try:
+                kind, payload = answer.recv()
+            except EOFError:
+                raise ThermogateError(
+                    f"{self.db}: the training process ended without an answer"
+                ) from None
+        finally:
+            if proc.is_alive() and self._stop.is_set():
+                proc.terminate()
+            proc.join(10)
+            answer.close()
+        if kind == "ok":
+            return payload  # type: ignore[no-any-return]
+        if kind == "refused":
+            raise ThermogateError(payload)
+        raise _Crashed(payload)
+
     def _attempt(self, *, by: str, scheduled: bool) -> tuple[TrainOutcome | None, str | None]:
         with self._lock:
             if scheduled and (self._stop.is_set() or time.monotonic() < self._next_due):
@@ -242,18 +324,15 @@ class RetrainScheduler:
             outcome: TrainOutcome | None = None
             error: str | None = None
             try:
-                outcome = train_and_register(
-                    self.db,
-                    self.site,
-                    days=self.days,
-                    by=by,
-                    progress=lambda msg: _log.debug("retrain: %s", msg),
-                )
+                outcome = self._train(by)
+            except _Stopped:
+                return None, None
             except ThermogateError as exc:
                 error = f"retrain failed: {exc}"
                 _log.warning("%s", error)
             except Exception as exc:  # a bug or an I/O fault: report it, keep the thread
-                error = f"retrain failed unexpectedly ({self.db}): {type(exc).__name__}: {exc}"
+                what = str(exc) if isinstance(exc, _Crashed) else f"{type(exc).__name__}: {exc}"
+                error = f"retrain failed unexpectedly ({self.db}): {what}"
                 _log.exception("%s", error)
             self._attempts += 1
             if outcome is not None and outcome.promoted:

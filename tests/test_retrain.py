@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +110,8 @@ def test_run_once_registers_and_promotes_the_first_model(sim_db: dict, first_run
     assert out.version == 1 and out.promoted is True
     assert out.reason == "no model promoted yet"
     assert out.model.kinds and out.train_s > 0
+    # trained in a process of its own, the model pickled back whole
+    assert first_run["sched"].last_pid not in (None, os.getpid())
     t0, t_split = out.window
     assert t_split - t0 >= 0.5 * HOURS * 3600.0
     assert np.isfinite(out.metrics["pooled_mae_15_c"])
@@ -188,7 +192,7 @@ def test_too_little_telemetry_is_reported_and_the_scheduler_keeps_trying(
     path, site = short_db
     reports = Reports(n=2)
     _run_until_reported(RetrainScheduler(path, site, every_s=0.2, first_after_s=0.0,
-                                         on_outcome=reports), reports)  # fmt: skip
+                                         on_outcome=reports, process=False), reports)  # fmt: skip
     for outcome, error in reports.got[:2]:
         assert outcome is None
         assert error is not None
@@ -226,7 +230,7 @@ def test_an_unexpected_error_and_a_failing_callback_do_not_end_the_thread(
             raise ValueError("a bug in the controller's callback")
 
     _run_until_reported(RetrainScheduler(path, site, every_s=0.2, first_after_s=0.0,
-                                         on_outcome=callback), reports)  # fmt: skip
+                                         on_outcome=callback, process=False), reports)  # fmt: skip
     for outcome, error in reports.got[:2]:
         assert outcome is None and error is not None
         assert "unexpectedly" in error and "RuntimeError: disk on fire" in error
@@ -267,7 +271,9 @@ def test_only_one_training_runs_at_a_time_and_run_once_waits_for_it(
 
     monkeypatch.setattr(retrain, "train_and_register", slow)
     reports = Reports(n=2)
-    sched = RetrainScheduler(path, site, every_s=3600.0, first_after_s=0.0, on_outcome=reports)
+    sched = RetrainScheduler(
+        path, site, every_s=3600.0, first_after_s=0.0, on_outcome=reports, process=False
+    )
     blocked = threading.Event()
     real_lock = sched._lock
 
@@ -302,3 +308,22 @@ def test_only_one_training_runs_at_a_time_and_run_once_waits_for_it(
         f"retrain failed: fake training by {SCHEDULED_BY}",
         "retrain failed: fake training by operator",
     ]
+
+
+def test_stop_ends_a_training_process_at_once(sim_db: dict) -> None:
+    reports = Reports()
+    sched = RetrainScheduler(sim_db["path"], sim_db["site"], every_s=3600.0, on_outcome=reports)
+    results: list[tuple[TrainOutcome | None, str | None]] = []
+    op = threading.Thread(target=lambda: results.append(sched.run_once()))
+    op.start()
+    deadline = time.monotonic() + WAIT_S
+    while sched.last_pid is None:
+        assert time.monotonic() < deadline, "no training process started"
+        time.sleep(0.01)
+    pid = sched.last_pid
+    assert sched.stop(timeout=WAIT_S)
+    op.join(WAIT_S)
+    assert not op.is_alive() and results == [(None, None)]  # stopped: no outcome, no report
+    assert reports.got == []
+    with pytest.raises(ProcessLookupError):  # ended and reaped
+        os.kill(pid, 0)
