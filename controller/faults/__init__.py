@@ -1,0 +1,1 @@
+"""The fault campaign: `thermogate bench faults` (see ``bench_faults``)."""
