@@ -94,6 +94,21 @@ def errors_logged(*names: str) -> Iterator[list[str]]:
 
 
 @contextmanager
+def quiet(*names: str) -> Iterator[None]:
+    """The named loggers at ERROR meanwhile: a campaign injects thousands of
+    faults, each of which they would rightly warn about; errors still show."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextmanager
 def loop_exceptions(loop: asyncio.AbstractEventLoop) -> Iterator[list[str]]:
     """Exceptions nobody awaited (a task or callback that died) on ``loop``."""
     seen: list[str] = []

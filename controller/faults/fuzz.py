@@ -44,7 +44,7 @@ from thermogate.plc.points import MAX_READ_REGISTERS
 from thermogate.plc.site import Site, demo_site
 from thermogate.plc.transport import ModbusLink
 
-from .common import ClassResult, errors_logged, loop_exceptions
+from .common import ClassResult, errors_logged, loop_exceptions, quiet
 
 _MBAP = struct.Struct(">HHHB")
 _SENTINEL_TID = 0xFFFF
@@ -337,6 +337,7 @@ async def _campaign(site: Site, seed: int, frames: int) -> ClassResult:
 
     try:
         with (
+            quiet("pymodbus", "thermogate.hil"),
             errors_logged("thermogate.hil", "pymodbus") as logged,
             loop_exceptions(loop) as unawaited,
         ):
