@@ -182,6 +182,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .historian.bench import bench_historian
 
         result = bench_historian(args)
+    elif args.bench == "faults":
+        from .faults import bench_faults
+
+        result = bench_faults(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -191,6 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
+    if args.bench == "faults" and not result["ok"]:
+        return 1  # something was lost, crashed or failed a check: a CI gate
     return 0
 
 
@@ -454,6 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
     bhi.add_argument("--scans", type=_positive_int, default=300, help="scans per phase")
     bhi.add_argument("--json", action="store_true")
     bhi.set_defaults(func=cmd_bench)
+    bfa = bsub.add_parser(
+        "faults", help="seeded fault campaign over real Modbus: nothing lost, nothing crashed"
+    )
+    bfa.add_argument("--seed", type=int, default=0)
+    bfa.add_argument(
+        "--runs", type=_positive_int, default=200, help="controller kill -9 instants (200)"
+    )
+    bfa.add_argument(
+        "--frames", type=_positive_int, default=10_000, help="fuzz frames at the server (10,000)"
+    )
+    bfa.add_argument(
+        "--only",
+        metavar="CLASS,...",
+        help="run these classes only: modbus_server_fuzz, modbus_client, device_loss, "
+        "controller_kill9",
+    )
+    bfa.add_argument("--json", action="store_true")
+    bfa.set_defaults(func=cmd_bench)
     bdr = bsub.add_parser(
         "dr", help="under-frequency shed timed over real Modbus: frequency dips in the served plant"
     )

@@ -53,3 +53,78 @@ def test_a_burst_past_the_receive_buffer_closes_that_stream_and_no_other():
             await sp.server.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_the_proxy_turns_each_fault_kind_into_a_failed_request_and_passes_clean_answers():
+    from thermogate.controller.faults.proxy import KINDS, FaultProxy
+    from thermogate.plc.errors import ModbusDeviceError
+    from thermogate.plc.transport import ModbusLink
+
+    async def scenario() -> dict[str, str]:
+        sp = ServedPlant(ScenarioPlant(demo_site(), "normal-day"), speed=1.0)
+        upstream = await sp.server.start_tcp("127.0.0.1", 0)
+        proxy = FaultProxy(upstream, delay_s=0.6)
+        port = await proxy.start()
+        seen: dict[str, str] = {}
+        try:
+            for kind in (None, *KINDS, None):
+                proxy.faults[1] = kind  # type: ignore[assignment]
+                link = ModbusLink.tcp("127.0.0.1", port, 1, timeout=0.3, retries=0)
+                try:
+                    got = await link.read("holding", 1, 1)  # plc.heartbeat_timeout_s
+                    seen[str(kind)] = f"answered {got}"
+                except ModbusDeviceError as exc:
+                    seen[str(kind)] = "failed" if exc.exception_code is None else "exception"
+                finally:
+                    link.close()
+            return seen
+        finally:
+            await proxy.stop()
+            await sp.server.stop()
+
+    seen = asyncio.run(scenario())
+    assert seen.pop("None") == "answered [10]"  # before and after: the plain answer
+    assert seen.pop("exception") == "exception"  # an answer: only that request is lost
+    assert seen == dict.fromkeys(
+        ("wrong_tid", "wrong_unit", "short_count", "delay", "reset"), "failed"
+    )
+
+
+@pytest.mark.timeout(60)
+def test_a_lying_or_slow_device_makes_only_its_zone_fail_safe_and_the_controller_goes_on():
+    from thermogate.controller.faults.client import run_client_faults
+
+    res = run_client_faults(seed=5, reps=1, kinds=("short_count", "delay"), hold_s=(1.0, 1.5),
+                            delay_s=0.6)  # fmt: skip
+    out = res.as_json()
+    assert out["failures"] == [] and res.crashes == 0, out
+    assert res.injected == res.survived == 2
+    assert set(out["answers_corrupted"]) == {"short_count", "delay"}
+    assert res.worst_detection_s is not None and res.worst_recovery_s is not None
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_device_alarms_its_zone_alone_and_the_alarm_clears_when_it_returns():
+    from thermogate.controller.faults.device_loss import loss_durations, run_device_loss
+
+    res = run_device_loss(seed=2, durations=[1.0])
+    out = res.as_json()
+    assert out["failures"] == [] and res.crashes == 0, out
+    assert res.injected == res.survived == 1
+    assert res.worst_detection_s is not None and res.worst_recovery_s is not None
+    full = loss_durations(0, 4)  # the campaign's silences span the range
+    assert min(full) == 1.0 and max(full) == 120.0 and len(full) == 4
+
+
+@pytest.mark.timeout(90)
+def test_kill_9_of_the_controller_loses_no_committed_row_and_the_plc_takes_over_each_time():
+    from thermogate.controller.faults.kill9 import run_kill9
+
+    res = run_kill9(seed=4, runs=5)
+    out = res.as_json()
+    assert out["failures"] == [] and res.lost_rows == 0, out
+    assert res.injected == res.survived == 5
+    assert out["integrity_errors"] == 0 and out["committed_scans_checked"] > 0
+    assert out["killed_in_charge"] >= 1  # the PLC was seen taking its safe state by itself
+    assert out["lives_resumed"] + out["killed_while_starting"] == 5
