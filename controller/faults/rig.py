@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,14 +269,9 @@ async def run_episodes(
                 return log
             for target, kind, seconds in plan(rig):
                 res.injected += 1
-                ok = await rig.episode(
-                    target,
-                    lambda t=target, k=kind: apply(rig, t, k),
-                    lambda t=target: apply(rig, t, None),
-                    seconds,
-                    res,
-                    log,
-                )
+                inject = functools.partial(apply, rig, target, kind)
+                heal = functools.partial(apply, rig, target, None)
+                ok = await rig.episode(target, inject, heal, seconds, res, log)
                 res.survived += ok
                 if not await rig.settle(log):
                     log.problems.append(f"after {kind} on unit {target.unit}: zones stayed safe")
