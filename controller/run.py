@@ -43,6 +43,7 @@ from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
 from thermogate.plc.transport import MAX_IN_FLIGHT
 
+from .clockwatch import ClockWatch
 from .console import ConsoleConfig, ConsoleFace, parse_console
 from .core import Command, CommandResult, Controller, Principal
 from .forecasting import ModelRuntime
@@ -251,6 +252,8 @@ class RealTimeController:
         #: faces people and systems use the controller through (OPC UA, the console)
         self.faces: list[Face] = []
         self.scan_ms: deque[float] = deque(maxlen=3600)  # the last hour at 1 s
+        #: steps of ``clock`` (NTP, an operator) told from its rate; recorded as events
+        self.clock_watch = ClockWatch()
         self.overruns = 0
         self.scans = 0
         self.last: dict[str, object] = {}
@@ -343,6 +346,17 @@ class RealTimeController:
         t0 = time.perf_counter()
         rr = await self.io.read_all()
         now = self.clock()
+        step = self.clock_watch.observe(now, time.monotonic())
+        if step is not None:  # the history must say where its timestamps jump
+            back = step < 0
+            self.historian.record_event(
+                now,
+                "clock",
+                "controller",
+                f"the clock stepped {step:+.1f} s between two scans: timestamps "
+                + ("go back here (rows before and after overlap)" if back else "jump here"),
+                600 if back else 500,
+            )
         price = self.price_feed(now) if self.price_feed is not None else None
         obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price)
         res = self.ctrl.scan(obs)
