@@ -128,3 +128,43 @@ def test_kill_9_of_the_controller_loses_no_committed_row_and_the_plc_takes_over_
     assert out["integrity_errors"] == 0 and out["committed_scans_checked"] > 0
     assert out["killed_in_charge"] >= 1  # the PLC was seen taking its safe state by itself
     assert out["lives_resumed"] + out["killed_while_starting"] == 5
+
+
+@pytest.mark.timeout(60)
+def test_a_nan_or_implausible_fluid_sensor_is_flagged_and_drives_no_tank_actuator_to_a_limit():
+    from thermogate.controller.faults.sensor_faults import run_sensor_faults
+
+    res = run_sensor_faults(seed=6, kinds=("nan", "out_of_range"), speed=20.0, hold_after_s=10.0,
+                            max_hold_s=120.0)  # fmt: skip
+    out = res.as_json()
+    assert out["failures"] == [] and res.crashes == 0, out
+    assert res.injected == res.survived == 2
+    assert set(out["worst_detection_s_by_kind"]) == {"nan", "out_of_range"}
+
+
+def test_the_clock_watch_tells_a_step_from_a_clock_that_runs_fast():
+    from thermogate.controller.clockwatch import ClockWatch
+
+    fast, stepped = ClockWatch(), ClockWatch()
+    seen_fast, seen_step = [], []
+    for k in range(40):  # a HIL plant's clock at 20x, scanned every 0.2 s of monotonic time
+        mono = 0.2 * k
+        seen_fast.append(fast.observe(1e6 + 20.0 * mono, mono))
+        jump = 3600.0 if k >= 20 else 0.0
+        jump -= 3600.0 if k >= 30 else 0.0
+        seen_step.append(stepped.observe(1e6 + mono + jump, mono))
+    assert [s for s in seen_fast if s is not None] == []
+    steps = [(k, round(s)) for k, s in enumerate(seen_step) if s is not None]
+    assert steps == [(20, 3600), (30, -3600)]
+
+
+@pytest.mark.timeout(60)
+def test_an_hour_step_of_the_wall_clock_is_recorded_and_neither_storms_nor_stalls_the_scans():
+    from thermogate.controller.faults.clock_step import run_clock_steps
+
+    res = run_clock_steps(seed=7, steps=2, window_s=1.5)
+    out = res.as_json()
+    assert out["failures"] == [] and res.crashes == 0, out
+    assert res.injected == res.survived == 2
+    assert out["clock_events"] == 2 and out["timestamps_going_back"] <= 1
+    assert out["plc_safe_state_seen"] is False
