@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import signal
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -55,10 +56,12 @@ from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetr
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
 from .historian import Historian
+from .historian.schema import HistorianError
 from .inbox import Inbox
 from .modbus_io import TCP_IN_FLIGHT, Endpoint, ModbusIO
 from .opcua.security import OpcUaSecurity, demo_security, parse_opcua
 from .opcua.snapshot import Snapshot
+from .recorder import Recorder
 from .signals import Audit, Event, Observation
 from .users import UserStore
 
@@ -236,12 +239,16 @@ class RealTimeController:
         self._t_books = math.nan
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0
-        self.historian = Historian(
-            cfg.db,
-            self.columns,
-            site_name=cfg.site.name,
-            raw_days=cfg.raw_days,
-            agg_days=cfg.agg_days,
+        #: the historian; a commit that fails (full or read-only disk) is an alarm here
+        self.historian = Recorder(
+            Historian(
+                cfg.db,
+                self.columns,
+                site_name=cfg.site.name,
+                raw_days=cfg.raw_days,
+                agg_days=cfg.agg_days,
+            ),
+            self.clock,
         )
         self._restore_state()
         self.inbox = Inbox(cfg.db)
@@ -285,8 +292,15 @@ class RealTimeController:
         )
 
     def save_state(self) -> None:
-        self._saved_version = self.ctrl.state.version
-        self.historian.save_state("controller", self.ctrl.saved_state())
+        if self.historian.failing:
+            return  # it would wait for a commit that cannot happen now; saved once it can
+        version = self.ctrl.state.version
+        try:
+            self.historian.raw.save_state("controller", self.ctrl.saved_state())
+        except HistorianError as exc:
+            self.historian.failed(exc)
+            return
+        self._saved_version = version
 
     def command(self, cmd: Command, by: Principal) -> CommandResult:
         """One command through the core's command path, audited and saved at once."""
@@ -320,7 +334,10 @@ class RealTimeController:
     def after_scan(self) -> None:
         """Between two scans: give the commands the CLI's inbox and the faces queued
         (they act at the next scan)."""
-        self.serve_inbox()
+        try:
+            self.serve_inbox()
+        except sqlite3.Error as exc:  # the database cannot be written now: the CLI waits
+            log.error("cannot answer queued commands now (%s); they wait for the next scan", exc)
         for face in self.faces:
             face.serve(self.command)
 
@@ -360,6 +377,9 @@ class RealTimeController:
         price = self.price_feed(now) if self.price_feed is not None else None
         obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price)
         res = self.ctrl.scan(obs)
+        if (down := self.historian.poll()) is not None:  # the faces show it with the rest
+            res.status["alarms"] = [*res.status.get("alarms", []), "historian"]  # type: ignore[misc]
+            res.status["historian"] = down
         if self.faces:
             self._publish(now, res.status)
         if res.writes:

@@ -116,12 +116,14 @@ class WriterThread:
     _err_lock: threading.Lock
     _error: BaseException | None
     _unreported: BaseException | None
+    _failing: bool
     _dead: bool
 
     def _fail(self, exc: BaseException) -> None:
         with self._err_lock:
             self._error = exc
             self._unreported = exc
+        self._failing = True
         self._retry_at = time.monotonic() + RETRY_S
 
     def _run(self) -> None:
@@ -224,6 +226,7 @@ class WriterThread:
                 w.release(exc)
             self._p_retention = []
             return
+        self._failing = False  # everything due committed: the disk takes writes again
         for w in waiters:
             w.release()
 

@@ -175,6 +175,7 @@ class Historian(WriterThread):
         self._err_lock = threading.Lock()
         self._error: BaseException | None = None
         self._unreported: BaseException | None = None
+        self._failing = False
         self._dead = False
         self._thread = threading.Thread(target=self._run, name="historian-writer", daemon=True)
         self._thread.start()
@@ -474,6 +475,12 @@ class Historian(WriterThread):
     def error(self) -> BaseException | None:
         """The last exception on the writer thread (None if there was none)."""
         return self._error
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed commit (a full or read-only disk) to the next one that
+        succeeds; meanwhile records wait in memory (bounded, see BACKLOG_BYTES)."""
+        return self._failing or self._dead
 
     @property
     def dropped_scans(self) -> int:
