@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         metavar="CLASS,...",
         help="run these classes only: modbus_server_fuzz, modbus_client, device_loss, "
-        "controller_kill9, sensor_faults, clock_step",
+        "controller_kill9, sensor_faults, clock_step, disk",
     )
     bfa.add_argument("--json", action="store_true")
     bfa.set_defaults(func=cmd_bench)

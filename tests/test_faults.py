@@ -95,12 +95,12 @@ def test_the_proxy_turns_each_fault_kind_into_a_failed_request_and_passes_clean_
 def test_a_lying_or_slow_device_makes_only_its_zone_fail_safe_and_the_controller_goes_on():
     from thermogate.controller.faults.client import run_client_faults
 
-    res = run_client_faults(seed=5, reps=1, kinds=("short_count", "delay"), hold_s=(1.0, 1.5),
-                            delay_s=0.6)  # fmt: skip
+    # one kind here (every kind's effect on a link is pinned above); the campaign runs all
+    res = run_client_faults(seed=5, reps=1, kinds=("delay",), hold_s=(1.0, 1.5), delay_s=0.6)
     out = res.as_json()
     assert out["failures"] == [] and res.crashes == 0, out
-    assert res.injected == res.survived == 2
-    assert set(out["answers_corrupted"]) == {"short_count", "delay"}
+    assert res.injected == res.survived == 1
+    assert set(out["answers_corrupted"]) == {"delay"}
     assert res.worst_detection_s is not None and res.worst_recovery_s is not None
 
 
@@ -162,9 +162,21 @@ def test_the_clock_watch_tells_a_step_from_a_clock_that_runs_fast():
 def test_an_hour_step_of_the_wall_clock_is_recorded_and_neither_storms_nor_stalls_the_scans():
     from thermogate.controller.faults.clock_step import run_clock_steps
 
-    res = run_clock_steps(seed=7, steps=2, window_s=1.5)
+    res = run_clock_steps(seed=7, steps=2, window_s=1.0)
     out = res.as_json()
     assert out["failures"] == [] and res.crashes == 0, out
     assert res.injected == res.survived == 2
     assert out["clock_events"] == 2 and out["timestamps_going_back"] <= 1
     assert out["plc_safe_state_seen"] is False
+
+
+@pytest.mark.timeout(60)
+def test_a_disk_that_refuses_writes_is_an_alarm_control_goes_on_and_no_scan_is_lost():
+    from thermogate.controller.faults.disk import run_disk_outages
+
+    res = run_disk_outages(seed=8, outages=1, seconds=(1.5, 2.0))
+    out = res.as_json()
+    assert out["failures"] == [] and res.crashes == 0 and res.lost_rows == 0, out
+    assert res.injected == res.survived == 1
+    assert out["integrity"] == "ok" and out["plc_safe_state_seen"] is False
+    assert out["telemetry_rows"] >= out["scans_recorded"] > 0
