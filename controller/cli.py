@@ -182,6 +182,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .historian.bench import bench_historian
 
         result = bench_historian(args)
+    elif args.bench == "retrain":
+        from .bench_retrain import bench_retrain
+
+        result = bench_retrain(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -454,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     bhi.add_argument("--scans", type=_positive_int, default=300, help="scans per phase")
     bhi.add_argument("--json", action="store_true")
     bhi.set_defaults(func=cmd_bench)
+    bre = bsub.add_parser(
+        "retrain", help="scan-loop wake-ups during a retrain: in a thread vs its own process"
+    )
+    bre.add_argument(
+        "--hours", type=_positive_float, default=6.0, help="hours of history trained on (6)"
+    )
+    bre.add_argument("--json", action="store_true")
+    bre.set_defaults(func=cmd_bench)
     bdr = bsub.add_parser(
         "dr", help="under-frequency shed timed over real Modbus: frequency dips in the served plant"
     )
