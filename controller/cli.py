@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from thermogate.plc.errors import ThermogateError
 
@@ -195,11 +196,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+def _version() -> str:
+    """The installed distribution's version (one source: pyproject.toml)."""
+    try:
+        return metadata.version("thermogate")
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="thermogate",
         description="Site controller companion for hybrid mining / AI data halls.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument(
         "-v",
         "--verbose",

@@ -114,7 +114,11 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     site_file = c.get_str("site")
     site = load_site(base / site_file)
     scan_s = c.get_float("scan_s", site.scan_interval_s, minval=0.1, maxval=60.0)
-    db_file = db or str(base / c.get_str("db", "thermogate.db"))
+    problem = site.plc.scan_problem(scan_s)
+    if problem is not None:  # the PLC would take its safe state between two scans
+        raise c.error("scan_s", problem)
+    db_key = c.get_str("db", "thermogate.db")  # read even when --db wins: it is not a typo
+    db_file = db or str(base / db_key)
     raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
     agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
     planner = c.get_str("planner", "gating", ("gating", "limits"))
