@@ -491,6 +491,20 @@ def console_face(rt: RealTimeController, cfg: ConsoleConfig) -> ConsoleFace:
     return ConsoleFace(rt.cfg.site, rt.pmap, cfg, rt.cfg.db, audit=rt._audit)
 
 
+def shown(x: object, fmt: str = ".0f", unit: str = "") -> str:
+    """A value for a person: formatted with its unit, or ``n/a`` when it is not a
+    finite number (a lost meter is not known, and NaN is not a reading)."""
+    if isinstance(x, int | float) and math.isfinite(x):
+        return f"{x:{fmt}}{unit}"
+    return "n/a"
+
+
+def _mean(xs: list[float]) -> float:
+    """The mean of the finite values, NaN when there are none (no numpy warning)."""
+    ok = [x for x in xs if math.isfinite(x)]
+    return sum(ok) / len(ok) if ok else math.nan
+
+
 def _status_line(rt: RealTimeController) -> None:
     st = rt.last
     ms = sorted(itertools.islice(rt.scan_ms, max(0, len(rt.scan_ms) - 600), None))
@@ -503,9 +517,11 @@ def _status_line(rt: RealTimeController) -> None:
     site_kw = float(v[ix.site.power_kw])
     alarms = st.get("alarms", [])
     print(
-        f"scan {rt.scans}: site {site_kw:.0f} kW, hottest tank {hottest:.1f} degC, "
+        f"scan {rt.scans}: site {shown(site_kw, '.0f', ' kW')}, "
+        f"hottest tank {shown(hottest, '.1f', ' degC')}, "
         f"{len(alarms)} alarms, fail-safe zones {len(st.get('failsafe_zones', []))}, "
-        f"scan p50 {p50:.1f} ms p99 {p99:.1f} ms, overruns {rt.overruns}",
+        f"scan p50 {shown(p50, '.1f', ' ms')} p99 {shown(p99, '.1f', ' ms')}, "
+        f"overruns {rt.overruns}",
         flush=True,
     )
     sp = st.get("setpoints", {})
@@ -513,16 +529,27 @@ def _status_line(rt: RealTimeController) -> None:
         sup = float(v[ix.loop[lp.name].supply_temp])
         fans = [float(v[ix.dry_cooler[d.name].fan_speed]) for d in lp.dry_coolers]
         pumps = [float(v[ix.pump[p.name].speed]) for p in lp.pumps]
+        known = any(math.isfinite(x) for x in pumps)
         print(
-            f"  {lp.name}: supply {sup:.1f} degC (setpoint {sp.get(lp.name, float('nan')):.1f}),"
-            f" fans {np.nanmean(fans):.0f} %, pumps " + "/".join(f"{x:.0f}" for x in pumps) + " %",
+            f"  {lp.name}: supply {shown(sup, '.1f', ' degC')} "
+            f"(setpoint {shown(sp.get(lp.name), '.1f')}), fans {shown(_mean(fans), '.0f', ' %')}, "
+            f"pumps {'/'.join(shown(x) for x in pumps) + ' %' if known else 'n/a'}",
+            flush=True,
+        )
+    lost = rt.io.lost()
+    if lost:
+        print(
+            "  Modbus: not answering: "
+            + "; ".join(f"{where} ({units})" for where, units in lost.items()),
             flush=True,
         )
     if rt.model is not None:
         fc, upd = rt.model.forecaster, rt.model.last
         loops = {lp.name for lp in rt.cfg.site.loops}
         hr = ", ".join(
-            f"{z} +{h.extra_kw:.0f} kW" for z, h in (upd.zones if upd else {}).items() if z in loops
+            f"{z} {shown(h.extra_kw, '+.0f', ' kW')}"
+            for z, h in (upd.zones if upd else {}).items()
+            if z in loops
         )
         if fc.model is None:
             what = f"physics prior forecasting; loop headroom {hr}" if hr else "no forecast yet"
@@ -545,13 +572,17 @@ def grid_line(rt: RealTimeController) -> str:
     """The grid's side: the import limit in force and why, the relay, settlement."""
     st = rt.last
     limit = st.get("import_limit_kw")
-    parts = [f"grid: import limit {limit:.0f} kW" if isinstance(limit, float) else "grid:"]
+    parts = [f"grid: import limit {shown(limit, '.0f', ' kW')}" if limit is not None else "grid:"]
     curt = st.get("curtailments") or []
     if isinstance(curt, list) and curt:
-        parts.append(", ".join(f"curtailment #{c['id']} <= {c['limit_kw']:.0f} kW" for c in curt))
+        parts.append(
+            ", ".join(
+                f"curtailment #{c['id']} <= {shown(c['limit_kw'], '.0f', ' kW')}" for c in curt
+            )
+        )
     peak = st.get("peak_limit_kw")
     if isinstance(peak, float):
-        parts.append(f"peak window <= {peak:.0f} kW")
+        parts.append(f"peak window <= {shown(peak, '.0f', ' kW')}")
     uf = st.get("under_frequency") or {}
     if isinstance(uf, dict) and uf.get("tripped"):
         ready = "release ready" if uf.get("release_ready") else "waiting for recovery"
@@ -576,8 +607,8 @@ def gating_line(g: GatingPlanner) -> str:
         else "partly on"
     )
     return (
-        f"gating: IT room {g.room_kw:.0f} kW, mining {mining} (breakeven "
-        f"{min(g.breakeven.values(), default=float('nan')):.0f} $/MWh), "
+        f"gating: IT room {shown(g.room_kw, '.0f', ' kW')}, mining {mining} (breakeven "
+        f"{shown(min(g.breakeven.values(), default=math.nan), '.0f', ' $/MWh')}), "
         f"GPUs allowed {g.gpu_capacity}; budgets bound by: {held}"
     )
 
@@ -586,15 +617,22 @@ def economics_line(books: EconomicsIntervals) -> str:
     """The books in one line: margin so far, $/h now by part, price against breakeven."""
     tot, now = books.total, books.rates
     if now is None:
-        return f"economics: margin ${tot.net_margin:+,.2f} so far (no meters read yet)"
+        return f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far (no meters read yet)"
     be = now.mining_breakeven(books.rated_breakeven)
     price = books.price_now
-    verdict = "mining pays" if price < be else "mining loses money"
+    verdict = (
+        "mining pays"
+        if price < be
+        else "mining loses money"
+        if price >= be
+        else "not known"  # a NaN on either side
+    )
     return (
-        f"economics: margin ${tot.net_margin:+,.2f} so far, ${now.net_margin:+,.0f}/h now "
-        f"(mining {now.mining_revenue:,.0f}, AI {now.ai_revenue:,.0f}, "
-        f"energy -{now.energy_cost:,.0f} $/h); energy {price:.0f} $/MWh vs mining "
-        f"breakeven {be:.0f} $/MWh: {verdict}"
+        f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far, "
+        f"${shown(now.net_margin, '+,.0f')}/h now "
+        f"(mining {shown(now.mining_revenue, ',.0f')}, AI {shown(now.ai_revenue, ',.0f')}, "
+        f"energy -{shown(now.energy_cost, ',.0f')} $/h); energy {shown(price, '.0f')} $/MWh "
+        f"vs mining breakeven {shown(be, '.0f')} $/MWh: {verdict}"
     )
 
 
