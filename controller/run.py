@@ -69,6 +69,11 @@ STATUS_EVERY_S = 10.0
 #: the books count at most this long between two scans (a stalled controller's
 #: gap is not booked at the rates of the scan after it)
 BOOKS_MAX_DT_S = 10.0
+#: the state key marking a run as running (cleared by a clean stop) and the
+#: event kinds of a clean stop and of a start that finds the last run unclean
+RUN_STATE_KEY = "run"
+CLEAN_STOP = "stop"
+UNCLEAN_STOP = "unclean-stop"
 
 
 @dataclass
@@ -238,6 +243,7 @@ class RealTimeController:
             raw_days=cfg.raw_days,
             agg_days=cfg.agg_days,
         )
+        self._run_marker = self._check_last_stop()
         self._restore_state()
         self.inbox = Inbox(cfg.db)
         self.users = UserStore(cfg.db)
@@ -257,6 +263,35 @@ class RealTimeController:
                 self.ctrl, cfg.site, self.columns, cfg.db, self.historian.reader,
                 retrain_every_h=cfg.retrain_every_h, train_days=cfg.train_days,
             )  # fmt: skip
+
+    def _check_last_stop(self) -> dict[str, object]:
+        """Say so in the event log when the last run on this database did not stop
+        cleanly (killed, crashed, power lost), with the gap since its last committed
+        row; then mark this run as running until :meth:`close` marks its clean stop.
+
+        Read before anything of this run is recorded: the gap is the last run's."""
+        now = self.clock()
+        last = self.historian.load_state(RUN_STATE_KEY)
+        if last is not None and last.get("running"):
+            started = float(last.get("started", math.nan))
+            newest = self.historian.reader.last_row_t()
+            known = [x for x in (started, newest) if x is not None and math.isfinite(x)]
+            seen = max(known, default=math.nan)
+            gap = now - seen
+            text = (
+                f"the last run (started {_utc(started)}) did not stop cleanly: killed, crashed "
+                f"or power lost; its last committed row is of {_utc(seen)}, "
+                f"{shown(gap, '.1f', ' s')} before this start (no telemetry in that gap)"
+            )
+            log.warning("%s", text)
+            finite = {
+                k: v if v is not None and math.isfinite(v) else None
+                for k, v in (("gap_s", gap), ("last_row_t", newest), ("last_started", started))
+            }
+            self.historian.record_event(now, UNCLEAN_STOP, "controller", text, 600, finite)
+        marker: dict[str, object] = {"running": True, "started": now}
+        self.historian.save_state(RUN_STATE_KEY, marker)
+        return marker
 
     def _restore_state(self) -> None:
         """Latched trips, overrides (with their expiry), setpoints, tunings,
@@ -454,7 +489,22 @@ class RealTimeController:
         await self.io.close()
         self.inbox.close()
         self.users.close()
+        # the clean stop is marked last: a crash anywhere above leaves the run
+        # "running", and the next start reports it with its gap
+        now = self.clock()
+        self.historian.record_event(
+            now, CLEAN_STOP, "controller", f"clean stop after {self.scans} scans", 200
+        )
+        self.historian.save_state(
+            RUN_STATE_KEY, {**self._run_marker, "running": False, "stopped": now}
+        )
         self.historian.close()
+
+
+def _utc(t: float) -> str:
+    if not math.isfinite(t):
+        return "unknown"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def grid_telemetry(rt: RealTimeController) -> dict[str, float]:
