@@ -116,8 +116,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     root = load_toml(path)
     base = Path(path).parent
     c = root.get_section("controller")
-    site_file = c.get_str("site")
-    site = load_site(base / site_file)
+    site = load_site(_named_file(c, "site", base))
     scan_s = c.get_float("scan_s", site.scan_interval_s, minval=0.1, maxval=60.0)
     problem = site.plc.scan_problem(scan_s)
     if problem is not None:  # the PLC would take its safe state between two scans
@@ -151,7 +150,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     peaks: tuple[PeakWindow, ...] = ()
     if root.has("grid"):
         g = root.get_section("grid")
-        peaks = tuple(load_peaks_csv(base / g.get_str("peaks")))
+        peaks = tuple(load_peaks_csv(_named_file(g, "peaks", base)))
         g.check_unused()
     opcua = parse_opcua(root.get_section("opcua"), base) if root.has("opcua") else None
     console = parse_console(root.get_section("console")) if root.has("console") else None
@@ -177,6 +176,15 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         opcua=opcua,
         console=console,
     )
+
+
+def _named_file(sec: Section, key: str, base: Path) -> Path:
+    """A file the configuration names (relative to it): a missing one is the key's
+    mistake, said so (the file's own errors name the file)."""
+    path = base / sec.get_str(key)
+    if not path.is_file():
+        raise sec.error(key, f"file not found: {path}")
+    return path
 
 
 def _endpoint(sec: Section) -> Endpoint:
