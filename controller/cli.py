@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
     rp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")
     rp.add_argument(
+        "--plant-port",
+        type=_port,
+        default=None,
+        metavar="P",
+        help="without --config: the demo plant's Modbus port on 127.0.0.1 (default 5020)",
+    )
+    rp.add_argument(
         "--no-opcua", action="store_true", help="do not start the OPC UA server ([opcua] or demo)"
     )
     rp.add_argument(

@@ -1,8 +1,10 @@
 """``thermogate run``: the controller in real time against a plant over Modbus.
 
 With no configuration it starts the built-in demo site as a simulated plant on
-loopback Modbus (127.0.0.1:5020, the same server ``thermogate plant`` runs) and
-controls it; with ``--config FILE`` it connects to the configured devices.
+loopback Modbus (127.0.0.1:5020): ``thermogate plant`` in a child process, so
+that killing the controller leaves the plant's PLC to take its safe state as on
+a real site (:class:`DemoPlant`); with ``--config FILE`` it connects to the
+configured devices.
 
 The scan is paced by ``expiry + interval`` (CPU time never stretches the
 cycle); a scan that overruns is counted and reported, never silently absorbed.
@@ -26,10 +28,12 @@ import itertools
 import logging
 import math
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -37,7 +41,7 @@ from typing import Protocol
 import numpy as np
 
 from thermogate.plc.config import Section, load_toml
-from thermogate.plc.errors import ConfigError, ThermogateError
+from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
@@ -64,6 +68,9 @@ log = logging.getLogger(__name__)
 
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 5020
+#: how long the demo's plant process may take to listen, and to stop
+PLANT_START_S = 60.0
+PLANT_STOP_S = 10.0
 STATE_SAVE_S = 10.0
 STATUS_EVERY_S = 10.0
 #: the books count at most this long between two scans (a stalled controller's
@@ -694,40 +701,124 @@ def economics_line(books: EconomicsIntervals) -> str:
     )
 
 
+class DemoPlant:
+    """The demo's simulated plant, in a process of its own as a PLC is on a real site:
+    killing the controller leaves it serving, and its PLC logic takes the safe state
+    when the heartbeat stops. ``start`` attaches to a plant already serving on the
+    demo's address (one a killed run left, or a ``thermogate plant`` started by
+    hand), else starts ``thermogate plant`` as a child; ``stop`` ends only a child
+    it started."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        proc: subprocess.Popen[bytes] | None,
+        price_feed: Callable[[float], float] | None,
+    ) -> None:
+        self.cfg = cfg
+        self.proc = proc
+        self.price_feed = price_feed
+
+    @property
+    def log_path(self) -> Path:
+        return self.cfg.db.with_name(self.cfg.db.stem + ".plant.log")
+
+    @property
+    def describe(self) -> str:
+        where = f"Modbus TCP {self.cfg.plant_host}:{self.cfg.plant_port}"
+        if self.proc is None:
+            return (
+                f"attached to the plant already serving on {where} (left by a run that was "
+                "killed, or started by hand); the site's default energy price"
+            )
+        return (
+            f"built-in demo plant (simulated, scenario {self.cfg.scenario}) on {where}, "
+            f"process {self.proc.pid} (log {self.log_path})"
+        )
+
+    @classmethod
+    async def start(cls, cfg: RunConfig) -> DemoPlant:
+        host, port = cfg.plant_host, cfg.plant_port
+        if await _listens(host, port):
+            return cls(cfg, None, None)
+        from thermogate.hil.scenario import load_scenario
+
+        scenario = load_scenario(cfg.scenario)
+        log_path = cls(cfg, None, None).log_path
+        try:
+            log_file = open(log_path, "ab")  # noqa: SIM115  # the child's, from now on
+        except OSError as exc:
+            raise ThermogateError(
+                f"{log_path}: cannot write the plant's log: {exc.strerror}"
+            ) from None
+        cmd = [sys.executable, "-m", "thermogate.controller.cli", "plant", "--scenario",
+               cfg.scenario, "--host", host, "--port", str(port)]  # fmt: skip
+        with log_file:
+            # a session of its own: Ctrl-C in the terminal stops the controller, which
+            # then stops the plant, in that order
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True,
+            )  # fmt: skip
+        t0 = time.time()  # the plant's clock starts now: its scenario prices follow it
+        plant = cls(cfg, proc, lambda t: scenario.price_at(t - t0))
+        deadline = time.monotonic() + PLANT_START_S
+        while not await _listens(host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                plant.stop()
+                tail = log_path.read_text("utf-8", "replace").strip().splitlines()[-1:]
+                why = tail[0].removeprefix("thermogate: error: ") if tail else "no output"
+                raise ThermogateError(
+                    f"the built-in plant did not start on {host}:{port}: {why} "
+                    "(port in use? stop the other thermogate, or use --config)"
+                )
+            await asyncio.sleep(0.1)
+        return plant
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # it stops as from Ctrl-C
+        try:
+            self.proc.wait(PLANT_STOP_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _listens(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def _main(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.db)
+    port = getattr(args, "plant_port", None)
+    if port is not None:
+        if not cfg.built_in_plant:
+            raise ThermogateError("--plant-port is the demo plant's (without --config)")
+        cfg = replace(cfg, plant_port=port, endpoints=Endpoint("tcp", cfg.plant_host, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    served = None
-    plant_task = None
-    if cfg.built_in_plant:
-        from thermogate.hil.runner import ScenarioPlant
-        from thermogate.hil.serve import ServedPlant
-
-        served = ServedPlant(ScenarioPlant(cfg.site, cfg.scenario), speed=1.0)
-        try:
-            await served.server.start_tcp(cfg.plant_host, cfg.plant_port)
-        except (OSError, RuntimeError):
-            raise ThermogateError(
-                f"cannot start the built-in plant on {cfg.plant_host}:{cfg.plant_port} "
-                "(port in use? stop the other thermogate, or use --config)"
-            ) from None
-        plant_task = asyncio.create_task(served.run())
+    plant = await DemoPlant.start(cfg) if cfg.built_in_plant else None
     # the built-in plant's scenario prices stand in for a market feed
-    feed = None if served is None else (lambda t, s=served: s.sim.price_per_mwh())
+    feed = None if plant is None else plant.price_feed
     try:
         rt = RealTimeController(cfg, price_feed=feed)
-    except ConfigError:
+    except BaseException:
+        if plant is not None:
+            await asyncio.to_thread(plant.stop)
         raise
-    where = (
-        f"built-in demo plant (simulated, scenario {cfg.scenario}) on Modbus TCP "
-        f"{cfg.plant_host}:{cfg.plant_port}"
-        if cfg.built_in_plant
-        else "configured devices"
-    )
+    where = plant.describe if plant is not None else "configured devices"
     print(
         f"thermogate run: site '{cfg.site.name}', {len(rt.pmap)} points, scan {cfg.scan_s:g} s",
         flush=True,
@@ -774,12 +865,8 @@ async def _main(args: argparse.Namespace) -> int:
         if console is not None:
             await asyncio.to_thread(console.stop)
         await rt.close()
-        if plant_task is not None:
-            plant_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await plant_task
-        if served is not None:
-            await served.server.stop()
+        if plant is not None:
+            await asyncio.to_thread(plant.stop)  # only a plant this run started
     print(
         f"thermogate run: stopped after {rt.scans} scans ({rt.overruns} overruns); "
         f"state saved to {cfg.db}",

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from thermogate.controller.run import (
     CLEAN_STOP,
     RUN_STATE_KEY,
     UNCLEAN_STOP,
+    DemoPlant,
     RealTimeController,
     _status_line,
     load_run_config,
@@ -226,54 +229,6 @@ def _telemetry_rows(db: Path) -> int:
         con.close()
 
 
-@pytest.mark.timeout(180)
-def test_a_restart_after_kill_minus_9_records_the_unclean_stop_and_its_gap(tmp_path):
-    cfg = _write_config(tmp_path)
-    db = tmp_path / "site.db"
-
-    def start() -> subprocess.Popen:
-        return subprocess.Popen(
-            [*CLI, "run", "--config", str(cfg), "--no-opcua", "--no-console"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=tmp_path,
-        )
-
-    run = start()
-    try:
-        _wait("telemetry to be committed", lambda: _telemetry_rows(db) >= 2)
-    finally:
-        os.kill(run.pid, signal.SIGKILL)  # no goodbye: nothing is marked on the way out
-        run.wait(10)
-    last_row_t = _newest_row_t(db)  # what the killed run left committed
-    assert _events(db, CLEAN_STOP) == [] and _events(db, UNCLEAN_STOP) == []
-
-    run = start()
-    try:
-        _wait("the unclean stop to be recorded", lambda: _events(db, UNCLEAN_STOP))
-    finally:
-        run.send_signal(signal.SIGINT)
-        out, _ = run.communicate(timeout=60)
-    assert run.returncode == 0 and "did not stop cleanly" in out, out
-    [unclean] = _events(db, UNCLEAN_STOP)
-    gap = unclean["data"]["gap_s"]
-    assert unclean["data"]["last_row_t"] == last_row_t
-    assert gap > 0 and gap == pytest.approx(unclean["t"] - last_row_t)
-    assert f"{gap:.1f} s before this start" in unclean["message"]
-    # the second run stopped cleanly: marked so, after everything else it recorded
-    [clean] = _events(db, CLEAN_STOP)
-    assert clean["t"] == _newest_row_t(db)
-    con = sqlite3.connect(db)
-    try:
-        (marker,) = con.execute(
-            "SELECT value FROM state WHERE key = ?", (RUN_STATE_KEY,)
-        ).fetchone()
-    finally:
-        con.close()
-    assert json.loads(marker)["running"] is False
-
-
 def test_a_start_after_a_clean_stop_records_no_unclean_stop(tmp_path):
     cfg = load_run_config(str(_write_config(tmp_path)), str(tmp_path / "site.db"))
 
@@ -287,3 +242,113 @@ def test_a_start_after_a_clean_stop_records_no_unclean_stop(tmp_path):
     db = tmp_path / "site.db"
     assert len(_events(db, CLEAN_STOP)) == 2
     assert _events(db, UNCLEAN_STOP) == []
+
+
+# --------------------------------------------------------------------------
+# the demo's plant lives in a process of its own
+# --------------------------------------------------------------------------
+def _plant_line(run: subprocess.Popen) -> str:
+    for line in run.stdout:
+        if line.strip().startswith("plant:"):
+            return line
+    raise AssertionError("run printed no plant line")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _heartbeat(port: int, pmap: PointMap) -> float:
+    async with ModbusIO(pmap, Endpoint("tcp", "127.0.0.1", port), timeout_s=1.0) as io:
+        return (await io.read_points(["plc.heartbeat"]))["plc.heartbeat"]
+
+
+@pytest.mark.timeout(240)
+def test_kill_minus_9_leaves_the_demo_plant_serving_and_the_restart_attaches_and_records_the_gap(
+    tmp_path, demo_pmap: PointMap
+):
+    port = _closed_port()
+    db = tmp_path / "demo.db"
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            [*CLI, "run", "--db", str(db), "--plant-port", str(port), "--no-opcua", "--no-console"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+        )
+
+    plant_pid = None
+    run = start()
+    try:
+        plant_pid = int(_plant_line(run).split("process ")[1].split()[0])
+        _wait("the controller to scan the plant", lambda: _telemetry_rows(db) >= 2)
+        os.kill(run.pid, signal.SIGKILL)  # no goodbye: nothing is marked on the way out
+        run.wait(10)
+        last_row_t = _newest_row_t(db)  # what the killed run left committed
+        assert _events(db, CLEAN_STOP) == [] and _events(db, UNCLEAN_STOP) == []
+        # the plant (the PLC) goes on serving on its own and nobody beats its heart: its
+        # watchdog takes the safe state (test_controller_realtime pins that part)
+        assert _alive(plant_pid)
+        first = asyncio.run(_heartbeat(port, demo_pmap))
+        time.sleep(1.5)
+        assert asyncio.run(_heartbeat(port, demo_pmap)) == first
+
+        run = start()  # the restart finds the plant serving and attaches to it
+        assert "attached to the plant already serving" in _plant_line(run)
+        _wait("the unclean stop to be recorded", lambda: _events(db, UNCLEAN_STOP))
+        run.send_signal(signal.SIGINT)
+        out, _ = run.communicate(timeout=60)
+        assert run.returncode == 0, out
+        assert _alive(plant_pid)  # not its child: a clean stop leaves it serving
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+        if plant_pid is not None and _alive(plant_pid):
+            os.kill(plant_pid, signal.SIGINT)
+            _wait("the plant to stop", lambda: not _alive(plant_pid), 30)
+    [unclean] = _events(db, UNCLEAN_STOP)
+    gap = unclean["data"]["gap_s"]
+    assert unclean["data"]["last_row_t"] == last_row_t
+    assert gap > 0 and gap == pytest.approx(unclean["t"] - last_row_t)
+    assert "did not stop cleanly" in unclean["message"]
+    assert f"{gap:.1f} s before this start" in unclean["message"]
+    # the restart stopped cleanly: marked so, after everything else it recorded
+    [clean] = _events(db, CLEAN_STOP)
+    assert clean["t"] == _newest_row_t(db)
+    con = sqlite3.connect(db)
+    try:
+        (marker,) = con.execute(
+            "SELECT value FROM state WHERE key = ?", (RUN_STATE_KEY,)
+        ).fetchone()
+    finally:
+        con.close()
+    assert json.loads(marker)["running"] is False
+
+
+def test_the_demo_plant_runs_as_a_child_stopped_by_the_run_that_started_it(tmp_path):
+    cfg = replace(
+        load_run_config(None, str(tmp_path / "d.db")), plant_port=_closed_port()
+    )  # fmt: skip
+
+    async def scenario() -> None:
+        own = await DemoPlant.start(cfg)
+        try:
+            assert own.proc is not None and own.proc.poll() is None
+            assert own.price_feed is not None and math.isfinite(own.price_feed(time.time()))
+            other = await DemoPlant.start(cfg)  # a second run attaches ...
+            assert other.proc is None and "attached" in other.describe
+            other.stop()  # ... and its stop leaves the plant alone
+            assert own.proc.poll() is None
+        finally:
+            own.stop()
+        assert own.proc.returncode == 0  # stopped as from Ctrl-C, cleanly
+
+    asyncio.run(scenario())
+    assert "thermogate plant: stopped" in (tmp_path / "d.plant.log").read_text()
