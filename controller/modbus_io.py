@@ -373,7 +373,7 @@ class ModbusIO:
         return self._units[unit_id].delay
 
     def lost(self) -> dict[str, str]:
-        """The units being skipped now, per endpoint: ``{"tcp 10.0.0.5:502": "units 1-3"}``."""
+        """The units being skipped now, per endpoint: ``{"tcp 10.0.0.5:502": "3 units: 1-3"}``."""
         down = [u for u in self._units.values() if u.delay]
         return {w: _units_text(us) for w, us in _by_endpoint(down).items()}
 

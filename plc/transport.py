@@ -116,7 +116,7 @@ class _HandledByThermogate(logging.Filter):
         "Not connected, trying to connect",
         "Cancel send, because not connected",
         # pymodbus says this instead of a message equal to its last one: alone it
-        # says nothing, and the message it repeats is one of the above
+        # says nothing (the message it stands for was shown once, or filtered here)
         "Repeating....",
     )
 

@@ -44,6 +44,8 @@ from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site_text, load_site
 
 _DEEP = int(os.environ.get("THERMOGATE_FUZZ_EXAMPLES", "0"))
+if _DEEP:  # a deep campaign runs for many minutes per test
+    pytestmark = pytest.mark.timeout(0)
 
 
 def fuzz(examples: int) -> settings:
