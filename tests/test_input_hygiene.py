@@ -30,15 +30,18 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thermogate.controller.cli import main
 from thermogate.controller.grid.peaks import load_peaks_csv
+from thermogate.controller.historian import Historian
 from thermogate.controller.run import load_run_config
 from thermogate.hil.scenario import load_for_run, load_prices_csv, load_scenario, load_weather_csv
 from thermogate.hil.scenario.jobs import load_jobs_csv
+from thermogate.models.registry import Registry
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site_text, load_site
@@ -495,6 +498,42 @@ def test_a_peaks_csv_loads_or_is_one_line_naming_file_and_line(tmp_path, data):
 
 
 # --------------------------------------------------------------------------
+# the site database (historian, model registry): damaged or not SQLite at all
+# --------------------------------------------------------------------------
+NAMES = [f"p{i}" for i in range(20)]
+
+
+@pytest.fixture(scope="module")
+def historian_bytes(tmp_path_factory) -> bytes:
+    db = tmp_path_factory.mktemp("hist") / "h.db"
+    with Historian(db, NAMES, site_name="s") as h:
+        for k in range(30):
+            h.record_scan(1e6 + k, np.arange(20.0), np.zeros(20, np.uint8))
+            h.record_event(1e6 + k, "info", "test", "m")
+    return db.read_bytes()
+
+
+@fuzz(60)
+@given(data=st.data())
+def test_a_damaged_database_opens_or_is_one_line(tmp_path_factory, historian_bytes, data):
+    b = bytearray(historian_bytes)
+    if data.draw(st.integers(0, 9)) == 0:
+        b = bytearray(data.draw(raw_bytes))
+    for _ in range(data.draw(st.integers(1, 20))):  # bytes overwritten: header or anywhere
+        at = data.draw(st.integers(0, 99) | st.integers(0, max(0, len(b) - 1)))
+        if at < len(b):
+            b[at] = data.draw(st.integers(0, 255))
+    f = tmp_path_factory.mktemp("db") / "site.db"
+    f.write_bytes(bytes(b))
+
+    def open_historian() -> None:
+        Historian(f, NAMES, site_name="s").close()
+
+    loads_or_says_why(f, open_historian)
+    loads_or_says_why(f, lambda: Registry(f).close())
+
+
+# --------------------------------------------------------------------------
 # the command line: exit 2 and one line on stderr
 # --------------------------------------------------------------------------
 CLI = [sys.executable, "-m", "thermogate.controller.cli"]
@@ -520,6 +559,7 @@ def test_a_bad_csv_given_to_the_plant_exits_2_with_one_line_on_stderr(tmp_path):
         (["run", "--config", "{d}/controller.toml"], "controller.toml", ": modbus.port: "),
         (["simulate", "--hours", "1", "--jobs", "{d}/jobs.csv"], "jobs.csv", ":3: column 'gpus'"),
         (["simulate", "--scenario", "{d}/s.toml"], "s.toml", ": name: "),
+        (["forecast", "--db", "{d}/not.db"], "not.db", "not a thermogate database"),
     ],
 )
 def test_the_cli_says_a_bad_file_in_one_line_and_returns_2(tmp_path, capsys, args, file, where):
@@ -530,6 +570,7 @@ def test_the_cli_says_a_bad_file_in_one_line_and_returns_2(tmp_path, capsys, arg
     )
     (tmp_path / "jobs.csv").write_text(BAD_JOBS, encoding="utf-8")
     (tmp_path / "s.toml").write_text('name = "a\\nb"\n', encoding="utf-8")
+    (tmp_path / "not.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 8)
     assert main([a.format(d=tmp_path) for a in args]) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"thermogate: error: {tmp_path / file}") and where in line, line
