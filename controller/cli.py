@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from importlib import metadata
 
 from thermogate.plc.errors import ThermogateError
 
@@ -186,6 +187,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .faults import bench_faults
 
         result = bench_faults(args)
+    elif args.bench == "retrain":
+        from .bench_retrain import bench_retrain
+
+        result = bench_retrain(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -201,11 +206,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+def _version() -> str:
+    """The installed distribution's version (one source: pyproject.toml)."""
+    try:
+        return metadata.version("thermogate")
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="thermogate",
         description="Site controller companion for hybrid mining / AI data halls.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument(
         "-v",
         "--verbose",
@@ -249,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--config", metavar="FILE", help="controller configuration (TOML)")
     rp.add_argument("--db", metavar="FILE", help="historian database (default thermogate.db)")
+    rp.add_argument(
+        "--plant-port",
+        type=_port,
+        default=None,
+        metavar="P",
+        help="without --config: the demo plant's Modbus port on 127.0.0.1 (default 5020)",
+    )
     rp.add_argument(
         "--no-opcua", action="store_true", help="do not start the OPC UA server ([opcua] or demo)"
     )
@@ -478,6 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bfa.add_argument("--json", action="store_true")
     bfa.set_defaults(func=cmd_bench)
+    bre = bsub.add_parser(
+        "retrain", help="scan-loop wake-ups during a retrain: in a thread vs its own process"
+    )
+    bre.add_argument(
+        "--hours", type=_positive_float, default=6.0, help="hours of history trained on (6)"
+    )
+    bre.add_argument("--json", action="store_true")
+    bre.set_defaults(func=cmd_bench)
     bdr = bsub.add_parser(
         "dr", help="under-frequency shed timed over real Modbus: frequency dips in the served plant"
     )

@@ -35,7 +35,9 @@ Reading
   once per backoff period instead of every scan. While skipped, its points
   are stale (``fresh=False``, value NaN), never frozen at their last value,
   and ``errors[unit]`` says why and until when. The first good answer ends
-  the backoff. Reconnecting is part of the next attempt (the link's own
+  the backoff. A unit lost or back is logged once, in one line per endpoint
+  after the pass (a gateway that stopped answering is one line naming its
+  units, not one per unit). Reconnecting is part of the next attempt (the link's own
   connect backoff is kept negligible so this module's backoff is the one
   policy).
 * **An exception is an answer.** A Modbus exception response to one request
@@ -227,12 +229,13 @@ class _Scan:
 
 
 class _Unit:
-    """One unit id: its link and whether it is being skipped."""
+    """One unit id: its link, where it is reached, and whether it is being skipped."""
 
-    def __init__(self, unit_id: int, link: ModbusLink) -> None:
+    def __init__(self, unit_id: int, link: ModbusLink, where: str) -> None:
         self.unit_id = unit_id
         self.link = link
         self.in_flight = link.in_flight
+        self.where = where  # the endpoint (shared by units behind one gateway)
         self.delay = 0.0
         self.skip_until = 0.0
         self.last_error = ""
@@ -244,19 +247,40 @@ class _Unit:
             return None
         return f"skipped for {left:.2f} s more (backoff) after: {self.last_error}"
 
-    def failed(self, now: float, reason: str, initial: float, cap: float) -> None:
+    def failed(self, now: float, reason: str, initial: float, cap: float) -> bool:
+        """Back off; True when the unit was answering until now (it is newly lost)."""
         was_up = self.delay == 0.0
         self.delay = min(max(self.delay * 2.0, initial), cap)
         self.skip_until = now + self.delay
         self.last_error = reason
-        if was_up:
-            log.warning("Modbus unit %d lost: %s", self.unit_id, reason)
+        return was_up
 
-    def answered(self) -> None:
-        if self.delay:
-            log.info("Modbus unit %d answers again", self.unit_id)
+    def answered(self) -> bool:
+        """End the backoff; True when the unit was lost until now."""
+        was_down = self.delay != 0.0
         self.delay = 0.0
         self.skip_until = 0.0
+        return was_down
+
+    @property
+    def why(self) -> str:
+        """The last error without the link's own prefix (the log line names the endpoint)."""
+        return self.last_error.removeprefix(f"{self.link.describe}: ")
+
+
+def _where(ep: Endpoint) -> str:
+    return f"tcp {ep.host}:{ep.port}" if ep.kind == "tcp" else f"rtu {ep.device}"
+
+
+def _id_ranges(ids: Iterable[int]) -> str:
+    """``1, 10-12, 18``: unit ids as a person reads them."""
+    out: list[str] = []
+    for u in sorted(ids):
+        if out and out[-1].split("-")[-1] == str(u - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{u}"
+        else:
+            out.append(str(u))
+    return ", ".join(out)
 
 
 # --------------------------------------------------------------------------- #
@@ -315,7 +339,13 @@ class ModbusIO:
             if missing:
                 raise ValueError(f"no endpoint for unit id(s) {missing}")
             where = {u: endpoints[u] for u in unit_ids}
-        self._units: dict[int, _Unit] = {u: _Unit(u, self._link(u, ep)) for u, ep in where.items()}
+        self._units: dict[int, _Unit] = {
+            u: _Unit(u, self._link(u, ep), _where(ep)) for u, ep in where.items()
+        }
+        # units that went down / came back during the current pass, reported
+        # after it as one line per endpoint (a gateway down is one line, not 36)
+        self._lost_now: list[_Unit] = []
+        self._back_now: list[_Unit] = []
 
         self._plan = _Plan(pmap.points, self.index, self.max_gap)
         self._point_plans: OrderedDict[tuple[str, ...], _Plan] = OrderedDict()
@@ -366,6 +396,38 @@ class ModbusIO:
         """The unit's current backoff period: 0 while it answers, doubling per failed
         probe from ``backoff_initial_s`` up to ``backoff_max_s``."""
         return self._units[unit_id].delay
+
+    def lost(self) -> dict[str, str]:
+        """The units being skipped now, per endpoint: ``{"tcp 10.0.0.5:502": "3 units: 1-3"}``."""
+        down = [u for u in self._units.values() if u.delay]
+        return {w: _units_text(us) for w, us in _by_endpoint(down).items()}
+
+    # -- lost and found ------------------------------------------------------
+
+    def _fail(self, unit: _Unit, now: float, reason: str) -> None:
+        if unit.failed(now, reason, self.backoff_initial_s, self.backoff_max_s):
+            self._lost_now.append(unit)
+
+    def _report(self) -> None:
+        """One log line per endpoint for the units lost (or back) in the last pass."""
+        lost, self._lost_now = self._lost_now, []
+        back, self._back_now = self._back_now, []
+        for where, units in _by_endpoint(lost).items():
+            reasons = list(dict.fromkeys(u.why for u in units))
+            why = "; ".join(reasons[:2]) + (
+                f" (+{len(reasons) - 2} more)" if len(reasons) > 2 else ""
+            )
+            log.warning(
+                "Modbus %s lost (%s): %s; its points are stale, retried in %g s, "
+                "the wait doubling up to %g s while it stays lost",
+                where,
+                _units_text(units),
+                why,
+                min(u.delay for u in units),
+                self.backoff_max_s,
+            )
+        for where, units in _by_endpoint(back).items():
+            log.warning("Modbus %s answers again (%s)", where, _units_text(units))
 
     # -- reading -------------------------------------------------------------
 
@@ -421,6 +483,7 @@ class ModbusIO:
         results = await asyncio.gather(
             *(self._read_unit(u, plan.units[u], scan, deadline) for u in units)
         )
+        self._report()
         unit_ok: dict[int, bool] = {}
         errors: dict[int, str] = {}
         for u, error in zip(units, results, strict=True):
@@ -478,16 +541,17 @@ class ModbusIO:
             waited = now - sent_at
             reason = f"read {blocks[k].what}: no answer within the scan budget ({waited:.3f} s)"
             if waited >= self.timeout_s:  # it had its timeout: the unit is not answering
-                unit.failed(now, reason, self.backoff_initial_s, self.backoff_max_s)
+                self._fail(unit, now, reason)
             return _summary([*problems, reason])
         except Exception as exc:  # the scan must go on; say what broke
             err = _first(exc)
             log.error("Modbus unit %d: unexpected failure while reading", unit_id, exc_info=err)
             return _summary([*problems, f"unexpected {type(err).__name__}: {err}"])
         if down:
-            unit.failed(loop.time(), down[0], self.backoff_initial_s, self.backoff_max_s)
+            self._fail(unit, loop.time(), down[0])
             return _summary([*problems, down[0]])
-        unit.answered()
+        if unit.answered():
+            self._back_now.append(unit)
         return _summary(problems) if problems else None
 
     # -- writing -------------------------------------------------------------
@@ -519,6 +583,7 @@ class ModbusIO:
             results = await asyncio.gather(
                 *(self._write_unit(u, groups[u], deadline) for u in units)
             )
+            self._report()
             for runs, errors in zip((groups[u] for u in units), results, strict=True):
                 for run, error in zip(runs, errors, strict=True):
                     for i, point in run.members:
@@ -592,7 +657,7 @@ class ModbusIO:
                     f"({self.scan_budget_s:g} s); the device may or may not have applied it"
                 )
             first = errors[min(sent)] if sent else "write budget spent"
-            unit.failed(loop.time(), str(first), self.backoff_initial_s, self.backoff_max_s)
+            self._fail(unit, loop.time(), str(first))
             return errors
         except Exception as exc:
             err = _first(exc)
@@ -601,9 +666,10 @@ class ModbusIO:
                 errors[k] = f"unexpected {type(err).__name__}: {err}"
             return errors
         if down:
-            unit.failed(loop.time(), down[0], self.backoff_initial_s, self.backoff_max_s)
+            self._fail(unit, loop.time(), down[0])
             return errors
-        unit.answered()
+        if unit.answered():
+            self._back_now.append(unit)
         return errors
 
     # -- lifecycle -----------------------------------------------------------
@@ -684,6 +750,18 @@ def _as_float(value: object) -> float:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return math.nan
+
+
+def _by_endpoint(units: Iterable[_Unit]) -> dict[str, list[_Unit]]:
+    out: dict[str, list[_Unit]] = {}
+    for u in units:
+        out.setdefault(u.where, []).append(u)
+    return out
+
+
+def _units_text(units: Sequence[_Unit]) -> str:
+    ids = _id_ranges(u.unit_id for u in units)
+    return f"unit {ids}" if len(units) == 1 else f"{len(units)} units: {ids}"
 
 
 def _summary(problems: list[str]) -> str:

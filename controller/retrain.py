@@ -22,6 +22,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -143,6 +144,7 @@ class _Crashed(Exception):
 
 def _train_child(conn: Any, db: Path, site: Site, days: float, by: str) -> None:
     """The training process: one ``train_and_register``, its result on ``conn``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
     with contextlib.suppress(OSError):
         os.nice(10)  # the scan's process comes first on a shared core
     try:

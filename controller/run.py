@@ -1,8 +1,10 @@
 """``thermogate run``: the controller in real time against a plant over Modbus.
 
 With no configuration it starts the built-in demo site as a simulated plant on
-loopback Modbus (127.0.0.1:5020, the same server ``thermogate plant`` runs) and
-controls it; with ``--config FILE`` it connects to the configured devices.
+loopback Modbus (127.0.0.1:5020): ``thermogate plant`` in a child process, so
+that killing the controller leaves the plant's PLC to take its safe state as on
+a real site (:class:`DemoPlant`); with ``--config FILE`` it connects to the
+configured devices.
 
 The scan is paced by ``expiry + interval`` (CPU time never stretches the
 cycle); a scan that overruns is counted and reported, never silently absorbed.
@@ -27,10 +29,12 @@ import logging
 import math
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +42,7 @@ from typing import Protocol
 import numpy as np
 
 from thermogate.plc.config import Section, load_toml
-from thermogate.plc.errors import ConfigError, ThermogateError
+from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site, load_site
@@ -69,11 +73,19 @@ log = logging.getLogger(__name__)
 
 DEMO_HOST = "127.0.0.1"
 DEMO_PORT = 5020
+#: how long the demo's plant process may take to listen, and to stop
+PLANT_START_S = 60.0
+PLANT_STOP_S = 10.0
 STATE_SAVE_S = 10.0
 STATUS_EVERY_S = 10.0
 #: the books count at most this long between two scans (a stalled controller's
 #: gap is not booked at the rates of the scan after it)
 BOOKS_MAX_DT_S = 10.0
+#: the state key marking a run as running (cleared by a clean stop) and the
+#: event kinds of a clean stop and of a start that finds the last run unclean
+RUN_STATE_KEY = "run"
+CLEAN_STOP = "stop"
+UNCLEAN_STOP = "unclean-stop"
 
 
 @dataclass
@@ -116,10 +128,13 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     root = load_toml(path)
     base = Path(path).parent
     c = root.get_section("controller")
-    site_file = c.get_str("site")
-    site = load_site(base / site_file)
+    site = load_site(_named_file(c, "site", base))
     scan_s = c.get_float("scan_s", site.scan_interval_s, minval=0.1, maxval=60.0)
-    db_file = db or str(base / c.get_str("db", "thermogate.db"))
+    problem = site.plc.scan_problem(scan_s)
+    if problem is not None:  # the PLC would take its safe state between two scans
+        raise c.error("scan_s", problem)
+    db_key = c.get_str("db", "thermogate.db")  # read even when --db wins: it is not a typo
+    db_file = db or str(base / db_key)
     raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
     agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
     planner = c.get_str("planner", "gating", ("gating", "limits"))
@@ -147,7 +162,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     peaks: tuple[PeakWindow, ...] = ()
     if root.has("grid"):
         g = root.get_section("grid")
-        peaks = tuple(load_peaks_csv(base / g.get_str("peaks")))
+        peaks = tuple(load_peaks_csv(_named_file(g, "peaks", base)))
         g.check_unused()
     opcua = parse_opcua(root.get_section("opcua"), base) if root.has("opcua") else None
     console = parse_console(root.get_section("console")) if root.has("console") else None
@@ -173,6 +188,15 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         opcua=opcua,
         console=console,
     )
+
+
+def _named_file(sec: Section, key: str, base: Path) -> Path:
+    """A file the configuration names (relative to it): a missing one is the key's
+    mistake, said so (the file's own errors name the file)."""
+    path = base / sec.get_str(key)
+    if not path.is_file():
+        raise sec.error(key, f"file not found: {path}")
+    return path
 
 
 def _endpoint(sec: Section) -> Endpoint:
@@ -250,6 +274,7 @@ class RealTimeController:
             ),
             self.clock,
         )
+        self._run_marker = self._check_last_stop()
         self._restore_state()
         self.inbox = Inbox(cfg.db)
         self.users = UserStore(cfg.db)
@@ -271,6 +296,35 @@ class RealTimeController:
                 self.ctrl, cfg.site, self.columns, cfg.db, self.historian.reader,
                 retrain_every_h=cfg.retrain_every_h, train_days=cfg.train_days,
             )  # fmt: skip
+
+    def _check_last_stop(self) -> dict[str, object]:
+        """Say so in the event log when the last run on this database did not stop
+        cleanly (killed, crashed, power lost), with the gap since its last committed
+        row; then mark this run as running until :meth:`close` marks its clean stop.
+
+        Read before anything of this run is recorded: the gap is the last run's."""
+        now = self.clock()
+        last = self.historian.load_state(RUN_STATE_KEY)
+        if last is not None and last.get("running"):
+            started = float(last.get("started", math.nan))
+            newest = self.historian.reader.last_row_t()
+            known = [x for x in (started, newest) if x is not None and math.isfinite(x)]
+            seen = max(known, default=math.nan)
+            gap = now - seen
+            text = (
+                f"the last run (started {_utc(started)}) did not stop cleanly: killed, crashed "
+                f"or power lost; its last committed row is of {_utc(seen)}, "
+                f"{shown(gap, '.1f', ' s')} before this start (no telemetry in that gap)"
+            )
+            log.warning("%s", text)
+            finite = {
+                k: v if v is not None and math.isfinite(v) else None
+                for k, v in (("gap_s", gap), ("last_row_t", newest), ("last_started", started))
+            }
+            self.historian.record_event(now, UNCLEAN_STOP, "controller", text, 600, finite)
+        marker: dict[str, object] = {"running": True, "started": now}
+        self.historian.save_state(RUN_STATE_KEY, marker)
+        return marker
 
     def _restore_state(self) -> None:
         """Latched trips, overrides (with their expiry), setpoints, tunings,
@@ -492,7 +546,22 @@ class RealTimeController:
         await self.io.close()
         self.inbox.close()
         self.users.close()
+        # the clean stop is marked last: a crash anywhere above leaves the run
+        # "running", and the next start reports it with its gap
+        now = self.clock()
+        self.historian.record_event(
+            now, CLEAN_STOP, "controller", f"clean stop after {self.scans} scans", 200
+        )
+        self.historian.save_state(
+            RUN_STATE_KEY, {**self._run_marker, "running": False, "stopped": now}
+        )
         self.historian.close()
+
+
+def _utc(t: float) -> str:
+    if not math.isfinite(t):
+        return "unknown"
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def grid_telemetry(rt: RealTimeController) -> dict[str, float]:
@@ -529,6 +598,20 @@ def console_face(rt: RealTimeController, cfg: ConsoleConfig) -> ConsoleFace:
     return ConsoleFace(rt.cfg.site, rt.pmap, cfg, rt.cfg.db, audit=rt._audit)
 
 
+def shown(x: object, fmt: str = ".0f", unit: str = "") -> str:
+    """A value for a person: formatted with its unit, or ``n/a`` when it is not a
+    finite number (a lost meter is not known, and NaN is not a reading)."""
+    if isinstance(x, int | float) and math.isfinite(x):
+        return f"{x:{fmt}}{unit}"
+    return "n/a"
+
+
+def _mean(xs: list[float]) -> float:
+    """The mean of the finite values, NaN when there are none (no numpy warning)."""
+    ok = [x for x in xs if math.isfinite(x)]
+    return sum(ok) / len(ok) if ok else math.nan
+
+
 def _status_line(rt: RealTimeController) -> None:
     st = rt.last
     ms = sorted(itertools.islice(rt.scan_ms, max(0, len(rt.scan_ms) - 600), None))
@@ -541,9 +624,11 @@ def _status_line(rt: RealTimeController) -> None:
     site_kw = float(v[ix.site.power_kw])
     alarms = st.get("alarms", [])
     print(
-        f"scan {rt.scans}: site {site_kw:.0f} kW, hottest tank {hottest:.1f} degC, "
+        f"scan {rt.scans}: site {shown(site_kw, '.0f', ' kW')}, "
+        f"hottest tank {shown(hottest, '.1f', ' degC')}, "
         f"{len(alarms)} alarms, fail-safe zones {len(st.get('failsafe_zones', []))}, "
-        f"scan p50 {p50:.1f} ms p99 {p99:.1f} ms, overruns {rt.overruns}",
+        f"scan p50 {shown(p50, '.1f', ' ms')} p99 {shown(p99, '.1f', ' ms')}, "
+        f"overruns {rt.overruns}",
         flush=True,
     )
     sp = st.get("setpoints", {})
@@ -551,16 +636,27 @@ def _status_line(rt: RealTimeController) -> None:
         sup = float(v[ix.loop[lp.name].supply_temp])
         fans = [float(v[ix.dry_cooler[d.name].fan_speed]) for d in lp.dry_coolers]
         pumps = [float(v[ix.pump[p.name].speed]) for p in lp.pumps]
+        known = any(math.isfinite(x) for x in pumps)
         print(
-            f"  {lp.name}: supply {sup:.1f} degC (setpoint {sp.get(lp.name, float('nan')):.1f}),"
-            f" fans {np.nanmean(fans):.0f} %, pumps " + "/".join(f"{x:.0f}" for x in pumps) + " %",
+            f"  {lp.name}: supply {shown(sup, '.1f', ' degC')} "
+            f"(setpoint {shown(sp.get(lp.name), '.1f')}), fans {shown(_mean(fans), '.0f', ' %')}, "
+            f"pumps {'/'.join(shown(x) for x in pumps) + ' %' if known else 'n/a'}",
+            flush=True,
+        )
+    lost = rt.io.lost()
+    if lost:
+        print(
+            "  Modbus: not answering: "
+            + "; ".join(f"{where} ({units})" for where, units in lost.items()),
             flush=True,
         )
     if rt.model is not None:
         fc, upd = rt.model.forecaster, rt.model.last
         loops = {lp.name for lp in rt.cfg.site.loops}
         hr = ", ".join(
-            f"{z} +{h.extra_kw:.0f} kW" for z, h in (upd.zones if upd else {}).items() if z in loops
+            f"{z} {shown(h.extra_kw, '+.0f', ' kW')}"
+            for z, h in (upd.zones if upd else {}).items()
+            if z in loops
         )
         if fc.model is None:
             what = f"physics prior forecasting; loop headroom {hr}" if hr else "no forecast yet"
@@ -583,13 +679,17 @@ def grid_line(rt: RealTimeController) -> str:
     """The grid's side: the import limit in force and why, the relay, settlement."""
     st = rt.last
     limit = st.get("import_limit_kw")
-    parts = [f"grid: import limit {limit:.0f} kW" if isinstance(limit, float) else "grid:"]
+    parts = [f"grid: import limit {shown(limit, '.0f', ' kW')}" if limit is not None else "grid:"]
     curt = st.get("curtailments") or []
     if isinstance(curt, list) and curt:
-        parts.append(", ".join(f"curtailment #{c['id']} <= {c['limit_kw']:.0f} kW" for c in curt))
+        parts.append(
+            ", ".join(
+                f"curtailment #{c['id']} <= {shown(c['limit_kw'], '.0f', ' kW')}" for c in curt
+            )
+        )
     peak = st.get("peak_limit_kw")
     if isinstance(peak, float):
-        parts.append(f"peak window <= {peak:.0f} kW")
+        parts.append(f"peak window <= {shown(peak, '.0f', ' kW')}")
     uf = st.get("under_frequency") or {}
     if isinstance(uf, dict) and uf.get("tripped"):
         ready = "release ready" if uf.get("release_ready") else "waiting for recovery"
@@ -614,8 +714,8 @@ def gating_line(g: GatingPlanner) -> str:
         else "partly on"
     )
     return (
-        f"gating: IT room {g.room_kw:.0f} kW, mining {mining} (breakeven "
-        f"{min(g.breakeven.values(), default=float('nan')):.0f} $/MWh), "
+        f"gating: IT room {shown(g.room_kw, '.0f', ' kW')}, mining {mining} (breakeven "
+        f"{shown(min(g.breakeven.values(), default=math.nan), '.0f', ' $/MWh')}), "
         f"GPUs allowed {g.gpu_capacity}; budgets bound by: {held}"
     )
 
@@ -624,52 +724,143 @@ def economics_line(books: EconomicsIntervals) -> str:
     """The books in one line: margin so far, $/h now by part, price against breakeven."""
     tot, now = books.total, books.rates
     if now is None:
-        return f"economics: margin ${tot.net_margin:+,.2f} so far (no meters read yet)"
+        return f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far (no meters read yet)"
     be = now.mining_breakeven(books.rated_breakeven)
     price = books.price_now
-    verdict = "mining pays" if price < be else "mining loses money"
-    return (
-        f"economics: margin ${tot.net_margin:+,.2f} so far, ${now.net_margin:+,.0f}/h now "
-        f"(mining {now.mining_revenue:,.0f}, AI {now.ai_revenue:,.0f}, "
-        f"energy -{now.energy_cost:,.0f} $/h); energy {price:.0f} $/MWh vs mining "
-        f"breakeven {be:.0f} $/MWh: {verdict}"
+    verdict = (
+        "mining pays"
+        if price < be
+        else "mining loses money"
+        if price >= be
+        else "not known"  # a NaN on either side
     )
+    return (
+        f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far, "
+        f"${shown(now.net_margin, '+,.0f')}/h now "
+        f"(mining {shown(now.mining_revenue, ',.0f')}, AI {shown(now.ai_revenue, ',.0f')}, "
+        f"energy -{shown(now.energy_cost, ',.0f')} $/h); energy {shown(price, '.0f')} $/MWh "
+        f"vs mining breakeven {shown(be, '.0f')} $/MWh: {verdict}"
+    )
+
+
+class DemoPlant:
+    """The demo's simulated plant, in a process of its own as a PLC is on a real site:
+    killing the controller leaves it serving, and its PLC logic takes the safe state
+    when the heartbeat stops. ``start`` attaches to a plant already serving on the
+    demo's address (one a killed run left, or a ``thermogate plant`` started by
+    hand), else starts ``thermogate plant`` as a child; ``stop`` ends only a child
+    it started."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        proc: subprocess.Popen[bytes] | None,
+        price_feed: Callable[[float], float] | None,
+    ) -> None:
+        self.cfg = cfg
+        self.proc = proc
+        self.price_feed = price_feed
+
+    @property
+    def log_path(self) -> Path:
+        return self.cfg.db.with_name(self.cfg.db.stem + ".plant.log")
+
+    @property
+    def describe(self) -> str:
+        where = f"Modbus TCP {self.cfg.plant_host}:{self.cfg.plant_port}"
+        if self.proc is None:
+            return (
+                f"attached to the plant already serving on {where} (left by a run that was "
+                "killed, or started by hand); the site's default energy price"
+            )
+        return (
+            f"built-in demo plant (simulated, scenario {self.cfg.scenario}) on {where}, "
+            f"process {self.proc.pid} (log {self.log_path})"
+        )
+
+    @classmethod
+    async def start(cls, cfg: RunConfig) -> DemoPlant:
+        host, port = cfg.plant_host, cfg.plant_port
+        if await _listens(host, port):
+            return cls(cfg, None, None)
+        from thermogate.hil.scenario import load_scenario
+
+        scenario = load_scenario(cfg.scenario)
+        log_path = cls(cfg, None, None).log_path
+        try:
+            log_file = open(log_path, "ab")  # noqa: SIM115  # the child's, from now on
+        except OSError as exc:
+            raise ThermogateError(
+                f"{log_path}: cannot write the plant's log: {exc.strerror}"
+            ) from None
+        cmd = [sys.executable, "-m", "thermogate.controller.cli", "plant", "--scenario",
+               cfg.scenario, "--host", host, "--port", str(port)]  # fmt: skip
+        with log_file:
+            # a session of its own: Ctrl-C in the terminal stops the controller, which
+            # then stops the plant, in that order
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True,
+            )  # fmt: skip
+        t0 = time.time()  # the plant's clock starts now: its scenario prices follow it
+        plant = cls(cfg, proc, lambda t: scenario.price_at(t - t0))
+        deadline = time.monotonic() + PLANT_START_S
+        while not await _listens(host, port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                plant.stop()
+                tail = log_path.read_text("utf-8", "replace").strip().splitlines()[-1:]
+                why = tail[0].removeprefix("thermogate: error: ") if tail else "no output"
+                raise ThermogateError(
+                    f"the built-in plant did not start on {host}:{port}: {why} "
+                    "(port in use? stop the other thermogate, or use --config)"
+                )
+            await asyncio.sleep(0.1)
+        return plant
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # it stops as from Ctrl-C
+        try:
+            self.proc.wait(PLANT_STOP_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _listens(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 async def _main(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.db)
+    port = getattr(args, "plant_port", None)
+    if port is not None:
+        if not cfg.built_in_plant:
+            raise ThermogateError("--plant-port is the demo plant's (without --config)")
+        cfg = replace(cfg, plant_port=port, endpoints=Endpoint("tcp", cfg.plant_host, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    served = None
-    plant_task = None
-    if cfg.built_in_plant:
-        from thermogate.hil.runner import ScenarioPlant
-        from thermogate.hil.serve import ServedPlant
-
-        served = ServedPlant(ScenarioPlant(cfg.site, cfg.scenario), speed=1.0)
-        try:
-            await served.server.start_tcp(cfg.plant_host, cfg.plant_port)
-        except (OSError, RuntimeError):
-            raise ThermogateError(
-                f"cannot start the built-in plant on {cfg.plant_host}:{cfg.plant_port} "
-                "(port in use? stop the other thermogate, or use --config)"
-            ) from None
-        plant_task = asyncio.create_task(served.run())
+    plant = await DemoPlant.start(cfg) if cfg.built_in_plant else None
     # the built-in plant's scenario prices stand in for a market feed
-    feed = None if served is None else (lambda t, s=served: s.sim.price_per_mwh())
+    feed = None if plant is None else plant.price_feed
     try:
         rt = RealTimeController(cfg, price_feed=feed)
-    except ConfigError:
+    except BaseException:
+        if plant is not None:
+            await asyncio.to_thread(plant.stop)
         raise
-    where = (
-        f"built-in demo plant (simulated, scenario {cfg.scenario}) on Modbus TCP "
-        f"{cfg.plant_host}:{cfg.plant_port}"
-        if cfg.built_in_plant
-        else "configured devices"
-    )
+    where = plant.describe if plant is not None else "configured devices"
     print(
         f"thermogate run: site '{cfg.site.name}', {len(rt.pmap)} points, scan {cfg.scan_s:g} s",
         flush=True,
@@ -716,12 +907,8 @@ async def _main(args: argparse.Namespace) -> int:
         if console is not None:
             await asyncio.to_thread(console.stop)
         await rt.close()
-        if plant_task is not None:
-            plant_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await plant_task
-        if served is not None:
-            await served.server.stop()
+        if plant is not None:
+            await asyncio.to_thread(plant.stop)  # only a plant this run started
     print(
         f"thermogate run: stopped after {rt.scans} scans ({rt.overruns} overruns); "
         f"state saved to {cfg.db}",

@@ -195,11 +195,9 @@ def run_simulation(
     # (1 s; studies of days step it at their 5 s scan: its fastest zone, a
     # CDU's coolant, has a time constant of ~40 s, and the summaries of a
     # gating heatwave at 1, 2.5 and 5 s agree to 0.1 %).
-    if scan_s is not None and not 0 < scan_s <= site.plc.heartbeat_timeout_s / 2:
-        raise ThermogateError(
-            f"scan_s {scan_s:g} s must be positive and at most half the PLC's heartbeat "
-            f"timeout ({site.plc.heartbeat_timeout_s:g} s), or the PLC takes its safe state"
-        )
+    problem = None if scan_s is None else site.plc.scan_problem(scan_s)
+    if problem is not None:
+        raise ThermogateError(f"scan_s: {problem}")
     # with a historian, a tap on the planner keeps its budgets for the gating rows
     tap = PlanTap(planner) if planner is not None and historian is not None else None
     ctrl = Controller(site, pmap, planner=tap or planner, scan_s=scan_s)

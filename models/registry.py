@@ -126,6 +126,9 @@ class Registry:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._conn.execute(stmt)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # not SQLite, or damaged
+            self._conn.close()
+            raise ThermogateError(f"{self.path}: not a thermogate database ({exc})") from None
         except BaseException:
             self._conn.close()
             raise

@@ -310,6 +310,28 @@ class PlcConfig:
     safe_gpu_cap_pct: float
     leak_isolates_loop: bool
 
+    @property
+    def max_scan_s(self) -> float:
+        """The slowest controller scan that keeps the heartbeat alive: half the
+        watchdog's timeout, so one late or lost heartbeat write still leaves the
+        next scan time to land before the PLC takes its safe state."""
+        return self.heartbeat_timeout_s / 2.0
+
+    def scan_problem(self, scan_s: float) -> str | None:
+        """Why a controller scanning every ``scan_s`` seconds cannot keep this PLC's
+        heartbeat alive, or None when it can. The one rule every command that
+        chooses a scan (``run``, ``simulate``, the site file) applies."""
+        if not (math.isfinite(scan_s) and scan_s > 0.0):
+            return f"{scan_s:g} s is not a positive number of seconds"
+        if scan_s > self.max_scan_s:
+            return (
+                f"{scan_s:g} s cannot keep the PLC heartbeat alive: the PLC takes its safe "
+                f"state when the heartbeat has not changed for {self.heartbeat_timeout_s:g} s "
+                f"(the site's [plc] heartbeat_timeout_s), so a scan must be at most half of "
+                f"that ({self.max_scan_s:g} s)"
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class GridConfig:

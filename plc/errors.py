@@ -8,9 +8,19 @@ with status 2; it never shows a traceback for them.
 
 from __future__ import annotations
 
+# What would break the one line a message is: control characters (a key or a
+# value quoted from a file may hold them) and the line breaks str.splitlines knows.
+_BREAKERS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7F, 0x85, 0x2028, 0x2029)}
+
 
 class ThermogateError(Exception):
-    """Base of every error thermogate raises on purpose."""
+    """Base of every error thermogate raises on purpose.
+
+    Its text is always one line: whatever a message quotes from a file,
+    control characters and line breaks come out escaped (``\\n``, ``\\x00``)."""
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_BREAKERS)
 
 
 class ConfigError(ThermogateError, ValueError):

@@ -121,6 +121,9 @@ def parse_site(root: Section) -> Site:
         leak_isolates_loop=p.get_bool("leak_isolates_loop", True),
     )
     p.check_unused()
+    problem = plc.scan_problem(scan)
+    if problem is not None:
+        raise s.error("scan_interval_s", problem)
 
     feeders = tuple(_feeder(sec, names) for sec in root.get_sections("feeders"))
     if not feeders:

@@ -124,6 +124,9 @@ class _HandledByThermogate(logging.Filter):
         "Failed to connect",
         "Not connected, trying to connect",
         "Cancel send, because not connected",
+        # pymodbus says this instead of a message equal to its last one: alone it
+        # says nothing (the message it stands for was shown once, or filtered here)
+        "Repeating....",
     )
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -276,10 +279,9 @@ class _Endpoint:
             return
         self.client.close()
         self._escalate()
-        raise ModbusDeviceError(
-            unit_id,
-            f"{self.describe}: cannot connect; next attempt in {self._delay:.1f} s",
-        )
+        # no "next attempt in" here: callers with their own retry policy (the
+        # controller's unit backoff) would quote the link's, which is not theirs
+        raise ModbusDeviceError(unit_id, f"{self.describe}: cannot connect")
 
     def close(self) -> None:
         self._closed = True
@@ -428,6 +430,11 @@ class ModbusLink:
     @property
     def connected(self) -> bool:
         return self._endpoint is not None and not self._closed and self._endpoint.connected
+
+    @property
+    def describe(self) -> str:
+        """Where the link goes, as its errors start: ``tcp 10.0.0.5:502 (unit 3)``."""
+        return self._describe()
 
     def __repr__(self) -> str:
         where = self._describe()

@@ -206,7 +206,11 @@ def test_when_the_controller_process_dies_the_plc_takes_its_safe_state_by_itself
             "controller.scan_z",
             "unknown key",
         ),
-        ('[controller]\nsite = "nope.toml"\n[modbus]\nhost = "h"\n', "", "file not found"),
+        (
+            '[controller]\nsite = "nope.toml"\n[modbus]\nhost = "h"\n',
+            "controller.site",
+            "file not found",
+        ),
         (
             '[controller]\nsite = "site.toml"\n[modbus]\nhost = "h"\nport = "502"\n',
             "modbus.port",

@@ -140,5 +140,5 @@ def test_the_run_config_takes_peak_windows_from_a_csv(tmp_path):
     with pytest.raises(ConfigError, match=r"grid\.peaks: required key"):
         load_run_config(str(tmp_path / "typo.toml"), None)
     (tmp_path / "gone.toml").write_text(base + '[grid]\npeaks = "nope.csv"\n')
-    with pytest.raises(DataFileError, match=r"nope\.csv: file not found"):
+    with pytest.raises(ConfigError, match=r"gone\.toml: grid\.peaks: file not found: .*nope\.csv"):
         load_run_config(str(tmp_path / "gone.toml"), None)

@@ -60,13 +60,13 @@ notifications = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(notifications)
 def test_encoding_is_asyncuas_byte_for_byte(dcn):
     assert wire.encode_datachange(dcn) == wire.asyncua_encode(dcn)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(notifications)
 def test_decoding_gives_asyncuas_objects(dcn):
     raw = wire.asyncua_encode(dcn)
@@ -77,7 +77,7 @@ def test_decoding_gives_asyncuas_objects(dcn):
     ]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(notifications.filter(lambda d: d.MonitoredItems), st.data())
 def test_a_truncated_notification_is_an_opc_ua_error(dcn, data):
     raw = wire.asyncua_encode(dcn)

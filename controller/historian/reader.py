@@ -364,6 +364,18 @@ class HistoryReader:
             ).fetchone()
         return row is not None
 
+    def last_row_t(self) -> float | None:
+        """The time of the newest committed telemetry, event or audit row (None: none).
+
+        What a run that ended without a clean stop left behind: the gap to its
+        restart is measured from here."""
+        parts = ['SELECT max("t") AS t FROM "events"', 'SELECT max("t") AS t FROM "audit"']
+        if self._n_shards:
+            parts.append('SELECT max("t") AS t FROM "telemetry_0"')
+        with self._read() as c:
+            row = c.execute(f"SELECT max(t) FROM ({' UNION ALL '.join(parts)})").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def state(self, key: str) -> dict | None:
         """The last committed value saved under ``key`` (``Historian.save_state``), or None."""
         with self._read() as c:

@@ -220,6 +220,9 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA secure_delete=FAST")  # retention: no extra I/O for zeroing
         conn.execute("PRAGMA journal_size_limit=67108864")
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # not SQLite, or damaged
+        conn.close()
+        raise HistorianError(f"{path}: not a thermogate historian database ({exc})") from None
     except BaseException:
         conn.close()
         raise

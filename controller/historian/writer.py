@@ -39,6 +39,7 @@ import itertools
 import json
 import math
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -146,6 +147,10 @@ class Historian(WriterThread):
             )
             #: the read path (read-only connection): every read of this class goes through it
             self.reader = HistoryReader(self.path, site_name)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            # a damaged file (malformed pages, a mangled schema): one line, no traceback
+            wconn.close()
+            raise HistorianError(f"{self.path}: a damaged historian database ({exc})") from None
         except BaseException:
             wconn.close()
             raise

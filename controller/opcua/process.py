@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import logging
 import multiprocessing as mp
+import signal
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -188,6 +189,9 @@ def _serve(
     snaps: Connection,
     cmds: Connection,
 ) -> None:
+    # Ctrl-C reaches the whole foreground process group: the controller stops this
+    # process by closing its pipe, in order, never by a traceback of its own
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from thermogate.plc.pointmap import build_point_map
 
     from ..core.topology import Topology

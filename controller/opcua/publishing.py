@@ -37,13 +37,15 @@ from asyncua.server.address_space import AttributeValue
 from asyncua.server.internal_subscription import InternalSubscription
 from asyncua.server.monitored_item_service import MonitoredItemService
 
+from .wire import notification
+
 log = logging.getLogger(__name__)
 
 _DISABLED = ua.MonitoringMode.Disabled
 _STATUS_VALUE = ua.DataChangeTrigger.StatusValue
 _changed = MonitoredItemService._is_data_changed
 _KICK = "_thermogate_kick"  # the wake-up a subscription's cycle waits on
-_notification = ua.MonitoredItemNotification
+_notification = notification  # the slots filled directly: 4,000 a scan
 
 
 class Notifier:
@@ -75,7 +77,7 @@ class Notifier:
                 continue
             isub = svc.isub
             queue = isub._triggered_datachanges
-            note = _notification(ClientHandle=md.client_handle, Value=dv)
+            note = _notification(md.client_handle, dv)
             items = queue.get(mid)
             if items is None:
                 queue[mid] = [note]

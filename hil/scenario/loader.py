@@ -32,7 +32,7 @@ from .csvfiles import CsvSource, load_prices_csv, load_weather_csv
 from .events import GRID_EVENT_KINDS, GRID_EVENT_PARAMS, NAME_RE, FaultSpec, GridEvent
 from .fields import FieldError
 from .resolved import Scenario
-from .series import DAY_S, TimeSeries
+from .series import DAY_S, TimeSeries, Weather
 from .synthetic import SyntheticPrices, SyntheticWeather
 
 __all__ = ["list_builtin_scenarios", "load_scenario", "parse_scenario"]
@@ -41,6 +41,10 @@ _SCENARIO_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _BUILTIN_PACKAGE = "thermogate.hil.data"
 
 Moment = float | datetime  # seconds from the start, or an absolute time
+
+#: The longest scenario: a year and the historian's default 400 days of
+#: aggregates fit; its weather and prices are generated whole when it loads.
+MAX_DURATION_S = 400 * DAY_S
 
 
 def parse_scenario(
@@ -180,7 +184,13 @@ def _scenario(
     if written is not None and duration_s is not None:
         raise root.error("duration", "give duration_s or duration, not both")
     duration = written if written is not None else duration_s if duration_s is not None else DAY_S
+    longest = f"the longest scenario is {MAX_DURATION_S / DAY_S:g} days"
+    if duration > MAX_DURATION_S:  # its series are generated up front: a unit mistake costs GBs
+        key = "duration" if written is not None else "duration_s"
+        raise root.error(key, f"{duration / DAY_S:g} days is too long; {longest}")
     if run_s is not None:
+        if run_s > MAX_DURATION_S:
+            raise ConfigError(file, "", f"a run of {run_s / DAY_S:g} days is too long; {longest}")
         duration = run_s
     for key in initial:
         if not NAME_RE.match(key):
@@ -198,16 +208,16 @@ def _scenario(
         inherit = psrc.wrap if isinstance(psrc, CsvSource) else False
         psrc = CsvSource(Path(prices_csv), inherit if wrap is None else wrap)
 
-    weather = (
-        load_weather_csv(wsrc.path, wrap=wsrc.wrap, period_s=wsrc.period_s)
-        if isinstance(wsrc, CsvSource)
-        else None
-    )
-    prices = (
-        load_prices_csv(psrc.path, wrap=psrc.wrap, period_s=psrc.period_s)
-        if isinstance(psrc, CsvSource)
-        else None
-    )
+    weather: Weather | None = None
+    prices: TimeSeries | None = None
+    if isinstance(wsrc, CsvSource):
+        weather = load_weather_csv(wsrc.path)
+        _check_period(weather_sec, wsrc, weather.ambient_c.duration)
+        weather = weather.with_wrap(wsrc.wrap, wsrc.period_s)
+    if isinstance(psrc, CsvSource):
+        prices = load_prices_csv(psrc.path)
+        _check_period(prices_sec, psrc, prices.duration)
+        prices = prices.with_wrap(psrc.wrap, psrc.period_s)
     # t = 0 is the explicit start, else the first weather sample, else prices'.
     start = start_given
     if start_at_prices and prices is not None and prices.start is not None:
@@ -292,6 +302,16 @@ def _source(
     if not overridden and not p.is_file():
         raise sec.error("path", f"file not found: {p}")
     return CsvSource(p, wrap, period_s)
+
+
+def _check_period(sec: Section, src: CsvSource, span_s: float) -> None:
+    """A series repeats after it ends: its ``period_s`` cannot be shorter than it."""
+    if src.period_s is not None and src.period_s < span_s:
+        raise sec.error(
+            "period_s",
+            f"{src.period_s:g} s is shorter than the {span_s:g} s {src.path.name} spans "
+            "(a series repeats after its last sample)",
+        )
 
 
 # --------------------------------------------------------------------------
