@@ -44,6 +44,7 @@ from typing import Any
 
 from pymodbus.client import ModbusTcpClient
 
+from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site, demo_site_text
 
 from ..bench import _free_port, _wait_port
@@ -121,12 +122,13 @@ class _Plant:
         _wait_port(self.port, self.proc)
         self.client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=1.0)
         self.client.connect()
-        self.safe_point = demo_site().plc.unit_id
+        self.safe_point = build_point_map(demo_site()).by_name["plc.safe_state"]
 
     def safe_state(self) -> bool | None:
-        """The PLC's ``plc.safe_state`` bit (discrete 0), None if it did not answer."""
+        """The PLC's ``plc.safe_state`` bit, None if it did not answer."""
+        p = self.safe_point
         try:
-            rr = self.client.read_discrete_inputs(0, count=1, device_id=self.safe_point)
+            rr = self.client.read_discrete_inputs(p.address, count=1, device_id=p.unit_id)
         except Exception:
             self.client.close()
             self.client.connect()
