@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 
+from ..signals import Event
 from .alarms import Alarms
 from .topology import CLASS_ORDER, Load, Topology
 from .view import ScanView, nz
@@ -152,23 +153,23 @@ class PowerProtection:
                         held[ld.name] = max(0.0, cur - take * cur / have)
                         self._update(ld.name)
                     if not shedding:  # one event per episode, not one per scan
-                        alarms.event(
-                            t,
-                            "shed",
-                            name,
+                        msg = (
                             f"{name} {p:.0f} kW > {POWER_SHED_AT * limit:.0f} kW "
                             f"(protection sheds above {POWER_SHED_AT:.0%} of "
                             f"{_line(limit, named, what)}): shedding {wclass} "
-                            f"({take:.0f} kW now)",
-                            sev,
+                            f"({take:.0f} kW now)"
                         )
+                        data = {"limit": "power", "action": "applied", "zone": name}
+                        alarms.events.append(Event(t, "shed", name, msg, sev, data))
                         shedding = True
                     excess -= take
                     if excess <= 1.0:
                         break
             elif p < POWER_RESTORE_BELOW * limit:
                 if shedding and not held:
-                    alarms.event(t, "restore", name, f"{name}: all loads restored", 400)
+                    data = {"limit": "power", "action": "lifted", "zone": name}
+                    msg = f"{name}: all loads restored"
+                    alarms.events.append(Event(t, "restore", name, msg, 400, data))
                     shedding = False
                 # Restore what this constraint shed, in reverse order: inference
                 # first, mining last. What another limit holds stays held there.

@@ -18,6 +18,10 @@ measurement (``pid.py``: a pure step). Around them:
   operator's value bumplessly; in manual and maintenance modes every loop
   holds its output and trim & respond stands still. Setpoints and tunings
   set through the command path replace the site file's.
+
+``trim_and_respond=False`` runs every loop at its design supply setpoint and
+ΔP (fans and pumps still by PID): what an immersion-tank or CDU vendor's
+controller does, the baseline of ``thermogate bench cooling``.
 """
 
 from __future__ import annotations
@@ -68,9 +72,12 @@ def pid_config(c: ControlLoop, tuning: Mapping[str, float] | None = None) -> Pid
 class Regulation:
     """See the module docstring."""
 
-    def __init__(self, topo: Topology, state: ControllerState) -> None:
+    def __init__(
+        self, topo: Topology, state: ControllerState, *, trim_and_respond: bool = True
+    ) -> None:
         self.topo = topo
         self.state = state
+        self.trim_and_respond = trim_and_respond
         site, pmap, ix = topo.site, topo.pmap, topo.ix
         self.loops: list[ControlLoop] = list(site.control_loops)
         self._meas = {c.name: pmap.position(c.measurement) for c in self.loops}
@@ -160,7 +167,7 @@ class Regulation:
     ) -> None:
         t, dt = view.t, view.dt
         auto = self.state.mode == "auto"
-        if auto:
+        if auto and self.trim_and_respond:
             self._trim_and_respond(view)
         pid = self._pid
         for c, meas_i, acts, pump_loop in self._wiring:
