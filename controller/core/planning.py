@@ -162,8 +162,8 @@ class Planning:
         # every time: asked once per planner object, not once per scan
         self._explains_of: tuple[Planner, bool] | None = None
         self._busy_of: tuple[Planner, bool] | None = None
-        #: per load: the kW of its budget the thermal limit withheld this scan (what
-        #: the planner asked within the power caps, less what the thermal cap left)
+        #: per load: the kW the thermal limit takes off its rating this scan (within
+        #: its power caps; the planner plans within both, so this is what it lost)
         self.thermal_withheld_kw: dict[str, float] = {ld.name: 0.0 for ld in topo.loads}
 
     def _explains(self) -> bool:
@@ -241,7 +241,7 @@ class Planning:
         for ld, rated, th, pw in caps:
             budget = asked(wanted, ld)
             budget_final = min(budget, rated, th, pw)
-            withheld[ld.name] = min(budget, rated, pw) - budget_final
+            withheld[ld.name] = max(0.0, min(rated, pw) - th)
             reason = why.get(ld.name, "planner")
             if budget_final < budget - 1e-6:
                 limits = {"thermal": th, "power": pw}
