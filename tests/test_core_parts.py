@@ -15,6 +15,11 @@ from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S
 from thermogate.controller.core.alarms import Alarms
 from thermogate.controller.core.planning import LoadInfo, Planning, SiteNow, row_cap_w
 from thermogate.controller.core.power import GRID_LIMIT_MARGIN, PowerProtection
+from thermogate.controller.core.regulation import (
+    DP_TRIM_MIN_KPA,
+    SUPPLY_MIN_APPROACH_K,
+    Regulation,
+)
 from thermogate.controller.core.state import ControllerState
 from thermogate.controller.core.thermal import (
     LIMIT_KI_PER_K_S,
@@ -276,3 +281,37 @@ def test_a_trip_stays_latched_until_a_reset_finds_its_interlock_clear(topo):
     assert st.latched == {}
     trips.latch(view(topo, t=6.0 + 60.0, tank01__interlock=1.0), {}, al)
     assert latch_key("tank01") in st.latched  # a new trip after the window latches again
+
+
+# -- regulation: trim & respond ------------------------------------------------------
+def _supply_and_dp(reg: Regulation, loop: str) -> tuple[float, float]:
+    by_meas = {c.measurement: c for c in reg.loops}
+    return (
+        reg.setpoint(by_meas[f"{loop}.supply_temp"]),
+        reg.setpoint(by_meas[f"{loop}.dp"]),
+    )
+
+
+def test_trim_and_respond_does_not_chase_a_supply_below_the_ambient_and_fixed_holds_design(
+    topo, site
+):
+    lp = site.loops[0]
+    trim, fixed = (
+        Regulation(topo, ControllerState()),
+        Regulation(topo, ControllerState(), trim_and_respond=False),
+    )
+    ambient = lp.supply_setpoint_c + 8.0  # a hot night: the design supply is under the air
+    for k in range(1400):  # valves throttled (the view's 0 %), nothing hot
+        v = view(topo, t=2.0 * k, dt=2.0, site__ambient_temp=ambient)
+        for reg in (trim, fixed):
+            reg.regulate(v, {}, Alarms(), {})
+    supply, dp = _supply_and_dp(trim, lp.name)
+    assert supply == pytest.approx(ambient + SUPPLY_MIN_APPROACH_K)  # past the +6 K reset
+    assert dp == DP_TRIM_MIN_KPA
+    assert _supply_and_dp(fixed, lp.name)[0] == lp.supply_setpoint_c  # the vendor's way
+    # a valve wide open: the ΔP comes back at once (the trim never wound past its floor)
+    valve = topo.pmap.name_of(topo.loop_valves[lp.name][0]).replace(".", "__")
+    trim.regulate(
+        view(topo, t=2800.0, site__ambient_temp=ambient, **{valve: 95.0}), {}, Alarms(), {}
+    )
+    assert _supply_and_dp(trim, lp.name)[1] > DP_TRIM_MIN_KPA
