@@ -416,10 +416,11 @@ def run_simulation(
         "sheds": sum(1 for e in events if e["kind"] == "shed"),
         # every protective limit applied and lifted, by kind (each one an event)
         "limits": {k: dict(v) for k, v in sorted(limits.items())},
-        # budget the thermal limiter withheld from what the planner asked, by class
-        "thermal_shed_kwh": {
-            **{c: round(kwh, 1) for c, kwh in withheld_kwh.items()},
-            "gpu": round(withheld_kwh["training"] + withheld_kwh["inference"], 1),
+        # what the thermal limiter took off the loads' ratings (within their power
+        # caps), by class; gpu: training and inference together
+        "thermal_shed": {
+            **{f"{c}_kwh": round(kwh, 1) for c, kwh in withheld_kwh.items()},
+            "gpu_kwh": round(withheld_kwh["training"] + withheld_kwh["inference"], 1),
         },
         "gpu_energy_mwh": round(gpu_kwh / 1000.0, 3),
         "alarms": sum(1 for e in events if e["kind"] == "alarm"),
