@@ -14,7 +14,8 @@ Never uses the learned model: it acts on the voted, validated measurements.
 
 The thermal limiter (``Limiter``, one per zone and one per loop) is a PI on the
 excess over the soft limit (K), its output the fraction of its loads' power
-shed, taken in class order. ``limiter_step`` is the pure step, in order:
+shed, taken in class order. ``limiter_step`` is one step (no I/O, no clock:
+the time step comes in), in order:
 
 1. proportional: ``LIMIT_KP_PER_K`` of the power per K of excess -- it sheds
    at once and gives back at once as the zone cools, so the limiter does not
@@ -43,7 +44,7 @@ from ..signals import Event
 from .alarms import Alarms
 from .planning import ROW_CAP_KNEE_FRAC
 from .topology import CLASS_ORDER, Load, Topology
-from .view import ScanView, nz
+from .view import ScanView
 
 THERMAL_SOFT_MARGIN_K = 2.5  # start shedding this far below a zone's alarm limit
 #: proportional: fraction of the limit's power shed per K over the soft limit (at
@@ -133,10 +134,14 @@ def limiter_step(
     if not lim.active:
         if excess_k <= 0.0:
             return None
-        lim.base_kw = {
-            ld.name: max(0.0, min(nz(measured_kw.get(ld.name, ld.rated_kw)), ld.rated_kw))
-            for ld in lim.loads
-        }
+        # from what each load draws now; a bad meter (NaN) starts from its rating
+        # rather than cutting the load to nothing
+        lim.base_kw = {}
+        for ld in lim.loads:
+            kw = measured_kw.get(ld.name, math.nan)
+            lim.base_kw[ld.name] = (
+                ld.rated_kw if not math.isfinite(kw) else max(0.0, min(kw, ld.rated_kw))
+            )
         lim.integral, lim.shed = 0.0, 0.0
         event = "applied"
     p = gains.kp_per_k * excess_k
