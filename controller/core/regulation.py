@@ -9,8 +9,9 @@ measurement (``pid.py``: a pure step). Around them:
   is raised (up to +6 K) and its ΔP setpoint trimmed (down to 40 kPa, never
   wound further: a respond acts at once); above 90 %, or with any zone near
   its alarm, both return four times as fast. A dry cooler cannot bring its
-  water below the air: while no valve is wide open and no zone is near its
-  alarm, the supply setpoint is also raised, at the same rate, to at least
+  water below the air: while the valves are throttled (below 65 %) and no
+  zone is near its alarm, the supply setpoint is also raised, at the same
+  rate, to at least
   ``SUPPLY_MIN_APPROACH_K`` above the measured ambient (a hot night with the
   design setpoint under the ambient would otherwise run every fan flat out
   for nothing).
@@ -273,15 +274,17 @@ class Regulation:
             else:
                 reset = self.supply_reset[lp.name]
                 up = reset + SUPPLY_RESET_RATE_K_S * dt
+                # between the two thresholds nothing moves: the dead band that keeps
+                # trim and respond from cycling the valves around 90 %
                 if vmax < VALVE_THROTTLED_PCT:
                     reset = max(reset, min(SUPPLY_RESET_MAX_K, up))
                     self.dp_trim[lp.name] = min(
                         self._dp_trim_max[lp.name],
                         self.dp_trim[lp.name] + DP_TRIM_RATE_KPA_S * dt,
                     )
-                if isfinite(ambient):  # not below what the air allows
-                    floor = ambient + SUPPLY_MIN_APPROACH_K - self._supply_base(lp)
-                    reset = max(reset, min(floor, up))
+                    if isfinite(ambient):  # not below what the air allows
+                        floor = ambient + SUPPLY_MIN_APPROACH_K - self._supply_base(lp)
+                        reset = max(reset, min(floor, up))
                 self.supply_reset[lp.name] = reset
 
     def _actuator_position(self, c: ControlLoop, view: ScanView) -> float | None:
