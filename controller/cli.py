@@ -179,6 +179,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .opcua.bench import bench_opcua
 
         result = bench_opcua(args)
+    elif args.bench == "cooling":
+        from .bench_cooling import bench_cooling
+
+        result = bench_cooling(args)
     elif args.bench == "historian":
         from .historian.bench import bench_historian
 
@@ -507,6 +511,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bre.add_argument("--json", action="store_true")
     bre.set_defaults(func=cmd_bench)
+    bco = bsub.add_parser(
+        "cooling", help="cooling energy: fixed design setpoints vs thermogate, same site and load"
+    )
+    bco.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    bco.add_argument("--scenario", default="heatwave", metavar="NAME|FILE")
+    bco.add_argument(
+        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
+    )
+    bco.add_argument("--days", type=_positive_float, default=1.0, help="days simulated (1)")
+    bco.add_argument(
+        "--scan-s", type=_positive_float, default=5.0, help="controller scan in seconds (5)"
+    )
+    bco.add_argument("--seed", type=int, default=0)
+    bco.add_argument("--json", action="store_true")
+    bco.set_defaults(func=cmd_bench)
     bdr = bsub.add_parser(
         "dr", help="under-frequency shed timed over real Modbus: frequency dips in the served plant"
     )

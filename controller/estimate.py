@@ -61,7 +61,10 @@ The checks, in order (constants here and in ``plausibility.py``, units in names)
    and flow, a fan's speed for its power, a meter's current for its power…):
    ``UNCERTAIN + FLAG_STUCK`` after ``STUCK_S`` (or ``STUCK_FAST_S`` when the
    witness moved ``STUCK_FAST_X`` times as far), ``BAD`` after
-   ``STUCK_BAD_S``. Quantised, quiet signals (a fan's power at constant
+   ``STUCK_BAD_S``. A regulated temperature (tank fluid, loop or CDU supply)
+   is held at its setpoint while its heat exchanger's outlets move, so only
+   its redundant partner judges it on the fast path (``plausibility.py``).
+   Quantised, quiet signals (a fan's power at constant
    speed reads the same 0.1 kW for hours) are therefore never stuck while
    the plant is steady; commands read back, bits, counters, percentages and
    a reading within ``STUCK_MIN_COUNTS`` counts of zero (equipment off, a fan
@@ -258,6 +261,7 @@ class Estimator:
         self._pp_starts, self._pp_heads = w.starts, w.heads
         self._zero_band = w.zero_band
         self._pw_abs, self._pw_rel = w.move_abs, w.move_rel
+        self._pw_fast = w.fast
         self._build_tanks()
         self._build_loops()
 
@@ -478,8 +482,11 @@ class Estimator:
         mv = np.abs(wv - self._w0) / thr
         self._wmax = np.fmax(self._wmax, mv)  # NaN (a witness away) leaves it
         moved = np.zeros(self.n)
+        moved_fast = np.zeros(self.n)  # by the witnesses that may judge on the fast path
         if len(self._pp_starts):
             moved[self._pp_heads] = np.maximum.reduceat(self._wmax, self._pp_starts)
+            fast = np.where(self._pw_fast, self._wmax, 0.0)
+            moved_fast[self._pp_heads] = np.maximum.reduceat(fast, self._pp_starts)
         frozen_for = t - self._frozen_t
         stuck = (
             elig
@@ -494,7 +501,7 @@ class Estimator:
                     & (moved >= 1.0)
                     & (self._frozen_n >= STUCK_MIN_SAMPLES_SLOW)
                 )
-                | ((frozen_for >= STUCK_FAST_S) & (moved >= STUCK_FAST_X))
+                | ((frozen_for >= STUCK_FAST_S) & (moved_fast >= STUCK_FAST_X))
             )
         )
         return stuck, stuck & (frozen_for >= STUCK_BAD_S)

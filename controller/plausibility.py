@@ -20,6 +20,13 @@ from the equipment's nameplate, with its reason beside its constant:
   that must move when it does (its redundant partner, the other temperatures
   of its tank/loop/CDU, a pump's speed for its power and flow, a meter's
   current for its power...). A point with no witness is never judged stuck.
+  A *regulated* temperature (a tank's fluid, a loop's or a CDU's supply: what
+  a control loop holds at its setpoint) legitimately reads the same count for
+  minutes while the heat exchanger's outlets around it move -- that is the
+  loop doing its job. For those, only a sensor of the same quantity (a tank's
+  redundant partner) is a *fast* witness; the others count only on the slow
+  path, whose run of identical samples a healthy sensor does not reach by
+  chance (``fast`` per pair).
 """
 
 from __future__ import annotations
@@ -131,6 +138,9 @@ class Witnesses:
     zero_band: np.ndarray  # per point: a reading this close to zero is not judged
     move_abs: np.ndarray  # per pair: how far the witness must move, absolute ...
     move_rel: np.ndarray  # ... or relative to its value when the point froze
+    #: per pair: the witness may judge on the fast path (False: a regulated
+    #: point's coupled, not redundant, witness; see the module docstring)
+    fast: np.ndarray
 
 
 def point_rules(pmap: PointMap, site: Site) -> PointRules:
@@ -272,6 +282,12 @@ def witnesses(pmap: PointMap, site: Site) -> Witnesses:
         if tp.hashrate_ths is not None:
             elec.append(tp.hashrate_ths)
         mutual(elec)
+    # regulated temperatures, and the redundant partner of each (the fast witness)
+    regulated = {lpp.supply_temp for lpp in ix.loops} | {cp.supply_temp for cp in ix.cdus}
+    partner: set[tuple[int, int]] = set()
+    for tp in ix.tanks:
+        regulated |= {tp.fluid_temp, tp.fluid_temp_b}
+        partner |= {(tp.fluid_temp, tp.fluid_temp_b), (tp.fluid_temp_b, tp.fluid_temp)}
     for lp in site.loops:
         lpp = ix.loop[lp.name]
         outs = [ix.dry_cooler[d.name].outlet_temp for d in lp.dry_coolers]
@@ -337,4 +353,5 @@ def witnesses(pmap: PointMap, site: Site) -> Witnesses:
         zero_band=zero_band,
         move_abs=w_abs[pw],
         move_rel=w_rel[pw],
+        fast=np.array([a not in regulated or (a, b) in partner for a, b in pairs], dtype=bool),
     )

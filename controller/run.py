@@ -467,8 +467,10 @@ class RealTimeController:
             self.save_state()
         if self.model is not None:
             res.events.extend(self.model.step(now, res))
-        for ev in res.events:
-            self.historian.record_event(ev.t, ev.kind, ev.source, ev.message, ev.severity)
+        for ev in res.events:  # (data: a limit's kind and action, so the journal pairs them)
+            self.historian.record_event(
+                ev.t, ev.kind, ev.source, ev.message, ev.severity, ev.data or None
+            )
         self.historian.record_scan(now, *res.record)
         self._keep_books(now, price)
         self._settle(now)

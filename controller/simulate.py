@@ -157,6 +157,7 @@ def run_simulation(
     on_scan: Callable[[ScenarioPlant, Controller], None] | None = None,
     peaks: Sequence[PeakWindow] = (),
     ufls_release_after_s: float | None = UFLS_RELEASE_AFTER_S,
+    trim_and_respond: bool = True,
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -186,6 +187,9 @@ def run_simulation(
     An under-frequency trip is released by the simulated grid operator
     ``ufls_release_after_s`` after the relay reports the frequency recovered
     (through the command path, as the grid; None: never, the load stays shed).
+
+    ``trim_and_respond=False`` keeps every cooling loop at its design supply
+    setpoint and ΔP (the fixed-setpoint baseline of ``thermogate bench cooling``).
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed, dt=plant_dt)
@@ -200,7 +204,9 @@ def run_simulation(
         raise ThermogateError(f"scan_s: {problem}")
     # with a historian, a tap on the planner keeps its budgets for the gating rows
     tap = PlanTap(planner) if planner is not None and historian is not None else None
-    ctrl = Controller(site, pmap, planner=tap or planner, scan_s=scan_s)
+    ctrl = Controller(
+        site, pmap, planner=tap or planner, scan_s=scan_s, trim_and_respond=trim_and_respond
+    )
     world = ClusterInTheLoop(site, jobs, admission) if jobs is not None else None
     gates = isinstance(planner, GpuGate)  # once: a Protocol check inspects the class
     if world is not None and isinstance(planner, GatingPlanner) and planner.gpu_demand is None:
@@ -252,6 +258,10 @@ def run_simulation(
 
     rec: dict[str, list[float]] = {}
     events: list[dict[str, object]] = []
+    #: per kind of limit (thermal, power, flow): how many were applied and lifted
+    limits: dict[str, dict[str, int]] = {}
+    withheld_kwh = dict.fromkeys(classes, 0.0)
+    gpu_kwh = 0.0  # the GPU loads' energy, metered by the plant (tanks and rack rows)
     violation_c_min = 0.0
     over_import_kw_min = 0.0
     max_fluid = -math.inf
@@ -294,9 +304,8 @@ def run_simulation(
         res = ctrl.scan(obs)
         if ufls_release_after_s is not None:
             recovered_at = _grid_operator_release(ctrl, obs.t, recovered_at, ufls_release_after_s)
-        # the limit asked of the site, as the controller resolved it this scan
-        asked = ctrl.instruction_kw
-        limit = site.import_limit_kw if asked is None else min(site.import_limit_kw, asked)
+        # the import limit asked of the site this scan: the one its alarm names
+        limit = ctrl.import_limit_kw
         if historian is not None:
             if with_plan:
                 historian.record_scan(HISTORIAN_EPOCH_S + obs.t, *res.record)
@@ -311,6 +320,13 @@ def run_simulation(
             log(ev)
         for ev in res.events:
             log(ev)
+            if "limit" in ev.data:  # a protective limit applied or lifted
+                counts = limits.setdefault(ev.data["limit"], {"applied": 0, "lifted": 0})
+                counts[ev.data["action"]] += 1
+        for ld in ctrl.topo.loads:  # what the thermal limit withheld from the planner
+            kw = ctrl.planning.thermal_withheld_kw[ld.name]
+            if kw > 0.0:
+                withheld_kwh[ld.wclass] += kw * scan_s / 3600.0
         if model is not None:
             for ev in model.step(obs.t, res):
                 log(ev)
@@ -351,6 +367,7 @@ def run_simulation(
         for ld, in_tank, i in gpu_meters:  # the plant replaces its arrays every step
             power = plant.t_power if in_tank else plant.r_power
             gpus[ld.wclass] += ld.busy_at(float(power[i]))
+            gpu_kwh += float(power[i]) * scan_s / 3600.0
         price = sim.price_per_mwh()
         for row in books.add(
             HISTORIAN_EPOCH_S + plant.t,
@@ -395,6 +412,15 @@ def run_simulation(
         "limit_violation_c_min": round(violation_c_min, 2),
         "trips": trips,
         "sheds": sum(1 for e in events if e["kind"] == "shed"),
+        # every protective limit applied and lifted, by kind (each one an event)
+        "limits": {k: dict(v) for k, v in sorted(limits.items())},
+        # what the thermal limiter took off the loads' ratings (within their power
+        # caps), by class; gpu: training and inference together
+        "thermal_shed": {
+            **{f"{c}_kwh": round(kwh, 1) for c, kwh in withheld_kwh.items()},
+            "gpu_kwh": round(withheld_kwh["training"] + withheld_kwh["inference"], 1),
+        },
+        "gpu_energy_mwh": round(gpu_kwh / 1000.0, 3),
         "alarms": sum(1 for e in events if e["kind"] == "alarm"),
         "failsafe_entries": sum(1 for e in events if e["kind"] == "failsafe"),
         "write_failures": write_failures,

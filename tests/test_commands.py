@@ -219,7 +219,8 @@ def test_an_override_that_protection_meets_later_yields_to_it(warm):
 
 
 def test_an_override_of_a_budget_stays_within_protections_caps(warm):
-    warm.ctrl.thermal.cap["tank01"] = 50.0  # the tank is shedding heat
+    # the tank's thermal limit holds it at 50 kW (as if it had been hot a moment ago)
+    warm.ctrl.thermal.zone_limits["tank01"].base_kw = {"tank01": 50.0}
     assert warm.give(OverrideActuator("tank01.power_budget_kw", 150.0, 600.0)).accepted
     warm.scans(1)
     w = warm.writes("tank01.power_budget_kw")[-1]

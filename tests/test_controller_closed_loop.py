@@ -191,3 +191,34 @@ def test_a_simulation_scan_the_plc_watchdog_would_not_survive_is_refused(site):
 
     with pytest.raises(ThermogateError, match="heartbeat"):
         run_simulation(site, "normal-day", 0.1, scan_s=site.plc.heartbeat_timeout_s)
+
+
+def test_a_valve_written_by_another_modbus_master_is_restored_with_an_audited_event(site):
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    plant = sim.plant
+    point = "tank01.valve_cmd"
+    found, audits, restored = [], [], None
+    for k in range(120):
+        if k == 60:  # a technician's Modbus tool writes the valve by hand
+            ours = plant.sensors.truth_of(point)
+            plant.write(point, 7.0 if ours > 50.0 else 93.0)
+            by_hand = plant.sensors.truth_of(point)
+        res = ctrl.scan(_obs(plant))
+        for w in res.writes:
+            plant.write(w.point, w.value)
+            if w.point == point and k >= 60 and restored is None:
+                restored = w.value
+        found += [e for e in res.events if e.source == point and "foreign write" in e.message]
+        audits += [a for a in res.audit if a.target == point]
+        sim.step()
+    assert len(found) == 1, [e.message for e in found]
+    msg = found[0].message
+    assert f"read back {by_hand:g}" in msg and f"written {ours:g}" in msg
+    assert f"restored to {restored:g}" in msg
+    assert [(a.who, a.where, a.old, a.new, a.ok) for a in audits] == [
+        ("unknown", "modbus", by_hand, restored, False)
+    ]
+    assert abs(plant.sensors.truth_of(point) - by_hand) > 1.0  # the controller's value again

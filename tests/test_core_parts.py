@@ -15,8 +15,19 @@ from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S
 from thermogate.controller.core.alarms import Alarms
 from thermogate.controller.core.planning import LoadInfo, Planning, SiteNow, row_cap_w
 from thermogate.controller.core.power import GRID_LIMIT_MARGIN, PowerProtection
+from thermogate.controller.core.regulation import (
+    DP_TRIM_MIN_KPA,
+    SUPPLY_MIN_APPROACH_K,
+    Regulation,
+)
 from thermogate.controller.core.state import ControllerState
-from thermogate.controller.core.thermal import ThermalProtection
+from thermogate.controller.core.thermal import (
+    LIMIT_KI_PER_K_S,
+    LIMIT_KP_PER_K,
+    THERMAL_RESTORE_FRAC_S,
+    THERMAL_SOFT_MARGIN_K,
+    ThermalProtection,
+)
 from thermogate.controller.core.topology import Topology
 from thermogate.controller.core.trips import TripLatch, latch_key
 from thermogate.controller.core.view import Cmd, ScanView
@@ -125,17 +136,58 @@ def test_a_write_that_does_not_read_back_is_an_alarm_and_is_sent_again(topo):
 
 
 # -- protection ------------------------------------------------------------------------
-def test_a_hot_tank_sheds_its_own_load_and_gets_it_back_slowly(topo, site):
+def test_a_hot_tank_sheds_in_proportion_at_once_and_its_limit_is_lifted_once_cool(topo, site):
     th, al = ThermalProtection(topo), Alarms()
     t01 = site.tanks[0]
-    hot = t01.limits.fluid_alarm_c - 1.0  # 1.5 K into the soft margin
-    v = view(topo, tank01__fluid_temp=hot, tank01__fluid_temp_b=hot, tank01__power_kw=100.0)
-    th.protect(v, al)
-    assert th.cap["tank01"] < 100.0 and math.isinf(th.cap["tank02"])
-    cut = th.cap["tank01"]
-    cool = t01.limits.fluid_alarm_c - 6.0
-    th.protect(view(topo, t=101.0, tank01__fluid_temp=cool, tank01__fluid_temp_b=cool), al)
-    assert cut < th.cap["tank01"] < cut + 0.01 * t01.rated_kw  # 0.2 % of rating per s
+    soft = t01.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
+    kp, ki = LIMIT_KP_PER_K, LIMIT_KI_PER_K_S
+
+    def at(t: float, temp: float) -> float:
+        v = view(
+            topo, t=t, tank01__fluid_temp=temp, tank01__fluid_temp_b=temp, tank01__power_kw=100.0
+        )
+        th.protect(v, al)
+        return th.cap["tank01"]
+
+    # 1 K over: the proportional term sheds its share at once (and a second's integral)
+    assert at(100.0, soft + 1.0) == pytest.approx(100.0 * (1 - kp - ki))
+    assert math.isinf(th.cap["tank02"])
+    assert [(e.kind, e.source, e.data["action"]) for e in al.events] == [
+        ("shed", "tank01", "applied")
+    ]
+    for k in range(1, 11):  # held 1 K over: the integral sheds more every second
+        at(100.0 + k, soft + 1.0)
+    # back at the soft limit: the proportional part returns at once, the integral holds
+    assert at(111.0, soft) == pytest.approx(100.0 * (1 - 11 * ki))
+    al.begin_scan()
+    lifted_at = None
+    for k in range(1, 1000):  # cool: back to the rating at the restore rate, then lifted
+        if math.isinf(at(111.0 + k, soft - 3.0)):
+            lifted_at = k
+            break
+    climb_s = (t01.rated_kw - 100.0) / (THERMAL_RESTORE_FRAC_S * t01.rated_kw)
+    assert lifted_at is not None and climb_s <= lifted_at <= climb_s + 2
+    assert [(e.kind, e.source, e.data["action"]) for e in al.events] == [
+        ("restore", "tank01", "lifted")
+    ]
+
+
+def test_a_loop_out_of_cooling_sheds_training_before_inference(topo, site):
+    th, al = ThermalProtection(topo), Alarms()
+    cdu = site.cdus[0]
+    loop = next(lp for lp in topo.ix.loops if lp.name == cdu.loop)
+    v = {  # every fan of the CDU's loop flat out: no cooling left
+        topo.pmap.name_of(dc.fan_speed).replace(".", "__"): 100.0
+        for d, dc in zip(site.dry_coolers, topo.ix.dry_coolers, strict=True)
+        if d.loop == cdu.loop
+    }
+    hot = cdu.supply_alarm_c - THERMAL_SOFT_MARGIN_K + 1.0
+    loads = {f"{ld.name}__power_kw": 0.9 * ld.rated_kw for ld in topo.loads}
+    th.protect(view(topo, **{f"{cdu.name}__supply_temp": hot}, **v, **loads), al)
+    on_loop = [ld for ld in topo.loads if topo.site.loops[ld.loop].name == loop.name]
+    capped = {ld.wclass for ld in on_loop if th.cap[ld.name] < 0.9 * ld.rated_kw - 1e-6}
+    assert capped == {"training"}  # the rows go first, inference keeps its power
+    assert {(e.source, e.data["action"]) for e in al.events} >= {(loop.name, "applied")}
 
 
 def test_power_protection_sheds_mining_before_training_before_inference(topo, site):
@@ -229,3 +281,37 @@ def test_a_trip_stays_latched_until_a_reset_finds_its_interlock_clear(topo):
     assert st.latched == {}
     trips.latch(view(topo, t=6.0 + 60.0, tank01__interlock=1.0), {}, al)
     assert latch_key("tank01") in st.latched  # a new trip after the window latches again
+
+
+# -- regulation: trim & respond ------------------------------------------------------
+def _supply_and_dp(reg: Regulation, loop: str) -> tuple[float, float]:
+    by_meas = {c.measurement: c for c in reg.loops}
+    return (
+        reg.setpoint(by_meas[f"{loop}.supply_temp"]),
+        reg.setpoint(by_meas[f"{loop}.dp"]),
+    )
+
+
+def test_trim_and_respond_does_not_chase_a_supply_below_the_ambient_and_fixed_holds_design(
+    topo, site
+):
+    lp = site.loops[0]
+    trim, fixed = (
+        Regulation(topo, ControllerState()),
+        Regulation(topo, ControllerState(), trim_and_respond=False),
+    )
+    ambient = lp.supply_setpoint_c + 8.0  # a hot night: the design supply is under the air
+    for k in range(1400):  # valves throttled (the view's 0 %), nothing hot
+        v = view(topo, t=2.0 * k, dt=2.0, site__ambient_temp=ambient)
+        for reg in (trim, fixed):
+            reg.regulate(v, {}, Alarms(), {})
+    supply, dp = _supply_and_dp(trim, lp.name)
+    assert supply == pytest.approx(ambient + SUPPLY_MIN_APPROACH_K)  # past the +6 K reset
+    assert dp == DP_TRIM_MIN_KPA
+    assert _supply_and_dp(fixed, lp.name)[0] == lp.supply_setpoint_c  # the vendor's way
+    # a valve wide open: the ΔP comes back at once (the trim never wound past its floor)
+    valve = topo.pmap.name_of(topo.loop_valves[lp.name][0]).replace(".", "__")
+    trim.regulate(
+        view(topo, t=2800.0, site__ambient_temp=ambient, **{valve: 95.0}), {}, Alarms(), {}
+    )
+    assert _supply_and_dp(trim, lp.name)[1] > DP_TRIM_MIN_KPA

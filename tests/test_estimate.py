@@ -399,6 +399,30 @@ def test_a_reading_that_repeats_while_nothing_coupled_moves_is_not_stuck():
     assert flags_of(e, "tank01.fluid_temp") & FLAG_STUCK
 
 
+def test_a_regulated_tank_reading_steady_while_its_heat_exchanger_swings_is_not_stuck():
+    # The valve loop holds the fluid at its setpoint: both healthy sensors read the
+    # same count for the fast path's window while the HX outlets swing by 2 K (the
+    # valve moving). That is regulation, not a stuck sensor.
+    est = Estimator(PMAP, SITE)
+    fresh = np.ones(len(BASE), dtype=bool)
+    n = int(STUCK_S) - 10  # past the fast path's 20 s, short of the slow path's 120 s
+    for k in range(n):
+        v = BASE.copy()
+        swing = 2.0 * math.sin(2 * math.pi * k / 60.0)
+        v[IDX["tank01.water_out_temp"]] += swing
+        v[IDX["tank01.return_temp"]] -= swing
+        e = est.update(float(k), v, fresh)
+        assert flags_of(e, "tank01.fluid_temp") == 0, k
+        assert flags_of(e, "tank01.fluid_temp_b") == 0, k
+    # sensor B then follows a real 1.5 K move of the fluid: A, still on its count, is stuck
+    for k in range(40):
+        v = BASE.copy()
+        v[IDX["tank01.fluid_temp_b"]] += min(1.5, 0.1 * k)
+        e = est.update(float(n + k), v, fresh)
+    assert flags_of(e, "tank01.fluid_temp") & FLAG_STUCK
+    assert not flags_of(e, "tank01.fluid_temp_b") & FLAG_STUCK
+
+
 def test_drifting_sensor_a_is_identified_against_the_hx_energy_balance():
     ls = Lockstep()
     ls.run(WARM_S)

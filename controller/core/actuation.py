@@ -10,6 +10,14 @@ changed every scan.
 
 Every holding register written is verified: it must read back what was
 written within ``WRITE_VERIFY_S``, or an alarm says so and it is resent.
+
+A register verified once keeps being compared with what was written: when it
+reads back something else (beyond half a count) while nothing of ours is on
+its way, another Modbus master wrote it. The next command to that point is
+sent at once (no deadband, no rate limit) and an event names the point, the
+value found and the value restored; the foreign write is audited (who:
+``unknown``, where: ``modbus``). Pulses (a reset the PLC clears itself) and
+the heartbeat are not judged.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..signals import Write
+from ..signals import Audit, Write
 from .alarms import Alarms
 from .topology import Topology
 from .view import Cmds, ScanView
@@ -42,6 +50,13 @@ class Actuation:
         self.heartbeat = 0
         self._last_sent: dict[int, tuple[float, float]] = {}  # point -> (value, t)
         self._pending: dict[int, _Pending] = {}
+        #: holding registers that read back our value: point -> that value
+        self._verified: dict[int, float] = {}
+        #: foreign writes seen, not yet restored: point -> (value found, ours)
+        self._foreign: dict[int, tuple[float, float]] = {}
+        self._pulses: set[int] = set()  # points written as pulses: never judged
+        #: foreign writes found this scan, for the audit log (``take_audit``)
+        self._audit: list[Audit] = []
         # What actuate needs of each point, looked up once (the map does not
         # change): name, resolution (0: written as is), min, max, holding
         # register?, rise per second, deadband.
@@ -67,6 +82,8 @@ class Actuation:
             tol = max(abs(point.scale) * 0.51, 1e-9)
             if view.good(i) and abs(view.val(i) - p.value) <= tol:
                 del self._pending[i]
+                if i not in self._pulses:
+                    self._verified[i] = p.value
                 alarms.alarm(t, f"write:{point.name}", False, f"write of {point.name} verified")
             elif t - p.t > WRITE_VERIFY_S:
                 del self._pending[i]
@@ -79,8 +96,20 @@ class Actuation:
                     f"{WRITE_VERIFY_S:g} s (reads {view.val(i):g})",
                     700,
                 )
+        for i, ours in list(self._verified.items()):
+            point = pts[i]
+            found = view.val(i)
+            if view.good(i) and abs(found - ours) > max(abs(point.scale) * 0.51, 1e-9):
+                del self._verified[i]
+                self._foreign[i] = (found, ours)
+                self._last_sent.pop(i, None)  # the next command goes out at once
 
-    def actuate(self, t: float, cmds: Cmds) -> list[Write]:
+    def take_audit(self) -> list[Audit]:
+        """The foreign writes found since the last call, as audit records."""
+        out, self._audit = self._audit, []
+        return out
+
+    def actuate(self, t: float, cmds: Cmds, alarms: Alarms | None = None) -> list[Write]:
         spec = self._spec
         last_sent, pending, scan_s = self._last_sent, self._pending, self.scan_s
         hb = self.topo.ix.plc.heartbeat
@@ -112,6 +141,12 @@ class Actuation:
             if last is not None and abs(last[0] - value) < dead and t - last[1] < WRITE_REFRESH_S:
                 continue  # within the deadband of what was sent, and not due again
             last_sent[i] = (value, t)
+            self._verified.pop(i, None)  # judged again once this write reads back
+            if cmd.pulse:
+                self._pulses.add(i)
+            foreign = self._foreign.pop(i, None)
+            if foreign is not None:
+                self._restored(t, name, foreign, value, cmd.why, alarms)
             if holding:
                 # A register that keeps being rewritten is still unverified since
                 # the first write that did not read back: keep that time.
@@ -119,6 +154,25 @@ class Actuation:
                 pending[i] = _Pending(value, since, cmd.why)
             writes.append(Write(name, float(value), cmd.why, cmd.who, cmd.where))
         return writes
+
+    def _restored(
+        self,
+        t: float,
+        name: str,
+        foreign: tuple[float, float],
+        value: float,
+        why: str,
+        alarms: Alarms | None,
+    ) -> None:
+        """A foreign write is being overwritten: say so, and audit it."""
+        found, ours = foreign
+        msg = (
+            f"foreign write on {name}: read back {found:g} where the controller had "
+            f"written {ours:g}; restored to {value:g} ({why})"
+        )
+        if alarms is not None:
+            alarms.event(t, "info", name, msg, 600)
+        self._audit.append(Audit(t, "unknown", "modbus", name, found, value, msg, False))
 
 
 def _deadband(unit: str, scale: float) -> float:

@@ -109,7 +109,9 @@ class Controller:
         *,
         planner: Planner | None = None,
         scan_s: float | None = None,
+        trim_and_respond: bool = True,
     ) -> None:
+        """``trim_and_respond=False``: loops at their design setpoints (``regulation.py``)."""
         self.site = site
         self.pmap = pmap
         self.scan_s = scan_s or site.scan_interval_s
@@ -118,7 +120,7 @@ class Controller:
         self.estimator = Estimator(pmap, site, scan_s=self.scan_s)
         self.alarms = Alarms()
         self.failsafe = FailSafeZones(self.topo)
-        self.regulation = Regulation(self.topo, self.state)
+        self.regulation = Regulation(self.topo, self.state, trim_and_respond=trim_and_respond)
         self.thermal = ThermalProtection(self.topo)
         self.power = PowerProtection(self.topo)
         self.planning = Planning(self.topo, planner or DefaultPlanner())
@@ -158,6 +160,11 @@ class Controller:
         ]
 
     # -- what the faces read --------------------------------------------------
+    @property
+    def import_limit_kw(self) -> float:
+        """The import limit asked of the site at the last scan (``power.py``)."""
+        return self.power.import_limit_kw
+
     @property
     def zones(self) -> dict[str, Zone]:
         return self.failsafe.zones
@@ -238,8 +245,9 @@ class Controller:
             self._peak_kw(view, alarms, keep_kw),
         )
         self.instruction_kw = instruction  # as asked, before sparing inference
+        asked_kw = self.power.grid_limit(instruction)
         instruction = self._spare_inference(view, alarms, instruction, keep_kw)
-        self.power.protect(view, alarms, instruction, overridden)
+        self.power.protect(view, alarms, instruction, overridden, import_limit_kw=asked_kw)
         audit += self.underfreq.observe(view, alarms, self.power)
         hold = self.state.mode == "maintenance"
         grid_kw = self.power.grid_limit_kw  # in force: protect ramps a lifted limit
@@ -249,7 +257,8 @@ class Controller:
         self.failsafe.apply(cmds)
         self.trips.pulse(cmds)
         self.underfreq.pulse(cmds)
-        writes = self.actuation.actuate(t, cmds)
+        writes = self.actuation.actuate(t, cmds, alarms)
+        audit += self.actuation.take_audit()
         return ScanResult(
             writes,
             list(alarms.events),
@@ -365,7 +374,11 @@ class Controller:
             "failsafe_zones": self.failsafe.in_failsafe(),
             "bad_points": int(np.count_nonzero(q == BAD)),
             "good_points": int(np.count_nonzero(q == GOOD)),
+            # the limit in force: the import limit (``import_limit_asked_kw``, the one
+            # its alarm names) as protection holds it, ramped back after a lift and
+            # raised where it would cut inference
             "import_limit_kw": self.power.grid_limit_kw,
+            "import_limit_asked_kw": self.power.import_limit_kw,
             "peak_limit_kw": self.peak_limit_kw,
             "loads": {
                 ld.name: {

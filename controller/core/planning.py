@@ -162,6 +162,9 @@ class Planning:
         # every time: asked once per planner object, not once per scan
         self._explains_of: tuple[Planner, bool] | None = None
         self._busy_of: tuple[Planner, bool] | None = None
+        #: per load: the kW the thermal limit takes off its rating this scan (within
+        #: its power caps; the planner plans within both, so this is what it lost)
+        self.thermal_withheld_kw: dict[str, float] = {ld.name: 0.0 for ld in topo.loads}
 
     def _explains(self) -> bool:
         """The planner says why (``Explains``); remembered while it is the same planner."""
@@ -234,9 +237,11 @@ class Planning:
             later = wanted if ahead is None or hold else ahead(t, h * 60.0, infos)
             # protection caps persist unless something changes: part of the plan
             plan[j::nh] = [min(asked(later, ld), rated, th, pw) for ld, rated, th, pw in caps]
+        withheld = self.thermal_withheld_kw
         for ld, rated, th, pw in caps:
             budget = asked(wanted, ld)
             budget_final = min(budget, rated, th, pw)
+            withheld[ld.name] = max(0.0, min(rated, pw) - th)
             reason = why.get(ld.name, "planner")
             if budget_final < budget - 1e-6:
                 limits = {"thermal": th, "power": pw}

@@ -28,6 +28,13 @@ lifts, the limit in force climbs back at ``GRID_RESTORE_FRAC_S`` of the site's
 import limit per second, so the load returning after a curtailment is ramped
 and cannot rebound over any limit (``grid_limit_kw`` is the limit in force).
 
+One limit, one name: the *import limit* is the site's, lowered by the
+instruction in force as asked (``import_limit_kw``); the alarm
+``power:site import``, the simulation's summary (``import_over_limit_kw_min``)
+and its report's plot all compare the import with it. Protection's own line
+(99 % of the limit in force, ramped after a lift) and its shed threshold (98 %
+of that line) are where it acts, named as such in its shed events.
+
 Precedence: an operator's override of a load's budget beats the grid's limit
 (the load keeps its override and the others shed more) but not a breaker's.
 """
@@ -37,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 
+from ..signals import Event
 from .alarms import Alarms
 from .topology import CLASS_ORDER, Load, Topology
 from .view import ScanView, nz
@@ -57,6 +65,9 @@ class PowerProtection:
         self.topo = topo
         self.cap: dict[str, float] = {ld.name: math.inf for ld in topo.loads}
         self.grid_limit_kw = topo.site.import_limit_kw
+        #: the import limit as asked (the site's, or the instruction when lower): what
+        #: the site import's alarm, the summary and the report compare the import with
+        self.import_limit_kw = topo.site.import_limit_kw
         self._shedding: dict[str, bool] = {}
         #: per constraint (or hold source), the loads it holds below their rating
         self._held: dict[str, dict[str, float]] = {}
@@ -78,12 +89,18 @@ class PowerProtection:
         alarms: Alarms,
         instruction_kw: float | None = None,
         overridden: Collection[str] = (),
+        import_limit_kw: float | None = None,
     ) -> None:
         """``instruction_kw``: the lowest import limit the grid and the site's own
         schedule ask for now (the grid's limit, curtailments, peak windows), as the
-        controller resolved it; None: only the site's."""
+        controller resolved it (raised where it would cut inference); None: only the
+        site's. ``import_limit_kw``: the import limit as asked, before inference
+        was spared (default: the site's, or ``instruction_kw`` when lower)."""
         t, dt = view.t, view.dt
         grid = self.grid_limit(instruction_kw)
+        if import_limit_kw is None:
+            import_limit_kw = grid
+        self.import_limit_kw = import_limit_kw
         if grid > self.grid_limit_kw:  # a lifted limit returns at the restore rate
             step = GRID_RESTORE_FRAC_S * self.topo.site.import_limit_kw * max(dt, 0.0)
             grid = min(grid, self.grid_limit_kw + step)
@@ -95,19 +112,23 @@ class PowerProtection:
             if c.limit_kw is None and overridden:  # the operator's hand beats the grid
                 group = tuple(ld for ld in group if ld.name not in overridden)
                 classes = _by_class(group)
-            constraints.append((c.name, p, limit, classes, c.severity))
+            # the limit people see (alarm, summary, plot): the import limit, a
+            # breaker's continuous rating; protection acts inside it
+            named = import_limit_kw if c.limit_kw is None else c.limit_kw
+            what = "import limit" if c.limit_kw is None else "continuous limit"
+            constraints.append((c.name, p, limit, classes, c.severity, named, what))
         self.grid_limit_kw = grid
         self._ramp_holds(dt)
-        for name, p, limit, classes, sev in constraints:
+        for name, p, limit, classes, sev, named, what in constraints:
             if not math.isfinite(p):
                 continue
             alarms.alarm(
                 t,
                 f"power:{name}",
-                p > limit,
-                f"{name} at {p:.0f} kW over its limit {limit:.0f} kW",
+                p > named,
+                f"{name} at {p:.0f} kW over its {what} {named:.0f} kW",
                 sev,
-                hysteresis=not p > POWER_SHED_TO * limit,
+                hysteresis=not p > POWER_SHED_TO * named,
             )
             shedding = self._shedding.get(name, False)
             held = self._held.setdefault(name, {})
@@ -132,21 +153,23 @@ class PowerProtection:
                         held[ld.name] = max(0.0, cur - take * cur / have)
                         self._update(ld.name)
                     if not shedding:  # one event per episode, not one per scan
-                        alarms.event(
-                            t,
-                            "shed",
-                            name,
-                            f"{name} {p:.0f} kW > {POWER_SHED_AT * limit:.0f} kW: shedding "
-                            f"{wclass} ({take:.0f} kW now)",
-                            sev,
+                        msg = (
+                            f"{name} {p:.0f} kW > {POWER_SHED_AT * limit:.0f} kW "
+                            f"(protection sheds above {POWER_SHED_AT:.0%} of "
+                            f"{_line(limit, named, what)}): shedding {wclass} "
+                            f"({take:.0f} kW now)"
                         )
+                        data = {"limit": "power", "action": "applied", "zone": name}
+                        alarms.events.append(Event(t, "shed", name, msg, sev, data))
                         shedding = True
                     excess -= take
                     if excess <= 1.0:
                         break
             elif p < POWER_RESTORE_BELOW * limit:
                 if shedding and not held:
-                    alarms.event(t, "restore", name, f"{name}: all loads restored", 400)
+                    data = {"limit": "power", "action": "lifted", "zone": name}
+                    msg = f"{name}: all loads restored"
+                    alarms.events.append(Event(t, "restore", name, msg, 400, data))
                     shedding = False
                 # Restore what this constraint shed, in reverse order: inference
                 # first, mining last. What another limit holds stays held there.
@@ -194,6 +217,13 @@ class PowerProtection:
     def _update(self, name: str) -> None:
         """A load's cap: the lowest any constraint or hold puts on it."""
         self.cap[name] = min((h[name] for h in self._held.values() if name in h), default=math.inf)
+
+
+def _line(limit: float, named: float, what: str) -> str:
+    """Protection's line, said against the limit people see."""
+    if abs(limit - named) < 0.5:
+        return f"its {what} {named:.0f} kW"
+    return f"{limit:.0f} kW, {limit / named:.0%} of its {what} {named:.0f} kW"
 
 
 def _by_class(loads: tuple[Load, ...]) -> dict[str, list[Load]]:

@@ -6,8 +6,15 @@ measurement (``pid.py``: a pure step). Around them:
 * **Trim & respond** (ASHRAE Guideline 36): the most-open valve on a cooling
   loop says whether the loop could run warmer and with less differential
   pressure (less fan and pump energy): below 65 % the loop's supply setpoint
-  is raised (up to +6 K) and its ΔP setpoint trimmed; above 90 %, or with any
-  zone near its alarm, both return four times as fast.
+  is raised (up to +6 K) and its ΔP setpoint trimmed (down to 40 kPa, never
+  wound further: a respond acts at once); above 90 %, or with any zone near
+  its alarm, both return four times as fast. A dry cooler cannot bring its
+  water below the air: while the valves are throttled (below 65 %) and no
+  zone is near its alarm, the supply setpoint is also raised, at the same
+  rate, to at least
+  ``SUPPLY_MIN_APPROACH_K`` above the measured ambient (a hot night with the
+  design setpoint under the ambient would otherwise run every fan flat out
+  for nothing).
 * **Duty/standby pumps**: one pump regulates ΔP; the standby starts when the
   duty pump faults or stays saturated for a minute, and stops after five
   minutes of both running below 45 %. A minimum-flow guard raises the speed
@@ -18,6 +25,10 @@ measurement (``pid.py``: a pure step). Around them:
   operator's value bumplessly; in manual and maintenance modes every loop
   holds its output and trim & respond stands still. Setpoints and tunings
   set through the command path replace the site file's.
+
+``trim_and_respond=False`` runs every loop at its design supply setpoint and
+ΔP (fans and pumps still by PID): what an immersion-tank or CDU vendor's
+controller does, the baseline of ``thermogate bench cooling``.
 """
 
 from __future__ import annotations
@@ -40,6 +51,10 @@ THERMAL_SOFT_MARGIN_K = 2.5  # protection starts shedding this far below a zone'
 SUPPLY_RESET_MAX_K = 6.0  # raise a loop's supply setpoint up to this when far from limits
 SUPPLY_RESET_RATE_K_S = 0.005
 DP_TRIM_MIN_KPA = 40.0
+#: the closest a loop's supply is asked to come to the ambient while nothing is
+#: hot: the dry coolers' design approach is 6 K at full duty; at 3 K their fans
+#: already run hard, and closer they spend energy for almost no heat
+SUPPLY_MIN_APPROACH_K = 3.0
 DP_TRIM_RATE_KPA_S = 0.05
 VALVE_WIDE_OPEN_PCT = 90.0  # trim & respond thresholds on the most-open valve
 VALVE_THROTTLED_PCT = 65.0
@@ -68,9 +83,12 @@ def pid_config(c: ControlLoop, tuning: Mapping[str, float] | None = None) -> Pid
 class Regulation:
     """See the module docstring."""
 
-    def __init__(self, topo: Topology, state: ControllerState) -> None:
+    def __init__(
+        self, topo: Topology, state: ControllerState, *, trim_and_respond: bool = True
+    ) -> None:
         self.topo = topo
         self.state = state
+        self.trim_and_respond = trim_and_respond
         site, pmap, ix = topo.site, topo.pmap, topo.ix
         self.loops: list[ControlLoop] = list(site.control_loops)
         self._meas = {c.name: pmap.position(c.measurement) for c in self.loops}
@@ -86,6 +104,17 @@ class Regulation:
             self._sp_kind[lpp.dp] = ("dp", lpp.name)
         self.supply_reset = {lp.name: 0.0 for lp in site.loops}
         self.dp_trim = {lp.name: 0.0 for lp in site.loops}
+        #: per cooling loop: the control loop of its supply temperature (fans)
+        self._supply_loop = {
+            lpp.name: c
+            for lpp in ix.loops
+            for c in self.loops
+            if self._meas[c.name] == lpp.supply_temp
+        }
+        #: each loop's ΔP trim stops where its setpoint reaches DP_TRIM_MIN_KPA
+        self._dp_trim_max = {
+            lpp.name: max(0.0, self._dp_base(lpp.dp) - DP_TRIM_MIN_KPA) for lpp in ix.loops
+        }
         self._standby_sat_s = {lp.name: 0.0 for lp in site.loops}
         self._standby_low_s = {lp.name: 0.0 for lp in site.loops}
         self._standby_on = {lp.name: False for lp in site.loops}
@@ -125,6 +154,18 @@ class Regulation:
             for lp in site.loops
         ]
 
+    def _supply_base(self, lp: Loop) -> float:
+        """A cooling loop's supply setpoint before trim & respond."""
+        c = self._supply_loop.get(lp.name)
+        return lp.supply_setpoint_c if c is None else self.base_setpoint(c)
+
+    def _dp_base(self, dp_point: int) -> float:
+        """The site file's ΔP setpoint of the control loop measuring ``dp_point``."""
+        for c in self.loops:
+            if self._meas[c.name] == dp_point:
+                return c.setpoint
+        return DP_TRIM_MIN_KPA
+
     # -- setpoints ------------------------------------------------------------
     def base_setpoint(self, c: ControlLoop) -> float:
         """The loop's setpoint before trim & respond: the command path's, else the file's."""
@@ -160,7 +201,7 @@ class Regulation:
     ) -> None:
         t, dt = view.t, view.dt
         auto = self.state.mode == "auto"
-        if auto:
+        if auto and self.trim_and_respond:
             self._trim_and_respond(view)
         pid = self._pid
         for c, meas_i, acts, pump_loop in self._wiring:
@@ -217,6 +258,8 @@ class Regulation:
     def _trim_and_respond(self, view: ScanView) -> None:
         dt = view.dt
         isfinite = math.isfinite
+        amb_i = self.topo.ix.plc.ambient_temp
+        ambient = view.val(amb_i) if view.good(amb_i) else math.nan
         for lp in self.topo.site.loops:
             valves = [x for x in map(view.val, self.topo.loop_valves[lp.name]) if isfinite(x)]
             vmax = max(valves) if valves else 100.0
@@ -228,11 +271,21 @@ class Regulation:
                 self.dp_trim[lp.name] = max(
                     0.0, self.dp_trim[lp.name] - 4 * DP_TRIM_RATE_KPA_S * dt
                 )
-            elif vmax < VALVE_THROTTLED_PCT:
-                self.supply_reset[lp.name] = min(
-                    SUPPLY_RESET_MAX_K, self.supply_reset[lp.name] + SUPPLY_RESET_RATE_K_S * dt
-                )
-                self.dp_trim[lp.name] = self.dp_trim[lp.name] + DP_TRIM_RATE_KPA_S * dt
+            else:
+                reset = self.supply_reset[lp.name]
+                up = reset + SUPPLY_RESET_RATE_K_S * dt
+                # between the two thresholds nothing moves: the dead band that keeps
+                # trim and respond from cycling the valves around 90 %
+                if vmax < VALVE_THROTTLED_PCT:
+                    reset = max(reset, min(SUPPLY_RESET_MAX_K, up))
+                    self.dp_trim[lp.name] = min(
+                        self._dp_trim_max[lp.name],
+                        self.dp_trim[lp.name] + DP_TRIM_RATE_KPA_S * dt,
+                    )
+                    if isfinite(ambient):  # not below what the air allows
+                        floor = ambient + SUPPLY_MIN_APPROACH_K - self._supply_base(lp)
+                        reset = max(reset, min(floor, up))
+                self.supply_reset[lp.name] = reset
 
     def _actuator_position(self, c: ControlLoop, view: ScanView) -> float | None:
         """Where the loop's actuators are now (the highest of them), if known."""

@@ -3,27 +3,61 @@
 Never uses the learned model: it acts on the voted, validated measurements.
 
 * **A zone too hot** (a tank's fluid, a CDU's supply within 2.5 K of its
-  alarm): its own loads shed their heat, whatever their class, at a rate
-  proportional to the excess; they come back slowly once 1.5 K below.
-* **A loop at its cooling limit** (fans saturated and a zone on it hot): the
-  loop's loads shed in class order — mining, then training, then inference.
+  alarm, its *soft limit*): its own loads shed their heat, whatever their
+  class.
+* **A loop at its cooling limit** (fans saturated and a zone on it over its
+  soft limit): the loop's loads shed in class order -- mining, then training,
+  then inference; they come back in the reverse order.
 * **Lost flow**: a pump fault that drops a loop's flow below 70 % of its
   normal, or flow near the PLC's low-flow trip, cuts mining on the loop to
   40 % until a healthy pump has carried the loop clear of the trip for 30 s.
+
+The thermal limiter (``Limiter``, one per zone and one per loop) is a PI on the
+excess over the soft limit (K), its output the fraction of its loads' power
+shed, taken in class order. ``limiter_step`` is one step (no I/O, no clock:
+the time step comes in), in order:
+
+1. proportional: ``LIMIT_KP_PER_K`` of the power per K of excess -- it sheds
+   at once and gives back at once as the zone cools, so the limiter does not
+   hold a zone far below its limit with power it no longer needs to shed;
+2. integral: ``LIMIT_KI_PER_K_S`` per K and second, clamped to [0, 1] and not
+   wound further into a full shed (anti-windup): it carries what a sustained
+   heat load (the afternoon's ambient) needs shed, with no offset;
+3. while nothing is shed and the zone is below its soft limit, the power the
+   limit started from climbs back to the loads' ratings at
+   ``THERMAL_RESTORE_FRAC_S`` of their rating per second;
+4. the limit is lifted once its loads are back at their ratings, nothing is
+   shed and the zone is ``THERMAL_LIFT_BELOW_K`` under its soft limit.
+
+A limit applied and a limit lifted are one event each (``shed`` and
+``restore``, with ``Event.data`` ``{"limit": "thermal", "action": ...}``), so a
+report can pair them and a summary count them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
+from ..signals import Event
 from .alarms import Alarms
+from .planning import ROW_CAP_KNEE_FRAC
 from .topology import CLASS_ORDER, Load, Topology
-from .view import ScanView, nz
+from .view import ScanView
 
 THERMAL_SOFT_MARGIN_K = 2.5  # start shedding this far below a zone's alarm limit
-THERMAL_SHED_KW_PER_K_S = 0.004  # shed rate: fraction of rated per K above soft limit, per s
-THERMAL_RESTORE_FRAC_S = 0.002  # restore rate: fraction of rated per s when cool
-THERMAL_RESTORE_BELOW_K = 1.5  # restore only when this far below the soft limit
+#: proportional: fraction of the limit's power shed per K over the soft limit (at
+#: 2.5 K over -- the alarm -- 40 % is shed by the proportional term alone)
+LIMIT_KP_PER_K = 0.16
+#: integral: fraction per K and second (a tank's fluid answers a cut in ~2 min,
+#: a CDU's coolant in ~1: integral time Kp/Ki = 80 s)
+LIMIT_KI_PER_K_S = 0.002
+#: a loop's limiter: its water and dry coolers answer in ~10 min (7-21 m3 of
+#: water), so its integral is slower (integral time 400 s) or it rings
+LOOP_LIMIT_KI_PER_K_S = 0.0004
+THERMAL_RESTORE_FRAC_S = 0.002  # a limit's power climbs back at this share of rating per s
+THERMAL_LIFT_BELOW_K = 0.5  # lift a limit only this far below the soft limit (no chatter)
 PUMP_FAULT_SHED_FRAC = 0.4  # mining budget on a loop that lost a pump, until flow recovers
 LOST_FLOW_FRAC = 0.7  # a pump fault that dropped flow below this x normal sheds mining
 RECOVERED_SPEED_PCT = 20.0  # mining returns once a healthy pump runs at least this fast
@@ -31,6 +65,104 @@ RECOVERED_FLOW_S = 30.0  # ... with flow clear of the trip margin for this long
 NORMAL_FLOW_TAU_S = 600.0  # how fast "normal flow" follows a healthy loop
 LOW_FLOW_PREEMPT_FRAC = 1.2  # pre-empt the PLC's low-flow trip below this x min flow
 SATURATED_FAN_PCT = 95.0  # a loop whose slowest fan runs this fast has no cooling left
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterGains:
+    kp_per_k: float = LIMIT_KP_PER_K
+    ki_per_k_s: float = LIMIT_KI_PER_K_S
+    restore_frac_s: float = THERMAL_RESTORE_FRAC_S
+    lift_below_k: float = THERMAL_LIFT_BELOW_K
+
+
+@dataclass(slots=True)
+class Limiter:
+    """One zone's (or loop's) thermal limit over its loads (in class order).
+
+    ``base_kw``: per load, the power the limit sheds from (what it drew when
+    the limit began, climbing back to its rating); empty while no limit is
+    applied. ``integral`` and ``shed`` are fractions of the total base."""
+
+    name: str
+    loads: tuple[Load, ...]
+    gains: LimiterGains = LimiterGains()
+    #: per load: below this its cap changes nothing (a rack row's GPUs are at their
+    #: lowest power cap at 30 % of its rating: ``planning.ROW_CAP_KNEE_FRAC``), so the
+    #: shed goes on to the next class instead of integrating through a dead band
+    floor_kw: dict[str, float] = field(default_factory=dict)
+    base_kw: dict[str, float] = field(default_factory=dict)
+    integral: float = 0.0
+    shed: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.base_kw)
+
+    def caps(self) -> dict[str, float]:
+        """Each load's cap in kW: the shed taken in class order (mining first)."""
+        if not self.base_kw:
+            return {}
+        room = {n: max(0.0, b - self.floor_kw.get(n, 0.0)) for n, b in self.base_kw.items()}
+        left = self.shed * sum(room.values())
+        out = dict(self.base_kw)
+        for wclass in CLASS_ORDER:
+            group = [ld.name for ld in self.loads if ld.wclass == wclass]
+            have = sum(room[n] for n in group)
+            if have <= 0.0 or left <= 0.0:
+                continue
+            take = min(left, have)
+            for n in group:
+                out[n] = self.base_kw[n] - take * room[n] / have
+            left -= take
+        return out
+
+
+def limiter_step(
+    lim: Limiter,
+    excess_k: float,
+    dt: float,
+    measured_kw: Mapping[str, float],
+    *,
+    hold: bool = False,
+) -> str | None:
+    """One step of a limiter (see the module docstring); returns "applied",
+    "lifted" or None. ``hold``: nothing comes back this step (the loop lost a pump).
+    A NaN excess (no valid measurement) changes nothing."""
+    if not math.isfinite(excess_k):
+        return None
+    event, gains = None, lim.gains
+    if not lim.active:
+        if excess_k <= 0.0:
+            return None
+        # from what each load draws now; a bad meter (NaN) starts from its rating
+        # rather than cutting the load to nothing
+        lim.base_kw = {}
+        for ld in lim.loads:
+            kw = measured_kw.get(ld.name, math.nan)
+            lim.base_kw[ld.name] = (
+                ld.rated_kw if not math.isfinite(kw) else max(0.0, min(kw, ld.rated_kw))
+            )
+        lim.integral, lim.shed = 0.0, 0.0
+        event = "applied"
+    p = gains.kp_per_k * excess_k
+    saturated = (p + lim.integral >= 1.0 and excess_k > 0.0) or (
+        lim.integral <= 0.0 and excess_k < 0.0
+    )
+    if not saturated and not (hold and excess_k < 0.0):
+        lim.integral = min(1.0, max(0.0, lim.integral + gains.ki_per_k_s * excess_k * dt))
+    shed = min(1.0, max(0.0, p + lim.integral))
+    lim.shed = max(shed, lim.shed) if hold else shed
+    if lim.shed <= 0.0 and excess_k < 0.0 and not hold:
+        back = True
+        for ld in lim.loads:
+            b = min(ld.rated_kw, lim.base_kw[ld.name] + gains.restore_frac_s * dt * ld.rated_kw)
+            lim.base_kw[ld.name] = b
+            back = back and b >= ld.rated_kw
+        if back and excess_k < -gains.lift_below_k:
+            lim.base_kw = {}
+            lim.integral = 0.0
+            return "lifted"
+    return event
 
 
 class ThermalProtection:
@@ -77,6 +209,34 @@ class ThermalProtection:
             [ld for ld in topo.loads if ld.loop == k and ld.wclass == "mining"]
             for k in range(len(site.loops))
         ]
+        #: the thermal limiters: one per zone (its own loads), one per loop (in class order)
+        floors = {ld.name: ROW_CAP_KNEE_FRAC * ld.rated_kw for ld in topo.loads if ld.kind == "row"}
+        loop_gains = LimiterGains(ki_per_k_s=LOOP_LIMIT_KI_PER_K_S)
+        self.zone_limits: dict[str, Limiter] = {
+            t_.name: Limiter(t_.name, (topo.load[t_.name],)) for t_ in site.tanks
+        } | {
+            c.name: Limiter(c.name, tuple(topo.load[r] for r in rows), floor_kw=floors)
+            for c, _, _, rows in self._cdu_points
+        }
+        self.loop_limits: list[Limiter] = [
+            Limiter(
+                lp.name,
+                tuple(
+                    ld
+                    for wc in CLASS_ORDER
+                    for ld in topo.loads
+                    if ld.loop == k and ld.wclass == wc
+                ),
+                loop_gains,
+                floors,
+            )
+            for k, lp in enumerate(site.loops)
+        ]
+        #: per load: the limiters that cap it
+        self._limits_of: dict[str, list[Limiter]] = {ld.name: [] for ld in topo.loads}
+        for lim in [*self.zone_limits.values(), *self.loop_limits]:
+            for ld in lim.loads:
+                self._limits_of[ld.name].append(lim)
 
     def protect(self, view: ScanView, alarms: Alarms) -> None:
         t = view.t
@@ -97,6 +257,7 @@ class ThermalProtection:
                 600,
             )
             self._flow(view, alarms, k, lp.name)
+        measured = {ld.name: view.measured(ld.power) for ld in self.topo.loads}
         for t_, fluid_temp, k in self._tank_points:
             temp, ok = vote(fluid_temp)
             lim = t_.limits
@@ -112,8 +273,8 @@ class ThermalProtection:
             soft = lim.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
             if ok:
                 loop_stress[k] = max(loop_stress[k], temp - soft)
-                self._limit_load(view, alarms, t_.name, temp - soft)
-        for c, supply_temp, k, rows in self._cdu_points:
+                self._limit(view, alarms, self.zone_limits[t_.name], temp, soft, k, measured)
+        for c, supply_temp, k, _rows in self._cdu_points:
             temp, ok = vote(supply_temp)
             alarms.high(
                 t,
@@ -125,14 +286,66 @@ class ThermalProtection:
                 700,
             )
             if ok:
-                excess = temp - (c.supply_alarm_c - THERMAL_SOFT_MARGIN_K)
-                loop_stress[k] = max(loop_stress[k], excess)
-                for row in rows:
-                    self._limit_load(view, alarms, row, excess)
-        # A loop whose cooling is at its limit: shed by class order on the loop.
+                soft = c.supply_alarm_c - THERMAL_SOFT_MARGIN_K
+                loop_stress[k] = max(loop_stress[k], temp - soft)
+                self._limit(view, alarms, self.zone_limits[c.name], temp, soft, k, measured)
+        # A loop whose cooling is at its limit: shed by class order on the loop. Its
+        # fans no longer saturated, it has cooling to spare: its limit comes back.
         for k, stress in loop_stress.items():
-            if stress > 0.0 and loop_saturated[k]:
-                self._shed_loop(view, k, stress)
+            if not math.isfinite(stress):
+                continue
+            excess = stress if loop_saturated[k] else min(stress, 0.0)
+            self._limit(view, alarms, self.loop_limits[k], math.nan, excess, k, measured)
+        self._caps()
+
+    def _limit(
+        self,
+        view: ScanView,
+        alarms: Alarms,
+        lim: Limiter,
+        temp: float,
+        soft: float,
+        loop: int,
+        measured: Mapping[str, float],
+    ) -> None:
+        """Step one limiter: a zone's (``temp`` over ``soft``) or a loop's (``temp``
+        NaN, ``soft`` its stress in K), with an event when it is applied or lifted."""
+        zone = math.isfinite(temp)
+        excess = temp - soft if zone else soft
+        hold = self.flow_shed.get(self.topo.site.loops[loop].name, False)
+        what = limiter_step(lim, excess, view.dt, measured, hold=hold)
+        if what is None:
+            return
+        data = {"limit": "thermal", "action": what, "zone": lim.name}
+        if what == "applied":
+            if zone:
+                msg = (
+                    f"{lim.name}: thermal limit applied ({temp:.1f} degC over its soft limit "
+                    f"{soft:.1f} degC): its loads' power capped"
+                )
+            else:
+                classes = sorted({ld.wclass for ld in lim.loads}, key=CLASS_ORDER.index)
+                msg = (
+                    f"loop {lim.name}: thermal limit applied (fans saturated, a zone "
+                    f"{excess:.1f} K over its soft limit): shedding {', then '.join(classes)}"
+                )
+            alarms.events.append(Event(view.t, "shed", lim.name, msg, 600, data))
+        else:
+            where = f"{temp:.1f} degC" if zone else "cooling to spare"
+            msg = f"{lim.name}: thermal limit lifted ({where}): its loads back at their ratings"
+            alarms.events.append(Event(view.t, "restore", lim.name, msg, 300, data))
+
+    def _caps(self) -> None:
+        """Each load's thermal cap: the lowest its limiters and a lost pump put on it."""
+        cap = {ld.name: math.inf for ld in self.topo.loads}
+        for lim in [*self.zone_limits.values(), *self.loop_limits]:
+            for name, kw in lim.caps().items():
+                cap[name] = min(cap[name], kw)
+        for k, lp in enumerate(self.topo.site.loops):
+            if self.flow_shed.get(lp.name, False):
+                for ld in self._loop_mining[k]:
+                    cap[ld.name] = min(cap[ld.name], PUMP_FAULT_SHED_FRAC * ld.rated_kw)
+        self.cap.update(cap)
 
     def _flow(self, view: ScanView, alarms: Alarms, k: int, loop: str) -> None:
         """Lost flow: shed mining on the loop before the PLC's low-flow trip."""
@@ -185,57 +398,15 @@ class ThermalProtection:
         if episode and recovered and not low:
             episode = False
         self._pump_episode[loop] = episode
-        if shedding:
-            for ld in self._loop_mining[k]:
-                self.cap[ld.name] = min(self.cap[ld.name], PUMP_FAULT_SHED_FRAC * ld.rated_kw)
-            if not was:
-                alarms.event(
-                    t,
-                    "shed",
-                    loop,
-                    f"loop {loop} {'lost flow' if low else 'lost a pump'}: mining "
-                    f"on it cut to {PUMP_FAULT_SHED_FRAC:.0%} until flow recovers",
-                    700,
-                )
-        elif was:
-            alarms.event(
-                t,
-                "restore",
-                loop,
-                f"loop {loop} flow recovered ({flow:.0f} m3/h): mining ramps back",
-                400,
+        if shedding and not was:
+            msg = (
+                f"loop {loop} {'lost flow' if low else 'lost a pump'}: mining "
+                f"on it cut to {PUMP_FAULT_SHED_FRAC:.0%} until flow recovers"
             )
+            data = {"limit": "flow", "action": "applied", "zone": loop}
+            alarms.events.append(Event(t, "shed", loop, msg, 700, data))
+        elif was and not shedding:
+            msg = f"loop {loop} flow recovered ({flow:.0f} m3/h): mining ramps back"
+            data = {"limit": "flow", "action": "lifted", "zone": loop}
+            alarms.events.append(Event(t, "restore", loop, msg, 400, data))
         self.flow_shed[loop] = shedding
-
-    def _limit_load(self, view: ScanView, alarms: Alarms, name: str, excess_k: float) -> None:
-        """A load whose own zone is too hot sheds its own heat, whatever its class."""
-        ld = self.topo.load[name]
-        dt = view.dt
-        if excess_k > 0.0:
-            cut = THERMAL_SHED_KW_PER_K_S * excess_k * dt * ld.rated_kw
-            start = min(self.cap[name], nz(view.measured(ld.power)), ld.rated_kw)
-            self.cap[name] = max(0.0, start - cut)
-        elif (
-            excess_k < -THERMAL_RESTORE_BELOW_K
-            and math.isfinite(self.cap[name])
-            and not self.flow_shed.get(self.topo.site.loops[ld.loop].name, False)
-        ):
-            self.cap[name] += THERMAL_RESTORE_FRAC_S * dt * ld.rated_kw
-            if self.cap[name] >= ld.rated_kw:
-                self.cap[name] = math.inf
-                alarms.event(view.t, "restore", name, f"{name}: thermal limit lifted", 300)
-
-    def _shed_loop(self, view: ScanView, loop: int, stress_k: float) -> None:
-        """Shed heat from a loop in class order: mining, then training, then inference."""
-        need = THERMAL_SHED_KW_PER_K_S * stress_k * view.dt
-        for wclass in CLASS_ORDER:
-            group: list[Load] = [
-                ld for ld in self.topo.loads if ld.loop == loop and ld.wclass == wclass
-            ]
-            room = sum(min(self.cap[ld.name], nz(view.measured(ld.power))) for ld in group)
-            if room <= 1.0:
-                continue
-            for ld in group:
-                cur = min(self.cap[ld.name], nz(view.measured(ld.power)), ld.rated_kw)
-                self.cap[ld.name] = max(0.0, cur - need * ld.rated_kw)
-            return

@@ -5,7 +5,7 @@ an operator can open in a browser::
 
     temperatures.png  tank fluid vs alarm/trip limits per workload class;
                       CDU and loop supplies vs their limits, ambient for context
-    power.png         site import vs the grid's import limit (a step line),
+    power.png         site import vs its import limit (a step line),
                       curtailment windows and time over the limit shaded;
                       feeders as % of their continuous rating
     workloads.png     stacked mining / training / inference kW, price if known

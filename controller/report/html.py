@@ -39,7 +39,8 @@ _CAPTIONS = {
     "temperatures.png": "Tank fluid temperatures against their alarm (dashed) and trip (dotted) "
     "limits per workload class; CDU and loop supply temperatures with "
     "their limits, and the ambient temperature.",
-    "power.png": "Site import against the grid's import limit (step line); blue bands: "
+    "power.png": "Site import against its import limit (the site's, or the grid's when "
+    "lower; step line); blue bands: "
     "curtailment, red bands: time over the limit. Feeders as a percentage of "
     "their continuous rating.",
     "workloads.png": "IT power per workload class, stacked; energy price on the right axis "

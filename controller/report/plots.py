@@ -206,9 +206,7 @@ def plot_power(ctx: Context) -> Figure:
         ax1.plot(x, yy, color="#1f77b4", lw=1.2, label="site import", zorder=3)
     if limit is not None:
         x, yy = change_points(t, limit)
-        ax1.step(
-            x, yy, where="post", color="#000000", lw=1.6, label="import limit (grid)", zorder=4
-        )
+        ax1.step(x, yy, where="post", color="#000000", lw=1.6, label="import limit", zorder=4)
     if site is not None and limit is not None:
         over = np.isfinite(site) & np.isfinite(limit) & (site > limit)
         shade(ax1, spans(t, over, ctx.xlim), OVER_COLOR, "over the limit", alpha=0.18, zorder=1)
@@ -217,7 +215,7 @@ def plot_power(ctx: Context) -> Figure:
         no_data(ax1)
     else:
         ax1.set_ylim(bottom=0.0)
-    ax1.set_title("Site import vs the grid's import limit")
+    ax1.set_title("Site import vs its import limit (the site's, or the grid's when lower)")
     ax1.set_ylabel("power (kW)")
     time_axis(ax1, ctx, label=False)
     legend_right(ax1)
