@@ -38,17 +38,12 @@ from thermogate.plc.planning import plan_reads
 from thermogate.plc.pointmap import PointMap, build_point_map
 from thermogate.plc.site import Site, parse_site_text
 from thermogate.plc.sitegen import SiteSpec, generate_site_toml
+from thermogate.plc.transport import READERS
 
 from .modbus_io import Endpoint
 from .run import RealTimeController, RunConfig
 
 POINTS_PER_ASIC_TANK_APPROX = 30.0
-_READERS = {
-    "coil": "read_coils",
-    "discrete": "read_discrete_inputs",
-    "holding": "read_holding_registers",
-    "input": "read_input_registers",
-}
 
 
 def _site_text_for(points: int) -> str:
@@ -154,7 +149,7 @@ async def floor_read_ms(pmap: PointMap, port: int, scans: int, max_gap: int) -> 
     reqs = plan_reads(pmap.points, max_gap=max_gap)
     by_unit: dict[int, list[tuple[str, int, int]]] = {}
     for r in reqs:
-        by_unit.setdefault(r.unit_id, []).append((_READERS[r.table], r.address, r.count))
+        by_unit.setdefault(r.unit_id, []).append((READERS[r.table], r.address, r.count))
     clients = {u: AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5) for u in by_unit}
     try:
         for c in clients.values():

@@ -102,7 +102,8 @@ MAX_IN_FLIGHT = 16
 #: TCP: consecutive unanswered requests on an endpoint before the connection is dropped.
 _DROP_AFTER_TIMEOUTS = 3
 
-_READERS = {
+#: The client method that reads each table (pymodbus's names, which MbapClient keeps).
+READERS = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
     "holding": "read_holding_registers",
@@ -545,7 +546,7 @@ class ModbusLink:
             raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
         limit = MAX_READ_BITS if table in BIT_TABLES else MAX_READ_REGISTERS
         _check_range(address, count, limit)
-        method = _READERS[table]
+        method = READERS[table]
 
         def call(client: Any) -> Awaitable[ModbusPDU]:
             return getattr(client, method)(address, count=count, device_id=self.unit_id)

@@ -45,7 +45,6 @@ _DISABLED = ua.MonitoringMode.Disabled
 _STATUS_VALUE = ua.DataChangeTrigger.StatusValue
 _changed = MonitoredItemService._is_data_changed
 _KICK = "_thermogate_kick"  # the wake-up a subscription's cycle waits on
-_notification = notification  # the slots filled directly: 4,000 a scan
 
 
 class Notifier:
@@ -77,7 +76,7 @@ class Notifier:
                 continue
             isub = svc.isub
             queue = isub._triggered_datachanges
-            note = _notification(md.client_handle, dv)
+            note = notification(md.client_handle, dv)  # slots filled directly
             items = queue.get(mid)
             if items is None:
                 queue[mid] = [note]
