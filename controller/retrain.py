@@ -142,11 +142,12 @@ class _Crashed(Exception):
     """The training process failed unexpectedly; the message names the exception."""
 
 
-def _train_child(conn: Any, db: Path, site: Site, days: float, by: str) -> None:
+def _train_child(conn: Any, db: Path, site: Site, days: float, by: str, nice: int) -> None:
     """The training process: one ``train_and_register``, its result on ``conn``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the controller's to handle
-    with contextlib.suppress(OSError):
-        os.nice(10)  # the scan's process comes first on a shared core
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     try:
         conn.send(("ok", train_and_register(db, site, days=days, by=by)))
     except ThermogateError as exc:
@@ -155,6 +156,10 @@ def _train_child(conn: Any, db: Path, site: Site, days: float, by: str) -> None:
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
     finally:
         conn.close()
+
+
+#: niceness added to a training process: the controller's scan comes first
+TRAIN_NICE = 10
 
 
 class RetrainScheduler:
@@ -174,7 +179,10 @@ class RetrainScheduler:
     Each training runs in a child process (``process=False``: on the calling
     thread, for tests that replace ``train_and_register``) at a lower priority;
     its outcome, model included, comes back pickled. ``last_pid`` is the
-    process that ran the last one.
+    process that ran the last one. ``nice`` is added to the child's niceness
+    (default :data:`TRAIN_NICE`: the scan's process comes first on a shared
+    core; 0 where nothing latency-bound shares the machine, as in tests that
+    run two workers on two cores and would otherwise starve the child).
 
     Only one training runs at a time. :meth:`run_once` called while a scheduled
     attempt runs *waits* for it and then trains again on the latest data (an
@@ -194,6 +202,7 @@ class RetrainScheduler:
         by: str = SCHEDULED_BY,
         retry_after_s: float | None = None,
         process: bool = True,
+        nice: int = TRAIN_NICE,
     ) -> None:
         if not every_s > 0:
             raise ValueError(f"every_s must be positive, not {every_s:g}")
@@ -217,6 +226,9 @@ class RetrainScheduler:
         self._thread: threading.Thread | None = None
         self._attempts = 0
         self.process = bool(process)
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice must be 0..19, not {nice}")
+        self.nice = int(nice)
         self.last_pid: int | None = None
 
     @property
@@ -284,7 +296,7 @@ class RetrainScheduler:
         answer, child_end = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_train_child,
-            args=(child_end, self.db, self.site, self.days, by),
+            args=(child_end, self.db, self.site, self.days, by, self.nice),
             name="thermogate-retrain",
             daemon=True,  # never outlives the controller
         )

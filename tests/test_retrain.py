@@ -69,7 +69,9 @@ def first_run(sim_db: dict) -> dict:
     """run_once while a 'controller' Historian holds the file open for writing."""
     site, path = sim_db["site"], sim_db["path"]
     reports = Reports()
-    sched = RetrainScheduler(path, site, every_s=3600.0, on_outcome=reports)
+    # in a process, as the controller trains; not niced: the other test worker
+    # would starve it on two cores
+    sched = RetrainScheduler(path, site, every_s=3600.0, on_outcome=reports, nice=0)
     writer = Historian(path, _names(site), site_name=site.name)
     try:
         outcome, error = sched.run_once()

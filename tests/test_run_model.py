@@ -80,6 +80,7 @@ def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
     try:
         assert rt.model.forecaster is not None and rt.model.forecaster.model is None
         assert rt.model.retrainer is not None
+        rt.model.retrainer.nice = 0  # the other test worker would starve a niced child
         outcome, error = rt.model.retrainer.run_once()
         assert error is None and outcome is not None and outcome.promoted
         _scan(rt, sim, 1000.0)
@@ -223,6 +224,7 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
             for e in rt.events_seen
         )
         assert rt.model.retrainer is not None
+        rt.model.retrainer.nice = 0  # the other test worker would starve a niced child
         new, error = rt.model.retrainer.run_once()
         assert error is None and new is not None and new.promoted  # the old one scores inf
     finally:
