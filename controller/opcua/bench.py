@@ -19,7 +19,10 @@ server costs the scan is each phase's p99 over the baseline's. What SCADA gets
 is measured against what was published: every change of every scan of a
 monitored item (value or status) must reach the client (``delivered``, a
 share), ``latency`` from the scan that produced a value (its SourceTimestamp)
-to the client receiving it, and ``notifications_per_s``.
+to the client receiving it, and ``notifications_per_s``. ``cpu_cores`` is each
+process's CPU time over the phase's wall time (1.0 = one core busy): with two
+cores, a total near 2 means the processes queue for CPU and the latency's tail
+is that queue, not any one of them.
 """
 
 from __future__ import annotations
@@ -87,6 +90,55 @@ async def _paced(rt: RealTimeController, scans: int) -> tuple[list[float], int]:
     return times, late
 
 
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` so far; None where /proc has none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _plant_pid() -> int | None:
+    """The served plant: this process's child running ``thermogate ... plant``."""
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = stat.read_text().rsplit(")", 1)[1].split()[1]
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError):
+            continue
+        if ppid == me and b"plant" in argv:
+            return int(stat.parent.name)
+    return None
+
+
+class _CpuMeter:
+    """Each named process's share of a core between ``__init__`` and ``shares``."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = {k: v for k, v in pids.items() if v is not None}
+        self.t0 = time.perf_counter()
+        self.c0 = {k: _cpu_s(v) for k, v in self.pids.items()}
+
+    def shares(self) -> dict[str, float]:
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        out: dict[str, float] = {}
+        for k, pid in self.pids.items():
+            c0, c1 = self.c0[k], _cpu_s(pid)
+            if c0 is not None and c1 is not None:
+                out[k] = round((c1 - c0) / wall, 3)
+        out["total"] = round(sum(out.values()), 3)
+        return out
+
+
+async def _metered(rt: RealTimeController, scans: int, pids: dict[str, int | None]) -> tuple:
+    """``_paced`` with each process's CPU share over the phase appended."""
+    meter = _CpuMeter(pids)
+    times, late = await _paced(rt, scans)
+    return times, late, meter.shares()
+
+
 def _phase(times: list[float], late: int, base_p99: float | None = None) -> dict:
     p99 = pct(times, 99)
     out = {
@@ -136,7 +188,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
     try:
         for _ in range(WARMUP_SCANS):
             await rt.scan_once()
-        without = await _paced(rt, scans)
+        without = await _metered(rt, scans, {"controller": os.getpid(), "plant": _plant_pid()})
         bulk = await _served(rt, cfg, tmp, nodes_file, items, scans, naive=False)
         try:
             naive = await _served(rt, cfg, tmp, nodes_file, items, scans, naive=True)
@@ -150,11 +202,17 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         "items": items,
         "scans_per_phase": scans,
         "period_s": PERIOD_S,
-        "without": _phase(*without),
-        "subscribed": {**_phase(*bulk["live"], base), **bulk["delivery"]},
+        "without": {**_phase(*without[:2]), "cpu_cores": without[2]},
+        "subscribed": {
+            **_phase(*bulk["live"][:2], base),
+            **bulk["delivery"],
+            "cpu_cores": bulk["live"][2],
+        },
         "stuck_client": _phase(*bulk["stuck"], base),
         "naive_baseline": (
-            {**_phase(*naive["live"], base), **naive["delivery"]} if "live" in naive else naive
+            {**_phase(*naive["live"][:2], base), **naive["delivery"], "cpu_cores": naive["live"][2]}
+            if "live" in naive
+            else naive
         ),
         "items_subscribed": bulk["subscribed"],
         "targets": {"delivered": 1.0, "latency_p99_ms": 250.0},
@@ -191,7 +249,8 @@ async def _served(
         result["subscribed"] = await _until_subscribed(rt, client)
         await _paced(rt, 3)  # the initial values are in
         rt.faces.append(published)
-        result["live"] = await _paced(rt, scans)
+        pids = {"controller": os.getpid(), "plant": _plant_pid(), "server": face.pid}
+        result["live"] = await _metered(rt, scans, {**pids, "client": client.pid})
         rt.faces.remove(published)
         await _paced(rt, 3)  # the last scan's changes travel
         if not naive:

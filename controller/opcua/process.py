@@ -75,6 +75,11 @@ class OpcUaProcess:
         self.sent = 0
         self.applied = 0  # reported by the server process when it stops
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id once started (``bench opcua`` counts its CPU)."""
+        return None if self._proc is None else self._proc.pid
+
     def start(self, timeout_s: float = START_TIMEOUT_S) -> list[str]:
         """Start the server process; the lines describing its endpoint."""
         ctx = mp.get_context("spawn")  # a clean interpreter: no threads or loops inherited
