@@ -222,3 +222,19 @@ def test_the_bench_client_records_every_change_with_its_scan(rig, demo_pmap, sit
     want = {(j, round(t, 3)) for t in scans for j in range(len(NAMES))}
     assert want <= pairs
     assert (got["arrived"] >= got["source"]).all()
+
+
+def test_the_bench_splits_each_changes_latency_into_its_legs() -> None:
+    from thermogate.controller.opcua.bench import _latency_parts
+
+    # two scans inside the window, one outside; the server applied each 10 ms after
+    # its scan and flushed 5 ms later; the client got the changes 3 and 7 ms after that
+    timings = [(100.0, 100.010, 100.015), (101.0, 101.010, 101.015), (99.0, 99.5, 99.6)]
+    src = np.array([100.0, 100.0, 101.0])
+    arrived = np.array([100.018, 100.022, 101.018])
+    parts = _latency_parts(timings, 100.0, 101.0, src, arrived)
+    assert parts["to_server"]["p99"] == pytest.approx(10.0, abs=0.05)
+    assert parts["apply"]["p50"] == pytest.approx(5.0, abs=0.05)
+    assert parts["to_client"]["p50"] == pytest.approx(3.0, abs=0.05)
+    assert parts["to_client"]["p99"] == pytest.approx(7.0, abs=0.1)
+    assert _latency_parts([], 100.0, 101.0, src, arrived) == {}

@@ -264,12 +264,13 @@ async def _served(
             client.kill()
         rt.faces.remove(face)
         await asyncio.to_thread(face.stop)
-    result["delivery"] = _delivery(published, np.load(out_file))
+    result["delivery"] = _delivery(published, np.load(out_file), face.timings)
     return result
 
 
-def _delivery(published: _Published, got: Any) -> dict:
-    """What share of the published changes reached the client, and how late."""
+def _delivery(published: _Published, got: Any, timings: list[tuple[float, float, float]]) -> dict:
+    """What share of the published changes reached the client, how late, and where
+    the time went (the server's ``timings``: scan time, apply started, flushed)."""
     want = published.expected()
     t0, t1 = published.scans[1][0], published.scans[-1][0]
     src = np.round(got["source"], 3)
@@ -283,6 +284,36 @@ def _delivery(published: _Published, got: Any) -> dict:
         "notifications_per_s": round(int(inside.sum()) / span, 1),
         "latency_p50_ms": round(pct(latency.tolist(), 50), 1) if latency.size else None,
         "latency_p99_ms": round(pct(latency.tolist(), 99), 1) if latency.size else None,
+        "latency_parts_ms": _latency_parts(timings, t0, t1, src[inside], got["arrived"][inside]),
+    }
+
+
+def _latency_parts(
+    timings: list[tuple[float, float, float]],
+    t0: float,
+    t1: float,
+    src: np.ndarray,
+    arrived: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """p50 and p99 of each leg of a change's way: the scan's decision and hand-over
+    to the server process (``to_server``, from the scan's SourceTimestamp), the
+    server writing and queueing it (``apply``), and publishing, the wire and the
+    client's decoding (``to_client``, per notification)."""
+    rows = [r for r in timings if round(t0, 3) <= round(r[0], 3) <= round(t1, 3)]
+    if not rows:
+        return {}
+    flushed = {round(t, 3): done for t, _, done in rows}
+    legs = {
+        "to_server": [(start - t) * 1000.0 for t, start, _ in rows],
+        "apply": [(done - start) * 1000.0 for _, start, done in rows],
+        "to_client": [
+            (a - flushed[s]) * 1000.0
+            for s, a in zip(src.tolist(), arrived.tolist(), strict=True)
+            if s in flushed
+        ],
+    }
+    return {
+        k: {"p50": round(pct(v, 50), 1), "p99": round(pct(v, 99), 1)} for k, v in legs.items() if v
     }
 
 

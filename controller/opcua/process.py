@@ -74,6 +74,9 @@ class OpcUaProcess:
         self._sender: threading.Thread | None = None
         self.sent = 0
         self.applied = 0  # reported by the server process when it stops
+        #: (scan time, apply started, changes flushed) of its latest applies, from the
+        #: server process when it stops
+        self.timings: list[tuple[float, float, float]] = []
 
     @property
     def pid(self) -> int | None:
@@ -163,6 +166,8 @@ class OpcUaProcess:
                     msg = self._cmds.recv()
                     if msg[0] == "applied":
                         self.applied = msg[1]
+                    elif msg[0] == "timings":
+                        self.timings = msg[1]
             self._cmds.close()
 
     def _send(self) -> None:
@@ -253,4 +258,5 @@ def _serve(
         pumping.join(5.0)
         with contextlib.suppress(OSError, BrokenPipeError):
             cmds.send(("applied", face.applied))
+            cmds.send(("timings", face.timings))
         face.stop()

@@ -24,6 +24,7 @@ import gc
 import logging
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from contextvars import ContextVar
@@ -137,6 +138,11 @@ class OpcUaFace:
         """Snapshots applied to the address space so far."""
         return 0 if self.space is None else self.space.applied
 
+    @property
+    def timings(self) -> list[tuple[float, float, float]]:
+        """(scan time, apply started, changes flushed) of the latest applies."""
+        return [] if self.space is None else list(self.space.timings)
+
     def start(self, timeout_s: float = 120.0) -> list[str]:
         """Start the server's thread; returns lines describing the endpoint to print."""
         self._thread = threading.Thread(target=self._run, name="opcua", daemon=True)
@@ -246,6 +252,7 @@ class OpcUaFace:
     async def _apply_naively(self, snap: Snapshot) -> None:
         """Every point through asyncua's public write, one by one (the baseline)."""
         assert self.server is not None and self.space is not None
+        t_start = time.time()
         ts = datetime.fromtimestamp(snap.t, UTC)
         codes = status_codes(snap.quality, snap.flags, snap.values)
         for k, (nid, x, c, bit) in enumerate(
@@ -268,6 +275,7 @@ class OpcUaFace:
             dv = ua.DataValue(var, ua.StatusCode(c), SourceTimestamp=ts)
             await self.server.write_attribute_value(nid, dv)
         self.space.applied += 1
+        self.space.timings.append((snap.t, t_start, time.time()))
 
     async def _consume(self) -> None:
         """Apply the newest snapshot whenever one was published."""

@@ -28,6 +28,8 @@ import gc
 import logging
 import math
 import re
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -111,6 +113,10 @@ def status_codes(quality: np.ndarray, flags: np.ndarray, values: np.ndarray) -> 
 def namespace_uri(site: Site) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", site.name.lower()).strip("-") or "site"
     return f"urn:thermogate:site:{slug}"
+
+
+#: applies whose timings are kept (an hour of 1 s scans)
+TIMINGS_KEPT = 3600
 
 
 @dataclass
@@ -221,6 +227,9 @@ class Space:
         self.historized: dict[ua.NodeId, str] = {}
         self.root = self.controller = self.alarms = ua.NodeId()
         self.applied = 0  # snapshots applied
+        #: (scan time, apply started, changes flushed) of the latest applies, wall clock:
+        #: where a change's latency goes (``bench opcua``)
+        self.timings: deque[tuple[float, float, float]] = deque(maxlen=TIMINGS_KEPT)
         #: each apply's changes into the subscriptions, in bulk
         self.notifier = Notifier()
         self._small: dict[str, _Small] = {}
@@ -295,6 +304,7 @@ class Space:
     async def apply(self, snap: Snapshot) -> int:
         """Write what changed since the last snapshot; returns how many points changed."""
         # SourceTimestamp: the scan that produced the value; ServerTimestamp: now
+        t_start = time.time()
         now = datetime.now(UTC)
         ts = datetime.fromtimestamp(snap.t, UTC) if math.isfinite(snap.t) else now
         v = snap.values
@@ -326,6 +336,7 @@ class Space:
             self.put(f"ctl.{name}", x, CONTROLLER_VARS[name][0], ts, array=name in ARRAYS)
         await self.notifier.flush()  # the scan's changes leave in one go
         self.applied += 1
+        self.timings.append((snap.t, t_start, time.time()))
         return len(changed)
 
     def put(
