@@ -74,7 +74,7 @@ import math
 import numbers
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -503,53 +503,39 @@ class ModbusIO:
             return skip
         flat, fresh = scan.flat, scan.fresh
         problems: list[str] = []
-        todo = iter(enumerate(blocks))
-        sent: dict[int, float] = {}  # in flight: block -> when it was sent
-        down: list[str] = []  # why the unit stopped answering, once it did
 
-        async def worker() -> None:  # up to in_flight of them share the unit's blocks
-            for k, block in todo:
-                if down:
-                    return  # a silent unit is not asked again this scan
-                sent[k] = loop.time()
-                try:
-                    data = await unit.link.read(block.table, block.address, block.count)
-                except ModbusDeviceError as exc:
-                    del sent[k]
-                    if exc.exception_code is None:  # no usable answer: the unit is down
-                        down.append(exc.reason)
-                        return
-                    problems.append(exc.reason)  # an answer: only this block is lost
-                    continue
-                del sent[k]
-                try:
-                    flat[block.lo : block.hi] = block.decoder.decode(data)
-                except CodecError as exc:
-                    problems.append(f"read {block.what}: {exc}")
-                    continue
-                fresh[block.lo : block.hi] = True
+        async def read(k: int) -> None:
+            block = blocks[k]
+            data = await unit.link.read(block.table, block.address, block.count)
+            try:
+                flat[block.lo : block.hi] = block.decoder.decode(data)
+            except CodecError as exc:
+                problems.append(f"read {block.what}: {exc}")
+                return
+            fresh[block.lo : block.hi] = True
 
-        try:
-            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as tg:
-                for _ in range(min(unit.in_flight, len(blocks))):
-                    tg.create_task(worker())
-        except TimeoutError:
+        def refused(k: int, exc: ModbusDeviceError) -> None:
+            if exc.exception_code is not None:  # an answer: only this block is lost
+                problems.append(exc.reason)
+
+        done = await _pipelined(unit, len(blocks), deadline, read, refused)
+        if done.timed_out:
             now = loop.time()
-            if not sent:
+            if not done.sent:
                 return _summary([*problems, "scan budget spent before the last reads"])
-            k, sent_at = min(sent.items(), key=lambda kv: kv[1])
+            k, sent_at = min(done.sent.items(), key=lambda kv: kv[1])
             waited = now - sent_at
             reason = f"read {blocks[k].what}: no answer within the scan budget ({waited:.3f} s)"
             if waited >= self.timeout_s:  # it had its timeout: the unit is not answering
                 self._fail(unit, now, reason)
             return _summary([*problems, reason])
-        except Exception as exc:  # the scan must go on; say what broke
-            err = _first(exc)
+        if done.crashed is not None:  # the scan must go on; say what broke
+            err = done.crashed
             log.error("Modbus unit %d: unexpected failure while reading", unit_id, exc_info=err)
             return _summary([*problems, f"unexpected {type(err).__name__}: {err}"])
-        if down:
-            self._fail(unit, loop.time(), down[0])
-            return _summary([*problems, down[0]])
+        if done.down is not None:
+            self._fail(unit, loop.time(), done.down)
+            return _summary([*problems, done.down])
         if unit.answered():
             self._back_now.append(unit)
         return _summary(problems) if problems else None
@@ -624,49 +610,35 @@ class ModbusIO:
         if skip is not None:
             return [f"not sent: unit {unit_id} {skip}"] * len(runs)
         errors: list[str | None] = [f"not sent: unit {unit_id} stopped answering"] * len(runs)
-        todo = iter(enumerate(runs))
-        sent: dict[int, float] = {}
-        down: list[str] = []
 
-        async def worker() -> None:
-            for k, run in todo:
-                if down:
-                    return
-                sent[k] = loop.time()
-                try:
-                    await run.send(unit.link)
-                except ModbusDeviceError as exc:
-                    del sent[k]
-                    if exc.exception_code is None:
-                        errors[k] = f"{exc.reason} (the device may or may not have applied it)"
-                        down.append(exc.reason)
-                        return
-                    errors[k] = exc.reason
-                    continue
-                del sent[k]
-                errors[k] = None
+        async def send(k: int) -> None:
+            await runs[k].send(unit.link)
+            errors[k] = None
 
-        try:
-            async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as tg:
-                for _ in range(min(unit.in_flight, len(runs))):
-                    tg.create_task(worker())
-        except TimeoutError:
-            for k in sent:
+        def refused(k: int, exc: ModbusDeviceError) -> None:
+            if exc.exception_code is None:  # no answer: the write may have landed
+                errors[k] = f"{exc.reason} (the device may or may not have applied it)"
+            else:
+                errors[k] = exc.reason
+
+        done = await _pipelined(unit, len(runs), deadline, send, refused)
+        if done.timed_out:
+            for k in done.sent:
                 errors[k] = (
                     f"write {runs[k].what}: no answer within the write budget "
                     f"({self.scan_budget_s:g} s); the device may or may not have applied it"
                 )
-            first = errors[min(sent)] if sent else "write budget spent"
+            first = errors[min(done.sent)] if done.sent else "write budget spent"
             self._fail(unit, loop.time(), str(first))
             return errors
-        except Exception as exc:
-            err = _first(exc)
+        if done.crashed is not None:
+            err = done.crashed
             log.error("Modbus unit %d: unexpected failure while writing", unit_id, exc_info=err)
-            for k in sent:
+            for k in done.sent:
                 errors[k] = f"unexpected {type(err).__name__}: {err}"
             return errors
-        if down:
-            self._fail(unit, loop.time(), down[0])
+        if done.down is not None:
+            self._fail(unit, loop.time(), done.down)
             return errors
         if unit.answered():
             self._back_now.append(unit)
@@ -768,6 +740,59 @@ def _summary(problems: list[str]) -> str:
     more = len(problems) - _ERRORS_QUOTED
     text = "; ".join(problems[:_ERRORS_QUOTED])
     return f"{text} (+{more} more)" if more > 0 else text
+
+
+@dataclass
+class _Pass:
+    """How one pipelined pass over a unit's requests ended."""
+
+    sent: dict[int, float]  # still unanswered when it ended: request -> loop time sent
+    down: str | None = None  # why the unit stopped answering, if it did
+    timed_out: bool = False  # the deadline came first
+    crashed: BaseException | None = None  # an unexpected error ended it
+
+
+async def _pipelined(
+    unit: _Unit,
+    n: int,
+    deadline: float,
+    request: Callable[[int], Awaitable[None]],
+    refused: Callable[[int, ModbusDeviceError], None],
+) -> _Pass:
+    """``request(k)`` for k in 0..n-1 in order, up to the unit's ``in_flight`` at once.
+
+    ``refused(k, exc)`` hears of every request that failed; one without a usable
+    answer (no ``exception_code``: a timeout, a dropped connection) marks the
+    unit down, and a down unit is not asked again this pass. An exception reply
+    costs only its own request."""
+    loop = asyncio.get_running_loop()
+    todo = iter(range(n))
+    out = _Pass(sent={})
+
+    async def worker() -> None:  # the workers share ``todo``: each takes the next request
+        for k in todo:
+            if out.down is not None:
+                return
+            out.sent[k] = loop.time()
+            try:
+                await request(k)
+            except ModbusDeviceError as exc:
+                del out.sent[k]
+                refused(k, exc)
+                if exc.exception_code is None and out.down is None:
+                    out.down = exc.reason
+                continue
+            del out.sent[k]
+
+    try:
+        async with asyncio.timeout_at(deadline), asyncio.TaskGroup() as tg:
+            for _ in range(min(unit.in_flight, n)):
+                tg.create_task(worker())
+    except TimeoutError:
+        out.timed_out = True
+    except Exception as exc:
+        out.crashed = _first(exc)
+    return out
 
 
 def _first(exc: BaseException) -> BaseException:
