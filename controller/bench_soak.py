@@ -25,7 +25,8 @@ drives it (on a data clock instead of the wall clock):
 
 Every ``sample`` (a simulated day; a tenth of a run shorter than ten days)
 the process's resident set (``/proc/self/statm``, after a ``gc.collect()``)
-is sampled and, with ``--trace``, tracemalloc's total. The result: RSS per
+is sampled and, with ``--trace``, tracemalloc's total (with ``--json``, each
+sample is also a line on stderr as it is taken). The result: RSS per
 sample, the least-squares growth in MB/day over the first and second half,
 ``levels_off`` (see :data:`LEVEL_MB_PER_DAY`), with ``--trace`` the
 allocation sites that grew most between day 2 (or the run's middle) and the
@@ -39,13 +40,14 @@ import argparse
 import gc
 import math
 import os
+import sys
 import tempfile
 import threading
 import time
 import tracemalloc
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -314,6 +316,7 @@ def run_soak(
     directory: Path | None = None,
     sample_s: float | None = None,
     progress: Any = None,
+    log: TextIO | None = None,
 ) -> dict[str, Any]:
     """The soak and its figures (see the module docstring)."""
     if not days > 0:
@@ -347,6 +350,10 @@ def run_soak(
                 if "base" not in snaps and day >= base_day - 1e-9:
                     snaps["base"] = tracemalloc.take_snapshot()
             samples.append(row)
+            if log is not None:  # a month takes hours: what it found so far
+                print(
+                    "soak: " + ", ".join(f"{k} {v}" for k, v in row.items()), file=log, flush=True
+                )
 
         wall0 = time.perf_counter()
         next_sample = 0.0
@@ -456,6 +463,7 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
             retrain_days=args.retrain_days if args.retrain_days > 0 else None,
             site_file=getattr(args, "site", None),
             progress=bar,
+            log=sys.stderr if args.json else None,
         )
     finally:
         bar.close()
