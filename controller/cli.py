@@ -195,6 +195,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench_retrain import bench_retrain
 
         result = bench_retrain(args)
+    elif args.bench == "soak":
+        from .bench_soak import bench_soak
+
+        result = bench_soak(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -206,6 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{k}: {v}")
     if args.bench == "faults" and not result["ok"]:
         return 1  # something was lost, crashed or failed a check: a CI gate
+    if args.bench == "soak" and not result["levels_off"]:
+        return 1  # memory still growing in the second half: a leak to find
     return 0
 
 
@@ -511,6 +517,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bre.add_argument("--json", action="store_true")
     bre.set_defaults(func=cmd_bench)
+    bso = bsub.add_parser(
+        "soak", help="memory over a simulated month in lockstep, retention running: levels off?"
+    )
+    bso.add_argument("--days", type=_positive_float, default=30.0, help="simulated days (30)")
+    bso.add_argument(
+        "--scan-s", type=_positive_float, default=5.0, help="controller scan in seconds (5)"
+    )
+    bso.add_argument("--seed", type=int, default=0)
+    bso.add_argument(
+        "--raw-days", type=_positive_float, default=7.0, help="raw telemetry kept (7, as run)"
+    )
+    bso.add_argument(
+        "--retrain-days",
+        type=float,
+        default=7.0,
+        help="data days between retrains of the model (7; 0: never, the physics prior only)",
+    )
+    bso.add_argument(
+        "--trace", action="store_true", help="tracemalloc: the allocation sites that grew"
+    )
+    bso.add_argument("--json", action="store_true")
+    bso.set_defaults(func=cmd_bench)
     bco = bsub.add_parser(
         "cooling", help="cooling energy: fixed design setpoints vs thermogate, same site and load"
     )

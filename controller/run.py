@@ -255,7 +255,7 @@ class RealTimeController:
         if cfg.peaks:
             self.ctrl.peaks = PeakShaving(cfg.peaks)
         #: every curtailment settled as the grid operator would, on the site meter
-        self.settlement = Settlement(rule_for(cfg.site.grid))
+        self.settlement = Settlement(rule_for(cfg.site.grid), history=False)
         site = cfg.site
         self.meters = SiteMeters(site, self.pmap)
         self.books = EconomicsIntervals.for_site(site)

@@ -70,6 +70,12 @@ HEADROOM_MARGIN_K = 2.5
 CLEAR_AFTER = 5  # trusted minutes in a row before a distrusted model is trusted again
 #: minutes of history a forecast is built from (lagged features reach back past the window)
 LIVE_STEPS = 2 * WINDOW
+#: minute bins kept once nothing is to be learned from them (a forecast needs LIVE_STEPS)
+KEEP_STEPS = LIVE_STEPS + 60
+#: data time the report records (archived forecasts, measured minutes) are kept
+#: behind the newest minute: a report takes them within minutes, a long run must
+#: not keep every minute it ever forecast
+REPORT_KEEP_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,11 @@ class _MinuteBins:
         self.t.append(self.k * self.step_s)
         self.v.append(bin_means(self.acc.sum, self.acc.cnt, scans, usual))
 
+    def limit(self, keep: int) -> None:
+        """Keep only the last ``keep`` minutes from now on (the history was learned)."""
+        self.t = deque(self.t, maxlen=keep)
+        self.v = deque(self.v, maxlen=keep)
+
     def arrays(self, last: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         # only the tail: a run that learns keeps its whole history in these deques
         skip = max(0, len(self.t) - last) if last else 0
@@ -202,7 +213,8 @@ class LiveForecaster:
         self.margin_k = margin_k
         self.learn_after_s = learn_after_s
         self.max_age_days = max_age_days
-        keep = None if (keep_history or learn_after_s is not None) else LIVE_STEPS + 60
+        self.keep_history = keep_history
+        keep = None if (keep_history or learn_after_s is not None) else KEEP_STEPS
         self.bins = _MinuteBins(len(names), step_s, keep)
         self.model: ThermalModel | None = None
         self.version: int | str | None = None
@@ -216,7 +228,7 @@ class LiveForecaster:
         self.first_forecast_t: float | None = None
         self.handover_t: float | None = None
         #: target minutes of archived forecasts the prior made for want of a learned
-        #: model (reports mark them; the last hour's only)
+        #: model (reports mark them; the last REPORT_KEEP_S only)
         self.prior_made: set[float] = set()
         self._handover: str | None = None  # the source handed over from, until its notice
         self.trust: Trust | None = None
@@ -333,6 +345,8 @@ class LiveForecaster:
             return []
         ds = build_dataset(self._arrays(None), self.site, step_s=self.step_s)
         self.learned_at = t  # once, whether or not it worked: do not retry every minute
+        if not self.keep_history:  # learned once: the rest of a month need not stay
+            self.bins.limit(KEEP_STEPS)
         model = ThermalModel().fit(ds) if len(ds) else None
         if model is None or not model.kinds:
             return [Notice(t, "alarm", "too few usable rows to learn a thermal model", 600)]
@@ -362,6 +376,7 @@ class LiveForecaster:
             self._arrays(LIVE_STEPS), self.site, step_s=self.step_s, require_targets=False
         )
         t_bin = float(self.bins.t[-1])
+        self._forget(t_bin)
         rows = [kd.take(kd.times == t_bin) for kd in latest_rows(ds)]  # zones valid this minute
         rows = [kd for kd in rows if len(kd)]
         prior_fc = self._prior_step(rows, t_bin)
@@ -398,6 +413,14 @@ class LiveForecaster:
             t, verdict.ok, list(verdict.reasons), zones, self._per_load(zones, verdict.ok, used),
             forecasts, notices, self.source if verdict.ok or self.prior is None else PRIOR_SOURCE,
         )  # fmt: skip
+
+    def _forget(self, t_bin: float) -> None:
+        """Drop report records older than ``REPORT_KEEP_S`` behind minute ``t_bin``."""
+        old = t_bin - REPORT_KEEP_S
+        for store in (self.archive, self.measured):
+            if store and min(k[0] for k in store) < old:
+                for key in [k for k in store if k[0] < old]:
+                    del store[key]
 
     def bound(self) -> AdaptiveBound:
         """The adaptive bound of the model in use (see :mod:`.conformal`)."""
@@ -539,7 +562,7 @@ class LiveForecaster:
             return None if not notices else ForecastUpdate(t, False, [], {}, {}, {}, notices)
         zones = self.prior.headroom(rows, margin_k=self.margin_k)
         self._archive(forecasts, rows, t_bin)
-        self.prior_made = {k for k in self.prior_made if k > t_bin - 3600.0}
+        self.prior_made = {k for k in self.prior_made if k > t_bin - REPORT_KEEP_S}
         self.prior_made.add(t_bin + self.archive_horizon_min * 60.0)
         if self.first_forecast_t is None:
             self.first_forecast_t = t_bin

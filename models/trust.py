@@ -14,7 +14,7 @@
   can resolve say nothing about drift).
 
 The verdict carries human-readable reasons so the caller can raise an alarm
-and record them; :attr:`Trust.log` keeps every untrusted verdict. When not
+and record them; :attr:`Trust.log` keeps the last ``LOG_KEEP`` untrusted verdicts. When not
 trusted, :meth:`Trust.conservative_headroom` is the fallback: headroom with
 the bound's offset doubled, and zero for zones within ``near_limit_k`` (5 K)
 of their alarm limit.
@@ -61,6 +61,11 @@ class LiveErrors:
         return self.errors.items()
 
 
+#: untrusted verdicts :attr:`Trust.log` keeps (a day of minutes): a model untrusted
+#: for months must not keep every minute's reasons
+LOG_KEEP = 1440
+
+
 class Trust:
     def __init__(
         self,
@@ -78,7 +83,7 @@ class Trust:
         self.min_errors = min_errors
         self.min_error_c = min_error_c
         self.near_limit_k = near_limit_k
-        self.log: list[tuple[float, list[str]]] = []
+        self.log: deque[tuple[float, list[str]]] = deque(maxlen=LOG_KEEP)
 
     def calibration_quantile(self, kind: str, horizon_min: int) -> float:
         km = self.model.kinds[kind]

@@ -16,13 +16,20 @@ the same arithmetic run live, beside a simulation or ``thermogate run``:
   :class:`~.compliance.IntervalCompliance` per (instruction, interval), in
   the order they closed. The caller stores them (historian) and shows them.
 
+``history=False`` (``thermogate run``, which stores every judgement in its
+historian) keeps memory bounded over months: only the last ``JUDGED_KEEP``
+judgements, the summary as running totals, and no instruction that ended
+before the oldest interval mean the baselines can still draw on. A
+simulation keeps everything for its report.
+
 Pure apart from its own memory: time comes in with the readings.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, MutableSequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -39,7 +46,39 @@ from .compliance import (
     summarise,
 )
 
-__all__ = ["Judged", "Settlement", "rule_for", "settled_event"]
+__all__ = ["JUDGED_KEEP", "Judged", "Settlement", "rule_for", "settled_event"]
+
+#: judgements a settlement without ``history`` keeps in memory (the historian has all)
+JUDGED_KEEP = 1000
+
+
+class _Totals:
+    """``compliance.summarise``'s figures, kept as running sums."""
+
+    def __init__(self) -> None:
+        self.intervals = self.metered = self.compliant = self.both = 0
+        self.delivered_kw = self.required_kw = 0.0
+
+    def add(self, r: IntervalCompliance) -> None:
+        self.intervals += 1
+        if r.compliant is not None:
+            self.metered += 1
+            self.compliant += bool(r.compliant)
+        if r.delivered_kw is not None and r.required_kw is not None:
+            self.both += 1
+            self.delivered_kw += r.delivered_kw
+            self.required_kw += r.required_kw
+
+    def summary(self, interval_s: float) -> dict[str, float | int | None]:
+        hours = interval_s / 3600.0
+        return {
+            "intervals": self.intervals,
+            "compliant": self.compliant,
+            "not_metered": self.intervals - self.metered,
+            "compliance": self.compliant / self.metered if self.metered else None,
+            "delivered_kwh": self.delivered_kw * hours if self.both else None,
+            "required_kwh": self.required_kw * hours if self.both else None,
+        }
 
 
 def rule_for(grid: GridConfig) -> BaselineRule:
@@ -90,12 +129,16 @@ def settled_event(j: Judged, t: float, when: str) -> Event:
 class Settlement:
     """See the module docstring."""
 
-    def __init__(self, rule: BaselineRule, tolerance_kw: float = 0.0) -> None:
+    def __init__(
+        self, rule: BaselineRule, tolerance_kw: float = 0.0, *, history: bool = True
+    ) -> None:
         self.rule = rule
         self.tolerance_kw = tolerance_kw
+        self.history = history
         self.means: dict[int, float] = {}
         self.instructions: dict[str, Instruction] = {}
-        self.judged: list[Judged] = []
+        self.judged: MutableSequence[Judged] = [] if history else deque(maxlen=JUDGED_KEEP)
+        self._totals = _Totals()
         self._t: list[float] = []
         self._kw: list[float] = []
         self._open: int | None = None  # the interval being metered
@@ -152,6 +195,10 @@ class Settlement:
         if len(self.means) > self._keep:
             for old in sorted(self.means)[: len(self.means) - self._keep]:
                 del self.means[old]
+        if not self.history and self.means:  # beyond every baseline's reach: forgotten
+            reach = min(self.means) * self.rule.interval_s
+            for name in [n for n, ins in self.instructions.items() if ins.end_s < reach]:
+                del self.instructions[name]
         return out
 
     def _judge(self, k: int) -> list[Judged]:
@@ -167,12 +214,16 @@ class Settlement:
                 if rec.start_s == k * size:
                     j = Judged(name, rec, size)
                     self.judged.append(j)
+                    self._totals.add(rec)
                     out.append(j)
         return out
 
     def summary(self) -> dict[str, float | int | None]:
-        """Over every interval judged so far (``compliance.summarise``)."""
-        return summarise([j.record for j in self.judged], self.rule.interval_s)
+        """Over every interval judged so far (``compliance.summarise``; without
+        ``history`` from running totals, the same figures)."""
+        if self.history:
+            return summarise([j.record for j in self.judged], self.rule.interval_s)
+        return self._totals.summary(self.rule.interval_s)
 
     def latest(self) -> Judged | None:
         return self.judged[-1] if self.judged else None

@@ -107,6 +107,9 @@ class Aggregator:
         self._open_max_t = self.max_t
         self._live_from: float | None = None  # first minute seen whole by this process
         self._acc: dict[float, BinAccumulator] = {}
+        #: retention runs and raw scans they deleted since this process opened the file
+        self.retention_runs = 0
+        self.raw_deleted = 0
 
     # -- live scans ------------------------------------------------------------
     def account(self, scans: list[Scan], dups: int) -> None:
@@ -322,6 +325,8 @@ class Aggregator:
 
         self._tx(delete_agg)
         self._next_retention = now + RETENTION_EVERY_S
+        self.retention_runs += 1
+        self.raw_deleted += raw_deleted
         return {
             "raw_rows": raw_deleted,
             "agg_rows": max(agg_counts, default=0),

@@ -104,6 +104,7 @@ class WriterThread:
     _q: queue.SimpleQueue
     _pool: collections.deque[tuple[np.ndarray, np.ndarray]]
     _pool_max: int
+    _max_pool: int
     _dropped: itertools.count
     _dropped_n: int
     _dropped_reported: int
@@ -203,7 +204,9 @@ class WriterThread:
                     rows = list(self._p_books)
                     self._tx(lambda: self._write_books(rows))
                     del self._p_books[: len(rows)]
-                self._pool_max = min(self._max_backlog, max(self._pool_max, 2 * len(self._p_scans)))
+                # the pool follows the batches, up to a fixed memory: one long stall
+                # (a disk outage's backlog) must not keep its buffers for good
+                self._pool_max = min(self._max_pool, max(self._pool_max, 2 * len(self._p_scans)))
                 while self._p_scans:
                     chunk = self._p_scans[: self._max_tx_scans]
                     self._tx(lambda c=chunk: self._write_scans(c))

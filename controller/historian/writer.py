@@ -66,6 +66,8 @@ __all__ = ["Historian"]
 BACKLOG_BYTES = 256_000_000
 #: size of one telemetry transaction, so a backlog never becomes one huge commit
 TX_BYTES = 8_000_000
+#: memory of scan buffers kept for reuse by ``record_scan`` (beyond: fresh buffers)
+POOL_BYTES = 16_000_000
 
 
 def _json_default(o: object) -> object:
@@ -167,6 +169,7 @@ class Historian(WriterThread):
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._pool: collections.deque[tuple[np.ndarray, np.ndarray]] = collections.deque()
         self._pool_max = 64
+        self._max_pool = max(self._pool_max, min(self._max_backlog, POOL_BYTES // row_bytes))
         self._dropped = itertools.count(1)  # next() is atomic in CPython
         self._dropped_n = 0
         self._dropped_reported = 0
@@ -491,6 +494,11 @@ class Historian(WriterThread):
     def dropped_scans(self) -> int:
         """Scans dropped because the writer fell more than the backlog behind."""
         return self._dropped_n
+
+    @property
+    def retention_counts(self) -> tuple[int, int]:
+        """(retention runs, raw scans they deleted) since this historian opened."""
+        return self._agg.retention_runs, self._agg.raw_deleted
 
     @property
     def backlog(self) -> int:
