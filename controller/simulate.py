@@ -648,11 +648,14 @@ def default_learn_h(hours: float) -> float | None:
 def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
     """The run's thermal model: the promoted one of ``--model DB``, else one learned
     from the run's first hours (``--learn-h``, 0 = no forecasting)."""
+    db = getattr(args, "model", None)
+    learn_h = getattr(args, "learn_h", None)
+    if not db and learn_h == 0:
+        return None  # before importing the model: scikit-learn takes seconds to load
     from thermogate.models.live import LiveForecaster
     from thermogate.plc.pointmap import build_point_map
 
     names = record_columns(build_point_map(site), site)
-    db = getattr(args, "model", None)
     if db:
         from thermogate.models.registry import Registry
 
@@ -665,10 +668,7 @@ def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
         fc = LiveForecaster(site, names, model, version=version)
         fc.source = f"model version {version} from {db}"
         return fc
-    learn_h = getattr(args, "learn_h", None)
     hours = float(args.hours)
-    if learn_h == 0:
-        return None
     learn_h = default_learn_h(hours) if learn_h is None else learn_h
     if learn_h is None:  # too short a run to learn from: the physics prior alone
         return LiveForecaster(site, names)
