@@ -199,6 +199,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from .bench_soak import bench_soak
 
         result = bench_soak(args)
+    elif args.bench == "lockstep":
+        from .bench_lockstep import bench_lockstep
+
+        result = bench_lockstep(args)
     else:
         from thermogate.hil.bench import run_bench
 
@@ -539,6 +543,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bso.add_argument("--json", action="store_true")
     bso.set_defaults(func=cmd_bench)
+    bls = bsub.add_parser(
+        "lockstep", help="controller and plant in lockstep: speedup, stage shares, plant-only floor"
+    )
+    bls.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    bls.add_argument("--scenario", default="heatwave", metavar="NAME|FILE")
+    bls.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours (2)")
+    bls.add_argument(
+        "--scan-s", type=_positive_float, default=None, help="controller scan in s (the site's)"
+    )
+    bls.add_argument(
+        "--learn-h",
+        type=float,
+        default=None,
+        metavar="H",
+        help="as simulate: learn a model from the first H hours (default a third of the "
+        "run, at most 6; the physics prior alone under 3 h; 0 = no forecasting)",
+    )
+    bls.add_argument("--json", action="store_true")
+    bls.set_defaults(func=cmd_bench)
     bco = bsub.add_parser(
         "cooling", help="cooling energy: fixed design setpoints vs thermogate, same site and load"
     )

@@ -105,17 +105,10 @@ def pid_step(
     prev_out = state.output
     first = not math.isfinite(prev_out)
 
-    def limit(target: float) -> float:
-        target = _clamp(target, cfg.out_min, cfg.out_max)
-        if first:
-            return target
-        step = cfg.slew_per_s * dt
-        return _clamp(target, prev_out - step, prev_out + step)
-
     if manual_output is not None:
         if not math.isfinite(manual_output):
             raise ValueError(f"manual output must be finite, got {manual_output}")
-        out = limit(manual_output)
+        out = _limit(cfg, manual_output, prev_out, first, dt)
         # Track: the integral absorbs what P and FF would add, so automatic
         # resumes from exactly this output.
         meas_ok = valid and math.isfinite(measurement)
@@ -152,9 +145,21 @@ def pid_step(
             candidate = min(cfg.i_lo, max(integral, candidate))
         integral = candidate
     target = p + integral + d + feed_forward
-    out = limit(target)
+    out = _limit(cfg, target, prev_out, first, dt)
     saturated = out != target
     return PidResult(out, PidState(integral, measurement, out, False), saturated=saturated)
+
+
+def _limit(cfg: PidConfig, target: float, prev_out: float, first: bool, dt: float) -> float:
+    """The output range, then the slew limit from the last output (none on the first step).
+
+    A module function rather than a closure in ``pid_step``: it runs for every
+    loop every scan, and building a closure each call costs more than the math."""
+    target = _clamp(target, cfg.out_min, cfg.out_max)
+    if first:
+        return target
+    step = cfg.slew_per_s * dt
+    return _clamp(target, prev_out - step, prev_out + step)
 
 
 def _error(cfg: PidConfig, setpoint: float, measurement: float) -> float:

@@ -46,6 +46,7 @@ from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Judged, Settlement, rule_for, settled_event
 from .historian import Historian
 from .signals import Event, Observation
+from .stopwatch import Stopwatch, no_lap
 
 if TYPE_CHECKING:  # the model (scikit-learn) loads only when a run forecasts
     from thermogate.models.headroom import Headroom
@@ -158,6 +159,7 @@ def run_simulation(
     peaks: Sequence[PeakWindow] = (),
     ufls_release_after_s: float | None = UFLS_RELEASE_AFTER_S,
     trim_and_respond: bool = True,
+    stopwatch: Stopwatch | None = None,
 ) -> SimulationResult:
     """Run controller + plant for ``hours`` of simulated time; see the module docstring.
 
@@ -190,6 +192,9 @@ def run_simulation(
 
     ``trim_and_respond=False`` keeps every cooling loop at its design supply
     setpoint and ΔP (the fixed-setpoint baseline of ``thermogate bench cooling``).
+
+    A ``stopwatch`` is told the wall time of every stage of every scan, and of
+    the core's parts (``thermogate bench lockstep``).
     """
     sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
     sim = ScenarioPlant(site, sc, seed=seed, dt=plant_dt)
@@ -272,7 +277,12 @@ def run_simulation(
     next_sample = plant.t
     fc_zones: dict[str, Headroom] = {}
     fc_trusted: bool | None = None
+    if stopwatch is not None:
+        stopwatch.instrument(ctrl)
+    lap = no_lap if stopwatch is None else stopwatch.lap
     wall0 = time.perf_counter()
+    if stopwatch is not None:
+        stopwatch.start()
 
     def log(ev: Event | tuple[float, str], kind: str | None = None) -> None:
         if isinstance(ev, Event):
@@ -301,7 +311,9 @@ def run_simulation(
     recovered_at: float | None = None
     for k in range(n_scans):
         obs = step.observe()
+        lap("observe")
         res = ctrl.scan(obs)
+        lap("scan")
         if ufls_release_after_s is not None:
             recovered_at = _grid_operator_release(ctrl, obs.t, recovered_at, ufls_release_after_s)
         # the import limit asked of the site this scan: the one its alarm names
@@ -314,7 +326,9 @@ def run_simulation(
             if tap is not None:
                 for g in reasons.observe(HISTORIAN_EPOCH_S + obs.t, tap.budgets, tap.why()):
                     historian.record_gating(g.t, g.load, g.budget_kw, g.why)
+        lap("record")
         lost, failed = step.apply(res)
+        lap("apply")
         write_failures += lost
         for ev in failed:
             log(ev)
@@ -327,17 +341,22 @@ def run_simulation(
             kw = ctrl.planning.thermal_withheld_kw[ld.name]
             if kw > 0.0:
                 withheld_kwh[ld.wclass] += kw * scan_s / 3600.0
+        lap("record")
         if model is not None:
             for ev in model.step(obs.t, res):
                 log(ev)
             if model.last is not None:
                 fc_zones, fc_trusted = model.last.zones, model.last.trusted
+        lap("forecast")
         if world is not None:
             gate = planner.gpu_capacity if gates else None
             world.step(plant.t, world.cluster.gpus if gate is None else gate, plant)
+            lap("cluster")
         step.advance()
+        lap("advance")
         if on_scan is not None:
             on_scan(sim, ctrl)
+            lap("on_scan")
         for ev in plant.events:
             if "interlock:" in ev[1] or "tripped" in ev[1]:
                 trips += 1
@@ -396,6 +415,7 @@ def run_simulation(
                 _record_forecast(rec, forecaster, sim, fc_zones, fc_trusted)
         if progress is not None:
             progress.update(k + 1, n_scans)
+        lap("record")
 
     last_row = books.close()
     if historian is not None and last_row is not None:
@@ -628,11 +648,14 @@ def default_learn_h(hours: float) -> float | None:
 def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
     """The run's thermal model: the promoted one of ``--model DB``, else one learned
     from the run's first hours (``--learn-h``, 0 = no forecasting)."""
+    db = getattr(args, "model", None)
+    learn_h = getattr(args, "learn_h", None)
+    if not db and learn_h == 0:
+        return None  # before importing the model: scikit-learn takes seconds to load
     from thermogate.models.live import LiveForecaster
     from thermogate.plc.pointmap import build_point_map
 
     names = record_columns(build_point_map(site), site)
-    db = getattr(args, "model", None)
     if db:
         from thermogate.models.registry import Registry
 
@@ -645,10 +668,7 @@ def _forecaster(site: Site, args: argparse.Namespace) -> LiveForecaster | None:
         fc = LiveForecaster(site, names, model, version=version)
         fc.source = f"model version {version} from {db}"
         return fc
-    learn_h = getattr(args, "learn_h", None)
     hours = float(args.hours)
-    if learn_h == 0:
-        return None
     learn_h = default_learn_h(hours) if learn_h is None else learn_h
     if learn_h is None:  # too short a run to learn from: the physics prior alone
         return LiveForecaster(site, names)

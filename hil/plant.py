@@ -871,7 +871,7 @@ class Plant:
             w |= STATUS_INTERLOCK
         if self.plc.heartbeat_age_s < self.heartbeat_timeout_s:
             w |= STATUS_HEARTBEAT_OK
-        if self.tank_leak.any() or self.loop_leak.any() or self.cdu_leak.any():
+        if _any(self.tank_leak) or _any(self.loop_leak) or _any(self.cdu_leak):
             w |= STATUS_LEAK
         if self.plc.relay.state.tripped:
             w |= STATUS_UFLS_TRIPPED

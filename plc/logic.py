@@ -272,10 +272,10 @@ class PlcLogic:
 
     def any_interlock(self) -> bool:
         return bool(
-            self.tank_latched.any()
-            or self.cdu_latched.any()
-            or self.loop_low_flow.any()
-            or self.loop_isolated.any()
+            _any(self.tank_latched)
+            or _any(self.cdu_latched)
+            or _any(self.loop_low_flow)
+            or _any(self.loop_isolated)
         )
 
     def status(self) -> dict[str, object]:

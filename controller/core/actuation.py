@@ -72,15 +72,17 @@ class Actuation:
             )
             for p in topo.pmap.points
         ]
+        #: per point: how far a read-back may be from what was written (half a count)
+        self._tol = [max(abs(p.scale) * 0.51, 1e-9) for p in topo.pmap.points]
 
     def verify(self, view: ScanView, alarms: Alarms) -> None:
         """A command is verified when its register reads back what was written."""
         t = view.t
         pts = self.topo.pmap.points
+        tols, good, val = self._tol, view.good, view.val
         for i, p in list(self._pending.items()):
             point = pts[i]
-            tol = max(abs(point.scale) * 0.51, 1e-9)
-            if view.good(i) and abs(view.val(i) - p.value) <= tol:
+            if good(i) and abs(val(i) - p.value) <= tols[i]:
                 del self._pending[i]
                 if i not in self._pulses:
                     self._verified[i] = p.value
@@ -96,13 +98,15 @@ class Actuation:
                     f"{WRITE_VERIFY_S:g} s (reads {view.val(i):g})",
                     700,
                 )
-        for i, ours in list(self._verified.items()):
-            point = pts[i]
-            found = view.val(i)
-            if view.good(i) and abs(found - ours) > max(abs(point.scale) * 0.51, 1e-9):
-                del self._verified[i]
-                self._foreign[i] = (found, ours)
-                self._last_sent.pop(i, None)  # the next command goes out at once
+        foreign = [
+            (i, ours)
+            for i, ours in self._verified.items()
+            if good(i) and abs(val(i) - ours) > tols[i]
+        ]
+        for i, ours in foreign:
+            del self._verified[i]
+            self._foreign[i] = (val(i), ours)
+            self._last_sent.pop(i, None)  # the next command goes out at once
 
     def take_audit(self) -> list[Audit]:
         """The foreign writes found since the last call, as audit records."""
@@ -116,19 +120,22 @@ class Actuation:
         writes: list[Write] = []
         self.heartbeat = (self.heartbeat + 1) & 0xFFFF
         writes.append(Write(spec[hb][0], float(self.heartbeat), "heartbeat"))
+        isfinite = math.isfinite
         for i, cmd in cmds.items():
             value = cmd.value
             if cmd.pulse:
                 last_sent.pop(i, None)  # a pulse is always sent
             name, scale, lo, hi, holding, rise_per_s, dead = spec[i]
-            if not math.isfinite(value):
+            if not isfinite(value):
                 continue
             if scale:  # to the register's resolution, then the range
                 value = round(value / scale) * scale
-            if lo is not None:
-                value = max(lo, value)
-            if hi is not None:
-                value = min(hi, value)
+            # max(lo, value) and min(hi, value) as comparisons (no builtin call for
+            # each of ~100 commands a scan), keeping the bound unless strictly beyond it
+            if lo is not None and not value > lo:
+                value = lo
+            if hi is not None and not value < hi:
+                value = hi
             last = last_sent.get(i)
             if last is not None and not cmd.override and holding:
                 # Rate limit raises (a load, a valve): lowering a budget or a cap is

@@ -15,11 +15,17 @@ active: it stays active (and listed) until its cause has cleared.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..signals import Event
 
 ALARM_HYSTERESIS_K = 1.0  # a high-temperature alarm clears this far below its limit
+
+#: an alarm's message, or a function that makes it: the parts check ~60 alarms a
+#: scan and almost none changes, so a message with numbers in it is formatted
+#: only when it is raised
+Message = str | Callable[[], str]
 
 
 @dataclass(slots=True)
@@ -60,7 +66,7 @@ class Alarms:
         t: float,
         key: str,
         active: bool,
-        message: str,
+        message: Message,
         severity: int = 600,
         hysteresis: bool = True,
     ) -> None:
@@ -70,6 +76,8 @@ class Alarms:
         False (the value is back under its limit but not yet by the margin)."""
         was = self._active.get(key, False)
         if active and not was:
+            if not isinstance(message, str):
+                message = message()
             self._active[key] = True
             self.event(t, "alarm", key, message, severity)
             rec = self._records.get(key)
@@ -94,7 +102,7 @@ class Alarms:
         value: float,
         ok: bool,
         limit: float,
-        message: str,
+        message: Message,
         severity: int,
     ) -> None:
         """A high-temperature alarm: raised at the limit, cleared 1 K below it."""

@@ -266,7 +266,8 @@ class Controller:
             q,
             self._status(view),
             self.planning.plan.copy(),
-            self.regulation.setpoints(),
+            # as ``regulation.setpoints()``: nothing moved a setpoint since regulate
+            np.array(self.regulation.last_setpoints),
             audit,
         )
 

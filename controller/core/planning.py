@@ -142,8 +142,13 @@ class _Rated(Protocol):
 
 def asked(wanted: Mapping[str, float], ld: _Rated) -> float:
     """The budget a planner asked for a load (no or no finite answer: its rating)."""
-    want = wanted.get(ld.name)
-    return ld.rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
+    return _asked(wanted, ld.name, ld.rated_kw)
+
+
+def _asked(wanted: Mapping[str, float], name: str, rated_kw: float) -> float:
+    """``asked`` by name and rating (the scan's loop has them at hand)."""
+    want = wanted.get(name)
+    return rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
 
 
 class Planning:
@@ -203,15 +208,17 @@ class Planning:
         ``hold`` (maintenance) keeps the budgets the planner last asked for."""
         t = view.t
         forecast = self.forecast(t)
-        loads = self.topo.loads
-        val = view.val
-        infos = [
-            LoadInfo(ld.name, ld.wclass, ld.rated_kw, val(ld.power), loop, forecast.get(ld.name))
-            for ld, loop in zip(loads, self._loop_name, strict=True)
+        val, measured = view.val, view.measured
+        # each load's rating and protection caps, in the order the min()s take them
+        caps = [
+            (ld, ld.name, ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name])
+            for ld in self.topo.loads
         ]
-        headroom = {
-            ld.name: min(thermal_cap[ld.name], power_cap[ld.name], ld.rated_kw) for ld in loads
-        }
+        infos = [
+            LoadInfo(name, ld.wclass, rated, val(ld.power), loop, forecast.get(name))
+            for (ld, name, rated, _, _), loop in zip(caps, self._loop_name, strict=True)
+        ]
+        headroom = {name: min(th, pw, rated) for _, name, rated, th, pw in caps}
         why: Mapping[str, str] = {}
         if hold:
             if self._held is None:
@@ -219,8 +226,8 @@ class Planning:
             wanted = self._held
         else:
             self._held = None
-            it_kw = sum(nz(view.measured(ld.power)) for ld in loads)
-            site_kw = view.measured(self.topo.site_meter)
+            it_kw = sum(nz(measured(ld.power)) for ld, *_ in caps)
+            site_kw = measured(self.topo.site_meter)
             price = math.nan if view.price_per_mwh is None else float(view.price_per_mwh)
             now = SiteNow(grid_limit_kw, site_kw, it_kw, price)
             wanted = self.planner.plan(t, infos, headroom, now)
@@ -229,27 +236,40 @@ class Planning:
                 why = cast(Explains, self.planner).why()
         busy = self._busy_shares()
         ahead = getattr(self.planner, "planned", None)
-        # each load's rating and protection caps, in the order the min()s take them
-        caps = [(ld, ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name]) for ld in loads]
         nh = len(PLAN_HORIZONS_MIN)
         plan = self.plan
+        row: list[float] = []
         for j, h in enumerate(PLAN_HORIZONS_MIN):
-            later = wanted if ahead is None or hold else ahead(t, h * 60.0, infos)
+            if ahead is None or hold:
+                later = wanted
+                if not row:  # every horizon plans what is wanted now: one row for all
+                    row = [
+                        min(_asked(later, name, rated), rated, th, pw)
+                        for _, name, rated, th, pw in caps
+                    ]
+            else:
+                later = ahead(t, h * 60.0, infos)
+                row = [
+                    min(_asked(later, name, rated), rated, th, pw)
+                    for _, name, rated, th, pw in caps
+                ]
             # protection caps persist unless something changes: part of the plan
-            plan[j::nh] = [min(asked(later, ld), rated, th, pw) for ld, rated, th, pw in caps]
+            plan[j::nh] = row
         withheld = self.thermal_withheld_kw
-        for ld, rated, th, pw in caps:
-            budget = asked(wanted, ld)
+        get_why = why.get
+        for ld, name, rated, th, pw in caps:
+            budget = _asked(wanted, name, rated)
             budget_final = min(budget, rated, th, pw)
-            withheld[ld.name] = max(0.0, min(rated, pw) - th)
-            reason = why.get(ld.name, "planner")
+            withheld[name] = max(0.0, min(rated, pw) - th)
             if budget_final < budget - 1e-6:
-                limits = {"thermal": th, "power": pw}
-                reason = min(limits, key=lambda k: limits[k]) + " limit"
+                # the lower of the two limits (thermal on a tie, as min() picks the first)
+                reason = ("power" if pw < th else "thermal") + " limit"
+            else:
+                reason = get_why(name, "planner")
             if ld.kind == "tank":
                 cmds[ld.budget] = Cmd(round(budget_final, 1), reason)
             else:
-                share = busy.get(ld.name, 1.0)
+                share = busy.get(name, 1.0)
                 cap_w = row_cap_w(budget_final, rated, ld.idle_kw, share)
                 cmds[ld.budget] = Cmd(round(cap_w), reason)
             cmds[ld.enable] = Cmd(1.0, "workload permitted")

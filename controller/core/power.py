@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
+from functools import partial
 
 from ..signals import Event
 from .alarms import Alarms
@@ -74,6 +75,7 @@ class PowerProtection:
         self._ramping: set[str] = set()  # released holds climbing back
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
+        self._alarm_keys = [f"power:{c.name}" for c in topo.constraints]
 
     def grid_limit(self, instruction_kw: float | None) -> float:
         """The import limit asked for this scan: the site's, or the instruction in
@@ -105,7 +107,9 @@ class PowerProtection:
             step = GRID_RESTORE_FRAC_S * self.topo.site.import_limit_kw * max(dt, 0.0)
             grid = min(grid, self.grid_limit_kw + step)
         constraints = []
-        for c, classes in zip(self.topo.constraints, self._classes, strict=True):
+        for c, classes, key in zip(
+            self.topo.constraints, self._classes, self._alarm_keys, strict=True
+        ):
             p = view.val(c.meter) if view.good(c.meter) else math.nan
             limit = GRID_LIMIT_MARGIN * grid if c.limit_kw is None else c.limit_kw
             group = c.loads
@@ -116,29 +120,36 @@ class PowerProtection:
             # breaker's continuous rating; protection acts inside it
             named = import_limit_kw if c.limit_kw is None else c.limit_kw
             what = "import limit" if c.limit_kw is None else "continuous limit"
-            constraints.append((c.name, p, limit, classes, c.severity, named, what))
+            constraints.append((c.name, key, p, limit, classes, c.severity, named, what))
         self.grid_limit_kw = grid
         self._ramp_holds(dt)
-        for name, p, limit, classes, sev, named, what in constraints:
+        for name, key, p, limit, classes, sev, named, what in constraints:
             if not math.isfinite(p):
                 continue
             alarms.alarm(
                 t,
-                f"power:{name}",
+                key,
                 p > named,
-                f"{name} at {p:.0f} kW over its {what} {named:.0f} kW",
+                # formatted only if raised (``alarms.Message``)
+                partial("{} at {:.0f} kW over its {} {:.0f} kW".format, name, p, what, named),
                 sev,
                 hysteresis=not p > POWER_SHED_TO * named,
             )
             shedding = self._shedding.get(name, False)
             held = self._held.setdefault(name, {})
             # what is already on its way out: loads above the caps a scan before
-            # set (a meter lags the command): shedding it again would over-shed
-            pending = sum(
-                max(0.0, nz(view.measured(ld.power)) - self.cap[ld.name])
-                for members in classes.values()
-                for ld in members
-                if math.isfinite(self.cap[ld.name])
+            # set (a meter lags the command): shedding it again would over-shed.
+            # A cap is finite only while some limit or hold keeps the load (``_update``):
+            # with nothing held anywhere (the rule) there is nothing on its way out.
+            pending = (
+                sum(
+                    max(0.0, nz(view.measured(ld.power)) - self.cap[ld.name])
+                    for members in classes.values()
+                    for ld in members
+                    if math.isfinite(self.cap[ld.name])
+                )
+                if any(self._held.values())
+                else 0
             )
             if p - pending > POWER_SHED_AT * limit:
                 excess = p - pending - POWER_SHED_TO * limit

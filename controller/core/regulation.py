@@ -129,6 +129,9 @@ class Regulation:
         ]
         #: per control loop: what trim & respond moves of its setpoint (None: nothing)
         self._trim_of = {c.name: self._sp_kind.get(self._meas[c.name]) for c in self.loops}
+        #: the working setpoints of the last ``regulate``, in ``self.loops`` order:
+        #: what ``setpoints()`` returns until a command or the next scan moves one
+        self.last_setpoints: list[float] = []
         #: per cooling loop: its zones' (point, hot above) for ``loop_hot``
         self._hot_at: dict[str, list[tuple[int, float]]] = {
             lp.name: [
@@ -186,6 +189,8 @@ class Regulation:
         return np.array([self.setpoint(c) for c in self.loops])
 
     def _config(self, c: ControlLoop) -> PidConfig:
+        if not self.state.tunings and not self._tuned:  # nobody retuned a loop (the rule)
+            return self._cfg[c.name]
         tuning = self.state.tunings.get(c.name)
         if tuning != self._tuned.get(c.name):  # an engineer retuned it: rebuild once
             self._cfg[c.name] = pid_config(c, tuning)
@@ -204,10 +209,13 @@ class Regulation:
         if auto and self.trim_and_respond:
             self._trim_and_respond(view)
         pid = self._pid
+        vote, setpoint = view.vote, self.setpoint
+        working = self.last_setpoints = []
         for c, meas_i, acts, pump_loop in self._wiring:
             name = c.name
-            meas, ok = view.vote(meas_i)
-            sp = self.setpoint(c)
+            meas, ok = vote(meas_i)
+            sp = setpoint(c)
+            working.append(sp)
             cfg = self._config(c)
             manual = None
             ov = overrides.get(acts[0])

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..signals import Event
 from .alarms import Alarms
@@ -188,9 +189,9 @@ class ThermalProtection:
             )
             for lp in site.loops
         ]
-        #: per tank: its fluid point and the position of its loop
+        #: per tank: its fluid point, the position of its loop and its alarm's key
         self._tank_points = [
-            (t_, tp.fluid_temp, loops.index(t_.loop))
+            (t_, tp.fluid_temp, loops.index(t_.loop), f"{t_.name}.fluid_high")
             for t_, tp in zip(site.tanks, ix.tanks, strict=True)
         ]
         #: per CDU: its supply point, the position of its loop and its rack rows
@@ -200,6 +201,7 @@ class ThermalProtection:
                 cp.supply_temp,
                 loops.index(c.loop),
                 [r.name for r in site.rack_rows if r.cdu == c.name],
+                f"{c.name}.supply_high",
             )
             for c, cp in zip(site.cdus, ix.cdus, strict=True)
         ]
@@ -216,7 +218,7 @@ class ThermalProtection:
             t_.name: Limiter(t_.name, (topo.load[t_.name],)) for t_ in site.tanks
         } | {
             c.name: Limiter(c.name, tuple(topo.load[r] for r in rows), floor_kw=floors)
-            for c, _, _, rows in self._cdu_points
+            for c, _, _, rows, _ in self._cdu_points
         }
         self.loop_limits: list[Limiter] = [
             Limiter(
@@ -253,36 +255,46 @@ class ThermalProtection:
                 sup,
                 ok,
                 lp.supply_alarm_c,
-                f"loop {lp.name} supply {sup:.1f} degC >= alarm {lp.supply_alarm_c:g}",
+                # formatted only if raised (``alarms.Message``)
+                partial(
+                    "loop {} supply {:.1f} degC >= alarm {:g}".format,
+                    lp.name,
+                    sup,
+                    lp.supply_alarm_c,
+                ),
                 600,
             )
             self._flow(view, alarms, k, lp.name)
         measured = {ld.name: view.measured(ld.power) for ld in self.topo.loads}
-        for t_, fluid_temp, k in self._tank_points:
+        for t_, fluid_temp, k, key in self._tank_points:
             temp, ok = vote(fluid_temp)
             lim = t_.limits
             alarms.high(
                 t,
-                f"{t_.name}.fluid_high",
+                key,
                 temp,
                 ok,
                 lim.fluid_alarm_c,
-                f"{t_.name} fluid {temp:.1f} degC >= alarm {lim.fluid_alarm_c:g}",
+                partial(
+                    "{} fluid {:.1f} degC >= alarm {:g}".format, t_.name, temp, lim.fluid_alarm_c
+                ),
                 700,
             )
             soft = lim.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
             if ok:
                 loop_stress[k] = max(loop_stress[k], temp - soft)
                 self._limit(view, alarms, self.zone_limits[t_.name], temp, soft, k, measured)
-        for c, supply_temp, k, _rows in self._cdu_points:
+        for c, supply_temp, k, _rows, key in self._cdu_points:
             temp, ok = vote(supply_temp)
             alarms.high(
                 t,
-                f"{c.name}.supply_high",
+                key,
                 temp,
                 ok,
                 c.supply_alarm_c,
-                f"CDU {c.name} supply {temp:.1f} degC >= alarm {c.supply_alarm_c:g}",
+                partial(
+                    "CDU {} supply {:.1f} degC >= alarm {:g}".format, c.name, temp, c.supply_alarm_c
+                ),
                 700,
             )
             if ok:
@@ -367,7 +379,9 @@ class ThermalProtection:
             t,
             f"{loop}.low_flow",
             low,
-            f"loop {loop} flow {flow:.0f} m3/h near its trip ({lp.min_flow_m3h:g})",
+            partial(
+                "loop {} flow {:.0f} m3/h near its trip ({:g})".format, loop, flow, lp.min_flow_m3h
+            ),
             800,
         )
         was = self.flow_shed.get(loop, False)

@@ -60,8 +60,11 @@ class FailSafeZones:
         return sorted(n for n, z in self.zones.items() if z.failsafe)
 
     def update(self, t: float, quality: np.ndarray, alarms: Alarms) -> None:
+        bad_inputs = quality[self._inputs] == BAD
+        if not np.count_nonzero(bad_inputs) and not any(z.failsafe for z in self.zones.values()):
+            return  # every input usable and no zone to leave fail-safe: nothing changes
         name_of = self.topo.pmap.name_of
-        bad_at = iter((quality[self._inputs] == BAD).tolist())  # zone by zone, in order
+        bad_at = iter(bad_inputs.tolist())  # zone by zone, in order
         for z in self.zones.values():
             bad = [i for i in z.inputs if next(bad_at)]
             if z.pair is not None:

@@ -79,6 +79,7 @@ class GatingPlanner:
         self._busy: dict[str, float] = {}
         self.room_kw = math.nan  # the IT room of the last plan (for the status)
         self.placement = Placement(site)
+        self._gpu_load = {ld.name: ld for ld in self.placement.loads}  # by name, found once
         #: GPUs the cluster may keep busy under the last plan (jobs admitted within it)
         self.gpu_capacity = self.placement.gpus
 
@@ -104,7 +105,7 @@ class GatingPlanner:
         self.room_kw = room
         caps, why = self._caps(loads, headroom)
         demand = self.gpu_demand(t) if self.gpu_demand is not None else {}
-        spec = {ld.name: ld for ld in self.placement.loads}
+        spec = self._gpu_load
         want: dict[str, float] = {}
         busy: dict[str, float] = {}
         for ld in loads:
@@ -121,14 +122,15 @@ class GatingPlanner:
             busy[ld.name] = frac
             if frac < 1.0:
                 why.setdefault(ld.name, "job demand")
-        out, cut = _allocate(loads, want, caps, room)
+        by_class = _by_class(loads)  # the same for both allocations below
+        out, cut = _allocate(by_class, want, caps, room)
         for name in cut:
             why[name] = "grid limit"
         # The gate: the GPUs the cluster may keep busy. AI comes before mining, so
         # a job that arrives may start at once within what AI could take from
         # mining; the next plan then moves the power over.
         ai_want = {ld.name: ld.rated_kw if ld.workload_class != "mining" else 0.0 for ld in loads}
-        gate, _ = _allocate(loads, ai_want, caps, room)
+        gate, _ = _allocate(by_class, ai_want, caps, room)
         self.gpu_capacity = self.placement.capacity(gate)
         self._why = why
         self._busy = busy
@@ -235,15 +237,19 @@ class GatingPlanner:
         return on
 
 
+def _by_class(loads: list[LoadInfo]) -> list[list[LoadInfo]]:
+    """The loads of each class, in ``CLASS_PRECEDENCE`` order (each in the loads' order)."""
+    return [[ld for ld in loads if ld.workload_class == wclass] for wclass in CLASS_PRECEDENCE]
+
+
 def _allocate(
-    loads: list[LoadInfo], want: dict[str, float], caps: dict[str, float], room: float
+    by_class: list[list[LoadInfo]], want: dict[str, float], caps: dict[str, float], room: float
 ) -> tuple[dict[str, float], set[str]]:
-    """The room by precedence: each class what it wants within its caps, pro rata when
-    not all of it fits; the budgets and the loads the room cut."""
+    """The room by precedence (``_by_class``): each class what it wants within its
+    caps, pro rata when not all of it fits; the budgets and the loads the room cut."""
     out: dict[str, float] = {}
     cut: set[str] = set()
-    for wclass in CLASS_PRECEDENCE:
-        members = [ld for ld in loads if ld.workload_class == wclass]
+    for members in by_class:
         give = {ld.name: min(want[ld.name], caps[ld.name]) for ld in members}
         total = sum(give.values())
         scale = 1.0 if total <= room or total <= 0 else room / total
