@@ -118,7 +118,12 @@ def test_losing_the_plant_mid_run_alarms_goes_fail_safe_plc_falls_back_and_recov
                     await rt.scan_once()
                     await asyncio.sleep(0.2)
 
-            await scans(15)
+            # on a loaded machine the first reads can miss the 0.1 s budget and back
+            # the unit off: wait (counted in scans) until every zone has its data
+            for _ in range(80):
+                await scans(1)
+                if rt.scans >= 15 and not rt.last["failsafe_zones"]:
+                    break
             assert rt.last["failsafe_zones"] == [], rt.last["failsafe_zones"]
             assert not sim.plant.plc.safe_state
 
