@@ -886,8 +886,11 @@ async def _main(args: argparse.Namespace) -> int:
     console = None
     if cfg.console is not None and not getattr(args, "no_console", False):
         console = console_face(rt, cfg.console)
-        for line in console.start():  # a missing device is a warning and a retry, not a stop
+        # The banner first: the port's thread may warn at once of a missing device
+        # (a warning and a retry, not a stop), and that reads better after it.
+        for line in console.describe():
             print(f"  {line}", flush=True)
+        console.start()
         rt.faces.append(console)
     ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
     if ven is not None:

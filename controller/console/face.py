@@ -95,10 +95,14 @@ class ConsoleFace:
         return self.bridge.serve(give)
 
     # -- lifecycle ---------------------------------------------------------------
-    def start(self) -> list[str]:
-        self.port.start()
+    def describe(self) -> list[str]:
+        """Where a technician finds the console, as the run's banner says it."""
         how = f"{self.cfg.line}; screen {self.path} {self.cfg.baudrate}"
         return [f"console:  {self.path} ({how})"]
+
+    def start(self) -> list[str]:
+        self.port.start()
+        return self.describe()
 
     def stop(self) -> None:
         self.port.stop()
