@@ -340,11 +340,14 @@ def run_soak(
         if trace:
             tracemalloc.start()
 
+        def db_mb() -> float:  # freed pages are reused: the file levels off, never shrinks
+            return sum(p.stat().st_size for p in Path(tmp).glob("soak.db*")) / 1e6
+
         def sample() -> None:
             s.historian.raw.flush(timeout=120.0)  # a backlog is not a leak
             gc.collect()
             day = s.sim.plant.t / DAY_S
-            row = {"day": round(day, 3), "rss_mb": round(rss_mb(), 2)}
+            row = {"day": round(day, 3), "rss_mb": round(rss_mb(), 2), "db_mb": round(db_mb(), 1)}
             if trace:
                 row["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 1e6, 2)
                 if "base" not in snaps and day >= base_day - 1e-9:
@@ -386,10 +389,11 @@ def run_soak(
             s.close()
         kept = _count(db, 'SELECT count(*) FROM "telemetry_0"')
         runs, deleted = s.historian.raw.retention_counts
-        db_mb = sum(p.stat().st_size for p in Path(tmp).glob("soak.db*")) / 1e6
         n_events = _count(db, 'SELECT count(*) FROM "events"')
         n_audit = _count(db, 'SELECT count(*) FROM "audit"')
         dropped = s.historian.raw.dropped_scans
+        audit_deleted = s.historian.raw.audit_deleted
+        final_db_mb = db_mb()
     d = [r["day"] for r in samples]
     mb = [r["rss_mb"] for r in samples]
     half = days / 2.0
@@ -414,7 +418,7 @@ def run_soak(
         "levels_off": levels_off(s1, s2),
         "criterion": f"second-half growth < {LEVEL_MB_PER_DAY} MB/day and not above the "
         f"first half's (or the first half's also < {LEVEL_MB_PER_DAY})",
-        "db_mb": round(db_mb, 1),
+        "db_mb": round(final_db_mb, 1),
         "raw_days": raw_days,
         "raw_scans_kept": kept,
         "raw_scans_deleted": deleted,
@@ -422,6 +426,7 @@ def run_soak(
         "dropped_scans": dropped,
         "events": n_events,
         "audit_rows": n_audit,
+        "audit_rows_deleted": audit_deleted,
         "retrains": s.retrains,
         "model": None if s.model is None else s.model.forecaster.source,
     }

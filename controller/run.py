@@ -102,6 +102,9 @@ class RunConfig:
     planner: str = "gating"  # "gating" (the gating planner) or "limits" (rated within limits)
     raw_days: float = 7.0  # raw telemetry kept this long, then only 1-minute aggregates
     agg_days: float = 400.0
+    #: the controller's own regulation writes stay in the audit log this long
+    #: (None: raw_days); everything people and systems did is kept for good
+    audit_days: float | None = None
     forecast: bool = True  # run the promoted thermal model and retrain it on schedule
     retrain_every_h: float = 24.0
     train_days: float = 7.0
@@ -137,6 +140,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
     db_file = db or str(base / db_key)
     raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
     agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
+    audit_days = c.get_float("audit_days", raw_days, above=0.0, maxval=36500.0)
     planner = c.get_str("planner", "gating", ("gating", "limits"))
     c.check_unused()
     md = root.get_section("model", {})  # optional: the defaults run the model
@@ -179,6 +183,7 @@ def load_run_config(path: str | None, db: str | None) -> RunConfig:
         built_in_plant=False,
         raw_days=raw_days,
         agg_days=agg_days,
+        audit_days=audit_days,
         forecast=forecast,
         retrain_every_h=retrain_every_h,
         train_days=train_days,
@@ -271,6 +276,7 @@ class RealTimeController:
                 site_name=cfg.site.name,
                 raw_days=cfg.raw_days,
                 agg_days=cfg.agg_days,
+                audit_days=cfg.audit_days,
             ),
             self.clock,
         )

@@ -400,6 +400,43 @@ def test_retention_deletes_raw_only_once_aggregated_and_old_aggregates(tmp_path)
     assert _integrity(path) == "ok"
 
 
+def test_retention_retires_only_the_controllers_old_regulation_writes_from_the_audit(
+    tmp_path, monkeypatch
+):
+    import thermogate.controller.historian.aggregate as aggregate
+
+    monkeypatch.setattr(aggregate, "AUDIT_CHUNK", 7)  # several chunks, urgent rows between
+    path = tmp_path / "h.db"
+    with Historian(path, _names(1), raw_days=1.0, audit_days=100 / DAY, batch_s=60) as h:
+        for i in range(30):  # old regulation writes: retired
+            h.record_audit(START + i, "controller", "scan", "loop1.pump.speed_cmd", 40.0, 41.0 + i,
+                           "pid", ok=True)  # fmt: skip
+        kept = [  # old, but not the controller regulating: kept for good
+            (START + 1, "op", "opcua", "mode", None, 2.0, "by hand", True),
+            (START + 2, "controller", "scan", "loop1.pump", 60.0, None, "override expired", True),
+            (START + 3, "unknown", "modbus", "loop1.pump.speed_cmd", 55.0, 41.0, "foreign", False),
+            (START + 4, "plc", "plc", "plc.underfreq", None, None, "trip", True),
+            (START + 5, "tech", "console", "console.login", None, None, "logged in", True),
+        ]
+        for row in kept:
+            h.record_audit(*row[:7], ok=row[7])
+        h.record_audit(
+            START + 150, "controller", "scan", "loop1.fan.speed_cmd", 10.0, 11.0, "pid", ok=True
+        )  # fmt: skip  (young: kept)
+        h.flush()
+        done = h.retention(now=START + 200)
+        assert done["audit_rows"] == 30 and h.audit_deleted == 30
+        left = [(a["who"], a["why"]) for a in h.audit(limit=100)]
+        assert left == [(r[1], r[6]) for r in kept] + [("controller", "pid")]
+        assert h.retention(now=START + 200)["audit_rows"] == 0
+    assert _integrity(path) == "ok"
+
+
+def test_a_non_positive_audit_days_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="audit_days"):
+        Historian(tmp_path / "h.db", ["a.x"], audit_days=0.0)
+
+
 def test_the_writer_applies_retention_by_itself(tmp_path):
     path = tmp_path / "h.db"
     with Historian(path, ["a.x"], raw_days=600 / DAY, batch_s=0.05) as h:

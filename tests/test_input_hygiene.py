@@ -221,7 +221,7 @@ def test_any_bytes_as_a_site_file_load_or_are_one_line(tmp_path, data):
 # --------------------------------------------------------------------------
 RUN = {
     "controller": {"site": "site.toml", "db": "site.db", "scan_s": 1.0, "raw_days": 7,
-                   "agg_days": 400, "planner": "gating"},
+                   "agg_days": 400, "audit_days": 30, "planner": "gating"},
     "modbus": {"host": "127.0.0.1", "port": 5020, "timeout_s": 0.25,
                "units": [{"unit_ids": [10, 11], "host": "10.0.0.6", "port": 502},
                          {"unit_ids": [12], "device": "/dev/ttyUSB0", "baudrate": 19200,
@@ -249,6 +249,7 @@ def test_the_base_run_configuration_is_valid(run_dir):
     f.write_text(toml_text(RUN), encoding="utf-8")
     cfg = load_run_config(str(f), None)
     assert cfg.openadr is not None and cfg.peaks and cfg.console is not None
+    assert (cfg.raw_days, cfg.agg_days, cfg.audit_days) == (7.0, 400.0, 30.0)
 
 
 @fuzz(60)

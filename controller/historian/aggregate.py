@@ -21,8 +21,13 @@ accelerated simulation) and can be called directly: raw rows older than
 ``raw_days`` are deleted only up to the aggregation watermark (never before
 they were aggregated), aggregates older than ``agg_days``. Deletes go in chunks
 of ``RETENTION_CHUNK`` scans per transaction across all shards, with queued
-events/audit committed between chunks. Events, audit and state are never
-deleted by retention.
+events/audit committed between chunks. Events and state are never deleted by
+retention, nor is any audit row of a person or a system (OPC UA, console, CLI,
+grid, the PLC, a foreign write found). The one audit row retention deletes is
+the controller's own regulation write (who ``controller``, where ``scan``, a
+new value), after ``audit_days``: a scan writes several of them, so kept
+forever they would outgrow the raw telemetry that already shows each commanded
+value and its read-back (~0.7 million rows a day at a 1 s scan on the demo).
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ DAY_S = 86400.0
 RETENTION_EVERY_S = 3600.0
 #: scans deleted per retention transaction
 RETENTION_CHUNK = 2000
+#: audit rows deleted per retention transaction
+AUDIT_CHUNK = 20000
+#: the audit rows retention may delete: the controller's own regulation writes
+REGULATION_SQL = '"who" = \'controller\' AND "where" = \'scan\' AND "new" IS NOT NULL'
 #: raw rows read per catch-up aggregation transaction (one shard)
 CATCH_UP_ROWS = 600
 #: minutes accumulated in memory at once (more only when scans come far out of order)
@@ -74,6 +83,7 @@ class Aggregator:
         *,
         raw_days: float,
         agg_days: float,
+        audit_days: float | None = None,
         tx: Callable[[Callable[[], None]], None],
         interleave: Callable[[], None],
         note: Callable[[str, str, int, dict], None],
@@ -83,6 +93,8 @@ class Aggregator:
         self._n = n_points
         self.raw_days = raw_days
         self.agg_days = agg_days
+        #: the controller's own regulation writes are audited this long (default raw_days)
+        self.audit_days = raw_days if audit_days is None else audit_days
         self._tx = tx
         self._interleave = interleave
         self._note = note
@@ -110,6 +122,7 @@ class Aggregator:
         #: retention runs and raw scans they deleted since this process opened the file
         self.retention_runs = 0
         self.raw_deleted = 0
+        self.audit_deleted = 0
 
     # -- live scans ------------------------------------------------------------
     def account(self, scans: list[Scan], dups: int) -> None:
@@ -278,12 +291,21 @@ class Aggregator:
 
     # -- retention -------------------------------------------------------------
     def retention(self, now: float) -> dict:
-        """Delete raw rows older than raw_days that are aggregated, and old aggregates.
+        """Delete raw rows older than raw_days that are aggregated, old aggregates and
+        the controller's regulation writes older than audit_days.
 
-        Returns ``raw_rows``/``agg_rows`` (scans/minutes deleted) and the cutoffs.
+        Returns ``raw_rows``/``agg_rows``/``audit_rows`` (scans/minutes/audit rows
+        deleted) and the cutoffs.
         """
+        audit_rows = self._retire_audit(now - self.audit_days * DAY_S)
         if not self._shards:
-            return {"raw_rows": 0, "agg_rows": 0, "raw_cutoff": None, "agg_cutoff": None}
+            return {
+                "raw_rows": 0,
+                "agg_rows": 0,
+                "audit_rows": audit_rows,
+                "raw_cutoff": None,
+                "agg_cutoff": None,
+            }
         c = self._c
         known = list(self._agg_until.values())
         agg_floor = -math.inf if (not known or None in known) else min(known)  # type: ignore[type-var]
@@ -330,6 +352,29 @@ class Aggregator:
         return {
             "raw_rows": raw_deleted,
             "agg_rows": max(agg_counts, default=0),
+            "audit_rows": audit_rows,
             "raw_cutoff": raw_cutoff,
             "agg_cutoff": agg_cutoff,
         }
+
+    def _retire_audit(self, cutoff: float) -> int:
+        """Delete the controller's regulation writes older than ``cutoff``, a chunk
+        per transaction with urgent rows committed between chunks."""
+        c, deleted = self._c, 0
+        while True:
+            counts: list[int] = []
+
+            def delete(counts: list = counts) -> None:
+                cur = c.execute(
+                    'DELETE FROM "audit" WHERE rowid IN (SELECT rowid FROM "audit" '
+                    f'WHERE "t" < ? AND {REGULATION_SQL} LIMIT ?)',
+                    (cutoff, AUDIT_CHUNK),
+                )
+                counts.append(cur.rowcount)
+
+            self._tx(delete)
+            deleted += counts[0]
+            self.audit_deleted += counts[0]
+            if counts[0] < AUDIT_CHUNK:
+                return deleted
+            self._interleave()

@@ -98,12 +98,15 @@ class Historian(WriterThread):
         *,
         raw_days: float = 7.0,
         agg_days: float = 400.0,
+        audit_days: float | None = None,
         batch_s: float = 1.0,
         site_name: str = "",
         point_info: Mapping[str, tuple[str, float | None, float | None]] | None = None,
     ) -> None:
         """Open (creating or extending) the database at ``path``.
 
+        ``audit_days`` (default ``raw_days``) is how long the controller's own
+        regulation writes stay in the audit log (see ``aggregate``'s retention).
         ``point_names`` is the point map's order: ``record_scan`` arrays are
         aligned with it. ``point_info`` (name → (unit, lo, hi)), if given, is
         stored with new points so readers can label trends without the map.
@@ -115,8 +118,8 @@ class Historian(WriterThread):
         if len(set(names)) != len(names):
             dup = next(n for i, n in enumerate(names) if n in names[:i])
             raise ValueError(f"duplicate point name {dup!r}")
-        if raw_days <= 0 or agg_days <= 0 or batch_s <= 0:
-            raise ValueError("raw_days, agg_days and batch_s must be positive")
+        if min(raw_days, agg_days, batch_s, raw_days if audit_days is None else audit_days) <= 0:
+            raise ValueError("raw_days, agg_days, audit_days and batch_s must be positive")
         self.path = Path(path)
         self.point_names: tuple[str, ...] = tuple(names)
         self.batch_s = float(batch_s)
@@ -143,6 +146,7 @@ class Historian(WriterThread):
                 n,
                 raw_days=float(raw_days),
                 agg_days=float(agg_days),
+                audit_days=None if audit_days is None else float(audit_days),
                 tx=self._tx,
                 interleave=self._interleave,
                 note=self._writer_event,
@@ -499,6 +503,11 @@ class Historian(WriterThread):
     def retention_counts(self) -> tuple[int, int]:
         """(retention runs, raw scans they deleted) since this historian opened."""
         return self._agg.retention_runs, self._agg.raw_deleted
+
+    @property
+    def audit_deleted(self) -> int:
+        """The controller's regulation writes retention deleted since this historian opened."""
+        return self._agg.audit_deleted
 
     @property
     def backlog(self) -> int:
