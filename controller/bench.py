@@ -41,6 +41,7 @@ from thermogate.plc.site import Site, parse_site_text
 from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 from thermogate.plc.transport import READERS
 
+from .heap import freeze_startup
 from .modbus_io import Endpoint
 from .run import RealTimeController, RunConfig
 
@@ -186,6 +187,7 @@ async def _measure(cfg: RunConfig, scans: int) -> dict:
     try:
         for _ in range(5):  # warm-up: connections, first reads, zones leave fail-safe
             await rt.scan_once()
+        freeze_startup()  # as ``RealTimeController.run`` does
         read_ms: list[float] = []
         for _ in range(scans):
             t0 = time.perf_counter()

@@ -59,6 +59,7 @@ from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
+from .heap import freeze_startup
 from .historian import Historian
 from .historian.schema import HistorianError
 from .inbox import Inbox
@@ -522,6 +523,7 @@ class RealTimeController:
     async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
         if self.model is not None:
             self.model.start()
+        freeze_startup()  # the run's lasting objects: full collections stay short
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         last_save = last_status = loop.time()

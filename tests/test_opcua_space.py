@@ -373,6 +373,24 @@ def test_a_command_is_answered_once_the_run_loop_serves_it():
     assert asyncio.run(go()) == "opcua:olive manual"
 
 
+def test_a_serving_thread_sleeps_until_a_command_comes_and_misses_none():
+    bridge = CommandBridge()
+    assert bridge.wait(0.01) is False  # nothing queued: it times out
+    given: list[str] = []
+    done = threading.Event()
+
+    def server() -> None:  # as the server process's pump: wait, then serve
+        while len(given) < 3:
+            if bridge.wait(5.0):
+                bridge.serve(lambda cmd, by: given.append(cmd.mode) or "ok")
+        done.set()
+
+    threading.Thread(target=server, daemon=True).start()
+    futs = [bridge.submit(SetMode(m), OLIVE) for m in ("manual", "auto", "maintenance")]
+    assert done.wait(10) and given == ["manual", "auto", "maintenance"]
+    assert [f.result(5) for f in futs] == ["ok"] * 3
+
+
 def test_a_republish_the_server_cannot_serve_gets_the_specs_answer_not_an_empty_good(rig):
     # an empty Good answer keeps a reconnecting client (node-opcua) asking forever
     async def fn(c: Client) -> tuple[int, int]:

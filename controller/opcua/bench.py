@@ -43,6 +43,7 @@ import numpy as np
 from thermogate.plc.errors import ThermogateError
 
 from ..bench import pct, served_site
+from ..heap import freeze_startup
 from ..modbus_io import Endpoint
 from ..run import RealTimeController, RunConfig
 from .process import OpcUaProcess
@@ -188,6 +189,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
     try:
         for _ in range(WARMUP_SCANS):
             await rt.scan_once()
+        freeze_startup()  # as ``RealTimeController.run`` does
         without = await _metered(rt, scans, {"controller": os.getpid(), "plant": _plant_pid()})
         bulk = await _served(rt, cfg, tmp, nodes_file, items, scans, naive=False)
         try:
@@ -265,7 +267,22 @@ async def _served(
         rt.faces.remove(face)
         await asyncio.to_thread(face.stop)
     result["delivery"] = _delivery(published, np.load(out_file), face.timings)
+    if face.gc_runs:
+        result["delivery"]["server_gc_ms"] = _gc_summary(face.gc_runs)
     return result
+
+
+def _gc_summary(runs: list[tuple[int, float]]) -> dict[str, float | int]:
+    """The server's collections between snapshots: how many, and how long (ms)."""
+    young = [ms for gen, ms in runs if gen < 2]
+    full = [ms for gen, ms in runs if gen == 2]
+    out: dict[str, float | int] = {"young": len(young), "full": len(full)}
+    if young:
+        out["young_p50"] = round(pct(young, 50), 1)
+        out["young_max"] = round(max(young), 1)
+    if full:
+        out["full_max"] = round(max(full), 1)
+    return out
 
 
 def _delivery(published: _Published, got: Any, timings: list[tuple[float, float, float]]) -> dict:

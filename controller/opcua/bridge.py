@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,6 +33,7 @@ class CommandBridge:
     def __init__(self) -> None:
         # deque's append and popleft are atomic: no lock between the two threads
         self._queue: deque[tuple[Command, Principal, Future[CommandResult]]] = deque()
+        self._queued = threading.Event()  # set by submit: a waiting server wakes at once
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -40,7 +42,20 @@ class CommandBridge:
         """Queue ``cmd`` for the run loop; the future resolves once it is given."""
         fut: Future[CommandResult] = Future()
         self._queue.append((cmd, by, fut))
+        self._queued.set()
         return fut
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until a command is queued (True) or ``timeout_s`` passed (False).
+
+        For a thread that serves the bridge: it sleeps instead of polling, which in
+        the server process would take the GIL from the address space's apply
+        every few milliseconds. Cleared before returning, so a command submitted
+        while the caller serves wakes the next wait."""
+        if not self._queued.wait(timeout_s):
+            return False
+        self._queued.clear()
+        return True
 
     def serve(self, give: Callable[[Command, Principal], CommandResult]) -> int:
         """Run-loop side, after each scan: give every queued command, resolve its future

@@ -77,6 +77,8 @@ class OpcUaProcess:
         #: (scan time, apply started, changes flushed) of its latest applies, from the
         #: server process when it stops
         self.timings: list[tuple[float, float, float]] = []
+        #: (generation, ms) of the server's latest collections between snapshots
+        self.gc_runs: list[tuple[int, float]] = []
 
     @property
     def pid(self) -> int | None:
@@ -168,6 +170,8 @@ class OpcUaProcess:
                         self.applied = msg[1]
                     elif msg[0] == "timings":
                         self.timings = msg[1]
+                    elif msg[0] == "gc":
+                        self.gc_runs = msg[1]
             self._cmds.close()
 
     def _send(self) -> None:
@@ -239,10 +243,10 @@ def _serve(
 
     stop = threading.Event()
 
-    def pump() -> None:  # the bridge's queued commands to the run loop
+    def pump() -> None:  # the bridge's queued commands to the run loop, as they come
         while not stop.is_set():
-            if not face.serve(give_remote):
-                stop.wait(0.01)
+            if face.bridge.wait(0.5):
+                face.serve(give_remote)
 
     pumping = threading.Thread(target=pump, name="opcua-commands", daemon=True)
     pumping.start()
@@ -259,4 +263,5 @@ def _serve(
         with contextlib.suppress(OSError, BrokenPipeError):
             cmds.send(("applied", face.applied))
             cmds.send(("timings", face.timings))
+            cmds.send(("gc", face.gc_runs))
         face.stop()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import socket
 import threading
@@ -44,10 +43,12 @@ from thermogate.plc.pointmap import PointMap
 
 from ..core.commands import Acknowledge, Command, CommandResult, Principal
 from ..core.topology import Topology
+from ..heap import freeze_startup
 from ..historian import HistoryReader
 from .alarms import AlarmFace
 from .bridge import CommandBridge, give
 from .history import serve_history
+from .idlegc import IdleCollector
 from .methods import Commands
 from .publishing import lock_publishing_to_scans
 from .security import OpcUaSecurity, principal_of, secure
@@ -132,6 +133,7 @@ class OpcUaFace:
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._alarms: AlarmFace | None = None
+        self._gc: IdleCollector | None = None
 
     @property
     def applied(self) -> int:
@@ -142,6 +144,11 @@ class OpcUaFace:
     def timings(self) -> list[tuple[float, float, float]]:
         """(scan time, apply started, changes flushed) of the latest applies."""
         return [] if self.space is None else list(self.space.timings)
+
+    @property
+    def gc_runs(self) -> list[tuple[int, float]]:
+        """(generation, ms) of the latest collections run between snapshots."""
+        return [] if self._gc is None else list(self._gc.runs)
 
     def start(self, timeout_s: float = 120.0) -> list[str]:
         """Start the server's thread; returns lines describing the endpoint to print."""
@@ -229,8 +236,10 @@ class OpcUaFace:
         # the address space lives as long as the server: out of the collector's sight,
         # or each full collection walks its million objects again (~1 s, a scan's
         # changes held up meanwhile; bench opcua's worst latency)
-        gc.collect()
-        gc.freeze()
+        freeze_startup()
+        if not self.naive:  # the baseline keeps asyncua's (and CPython's) own ways
+            self._gc = IdleCollector(self._loop, lambda: self._scheduled)
+            self._gc.install()
         try:
             n = len(self.pmap)
             self._lines = [
@@ -244,6 +253,8 @@ class OpcUaFace:
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
         finally:
+            if self._gc is not None:
+                self._gc.uninstall()
             await server.stop()
 
     async def _acknowledge(self, key: str | None, by: Principal) -> CommandResult:
@@ -294,6 +305,8 @@ class OpcUaFace:
                     await self.space.apply(snap)
                 if self._alarms is not None:
                     await self._alarms.update(snap.t, snap.alarms)
+                if self._gc is not None:
+                    self._gc.applied()
             except Exception:  # one bad snapshot must not end the face
                 log.exception("applying a snapshot to the OPC UA address space failed")
 

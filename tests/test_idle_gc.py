@@ -1,0 +1,121 @@
+"""Garbage collection out of the hot path: the controller's start-up heap frozen,
+the OPC UA server's collections between snapshots instead of inside them.
+
+The collector is driven with a real event loop and a recording ``collect``;
+times are the loop's own timers (no wall-clock bound is asserted)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+import numpy as np
+import pytest
+from opcua_rig import Rig
+
+from thermogate.controller.heap import freeze_startup
+from thermogate.controller.opcua import idlegc
+from thermogate.controller.opcua.idlegc import IdleCollector
+from thermogate.plc.points import GOOD
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.gens: list[int] = []
+
+    def __call__(self, gen: int) -> int:
+        self.gens.append(gen)
+        return 0
+
+
+def _drive(applies: int, *, busy: bool = False, full_every: int = 3, gap_s: float = 0.3):
+    """``applies`` applies ``gap_s`` apart (0: at once), each followed by its idle
+    window; the collector's clock is the applies' own, so load cannot shift it."""
+    rec = Recorder()
+    now = [0.0]
+
+    async def go() -> IdleCollector:
+        col = IdleCollector(
+            asyncio.get_running_loop(),
+            lambda: busy,
+            full_every=full_every,
+            clock=lambda: now[0],
+            collect=rec,
+        )
+        for _ in range(applies):
+            col.applied()
+            now[0] += gap_s
+            if gap_s:  # the window (0.4 of the gap, at most IDLE_MAX_S) ends before
+                await asyncio.sleep(gap_s)
+        await asyncio.sleep(idlegc.IDLE_MAX_S + 0.1)  # the last window passes
+        return col
+
+    return asyncio.run(go()), rec.gens
+
+
+def test_each_apply_is_followed_by_one_young_collection_and_every_nth_by_a_full_one():
+    col, gens = _drive(7, full_every=3)
+    assert gens == [1, 1, 2, 1, 1, 2, 1]
+    assert [g for g, _ in col.runs] == gens and col.skipped == 0
+
+
+def test_a_waiting_snapshot_comes_first_the_collection_is_skipped():
+    col, gens = _drive(4, busy=True)
+    assert gens == [] and col.skipped == 4
+
+
+def test_applies_in_a_burst_collect_once_after_the_last():
+    col, gens = _drive(5, gap_s=0.0)  # each apply moves the window on
+    assert gens == [1] and col.skipped == 0
+
+
+def test_install_raises_the_young_threshold_and_uninstall_restores_it():
+    before = gc.get_threshold()
+
+    async def go() -> tuple[int, ...]:
+        col = IdleCollector(asyncio.get_running_loop(), lambda: False, collect=Recorder())
+        col.install()
+        during = gc.get_threshold()
+        col.uninstall()
+        return during
+
+    try:
+        during = asyncio.run(go())
+        assert during == (idlegc.BACKSTOP_THRESHOLD, *before[1:])
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_freeze_startup_takes_the_surviving_objects_out_of_the_generations():
+    kept = [[i] for i in range(1000)]  # containers the collector tracks
+    try:
+        frozen = freeze_startup()
+        assert frozen >= len(kept) and gc.get_freeze_count() == frozen
+        mine = {id(x) for x in kept}
+        assert not any(id(o) in mine for g in range(3) for o in gc.get_objects(g))
+    finally:
+        gc.unfreeze()
+
+
+@pytest.fixture
+def rig(site, demo_pmap, tmp_path):
+    r = Rig(site, demo_pmap, tmp_path / "site.db")
+    r.values[:] = np.where([p.is_bit for p in r.pmap.points], 0.0, 20.0)
+    r.quality[:] = GOOD
+    yield r
+    r.close()
+    gc.unfreeze()
+
+
+def test_the_served_face_collects_between_snapshots(rig):
+    for k in range(4):
+        rig.values[rig.values != 0.0] += 1.0  # every analogue point changes
+        rig.publish()
+        end = time.monotonic() + 10.0
+        while len(rig.face.gc_runs) <= k:
+            assert time.monotonic() < end, f"no collection after apply {k + 1}"
+            time.sleep(0.01)
+    assert [g for g, _ in rig.face.gc_runs] == [1, 1, 1, 1]
+    assert all(ms >= 0.0 for _, ms in rig.face.gc_runs)
