@@ -59,7 +59,7 @@ from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
-from .heap import freeze_startup
+from .heap import REFREEZE_S, freeze_startup
 from .historian import Historian
 from .historian.schema import HistorianError
 from .inbox import Inbox
@@ -526,7 +526,7 @@ class RealTimeController:
         freeze_startup()  # the run's lasting objects: full collections stay short
         loop = asyncio.get_running_loop()
         next_t = loop.time()
-        last_save = last_status = loop.time()
+        last_save = last_status = last_freeze = loop.time()
         while not stop.is_set():
             await self.scan_once()
             self.after_scan()
@@ -534,6 +534,9 @@ class RealTimeController:
             if now - last_save >= STATE_SAVE_S:
                 self.save_state()
                 last_save = now
+            if now - last_freeze >= REFREEZE_S:  # in the slack before the next scan
+                freeze_startup()
+                last_freeze = now
             if on_status and now - last_status >= STATUS_EVERY_S:
                 on_status(self)
                 last_status = now

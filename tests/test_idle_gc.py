@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -95,6 +96,25 @@ def test_freeze_startup_takes_the_surviving_objects_out_of_the_generations():
         assert frozen >= len(kept) and gc.get_freeze_count() == frozen
         mine = {id(x) for x in kept}
         assert not any(id(o) in mine for g in range(3) for o in gc.get_objects(g))
+    finally:
+        gc.unfreeze()
+
+
+class Node:
+    pass
+
+
+def test_a_frozen_cycle_that_dies_is_collected_at_the_next_freeze():
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a reference cycle: only the collector frees it
+    gone = weakref.ref(a)
+    try:
+        freeze_startup()
+        del a, b
+        gc.collect()
+        assert gone() is not None  # frozen: the collector does not see it
+        freeze_startup()
+        assert gone() is None
     finally:
         gc.unfreeze()
 
