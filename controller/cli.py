@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib import metadata
+from typing import Any
 
 from thermogate.plc.errors import ThermogateError
 
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_run)
 
     sm = sub.add_parser("simulate", help="controller and plant in lockstep, faster than real time")
-    sm.add_argument("--site", metavar="FILE")
+    _site(sm)
     sm.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
     sm.add_argument("--hours", type=_positive_float, default=24.0)
     sm.add_argument("--weather", metavar="CSV")
@@ -325,15 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DB",
         help="forecast with the promoted model of this historian/registry database",
     )
-    sm.add_argument(
-        "--learn-h",
-        type=float,
-        default=None,
-        metavar="H",
-        help="without --model: learn a model from the run's first H hours "
-        "(default a third of the run, at most 6; the physics prior forecasts until "
-        "then, and alone in runs under 3 h; 0 = no forecasting)",
-    )
+    _learn_h(sm)
     sm.add_argument(
         "--jobs",
         metavar="CSV",
@@ -350,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.set_defaults(func=cmd_simulate)
 
     pp = sub.add_parser("plant", help="serve the simulated plant over Modbus TCP or RTU")
-    pp.add_argument("--site", metavar="FILE")
+    _site(pp)
     pp.add_argument("--scenario", default="normal-day", metavar="NAME|FILE")
     pp.add_argument("--weather", metavar="CSV", help="weather CSV (time,ambient_c,...)")
     pp.add_argument("--prices", metavar="CSV", help="price CSV (time,price_per_mwh)")
@@ -404,12 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp = sub.add_parser("bench", help="benchmarks (JSON with --json)")
     bsub = bp.add_subparsers(dest="bench", metavar="WHAT")
     bsub.required = True
-    bpl = bsub.add_parser("plant", help="accelerated plant speed vs real time")
-    bpl.add_argument("--site", metavar="FILE")
+    bpl = _bench(bsub, "plant", help="accelerated plant speed vs real time")
+    _site(bpl)
     bpl.add_argument("--hours", type=_positive_float, default=24.0)
-    bpl.add_argument("--json", action="store_true")
-    bpl.set_defaults(func=cmd_bench)
-    bsc = bsub.add_parser("scan", help="full controller scan over Modbus vs the bare read")
+    bsc = _bench(bsub, "scan", help="full controller scan over Modbus vs the bare read")
     bsc.add_argument(
         "--points",
         type=_positive_int,
@@ -423,20 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="read requests outstanding per connection (the plant serves a pipelined stream; 4)",
     )
-    bsc.add_argument("--json", action="store_true")
-    bsc.set_defaults(func=cmd_bench)
-    bou = bsub.add_parser(
-        "opcua", help="scan p99 and SCADA's delivery/latency with 10,000 monitored items"
+    bou = _bench(
+        bsub, "opcua", help="scan p99 and SCADA's delivery/latency with 10,000 monitored items"
     )
     bou.add_argument("--points", type=_positive_int, default=10_000, help="approximate site size")
     bou.add_argument("--items", type=_positive_int, default=10_000, help="monitored items")
     bou.add_argument("--scans", type=_positive_int, default=60, help="scans per phase (1 s each)")
-    bou.add_argument("--json", action="store_true")
-    bou.set_defaults(func=cmd_bench)
-    bsh = bsub.add_parser(
-        "schedule", help="workload gating against static splits, closed loop, one run"
+    bsh = _bench(
+        bsub, "schedule", help="workload gating against static splits, closed loop, one run"
     )
-    bsh.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    _site(bsh)
     bsh.add_argument(
         "--trace", metavar="CSV", help="job trace (submit_time_s,duration_s,gpus,kind)"
     )
@@ -450,15 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="GPUs of the site (default: the demo's; with --trace, 1.5x its mean offered load)",
     )
-    bsh.add_argument("--json", action="store_true")
-    bsh.set_defaults(func=cmd_bench)
-    bfc = bsub.add_parser(
-        "forecast", help="learned thermal model vs persistence and RC on simulated days"
+    bfc = _bench(
+        bsub, "forecast", help="learned thermal model vs persistence and RC on simulated days"
     )
-    bfc.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
-    bfc.add_argument(
-        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
-    )
+    _site(bfc)
+    _weather(bfc)
     bfc.add_argument("--days", type=_positive_float, default=10.0, help="days simulated (10)")
     bfc.add_argument(
         "--train-days", type=_positive_float, default=7.0, help="days trained on (first 7)"
@@ -468,15 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     bfc.add_argument(
         "--from-db", metavar="FILE", help="evaluate an existing study historian, no simulation"
     )
-    bfc.add_argument("--json", action="store_true")
-    bfc.set_defaults(func=cmd_bench)
-    bhr = bsub.add_parser(
-        "headroom", help="heat headroom tested by stepping copies of the plant (and an oracle)"
+    bhr = _bench(
+        bsub,
+        "headroom",
+        help="heat headroom tested by stepping copies of the plant (and an oracle)",
     )
-    bhr.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
-    bhr.add_argument(
-        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
-    )
+    _site(bhr)
+    _weather(bhr)
     bhr.add_argument("--days", type=_positive_float, default=7.0, help="hot days tested on (7)")
     bhr.add_argument(
         "--train-days", type=_positive_float, default=3.0, help="ordinary days trained on (3)"
@@ -486,17 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bhr.add_argument("--seed", type=int, default=0)
     bhr.add_argument("--db", metavar="FILE", help="keep the study's historian in FILE")
-    bhr.add_argument("--json", action="store_true")
-    bhr.set_defaults(func=cmd_bench)
-    bhi = bsub.add_parser(
-        "historian", help="historian: caller cost of a scan/event, writer throughput, disk"
+    bhi = _bench(
+        bsub, "historian", help="historian: caller cost of a scan/event, writer throughput, disk"
     )
     bhi.add_argument("--points", type=_positive_int, default=10_000, help="points per scan")
     bhi.add_argument("--scans", type=_positive_int, default=300, help="scans per phase")
-    bhi.add_argument("--json", action="store_true")
-    bhi.set_defaults(func=cmd_bench)
-    bfa = bsub.add_parser(
-        "faults", help="seeded fault campaign over real Modbus: nothing lost, nothing crashed"
+    bfa = _bench(
+        bsub, "faults", help="seeded fault campaign over real Modbus: nothing lost, nothing crashed"
     )
     bfa.add_argument("--seed", type=int, default=0)
     bfa.add_argument(
@@ -511,18 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run these classes only: modbus_server_fuzz, modbus_client, device_loss, "
         "controller_kill9, sensor_faults, clock_step, disk",
     )
-    bfa.add_argument("--json", action="store_true")
-    bfa.set_defaults(func=cmd_bench)
-    bre = bsub.add_parser(
-        "retrain", help="scan-loop wake-ups during a retrain: in a thread vs its own process"
+    bre = _bench(
+        bsub, "retrain", help="scan-loop wake-ups during a retrain: in a thread vs its own process"
     )
     bre.add_argument(
         "--hours", type=_positive_float, default=6.0, help="hours of history trained on (6)"
     )
-    bre.add_argument("--json", action="store_true")
-    bre.set_defaults(func=cmd_bench)
-    bso = bsub.add_parser(
-        "soak", help="memory over a simulated month in lockstep, retention running: levels off?"
+    bso = _bench(
+        bsub,
+        "soak",
+        help="memory over a simulated month in lockstep, retention running: levels off?",
     )
     bso.add_argument("--days", type=_positive_float, default=30.0, help="simulated days (30)")
     bso.add_argument(
@@ -541,52 +516,71 @@ def build_parser() -> argparse.ArgumentParser:
     bso.add_argument(
         "--trace", action="store_true", help="tracemalloc: the allocation sites that grew"
     )
-    bso.add_argument("--json", action="store_true")
-    bso.set_defaults(func=cmd_bench)
-    bls = bsub.add_parser(
-        "lockstep", help="controller and plant in lockstep: speedup, stage shares, plant-only floor"
+    bls = _bench(
+        bsub,
+        "lockstep",
+        help="controller and plant in lockstep: speedup, stage shares, plant-only floor",
     )
-    bls.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    _site(bls)
     bls.add_argument("--scenario", default="heatwave", metavar="NAME|FILE")
     bls.add_argument("--hours", type=_positive_float, default=2.0, help="simulated hours (2)")
     bls.add_argument(
         "--scan-s", type=_positive_float, default=None, help="controller scan in s (the site's)"
     )
-    bls.add_argument(
-        "--learn-h",
-        type=float,
-        default=None,
-        metavar="H",
-        help="as simulate: learn a model from the first H hours (default a third of the "
-        "run, at most 6; the physics prior alone under 3 h; 0 = no forecasting)",
+    _learn_h(bls, lead="as simulate: ")
+    bco = _bench(
+        bsub,
+        "cooling",
+        help="cooling energy: fixed design setpoints vs thermogate, same site and load",
     )
-    bls.add_argument("--json", action="store_true")
-    bls.set_defaults(func=cmd_bench)
-    bco = bsub.add_parser(
-        "cooling", help="cooling energy: fixed design setpoints vs thermogate, same site and load"
-    )
-    bco.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+    _site(bco)
     bco.add_argument("--scenario", default="heatwave", metavar="NAME|FILE")
-    bco.add_argument(
-        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
-    )
+    _weather(bco)
     bco.add_argument("--days", type=_positive_float, default=1.0, help="days simulated (1)")
     bco.add_argument(
         "--scan-s", type=_positive_float, default=5.0, help="controller scan in seconds (5)"
     )
     bco.add_argument("--seed", type=int, default=0)
-    bco.add_argument("--json", action="store_true")
-    bco.set_defaults(func=cmd_bench)
-    bdr = bsub.add_parser(
-        "dr", help="under-frequency shed timed over real Modbus: frequency dips in the served plant"
+    bdr = _bench(
+        bsub,
+        "dr",
+        help="under-frequency shed timed over real Modbus: frequency dips in the served plant",
     )
     bdr.add_argument("--site", metavar="FILE", help="a site with an armed [grid] relay")
     bdr.add_argument(
         "--events", type=_positive_int, default=60, help="tripping dips (near misses come extra)"
     )
-    bdr.add_argument("--json", action="store_true")
-    bdr.set_defaults(func=cmd_bench)
     return p
+
+
+def _bench(bsub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A ``bench`` subcommand: every one prints JSON with ``--json``."""
+    b = bsub.add_parser(name, help=help)
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    b.set_defaults(func=cmd_bench)
+    return b
+
+
+def _site(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--site", metavar="FILE", help="site description (default: built-in demo)")
+
+
+def _learn_h(p: argparse.ArgumentParser, lead: str = "without --model: ") -> None:
+    p.add_argument(
+        "--learn-h",
+        type=float,
+        default=None,
+        metavar="H",
+        help=f"{lead}learn a model from the run's first H hours "
+        "(default a third of the run, at most 6; the physics prior forecasts until "
+        "then, and alone in runs under 3 h; 0 = no forecasting)",
+    )
+
+
+def _weather(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weather", metavar="CSV", help="measured weather (time,ambient_c[,...]; hourly is fine)"
+    )
 
 
 def configure_logging(verbose: int) -> None:
