@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core import Controller, LoadForecast, ScanResult
+from .heap import release_freed_heap
 from .historian import HistoryReader
 from .signals import Event
 
@@ -183,6 +184,7 @@ class ModelRuntime:
             events, self._events = self._events, []
         for model, version, t1 in handover[-1:]:
             fc.set_model(model, trained_t=t1, version=version)
+            release_freed_heap()  # the model replaced is gone: its pages back to the system
         fc.observe(t, *res.record)
         upd = fc.update(t)
         if upd is not None:

@@ -223,13 +223,20 @@ def test_the_historians_buffer_pool_has_a_memory_cap(tmp_path: Path) -> None:
 
 
 # -- the bench --------------------------------------------------------------------------
-def test_levels_off_needs_a_flat_second_half():
+def test_levels_off_compares_the_last_thirds_peak_with_the_middles():
+    days = [float(d) for d in range(31)]
     assert slope_mb_per_day([0, 1, 2, 3], [10, 12, 14, 16]) == pytest.approx(2.0)
     assert slope_mb_per_day([1], [1]) is None
-    assert levels_off(5.0, 0.02)  # early growth, then flat
-    assert not levels_off(5.0, 2 * LEVEL_MB_PER_DAY)  # still growing
-    assert levels_off(0.01, 0.05)  # both halves within the noise
-    assert not levels_off(None, 0.0)
+    # the month measured: start-up, then one step at a model hand-over (day 16), flat
+    step = [200.0, 225.0] + [230.0] * 7 + [238.0] * 7 + [251.0] * 15
+    assert levels_off(days, step, 30.0)
+    # a step at every weekly hand-over is growth: the last third peaks higher
+    weekly = [200.0 + 10.0 * (d // 7) for d in range(31)]
+    assert not levels_off(days, weekly, 30.0)
+    # a slow steady climb just over the bound is growth too
+    assert not levels_off(days, [200.0 + 1.5 * LEVEL_MB_PER_DAY * d for d in days], 30.0)
+    assert levels_off(days, [200.0 + 0.5 * LEVEL_MB_PER_DAY * d for d in days], 30.0)
+    assert not levels_off([0.0, 1.0], [1.0, 1.0], 30.0)  # no sample in the last third
 
 
 def test_bench_soak_runs_a_short_soak_with_retention(tmp_path: Path, monkeypatch) -> None:
