@@ -41,6 +41,7 @@ import argparse
 import gc
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -471,6 +472,9 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
     from .report import ProgressBar
 
     bar = ProgressBar("soak", enabled=False if args.json else None, sim_hours=args.days * 24.0)
+    # a month runs for hours and is often stopped with kill: end as Ctrl-C does, so
+    # the historian closes and the scratch directory (a gigabyte by then) is removed
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         return run_soak(
             days=args.days,
@@ -484,4 +488,9 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
             log=sys.stderr if args.json else None,
         )
     finally:
+        signal.signal(signal.SIGTERM, previous)
         bar.close()
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("bench soak: stopped by SIGTERM")

@@ -9,6 +9,10 @@ wall-clock time.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -258,3 +262,26 @@ def test_bench_soak_runs_a_short_soak_with_retention(tmp_path: Path, monkeypatch
     assert out["retention_runs"] >= 2 and out["raw_scans_deleted"] > 0
     assert out["raw_scans_kept"] + out["raw_scans_deleted"] == out["scans"]
     assert out["events"] > 0 and out["dropped_scans"] == 0
+
+
+def test_a_soak_stopped_with_sigterm_removes_its_scratch_directory(tmp_path: Path) -> None:
+    """A month runs for hours and is stopped with kill: no gigabyte left in /tmp."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thermogate.controller.cli", "bench", "soak", "--json",
+         "--days", "5", "--retrain-days", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the first sample: the soak is under way
+        assert line.startswith("soak: day 0.0"), line
+        assert list(tmp_path.glob("thermogate-soak-*"))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0  # stopped, not finished
+    assert not list(tmp_path.glob("thermogate-soak-*"))
