@@ -210,7 +210,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
             **bulk["delivery"],
             "cpu_cores": bulk["live"][2],
         },
-        "stuck_client": _phase(*bulk["stuck"], base),
+        "stuck_client": {**_phase(*bulk["stuck"][:2], base), "cpu_cores": bulk["stuck"][2]},
         "naive_baseline": (
             {**_phase(*naive["live"][:2], base), **naive["delivery"], "cpu_cores": naive["live"][2]}
             if "live" in naive
@@ -257,7 +257,7 @@ async def _served(
         await _paced(rt, 3)  # the last scan's changes travel
         if not naive:
             client.send_signal(signal.SIGSTOP)
-            result["stuck"] = await _paced(rt, scans)
+            result["stuck"] = await _metered(rt, scans, pids)
             client.send_signal(signal.SIGCONT)
         client.send_signal(signal.SIGTERM)
         await asyncio.to_thread(client.communicate, timeout=120)
