@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ptys import pty_pair
 
 from thermogate.hil.modbus_server import DeviceImage, PlantModbusServer
@@ -182,6 +184,90 @@ def test_reads_serve_the_image_values() -> None:
             finally:
                 a.close()
                 b.close()
+
+    run(scenario())
+
+
+def _full_path_pdu(server: PlantModbusServer, unit: int, pdu: bytes) -> bytes | None:
+    """What the full path (pymodbus's decoder and datastore) answers to ``pdu``."""
+    from pymodbus.pdu import DecodePDU
+
+    async def answer() -> bytes | None:
+        decoded = DecodePDU(True).decode(pdu)
+        response = await server.respond(unit, pdu, decoded, server._servers[0].context, False)
+        return None if response is None else bytes([response.function_code]) + response.encode()
+
+    return asyncio.get_event_loop().run_until_complete(answer())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    unit=st.sampled_from([1, 2, 3]),
+    fc=st.integers(1, 4),
+    address=st.integers(0, 40),
+    count=st.integers(0, 130),
+)
+def test_reads_answered_from_the_image_match_the_full_path(
+    unit: int, fc: int, address: int, count: int
+) -> None:
+    """``read_now`` answers only what the full path answers normally, byte for byte;
+    everything else (unknown unit, bad count, past the end) it leaves to that path."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        server = PlantModbusServer(build_images())
+        loop.run_until_complete(server.start_tcp("127.0.0.1", 0))
+        try:
+            pdu = struct.pack(">BHH", fc, address, count)
+            fast = server.read_now(unit, pdu)
+            full = _full_path_pdu(server, unit, pdu)
+            if fast is not None:
+                assert fast == full
+            else:
+                assert full is not None and full[0] & 0x80, "a normal read must take the fast path"
+        finally:
+            loop.run_until_complete(server.stop())
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
+def test_pipelined_reads_and_writes_are_answered_in_request_order() -> None:
+    """Reads answered at once and requests served by a task (a write, a faulted
+    unit's exception) share a connection: every answer comes back in the order
+    the requests were sent, each with its own transaction id."""
+
+    async def scenario() -> None:
+        async with serving() as (server, port):
+            server.set_fault(2, "exception", 6)
+            frames = [
+                read_req(1, 1, 3, 0, 2),
+                mbap(2, 1, struct.pack(">BHH", 6, 0, 500)),  # a write: the task path
+                read_req(3, 1, 4, 0, 2),
+                read_req(4, 2, 4, 10, 1),  # faulted unit: exception 06 from a task
+                read_req(5, 1, 1, 0, 4),
+                read_req(6, 1, 3, 0, 1),  # reads the write above
+            ]
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(b"".join(frames))  # one chunk: all in flight at once
+                await writer.drain()
+                answers = []
+                for _ in frames:
+                    head = await asyncio.wait_for(reader.readexactly(7), 2)
+                    body = await asyncio.wait_for(
+                        reader.readexactly(struct.unpack(">H", head[4:6])[0] - 1), 2
+                    )
+                    answers.append((struct.unpack(">H", head[:2])[0], body))
+            finally:
+                writer.close()
+            assert [tid for tid, _ in answers] == [1, 2, 3, 4, 5, 6]
+            assert answers[0][1] == bytes([3, 4]) + struct.pack(">HH", 450, i16_word(-12))
+            assert answers[1][1] == struct.pack(">BHH", 6, 0, 500)
+            assert answers[2][1] == bytes([4, 4]) + struct.pack(">HH", 1480, i16_word(-300))
+            assert answers[3][1] == bytes([0x84, 6])
+            assert answers[4][1] == bytes([1, 1, 0b1001])
+            assert answers[5][1] == bytes([3, 2]) + struct.pack(">H", 500)
 
     run(scenario())
 
