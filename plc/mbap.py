@@ -76,6 +76,20 @@ class _Protocol(asyncio.Protocol):
         self.client = client
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        """Queue ``frame``; the requests made in one turn of the event loop leave in one
+        write. A send costs ~0.1 ms of system time on this kind of VM, and a pipelined
+        scan makes several requests per turn (each answer batch frees as many slots)."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(frame)
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -191,7 +205,7 @@ class MbapClient:
             tid = self._next_tid()
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._pending[tid] = (fut, unit, pdu)
-        p.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+        p.send(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
         self.sent += 1
         try:
             return await fut
