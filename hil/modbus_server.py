@@ -113,6 +113,8 @@ _FC_TABLE: dict[int, str] = {
     23: "holding",
 }
 _READ_FCS = frozenset({1, 2, 3, 4})
+#: Answered at once from the image over TCP (``PlantModbusServer.answer_now``).
+_FAST_FCS = frozenset({1, 2, 3, 4, 5, 6, 15, 16})
 #: fc 23 (read/write multiple) limits, spec §6.17.
 _MAX_RW_READ = 125
 _MAX_RW_WRITE = 121
@@ -123,10 +125,10 @@ _MAX_MBAP_LENGTH = 254
 _RX_BUFFER = 8192
 #: TCP bytes handed to the framer at once (well under _RX_BUFFER minus one frame)
 _TCP_SLICE = 4096
-#: A read request's address and quantity (fc 1-4), big-endian.
-_ADDRESS_COUNT = struct.Struct(">HH")
 #: MBAP header: transaction id, protocol id 0, length, unit id.
 _MBAP = struct.Struct(">HHHB")
+#: A read request's address and quantity (fc 1-4).
+_ADDRESS_COUNT = struct.Struct(">HH")
 #: Shortest RTU inter-frame silence honoured on a pty/USB line.
 _RTU_MIN_GAP_S = 0.020
 
@@ -441,36 +443,57 @@ class PlantModbusServer:
             log.exception("unit %d: fc %d failed in the datastore", unit_id, fc)
             return ExceptionResponse(fc, ExcCodes.DEVICE_FAILURE)
 
-    def read_now(self, unit_id: int, frame: bytes) -> bytes | None:
-        """The response PDU to a plain, valid read (fc 1-4) of a healthy unit, built
-        straight from its image; None sends the request down the full path.
+    def answer_now(
+        self, unit_id: int, frame: bytes, decode: Callable[[bytes], ModbusPDU | None]
+    ) -> bytes | None:
+        """The response PDU to a plain read (fc 1-4) or write (fc 5, 6, 15, 16) of a
+        healthy unit, served straight from and into its image; None sends the
+        request down the full path (``respond``).
 
-        The fast path of a TCP scan: a 10,000-point site is ~500 reads a scan, and
-        pymodbus's datastore, PDU encoder and a task per request cost ~0.1 ms each,
-        which a PLC answering from its process image does not spend. Anything
-        unusual (a fault, an unknown unit, a bad count or range) takes the full
-        path, so the answers on the wire are the same either way.
+        The fast path of a TCP scan: a 10,000-point site is ~500 reads and ~370
+        writes a scan, and pymodbus's datastore, PDU encoder and a task per request
+        cost ~0.1 ms each, which a PLC answering from its process image does not
+        spend. The checks are the full path's (``on_write`` called once) and so are
+        the answers, byte for byte; a fault, an unknown unit or a PDU that does not
+        decode takes the full path. A read is parsed here (pymodbus's decoder
+        would cost more than the answer); a write is decoded with ``decode``.
         """
         fc = frame[0]
-        if fc not in _READ_FCS or len(frame) != 5 or unit_id in self._faults:
+        if fc not in _FAST_FCS or unit_id in self._faults:
             return None
         image = self.images.get(unit_id)
         if image is None:
             return None
-        address, count = _ADDRESS_COUNT.unpack_from(frame, 1)
         table = _FC_TABLE[fc]
-        bits = table in BIT_TABLES
-        if not 1 <= count <= (MAX_READ_BITS if bits else MAX_READ_REGISTERS):
-            return None
-        if image.check_read(table, address, count):
+        values = image.tables[table]
+        if fc in _READ_FCS:
+            if len(frame) != 5:
+                return None
+            address, count = _ADDRESS_COUNT.unpack_from(frame, 1)
+            bits = table in BIT_TABLES
+            if not 1 <= count <= (MAX_READ_BITS if bits else MAX_READ_REGISTERS):
+                return None  # the decoder refuses it: the full path answers
+            self.requests_seen[unit_id] += 1
+            if code := image.check_read(table, address, count):
+                return bytes((fc | 0x80, code))
+            part = values[address : address + count]
+            data = (np.packbits(part, bitorder="little") if bits else part.astype(">u2")).tobytes()
+            return bytes((fc, len(data))) + data
+        pdu: Any = decode(frame)
+        if pdu is None:
             return None
         self.requests_seen[unit_id] += 1
-        values = image.tables[table][address : address + count]
-        if bits:
-            data = np.packbits(values, bitorder="little").tobytes()
+        if code := self._check(image, fc, frame, pdu):
+            return bytes((fc | 0x80, code))
+        if fc == 5:
+            values[pdu.address] = bool(pdu.bits[0])
+        elif fc == 6:
+            values[pdu.address] = pdu.registers[0]
+        elif fc == 15:
+            values[pdu.address : pdu.address + pdu.count] = pdu.bits[: pdu.count]
         else:
-            data = values.astype(">u2").tobytes()
-        return bytes((fc, len(data))) + data
+            values[pdu.address : pdu.address + pdu.count] = pdu.registers
+        return frame[:5]  # fc 5 and 6 echo the request; 15 and 16 its address and quantity
 
     def _check(self, image: DeviceImage, fc: int, frame: bytes, pdu: Any) -> int | None:
         """Validate a decoded request; call on_write for writes. Exception code or None."""
@@ -580,7 +603,7 @@ class _PlantRequestHandler(ServerRequestHandler):
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
         """Consume every complete frame in ``data``; return the bytes used.
 
-        Over TCP, plain reads answered from the image (``read_now``) while no
+        Over TCP, plain reads and writes answered from the image (``answer_now``) while no
         request of this connection is still being served are answered here and
         sent together, one write for the chunk: answers stay in request order.
         """
@@ -620,9 +643,13 @@ class _PlantRequestHandler(ServerRequestHandler):
             if not frame:
                 continue
             if not self.rtu and not self._tasks:
-                pdu = self.plant.read_now(unit_id, frame)
-                if pdu is not None:
-                    answers.append(_MBAP.pack(tid, 0, len(pdu) + 1, unit_id) + pdu)
+                try:
+                    answer = self.plant.answer_now(unit_id, frame, self.framer.decoder.decode)
+                except Exception:  # as the full path: the device fails, the server goes on
+                    log.exception("unit %d: request handling failed", unit_id)
+                    answer = bytes((frame[0] | 0x80, ExcCodes.DEVICE_FAILURE))
+                if answer is not None:
+                    answers.append(_MBAP.pack(tid, 0, len(answer) + 1, unit_id) + answer)
                     continue
             self._send_answers(answers)  # before anything a task answers
             self._schedule(unit_id, tid, frame, addr)

@@ -14,13 +14,14 @@ import re
 import shutil
 import struct
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ptys import pty_pair
+from pymodbus.pdu import DecodePDU
 
 from thermogate.hil.modbus_server import DeviceImage, PlantModbusServer
 from thermogate.plc.errors import ModbusDeviceError
@@ -188,16 +189,37 @@ def test_reads_serve_the_image_values() -> None:
     run(scenario())
 
 
-def _full_path_pdu(server: PlantModbusServer, unit: int, pdu: bytes) -> bytes | None:
-    """What the full path (pymodbus's decoder and datastore) answers to ``pdu``."""
-    from pymodbus.pdu import DecodePDU
+def _full_path(server: PlantModbusServer, unit: int, pdu: bytes) -> bytes | None:
+    """What the full path (pymodbus's decoder and datastore, ``respond``) answers."""
 
-    async def answer() -> bytes | None:
+    async def full() -> bytes | None:
         decoded = DecodePDU(True).decode(pdu)
         response = await server.respond(unit, pdu, decoded, server._servers[0].context, False)
         return None if response is None else bytes([response.function_code]) + response.encode()
 
-    return asyncio.get_event_loop().run_until_complete(answer())
+    return asyncio.get_event_loop().run_until_complete(full())
+
+
+def _fast_path(server: PlantModbusServer, unit: int, pdu: bytes) -> bytes | None:
+    return server.answer_now(unit, pdu, DecodePDU(True).decode)
+
+
+@contextlib.contextmanager
+def two_servers() -> Iterator[tuple[PlantModbusServer, PlantModbusServer, Recorder, Recorder]]:
+    """Two servers over equal images, each with its own on_write recorder."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = PlantModbusServer(build_images(), rec_a), PlantModbusServer(build_images(), rec_b)
+    try:
+        for s in (a, b):
+            loop.run_until_complete(s.start_tcp("127.0.0.1", 0))
+        yield a, b, rec_a, rec_b
+    finally:
+        for s in (a, b):
+            loop.run_until_complete(s.stop())
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 @settings(max_examples=300, deadline=None)
@@ -210,26 +232,53 @@ def _full_path_pdu(server: PlantModbusServer, unit: int, pdu: bytes) -> bytes | 
 def test_reads_answered_from_the_image_match_the_full_path(
     unit: int, fc: int, address: int, count: int
 ) -> None:
-    """``read_now`` answers only what the full path answers normally, byte for byte;
-    everything else (unknown unit, bad count, past the end) it leaves to that path."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        server = PlantModbusServer(build_images())
-        loop.run_until_complete(server.start_tcp("127.0.0.1", 0))
-        try:
-            pdu = struct.pack(">BHH", fc, address, count)
-            fast = server.read_now(unit, pdu)
-            full = _full_path_pdu(server, unit, pdu)
-            if fast is not None:
-                assert fast == full
-            else:
-                assert full is not None and full[0] & 0x80, "a normal read must take the fast path"
-        finally:
-            loop.run_until_complete(server.stop())
-    finally:
-        loop.close()
-        asyncio.set_event_loop(None)
+    """A read answered at once is answered byte for byte as the full path answers
+    it (values, exception codes); an unknown unit or a PDU that does not decode
+    (a zero count) is left to the full path."""
+    pdu = struct.pack(">BHH", fc, address, count)
+    with two_servers() as (server, _, _, _):
+        fast, full = _fast_path(server, unit, pdu), _full_path(server, unit, pdu)
+        if unit == 3 or DecodePDU(True).decode(pdu) is None:
+            assert fast is None
+        else:
+            assert fast is not None and fast == full
+
+
+_write_pdus = st.one_of(
+    st.builds(
+        lambda a, on: struct.pack(">BHH", 5, a, 0xFF00 if on else 0),
+        st.integers(0, 6),
+        st.booleans(),
+    ),
+    st.builds(lambda a, v: struct.pack(">BHH", 6, a, v), st.integers(0, 8), st.integers(0, 0xFFFF)),
+    st.builds(
+        lambda a, bits: (
+            struct.pack(">BHHB", 15, a, len(bits), (len(bits) + 7) // 8)
+            + sum(int(b) << i for i, b in enumerate(bits)).to_bytes((len(bits) + 7) // 8, "little")
+        ),
+        st.integers(0, 6),
+        st.lists(st.booleans(), min_size=1, max_size=10),
+    ),
+    st.builds(
+        lambda a, regs: struct.pack(f">BHHB{len(regs)}H", 16, a, len(regs), 2 * len(regs), *regs),
+        st.integers(0, 8),
+        st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=6),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(unit=st.sampled_from([1, 2]), pdus=st.lists(_write_pdus, min_size=1, max_size=5))
+def test_writes_answered_from_the_image_match_the_full_path(unit: int, pdus: list[bytes]) -> None:
+    """Writes answered at once (legal, illegal, torn, vetoed by on_write) give the
+    full path's answers, the same images and the same on_write calls."""
+    with two_servers() as (fast_server, full_server, rec_fast, rec_full):
+        for pdu in pdus:
+            assert _fast_path(fast_server, unit, pdu) == _full_path(full_server, unit, pdu)
+        assert rec_fast.calls == rec_full.calls
+        for u, image in fast_server.images.items():
+            for table, values in image.tables.items():
+                assert values.tolist() == full_server.images[u].tables[table].tolist(), (u, table)
 
 
 def test_pipelined_reads_and_writes_are_answered_in_request_order() -> None:
