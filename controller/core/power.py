@@ -72,6 +72,11 @@ class PowerProtection:
         self._shedding: dict[str, bool] = {}
         #: per constraint (or hold source), the loads it holds below their rating
         self._held: dict[str, dict[str, float]] = {}
+        #: who holds each load (the sources whose ``_held`` names it), and how many
+        #: holds there are in all: a cap is the minimum over a load's own holders,
+        #: not over every constraint of the site (hundreds at 10,000 points)
+        self._holders: dict[str, set[str]] = {}
+        self._n_held = 0
         self._ramping: set[str] = set()  # released holds climbing back
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
@@ -148,7 +153,7 @@ class PowerProtection:
                     for ld in members
                     if math.isfinite(self.cap[ld.name])
                 )
-                if any(self._held.values())
+                if self._n_held
                 else 0
             )
             if p - pending > POWER_SHED_AT * limit:
@@ -162,7 +167,7 @@ class PowerProtection:
                     for ld in cls:
                         cur = min(self.cap[ld.name], nz(view.measured(ld.power)), ld.rated_kw)
                         held[ld.name] = max(0.0, cur - take * cur / have)
-                        self._update(ld.name)
+                        self._update(ld.name, name)
                     if not shedding:  # one event per episode, not one per scan
                         msg = (
                             f"{name} {p:.0f} kW > {POWER_SHED_AT * limit:.0f} kW "
@@ -194,7 +199,7 @@ class PowerProtection:
                         spare -= step
                         if held[ld.name] >= ld.rated_kw:
                             del held[ld.name]
-                        self._update(ld.name)
+                        self._update(ld.name, name)
                     if spare <= 0.0:
                         break
             self._shedding[name] = shedding
@@ -206,7 +211,7 @@ class PowerProtection:
         self._ramping.discard(source)
         for name, kw in loads.items():
             held[name] = max(0.0, kw)
-            self._update(name)
+            self._update(name, source)
 
     def release(self, source: str) -> None:
         """Let ``source``'s holds climb back at the restore rate, then go."""
@@ -221,13 +226,23 @@ class PowerProtection:
                 held[name] += POWER_RESTORE_FRAC_S * max(dt, 0.0) * rated
                 if held[name] >= rated:
                     del held[name]
-                self._update(name)
+                self._update(name, source)
             if not held:
                 self._ramping.discard(source)
 
-    def _update(self, name: str) -> None:
-        """A load's cap: the lowest any constraint or hold puts on it."""
-        self.cap[name] = min((h[name] for h in self._held.values() if name in h), default=math.inf)
+    def _update(self, name: str, source: str) -> None:
+        """A load's cap after ``source`` changed its hold on it: the lowest any
+        constraint or hold puts on it."""
+        holders = self._holders.setdefault(name, set())
+        if name in self._held[source]:
+            if source not in holders:
+                holders.add(source)
+                self._n_held += 1
+        elif source in holders:
+            holders.discard(source)
+            self._n_held -= 1
+        held = self._held
+        self.cap[name] = min((held[s][name] for s in holders), default=math.inf)
 
 
 def _line(limit: float, named: float, what: str) -> str:
