@@ -59,7 +59,7 @@ from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
 from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
 from .grid.settlement import Settlement, rule_for, settled_event
-from .heap import REFREEZE_S, freeze_startup
+from .heap import REFREEZE_S, BetweenScans, freeze_startup
 from .historian import Historian
 from .historian.schema import HistorianError
 from .inbox import Inbox
@@ -294,6 +294,7 @@ class RealTimeController:
         #: steps of ``clock`` (NTP, an operator) told from its rate; recorded as events
         self.clock_watch = ClockWatch()
         self.overruns = 0
+        self.gc = BetweenScans()  # the run loop's garbage collection (heap.py)
         self.scans = 0
         self.last: dict[str, object] = {}
         #: the thermal model and its retraining (None: forecasting is off)
@@ -524,12 +525,21 @@ class RealTimeController:
         if self.model is not None:
             self.model.start()
         freeze_startup()  # the run's lasting objects: full collections stay short
+        self.gc.install()
+        try:
+            await self._loop(stop, on_status)
+        finally:
+            self.gc.uninstall()
+
+    async def _loop(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         last_save = last_status = last_freeze = loop.time()
         while not stop.is_set():
             await self.scan_once()
             self.after_scan()
+            # the scan's garbage, collected in the slack rather than inside the next scan
+            self.gc.collect(next_t + self.cfg.scan_s - loop.time(), self.cfg.scan_s)
             now = loop.time()
             if now - last_save >= STATE_SAVE_S:
                 self.save_state()

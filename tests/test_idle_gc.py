@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from opcua_rig import Rig
 
-from thermogate.controller.heap import freeze_startup, release_freed_heap
+from thermogate.controller import heap
+from thermogate.controller.heap import BetweenScans, freeze_startup, release_freed_heap
 from thermogate.controller.opcua import idlegc
 from thermogate.controller.opcua.idlegc import IdleCollector
 from thermogate.plc.points import GOOD
@@ -85,6 +86,69 @@ def test_install_raises_the_young_threshold_and_uninstall_restores_it():
         during = asyncio.run(go())
         assert during == (idlegc.BACKSTOP_THRESHOLD, *before[1:])
         assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_between_scans_collects_the_young_generations_after_each_scan_and_all_every_nth():
+    rec = Recorder()
+    col = BetweenScans(full_every=3, collect=rec)
+    assert [col.collect(0.8, 1.0) for _ in range(7)] == [1, 1, 2, 1, 1, 2, 1]
+    assert rec.gens == [1, 1, 2, 1, 1, 2, 1] and [g for g, _ in col.runs] == rec.gens
+
+
+def test_between_scans_leaves_a_short_slack_to_the_backstop():
+    rec = Recorder()
+    col = BetweenScans(collect=rec)
+    short = heap.MIN_SLACK_SHARE * 1.0 * 0.9  # an overrunning loop: no slack to spend
+    assert col.collect(short, 1.0) is None and col.collect(-0.1, 1.0) is None
+    assert rec.gens == [] and col.skipped == 2
+    assert col.collect(0.5, 1.0) == 1 and rec.gens == [1]
+
+
+def test_the_run_loop_collects_between_scans_with_the_backstop_raised_then_restores_it(
+    tmp_path,
+):
+    """``thermogate run``'s loop over real Modbus: every scan is followed by a
+    collection (or a skip), the young threshold is the backstop while it runs and
+    the interpreter's own once it stops."""
+    from served import served
+
+    from thermogate.controller.modbus_io import Endpoint
+    from thermogate.controller.run import RealTimeController, RunConfig
+    from thermogate.plc.site import demo_site
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+
+    async def main() -> RealTimeController:
+        async with served(speed=1.0) as (_sp, port):
+            cfg = RunConfig(
+                demo_site(),
+                tmp_path / "h.db",
+                Endpoint("tcp", "127.0.0.1", port),
+                0.2,
+                0.25,
+                built_in_plant=False,
+                forecast=False,
+            )
+            rt = RealTimeController(cfg)
+            stop = asyncio.Event()
+            loop = asyncio.create_task(rt.run(stop))
+            while rt.scans < 6:
+                await asyncio.sleep(0.05)
+                seen.append(gc.get_threshold())
+            stop.set()
+            await loop
+            await rt.close()
+            return rt
+
+    try:
+        rt = asyncio.run(main())
+        assert (heap.BACKSTOP_THRESHOLD, *before[1:]) in seen
+        assert gc.get_threshold() == before
+        assert len(rt.gc.runs) + rt.gc.skipped == rt.scans >= 6
+        assert [g for g, _ in rt.gc.runs][:5] == [1] * min(5, len(rt.gc.runs))
     finally:
         gc.set_threshold(*before)
 

@@ -83,6 +83,7 @@ async def _paced(rt: RealTimeController, scans: int) -> tuple[list[float], int]:
         rt.after_scan()
         times.append((time.perf_counter() - t0) * 1000.0)
         next_t += PERIOD_S
+        rt.gc.collect(next_t - loop.time(), PERIOD_S)  # as the run loop does
         delay = next_t - loop.time()
         if delay < 0:
             late += 1
@@ -190,6 +191,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         for _ in range(WARMUP_SCANS):
             await rt.scan_once()
         freeze_startup()  # as ``RealTimeController.run`` does
+        rt.gc.install()
         without = await _metered(rt, scans, {"controller": os.getpid(), "plant": _plant_pid()})
         bulk = await _served(rt, cfg, tmp, nodes_file, items, scans, naive=False)
         try:
@@ -197,6 +199,7 @@ async def _measure(cfg: RunConfig, scans: int, items: int, tmp: Path) -> dict:
         except ThermogateError as exc:  # the baseline may fail outright: say how
             naive = {"error": str(exc)}
     finally:
+        rt.gc.uninstall()
         await rt.close()
     base = pct(without[0], 99)
     return {
