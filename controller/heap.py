@@ -52,9 +52,13 @@ class BetweenScans:
     ``uninstall`` restores it; ``collect(slack_s, interval_s)`` after each scan."""
 
     def __init__(
-        self, *, full_every: int = FULL_EVERY, collect: Callable[[int], int] = gc.collect
+        self,
+        *,
+        full_every: int = FULL_EVERY,
+        backstop: int = BACKSTOP_THRESHOLD,
+        collect: Callable[[int], int] = gc.collect,
     ) -> None:
-        self.full_every, self._collect = full_every, collect
+        self.full_every, self.backstop, self._collect = full_every, backstop, collect
         self._saved: tuple[int, int, int] | None = None
         self._since_full = 0
         #: (generation, milliseconds) of the latest collections between scans
@@ -64,7 +68,7 @@ class BetweenScans:
     def install(self) -> None:
         if self._saved is None:
             self._saved = gc.get_threshold()
-            gc.set_threshold(BACKSTOP_THRESHOLD, *self._saved[1:])
+            gc.set_threshold(self.backstop, *self._saved[1:])
 
     def uninstall(self) -> None:
         if self._saved is not None:

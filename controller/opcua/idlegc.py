@@ -25,6 +25,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ..heap import BetweenScans
+
 __all__ = ["IdleCollector"]
 
 #: a full collection every this many idle collections (a minute at 1 s scans)
@@ -35,12 +37,12 @@ BACKSTOP_THRESHOLD = 200_000
 IDLE_SHARE = 0.4
 #: ... but never later than this after it (seconds)
 IDLE_MAX_S = 0.25
-#: collection times kept (ms), for the bench
-KEPT = 3600
 
 
 class IdleCollector:
-    """See the module docstring. ``busy()`` says a snapshot waits to be applied."""
+    """See the module docstring. ``busy()`` says a snapshot waits to be applied. The
+    collections themselves (every ``full_every``-th a full one, each timed) are the
+    controller's between-scans ones (:class:`~thermogate.controller.heap.BetweenScans`)."""
 
     def __init__(
         self,
@@ -51,29 +53,27 @@ class IdleCollector:
         clock: Callable[[], float] = time.monotonic,
         collect: Callable[[int], int] = gc.collect,
     ) -> None:
-        self.loop, self.busy, self.full_every = loop, busy, full_every
-        self.clock, self.collect = clock, collect
+        self.loop, self.busy, self.clock = loop, busy, clock
+        self._gc = BetweenScans(full_every=full_every, backstop=BACKSTOP_THRESHOLD, collect=collect)
         self._handle: asyncio.TimerHandle | None = None
         self._last_apply: float | None = None
         self._interval: float | None = None  # the snapshots' interval, smoothed
-        self._since_full = 0
-        self._saved: tuple[int, int, int] | None = None
-        #: (generation, milliseconds) of the latest idle collections
-        self.runs: deque[tuple[int, float]] = deque(maxlen=KEPT)
         self.skipped = 0  # idle collections given up because a snapshot waited
+
+    @property
+    def runs(self) -> deque[tuple[int, float]]:
+        """(generation, milliseconds) of the latest idle collections."""
+        return self._gc.runs
 
     def install(self) -> None:
         """Raise the automatic collector's young threshold (undone by ``uninstall``)."""
-        self._saved = gc.get_threshold()
-        gc.set_threshold(BACKSTOP_THRESHOLD, *self._saved[1:])
+        self._gc.install()
 
     def uninstall(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._saved is not None:
-            gc.set_threshold(*self._saved)
-            self._saved = None
+        self._gc.uninstall()
 
     def applied(self) -> None:
         """An apply just ended: collect once the loop should be idle."""
@@ -92,10 +92,4 @@ class IdleCollector:
         if self.busy():  # the apply comes first; it schedules the next collection
             self.skipped += 1
             return
-        self._since_full += 1
-        gen = 2 if self._since_full >= self.full_every else 1
-        if gen == 2:
-            self._since_full = 0
-        t0 = time.perf_counter()
-        self.collect(gen)
-        self.runs.append((gen, (time.perf_counter() - t0) * 1000.0))
+        self._gc.collect()
