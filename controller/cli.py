@@ -17,6 +17,8 @@ from typing import Any
 
 from thermogate.plc.errors import ThermogateError
 
+from .heap import single_malloc_arena
+
 EXIT_USAGE = 2
 
 
@@ -598,6 +600,7 @@ def configure_logging(verbose: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    single_malloc_arena()  # before any thread: a replaced model's pages can go back
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
