@@ -137,10 +137,10 @@ def single_malloc_arena() -> bool:
     model (the retrainer's, a week apart, each time a new thread) leaves that
     model's pages in its arena once it is replaced, where ``malloc_trim`` does not
     get them all back. Measured with the soak's own two 6.2 MB models, eight
-    hand-overs from a retrain thread: the resident set climbed +7.2, +3.8 and
-    +1.0 MB after the first (a month's soak showed the same steps); from the main
-    arena it held within 0.3 MB. The threads here hold the GIL while they
-    allocate, so sharing one arena costs them nothing measurable."""
+    hand-overs from new threads: the resident set climbed +7.2, +3.8 and +1.0 MB
+    after the first (a month's soak showed the same steps); from one arena +1.5
+    MB at the second, then within 0.9 MB over six more. The threads here hold
+    the GIL while they allocate, so sharing one arena costs them little."""
     mallopt = _mallopt()
     if mallopt is None:
         return False
