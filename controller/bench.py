@@ -43,7 +43,8 @@ from thermogate.plc.transport import READERS
 
 from .heap import freeze_startup
 from .modbus_io import Endpoint
-from .run import RealTimeController, RunConfig
+from .run import RealTimeController
+from .runconfig import RunConfig
 
 POINTS_PER_ASIC_TANK_APPROX = 30.0
 

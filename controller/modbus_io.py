@@ -352,13 +352,6 @@ class ModbusIO:
         self._closed = False
 
     def _link(self, unit_id: int, ep: Endpoint) -> ModbusLink:
-        common = {
-            "timeout": self.timeout_s,
-            "retries": self.retries,
-            "connect_timeout": self.timeout_s,
-            "backoff_initial": _LINK_BACKOFF_S,
-            "backoff_max": _LINK_BACKOFF_S,
-        }
         if ep.kind == "tcp":
             return ModbusLink.tcp(
                 ep.host,
@@ -366,7 +359,11 @@ class ModbusIO:
                 unit_id,
                 dedicated=True,
                 in_flight=ep.requests_in_flight,
-                **common,
+                timeout=self.timeout_s,
+                retries=self.retries,
+                connect_timeout=self.timeout_s,
+                backoff_initial=_LINK_BACKOFF_S,
+                backoff_max=_LINK_BACKOFF_S,
             )
         if ep.kind == "rtu":
             if not ep.device:
@@ -376,7 +373,11 @@ class ModbusIO:
                 unit_id,
                 baudrate=ep.baudrate,
                 parity=ep.parity,  # type: ignore[arg-type]  # checked by the link
-                **common,
+                timeout=self.timeout_s,
+                retries=self.retries,
+                connect_timeout=self.timeout_s,
+                backoff_initial=_LINK_BACKOFF_S,
+                backoff_max=_LINK_BACKOFF_S,
             )
         raise ValueError(f"unit {unit_id}: endpoint kind must be tcp or rtu, not {ep.kind!r}")
 

@@ -3,8 +3,8 @@
 With no configuration it starts the built-in demo site as a simulated plant on
 loopback Modbus (127.0.0.1:5020): ``thermogate plant`` in a child process, so
 that killing the controller leaves the plant's PLC to take its safe state as on
-a real site (:class:`DemoPlant`); with ``--config FILE`` it connects to the
-configured devices.
+a real site (:class:`~.demoplant.DemoPlant`); with ``--config FILE`` it connects to the
+configured devices (``runconfig``). What it prints every 10 s is ``statusline``'s.
 
 The scan is paced by ``expiry + interval`` (CPU time never stretches the
 cycle); a scan that overruns is counted and reported, never silently absorbed.
@@ -24,59 +24,49 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import logging
 import math
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from thermogate.plc.config import Section, load_toml
 from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
-from thermogate.plc.site import Site, load_site
-from thermogate.plc.transport import MAX_IN_FLIGHT
 
 from .clockwatch import ClockWatch
-from .console import ConsoleConfig, ConsoleFace, parse_console
+from .console import ConsoleConfig, ConsoleFace
 from .core import Command, CommandResult, Controller, Principal
+from .demoplant import DemoPlant
 from .forecasting import ModelRuntime
 from .gating.economics import EconomicsIntervals
 from .gating.metered import SiteMeters
 from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
-from .grid.openadr import Decision, Ven, VenConfig, parse_openadr, site_telemetry
-from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
+from .grid.openadr import Decision, Ven, VenConfig, site_telemetry
+from .grid.peaks import PeakShaving
 from .grid.settlement import Settlement, rule_for, settled_event
 from .heap import REFREEZE_S, BetweenScans, freeze_startup
 from .historian import Historian
 from .historian.schema import HistorianError
 from .inbox import Inbox
-from .modbus_io import TCP_IN_FLIGHT, Endpoint, ModbusIO
-from .opcua.security import OpcUaSecurity, demo_security, parse_opcua
+from .modbus_io import Endpoint, ModbusIO
 from .opcua.snapshot import Snapshot
 from .recorder import Recorder
+from .runconfig import RunConfig, load_run_config
 from .signals import Audit, Event, Observation
+from .statusline import shown, status_line
 from .users import UserStore
 
 log = logging.getLogger(__name__)
 
-DEMO_HOST = "127.0.0.1"
-DEMO_PORT = 5020
-#: how long the demo's plant process may take to listen, and to stop
-PLANT_START_S = 60.0
-PLANT_STOP_S = 10.0
 STATE_SAVE_S = 10.0
 STATUS_EVERY_S = 10.0
 #: the books count at most this long between two scans (a stalled controller's
@@ -87,140 +77,6 @@ BOOKS_MAX_DT_S = 10.0
 RUN_STATE_KEY = "run"
 CLEAN_STOP = "stop"
 UNCLEAN_STOP = "unclean-stop"
-
-
-@dataclass
-class RunConfig:
-    site: Site
-    db: Path
-    endpoints: dict[int, Endpoint] | Endpoint
-    scan_s: float
-    timeout_s: float
-    built_in_plant: bool
-    plant_host: str = DEMO_HOST
-    plant_port: int = DEMO_PORT
-    scenario: str = "normal-day"
-    planner: str = "gating"  # "gating" (the gating planner) or "limits" (rated within limits)
-    raw_days: float = 7.0  # raw telemetry kept this long, then only 1-minute aggregates
-    agg_days: float = 400.0
-    #: the controller's own regulation writes stay in the audit log this long
-    #: (None: raw_days); everything people and systems did is kept for good
-    audit_days: float | None = None
-    forecast: bool = True  # run the promoted thermal model and retrain it on schedule
-    retrain_every_h: float = 24.0
-    train_days: float = 7.0
-    openadr: VenConfig | None = None  # the OpenADR VEN, when configured
-    peaks: tuple[PeakWindow, ...] = ()  # peak windows ([grid] peaks = "file.csv")
-    opcua: OpcUaSecurity | None = None  # the OPC UA server for SCADA ([opcua]); None: none
-    console: ConsoleConfig | None = None  # the technician's serial console ([console]); None: none
-
-
-def load_run_config(path: str | None, db: str | None) -> RunConfig:
-    """No path: the built-in demo against the built-in plant."""
-    if path is None:
-        site = load_site(None)
-        return RunConfig(
-            site,
-            Path(db or "thermogate.db"),
-            Endpoint("tcp", DEMO_HOST, DEMO_PORT),
-            site.scan_interval_s,
-            0.25,
-            built_in_plant=True,
-            opcua=demo_security(Path(db or "thermogate.db").parent),
-            console=ConsoleConfig(),  # a pseudo-terminal, its path printed
-        )
-    root = load_toml(path)
-    base = Path(path).parent
-    c = root.get_section("controller")
-    site = load_site(_named_file(c, "site", base))
-    scan_s = c.get_float("scan_s", site.scan_interval_s, minval=0.1, maxval=60.0)
-    problem = site.plc.scan_problem(scan_s)
-    if problem is not None:  # the PLC would take its safe state between two scans
-        raise c.error("scan_s", problem)
-    db_key = c.get_str("db", "thermogate.db")  # read even when --db wins: it is not a typo
-    db_file = db or str(base / db_key)
-    raw_days = c.get_float("raw_days", 7.0, above=0.0, maxval=3650.0)
-    agg_days = c.get_float("agg_days", 400.0, minval=raw_days, maxval=36500.0)
-    audit_days = c.get_float("audit_days", raw_days, above=0.0, maxval=36500.0)
-    planner = c.get_str("planner", "gating", ("gating", "limits"))
-    c.check_unused()
-    md = root.get_section("model", {})  # optional: the defaults run the model
-    forecast = md.get_bool("enabled", True)
-    retrain_every_h = md.get_float("retrain_every_h", 24.0, minval=0.5, maxval=24.0 * 90)
-    train_days = md.get_float("train_days", 7.0, minval=0.125, maxval=365.0)
-    md.check_unused()
-    m = root.get_section("modbus")
-    default = _endpoint(m)
-    timeout = m.get_float("timeout_s", 0.25, minval=0.01, maxval=10.0)
-    per_unit: dict[int, Endpoint] = {}
-    units = {p.unit_id for p in build_point_map(site).points}
-    for sec in m.get_sections("units", []):
-        ids = sec.get_int_list("unit_ids", minval=1, maxval=247)
-        ep = _endpoint(sec)
-        for u in ids:
-            if u not in units:
-                raise sec.error("unit_ids", f"unit id {u} is not used by site '{site.name}'")
-            per_unit[u] = ep
-        sec.check_unused()
-    m.check_unused()
-    openadr = parse_openadr(root.get_section("openadr"), base) if root.has("openadr") else None
-    peaks: tuple[PeakWindow, ...] = ()
-    if root.has("grid"):
-        g = root.get_section("grid")
-        peaks = tuple(load_peaks_csv(_named_file(g, "peaks", base)))
-        g.check_unused()
-    opcua = parse_opcua(root.get_section("opcua"), base) if root.has("opcua") else None
-    console = parse_console(root.get_section("console")) if root.has("console") else None
-    root.check_unused()
-    endpoints: dict[int, Endpoint] | Endpoint = default
-    if per_unit:
-        endpoints = {u: per_unit.get(u, default) for u in units}
-    return RunConfig(
-        site,
-        Path(db_file),
-        endpoints,
-        scan_s,
-        timeout,
-        built_in_plant=False,
-        raw_days=raw_days,
-        agg_days=agg_days,
-        audit_days=audit_days,
-        forecast=forecast,
-        retrain_every_h=retrain_every_h,
-        train_days=train_days,
-        planner=planner,
-        openadr=openadr,
-        peaks=peaks,
-        opcua=opcua,
-        console=console,
-    )
-
-
-def _named_file(sec: Section, key: str, base: Path) -> Path:
-    """A file the configuration names (relative to it): a missing one is the key's
-    mistake, said so (the file's own errors name the file)."""
-    path = base / sec.get_str(key)
-    if not path.is_file():
-        raise sec.error(key, f"file not found: {path}")
-    return path
-
-
-def _endpoint(sec: Section) -> Endpoint:
-    if sec.has("device"):
-        if sec.has("in_flight") and sec.get_int("in_flight", 1, 1, MAX_IN_FLIGHT) != 1:
-            raise sec.error("in_flight", "a serial line carries one request at a time")
-        return Endpoint(
-            "rtu",
-            device=sec.get_str("device"),
-            baudrate=sec.get_int("baudrate", 19200, 1200, 921600),
-            parity=sec.get_str("parity", "E", ("N", "E", "O")),
-        )
-    return Endpoint(
-        "tcp",
-        host=sec.get_str("host"),
-        port=sec.get_int("port", 502, 1, 65535),
-        in_flight=sec.get_int("in_flight", TCP_IN_FLIGHT, 1, MAX_IN_FLIGHT),
-    )
 
 
 # --------------------------------------------------------------------------
@@ -440,7 +296,8 @@ class RealTimeController:
         obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price)
         res = self.ctrl.scan(obs)
         if (down := self.historian.poll()) is not None:  # the faces show it with the rest
-            res.status["alarms"] = [*res.status.get("alarms", []), "historian"]  # type: ignore[misc]
+            alarms = res.status.get("alarms")
+            res.status["alarms"] = [*(alarms if isinstance(alarms, list) else []), "historian"]
             res.status["historian"] = down
         if self.faces:
             self._publish(now, res.status)
@@ -521,7 +378,9 @@ class RealTimeController:
             for g in self.reasons.observe(now, self.plan_tap.budgets, self.plan_tap.why()):
                 self.historian.record_gating(g.t, g.load, g.budget_kw, g.why)
 
-    async def run(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
+    async def run(
+        self, stop: asyncio.Event, on_status: Callable[[RealTimeController], None] | None = None
+    ) -> None:
         if self.model is not None:
             self.model.start()
         freeze_startup()  # the run's lasting objects: full collections stay short
@@ -531,7 +390,9 @@ class RealTimeController:
         finally:
             self.gc.uninstall()
 
-    async def _loop(self, stop: asyncio.Event, on_status=None) -> None:  # noqa: ANN001
+    async def _loop(
+        self, stop: asyncio.Event, on_status: Callable[[RealTimeController], None] | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         next_t = loop.time()
         last_save = last_status = last_freeze = loop.time()
@@ -621,247 +482,6 @@ def console_face(rt: RealTimeController, cfg: ConsoleConfig) -> ConsoleFace:
     return ConsoleFace(rt.cfg.site, rt.pmap, cfg, rt.cfg.db, audit=rt._audit)
 
 
-def shown(x: object, fmt: str = ".0f", unit: str = "") -> str:
-    """A value for a person: formatted with its unit, or ``n/a`` when it is not a
-    finite number (a lost meter is not known, and NaN is not a reading)."""
-    if isinstance(x, int | float) and math.isfinite(x):
-        return f"{x:{fmt}}{unit}"
-    return "n/a"
-
-
-def _mean(xs: list[float]) -> float:
-    """The mean of the finite values, NaN when there are none (no numpy warning)."""
-    ok = [x for x in xs if math.isfinite(x)]
-    return sum(ok) / len(ok) if ok else math.nan
-
-
-def _status_line(rt: RealTimeController) -> None:
-    st = rt.last
-    ms = sorted(itertools.islice(rt.scan_ms, max(0, len(rt.scan_ms) - 600), None))
-    p50 = ms[len(ms) // 2] if ms else float("nan")
-    p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))] if ms else float("nan")
-    v = rt.ctrl.values  # the last validated values
-    ix = rt.pmap.index
-    temps = [float(v[tp.fluid_temp]) for tp in ix.tanks]
-    hottest = max((x for x in temps if x == x), default=float("nan"))
-    site_kw = float(v[ix.site.power_kw])
-    alarms = st.get("alarms", [])
-    print(
-        f"scan {rt.scans}: site {shown(site_kw, '.0f', ' kW')}, "
-        f"hottest tank {shown(hottest, '.1f', ' degC')}, "
-        f"{len(alarms)} alarms, fail-safe zones {len(st.get('failsafe_zones', []))}, "
-        f"scan p50 {shown(p50, '.1f', ' ms')} p99 {shown(p99, '.1f', ' ms')}, "
-        f"overruns {rt.overruns}",
-        flush=True,
-    )
-    sp = st.get("setpoints", {})
-    for lp in rt.cfg.site.loops:
-        sup = float(v[ix.loop[lp.name].supply_temp])
-        fans = [float(v[ix.dry_cooler[d.name].fan_speed]) for d in lp.dry_coolers]
-        pumps = [float(v[ix.pump[p.name].speed]) for p in lp.pumps]
-        known = any(math.isfinite(x) for x in pumps)
-        print(
-            f"  {lp.name}: supply {shown(sup, '.1f', ' degC')} "
-            f"(setpoint {shown(sp.get(lp.name), '.1f')}), fans {shown(_mean(fans), '.0f', ' %')}, "
-            f"pumps {'/'.join(shown(x) for x in pumps) + ' %' if known else 'n/a'}",
-            flush=True,
-        )
-    lost = rt.io.lost()
-    if lost:
-        print(
-            "  Modbus: not answering: "
-            + "; ".join(f"{where} ({units})" for where, units in lost.items()),
-            flush=True,
-        )
-    if rt.model is not None:
-        fc, upd = rt.model.forecaster, rt.model.last
-        loops = {lp.name for lp in rt.cfg.site.loops}
-        hr = ", ".join(
-            f"{z} {shown(h.extra_kw, '+.0f', ' kW')}"
-            for z, h in (upd.zones if upd else {}).items()
-            if z in loops
-        )
-        if fc.model is None:
-            what = f"physics prior forecasting; loop headroom {hr}" if hr else "no forecast yet"
-            print(f"  model: none promoted yet (retrains on schedule); {what}", flush=True)
-        elif upd is not None and upd.zones:
-            trust = "trusted" if upd.trusted else f"NOT TRUSTED ({upd.source})"
-            print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
-    if rt.gating is not None:
-        print("  " + gating_line(rt.gating), flush=True)
-    print("  " + grid_line(rt), flush=True)
-    print("  " + economics_line(rt.books), flush=True)
-    if alarms:
-        print(
-            "  active alarms: " + ", ".join(alarms[:8]) + (" ..." if len(alarms) > 8 else ""),
-            flush=True,
-        )
-
-
-def grid_line(rt: RealTimeController) -> str:
-    """The grid's side: the import limit in force and why, the relay, settlement."""
-    st = rt.last
-    limit = st.get("import_limit_kw")
-    parts = [f"grid: import limit {shown(limit, '.0f', ' kW')}" if limit is not None else "grid:"]
-    curt = st.get("curtailments") or []
-    if isinstance(curt, list) and curt:
-        parts.append(
-            ", ".join(
-                f"curtailment #{c['id']} <= {shown(c['limit_kw'], '.0f', ' kW')}" for c in curt
-            )
-        )
-    peak = st.get("peak_limit_kw")
-    if isinstance(peak, float):
-        parts.append(f"peak window <= {shown(peak, '.0f', ' kW')}")
-    uf = st.get("under_frequency") or {}
-    if isinstance(uf, dict) and uf.get("tripped"):
-        ready = "release ready" if uf.get("release_ready") else "waiting for recovery"
-        parts.append(f"UNDER-FREQUENCY TRIP ({ready})")
-    elif rt.cfg.site.grid.under_frequency_armed:
-        parts.append("under-frequency relay armed")
-    s = rt.settlement.summary()
-    if s["intervals"]:
-        parts.append(f"settled {s['compliant']}/{s['intervals']} intervals compliant")
-    return "; ".join(parts)
-
-
-def gating_line(g: GatingPlanner) -> str:
-    """What the gating planner holds back and why, in one line."""
-    why = Counter(g.why().values())
-    held = ", ".join(f"{n} x{k}" for n, k in sorted(why.items())) or "nothing held back"
-    mining = (
-        "on"
-        if all(g.mining_on.values())
-        else "off"
-        if not any(g.mining_on.values())
-        else "partly on"
-    )
-    return (
-        f"gating: IT room {shown(g.room_kw, '.0f', ' kW')}, mining {mining} (breakeven "
-        f"{shown(min(g.breakeven.values(), default=math.nan), '.0f', ' $/MWh')}), "
-        f"GPUs allowed {g.gpu_capacity}; budgets bound by: {held}"
-    )
-
-
-def economics_line(books: EconomicsIntervals) -> str:
-    """The books in one line: margin so far, $/h now by part, price against breakeven."""
-    tot, now = books.total, books.rates
-    if now is None:
-        return f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far (no meters read yet)"
-    be = now.mining_breakeven(books.rated_breakeven)
-    price = books.price_now
-    verdict = (
-        "mining pays"
-        if price < be
-        else "mining loses money"
-        if price >= be
-        else "not known"  # a NaN on either side
-    )
-    return (
-        f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far, "
-        f"${shown(now.net_margin, '+,.0f')}/h now "
-        f"(mining {shown(now.mining_revenue, ',.0f')}, AI {shown(now.ai_revenue, ',.0f')}, "
-        f"energy -{shown(now.energy_cost, ',.0f')} $/h); energy {shown(price, '.0f')} $/MWh "
-        f"vs mining breakeven {shown(be, '.0f')} $/MWh: {verdict}"
-    )
-
-
-class DemoPlant:
-    """The demo's simulated plant, in a process of its own as a PLC is on a real site:
-    killing the controller leaves it serving, and its PLC logic takes the safe state
-    when the heartbeat stops. ``start`` attaches to a plant already serving on the
-    demo's address (one a killed run left, or a ``thermogate plant`` started by
-    hand), else starts ``thermogate plant`` as a child; ``stop`` ends only a child
-    it started."""
-
-    def __init__(
-        self,
-        cfg: RunConfig,
-        proc: subprocess.Popen[bytes] | None,
-        price_feed: Callable[[float], float] | None,
-    ) -> None:
-        self.cfg = cfg
-        self.proc = proc
-        self.price_feed = price_feed
-
-    @property
-    def log_path(self) -> Path:
-        return self.cfg.db.with_name(self.cfg.db.stem + ".plant.log")
-
-    @property
-    def describe(self) -> str:
-        where = f"Modbus TCP {self.cfg.plant_host}:{self.cfg.plant_port}"
-        if self.proc is None:
-            return (
-                f"attached to the plant already serving on {where} (left by a run that was "
-                "killed, or started by hand); the site's default energy price"
-            )
-        return (
-            f"built-in demo plant (simulated, scenario {self.cfg.scenario}) on {where}, "
-            f"process {self.proc.pid} (log {self.log_path})"
-        )
-
-    @classmethod
-    async def start(cls, cfg: RunConfig) -> DemoPlant:
-        host, port = cfg.plant_host, cfg.plant_port
-        if await _listens(host, port):
-            return cls(cfg, None, None)
-        from thermogate.hil.scenario import load_scenario
-
-        scenario = load_scenario(cfg.scenario)
-        log_path = cls(cfg, None, None).log_path
-        try:
-            log_file = open(log_path, "ab")  # noqa: SIM115  # the child's, from now on
-        except OSError as exc:
-            raise ThermogateError(
-                f"{log_path}: cannot write the plant's log: {exc.strerror}"
-            ) from None
-        cmd = [sys.executable, "-m", "thermogate.controller.cli", "plant", "--scenario",
-               cfg.scenario, "--host", host, "--port", str(port)]  # fmt: skip
-        with log_file:
-            # a session of its own: Ctrl-C in the terminal stops the controller, which
-            # then stops the plant, in that order
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                start_new_session=True,
-            )  # fmt: skip
-        t0 = time.time()  # the plant's clock starts now: its scenario prices follow it
-        plant = cls(cfg, proc, lambda t: scenario.price_at(t - t0))
-        deadline = time.monotonic() + PLANT_START_S
-        while not await _listens(host, port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                plant.stop()
-                tail = log_path.read_text("utf-8", "replace").strip().splitlines()[-1:]
-                why = tail[0].removeprefix("thermogate: error: ") if tail else "no output"
-                raise ThermogateError(
-                    f"the built-in plant did not start on {host}:{port}: {why} "
-                    "(port in use? stop the other thermogate, or use --config)"
-                )
-            await asyncio.sleep(0.1)
-        return plant
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGINT)  # it stops as from Ctrl-C
-        try:
-            self.proc.wait(PLANT_STOP_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-async def _listens(host: str, port: int) -> bool:
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
-
-
 async def _main(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.db)
     port = getattr(args, "plant_port", None)
@@ -924,7 +544,7 @@ async def _main(args: argparse.Namespace) -> int:
     try:
         if ven is not None:
             await ven.start()
-        await rt.run(stop, on_status=_status_line)
+        await rt.run(stop, on_status=status_line)
     finally:
         if ven is not None:
             await ven.stop()

@@ -23,7 +23,8 @@ import serial
 
 from thermogate.controller.console import ConsoleConfig, ConsoleFace
 from thermogate.controller.modbus_io import Endpoint
-from thermogate.controller.run import RealTimeController, RunConfig, console_face
+from thermogate.controller.run import RealTimeController, console_face
+from thermogate.controller.runconfig import RunConfig
 from thermogate.controller.users import UserStore
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.serve import ServedPlant

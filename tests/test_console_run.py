@@ -17,7 +17,7 @@ from console_rig import Socat, Term
 from thermogate.controller.console import ConsoleConfig, ConsoleFace
 from thermogate.controller.console.port import Pacer
 from thermogate.controller.historian.reader import HistoryReader
-from thermogate.controller.run import load_run_config
+from thermogate.controller.runconfig import load_run_config
 from thermogate.controller.users import UserStore
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import build_point_map

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from thermogate.controller.modbus_io import Endpoint
-from thermogate.controller.run import RealTimeController, RunConfig
+from thermogate.controller.run import RealTimeController
+from thermogate.controller.runconfig import RunConfig
 from thermogate.hil.modbus_server import PlantModbusServer
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.serve import ServedPlant

@@ -26,7 +26,7 @@ from thermogate.controller.gating.planner import GatingPlanner
 from thermogate.controller.gating.reasons import UNBOUND, PlanTap, ReasonLog
 from thermogate.controller.historian import Historian, HistoryReader
 from thermogate.controller.historian.schema import ECONOMICS_COLUMNS
-from thermogate.controller.run import economics_line
+from thermogate.controller.statusline import economics_line
 from thermogate.plc.equipment import Economics
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import Site

@@ -241,7 +241,7 @@ def test_a_loop_whose_mining_stops_keeps_its_minimum_flow(site, tmp_path):
 
 
 def test_the_run_status_says_what_is_gated_and_why(site):
-    from thermogate.controller.run import gating_line
+    from thermogate.controller.statusline import gating_line
 
     p = GatingPlanner(site)
     be = min(p.breakeven.values())

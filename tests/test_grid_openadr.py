@@ -41,7 +41,7 @@ from thermogate.controller.grid.openadr import (
     parse_openadr,
     translate_event,
 )
-from thermogate.controller.run import load_run_config
+from thermogate.controller.runconfig import load_run_config
 from thermogate.plc.config import loads_toml
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import build_point_map
@@ -559,7 +559,8 @@ def test_an_event_under_objects_round_trips_the_openleadr_shape() -> None:
 @pytest.mark.timeout(120)
 def test_run_wiring_opts_in_on_the_controllers_telemetry_and_reports_it(tmp_path: Path) -> None:
     from thermogate.controller.modbus_io import Endpoint
-    from thermogate.controller.run import RealTimeController, RunConfig, grid_telemetry, make_ven
+    from thermogate.controller.run import RealTimeController, grid_telemetry, make_ven
+    from thermogate.controller.runconfig import RunConfig
     from thermogate.hil.runner import ScenarioPlant
     from thermogate.hil.serve import ServedPlant
 

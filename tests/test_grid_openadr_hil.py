@@ -21,7 +21,8 @@ from test_grid_openadr import VTN_WARNINGS, Loopback
 
 from thermogate.controller.grid.openadr import CURTAILABLE_RID, IMPORT_RID
 from thermogate.controller.modbus_io import Endpoint
-from thermogate.controller.run import RealTimeController, RunConfig, grid_telemetry, make_ven
+from thermogate.controller.run import RealTimeController, grid_telemetry, make_ven
+from thermogate.controller.runconfig import RunConfig
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.serve import ServedPlant
 from thermogate.plc.site import demo_site

@@ -117,7 +117,8 @@ def test_negative_prices_run_mining_to_its_heat_headroom_and_no_further(site, tm
 
 
 def test_the_run_config_takes_peak_windows_from_a_csv(tmp_path):
-    from thermogate.controller.run import RealTimeController, load_run_config
+    from thermogate.controller.run import RealTimeController
+    from thermogate.controller.runconfig import load_run_config
     from thermogate.plc.errors import ConfigError
     from thermogate.plc.site import demo_site_text
 

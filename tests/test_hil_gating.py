@@ -23,7 +23,9 @@ import pytest
 from thermogate.controller.gating.world import ClusterInTheLoop
 from thermogate.controller.historian import HistoryReader
 from thermogate.controller.modbus_io import Endpoint
-from thermogate.controller.run import RealTimeController, RunConfig, _status_line
+from thermogate.controller.run import RealTimeController
+from thermogate.controller.runconfig import RunConfig
+from thermogate.controller.statusline import status_line
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import parse_scenario
 from thermogate.hil.scenario.jobs import Job
@@ -148,7 +150,7 @@ def test_over_modbus_a_price_spike_stops_mining_and_a_job_burst_moves_power_to_t
             while pl.t < END_S:
                 await rt.scan_once()
                 await asyncio.sleep(0.02)
-            _status_line(rt)
+            status_line(rt)
             rt.historian.flush()
             assert not clock.done()  # the serving loop never ends on its own
         finally:

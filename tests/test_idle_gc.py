@@ -115,7 +115,8 @@ def test_the_run_loop_collects_between_scans_with_the_backstop_raised_then_resto
     from served import served
 
     from thermogate.controller.modbus_io import Endpoint
-    from thermogate.controller.run import RealTimeController, RunConfig
+    from thermogate.controller.run import RealTimeController
+    from thermogate.controller.runconfig import RunConfig
     from thermogate.plc.site import demo_site
 
     before = gc.get_threshold()

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from thermogate.controller.cli import main
 from thermogate.controller.grid.peaks import load_peaks_csv
 from thermogate.controller.historian import Historian
-from thermogate.controller.run import load_run_config
+from thermogate.controller.runconfig import load_run_config
 from thermogate.hil.scenario import load_for_run, load_prices_csv, load_scenario, load_weather_csv
 from thermogate.hil.scenario.jobs import load_jobs_csv
 from thermogate.models.registry import Registry

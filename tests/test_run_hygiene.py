@@ -34,16 +34,16 @@ from pathlib import Path
 import pytest
 
 from thermogate.controller.cli import main
+from thermogate.controller.demoplant import DemoPlant
 from thermogate.controller.modbus_io import Endpoint, ModbusIO
 from thermogate.controller.run import (
     CLEAN_STOP,
     RUN_STATE_KEY,
     UNCLEAN_STOP,
-    DemoPlant,
     RealTimeController,
-    _status_line,
-    load_run_config,
 )
+from thermogate.controller.runconfig import load_run_config
+from thermogate.controller.statusline import status_line
 from thermogate.plc.errors import ConfigError, ThermogateError
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.site import Site, demo_site_text, parse_site_text
@@ -186,7 +186,7 @@ def test_status_with_no_plant_shows_no_nan_and_raises_no_numpy_warning(tmp_path,
                 await rt.scan_once()
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # "Mean of empty slice" would fail here
-                _status_line(rt)
+                status_line(rt)
         finally:
             await rt.close()
 

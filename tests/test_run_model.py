@@ -16,7 +16,8 @@ from history import simulated_history
 
 from thermogate.controller.historian import HistoryReader
 from thermogate.controller.modbus_io import Endpoint
-from thermogate.controller.run import RealTimeController, RunConfig, load_run_config
+from thermogate.controller.run import RealTimeController
+from thermogate.controller.runconfig import RunConfig, load_run_config
 from thermogate.controller.signals import Observation
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.models.registry import Registry

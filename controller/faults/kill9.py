@@ -73,7 +73,8 @@ def _controller_life(db: str, port: int, conn: Connection) -> None:
     import logging
 
     from ..modbus_io import Endpoint
-    from ..run import RealTimeController, RunConfig
+    from ..run import RealTimeController
+    from ..runconfig import RunConfig
 
     # a unit lost while the plant is faster than real time is expected here, not news
     logging.getLogger("thermogate").setLevel(logging.ERROR)

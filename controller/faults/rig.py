@@ -38,7 +38,8 @@ from thermogate.hil.serve import ServedPlant
 from thermogate.plc.site import Site
 
 from ..modbus_io import Endpoint, ReadResult, WriteOutcome
-from ..run import RealTimeController, RunConfig
+from ..run import RealTimeController
+from ..runconfig import RunConfig
 from .common import ClassResult, quiet
 from .proxy import FaultProxy
 

@@ -45,7 +45,8 @@ from thermogate.plc.errors import ThermogateError
 from ..bench import pct, served_site
 from ..heap import freeze_startup
 from ..modbus_io import Endpoint
-from ..run import RealTimeController, RunConfig
+from ..run import RealTimeController
+from ..runconfig import RunConfig
 from .process import OpcUaProcess
 from .security import OpcUaSecurity
 from .server import free_endpoint
