@@ -44,14 +44,15 @@ from ..core.alarms import AlarmRecord
 from ..core.commands import Acknowledge, CommandResult, Principal, may
 from ..core.trips import latch_key
 from ..core.underfreq import ALARM_KEY as UNDER_FREQUENCY_KEY
+from .typed import data_value, node_id, status_code
 
 __all__ = ["ANONYMOUS", "AlarmFace", "AlarmKind", "kind_of"]
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = Principal("anonymous", "viewer", "opcua")
-SERVER = ua.NodeId(ua.ObjectIds.Server)
-ACKNOWLEDGE_METHOD = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+SERVER = node_id(ua.ObjectIds.Server)
+ACKNOWLEDGE_METHOD = node_id(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
 VARIABLES = ("Active", "Acked", "Severity", "Message", "Since", "AckedBy")
 
 AcknowledgeFn = Callable[[str | None, Principal], Awaitable[CommandResult]]
@@ -209,9 +210,9 @@ class AlarmFace:
         refs = [
             ua.AddReferencesItem(
                 SourceNodeId=SERVER,
-                ReferenceTypeId=ua.NodeId(ua.ObjectIds.GeneratesEvent),
+                ReferenceTypeId=node_id(ua.ObjectIds.GeneratesEvent),
                 IsForward=True,
-                TargetNodeId=ua.NodeId(t),
+                TargetNodeId=node_id(t),
                 TargetNodeClass=ua.NodeClass.ObjectType,
             )
             for t in sorted(types)
@@ -219,7 +220,7 @@ class AlarmFace:
         refs.append(
             ua.AddReferencesItem(
                 SourceNodeId=SERVER,
-                ReferenceTypeId=ua.NodeId(ua.ObjectIds.HasEventSource),
+                ReferenceTypeId=node_id(ua.ObjectIds.HasEventSource),
                 IsForward=True,
                 TargetNodeId=parent.nodeid,
                 TargetNodeClass=ua.NodeClass.Object,
@@ -236,7 +237,7 @@ class AlarmFace:
         server.link_method(server.get_node(ACKNOWLEDGE_METHOD), self._acknowledge_condition)
 
         await parent.add_method(
-            ua.NodeId(f"{self._base}/AcknowledgeAlarm", idx),
+            node_id(f"{self._base}/AcknowledgeAlarm", idx),
             ua.QualifiedName("AcknowledgeAlarm", idx),
             self._acknowledge_alarm,
             [_argument("Key", ua.VariantType.String, 'the alarm\'s key; "" = every alarm')],
@@ -247,7 +248,7 @@ class AlarmFace:
             ("UnackedCount", "alarms not yet acknowledged"),
         ):
             var = await parent.add_variable(
-                ua.NodeId(f"{self._base}/{name}", idx),
+                node_id(f"{self._base}/{name}", idx),
                 ua.QualifiedName(name, idx),
                 ua.Variant(0, ua.VariantType.UInt32),
             )
@@ -283,7 +284,7 @@ class AlarmFace:
         """The object Alarms/<key> with its variables, and its event generator."""
         assert self._server is not None and self._parent is not None
         idx, base = self._idx, f"{self._base}/{key}"
-        node = await self._parent.add_object(ua.NodeId(base, idx), ua.QualifiedName(key, idx))
+        node = await self._parent.add_object(node_id(base, idx), ua.QualifiedName(key, idx))
         initial: dict[str, ua.Variant] = {
             "Active": ua.Variant(False, ua.VariantType.Boolean),
             "Acked": ua.Variant(True, ua.VariantType.Boolean),
@@ -295,7 +296,7 @@ class AlarmFace:
         variables = {}
         for name in VARIABLES:
             var = await node.add_variable(
-                ua.NodeId(f"{base}/{name}", idx), ua.QualifiedName(name, idx), initial[name]
+                node_id(f"{base}/{name}", idx), ua.QualifiedName(name, idx), initial[name]
             )
             variables[name] = var.nodeid
 
@@ -306,7 +307,7 @@ class AlarmFace:
         ev.SourceNode, ev.SourceName = node.nodeid, key
         ev.NodeId = node.nodeid  # the ConditionId
         ev.ConditionName = key
-        ev.ConditionClassId = ua.NodeId(kind.class_id)
+        ev.ConditionClassId = node_id(kind.class_id)
         ev.ConditionClassName = ua.LocalizedText(_CLASS_NAMES[kind.class_id])
         ev.add_property("EnabledState", ua.LocalizedText("Enabled"), ua.VariantType.LocalizedText)
         ev.add_property("EnabledState/Id", True, ua.VariantType.Boolean)
@@ -363,7 +364,7 @@ class AlarmFace:
         if cond.kind.limit_state is not None:
             state = cond.kind.limit_state if new.active else None
             setattr(ev, "LimitState/CurrentState", state and ua.LocalizedText(state))
-            setattr(ev, "LimitState/CurrentState/Id", state and ua.NodeId(_LIMIT_STATES[state]))
+            setattr(ev, "LimitState/CurrentState/Id", state and node_id(_LIMIT_STATES[state]))
         await cond.gen.trigger(_utc(when), text)
         cond.event_ids.add(ev.EventId.Value)
         cond.state = None if gone else new
@@ -382,24 +383,24 @@ class AlarmFace:
     async def _write(self, nodeid: ua.NodeId, value: ua.Variant, t: float) -> None:
         assert self._server is not None
         await self._server.write_attribute_value(
-            nodeid, ua.DataValue(value, SourceTimestamp=_utc(t), ServerTimestamp=_utc(t))
+            nodeid, data_value(value, SourceTimestamp=_utc(t), ServerTimestamp=_utc(t))
         )
 
     # -- acknowledgement ---------------------------------------------------------
     async def _acknowledge_condition(self, parent: ua.NodeId, *args: ua.Variant) -> Any:
         """AcknowledgeableConditionType.Acknowledge(EventId, Comment) on a ConditionId."""
         if len(args) < 2:
-            return ua.StatusCode(ua.StatusCodes.BadArgumentsMissing)
+            return status_code(ua.StatusCodes.BadArgumentsMissing)
         if len(args) > 2:
-            return ua.StatusCode(ua.StatusCodes.BadTooManyArguments)
+            return status_code(ua.StatusCodes.BadTooManyArguments)
         cond = self._by_node.get(parent)
         if cond is None:
-            return ua.StatusCode(ua.StatusCodes.BadNodeIdInvalid)
+            return status_code(ua.StatusCodes.BadNodeIdInvalid)
         event_id = args[0].Value
         if cond.state is None or event_id not in cond.event_ids:
-            return ua.StatusCode(ua.StatusCodes.BadEventIdUnknown)
+            return status_code(ua.StatusCodes.BadEventIdUnknown)
         if cond.state.acked:
-            return ua.StatusCode(ua.StatusCodes.BadConditionBranchAlreadyAcked)
+            return status_code(ua.StatusCodes.BadConditionBranchAlreadyAcked)
         # the Comment has no place in the command path's Acknowledge(alarm): the
         # audit records who acknowledged which alarm
         status, _ = await self._give(cond.key)
@@ -408,12 +409,12 @@ class AlarmFace:
     async def _acknowledge_alarm(self, parent: ua.NodeId, *args: ua.Variant) -> Any:
         """AcknowledgeAlarm(Key) on the Alarms folder: "" acknowledges every alarm."""
         if not args:
-            return ua.StatusCode(ua.StatusCodes.BadArgumentsMissing)
+            return status_code(ua.StatusCodes.BadArgumentsMissing)
         if len(args) > 1:
-            return ua.StatusCode(ua.StatusCodes.BadTooManyArguments)
+            return status_code(ua.StatusCodes.BadTooManyArguments)
         key = args[0].Value
         if not isinstance(key, str):
-            return ua.StatusCode(ua.StatusCodes.BadTypeMismatch)
+            return status_code(ua.StatusCodes.BadTypeMismatch)
         status, message = await self._give(key or None)
         if not status.is_good():
             return status
@@ -427,7 +428,7 @@ class AlarmFace:
             res = await self._acknowledge(key, who)
         except TimeoutError:
             log.warning("acknowledge %s by %s: the controller did not answer", key, who.origin)
-            return ua.StatusCode(ua.StatusCodes.BadTimeout), ""
+            return status_code(ua.StatusCodes.BadTimeout), ""
         if res.accepted:
             keys = [key] if key is not None else [c.key for c in self._conds.values()]
             for k in keys:
@@ -437,16 +438,16 @@ class AlarmFace:
             return ua.StatusCode(), res.message
         log.info("acknowledge %s by %s %s", key, who.origin, res.message)
         if not may(who, Acknowledge(key)):
-            return ua.StatusCode(ua.StatusCodes.BadUserAccessDenied), res.message
+            return status_code(ua.StatusCodes.BadUserAccessDenied), res.message
         if key is not None and key not in self._conds:
-            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument), res.message
-        return ua.StatusCode(ua.StatusCodes.BadInvalidState), res.message
+            return status_code(ua.StatusCodes.BadInvalidArgument), res.message
+        return status_code(ua.StatusCodes.BadInvalidState), res.message
 
 
 def _argument(name: str, vtype: ua.VariantType, description: str) -> ua.Argument:
     arg = ua.Argument()
     arg.Name = name
-    arg.DataType = ua.NodeId(vtype.value)
+    arg.DataType = node_id(vtype.value)
     arg.ValueRank = -1
     arg.Description = ua.LocalizedText(description)
     return arg

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -55,6 +55,19 @@ from .space import changed_points, namespace_uri, status_codes
 
 PERIOD_S = 1.0  # the scan period of every phase (the site's)
 WARMUP_SCANS = 5
+
+#: a ``_metered`` phase: each scan's time (ms), the scans late, each process's CPU share
+_Metered = tuple[list[float], int, dict[str, float]]
+
+
+class _Served(TypedDict, total=False):
+    """What ``_served`` measured (``stuck``: bulk only), or why it could not."""
+
+    subscribed: int
+    live: _Metered
+    stuck: _Metered
+    delivery: dict[str, Any]
+    error: str  # the naive baseline failed outright
 
 
 def bench_opcua(args: argparse.Namespace) -> dict:
@@ -135,7 +148,7 @@ class _CpuMeter:
         return out
 
 
-async def _metered(rt: RealTimeController, scans: int, pids: dict[str, int | None]) -> tuple:
+async def _metered(rt: RealTimeController, scans: int, pids: dict[str, int | None]) -> _Metered:
     """``_paced`` with each process's CPU share over the phase appended."""
     meter = _CpuMeter(pids)
     times, late = await _paced(rt, scans)
@@ -234,7 +247,7 @@ async def _served(
     scans: int,
     *,
     naive: bool,
-) -> dict:
+) -> _Served:
     """One server (bulk or naive) and one client: a live phase, then (bulk) a stuck one."""
     sec = OpcUaSecurity(
         endpoint=free_endpoint(), policies=("None",), anonymous="read", pki_dir=tmp / "pki"
@@ -249,7 +262,7 @@ async def _served(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
     )  # fmt: skip
     published = _Published(items)
-    result: dict = {}
+    result: _Served = {}
     try:
         # keep scanning while the client subscribes: the face must not stall meanwhile
         result["subscribed"] = await _until_subscribed(rt, client)

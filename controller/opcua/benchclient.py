@@ -31,11 +31,12 @@ import math
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from asyncua import Client, ua
 
+from .typed import node_id
 from .wire import install_decoder
 
 CHUNK = 1000  # monitored items per CreateMonitoredItems request
@@ -83,7 +84,7 @@ async def _main(
     client = Client(url, timeout=30, watchdog_intervall=10.0)
     async with client:
         idx = await client.get_namespace_index(namespace)
-        ids = [ua.NodeId(n, idx) for n in names]
+        ids = [node_id(n, idx) for n in names]
         rec.index = {nid: i for i, nid in enumerate(ids)}
         sub = await client.create_subscription(publish_ms, rec)
         made = 0
@@ -97,9 +98,9 @@ async def _main(
             if d.node is not None
         }
         if not per_item:  # the session hands this subscription's responses to us whole
-            client.uaclient.session._subscription_callbacks[sub.subscription_id] = (
-                rec.publish_result
-            )
+            # cast: create_subscription returns the subscription made, its id set
+            sid = cast(int, sub.subscription_id)
+            client.uaclient.session._subscription_callbacks[sid] = rec.publish_result
         print(f"subscribed {made}", flush=True)
         await stop.wait()
     np.savez(

@@ -42,6 +42,7 @@ from thermogate.plc.points import GOOD, UNCERTAIN
 
 from ..historian.reader import HistoryReader
 from ..historian.schema import HistorianError
+from .typed import data_value, status_code
 
 __all__ = ["HistorianStorage", "serve_history"]
 
@@ -232,15 +233,15 @@ class HistorianStorage(HistoryStorageInterface):
 def _data_value(s: Sample, vtype: ua.VariantType) -> ua.DataValue:
     t, v, q = s
     if q == GOOD:
-        status = ua.StatusCode(ua.StatusCodes.Good)
+        status = status_code(ua.StatusCodes.Good)
     elif q == UNCERTAIN:
-        status = ua.StatusCode(ua.StatusCodes.Uncertain)
+        status = status_code(ua.StatusCodes.Uncertain)
     else:
-        status = ua.StatusCode(ua.StatusCodes.Bad)
+        status = status_code(ua.StatusCodes.Bad)
     if math.isnan(v):  # nothing recorded: never a Good value
         variant = ua.Variant()
         if status.is_good():
-            status = ua.StatusCode(ua.StatusCodes.Bad)
+            status = status_code(ua.StatusCodes.Bad)
     elif vtype == ua.VariantType.Boolean:
         variant = ua.Variant(v >= 0.5, vtype)
     elif vtype in _INTEGERS:
@@ -250,7 +251,7 @@ def _data_value(s: Sample, vtype: ua.VariantType) -> ua.DataValue:
     else:
         variant = ua.Variant(v, ua.VariantType.Double)
     when = _utc(t)
-    return ua.DataValue(variant, StatusCode=status, SourceTimestamp=when, ServerTimestamp=when)
+    return data_value(variant, StatusCode=status, SourceTimestamp=when, ServerTimestamp=when)
 
 
 def _refuse_unhistorized(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
@@ -266,7 +267,7 @@ def _refuse_unhistorized(manager: Any, storage: HistorianStorage, aspace: Any) -
                 if rv.NodeId in aspace
                 else ua.StatusCodes.BadNodeIdUnknown
             )
-            result.StatusCode = ua.StatusCode(code)
+            result.StatusCode = status_code(code)
             return result
         return await read(details, rv)
 

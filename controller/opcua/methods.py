@@ -53,6 +53,7 @@ from ..core.commands import (
 )
 from .bridge import CommandBridge, give
 from .space import Space
+from .typed import node_id, status_code
 
 log = logging.getLogger(__name__)
 S, V = ua.StatusCodes, ua.VariantType
@@ -242,7 +243,7 @@ class Commands:
             args = [*m.args, _WHY]
             inputs = [_argument(n, t, d) for n, t, d in args]
             out = [_argument("Message", V.String, "what the command path answered")]
-            nid = ua.NodeId(f"Site/Controller/{m.name}", space.idx)
+            nid = node_id(f"Site/Controller/{m.name}", space.idx)
             qn = ua.QualifiedName(m.name, space.idx)
             node = await parent.add_method(nid, qn, self._callback(m), inputs, out)
             desc = f"{m.description}; needs role {REQUIRED_ROLE[m.kind]}"
@@ -298,13 +299,13 @@ def _check(
 
 def _result(code: int, message: str) -> ua.CallMethodResult:
     return ua.CallMethodResult(
-        StatusCode=ua.StatusCode(code), OutputArguments=[ua.Variant(message, V.String)]
+        StatusCode=status_code(code), OutputArguments=[ua.Variant(message, V.String)]
     )
 
 
 def _argument(name: str, vt: ua.VariantType, desc: str) -> ua.Argument:
     return ua.Argument(
-        Name=name, DataType=ua.NodeId(vt.value), ValueRank=-1, Description=ua.LocalizedText(desc)
+        Name=name, DataType=node_id(vt.value), ValueRank=-1, Description=ua.LocalizedText(desc)
     )
 
 
@@ -334,7 +335,7 @@ class SetpointWrites(AttributeService):
                 one = ua.WriteParameters(NodesToWrite=[wv])
                 out += await super().write(one, user)
                 continue
-            out.append(ua.StatusCode(await self._write(wv, user)))
+            out.append(status_code(await self._write(wv, user)))
         return out
 
     async def _write(self, wv: ua.WriteValue, user: User) -> int:

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue, NodeData
@@ -21,10 +21,11 @@ from asyncua.server.address_space import AttributeValue, NodeData
 from thermogate.plc.equipment import ControlLoop, Site
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.points import Point
-from thermogate.plc.pointtable import PointIndex
+from thermogate.plc.pointtable import GroupPoints, PointIndex
 
 from ..core.commands import CommandPath
 from ..core.topology import CLASS_ORDER, Topology
+from .typed import node_id
 
 V, OID = ua.VariantType, ua.ObjectIds
 UNECE_URI = "http://www.opcfoundation.org/UA/units/un/cefact"
@@ -121,8 +122,7 @@ class Builder:
                 ua.NodeId(),
             )
             qn, name, cls = (
-                nd.attributes[x].value.Value.Value
-                for x in (a.BrowseName, a.DisplayName, a.NodeClass)
+                _value(nd.attributes[x].value) for x in (a.BrowseName, a.DisplayName, a.NodeClass)
             )
             about = self._about[nid] = (qn, name, cls, tdef)
         return about
@@ -146,7 +146,7 @@ class Builder:
         attrs[a.NodeClass] = self._dv(cls, V.Int32)
         nd.attributes = {k: AttributeValue(dv) for k, dv in attrs.items()}
         self.aspace[nid] = nd
-        name, rtype, tdef = attrs[a.DisplayName].Value.Value, ua.NodeId(ref), ua.NodeId(typedef)
+        name, rtype, tdef = _value(attrs[a.DisplayName]), node_id(ref), node_id(typedef)
         self.aspace[parent].references.append(
             ua.ReferenceDescription(rtype, True, nid, qn, name, cls, tdef)
         )
@@ -184,7 +184,7 @@ class Builder:
         )
         qn = ua.QualifiedName(name, self.idx)
         return self._node(
-            parent, ua.NodeId(path, self.idx), qn, ua.NodeClass.Object, ref, tdef, attrs
+            parent, node_id(path, self.idx), qn, ua.NodeClass.Object, ref, tdef, attrs
         )
 
     def var(
@@ -203,7 +203,7 @@ class Builder:
     ) -> ua.NodeId:
         """A variable (a component of its parent) or a property."""
         a = ua.AttributeIds
-        dt = dtype if isinstance(dtype, ua.NodeId) else ua.NodeId(dtype)
+        dt = dtype if isinstance(dtype, ua.NodeId) else node_id(dtype)
         attrs = {
             a.DisplayName: ua.DataValue(ua.Variant(ua.LocalizedText(name), V.LocalizedText)),
             a.Description: ua.DataValue(ua.Variant(ua.LocalizedText(desc), V.LocalizedText)),
@@ -222,13 +222,13 @@ class Builder:
         qn = ua.QualifiedName(name, 0 if prop and name in NS0_PROPS else self.idx)
         ref, tdef = (OID.HasProperty, OID.PropertyType) if prop else (OID.HasComponent, typedef)
         return self._node(
-            parent, ua.NodeId(nid, self.idx), qn, ua.NodeClass.Variable, ref, tdef, attrs
+            parent, node_id(nid, self.idx), qn, ua.NodeClass.Variable, ref, tdef, attrs
         )
 
     def prop(
         self, parent: ua.NodeId, name: str, value: Any, vtype: ua.VariantType, dtype: int
     ) -> ua.NodeId:
-        nid = f"{parent.Identifier}/{name}"
+        nid = f"{parent.Identifier!s}/{name}"
         return self.var(parent, nid, name, name, ua.Variant(value, vtype), dtype, prop=True)
 
     def analog(
@@ -266,7 +266,7 @@ class Builder:
         unit: str = "",
     ) -> ua.NodeId:
         """A variable the controller's state gives (not a point), updated by key."""
-        nid = f"{parent.Identifier}/{name}"
+        nid = f"{parent.Identifier!s}/{name}"
         if unit:
             node = self.analog(parent, nid, name, desc, unit)
         else:
@@ -277,7 +277,7 @@ class Builder:
     def organizes(self, source: ua.NodeId, target: ua.NodeId) -> None:
         """A further, non-hierarchical-parent reference: source organizes target."""
         qn, name, cls, tdef = self._info(target)
-        rtype = ua.NodeId(OID.Organizes)
+        rtype = node_id(OID.Organizes)
         self.aspace[source].references.append(
             ua.ReferenceDescription(rtype, True, target, qn, name, cls, tdef)
         )
@@ -287,7 +287,14 @@ class Builder:
         )
 
 
-_HAS_TYPE = ua.NodeId(OID.HasTypeDefinition)
+_HAS_TYPE = node_id(OID.HasTypeDefinition)
+
+
+def _value(dv: ua.DataValue | None) -> Any:
+    """The value of an attribute every node has. The casts: asyncua allows None for
+    both, yet a node made by the Builder or by asyncua holds a DataValue in each such
+    attribute, and a DataValue's Value is always a Variant (``__post_init__`` wraps it)."""
+    return cast(ua.Variant, cast(ua.DataValue, dv).Value).Value
 
 
 # -- the equipment ---------------------------------------------------------------------
@@ -300,9 +307,10 @@ FOLDERS = {
 }
 
 
-def _equipment(site: Site, ix: PointIndex) -> Iterator[tuple[str, str, str, Any, Any, int]]:
+def _equipment(site: Site, ix: PointIndex) -> Iterator[tuple[str, str, str, Any, GroupPoints, int]]:
     """(kind, parent, name, record, points, unit id), parents before children; the
     parent is a folder or an earlier piece of equipment's name."""
+    g: GroupPoints  # each kind's own points class
     yield "plc", "", "PLC", site.plc, ix.plc, site.plc.unit_id
     yield "site", "", "SiteMeter", site, ix.site, site.meter_unit_id
     for f, g in zip(site.feeders, ix.feeders, strict=True):
@@ -355,7 +363,7 @@ def devices(
     out = []
     for kind, parent, name, rec, group, unit in _equipment(site, ix):
         short = name.rsplit(".", 1)[-1]  # a pump's name is <loop>.<pump>
-        pnode = folder[parent] if parent in folder else ua.NodeId(path[parent], b.idx)
+        pnode = folder[parent] if parent in folder else node_id(path[parent], b.idx)
         p = path[name] = f"{path.get(parent, 'Site/' + parent)}/{short}"
         what = model(kind, rec, site)
         node = b.obj(pnode, p, short, f"{group.label} {name}: {what}", folder=False)
@@ -451,7 +459,7 @@ def setpoint_vars(
 def workload_vars(b: Builder, topo: Topology, devices: list[Device]) -> None:
     """Protection's caps on each tank and row; per workload class its measured power,
     rated power, loads enabled, and references to its tanks and rows."""
-    folder = ua.NodeId("Site/Workloads", b.idx)
+    folder = node_id("Site/Workloads", b.idx)
     node_of = {d.name: d.node for d in devices}
     nan = ua.Variant(math.nan, V.Double)
     for ld in topo.loads:

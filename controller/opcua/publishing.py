@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from asyncua import ua
 from asyncua.server.address_space import AttributeValue
@@ -63,7 +63,9 @@ class Notifier:
                 self._slow.append((cb, handle, dv))
                 continue
             mid = svc._monitored_datachange.get(handle)
-            md = svc._monitored_items.get(mid) if mid is not None else None
+            if mid is None:
+                continue
+            md = svc._monitored_items.get(mid)
             if md is None or md.mode == _DISABLED:
                 continue
             if md.filter:  # asyncua tests truthiness too
@@ -76,7 +78,9 @@ class Notifier:
                 continue
             isub = svc.isub
             queue = isub._triggered_datachanges
-            note = notification(md.client_handle, dv)  # slots filled directly
+            # cast: asyncua sets the client handle as it makes the item, before it
+            # registers the item's datachange callback (None only before that)
+            note = notification(cast(int, md.client_handle), dv)  # slots filled directly
             items = queue.get(mid)
             if items is None:
                 queue[mid] = [note]
@@ -109,7 +113,10 @@ def _differ(old: ua.DataValue, new: ua.DataValue) -> bool:
     """A cheap sufficient test that ``new`` is a change (``_is_data_changed`` has the
     last word when this says no): a new status code, or another number."""
     a, b = old.Value, new.Value
-    if old.StatusCode.value != new.StatusCode.value:
+    # cast: asyncua allows a DataValue without a status code, but gives each one Good
+    # by default (when made and when decoded); this package's values all have theirs
+    sa, sb = cast(ua.StatusCode, old.StatusCode), cast(ua.StatusCode, new.StatusCode)
+    if sa.value != sb.value:
         return True
     if a is None or b is None or a.VariantType is not b.VariantType:
         return False

@@ -102,6 +102,7 @@ from thermogate.plc.errors import ConfigError, ThermogateError
 
 from ..core.commands import Principal
 from ..users import AuthError, UserStore
+from .typed import node_id
 
 _log = logging.getLogger("thermogate.opcua.security")
 
@@ -312,8 +313,8 @@ class ThermogateRules(SimpleRoleRuleset):
 
     def __init__(self) -> None:
         super().__init__()
-        self._user = frozenset(ua.NodeId(t) for t in USER_TYPES)
-        self._anonymous = self._user - {ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)}
+        self._user = frozenset(node_id(t) for t in USER_TYPES)
+        self._anonymous = self._user - {node_id(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)}
 
     def check_validity(self, user: Any, action_type_id: ua.NodeId, body: Any) -> bool:
         if not isinstance(user, ThermogateUser):
@@ -730,7 +731,7 @@ async def secure(server: Server, sec: OpcUaSecurity, users_db: Path) -> list[str
     for note in own.warnings:
         _log.warning("%s", note)
     server.set_endpoint(sec.endpoint)
-    if ua.NodeId(ua.ObjectIds.Server_NamespaceArray) in server.iserver.aspace:
+    if node_id(ua.ObjectIds.Server_NamespaceArray) in server.iserver.aspace:
         await server.set_application_uri(sec.application_uri)
     else:
         # before init() the arrays do not exist yet; init() writes this value to them

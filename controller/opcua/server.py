@@ -54,6 +54,7 @@ from .publishing import lock_publishing_to_scans
 from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
 from .space import Space, namespace_uri, status_codes
+from .typed import data_value
 from .wire import install_encoder
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,7 @@ class OpcUaFace:
                 var = ua.Variant(x >= 0.5, ua.VariantType.Boolean)
             else:
                 var = ua.Variant(float(x), ua.VariantType.Double)
-            dv = ua.DataValue(var, ua.StatusCode(c), SourceTimestamp=ts)
+            dv = data_value(var, ua.StatusCode(c), SourceTimestamp=ts)
             await self.server.write_attribute_value(nid, dv)
         self.space.applied += 1
         self.space.timings.append((snap.t, t_start, time.time()))

@@ -17,12 +17,13 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..core.alarms import AlarmRecord
 from ..core.controller import Controller
 
 
-def _frozen(a: np.ndarray, dtype: type | np.dtype) -> np.ndarray:
+def _frozen(a: ArrayLike, dtype: type | np.dtype) -> np.ndarray:
     out = np.array(a, dtype=dtype, copy=True)
     out.setflags(write=False)
     return out

@@ -59,6 +59,7 @@ from . import nodes
 from .nodes import OID, Builder, Device, V
 from .publishing import Notifier
 from .snapshot import Snapshot
+from .typed import node_id, status_code
 from .wire import datavalue
 from .wire import double as _double
 
@@ -257,7 +258,7 @@ class Space:
         b = Builder(self.server, idx, site.scan_interval_s)
         names = [ua.LocalizedText(x) for x in NE107]
         b.prop(health.nodeid, "EnumStrings", names, V.LocalizedText, OID.LocalizedText)
-        objects = ua.NodeId(OID.ObjectsFolder)
+        objects = node_id(OID.ObjectsFolder)
         self.root = b.obj(objects, "Site", site.name, f"the site '{site.name}'", folder=False)
         self.devices = nodes.devices(site, pmap.index, b, self.root, health.nodeid, uri)
         owner = {i: d for d in self.devices for i in d.points}
@@ -270,7 +271,7 @@ class Space:
         for name, (vt, unit, desc) in CONTROLLER_VARS.items():
             zero = {V.String: "", V.Boolean: False, V.Double: math.nan}.get(vt, 0)
             value = ua.Variant([] if name in ARRAYS else zero, vt, is_array=name in ARRAYS)
-            b.derived(self.controller, f"ctl.{name}", name, desc, value, ua.NodeId(vt.value), unit)
+            b.derived(self.controller, f"ctl.{name}", name, desc, value, node_id(vt.value), unit)
         desc = "alarms as events and as variables"
         self.alarms = b.obj(self.root, "Site/Alarms", "Alarms", desc, notifier=True)
         self._index(b)
@@ -298,7 +299,7 @@ class Space:
     def _status(self, code: int) -> ua.StatusCode:
         sc = self._sc.get(code)
         if sc is None:
-            sc = self._sc[code] = ua.StatusCode(code)
+            sc = self._sc[code] = status_code(code)
         return sc
 
     async def apply(self, snap: Snapshot) -> int:
@@ -340,7 +341,14 @@ class Space:
         return len(changed)
 
     def put(
-        self, key: str, x: Any, vt: V, ts: datetime, code: int = 0, *, array: bool = False
+        self,
+        key: str,
+        x: Any,
+        vt: ua.VariantType,
+        ts: datetime,
+        code: int = 0,
+        *,
+        array: bool = False,
     ) -> None:
         """A derived variable's value (``x`` of type ``vt``), written only when it or its
         status changed."""

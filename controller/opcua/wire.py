@@ -33,6 +33,8 @@ from asyncua import ua
 from asyncua.common.utils import Buffer
 from asyncua.ua import ua_binary
 
+from .typed import data_value
+
 _V = ua.VariantType
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
@@ -53,7 +55,7 @@ def encode_datachange(dcn: ua.DataChangeNotification) -> bytes:
         parts = [_I32.pack(-1)]
     else:
         parts = [_I32.pack(len(items))]
-        times: dict[int, bytes] = {}  # id(datetime) -> Int64; items keep them alive
+        times: dict[int, int] = {}  # id(datetime) -> Int64; items keep them alive
         common = _COMMON.pack
         for it in items:
             dv = it.Value
@@ -181,8 +183,10 @@ def _datavalue_fast(
     cls: type[ua.DataValue], var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime
 ) -> Any:
     dv = _new(cls)
-    dv.Encoding, dv.Value, dv.StatusCode = 0, var, sc
-    dv.SourceTimestamp, dv.ServerTimestamp = source, server
+    # asyncua annotates Encoding and the timestamps with its marker classes ua.Byte and
+    # ua.DateTime, yet holds plain ints and datetimes there (see typed.py)
+    dv.Encoding, dv.Value, dv.StatusCode = 0, var, sc  # type: ignore[assignment]
+    dv.SourceTimestamp, dv.ServerTimestamp = source, server  # type: ignore[assignment]
     dv.SourcePicoseconds = dv.ServerPicoseconds = None
     return dv
 
@@ -200,7 +204,8 @@ def _double_std(x: float) -> ua.Variant:
 def _datavalue_std(
     cls: type[ua.DataValue], var: ua.Variant, sc: ua.StatusCode, source: datetime, server: datetime
 ) -> Any:
-    return cls(var, sc, source, server)
+    # the timestamps: asyncua annotates them ua.DateTime, takes any datetime (typed.py)
+    return cls(var, sc, source, server)  # type: ignore[arg-type]
 
 
 def _notification_std(handle: int, dv: ua.DataValue) -> ua.MonitoredItemNotification:
@@ -217,7 +222,7 @@ FAST_LAYOUT = (
     and _names(ua.DataValue) == _DV_SLOTS
     and _names(_ITEM) == _ITEM_SLOTS
     and _datavalue_fast(ua.DataValue, _double_fast(1.0), ua.StatusCode(), _EPOCH, _EPOCH)
-    == ua.DataValue(ua.Variant(1.0, _V.Double), ua.StatusCode(), _EPOCH, _EPOCH)
+    == data_value(ua.Variant(1.0, _V.Double), ua.StatusCode(), _EPOCH, _EPOCH)
 )
 #: a scalar Double Variant, and a DataValue of class ``cls`` (asyncua's or a subclass)
 double: Callable[[float], ua.Variant] = _double_fast if FAST_LAYOUT else _double_std
