@@ -434,9 +434,9 @@ class PlantModbusServer:
             return ExceptionResponse(fc, ExcCodes.ILLEGAL_FUNCTION)
         if pdu is None:  # a supported function whose PDU does not decode
             return ExceptionResponse(fc, ExcCodes.ILLEGAL_VALUE)
-        code = self._check(image, fc, frame, pdu)
-        if code:
-            return ExceptionResponse(fc, code)
+        refused = self._check(image, fc, frame, pdu)
+        if refused:
+            return ExceptionResponse(fc, refused)
         try:
             return await pdu.datastore_update(context, unit_id)
         except Exception:
@@ -615,7 +615,8 @@ class _PlantRequestHandler(ServerRequestHandler):
 
     def _send_answers(self, answers: list[bytes]) -> None:
         if answers and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(answers))
+            # pymodbus types its transport as BaseTransport; it is a TCP or serial (write) one
+            self.transport.write(b"".join(answers))  # type: ignore[attr-defined]
         answers.clear()
 
     def _consume(self, data: bytes, addr: tuple | None, answers: list[bytes]) -> int:

@@ -439,7 +439,9 @@ class Plant:
     def _bind_commands(self) -> dict[str, Callable[[float], None]]:
         cmds: dict[str, Callable[[float], None]] = {}
 
-        def arr(a: np.ndarray, i: int, conv: Callable[[float], object] = float):  # noqa: ANN202
+        def arr(
+            a: np.ndarray, i: int, conv: Callable[[float], object] = float
+        ) -> Callable[[float], None]:
             def set_(v: float) -> None:
                 a[i] = conv(v)
 
@@ -758,7 +760,8 @@ class Plant:
         q_rej = np.bincount(self.d_loop, weights=self.q_dc, minlength=self.n_l)
         q_pump = np.bincount(self.p_loop, weights=self.pump_kw, minlength=self.n_l)
         # row heat goes to its CDU's coolant
-        q_rows = np.bincount(self.r_cdu, weights=self.r_power, minlength=self.n_c)
+        # weighted: float sums (numpy's stubs type every bincount as integer counts)
+        q_rows: np.ndarray = np.bincount(self.r_cdu, weights=self.r_power, minlength=self.n_c)
         q_rows = q_rows + self.c_heat_extra_kw
         q_tanks = self.t_power + self.t_heat_extra_kw
 

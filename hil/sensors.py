@@ -157,19 +157,22 @@ class SensorModel:
         g(dcs, "fans_running", lambda: np.where(pl.fan_speed > 0.02, pl.d_fans - pl.fans_failed, 0))
         g(dcs, "fault", lambda: pl.fan_fault)
 
-        n_pdu = pl.n_pdu
-        pdus, feeders = ix.pdus, ix.feeders
-        for names, sl in ((pdus, slice(0, n_pdu)), (feeders, slice(n_pdu, None))):
-            g(names, "power_kw", lambda sl=sl: pl.b_power[sl])
-            g(names, "current_a", lambda sl=sl: pl.b_current[sl])
+        def branches(names: Sequence[GroupPoints], sl: slice) -> None:
+            g(names, "power_kw", lambda: pl.b_power[sl])
+            g(names, "current_a", lambda: pl.b_current[sl])
             g(
                 names,
                 "voltage_v",
-                lambda sl=sl: pl.b_volts[sl] * (1 - 0.02 * pl.b_current[sl] / pl.b_pickup[sl]),
+                lambda: pl.b_volts[sl] * (1 - 0.02 * pl.b_current[sl] / pl.b_pickup[sl]),
             )
-            g(names, "energy_kwh", lambda sl=sl: np.floor(pl.b_energy[sl]))
-            g(names, "breaker_closed", lambda sl=sl: pl.b_closed[sl])
-            g(names, "breaker_tripped", lambda sl=sl: ~pl.b_closed[sl])
+            g(names, "energy_kwh", lambda: np.floor(pl.b_energy[sl]))
+            g(names, "breaker_closed", lambda: pl.b_closed[sl])
+            g(names, "breaker_tripped", lambda: ~pl.b_closed[sl])
+
+        n_pdu = pl.n_pdu
+        pdus, feeders = ix.pdus, ix.feeders
+        for names, sl in ((pdus, slice(0, n_pdu)), (feeders, slice(n_pdu, None))):
+            branches(names, sl)
 
         one = (ix.site,)
         g(one, "power_kw", lambda: np.array([pl.site_kw]))

@@ -174,7 +174,11 @@ class ServedPlant:
                 self._publish_fast(plant.fast_cycle(t))
 
     # -- clock -----------------------------------------------------------
-    async def run(self, duration_s: float | None = None, on_tick=None) -> None:  # noqa: ANN001
+    async def run(
+        self,
+        duration_s: float | None = None,
+        on_tick: Callable[[ServedPlant], None] | None = None,
+    ) -> None:
         """Step in real time x ``speed`` until cancelled or ``duration_s`` passes."""
         plant = self.sim.plant
         loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -78,7 +79,7 @@ async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
         print(f"vtn: {ven_id} answered event {event_id}: {opt_type}", flush=True)
 
     def on_register_report(report: dict) -> list[tuple]:
-        def printer(rid: str):  # noqa: ANN202
+        def printer(rid: str) -> Callable[[list], None]:
             def got(values: list) -> None:
                 for t, v in values:
                     print(f"vtn: report {rid} at {t.isoformat()}: {v:g}", flush=True)

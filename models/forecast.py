@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingRegressor
@@ -145,7 +146,8 @@ class KindModel:
 
     def compiled(self) -> CompiledForest | None:
         """The regressors compiled once (checked against sklearn); None: use sklearn."""
-        cache = self.__dict__.get("_compiled")
+        # False: compiling failed once (below), do not try again
+        cache: CompiledForest | Literal[False] | None = self.__dict__.get("_compiled")
         if cache is None:
             try:
                 cache = CompiledForest(self.regressors)
@@ -174,6 +176,11 @@ def _knn(Xs: np.ndarray, k: int) -> tuple[NearestNeighbors, float]:
     d, _ = nn.kneighbors(Xs, n_neighbors=k + 1)  # the first neighbour is the row itself
     d_ref = float(np.median(d[:, 1:].mean(axis=1)))
     return nn, max(d_ref, 1e-9)
+
+
+def _best_shrink(y: np.ndarray, raw: np.ndarray) -> float:
+    """The factor of SHRINK_GRID whose shrunk predictions ``raw`` have the least MAE."""
+    return min(SHRINK_GRID, key=lambda w: np.abs(y - w * raw).mean())
 
 
 def _conformal_q(scores: np.ndarray, alpha: float) -> float:
@@ -222,7 +229,7 @@ class ThermalModel:
 
     def _regressors(self, X: np.ndarray, y: np.ndarray) -> list[HistGradientBoostingRegressor]:
         return [
-            HistGradientBoostingRegressor(**self._params(len(X))).fit(X, y[:, j])  # type: ignore[arg-type]
+            HistGradientBoostingRegressor(**self._params(len(X))).fit(X, y[:, j])
             for j in range(y.shape[1])
         ]
 
@@ -249,12 +256,7 @@ class ThermalModel:
         regs = self._regressors(X[fit_idx], y[fit_idx])
         raw = np.column_stack([r.predict(X[cal_m]) for r in regs])
         yc = y[cal_m]
-        shrink = np.array(
-            [
-                min(SHRINK_GRID, key=lambda w, j=j: np.abs(yc[:, j] - w * raw[:, j]).mean())
-                for j in range(H)
-            ]
-        )
+        shrink = np.array([_best_shrink(yc[:, j], raw[:, j]) for j in range(H)])
         part = KindModel(
             rows.kind, rows.feature_names, rows.horizons_min, regs, shrink, np.zeros(H),
             mu, sd, nn, d_ref, X.min(axis=0), X.max(axis=0), int(fit_m.sum()), int(cal_m.sum()),

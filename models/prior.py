@@ -353,15 +353,17 @@ class PhysicsPrior:
             self.minutes[key] = self.minutes.get(key, 0) + 1
             state = self.track.get(key, TrackerState(0.0))
             self.track[key] = track_step(self._tracker(key[1]), state, scores, corrections)
-        for key in [k for k in self._pending if k[1] <= t]:  # targets that never came
-            del self._pending[key]
+        for stale in [k for k in self._pending if k[1] <= t]:  # targets that never came
+            del self._pending[stale]
 
     def replay(self, rows: Iterable[KindData]) -> None:
         """Forecast and score recorded rows minute by minute, as :meth:`forecast`
         and :meth:`observe` would have live: the margin is then measured on
         them (``thermogate forecast`` replays the last hours before it answers)."""
         kinds = [kd for kd in rows if len(kd)]
-        times = np.unique(np.concatenate([kd.times for kd in kinds])) if kinds else []
+        times: np.ndarray | list[float] = (
+            np.unique(np.concatenate([kd.times for kd in kinds])) if kinds else []
+        )
         for t in times:
             now = [kd.take(kd.times == t) for kd in kinds]
             now = [kd for kd in now if len(kd)]

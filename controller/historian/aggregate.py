@@ -307,8 +307,10 @@ class Aggregator:
                 "agg_cutoff": None,
             }
         c = self._c
-        known = list(self._agg_until.values())
-        agg_floor = -math.inf if (not known or None in known) else min(known)  # type: ignore[type-var]
+        # raw rows go only once every shard is aggregated past them
+        known = [u for u in self._agg_until.values() if u is not None]
+        complete = bool(known) and len(known) == len(self._agg_until)
+        agg_floor = min(known) if complete else -math.inf
         raw_cutoff = min(now - self.raw_days * DAY_S, agg_floor)
         agg_cutoff = now - self.agg_days * DAY_S
         raw_deleted = 0
@@ -320,7 +322,7 @@ class Aggregator:
             upto = raw_cutoff if row is None else math.nextafter(row[0], math.inf)
             counts: list[int] = []
 
-            def delete_raw(upto: float = upto, counts: list = counts) -> None:
+            def delete_raw(upto: float = upto, counts: list[int] = counts) -> None:
                 for s in self._shards:
                     cur = c.execute(f'DELETE FROM {quote(s.table)} WHERE "t" < ?', (upto,))
                     counts.append(cur.rowcount)

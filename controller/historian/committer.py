@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import queue
@@ -209,7 +210,7 @@ class WriterThread:
                 self._pool_max = min(self._max_pool, max(self._pool_max, 2 * len(self._p_scans)))
                 while self._p_scans:
                     chunk = self._p_scans[: self._max_tx_scans]
-                    self._tx(lambda c=chunk: self._write_scans(c))
+                    self._tx(functools.partial(self._write_scans, chunk))
                     del self._p_scans[: len(chunk)]
                     self._agg.account(chunk, self._last_dup)
                     for _, vb, qb in chunk:  # buffers back to record_scan

@@ -230,8 +230,8 @@ def open_for_writing(path: Path) -> sqlite3.Connection:
 
 
 def _create_tables(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["points"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db.table("points").create(
         {
             "name": str,
             "shard": int,
@@ -246,7 +246,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         pk="name",
         if_not_exists=True,
     )
-    db["agg_progress"].create({"shard": int, "until": float}, pk="shard", if_not_exists=True)
+    db.table("agg_progress").create({"shard": int, "until": float}, pk="shard", if_not_exists=True)
     create_journal(db)
     create_books(db)
 
@@ -256,23 +256,23 @@ def create_books(db: sqlite_utils.Database) -> None:
     a file from before them gains them when a ``Historian`` opens it."""
     spec: dict[str, Any] = {"id": int}
     spec.update(dict.fromkeys(ECONOMICS_COLUMNS, float))
-    db["economics"].create(spec, pk="id", if_not_exists=True)
-    db["economics"].create_index(["t"], if_not_exists=True)
-    db["gating"].create(
+    db.table("economics").create(spec, pk="id", if_not_exists=True)
+    db.table("economics").create_index(["t"], if_not_exists=True)
+    db.table("gating").create(
         {"id": int, "t": float, "load": str, "budget_kw": float, "why": str},
         pk="id",
         if_not_exists=True,
     )
-    db["gating"].create_index(["t"], if_not_exists=True)
+    db.table("gating").create_index(["t"], if_not_exists=True)
     spec = {"id": int} | dict.fromkeys(COMPLIANCE_COLUMNS, float)
     spec |= {"instruction": str, "note": str}
-    db["compliance"].create(spec, pk="id", if_not_exists=True)
-    db["compliance"].create_index(["t"], if_not_exists=True)
+    db.table("compliance").create(spec, pk="id", if_not_exists=True)
+    db.table("compliance").create_index(["t"], if_not_exists=True)
 
 
 def create_journal(db: sqlite_utils.Database) -> None:
     """The tables every writer of the site database shares: events, audit, state."""
-    db["events"].create(
+    db.table("events").create(
         {
             "id": int,
             "t": float,
@@ -285,8 +285,8 @@ def create_journal(db: sqlite_utils.Database) -> None:
         pk="id",
         if_not_exists=True,
     )
-    db["events"].create_index(["t"], if_not_exists=True)
-    db["audit"].create(
+    db.table("events").create_index(["t"], if_not_exists=True)
+    db.table("audit").create(
         {
             "id": int,
             "t": float,
@@ -301,8 +301,10 @@ def create_journal(db: sqlite_utils.Database) -> None:
         pk="id",
         if_not_exists=True,
     )
-    db["audit"].create_index(["t"], if_not_exists=True)
-    db["state"].create({"key": str, "value": str, "saved": float}, pk="key", if_not_exists=True)
+    db.table("audit").create_index(["t"], if_not_exists=True)
+    db.table("state").create(
+        {"key": str, "value": str, "saved": float}, pk="key", if_not_exists=True
+    )
 
 
 def open_side_db(path: Path, ddl: str) -> sqlite3.Connection:
@@ -384,20 +386,20 @@ def create_or_extend(
             if s.table not in existing_tables:
                 spec: dict[str, Any] = {"t": float, "quality": bytes}
                 spec.update(dict.fromkeys(s.cols, float))
-                db[s.table].create(spec, pk="t")
+                db.table(s.table).create(spec, pk="t")
                 for stat in STAT_SQL:
                     aspec: dict[str, Any] = {"t": float}
                     if stat == "mean":
                         aspec["n"] = int
                     aspec.update(dict.fromkeys(s.cols, float))
-                    db[f"agg_{stat}_{k}"].create(aspec, pk="t")
+                    db.table(f"agg_{stat}_{k}").create(aspec, pk="t")
             else:
                 for col in cols:
                     for table in (s.table, *(f"agg_{st}_{k}" for st in STAT_SQL)):
-                        db[table].add_column(col, float)
+                        db.table(table).add_column(col, float)
         if new_rows:
-            db["points"].insert_all(new_rows)
-        db["meta"].upsert_all(
+            db.table("points").insert_all(new_rows)
+        db.table("meta").upsert_all(
             [
                 {"key": "schema_version", "value": str(SCHEMA_VERSION)},
                 {"key": "site_name", "value": stored_site or site_name},

@@ -42,7 +42,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -298,7 +298,10 @@ class Historian(WriterThread):
         ``EconomicsRow``) with the ``ECONOMICS_COLUMNS``; NaN is stored as NULL.
 
         Committed with the next telemetry batch (``batch_s``), not on its own."""
-        get = row.get if isinstance(row, Mapping) else lambda k: getattr(row, k)
+        # whatever the row holds: float() below accepts or rejects it
+        get: Callable[[str], Any] = (
+            row.get if isinstance(row, Mapping) else lambda k: getattr(row, k)
+        )
         try:
             values = tuple(float(get(c)) for c in ECONOMICS_COLUMNS)
         except (AttributeError, KeyError, TypeError) as exc:

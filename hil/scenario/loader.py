@@ -24,12 +24,21 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from os import PathLike
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 from thermogate.plc.config import Section, load_toml, loads_toml
 from thermogate.plc.errors import ConfigError, DataFileError
 
 from .csvfiles import CsvSource, load_prices_csv, load_weather_csv
-from .events import GRID_EVENT_KINDS, GRID_EVENT_PARAMS, NAME_RE, FaultSpec, GridEvent
+from .events import (
+    GRID_EVENT_KINDS,
+    GRID_EVENT_PARAMS,
+    NAME_RE,
+    FaultSpec,
+    FaultTarget,
+    GridEvent,
+    GridEventKind,
+)
 from .fields import FieldError
 from .resolved import Scenario
 from .series import DAY_S, TimeSeries, Weather
@@ -41,6 +50,7 @@ _SCENARIO_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _BUILTIN_PACKAGE = "thermogate.hil.data"
 
 Moment = float | datetime  # seconds from the start, or an absolute time
+_Synthetic = TypeVar("_Synthetic", SyntheticWeather, SyntheticPrices)
 
 #: The longest scenario: a year and the historian's default 400 days of
 #: aggregates fit; its weather and prices are generated whole when it loads.
@@ -275,12 +285,13 @@ def _scenario(
 def _source(
     sec: Section,
     base_dir: Path | None,
-    cls: type[SyntheticWeather | SyntheticPrices],
+    cls: type[_Synthetic],
     overridden: bool,
-) -> SyntheticWeather | SyntheticPrices | CsvSource:
+) -> _Synthetic | CsvSource:
     """``[weather]``/``[prices]``: a synthetic generator's settings, or a CSV file."""
     if sec.get_str("source", "synthetic", choices=("synthetic", "csv")) == "synthetic":
-        kwargs: dict[str, float] = {}
+        # named after cls's fields: ``seed`` an int, the others floats
+        kwargs: dict[str, Any] = {}
         for f in fields(cls):
             value = sec.get_int(f.name, None) if f.name == "seed" else sec.get_float(f.name, None)
             if value is not None:
@@ -390,8 +401,9 @@ def _grid_event(sec: Section, clock: _Clock) -> GridEvent:
                 f"params.{p}",
                 f"not a parameter of a {kind} event; parameters: {', '.join(allowed)}",
             )
+    event_kind = cast(GridEventKind, kind)  # get_str checked it against GRID_EVENT_KINDS
     try:
-        return GridEvent(at_s=at_s, kind=kind, duration_s=duration_s, **params)
+        return GridEvent(at_s=at_s, kind=event_kind, duration_s=duration_s, **params)
     except FieldError as exc:
         key = {"at_s": at_key, "kind": "kind", "duration_s": "duration_s"}
         raise sec.error(key.get(exc.field, f"params.{exc.field}"), exc.reason) from None
@@ -405,8 +417,12 @@ def _fault(sec: Section, clock: _Clock) -> FaultSpec:
         raise sec.error("target", "required: what fails, as 'category:name'")
     if kind is None:
         raise sec.error("kind", "required: how it fails")
+    try:  # what FaultSpec does with a string target, parsed here to keep the type
+        parsed = FaultTarget.parse(target)
+    except ValueError as exc:
+        raise sec.error("target", str(exc)) from None
     try:
-        return FaultSpec(at_s, target, kind, duration_s, params)
+        return FaultSpec(at_s, parsed, kind, duration_s, params)
     except FieldError as exc:
         raise sec.error(at_key if exc.field == "at_s" else exc.field, exc.reason) from None
 

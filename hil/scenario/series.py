@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -149,7 +149,8 @@ class TimeSeries:
             raise ValueError(f"time must be finite, got {t_seconds!r}")
         xl, fl = self._xl, self._fl
         if self.wrap:
-            x %= self.period_s  # Python's % is non-negative for a positive period
+            # __post_init__ replaced a None period_s with the default: a float here
+            x %= cast(float, self.period_s)  # Python's % is non-negative for a positive period
         elif x <= 0.0:
             return fl[0]
         elif x >= xl[-1]:
@@ -166,7 +167,7 @@ class TimeSeries:
         """Vectorised :meth:`at` (numpy.interp); same clamping and wrapping."""
         x = np.asarray(t_seconds, dtype=np.float64)
         if self.wrap:
-            x = np.mod(x, self.period_s)
+            x = np.mod(x, cast(float, self.period_s))  # a float: see at()
         if self.interpolation == "linear":
             return np.interp(x, self._xp, self._fp)
         idx = np.searchsorted(self._xp, x, side="right") - 1
