@@ -132,7 +132,11 @@ def grid_line(rt: RealTimeController) -> str:
 
 
 def gating_line(g: GatingPlanner) -> str:
-    """What the gating planner holds back and why, in one line."""
+    """What the gating planner holds back and why, in one line.
+
+    Its breakeven is the miners' at their best efficiency (underclocked), the
+    price above which no mining pays; the books' is what mining earned per MWh
+    as metered, at the clocks it ran: two prices, each named for what it is."""
     why = Counter(g.why().values())
     held = ", ".join(f"{n} x{k}" for n, k in sorted(why.items())) or "nothing held back"
     mining = (
@@ -144,7 +148,8 @@ def gating_line(g: GatingPlanner) -> str:
     )
     return (
         f"gating: IT room {shown(g.room_kw, '.0f', ' kW')}, mining {mining} (breakeven "
-        f"{shown(min(g.breakeven.values(), default=math.nan), '.0f', ' $/MWh')}), "
+        f"{shown(min(g.breakeven.values(), default=math.nan), '.0f', ' $/MWh')} "
+        "at best efficiency), "
         f"GPUs allowed {g.gpu_capacity}; budgets bound by: {held}"
     )
 
@@ -155,6 +160,7 @@ def economics_line(books: EconomicsIntervals) -> str:
     if now is None:
         return f"economics: margin ${shown(tot.net_margin, '+,.2f')} so far (no meters read yet)"
     be = now.mining_breakeven(books.rated_breakeven)
+    basis = "as metered" if now.mining_mwh > 1e-12 else "rated"  # as mining_breakeven chose
     price = books.price_now
     verdict = (
         "mining pays"
@@ -168,5 +174,5 @@ def economics_line(books: EconomicsIntervals) -> str:
         f"${shown(now.net_margin, '+,.0f')}/h now "
         f"(mining {shown(now.mining_revenue, ',.0f')}, AI {shown(now.ai_revenue, ',.0f')}, "
         f"energy -{shown(now.energy_cost, ',.0f')} $/h); energy {shown(price, '.0f')} $/MWh "
-        f"vs mining breakeven {shown(be, '.0f')} $/MWh: {verdict}"
+        f"vs mining breakeven {shown(be, '.0f')} $/MWh {basis}: {verdict}"
     )

@@ -230,11 +230,11 @@ def test_the_run_status_says_margin_so_far_rate_now_and_price_against_breakeven(
     assert economics_line(books) == (
         f"economics: margin ${net_h:+,.2f} so far, ${net_h:+,.0f}/h now "
         f"(mining {mining_h:,.0f}, AI {ai_h:,.0f}, energy -160 $/h); "
-        "energy 80 $/MWh vs mining breakeven 126 $/MWh: mining pays"
+        "energy 80 $/MWh vs mining breakeven 126 $/MWh rated: mining pays"
     )
     books.add(3660.0, 60.0, 0.0, 64.0, 0.0, 2000.0, 300.0)
     assert economics_line(books).endswith(
-        "energy 300 $/MWh vs mining breakeven 126 $/MWh: mining loses money"
+        "energy 300 $/MWh vs mining breakeven 126 $/MWh rated: mining loses money"
     )
 
 
@@ -345,3 +345,13 @@ def test_a_simulation_with_a_historian_books_every_minute_and_says_why_each_budg
     )  # when it happened, once per tank
     assert ("tank01", "grid limit") in {(g["load"], g["why"]) for g in why}
     assert len(why) < 0.1 * 360 * len(_infos(tight))  # changes, not a row per scan
+
+
+def test_the_run_status_names_the_breakeven_it_shows_metered_or_rated():
+    books = EconomicsIntervals(ECON, rated_breakeven_per_mwh=126.0)
+    for k in range(1, 61):  # the miners metered: 1.5 MW for 100,000 TH/s
+        books.add(60.0 * k, 60.0, 100_000.0, 0.0, 0.0, 2000.0, 80.0, 1500.0)
+    metered = 100_000 * ECON.hashprice_usd_per_th_day / 24 / 1.5  # $/h over MW
+    assert economics_line(books).endswith(
+        f"vs mining breakeven {metered:.0f} $/MWh as metered: mining pays"
+    )

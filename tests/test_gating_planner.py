@@ -247,7 +247,9 @@ def test_the_run_status_says_what_is_gated_and_why(site):
     be = min(p.breakeven.values())
     p.plan(0.0, infos(site), {"gpu01": 12.5}, now(site, limit=1000.0, price=2 * be))
     line = gating_line(p)
-    assert line.startswith(f"gating: IT room 650 kW, mining off (breakeven {be:.0f} $/MWh)")
+    assert line.startswith(
+        f"gating: IT room 650 kW, mining off (breakeven {be:.0f} $/MWh at best efficiency)"
+    )
     assert "price above mining breakeven x12" in line and "protection x1" in line
     assert "grid limit x" in line  # 650 kW cannot feed every GPU
 
