@@ -76,7 +76,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 
@@ -109,6 +109,16 @@ _ASSEMBLY_RESERVE_S = 0.01
 _POINT_PLAN_CACHE = 64
 #: Errors quoted per unit in ``ReadResult.errors``; the rest are counted.
 _ERRORS_QUOTED = 3
+
+
+class _LinkTiming(TypedDict):
+    """The timing every link of a ModbusIO shares, TCP or RTU."""
+
+    timeout: float
+    retries: int
+    connect_timeout: float
+    backoff_initial: float
+    backoff_max: float
 
 
 # --------------------------------------------------------------------------- #
@@ -352,6 +362,13 @@ class ModbusIO:
         self._closed = False
 
     def _link(self, unit_id: int, ep: Endpoint) -> ModbusLink:
+        common: _LinkTiming = {
+            "timeout": self.timeout_s,
+            "retries": self.retries,
+            "connect_timeout": self.timeout_s,
+            "backoff_initial": _LINK_BACKOFF_S,
+            "backoff_max": _LINK_BACKOFF_S,
+        }
         if ep.kind == "tcp":
             return ModbusLink.tcp(
                 ep.host,
@@ -359,11 +376,7 @@ class ModbusIO:
                 unit_id,
                 dedicated=True,
                 in_flight=ep.requests_in_flight,
-                timeout=self.timeout_s,
-                retries=self.retries,
-                connect_timeout=self.timeout_s,
-                backoff_initial=_LINK_BACKOFF_S,
-                backoff_max=_LINK_BACKOFF_S,
+                **common,
             )
         if ep.kind == "rtu":
             if not ep.device:
@@ -373,11 +386,7 @@ class ModbusIO:
                 unit_id,
                 baudrate=ep.baudrate,
                 parity=ep.parity,  # type: ignore[arg-type]  # checked by the link
-                timeout=self.timeout_s,
-                retries=self.retries,
-                connect_timeout=self.timeout_s,
-                backoff_initial=_LINK_BACKOFF_S,
-                backoff_max=_LINK_BACKOFF_S,
+                **common,
             )
         raise ValueError(f"unit {unit_id}: endpoint kind must be tcp or rtu, not {ep.kind!r}")
 
