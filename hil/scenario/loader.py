@@ -35,7 +35,6 @@ from .events import (
     GRID_EVENT_PARAMS,
     NAME_RE,
     FaultSpec,
-    FaultTarget,
     GridEvent,
     GridEventKind,
 )
@@ -417,12 +416,10 @@ def _fault(sec: Section, clock: _Clock) -> FaultSpec:
         raise sec.error("target", "required: what fails, as 'category:name'")
     if kind is None:
         raise sec.error("kind", "required: how it fails")
-    try:  # what FaultSpec does with a string target, parsed here to keep the type
-        parsed = FaultTarget.parse(target)
-    except ValueError as exc:
-        raise sec.error("target", str(exc)) from None
     try:
-        return FaultSpec(at_s, parsed, kind, duration_s, params)
+        # FaultSpec parses a "category:name" target itself (its __post_init__), and
+        # says what is wrong with one as a "target" FieldError
+        return FaultSpec(at_s, target, kind, duration_s, params)  # type: ignore[arg-type]
     except FieldError as exc:
         raise sec.error(at_key if exc.field == "at_s" else exc.field, exc.reason) from None
 
