@@ -3,11 +3,16 @@ plant gives the snapshot, a fake command path takes the commands."""
 
 from __future__ import annotations
 
+import errno
+import termios
+import time
+
 import numpy as np
 import pytest
 
 from thermogate.controller.console import ConsoleConfig, ConsoleFace
 from thermogate.controller.console.console import Console
+from thermogate.controller.console.port import ConsolePort, Pacer
 from thermogate.controller.console.session import Session
 from thermogate.controller.console.shell import Seen, Shell, sparkline, wrap
 from thermogate.controller.core import Controller, OverrideActuator, ReturnToAuto, SetMode
@@ -69,10 +74,10 @@ def test_commands_become_records_for_the_command_path(site, demo_pmap, snap):
         "'sixty' is not a number"
     )
     assert "not a duration" in sh.run("override loop1.pump_a.speed_cmd 6 for ever", seen, 0.0).text
-    assert (
-        "did you mean loop1.pump_a.speed_cmd"
-        in sh.run("override loop1.pump_a.speed_cm", seen, 0.0).text
-        or True
+    typo = sh.run("override loop1.pump_a.speed_cnd 60", seen, 0.0)
+    assert typo.command is None
+    assert typo.text.startswith(
+        "no actuator 'loop1.pump_a.speed_cnd' (did you mean loop1.pump_a.speed_cmd"
     )
 
 
@@ -86,6 +91,58 @@ def _console(site, pmap, snap, give) -> Console:
         Shell(site, pmap), Session(), give=give, authenticate=auth,
         role_of=lambda name: "operator", seen=lambda: Seen(snap),
     )  # fmt: skip
+
+
+class _PulledLine:
+    """A serial line whose adapter is pulled: pyserial's flush drains with
+    tcdrain, which raises termios.error (not an OSError) on a vanished device."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def read(self, n: int) -> bytes:
+        return b""
+
+    def write(self, data: bytes) -> None:
+        raise termios.error(errno.EIO, "Input/output error")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Line(_PulledLine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out.extend(data)
+
+
+def test_a_line_lost_with_a_termios_error_is_counted_closed_and_reopened(site, demo_pmap, snap):
+    pulled, good = _PulledLine(), _Line()
+    lines = iter([pulled, good])
+    port = ConsolePort(
+        "usb0", lambda: next(lines), lambda: _console(site, demo_pmap, snap, lambda c, b: None),
+        Pacer(9600, enabled=False),
+    )  # fmt: skip
+    port.start()
+    try:
+        assert _until(lambda: port.opened == 2 and b"login" in bytes(good.out))
+        assert port.errors == 1 and pulled.closed
+        assert port.alive  # the port lives on: the lost line did not stop it
+    finally:
+        port.stop()
+    assert not port.alive
+
+
+def _until(cond, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return cond()
 
 
 def test_a_command_path_that_fails_is_answered_and_the_console_goes_on(site, demo_pmap, snap):

@@ -40,6 +40,11 @@ WRITE_S = 2.0  # a write that cannot drain this long counts as a lost line
 CHUNK_S = 0.05  # pacing granularity: 48 bytes a chunk at 9600 baud
 READ_MAX = 256
 
+# What a lost line raises: pyserial's own error, the OS's, and termios' (pyserial's
+# flush drains with tcdrain, which raises termios.error, not an OSError, when a
+# USB-serial adapter is pulled mid-write).
+LINE_ERRORS = (serial.SerialException, OSError, termios.error)
+
 
 class Link(Protocol):
     """One open line: ``read`` waits at most READ_S and returns b"" when nothing came."""
@@ -205,7 +210,7 @@ class ConsolePort:
         while not self._stop.is_set():
             try:
                 link = self.opener()
-            except (serial.SerialException, OSError) as exc:
+            except LINE_ERRORS as exc:
                 self.errors += 1
                 if not missing:
                     log.warning("console %s: cannot open (%s); retrying every %g s",
@@ -219,7 +224,7 @@ class ConsolePort:
             self.opened += 1
             try:
                 self._talk(console, link)
-            except (serial.SerialException, OSError) as exc:
+            except LINE_ERRORS as exc:
                 self.errors += 1
                 log.warning("console %s: line lost (%s); reopening", self.name, exc)
                 console.session.drop(self.clock(), "logged out: the serial line was lost")
