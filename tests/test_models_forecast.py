@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from history import simulated_history
+from history import STUDY_S, simulated_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +39,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_historian_gets_every_scan_at_epoch_times(trained: dict) -> None:
     t = trained["t"]
-    scan_s = trained["site"].scan_interval_s
+    scan_s = STUDY_S
     assert len(t) == round(HOURS * 3600 / scan_s)
     assert t[0] == pytest.approx(HISTORIAN_EPOCH_S, abs=scan_s)
     np.testing.assert_allclose(np.diff(t), scan_s, atol=1e-6)

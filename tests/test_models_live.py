@@ -63,7 +63,9 @@ def learned() -> dict:
     cols = record_columns(pmap, site)
     fc = CapturingForecaster(site, cols, learn_after_s=LEARN_H * 3600.0)
     planner = RecordingPlanner()
-    res = run_simulation(site, "normal-day", HOURS, planner=planner, forecaster=fc, scan_s=5.0)
+    res = run_simulation(
+        site, "normal-day", HOURS, planner=planner, forecaster=fc, scan_s=5.0, plant_dt=5.0
+    )
     return {"site": site, "pmap": pmap, "cols": cols, "fc": fc, "res": res,
             "planner": planner, "last": fc.captured}  # fmt: skip
 

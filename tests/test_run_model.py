@@ -34,9 +34,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A historian holding 3 h of a controlled run, as `thermogate run` records it."""
     site = demo_site()
     path = tmp_path_factory.mktemp("run-model") / "site.db"
-    with simulated_history(
-        path, HOURS, columns=record_columns(build_point_map(site), site), scan_s=5.0
-    ):
+    with simulated_history(path, HOURS, columns=record_columns(build_point_map(site), site)):
         pass
     return path
 
