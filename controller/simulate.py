@@ -396,7 +396,7 @@ def run_simulation(
             gpus["training"],
             plant.site_kw,
             price if math.isfinite(price) else site.economics.energy_usd_per_mwh,
-            float(plant.t_power[plant.t_asic].sum()),
+            float(plant.t_power[plant.params.t_asic].sum()),
         ):
             if historian is not None:
                 historian.record_economics(row)
@@ -572,7 +572,7 @@ def _record(
     for i, lp in enumerate(sim.site.loops):
         put(f"loop.{lp.name}.supply_c", pl.T_cold[i])
     for i, f in enumerate(sim.site.feeders):
-        put(f"feeder.{f.name}.kw", pl.b_power[pl.n_pdu + i])
+        put(f"feeder.{f.name}.kw", pl.b_power[pl.params.n_pdu + i])
 
 
 def _zone_keys(site: Site) -> list[tuple[str, str]]:

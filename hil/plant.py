@@ -26,7 +26,11 @@ Electrical
     site meter sees IT, cooling and house loads, so PUE is real.
 
 Energy accounting is exact by construction (the same fluxes update state and
-ledger), and ``energy_ledger`` exposes it for the energy-balance test.
+ledger), and ``Plant.ledger`` exposes it for the energy-balance test.
+
+The plant's design (capacities, conductances, curves and calibrations derived
+from the site) is built once by :func:`~thermogate.hil.plantparams.plant_params`
+into ``Plant.params``, read-only; this module holds the state and steps it.
 """
 
 from __future__ import annotations
@@ -50,30 +54,23 @@ from thermogate.plc.pointmap import (
 )
 from thermogate.plc.site import Site
 
+from .plantparams import plant_params
 from .sensors import SensorModel
 
 # -- physical constants and equipment defaults (units in the names) -------
-WATER_CP_KJ_KGK_TCS = 3.9  # PG25 coolant in CDU secondary loops
 VALVE_STROKE_PCT_S = 1.5  # ~65 s full stroke, a typical actuator
 PUMP_RAMP_PCT_S = 5.0  # VFD acceleration ramp
 FAN_RAMP_PCT_S = 5.0
 PUMP_EFFICIENCY = 0.70  # wire-to-water, constant so affinity laws hold exactly
-PUMP_SHUTOFF_HEAD_RATIO = 1.3  # shut-off head / rated head
-BRANCH_DESIGN_DP_KPA = 100.0  # branch flows are rated at this differential pressure
-MAIN_LOSS_AT_RATED_KPA = 100.0  # piping + dry-cooler loss at rated pump flow
-BYPASS_FLOW_FRACTION = 0.08  # minimum-flow bypass, of rated pump flow at design dp
 VALVE_RANGEABILITY = 30.0  # equal-percentage trim R
-DC_AIR_CAPACITY_RATIO = 2.5  # air-side capacity rate / water-side at design
 DC_NATURAL_DRAFT = 0.10  # fraction of design airflow with fans stopped
 MINER_J_PER_TH = 16.5  # at nameplate (the site description's default)
-CHIP_RECOVER_MARGIN_K = 10.0  # auto-restart after a thermal shutdown
 GPU_IDLE_W = 120.0  # H200 idle, measured (the site description's default)
 GPU_TDP_W = 700.0  # H200 SXM (the site description's default ``gpu_full_w``)
 GPU_SHARE_OF_NODE_DYNAMIC = 0.7  # GPUs' share of a node's dynamic power
 HOUSE_LOAD_KW = 15.0  # lighting, controls, UPS losses
 HOUSE_LOAD_FRACTION = 0.005  # of IT load
 FOULING_MAX = 0.15  # UA loss when fully fouled
-FOULING_TAU_DAYS = (8.0, 30.0)  # range of per-HX fouling time constants
 LEVEL_NOMINAL_PCT = 85.0
 LEVEL_EXPANSION_PCT_K = 0.07  # dielectric thermal expansion seen on the level gauge
 BREAKER_COOL_TAU_S = 120.0  # thermal memory of a breaker after an overload
@@ -161,7 +158,7 @@ class Plant:
         self.ledger = Ledger()
         self.plc = PlcLogic(site)
         self.events: list[tuple[float, str]] = []
-        self._build_params(site)
+        self.params = plant_params(site, self.rng)
         self._build_state(initial_temp_c)
         self.sensors = SensorModel(self, seed=seed + 1, enabled=sensors)
         self._commands = self._bind_commands()
@@ -187,8 +184,9 @@ class Plant:
     def _evaluate(self) -> None:
         """Compute flows, loads and meters for the initial state without advancing time,
         so a master that connects before the first step sees a running hall."""
-        no_trip_t = np.zeros(self.n_t, dtype=bool)
-        no_trip_r = np.zeros(self.n_r, dtype=bool)
+        par = self.params
+        no_trip_t = np.zeros(par.n_t, dtype=bool)
+        no_trip_r = np.zeros(par.n_r, dtype=bool)
         self._hydraulics()
         self._loads(
             self.t, self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap, no_trip_t, no_trip_r
@@ -197,170 +195,33 @@ class Plant:
         self._electrical(0.0)
 
     # ==================================================================
-    # construction
+    # state (the design is ``self.params``, see plantparams.py)
     # ==================================================================
-    def _build_params(self, site: Site) -> None:
-        tanks, loops, cdus, rows = site.tanks, site.loops, site.cdus, site.rack_rows
-        loop_names = [lp.name for lp in loops]
-        self.n_t, self.n_l, self.n_c, self.n_r = len(tanks), len(loops), len(cdus), len(rows)
-
-        # tanks
-        self.t_loop = np.array([loop_names.index(t.loop) for t in tanks], dtype=int)
-        self.t_cap = np.array([t.heat_capacity_kj_k for t in tanks])
-        self.t_units = np.array([t.units for t in tanks], dtype=float)
-        self.t_unit_kw = np.array([t.unit_power_kw for t in tanks])
-        self.t_idle_kw = np.array([t.unit_idle_kw for t in tanks])
-        self.t_rated = self.t_units * self.t_unit_kw
-        self.t_r = np.array([t.chip_r_k_per_kw for t in tanks])
-        self.t_throttle = np.array([t.limits.chip_throttle_c for t in tanks])
-        self.t_chip_trip = np.array([t.limits.chip_trip_c for t in tanks])
-        self.t_asic = np.array([t.workload == "asic" for t in tanks], dtype=bool)
-        self.t_train = np.array([t.workload_class == "training" for t in tanks], dtype=bool)
-        self.t_train_f = self.t_train.astype(float)
-        # the miners' curve, from the site (``Tank.hashrate_at`` is the same curve)
-        self.t_min_kw = np.array([t.miner_min_power_pct / 100.0 for t in tanks]) * self.t_unit_kw
-        self.t_hash_exp = np.array([t.miner_hash_exponent for t in tanks])
-        self.t_dyn_kw = self.t_unit_kw - self.t_idle_kw
-        # The least a running unit draws: a miner's minimum clock, a GPU node's idle.
-        self.t_floor_kw = np.where(self.t_asic, self.t_min_kw, self.t_idle_kw)
-        # A unit that shut itself down restarts once its fluid is this cool.
-        self.t_recover_c = self.t_throttle - CHIP_RECOVER_MARGIN_K - self.t_r * self.t_floor_kw
-        j_per_th = np.array([t.miner_j_per_th for t in tanks])
-        self.t_th_nom = self.t_unit_kw / j_per_th * 1000.0  # TH/s at nameplate
-        self.t_ua = np.array([t.hx_ua_kw_k for t in tanks])
-        self.t_cd = np.array(
-            [t.dielectric_flow_l_s * t.fluid_density_kg_l * t.fluid_cp_kj_kgk for t in tanks]
-        )
-        self.t_kv = np.array([t.design_water_flow_m3h for t in tanks]) / math.sqrt(
-            BRANCH_DESIGN_DP_KPA
-        )
-        lo, hi = FOULING_TAU_DAYS
-        self.t_foul_tau_s = self.rng.uniform(lo, hi, self.n_t) * 86400.0
-
-        # CDUs and rows
-        self.c_loop = np.array([loop_names.index(c.loop) for c in cdus], dtype=int)
-        self.c_cap = np.array([c.tcs_volume_l * 1.03 * WATER_CP_KJ_KGK_TCS for c in cdus])
-        self.c_ctcs = np.array([c.tcs_flow_l_s * 1.03 * WATER_CP_KJ_KGK_TCS for c in cdus])
-        self.c_ua = np.array([c.hx_ua_kw_k for c in cdus])
-        self.c_kv = np.array([c.design_water_flow_m3h for c in cdus]) / math.sqrt(
-            BRANCH_DESIGN_DP_KPA
-        )
-        self.c_foul_tau_s = self.rng.uniform(lo, hi, self.n_c) * 86400.0
-        cdu_names = [c.name for c in cdus]
-        self.r_cdu = np.array([cdu_names.index(r.cdu) for r in rows], dtype=int)
-        self.r_nodes = np.array([r.nodes for r in rows], dtype=float)
-        self.r_node_kw = np.array([r.node_power_kw for r in rows])
-        self.r_idle_kw = np.array([r.node_idle_kw for r in rows])
-        self.r_gpus = np.array([r.gpus_per_node for r in rows], dtype=float)
-        self.r_gpu_r = np.array([r.gpu_r_k_per_w for r in rows])
-        self.r_throttle = np.array([r.chip_throttle_c for r in rows])
-        self.r_chip_trip = np.array([r.chip_trip_c for r in rows])
-        self.r_train = np.array([r.workload_class == "training" for r in rows], dtype=bool)
-        self.r_gpu_idle_w = np.array([r.gpu_idle_w for r in rows])
-        self.r_gpu_full_w = np.array([r.gpu_full_w for r in rows])
-        self.r_recover_c = (
-            self.r_throttle - CHIP_RECOVER_MARGIN_K - self.r_gpu_r * self.r_gpu_idle_w
-        )
-        # A GPU scheduler in the loop (``set_gpu_utilisation``) replaces the
-        # environment's demand per tank and row; NaN: the environment's.
-        self.t_util_override = np.full(self.n_t, np.nan)
-        self.r_util_override = np.full(len(rows), np.nan)
-
-        # loops
-        self.l_rho = np.array([lp.density_kg_l for lp in loops])
-        self.l_cp = np.array([lp.cp_kj_kgk for lp in loops])
-        self.l_half_cap = np.array(
-            [lp.volume_l * lp.density_kg_l * lp.cp_kj_kgk / 2 for lp in loops]
-        )
-        pumps = site.pumps
-        self.p_loop = np.array([loop_names.index(p.loop) for p in pumps], dtype=int)
-        self.p_rated_flow = np.array([p.rated_flow_m3h for p in pumps])
-        self.p_rated_head = np.array([p.rated_head_kpa for p in pumps])
-        self.p_rated_kw = np.array([p.rated_power_kw for p in pumps])
-        self.p_min_speed = np.array([p.min_speed_pct for p in pumps]) / 100.0
-        # Per loop pump curve from its (identical) pumps: H = Hmax s^2 - a (Q/n)^2
-        self.l_hmax = np.zeros(self.n_l)
-        self.l_a = np.zeros(self.n_l)
-        self.l_r_main = np.zeros(self.n_l)
-        self.l_k_bypass = np.zeros(self.n_l)
-        for i, lp in enumerate(loops):
-            q0 = max(p.rated_flow_m3h for p in lp.pumps)
-            h0 = max(p.rated_head_kpa for p in lp.pumps)
-            self.l_hmax[i] = PUMP_SHUTOFF_HEAD_RATIO * h0
-            self.l_a[i] = (PUMP_SHUTOFF_HEAD_RATIO - 1.0) * h0 / q0**2
-            self.l_r_main[i] = MAIN_LOSS_AT_RATED_KPA / q0**2
-            self.l_k_bypass[i] = BYPASS_FLOW_FRACTION * q0 / math.sqrt(BRANCH_DESIGN_DP_KPA)
-
-        dcs = site.dry_coolers
-        self.d_loop = np.array([loop_names.index(d.loop) for d in dcs], dtype=int)
-        self.d_fans = np.array([d.fans for d in dcs], dtype=float)
-        self.d_fan_kw = np.array([d.fan_power_kw for d in dcs])
-        self.l_n_dc = np.bincount(self.d_loop, minlength=self.n_l).astype(float)
-        # Calibrate each dry cooler at its design point: capacity at design
-        # approach and ambient with the loop's design flow shared evenly.
-        design_flow = np.array(
-            [sum(p.rated_flow_m3h for p in lp.pumps) / len(lp.pumps) for lp in loops]
-        )
-        cw = design_flow[self.d_loop] / 3.6 * self.l_rho[self.d_loop] * self.l_cp[self.d_loop]
-        cw = cw / self.l_n_dc[self.d_loop]
-        cap = np.array([d.capacity_kw for d in dcs])
-        approach = np.array([d.design_approach_k for d in dcs])
-        eff = cap / (cw * approach + cap)  # Q = eff*Cw*(Tin-Tamb), Tin = Tamb+approach+Q/Cw
-        cr = 1.0 / DC_AIR_CAPACITY_RATIO
-        ntu = np.log((1.0 - eff * cr) / (1.0 - eff)) / (1.0 - cr)
-        self.d_ua_design = ntu * cw
-        self.d_cair_design = DC_AIR_CAPACITY_RATIO * cw
-
-        # electrical
-        # Capacity rate (kW/K) of 1 m3/h of each loop's water, per consumer.
-        self.l_cw_per_m3h = self.l_rho * self.l_cp / 3.6
-        self.t_cw_per_m3h = self.l_cw_per_m3h[self.t_loop]
-        self.c_cw_per_m3h = self.l_cw_per_m3h[self.c_loop]
-        self.d_share = 1.0 / self.l_n_dc[self.d_loop]
-        pdu_names = [d.name for d in site.pdus]
-        feeder_names = [f.name for f in site.feeders]
-        self.t_pdu = np.array([pdu_names.index(t.pdu) for t in tanks], dtype=int)
-        self.r_pdu = np.array([pdu_names.index(r.pdu) for r in rows], dtype=int)
-        self.pdu_feeder = np.array([feeder_names.index(d.feeder) for d in site.pdus], dtype=int)
-        self.l_feeder = np.array([feeder_names.index(lp.feeder) for lp in loops], dtype=int)
-        self.n_pdu, self.n_f = len(site.pdus), len(site.feeders)
-        breakers = [*(d.breaker for d in site.pdus), *(f.breaker for f in site.feeders)]
-        self.b_pickup = np.array([b.rating_a * b.pickup_pct / 100.0 for b in breakers])
-        self.b_k = np.array([b.CURVES[b.curve][0] * b.tms for b in breakers])
-        self.b_a = np.array([b.CURVES[b.curve][1] for b in breakers])
-        pf = np.array(
-            [*(d.power_factor for d in site.pdus), *(f.power_factor for f in site.feeders)]
-        )
-        volts = np.array([*(d.voltage_v for d in site.pdus), *(f.voltage_v for f in site.feeders)])
-        self.b_kw_per_a = math.sqrt(3.0) * volts * pf / 1000.0
-        self.b_volts = volts
-        self.p_breaker = self.n_pdu + self.l_feeder[self.p_loop]  # feeder of each pump
-        self.d_breaker = self.n_pdu + self.l_feeder[self.d_loop]
-
     def _build_state(self, initial_temp_c: float | None) -> None:
+        par = self.params
         amb = self.env.ambient_c(0.0)
         loop_sp = np.array([lp.supply_setpoint_c for lp in self.site.loops])
-        t0_loop = loop_sp if initial_temp_c is None else np.full(self.n_l, initial_temp_c)
+        t0_loop = loop_sp if initial_temp_c is None else np.full(par.n_l, initial_temp_c)
         self.T_cold = t0_loop.copy()
         self.T_hot = t0_loop + 4.0
         t_sp = np.array([t.limits.fluid_setpoint_c for t in self.site.tanks])
-        self.T_tank = t_sp - 3.0 if initial_temp_c is None else np.full(self.n_t, initial_temp_c)
+        self.T_tank = t_sp - 3.0 if initial_temp_c is None else np.full(par.n_t, initial_temp_c)
         c_sp = np.array([c.supply_setpoint_c for c in self.site.cdus])
-        self.T_tcs = c_sp + 5.0 if initial_temp_c is None else np.full(self.n_c, initial_temp_c)
+        self.T_tcs = c_sp + 5.0 if initial_temp_c is None else np.full(par.n_c, initial_temp_c)
         self.ambient = amb
         self.rh = float(self.env.rh_pct(0.0))
 
         # commands as written by the controller (engineering units)
-        self.cmd_valve = np.full(self.n_t, 60.0)
-        self.cmd_budget = self.t_rated.copy()
-        self.cmd_enable = np.ones(self.n_t, dtype=bool)
-        self.cmd_cdu_valve = np.full(self.n_c, 60.0)
-        self.cmd_gpu_cap = self.r_gpu_full_w.copy()
-        self.cmd_row_enable = np.ones(self.n_r, dtype=bool)
-        n_p, n_d = len(self.p_loop), len(self.d_loop)
+        self.cmd_valve = np.full(par.n_t, 60.0)
+        self.cmd_budget = par.t_rated.copy()
+        self.cmd_enable = np.ones(par.n_t, dtype=bool)
+        self.cmd_cdu_valve = np.full(par.n_c, 60.0)
+        self.cmd_gpu_cap = par.r_gpu_full_w.copy()
+        self.cmd_row_enable = np.ones(par.n_r, dtype=bool)
+        n_p, n_d = len(par.p_loop), len(par.d_loop)
         # Duty/standby: the first pump of each loop runs, the others stand by.
         first = np.zeros(n_p, dtype=bool)
-        first[np.unique(self.p_loop, return_index=True)[1]] = True
+        first[np.unique(par.p_loop, return_index=True)[1]] = True
         self.cmd_pump_run = first.copy()
         self.cmd_pump_speed = np.full(n_p, 70.0)
         self.cmd_fan = np.full(n_d, 50.0)
@@ -378,47 +239,51 @@ class Plant:
         self.pump_fault = np.zeros(n_p, dtype=bool)
         self.fan_fault = np.zeros(n_d, dtype=bool)  # whole unit tripped
         self.fans_failed = np.zeros(n_d)  # individual fans out of service
-        self.tank_leak = np.zeros(self.n_t, dtype=bool)
+        self.tank_leak = np.zeros(par.n_t, dtype=bool)
+        # A GPU scheduler in the loop (``set_gpu_utilisation``) replaces the
+        # environment's demand per tank and row; NaN: the environment's.
+        self.t_util_override = np.full(par.n_t, np.nan)
+        self.r_util_override = np.full(par.n_r, np.nan)
         # heat a test adds to a tank's fluid or a CDU's coolant (kW), beside the IT
         # load: no meter sees it and no command sheds it, only the cooling answers it
-        self.t_heat_extra_kw = np.zeros(self.n_t)
-        self.pump_head_frac = np.ones(len(self.p_loop))  # 1 = as new; a worn impeller less
-        self.c_heat_extra_kw = np.zeros(self.n_c)
-        self.loop_leak = np.zeros(self.n_l, dtype=bool)
-        self.cdu_leak = np.zeros(self.n_c, dtype=bool)
+        self.t_heat_extra_kw = np.zeros(par.n_t)
+        self.pump_head_frac = np.ones(len(par.p_loop))  # 1 = as new; a worn impeller less
+        self.c_heat_extra_kw = np.zeros(par.n_c)
+        self.loop_leak = np.zeros(par.n_l, dtype=bool)
+        self.cdu_leak = np.zeros(par.n_c, dtype=bool)
 
         # derived quantities (filled by step)
-        self.flow = np.zeros(self.n_l)
-        self.dp = np.zeros(self.n_l)
-        self.t_flow = np.zeros(self.n_t)
-        self.c_flow = np.zeros(self.n_c)
-        self.q_tank = np.zeros(self.n_t)
-        self.q_cdu = np.zeros(self.n_c)
+        self.flow = np.zeros(par.n_l)
+        self.dp = np.zeros(par.n_l)
+        self.t_flow = np.zeros(par.n_t)
+        self.c_flow = np.zeros(par.n_c)
+        self.q_tank = np.zeros(par.n_t)
+        self.q_cdu = np.zeros(par.n_c)
         self.q_dc = np.zeros(n_d)
-        self._cw_t = np.zeros(self.n_t)
-        self._cw_c = np.zeros(self.n_c)
+        self._cw_t = np.zeros(par.n_t)
+        self._cw_c = np.zeros(par.n_c)
         self._cw_d = np.zeros(n_d)
         self.pump_kw = np.zeros(n_p)
         self.fan_kw = np.zeros(n_d)
-        self.t_power = np.zeros(self.n_t)
-        self.t_units_on = self.t_units.copy()
-        self.t_throttled = np.zeros(self.n_t)
+        self.t_power = np.zeros(par.n_t)
+        self.t_units_on = par.t_units.copy()
+        self.t_throttled = np.zeros(par.n_t)
         self.t_chip = self.T_tank.copy()
-        self.t_p_unit = self.t_unit_kw.copy()
-        self.t_hw_off = np.zeros(self.n_t, dtype=bool)  # chips' own thermal shutdown
-        self.t_power_on = np.ones(self.n_t, dtype=bool)
-        self.r_power = np.zeros(self.n_r)
-        self.r_gpu_temp = np.zeros(self.n_r)
-        self.r_throttled = np.zeros(self.n_r)
-        self.r_nodes_on = self.r_nodes.copy()
-        self.r_hw_off = np.zeros(self.n_r, dtype=bool)
-        self.r_power_on = np.ones(self.n_r, dtype=bool)
+        self.t_p_unit = par.t_unit_kw.copy()
+        self.t_hw_off = np.zeros(par.n_t, dtype=bool)  # chips' own thermal shutdown
+        self.t_power_on = np.ones(par.n_t, dtype=bool)
+        self.r_power = np.zeros(par.n_r)
+        self.r_gpu_temp = np.zeros(par.n_r)
+        self.r_throttled = np.zeros(par.n_r)
+        self.r_nodes_on = par.r_nodes.copy()
+        self.r_hw_off = np.zeros(par.n_r, dtype=bool)
+        self.r_power_on = np.ones(par.n_r, dtype=bool)
         self.c_supply = self.T_tcs.copy()
-        self.b_closed = np.ones(self.n_pdu + self.n_f, dtype=bool)
-        self.b_heat = np.zeros(self.n_pdu + self.n_f)  # inverse-time integral, trips at 1
-        self.b_current = np.zeros(self.n_pdu + self.n_f)
-        self.b_power = np.zeros(self.n_pdu + self.n_f)
-        self.b_energy = np.zeros(self.n_pdu + self.n_f)
+        self.b_closed = np.ones(par.n_pdu + par.n_f, dtype=bool)
+        self.b_heat = np.zeros(par.n_pdu + par.n_f)  # inverse-time integral, trips at 1
+        self.b_current = np.zeros(par.n_pdu + par.n_f)
+        self.b_power = np.zeros(par.n_pdu + par.n_f)
+        self.b_energy = np.zeros(par.n_pdu + par.n_f)
         self.site_kw = 0.0
         self.site_kwh = 0.0
         self.site_current = 0.0
@@ -429,8 +294,8 @@ class Plant:
         self.grid_request_kw = 0.0
         self._foul_next_t = -1.0
         self._hydraulics_stale = True
-        self._ua_t = self.t_ua
-        self._ua_c = self.c_ua
+        self._ua_t = par.t_ua
+        self._ua_c = par.c_ua
         self.price = 0.0
 
     # ==================================================================
@@ -509,6 +374,7 @@ class Plant:
             self._step_once()
 
     def _step_once(self) -> None:
+        par = self.params
         dt = self.dt
         t = self.t + dt
         self.ambient = float(self.env.ambient_c(t))
@@ -530,7 +396,7 @@ class Plant:
             ufls_armed=self.ufls_armed,
             ufls_release=self.ufls_release_request,
         )
-        pumps_cmd = np.bincount(self.p_loop, weights=self.cmd_pump_run, minlength=self.n_l) > 0
+        pumps_cmd = np.bincount(par.p_loop, weights=self.cmd_pump_run, minlength=par.n_l) > 0
         self.plc.step(t, inp, pumps_cmd)
         self.reset_request = self.ufls_release_request = False
         if self.plc.events:
@@ -546,16 +412,16 @@ class Plant:
 
         # ---- effective commands after the PLC's overrides
         if safe:
-            valve_cmd = np.full(self.n_t, 100.0)
-            cdu_valve_cmd = np.full(self.n_c, 100.0)
+            valve_cmd = np.full(par.n_t, 100.0)
+            cdu_valve_cmd = np.full(par.n_c, 100.0)
             pump_run = np.ones_like(self.cmd_pump_run)
-            pump_sp = np.full(len(self.p_loop), 100.0)
-            fan_cmd = np.full(len(self.d_loop), 100.0)
-            enable = self.cmd_enable & ~self.t_asic  # mining off, GPUs capped below
-            budget_frac = np.where(self.t_asic, 0.0, self.site.plc.safe_gpu_cap_pct / 100.0)
-            budget = np.minimum(self.cmd_budget, budget_frac * self.t_rated)
+            pump_sp = np.full(len(par.p_loop), 100.0)
+            fan_cmd = np.full(len(par.d_loop), 100.0)
+            enable = self.cmd_enable & ~par.t_asic  # mining off, GPUs capped below
+            budget_frac = np.where(par.t_asic, 0.0, self.site.plc.safe_gpu_cap_pct / 100.0)
+            budget = np.minimum(self.cmd_budget, budget_frac * par.t_rated)
             gpu_cap = np.minimum(
-                self.cmd_gpu_cap, self.site.plc.safe_gpu_cap_pct / 100 * self.r_gpu_full_w
+                self.cmd_gpu_cap, self.site.plc.safe_gpu_cap_pct / 100 * par.r_gpu_full_w
             )
         else:
             valve_cmd, cdu_valve_cmd = self.cmd_valve, self.cmd_cdu_valve
@@ -564,16 +430,16 @@ class Plant:
         if _any(self.plc.tank_isolated):
             valve_cmd = np.where(self.plc.tank_isolated, 0.0, valve_cmd)
         if _any(self.plc.loop_isolated):
-            pump_run = pump_run & ~self.plc.loop_isolated[self.p_loop]
+            pump_run = pump_run & ~self.plc.loop_isolated[par.p_loop]
 
         # ---- actuators move at their physical rates
         step_v = VALVE_STROKE_PCT_S * dt
         dv = _clamp(valve_cmd - self.valve_pos, step_v)
         dcv = _clamp(cdu_valve_cmd - self.cdu_valve_pos, step_v)
-        running = pump_run & ~self.pump_fault & self.b_closed[self.p_breaker]
-        target = np.where(running, np.maximum(pump_sp / 100.0, self.p_min_speed), 0.0)
+        running = pump_run & ~self.pump_fault & self.b_closed[par.p_breaker]
+        target = np.where(running, np.maximum(pump_sp / 100.0, par.p_min_speed), 0.0)
         dps = _clamp(target - self.pump_speed, PUMP_RAMP_PCT_S / 100.0 * dt)
-        fans_ok = ~self.fan_fault & self.b_closed[self.d_breaker]
+        fans_ok = ~self.fan_fault & self.b_closed[par.d_breaker]
         ftarget = np.where(fans_ok, fan_cmd / 100.0, 0.0)
         self.fan_speed += _clamp(ftarget - self.fan_speed, FAN_RAMP_PCT_S / 100.0 * dt)
         # Flows depend only on valve positions and pump speeds: when none of
@@ -598,7 +464,7 @@ class Plant:
         """Tanks the under-frequency relay has shed, once their contactors opened."""
         trip_t = self.plc.relay.state.trip_t
         if trip_t is None or t - trip_t < CONTACTOR_OPEN_S - 1e-9:
-            return np.zeros(self.n_t, dtype=bool)
+            return np.zeros(self.params.n_t, dtype=bool)
         return self.plc.tank_shed()
 
     def fast_cycle(self, t: float) -> bool:
@@ -629,33 +495,34 @@ class Plant:
 
     def _hydraulics(self) -> None:
         # Equal-percentage valves: Kv = Kvs * R^(x-1), closed at 0.
+        par = self.params
         x_t = self.valve_pos / 100.0
-        kv_t = np.where(x_t > 0.005, self.t_kv * VALVE_RANGEABILITY ** (x_t - 1.0), 0.0)
+        kv_t = np.where(x_t > 0.005, par.t_kv * VALVE_RANGEABILITY ** (x_t - 1.0), 0.0)
         x_c = self.cdu_valve_pos / 100.0
-        kv_c = np.where(x_c > 0.005, self.c_kv * VALVE_RANGEABILITY ** (x_c - 1.0), 0.0)
+        kv_c = np.where(x_c > 0.005, par.c_kv * VALVE_RANGEABILITY ** (x_c - 1.0), 0.0)
         k = (
-            np.bincount(self.t_loop, weights=kv_t, minlength=self.n_l)
-            + np.bincount(self.c_loop, weights=kv_c, minlength=self.n_l)
-            + self.l_k_bypass
+            np.bincount(par.t_loop, weights=kv_t, minlength=par.n_l)
+            + np.bincount(par.c_loop, weights=kv_c, minlength=par.n_l)
+            + par.l_k_bypass
         )
         on = self.pump_speed > 0.02
-        n = np.bincount(self.p_loop, weights=on, minlength=self.n_l)
+        n = np.bincount(par.p_loop, weights=on, minlength=par.n_l)
         # a worn pump's head falls as speed squared would: its speed counts as sqrt(head) less
         s_eff = self.pump_speed * np.sqrt(self.pump_head_frac)
-        s_sum = np.bincount(self.p_loop, weights=s_eff * on, minlength=self.n_l)
-        s = np.divide(s_sum, n, out=np.zeros(self.n_l), where=n > 0)
+        s_sum = np.bincount(par.p_loop, weights=s_eff * on, minlength=par.n_l)
+        s = np.divide(s_sum, n, out=np.zeros(par.n_l), where=n > 0)
         n_safe = np.maximum(n, 1.0)
-        dp = self.l_hmax * s**2 / (1.0 + self.l_r_main * k**2 + self.l_a * k**2 / n_safe**2)
+        dp = par.l_hmax * s**2 / (1.0 + par.l_r_main * k**2 + par.l_a * k**2 / n_safe**2)
         dp = np.where(n > 0, dp, 0.0)
         self.dp = dp
         sq = np.sqrt(dp)
         self.flow = k * sq
-        self.t_flow = kv_t * sq[self.t_loop]
-        self.c_flow = kv_c * sq[self.c_loop]
-        head = dp + self.l_r_main * self.flow**2
+        self.t_flow = kv_t * sq[par.t_loop]
+        self.c_flow = kv_c * sq[par.c_loop]
+        head = dp + par.l_r_main * self.flow**2
         hyd_kw = self.flow / 3600.0 * head  # m3/s * kPa = kW
-        share = np.where(on, 1.0 / n_safe[self.p_loop], 0.0)
-        self.pump_kw = hyd_kw[self.p_loop] * share / PUMP_EFFICIENCY
+        share = np.where(on, 1.0 / n_safe[par.p_loop], 0.0)
+        self.pump_kw = hyd_kw[par.p_loop] * share / PUMP_EFFICIENCY
 
     def _loads(
         self,
@@ -666,30 +533,31 @@ class Plant:
         tank_trip: np.ndarray,
         row_trip: np.ndarray,
     ) -> None:
-        pdu_ok = self.b_closed[: self.n_pdu] & self.b_closed[self.n_pdu + self.pdu_feeder]
-        self.t_power_on = ~tank_trip & pdu_ok[self.t_pdu]
+        par = self.params
+        pdu_ok = self.b_closed[: par.n_pdu] & self.b_closed[par.n_pdu + par.pdu_feeder]
+        self.t_power_on = ~tank_trip & pdu_ok[par.t_pdu]
         run = self.t_power_on & enable & ~self.t_hw_off
         demand_inf = min(max(float(self.env.gpu_demand(t)), 0.0), 1.0)
         # ---- ASIC tanks: per-miner target from the tank budget
-        per_unit = budget / self.t_units
-        min_kw = self.t_min_kw
-        units_on = np.where(per_unit >= min_kw, self.t_units, np.floor(budget / min_kw))
-        p_req = np.minimum(np.maximum(per_unit, min_kw), self.t_unit_kw)
+        per_unit = budget / par.t_units
+        min_kw = par.t_min_kw
+        units_on = np.where(per_unit >= min_kw, par.t_units, np.floor(budget / min_kw))
+        p_req = np.minimum(np.maximum(per_unit, min_kw), par.t_unit_kw)
         # ---- GPU tanks: the budget caps what the demand would draw
-        util = self.t_train_f * (self.env.training_demand - demand_inf) + demand_inf
+        util = par.t_train_f * (self.env.training_demand - demand_inf) + demand_inf
         util = np.where(np.isnan(self.t_util_override), util, self.t_util_override)
         gpu_node = np.minimum(
-            self.t_idle_kw + self.t_dyn_kw * util, np.maximum(per_unit, self.t_idle_kw)
+            par.t_idle_kw + par.t_dyn_kw * util, np.maximum(per_unit, par.t_idle_kw)
         )
-        p_req = np.where(self.t_asic, p_req, gpu_node)
-        units_on = np.where(self.t_asic, units_on, self.t_units)
+        p_req = np.where(par.t_asic, p_req, gpu_node)
+        units_on = np.where(par.t_asic, units_on, par.t_units)
         # Thermal throttling: chips hold their throttle temperature by shedding power.
-        p_thermal = (self.t_throttle - self.T_tank) / self.t_r
-        p_unit = np.maximum(np.minimum(p_req, p_thermal), self.t_floor_kw)
-        chip = self.T_tank + self.t_r * p_unit
+        p_thermal = (par.t_throttle - self.T_tank) / par.t_r
+        p_unit = np.maximum(np.minimum(p_req, p_thermal), par.t_floor_kw)
+        chip = self.T_tank + par.t_r * p_unit
         # Hardware self-protection: shut down above the chip trip, restart when cool.
-        self.t_hw_off |= run & (chip >= self.t_chip_trip)
-        self.t_hw_off &= self.T_tank >= self.t_recover_c
+        self.t_hw_off |= run & (chip >= par.t_chip_trip)
+        self.t_hw_off &= self.T_tank >= par.t_recover_c
         units_on = np.where(run & ~self.t_hw_off, units_on, 0.0)
         self.t_units_on = units_on
         self.t_p_unit = p_unit
@@ -698,81 +566,82 @@ class Plant:
         self.t_chip = np.where(units_on > 0, chip, self.T_tank)
 
         # ---- direct-to-chip rows
-        self.r_power_on = ~row_trip & pdu_ok[self.r_pdu]
+        self.r_power_on = ~row_trip & pdu_ok[par.r_pdu]
         rrun = self.r_power_on & self.cmd_row_enable & ~self.r_hw_off
-        rutil = np.where(self.r_train, self.env.training_demand, demand_inf)
+        rutil = np.where(par.r_train, self.env.training_demand, demand_inf)
         rutil = np.where(np.isnan(self.r_util_override), rutil, self.r_util_override)
-        coolant = self.c_supply[self.r_cdu]
+        coolant = self.c_supply[par.r_cdu]
         cap = gpu_cap.astype(float)
-        idle_w, full_w = self.r_gpu_idle_w, self.r_gpu_full_w
+        idle_w, full_w = par.r_gpu_idle_w, par.r_gpu_full_w
         gpu_w = idle_w + rutil * (np.minimum(cap, full_w) - idle_w)
         # Throttle: a GPU holds its slowdown temperature by lowering power.
-        gpu_w_thermal = (self.r_throttle - coolant) / self.r_gpu_r
+        gpu_w_thermal = (par.r_throttle - coolant) / par.r_gpu_r
         gpu_w_eff = np.maximum(np.minimum(gpu_w, gpu_w_thermal), idle_w)
-        die = coolant + self.r_gpu_r * gpu_w_eff
-        self.r_hw_off |= rrun & (die >= self.r_chip_trip)
-        self.r_hw_off &= coolant >= self.r_recover_c
+        die = coolant + par.r_gpu_r * gpu_w_eff
+        self.r_hw_off |= rrun & (die >= par.r_chip_trip)
+        self.r_hw_off &= coolant >= par.r_recover_c
         rrun = rrun & ~self.r_hw_off
         gpu_frac = (gpu_w_eff - idle_w) / (full_w - idle_w)
         other = (1.0 - GPU_SHARE_OF_NODE_DYNAMIC) * rutil + GPU_SHARE_OF_NODE_DYNAMIC * gpu_frac
-        node_kw = self.r_idle_kw + (self.r_node_kw - self.r_idle_kw) * other
-        self.r_nodes_on = np.where(rrun, self.r_nodes, 0.0)
+        node_kw = par.r_idle_kw + (par.r_node_kw - par.r_idle_kw) * other
+        self.r_nodes_on = np.where(rrun, par.r_nodes, 0.0)
         self.r_power = self.r_nodes_on * node_kw
-        self.r_throttled = np.where(rrun & (gpu_w_eff < gpu_w - 1e-9), self.r_nodes, 0.0)
+        self.r_throttled = np.where(rrun & (gpu_w_eff < gpu_w - 1e-9), par.r_nodes, 0.0)
         self.r_gpu_temp = np.where(rrun, die, coolant)
 
     def _thermal(self, t: float, dt: float) -> None:
+        par = self.params
         t_cold = self.T_cold
         # Fouling drifts the HX UA down over days (the controller must live with it).
         if t >= self._foul_next_t:  # fouling drifts over days: refresh once a minute
-            self._ua_t = self.t_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / self.t_foul_tau_s)))
-            self._ua_c = self.c_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / self.c_foul_tau_s)))
+            self._ua_t = par.t_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / par.t_foul_tau_s)))
+            self._ua_c = par.c_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / par.c_foul_tau_s)))
             self._foul_next_t = t + 60.0
         ua_t, ua_c = self._ua_t, self._ua_c
-        cw_t = self.t_flow * self.t_cw_per_m3h
-        cw_c = self.c_flow * self.c_cw_per_m3h
+        cw_t = self.t_flow * par.t_cw_per_m3h
+        cw_c = self.c_flow * par.c_cw_per_m3h
         # dry coolers: water shared evenly, air side follows the fans
-        c_flow = self.flow * self.l_cw_per_m3h  # kW/K per loop
-        cw_d = c_flow[self.d_loop] * self.d_share
-        active = (self.d_fans - self.fans_failed) / self.d_fans
+        c_flow = self.flow * par.l_cw_per_m3h  # kW/K per loop
+        cw_d = c_flow[par.d_loop] * par.d_share
+        active = (par.d_fans - self.fans_failed) / par.d_fans
         air = np.maximum(self.fan_speed * active, DC_NATURAL_DRAFT)
         # One vectorised epsilon-NTU evaluation for every HX of the site.
         q = _hx(
-            np.concatenate((ua_t, ua_c, self.d_ua_design * air**0.6)),
-            np.concatenate((self.t_cd, self.c_ctcs, cw_d)),
-            np.concatenate((cw_t, cw_c, self.d_cair_design * air)),
+            np.concatenate((ua_t, ua_c, par.d_ua_design * air**0.6)),
+            np.concatenate((par.t_cd, par.c_ctcs, cw_d)),
+            np.concatenate((cw_t, cw_c, par.d_cair_design * air)),
             np.concatenate(
                 (
-                    self.T_tank - t_cold[self.t_loop],
-                    self.T_tcs - t_cold[self.c_loop],
-                    self.T_hot[self.d_loop] - self.ambient,
+                    self.T_tank - t_cold[par.t_loop],
+                    self.T_tcs - t_cold[par.c_loop],
+                    self.T_hot[par.d_loop] - self.ambient,
                 )
             ),
         )
-        n_t, n_c = self.n_t, self.n_c
+        n_t, n_c = par.n_t, par.n_c
         self.q_tank, self.q_cdu, self.q_dc = q[:n_t], q[n_t : n_t + n_c], q[n_t + n_c :]
         self._cw_t, self._cw_c, self._cw_d = cw_t, cw_c, cw_d
-        self.fan_kw = self.d_fans * active * self.d_fan_kw * self.fan_speed**3
+        self.fan_kw = par.d_fans * active * par.d_fan_kw * self.fan_speed**3
 
-        q_branch = np.bincount(self.t_loop, weights=self.q_tank, minlength=self.n_l) + np.bincount(
-            self.c_loop, weights=self.q_cdu, minlength=self.n_l
+        q_branch = np.bincount(par.t_loop, weights=self.q_tank, minlength=par.n_l) + np.bincount(
+            par.c_loop, weights=self.q_cdu, minlength=par.n_l
         )
-        q_rej = np.bincount(self.d_loop, weights=self.q_dc, minlength=self.n_l)
-        q_pump = np.bincount(self.p_loop, weights=self.pump_kw, minlength=self.n_l)
+        q_rej = np.bincount(par.d_loop, weights=self.q_dc, minlength=par.n_l)
+        q_pump = np.bincount(par.p_loop, weights=self.pump_kw, minlength=par.n_l)
         # row heat goes to its CDU's coolant
         # weighted: float sums (numpy's stubs type every bincount as integer counts)
-        q_rows: np.ndarray = np.bincount(self.r_cdu, weights=self.r_power, minlength=self.n_c)
+        q_rows: np.ndarray = np.bincount(par.r_cdu, weights=self.r_power, minlength=par.n_c)
         q_rows = q_rows + self.c_heat_extra_kw
         q_tanks = self.t_power + self.t_heat_extra_kw
 
-        self.T_tank = self.T_tank + dt * (q_tanks - self.q_tank) / self.t_cap
-        self.T_tcs = self.T_tcs + dt * (q_rows - self.q_cdu) / self.c_cap
+        self.T_tank = self.T_tank + dt * (q_tanks - self.q_tank) / par.t_cap
+        self.T_tcs = self.T_tcs + dt * (q_rows - self.q_cdu) / par.c_cap
         hot, cold = self.T_hot, self.T_cold
         mix = c_flow * (cold - hot)
-        self.T_hot = hot + dt * (mix + q_branch) / self.l_half_cap
-        self.T_cold = cold + dt * (-mix - q_rej + q_pump) / self.l_half_cap
+        self.T_hot = hot + dt * (mix + q_branch) / par.l_half_cap
+        self.T_cold = cold + dt * (-mix - q_rej + q_pump) / par.l_half_cap
 
-        self.c_supply = self.T_tcs - self.q_cdu / self.c_ctcs  # the GPUs' coolant
+        self.c_supply = self.T_tcs - self.q_cdu / par.c_ctcs  # the GPUs' coolant
         self.ledger.heat_in_kj += dt * float(_sum(q_rows) + _sum(q_tanks) + _sum(q_pump))
         self.ledger.heat_rejected_kj += dt * float(_sum(q_rej))
 
@@ -780,19 +649,20 @@ class Plant:
     @property
     def t_hash(self) -> np.ndarray:
         """Hashrate (TH/s) per tank: J/TH improves as a miner is underclocked."""
-        frac = self.t_p_unit / self.t_unit_kw
-        return np.where(self.t_asic, self.t_units_on * self.t_th_nom * frac**self.t_hash_exp, 0.0)
+        par = self.params
+        frac = self.t_p_unit / par.t_unit_kw
+        return np.where(par.t_asic, self.t_units_on * par.t_th_nom * frac**par.t_hash_exp, 0.0)
 
     @property
     def t_return(self) -> np.ndarray:
-        return self.T_tank - self.q_tank / self.t_cd
+        return self.T_tank - self.q_tank / self.params.t_cd
 
     @property
     def t_water_out(self) -> np.ndarray:
         cw = self._cw_t
         ok = cw > 1e-9
         return np.where(
-            ok, self.T_cold[self.t_loop] + self.q_tank / np.where(ok, cw, 1.0), self.T_tank
+            ok, self.T_cold[self.params.t_loop] + self.q_tank / np.where(ok, cw, 1.0), self.T_tank
         )
 
     @property
@@ -800,39 +670,40 @@ class Plant:
         cw = self._cw_c
         ok = cw > 1e-9
         return np.where(
-            ok, self.T_cold[self.c_loop] + self.q_cdu / np.where(ok, cw, 1.0), self.T_tcs
+            ok, self.T_cold[self.params.c_loop] + self.q_cdu / np.where(ok, cw, 1.0), self.T_tcs
         )
 
     @property
     def dc_out(self) -> np.ndarray:
         cw = self._cw_d
         ok = cw > 1e-9
-        hot = self.T_hot[self.d_loop]
+        hot = self.T_hot[self.params.d_loop]
         return np.where(ok, hot - self.q_dc / np.where(ok, cw, 1.0), hot)
 
     def _electrical(self, dt: float) -> None:
-        it_pdu = np.bincount(self.t_pdu, weights=self.t_power, minlength=self.n_pdu) + np.bincount(
-            self.r_pdu, weights=self.r_power, minlength=self.n_pdu
+        par = self.params
+        it_pdu = np.bincount(par.t_pdu, weights=self.t_power, minlength=par.n_pdu) + np.bincount(
+            par.r_pdu, weights=self.r_power, minlength=par.n_pdu
         )
-        feeder = np.bincount(self.pdu_feeder, weights=it_pdu, minlength=self.n_f)
-        mech = np.bincount(self.p_loop, weights=self.pump_kw, minlength=self.n_l) + np.bincount(
-            self.d_loop, weights=self.fan_kw, minlength=self.n_l
+        feeder = np.bincount(par.pdu_feeder, weights=it_pdu, minlength=par.n_f)
+        mech = np.bincount(par.p_loop, weights=self.pump_kw, minlength=par.n_l) + np.bincount(
+            par.d_loop, weights=self.fan_kw, minlength=par.n_l
         )
-        feeder += np.bincount(self.l_feeder, weights=mech, minlength=self.n_f)
+        feeder += np.bincount(par.l_feeder, weights=mech, minlength=par.n_f)
         power = np.concatenate([it_pdu, feeder])
-        current = power / self.b_kw_per_a
-        ratio = current / self.b_pickup
+        current = power / par.b_kw_per_a
+        ratio = current / par.b_pickup
         over = ratio > 1.0
         cooled = self.b_heat * math.exp(-dt / BREAKER_COOL_TAU_S)
         if _any(over):
-            t_trip = self.b_k / (np.where(over, ratio, 2.0) ** self.b_a - 1.0)
+            t_trip = par.b_k / (np.where(over, ratio, 2.0) ** par.b_a - 1.0)
             self.b_heat = np.where(over, self.b_heat + dt / t_trip, cooled)
             tripping = self.b_closed & (self.b_heat >= 1.0)
             for i in np.flatnonzero(tripping).tolist():
                 name = (
                     self.site.pdus[i].name
-                    if i < self.n_pdu
-                    else self.site.feeders[i - self.n_pdu].name
+                    if i < par.n_pdu
+                    else self.site.feeders[i - par.n_pdu].name
                 )
                 self.events.append((self.t + dt, f"breaker {name} tripped at {current[i]:.0f} A"))
             self.b_closed &= ~tripping
@@ -860,10 +731,11 @@ class Plant:
     # ==================================================================
     def stored_heat_kj(self) -> float:
         """Heat stored above 0 degC in every fluid mass (for the energy balance)."""
+        par = self.params
         return float(
-            (self.t_cap * self.T_tank).sum()
-            + (self.c_cap * self.T_tcs).sum()
-            + (self.l_half_cap * (self.T_hot + self.T_cold)).sum()
+            (par.t_cap * self.T_tank).sum()
+            + (par.c_cap * self.T_tcs).sum()
+            + (par.l_half_cap * (self.T_hot + self.T_cold)).sum()
         )
 
     def plc_status_word(self) -> int:
@@ -893,7 +765,7 @@ class Plant:
             "it_kw": round(self.it_kw, 1),
             "cooling_kw": round(self.cooling_kw, 1),
             "pue": round(self.pue, 3) if self.it_kw > 1.0 else None,
-            "max_tank_c": round(float(self.T_tank.max()), 2) if self.n_t else None,
+            "max_tank_c": round(float(self.T_tank.max()), 2) if self.params.n_t else None,
             "loops": {
                 lp.name: {
                     "supply_c": round(float(self.T_cold[i]), 2),

@@ -102,7 +102,7 @@ class SensorModel:
         g(tanks, "power_kw", lambda: pl.t_power)
         g(tanks, "units_online", lambda: pl.t_units_on)
         g(tanks, "units_throttled", lambda: pl.t_throttled)
-        asic = np.flatnonzero(pl.t_asic)
+        asic = np.flatnonzero(pl.params.t_asic)
         g([tanks[i] for i in asic], "hashrate_ths", lambda: pl.t_hash[asic])
         g(tanks, "valve_cmd", lambda: pl.cmd_valve)
         g(tanks, "valve_pos", lambda: pl.valve_pos)
@@ -154,7 +154,11 @@ class SensorModel:
         g(dcs, "fan_speed", lambda: pl.fan_speed * 100.0)
         g(dcs, "power_kw", lambda: pl.fan_kw)
         g(dcs, "outlet_temp", lambda: pl.dc_out)
-        g(dcs, "fans_running", lambda: np.where(pl.fan_speed > 0.02, pl.d_fans - pl.fans_failed, 0))
+        g(
+            dcs,
+            "fans_running",
+            lambda: np.where(pl.fan_speed > 0.02, pl.params.d_fans - pl.fans_failed, 0),
+        )
         g(dcs, "fault", lambda: pl.fan_fault)
 
         def branches(names: Sequence[GroupPoints], sl: slice) -> None:
@@ -163,13 +167,15 @@ class SensorModel:
             g(
                 names,
                 "voltage_v",
-                lambda: pl.b_volts[sl] * (1 - 0.02 * pl.b_current[sl] / pl.b_pickup[sl]),
+                lambda: (
+                    pl.params.b_volts[sl] * (1 - 0.02 * pl.b_current[sl] / pl.params.b_pickup[sl])
+                ),
             )
             g(names, "energy_kwh", lambda: np.floor(pl.b_energy[sl]))
             g(names, "breaker_closed", lambda: pl.b_closed[sl])
             g(names, "breaker_tripped", lambda: ~pl.b_closed[sl])
 
-        n_pdu = pl.n_pdu
+        n_pdu = pl.params.n_pdu
         pdus, feeders = ix.pdus, ix.feeders
         for names, sl in ((pdus, slice(0, n_pdu)), (feeders, slice(n_pdu, None))):
             branches(names, sl)

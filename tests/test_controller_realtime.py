@@ -192,8 +192,11 @@ def test_when_the_controller_process_dies_the_plc_takes_its_safe_state_by_itself
             await proc.wait()
             timeout_wall = site.plc.heartbeat_timeout_s / sp.speed
             assert await _until(lambda: sim.plant.plc.safe_state, timeout_wall + 3.0)
-            assert not sim.plant.cmd_enable.all() or sim.plant.t_power[sim.plant.t_asic].sum() == 0
-            assert (sim.plant.t_power[sim.plant.t_asic] == 0).all()  # mining off
+            assert (
+                not sim.plant.cmd_enable.all()
+                or sim.plant.t_power[sim.plant.params.t_asic].sum() == 0
+            )
+            assert (sim.plant.t_power[sim.plant.params.t_asic] == 0).all()  # mining off
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -123,7 +123,7 @@ def test_over_modbus_a_price_spike_stops_mining_and_a_job_burst_moves_power_to_t
         pl = sim.plant
 
         def meters(_: ServedPlant) -> None:
-            asic = pl.t_asic
+            asic = pl.params.t_asic
             gpu = float(pl.t_power[~asic].sum() + pl.r_power.sum())
             samples.append(
                 Sample(pl.t, float(pl.t_power[asic].sum()), gpu, pl.site_kw, pl.plc.safe_state)

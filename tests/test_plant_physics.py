@@ -122,10 +122,10 @@ def test_tank_heat_capacity_is_dielectric_volume_times_0_8_kg_per_l_times_cp_2_1
     volumes = np.array([t.volume_l for t in site.tanks])
     assert all(t.fluid_density_kg_l == pytest.approx(0.8) for t in site.tanks)
     assert all(t.fluid_cp_kj_kgk == pytest.approx(2.1) for t in site.tanks)
-    np.testing.assert_allclose(plant.t_cap, volumes * 0.8 * 2.1, rtol=1e-12)
+    np.testing.assert_allclose(plant.params.t_cap, volumes * 0.8 * 2.1, rtol=1e-12)
     # one kWh into a 2000 L tank warms it by ~1.07 K
     i = next(i for i, t in enumerate(site.tanks) if t.volume_l == 2000.0)
-    assert 3600.0 / plant.t_cap[i] == pytest.approx(1.07, abs=0.01)
+    assert 3600.0 / plant.params.t_cap[i] == pytest.approx(1.07, abs=0.01)
 
 
 # -- steady state -------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_steady_gpu_dies_stay_below_87_c_and_miner_chips_below_throttle(steady, 
     assert (plant.r_gpu_temp > plant.c_supply).all()  # powered dies sit above their coolant
     gpu_tank = ~asic(site)
     assert (plant.t_chip[gpu_tank] < 87.0).all(), plant.t_chip
-    assert (plant.t_chip <= plant.t_throttle + 1e-9).all()
+    assert (plant.t_chip <= plant.params.t_throttle + 1e-9).all()
 
 
 def test_everything_at_full_power_needs_more_than_the_grid_connection_feeds(steady, site):
@@ -387,7 +387,7 @@ def test_miners_throttle_as_fluid_nears_chip_throttle_shedding_power_and_hashrat
 def test_underclocked_miners_hash_more_efficiently(site):
     plant = make_plant(site)
     full, under = 0, 1
-    rated = plant.t_rated[full]
+    rated = plant.params.t_rated[full]
     plant.write(f"{site.tanks[under].name}.power_budget_kw", 0.6 * rated)
     run(plant, 2)
     assert plant.t_throttled[[full, under]].sum() == 0
@@ -429,6 +429,14 @@ def test_site_with_an_undersized_pdu_breaker_is_rejected():
     assert "pdus[0].rating_a" in str(err.value)
 
 
+def _set_pickup(plant: Plant, k: int, amps: float) -> None:
+    """Breaker ``k`` as another frame: its design changes, so the plant's parameters
+    are replaced (they are read-only: no step may change them)."""
+    pickup = plant.params.b_pickup.copy()
+    pickup[k] = amps
+    plant.params = dataclasses.replace(plant.params, b_pickup=pickup)
+
+
 def test_overloaded_pdu_breaker_trips_on_its_inverse_time_curve_and_drops_its_loads(site):
     plant = make_plant(site)
     run(plant, 5)
@@ -440,7 +448,7 @@ def test_overloaded_pdu_breaker_trips_on_its_inverse_time_curve_and_drops_its_lo
     # Make this breaker see 1.5x its pickup: as if it were a smaller frame.
     brk = site.pdus[k].breaker
     small = dataclasses.replace(brk, rating_a=current / 1.5 / (brk.pickup_pct / 100.0))
-    plant.b_pickup[k] = small.rating_a * small.pickup_pct / 100.0
+    _set_pickup(plant, k, small.rating_a * small.pickup_pct / 100.0)
     expected = small.trip_time_s(current)
     assert 20.0 < expected < 300.0
     t0 = plant.t
@@ -455,7 +463,7 @@ def test_overloaded_pdu_breaker_trips_on_its_inverse_time_curve_and_drops_its_lo
     assert any(pdus[k] in msg and "tripped" in msg for _, msg in plant.events)
     assert plant.b_closed[np.arange(len(plant.b_closed)) != k].all()
     # put the real frame back and reclose remotely with the PLC reset
-    plant.b_pickup[k] = brk.rating_a * brk.pickup_pct / 100.0
+    _set_pickup(plant, k, brk.rating_a * brk.pickup_pct / 100.0)
     plant.write("plc.reset", 1)
     run(plant, 2)
     assert plant.b_closed.all()

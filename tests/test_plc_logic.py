@@ -96,9 +96,9 @@ def test_safe_state_opens_valves_runs_pumps_and_fans_full_stops_mining_and_caps_
     mining = asic(site)
     assert (plant.t_power[mining] == 0).all() and (plant.t_hash[mining] == 0).all()
     cap = site.plc.safe_gpu_cap_pct / 100.0
-    assert (plant.t_power[~mining] <= cap * plant.t_rated[~mining] + 1e-9).all()
+    assert (plant.t_power[~mining] <= cap * plant.params.t_rated[~mining] + 1e-9).all()
     assert (plant.t_power[~mining] > 0).all()  # AI keeps running, capped
-    gpu_w = (plant.r_gpu_temp - plant.c_supply[plant.r_cdu]) / plant.r_gpu_r
+    gpu_w = (plant.r_gpu_temp - plant.c_supply[plant.params.r_cdu]) / plant.params.r_gpu_r
     assert (gpu_w <= cap * GPU_TDP_W + 1e-6).all(), gpu_w
     assert (plant.r_power > 0).all() and (plant.r_power < row_kw).all()
     status = int(plant.sensors.truth_of("plc.status"))
@@ -211,7 +211,9 @@ def test_leak_at_a_loop_skid_stops_its_pumps_and_trips_every_load_on_it(site):
     on = tank_loop(site) == loop.name
     assert plant.plc.tank_tripped()[on].all() and not plant.plc.tank_tripped()[~on].any()
     assert (plant.t_power[on] == 0).all() and (plant.t_power[~on] > 0).all()
-    rows_on = np.array([site.cdus[plant.r_cdu[k]].loop == loop.name for k in range(plant.n_r)])
+    rows_on = np.array(
+        [site.cdus[plant.params.r_cdu[k]].loop == loop.name for k in range(plant.params.n_r)]
+    )
     assert plant.plc.row_tripped()[rows_on].all()
     assert (plant.r_power[rows_on] == 0).all()
     assert not plant.plc.loop_low_flow.any()  # the isolation is not a flow fault
