@@ -247,7 +247,9 @@ def bench_forecast(args: Any) -> dict[str, Any]:
     headroom_ms = min(timed_headroom(model, live, site) for _ in range(5))
     res = evaluate(model, rc, test)
     counts = {k: len(test[k]) for k in res}
-    metrics = {k: res[k] for k in ("tank", "loop", "cdu") if k in res}
+    metrics: dict[str, dict[str, dict[str, float]]] = {
+        k: res[k] for k in ("tank", "loop", "cdu") if k in res
+    }
     pooled = _pool(metrics, counts)
     tank = metrics.get("tank") or next(iter(metrics.values()))
     mae15 = max(m["mae_c"]["15"] for m in metrics.values())

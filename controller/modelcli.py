@@ -182,8 +182,8 @@ def forecast_cli(args: Any) -> int:
     for z in zones:
         cells = "  ".join(f"{_fmt(z['mean_c'][h]):>7}/{_fmt(z['upper_c'][h]):<7}" for h in hs)
         flag = "  OUT OF RANGE" if z["ood"] else ""
-        hr = _fmt_headroom(z["headroom"])
-        print(f"{z['zone']:<20} {_fmt(z['temp_c']):>7}  {cells}{hr}{flag}")
+        room = _fmt_headroom(z["headroom"])
+        print(f"{z['zone']:<20} {_fmt(z['temp_c']):>7}  {cells}{room}{flag}")
     return 0
 
 

@@ -247,8 +247,8 @@ def design_values(pmap: PointMap, site: Site) -> dict[int, float]:
         d[lpp.dp] = max(p.rated_head_kpa for p in lp.pumps)
         for p in lp.pumps:
             d[ix.pump[p.name].power_kw] = MOTOR_MAX_X_RATED * p.rated_power_kw
-        for c in lp.dry_coolers:
-            d[ix.dry_cooler[c.name].power_kw] = MOTOR_MAX_X_RATED * c.fans * c.fan_power_kw
+        for dc in lp.dry_coolers:
+            d[ix.dry_cooler[dc.name].power_kw] = MOTOR_MAX_X_RATED * dc.fans * dc.fan_power_kw
     for t, tp in zip(site.tanks, ix.tanks, strict=True):
         d[tp.water_flow] = t.design_water_flow_m3h
         d[tp.dielectric_flow] = t.dielectric_flow_l_s
@@ -331,8 +331,8 @@ def witnesses(pmap: PointMap, site: Site) -> Witnesses:
     # witness movement thresholds: max(absolute, relative * |value at freeze|)
     w_abs = np.zeros(n)
     w_rel = np.zeros(n)
-    for i, p in enumerate(pts):
-        u = p.unit
+    for i, pt in enumerate(pts):
+        u = pt.unit
         if u == "degC":
             w_abs[i] = WITNESS_MOVE_K
         elif u == "%":
@@ -343,7 +343,7 @@ def witnesses(pmap: PointMap, site: Site) -> Witnesses:
             w_rel[i] = WITNESS_MOVE_REL_HASH
         else:
             w_rel[i] = WITNESS_MOVE_REL
-        w_abs[i] = max(w_abs[i], 5.0 * p.scale if p.type != "f32" else 1e-6)
+        w_abs[i] = max(w_abs[i], 5.0 * pt.scale if pt.type != "f32" else 1e-6)
     return Witnesses(
         point=pp,
         witness=pw,

@@ -324,7 +324,7 @@ class RetrainScheduler:
             proc.join(10)
             answer.close()
         if kind == "ok":
-            return payload  # type: ignore[no-any-return]
+            return payload
         if kind == "refused":
             raise ThermogateError(payload)
         raise _Crashed(payload)

@@ -213,7 +213,8 @@ def run_simulation(
         site, pmap, planner=tap or planner, scan_s=scan_s, trim_and_respond=trim_and_respond
     )
     world = ClusterInTheLoop(site, jobs, admission) if jobs is not None else None
-    gates = isinstance(planner, GpuGate)  # once: a Protocol check inspects the class
+    # checked once: a Protocol check inspects the class
+    gate_of = planner if isinstance(planner, GpuGate) else None
     if world is not None and isinstance(planner, GatingPlanner) and planner.gpu_demand is None:
         planner.gpu_demand = world.demand
     if isinstance(planner, GatingPlanner) and planner.price_ahead is None:
@@ -349,7 +350,7 @@ def run_simulation(
                 fc_zones, fc_trusted = model.last.zones, model.last.trusted
         lap("forecast")
         if world is not None:
-            gate = planner.gpu_capacity if gates else None
+            gate = gate_of.gpu_capacity if gate_of is not None else None
             world.step(plant.t, world.cluster.gpus if gate is None else gate, plant)
             lap("cluster")
         step.advance()
@@ -357,12 +358,12 @@ def run_simulation(
         if on_scan is not None:
             on_scan(sim, ctrl)
             lap("on_scan")
-        for ev in plant.events:
-            if "interlock:" in ev[1] or "tripped" in ev[1]:
+        for pev in plant.events:  # (t, message) from the plant and its PLC
+            if "interlock:" in pev[1] or "tripped" in pev[1]:
                 trips += 1
-            if ev[1].startswith("under-frequency trip:"):
+            if pev[1].startswith("under-frequency trip:"):
                 ufls_trips += 1
-            log(ev)
+            log(pev)
         plant.events.clear()
         settlement.follow(ctrl.state.curtailments, plant.t)
         for j in settlement.meter(plant.t, plant.site_kw):
@@ -383,9 +384,9 @@ def run_simulation(
         violation_c_min += float(over_loop.sum()) * scan_s / 60.0
         over_import_kw_min += max(0.0, plant.site_kw - limit) * scan_s / 60.0
         gpus = {"inference": 0.0, "training": 0.0}
-        for ld, in_tank, i in gpu_meters:  # the plant replaces its arrays every step
+        for gl, in_tank, i in gpu_meters:  # the plant replaces its arrays every step
             power = plant.t_power if in_tank else plant.r_power
-            gpus[ld.wclass] += ld.busy_at(float(power[i]))
+            gpus[gl.wclass] += gl.busy_at(float(power[i]))
             gpu_kwh += float(power[i]) * scan_s / 3600.0
         price = sim.price_per_mwh()
         for row in books.add(
@@ -563,8 +564,11 @@ def _record(
     put("cooling_kw", pl.cooling_kw)
     put("pue", pl.pue)
     put("price_per_mwh", sim.price_per_mwh())
-    for c in t_class:
-        put(f"class.{c}_kw", float(pl.t_power[t_class[c]].sum() + pl.r_power[r_class[c]].sum()))
+    for cls in t_class:
+        put(
+            f"class.{cls}_kw",
+            float(pl.t_power[t_class[cls]].sum() + pl.r_power[r_class[cls]].sum()),
+        )
     for i, t in enumerate(sim.site.tanks):
         put(f"tank.{t.name}.fluid_c", pl.T_tank[i])
     for i, c in enumerate(sim.site.cdus):
@@ -739,7 +743,9 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
         if ven is not None:
             ven.stop()
     if ven is not None:
-        result.summary["grid"]["openadr"] = [d.text for d in ven.decisions]
+        grid = result.summary["grid"]
+        assert isinstance(grid, dict)  # run_simulation's summary always has its grid section
+        grid["openadr"] = [d.text for d in ven.decisions]
     if args.report:
         paths = write_report(
             result.series, result.meta, result.events, result.summary, Path(args.report)

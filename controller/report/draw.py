@@ -19,6 +19,7 @@ from .series import Context
 if TYPE_CHECKING:  # matplotlib is imported lazily: the progress bar does not need it
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
 DPI = 150
 WIDTH_IN = 11.0
@@ -32,9 +33,11 @@ CURTAIL_COLOR = "#9ecae1"
 OVER_COLOR = "#d62728"
 FALLBACK_COLOR = "#f4a261"
 PRIOR_COLOR = "#a6cee3"
+#: the label matplotlib leaves out of a legend (a second artist of a labelled kind)
+NO_LEGEND = "_nolegend_"
 
 #: matplotlib settings for every figure (applied with ``rc_context``, never globally).
-RC = {
+RC: dict[RcKeyType, Any] = {
     "font.size": 9.0,
     "axes.titlesize": 10.0,
     "axes.titleweight": "bold",

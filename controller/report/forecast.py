@@ -259,7 +259,8 @@ def plot_forecast(ctx: Context) -> Figure:
         zones = fc.zones[kind]
         hottest = kind != "loop" and bool(zones)
         if hottest:  # the one that came closest to trouble; all of them would be a tangle
-            zones = [max(zones, key=lambda z, p=prefix, s=suffix: peak(f"{p}{z}{s}"))]
+            peaks = {z: peak(f"{prefix}{z}{suffix}") for z in zones}
+            zones = [max(peaks, key=peaks.__getitem__)]
         for zone in zones:
             c = color(zone)
             name = f"{label} {zone}" + (" (hottest)" if hottest else "")

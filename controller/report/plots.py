@@ -15,6 +15,7 @@ from .draw import (
     CLASS_COLORS,
     CLASSES,
     LIMIT_COLOR,
+    NO_LEGEND,
     OTHER_COLOR,
     OVER_COLOR,
     bucket_mean,
@@ -79,7 +80,7 @@ def plot_temperatures(ctx: Context) -> Figure:
                 limits.setdefault((kind, v), []).append(cls)
     # class labels with counts
     for line in ax1.get_lines():
-        cls = line.get_label().removesuffix(" tank")
+        cls = str(line.get_label()).removesuffix(" tank")
         if cls in by_class:
             n = by_class[cls]
             line.set_label(f"{cls} tank{'s' if n != 1 else ''} ({n})")
@@ -174,7 +175,7 @@ def _settled_intervals(ax: Axes, ctx: Context) -> None:
                 color=color,
                 lw=3.0,
                 zorder=5,
-                label=None if verdict in labelled else label,
+                label=NO_LEGEND if verdict in labelled else label,
             )
             labelled.add(verdict)
         base = as_float(r.get("baseline_kw"))
@@ -187,7 +188,7 @@ def _settled_intervals(ax: Axes, ctx: Context) -> None:
                 lw=1.4,
                 ls=(0, (3, 2)),
                 zorder=5,
-                label=None if "base" in labelled else "baseline (like intervals)",
+                label=NO_LEGEND if "base" in labelled else "baseline (like intervals)",
             )
             labelled.add("base")
 
@@ -282,8 +283,7 @@ def plot_workloads(ctx: Context) -> Figure:
     else:
         fig, (ax,) = new_figure(4.8)
     fig.suptitle(ctx.title("workloads"))
-    present = [(c, ctx.get(f"class.{c}_kw")) for c in CLASSES]
-    present = [(c, y) for c, y in present if y is not None]
+    present = [(c, y) for c in CLASSES if (y := ctx.get(f"class.{c}_kw")) is not None]
     shade_curtailment(ax, ctx, label=True)
     if present:
         x, ys = bucket_mean(ctx.t, [np.nan_to_num(y, nan=0.0) for _, y in present])
