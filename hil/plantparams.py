@@ -53,7 +53,6 @@ class PlantParams:
     t_throttle: np.ndarray
     t_chip_trip: np.ndarray
     t_asic: np.ndarray
-    t_train: np.ndarray
     t_train_f: np.ndarray
     t_min_kw: np.ndarray
     t_hash_exp: np.ndarray
@@ -80,7 +79,6 @@ class PlantParams:
     r_nodes: np.ndarray
     r_node_kw: np.ndarray
     r_idle_kw: np.ndarray
-    r_gpus: np.ndarray
     r_gpu_r: np.ndarray
     r_throttle: np.ndarray
     r_chip_trip: np.ndarray
@@ -90,21 +88,15 @@ class PlantParams:
     r_recover_c: np.ndarray
     r_pdu: np.ndarray
     # water loops (per loop)
-    l_rho: np.ndarray
-    l_cp: np.ndarray
     l_half_cap: np.ndarray
     l_hmax: np.ndarray
     l_a: np.ndarray
     l_r_main: np.ndarray
     l_k_bypass: np.ndarray
-    l_n_dc: np.ndarray
     l_cw_per_m3h: np.ndarray
     l_feeder: np.ndarray
     # pumps (per pump)
     p_loop: np.ndarray
-    p_rated_flow: np.ndarray
-    p_rated_head: np.ndarray
-    p_rated_kw: np.ndarray
     p_min_speed: np.ndarray
     p_breaker: np.ndarray
     # dry coolers (per dry cooler)
@@ -184,7 +176,6 @@ def plant_params(site: Site, rng: np.random.Generator) -> PlantParams:
     r_nodes = np.array([r.nodes for r in rows], dtype=float)
     r_node_kw = np.array([r.node_power_kw for r in rows])
     r_idle_kw = np.array([r.node_idle_kw for r in rows])
-    r_gpus = np.array([r.gpus_per_node for r in rows], dtype=float)
     r_gpu_r = np.array([r.gpu_r_k_per_w for r in rows])
     r_throttle = np.array([r.chip_throttle_c for r in rows])
     r_chip_trip = np.array([r.chip_trip_c for r in rows])
@@ -201,9 +192,6 @@ def plant_params(site: Site, rng: np.random.Generator) -> PlantParams:
     l_half_cap = np.array([lp.volume_l * lp.density_kg_l * lp.cp_kj_kgk / 2 for lp in loops])
     pumps = site.pumps
     p_loop = np.array([loop_names.index(p.loop) for p in pumps], dtype=int)
-    p_rated_flow = np.array([p.rated_flow_m3h for p in pumps])
-    p_rated_head = np.array([p.rated_head_kpa for p in pumps])
-    p_rated_kw = np.array([p.rated_power_kw for p in pumps])
     p_min_speed = np.array([p.min_speed_pct for p in pumps]) / 100.0
     # Per loop pump curve from its (identical) pumps: H = Hmax s^2 - a (Q/n)^2
     l_hmax = np.zeros(n_l)
@@ -279,7 +267,6 @@ def plant_params(site: Site, rng: np.random.Generator) -> PlantParams:
         t_throttle=t_throttle,
         t_chip_trip=t_chip_trip,
         t_asic=t_asic,
-        t_train=t_train,
         t_train_f=t_train_f,
         t_min_kw=t_min_kw,
         t_hash_exp=t_hash_exp,
@@ -301,7 +288,6 @@ def plant_params(site: Site, rng: np.random.Generator) -> PlantParams:
         r_nodes=r_nodes,
         r_node_kw=r_node_kw,
         r_idle_kw=r_idle_kw,
-        r_gpus=r_gpus,
         r_gpu_r=r_gpu_r,
         r_throttle=r_throttle,
         r_chip_trip=r_chip_trip,
@@ -309,13 +295,8 @@ def plant_params(site: Site, rng: np.random.Generator) -> PlantParams:
         r_gpu_idle_w=r_gpu_idle_w,
         r_gpu_full_w=r_gpu_full_w,
         r_recover_c=r_recover_c,
-        l_rho=l_rho,
-        l_cp=l_cp,
         l_half_cap=l_half_cap,
         p_loop=p_loop,
-        p_rated_flow=p_rated_flow,
-        p_rated_head=p_rated_head,
-        p_rated_kw=p_rated_kw,
         p_min_speed=p_min_speed,
         l_hmax=l_hmax,
         l_a=l_a,
@@ -324,7 +305,6 @@ def plant_params(site: Site, rng: np.random.Generator) -> PlantParams:
         d_loop=d_loop,
         d_fans=d_fans,
         d_fan_kw=d_fan_kw,
-        l_n_dc=l_n_dc,
         d_ua_design=d_ua_design,
         d_cair_design=d_cair_design,
         l_cw_per_m3h=l_cw_per_m3h,
