@@ -34,6 +34,17 @@ PINS = {"tech": ("4321", "operator"), "vic": ("9999", "viewer"), "erin": ("2468"
 PROMPT = re.compile(rb"(Demo hybrid hall( \(\w+\))?> |user: |PIN: )$")
 
 
+def until(pred, timeout: float = 15.0, step: float = 0.1):
+    """``pred()`` once it is truthy, polled every ``step`` s; its last value after ``timeout``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = pred()
+        if got:
+            return got
+        time.sleep(step)
+    return pred()
+
+
 class Socat:
     """A linked pty pair at fixed paths (``link=``), so it can vanish and return."""
 

@@ -18,7 +18,7 @@ STUDY_S = 5.0
 
 @contextmanager
 def simulated_history(
-    path: Path, hours: float, *, columns: Sequence[str] | None = None, scan_s: float = STUDY_S
+    path: Path, hours: float, *, columns: Sequence[str] | None = None
 ) -> Iterator[Historian]:
     """The demo site's controller and plant for ``hours`` of a normal day, every
     scan recorded in a historian at ``path`` (``columns``: the point map's by
@@ -35,8 +35,6 @@ def simulated_history(
     site = replace(demo_site(), import_limit_kw=5000.0)
     cols = list(columns) if columns is not None else [p.name for p in build_point_map(site).points]
     with Historian(path, cols, site_name=site.name) as h:
-        run_simulation(
-            site, "normal-day", hours, historian=h, scan_s=scan_s, plant_dt=min(scan_s, STUDY_S)
-        )
+        run_simulation(site, "normal-day", hours, historian=h, scan_s=STUDY_S, plant_dt=STUDY_S)
         h.flush(timeout=120.0)
         yield h

@@ -14,7 +14,7 @@ import threading
 import time
 
 import pytest
-from console_rig import PINS, ControllerRig, Term
+from console_rig import PINS, ControllerRig, Term, until
 
 from thermogate.controller.console import ConsoleConfig
 from thermogate.controller.historian.reader import HistoryReader
@@ -54,16 +54,6 @@ def audit(rig, since: float, **match) -> list[dict]:
     with HistoryReader(rig.db) as r:  # every row: the reader's default is the newest 1,000
         rows = r.audit(since - 1.0, limit=1_000_000)
         return [a for a in rows if all(a[k] == v for k, v in match.items())]
-
-
-def until(pred, timeout: float = 15.0, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        got = pred()
-        if got:
-            return got
-        time.sleep(step)
-    return pred()
 
 
 # -- reading: no login -----------------------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import errno
 import termios
-import time
 
 import numpy as np
 import pytest
+from console_rig import until
 
 from thermogate.controller.console import ConsoleConfig, ConsoleFace
 from thermogate.controller.console.console import Console
@@ -93,30 +93,29 @@ def _console(site, pmap, snap, give) -> Console:
     )  # fmt: skip
 
 
-class _PulledLine:
-    """A serial line whose adapter is pulled: pyserial's flush drains with
-    tcdrain, which raises termios.error (not an OSError) on a vanished device."""
+class _Line:
+    """A serial line that keeps what was written to it."""
 
     def __init__(self) -> None:
         self.closed = False
+        self.out = bytearray()
 
     def read(self, n: int) -> bytes:
         return b""
 
     def write(self, data: bytes) -> None:
-        raise termios.error(errno.EIO, "Input/output error")
+        self.out.extend(data)
 
     def close(self) -> None:
         self.closed = True
 
 
-class _Line(_PulledLine):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
+class _PulledLine(_Line):
+    """A line whose adapter is pulled: pyserial's flush drains with tcdrain,
+    which raises termios.error (not an OSError) on a vanished device."""
 
     def write(self, data: bytes) -> None:
-        self.out.extend(data)
+        raise termios.error(errno.EIO, "Input/output error")
 
 
 def test_a_line_lost_with_a_termios_error_is_counted_closed_and_reopened(site, demo_pmap, snap):
@@ -128,21 +127,12 @@ def test_a_line_lost_with_a_termios_error_is_counted_closed_and_reopened(site, d
     )  # fmt: skip
     port.start()
     try:
-        assert _until(lambda: port.opened == 2 and b"login" in bytes(good.out))
+        assert until(lambda: port.opened == 2 and b"login" in bytes(good.out), 10.0, 0.02)
         assert port.errors == 1 and pulled.closed
         assert port.alive  # the port lives on: the lost line did not stop it
     finally:
         port.stop()
     assert not port.alive
-
-
-def _until(cond, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def test_a_command_path_that_fails_is_answered_and_the_console_goes_on(site, demo_pmap, snap):
