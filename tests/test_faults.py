@@ -105,6 +105,34 @@ def test_a_lying_or_slow_device_makes_only_its_zone_fail_safe_and_the_controller
 
 
 @pytest.mark.timeout(60)
+def test_the_rig_collects_garbage_between_scans_as_the_run_loop_does_and_restores_the_host(
+    tmp_path,
+):
+    """A full collection of a test worker's heap inside a scan starved every unit's read
+    once (a flake of the test above); the rig now keeps the run loop's garbage policy."""
+    import gc
+
+    from thermogate.controller.faults.rig import EpisodeLog, Rig
+    from thermogate.controller.heap import BACKSTOP_THRESHOLD
+
+    before = gc.get_threshold()
+
+    async def scenario() -> tuple[int, int, int, int]:
+        async with Rig(demo_site(), tmp_path / "rig.db", scan_s=0.25, proxy=False, seed=1) as rig:
+            assert rig.rt is not None
+            during, frozen = gc.get_threshold()[0], gc.get_freeze_count()
+            log = EpisodeLog()
+            for _ in range(6):
+                await rig.scan(log)
+            return during, frozen, len(rig.rt.gc.runs) + rig.rt.gc.skipped, log.scans
+
+    during, frozen, handled, scans = asyncio.run(scenario())
+    assert during == BACKSTOP_THRESHOLD and frozen > 0  # start-up frozen, backstop raised
+    assert scans == handled == 6  # each scan's garbage collected (or skipped) after it
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+@pytest.mark.timeout(60)
 def test_a_silent_device_alarms_its_zone_alone_and_the_alarm_clears_when_it_returns():
     from thermogate.controller.faults.device_loss import loss_durations, run_device_loss
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.serve import ServedPlant
 from thermogate.plc.site import Site
 
+from ..heap import freeze_startup
 from ..modbus_io import Endpoint, ReadResult, WriteOutcome
 from ..run import RealTimeController
 from ..runconfig import RunConfig
@@ -121,10 +123,18 @@ class Rig:
         rt.io.read_all = read_all  # type: ignore[method-assign]
         rt.io.write = writes  # type: ignore[method-assign,assignment]
         self.targets = self._targets()
+        # garbage as the run loop handles it (heap.py): start-up frozen, collections in
+        # the slack between scans. Left automatic, a full collection of a fat host
+        # process (a test worker's: 0.1-0.8 s) could land inside a scan and starve
+        # every unit's read, a stall the real controller does not have.
+        freeze_startup()
+        rt.gc.install()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self.rt is not None:
+            self.rt.gc.uninstall()
+            gc.unfreeze()  # the host process's objects back in the collector's sight
             await self.rt.close()
         if self.proxy is not None:
             await self.proxy.stop()
@@ -167,7 +177,8 @@ class Rig:
         log.scans += 1
         if took > self.pace_s:
             log.deadline_misses += 1
-        await asyncio.sleep(max(0.0, self.pace_s - took))
+        self.rt.gc.collect(self.pace_s - took, self.pace_s)
+        await asyncio.sleep(max(0.0, self.pace_s - (time.monotonic() - t0)))
         return ok
 
     def failsafe(self) -> set[str]:
