@@ -35,6 +35,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable, Sequence
+from itertools import chain
 
 from pymodbus.exceptions import ConnectionException, ModbusException
 
@@ -162,55 +163,77 @@ class MbapClient:
         self._fail_all(why)
 
     # -- requests (pymodbus's client signatures, as the link calls them) -------
-    async def read_coils(self, address: int, *, count: int, device_id: int) -> Answer:
-        return await self._request(device_id, _READ.pack(1, address, count), count)
+    # ``timeout``: seconds to wait for the answer, then ``TimeoutError`` (None: no limit).
+    # The link passes its per-try timeout here: one timer handle per request, where an
+    # ``asyncio.timeout`` block around the call cost ~12 % of a 10,000-point read.
+    async def read_coils(
+        self, address: int, *, count: int, device_id: int, timeout: float | None = None
+    ) -> Answer:
+        return await self._request(device_id, _READ.pack(1, address, count), timeout)
 
-    async def read_discrete_inputs(self, address: int, *, count: int, device_id: int) -> Answer:
-        return await self._request(device_id, _READ.pack(2, address, count), count)
+    async def read_discrete_inputs(
+        self, address: int, *, count: int, device_id: int, timeout: float | None = None
+    ) -> Answer:
+        return await self._request(device_id, _READ.pack(2, address, count), timeout)
 
-    async def read_holding_registers(self, address: int, *, count: int, device_id: int) -> Answer:
-        return await self._request(device_id, _READ.pack(3, address, count), count)
+    async def read_holding_registers(
+        self, address: int, *, count: int, device_id: int, timeout: float | None = None
+    ) -> Answer:
+        return await self._request(device_id, _READ.pack(3, address, count), timeout)
 
-    async def read_input_registers(self, address: int, *, count: int, device_id: int) -> Answer:
-        return await self._request(device_id, _READ.pack(4, address, count), count)
+    async def read_input_registers(
+        self, address: int, *, count: int, device_id: int, timeout: float | None = None
+    ) -> Answer:
+        return await self._request(device_id, _READ.pack(4, address, count), timeout)
 
-    async def write_register(self, address: int, value: int, *, device_id: int) -> Answer:
-        return await self._request(device_id, _READ.pack(6, address, value), 0)
+    async def write_register(
+        self, address: int, value: int, *, device_id: int, timeout: float | None = None
+    ) -> Answer:
+        return await self._request(device_id, _READ.pack(6, address, value), timeout)
 
-    async def write_coil(self, address: int, value: bool, *, device_id: int) -> Answer:
-        return await self._request(device_id, _READ.pack(5, address, 0xFF00 if value else 0), 0)
+    async def write_coil(
+        self, address: int, value: bool, *, device_id: int, timeout: float | None = None
+    ) -> Answer:
+        pdu = _READ.pack(5, address, 0xFF00 if value else 0)
+        return await self._request(device_id, pdu, timeout)
 
     async def write_registers(
-        self, address: int, values: Sequence[int], *, device_id: int
+        self, address: int, values: Sequence[int], *, device_id: int, timeout: float | None = None
     ) -> Answer:
         n = len(values)
         pdu = _READ.pack(16, address, n) + struct.pack(f">B{n}H", 2 * n, *values)
-        return await self._request(device_id, pdu, 0)
+        return await self._request(device_id, pdu, timeout)
 
-    async def write_coils(self, address: int, values: Sequence[bool], *, device_id: int) -> Answer:
+    async def write_coils(
+        self, address: int, values: Sequence[bool], *, device_id: int, timeout: float | None = None
+    ) -> Answer:
         n = len(values)
         packed = bytearray((n + 7) // 8)
         for i, v in enumerate(values):
             if v:
                 packed[i >> 3] |= 1 << (i & 7)
         pdu = _READ.pack(15, address, n) + bytes((len(packed),)) + bytes(packed)
-        return await self._request(device_id, pdu, 0)
+        return await self._request(device_id, pdu, timeout)
 
-    async def _request(self, unit: int, pdu: bytes, count: int) -> Answer:
+    async def _request(self, unit: int, pdu: bytes, timeout: float | None) -> Answer:
         p = self._proto
         if p is None or p.transport is None or p.transport.is_closing():
             raise ConnectionException(f"{self.host}:{self.port}: not connected")
         tid = self._next_tid()
         while tid in self._pending:  # 65,535 outstanding is far beyond any in_flight
             tid = self._next_tid()
-        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Answer] = loop.create_future()
         self._pending[tid] = (fut, unit, pdu)
         p.send(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
         self.sent += 1
+        timer = None if timeout is None else loop.call_at(loop.time() + timeout, _expire, fut)
         try:
             return await fut
         finally:
             self._pending.pop(tid, None)
+            if timer is not None:
+                timer.cancel()
 
     def _next_tid(self) -> int:
         self._tid = self._tid % 0xFFFF + 1
@@ -251,6 +274,17 @@ class MbapClient:
                 fut.set_exception(ConnectionException(why))
 
 
+def _expire(fut: asyncio.Future[Answer]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+#: each byte value's 8 bits, least significant first (the order bits travel in)
+_BYTE_BITS: tuple[tuple[bool, ...], ...] = tuple(
+    tuple(bool(b >> i & 1) for i in range(8)) for b in range(256)
+)
+
+
 def _check(req: bytes, want_unit: int, unit: int, pdu: bytes) -> Answer:
     """The answer ``pdu`` to request ``req``, checked field by field."""
     fc = req[0]
@@ -276,8 +310,11 @@ def _check(req: bytes, want_unit: int, unit: int, pdu: bytes) -> Answer:
             )
         if fc >= 3:
             return Answer(fc, registers=list(struct.unpack_from(f">{count}H", pdu, 2)))
-        data = pdu[2:]
-        return Answer(fc, bits=[bool(data[i >> 3] >> (i & 7) & 1) for i in range(count)])
+        # LSB first in each byte (V1.1b3 §6.1), unpacked a byte at a time: a PLC's
+        # 1,000-bit read is 125 table lookups, not 1,000 shifts
+        bits = list(chain.from_iterable(map(_BYTE_BITS.__getitem__, pdu[2:])))
+        del bits[count:]
+        return Answer(fc, bits=bits)
     if pdu[:5] != req[:5] or len(pdu) != 5:  # fc 5, 6, 15, 16 echo address and value/quantity
         raise MalformedAnswer(f"write answer {pdu[:8].hex()} does not echo {req[:5].hex()}")
     return Answer(fc)

@@ -548,8 +548,8 @@ class ModbusLink:
         _check_range(address, count, limit)
         method = READERS[table]
 
-        def call(client: Any) -> Awaitable[ModbusPDU]:
-            return getattr(client, method)(address, count=count, device_id=self.unit_id)
+        def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
+            return getattr(client, method)(address, count=count, device_id=self.unit_id, **timeout)
 
         def check(response: ModbusPDU) -> bool:
             if table in BIT_TABLES:
@@ -558,8 +558,8 @@ class ModbusLink:
 
         what = f"read {table} {address}+{count}"
         response = await self._transact(what, _READ_FC[table], call, check)
-        if table in BIT_TABLES:
-            return [bool(b) for b in response.bits[:count]]
+        if table in BIT_TABLES:  # pymodbus pads to whole bytes; both clients give bools
+            return list(response.bits[:count])
         return list(response.registers)
 
     async def write_registers(self, address: int, values: Sequence[int]) -> None:
@@ -567,8 +567,8 @@ class ModbusLink:
         regs = _words(values)
         _check_range(address, len(regs), MAX_WRITE_REGISTERS)
 
-        def call(client: Any) -> Awaitable[ModbusPDU]:
-            return client.write_registers(address, regs, device_id=self.unit_id)
+        def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
+            return client.write_registers(address, regs, device_id=self.unit_id, **timeout)
 
         await self._transact(f"write holding {address}+{len(regs)}", 16, call, None)
 
@@ -577,8 +577,8 @@ class ModbusLink:
         (word,) = _words([value])
         _check_range(address, 1, 1)
 
-        def call(client: Any) -> Awaitable[ModbusPDU]:
-            return client.write_register(address, word, device_id=self.unit_id)
+        def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
+            return client.write_register(address, word, device_id=self.unit_id, **timeout)
 
         await self._transact(f"write holding {address}", 6, call, None)
 
@@ -587,8 +587,8 @@ class ModbusLink:
         bits = [bool(v) for v in values]
         _check_range(address, len(bits), MAX_WRITE_BITS)
 
-        def call(client: Any) -> Awaitable[ModbusPDU]:
-            return client.write_coils(address, bits, device_id=self.unit_id)
+        def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
+            return client.write_coils(address, bits, device_id=self.unit_id, **timeout)
 
         await self._transact(f"write coil {address}+{len(bits)}", 15, call, None)
 
@@ -596,8 +596,8 @@ class ModbusLink:
         """Write one coil with fc 5."""
         _check_range(address, 1, 1)
 
-        def call(client: Any) -> Awaitable[ModbusPDU]:
-            return client.write_coil(address, bool(value), device_id=self.unit_id)
+        def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
+            return client.write_coil(address, bool(value), device_id=self.unit_id, **timeout)
 
         await self._transact(f"write coil {address}", 5, call, None)
 
@@ -605,26 +605,44 @@ class ModbusLink:
         self,
         what: str,
         function_code: int,
-        call: Callable[[Any], Awaitable[ModbusPDU]],
+        call: Callable[..., Awaitable[ModbusPDU]],
         check: Callable[[ModbusPDU], bool] | None,
     ) -> ModbusPDU:
-        """Run one request with the link's deadline, retries and reconnect policy."""
+        """Run one request with the link's deadline, retries and reconnect policy.
+
+        ``call(client)`` makes the request; ``call(client, timeout=s)`` on our own
+        :class:`MbapClient`, which times its request itself (one timer handle)."""
         endpoint = self._attach()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget
         attempts = 0
         reason = "no attempt made"
+        lock = endpoint.lock
         try:
-            async with asyncio.timeout_at(deadline), endpoint.lock:
+            # Every wait stays inside the budget. A free slot on a live connection (a
+            # scan's every request) does not wait at all, so only a wait for a slot or a
+            # connect gets the deadline's timer; the call has its per-try timeout.
+            if lock.locked():
+                async with asyncio.timeout_at(deadline):
+                    await lock.acquire()
+            else:
+                await lock.acquire()
+            try:
                 while attempts <= self.retries:
                     attempts += 1
-                    await endpoint.ensure_connected(self.unit_id)
+                    if not endpoint.connected:
+                        async with asyncio.timeout_at(deadline):
+                            await endpoint.ensure_connected(self.unit_id)
                     per_try = min(self.timeout, deadline - loop.time())
                     if per_try <= 0:
                         break
                     try:
-                        async with asyncio.timeout(per_try):
-                            response = await call(endpoint.client)
+                        client = endpoint.client
+                        if isinstance(client, MbapClient):
+                            response = await call(client, timeout=per_try)
+                        else:
+                            async with asyncio.timeout(per_try):
+                                response = await call(client)
                     except TimeoutError:
                         reason = f"no response within {self.timeout:g} s"
                         endpoint.note_timeout()
@@ -651,6 +669,8 @@ class ModbusLink:
                         reason = "malformed response"
                         continue
                     return response
+            finally:
+                lock.release()
         except TimeoutError:
             reason = f"no answer within the {self.budget:g} s budget"
         raise ModbusDeviceError(

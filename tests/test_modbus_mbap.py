@@ -117,12 +117,20 @@ def test_an_answer_split_across_segments_is_taken_whole():
     run(go)
 
 
-def test_a_late_answer_is_counted_and_given_to_no_one():
+@pytest.mark.parametrize("timed_by", ["caller", "client"])
+def test_a_late_answer_is_counted_and_given_to_no_one(timed_by):
+    """The caller may time the request (a timeout block) or the client (``timeout=``,
+    as the link does): either way the request fails and its late answer is dropped."""
+
     async def go() -> None:
         async with scripted() as (dev, client, _):
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.2):
-                    await client.read_holding_registers(0, count=1, device_id=1)
+                if timed_by == "caller":
+                    async with asyncio.timeout(0.2):
+                        await client.read_holding_registers(0, count=1, device_id=1)
+                else:
+                    await client.read_holding_registers(0, count=1, device_id=1, timeout=0.2)
+            assert client._pending == {}  # nothing waits for the first answer any more
             second = asyncio.ensure_future(client.read_holding_registers(5, count=1, device_id=1))
             (old, new) = await dev.until(2)
             await dev.send(frame(old[0], 1, registers([111])))  # the first's, too late
