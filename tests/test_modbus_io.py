@@ -39,6 +39,9 @@ from thermogate.plc.transport import ModbusLink
 #: Scheduling slack on top of a budget for a loaded CI host (the budget itself is enforced).
 SLACK_S = 0.15
 
+# timeouts of 0.15 s with the plant served in this process: the heap as a controller's
+pytestmark = pytest.mark.usefixtures("production_heap")
+
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
