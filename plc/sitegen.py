@@ -348,12 +348,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
             LoopPoints.point_name(name, "dp"),
             [PumpPoints.point_name(f"{name}.{p}", "speed_cmd") for p in ("pump_a", "pump_b")],
             80.0,
-            # ΔP (~3 kPa per % of speed at half speed) and a CDU's supply (~0.2 K per %
-            # of valve) answer their actuator within a scan: with kp x that gain near 1
-            # or above, a loop swings its actuator by the full slew every scan. So both
-            # are mostly integral.
-            kp=0.1,
-            ki=0.03,
+            kp=0.5,
+            ki=0.05,
             out_min=20.0,
             slew=2.0,
             action="reverse",  # more pump speed raises the differential pressure
@@ -366,8 +362,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
             CduPoints.point_name(c, "supply_temp"),
             [CduPoints.point_name(c, "valve_cmd")],
             40.0,
-            kp=1.0,
-            ki=0.1,
+            kp=8.0,
+            ki=0.05,
             out_min=5.0,
             slew=3.0,
         )
