@@ -25,12 +25,13 @@ def demo_pmap(site: Site) -> PointMap:
     return build_point_map(site)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def production_heap() -> Iterator[None]:
-    """The run loop's heap (``controller/heap.py``) for a test that times answers in
-    tenths of a second: what earlier tests left is frozen, as a controller freezes its
-    start-up, so a full collection of a test worker's heap (0.1-0.8 s) cannot land
-    inside a 0.15 s timeout and fail every unit at once."""
+    """The run loop's heap (``controller/heap.py``) for tests that time answers in
+    tenths of a second: what earlier modules left is frozen, as a controller freezes
+    its start-up, so a full collection of a test worker's heap (0.1-0.8 s) cannot land
+    inside a 0.15 s timeout and fail every unit at once. Once per module: freezing
+    walks the whole heap, and a module's own tests leave little behind."""
     freeze_startup()
     try:
         yield
