@@ -18,6 +18,12 @@ What it does, in order:
   anti-windup), derivative on measurement (no kick on setpoint changes),
   feed-forward added before the clamp, output clamp, slew limit.
 
+* **Tracking** (``pid_track``, after a step): when something downstream
+  changed what the actuator really got (a minimum-flow floor holding a valve
+  open), the state takes that output and the integral absorbs the difference
+  (external reset feedback), so the next step continues from the actuator's
+  real position instead of winding on unseen.
+
 ``action = "direct"`` means more output lowers the measurement (a cooling
 valve, a fan: error = measurement - setpoint); ``"reverse"`` the opposite.
 """
@@ -148,6 +154,23 @@ def pid_step(
     out = _limit(cfg, target, prev_out, first, dt)
     saturated = out != target
     return PidResult(out, PidState(integral, measurement, out, False), saturated=saturated)
+
+
+def pid_track(
+    cfg: PidConfig, state: PidState, setpoint: float, measurement: float, applied: float
+) -> PidState:
+    """The state after the actuator got ``applied`` instead of this step's output.
+
+    The integral becomes what, with this step's proportional term, gives the
+    applied output (clamped to the output range), as in manual: the next
+    automatic step moves from where the actuator is. A non-finite ``applied``
+    leaves the state as it is."""
+    if not math.isfinite(applied):
+        return state
+    out = _clamp(applied, cfg.out_min, cfg.out_max)
+    ok = math.isfinite(measurement) and math.isfinite(setpoint)
+    p = cfg.kp * _error(cfg, setpoint, measurement) if ok else 0.0
+    return PidState(out - p, state.last_measurement, out, state.manual)
 
 
 def _limit(cfg: PidConfig, target: float, prev_out: float, first: bool, dt: float) -> float:

@@ -227,17 +227,31 @@ def test_a_price_spike_turns_mining_off_and_back_on_while_the_gpus_keep_running(
 
 def test_a_loop_whose_mining_stops_keeps_its_minimum_flow(site, tmp_path):
     """Every tank valve on the loop closes as the tanks cool: the regulation's
-    valve floor keeps the pumps from dead-heading into the PLC's low-flow trip."""
+    valve floor holds them from where they are and opens them, so the pump
+    neither dead-heads against them (ΔP far over its setpoint) nor calls its
+    standby (whose start dips the flow), and the PLC's low-flow trip stays away."""
     from thermogate.controller.simulate import run_simulation
     from thermogate.hil.scenario import load_scenario
 
     prices = tmp_path / "dear.csv"
     prices.write_text("time,price_per_mwh\n0,60\n900,900\n86400,900\n")
     sc = load_scenario("heatwave", prices_csv=prices)
-    r = run_simulation(site, sc, 1.5, scan_s=5.0, planner=GatingPlanner(site))
+    names = ("loop1.flow", "loop1.dp", "loop1.pump_b.run_cmd")
+    seen: list[list[float]] = []
+
+    def on_scan(sim, ctrl) -> None:
+        seen.append([ctrl.values[sim.pmap.position(n)] for n in names])
+
+    r = run_simulation(site, sc, 1.5, scan_s=5.0, planner=GatingPlanner(site), on_scan=on_scan)
     assert r.series["class.mining_kw"][-1] == 0.0
     assert r.summary["trips"] == 0, [e for e in r.events if e["kind"] == "trip"][:3]
     assert not [e for e in r.events if "low_flow" in str(e["source"])]
+    flow, dp, standby = np.array(seen)[60:].T  # after the plant's start-up (5 min)
+    loop = site.loops[0]
+    dp_sp = next(c.setpoint for c in site.control_loops if c.measurement == "loop1.dp")
+    assert flow.min() > loop.min_flow_m3h * 1.2  # never near the trip (1.4x: the guard)
+    assert dp.max() < 1.25 * dp_sp  # no pump pushed against closed valves
+    assert standby.max() == 0.0
 
 
 def test_the_run_status_says_what_is_gated_and_why(site):

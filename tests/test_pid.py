@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thermogate.controller.pid import PidConfig, PidState, pid_step
+from thermogate.controller.pid import PidConfig, PidState, pid_step, pid_track
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False)
 measurement = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math.inf))
@@ -106,6 +106,29 @@ def test_manual_to_auto_transfer_is_bumpless(manual, sp, meas, kp, ki):
     # step of integral action (ki * error * dt) may separate them.
     err = abs(meas - sp)
     assert abs(auto.output - manual) <= ki * err * 1.0 + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(configs(), finite, finite, finite, finite, st.floats(min_value=0.05, max_value=5.0))
+def test_a_tracked_loop_continues_from_the_output_the_actuator_really_got(
+    cfg, sp, meas, first, applied, dt
+):
+    """A floor downstream raised the valve: the next step moves from there by at
+    most one step of integral (and the slew), not from the PID's own output."""
+    cfg = PidConfig(**{**cfg.__dict__, "kd": 0.0})  # the derivative is a separate push
+    state = pid_step(cfg, PidState(), sp, first, dt).state
+    tracked = pid_track(cfg, state, sp, meas, applied)
+    real = min(max(applied, cfg.out_min), cfg.out_max)
+    assert tracked.output == real
+    nxt = pid_step(cfg, tracked, sp, meas, dt).output
+    err = meas - sp if cfg.action == "direct" else sp - meas
+    assert abs(nxt - real) <= cfg.ki * abs(err) * dt + 1e-6 * (1.0 + abs(real) + cfg.kp * abs(err))
+
+
+def test_tracking_a_non_finite_value_changes_nothing():
+    cfg = PidConfig(kp=2.0, ki=0.1)
+    state = pid_step(cfg, PidState(), 40.0, 45.0, 1.0).state
+    assert pid_track(cfg, state, 40.0, 45.0, math.nan) == state
 
 
 def test_derivative_acts_on_the_measurement_so_a_setpoint_step_gives_no_kick():

@@ -16,11 +16,13 @@ measurement (``pid.py``: a pure step). Around them:
   design setpoint under the ambient would otherwise run every fan flat out
   for nothing).
 * **Duty/standby pumps**: one pump regulates ΔP; the standby starts when the
-  duty pump faults or stays saturated for a minute, and stops after five
-  minutes of both running below 45 %. A minimum-flow guard raises the speed
-  before the PLC's low-flow trip can act, and, when the zones need so little
-  cooling that every valve on the loop closes (mining stopped on price, say),
-  holds the loop's valves open far enough that the pumps are not dead-headed.
+  duty pump faults or stays saturated for a minute short of the ΔP setpoint,
+  and stops after five minutes of both running below 45 %. A minimum-flow
+  guard acts before the PLC's low-flow trip can: when the zones need so
+  little cooling that the loop's valves close (mining stopped on price, say),
+  it stops them closing further and opens them; it raises pump speed only
+  where that adds flow (the ΔP short of its setpoint, or every valve open),
+  never dead-heading a pump against throttled valves.
 * **Operator**: a loop whose first actuator is overridden follows the
   operator's value bumplessly; in manual and maintenance modes every loop
   holds its output and trim & respond stands still. Setpoints and tunings
@@ -41,7 +43,7 @@ import numpy as np
 from thermogate.plc.equipment import ControlLoop, Loop, Pump
 from thermogate.plc.pointtable import LoopPoints, PumpPoints
 
-from ..pid import PidConfig, PidState, pid_step
+from ..pid import PidConfig, PidState, pid_step, pid_track
 from .alarms import Alarms
 from .state import ControllerState, Override
 from .topology import Topology
@@ -61,7 +63,8 @@ VALVE_THROTTLED_PCT = 65.0
 MIN_FLOW_GUARD_FRAC = 1.4  # the ΔP loop never lets flow fall below this x min flow
 MIN_FLOW_GUARD_PCT_S = 2.0  # how fast the guard raises pump speed (%/s)
 VALVE_FLOOR_PCT_S = 1.0  # how fast the guard opens a loop's closed valves (%/s)
-STANDBY_START_SAT_S = 60.0  # duty pump saturated this long -> start the standby
+STANDBY_START_SAT_S = 60.0  # duty pump saturated this long, ΔP short -> start the standby
+DP_SHORT_FRAC = 0.05  # ΔP this far (of its setpoint) below it: the pumps are short
 STANDBY_STOP_BELOW_PCT = 45.0  # both pumps below this for STANDBY_STOP_S -> stop standby
 STANDBY_STOP_S = 300.0
 
@@ -237,20 +240,35 @@ class Regulation:
             elif manual is not None and ov is None:
                 why = f"loop {name}: holding output ({self.state.mode} mode)"
             if pump_loop:
-                self._pumps(t, dt, c, out, why, view, cmds, alarms)
+                short = not ok or meas < sp - DP_SHORT_FRAC * sp
+                self._pumps(t, dt, c, out, why, short, view, cmds, alarms)
                 continue
             for a in acts:
                 cmds[a] = Cmd(out, why)
-        self._valve_floors(view, cmds)
+        floored = self._valve_floors(view, cmds)
+        if floored:
+            # the zone loops whose valves a floor holds open continue from there
+            for (c, meas_i, acts, _), sp in zip(self._wiring, working, strict=True):
+                if acts[0] in floored and overrides.get(acts[0]) is None:
+                    meas, ok = vote(meas_i)
+                    pid[c.name] = pid_track(
+                        self._config(c), pid[c.name], sp, meas if ok else math.nan, floored[acts[0]]
+                    )
 
-    def _valve_floors(self, view: ScanView, cmds: Cmds) -> None:
-        """Keep a loop's valves open enough for its minimum flow (see the module docstring)."""
+    def _valve_floors(self, view: ScanView, cmds: Cmds) -> dict[int, float]:
+        """Keep a loop's valves open enough for its minimum flow (see the module
+        docstring); the valves this raised, with the value they got."""
+        floored: dict[int, float] = {}
         for loop, flow_i, guard_below, release_above, valves in self._floor_wiring:
             if not view.good(flow_i):
                 continue
             flow = view.val(flow_i)
             floor = self._valve_floor.get(loop, 0.0)
             if flow < guard_below:
+                # from where the valves are: a floor that first had to climb to
+                # them would let them close for minutes more
+                now = [c.value for v in valves if (c := cmds.get(v)) is not None]
+                floor = max(floor, min(now, default=0.0))
                 floor = min(100.0, floor + VALVE_FLOOR_PCT_S * view.dt)
             elif flow > release_above:
                 floor = max(0.0, floor - 0.1 * VALVE_FLOOR_PCT_S * view.dt)
@@ -260,8 +278,9 @@ class Regulation:
             for v in valves:
                 cmd = cmds.get(v)
                 if cmd is not None and cmd.value < floor:
-                    cmd.value = floor
+                    cmd.value = floored[v] = floor
                     cmd.why = f"loop {loop}: valves held at {floor:.0f} % for minimum flow"
+        return floored
 
     def _trim_and_respond(self, view: ScanView) -> None:
         dt = view.dt
@@ -335,17 +354,23 @@ class Regulation:
         c: ControlLoop,
         out: float,
         why: str,
+        short: bool,
         view: ScanView,
         cmds: Cmds,
         alarms: Alarms,
     ) -> None:
         """Duty/standby: one pump regulates ΔP; the standby starts when the duty
-        pump faults or saturates (fans and valves have already had their go)."""
+        pump faults, or saturates while the loop is ``short`` of its ΔP (fans
+        and valves have already had their go)."""
         pumps, lp, lpp, points = self._pumps_of(c)
         loop = lp.name
         flow = view.val(lpp.flow)
         guard = self._flow_guard.get(loop, 0.0)
-        if view.good(lpp.flow) and flow < MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
+        # Low flow with the ΔP made means throttled valves: the valve floor opens
+        # them. More speed would only dead-head the pump against them (and push
+        # the zone loops to close further), until every valve is floored open.
+        pump_helps = short or self._valve_floor.get(loop, 0.0) >= 100.0
+        if view.good(lpp.flow) and flow < MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h and pump_helps:
             guard = min(100.0, max(guard, out) + MIN_FLOW_GUARD_PCT_S * dt)
         elif view.good(lpp.flow) and flow > 1.5 * MIN_FLOW_GUARD_FRAC * lp.min_flow_m3h:
             guard = max(0.0, guard - 0.1 * MIN_FLOW_GUARD_PCT_S * dt)
@@ -357,7 +382,9 @@ class Regulation:
             bool(view.val(pp.fault) >= 0.5) if view.good(pp.fault) else False for pp in points
         ]
         healthy = [p.name for p, f in zip(pumps, faulted, strict=True) if not f]
-        if out >= 99.0:
+        # a second pump adds head: worth its start (a dip in flow while it spins
+        # up) only where the first cannot make the ΔP
+        if out >= 99.0 and short:
             self._standby_sat_s[loop] += dt
         else:
             self._standby_sat_s[loop] = 0.0
