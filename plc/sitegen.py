@@ -348,8 +348,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
             LoopPoints.point_name(name, "dp"),
             [PumpPoints.point_name(f"{name}.{p}", "speed_cmd") for p in ("pump_a", "pump_b")],
             80.0,
-            kp=0.5,
-            ki=0.05,
+            kp=0.1,
+            ki=0.03,
             out_min=20.0,
             slew=2.0,
             action="reverse",  # more pump speed raises the differential pressure
@@ -362,8 +362,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
             CduPoints.point_name(c, "supply_temp"),
             [CduPoints.point_name(c, "valve_cmd")],
             40.0,
-            kp=8.0,
-            ki=0.05,
+            kp=2.0,
+            ki=0.1,
             out_min=5.0,
             slew=3.0,
         )
