@@ -143,6 +143,9 @@ class Controller:
         #: the lowest import limit asked this scan (the grid's, a curtailment's, a
         #: peak window's; None: only the site's), before inference is spared
         self.instruction_kw: float | None = None
+        #: the highest floor an instruction was held up to since it began to bind
+        #: (NaN: none binds); see ``_spare_inference``
+        self._spared_kw = math.nan
         n = len(pmap)
         #: the last validated values and quality, for status displays
         self.values: np.ndarray = np.full(n, np.nan)
@@ -329,9 +332,14 @@ class Controller:
         and the grid's physical limit are not raised: they protect the connection."""
         if limit_kw is None or self.site.grid.curtail_inference or not math.isfinite(keep_kw):
             alarms.alarm(view.t, INFERENCE_FLOOR_ALARM, False, "")
+            self._spared_kw = math.nan
             return limit_kw
-        floor = keep_kw / INFERENCE_FLOOR_FRAC
+        # While it binds the floor only rises: what must stay on is measured, and
+        # a transient the floor let through (the planner's non-IT estimate lags a
+        # curtailment) would lower it, and with it the room, cut after cut.
+        floor = max(keep_kw / INFERENCE_FLOOR_FRAC, nz(self._spared_kw))
         binds = limit_kw < floor
+        self._spared_kw = floor if binds else math.nan
         alarms.alarm(
             view.t,
             INFERENCE_FLOOR_ALARM,
