@@ -145,6 +145,13 @@ def test_over_modbus_a_price_spike_stops_mining_and_a_job_burst_moves_power_to_t
         assert rt.gating is not None
         rt.gating.gpu_demand = world.demand  # the orchestrator's API, in-process
         gate.append(rt)
+        # the link up before the plant's clock runs: a first connect lost on a
+        # loaded machine backs off in wall seconds, 30 plant seconds each
+        for _ in range(100):
+            await rt.io.read_all()
+            if not rt.io.lost():
+                break
+            await asyncio.sleep(0.1)
         clock = asyncio.create_task(sp.run(on_tick=meters))
         try:
             while pl.t < END_S:
