@@ -118,8 +118,9 @@ def pid_step(
         # Track: the integral absorbs what P and FF would add, so automatic
         # resumes from exactly this output.
         meas_ok = valid and math.isfinite(measurement)
-        p = cfg.kp * _error(cfg, setpoint, measurement) if meas_ok else 0.0
-        integral = out - p - feed_forward  # tracking is not windup: no clamp here
+        integral = _tracking_integral(
+            cfg, out, setpoint, measurement if meas_ok else math.nan, feed_forward
+        )
         new = PidState(integral, measurement if meas_ok else state.last_measurement, out, True)
         return PidResult(out, new)
 
@@ -168,9 +169,18 @@ def pid_track(
     if not math.isfinite(applied):
         return state
     out = _clamp(applied, cfg.out_min, cfg.out_max)
+    integral = _tracking_integral(cfg, out, setpoint, measurement)
+    return PidState(integral, state.last_measurement, out, state.manual)
+
+
+def _tracking_integral(
+    cfg: PidConfig, out: float, setpoint: float, measurement: float, feed_forward: float = 0.0
+) -> float:
+    """The integral that, with this step's P (none without a finite measurement and
+    setpoint) and feed-forward, gives ``out``. Tracking is not windup: no clamp."""
     ok = math.isfinite(measurement) and math.isfinite(setpoint)
     p = cfg.kp * _error(cfg, setpoint, measurement) if ok else 0.0
-    return PidState(out - p, state.last_measurement, out, state.manual)
+    return out - p - feed_forward
 
 
 def _limit(cfg: PidConfig, target: float, prev_out: float, first: bool, dt: float) -> float:
