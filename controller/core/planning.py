@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, cast, runtime_checkable
+from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -50,8 +50,10 @@ class LoadForecast:
     source: str = "learned"
 
 
-@dataclass(frozen=True)
-class LoadInfo:
+class LoadInfo(NamedTuple):
+    """One load as a planner sees it this scan (a named tuple: a large hall makes
+    hundreds a scan, and a frozen dataclass costs several times as much to build)."""
+
     name: str
     workload_class: str
     rated_kw: float
@@ -238,28 +240,29 @@ class Planning:
         ahead = getattr(self.planner, "planned", None)
         nh = len(PLAN_HORIZONS_MIN)
         plan = self.plan
-        row: list[float] = []
+        asked_now = [_asked(wanted, name, rated) for _, name, rated, _, _ in caps]
+        final = [
+            min(budget, rated, th, pw)
+            for budget, (_, _, rated, th, pw) in zip(asked_now, caps, strict=True)
+        ]
         for j, h in enumerate(PLAN_HORIZONS_MIN):
-            if ahead is None or hold:
-                later = wanted
-                if not row:  # every horizon plans what is wanted now: one row for all
-                    row = [
-                        min(_asked(later, name, rated), rated, th, pw)
-                        for _, name, rated, th, pw in caps
-                    ]
-            else:
-                later = ahead(t, h * 60.0, infos)
-                row = [
+            later = wanted if ahead is None or hold else ahead(t, h * 60.0, infos)
+            # (a plan ahead is mostly the plan now: its row is this scan's budgets)
+            row = (
+                final
+                if later is wanted or later == wanted
+                else [
                     min(_asked(later, name, rated), rated, th, pw)
                     for _, name, rated, th, pw in caps
                 ]
+            )
             # protection caps persist unless something changes: part of the plan
             plan[j::nh] = row
         withheld = self.thermal_withheld_kw
         get_why = why.get
-        for ld, name, rated, th, pw in caps:
-            budget = _asked(wanted, name, rated)
-            budget_final = min(budget, rated, th, pw)
+        for (ld, name, rated, th, pw), budget, budget_final in zip(
+            caps, asked_now, final, strict=True
+        ):
             withheld[name] = max(0.0, min(rated, pw) - th)
             if budget_final < budget - 1e-6:
                 # the lower of the two limits (thermal on a tie, as min() picks the first)

@@ -42,6 +42,7 @@ from .placement import Placement
 CLASS_PRECEDENCE = ("inference", "training", "mining")  # who gets the room first
 NON_IT_DEFAULT_FRAC = 0.10  # cooling + house as a fraction of IT, before a meter says
 NON_IT_SMOOTHING_S = 120.0  # time constant of the non-IT load estimate
+ECONOMIC_PRICES_KEPT = 8  # prices whose miners' economic power is remembered
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ class GatingPlanner:
         self.room_kw = math.nan  # the IT room of the last plan (for the status)
         self.placement = Placement(site)
         self._gpu_load = {ld.name: ld for ld in self.placement.loads}  # by name, found once
+        #: ``_economic_kw`` per (price, hashprice) and tank: a price holds for many
+        #: scans (an hour of a market), and a large hall asks it of hundreds of tanks
+        #: (the prices now and ahead: a few at a time, the oldest forgotten)
+        self._economic_at: dict[tuple[float, float], dict[str, float]] = {}
         #: GPUs the cluster may keep busy under the last plan (jobs admitted within it)
         self.gpu_capacity = self.placement.gpus
 
@@ -192,10 +197,11 @@ class GatingPlanner:
                     )
             caps[ld.name] = cap
         # the loads of one loop share its headroom: their growth together fits it
-        for loop in {ld.loop for ld in loads}:
-            members = [ld for ld in loads if ld.loop == loop and ld.forecast is not None]
-            if not members:
-                continue
+        on_loop: dict[str, list[LoadInfo]] = {}
+        for ld in loads:
+            if ld.forecast is not None:
+                on_loop.setdefault(ld.loop, []).append(ld)
+        for members in on_loop.values():
             loop_room = min(ld.forecast.loop_headroom_kw for ld in members if ld.forecast)
             if not math.isfinite(loop_room):
                 continue
@@ -222,9 +228,18 @@ class GatingPlanner:
     def _economic_kw(self, name: str, price: float) -> float:
         """``Tank.economic_power_kw``; inside the hysteresis band, where that says
         off but the tank stays on, its miners' minimum (their best efficiency)."""
-        tank = self._tanks[name]
-        kw = tank.economic_power_kw(self.site.economics.hashprice_usd_per_th_day, price)
-        return max(kw, tank.miner_min_kw)
+        hashprice = self.site.economics.hashprice_usd_per_th_day
+        kws = self._economic_at.get((price, hashprice))
+        if kws is None:
+            if len(self._economic_at) >= ECONOMIC_PRICES_KEPT:
+                del self._economic_at[next(iter(self._economic_at))]
+            kws = self._economic_at[(price, hashprice)] = {}
+        kw = kws.get(name)
+        if kw is None:
+            tank = self._tanks[name]
+            kw = tank.economic_power_kw(hashprice, price)
+            kw = kws[name] = max(kw, tank.miner_min_kw)
+        return kw
 
     def _mining_band(self, on: bool, price: float, breakeven: float) -> bool:
         """Mining on or off at ``price``: off above (1 + h) x breakeven, on again below
