@@ -77,6 +77,8 @@ class PowerProtection:
         #: not over every constraint of the site (hundreds at 10,000 points)
         self._holders: dict[str, set[str]] = {}
         self._n_held = 0
+        #: this scan's excess over its cap per load, as ``_pending`` found it
+        self._over: dict[str, float] = {}
         self._ramping: set[str] = set()  # released holds climbing back
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
@@ -128,6 +130,7 @@ class PowerProtection:
             constraints.append((c.name, key, p, limit, classes, c.severity, named, what))
         self.grid_limit_kw = grid
         self._ramp_holds(dt)
+        self._over.clear()
         for name, key, p, limit, classes, sev, named, what in constraints:
             if not math.isfinite(p):
                 continue
@@ -146,16 +149,7 @@ class PowerProtection:
             # set (a meter lags the command): shedding it again would over-shed.
             # A cap is finite only while some limit or hold keeps the load (``_update``):
             # with nothing held anywhere (the rule) there is nothing on its way out.
-            pending = (
-                sum(
-                    max(0.0, nz(view.measured(ld.power)) - self.cap[ld.name])
-                    for members in classes.values()
-                    for ld in members
-                    if math.isfinite(self.cap[ld.name])
-                )
-                if self._n_held
-                else 0
-            )
+            pending = self._pending(view, classes) if self._n_held else 0
             if p - pending > POWER_SHED_AT * limit:
                 excess = p - pending - POWER_SHED_TO * limit
                 for wclass in CLASS_ORDER:
@@ -204,6 +198,25 @@ class PowerProtection:
                         break
             self._shedding[name] = shedding
 
+    def _pending(self, view: ScanView, classes: Mapping[str, list[Load]]) -> float:
+        """kW of ``classes``' loads above their caps (what is on its way out).
+
+        A load sits under several constraints (site, feeder, PDU): its excess is
+        worked out once a scan and again only after a shed or restore moved its
+        cap (``_update`` forgets it)."""
+        over = self._over
+        total = 0.0
+        for members in classes.values():
+            for ld in members:
+                x = over.get(ld.name)
+                if x is None:
+                    cap = self.cap[ld.name]
+                    x = over[ld.name] = (
+                        max(0.0, nz(view.measured(ld.power)) - cap) if math.isfinite(cap) else 0.0
+                    )
+                total += x
+        return total
+
     def hold(self, source: str, loads: Mapping[str, float]) -> None:
         """Hold each of ``loads`` at its kW for ``source`` (not a metered limit:
         e.g. the under-frequency relay's shed) until :meth:`release`."""
@@ -243,6 +256,7 @@ class PowerProtection:
             self._n_held -= 1
         held = self._held
         self.cap[name] = min((held[s][name] for s in holders), default=math.inf)
+        self._over.pop(name, None)
 
 
 def _line(limit: float, named: float, what: str) -> str:
