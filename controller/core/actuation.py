@@ -121,10 +121,19 @@ class Actuation:
         self.heartbeat = (self.heartbeat + 1) & 0xFFFF
         writes.append(Write(spec[hb][0], float(self.heartbeat), "heartbeat"))
         isfinite = math.isfinite
+        get_last = last_sent.get
         for i, cmd in cmds.items():
             value = cmd.value
             if cmd.pulse:
                 last_sent.pop(i, None)  # a pulse is always sent
+            else:
+                # Most of a large hall's commands repeat what was sent (an enable,
+                # a steady budget): the value sent is already on the register's
+                # grid, in range and within any rate, so it ends in the deadband
+                # below. Skipped here without the arithmetic.
+                last = get_last(i)
+                if last is not None and last[0] == value and t - last[1] < WRITE_REFRESH_S:
+                    continue
             name, scale, lo, hi, holding, rise_per_s, dead = spec[i]
             if not isfinite(value):
                 continue
