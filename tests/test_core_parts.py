@@ -112,6 +112,23 @@ def test_actuation_limits_raises_not_cuts_and_skips_what_the_plant_would_not_not
     assert [w.value for w in sent(71.0, 250.0, override=True)] == [100.0]  # into its range
 
 
+def test_a_command_repeating_what_was_sent_waits_for_the_refresh_but_a_pulse_never_waits(topo):
+    act = Actuation(topo, scan_s=1.0)
+    tp = topo.ix.tanks[0]
+    valve, reset = topo.pmap.name_of(tp.valve_cmd), topo.pmap.name_of(topo.ix.plc.reset)
+
+    def sent(t: float, **cmds: Cmd) -> list[str]:
+        by_name = {"valve": tp.valve_cmd, "reset": topo.ix.plc.reset}
+        return [w.point for w in act.actuate(t, {by_name[k]: c for k, c in cmds.items()})]
+
+    assert valve in sent(0.0, valve=Cmd(42.0, "x"))
+    for t in (1.0, 2.0, WRITE_REFRESH_S - 0.5):  # the same value again: nothing on the wire
+        assert valve not in sent(t, valve=Cmd(42.0, "x"))
+    assert valve in sent(WRITE_REFRESH_S, valve=Cmd(42.0, "x"))  # a restarted PLC gets it
+    for t in (61.0, 62.0):
+        assert reset in sent(t, reset=Cmd(1.0, "reset", pulse=True))
+
+
 def test_the_heartbeat_changes_every_scan_and_wraps(topo):
     act = Actuation(topo, scan_s=1.0)
     act.heartbeat = 65534
