@@ -285,6 +285,12 @@ class Estimator:
         self._reported = np.zeros(n, dtype=np.uint16)
         self._new_flagged = np.zeros(0, dtype=np.int64)
         self._new_cleared = np.zeros(0, dtype=np.int64)
+        # What the common scan skips (every point read, valid, calm; nothing
+        # latched or reported): each a Python bool kept with the arrays it sums up.
+        self._all_ever = n == 0  # every point has had a valid reading
+        self._rate_open = False  # some point is in a rate-violation episode
+        self._latched_any = False
+        self._reported_any = False
 
         nt, nl = len(self._tank_names), len(self._loop_names)
         self._t_diff = np.full(nt, np.nan)  # filtered A - B
@@ -375,13 +381,19 @@ class Estimator:
         num = fr & ~nan
         out = num & ((v < self._lo) | (v > self._hi))
         valid = num & ~out
-        self._ever |= valid
+        all_valid = bool(valid.all())
+        if not self._all_ever:
+            self._ever |= valid
+            self._all_ever = bool(self._ever.all())
         flags = np.zeros(n, dtype=np.uint16)
-        flags[~fr] |= FLAG_STALE
-        flags[nan] |= FLAG_NAN
-        flags[out] |= FLAG_RANGE
-        flags[~self._ever] |= FLAG_NEVER_READ
-        bad = ~valid | ~self._ever
+        if all_valid and self._all_ever:  # the rule: nothing stale, NaN, out of range or new
+            bad = np.zeros(n, dtype=bool)
+        else:
+            flags[~fr] |= FLAG_STALE
+            flags[nan] |= FLAG_NAN
+            flags[out] |= FLAG_RANGE
+            flags[~self._ever] |= FLAG_NEVER_READ
+            bad = ~valid | ~self._ever
 
         # ---- 5: rate of change against the last accepted value ---------------------
         # a flow or dp falling to or rising from zero is a pump stopping or
@@ -391,23 +403,33 @@ class Estimator:
         # physics may have moved the value for as long as it was not observed
         step = self._rate_fin * np.maximum(t - self._prev_t, self.scan_s) + self._floor
         viol = rated & ~(np.abs(v - self._ref) <= step)
-        new_ep = viol & np.isnan(self._rate_since)
-        self._rate_since[new_ep] = t
-        self._consist_since[new_ep] = t
-        jumpy = viol & ~new_ep & ~(np.abs(v - self._prev) <= step)
-        self._consist_since[jumpy] = t
-        viol &= ~(t - self._consist_since >= RATE_RECOVER_S)  # a new, steady level
-        ended = valid & ~viol & ~np.isnan(self._rate_since)
-        self._rate_since[ended] = np.nan
-        self._consist_since[ended] = np.nan
-        flags[viol] |= FLAG_RATE
-        bad |= viol & (t - self._rate_since >= RATE_BAD_AFTER_S)
-        accept = valid & ~viol
-        # np.copyto(a, b, where=m) is a[m] = b[m] without fancy indexing's gather/scatter
-        np.copyto(self._ref, v, where=accept)
-        np.copyto(self._prev, v, where=valid)
-        self._prev_t[valid] = t
-        cur = np.where(accept, v, np.nan)  # this scan's accepted readings
+        calm = not self._rate_open and not viol.any()  # no episode to start, go on or end
+        if not calm:
+            new_ep = viol & np.isnan(self._rate_since)
+            self._rate_since[new_ep] = t
+            self._consist_since[new_ep] = t
+            jumpy = viol & ~new_ep & ~(np.abs(v - self._prev) <= step)
+            self._consist_since[jumpy] = t
+            viol &= ~(t - self._consist_since >= RATE_RECOVER_S)  # a new, steady level
+            ended = valid & ~viol & ~np.isnan(self._rate_since)
+            self._rate_since[ended] = np.nan
+            self._consist_since[ended] = np.nan
+            self._rate_open = not np.isnan(self._rate_since).all()
+            flags[viol] |= FLAG_RATE
+            bad |= viol & (t - self._rate_since >= RATE_BAD_AFTER_S)
+        if calm and all_valid:  # every reading accepted
+            np.copyto(self._ref, v)
+            np.copyto(self._prev, v)
+            self._prev_t.fill(t)
+            accept = valid
+            cur = v  # this scan's accepted readings (read only below)
+        else:
+            accept = valid & ~viol
+            # np.copyto(a, b, where=m) is a[m] = b[m] without fancy indexing's gather/scatter
+            np.copyto(self._ref, v, where=accept)
+            np.copyto(self._prev, v, where=valid)
+            self._prev_t[valid] = t
+            cur = np.where(accept, v, np.nan)  # this scan's accepted readings
 
         # ---- 6: stuck while a physically coupled witness moves -----------------------
         stuck, stuck_bad = self._stuck(t, v, accept, cur)
@@ -415,11 +437,12 @@ class Estimator:
         bad |= stuck_bad
 
         # ---- values before redundancy (hold policy for BAD applied at the end) ------
-        val = np.where(viol, self._ref, v)
+        val = v if calm else np.where(viol, self._ref, v)
         indiv = flags.copy()
         latched = self._latched.copy()
-        expired = t - self._latch_t >= CLEAR_S
-        latched[expired] = 0
+        if self._latched_any:
+            expired = t - self._latch_t >= CLEAR_S
+            latched[expired] = 0
         pre_q = np.where(bad, BAD, np.where((indiv | latched) != 0, UNCERTAIN, GOOD))
 
         # ---- 7-8: loops first (the tanks' reference uses the supply) ---------------
@@ -429,21 +452,33 @@ class Estimator:
         # ---- sticky flags, quality, hold policy -------------------------------------
         active = flags & LATCHED_FLAGS
         on = active != 0
-        latched |= active
-        self._latch_t[on] = t
+        if on.any():
+            latched |= active
+            self._latch_t[on] = t
         self._latched = latched
+        self._latched_any = bool(latched.any())
         rep = flags | latched
         quality = np.where(bad, BAD, np.where(rep != 0, UNCERTAIN, GOOD)).astype(np.uint8)
-        keep = quality != BAD
-        np.copyto(self._held, val, where=keep)
-        self._held_t[keep] = t
-        fresh_hold = t - self._held_t <= self.hold_s
-        values_out = np.where(keep, val, np.where(fresh_hold, self._held, np.nan))
+        if not bad.any():  # nothing BAD: every value is this scan's, and the one to hold
+            np.copyto(self._held, val)
+            self._held_t.fill(t)
+            values_out = val.copy()
+        else:
+            keep = quality != BAD
+            np.copyto(self._held, val, where=keep)
+            self._held_t[keep] = t
+            fresh_hold = t - self._held_t <= self.hold_s
+            values_out = np.where(keep, val, np.where(fresh_hold, self._held, np.nan))
 
         prev = self._reported
-        self._new_flagged = np.flatnonzero((rep != 0) & ((rep & ~prev) != 0))
-        self._new_cleared = np.flatnonzero((prev != 0) & (rep == 0))
+        rep_any = bool(rep.any())
+        if rep_any or self._reported_any:
+            self._new_flagged = np.flatnonzero((rep != 0) & ((rep & ~prev) != 0))
+            self._new_cleared = np.flatnonzero((prev != 0) & (rep == 0))
+        else:  # nothing flagged then or now
+            self._new_flagged = self._new_cleared = np.zeros(0, dtype=np.int64)
         self._reported = rep
+        self._reported_any = rep_any
         voted: dict[str, tuple[float, int]] = {}
         vflags: dict[str, int] = {}
         # (tolist gives the same Python floats and ints as float()/int() per element)
