@@ -31,7 +31,8 @@ valve, a fan: error = measurement - setpoint); ``"reverse"`` the opposite.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,16 @@ class PidConfig:
         return self.out_max + span if self.integral_max is None else self.integral_max
 
 
-@dataclass(frozen=True)
-class PidState:
+# The two records a step makes are NamedTuples: as frozen as a frozen dataclass,
+# and built in a quarter of its time (every loop makes two a scan).
+class PidState(NamedTuple):
     integral: float = 0.0  # the integral term's contribution, in output units
     last_measurement: float = math.nan
     output: float = math.nan  # the last output; NaN until the first step
     manual: bool = False
 
 
-@dataclass(frozen=True)
-class PidResult:
+class PidResult(NamedTuple):
     output: float
     state: PidState
     held: bool = False  # the measurement was invalid and the output held
@@ -126,7 +127,7 @@ def pid_step(
 
     if not (valid and math.isfinite(measurement) and math.isfinite(setpoint)):
         held = prev_out if not first else _clamp(state.integral, cfg.out_min, cfg.out_max)
-        return PidResult(held, replace(state, output=held, manual=False), held=True)
+        return PidResult(held, state._replace(output=held, manual=False), held=True)
     if not math.isfinite(feed_forward):
         feed_forward = 0.0
 
