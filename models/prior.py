@@ -230,12 +230,9 @@ class _Terms:
     inflow: np.ndarray
     cap: np.ndarray  # rows x 1
 
-    def _extra(self, extra_kw: np.ndarray | float) -> np.ndarray:
-        return np.broadcast_to(np.asarray(extra_kw, dtype=np.float64), (self.n,))
-
-    def upper(self, extra_kw: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-        """``(bare, upper)`` with ``extra_kw`` more now (steps 3-4)."""
-        extra = self._extra(extra_kw)
+    def _bound(self, extra_kw: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(net, bare, upper)`` with ``extra_kw`` more now (steps 1, 3 and 4)."""
+        extra = np.broadcast_to(np.asarray(extra_kw, dtype=np.float64), (self.n,))
         net = self.heat_now + extra  # = P + dP - Q_now
         bare = self.temp + (net / self.ua_up)[:, None] * self.decay_up
         upper = bare + self.margin
@@ -244,14 +241,17 @@ class _Terms:
         p_max = np.maximum(self.rated_kw, self.power + extra)
         fastest = self.temp + ((p_max + self.inflow) / self.c_min)[:, None] * self.h[None, :]
         upper = np.minimum(upper, fastest + MARGIN_FLOOR_K)
-        return bare, np.minimum(upper, self.cap)
+        return net, bare, np.minimum(upper, self.cap)
+
+    def upper(self, extra_kw: np.ndarray | float) -> np.ndarray:
+        """The upper bound (rows x horizons) with ``extra_kw`` more now."""
+        return self._bound(extra_kw)[2]
 
     def paths(self, extra_kw: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(mean, bare, upper)``: see :meth:`PhysicsPrior.paths`."""
-        net = self.heat_now + self._extra(extra_kw)
+        net, bare, upper = self._bound(extra_kw)
         # 2. mean: the regulation responds (design UA)
         mean = self.temp + (net / self.ua)[:, None] * self.decay
-        bare, upper = self.upper(extra_kw)
         return np.minimum(mean, upper), bare, upper
 
 
@@ -454,9 +454,9 @@ class PhysicsPrior:
 
         def excess(extra: np.ndarray) -> np.ndarray:
             """max over horizons of (upper bound - limit) with ``extra`` kW more now."""
-            return (terms.upper(extra)[1][:, cols] - limit[:, None]).max(axis=1)
+            return (terms.upper(extra)[:, cols] - limit[:, None]).max(axis=1)
 
-        upper_now = terms.upper(0.0)[1][:, cols]
+        upper_now = terms.upper(0.0)[:, cols]
         over_now = (upper_now - limit[:, None]).max(axis=1) > 0.0
         room = np.maximum(max_load_frac * kd.rated_kw - kd.feature("power_kw"), 0.0)
         lo, hi = np.zeros(len(kd)), room.copy()
