@@ -1,8 +1,9 @@
 """``thermogate bench cooling``: cooling energy against a fixed-setpoint controller.
 
-The same site, weather, prices and planner run twice, closed loop through
-the control core and the simulated plant (``run_simulation``, the gating
-planner, no thermal model so both runs see exactly the same planning inputs):
+The same site, weather, prices and planner run twice, side by side in two
+worker processes (``side_by_side``), each closed loop through the control
+core and the simulated plant (``run_simulation``, the gating planner, no
+thermal model so both runs see exactly the same planning inputs):
 
 * ``fixed``: every cooling loop at its design supply setpoint and ΔP, fans
   and pumps by PID, no resets -- what an immersion-tank or CDU vendor's
@@ -25,10 +26,10 @@ import argparse
 from typing import Any
 
 from thermogate.hil.scenario import load_for_run
-from thermogate.plc.site import Site, load_site
+from thermogate.plc.site import load_site
 
 from .gating.planner import GatingPlanner
-from .report import ProgressBar
+from .side_by_side import run_side_by_side, told
 from .simulate import run_simulation
 
 #: the policies, in the order they run: the baseline first
@@ -38,35 +39,27 @@ POLICIES = ("fixed", "thermogate")
 BENCH_SCAN_S = 5.0
 
 
-def run_policy(
-    site: Site,
-    scenario: str,
-    weather: str | None,
-    hours: float,
-    policy: str,
-    *,
-    scan_s: float = BENCH_SCAN_S,
-    seed: int = 0,
-    show_progress: bool = False,
-) -> dict[str, Any]:
-    """One policy's run and its figures (see the module docstring)."""
+def run_policy(job: dict[str, Any]) -> dict[str, Any]:
+    """One policy's run and its figures (see the module docstring); a worker process.
+
+    ``job``: ``site``, ``scenario``, ``weather``, ``hours``, ``policy``, ``scan_s``
+    and ``seed`` (the scenario is read again here: it does not pickle).
+    """
+    policy = job["policy"]
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-    sc = load_for_run(scenario, weather, None, hours=hours)
-    bar = ProgressBar(enabled=None if show_progress else False, sim_hours=hours)
-    try:
-        res = run_simulation(
-            site,
-            sc,
-            hours,
-            seed=seed,
-            planner=GatingPlanner(site),
-            scan_s=scan_s,
-            progress=bar,
-            trim_and_respond=policy == "thermogate",
-        )
-    finally:
-        bar.close()
+    hours = job["hours"]
+    sc = load_for_run(job["scenario"], job["weather"], None, hours=hours)
+    res = run_simulation(
+        job["site"],
+        sc,
+        hours,
+        seed=job["seed"],
+        planner=GatingPlanner(job["site"]),
+        scan_s=job["scan_s"],
+        progress=told(job),
+        trim_and_respond=policy == "thermogate",
+    )
     s = res.summary
     return {
         "cooling_kwh": round(_kwh(s["cooling_energy_mwh"]), 1),
@@ -92,19 +85,21 @@ def bench_cooling(args: argparse.Namespace) -> dict[str, Any]:
     site = load_site(getattr(args, "site", None))
     hours = args.days * 24.0
     load_for_run(args.scenario, args.weather, None, hours=hours)  # a bad file stops us here
-    out = {
-        p: run_policy(
-            site,
-            args.scenario,
-            args.weather,
-            hours,
-            p,
-            scan_s=args.scan_s,
-            seed=args.seed,
-            show_progress=not args.json,
-        )
-        for p in POLICIES
+    common = {
+        "site": site,
+        "scenario": args.scenario,
+        "weather": args.weather,
+        "hours": hours,
+        "scan_s": args.scan_s,
+        "seed": args.seed,
     }
+    # the two policies share nothing while they run: side by side, one core each
+    out = run_side_by_side(
+        run_policy,
+        {p: {**common, "policy": p} for p in POLICIES},
+        hours,
+        show_progress=not args.json,
+    )
     fixed, mine = out["fixed"]["cooling_kwh"], out["thermogate"]["cooling_kwh"]
     return {
         "scenario": args.scenario,

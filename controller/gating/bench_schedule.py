@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import Manager
 from typing import Any
 
 import numpy as np
@@ -57,6 +55,7 @@ from thermogate.plc.site import Site, load_site
 from thermogate.plc.sizing import with_gpus
 
 from ..core import Planner
+from ..side_by_side import run_side_by_side, told
 from .baselines import StaticPlanner
 from .cluster import Admission
 from .placement import Placement
@@ -163,36 +162,6 @@ def default_gpus(jobs: tuple[Job, ...], seconds: float) -> int:
     return max(8, 8 * math.ceil(PEAK_OVER_MEAN * mean_gpu_demand(jobs, seconds) / 8))
 
 
-class _Told:
-    """A policy's progress, told to the parent through a queue every ~1 %."""
-
-    def __init__(self, queue: Any, policy: str) -> None:
-        self.queue, self.policy, self._last = queue, policy, -1.0
-
-    def update(self, done: float, total: float) -> None:
-        frac = done / total if total else 1.0
-        if frac - self._last >= 0.01 or frac >= 1.0:
-            self._last = frac
-            self.queue.put((self.policy, frac))
-
-
-def _show_progress(told: Any, futures: list[Any], hours: float) -> None:
-    """One bar in simulated hours over every policy, until all of them are done."""
-    import queue
-
-    from tqdm import tqdm
-
-    done = dict.fromkeys(POLICIES, 0.0)
-    with tqdm(total=round(len(POLICIES) * hours, 1), desc="policies", unit="sim h") as bar:
-        while not all(f.done() for f in futures):
-            try:
-                policy, frac = told.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            done[policy] = frac
-            bar.update(round(sum(done.values()) * hours, 1) - bar.n)
-
-
 def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
     from ..simulate import run_simulation
 
@@ -209,7 +178,7 @@ def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
         planner=_planner(policy, site, job["ai_gpus"]),
         jobs=job["jobs"],
         admission=admission,
-        progress=None if job["told"] is None else _Told(job["told"], policy),
+        progress=told(job),
     )
     s = r.summary
     jobs_s, econ = s["jobs"], s["economics"]
@@ -368,16 +337,12 @@ def bench_schedule(args: argparse.Namespace) -> dict[str, Any]:
         "jobs": jobs,
         "ai_gpus": ai_gpus,
     }
-    out: dict[str, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=2) as pool, Manager() as mgr:
-        told = None if args.json else mgr.Queue()
-        futs = {
-            p: pool.submit(_run_policy, {**common, "policy": p, "told": told}) for p in POLICIES
-        }
-        if told is not None:
-            _show_progress(told, list(futs.values()), hours)
-        for p, fut in futs.items():
-            out[p] = fut.result()
+    out = run_side_by_side(
+        _run_policy,
+        {p: {**common, "policy": p} for p in POLICIES},
+        hours,
+        show_progress=not args.json,
+    )
 
     steps = np.arange(0.0, hours * 3600.0, LP_STEP_S)
     price = np.array([sc.price_at(t) for t in steps])
