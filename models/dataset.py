@@ -141,8 +141,23 @@ class ZoneSpec:
         return (setpoint_column(self.temp[0]), setpoint_column(loop_supply))
 
 
+#: the last site's zones: a live forecaster asks for them every minute of a run
+#: (dataset and headroom), and a site is frozen, so the same object has the same zones
+_last_specs: tuple[Site, tuple[ZoneSpec, ...]] | None = None
+
+
 def zone_specs(site: Site) -> list[ZoneSpec]:
     """The zones of a site: every tank, loop and CDU, with their feature points."""
+    global _last_specs
+    last = _last_specs
+    if last is not None and last[0] is site:
+        return list(last[1])
+    specs = _zone_specs(site)
+    _last_specs = (site, tuple(specs))
+    return specs
+
+
+def _zone_specs(site: Site) -> list[ZoneSpec]:
     specs: list[ZoneSpec] = []
     loops = {lp.name: lp for lp in site.loops}
     # point names from the point table (a misspelled attribute raises here)
