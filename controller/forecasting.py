@@ -3,7 +3,10 @@
 ``models`` is a learning library: its :class:`~thermogate.models.live.LiveForecaster`
 returns its own records (headroom per load, notices). :class:`ModelRuntime`
 owns that forecaster for ``thermogate run`` and ``thermogate simulate`` and
-does what the controller needs around it, once per scan (:meth:`ModelRuntime.step`):
+does what the controller needs around it, once per scan (:meth:`ModelRuntime.step`,
+which is :meth:`~ModelRuntime.observe` then :meth:`~ModelRuntime.update`;
+``thermogate run`` calls the two apart, the update between scans, so the
+minute's forecast -- ~150 ms at 10,000 points -- never lengthens a scan):
 
 * swaps in a model the background retraining promoted (handed over under a
   lock: the retrain thread never touches the forecaster itself);
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +55,8 @@ __all__ = ["MODEL_SOURCE", "ModelRuntime", "load_forecasts", "model_events"]
 MODEL_SOURCE = "model"
 #: s between retrain attempts while no model is promoted (the physics prior forecasts)
 RETRY_UNTIL_MODEL_S = 3600.0
+#: minute updates whose duration is kept (``ModelRuntime.update_s``): a day
+UPDATES_KEPT = 1440
 
 
 def load_forecasts(loads: Mapping[str, LoadHeadroom]) -> dict[str, LoadForecast]:
@@ -72,8 +78,9 @@ def model_events(notices: Iterable[Notice]) -> list[Event]:
 class ModelRuntime:
     """A live forecaster beside one controller, optionally retrained in the background.
 
-    ``step`` runs on the scan's thread; ``on_retrain`` (the retrainer's callback)
-    on the retrain thread, which only queues its result for the next ``step``.
+    ``step`` (or ``observe`` and ``update``) runs on the scan's thread;
+    ``on_retrain`` (the retrainer's callback) on the retrain thread, which only
+    queues its result for the next ``observe``.
     """
 
     def __init__(
@@ -90,6 +97,8 @@ class ModelRuntime:
         self._lock = threading.Lock()
         self._handover: list[tuple[ThermalModel, int, float]] = []  # from the retrain thread
         self._events: list[Event] = []
+        #: seconds each minute's update took (the last ``UPDATES_KEPT``)
+        self.update_s: deque[float] = deque(maxlen=UPDATES_KEPT)
 
     @classmethod
     def for_run(
@@ -176,8 +185,13 @@ class ModelRuntime:
                 self._handover.append((outcome.model, outcome.version, outcome.window[1]))
 
     def step(self, t: float, res: ScanResult) -> list[Event]:
-        """One scan: swap in a newly promoted model, feed the forecaster, hand
-        headroom to the core; returns the events to record."""
+        """One scan, all of it: :meth:`observe`, then :meth:`update`; returns the
+        events to record."""
+        return self.observe(t, res) + self.update(t)
+
+    def observe(self, t: float, res: ScanResult) -> list[Event]:
+        """The scan's part (microseconds): swap in a newly promoted model and feed
+        the forecaster the scan's record; returns the events to record."""
         fc = self.forecaster
         with self._lock:
             handover, self._handover = self._handover, []
@@ -186,9 +200,16 @@ class ModelRuntime:
             fc.set_model(model, trained_t=t1, version=version)
             release_freed_heap()  # the model replaced is gone: its pages back to the system
         fc.observe(t, *res.record)
-        upd = fc.update(t)
-        if upd is not None:
-            self.last = upd
-            self.ctrl.set_forecast(upd.t, load_forecasts(upd.loads))
-            events.extend(model_events(upd.notices))
         return events
+
+    def update(self, t: float) -> list[Event]:
+        """Once a minute (a no-op otherwise): forecast and hand the headroom to the
+        core, for its next scan; returns the events to record."""
+        t0 = time.perf_counter()
+        upd = self.forecaster.update(t)
+        if upd is None:
+            return []
+        self.last = upd
+        self.ctrl.set_forecast(upd.t, load_forecasts(upd.loads))
+        self.update_s.append(time.perf_counter() - t0)
+        return model_events(upd.notices)

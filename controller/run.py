@@ -30,7 +30,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -249,9 +249,20 @@ class RealTimeController:
             self.inbox.answer(cid, res)
         return len(taken)
 
+    def _record_events(self, events: Iterable[Event]) -> None:
+        for ev in events:  # (data: a limit's kind and action, so the journal pairs them)
+            self.historian.record_event(
+                ev.t, ev.kind, ev.source, ev.message, ev.severity, ev.data or None
+            )
+
     def after_scan(self) -> None:
-        """Between two scans: give the commands the CLI's inbox and the faces queued
+        """Between two scans: the thermal model's minute update (forecasts and
+        headroom for the next scan, which is when a scan's forecast always took
+        effect: off the scan, it no longer holds the scan's timing, ~150 ms at
+        10,000 points), then the commands the CLI's inbox and the faces queued
         (they act at the next scan)."""
+        if self.model is not None and self.ctrl.t_last is not None:
+            self._record_events(self.model.update(self.ctrl.t_last))
         try:
             self.serve_inbox()
         except sqlite3.Error as exc:  # the database cannot be written now: the CLI waits
@@ -330,12 +341,9 @@ class RealTimeController:
             self._audit(a)
         if self.ctrl.state.version != self._saved_version:  # a trip latched, an override ended
             self.save_state()
-        if self.model is not None:
-            res.events.extend(self.model.step(now, res))
-        for ev in res.events:  # (data: a limit's kind and action, so the journal pairs them)
-            self.historian.record_event(
-                ev.t, ev.kind, ev.source, ev.message, ev.severity, ev.data or None
-            )
+        if self.model is not None:  # its minute's update comes after the scan (after_scan)
+            res.events.extend(self.model.observe(now, res))
+        self._record_events(res.events)
         self.historian.record_scan(now, *res.record)
         self._keep_books(now, price)
         self._settle(now)
