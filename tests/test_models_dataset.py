@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from thermogate.models import dataset
 from thermogate.models.baselines import RCBaseline, persistence
-from thermogate.models.dataset import BAD, WINDOW, _rolling_mean, build_dataset, zone_specs
+from thermogate.models.bins import bin_index, bin_means, bin_sums, usual_scans
+from thermogate.models.dataset import (
+    BAD,
+    WINDOW,
+    _rolling_mean,
+    build_dataset,
+    resample,
+    zone_specs,
+)
 from thermogate.plc.site import demo_site
 
 SITE = demo_site()
@@ -186,3 +197,58 @@ def test_a_nan_spoils_only_the_rolling_windows_that_hold_it() -> None:
     m = _rolling_mean(x, 4)
     assert np.isnan(m[:7]).all()  # the first 3 are short, the next 4 hold x[3]
     np.testing.assert_allclose(m[7:], [5.5, 6.5, 7.5, 8.5, 9.5])
+
+
+def _resample_one_series_at_a_time(t, values, quality, step_s):
+    """The rule of ``resample`` as it was first written, a pass per series."""
+    k = bin_index(t, step_s)
+    b = k - k.min()
+    nb = int(b.max()) + 1
+    rows = np.bincount(b, minlength=nb).astype(np.float64)
+    usual = usual_scans(rows)
+    out = {}
+    for n, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        ok = np.isfinite(v)
+        if quality is not None and n in quality:
+            ok &= np.asarray(quality[n]) != BAD
+        s, cnt = bin_sums(b, v, ok, nb)
+        out[n] = bin_means(s, cnt, rows, usual)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_scans=st.integers(1, 300),
+    n_series=st.integers(1, 12),
+    chunk=st.sampled_from([1, 7, 50, 2_000_000]),
+    with_quality=st.booleans(),
+)
+def test_resampling_many_series_a_pass_gives_the_same_means_to_the_bit(
+    seed: int, n_scans: int, n_series: int, chunk: int, with_quality: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    # scans at irregular times with gaps, several to a bin or none
+    t = np.sort(rng.uniform(0.0, 1200.0, n_scans)) + 1.7e9
+    values = {}
+    for j in range(n_series):
+        v = rng.normal(40.0, 7.0, n_scans) * rng.uniform(0.1, 1e3)
+        if j % 3 == 0:  # a counter: integers, no NaN
+            values[f"p{j}"] = v.round().clip(-999, 999).astype(np.int64)
+            continue
+        v[rng.random(n_scans) < 0.15] = np.nan
+        v[rng.random(n_scans) < 0.05] = np.inf
+        values[f"p{j}"] = v
+    quality = (
+        {f"p{j}": rng.integers(0, 3, n_scans).astype(np.uint8) for j in range(0, n_series, 2)}
+        if with_quality
+        else None
+    )
+    want = _resample_one_series_at_a_time(t, values, quality, 60.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset, "RESAMPLE_CHUNK_VALUES", chunk)  # one series a pass, or all
+        got = resample(t, values, quality, step_s=60.0)
+    assert list(got.values) == list(want)
+    for n in want:
+        assert got.values[n].tobytes() == want[n].tobytes(), n  # NaNs included
