@@ -18,8 +18,9 @@ minute's forecast -- ~150 ms at 10,000 points -- never lengthens a scan):
 
 A site with no promoted model is forecast by the physics prior
 (:mod:`thermogate.models.prior`) as soon as the forecaster's minute bins hold
-a feature window (~16 minutes, at once after a restart: the bins are seeded
-from the historian); the first retrain comes as soon as ``MIN_HOURS`` of
+a feature window (~22 minutes: 15 minutes of features over 5-minute
+setpoint changes, after the first partial minute; at once after a restart:
+the bins are seeded from the historian); the first retrain comes as soon as ``MIN_HOURS`` of
 history can exist, retried hourly until a model is promoted, and the promoted
 model takes over from the prior with an info event.
 

@@ -556,7 +556,7 @@ class LiveForecaster:
         notices: list[Notice],
     ) -> ForecastUpdate | None:
         """No learned model yet: the physics prior forecasts (once the minute
-        bins hold a feature window, ~16 minutes after the start)."""
+        bins hold a feature window, ~22 minutes after the start)."""
         assert self.prior is not None
         if not forecasts:
             return None if not notices else ForecastUpdate(t, False, [], {}, {}, {}, notices)
