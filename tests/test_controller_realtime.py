@@ -7,7 +7,6 @@ configuration mistakes, as an operator would meet them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from served import served
 
 from thermogate.controller.modbus_io import Endpoint
 from thermogate.controller.run import RealTimeController
@@ -273,41 +273,34 @@ def test_a_bad_controller_configuration_is_one_clear_line_naming_key_and_reason(
 def test_the_models_minute_update_runs_between_scans_and_never_inside_one(tmp_path):
     """The minute's forecast (~150 ms at 10,000 points) is worked out after the scan,
     so it never holds a scan's timing; the next scan plans with it, as before."""
-    site = demo_site()
 
     async def scenario() -> None:
-        sim = ScenarioPlant(site, "normal-day")
-        pl = sim.plant
-        sp = ServedPlant(sim, speed=120.0)  # the plant is the clock: minutes pass in seconds
-        _, port = await sp.server.start_tcp("127.0.0.1", 0)
-        cfg = RunConfig(
-            site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.05, 0.5,
-            built_in_plant=False,
-        )  # fmt: skip
-        rt = RealTimeController(cfg, clock=lambda: 1_800_000_000.0 + pl.t)
-        assert rt.model is not None  # a fresh historian: the physics prior forecasts
-        clock = asyncio.create_task(sp.run())
-        inside, between = 0, 0
-        try:
-            for _ in range(2000):
-                before = rt.model.last
-                await rt.scan_once()
-                inside += rt.model.last is not before
-                after_scan = rt.model.last
-                rt.after_scan()
-                if rt.model.last is not after_scan:
-                    between += 1
-                    assert rt.model.last is not None
-                    assert rt.model.last.t <= rt.ctrl.t_last  # this scan's minute
-                if between >= 3:
-                    break
-                await asyncio.sleep(0.02)
-        finally:
-            await rt.close()
-            clock.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await clock
-            await sp.server.stop()
+        # the plant is the clock: at 120x minutes pass in seconds
+        async with served("normal-day", speed=120.0) as (sp, port):
+            pl = sp.sim.plant
+            cfg = RunConfig(
+                pl.site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.05, 0.5,
+                built_in_plant=False,
+            )  # fmt: skip
+            rt = RealTimeController(cfg, clock=lambda: 1_800_000_000.0 + pl.t)
+            assert rt.model is not None  # a fresh historian: the physics prior forecasts
+            inside, between = 0, 0
+            try:
+                for _ in range(2000):
+                    before = rt.model.last
+                    await rt.scan_once()
+                    inside += rt.model.last is not before
+                    after_scan = rt.model.last
+                    rt.after_scan()
+                    if rt.model.last is not after_scan:
+                        between += 1
+                        assert rt.model.last is not None
+                        assert rt.model.last.t <= rt.ctrl.t_last  # this scan's minute
+                    if between >= 3:
+                        break
+                    await asyncio.sleep(0.02)
+            finally:
+                await rt.close()
         assert inside == 0
         assert between == 3 and len(rt.model.update_s) == 3
         assert rt.model.last.zones  # headroom per zone, for the next scan's planning
