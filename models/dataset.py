@@ -291,7 +291,7 @@ def resample(
     # sums. One bincount over (series, bin) cells adds each cell's samples in
     # their order, exactly as a bincount per series does, so the means are the
     # same to the bit; chunks bound the memory of a long history.
-    per = max(1, RESAMPLE_CHUNK_VALUES // len(t))
+    per = max(1, RESAMPLE_CHUNK_VALUES // max(len(t), nb))  # samples and cells bounded
     for c0 in range(0, len(names), per):
         chunk = names[c0 : c0 + per]
         m = len(chunk)

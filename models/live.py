@@ -72,6 +72,8 @@ CLEAR_AFTER = 5  # trusted minutes in a row before a distrusted model is trusted
 LIVE_STEPS = 2 * WINDOW
 #: minute bins kept once nothing is to be learned from them (a forecast needs LIVE_STEPS)
 KEEP_STEPS = LIVE_STEPS + 60
+#: a jump of the data's clock beyond this (or any step back) restarts the minute history
+RESTART_GAP_S = 6 * 3600.0
 #: data time the report records (archived forecasts, measured minutes) are kept
 #: behind the newest minute: a report takes them within minutes, a long run must
 #: not keep every minute it ever forecast
@@ -126,14 +128,25 @@ class _MinuteBins:
         self.v: deque[np.ndarray] = deque(maxlen=keep)
         self.scans_per_bin: deque[int] = deque(maxlen=keep or 1440)
 
-    def add(self, t: float, values: np.ndarray, usable: np.ndarray) -> None:
+    def add(self, t: float, values: np.ndarray, usable: np.ndarray) -> bool:
+        """Add one scan; True when it restarted the history: the clock stepped back,
+        or forward by more than ``RESTART_GAP_S`` (a dead RTC's 1970 put right by
+        NTP): minutes across such a step are no series, and bins spanning decades
+        would not fit in memory."""
         k = bin_index(t, self.step_s)
+        restarted = False
         if self.k is not None and k != self.k:
             self._close()
+            if k < self.k or (k - self.k) * self.step_s > RESTART_GAP_S:
+                self.t.clear()
+                self.v.clear()
+                self.scans_per_bin.clear()
+                restarted = True
         if self.k != k:
             self.k = k
             self.acc.reset()
         self.acc.add(values, usable)
+        return restarted
 
     def _close(self) -> None:
         assert self.k is not None
@@ -234,6 +247,7 @@ class LiveForecaster:
         self.trust: Trust | None = None
         self.errors = LiveErrors()
         self._t_first: float | None = None
+        self._restarts: list[Notice] = []  # the history restarted (a clock step), unsaid
         self._last_update_k: int | None = None
         self._trusted: bool | None = None
         self._reason_kinds: frozenset[str] = frozenset()  # raised in this untrusted episode
@@ -329,7 +343,16 @@ class LiveForecaster:
             self._t_first = t
         v = np.asarray(values, dtype=np.float64)[self.idx]
         usable = np.isfinite(v) & (np.asarray(quality)[self.idx] != BAD)
-        self.bins.add(t, v, usable)
+        if self.bins.add(t, v, usable):
+            self._t_first = t  # learning counts its hours from the step
+            self._pending.clear()  # forecasts made before it are scored against nothing
+            self._restarts.append(
+                Notice(
+                    t, "info",
+                    "the clock stepped; the thermal model's minute history starts again "
+                    f"(a forecast needs {LIVE_STEPS} minutes of it)", 500,
+                )
+            )  # fmt: skip
 
     # ------------------------------------------------------------------
     def _arrays(self, last: int | None) -> dict[str, Any]:
@@ -367,7 +390,7 @@ class LiveForecaster:
         if self._last_update_k == k or not self.bins.t:
             return None
         self._last_update_k = k
-        notices: list[Notice] = []
+        notices, self._restarts = self._restarts, []
         if self.learn_after_s is not None:
             notices += self._learn(t)
         if (self.model is None or self.trust is None) and self.prior is None:

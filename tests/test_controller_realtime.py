@@ -306,3 +306,45 @@ def test_the_models_minute_update_runs_between_scans_and_never_inside_one(tmp_pa
         assert rt.model.last.zones  # headroom per zone, for the next scan's planning
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("step_s", [1_800_000_000.0 - 86_400.0, -3_600.0])
+def test_a_clock_stepping_decades_ahead_or_back_keeps_the_run_scanning(tmp_path, step_s):
+    """A PLC-side box whose dead RTC said 1970 until NTP put it right (or an operator
+    setting it back an hour): the scans go on, the step is an event, and the thermal
+    model's minute history starts again rather than spanning the step (bins across
+    56 years once asked numpy for terabytes and stopped the run)."""
+
+    async def scenario() -> None:
+        async with served("normal-day", speed=120.0) as (sp, port):
+            pl = sp.sim.plant
+            cfg = RunConfig(
+                pl.site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.05, 0.5,
+                built_in_plant=False,
+            )  # fmt: skip
+            offset = [86_400.0]
+            rt = RealTimeController(cfg, clock=lambda: offset[0] + pl.t)
+            assert rt.model is not None
+            bins = rt.model.forecaster.bins
+            try:
+                t_step = None
+                for _ in range(4000):
+                    await rt.scan_once()
+                    rt.after_scan()
+                    if t_step is None and len(bins.t) >= 3:
+                        offset[0] += step_s  # the clock steps between two scans
+                        t_step = rt.clock()
+                    elif t_step is not None and len(bins.t) >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                assert t_step is not None and len(bins.t) >= 2
+                assert all(t >= t_step - 60.0 for t in bins.t)  # only minutes after it
+                rt.historian.flush()
+                events = rt.historian.reader.events(kinds=["clock", "info"], limit=100_000)
+            finally:
+                await rt.close()
+        kinds = [(e["kind"], e["message"]) for e in events]
+        assert any(k == "clock" and "stepped" in m for k, m in kinds)
+        assert any("minute history starts again" in m for _, m in kinds)
+
+    asyncio.run(scenario())
