@@ -289,6 +289,16 @@ class RealTimeController:
         self.historian.record_audit(a.t, a.who, a.where, a.target, a.old, a.new, a.why, ok=a.ok)
 
     async def scan_once(self) -> None:
+        """One scan. The historian's telemetry batch waits for its end
+        (``hold_batches``): the writer's commit takes the slack, not the cores the
+        scan's read shares with it."""
+        self.historian.hold_batches()
+        try:
+            await self._scan()
+        finally:
+            self.historian.release_batches()
+
+    async def _scan(self) -> None:
         t0 = time.perf_counter()
         rr = await self.io.read_all()
         now = self.clock()

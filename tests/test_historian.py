@@ -700,3 +700,51 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(tmp_path):
         last = h.telemetry([names[-1]], t_new - 1, t_new + 1, resolution="raw")
         assert last[names[-1]].tolist() == [4.5]
     assert _integrity(db) == "ok"
+
+
+# --------------------------------------------------------------------------
+# out of the scan's way
+# --------------------------------------------------------------------------
+def _until(pred, what: str) -> None:
+    """Poll ``pred``; the bound only keeps a broken writer from hanging the suite."""
+    t_start = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t_start < 20, what
+        time.sleep(0.005)
+
+
+def _rows(path: Path) -> int:
+    return _sql(path, 'SELECT count(*) FROM "telemetry_0"')[0][0]
+
+
+def test_a_batch_falling_due_during_a_scan_waits_for_its_end_and_events_do_not(
+    tmp_path, monkeypatch
+):
+    """The scan holds the batches (``hold_batches``): the writer's commit takes the
+    slack after it, not the cores its read needs; an event still goes at once."""
+    from thermogate.controller.historian import committer
+
+    monkeypatch.setattr(committer, "HOLD_MAX_S", 3600.0)  # the order alone is the claim
+    path = tmp_path / "h.db"
+    with Historian(path, _names(20), batch_s=0.02) as h:
+        h.record_scan(T0, np.ones(20), _good(20))
+        _until(lambda: _rows(path) == 1, "a batch with no scan running")
+        h.hold_batches()  # a scan starts
+        h.record_scan(T0 + 1, np.ones(20), _good(20))
+        h.record_event(T0 + 1, "alarm", "loop1", "during the scan")
+        _until(lambda: _sql(path, 'SELECT count(*) FROM "events"')[0][0] == 1, "event")
+        time.sleep(0.2)  # ten batch periods: every one of them due
+        assert _rows(path) == 1  # held while the scan runs
+        h.release_batches()  # the scan ends: the held batch runs in the slack
+        _until(lambda: _rows(path) == 2, "the held batch after the scan")
+
+
+def test_a_scan_that_never_ends_holds_a_batch_no_longer_than_the_bound(tmp_path, monkeypatch):
+    from thermogate.controller.historian import committer
+
+    monkeypatch.setattr(committer, "HOLD_MAX_S", 0.1)
+    path = tmp_path / "h.db"
+    with Historian(path, _names(20), batch_s=0.02) as h:
+        h.hold_batches()  # and never released: a loop with no gap between scans
+        h.record_scan(T0, np.ones(20), _good(20))
+        _until(lambda: _rows(path) == 1, "telemetry committed despite the hold")

@@ -184,6 +184,9 @@ class Historian(WriterThread):
         self._closing = False
         self._closed = False
         self._retry_at = 0.0
+        self._quiet = threading.Event()
+        self._quiet.set()  # no scan marked: batches run on their tick
+        self._hold_wait = False
         self._err_lock = threading.Lock()
         self._error: BaseException | None = None
         self._unreported: BaseException | None = None
@@ -251,6 +254,17 @@ class Historian(WriterThread):
             self._scans.append((t, vb, qb))
         if self._unreported is not None:
             self._raise_pending(queued=True)
+
+    def hold_batches(self) -> None:
+        """A scan starts: a telemetry batch falling due now waits for
+        :meth:`release_batches` (at most ``HOLD_MAX_S``; urgent rows never wait)."""
+        self._quiet.clear()
+
+    def release_batches(self) -> None:
+        """The scan is over: a batch held for it runs now, in the slack."""
+        self._quiet.set()
+        if self._hold_wait:
+            self._q.put(("q",))
 
     def record_event(
         self,
