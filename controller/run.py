@@ -105,9 +105,13 @@ class RealTimeController:
         *,
         clock: Callable[[], float] = time.time,
         price_feed: Callable[[float], float] | None = None,
+        speed: float = 1.0,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
+        #: how fast ``clock`` runs (a HIL rig's faster plant and clock): ``run`` paces
+        #: its scans every ``cfg.scan_s`` of the clock, ``cfg.scan_s / speed`` wall seconds
+        self.pace_s = cfg.scan_s / speed
         self.price_feed = price_feed
         self.pmap = build_point_map(cfg.site)
         self.gating = GatingPlanner(cfg.site) if cfg.planner == "gating" else None
@@ -418,7 +422,7 @@ class RealTimeController:
             await self.scan_once()
             self.after_scan()
             # the scan's garbage, collected in the slack rather than inside the next scan
-            self.gc.collect(next_t + self.cfg.scan_s - loop.time(), self.cfg.scan_s)
+            self.gc.collect(next_t + self.pace_s - loop.time(), self.pace_s)
             now = loop.time()
             if now - last_save >= STATE_SAVE_S:
                 self.save_state()
@@ -429,7 +433,7 @@ class RealTimeController:
             if on_status and now - last_status >= STATUS_EVERY_S:
                 on_status(self)
                 last_status = now
-            next_t += self.cfg.scan_s
+            next_t += self.pace_s
             delay = next_t - loop.time()
             if delay < 0:
                 self.overruns += 1

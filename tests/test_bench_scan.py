@@ -24,12 +24,14 @@ def test_the_bench_site_is_the_smallest_generated_one_with_the_points_asked(poin
 def test_bench_scan_prints_the_scan_beside_its_floor_in_one_run() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "thermogate.controller.cli", "bench", "scan",
-         "--points", "300", "--scans", "8", "--json"],
+         "--points", "300", "--scans", "8", "--speed", "10", "--json"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["points"] >= 300 and r["scans"] == 8 and r["in_flight"] == 4
+    # run's own loop at the site's interval, plant and clock 10x as asked
+    assert r["speed"] == 10.0 and r["scan_interval_s"] == 1.0 and r["overruns"] >= 0
     assert r["stale_points_last_read"] == 0  # every point read
     for k in ("floor_read", "read", "scan"):
         assert 0 < r[f"{k}_p50_ms"] <= r[f"{k}_p99_ms"], k
