@@ -18,8 +18,8 @@ In the same run the bench measures
   few ms pass and wrote 9 commands a scan on average at 10,000 points, where
   scans 1 s apart write 160). ``--speed`` runs the plant and
   the controller's clock that many times faster, the loop paced to match:
-  the same work a scan, less slack, quicker to measure; it read ~15 % low
-  against real pacing on this VM (an idle virtual CPU is slower to wake),
+  quicker and rougher (at 10x the served 10,000-point plant lags, its scans
+  write a third of the commands, and the figures come out ~15 % low),
 
 so the ratios between them are what the controller adds, whatever the
 machine's speed.

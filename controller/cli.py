@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=1.0,
         help="plant and controller clock this many times real time: run's loop at the "
-        "site's scan interval, compressed (1: as run scans; 10 is quicker and reads ~15 %% low)",
+        "site's scan interval, compressed (1: as run scans; 10 is quicker, rougher, ~15 %% low)",
     )
     bsc.add_argument(
         "--in-flight",
