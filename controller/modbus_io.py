@@ -62,7 +62,8 @@ registers go in one FC16 (a lone one-register point uses FC6), adjacent coils
 in one FC15 (a lone coil FC5). A request is all or nothing on the device, so
 every write of a failed request reports that request's error. Units are
 written concurrently, requests to one unit sent in address order with up to
-``in_flight`` outstanding. A unit in read
+``in_flight`` outstanding, over TCP as one stream as the reads are
+(``ModbusLink.write_stream``). A unit in read
 backoff is not written (the write fails at once, saying so). If the same
 point appears more than once in one call, the last value is the one written
 and the earlier entries report ``ok=False`` ("superseded").
@@ -90,7 +91,7 @@ from thermogate.plc.errors import CodecError, ModbusDeviceError
 from thermogate.plc.planning import plan_reads
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.points import MAX_WRITE_BITS, MAX_WRITE_REGISTERS, Point
-from thermogate.plc.transport import ModbusLink, Tried
+from thermogate.plc.transport import ModbusLink, StreamEnd, Tried
 
 log = logging.getLogger(__name__)
 
@@ -511,30 +512,26 @@ class ModbusIO:
                 errors[u] = error
         return scan, unit_ok, errors
 
+    @staticmethod
     async def _stream_unit(
-        self,
         unit: _Unit,
-        blocks: list[_Block],
-        reads: list[tuple[str, int, int]],
+        n: int,
         deadline: float,
-        store: Callable[[int, list[int] | list[bool]], None],
+        stream: Callable[[], Awaitable[StreamEnd | None]],
+        one: Callable[[int, Tried | None], Awaitable[None]],
         refused: Callable[[int, ModbusDeviceError], None],
     ) -> _Pass:
-        """One pass over a unit's reads: as a stream (``ModbusLink.read_stream``)
-        while every answer is usable, then what is left a request at a time, with
-        the link's retries and reconnects (``_pipelined``); or all of it a request at
-        a time where the link cannot stream (a serial line, not connected yet)."""
-
-        async def read(k: int, tried: Tried | None = None) -> None:
-            block = blocks[k]
-            store(k, await unit.link.read(block.table, block.address, block.count, tried=tried))
-
+        """One pass over a unit's ``n`` requests: as a stream (``stream()``, the link's
+        ``read_stream`` or ``write_stream``) while every answer is usable, then what
+        is left a request at a time (``one(k, tried)``) with the link's retries and
+        reconnects (``_pipelined``); or all of it a request at a time where the link
+        cannot stream (a serial line, not connected yet)."""
         try:
-            end = await unit.link.read_stream(reads, deadline, store, refused)
+            end = await stream()
         except Exception as exc:  # the scan must go on; the caller says what broke
             return _Pass(sent={}, crashed=exc)
         if end is None:
-            return await _pipelined(unit, len(blocks), deadline, read, refused)
+            return await _pipelined(unit, n, deadline, lambda k: one(k, None), refused)
         if end.timed_out is not None:
             return _Pass(sent=end.timed_out, timed_out=True)
         rest = end.rest
@@ -544,7 +541,7 @@ class ModbusIO:
             unit,
             len(rest),
             deadline,
-            lambda i: read(*rest[i]),
+            lambda i: one(*rest[i]),
             lambda i, exc: refused(rest[i][0], exc),
         )
         done.sent = {rest[i][0]: at for i, at in done.sent.items()}
@@ -580,7 +577,18 @@ class ModbusIO:
             if exc.exception_code is not None:  # an answer: only this block is lost
                 problems.append(exc.reason)
 
-        done = await self._stream_unit(unit, blocks, reads, deadline, store, refused)
+        async def read(k: int, tried: Tried | None) -> None:
+            block = blocks[k]
+            store(k, await unit.link.read(block.table, block.address, block.count, tried=tried))
+
+        done = await self._stream_unit(
+            unit,
+            len(blocks),
+            deadline,
+            lambda: unit.link.read_stream(reads, deadline, store, refused),
+            read,
+            refused,
+        )
         if done.timed_out:
             now = loop.time()
             if not done.sent:
@@ -673,8 +681,11 @@ class ModbusIO:
             return [f"not sent: unit {unit_id} {skip}"] * len(runs)
         errors: list[str | None] = [f"not sent: unit {unit_id} stopped answering"] * len(runs)
 
-        async def send(k: int) -> None:
-            await runs[k].send(unit.link)
+        def sent(k: int) -> None:
+            errors[k] = None
+
+        async def send(k: int, tried: Tried | None) -> None:
+            await runs[k].send(unit.link, tried)
             errors[k] = None
 
         def refused(k: int, exc: ModbusDeviceError) -> None:
@@ -683,7 +694,15 @@ class ModbusIO:
             else:
                 errors[k] = exc.reason
 
-        done = await _pipelined(unit, len(runs), deadline, send, refused)
+        writes = [(run.table, run.address, run.words) for run in runs]
+        done = await self._stream_unit(
+            unit,
+            len(runs),
+            deadline,
+            lambda: unit.link.write_stream(writes, deadline, sent, refused),
+            send,
+            refused,
+        )
         if done.timed_out:
             for k in done.sent:
                 errors[k] = (
@@ -742,16 +761,17 @@ class _WriteRun:
     def what(self) -> str:
         return f"{self.table} {self.address}+{len(self.words)}"
 
-    async def send(self, link: ModbusLink) -> None:
+    async def send(self, link: ModbusLink, tried: Tried | None = None) -> None:
+        """One request (``ModbusLink.write_stream`` makes the same one)."""
         if self.table == "coil":
             if len(self.words) == 1:
-                await link.write_coil(self.address, bool(self.words[0]))
+                await link.write_coil(self.address, bool(self.words[0]), tried=tried)
             else:
-                await link.write_coils(self.address, [bool(w) for w in self.words])
+                await link.write_coils(self.address, [bool(w) for w in self.words], tried=tried)
         elif len(self.words) == 1:
-            await link.write_register(self.address, self.words[0])
+            await link.write_register(self.address, self.words[0], tried=tried)
         else:
-            await link.write_registers(self.address, self.words)
+            await link.write_registers(self.address, self.words, tried=tried)
 
 
 def _write_runs(staged: Iterable[tuple[int, Point, list[int]]]) -> dict[int, list[_WriteRun]]:

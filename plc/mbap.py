@@ -52,6 +52,25 @@ def read_pdu(function_code: int, address: int, count: int) -> bytes:
     return _READ.pack(function_code, address, count)
 
 
+def write_pdu(function_code: int, address: int, words: Sequence[int]) -> bytes:
+    """The PDU of a write from ``address``: fc 5 (one coil, ``words[0]`` 0 or not),
+    6 (one holding register), 15 (coils) or 16 (holding registers)."""
+    if function_code == 5:
+        return _READ.pack(5, address, 0xFF00 if words[0] else 0)
+    if function_code == 6:
+        return _READ.pack(6, address, words[0])
+    n = len(words)
+    if function_code == 15:
+        packed = bytearray((n + 7) // 8)
+        for i, v in enumerate(words):
+            if v:
+                packed[i >> 3] |= 1 << (i & 7)
+        return _READ.pack(15, address, n) + bytes((len(packed),)) + bytes(packed)
+    if function_code == 16:
+        return _READ.pack(16, address, n) + struct.pack(f">B{n}H", 2 * n, *words)
+    raise ValueError(f"function code {function_code} is not a write")
+
+
 class MalformedAnswer(ModbusException):
     """An answer that does not fit its request (the connection stays up)."""
 
@@ -196,31 +215,22 @@ class MbapClient:
     async def write_register(
         self, address: int, value: int, *, device_id: int, timeout: float | None = None
     ) -> Answer:
-        return await self._request(device_id, _READ.pack(6, address, value), timeout)
+        return await self._request(device_id, write_pdu(6, address, [value]), timeout)
 
     async def write_coil(
         self, address: int, value: bool, *, device_id: int, timeout: float | None = None
     ) -> Answer:
-        pdu = _READ.pack(5, address, 0xFF00 if value else 0)
-        return await self._request(device_id, pdu, timeout)
+        return await self._request(device_id, write_pdu(5, address, [value]), timeout)
 
     async def write_registers(
         self, address: int, values: Sequence[int], *, device_id: int, timeout: float | None = None
     ) -> Answer:
-        n = len(values)
-        pdu = _READ.pack(16, address, n) + struct.pack(f">B{n}H", 2 * n, *values)
-        return await self._request(device_id, pdu, timeout)
+        return await self._request(device_id, write_pdu(16, address, values), timeout)
 
     async def write_coils(
         self, address: int, values: Sequence[bool], *, device_id: int, timeout: float | None = None
     ) -> Answer:
-        n = len(values)
-        packed = bytearray((n + 7) // 8)
-        for i, v in enumerate(values):
-            if v:
-                packed[i >> 3] |= 1 << (i & 7)
-        pdu = _READ.pack(15, address, n) + bytes((len(packed),)) + bytes(packed)
-        return await self._request(device_id, pdu, timeout)
+        return await self._request(device_id, write_pdu(15, address, values), timeout)
 
     async def _request(self, unit: int, pdu: bytes, timeout: float | None) -> Answer:
         p = self._proto
@@ -314,7 +324,8 @@ class MbapClient:
 
 
 class Stream:
-    """A pass of requests to one unit, driven by its answers (no task per request).
+    """A pass of requests (reads or writes) to one unit, driven by its answers (no
+    task per request).
 
     The requests leave in order, up to ``in_flight`` outstanding; each answer (an
     :class:`Answer`, a :class:`MalformedAnswer`, ``TimeoutError`` after ``timeout``

@@ -72,7 +72,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
 from thermogate.plc.errors import ModbusDeviceError
-from thermogate.plc.mbap import Answer, MbapClient, read_pdu
+from thermogate.plc.mbap import Answer, MbapClient, read_pdu, write_pdu
 from thermogate.plc.points import (
     BIT_TABLES,
     MAX_READ_BITS,
@@ -585,17 +585,20 @@ class ModbusLink:
             return list(response.bits[:count])
         return list(response.registers)
 
-    async def write_registers(self, address: int, values: Sequence[int]) -> None:
-        """Write holding registers with fc 16 (raw 16-bit words)."""
+    async def write_registers(
+        self, address: int, values: Sequence[int], *, tried: Tried | None = None
+    ) -> None:
+        """Write holding registers with fc 16 (raw 16-bit words). ``tried``: as
+        :meth:`read`'s (a first try made in a :meth:`write_stream`)."""
         regs = _words(values)
         _check_range(address, len(regs), MAX_WRITE_REGISTERS)
 
         def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
             return client.write_registers(address, regs, device_id=self.unit_id, **timeout)
 
-        await self._transact(f"write holding {address}+{len(regs)}", 16, call, None)
+        await self._transact(f"write holding {address}+{len(regs)}", 16, call, None, tried)
 
-    async def write_register(self, address: int, value: int) -> None:
+    async def write_register(self, address: int, value: int, *, tried: Tried | None = None) -> None:
         """Write one holding register with fc 6."""
         (word,) = _words([value])
         _check_range(address, 1, 1)
@@ -603,9 +606,11 @@ class ModbusLink:
         def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
             return client.write_register(address, word, device_id=self.unit_id, **timeout)
 
-        await self._transact(f"write holding {address}", 6, call, None)
+        await self._transact(_write_what("holding", address, 1), 6, call, None, tried)
 
-    async def write_coils(self, address: int, values: Sequence[bool]) -> None:
+    async def write_coils(
+        self, address: int, values: Sequence[bool], *, tried: Tried | None = None
+    ) -> None:
         """Write coils with fc 15."""
         bits = [bool(v) for v in values]
         _check_range(address, len(bits), MAX_WRITE_BITS)
@@ -613,16 +618,16 @@ class ModbusLink:
         def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
             return client.write_coils(address, bits, device_id=self.unit_id, **timeout)
 
-        await self._transact(f"write coil {address}+{len(bits)}", 15, call, None)
+        await self._transact(f"write coil {address}+{len(bits)}", 15, call, None, tried)
 
-    async def write_coil(self, address: int, value: bool) -> None:
+    async def write_coil(self, address: int, value: bool, *, tried: Tried | None = None) -> None:
         """Write one coil with fc 5."""
         _check_range(address, 1, 1)
 
         def call(client: Any, **timeout: float) -> Awaitable[ModbusPDU]:
             return client.write_coil(address, bool(value), device_id=self.unit_id, **timeout)
 
-        await self._transact(f"write coil {address}", 5, call, None)
+        await self._transact(_write_what("coil", address, 1), 5, call, None, tried)
 
     async def _transact(
         self,
@@ -733,31 +738,82 @@ class ModbusLink:
 
         None: the link cannot stream now (a serial line, no connection yet, or its
         slots in use by another caller); make each read with :meth:`read`."""
+        for table, address, count in reads:
+            _check_read(table, address, count)
+
+        def values(k: int, answer: Answer) -> None:
+            on_values(k, answer.bits if reads[k][0] in BIT_TABLES else answer.registers)
+
+        return await self._stream(
+            [read_pdu(_READ_FC[t], a, c) for t, a, c in reads],
+            lambda k: "read {} {}+{}".format(*reads[k]),
+            deadline,
+            values,
+            on_refused,
+        )
+
+    async def write_stream(
+        self,
+        writes: Sequence[tuple[str, int, Sequence[int]]],
+        deadline: float,
+        on_done: Callable[[int], None],
+        on_refused: Callable[[int, ModbusDeviceError], None],
+    ) -> StreamEnd | None:
+        """Write ``writes`` (``(table, address, words)`` each, "coil" or "holding")
+        in order as one stream, as :meth:`read_stream` reads: ``on_done(k)`` for
+        each write the device echoed, what is left for :meth:`write_coil`,
+        :meth:`write_coils`, :meth:`write_register` or :meth:`write_registers`
+        (the one a write of its table and length takes, with ``tried``).
+        """
+        pdus: list[bytes] = []
+        for table, address, words in writes:
+            if table == "coil":
+                _check_range(address, len(words), MAX_WRITE_BITS)
+                pdus.append(write_pdu(5 if len(words) == 1 else 15, address, words))
+            elif table == "holding":
+                _check_range(address, len(words), MAX_WRITE_REGISTERS)
+                regs = _words(words)
+                pdus.append(write_pdu(6 if len(regs) == 1 else 16, address, regs))
+            else:
+                raise ValueError(f"table {table!r} cannot be written")
+        return await self._stream(
+            pdus,
+            lambda k: _write_what(writes[k][0], writes[k][1], len(writes[k][2])),
+            deadline,
+            lambda k, answer: on_done(k),
+            on_refused,
+        )
+
+    async def _stream(
+        self,
+        pdus: list[bytes],
+        what: Callable[[int], str],
+        deadline: float,
+        on_answer: Callable[[int, Answer], None],
+        on_refused: Callable[[int, ModbusDeviceError], None],
+    ) -> StreamEnd | None:
+        """``pdus`` as one stream, under the link's policy; see :meth:`read_stream`."""
         endpoint = self._attach()
         client = endpoint.client
         lock = endpoint.lock
         if not isinstance(client, MbapClient) or not endpoint.connected or lock.locked():
             return None
-        for table, address, count in reads:
-            _check_read(table, address, count)
         end = StreamEnd()
         held = 0
         try:
-            while held < min(self.in_flight, len(reads)) and not lock.locked():
+            while held < min(self.in_flight, len(pdus)) and not lock.locked():
                 await lock.acquire()  # a free slot: taken at once, no wait
                 held += 1
             if held == 0:
                 return None
 
             def on_result(k: int, result: Answer | Exception, sent_at: float) -> bool:
-                table, address, count = reads[k]
                 if isinstance(result, Answer):
                     endpoint.note_answer()
                     if result.isError():
-                        what = f"read {table} {address}+{count}"
-                        on_refused(k, self._refusal(what, result.exception_code))
+                        on_refused(k, self._refusal(what(k), result.exception_code))
                     else:
-                        on_values(k, result.bits if table in BIT_TABLES else result.registers)
+                        on_answer(k, result)
                     return True
                 if isinstance(result, TimeoutError):
                     reason = f"no response within {self.timeout:g} s"
@@ -767,7 +823,6 @@ class ModbusLink:
                 end.rest.append((k, Tried(sent_at, reason)))
                 return False
 
-            pdus = [read_pdu(_READ_FC[t], a, c) for t, a, c in reads]
             stream = client.stream(
                 self.unit_id, pdus, in_flight=held, timeout=self.timeout, on_result=on_result
             )
@@ -787,6 +842,11 @@ class ModbusLink:
         end.rest.extend((k, None) for k in unsent)
         end.rest.sort(key=lambda kt: kt[0])
         return end
+
+
+def _write_what(table: str, address: int, n: int) -> str:
+    """A write as its errors name it (one value: its address alone)."""
+    return f"write {table} {address}" if n == 1 else f"write {table} {address}+{n}"
 
 
 def _check_read(table: str, address: int, count: int) -> None:

@@ -420,3 +420,53 @@ def test_a_links_stream_leaves_a_failed_read_to_read_whose_retries_count_the_str
             server.close()
 
     run(go)
+
+
+def test_a_links_write_stream_frames_each_write_as_its_request_would_and_hands_on_the_rest():
+    """The stream writes what write_coil/coils/register/registers would send; an
+    exception reply refuses its write alone, named as the per-request path names it;
+    a write left unanswered is retried by write_register, its streamed try counted."""
+
+    async def go() -> None:
+        dev = Device()
+        server = await asyncio.start_server(dev.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = ModbusLink.tcp("127.0.0.1", port, 4, timeout=0.3, retries=1, in_flight=4)
+        try:
+            assert await link.connect()
+            writes = [("coil", 3, [1]), ("coil", 10, [1, 0, 1]), ("holding", 20, [7]),
+                      ("holding", 30, [0x4120, 0])]  # fmt: skip
+            done: list[int] = []
+            refused: dict[int, ModbusDeviceError] = {}
+            loop = asyncio.get_running_loop()
+            task = asyncio.ensure_future(
+                link.write_stream(writes, loop.time() + 10, done.append, refused.__setitem__)
+            )
+            reqs = await dev.until(4)
+            assert [pdu for _, _, pdu in reqs] == [
+                bytes.fromhex("050003ff00"),
+                bytes.fromhex("0f000a00030105"),
+                bytes.fromhex("0600140007"),
+                bytes.fromhex("10001e00020441200000"),
+            ]
+            await dev.send(frame(reqs[0][0], 4, reqs[0][2]))  # echoed
+            await dev.send(frame(reqs[1][0], 4, bytes((0x8F, 0x02))))  # refused
+            await dev.send(frame(reqs[3][0], 4, reqs[3][2][:5]))  # echoed; reqs[2]: never
+            end = await asyncio.wait_for(task, 10)
+            assert end is not None and sorted(done) == [0, 3]
+            assert refused[1].exception_code == 2
+            assert refused[1].reason.endswith(
+                "write coil 10+3: exception 0x02 (illegal data address)"
+            )
+            ((k, tried),) = end.rest
+            assert k == 2 and tried is not None
+            with pytest.raises(
+                ModbusDeviceError, match=r"write holding 20: no response .*\(2 attempt"
+            ):
+                await link.write_register(20, 7, tried=tried)
+            assert [pdu for _, _, pdu in dev.requests].count(reqs[2][2]) == 2
+        finally:
+            link.close()
+            server.close()
+
+    run(go)
