@@ -270,19 +270,23 @@ def test_a_bad_controller_configuration_is_one_clear_line_naming_key_and_reason(
 
 
 @pytest.mark.timeout(120)
+def _fast_cfg(pl, port: int, tmp_path: Path) -> RunConfig:
+    """A run of the served plant's site, scanning every 0.05 s (the plant, at 120x, is
+    the clock: minutes pass in seconds)."""
+    return RunConfig(
+        pl.site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.05, 0.5,
+        built_in_plant=False,
+    )  # fmt: skip
+
+
 def test_the_models_minute_update_runs_between_scans_and_never_inside_one(tmp_path):
     """The minute's forecast (~150 ms at 10,000 points) is worked out after the scan,
     so it never holds a scan's timing; the next scan plans with it, as before."""
 
     async def scenario() -> None:
-        # the plant is the clock: at 120x minutes pass in seconds
         async with served("normal-day", speed=120.0) as (sp, port):
             pl = sp.sim.plant
-            cfg = RunConfig(
-                pl.site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.05, 0.5,
-                built_in_plant=False,
-            )  # fmt: skip
-            rt = RealTimeController(cfg, clock=lambda: 1_800_000_000.0 + pl.t)
+            rt = RealTimeController(_fast_cfg(pl, port, tmp_path), clock=lambda: 1.8e9 + pl.t)
             assert rt.model is not None  # a fresh historian: the physics prior forecasts
             inside, between = 0, 0
             try:
@@ -318,12 +322,8 @@ def test_a_clock_stepping_decades_ahead_or_back_keeps_the_run_scanning(tmp_path,
     async def scenario() -> None:
         async with served("normal-day", speed=120.0) as (sp, port):
             pl = sp.sim.plant
-            cfg = RunConfig(
-                pl.site, tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", port), 0.05, 0.5,
-                built_in_plant=False,
-            )  # fmt: skip
             offset = [86_400.0]
-            rt = RealTimeController(cfg, clock=lambda: offset[0] + pl.t)
+            rt = RealTimeController(_fast_cfg(pl, port, tmp_path), clock=lambda: offset[0] + pl.t)
             assert rt.model is not None
             bins = rt.model.forecaster.bins
             try:

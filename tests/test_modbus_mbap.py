@@ -273,6 +273,32 @@ def test_any_read_answer_in_any_segmentation_decodes_to_its_values(regs, bits, c
 # --------------------------------------------------------------------------- #
 
 
+def collected() -> tuple[dict[int, object], Callable[[int, object, float], bool]]:
+    """What a stream hands over, by request index, and the callback that keeps it."""
+    got: dict[int, object] = {}
+
+    def on_result(k: int, result: object, sent_at: float) -> bool:
+        got[k] = result
+        return True
+
+    return got, on_result
+
+
+@contextlib.asynccontextmanager
+async def scripted_link(unit: int) -> AsyncIterator[tuple[Device, ModbusLink]]:
+    """A scripted device and a connected link to it (timeout 0.3 s, one retry)."""
+    dev = Device()
+    server = await asyncio.start_server(dev.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = ModbusLink.tcp("127.0.0.1", port, unit, timeout=0.3, retries=1, in_flight=4)
+    try:
+        assert await link.connect()
+        yield dev, link
+    finally:
+        link.close()
+        server.close()
+
+
 def read_pdus(n: int) -> list[bytes]:
     return [struct.pack(">BHH", 3, 10 * k, 1) for k in range(n)]
 
@@ -313,12 +339,7 @@ def test_a_stream_keeps_in_flight_outstanding_and_hands_each_answer_over_as_it_c
 def test_a_streamed_request_left_unanswered_times_out_alone_and_its_late_answer_is_dropped():
     async def go() -> None:
         async with scripted() as (dev, client, _):
-            got: dict[int, object] = {}
-
-            def on_result(k: int, result: object, sent_at: float) -> bool:
-                got[k] = result
-                return True
-
+            got, on_result = collected()
             stream = client.stream(1, read_pdus(3), in_flight=3, timeout=0.3, on_result=on_result)
             reqs = await dev.until(3)
             for tid, _, pdu in (reqs[0], reqs[2]):
@@ -350,12 +371,7 @@ def test_a_stopped_stream_sends_no_more_and_names_what_it_never_sent():
 def test_a_peer_closing_mid_stream_fails_every_outstanding_request_at_once():
     async def go() -> None:
         async with scripted() as (dev, client, _):
-            got: dict[int, object] = {}
-
-            def on_result(k: int, result: object, sent_at: float) -> bool:
-                got[k] = result
-                return True  # even so: nothing more goes out on a lost connection
-
+            got, on_result = collected()  # (it goes on: a lost connection sends no more)
             stream = client.stream(1, read_pdus(5), in_flight=3, timeout=10, on_result=on_result)
             await dev.until(3)
             assert dev.writer is not None
@@ -389,12 +405,7 @@ def test_a_links_stream_leaves_a_failed_read_to_read_whose_retries_count_the_str
     costs only its own read and is no reason to stop."""
 
     async def go() -> None:
-        dev = Device()
-        server = await asyncio.start_server(dev.handle, "127.0.0.1", 0)
-        server_port = server.sockets[0].getsockname()[1]
-        link = ModbusLink.tcp("127.0.0.1", server_port, 5, timeout=0.3, retries=1, in_flight=4)
-        try:
-            assert await link.connect()
+        async with scripted_link(5) as (dev, link):
             values: dict[int, list[int]] = {}
             refused: dict[int, ModbusDeviceError] = {}
             reads = [("holding", 10 * k, 1) for k in range(4)]
@@ -415,9 +426,6 @@ def test_a_links_stream_leaves_a_failed_read_to_read_whose_retries_count_the_str
             with pytest.raises(ModbusDeviceError, match=r"no response within 0.3 s \(2 attempt"):
                 await link.read("holding", 20, 1, tried=tried)
             assert [address_of(pdu) for _, _, pdu in dev.requests].count(20) == 2
-        finally:
-            link.close()
-            server.close()
 
     run(go)
 
@@ -428,12 +436,7 @@ def test_a_links_write_stream_frames_each_write_as_its_request_would_and_hands_o
     a write left unanswered is retried by write_register, its streamed try counted."""
 
     async def go() -> None:
-        dev = Device()
-        server = await asyncio.start_server(dev.handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        link = ModbusLink.tcp("127.0.0.1", port, 4, timeout=0.3, retries=1, in_flight=4)
-        try:
-            assert await link.connect()
+        async with scripted_link(4) as (dev, link):
             writes = [("coil", 3, [1]), ("coil", 10, [1, 0, 1]), ("holding", 20, [7]),
                       ("holding", 30, [0x4120, 0])]  # fmt: skip
             done: list[int] = []
@@ -465,8 +468,5 @@ def test_a_links_write_stream_frames_each_write_as_its_request_would_and_hands_o
             ):
                 await link.write_register(20, 7, tried=tried)
             assert [pdu for _, _, pdu in dev.requests].count(reqs[2][2]) == 2
-        finally:
-            link.close()
-            server.close()
 
     run(go)
