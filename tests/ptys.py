@@ -40,3 +40,5 @@ def pty_pair() -> Iterator[tuple[str, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stderr is not None:  # not left to the collector: it warns in a later test
+            proc.stderr.close()

@@ -45,16 +45,32 @@ class Device:
         self.requests: list[Frame] = []
         self.arrived = asyncio.Condition()
         self.writer: asyncio.StreamWriter | None = None
+        self.served: set[asyncio.Task] = set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            while True:
-                tid, _, length, unit = MBAP.unpack(await reader.readexactly(7))
-                pdu = await reader.readexactly(length - 1)
-                async with self.arrived:
-                    self.requests.append((tid, unit, pdu))
-                    self.arrived.notify_all()
+        task = asyncio.current_task()
+        assert task is not None
+        self.served.add(task)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                while True:
+                    tid, _, length, unit = MBAP.unpack(await reader.readexactly(7))
+                    pdu = await reader.readexactly(length - 1)
+                    async with self.arrived:
+                        self.requests.append((tid, unit, pdu))
+                        self.arrived.notify_all()
+        finally:
+            writer.close()  # the device's end too: nothing left for the collector
+
+    async def stop(self, server: asyncio.Server) -> None:
+        """Stop listening and end every connection's handler, inside the test's loop
+        (a socket left to the garbage collector warns in whatever test runs next)."""
+        server.close()
+        for task in self.served:
+            task.cancel()
+        await asyncio.gather(*self.served, return_exceptions=True)
+        await server.wait_closed()
 
     async def until(self, n: int) -> list[Frame]:
         async with self.arrived:
@@ -79,7 +95,7 @@ async def scripted() -> AsyncIterator[tuple[Device, MbapClient, list[bool]]]:
         yield dev, client, trace
     finally:
         client.close()
-        server.close()
+        await dev.stop(server)
 
 
 def run(fn: Callable[[], object]) -> None:
@@ -296,7 +312,7 @@ async def scripted_link(unit: int) -> AsyncIterator[tuple[Device, ModbusLink]]:
         yield dev, link
     finally:
         link.close()
-        server.close()
+        await dev.stop(server)
 
 
 def read_pdus(n: int) -> list[bytes]:
