@@ -618,6 +618,9 @@ def _run_and_kill(script: Path, db: Path, run: int, n: int, delay: float) -> tup
             proc.wait()
     reader.join(10)
     err = proc.stderr.read() if proc.stderr else ""
+    for pipe in (proc.stdout, proc.stderr):  # closed here, not by a later test's collector
+        if pipe is not None:
+            pipe.close()
     assert "Traceback" not in err, err
     return lines, killed_at
 
