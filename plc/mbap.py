@@ -165,8 +165,14 @@ class MbapClient:
 
     @property
     def connected(self) -> bool:
+        return self._live() is not None
+
+    def _live(self) -> _Protocol | None:
+        """The connection's protocol while it can send; None once lost or closing."""
         p = self._proto
-        return p is not None and p.transport is not None and not p.transport.is_closing()
+        if p is None or p.transport is None or p.transport.is_closing():
+            return None
+        return p
 
     async def connect(self) -> bool:
         if self.connected:
@@ -233,8 +239,8 @@ class MbapClient:
         return await self._request(device_id, write_pdu(15, address, values), timeout)
 
     async def _request(self, unit: int, pdu: bytes, timeout: float | None) -> Answer:
-        p = self._proto
-        if p is None or p.transport is None or p.transport.is_closing():
+        p = self._live()
+        if p is None:
             raise ConnectionException(f"{self.host}:{self.port}: not connected")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Answer] = loop.create_future()
@@ -258,8 +264,7 @@ class MbapClient:
     ) -> Stream:
         """Send ``pdus`` to ``unit`` in order, up to ``in_flight`` outstanding, each
         answer handed to ``on_result`` as it comes; see :class:`Stream`."""
-        p = self._proto
-        if p is None or p.transport is None or p.transport.is_closing():
+        if self._live() is None:
             raise ConnectionException(f"{self.host}:{self.port}: not connected")
         return Stream(self, unit, pdus, in_flight, timeout, on_result)
 
@@ -398,8 +403,8 @@ class Stream:
             self._timer = None
 
     def _fill(self) -> None:
-        p = self._client._proto
-        if p is None or p.transport is None or p.transport.is_closing():
+        p = self._client._live()
+        if p is None:
             self._stopped = True  # lost: what is outstanding fails with the connection
         n = len(self._pdus)
         while not self._stopped and len(self.sent) < self.in_flight and self._next < n:
@@ -409,11 +414,15 @@ class Stream:
             self._tids[k] = self._client._send(p, self, self.unit, self._pdus[k], k)
             self.sent[k] = self._loop.time()
         if self.sent:
-            if self._timer is None:
-                first = next(iter(self.sent.values()))
-                self._timer = self._loop.call_at(first + self.timeout, self._expire)
+            self._arm()
         elif not self.finished.done():
             self._finish()
+
+    def _arm(self) -> None:
+        """The timer, for the oldest outstanding request, unless it is set already."""
+        if self._timer is None and self.sent and not self.finished.done():
+            first = next(iter(self.sent.values()))
+            self._timer = self._loop.call_at(first + self.timeout, self._expire)
 
     def _finish(self) -> None:
         if self._timer is not None:
@@ -451,9 +460,7 @@ class Stream:
             if tid is not None:
                 pending.pop(tid, None)  # its answer, if it comes, is late
             self._settle(k, TimeoutError())
-        if self.sent and self._timer is None and not self.finished.done():
-            first = next(iter(self.sent.values()))
-            self._timer = self._loop.call_at(first + self.timeout, self._expire)
+        self._arm()
 
 
 def _expire(fut: asyncio.Future[Answer]) -> None:
