@@ -763,15 +763,7 @@ class _WriteRun:
 
     async def send(self, link: ModbusLink, tried: Tried | None = None) -> None:
         """One request (``ModbusLink.write_stream`` makes the same one)."""
-        if self.table == "coil":
-            if len(self.words) == 1:
-                await link.write_coil(self.address, bool(self.words[0]), tried=tried)
-            else:
-                await link.write_coils(self.address, [bool(w) for w in self.words], tried=tried)
-        elif len(self.words) == 1:
-            await link.write_register(self.address, self.words[0], tried=tried)
-        else:
-            await link.write_registers(self.address, self.words, tried=tried)
+        await link.write(self.table, self.address, self.words, tried=tried)
 
 
 def _write_runs(staged: Iterable[tuple[int, Point, list[int]]]) -> dict[int, list[_WriteRun]]:

@@ -124,7 +124,7 @@ class Tried:
 
 @dataclass
 class StreamEnd:
-    """How :meth:`ModbusLink.read_stream` ended."""
+    """How :meth:`ModbusLink.read_stream` or :meth:`ModbusLink.write_stream` ended."""
 
     #: requests still to make, in order: those never sent (None) and those whose
     #: try failed (their :class:`Tried`), for the per-request path's retries
@@ -585,6 +585,22 @@ class ModbusLink:
             return list(response.bits[:count])
         return list(response.registers)
 
+    async def write(
+        self, table: str, address: int, words: Sequence[int], *, tried: Tried | None = None
+    ) -> None:
+        """Write ``words`` to ``table`` ("coil": each 0 or not, or "holding") from
+        ``address``: one value with fc 5 or 6, several with fc 15 or 16 (the request
+        :meth:`write_stream` makes for them)."""
+        fc = _write_fc(table, len(words))
+        if fc == 5:
+            await self.write_coil(address, bool(words[0]), tried=tried)
+        elif fc == 15:
+            await self.write_coils(address, [bool(w) for w in words], tried=tried)
+        elif fc == 6:
+            await self.write_register(address, words[0], tried=tried)
+        else:
+            await self.write_registers(address, words, tried=tried)
+
     async def write_registers(
         self, address: int, values: Sequence[int], *, tried: Tried | None = None
     ) -> None:
@@ -761,21 +777,18 @@ class ModbusLink:
     ) -> StreamEnd | None:
         """Write ``writes`` (``(table, address, words)`` each, "coil" or "holding")
         in order as one stream, as :meth:`read_stream` reads: ``on_done(k)`` for
-        each write the device echoed, what is left for :meth:`write_coil`,
-        :meth:`write_coils`, :meth:`write_register` or :meth:`write_registers`
-        (the one a write of its table and length takes, with ``tried``).
+        each write the device echoed, what is left for :meth:`write` (with
+        ``tried``), which makes the same request.
         """
         pdus: list[bytes] = []
         for table, address, words in writes:
-            if table == "coil":
+            fc = _write_fc(table, len(words))
+            if fc in (5, 15):
                 _check_range(address, len(words), MAX_WRITE_BITS)
-                pdus.append(write_pdu(5 if len(words) == 1 else 15, address, words))
-            elif table == "holding":
-                _check_range(address, len(words), MAX_WRITE_REGISTERS)
-                regs = _words(words)
-                pdus.append(write_pdu(6 if len(regs) == 1 else 16, address, regs))
+                pdus.append(write_pdu(fc, address, words))
             else:
-                raise ValueError(f"table {table!r} cannot be written")
+                _check_range(address, len(words), MAX_WRITE_REGISTERS)
+                pdus.append(write_pdu(fc, address, _words(words)))
         return await self._stream(
             pdus,
             lambda k: _write_what(writes[k][0], writes[k][1], len(writes[k][2])),
@@ -842,6 +855,15 @@ class ModbusLink:
         end.rest.extend((k, None) for k in unsent)
         end.rest.sort(key=lambda kt: kt[0])
         return end
+
+
+def _write_fc(table: str, n: int) -> int:
+    """The function code writing ``n`` values of ``table``: 5 or 6 for one, 15 or 16."""
+    if table == "coil":
+        return 5 if n == 1 else 15
+    if table == "holding":
+        return 6 if n == 1 else 16
+    raise ValueError(f"table {table!r} cannot be written")
 
 
 def _write_what(table: str, address: int, n: int) -> str:
