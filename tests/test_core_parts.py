@@ -6,6 +6,7 @@ working together on the simulated plant; these pin each part's rules.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -121,12 +122,32 @@ def test_a_command_repeating_what_was_sent_waits_for_the_refresh_but_a_pulse_nev
         by_name = {"valve": tp.valve_cmd, "reset": topo.ix.plc.reset}
         return [w.point for w in act.actuate(t, {by_name[k]: c for k, c in cmds.items()})]
 
-    assert valve in sent(0.0, valve=Cmd(42.0, "x"))
-    for t in (1.0, 2.0, WRITE_REFRESH_S - 0.5):  # the same value again: nothing on the wire
-        assert valve not in sent(t, valve=Cmd(42.0, "x"))
-    assert valve in sent(WRITE_REFRESH_S, valve=Cmd(42.0, "x"))  # a restarted PLC gets it
-    for t in (61.0, 62.0):
+    # the same value every scan: on the wire at first, then once per refresh window
+    on_wire = [t for t in range(0, 200) if valve in sent(float(t), valve=Cmd(42.0, "x"))]
+    assert on_wire[0] == 0
+    assert 0 < on_wire[1] <= WRITE_REFRESH_S  # a restarted PLC gets it within the period
+    gaps = [b - a for a, b in itertools.pairwise(on_wire[1:])]
+    assert gaps == [WRITE_REFRESH_S] * len(gaps)
+    assert len(on_wire) >= 4
+    for t in (201.0, 202.0):
         assert reset in sent(t, reset=Cmd(1.0, "reset", pulse=True))
+
+
+def test_the_refreshes_of_steady_commands_are_spread_over_the_period_not_sent_in_one_scan(topo):
+    act = Actuation(topo, scan_s=1.0)
+    # every command point of the site held at its minimum: nothing changes, so
+    # after the first scan only refreshes go out
+    cmds = {
+        i: Cmd(p.min if p.min is not None else 0.0, "steady")
+        for i, p in enumerate(topo.pmap.points)
+        if p.writable and p.table == "holding" and i != topo.ix.plc.heartbeat
+    }
+    scans = range(0, 1 + 2 * int(WRITE_REFRESH_S))
+    per_scan = [len(act.actuate(float(t), cmds)) - 1 for t in scans]  # less the heartbeat
+    assert per_scan[0] == len(cmds) > 20
+    window = per_scan[1 + int(WRITE_REFRESH_S) :]  # one whole period after the first
+    assert sum(window) == len(cmds)  # each command once per period...
+    assert max(window) <= math.ceil(len(cmds) / WRITE_REFRESH_S) + 2  # ...a share a scan
 
 
 def test_the_heartbeat_changes_every_scan_and_wraps(topo):

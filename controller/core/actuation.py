@@ -4,9 +4,15 @@ In order, for every command: to the register's resolution, into the point's
 range, rate-limited on the way up (a valve or a speed 10 %/s, a load 5 % of
 its rating per second; lowering a budget or a cap is never delayed: it is how
 protection acts; an operator's override is not limited either), and skipped
-when within a deadband of what was last sent — unless a minute has passed
-(a PLC that restarted gets its commands again). The heartbeat goes first,
-changed every scan.
+when within a deadband of what was last sent — unless its refresh window has
+turned (a PLC that restarted gets its commands again). The heartbeat goes
+first, changed every scan.
+
+Every point has its own refresh window, ``WRITE_REFRESH_S`` long, its phase
+spread over the period by the point's index: an unchanged command is resent
+once per window, at most ``WRITE_REFRESH_S`` after it was last sent. Windows
+shared by every point would resend a large hall's ~800 steady commands in one
+scan a minute, the slowest scan of all; spread, each scan resends its share.
 
 Every holding register written is verified: it must read back what was
 written within ``WRITE_VERIFY_S``, or an alarm says so and it is resent.
@@ -32,6 +38,7 @@ from .view import Cmds, ScanView
 
 WRITE_VERIFY_S = 5.0  # a write not read back within this is an alarm
 WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 @dataclass(slots=True)
@@ -74,6 +81,9 @@ class Actuation:
         ]
         #: per point: how far a read-back may be from what was written (half a count)
         self._tol = [max(abs(p.scale) * 0.51, 1e-9) for p in topo.pmap.points]
+        #: per point: where in the refresh period its window starts (golden-ratio
+        #: steps: any subset of indices, the command points among them, spreads evenly)
+        self._phase = [(i * _GOLDEN % 1.0) * WRITE_REFRESH_S for i in range(len(topo.pmap.points))]
 
     def verify(self, view: ScanView, alarms: Alarms) -> None:
         """A command is verified when its register reads back what was written."""
@@ -122,8 +132,11 @@ class Actuation:
         writes.append(Write(spec[hb][0], float(self.heartbeat), "heartbeat"))
         isfinite = math.isfinite
         get_last = last_sent.get
+        phase = self._phase
         for i, cmd in cmds.items():
             value = cmd.value
+            # when this point's refresh window began: sent since, it is not due again
+            window = t - (t + phase[i]) % WRITE_REFRESH_S
             if cmd.pulse:
                 last_sent.pop(i, None)  # a pulse is always sent
             else:
@@ -132,7 +145,7 @@ class Actuation:
                 # grid, in range and within any rate, so it ends in the deadband
                 # below. Skipped here without the arithmetic.
                 last = get_last(i)
-                if last is not None and last[0] == value and t - last[1] < WRITE_REFRESH_S:
+                if last is not None and last[0] == value and last[1] >= window:
                     continue
             name, scale, lo, hi, holding, rise_per_s, dead = spec[i]
             if not isfinite(value):
@@ -154,7 +167,7 @@ class Actuation:
                     value = last[0] + up
                     if scale:
                         value = math.floor(value / scale) * scale
-            if last is not None and abs(last[0] - value) < dead and t - last[1] < WRITE_REFRESH_S:
+            if last is not None and abs(last[0] - value) < dead and last[1] >= window:
                 continue  # within the deadband of what was sent, and not due again
             last_sent[i] = (value, t)
             self._verified.pop(i, None)  # judged again once this write reads back
