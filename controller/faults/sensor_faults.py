@@ -73,8 +73,17 @@ def _actuators(rig: Rig, tank: str, but: str) -> list[tuple[str, float | None, f
 class _Commands:
     """The last value the controller commanded to each point (writes go out on change)."""
 
-    def __init__(self) -> None:
-        self.last: dict[str, float] = {}
+    def __init__(self, rig: Rig) -> None:
+        # What each command register holds now (read back, verified): a steady
+        # command goes out again only at its refresh, maybe in mid-episode, and
+        # is no new limit then.
+        assert rig.rt is not None
+        ctrl = rig.rt.ctrl
+        self.last: dict[str, float] = {
+            p.name: float(ctrl.values[i])
+            for i, p in enumerate(rig.rt.pmap.points)
+            if p.writable and p.table == "holding" and ctrl.quality[i] == GOOD
+        }
 
     def take(self, rig: Rig) -> None:
         for o in rig.outcomes:
@@ -181,7 +190,7 @@ def run_sensor_faults(
                 if not await rig.settle(log, 60.0):
                     res.fail(f"zones never left their start-up fail-safe: {sorted(rig.failsafe())}")
                     return
-                cmds = _Commands()
+                cmds = _Commands(rig)
                 for _ in range(10):  # what the controller commands at rest
                     await rig.scan(log)
                     cmds.take(rig)
