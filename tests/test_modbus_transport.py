@@ -661,8 +661,10 @@ def test_link_reconnects_with_backoff_after_server_restart() -> None:
 @pytest.mark.timeout(10)
 def test_dead_endpoint_fails_within_budget() -> None:
     async def scenario() -> None:
-        # a listening socket that never answers Modbus
-        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        # a listening socket that never answers Modbus; it keeps its connections to
+        # close them (a dropped writer leaves its socket to the garbage collector)
+        accepted: list[asyncio.StreamWriter] = []
+        silent = await asyncio.start_server(lambda r, w: accepted.append(w), "127.0.0.1", 0)
         port = silent.sockets[0].getsockname()[1]
         a = link(port, timeout=0.15, retries=2)
         try:
@@ -680,6 +682,8 @@ def test_dead_endpoint_fails_within_budget() -> None:
         finally:
             a.close()
             silent.close()
+            for w in accepted:
+                w.close()
             await silent.wait_closed()
         with pytest.raises(ModbusDeviceError, match="link closed"):
             await a.read("holding", 0)
