@@ -142,11 +142,22 @@ def served_site(points: int, speed: float = 1.0) -> Iterator[tuple[Site, int, Pa
             _wait_port(port, plant)
             yield site, port, Path(tmp)
         finally:
-            plant.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                plant.wait(5)
-            if plant.poll() is None:
-                plant.kill()
+            stop_process(plant)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """Terminate ``proc``, kill it if it outlives ``grace_s``, reap it and close
+    its pipes (an open pipe left to the garbage collector warns in whatever runs
+    next)."""
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace_s)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def _wait_port(port: int, proc: subprocess.Popen) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from console_rig import Socat, Term
+from served import listens, reap
 
 from thermogate.controller.console import ConsoleConfig, ConsoleFace
 from thermogate.controller.console.port import Pacer
@@ -136,7 +137,7 @@ def test_thermogate_run_opens_a_device_missing_at_start_once_it_appears(tmp_path
     run = None
     try:
         end = time.monotonic() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        while not listens(port):
             assert time.monotonic() < end, "the plant does not listen"
             time.sleep(0.1)
         run = subprocess.Popen(
@@ -177,7 +178,7 @@ def test_thermogate_run_opens_a_device_missing_at_start_once_it_appears(tmp_path
     finally:
         if run is not None:
             run.terminate()
-            run.wait(20)
+            reap(run, 20)
         plant.terminate()
-        plant.wait(10)
+        reap(plant, 10)
         line.stop()

@@ -49,6 +49,7 @@ def test_a_burst_past_the_receive_buffer_closes_that_stream_and_no_other():
                 head = await b_reader.readexactly(9)
             assert head[:2] == b"\x00\x07" and head[7:9] == b"\x04\x04"
             bystander.close()
+            writer.close()  # the server closed its end; this one is ours to close
         finally:
             await sp.server.stop()
 

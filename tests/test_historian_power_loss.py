@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from served import reap
 
 from thermogate.controller.historian import MAX_POINTS_PER_SHARD, HistoryReader
 
@@ -158,7 +159,7 @@ def test_every_image_a_crash_or_power_loss_can_leave_opens_intact_with_a_prefix_
         if hold is not None:
             hold.close()
         writer.kill()
-        writer.wait(10)
+        reap(writer, 10)
 
     held = []
     for i, image in enumerate(images):

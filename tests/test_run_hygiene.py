@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from served import reap
 
 from thermogate.controller.cli import main
 from thermogate.controller.demoplant import DemoPlant
@@ -289,7 +290,7 @@ def test_kill_minus_9_leaves_the_demo_plant_serving_and_the_restart_records_the_
         plant_pid = int(_plant_line(run).split("process ")[1].split()[0])
         _wait("the controller to scan the plant", lambda: _telemetry_rows(db) >= 2)
         os.kill(run.pid, signal.SIGKILL)  # no goodbye: nothing is marked on the way out
-        run.wait(10)
+        reap(run, 10)
         last_row_t = _newest_row_t(db)  # what the killed run left committed
         assert _events(db, CLEAN_STOP) == [] and _events(db, UNCLEAN_STOP) == []
         # the plant (the PLC) goes on serving on its own and nobody beats its heart: its
@@ -310,7 +311,7 @@ def test_kill_minus_9_leaves_the_demo_plant_serving_and_the_restart_records_the_
     finally:
         if run.poll() is None:
             run.kill()
-            run.wait(10)
+        reap(run, 10)
         if plant_pid is not None and _alive(plant_pid):
             os.kill(plant_pid, signal.SIGINT)
             _wait("the plant to stop", lambda: not _alive(plant_pid), 30)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from served import listens, reap
 
 from thermogate.controller.users import UserStore
 from thermogate.plc.site import demo_site_text
@@ -96,7 +97,7 @@ enabled = false
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait("the plant to listen", lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
+    _wait("the plant to listen", lambda: listens(port))
     with UserStore(tmp_path / "site.db") as users:
         users.add("olga", "operator", "op-secret", by="test")
     try:
@@ -136,7 +137,7 @@ def test_state_given_through_the_command_path_survives_a_kill_minus_9(site_dir: 
         _wait("the estimator's state to be saved", lambda: _saved(db).get("estimator"))
     finally:
         os.kill(run.pid, signal.SIGKILL)  # no goodbye: nothing gets saved on the way out
-        run.wait(10)
+        reap(run, 10)
 
     run = _start_run(tmp)
     try:
@@ -156,4 +157,5 @@ def test_state_given_through_the_command_path_survives_a_kill_minus_9(site_dir: 
     finally:
         run.send_signal(signal.SIGINT)
         out, _ = run.communicate(timeout=60)
+        reap(run)
     assert "stopped after" in out, out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from served import reap
 
 from thermogate.controller.bench_soak import (
     LEVEL_MB_PER_DAY,
@@ -74,6 +75,7 @@ def test_requests_still_match_their_answers_across_the_wrap():
                 try:
                     head = await reader.readexactly(7)
                 except asyncio.IncompleteReadError:
+                    writer.close()  # the client is gone: so is this end
                     return
                 tid, _, length, unit = (
                     int.from_bytes(head[:2]),
@@ -282,6 +284,6 @@ def test_a_soak_stopped_with_sigterm_removes_its_scratch_directory(tmp_path: Pat
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        reap(proc)
     assert proc.returncode != 0  # stopped, not finished
     assert not list(tmp_path.glob("thermogate-soak-*"))

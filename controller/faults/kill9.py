@@ -47,7 +47,7 @@ from pymodbus.client import ModbusTcpClient
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site, demo_site_text
 
-from ..bench import _free_port, _wait_port
+from ..bench import _free_port, _wait_port, stop_process
 from .common import ClassResult
 
 #: the plant's speed: a 10 s heartbeat timeout is 0.5 s of wall time
@@ -147,12 +147,7 @@ class _Plant:
 
     def close(self) -> None:
         self.client.close()
-        self.proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def _committed_rows(db: Path, upto: float) -> tuple[set[float], int, str]:

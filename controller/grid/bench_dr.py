@@ -52,7 +52,7 @@ from thermogate.plc.points import Point
 from thermogate.plc.site import Site, demo_site_text, parse_site_text
 from thermogate.plc.transport import ModbusLink
 
-from ..bench import _free_port, _wait_port, pct
+from ..bench import _free_port, _wait_port, pct, stop_process
 
 RECOVER_S = 1.0  # the bench relay's recovery time (the site's is minutes)
 FIRST_DIP_S = 12.0  # plant time of the first dip: the plant settles, the master connects
@@ -338,11 +338,7 @@ def bench_dr(args: argparse.Namespace) -> dict:
             until = plan[-1].at_s + DIP_PERIOD_S
             trace = asyncio.run(_watch(site, pmap, port, until))
         finally:
-            plant.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                plant.wait(5)
-            if plant.poll() is None:
-                plant.kill()
+            stop_process(plant)
     out = analyse(site, trace)
     out["dips"] = len(plan)
     out["near_misses"] = sum(not d.trips for d in plan)
