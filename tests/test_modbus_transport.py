@@ -32,6 +32,12 @@ from thermogate.plc.transport import ModbusLink
 # fixtures and helpers
 # --------------------------------------------------------------------------- #
 
+#: What a wall-clock bound allows beyond a link's budget: a loaded 2-core CI
+#: machine delays the loop, never the link's own deadlines; a hang (TCP's
+#: minutes, a missed timeout) is still far outside it. Counts and messages pin
+#: the rest.
+LOADED_SLACK_S = 1.0
+
 
 def f32_words(value: float) -> list[int]:
     hi, lo = struct.unpack(">HH", struct.pack(">f", value))
@@ -452,7 +458,7 @@ def test_fault_timeout_fails_within_budget_and_never_replies_late() -> None:
                 assert info.value.exception_code is None
                 assert info.value.unit_id == 1
                 assert "no response" in info.value.reason
-                assert 0.35 < elapsed <= a.budget + 0.1
+                assert 0.35 < elapsed <= a.budget + LOADED_SLACK_S
                 # the other unit behind the same connection still answers
                 assert await b.read("input", 10) == [777]
 
@@ -644,7 +650,7 @@ def test_link_reconnects_with_backoff_after_server_restart() -> None:
             with pytest.raises(ModbusDeviceError) as info:
                 await a.read("input", 0)  # inside the backoff window: fails at once
             assert "next attempt" in info.value.reason
-            assert time.monotonic() - start < a.budget
+            assert time.monotonic() - start < a.budget + LOADED_SLACK_S
 
             server = PlantModbusServer(build_images())
             await server.start_tcp("127.0.0.1", port)
@@ -671,7 +677,7 @@ def test_dead_endpoint_fails_within_budget() -> None:
             start = time.monotonic()
             with pytest.raises(ModbusDeviceError) as info:
                 await a.read("holding", 0)
-            assert time.monotonic() - start <= a.budget + 0.1
+            assert time.monotonic() - start <= a.budget + LOADED_SLACK_S
             assert "3 attempt(s)" in info.value.reason
             with pytest.raises(ValueError):
                 await a.read("holding", 0, 126)
@@ -736,7 +742,7 @@ def test_rtu_over_pty() -> None:
                 with pytest.raises(ModbusDeviceError) as info:
                     await ghost.read("holding", 0)
                 assert info.value.exception_code is None
-                assert time.monotonic() - start <= ghost.budget + 0.1
+                assert time.monotonic() - start <= ghost.budget + LOADED_SLACK_S
             finally:
                 ghost.close()
             # a timeout fault on RTU is silence too; exception faults answer
