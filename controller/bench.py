@@ -146,18 +146,30 @@ def served_site(points: int, speed: float = 1.0) -> Iterator[tuple[Site, int, Pa
 
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
-    """Terminate ``proc``, kill it if it outlives ``grace_s``, reap it and close
-    its pipes (an open pipe left to the garbage collector warns in whatever runs
-    next)."""
+    """Terminate ``proc``, kill it if it outlives ``grace_s``, and :func:`reap` it."""
     proc.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace_s)
     if proc.poll() is None:
         proc.kill()
-        proc.wait()
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    reap(proc)
+
+
+def reap(proc: subprocess.Popen, timeout: float | None = None) -> int:
+    """Wait for ``proc`` and close its pipes (an open pipe left to the garbage
+    collector warns in whatever runs next); its return code."""
+    try:
+        return proc.wait(timeout)
+    finally:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def listens(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``port`` (the probe is closed)."""
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) == 0
 
 
 def _wait_port(port: int, proc: subprocess.Popen) -> None:
@@ -166,9 +178,8 @@ def _wait_port(port: int, proc: subprocess.Popen) -> None:
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             raise ThermogateError(f"bench: the plant exited early: {err.strip()[-400:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
+        if listens(port):
+            return
         time.sleep(0.1)
     raise ThermogateError("bench: the plant did not start listening within 60 s")
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from thermogate.controller.bench import stop_process
+
 
 @contextlib.contextmanager
 def pty_pair() -> Iterator[tuple[str, str]]:
@@ -34,11 +36,4 @@ def pty_pair() -> Iterator[tuple[str, str]]:
         assert len(paths) == 2, "socat did not report two ptys"
         yield paths[0], paths[1]
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:  # not left to the collector: it warns in a later test
-            proc.stderr.close()
+        stop_process(proc, grace_s=3)  # its pipe closed too: left open, a later test warns

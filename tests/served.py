@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib import resources
@@ -30,23 +28,6 @@ from thermogate.plc.transport import ModbusLink
 # --------------------------------------------------------------------------- #
 # helpers: the plant, a master, a heartbeat
 # --------------------------------------------------------------------------- #
-
-
-def reap(proc: subprocess.Popen, timeout: float | None = None) -> int:
-    """Wait for ``proc`` and close its pipes (left to the collector, they warn
-    inside whichever test runs next); its return code."""
-    try:
-        return proc.wait(timeout)
-    finally:
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
-
-
-def listens(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts TCP connections on ``port`` (the probe is closed)."""
-    with socket.socket() as probe:
-        return probe.connect_ex((host, port)) == 0
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

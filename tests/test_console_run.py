@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from console_rig import Socat, Term
-from served import listens, reap
 
+from thermogate.controller.bench import listens, reap
 from thermogate.controller.console import ConsoleConfig, ConsoleFace
 from thermogate.controller.console.port import Pacer
 from thermogate.controller.historian.reader import HistoryReader

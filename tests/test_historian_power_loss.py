@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served import reap
 
+from thermogate.controller.bench import reap
 from thermogate.controller.historian import MAX_POINTS_PER_SHARD, HistoryReader
 
 N_POINTS = MAX_POINTS_PER_SHARD + 200  # two shards: a scan spans two tables

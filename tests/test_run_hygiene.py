@@ -32,8 +32,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from served import reap
 
+from thermogate.controller.bench import reap
 from thermogate.controller.cli import main
 from thermogate.controller.demoplant import DemoPlant
 from thermogate.controller.modbus_io import Endpoint, ModbusIO

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from served import listens, reap
 
+from thermogate.controller.bench import listens, reap
 from thermogate.controller.users import UserStore
 from thermogate.plc.site import demo_site_text
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served import reap
 
+from thermogate.controller.bench import reap
 from thermogate.controller.bench_soak import (
     LEVEL_MB_PER_DAY,
     SoakSite,
