@@ -1,7 +1,9 @@
 """``thermogate bench scan``: the full controller scan against its bare Modbus read.
 
 A site of about ``--points`` points is generated and served by a separate
-``thermogate plant`` process (another core, as a real PLC is another box).
+``thermogate plant`` process, on a core of its own (as a real PLC is another
+box; ``--share-cores`` leaves placement to the scheduler, the JSON's ``cpus``
+says which it was).
 In the same run the bench measures
 
 * the floor (``floor_read``): the same read requests made the naive
@@ -98,7 +100,9 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def bench_scan(args: argparse.Namespace) -> dict:
-    with served_site(args.points, speed=args.speed) as (site, port, tmp):
+    own = not getattr(args, "share_cores", False)
+    split = cpu_split() if own else None  # before the block: inside it, this thread has one
+    with served_site(args.points, speed=args.speed, own_core=own) as (site, port, tmp):
         cfg = RunConfig(
             site,
             tmp / "bench.db",
@@ -108,14 +112,49 @@ def bench_scan(args: argparse.Namespace) -> dict:
             built_in_plant=False,
         )
         out = asyncio.run(_measure(cfg, args.scans, args.speed))
-        return {**out, "scan_interval_s": site.scan_interval_s, "speed": args.speed}
+        cpus = None if split is None else {"controller": split[0], "plant": split[1]}
+        return {**out, "scan_interval_s": site.scan_interval_s, "speed": args.speed, "cpus": cpus}
+
+
+def cpu_split() -> tuple[list[int], list[int]] | None:
+    """The CPUs this thread may run on, split into (controller, plant): the plant
+    gets the last one. None where there is no second CPU or no affinity call."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[:-1], cpus[-1:]) if len(cpus) >= 2 else None
 
 
 @contextlib.contextmanager
-def served_site(points: int, speed: float = 1.0) -> Iterator[tuple[Site, int, Path]]:
+def _cores_apart(plant: subprocess.Popen, own_core: bool) -> Iterator[None]:
+    """The plant on a core of its own and this thread (with every thread it starts)
+    on the others, until the block ends.
+
+    A real PLC is another box. Left to the scheduler, the two processes share a
+    core after every idle gap (this kind of VM packs woken tasks onto one vCPU):
+    a read 1 s after the last took 19 ms where back to back it took 10, the
+    controller and the plant taking turns on one core instead of overlapping."""
+    split = cpu_split() if own_core else None
+    if split is None:
+        yield
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(plant.pid, split[1])  # before it starts a thread: all inherit
+    os.sched_setaffinity(0, split[0])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+@contextlib.contextmanager
+def served_site(
+    points: int, speed: float = 1.0, *, own_core: bool = True
+) -> Iterator[tuple[Site, int, Path]]:
     """A generated site of about ``points`` points, its plant served by a separate
     ``thermogate plant`` process on a free port (``speed`` times real time), and a
-    scratch directory."""
+    scratch directory. ``own_core``: the plant on a core of its own and the
+    caller's thread on the others while the block runs (:func:`_cores_apart`)."""
     with tempfile.TemporaryDirectory(prefix="thermogate-bench-") as tmp:
         site_file = Path(tmp) / "site.toml"
         site_file.write_text(_site_text_for(points), encoding="utf-8")
@@ -139,8 +178,9 @@ def served_site(points: int, speed: float = 1.0) -> Iterator[tuple[Site, int, Pa
             env={**os.environ},
         )
         try:
-            _wait_port(port, plant)
-            yield site, port, Path(tmp)
+            with _cores_apart(plant, own_core):
+                _wait_port(port, plant)
+                yield site, port, Path(tmp)
         finally:
             stop_process(plant)
 

@@ -423,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="read requests outstanding per connection (the plant serves a pipelined stream; 4)",
     )
+    bsc.add_argument(
+        "--share-cores",
+        action="store_true",
+        help="leave the plant and the controller where the scheduler puts them (by default "
+        "the plant gets a core of its own, as a PLC is another box)",
+    )
     bou = _bench(
         bsub, "opcua", help="scan p99 and SCADA's delivery/latency with 10,000 monitored items"
     )
