@@ -287,6 +287,28 @@ def test_writes_answered_from_the_image_match_the_full_path(unit: int, pdus: lis
                 assert values.tolist() == full_server.images[u].tables[table].tolist(), (u, table)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    unit=st.sampled_from([1, 2]),
+    table=st.sampled_from(["coil", "holding", "input", "discrete"]),
+    address=st.integers(-1, 12),
+    count=st.integers(1, 6),
+)
+def test_a_write_of_exactly_one_point_is_judged_and_split_as_the_address_map_would(
+    unit: int, table: str, address: int, count: int
+) -> None:
+    """The look-up by start address (a write of one whole ``rw`` point) gives the
+    same verdict and the same split as the map of every address: a gap, a
+    read-only point, a torn f32 or a range over two points is still refused."""
+    image = build_images()[unit]
+    by_map = build_images()[unit]
+    by_map._rw_at = {"coil": {}, "holding": {}}  # only the address map
+    assert image.check_write(table, address, count) == by_map.check_write(table, address, count)
+    if address >= 0 and image.check_write(table, address, count) is None:
+        regs = list(range(100, 100 + count))
+        assert image.split(table, address, regs) == by_map.split(table, address, regs)
+
+
 def test_pipelined_reads_and_writes_are_answered_in_request_order() -> None:
     """Reads answered at once and requests served by a task (a write, a faulted
     unit's exception) share a connection: every answer comes back in the order
