@@ -134,6 +134,10 @@ def _as_real(point: Point, value: object) -> numbers.Real:
     return value
 
 
+#: how near a tie (relative to the quotient) the decimal division decides
+_TIE_BAND = 1e-12
+
+
 def _round_half_away(x: float) -> int:
     """Nearest integer, ties away from zero; exact for every finite float.
 
@@ -170,6 +174,11 @@ def _to_raw(point: Point, value: numbers.Real, scale: float) -> int:
         )
     if scale == 1:
         return _round_half_away(x)
+    # The float quotient is within ~3e-16 of the decimal one (each repr is the
+    # float's shortest decimal): away from a tie both round to the same count.
+    n = round(q)
+    if abs(abs(q - n) - 0.5) > _TIE_BAND * max(1.0, abs(q)):
+        return int(n)
     exact = _DECIMAL.divide(Decimal(repr(x)), Decimal(repr(scale)))
     return int(exact.quantize(_ONE, rounding=ROUND_HALF_UP, context=_DECIMAL))
 

@@ -6,6 +6,7 @@ import math
 import random
 import struct
 from dataclasses import replace
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -182,6 +183,24 @@ def test_any_in_range_value_decodes_within_half_a_count(type_, scale, fraction, 
     ],
 )
 def test_encode_rounds_to_nearest_count_half_away_from_zero(value, scale, raw):
+    p = pt("i32", scale=scale)
+    assert decode(pt("i32"), encode(p, value)) == raw
+
+
+@FAST
+@given(
+    value=st.one_of(
+        st.floats(-1e5, 1e5, allow_nan=False),  # within i32 counts at every scale below
+        st.integers(-(10**6), 10**6).map(lambda k: k / 20),  # ties at most scales below
+        st.integers(-(10**6), 10**6).map(lambda k: k / 200),
+    ),
+    scale=st.sampled_from([0.1, 0.01, 0.05, 0.5, 0.2, 0.001, 3.0, 0.3, 1e-4]),
+)
+def test_encode_counts_are_the_decimal_quotient_rounded_half_away(value, scale):
+    """The float quotient decides only away from a tie; at one (0.15 / 0.1 is
+    1.4999999999999998 in binary) the decimal quotient of what was written does."""
+    exact = Decimal(repr(float(value))) / Decimal(repr(scale))
+    raw = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     p = pt("i32", scale=scale)
     assert decode(pt("i32"), encode(p, value)) == raw
 
