@@ -244,3 +244,38 @@ def test_a_valve_written_by_another_modbus_master_is_restored_with_an_audited_ev
         ("unknown", "modbus", by_hand, restored, False)
     ]
     assert abs(plant.sensors.truth_of(point) - by_hand) > 1.0  # the controller's value again
+
+
+def test_a_hand_write_landing_before_our_own_write_is_read_back_is_still_a_foreign_write(site):
+    # A technician's write in the second between one of our writes and its
+    # read-back once went unseen: the write was still unverified, and the next
+    # command overwrote the valve without an event.
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    plant = sim.plant
+    point = "tank01.valve_cmd"
+    found, audits, ours, by_hand, restored = [], [], None, None, None
+    for k in range(150):
+        res = ctrl.scan(_obs(plant))
+        for w in res.writes:
+            plant.write(w.point, w.value)
+            if w.point == point and by_hand is not None and restored is None:
+                restored = w.value
+        sent = [w.value for w in res.writes if w.point == point]
+        if k >= 60 and sent and by_hand is None:  # just after our write: by hand
+            ours = sent[0]
+            plant.write(point, 7.0 if ours > 50.0 else 93.0)
+            by_hand = plant.sensors.truth_of(point)
+        found += [e for e in res.events if e.source == point and "foreign write" in e.message]
+        audits += [a for a in res.audit if a.target == point]
+        sim.step()
+    assert by_hand is not None and restored is not None
+    assert len(found) == 1, [e.message for e in found]
+    msg = found[0].message
+    assert f"read back {by_hand:g}" in msg and f"written {ours:g}" in msg
+    assert f"restored to {restored:g}" in msg
+    assert [(a.who, a.where, a.old, a.new, a.ok) for a in audits] == [
+        ("unknown", "modbus", by_hand, restored, False)
+    ]

@@ -19,7 +19,10 @@ written within ``WRITE_VERIFY_S``, or an alarm says so and it is resent.
 
 A register verified once keeps being compared with what was written: when it
 reads back something else (beyond half a count) while nothing of ours is on
-its way, another Modbus master wrote it. The next command to that point is
+its way, another Modbus master wrote it. So did one when a write of ours not
+yet verified reads back neither our value nor what the register held when we
+wrote (once until one of ours reads back: a PLC clamping our value is the
+unverified-write alarm's, not a foreign write every scan). The next command to that point is
 sent at once (no deadband, no rate limit) and an event names the point, the
 value found and the value restored; the foreign write is audited (who:
 ``unknown``, where: ``modbus``). Pulses (a reset the PLC clears itself) and
@@ -46,6 +49,11 @@ class _Pending:
     value: float
     t: float
     why: str
+    #: what the register read back when the first unverified write went out, and
+    #: the value of ours sent before this one, unverified (NaN: unknown, none): a
+    #: device that applies writes a scan late reads back one of these
+    before: float = math.nan
+    prev: float = math.nan
 
 
 class Actuation:
@@ -62,6 +70,11 @@ class Actuation:
         #: foreign writes seen, not yet restored: point -> (value found, ours)
         self._foreign: dict[int, tuple[float, float]] = {}
         self._pulses: set[int] = set()  # points written as pulses: never judged
+        #: points whose unverified write read back a third value, taken for a foreign
+        #: write: not again until one of ours reads back (a PLC that clamps our value
+        #: would otherwise be "foreign" every scan; the unverified-write alarm says it)
+        self._foreign_unverified: set[int] = set()
+        self._view: ScanView | None = None  # the scan's view, from verify to actuate
         #: foreign writes found this scan, for the audit log (``take_audit``)
         self._audit: list[Audit] = []
         # What actuate needs of each point, looked up once (the map does not
@@ -88,15 +101,31 @@ class Actuation:
     def verify(self, view: ScanView, alarms: Alarms) -> None:
         """A command is verified when its register reads back what was written."""
         t = view.t
+        self._view = view
         pts = self.topo.pmap.points
         tols, good, val = self._tol, view.good, view.val
         for i, p in list(self._pending.items()):
             point = pts[i]
             if good(i) and abs(val(i) - p.value) <= tols[i]:
                 del self._pending[i]
+                self._foreign_unverified.discard(i)
                 if i not in self._pulses:
                     self._verified[i] = p.value
                 alarms.alarm(t, f"write:{point.name}", False, f"write of {point.name} verified")
+            elif (
+                good(i)
+                and abs(val(i) - p.before) > tols[i]  # False while ``before`` is unknown
+                and not abs(val(i) - p.prev) <= tols[i]
+                and i not in self._pulses
+                and i not in self._foreign_unverified
+            ):
+                # neither ours nor what it held before: another master wrote it
+                # between our write and this read (a hand write in that second
+                # was once overwritten without a word)
+                del self._pending[i]
+                self._foreign_unverified.add(i)
+                self._foreign[i] = (val(i), p.value)
+                self._last_sent.pop(i, None)  # the next command goes out at once
             elif t - p.t > WRITE_VERIFY_S:
                 del self._pending[i]
                 self._last_sent.pop(i, None)  # resend next scan
@@ -178,9 +207,15 @@ class Actuation:
                 self._restored(t, name, foreign, value, cmd.why, alarms)
             if holding:
                 # A register that keeps being rewritten is still unverified since
-                # the first write that did not read back: keep that time.
-                since = pending[i].t if i in pending else t
-                pending[i] = _Pending(value, since, cmd.why)
+                # the first write that did not read back: keep that time (and what
+                # it held then).
+                was = pending.get(i)
+                if was is not None:
+                    pending[i] = _Pending(value, was.t, cmd.why, was.before, was.value)
+                else:
+                    view = self._view
+                    before = view.val(i) if view is not None and view.good(i) else math.nan
+                    pending[i] = _Pending(value, t, cmd.why, before)
             writes.append(Write(name, float(value), cmd.why, cmd.who, cmd.where))
         return writes
 
