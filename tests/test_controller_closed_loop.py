@@ -279,3 +279,26 @@ def test_a_hand_write_landing_before_our_own_write_is_read_back_is_still_a_forei
     assert [(a.who, a.where, a.old, a.new, a.ok) for a in audits] == [
         ("unknown", "modbus", by_hand, restored, False)
     ]
+
+
+def test_a_plc_that_clamps_our_value_is_at_most_one_foreign_write_then_the_unverified_alarm(site):
+    # A third value read back is a foreign write once; a PLC that keeps holding
+    # the valve below what we write is the unverified-write alarm's, not an
+    # event every scan.
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    plant = sim.plant
+    point = "tank01.valve_cmd"
+    foreign, alarms = [], []
+    for k in range(120):
+        res = ctrl.scan(_obs(plant))
+        for w in res.writes:
+            clamp = k >= 60 and w.point == point
+            plant.write(w.point, min(w.value, 3.0) if clamp else w.value)
+        foreign += [e for e in res.events if e.source == point and "foreign write" in e.message]
+        alarms += [e for e in res.events if "not read back" in e.message and point in e.message]
+        sim.step()
+    assert len(foreign) <= 1, [e.message for e in foreign]
+    assert alarms, "the clamped write was never called unverified"
