@@ -215,6 +215,19 @@ def test_a_simulation_scan_the_plc_watchdog_would_not_survive_is_refused(site):
         run_simulation(site, "normal-day", 0.1, scan_s=site.plc.heartbeat_timeout_s)
 
 
+def _assert_one_foreign_write(
+    found: list, audits: list, by_hand: float, ours: float, restored: float
+) -> None:
+    """One event naming the value found, ours and the value restored; one audit row."""
+    assert len(found) == 1, [e.message for e in found]
+    msg = found[0].message
+    assert f"read back {by_hand:g}" in msg and f"written {ours:g}" in msg
+    assert f"restored to {restored:g}" in msg
+    assert [(a.who, a.where, a.old, a.new, a.ok) for a in audits] == [
+        ("unknown", "modbus", by_hand, restored, False)
+    ]
+
+
 def test_a_valve_written_by_another_modbus_master_is_restored_with_an_audited_event(site):
     from thermogate.hil.runner import ScenarioPlant
 
@@ -236,13 +249,7 @@ def test_a_valve_written_by_another_modbus_master_is_restored_with_an_audited_ev
         found += [e for e in res.events if e.source == point and "foreign write" in e.message]
         audits += [a for a in res.audit if a.target == point]
         sim.step()
-    assert len(found) == 1, [e.message for e in found]
-    msg = found[0].message
-    assert f"read back {by_hand:g}" in msg and f"written {ours:g}" in msg
-    assert f"restored to {restored:g}" in msg
-    assert [(a.who, a.where, a.old, a.new, a.ok) for a in audits] == [
-        ("unknown", "modbus", by_hand, restored, False)
-    ]
+    _assert_one_foreign_write(found, audits, by_hand, ours, restored)
     assert abs(plant.sensors.truth_of(point) - by_hand) > 1.0  # the controller's value again
 
 
@@ -272,13 +279,7 @@ def test_a_hand_write_landing_before_our_own_write_is_read_back_is_still_a_forei
         audits += [a for a in res.audit if a.target == point]
         sim.step()
     assert by_hand is not None and restored is not None
-    assert len(found) == 1, [e.message for e in found]
-    msg = found[0].message
-    assert f"read back {by_hand:g}" in msg and f"written {ours:g}" in msg
-    assert f"restored to {restored:g}" in msg
-    assert [(a.who, a.where, a.old, a.new, a.ok) for a in audits] == [
-        ("unknown", "modbus", by_hand, restored, False)
-    ]
+    _assert_one_foreign_write(found, audits, by_hand, ours, restored)
 
 
 def test_a_plc_that_clamps_our_value_is_at_most_one_foreign_write_then_the_unverified_alarm(site):
