@@ -133,18 +133,21 @@ _ADDRESS_COUNT = struct.Struct(">HH")
 _RTU_MIN_GAP_S = 0.020
 
 
-def _registers_written(fc: int, frame: bytes) -> list[int] | None:
-    """The registers of a well-formed fc 6 or fc 16 request (``frame`` from the
-    function code on), or None: anything else goes through pymodbus's decoder
-    (which also formats every PDU it decodes for a debug line: ~12 us a write)."""
+def _registers_written(fc: int, frame: bytes) -> tuple[int, list[int]] | None:
+    """The address and registers of a well-formed fc 6 or fc 16 request (``frame``
+    from the function code on), or None: anything else goes through pymodbus's
+    decoder (which also formats every PDU it decodes for a debug line: ~12 us a write)."""
+    if len(frame) < 5 or fc not in (6, 16):
+        return None
+    address, word = _ADDRESS_COUNT.unpack_from(frame, 1)  # fc 16: the word is the count
     if fc == 6:
-        return [_ADDRESS_COUNT.unpack_from(frame, 1)[1]] if len(frame) == 5 else None
-    if fc != 16 or len(frame) < 6:
+        return (address, [word]) if len(frame) == 5 else None
+    if len(frame) < 6:
         return None
-    count, nbytes = _ADDRESS_COUNT.unpack_from(frame, 3)[0], frame[5]
-    if not 1 <= count <= MAX_WRITE_REGISTERS or nbytes != 2 * count or len(frame) != 6 + nbytes:
+    nbytes = frame[5]
+    if not 1 <= word <= MAX_WRITE_REGISTERS or nbytes != 2 * word or len(frame) != 6 + nbytes:
         return None
-    return list(struct.unpack_from(f">{count}H", frame, 6))
+    return address, list(struct.unpack_from(f">{word}H", frame, 6))
 
 
 #: what ``DeviceImage._rw_at`` gives a table without writable points
@@ -508,9 +511,9 @@ class PlantModbusServer:
             part = values[address : address + count]
             data = (np.packbits(part, bitorder="little") if bits else part.astype(">u2")).tobytes()
             return bytes((fc, len(data))) + data
-        regs = _registers_written(fc, frame)
-        if regs is not None:  # a well-formed fc 6 or 16, parsed here as a read is
-            address = _ADDRESS_COUNT.unpack_from(frame, 1)[0]
+        written = _registers_written(fc, frame)
+        if written is not None:  # a well-formed fc 6 or 16, parsed here as a read is
+            address, regs = written
             self.requests_seen[unit_id] += 1
             if code := self._check_write(image, table, address, regs):
                 return bytes((fc | 0x80, code))
