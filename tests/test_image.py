@@ -98,28 +98,34 @@ def test_encode_raw_agrees_with_the_codec_for_every_type_and_word_order(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
-        st.tuples(st.sampled_from(("input", "holding")), point_and_value(), st.integers(0, 3)),
+        st.tuples(
+            st.sampled_from((3, 7)),
+            st.sampled_from(("input", "holding")),
+            point_and_value(),
+            st.integers(0, 3),
+        ),
         min_size=1,
         max_size=40,
     )
 )
 def test_image_writer_puts_the_codec_registers_of_every_point_in_place(
-    specs: list[tuple[str, tuple[str, str, float, float], int]],
+    specs: list[tuple[int, str, tuple[str, str, float, float], int]],
 ) -> None:
-    """A mixed map (two tables, all types and orders, gaps) written in one call."""
+    """A mixed map (two units, two tables, all types and orders, gaps) written in
+    one call: each register gets its own point's words, in no other unit's image."""
     points: list[Point] = []
     values: list[float] = []
-    next_address = {"input": 0, "holding": 0}
-    for i, (table, (type_, order, scale, value), gap) in enumerate(specs):
-        address = next_address[table] + gap
-        p = Point(f"p{i}", 3, table, address, type_, scale=scale, word_order=order)
-        next_address[table] = p.end
+    next_address = {(u, t): 0 for u in (3, 7) for t in ("input", "holding")}
+    for i, (unit, table, (type_, order, scale, value), gap) in enumerate(specs):
+        address = next_address[unit, table] + gap
+        p = Point(f"p{i}", unit, table, address, type_, scale=scale, word_order=order)
+        next_address[unit, table] = p.end
         points.append(p)
         values.append(value)
     images = build_images(points)
     ImageWriter(points, images).write(np.array(values))
-    image = images[3]
     for p, value in zip(points, values, strict=True):
+        image = images[p.unit_id]
         assert image.get_registers(p) == encode(p, value), (p, value)
         if p.type != "f32":
             assert decode(p, image.get_registers(p)) == pytest.approx(value, abs=p.scale * 0.51)
