@@ -30,6 +30,10 @@ from thermogate.plc.transport import ModbusLink
 # --------------------------------------------------------------------------- #
 
 
+#: how long a test's master waits for an answer it expects (s)
+ANSWER_TIMEOUT_S = 5.0
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
@@ -69,15 +73,18 @@ class Master:
         self._make_link = make_link
         self._links: dict[int, ModbusLink] = {}
 
+    # A master that expects answers waits for them generously: the plant shares this
+    # process's event loop, and 0.5 s once timed out a plain write under a loaded CI
+    # machine. A test that expects silence passes its own short timeout.
     @classmethod
     def tcp(cls, pmap: PointMap, port: int, **kw: Any) -> Master:
-        kw.setdefault("timeout", 0.5)
+        kw.setdefault("timeout", ANSWER_TIMEOUT_S)
         kw.setdefault("retries", 0)
         return cls(pmap, lambda unit: ModbusLink.tcp("127.0.0.1", port, unit, **kw))
 
     @classmethod
     def rtu(cls, pmap: PointMap, path: str, **kw: Any) -> Master:
-        kw.setdefault("timeout", 0.5)
+        kw.setdefault("timeout", ANSWER_TIMEOUT_S)
         kw.setdefault("retries", 0)
         return cls(pmap, lambda unit: ModbusLink.rtu(path, unit, **kw))
 
