@@ -65,13 +65,15 @@ def test_the_proxy_turns_each_fault_kind_into_a_failed_request_and_passes_clean_
     async def scenario() -> dict[str, str]:
         sp = ServedPlant(ScenarioPlant(demo_site(), "normal-day"), speed=1.0)
         upstream = await sp.server.start_tcp("127.0.0.1", 0)
-        proxy = FaultProxy(upstream, delay_s=0.6)
+        # an answer gets 1.5 s (a full collection in a loaded test worker has taken
+        # 0.8 s); the delayed one comes well after that
+        proxy = FaultProxy(upstream, delay_s=3.0)
         port = await proxy.start()
         seen: dict[str, str] = {}
         try:
             for kind in (None, *KINDS, None):
                 proxy.faults[1] = kind  # type: ignore[assignment]
-                link = ModbusLink.tcp("127.0.0.1", port, 1, timeout=0.3, retries=0)
+                link = ModbusLink.tcp("127.0.0.1", port, 1, timeout=1.5, retries=0)
                 try:
                     got = await link.read("holding", 1, 1)  # plc.heartbeat_timeout_s
                     seen[str(kind)] = f"answered {got}"
