@@ -238,3 +238,17 @@ def test_the_bench_splits_each_changes_latency_into_its_legs() -> None:
     assert parts["to_client"]["p50"] == pytest.approx(3.0, abs=0.05)
     assert parts["to_client"]["p99"] == pytest.approx(7.0, abs=0.1)
     assert _latency_parts([], 100.0, 101.0, src, arrived) == {}
+
+
+def test_the_naive_servers_latency_has_no_leg_after_its_apply() -> None:
+    """asyncua publishes the naive server's values while its apply runs: a change
+    may reach the client before the apply ends, so no ``to_client`` leg is given."""
+    from thermogate.controller.opcua.bench import _latency_parts
+
+    timings = [(100.0, 100.010, 100.900)]  # a slow apply, point by point
+    src = np.array([100.0, 100.0])
+    arrived = np.array([100.100, 100.950])  # the first before the apply ended
+    parts = _latency_parts(timings, 100.0, 100.0, src, arrived, flushes=False)
+    assert set(parts) == {"to_server", "apply"}
+    assert parts["apply"]["p50"] == pytest.approx(890.0, abs=0.5)
+    assert "to_client" in _latency_parts(timings, 100.0, 100.0, src, arrived)

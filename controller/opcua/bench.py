@@ -283,7 +283,7 @@ async def _served(
             client.kill()
         rt.faces.remove(face)
         await asyncio.to_thread(face.stop)
-    result["delivery"] = _delivery(published, np.load(out_file), face.timings)
+    result["delivery"] = _delivery(published, np.load(out_file), face.timings, flushes=not naive)
     if face.gc_runs:
         result["delivery"]["server_gc_ms"] = _gc_summary(face.gc_runs)
     return result
@@ -302,9 +302,16 @@ def _gc_summary(runs: list[tuple[int, float]]) -> dict[str, float | int]:
     return out
 
 
-def _delivery(published: _Published, got: Any, timings: list[tuple[float, float, float]]) -> dict:
+def _delivery(
+    published: _Published,
+    got: Any,
+    timings: list[tuple[float, float, float]],
+    *,
+    flushes: bool = True,
+) -> dict:
     """What share of the published changes reached the client, how late, and where
-    the time went (the server's ``timings``: scan time, apply started, flushed)."""
+    the time went (the server's ``timings``: scan time, apply started, flushed;
+    ``flushes``: see :func:`_latency_parts`)."""
     want = published.expected()
     t0, t1 = published.scans[1][0], published.scans[-1][0]
     src = np.round(got["source"], 3)
@@ -318,7 +325,9 @@ def _delivery(published: _Published, got: Any, timings: list[tuple[float, float,
         "notifications_per_s": round(int(inside.sum()) / span, 1),
         "latency_p50_ms": round(pct(latency.tolist(), 50), 1) if latency.size else None,
         "latency_p99_ms": round(pct(latency.tolist(), 99), 1) if latency.size else None,
-        "latency_parts_ms": _latency_parts(timings, t0, t1, src[inside], got["arrived"][inside]),
+        "latency_parts_ms": _latency_parts(
+            timings, t0, t1, src[inside], got["arrived"][inside], flushes=flushes
+        ),
     }
 
 
@@ -328,11 +337,17 @@ def _latency_parts(
     t1: float,
     src: np.ndarray,
     arrived: np.ndarray,
+    *,
+    flushes: bool = True,
 ) -> dict[str, dict[str, float]]:
     """p50 and p99 of each leg of a change's way: the scan's decision and hand-over
     to the server process (``to_server``, from the scan's SourceTimestamp), the
     server writing and queueing it (``apply``), and publishing, the wire and the
-    client's decoding (``to_client``, per notification)."""
+    client's decoding (``to_client``, per notification, from the apply's end).
+
+    ``flushes=False`` (the naive server): asyncua publishes each value as its write
+    lands, before the apply ends, so there is no point to count ``to_client`` from
+    (counted from the end, it came out negative); it is left out."""
     rows = [r for r in timings if round(t0, 3) <= round(r[0], 3) <= round(t1, 3)]
     if not rows:
         return {}
@@ -343,7 +358,7 @@ def _latency_parts(
         "to_client": [
             (a - flushed[s]) * 1000.0
             for s, a in zip(src.tolist(), arrived.tolist(), strict=True)
-            if s in flushed
+            if flushes and s in flushed
         ],
     }
     return {
