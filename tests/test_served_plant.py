@@ -474,7 +474,7 @@ def test_comms_loss_silences_only_that_device_and_it_answers_again_after() -> No
             master = Master.tcp(pmap, port, timeout=0.2, retries=0)
             answering = Master.tcp(pmap, port)
             try:
-                assert await master.value("cdu1.supply_temp") > 0
+                assert await answering.value("cdu1.supply_temp") > 0
                 await wait_until("outage starts", stepped(sp, start + 1.0))
                 assert plant.t < start + length - 10, "outage window too short for the test"
                 assert cdu_unit in sp.sim.device_faults
