@@ -358,8 +358,10 @@ def _latency_parts(
         "to_client": [
             (a - flushed[s]) * 1000.0
             for s, a in zip(src.tolist(), arrived.tolist(), strict=True)
-            if flushes and s in flushed
-        ],
+            if s in flushed
+        ]
+        if flushes
+        else [],
     }
     return {
         k: {"p50": round(pct(v, 50), 1), "p99": round(pct(v, 99), 1)} for k, v in legs.items() if v
