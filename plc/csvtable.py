@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from thermogate.plc.errors import DataFileError
 
@@ -158,7 +159,8 @@ def read_table(
     # Spreadsheets in comma-decimal locales export ';' separated with '12,5'.
     delim = "," if "," in head else ";" if ";" in head else "\t" if "\t" in head else ","
     reader = csv.reader(kept, delimiter=delim, skipinitialspace=True)
-    header_raw = next(reader)
+    header_raw = _next_record(reader, label, numbers)
+    assert header_raw is not None  # ``kept`` is not empty
     header = [h.strip().lower() for h in header_raw]
     while header and not header[-1]:
         header.pop()  # trailing commas
@@ -182,7 +184,7 @@ def read_table(
             )
     width = len(header)
     rows: list[tuple[int, tuple[str, ...]]] = []
-    for row in reader:
+    while (row := _next_record(reader, label, numbers)) is not None:
         ln = numbers[reader.line_num - 1]
         if len(row) > width and any(c.strip() for c in row[width:]):
             hint = " (a decimal comma in a comma-separated file?)" if delim == "," else ""
@@ -191,3 +193,30 @@ def read_table(
             )
         rows.append((ln, tuple(row)))
     return Table(label, numbers[0], tuple(header), delim != ",", tuple(rows))
+
+
+def _next_record(reader: Any, label: str, numbers: Sequence[int]) -> list[str] | None:
+    """The next record, which must lie on one line; None at the end.
+
+    The csv module lets a quoted field run on over line ends. In these files a
+    field is a number, a time or a word, so a record over several lines is a
+    stray quote that would otherwise swallow the rows after it (or a whole
+    large file, up to the module's field limit): an error on the line it opens."""
+    start = reader.line_num  # lines consumed so far: the record starts on the next
+    try:
+        row = next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as exc:
+        raise DataFileError(
+            label, numbers[start], None, f'unreadable row ({exc}): a quote (") left open?'
+        ) from None
+    if reader.line_num - start > 1:
+        raise DataFileError(
+            label,
+            numbers[start],
+            None,
+            f'a quote (") opened on this line is not closed on it (it runs on to line '
+            f"{numbers[reader.line_num - 1]})",
+        )
+    return row

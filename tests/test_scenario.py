@@ -205,6 +205,11 @@ def test_negative_prices_are_accepted(tmp_path):
         ("time,ambient_c\n2024-01-01T00:00,10\n3600,11\n", 3, "time"),  # mixed conventions
         ("time,ambient_c\n2024-01-01T00:00Z,10\n2024-01-01T01:00,11\n", 3, "time"),  # tz mixed
         ("time,ambient_c\n0,10\ninf,11\n", 3, "time"),
+        ("time,ambient_c\n0,25\n1e308,26\n", 3, "time"),  # finite, but no time
+        ("time,ambient_c\n1721001600000,25\n1721005200000,26\n", 2, "time"),  # ms
+        ("time,ambient_c\n45488.041667,25\n45488.083333,26\n45488.125,27\n", 3, "time"),
+        ("time,ambient_c\n0001-01-01T00:00:00+05:00,25\n0001-01-01T01:00+05:00,26\n", 2, "time"),
+        ("time,ambient_c\n9999-12-31T23:00,25\n9999-12-31T24:00,26\n", 2, "time"),
         ("ambient_c,ghi_wm2\n10,0\n11,0\n", 1, "time"),  # missing column: header line
         ("time,temp\n0,10\n60,11\n", 1, "ambient_c"),
     ],
@@ -227,6 +232,25 @@ def test_bad_weather_csv_names_line_and_column(tmp_path, text, line, column):
 def test_bad_price_csv_names_line_and_column(tmp_path, text, line, column):
     err = bad_csv(tmp_path, text, load_prices_csv)
     assert (err.line, err.column) == (line, column), str(err)
+
+
+@pytest.mark.parametrize("column", ["ambient_c", "note"])
+def test_a_stray_quote_is_an_error_on_its_own_line_not_a_swallowed_row(tmp_path, column):
+    # In an ignored column too: the quote would otherwise join the next row to it.
+    rows = [f"{3600 * k},{20 + k},ok" for k in range(6)]
+    rows[2] = rows[2].replace(",ok", ',"ok') if column == "note" else rows[2].replace(",2", ',"2')
+    err = bad_csv(tmp_path, "time,ambient_c,note\n" + "\n".join(rows) + "\n")
+    assert err.line == 4, str(err)
+    assert "quote" in err.reason and "runs on to line 7" in err.reason  # the last line
+
+
+def test_a_stray_quote_in_a_large_file_names_its_line(tmp_path):
+    # Left open, the quote runs to the csv module's field limit: still one line.
+    rows = [f"{300 * k},{40 + k % 7}" for k in range(20_000)]
+    rows[10] = rows[10].replace(",", ',"', 1)
+    err = bad_csv(tmp_path, "time,price_per_mwh\n" + "\n".join(rows) + "\n", load_prices_csv)
+    assert err.line == 12, str(err)
+    assert "quote" in err.reason
 
 
 def test_missing_column_error_lists_the_header_found(tmp_path):

@@ -63,6 +63,13 @@ _PRICE_COLUMNS = (_Column("price_per_mwh", True, -PRICE_ABS_MAX, PRICE_ABS_MAX, 
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
+#: Times a weather or price series can mean: placeholder dates (0001-01-01,
+#: 9999-12-31) and numbers that are not seconds (epoch milliseconds) lie outside.
+_YEARS = (1900, 2200)
+_SECONDS_MAX = 7.3e9  # 2200-01-01 as Unix seconds
+#: the shortest sample spacing taken as seconds; below it, the time column is
+#: most likely in days (a spreadsheet's date serial, 45488.0417 = one hour on)
+_MIN_SPACING_S = 1.0
 # Hourly exports often write the end of the day as 24:00 (hour-ending convention).
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ]24:00(?::00(?:\.0+)?)?(.*)$")
 
@@ -81,7 +88,10 @@ def _parse_iso(cell: str) -> datetime | None:
             day = datetime.fromisoformat(m.group(1) + "T00:00" + m.group(2))
         except ValueError:
             return None
-        return day + timedelta(days=1)
+        try:
+            return day + timedelta(days=1)
+        except OverflowError:  # 9999-12-31T24:00
+            return None
     try:
         return datetime.fromisoformat(cell)
     except ValueError:
@@ -121,6 +131,14 @@ def _read_csv(
             kind = "seconds"
             if not math.isfinite(secs):
                 raise DataFileError(label, ln, "time", f"time {cell!r} is not finite")
+            if abs(secs) > _SECONDS_MAX:
+                raise DataFileError(
+                    label,
+                    ln,
+                    "time",
+                    f"time {cell!r} s is beyond the year {_YEARS[1]} as Unix time "
+                    "(milliseconds? times in seconds must be seconds)",
+                )
             value = secs
             dt = None
         else:
@@ -132,6 +150,14 @@ def _read_csv(
                     "time",
                     f"cannot read {cell!r} as a time: expected ISO 8601 "
                     "(2024-07-15T13:00:00Z, 2024-07-15 13:00, 2024-07-15) or seconds",
+                )
+            if not _YEARS[0] <= dt.year < _YEARS[1]:
+                raise DataFileError(
+                    label,
+                    ln,
+                    "time",
+                    f"time {cell!r} is outside the years {_YEARS[0]}-{_YEARS[1] - 1} "
+                    "(a placeholder date?)",
                 )
             if dt.utcoffset() is not None:
                 kind = "aware"
@@ -182,6 +208,14 @@ def _read_csv(
             "time",
             f"time {t_cells[k]!r} is {'the same as' if same else 'before'} the previous "
             f"sample {t_cells[k - 1]!r} (line {lines[k - 1]}); times must increase{hint}",
+        )
+    if mode == "seconds" and (gap := float(np.median(np.diff(ta)))) < _MIN_SPACING_S:
+        raise DataFileError(
+            label,
+            lines[1],
+            "time",
+            f"samples are {gap:.4g} s apart at the median: times in seconds must be "
+            "seconds (a spreadsheet date serial counts days; give ISO 8601 times)",
         )
     t_rel = ta - ta[0]
     start: datetime | None = None
