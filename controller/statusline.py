@@ -119,12 +119,16 @@ def grid_line(rt: RealTimeController) -> str:
     peak = st.get("peak_limit_kw")
     if isinstance(peak, float):
         parts.append(f"peak window <= {shown(peak, '.0f', ' kW')}")
-    uf = st.get("under_frequency") or {}
-    if isinstance(uf, dict) and uf.get("tripped"):
+    uf = st.get("under_frequency")
+    uf = uf if isinstance(uf, dict) else {}
+    armed = uf.get("armed")  # as the PLC's coil reads, not as the site file says
+    if uf.get("tripped"):
         ready = "release ready" if uf.get("release_ready") else "waiting for recovery"
         parts.append(f"UNDER-FREQUENCY TRIP ({ready})")
-    elif rt.cfg.site.grid.under_frequency_armed:
+    elif armed:
         parts.append("under-frequency relay armed")
+    elif armed is False and rt.cfg.site.grid.under_frequency_armed:
+        parts.append("under-frequency relay DISARMED (the site description arms it)")
     s = rt.settlement.summary()
     if s["intervals"]:
         parts.append(f"settled {s['compliant']}/{s['intervals']} intervals compliant")

@@ -177,6 +177,20 @@ def test_an_override_is_written_as_its_giver_and_expires_by_itself(warm):
     assert warm.writes("tank01.valve_cmd")[-1].who == "controller"
 
 
+def test_an_override_that_disarms_the_grid_relay_ends_with_it_armed_as_the_site_says(warm):
+    # Once nothing commanded the arming: the override's 0 stayed on the coil for good.
+    assert warm.sim.site.grid.under_frequency_armed
+    assert warm.give(OverrideActuator("plc.ufls_armed", 0.0, 30.0, "relay test")).accepted
+    warm.scans(3)
+    assert warm.sim.plant.ufls_armed is False
+    assert warm.results[-1].status["under_frequency"]["armed"] is False
+    warm.scans(35)
+    assert "plc.ufls_armed" not in warm.ctrl.state.overrides
+    assert warm.sim.plant.ufls_armed is True
+    last = warm.writes("plc.ufls_armed")[-1]
+    assert (last.value, last.who) == (1.0, "controller") and "site description" in last.why
+
+
 def test_return_to_auto_ends_an_override_at_once(warm):
     assert warm.give(OverrideActuator("loop1.dc1.fan_cmd", 100.0, 600.0)).accepted
     warm.scans(2)

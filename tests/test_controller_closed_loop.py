@@ -228,18 +228,30 @@ def _assert_one_foreign_write(
     ]
 
 
-def test_a_valve_written_by_another_modbus_master_is_restored_with_an_audited_event(site):
+@pytest.mark.parametrize(
+    "point",
+    [
+        "tank01.valve_cmd",  # a holding register
+        # coils: a pump stopped, a tank disabled, the grid relay disarmed by hand
+        # were once left as the hand wrote them (a refresh a minute later put them
+        # back, audited as the controller's own write), with no event at all
+        "tank01.enable",
+        "loop1.pump_a.run_cmd",
+        "plc.ufls_armed",
+    ],
+)
+def test_a_command_written_by_another_modbus_master_is_restored_with_an_audited_event(site, point):
     from thermogate.hil.runner import ScenarioPlant
 
     sim = ScenarioPlant(site, "normal-day", sensors=False)
     ctrl = Controller(site, sim.pmap)
     plant = sim.plant
-    point = "tank01.valve_cmd"
+    coil = sim.pmap.by_name[point].table == "coil"
     found, audits, restored = [], [], None
     for k in range(120):
-        if k == 60:  # a technician's Modbus tool writes the valve by hand
+        if k == 60:  # a technician's Modbus tool writes the command by hand
             ours = plant.sensors.truth_of(point)
-            plant.write(point, 7.0 if ours > 50.0 else 93.0)
+            plant.write(point, (1.0 - ours) if coil else 7.0 if ours > 50.0 else 93.0)
             by_hand = plant.sensors.truth_of(point)
         res = ctrl.scan(_obs(plant))
         for w in res.writes:
@@ -250,7 +262,7 @@ def test_a_valve_written_by_another_modbus_master_is_restored_with_an_audited_ev
         audits += [a for a in res.audit if a.target == point]
         sim.step()
     _assert_one_foreign_write(found, audits, by_hand, ours, restored)
-    assert abs(plant.sensors.truth_of(point) - by_hand) > 1.0  # the controller's value again
+    assert abs(plant.sensors.truth_of(point) - by_hand) >= 1.0  # the controller's value again
 
 
 def test_a_hand_write_landing_before_our_own_write_is_read_back_is_still_a_foreign_write(site):

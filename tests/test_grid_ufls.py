@@ -207,3 +207,29 @@ def test_a_viewer_cannot_release_and_nothing_to_release_is_refused(site):
 def test_site_grid_default_relay_is_relative_to_nominal():
     g = GridConfig()
     assert g.relay is None  # the PLC then takes nominal - 0.3 / - 0.05
+
+
+@pytest.mark.parametrize(
+    ("armed", "says"),
+    [
+        (True, "under-frequency relay armed"),
+        (False, "under-frequency relay DISARMED (the site description arms it)"),
+        (None, None),  # the coil unread: the line claims nothing
+    ],
+)
+def test_the_status_line_shows_the_relay_as_the_plcs_coil_reads(site, armed, says):
+    # It once printed the site file's arming while the coil, disarmed by hand, read 0.
+    from types import SimpleNamespace
+
+    from thermogate.controller.statusline import grid_line
+
+    rt = SimpleNamespace(
+        last={"import_limit_kw": 3000.0, "under_frequency": {"tripped": False, "armed": armed}},
+        cfg=SimpleNamespace(site=with_relay(site)),
+        settlement=SimpleNamespace(summary=lambda: {"intervals": 0}),
+    )
+    line = grid_line(rt)  # type: ignore[arg-type]
+    if says is None:
+        assert "relay" not in line, line
+    else:
+        assert says in line, line

@@ -14,8 +14,10 @@ once per window, at most ``WRITE_REFRESH_S`` after it was last sent. Windows
 shared by every point would resend a large hall's ~800 steady commands in one
 scan a minute, the slowest scan of all; spread, each scan resends its share.
 
-Every holding register written is verified: it must read back what was
-written within ``WRITE_VERIFY_S``, or an alarm says so and it is resent.
+Every holding register and coil written is verified: it must read back what
+was written within ``WRITE_VERIFY_S``, or an alarm says so and it is resent.
+Coils too: a pump's run command or a tank's enable stopped by hand at another
+master is as much a foreign write as a valve moved by hand.
 
 A register verified once keeps being compared with what was written: when it
 reads back something else (beyond half a count) while nothing of ours is on
@@ -65,7 +67,7 @@ class Actuation:
         self.heartbeat = 0
         self._last_sent: dict[int, tuple[float, float]] = {}  # point -> (value, t)
         self._pending: dict[int, _Pending] = {}
-        #: holding registers that read back our value: point -> that value
+        #: registers and coils that read back our value: point -> that value
         self._verified: dict[int, float] = {}
         #: foreign writes seen, not yet restored: point -> (value found, ours)
         self._foreign: dict[int, tuple[float, float]] = {}
@@ -78,15 +80,15 @@ class Actuation:
         #: foreign writes found this scan, for the audit log (``take_audit``)
         self._audit: list[Audit] = []
         # What actuate needs of each point, looked up once (the map does not
-        # change): name, resolution (0: written as is), min, max, holding
-        # register?, rise per second, deadband.
+        # change): name, resolution (0: written as is), min, max, read back
+        # (a holding register or a coil)?, rise per second, deadband.
         self._spec: list[tuple[str, float, float | None, float | None, bool, float, float]] = [
             (
                 p.name,
                 p.scale if p.scale and p.type != "f32" else 0.0,
                 p.min,
                 p.max,
-                p.table == "holding",
+                p.table in ("holding", "coil"),
                 _max_rise_per_s(p.unit, p.max),
                 _deadband(p.unit, p.scale),
             )
@@ -176,7 +178,7 @@ class Actuation:
                 last = get_last(i)
                 if last is not None and last[0] == value and last[1] >= window:
                     continue
-            name, scale, lo, hi, holding, rise_per_s, dead = spec[i]
+            name, scale, lo, hi, read_back, rise_per_s, dead = spec[i]
             if not isfinite(value):
                 continue
             if scale:  # to the register's resolution, then the range
@@ -188,7 +190,7 @@ class Actuation:
             if hi is not None and not value < hi:
                 value = hi
             last = last_sent.get(i)
-            if last is not None and not cmd.override and holding:
+            if last is not None and not cmd.override and rise_per_s < math.inf:
                 # Rate limit raises (a load, a valve): lowering a budget or a cap is
                 # never delayed, it is how protection acts.
                 up = rise_per_s * max(t - last[1], scan_s)
@@ -205,7 +207,7 @@ class Actuation:
             foreign = self._foreign.pop(i, None)
             if foreign is not None:
                 self._restored(t, name, foreign, value, cmd.why, alarms)
-            if holding:
+            if read_back:
                 # A register that keeps being rewritten is still unverified since
                 # the first write that did not read back: keep that time (and what
                 # it held then).

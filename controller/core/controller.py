@@ -15,6 +15,7 @@ One scan, part by part (each its own module, its own state)::
     protect     thermal.py          over-temperature and lost-flow caps (never the model)
                 power.py            breakers and the grid's import limit
     plan        planning.py         the planner's budgets within protection's caps
+                underfreq.py        the under-frequency relay armed as the site says
     override    (here)              operators' overrides
     interlock   trips.py            latched PLC trips keep their loads off
                 zones.py            zones in fail-safe take their safe state
@@ -255,6 +256,7 @@ class Controller:
         hold = self.state.mode == "maintenance"
         grid_kw = self.power.grid_limit_kw  # in force: protect ramps a lifted limit
         self.planning.allocate(view, cmds, self.thermal.cap, self.power.cap, grid_kw, hold=hold)
+        self.underfreq.arm(cmds)
         self._apply_overrides(cmds, overrides)
         self.trips.latch(view, cmds, alarms)
         self.failsafe.apply(cmds)
@@ -413,6 +415,7 @@ class Controller:
             "under_frequency": {
                 "tripped": bool(self.underfreq.tripped),
                 "release_ready": self.underfreq.recovered,
+                "armed": self.underfreq.armed,  # as the PLC's coil reads
             },
         }
 

@@ -17,6 +17,12 @@ controller does. The controller's part, every scan, in order:
    requires one) pulses ``plc.ufls_release`` at the next scan. The command is
    refused while the relay is not tripped or the frequency has not recovered
    for long enough; the relay refuses it too, whatever the controller thinks.
+4. **Keep it armed as the site says.** ``plc.ufls_armed`` is commanded every
+   scan to the site description's ``under_frequency_armed`` (sent when it
+   differs and at each refresh, as every command). An operator's override
+   beats it and, when it expires, the relay goes back to the site's arming;
+   a relay disarmed by hand at another master is a foreign write, restored
+   and named in an event like any other.
 """
 
 from __future__ import annotations
@@ -38,11 +44,20 @@ class UnderFrequencyResponse:
         ix = topo.ix.plc
         self._tripped_pt, self._recovered_pt = ix.ufls_tripped, ix.ufls_recovered
         self._release_pt = ix.ufls_release
+        self._armed_pt = ix.ufls_armed
+        self._armed = 1.0 if topo.site.grid.under_frequency_armed else 0.0
+        self._armed_why = (
+            "under-frequency relay armed as the site description says"
+            if self._armed
+            else "under-frequency relay disarmed as the site description says"
+        )
         shed = set(topo.site.grid.under_frequency_shed)
         self.designated = tuple(ld for ld in topo.loads if ld.name in shed)
         #: what the PLC said at the last scan (None: not known yet, or unreadable)
         self.tripped: bool | None = None
         self.recovered = False
+        #: what the PLC's ``plc.ufls_armed`` read at the last scan (None: unreadable)
+        self.armed: bool | None = None
         self._release: tuple[str, str, str] | None = None  # who, where, why
 
     def _bit(self, view: ScanView, i: int) -> bool | None:
@@ -53,6 +68,7 @@ class UnderFrequencyResponse:
         t, audit = view.t, []
         tripped = self._bit(view, self._tripped_pt)
         recovered = bool(self._bit(view, self._recovered_pt))
+        self.armed = self._bit(view, self._armed_pt)
         names = ", ".join(ld.name for ld in self.designated) or "nothing designated"
         if tripped is not None and tripped != self.tripped:
             if tripped:
@@ -105,6 +121,10 @@ class UnderFrequencyResponse:
             )
             return f"the grid frequency has not yet been {need} (plc.ufls_recovered is off)"
         return None
+
+    def arm(self, cmds: Cmds) -> None:
+        """The relay's arming as the site description says (step 4; overrides come after)."""
+        cmds[self._armed_pt] = Cmd(self._armed, self._armed_why)
 
     def pulse(self, cmds: Cmds) -> None:
         if self._release is None:
