@@ -18,6 +18,7 @@ from thermogate.controller.console.shell import Seen, Shell, sparkline, wrap
 from thermogate.controller.core import Controller, OverrideActuator, ReturnToAuto, SetMode
 from thermogate.controller.core.commands import Principal
 from thermogate.controller.opcua.snapshot import Snapshot
+from thermogate.controller.people import parse_duration
 from thermogate.controller.signals import Observation
 from thermogate.controller.users import AuthError
 from thermogate.hil.runner import ScenarioPlant
@@ -48,6 +49,39 @@ def test_a_sparkline_has_a_character_per_slot_a_gap_where_no_data_and_min_max_la
     assert bar == "  |" + "_" * 10 + " " * 5 + "_" * 15 + "@" * 30 + "|"
     assert "min 20.00 degC  max 30.00 degC  last 30.00 degC" in out
     assert "no data in the last 10 min" in sparkline("x", "", t, t * np.nan, 0.0, 600.0)
+
+
+def test_a_trend_of_days_names_its_dates_and_fits_80_columns():
+    day = 86400.0
+    t1 = 1_764_790_000.0  # 2025-12-03 19:26 UTC
+    t = np.arange(t1 - 7 * day, t1, 600.0)
+    out = sparkline("tank01.fluid_temp", "degC", t, 40.0 + np.sin(t / day), t1 - 7 * day, t1)
+    assert out.splitlines()[0].endswith("samples, 11-26 19:26..12-03 19:26 UTC)"), out
+    assert all(len(line) <= 79 for line in out.splitlines())
+    short = sparkline("x", "", t[-6:], t[-6:] * 0.0, t1 - 3600.0, t1)
+    assert short.splitlines()[0].endswith("samples, 18:26..19:26 UTC)"), short
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("10m", 600.0),
+        ("1h30m", 5400.0),
+        ("7d", 604800.0),
+        ("1d12h", 129600.0),
+    ],
+)
+def test_a_duration_reads_days_hours_minutes_and_seconds(text, seconds):
+    # The console's trend window is documented as 1m..7d, but "7d" was refused.
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-5", "", "7x", "d"])
+def test_a_duration_that_is_not_one_is_refused(text):
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
 
 
 def test_every_line_fits_80_columns():

@@ -528,11 +528,19 @@ def sparkline(
         chars.append(SPARK_LEVELS[round(frac * top)])
     u = f" {unit}" if unit else ""
     return (
-        f"{name}, last {span} ({len(x)} samples)\n"
+        f"{name}, last {span} ({len(x)} samples, {_when(t0, t1)})\n"
         f"  |{''.join(chars)}|\n"
         f"  min {_num(lo, 2)}{u}  max {_num(hi, 2)}{u}  last {_num(float(x[-1]), 2)}{u}"
-        f"  ({_utc(t0)[11:16]}..{_utc(t1)[11:16]} UTC)"
     )
+
+
+def _when(t0: float, t1: float) -> str:
+    """A trend's window in UTC: hours and minutes, with the month and day when the
+    window spans more than one day (a 7-day trend read "19:06..19:06")."""
+    a, b = _utc(t0), _utc(t1)
+    if a[:10] == b[:10]:
+        return f"{a[11:16]}..{b[11:16]} UTC"
+    return f"{a[5:16]}..{b[5:16]} UTC"
 
 
 def resolve(word: str, candidates: Sequence[str], what: str, *, hint: str = "") -> str:
