@@ -280,3 +280,71 @@ def test_a_node_without_history_is_refused_with_the_specs_code_not_an_empty_good
         ua.StatusCodes.BadHistoryOperationUnsupported,
         ua.StatusCodes.BadNodeIdUnknown,
     )
+
+
+def test_a_continuation_point_not_handed_out_for_the_node_is_invalid(served: Served) -> None:
+    # asyncua took any 8 bytes as a time to read on from, and failed the whole
+    # service on anything shorter (BadInternalError, a traceback in the log).
+    async def scenario() -> list[int]:
+        nodes = served.nodes
+        async with Client(served.url) as client:
+            _, cont = await read_page(client, nodes["temp"], utc(T0), utc(T0 + N), 4)
+            assert cont is not None
+            codes = []
+            for bad in (
+                b"x",
+                b"\x00" * 8,
+                b"\xff" * 8,
+                cont[:8],  # the bare time, as asyncua's own point
+                cont[:-1] + bytes([cont[-1] ^ 1]),
+                cont + b"\x00",
+            ):
+                res = await client.get_node(nodes["temp"]).history_read(
+                    ua.ReadRawModifiedDetails(
+                        IsReadModified=False,
+                        StartTime=utc(T0),
+                        EndTime=utc(T0 + N),
+                        NumValuesPerNode=4,
+                    ),
+                    bad,
+                )
+                assert not res.HistoryData or not res.HistoryData.DataValues
+                codes.append(res.StatusCode.value)
+            # another node's point is not this node's either
+            other = next(n for k, n in nodes.items() if k != "temp")
+            res = await client.get_node(other).history_read(
+                ua.ReadRawModifiedDetails(
+                    IsReadModified=False, StartTime=utc(T0), EndTime=utc(T0 + N)
+                ),
+                cont,
+            )
+            codes.append(res.StatusCode.value)
+            # the genuine one still reads on
+            values, _ = await read_page(client, nodes["temp"], utc(T0), utc(T0 + N), 4, cont)
+            assert [dv.SourceTimestamp.timestamp() for dv in values] == [
+                T0 + i for i in range(4, 8)
+            ]
+            return codes
+
+    assert set(run(scenario())) == {ua.StatusCodes.BadContinuationPointInvalid}
+
+
+def test_releasing_continuation_points_returns_no_data(served: Served) -> None:
+    async def scenario() -> list[ua.HistoryReadResult]:
+        nodes = served.nodes
+        async with Client(served.url) as client:
+            _, cont = await read_page(client, nodes["temp"], utc(T0), utc(T0 + N), 4)
+            params = ua.HistoryReadParameters()
+            params.HistoryReadDetails = ua.ReadRawModifiedDetails(
+                IsReadModified=False, StartTime=utc(T0), EndTime=utc(T0 + N), NumValuesPerNode=4
+            )
+            params.TimestampsToReturn = ua.TimestampsToReturn.Both
+            params.ReleaseContinuationPoints = True
+            params.NodesToRead = [
+                ua.HistoryReadValueId(NodeId=nodes["temp"], ContinuationPoint=cont)
+            ]
+            return await client.uaclient.history_read(params)
+
+    (res,) = run(scenario())
+    assert res.StatusCode.is_good()
+    assert not res.HistoryData or not res.HistoryData.DataValues

@@ -14,7 +14,9 @@ A page holds at most NumValuesPerNode values (and never more than
 ``max_history_data_response_size``); when more remain, the answer carries a
 continuation point — asyncua's: the timestamp of the next value, which the next
 request reads from (so a read backward from EndTime alone, which asyncua would
-continue forward, ends at its first page). ReturnBounds is not honoured:
+continue forward, ends at its first page), with a tag that lets only the points
+this server handed out for the node back in (BadContinuationPointInvalid
+otherwise; see ``_guard_reads``). ReturnBounds is not honoured:
 asyncua 2.1 does not hand it to the storage. A node not served, a point the
 historian does not have and a range without scans all read as no values.
 
@@ -26,8 +28,11 @@ server's event loop nor reads a week to send one page.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import math
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -50,6 +55,7 @@ log = logging.getLogger(__name__)
 
 FIRST_WINDOW_S = 3600.0  # the first window read; each next one is 4 times as long
 _MARGIN_S = 1e-3  # read a little wider than asked: bounds are compared as UA DateTimes
+_TAG_BYTES = 8  # a continuation point's tag (see _guard_reads)
 _INTEGERS = {
     ua.VariantType.SByte,
     ua.VariantType.Byte,
@@ -254,14 +260,30 @@ def _data_value(s: Sample, vtype: ua.VariantType) -> ua.DataValue:
     return data_value(variant, StatusCode=status, SourceTimestamp=when, ServerTimestamp=when)
 
 
-def _refuse_unhistorized(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
-    """A history read of a node that has none is refused with the spec's code
-    (asyncua would answer Good with no values, as if the history were empty)."""
-    read = manager._read_history
+def _guard_reads(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
+    """What asyncua's history manager lets through, refused with the spec's codes.
+
+    * A node that has no history: BadHistoryOperationUnsupported (BadNodeIdUnknown
+      when there is no such node); asyncua answers Good with no values.
+    * A continuation point this server did not hand out for this node:
+      BadContinuationPointInvalid. asyncua's point is the bare next timestamp, so
+      any 8 bytes read on from some time and anything else failed the whole
+      service (BadInternalError, with a traceback in the log). The points handed
+      out carry a tag (keyed HMAC of the time and the node, key per server
+      process: a restarted server's points are invalid, as the spec allows).
+    * ReleaseContinuationPoints: no data, Good (the points are stateless: there
+      is nothing to free); asyncua read a page.
+    """
+    read, read_all = manager._read_history, manager.read_history
+    key = secrets.token_bytes(16)
+
+    def tag(node: ua.NodeId, point: bytes) -> bytes:
+        msg = node.to_string().encode() + b"|" + point
+        return hmac.new(key, msg, hashlib.sha256).digest()[:_TAG_BYTES]
 
     async def read_history(details: Any, rv: ua.HistoryReadValueId) -> ua.HistoryReadResult:
+        result = ua.HistoryReadResult()
         if rv.NodeId not in storage.nodes:
-            result = ua.HistoryReadResult()
             code = (
                 ua.StatusCodes.BadHistoryOperationUnsupported
                 if rv.NodeId in aspace
@@ -269,9 +291,25 @@ def _refuse_unhistorized(manager: Any, storage: HistorianStorage, aspace: Any) -
             )
             result.StatusCode = status_code(code)
             return result
-        return await read(details, rv)
+        cp = rv.ContinuationPoint
+        if cp:
+            point, given = cp[:-_TAG_BYTES], cp[-_TAG_BYTES:]
+            if len(cp) != 8 + _TAG_BYTES or not hmac.compare_digest(given, tag(rv.NodeId, point)):
+                result.StatusCode = status_code(ua.StatusCodes.BadContinuationPointInvalid)
+                return result
+            rv.ContinuationPoint = point
+        result = await read(details, rv)
+        if result.ContinuationPoint:
+            result.ContinuationPoint += tag(rv.NodeId, result.ContinuationPoint)
+        return result
+
+    async def read_all_history(params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        if params.ReleaseContinuationPoints:
+            return [ua.HistoryReadResult() for _ in params.NodesToRead]
+        return await read_all(params)
 
     manager._read_history = read_history
+    manager.read_history = read_all_history
 
 
 def serve_history(
@@ -296,7 +334,7 @@ def serve_history(
     if not isinstance(storage, HistorianStorage):
         storage = HistorianStorage(reader_factory)
         manager.set_storage(storage)
-        _refuse_unhistorized(manager, storage, aspace)
+        _guard_reads(manager, storage, aspace)
     storage.reader_factory = reader_factory
     bit = 1 << ua.AccessLevel.HistoryRead
     for nodeid, name in nodes.items():
