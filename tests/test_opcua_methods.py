@@ -112,6 +112,10 @@ def test_arguments_of_the_wrong_type_or_number_are_refused_before_any_command(ri
     n = len(rig.audits)
     res = rig.call("olive", "SetMode", _d(1.0))
     assert res.StatusCode.value == S.BadInvalidArgument
+    # the argument at fault says so in its own result (they all read Good once)
+    assert [r.value for r in res.InputArgumentResults] == [S.BadTypeMismatch]
+    res = rig.call("olive", "SetMode", _s("auto"), ua.Variant(7, ua.VariantType.Int32))
+    assert [r.value for r in res.InputArgumentResults] == [S.Good, S.BadTypeMismatch]
     res = rig.call("olive", "SetSetpoint", _s("loop1_supply"))
     assert res.StatusCode.value == S.BadArgumentsMissing
     assert len(rig.audits) == n
@@ -192,6 +196,19 @@ def test_anonymous_and_viewers_never_write(rig, demo_pmap):
     assert _write(rig, "erin", "tank01.valve_cmd", _d(1.0)).value == S.BadNotWritable
 
 
+def test_a_write_to_a_node_the_server_does_not_have_is_node_id_unknown(rig):
+    # It once answered BadNotWritable, as if the node existed.
+    async def fn(c: Client) -> ua.StatusCode:
+        wv = ua.WriteValue(
+            NodeId=ua.NodeId("nope", rig.node_id("tank01.valve_cmd").NamespaceIndex),
+            AttributeId=ua.AttributeIds.Value,
+            Value=ua.DataValue(_d(1.0)),
+        )
+        return (await c.uaclient.write(ua.WriteParameters([wv])))[0]
+
+    assert rig.client("erin", fn).value == S.BadNodeIdUnknown
+
+
 def test_a_write_of_the_wrong_type_is_a_type_mismatch(rig):
     assert _write(rig, "olive", "loop1_supply.setpoint", _s("31")).value == S.BadTypeMismatch
 
@@ -220,3 +237,13 @@ def test_a_command_the_controller_does_not_take_is_refused_as_a_timeout(rig):
     assert "withdrawn" in _message(res)
     time.sleep(0.1)  # the run loop serves again: the withdrawn command is not given
     assert rig.ctrl.state.mode == "auto"
+
+
+@pytest.mark.parametrize("method", ["ReturnToAuto", "AcknowledgeAlarm", "ResetInterlock"])
+def test_all_means_every_one_as_the_console_says_it(rig, method):
+    # "all" was taken for a point, alarm or load named all over OPC UA only.
+    empty = rig.call("erin", method, _s(""))
+    for every in ("all", "ALL"):
+        res = rig.call("erin", method, _s(every))
+        assert (res.StatusCode.value, _message(res)) == (empty.StatusCode.value, _message(empty))
+    assert "all" not in _message(empty)

@@ -11,7 +11,10 @@ Bad status code carrying that message:
   never change anything);
 * ``BadOutOfRange`` - a value outside the site's limits (never a silent clamp);
 * ``BadTimeout`` - the controller did not take it (not scanning); it was withdrawn;
-* ``BadInvalidArgument`` - any other refusal (unknown loop, nothing to acknowledge ...).
+* ``BadInvalidArgument`` - any other refusal (unknown loop, nothing to acknowledge ...);
+  an argument of the wrong type also has ``BadTypeMismatch`` as its own
+  ``InputArgumentResults`` entry;
+* ``BadNodeIdUnknown`` - a write to a node the server does not have.
 
 A method call returns its message as its output argument, also when refused
 (``CallMethodResult.StatusCode`` is then Bad). ``UserExecutable`` of each method
@@ -96,7 +99,8 @@ class Method:
 
 
 def _opt(s: str) -> str | None:
-    return s or None
+    """Empty or ``all`` (as the console takes it): every one; else the name given."""
+    return None if not s.strip() or s.strip().lower() == "all" else s
 
 
 def _start(d: datetime) -> float | None:
@@ -149,21 +153,21 @@ METHODS = (
         "ReturnToAuto",
         ReturnToAuto,
         "end an override",
-        (("Point", V.String, "the overridden point; empty: every override"),),
+        (("Point", V.String, "the overridden point; empty or all: every override"),),
         lambda p, why: ReturnToAuto(_opt(p), why),
     ),
     Method(
         "AcknowledgeAlarm",
         Acknowledge,
         "acknowledge an alarm (ISA-18.2)",
-        (("Alarm", V.String, "the alarm's key; empty: every unacknowledged alarm"),),
+        (("Alarm", V.String, "the alarm's key; empty or all: every unacknowledged alarm"),),
         lambda a, why: Acknowledge(_opt(a), why),
     ),
     Method(
         "ResetInterlock",
         ResetInterlock,
         "release a latched trip once its PLC interlock reads clear (engineers)",
-        (("Load", V.String, "the tank or rack row; empty: every latched trip"),),
+        (("Load", V.String, "the tank or rack row; empty or all: every latched trip"),),
         lambda ld, why: ResetInterlock(_opt(ld), why),
     ),
     Method(
@@ -275,7 +279,13 @@ class Commands:
                 values.append("")
             bad = _check(values, [*m.args, _WHY])
             if bad is not None:
-                return _result(bad[0], bad[1])
+                refused = _result(bad[0], bad[1])
+                if bad[2] is not None:  # that argument's own result says which and why
+                    refused.InputArgumentResults = [
+                        status_code(S.BadTypeMismatch if k == bad[2] else S.Good)
+                        for k in range(len(args))
+                    ]
+                return refused
             cmd = m.build(*values)
             code, res = await self.give(cmd, self.who())
             return _result(code, res.message)
@@ -285,15 +295,17 @@ class Commands:
 
 def _check(
     values: list[Any], args: list[tuple[str, ua.VariantType, str]]
-) -> tuple[int, str] | None:
-    """A status and message for arguments that do not fit the method (None: they fit)."""
+) -> tuple[int, str, int | None] | None:
+    """A status, a message and the argument at fault (None: the count) for arguments
+    that do not fit the method; None when they fit."""
     if len(values) < len(args):
-        return S.BadArgumentsMissing, f"expected {', '.join(a[0] for a in args)}"
+        return S.BadArgumentsMissing, f"expected {', '.join(a[0] for a in args)}", None
     if len(values) > len(args):
-        return S.BadTooManyArguments, f"expected {', '.join(a[0] for a in args)}"
-    for x, (name, vt, _) in zip(values, args, strict=True):
+        return S.BadTooManyArguments, f"expected {', '.join(a[0] for a in args)}", None
+    for k, (x, (name, vt, _)) in enumerate(zip(values, args, strict=True)):
         if not isinstance(x, _PYTYPE[vt]) or isinstance(x, bool):
-            return S.BadInvalidArgument, f"{name} must be a {vt.name}, not {type(x).__name__}"
+            why = f"{name} must be a {vt.name}, not {type(x).__name__}"
+            return S.BadInvalidArgument, why, k
     return None
 
 
@@ -341,6 +353,8 @@ class SetpointWrites(AttributeService):
     async def _write(self, wv: ua.WriteValue, user: User) -> int:
         by = self.commands.principal_of(user)
         loop = self.space.setpoints.get(wv.NodeId)
+        if loop is None and wv.NodeId not in self._aspace:
+            return S.BadNodeIdUnknown
         if loop is None or wv.AttributeId != ua.AttributeIds.Value:
             return S.BadNotWritable if allowed(by, SetSetpoint) else S.BadUserAccessDenied
         x = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
