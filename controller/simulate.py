@@ -28,7 +28,7 @@ import numpy as np
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.hil.scenario import Scenario, load_for_run, load_scenario
 from thermogate.hil.scenario.jobs import Job, load_jobs_csv
-from thermogate.plc.errors import ThermogateError
+from thermogate.plc.errors import DataFileError, ThermogateError
 from thermogate.plc.records import record_columns
 from thermogate.plc.site import Site
 
@@ -465,7 +465,7 @@ def run_simulation(
         "under_frequency_trips": ufls_trips,
     }
     if world is not None:
-        summary["jobs"] = world.summary()
+        summary["jobs"] = world.summary(end_s=plant.t)
     if forecaster is not None:
         summary["forecast"] = {
             "source": forecaster.source,
@@ -723,6 +723,17 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
         root.check_unused()
         ven = VenBeside(cfg, _epoch(sc, "OpenADR events"), site.import_limit_kw)
         ven.start()
+    jobs = load_jobs_csv(args.jobs) if args.jobs else None
+    if jobs and jobs[0].submit_s >= args.hours * 3600.0:
+        # an absolute (epoch) trace ran nothing without a word
+        raise DataFileError(
+            args.jobs,
+            jobs[0].line or None,
+            "submit_time_s",
+            f"no job is submitted during the {args.hours:g} h run: the first at "
+            f"{jobs[0].submit_s:g} s ({jobs[0].submit_s / 3600.0:,.1f} h); submit times "
+            "count seconds from the run's start, not from 1970",
+        )
     bar = ProgressBar(enabled=False if args.json else None, sim_hours=args.hours)
     try:
         result = run_simulation(
@@ -731,7 +742,7 @@ def simulate_cli(args: argparse.Namespace) -> dict[str, object]:
             args.hours,
             seed=args.seed,
             planner=GatingPlanner(site) if args.planner == "gating" else None,
-            jobs=load_jobs_csv(args.jobs) if args.jobs else None,
+            jobs=jobs,
             progress=bar,
             scan_s=args.scan_s,
             forecaster=forecaster,

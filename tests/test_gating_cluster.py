@@ -220,6 +220,11 @@ def test_every_gpu_second_submitted_is_done_pending_or_rejected(spec, caps, admi
             b = c.books()
             assert b.balance_gpu_s == pytest.approx(0.0, abs=1e-6 * b.submitted_gpu_s + 1e-6)
             assert c.busy_gpus <= 32
+            # what the planner is told is wanted: running plus queued, kept as it changes
+            want = {k: 0 for k in ("training", "inference")}
+            for j in (*c.running(), *c.queued()):
+                want[j.kind] += j.gpus
+            assert c.wanted_by_kind() == {k: min(v, 32) for k, v in want.items()}
         c.step(when, cap, rate)
         assert c.busy_gpus <= cap
     run_queue(c, [(t, 32)], until=t + 1e7)
@@ -281,3 +286,42 @@ def test_a_bad_trace_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path):
         f"thermogate: error: {f}:3: column 'gpus': '2.5' is not a whole number of GPUs"
     )
     assert out.stdout == ""
+
+
+def test_jobs_submitted_in_the_last_scan_count_and_jobs_after_the_run_are_told_apart(
+    tmp_path: Path,
+):
+    # The 7199 s job once counted nowhere (no step after it), and the 7200 s one's
+    # GPU-hours were in submitted_gpu_h although it never came.
+    from thermogate.controller.simulate import run_simulation
+    from thermogate.plc.site import demo_site
+
+    f = tmp_path / "ends.csv"
+    f.write_text(
+        "submit_time_s,duration_s,gpus,kind\n0,600,1,training\n7190,600,1,inference\n"
+        "7199,600,1,inference\n7200,3600,1,inference\n"
+    )
+    r = run_simulation(demo_site(), "normal-day", 2.0, scan_s=5.0, jobs=load_jobs_csv(f))
+    jobs = r.summary["jobs"]
+    assert (jobs["finished"], jobs["pending"], jobs["after_run_jobs"]) == (1, 2, 1)
+    assert jobs["submitted_gpu_h"] == round(3 * 600 / 3600, 2)
+
+
+def test_a_trace_whose_jobs_all_come_after_the_run_is_refused_naming_its_first_row(
+    tmp_path: Path,
+):
+    # An epoch-time trace (seconds since 1970) ran no job and said nothing.
+    import subprocess
+    import sys
+
+    f = tmp_path / "epoch.csv"
+    f.write_text(
+        "submit_time_s,duration_s,gpus,kind\n1721005200,60,2,training\n1721001600,60,4,training\n"
+    )
+    cmd = [sys.executable, "-m", "thermogate.controller.cli", "simulate", "--hours", "0.1"]
+    out = subprocess.run(
+        [*cmd, "--jobs", str(f), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"thermogate: error: {f}:3: column 'submit_time_s': no job")
+    assert "not from 1970" in out.stderr and out.stdout == ""

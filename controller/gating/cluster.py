@@ -117,8 +117,12 @@ class Cluster:
     gpus: int
     admission: Admission = "backfill"
     t: float = 0.0
-    _future: list[Job] = field(default_factory=list)  # not yet submitted, by submit time
+    # not yet submitted, latest first (the next to arrive is popped off the end)
+    _future: list[Job] = field(default_factory=list)
     _queue: list[_Run] = field(default_factory=list)  # waiting, in queue order
+    #: GPUs the waiting jobs of each kind ask for (kept as the queue changes: a
+    #: trace of 50,000 jobs once summed its queue twice a scan)
+    _queued_gpus: dict[str, int] = field(default_factory=lambda: {"training": 0, "inference": 0})
     _running: list[_Run] = field(default_factory=list)
     finished: list[Finished] = field(default_factory=list)
     _rate: float = 1.0
@@ -142,7 +146,7 @@ class Cluster:
         for j in jobs:
             self._submitted_gpu_s += j.gpu_s
             self._future.append(j)
-        self._future.sort(key=lambda j: (j.submit_s, j.id))
+        self._future.sort(key=lambda j: (j.submit_s, j.id), reverse=True)
 
     # -- views -------------------------------------------------------------------
 
@@ -159,9 +163,20 @@ class Cluster:
     def wanted_by_kind(self) -> dict[str, int]:
         """GPUs each kind would keep busy now: running plus queued (capped at the cluster)."""
         out = self.busy_by_kind()
-        for r in self._queue:
-            out[r.job.kind] += r.job.gpus
+        for kind, gpus in self._queued_gpus.items():
+            out[kind] += gpus
         return {k: min(v, self.gpus) for k, v in out.items()}
+
+    def later(self) -> list[Job]:
+        """Jobs handed in whose submit time has not come yet."""
+        return self._future[::-1]
+
+    def arrive_before(self, t: float) -> None:
+        """Jobs submitted before ``t`` join the queue (or are rejected) without a
+        step: a run that ends at ``t`` owes them their time so far."""
+        while self._future and self._future[-1].submit_s < t:
+            self._arrive(self._future[-1].submit_s)
+        self.t = max(self.t, t)
 
     def queued(self) -> list[Job]:
         return [r.job for r in self._queue]
@@ -181,7 +196,7 @@ class Cluster:
 
     def next_event_s(self) -> float:
         """The next time something happens by itself: a job arrives or one ends."""
-        nxt = self._future[0].submit_s if self._future else math.inf
+        nxt = self._future[-1].submit_s if self._future else math.inf
         if self._rate > 0:
             for r in self._running:
                 nxt = min(nxt, self.t + r.left_s / self._rate)
@@ -241,14 +256,15 @@ class Cluster:
 
     def _arrive(self, t: float) -> list[int]:
         rejected: list[int] = []
-        while self._future and self._future[0].submit_s <= t:
-            j = self._future.pop(0)
+        while self._future and self._future[-1].submit_s <= t:
+            j = self._future.pop()
             if j.gpus > self.gpus:
                 self._rejected.append(j.id)
                 self._rejected_gpu_s += j.gpu_s
                 rejected.append(j.id)
             else:
                 self._queue.append(_Run(j))
+                self._queued_gpus[j.kind] += j.gpus
         return rejected
 
     def _preempt(self, t: float, capacity: int) -> list[int]:
@@ -283,6 +299,7 @@ class Cluster:
             len(self._queue),
         )
         self._queue.insert(at, r)
+        self._queued_gpus[r.job.kind] += r.job.gpus
 
     def _admit(self, t: float, capacity: int) -> list[int]:
         started: list[int] = []
@@ -290,15 +307,14 @@ class Cluster:
         if free <= 0 or not self._queue:
             return started
         # inference first, then training; each in queue order
-        order = sorted(
-            range(len(self._queue)),
-            key=lambda i: (0 if self._queue[i].job.kind == "inference" else 1, i),
-        )
-        waiting = [self._queue[i] for i in order]
+        waiting = [r for r in self._queue if r.job.kind == "inference"]
+        waiting += [r for r in self._queue if r.job.kind != "inference"]
         blocked: _Run | None = None
         shadow = math.inf  # when the blocked head job can start at the latest
         extra = 0  # GPUs free at the shadow time beyond what the head needs
         for r in waiting:
+            if free <= 0:
+                break  # every job needs a GPU: nothing further can start
             if blocked is None:
                 if r.job.gpus <= free:
                     self._start(r, t)
@@ -320,6 +336,9 @@ class Cluster:
                 free -= r.job.gpus
                 if ends_by > shadow + _EPS:
                     extra -= r.job.gpus
+        if started:  # out of the queue in one pass (not a list.remove per start)
+            running = {id(r) for r in self._running}
+            self._queue = [r for r in self._queue if id(r) not in running]
         return started
 
     def _reservation(self, head: _Run, free: int, capacity: int) -> tuple[float, int]:
@@ -337,7 +356,8 @@ class Cluster:
         return math.inf, 0
 
     def _start(self, r: _Run, t: float) -> None:
-        self._queue.remove(r)
+        """``r`` runs from ``t`` (the caller takes it out of the queue)."""
+        self._queued_gpus[r.job.kind] -= r.job.gpus
         if math.isnan(r.started_s):
             r.started_s = t
         r.running_since = t

@@ -54,9 +54,16 @@ class ClusterInTheLoop:
         for name, u in self.placement.utilisation(self.cluster.busy_by_kind()).items():
             plant.set_gpu_utilisation(name, u)
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self, end_s: float | None = None) -> dict[str, float | int]:
         """What the jobs saw: completion and queueing times (of every job submitted,
-        the unfinished ones with their times so far), preemptions, lost work."""
+        the unfinished ones with their times so far), preemptions, lost work.
+
+        ``end_s``: when the run ended. Jobs submitted after the last step but before
+        it count as pending (they arrived; no scan was left to start them); the
+        trace's jobs after it are ``after_run_jobs``, in no other figure."""
+        if end_s is not None:
+            self.cluster.arrive_before(end_s)
+        later = self.cluster.later()
         fin = self.cluster.finished
         left = self.cluster.unfinished()
         b = self.cluster.books()
@@ -80,5 +87,6 @@ class ClusterInTheLoop:
             "preemptions": b.preemptions,
             "lost_gpu_h": round(b.lost_gpu_s / 3600.0, 2),
             "done_gpu_h": round(b.done_gpu_s / 3600.0, 2),
-            "submitted_gpu_h": round(b.submitted_gpu_s / 3600.0, 2),
+            "submitted_gpu_h": round((b.submitted_gpu_s - sum(j.gpu_s for j in later)) / 3600.0, 2),
+            "after_run_jobs": len(later),
         }
