@@ -20,7 +20,7 @@ from thermogate.controller.gating.bench_schedule import (
     synthetic_trace,
 )
 from thermogate.controller.gating.placement import Placement
-from thermogate.hil.scenario.jobs import Job
+from thermogate.hil.scenario.jobs import DEFAULT_CHECKPOINT_S, Job
 from thermogate.plc.site import Site
 
 
@@ -112,3 +112,12 @@ def test_bench_schedule_runs_every_policy_in_one_run_and_prints_json():
     assert r["site"]["oversubscription"] == OVERSUBSCRIPTION
     # the bound is a bound
     assert max(p["net_margin"] for p in r["policies"].values()) <= r["oracle_net_margin"]
+
+
+def test_the_offered_load_counts_only_the_jobs_submitted_within_the_run():
+    # A trace of several days given to a one-day bench once sized the hall for all
+    # of its work within that day.
+    day = 86400.0
+    jobs = tuple(Job(i, i * 3600.0, 3600.0, 8, "training", DEFAULT_CHECKPOINT_S) for i in range(72))
+    assert mean_gpu_demand(jobs, day) == pytest.approx(24 * 8 * 3600.0 / day)
+    assert mean_gpu_demand(jobs, 3 * day) == pytest.approx(8.0)

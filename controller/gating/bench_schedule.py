@@ -140,8 +140,12 @@ def synthetic_trace(days: float, gpus: int, seed: int = 0) -> tuple[Job, ...]:
 
 
 def mean_gpu_demand(jobs: tuple[Job, ...], seconds: float) -> float:
-    """The trace's mean offered load in GPUs over ``seconds``."""
-    return sum(j.gpu_s for j in jobs) / seconds if seconds > 0 else 0.0
+    """The trace's mean offered load in GPUs over its first ``seconds``: the work of
+    the jobs submitted in them (a trace longer than the run once sized the hall for
+    all of its work within the run's days)."""
+    if seconds <= 0:
+        return 0.0
+    return sum(j.gpu_s for j in jobs if j.submit_s < seconds) / seconds
 
 
 def _planner(policy: str, site: Site, ai_gpus: int) -> Planner:
