@@ -78,7 +78,8 @@ class Row:
         raw = self.text(column)
         if raw.lower() in MISSING_MARKERS:
             if required:
-                raise self.error(column, f"empty cell; {column} is required")
+                what = f"no reading ({raw!r})" if raw else "empty cell"
+                raise self.error(column, f"{what}; {column} is required")
             return math.nan
         x = self.table.to_float(raw)
         if x is None:

@@ -234,6 +234,23 @@ def test_bad_price_csv_names_line_and_column(tmp_path, text, line, column):
     assert (err.line, err.column) == (line, column), str(err)
 
 
+def test_a_semicolon_file_takes_a_decimal_comma_in_its_seconds_too(tmp_path):
+    w = load_weather_csv(write(tmp_path, "time;ambient_c\n0;10,5\n1800,5;11\n3600;12\n"))
+    assert list(w.ambient_c.t_s) == [0.0, 1800.5, 3600.0]
+
+
+def test_a_nan_reading_is_named_as_what_it_is(tmp_path):
+    err = bad_csv(tmp_path, "time,ambient_c\n0,10\n60,NaN\n")
+    assert (err.line, err.column) == (3, "ambient_c")
+    assert err.reason.startswith("no reading ('NaN')"), err.reason
+
+
+def test_humidity_given_as_a_fraction_is_refused(tmp_path):
+    rows = "".join(f"{3600 * k},20,{0.3 + 0.01 * k:.2f}\n" for k in range(24))
+    err = bad_csv(tmp_path, "time,ambient_c,rh_pct\n" + rows)
+    assert err.column == "rh_pct" and "fraction" in err.reason
+
+
 @pytest.mark.parametrize("column", ["ambient_c", "note"])
 def test_a_stray_quote_is_an_error_on_its_own_line_not_a_swallowed_row(tmp_path, column):
     # In an ignored column too: the quote would otherwise join the next row to it.
@@ -736,6 +753,10 @@ def test_a_strict_study_starts_at_the_first_price_and_needs_weather_for_all_of_i
         load_for_run("normal-day", late, prices, hours=12.0, strict=True)
     # the same files repeat in an open-ended simulation
     assert load_for_run("normal-day", weather, prices).weather.ambient_c.wrap
+    # weather of the year before: it ends before the run begins (once "covers -8736 h")
+    old = _hourly(tmp_path / "old.csv", "time,ambient_c", t0 - timedelta(days=365), 40, 30.0)
+    with pytest.raises(DataFileError, match=r"old\.csv: ends 8,722\.0 h before the scenario"):
+        load_for_run("normal-day", old, prices, hours=12.0, strict=True)
 
 
 def test_weather_without_a_time_zone_beside_prices_with_one_names_the_file(tmp_path):

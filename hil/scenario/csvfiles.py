@@ -70,15 +70,11 @@ _SECONDS_MAX = 7.3e9  # 2200-01-01 as Unix seconds
 #: the shortest sample spacing taken as seconds; below it, the time column is
 #: most likely in days (a spreadsheet's date serial, 45488.0417 = one hour on)
 _MIN_SPACING_S = 1.0
+#: a day of hourly humidity never stays at or below 1 %: at least this many such
+#: readings are a fraction written where percent is asked
+_RH_FRACTION_ROWS = 24
 # Hourly exports often write the end of the day as 24:00 (hour-ending convention).
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ]24:00(?::00(?:\.0+)?)?(.*)$")
-
-
-def _seconds(cell: str) -> float | None:
-    try:
-        return float(cell)
-    except ValueError:
-        return None
 
 
 def _parse_iso(cell: str) -> datetime | None:
@@ -126,7 +122,7 @@ def _read_csv(
         cell = row.text("time")
         if not cell:
             raise DataFileError(label, ln, "time", "empty cell; every row needs a time")
-        secs = _seconds(cell)
+        secs = table.to_float(cell)  # a ';' file's decimal comma too (1800,5)
         if secs is not None:
             kind = "seconds"
             if not math.isfinite(secs):
@@ -242,6 +238,15 @@ def load_weather_csv(
     Raises :class:`DataFileError` naming file, line and column for any problem.
     """
     t, start, cols = _read_csv(path, _WEATHER_COLUMNS)
+    rh = cols["rh_pct"]
+    if rh is not None and len(rh) >= _RH_FRACTION_ROWS and float(np.nanmax(rh)) <= 1.0:
+        raise DataFileError(
+            str(path),
+            None,
+            "rh_pct",
+            f"every one of {len(rh)} readings is at most 1 %: a fraction (0.5 for 50 %)? "
+            "rh_pct is in percent",
+        )
 
     def series(name: str) -> TimeSeries | None:
         v = cols[name]

@@ -488,6 +488,11 @@ def _coverage_problem(
     cover = float(t[-1] + (t[-1] - t[-2]))  # the last sample stands for one interval
     if offset < -1e-6:
         return f"starts {-offset:g} s after the scenario start"
+    if offset >= cover:  # said as a negative coverage once (-8736 h)
+        return (
+            f"ends {(offset - cover) / 3600:,.1f} h before the scenario starts (its times "
+            f"lie before the run's); {remedy}"
+        )
     if offset + duration > cover + 1e-6:
         return (
             f"covers {(cover - offset) / 3600:g} h from the scenario start but the scenario "
