@@ -26,6 +26,7 @@ import argparse
 from typing import Any
 
 from thermogate.hil.scenario import load_for_run
+from thermogate.plc.errors import DataFileError
 from thermogate.plc.site import load_site
 
 from .gating.planner import GatingPlanner
@@ -84,7 +85,19 @@ def bench_cooling(args: argparse.Namespace) -> dict[str, Any]:
     """Entry point of ``thermogate bench cooling``; returns the JSON result."""
     site = load_site(getattr(args, "site", None))
     hours = args.days * 24.0
-    load_for_run(args.scenario, args.weather, None, hours=hours)  # a bad file stops us here
+    sc = load_for_run(args.scenario, args.weather, None, hours=hours)  # a bad file stops here
+    if args.weather is not None:
+        # a measured week compares the policies on that week: it is not repeated
+        t = sc.weather.ambient_c.t_s
+        cover = float(t[-1] + (t[-1] - t[-2])) - sc.weather_offset_s
+        if cover < hours * 3600.0 - 1e-6:
+            raise DataFileError(
+                str(args.weather),
+                None,
+                None,
+                f"covers {cover / 3600.0:g} h but the bench runs {hours:g} h "
+                f"(--days {args.days:g}); give a file that covers the run, or fewer days",
+            )
     common = {
         "site": site,
         "scenario": args.scenario,

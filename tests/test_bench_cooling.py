@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from thermogate.controller.bench_cooling import POLICIES, bench_cooling
+from thermogate.plc.errors import DataFileError
 
 KEYS = {
     "cooling_kwh",
@@ -41,3 +44,14 @@ def test_bench_cooling_runs_both_policies_on_the_same_load_and_reports_the_savin
     assert mine["cooling_kwh"] < fixed["cooling_kwh"]  # fans no longer chase the air
     saving = round(100.0 * (1.0 - mine["cooling_kwh"] / fixed["cooling_kwh"]), 1)
     assert out["saving_pct"] == saving
+
+
+def test_measured_weather_shorter_than_the_bench_is_refused_not_repeated(tmp_path):
+    # A 3 h file once ran a day's bench on the same 3 h over and over, without a word.
+    f = tmp_path / "short.csv"
+    f.write_text("time,ambient_c\n0,30\n3600,31\n7200,32\n")
+    args = argparse.Namespace(
+        site=None, scenario="heatwave", weather=str(f), days=1.0, scan_s=5.0, seed=0, json=True
+    )
+    with pytest.raises(DataFileError, match=r"covers 3 h but the bench runs 24 h \(--days 1\)"):
+        bench_cooling(args)
