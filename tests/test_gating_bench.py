@@ -15,6 +15,7 @@ from thermogate.controller.gating.baselines import NON_IT_FRAC, StaticPlanner
 from thermogate.controller.gating.bench_schedule import (
     OVERSUBSCRIPTION,
     bench_site,
+    default_gpus,
     mean_gpu_demand,
     oracle_net_margin,
     synthetic_trace,
@@ -121,3 +122,15 @@ def test_the_offered_load_counts_only_the_jobs_submitted_within_the_run():
     jobs = tuple(Job(i, i * 3600.0, 3600.0, 8, "training", DEFAULT_CHECKPOINT_S) for i in range(72))
     assert mean_gpu_demand(jobs, day) == pytest.approx(24 * 8 * 3600.0 / day)
     assert mean_gpu_demand(jobs, 3 * day) == pytest.approx(8.0)
+
+
+def test_one_huge_job_does_not_size_the_hall_but_a_large_real_one_does():
+    day = 86400.0
+    small = tuple(
+        Job(i, i * 1200.0, 3600.0, 8, "training", DEFAULT_CHECKPOINT_S) for i in range(60)
+    )
+    alone = default_gpus(small, day)
+    huge = Job(60, 100.0, 3600.0, 100_000, "training", DEFAULT_CHECKPOINT_S)
+    assert default_gpus((*small, huge), day) == alone  # rejected in the run, not sized for
+    big = Job(60, 100.0, day, 256, "training", DEFAULT_CHECKPOINT_S)  # a day on 256 GPUs
+    assert default_gpus((*small, big), day) >= 256

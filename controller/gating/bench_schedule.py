@@ -162,8 +162,22 @@ def _scenario(name: str, weather: str | None, prices: str | None, hours: float) 
 
 def default_gpus(jobs: tuple[Job, ...], seconds: float) -> int:
     """GPUs for a trace: its mean offered load x ``PEAK_OVER_MEAN`` (a hall is built
-    for its peak AI demand, not its average), in whole 8-GPU nodes."""
-    return max(8, 8 * math.ceil(PEAK_OVER_MEAN * mean_gpu_demand(jobs, seconds) / 8))
+    for its peak AI demand, not its average), in whole 8-GPU nodes.
+
+    A job larger than the hall so sized is left out and the hall sized again (it
+    is rejected in the run, and counted): one 100,000-GPU row in a trace of small
+    jobs once sized a 64-GPU hall at 25,000 GPUs."""
+
+    def size(of: tuple[Job, ...]) -> int:
+        return max(8, 8 * math.ceil(PEAK_OVER_MEAN * mean_gpu_demand(of, seconds) / 8))
+
+    gpus = size(jobs)
+    while True:
+        fit = tuple(j for j in jobs if j.gpus <= gpus)
+        smaller = size(fit)
+        if smaller >= gpus:
+            return gpus
+        gpus = smaller
 
 
 def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
