@@ -367,7 +367,9 @@ def run_simulation(
         plant.events.clear()
         settlement.follow(ctrl.state.curtailments, plant.t)
         for j in settlement.meter(plant.t, plant.site_kw):
-            log(settled_event(j, j.record.start_s, f"{j.record.start_s / 3600.0:.2f} h"))
+            # logged when settled, as ``run`` does: stamped with the interval's start it
+            # came after later events in the log, and before it could have been metered
+            log(settled_event(j, plant.t, f"{j.record.start_s / 3600.0:.2f} h"))
             if historian is not None:
                 historian.record_compliance(j, HISTORIAN_EPOCH_S)
 

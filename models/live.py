@@ -430,8 +430,9 @@ class LiveForecaster:
         zones, forecasts, used = self._with_prior(
             verdict.ok, rows, zones, forecasts, prior_fc, t_bin
         )
-        notices += self._handover_notice(t, t_bin, sum(len(kd) for kd in live))
-        notices += self._trust_notices(t, verdict.ok, verdict.reasons, len(live))
+        n_zones = sum(len(kd) for kd in live)  # len(live) is the kinds: it said "3 zones"
+        notices += self._handover_notice(t, t_bin, n_zones)
+        notices += self._trust_notices(t, verdict.ok, verdict.reasons, n_zones)
         return ForecastUpdate(
             t, verdict.ok, list(verdict.reasons), zones, self._per_load(zones, verdict.ok, used),
             forecasts, notices, self.source if verdict.ok or self.prior is None else PRIOR_SOURCE,
@@ -504,6 +505,8 @@ class LiveForecaster:
     def _trust_notices(self, t: float, ok: bool, reasons: list[str], n: int) -> list[Notice]:
         if reasons and reasons[0].startswith("recovering:"):
             return []  # still the same episode: its alarm stands, its clear is not due
+        if ok and n == 0:
+            return []  # nothing forecast yet (no zone's inputs in): nothing to say
         kinds = frozenset(r.split(":")[0] for r in reasons)
         out: list[Notice] = []
         # one alarm per episode, and another only for a kind of reason the episode

@@ -353,3 +353,15 @@ def test_trim_and_respond_does_not_chase_a_supply_below_the_ambient_and_fixed_ho
         view(topo, t=2800.0, site__ambient_temp=ambient, **{valve: 95.0}), {}, Alarms(), {}
     )
     assert _supply_and_dp(trim, lp.name)[1] > DP_TRIM_MIN_KPA
+
+
+def test_a_low_flow_alarm_says_below_the_trip_once_the_flow_is_below_it():
+    # It read "flow 51 m3/h near its trip (69)" with the flow already below the trip.
+    from thermogate.controller.core.thermal import _low_flow_message
+
+    assert _low_flow_message("loop1", 51.0, 69.0, 10.0) == (
+        "loop loop1 flow 51 m3/h below its trip flow 69 m3/h (the PLC trips its loads after 10 s)"
+    )
+    assert _low_flow_message("loop1", 80.0, 69.0, 10.0) == (
+        "loop loop1 flow 80 m3/h near its trip flow 69 m3/h"
+    )

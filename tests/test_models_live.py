@@ -186,8 +186,12 @@ def test_out_of_range_input_alarms_falls_back_and_clears(learned: dict) -> None:
     def feed(minutes: int, ambient_shift: float, start: float) -> list:
         return _feed(fc, minute, amb, minutes, ambient_shift, start)
 
-    ok = [u for u in feed(25, 0.0, t0) if u.zones]
+    first = feed(25, 0.0, t0)
+    ok = [u for u in first if u.zones]
     assert ok and ok[-1].trusted
+    # the zones it forecasts, counted as zones (it once counted the kinds: "3 zones")
+    said = [n.message for u in first for n in u.notices if "forecasting" in n.message]
+    assert said == [f"thermal model 1 forecasting {len(ok[-1].zones)} zones"]
     trusted_hr = {z: h.extra_kw for z, h in ok[-1].zones.items()}
     hot = [u for u in feed(25, 45.0, t0 + 25 * 60.0) if u.zones]
     assert hot and not hot[-1].trusted

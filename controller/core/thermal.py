@@ -379,9 +379,7 @@ class ThermalProtection:
             t,
             f"{loop}.low_flow",
             low,
-            partial(
-                "loop {} flow {:.0f} m3/h near its trip ({:g})".format, loop, flow, lp.min_flow_m3h
-            ),
+            partial(_low_flow_message, loop, flow, lp.min_flow_m3h, lp.low_flow_trip_s),
             800,
         )
         was = self.flow_shed.get(loop, False)
@@ -424,3 +422,14 @@ class ThermalProtection:
             data = {"limit": "flow", "action": "lifted", "zone": loop}
             alarms.events.append(Event(t, "restore", loop, msg, 400, data))
         self.flow_shed[loop] = shedding
+
+
+def _low_flow_message(loop: str, flow: float, trip: float, after_s: float) -> str:
+    """What a low-flow alarm says: near the PLC's trip flow, or already below it
+    (it read "51 m3/h near its trip (69)" once the flow was below it)."""
+    if flow < trip:
+        return (
+            f"loop {loop} flow {flow:.0f} m3/h below its trip flow {trip:g} m3/h "
+            f"(the PLC trips its loads after {after_s:g} s)"
+        )
+    return f"loop {loop} flow {flow:.0f} m3/h near its trip flow {trip:g} m3/h"
