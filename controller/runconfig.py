@@ -143,18 +143,32 @@ def _named_file(sec: Section, key: str, base: Path) -> Path:
 
 
 def _endpoint(sec: Section) -> Endpoint:
+    if not sec.has("device") and not sec.has("host"):
+        # either is meant: a typo of 'device' was once reported as a missing 'host'
+        for key in ("device", "host"):
+            if (near := sec.near(key)) is not None:
+                raise sec.error(key, f"required key is missing (found '{near}': a typo?)")
+        raise sec.error("host", "required: 'host' (Modbus TCP) or 'device' (a serial line, RTU)")
     if sec.has("device"):
         if sec.has("in_flight") and sec.get_int("in_flight", 1, 1, MAX_IN_FLIGHT) != 1:
             raise sec.error("in_flight", "a serial line carries one request at a time")
         return Endpoint(
             "rtu",
-            device=sec.get_str("device"),
+            device=_not_blank(sec, "device", "the serial port, e.g. /dev/ttyUSB0"),
             baudrate=sec.get_int("baudrate", 19200, 1200, 921600),
             parity=sec.get_str("parity", "E", ("N", "E", "O")),
         )
     return Endpoint(
         "tcp",
-        host=sec.get_str("host"),
+        host=_not_blank(sec, "host", "the gateway's or PLC's address"),
         port=sec.get_int("port", 502, 1, 65535),
         in_flight=sec.get_int("in_flight", TCP_IN_FLIGHT, 1, MAX_IN_FLIGHT),
     )
+
+
+def _not_blank(sec: Section, key: str, what: str) -> str:
+    """A string key that must say something (an empty device crashed the run)."""
+    val = sec.get_str(key)
+    if not val.strip():
+        raise sec.error(key, f"is empty: give {what}")
+    return val

@@ -50,13 +50,18 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self._data
 
+    def near(self, name: str) -> str | None:
+        """A key of the section spelled close to ``name`` (a typo of it?), or None."""
+        found = difflib.get_close_matches(name, [k for k in self._data if k != name], n=1)
+        return found[0] if found else None
+
     def _raw(self, name: str, default: Any) -> Any:
         self._used.add(name)
         if name in self._data:
             return self._data[name]
         if default is _MISSING:
-            near = difflib.get_close_matches(name, [k for k in self._data if k != name], n=1)
-            hint = f" (found '{near[0]}': a typo?)" if near else ""
+            near = self.near(name)
+            hint = f" (found '{near}': a typo?)" if near else ""
             raise self.error(name, f"required key is missing{hint}")
         return default
 

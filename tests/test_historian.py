@@ -751,3 +751,12 @@ def test_a_scan_that_never_ends_holds_a_batch_no_longer_than_the_bound(tmp_path,
         h.hold_batches()  # and never released: a loop with no gap between scans
         h.record_scan(T0, np.ones(20), _good(20))
         _until(lambda: _rows(path) == 1, "telemetry committed despite the hold")
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_a_database_path_that_cannot_be_one_is_a_historian_error_naming_it(tmp_path, where):
+    # Both ended in a traceback (FileExistsError, sqlite3.OperationalError).
+    (tmp_path / "afile").write_text("x")
+    path = tmp_path if where == "a directory" else tmp_path / "afile" / "x.db"
+    with pytest.raises(HistorianError, match=str(path).replace(".", r"\.")):
+        Historian(path, ["a.x"])

@@ -120,6 +120,32 @@ def test_one_rule_decides_the_slowest_scan_half_the_heartbeat_timeout(site: Site
     assert reason in str(sim_err.value)
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "says"),
+    [
+        # a typo of device was reported as a missing host
+        ('devcie = "/dev/ttyUSB0"', "modbus.device: required key is missing (found 'devcie'"),
+        ('hots = "10.0.0.5"', "modbus.host: required key is missing (found 'hots'"),
+        ("in_flight = 2", "modbus.host: required: 'host' (Modbus TCP) or 'device'"),
+        ('device = ""', "modbus.device: is empty: give the serial port"),  # was a traceback
+        ('host = " "', "modbus.host: is empty: give the gateway's or PLC's address"),
+    ],
+)
+def test_a_modbus_endpoint_without_its_address_is_one_line_naming_the_key(tmp_path, endpoint, says):
+    from thermogate.plc.errors import ConfigError
+
+    cfg = _write_config(tmp_path)
+    text = cfg.read_text(encoding="utf-8")
+    text = text.replace('host = "127.0.0.1"\n', endpoint + "\n")
+    if endpoint.startswith(("devcie", "device")):
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("port ="))
+    cfg.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_run_config(str(cfg), None)
+    assert says in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
 def test_half_the_heartbeat_timeout_exactly_is_still_accepted(tmp_path):
     assert load_run_config(str(_write_config(tmp_path, scan_s=5.0)), None).scan_s == 5.0
 

@@ -208,9 +208,18 @@ class Shard:
 
 
 def open_for_writing(path: Path) -> sqlite3.Connection:
-    """The writer's connection: WAL, NORMAL sync for telemetry, 4 KiB pages."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
+    """The writer's connection: WAL, NORMAL sync for telemetry, 4 KiB pages.
+
+    A path that cannot be a database (a directory, under a file, unwritable) is a
+    ``HistorianError`` naming it, not the OS's or sqlite's traceback."""
+    if path.is_dir():
+        raise HistorianError(f"{path}: is a directory, expected the historian's database file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise HistorianError(f"{path}: cannot open the historian's database ({why})") from None
     try:
         # page_size only takes effect on a new file, before WAL is on
         conn.execute("PRAGMA page_size=4096")
