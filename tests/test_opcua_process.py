@@ -136,3 +136,31 @@ def test_stopping_ends_the_server_process(site, tmp_path):
     assert proc is not None and proc.is_alive()
     face.stop()
     assert not proc.is_alive()
+
+
+def test_a_port_in_use_is_one_line_naming_the_endpoint_and_its_key(site, tmp_path, capfd):
+    # It said "did not start: the OPC UA server did not start: [Errno 98] ..." after
+    # asyncua's own traceback, naming neither the endpoint nor the key.
+    import socket
+    from urllib.parse import urlsplit
+
+    from thermogate.plc.errors import ThermogateError
+
+    endpoint = free_endpoint()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", urlsplit(endpoint).port))
+    holder.listen()
+    try:
+        sec = OpcUaSecurity(
+            endpoint=endpoint, policies=("None",), pki_dir=tmp_path / "pki", anonymous="read"
+        )
+        face = OpcUaProcess(site, sec, tmp_path / "site.db", history=False)
+        with pytest.raises(ThermogateError) as info:
+            face.start()
+    finally:
+        holder.close()
+    said = str(info.value)
+    assert said.count("did not start") == 1 and "\n" not in said, said
+    assert f"cannot listen on {endpoint}" in said and "[opcua] endpoint" in said
+    assert "Traceback" not in capfd.readouterr().err

@@ -116,7 +116,10 @@ class OpcUaProcess:
             kind, payload = "error", "its process ended"
         if kind != "ready":
             self.stop()
-            raise ThermogateError(f"the OPC UA server did not start: {payload}")
+            said = str(payload)  # the face's own error says it did not start already
+            if not said.startswith("the OPC UA server"):
+                said = f"the OPC UA server did not start: {said}"
+            raise ThermogateError(said)
         self._sender = threading.Thread(target=self._send, name="opcua-publish", daemon=True)
         self._sender.start()
         return list(payload)

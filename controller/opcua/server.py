@@ -233,7 +233,20 @@ class OpcUaFace:
         )
         if self.reader_factory is not None:
             serve_history(server, self.reader_factory, space.historized)
-        await server.start()
+        # asyncua logs its own traceback before raising (a port in use, say): the
+        # error is said once, in one line naming the endpoint and its key
+        quiet = logging.getLogger("asyncua.server.server")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ThermogateError(
+                f"cannot listen on {self.sec.endpoint} ({exc.strerror or exc}): "
+                "[opcua] endpoint in the run configuration"
+            ) from None
+        finally:
+            quiet.setLevel(level)
         # the address space lives as long as the server: out of the collector's sight,
         # or each full collection walks its million objects again (~1 s, a scan's
         # changes held up meanwhile; bench opcua's worst latency)
