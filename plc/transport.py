@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import termios
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -287,23 +288,28 @@ class _Endpoint:
             raise ModbusDeviceError(
                 unit_id, f"{self.describe}: not connected; next attempt in {wait:.1f} s"
             )
+        why = ""
         try:
             async with asyncio.timeout(self.connect_timeout):
                 ok = await self.client.connect()
         except TimeoutError:
-            ok = False
+            ok, why = False, f"no connection within {self.connect_timeout:g} s"
         # termios.error: a port (e.g. a pty) refusing the line settings.
         except (OSError, ModbusException, termios.error) as exc:
             log.debug("Modbus %s: connect failed: %s", self.describe, exc)
-            ok = False
+            ok, why = False, str(exc)
         if ok and self.connected:
             log.info("Modbus %s: connected", self.describe)
             return
         self.client.close()
         self._escalate()
+        if not why and self.serial:  # pymodbus says False for a port it cannot open
+            why = _serial_problem(str(self.key[1]))
         # no "next attempt in" here: callers with their own retry policy (the
         # controller's unit backoff) would quote the link's, which is not theirs
-        raise ModbusDeviceError(unit_id, f"{self.describe}: cannot connect")
+        raise ModbusDeviceError(
+            unit_id, f"{self.describe}: cannot connect" + (f" ({why})" if why else "")
+        )
 
     def close(self) -> None:
         self._closed = True
@@ -890,3 +896,19 @@ def _words(values: Sequence[int]) -> list[int]:
         if not 0 <= word <= 0xFFFF:
             raise ValueError(f"register value {word} outside 0..65535 (encode it first)")
     return words
+
+
+def _serial_problem(path: str) -> str:
+    """Why the serial port ``path`` cannot be opened as one ('' when it can): the
+    OS's reason, or that it is no terminal (a regular file, say)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    try:
+        termios.tcgetattr(fd)
+    except termios.error:
+        return f"{path}: not a serial port"
+    finally:
+        os.close(fd)
+    return ""

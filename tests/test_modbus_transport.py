@@ -845,3 +845,25 @@ def test_device_image_rejects_a_bad_map() -> None:
     image = DeviceImage(3, [Point("x", 3, "input", 4, "u16")])
     assert image.size("input") == 5 and image.size("holding") == 0
     assert image.check_read("holding", 0, 1) == 2
+
+
+@pytest.mark.parametrize(
+    ("where", "says"), [("missing", "No such file or directory"), ("file", "not a serial port")]
+)
+def test_a_serial_port_that_cannot_be_opened_says_why(tmp_path, where, says) -> None:
+    # pymodbus answers False, and the reason was lost: "cannot connect" and nothing more.
+    path = tmp_path / "ttyNOPE"
+    if where == "file":
+        path.write_text("not a tty")
+
+    async def scenario() -> str:
+        a = ModbusLink.rtu(str(path), 1, parity="N", timeout=0.2, retries=0)
+        try:
+            with pytest.raises(ModbusDeviceError) as info:
+                await a.read("holding", 0)
+            return info.value.reason
+        finally:
+            a.close()
+
+    reason = run(scenario())
+    assert "cannot connect" in reason and f"{path}: {says}" in reason, reason
