@@ -88,8 +88,7 @@ def bench_cooling(args: argparse.Namespace) -> dict[str, Any]:
     sc = load_for_run(args.scenario, args.weather, None, hours=hours)  # a bad file stops here
     if args.weather is not None:
         # a measured week compares the policies on that week: it is not repeated
-        t = sc.weather.ambient_c.t_s
-        cover = float(t[-1] + (t[-1] - t[-2])) - sc.weather_offset_s
+        cover = sc.weather.ambient_c.covers_s - sc.weather_offset_s
         if cover < hours * 3600.0 - 1e-6:
             raise DataFileError(
                 str(args.weather),

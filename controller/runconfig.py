@@ -144,10 +144,11 @@ def _named_file(sec: Section, key: str, base: Path) -> Path:
 
 def _endpoint(sec: Section) -> Endpoint:
     if not sec.has("device") and not sec.has("host"):
-        # either is meant: a typo of 'device' was once reported as a missing 'host'
+        # either is meant: a typo of 'device' was once reported as a missing 'host'.
+        # The getter of the key a typo is near says it, with the typo named.
         for key in ("device", "host"):
-            if (near := sec.near(key)) is not None:
-                raise sec.error(key, f"required key is missing (found '{near}': a typo?)")
+            if sec.near(key) is not None:
+                sec.get_str(key)
         raise sec.error("host", "required: 'host' (Modbus TCP) or 'device' (a serial line, RTU)")
     if sec.has("device"):
         if sec.has("in_flight") and sec.get_int("in_flight", 1, 1, MAX_IN_FLIGHT) != 1:

@@ -100,7 +100,8 @@ class Method:
 
 def _opt(s: str) -> str | None:
     """Empty or ``all`` (as the console takes it): every one; else the name given."""
-    return None if not s.strip() or s.strip().lower() == "all" else s
+    word = s.strip().lower()
+    return None if word in ("", "all") else s
 
 
 def _start(d: datetime) -> float | None:

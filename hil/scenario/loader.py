@@ -484,8 +484,7 @@ def _coverage_problem(
 ) -> str | None:
     if series.wrap:
         return None
-    t = series.t_s
-    cover = float(t[-1] + (t[-1] - t[-2]))  # the last sample stands for one interval
+    cover = series.covers_s
     if offset < -1e-6:
         return f"starts {-offset:g} s after the scenario start"
     if offset >= cover:  # said as a negative coverage once (-8736 h)

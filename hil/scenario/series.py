@@ -120,6 +120,12 @@ class TimeSeries:
     def __len__(self) -> int:
         return int(self.t_s.size)
 
+    @property
+    def covers_s(self) -> float:
+        """Seconds the samples stand for: the last one holds for one more interval."""
+        t = self.t_s
+        return float(t[-1] + (t[-1] - t[-2]))
+
     def __repr__(self) -> str:
         # The arrays can hold a year of samples: summarise instead of dumping.
         return (
