@@ -143,6 +143,8 @@ class RealTimeController:
         )
         self._run_marker = self._check_last_stop()
         self._restore_state()
+        if self.ctrl.peaks is not None:
+            self._seed_peaks(self.ctrl.peaks)
         self.inbox = Inbox(cfg.db)
         self.users = UserStore(cfg.db)
         self.io = ModbusIO(
@@ -212,6 +214,22 @@ class RealTimeController:
             + "".join(f"; {n}" for n in notes),
             300,
         )
+
+    def _seed_peaks(self, peaks: PeakShaving) -> None:
+        """The import before a peak window the last run was inside, as the
+        historian kept it: restarted inside the window, the controller cuts from
+        that import, not from the one the window had already cut."""
+        now = self.clock()
+        name = self.pmap.points[self.ctrl.topo.site_meter].name
+        try:
+            got = self.historian.reader.telemetry(
+                [name], peaks.history_from(now), now, resolution="raw"
+            )
+        except HistorianError as exc:  # the window then cuts from the import it finds
+            log.warning("peak windows: the import before now is not readable: %s", exc)
+            return
+        if name in got:
+            peaks.seed(zip(got["t"].tolist(), got[name].tolist(), strict=True))
 
     def save_state(self) -> None:
         if self.historian.failing:

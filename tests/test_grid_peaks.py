@@ -27,6 +27,37 @@ def test_a_window_cuts_the_import_it_had_before_by_its_amount_and_no_further():
     assert ps.limit_kw(1900.0, 2000.0) is None
 
 
+def test_back_to_back_windows_each_cut_from_the_import_before_the_first():
+    """Three adjacent windows once compounded (1545, 267, 182 kW): the second
+    found no import of its own before it and cut from the first's cut import."""
+    wins = [PeakWindow(1000.0 + k * 600.0, 1600.0 + k * 600.0, 1000.0) for k in range(3)]
+    ps = PeakShaving(wins, lookback_s=300.0)
+    for t in range(0, 1000, 10):
+        ps.limit_kw(float(t), 2500.0)
+    limits = [ps.limit_kw(w.start_s, 1500.0 - 400.0 * k) for k, w in enumerate(wins)]
+    assert limits == [pytest.approx(1500.0)] * 3
+    # a window after a gap longer than the lookback cuts from its own import
+    late = PeakShaving([wins[0], PeakWindow(2000.0, 2100.0, 100.0)], lookback_s=300.0)
+    for t in range(0, 2000, 10):
+        late.limit_kw(float(t), 2500.0 if t < 1000 else 1800.0)
+    assert late.limit_kw(2000.0, 1800.0) == pytest.approx(1700.0)
+
+
+def test_a_restarted_controller_keeps_the_window_limit_from_its_history():
+    """Restarted inside a window, the controller once cut from the import it had
+    already cut (1643 kW became 491): seeded with the import before the window,
+    it keeps the window's limit, in a chain of windows too."""
+    wins = [PeakWindow(1000.0, 1600.0, 800.0), PeakWindow(1600.0, 2200.0, 800.0)]
+    ps = PeakShaving(wins, lookback_s=300.0)
+    assert ps.history_from(1800.0) == 700.0  # the chain began at 1000
+    assert ps.history_from(500.0) == 200.0  # outside every window: the lookback
+    history = [(float(t), 2400.0 if t < 1000 else 1600.0) for t in range(600, 1800, 10)]
+    ps.seed(history)
+    assert ps.limit_kw(1800.0, 1550.0) == pytest.approx(1600.0)
+    bare = PeakShaving(wins, lookback_s=300.0)
+    assert bare.limit_kw(1800.0, 1550.0) == pytest.approx(750.0)  # what it did without
+
+
 def test_a_window_never_cuts_below_what_must_stay_on_nor_from_nothing():
     ps = PeakShaving([PeakWindow(100.0, 200.0, 5000.0), PeakWindow(300.0, 400.0, 10.0)])
     ps.limit_kw(50.0, 2000.0)
@@ -143,3 +174,47 @@ def test_the_run_config_takes_peak_windows_from_a_csv(tmp_path):
     (tmp_path / "gone.toml").write_text(base + '[grid]\npeaks = "nope.csv"\n')
     with pytest.raises(ConfigError, match=r"gone\.toml: grid\.peaks: file not found: .*nope\.csv"):
         load_run_config(str(tmp_path / "gone.toml"), None)
+
+
+def test_run_restarted_inside_a_window_cuts_from_the_import_its_history_kept(tmp_path):
+    """``run`` restarted inside a peak window once cut from the import the window
+    had already cut (1643 kW became 491 kW): it now reads the import before the
+    window back from its historian."""
+    from thermogate.controller.run import RealTimeController
+    from thermogate.controller.runconfig import load_run_config
+    from thermogate.plc.site import demo_site_text
+
+    t_start = 1_786_741_200.0  # 2026-08-14T21:00Z
+    (tmp_path / "site.toml").write_text(demo_site_text())
+    (tmp_path / "peaks.csv").write_text(
+        "start,end,reduce_kw\n2026-08-14T21:00Z,2026-08-14T21:30Z,800\n"
+    )
+    (tmp_path / "run.toml").write_text(
+        '[controller]\nsite = "site.toml"\n[modbus]\nhost = "127.0.0.1"\n'
+        '[grid]\npeaks = "peaks.csv"\n'
+    )
+    cfg = load_run_config(str(tmp_path / "run.toml"), str(tmp_path / "h.db"))
+
+    def controller(now: float) -> RealTimeController:
+        return RealTimeController(cfg, clock=lambda: now)
+
+    def close(rt: RealTimeController) -> None:
+        rt.historian.close()
+        rt.inbox.close()
+        rt.users.close()
+
+    first = controller(t_start - 1200.0)
+    meter = first.pmap.position(first.pmap.points[first.ctrl.topo.site_meter].name)
+    n = len(first.columns)
+    for k in range(0, 1500, 10):  # 2,450 kW before the window, 1,650 inside it
+        values = np.zeros(n)
+        values[meter] = 2450.0 if k < 1200 else 1650.0
+        first.historian.record_scan(t_start - 1200.0 + k, values, np.zeros(n, np.uint8))
+    close(first)
+    again = controller(t_start + 300.0)
+    try:
+        assert again.ctrl.peaks is not None
+        limit = again.ctrl.peaks.limit_kw(t_start + 300.0, 1650.0)
+        assert limit == pytest.approx(2450.0 - 800.0)
+    finally:
+        close(again)

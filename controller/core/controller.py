@@ -99,6 +99,8 @@ class PeakLimit(Protocol):
 
     def limit_kw(self, t: float, import_kw: float, keep_kw: float = 0.0) -> float | None: ...
 
+    def window_at(self, t: float) -> tuple[int, Any] | None: ...
+
 
 class Controller:
     """The site controller's core; see the module docstring."""
@@ -141,6 +143,7 @@ class Controller:
         #: peak windows (``controller.grid.peaks.PeakShaving``), set by the caller
         self.peaks: PeakLimit | None = None
         self.peak_limit_kw: float | None = None
+        self._peak_window: int | None = None  # the index of the window in force
         #: the lowest import limit asked this scan (the grid's, a curtailment's, a
         #: peak window's; None: only the site's), before inference is spared
         self.instruction_kw: float | None = None
@@ -359,13 +362,16 @@ class Controller:
             return None
         site_kw = view.measured(self.topo.site_meter)
         kw = self.peaks.limit_kw(view.t, site_kw, keep_kw)
-        if (kw is None) != (self.peak_limit_kw is None):
+        hit = self.peaks.window_at(view.t) if kw is not None else None
+        window = None if hit is None else hit[0]
+        if window != self._peak_window:  # a window begins, ends, or the next follows at once
             msg = (
                 f"peak window: import <= {kw:.0f} kW (its cut from the import before it)"
                 if kw is not None
                 else "peak window over: the import limit returns at the restore rate"
             )
             alarms.event(view.t, "info", "grid.peak", msg, 400)
+        self._peak_window = window
         self.peak_limit_kw = kw
         return kw
 

@@ -94,19 +94,56 @@ def load_peaks_csv(path: str | PathLike[str]) -> list[PeakWindow]:
 
 
 class PeakShaving:
-    """The limit the peak windows put on the import (module docstring)."""
+    """The limit the peak windows put on the import (module docstring).
+
+    A window's reference (the import it cuts from) is the mean import over
+    ``lookback_s`` before it, outside every window. A window that follows
+    another within ``lookback_s`` has no such import of its own: it cuts from
+    the reference of the window before it, so back-to-back windows each cut
+    ``reduce_kw`` from the same import instead of compounding, cut on cut.
+    A controller restarted inside a window is given the import before it from
+    its history (:meth:`seed`), so the window keeps the limit it had."""
 
     def __init__(self, windows: Iterable[PeakWindow], lookback_s: float = LOOKBACK_S) -> None:
         self.windows: Sequence[PeakWindow] = sorted(windows, key=lambda w: w.start_s)
         self.lookback_s = lookback_s
         self._history: deque[tuple[float, float]] = deque()
         self._limits: dict[int, float] = {}  # window index -> its limit, fixed at its start
+        self._refs: dict[int, float] = {}  # window index -> the import it cut from
 
     def window_at(self, t: float) -> tuple[int, PeakWindow] | None:
         for i, w in enumerate(self.windows):
             if w.start_s <= t < w.end_s:
                 return i, w
         return None
+
+    def history_from(self, t: float) -> float:
+        """From when the import must be known for :meth:`seed` at ``t``: the
+        lookback before the first of the chain of windows ``t`` falls in (or
+        before ``t`` outside every window)."""
+        start = t
+        for w in reversed(self.windows):
+            if w.start_s <= start < w.end_s + self.lookback_s:
+                start = min(start, w.start_s)
+        return start - self.lookback_s
+
+    def seed(self, samples: Iterable[tuple[float, float]]) -> None:
+        """The import metered before now ``(t, kW)``, oldest first (a restarted
+        controller's history): the samples inside windows are left out, as
+        :meth:`limit_kw` leaves them."""
+        for t, kw in samples:
+            if math.isfinite(kw) and self.window_at(t) is None:
+                self._history.append((t, kw))
+
+    def _reference(self, i: int, w: PeakWindow, import_kw: float) -> float:
+        before = [kw for ts, kw in self._history if w.start_s - self.lookback_s <= ts < w.start_s]
+        if before:
+            return sum(before) / len(before)
+        prev = self.windows[i - 1] if i > 0 else None
+        if prev is not None and prev.end_s >= w.start_s - self.lookback_s:
+            got = self._refs.get(i - 1)
+            return got if got is not None else self._reference(i - 1, prev, import_kw)
+        return import_kw
 
     def limit_kw(self, t: float, import_kw: float, keep_kw: float = 0.0) -> float | None:
         """The import limit at ``t`` (None outside every window and when nothing
@@ -122,10 +159,10 @@ class PeakShaving:
             return None
         i, w = hit
         if i not in self._limits:
-            before = [kw for ts, kw in self._history if ts >= w.start_s - self.lookback_s]
-            ref = sum(before) / len(before) if before else import_kw
+            ref = self._reference(i, w, import_kw)
             if not math.isfinite(ref):  # nothing metered to cut from: no limit
                 return None
             floor = keep_kw if math.isfinite(keep_kw) else 0.0
+            self._refs[i] = ref
             self._limits[i] = max(floor, ref - w.reduce_kw, 0.0)
         return self._limits[i]
