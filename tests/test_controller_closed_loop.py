@@ -184,6 +184,9 @@ def test_a_plc_trip_is_latched_by_the_controller_until_an_operator_resets_it(sit
     assert plant.cmd_enable[0] and plant.t_power[0] > 0.0
     assert any(e.kind == "restore" and e.source == "tank01" for e in events)
     assert "tank01: PLC interlock" not in ctrl.state.latched
+    # the reset is a pulse the PLC clears itself: it reads back 0, and that is no
+    # failed write (it once raised a severity-700 alarm that never cleared)
+    assert not [e for e in events if e.source == "write:plc.reset"]
 
 
 def test_a_longer_simulation_scan_keeps_control_without_limit_cycles_or_false_sensor_alarms(site):

@@ -207,7 +207,9 @@ class Actuation:
             foreign = self._foreign.pop(i, None)
             if foreign is not None:
                 self._restored(t, name, foreign, value, cmd.why, alarms)
-            if read_back:
+            if read_back and not cmd.pulse:
+                # (a pulse is cleared by the PLC itself: it never reads back, and
+                # once alarmed "not read back" after every reset)
                 # A register that keeps being rewritten is still unverified since
                 # the first write that did not read back: keep that time (and what
                 # it held then).
