@@ -61,6 +61,7 @@ from .modbus_io import Endpoint, ModbusIO
 from .opcua.snapshot import Snapshot
 from .recorder import Recorder
 from .runconfig import RunConfig, load_run_config
+from .runlock import RunLock
 from .signals import Audit, Event, Observation
 from .statusline import shown, status_line
 from .users import UserStore
@@ -106,6 +107,20 @@ class RealTimeController:
         clock: Callable[[], float] = time.time,
         price_feed: Callable[[float], float] | None = None,
         speed: float = 1.0,
+    ) -> None:
+        self.lock = RunLock(cfg.db)  # before anything reads or writes the database
+        try:
+            self._start(cfg, clock, price_feed, speed)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(
+        self,
+        cfg: RunConfig,
+        clock: Callable[[], float],
+        price_feed: Callable[[float], float] | None,
+        speed: float,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -480,6 +495,7 @@ class RealTimeController:
             RUN_STATE_KEY, {**self._run_marker, "running": False, "stopped": now}
         )
         self.historian.close()
+        self.lock.release()
 
 
 def _utc(t: float) -> str:

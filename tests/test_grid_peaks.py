@@ -202,6 +202,7 @@ def test_run_restarted_inside_a_window_cuts_from_the_import_its_history_kept(tmp
         rt.historian.close()
         rt.inbox.close()
         rt.users.close()
+        rt.lock.release()
 
     first = controller(t_start - 1200.0)
     meter = first.pmap.position(first.pmap.points[first.ctrl.topo.site_meter].name)

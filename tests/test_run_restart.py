@@ -159,3 +159,21 @@ def test_state_given_through_the_command_path_survives_a_kill_minus_9(site_dir: 
         out, _ = run.communicate(timeout=60)
         reap(run)
     assert "stopped after" in out, out
+
+
+def test_a_second_run_on_the_same_database_is_refused_naming_the_first(tmp_path):
+    """Two controllers on one database fought over the plant (374 foreign-write
+    events in 30 s) and the second recorded the first as an unclean stop."""
+
+    from thermogate.controller.runlock import DatabaseInUse, RunLock
+
+    db = tmp_path / "thermogate.db"
+    first = RunLock(db)
+    with pytest.raises(
+        DatabaseInUse, match=rf"in use by another thermogate run \(pid {os.getpid()}\)"
+    ):
+        RunLock(db)
+    first.release()
+    first.release()  # idempotent
+    again = RunLock(db)  # released: the next run may have it
+    again.release()
