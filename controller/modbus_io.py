@@ -639,13 +639,32 @@ class ModbusIO:
             results = await asyncio.gather(
                 *(self._write_unit(u, groups[u], deadline) for u in units)
             )
+            # A device that refuses a run of several points (exception 02/03: one
+            # of them out of its range, say) has applied none of them: each is
+            # sent again alone, so one refused point does not take its neighbours
+            # (a budget refused once took a tank's cooling valve with it).
+            alone: dict[int, list[_WriteRun]] = {}
+            for u, (_, refused) in zip(units, results, strict=True):
+                for k in sorted(refused):
+                    run = groups[u][k]
+                    if len(run.members) > 1:
+                        alone.setdefault(u, []).extend(run.split())
+            retried = await asyncio.gather(
+                *(self._write_unit(u, alone[u], deadline) for u in alone)
+            )
             self._report()
-            for runs, errors in zip((groups[u] for u in units), results, strict=True):
-                for run, error in zip(runs, errors, strict=True):
+            for u, (errors, _) in zip(units, results, strict=True):
+                for run, error in zip(groups[u], errors, strict=True):
                     for i, point in run.members:
                         outcomes[i] = WriteOutcome(
                             point.name, _as_float(writes[i][1]), error is None, error
                         )
+            for u, (errors, _) in zip(alone, retried, strict=True):
+                for run, error in zip(alone[u], errors, strict=True):
+                    ((i, point),) = run.members
+                    outcomes[i] = WriteOutcome(
+                        point.name, _as_float(writes[i][1]), error is None, error
+                    )
         return [o for o in outcomes if o is not None]
 
     def _check_write(self, name: str, value: object) -> tuple[Point, list[int]] | str:
@@ -672,13 +691,15 @@ class ModbusIO:
 
     async def _write_unit(
         self, unit_id: int, runs: list[_WriteRun], deadline: float
-    ) -> list[str | None]:
-        """Send one unit's runs in order; one error text (or None) per run."""
+    ) -> tuple[list[str | None], set[int]]:
+        """Send one unit's runs in order; one error text (or None) per run, and
+        the runs the device refused with an exception (it applied none of them)."""
         unit = self._units[unit_id]
         loop = asyncio.get_running_loop()
         skip = unit.skipping(loop.time())
+        refusals: set[int] = set()
         if skip is not None:
-            return [f"not sent: unit {unit_id} {skip}"] * len(runs)
+            return [f"not sent: unit {unit_id} {skip}"] * len(runs), refusals
         errors: list[str | None] = [f"not sent: unit {unit_id} stopped answering"] * len(runs)
 
         def sent(k: int) -> None:
@@ -693,6 +714,7 @@ class ModbusIO:
                 errors[k] = f"{exc.reason} (the device may or may not have applied it)"
             else:
                 errors[k] = exc.reason
+                refusals.add(k)
 
         writes = [(run.table, run.address, run.words) for run in runs]
         done = await self._stream_unit(
@@ -711,19 +733,19 @@ class ModbusIO:
                 )
             first = errors[min(done.sent)] if done.sent else "write budget spent"
             self._fail(unit, loop.time(), str(first))
-            return errors
+            return errors, refusals
         if done.crashed is not None:
             err = done.crashed
             log.error("Modbus unit %d: unexpected failure while writing", unit_id, exc_info=err)
             for k in done.sent:
                 errors[k] = f"unexpected {type(err).__name__}: {err}"
-            return errors
+            return errors, refusals
         if done.down is not None:
             self._fail(unit, loop.time(), done.down)
-            return errors
+            return errors, refusals
         if unit.answered():
             self._back_now.append(unit)
-        return errors
+        return errors, refusals
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -760,6 +782,18 @@ class _WriteRun:
     @property
     def what(self) -> str:
         return f"{self.table} {self.address}+{len(self.words)}"
+
+    def split(self) -> list[_WriteRun]:
+        """Each member point as a run of its own."""
+        out: list[_WriteRun] = []
+        offset = 0
+        for i, point in self.members:
+            n = point.words if self.table != "coil" else 1
+            out.append(
+                _WriteRun(self.table, point.address, self.words[offset : offset + n], [(i, point)])
+            )
+            offset += n
+        return out
 
     async def send(self, link: ModbusLink, tried: Tried | None = None) -> None:
         """One request (``ModbusLink.write_stream`` makes the same one)."""
