@@ -22,11 +22,14 @@ from thermogate.plc.points import Point
 from .modbus_server import DeviceImage
 
 SENTINEL = {"u16": 0xFFFF, "i16": 0x8000, "u32": 0xFFFFFFFF, "i32": 0x80000000}
+#: Where a reading beyond its type saturates: one count inside the sentinel, so a
+#: reading pegged at the end of its range is never taken for a failed input (a
+#: -5000 degC spike once read 0x8000, the i16 NaN)
 RAW_LIMITS = {
-    "u16": (0, 0xFFFF),
-    "i16": (-0x8000, 0x7FFF),
-    "u32": (0, 0xFFFFFFFF),
-    "i32": (-0x80000000, 0x7FFFFFFF),
+    "u16": (0, 0xFFFE),
+    "i16": (-0x7FFF, 0x7FFF),
+    "u32": (0, 0xFFFFFFFE),
+    "i32": (-0x7FFFFFFF, 0x7FFFFFFF),
 }
 
 

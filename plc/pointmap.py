@@ -45,6 +45,7 @@ CSV_HEADER = (
     "table",
     "address",
     "type",
+    "word_order",
     "scale",
     "unit",
     "access",
@@ -134,6 +135,8 @@ class PointMap:
                 "table": p.table,
                 "address": p.address,
                 "type": p.type,
+                # which register holds the high word: a two-register type only
+                "word_order": p.word_order if p.words == 2 else "",
                 "scale": p.scale,
                 "unit": p.unit,
                 "access": p.access,

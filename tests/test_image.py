@@ -82,9 +82,9 @@ def point_and_value(draw: st.DrawFn) -> tuple[str, str, float, float]:
 @example(("u16", "big", 0.1, 0.15))
 @example(("u16", "big", 1.0, 0.49999999999999994))  # floor(x + 0.5) would say 1
 @example(("i16", "big", 1.0, -0.49999999999999994))
-@example(("i16", "big", 0.1, -3276.8))  # the most negative i16 is a value, not only a sentinel
-@example(("i32", "little", 0.01, -21474836.48))
-@example(("u32", "little", 1.0, 4294967295.0))
+@example(("i16", "big", 0.1, -3276.7))  # one count inside the sentinel: a value
+@example(("i32", "little", 0.01, -21474836.47))
+@example(("u32", "little", 1.0, 4294967294.0))
 @example(("f32", "little", 1.0, -0.0))
 @example(("f32", "big", 0.1, 1e-40))  # subnormal in f32
 def test_encode_raw_agrees_with_the_codec_for_every_type_and_word_order(
@@ -212,6 +212,14 @@ def test_out_of_range_values_saturate_at_the_types_limits(type_: str, scale: flo
     assert encode_raw(type_, np.array([(lo - 1) * scale]), np.array([scale])).tolist() == [
         lo & mask
     ]
+    # the ends are one count inside the failure sentinel: a pegged reading is a value
+    assert SENTINEL[type_] not in raw
+
+
+def test_a_reading_below_the_i16_range_is_pegged_not_sent_as_a_failed_input() -> None:
+    """A -5000 degC spike on an i16 0.1 degC register read 0x8000, the i16 NaN."""
+    assert encode_raw("i16", np.array([-5000.0]), np.array([0.1])).tolist() == [0x8001]
+    assert encode_raw("u16", np.array([1e6]), np.array([0.1])).tolist() == [0xFFFE]
 
 
 def test_a_saturated_reading_decodes_to_the_types_extreme() -> None:

@@ -147,8 +147,23 @@ def test_every_equipment_has_its_points(demo_map):
 # --------------------------------------------------------------------------
 def test_csv_header_is_exact(demo_map):
     first = demo_map.to_csv().splitlines()[0]
-    assert first == "name,unit_id,table,address,type,scale,unit,access,min,max,description"
+    assert first == (
+        "name,unit_id,table,address,type,word_order,scale,unit,access,min,max,description"
+    )
     assert tuple(first.split(",")) == CSV_HEADER
+
+
+def test_the_csv_and_markdown_maps_say_which_word_comes_first(demo_map):
+    """Only the JSON carried the word order: from the CSV, the PDU meters' floats
+    (low word first) looked like the site meter's (high word first)."""
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(demo_map.to_csv()))}
+    assert rows["site.power_kw"]["word_order"] == "big"
+    assert rows["pdu_tank01.power_kw"]["word_order"] == "little"
+    assert rows["tank01.fluid_temp"]["word_order"] == ""  # one register: no order
+    md = demo_map.to_markdown()
+    assert "| word_order |" in md.splitlines()[0]
+    assert any(line.startswith("| pdu_tank01.power_kw |") and "| little |" in line
+               for line in md.splitlines())  # fmt: skip
 
 
 def test_csv_round_trips_through_dictreader(pmap):
