@@ -237,6 +237,34 @@ def test_pump_affinity_laws_flow_linear_dp_square_power_cube_with_valves_fixed(s
     assert (p1 < 1.3 * rated).all() and (p1 > 0.3 * rated).all()
 
 
+def test_a_slow_standby_beside_the_duty_pump_adds_nothing_and_takes_nothing(site):
+    """Parallel pumps at different speeds meet at one head: a standby whose
+    shut-off head is below it delivers nothing (its check valve shuts). The mean
+    speed once let a standby at 5 % halve a duty pump's head at 100 %."""
+    plant = make_plant(site)
+    plant.pump_speed[:] = 0.0
+    plant.pump_speed[0] = 1.0  # loop1.pump_a alone
+    plant._hydraulics()
+    alone = (plant.dp[0], plant.flow[0], plant.pump_kw[0])
+    for standby in (0.05, 0.5):
+        plant.pump_speed[1] = standby
+        plant._hydraulics()
+        assert (plant.dp[0], plant.flow[0], plant.pump_kw[0]) == pytest.approx(alone)
+        assert plant.pump_kw[1] == 0.0
+    plant.pump_speed[1] = 1.0  # both at one speed: the closed form ...
+    plant._hydraulics()
+    both = (plant.dp[0], plant.flow[0], plant.pump_kw[0])
+    assert both[0] > alone[0] and both[1] > alone[1]
+    assert plant.pump_kw[0] == pytest.approx(plant.pump_kw[1])
+    plant.pump_speed[1] = 1.0 - 1e-6  # ... and the uneven one agree where they meet
+    plant._hydraulics()
+    assert (plant.dp[0], plant.flow[0], plant.pump_kw[0]) == pytest.approx(both, rel=1e-4)
+    plant.pump_speed[1] = 0.99  # a standby near speed shares, less than the duty pump
+    plant._hydraulics()
+    assert alone[0] < plant.dp[0] < both[0]
+    assert 0.0 < plant.pump_kw[1] < plant.pump_kw[0]
+
+
 def test_dry_cooler_fan_power_follows_speed_cubed(site):
     plant = make_plant(site)
     names = [d.name for d in site.dry_coolers]
