@@ -18,6 +18,10 @@ DEFAULT_POWER_FACTOR = 0.95
 DEFAULT_CONTINUOUS_PCT = 80.0
 
 
+#: the lowest per-GPU power cap as a share of full power (200 W of an H200's 700)
+GPU_CAP_MIN_FRAC = 2.0 / 7.0
+
+
 @dataclass(frozen=True)
 class Breaker:
     """An inverse-time overcurrent breaker.
@@ -284,6 +288,14 @@ class RackRow:
     @property
     def gpus(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    @property
+    def cap_range_w(self) -> tuple[float, float]:
+        """The per-GPU power cap its PLC takes (``gpu_power_cap_w``): from
+        ``GPU_CAP_MIN_FRAC`` of full power (200 W on a 700 W H200, its lowest
+        settable limit) to full power. Fixed at 200..700 W, a 1,000 W GPU's row
+        once capped could never be given its full power back."""
+        return float(round(GPU_CAP_MIN_FRAC * self.gpu_full_w)), self.gpu_full_w
 
 
 @dataclass(frozen=True)

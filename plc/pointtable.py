@@ -373,8 +373,8 @@ class RowPoints(GroupPoints):
         "rack row {n} per-GPU power cap",
         unit="W",
         access="rw",
-        lo=200,
-        hi=700,
+        lo=lambda r: r.cap_range_w[0],
+        hi=lambda r: r.cap_range_w[1],
     )
     enable: int = bit("coil", "rack row {n} workload enable", access="rw")
     interlock: int = bit(

@@ -296,6 +296,26 @@ def test_row_caps_span_200_to_700_watts_per_gpu():
     assert row_cap_w(65.0, 100.0) == pytest.approx(450.0)
 
 
+def test_a_row_of_other_gpus_is_capped_within_its_own_range():
+    """A row of 1,000 W GPUs had its cap fixed at 200..700 W: once capped, neither
+    the controller nor an integrator could give it its full power back."""
+    from thermogate.plc.pointmap import build_point_map
+    from thermogate.plc.site import demo_site_text, parse_site_text
+
+    text = demo_site_text()
+    at = text.index("[[rack_rows]]") + len("[[rack_rows]]\n")
+    site = parse_site_text(text[:at] + "gpu_full_w = 1000.0\n" + text[at:], "<1kW>")
+    pmap = build_point_map(site)
+    row = site.rack_rows[0]
+    cap = pmap[f"{row.name}.gpu_power_cap_w"]
+    assert (cap.min, cap.max) == (286.0, 1000.0)  # 2/7 of full, as 200 W of an H200's 700
+    assert pmap[f"{site.rack_rows[1].name}.gpu_power_cap_w"].max == 700.0
+    load = next(ld for ld in Topology(site, pmap).loads if ld.name == row.name)
+    assert load.cap_w == (286.0, 1000.0)
+    assert row_cap_w(load.rated_kw, load.rated_kw, cap_w=load.cap_w) == 1000.0
+    assert row_cap_w(0.0, load.rated_kw, cap_w=load.cap_w) == 286.0
+
+
 # -- latched trips ------------------------------------------------------------------------
 def test_a_trip_stays_latched_until_a_reset_finds_its_interlock_clear(topo):
     st = ControllerState()

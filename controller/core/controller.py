@@ -287,7 +287,11 @@ class Controller:
             load = self.topo.load_of_budget.get(i)
             if load is not None:
                 cap_kw = min(self.thermal.cap[load.name], self.power.cap[load.name], load.rated_kw)
-                cap = cap_kw if load.kind == "tank" else row_cap_w(cap_kw, load.rated_kw)
+                cap = (
+                    cap_kw
+                    if load.kind == "tank"
+                    else row_cap_w(cap_kw, load.rated_kw, cap_w=load.cap_w)
+                )
                 if value > cap:
                     value, why = cap, f"{why} (capped by protection at {cap:.0f})"
             cmds[i] = Cmd(value, why, ov.who, ov.where, override=True)

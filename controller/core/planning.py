@@ -122,7 +122,13 @@ class DefaultPlanner:
         return {ld.name: ld.rated_kw for ld in loads}
 
 
-def row_cap_w(budget_kw: float, rated_kw: float, idle_kw: float = 0.0, busy: float = 1.0) -> float:
+def row_cap_w(
+    budget_kw: float,
+    rated_kw: float,
+    idle_kw: float = 0.0,
+    busy: float = 1.0,
+    cap_w: tuple[float, float] = (ROW_CAP_MIN_W, ROW_CAP_MAX_W),
+) -> float:
     """A rack row's per-GPU power cap for a budget in kW, ``busy`` of its GPUs
     working (``BusyShares``): their power above the row's idle is the budget's."""
     frac = budget_kw / rated_kw if rated_kw else 0.0
@@ -130,9 +136,8 @@ def row_cap_w(budget_kw: float, rated_kw: float, idle_kw: float = 0.0, busy: flo
         idle = idle_kw / rated_kw if rated_kw else 0.0
         frac = idle + (frac - idle) / max(busy, 1e-3)
     knee = ROW_CAP_KNEE_FRAC
-    return ROW_CAP_MIN_W + (ROW_CAP_MAX_W - ROW_CAP_MIN_W) * max(
-        0.0, min(1.0, (frac - knee) / (1.0 - knee))
-    )
+    lo, hi = cap_w  # the row's GPUs' (``Load.cap_w``; an H200's by default)
+    return lo + (hi - lo) * max(0.0, min(1.0, (frac - knee) / (1.0 - knee)))
 
 
 class _Rated(Protocol):
@@ -273,6 +278,6 @@ class Planning:
                 cmds[ld.budget] = Cmd(round(budget_final, 1), reason)
             else:
                 share = busy.get(name, 1.0)
-                cap_w = row_cap_w(budget_final, rated, ld.idle_kw, share)
+                cap_w = row_cap_w(budget_final, rated, ld.idle_kw, share, ld.cap_w)
                 cmds[ld.budget] = Cmd(round(cap_w), reason)
             cmds[ld.enable] = Cmd(1.0, "workload permitted")

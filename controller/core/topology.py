@@ -32,6 +32,8 @@ class Load:
     enable: int  # ... workload enable ...
     interlock: int  # ... and the PLC's latched interlock
     idle_kw: float = 0.0  # drawn with every GPU idle (GPU loads; 0 for miners)
+    #: a rack row's per-GPU power cap range (W, ``RackRow.cap_range_w``)
+    cap_w: tuple[float, float] = (200.0, 700.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class Topology:
                     rp.enable,
                     rp.interlock,
                     r.nodes * r.node_idle_kw,
+                    r.cap_range_w,
                 )
             )
         self.loads: tuple[Load, ...] = tuple(loads)
