@@ -173,8 +173,9 @@ def parse_site(root: Section) -> Site:
         pmap = build_point_map(site)
     except ValueError as exc:  # an address region of a shared unit is full
         raise ConfigError(root.file, "tanks", str(exc)) from None
+    driven: dict[str, str] = {}  # actuator -> the loop that drives it
     loops_ctl = tuple(
-        _control_loop(sec, names, pmap) for sec in root.get_sections("control_loops", [])
+        _control_loop(sec, names, pmap, driven) for sec in root.get_sections("control_loops", [])
     )
     root.check_unused()
     _check_electrical(root, site)
@@ -535,12 +536,20 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
     return r
 
 
-def _control_loop(sec: Section, names: _Names, pmap: PointMap) -> ControlLoop:
+def _control_loop(
+    sec: Section, names: _Names, pmap: PointMap, driven: dict[str, str]
+) -> ControlLoop:
+    """One ``[[control_loops]]`` entry, checked against the point map and the
+    loops before it (``driven``: actuator -> the loop driving it, filled here)."""
     name = names.claim(sec)
     by_name = pmap.by_name
     meas = sec.get_str("measurement")
     if meas not in by_name:
         raise sec.error("measurement", f"no point named '{meas}' (see `thermogate points`)")
+    mp = by_name[meas]
+    if mp.is_bit or mp.writable:
+        what = "a status bit" if mp.is_bit else "a command the controller writes"
+        raise sec.error("measurement", f"'{meas}' is {what}, not a measurement")
     acts = sec.get_str_list("actuators")
     for act in acts:
         if act not in by_name:
@@ -548,6 +557,17 @@ def _control_loop(sec: Section, names: _Names, pmap: PointMap) -> ControlLoop:
         p = by_name[act]
         if not p.writable or p.table != "holding":
             raise sec.error("actuators", f"point '{act}' is not a writable holding register")
+        if act in driven:  # two PIDs fighting over one valve, or one listed twice
+            other = "this loop" if driven[act] == name else f"loop '{driven[act]}'"
+            raise sec.error("actuators", f"'{act}' is already driven by {other}")
+        driven[act] = name
+    setpoint = sec.get_float("setpoint")
+    lo, hi = mp.min, mp.max
+    if (lo is not None and setpoint < lo) or (hi is not None and setpoint > hi):
+        span = f"{'-inf' if lo is None else f'{lo:g}'}..{'inf' if hi is None else f'{hi:g}'}"
+        raise sec.error(
+            "setpoint", f"{setpoint:g} is outside what '{meas}' can read ({span} {mp.unit})"
+        )
     actp = by_name[acts[0]]
     out_min = sec.get_float("out_min", actp.min if actp.min is not None else 0.0)
     out_max = sec.get_float("out_max", actp.max if actp.max is not None else 100.0, above=out_min)
@@ -559,7 +579,7 @@ def _control_loop(sec: Section, names: _Names, pmap: PointMap) -> ControlLoop:
         name=name,
         measurement=meas,
         actuators=tuple(acts),
-        setpoint=sec.get_float("setpoint"),
+        setpoint=setpoint,
         kp=sec.get_float("kp", minval=0.0, maxval=1e4),
         ki=sec.get_float("ki", 0.0, minval=0.0, maxval=1e4),
         kd=sec.get_float("kd", 0.0, minval=0.0, maxval=1e4),

@@ -470,6 +470,36 @@ def test_control_loop_driving_a_read_only_or_bit_point_is_rejected(tmp_path, act
     bad(tmp_path, d, "control_loops[0].actuators", act, "not a writable holding register")
 
 
+@pytest.mark.parametrize(
+    ("meas", "why"),
+    [
+        ("tank01.leak", "is a status bit, not a measurement"),
+        ("tank01.valve_cmd", "is a command the controller writes, not a measurement"),
+    ],
+)
+def test_control_loop_measuring_a_bit_or_its_own_command_is_rejected(tmp_path, meas, why):
+    d = small_site()
+    d["control_loops"][0]["measurement"] = meas
+    bad(tmp_path, d, "control_loops[0].measurement", meas, why)
+
+
+def test_two_control_loops_on_one_actuator_are_rejected(tmp_path):
+    """A copy-paste error once passed: two PIDs fought over tank01's valve."""
+    d = small_site()
+    d["control_loops"].append({**d["control_loops"][0], "name": "tank01_fluid_b"})
+    bad(tmp_path, d, "control_loops[1].actuators", "already driven by loop 'tank01_fluid'")
+    d = small_site()
+    d["control_loops"][0]["actuators"] = ["tank01.valve_cmd", "tank01.valve_cmd"]
+    bad(tmp_path, d, "control_loops[0].actuators", "already driven by this loop")
+
+
+@pytest.mark.parametrize("sp", [500.0, -100.0])
+def test_a_setpoint_its_measurement_cannot_read_is_rejected(tmp_path, sp):
+    d = small_site()
+    d["control_loops"][0]["setpoint"] = sp
+    bad(tmp_path, d, "control_loops[0].setpoint", "outside what 'tank01.fluid_temp' can read")
+
+
 def test_control_loop_output_beyond_the_actuator_range_is_rejected(tmp_path):
     d = small_site()
     d["control_loops"][0]["out_max"] = 120.0
