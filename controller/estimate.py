@@ -816,5 +816,9 @@ class Estimator:
             s = loops.get(name)
             if s is None:
                 continue
-            self._l_ref[k] = g(s.get("ref_c"))
+            # The loop's reference is fast state (its time constant is the loop's
+            # volume over its flow, minutes): stale after any gap, it is seeded
+            # again at the first scan, from the sensor or, for a sensor known to
+            # drift, from the heat balance. Restored, a loop that cooled 5 K
+            # while the controller was down had its healthy sensor called drifting.
             self._l_drift[k] = bool(s.get("drift", False))

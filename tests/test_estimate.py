@@ -526,6 +526,23 @@ def test_state_survives_a_restart_as_json_and_keeps_an_identified_drifting_senso
         fresh_est.restore({"version": 99})
 
 
+def test_a_restart_after_the_loop_moved_does_not_call_its_healthy_sensor_drifting():
+    """The loop reference is fast state: restored from before a gap in which the
+    loop cooled (the PLC's safe state runs the fans flat out), it flagged the
+    healthy supply sensor as drifting 120 s after the restart."""
+    ls = Lockstep()
+    ls.run(WARM_S)
+    saved = json.loads(json.dumps(ls.est.state()))
+    for loop in saved["loops"].values():
+        loop["ref_c"] += 5.0  # the loop was 5 K warmer when the state was saved
+    fresh_est = Estimator(PMAP, SITE)
+    fresh_est.restore(saved)
+    ls.est = fresh_est
+    for _ in range(300):
+        e = ls.step()
+        assert not flags_of(e, "loop1.supply_temp") & FLAG_DRIFT
+
+
 def test_update_rejects_arrays_of_the_wrong_length():
     est = Estimator(PMAP, SITE)
     with pytest.raises(ValueError):
