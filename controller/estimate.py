@@ -783,9 +783,9 @@ class Estimator:
                 }
                 for k, name in enumerate(self._tank_names)
             },
+            # (a loop's reference is fast state, not kept: see ``restore``)
             "loops": {
-                name: {"ref_c": f(self._l_ref[k]), "drift": bool(self._l_drift[k])}
-                for k, name in enumerate(self._loop_names)
+                name: {"drift": bool(self._l_drift[k])} for k, name in enumerate(self._loop_names)
             },
         }
 
