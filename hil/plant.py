@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thermogate.plc.equipment import GPU_SHARE_OF_NODE_DYNAMIC
 from thermogate.plc.logic import PlcInputs, PlcLogic
 from thermogate.plc.pointmap import (
     STATUS_HEARTBEAT_OK,
@@ -67,7 +68,6 @@ DC_NATURAL_DRAFT = 0.10  # fraction of design airflow with fans stopped
 MINER_J_PER_TH = 16.5  # at nameplate (the site description's default)
 GPU_IDLE_W = 120.0  # H200 idle, measured (the site description's default)
 GPU_TDP_W = 700.0  # H200 SXM (the site description's default ``gpu_full_w``)
-GPU_SHARE_OF_NODE_DYNAMIC = 0.7  # GPUs' share of a node's dynamic power
 HOUSE_LOAD_KW = 15.0  # lighting, controls, UPS losses
 HOUSE_LOAD_FRACTION = 0.005  # of IT load
 FOULING_MAX = 0.15  # UA loss when fully fouled

@@ -20,6 +20,8 @@ DEFAULT_CONTINUOUS_PCT = 80.0
 
 #: the lowest per-GPU power cap as a share of full power (200 W of an H200's 700)
 GPU_CAP_MIN_FRAC = 2.0 / 7.0
+#: the GPUs' share of a node's power above idle (the rest: CPUs, memory, fans)
+GPU_SHARE_OF_NODE_DYNAMIC = 0.7
 
 
 @dataclass(frozen=True)
@@ -296,6 +298,15 @@ class RackRow:
         settable limit) to full power. Fixed at 200..700 W, a 1,000 W GPU's row
         once capped could never be given its full power back."""
         return float(round(GPU_CAP_MIN_FRAC * self.gpu_full_w)), self.gpu_full_w
+
+    @property
+    def floor_kw(self) -> float:
+        """What the row draws busy at its lowest cap: its idle, the GPUs at that cap
+        and the rest of each node still at work (~49 % of its rating on H200s)."""
+        idle = self.nodes * self.node_idle_kw
+        gpu = (self.cap_range_w[0] - self.gpu_idle_w) / (self.gpu_full_w - self.gpu_idle_w)
+        share = GPU_SHARE_OF_NODE_DYNAMIC
+        return idle + (self.rated_kw - idle) * ((1.0 - share) + share * max(0.0, gpu))
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,30 @@ def _open_ended(ev: dict) -> None:
     ev["event_signals"][0]["intervals"][0]["duration"] = timedelta(0)
 
 
+def test_training_counts_as_curtailable_only_above_what_it_draws_at_its_lowest_cap() -> None:
+    """Counted whole, training's 620 kW was offered where only ~310 could go: the
+    VEN opted in to an import limit of 400 kW and missed it every interval."""
+    import numpy as np
+
+    from thermogate.controller.core import Controller
+    from thermogate.controller.grid.openadr import site_telemetry
+    from thermogate.plc.pointmap import build_point_map
+
+    site = demo_site()
+    ctrl = Controller(site, build_point_map(site))
+    values = np.zeros(len(ctrl.pmap))
+    for ld in ctrl.topo.loads:
+        values[ld.power] = ld.rated_kw * (0.95 if ld.kind == "row" else 0.6)
+    ctrl.values = values
+    mining = sum(0.6 * ld.rated_kw for ld in ctrl.topo.loads if ld.wclass == "mining")
+    rows = [ld for ld in ctrl.topo.loads if ld.kind == "row"]
+    floor = sum(r.floor_kw for r in rows)
+    # H200 rows busy at 200 W a GPU: idle, the GPUs at the cap, the rest of the node
+    assert floor == pytest.approx(sum(0.49 * r.rated_kw for r in rows), rel=0.02)
+    spare = sum(0.95 * r.rated_kw for r in rows) - floor
+    assert site_telemetry(ctrl)["curtailable_kw"] == pytest.approx(mining + spare)
+
+
 @pytest.mark.parametrize(
     ("ev", "why"),
     [

@@ -34,6 +34,9 @@ class Load:
     idle_kw: float = 0.0  # drawn with every GPU idle (GPU loads; 0 for miners)
     #: a rack row's per-GPU power cap range (W, ``RackRow.cap_range_w``)
     cap_w: tuple[float, float] = (200.0, 700.0)
+    #: the least it draws while it keeps working (GPU tanks: idle; rack rows: busy
+    #: at their lowest cap, ``RackRow.floor_kw``; miners: 0, they switch off)
+    floor_kw: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Topology:
                     tp.enable,
                     tp.interlock,
                     t.units * t.unit_idle_kw if t.workload == "gpu" else 0.0,
+                    floor_kw=t.units * t.unit_idle_kw if t.workload == "gpu" else 0.0,
                 )
             )
         for r, rp in zip(site.rack_rows, ix.rows, strict=True):
@@ -98,6 +102,7 @@ class Topology:
                     rp.interlock,
                     r.nodes * r.node_idle_kw,
                     r.cap_range_w,
+                    r.floor_kw,
                 )
             )
         self.loads: tuple[Load, ...] = tuple(loads)

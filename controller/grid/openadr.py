@@ -27,11 +27,11 @@ enforces the lowest active limit).
 **The opt decision** is taken on the telemetry when the event arrives: the site
 opts in only if every instruction is achievable and within its commitment, i.e.
 the reduction it needs from the import now, ``import_kw - limit_kw``, is at
-most the curtailable power measured now (mining + training) and at most the
-committed ``max_curtail_kw``; with no telemetry yet it opts out. An accepted
-event is given to the command path as one ``RequestCurtailment`` per
-instruction by ``Principal.grid()``; if the command path refuses one, those
-already given are cleared again and the event is opted out. A cancelled or
+most the curtailable power measured now (mining, and training down to its
+lowest cap) and at most the committed ``max_curtail_kw``; with no telemetry
+yet it opts out. An accepted event is given to the command path as one
+``RequestCurtailment`` per instruction by ``Principal.grid()``; if the command
+path refuses one, those already given are cleared again and the event is opted out. A cancelled or
 modified event clears its curtailments (by the ids the command path gave them);
 a modified one is then decided afresh.
 
@@ -379,7 +379,8 @@ def decide(
             return Verdict(
                 False,
                 f"import <= {ins.limit_kw:g} kW needs {need:g} kW of reduction from "
-                f"{import_kw:g} kW; only {spare_kw:g} kW is curtailable (mining + training)",
+                f"{import_kw:g} kW; only {spare_kw:g} kW is curtailable "
+                "(mining, training above its floor)",
             )
     worst = min(i.limit_kw for i in instructions)
     return Verdict(
@@ -461,11 +462,16 @@ class _Given:
 
 def site_telemetry(ctrl: Controller) -> dict[str, float]:
     """What the VEN reports and decides on, from the controller's last validated
-    values: the site's import and what it can shed now (measured mining and
-    training power; a bad meter counts nothing; NaN: nothing known yet)."""
+    values: the site's import and what it can shed now (a bad meter counts
+    nothing; NaN: nothing known yet).
+
+    Mining sheds whole; training only down to what its loads draw at their
+    lowest (``Load.floor_kw``: a rack row busy at its lowest per-GPU cap, a GPU
+    tank at idle). Counted whole, training's 620 kW was offered
+    where 310 could go, and the VEN opted in to limits it then missed."""
     v = ctrl.values
-    shed = [float(v[ld.power]) for ld in ctrl.topo.loads if ld.wclass != "inference"]
-    known = [x for x in shed if math.isfinite(x)]
+    shed = [float(v[ld.power]) - ld.floor_kw for ld in ctrl.topo.loads if ld.wclass != "inference"]
+    known = [max(0.0, x) for x in shed if math.isfinite(x)]
     return {
         "import_kw": float(v[ctrl.topo.site_meter]),
         "curtailable_kw": sum(known) if known else math.nan,
