@@ -11,11 +11,14 @@ are asked on the terminal without echo, or read from standard input with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import math
 import re
+import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from thermogate.plc.errors import ThermogateError
@@ -34,7 +37,7 @@ from .core.commands import (
     SetTuning,
 )
 from .inbox import Inbox
-from .users import ROLES, UserStore, check_new_user
+from .users import ROLES, AuthError, UserStore, check_new_user
 
 DEFAULT_DB = "thermogate.db"
 EXIT_REFUSED = 1
@@ -87,10 +90,32 @@ def _db(args: argparse.Namespace) -> Path:
     return Path(args.db or DEFAULT_DB)
 
 
+def _wait_arg(text: str) -> float:
+    try:
+        s = float(text)
+    except ValueError:
+        s = math.nan
+    if not (math.isfinite(s) and 0.0 < s <= 3600.0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds in (0, 3600]")
+    return s
+
+
+@contextlib.contextmanager
+def _database_errors(db: Path) -> Iterator[None]:
+    """A database that cannot be written (full disk, read-only file) in one line."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        raise ThermogateError(f"{db}: the database cannot be written now ({exc})") from None
+
+
 # -- thermogate users -----------------------------------------------------------
 def users_cli(args: argparse.Namespace) -> int:
     me = getpass.getuser()
-    with UserStore(_db(args)) as store:
+    db = _db(args)
+    if args.action != "add" and not db.exists():  # only adding the first user makes one
+        raise ThermogateError(f"{db}: no such database (the controller's --db)")
+    with _database_errors(db), UserStore(db) as store:
         if args.action == "add":
             check_new_user(args.name, args.role)
             if store.get(args.name) is not None:
@@ -155,17 +180,23 @@ def command_cli(args: argparse.Namespace) -> int:
     if not db.exists():
         raise ThermogateError(f"{db}: no such database (the controller's --db)")
     user = args.user or getpass.getuser()
-    with UserStore(db) as store:
-        if not store.list():
-            raise ThermogateError(
-                f"{db} has no users yet: add one with `thermogate users add NAME --role operator`"
-            )
-        who = store.authenticate(user, _secret(args, f"password for {user}: "), "cli")
-    inbox = Inbox(db)
-    try:
-        accepted, message = inbox.wait(inbox.submit(who, cmd), args.wait)
-    finally:
-        inbox.close()
+    with _database_errors(db):
+        with UserStore(db) as store:
+            if not store.list():
+                raise ThermogateError(
+                    f"{db} has no users yet: add one with "
+                    "`thermogate users add NAME --role operator`"
+                )
+            try:
+                who = store.authenticate(user, _secret(args, f"password for {user}: "), "cli")
+            except AuthError as exc:  # a refusal like any other (exit 1), saying no more
+                print(f"refused: {exc}", file=sys.stderr)
+                return EXIT_REFUSED
+        inbox = Inbox(db)
+        try:
+            accepted, message = inbox.wait(inbox.submit(who, cmd), args.wait)
+        finally:
+            inbox.close()
     print(message)
     return 0 if accepted else EXIT_REFUSED
 
@@ -206,7 +237,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--why", help="the reason, for the audit log")
         p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
         p.add_argument(
-            "--wait", type=float, default=10.0, metavar="S", help="seconds to wait for the answer"
+            "--wait",
+            type=_wait_arg,
+            default=10.0,
+            metavar="S",
+            help="seconds to wait for the answer",
         )
         p.set_defaults(func=command_cli)
         return p

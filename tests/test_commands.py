@@ -303,6 +303,17 @@ def test_a_reset_names_a_latched_trip_or_all_of_them(warm):
     assert (w.value, w.who, w.where) == (1.0, "erin", "opcua")
 
 
+def test_a_reason_is_kept_as_one_plain_line_of_bounded_length(warm):
+    """A --why with an ESC sequence and a newline was stored verbatim: whoever read
+    the audit log on a terminal had it recoloured, and a fake second row shown."""
+    res = warm.give(SetMode("manual", "DR \x1b[2J event\nok 17"))
+    assert res.accepted
+    assert res.audit.why.endswith("(DR \\x1b[2J event\\x0aok 17)")
+    assert "\x1b" not in res.audit.why and "\n" not in res.audit.why
+    res = warm.give(SetMode("auto", "x" * 5000))
+    assert res.audit.why.endswith("x…)") and len(res.audit.why) < 400
+
+
 def test_a_curtailment_lowers_the_import_limit_until_it_ends(warm):
     site_kw = warm.ctrl.site.import_limit_kw
     assert not warm.give(RequestCurtailment(site_kw + 1.0, 60.0)).accepted

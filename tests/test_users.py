@@ -94,3 +94,24 @@ def test_the_users_command_takes_secrets_only_from_stdin_or_a_terminal(tmp_path)
     assert r.returncode == 2 and "use --password-stdin" in r.stderr
     r = _cli("users", "add", "BAD", "--role", "viewer", "--db", db, "--password-stdin")
     assert r.returncode == 2 and "not a valid user name" in r.stderr
+
+
+def test_the_command_line_refuses_a_wrong_password_with_exit_1_and_never_makes_a_database(
+    tmp_path,
+):
+    """A wrong password exited 2 (a usage error) where every refusal exits 1;
+    `users list` on a mistyped path made an empty database; `--wait -1` was
+    taken and then reported as 'no answer within -1 s'."""
+    db = str(tmp_path / "site.db")
+    r = _cli("users", "add", "dave", "--role", "operator", "--db", db, "--password-stdin",
+             stdin="pa55word\n")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = _cli("command", "mode", "manual", "--user", "dave", "--db", db, "--password-stdin",
+             stdin="wrong\n")  # fmt: skip
+    assert r.returncode == 1 and r.stderr.strip() == "refused: unknown user or wrong password/PIN"
+    typo = tmp_path / "typo.db"
+    r = _cli("users", "list", "--db", str(typo))
+    assert r.returncode == 2 and "no such database" in r.stderr and not typo.exists()
+    for wait in ("-1", "0", "nan"):
+        r = _cli("command", "mode", "auto", "--db", db, "--wait", wait, "--password-stdin")
+        assert r.returncode == 2 and "not a number of seconds" in r.stderr, (wait, r.stderr)

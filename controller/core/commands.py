@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from thermogate.plc.equipment import ControlLoop
 
@@ -192,6 +193,21 @@ def may(who: Principal, cmd: Command) -> bool:
     return ROLES.index(who.role) >= ROLES.index(REQUIRED_ROLE[type(cmd)])
 
 
+#: the longest reason kept (the audit log is read on 80-column terminals too)
+MAX_WHY_CHARS = 300
+
+
+def plain_why(why: str) -> str:
+    """A reason as the audit log keeps it: one line, control characters (an ESC
+    that would recolour or clear the terminal of whoever reads the log, a
+    newline that would fake a second row) shown as ``\\xNN``, and at most
+    ``MAX_WHY_CHARS`` characters."""
+    out = "".join(
+        f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in why
+    ).strip()
+    return out if len(out) <= MAX_WHY_CHARS else out[: MAX_WHY_CHARS - 1] + "…"
+
+
 class CommandPath:
     """See the module docstring."""
 
@@ -216,6 +232,8 @@ class CommandPath:
         self._loop_of_point = {c.measurement: c for c in topo.site.control_loops}
 
     def give(self, cmd: Command, by: Principal, t: float) -> CommandResult:
+        if cmd.why:
+            cmd = replace(cmd, why=plain_why(cmd.why))
         if not may(by, cmd):
             if by.role == "grid":
                 why = (
