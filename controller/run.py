@@ -171,6 +171,7 @@ class RealTimeController:
         #: steps of ``clock`` (NTP, an operator) told from its rate; recorded as events
         self.clock_watch = ClockWatch()
         self.overruns = 0
+        self._unsent_units: set[int] = set()  # lost units whose unsent writes were told
         self.gc = BetweenScans()  # the run loop's garbage collection (heap.py)
         self.scans = 0
         self.last: dict[str, object] = {}
@@ -361,6 +362,7 @@ class RealTimeController:
             self._publish(now, res.status)
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
+            unsent: dict[int, tuple[str, list[str]]] = {}  # unit -> (why, the points)
             for w, o in zip(res.writes, outcomes, strict=True):
                 old = float(rr.values[self.pmap.position(w.point)])
                 if w.point != "plc.heartbeat":
@@ -374,7 +376,10 @@ class RealTimeController:
                         w.why,
                         ok=o.ok,
                     )
-                if not o.ok:
+                unit = self.pmap[w.point].unit_id
+                if not o.ok and (o.error or "").startswith("not sent:"):
+                    unsent.setdefault(unit, (o.error or "", []))[1].append(w.point)
+                elif not o.ok:
                     res.events.append(
                         Event(
                             now,
@@ -384,6 +389,23 @@ class RealTimeController:
                             700,
                         )
                     )
+                else:
+                    self._unsent_units.discard(unit)
+            # Writes held back from a unit that is lost (its loss is already an
+            # alarm): one event when a unit's writes first go unsent, none more
+            # until one reaches it again (a one-minute outage once wrote ~14 a
+            # second). Each write is still audited as failed.
+            for unit, (why, points) in unsent.items():
+                if unit in self._unsent_units:
+                    continue
+                self._unsent_units.add(unit)
+                n = len(points)
+                shown = ", ".join(points[:5]) + (f" and {n - 5} more" if n > 5 else "")
+                res.events.append(
+                    Event(now, "write-failed", f"unit {unit}",
+                          f"{n} write{'s' if n > 1 else ''} {why} ({shown}); "
+                          "writes to it are held until it answers", 700)
+                )  # fmt: skip
         for a in res.audit:
             self._audit(a)
         if self.ctrl.state.version != self._saved_version:  # a trip latched, an override ended

@@ -114,9 +114,12 @@ def parse_site(root: Section) -> Site:
     s.check_unused()
 
     p = root.get_section("plc", {})
+    timeout = p.get_float("heartbeat_timeout_s", 10.0, minval=1.0, maxval=600.0)
+    if not timeout.is_integer():  # its register (plc.heartbeat_timeout_s) holds whole seconds
+        raise p.error("heartbeat_timeout_s", f"{timeout:g} is not a whole number of seconds")
     plc = PlcConfig(
         unit_id=_unit_id(p, "unit_id", 1),
-        heartbeat_timeout_s=p.get_float("heartbeat_timeout_s", 10.0, minval=1.0, maxval=600.0),
+        heartbeat_timeout_s=timeout,
         safe_gpu_cap_pct=p.get_float("safe_gpu_cap_pct", 50.0, minval=0.0, maxval=100.0),
         leak_isolates_loop=p.get_bool("leak_isolates_loop", True),
     )

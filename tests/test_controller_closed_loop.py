@@ -93,6 +93,39 @@ def _obs(plant, t=None):
     return Observation(plant.t if t is None else t, v, np.ones(len(v), dtype=bool))
 
 
+def test_a_lost_unit_is_one_sensor_event_not_one_per_point_and_one_when_it_is_back(site):
+    """A one-minute outage once wrote 518 'flagged: stale' events, then 518 'good
+    again': many sensors flagged for one reason in one scan are one event."""
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    unit1 = np.array([p.unit_id == 1 for p in sim.pmap.points])
+    events = []
+
+    def scans(n: int, fresh: np.ndarray) -> None:
+        for _ in range(n):
+            v = sim.plant.sensors.sample()
+            res = ctrl.scan(Observation(sim.plant.t, v, fresh))
+            for w in res.writes:
+                sim.plant.write(w.point, w.value)
+            events.extend(res.events)
+            sim.step()
+
+    everything = np.ones(len(sim.pmap), dtype=bool)
+    scans(30, everything)
+    events.clear()
+    scans(30, ~unit1)  # unit 1 stops answering
+    stale = [e for e in events if e.kind == "alarm" and "flagged: stale" in e.message]
+    assert len(stale) == 1 and stale[0].source == "sensors", [e.message for e in stale]
+    assert stale[0].message.startswith(f"{int(unit1.sum())} sensors flagged: stale (")
+    events.clear()
+    scans(70, everything)  # (good again after the off-delay, CLEAR_S)
+    back = [e for e in events if e.kind == "clear" and "good again" in e.message]
+    assert len(back) == 1 and back[0].message.startswith(f"{int(unit1.sum())} sensors good again")
+    assert not [e for e in events if e.source.startswith("write:")]  # no "not read back (nan)"
+
+
 def test_zones_start_in_fail_safe_until_every_input_was_read(site):
     pmap = build_point_map(site)
     ctrl = Controller(site, pmap)

@@ -451,6 +451,13 @@ def test_breaker_curve_matches_iec_60255_reference_point():
 # --------------------------------------------------------------------------
 # control loops
 # --------------------------------------------------------------------------
+def test_a_heartbeat_timeout_its_register_cannot_hold_is_rejected(tmp_path):
+    """2.5 s was taken; its u16 register read 2 and the PLC tripped at 3.0 s."""
+    d = small_site()
+    d["plc"]["heartbeat_timeout_s"] = 2.5
+    bad(tmp_path, d, "plc.heartbeat_timeout_s", "2.5 is not a whole number of seconds")
+
+
 def test_control_loop_on_an_unknown_point_is_rejected(tmp_path):
     d = small_site()
     d["control_loops"][0]["measurement"] = "tank01.fluid_tmp"

@@ -128,7 +128,9 @@ class Actuation:
                 self._foreign_unverified.add(i)
                 self._foreign[i] = (val(i), p.value)
                 self._last_sent.pop(i, None)  # the next command goes out at once
-            elif t - p.t > WRITE_VERIFY_S:
+            elif good(i) and t - p.t > WRITE_VERIFY_S:
+                # (unreadable, it is judged when it reads again: a lost unit is
+                # its own alarm, not one "not read back (reads nan)" per write)
                 del self._pending[i]
                 self._last_sent.pop(i, None)  # resend next scan
                 alarms.alarm(

@@ -87,6 +87,11 @@ class ScanResult:
 
 #: raised while an instruction's limit is held up so as not to cut inference
 INFERENCE_FLOOR_ALARM = "grid.inference_floor"
+#: sensors flagged (or good again) for one reason in one scan beyond this many are
+#: one event, naming the first ``SENSOR_EVENTS_NAMED`` of them
+SENSOR_EVENTS_SINGLY = 5
+SENSOR_EVENTS_NAMED = 5
+
 #: what must stay on sits at this fraction of the limit it is spared by: under where
 #: the gating planner plans (95 %) with room for the cooling to follow, and well
 #: under where protection sheds (97 % of 99 %)
@@ -209,6 +214,28 @@ class Controller:
             self.estimator.restore(saved["estimator"])
         return notes
 
+    def _sensor_events(self, t: float, alarms: Alarms) -> None:
+        """An event per sensor newly flagged or good again; when many go at once
+        for one reason (a unit lost: 518 stale, then 518 good again), one event for
+        them all, naming the first few: a one-minute outage once wrote 2,600."""
+        flagged: dict[str, list[str]] = {}
+        for name, flags in self.estimator.newly_flagged():
+            flagged.setdefault(_flags(flags), []).append(name)
+        for why, names in flagged.items():
+            if len(names) <= SENSOR_EVENTS_SINGLY:
+                for name in names:
+                    alarms.event(t, "alarm", name, f"sensor {name} flagged: {why}", 600)
+            else:
+                msg = f"{len(names)} sensors flagged: {why} ({_some(names)})"
+                alarms.event(t, "alarm", "sensors", msg, 600)
+        cleared = self.estimator.newly_cleared()
+        if len(cleared) <= SENSOR_EVENTS_SINGLY:
+            for name in cleared:
+                alarms.event(t, "clear", name, f"sensor {name} good again", 300)
+        else:
+            msg = f"{len(cleared)} sensors good again ({_some(cleared)})"
+            alarms.event(t, "clear", "sensors", msg, 300)
+
     # -- the scan ----------------------------------------------------------------
     def scan(self, obs: Observation) -> ScanResult:
         t = obs.t
@@ -219,10 +246,7 @@ class Controller:
         est = self.estimator.update(t, obs.values, obs.fresh)
         v, q = est.values, est.quality
         self.values, self.quality = v, q
-        for name, flags in self.estimator.newly_flagged():
-            alarms.event(t, "alarm", name, f"sensor {name} flagged: {_flags(flags)}", 600)
-        for name in self.estimator.newly_cleared():
-            alarms.event(t, "clear", name, f"sensor {name} good again", 300)
+        self._sensor_events(t, alarms)
         position = self.pmap.position
         voted = {position(k): (val, qual != BAD) for k, (val, qual) in est.voted.items()}
         view = ScanView(t, dt, v, q, voted, obs.import_limit_kw, obs.price_per_mwh)
@@ -432,6 +456,13 @@ class Controller:
 
 def _kw(x: float) -> float | None:
     return None if math.isinf(x) else round(x, 1)
+
+
+def _some(names: list[str]) -> str:
+    """The first few of many names, and how many more."""
+    shown = ", ".join(names[:SENSOR_EVENTS_NAMED])
+    more = len(names) - SENSOR_EVENTS_NAMED
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def _flags(flags: int) -> str:
