@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -168,10 +169,11 @@ def forecast_cli(args: Any) -> int:
     if getattr(args, "json", False):
         print(json.dumps(result))
         return 0
+    at = _when(t_end)
     if version is None:
-        print(f"{source}, data time {t_end:.0f}: {why_prior}")
+        print(f"{source}, from data up to {at}: {why_prior}")
     else:
-        print(f"model version {version}, data time {t_end:.0f}")
+        print(f"model version {version}, from data up to {at}")
         if not trusted:
             print("MODEL NOT TRUSTED: headroom is the conservative fallback because")
             for reason in reasons:
@@ -225,6 +227,14 @@ def _fmt_headroom(h: dict[str, Any] | None) -> str:
     when = "> 30 min" if ttl is None else f"{ttl:.1f} min"
     tag = " (conservative)" if h["conservative"] else ""
     return f"  headroom +{_fmt(h['extra_kw'])} kW, limit {_fmt(h['limit_c'])} °C in {when}{tag}"
+
+
+def _when(t: float) -> str:
+    """A data time for people (it printed as raw epoch seconds)."""
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"t = {t:.0f} s"
 
 
 def _fmt(x: float | None) -> str:

@@ -10,6 +10,7 @@ import math
 from collections import deque
 from contextlib import redirect_stdout
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -312,3 +313,6 @@ def test_forecast_cli_on_a_new_site_with_no_model_answers_with_the_prior(step: d
     with redirect_stdout(buf):
         forecast_cli(argparse.Namespace(db=str(step["path"]), site=None, json=False))
     assert buf.getvalue().startswith(PRIOR_SOURCE)
+    # the data time for people: a UTC date and time, not raw epoch seconds
+    stamp = datetime.fromtimestamp(out["t"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"from data up to {stamp}" in buf.getvalue().splitlines()[0]
