@@ -221,12 +221,19 @@ class RealTimeController:
         notes = self.ctrl.restore_state(saved)
         st = self.ctrl.state
         self._saved_version = st.version
+        now = self.clock()
+        # what still holds: an override or curtailment that ran out while the
+        # controller was down ends at the first scan, and is not counted as restored
+        overrides = sum(1 for o in st.overrides.values() if o.until > now)
+        ran_out = len(st.overrides) - overrides
+        curtailments = sum(1 for c in st.curtailments if c.end > now)
         self.historian.record_event(
-            self.clock(),
+            now,
             "info",
             "controller",
-            f"state restored: mode {st.mode}, {len(st.overrides)} overrides, "
-            f"{len(st.latched)} latched trips, {len(st.curtailments)} curtailments"
+            f"state restored: mode {st.mode}, {overrides} overrides, "
+            f"{len(st.latched)} latched trips, {curtailments} curtailments"
+            + (f"; {ran_out} overrides ran out while it was down" if ran_out else "")
             + "".join(f"; {n}" for n in notes),
             300,
         )

@@ -177,3 +177,41 @@ def test_a_second_run_on_the_same_database_is_refused_naming_the_first(tmp_path)
     first.release()  # idempotent
     again = RunLock(db)  # released: the next run may have it
     again.release()
+
+
+def test_an_override_that_ran_out_while_the_controller_was_down_is_not_counted_restored(
+    tmp_path,
+):
+    """An override whose expiry passed while the controller was down was counted
+    as restored ('1 overrides'), then ended at the restart's first scan."""
+    from thermogate.controller.core.state import Override
+    from thermogate.controller.modbus_io import Endpoint
+    from thermogate.controller.run import RealTimeController
+    from thermogate.controller.runconfig import RunConfig
+    from thermogate.plc.site import demo_site
+
+    cfg = RunConfig(demo_site(), tmp_path / "h.db", Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.25,
+                    built_in_plant=False, forecast=False)  # fmt: skip
+    t0 = 1_800_000_000.0
+
+    def close(rt: RealTimeController) -> None:
+        rt.historian.close()
+        rt.inbox.close()
+        rt.users.close()
+        rt.lock.release()
+
+    first = RealTimeController(cfg, clock=lambda: t0)
+    # (an override given before the restart, as the state file keeps it)
+    first.ctrl.state.overrides["tank01.valve_cmd"] = Override(
+        80.0, "olga", "cli", "HX check", t0, t0 + 600.0
+    )
+    first.save_state()
+    close(first)
+    again = RealTimeController(cfg, clock=lambda: t0 + 3600.0)
+    try:
+        again.historian.flush()
+        [msg] = [e["message"] for e in again.historian.events() if e["kind"] == "info"
+                 and e["message"].startswith("state restored:")]  # fmt: skip
+        assert "0 overrides" in msg and "1 overrides ran out while it was down" in msg, msg
+    finally:
+        close(again)
