@@ -158,7 +158,7 @@ class RealTimeController:
         )
         self._run_marker = self._check_last_stop()
         self._restore_state()
-        if self.ctrl.peaks is not None:
+        if isinstance(self.ctrl.peaks, PeakShaving):
             self._seed_peaks(self.ctrl.peaks)
         self.inbox = Inbox(cfg.db)
         self.users = UserStore(cfg.db)
