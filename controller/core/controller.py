@@ -220,21 +220,10 @@ class Controller:
         them all, naming the first few: a one-minute outage once wrote 2,600."""
         flagged: dict[str, list[str]] = {}
         for name, flags in self.estimator.newly_flagged():
-            flagged.setdefault(_flags(flags), []).append(name)
-        for why, names in flagged.items():
-            if len(names) <= SENSOR_EVENTS_SINGLY:
-                for name in names:
-                    alarms.event(t, "alarm", name, f"sensor {name} flagged: {why}", 600)
-            else:
-                msg = f"{len(names)} sensors flagged: {why} ({_some(names)})"
-                alarms.event(t, "alarm", "sensors", msg, 600)
-        cleared = self.estimator.newly_cleared()
-        if len(cleared) <= SENSOR_EVENTS_SINGLY:
-            for name in cleared:
-                alarms.event(t, "clear", name, f"sensor {name} good again", 300)
-        else:
-            msg = f"{len(cleared)} sensors good again ({_some(cleared)})"
-            alarms.event(t, "clear", "sensors", msg, 300)
+            flagged.setdefault(f"flagged: {_flags(flags)}", []).append(name)
+        for what, names in flagged.items():
+            _sensor_event(alarms, t, "alarm", names, what, 600)
+        _sensor_event(alarms, t, "clear", self.estimator.newly_cleared(), "good again", 300)
 
     # -- the scan ----------------------------------------------------------------
     def scan(self, obs: Observation) -> ScanResult:
@@ -456,6 +445,17 @@ class Controller:
 
 def _kw(x: float) -> float | None:
     return None if math.isinf(x) else round(x, 1)
+
+
+def _sensor_event(
+    alarms: Alarms, t: float, kind: str, names: list[str], what: str, severity: int
+) -> None:
+    """``sensor NAME <what>`` for each of a few sensors, one event for many."""
+    if len(names) <= SENSOR_EVENTS_SINGLY:
+        for name in names:
+            alarms.event(t, kind, name, f"sensor {name} {what}", severity)
+    else:
+        alarms.event(t, kind, "sensors", f"{len(names)} sensors {what} ({_some(names)})", severity)
 
 
 def _some(names: list[str]) -> str:
