@@ -90,8 +90,10 @@ from thermogate.plc.codec import BlockDecoder, encode
 from thermogate.plc.errors import CodecError, ModbusDeviceError
 from thermogate.plc.planning import plan_reads
 from thermogate.plc.pointmap import PointMap
-from thermogate.plc.points import MAX_WRITE_BITS, MAX_WRITE_REGISTERS, Point
+from thermogate.plc.points import Point
 from thermogate.plc.transport import ModbusLink, StreamEnd, Tried
+
+from .writeruns import WriteRun, write_runs
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +633,7 @@ class ModbusIO:
                 )
             staged[name] = (i, point, words)
 
-        groups = _write_runs(staged.values())
+        groups = write_runs(staged.values())
         if groups:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.scan_budget_s
@@ -643,7 +645,7 @@ class ModbusIO:
             # of them out of its range, say) has applied none of them: each is
             # sent again alone, so one refused point does not take its neighbours
             # (a budget refused once took a tank's cooling valve with it).
-            alone: dict[int, list[_WriteRun]] = {}
+            alone: dict[int, list[WriteRun]] = {}
             for u, (_, refused) in zip(units, results, strict=True):
                 for k in sorted(refused):
                     run = groups[u][k]
@@ -653,18 +655,17 @@ class ModbusIO:
                 *(self._write_unit(u, alone[u], deadline) for u in alone)
             )
             self._report()
-            for u, (errors, _) in zip(units, results, strict=True):
-                for run, error in zip(groups[u], errors, strict=True):
+            # the runs as first sent, then those resent alone (their outcome wins)
+            sent = [
+                *zip(groups.values(), results, strict=True),
+                *zip(alone.values(), retried, strict=True),
+            ]
+            for runs, (errors, _) in sent:
+                for run, error in zip(runs, errors, strict=True):
                     for i, point in run.members:
                         outcomes[i] = WriteOutcome(
                             point.name, _as_float(writes[i][1]), error is None, error
                         )
-            for u, (errors, _) in zip(alone, retried, strict=True):
-                for run, error in zip(alone[u], errors, strict=True):
-                    ((i, point),) = run.members
-                    outcomes[i] = WriteOutcome(
-                        point.name, _as_float(writes[i][1]), error is None, error
-                    )
         return [o for o in outcomes if o is not None]
 
     def _check_write(self, name: str, value: object) -> tuple[Point, list[int]] | str:
@@ -690,7 +691,7 @@ class ModbusIO:
         return point, words
 
     async def _write_unit(
-        self, unit_id: int, runs: list[_WriteRun], deadline: float
+        self, unit_id: int, runs: list[WriteRun], deadline: float
     ) -> tuple[list[str | None], set[int]]:
         """Send one unit's runs in order; one error text (or None) per run, and
         the runs the device refused with an exception (it applied none of them)."""
@@ -763,66 +764,6 @@ class ModbusIO:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-# --------------------------------------------------------------------------- #
-# write grouping
-# --------------------------------------------------------------------------- #
-
-
-@dataclass
-class _WriteRun:
-    """Adjacent points of one unit and table written in one request."""
-
-    table: str
-    address: int
-    words: list[int]
-    members: list[tuple[int, Point]]  # (index into the caller's writes, point)
-
-    @property
-    def what(self) -> str:
-        return f"{self.table} {self.address}+{len(self.words)}"
-
-    def split(self) -> list[_WriteRun]:
-        """Each member point as a run of its own."""
-        out: list[_WriteRun] = []
-        offset = 0
-        for i, point in self.members:
-            n = point.words if self.table != "coil" else 1
-            out.append(
-                _WriteRun(self.table, point.address, self.words[offset : offset + n], [(i, point)])
-            )
-            offset += n
-        return out
-
-    async def send(self, link: ModbusLink, tried: Tried | None = None) -> None:
-        """One request (``ModbusLink.write_stream`` makes the same one)."""
-        await link.write(self.table, self.address, self.words, tried=tried)
-
-
-def _write_runs(staged: Iterable[tuple[int, Point, list[int]]]) -> dict[int, list[_WriteRun]]:
-    """Group ``(index, point, words)`` into runs of adjacent addresses per unit and table."""
-    by_key: dict[tuple[int, str], list[tuple[int, Point, list[int]]]] = {}
-    for item in staged:
-        by_key.setdefault((item[1].unit_id, item[1].table), []).append(item)
-    out: dict[int, list[_WriteRun]] = {}
-    for (unit_id, table), items in sorted(by_key.items()):
-        items.sort(key=lambda it: it[1].address)
-        limit = MAX_WRITE_BITS if table == "coil" else MAX_WRITE_REGISTERS
-        runs = out.setdefault(unit_id, [])
-        run: _WriteRun | None = None
-        for i, point, words in items:
-            if (
-                run is not None
-                and point.address == run.address + len(run.words)
-                and len(run.words) + len(words) <= limit
-            ):
-                run.words.extend(words)
-                run.members.append((i, point))
-            else:
-                run = _WriteRun(table, point.address, list(words), [(i, point)])
-                runs.append(run)
-    return out
 
 
 def _as_float(value: object) -> float:
