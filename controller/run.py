@@ -167,6 +167,9 @@ class RealTimeController:
         )
         #: faces people and systems use the controller through (OPC UA, the console)
         self.faces: list[Face] = []
+        #: links that are not points, each an alarm ``link.<name>`` while it says
+        #: why it is down (the OpenADR VEN's VTN)
+        self.links: dict[str, Callable[[], str | None]] = {}
         self.scan_ms: deque[float] = deque(maxlen=3600)  # the last hour at 1 s
         #: steps of ``clock`` (NTP, an operator) told from its rate; recorded as events
         self.clock_watch = ClockWatch()
@@ -359,7 +362,8 @@ class RealTimeController:
                 600 if back else 500,
             )
         price = self.price_feed(now) if self.price_feed is not None else None
-        obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price)
+        links = {name: down() for name, down in self.links.items()}
+        obs = Observation(now, rr.values, rr.fresh, price_per_mwh=price, links=links)
         res = self.ctrl.scan(obs)
         if (down := self.historian.poll()) is not None:  # the faces show it with the rest
             alarms = res.status.get("alarms")
@@ -551,7 +555,7 @@ def make_ven(rt: RealTimeController, cfg: VenConfig) -> Ven:
             d.t, "grid", "grid", f"openadr:{d.event_id}", None, None, d.text, ok=d.opt == "optIn"
         )
 
-    return Ven(
+    ven = Ven(
         cfg,
         rt.command,
         lambda: grid_telemetry(rt),
@@ -559,6 +563,18 @@ def make_ven(rt: RealTimeController, cfg: VenConfig) -> Ven:
         clock=rt.clock,
         on_decision=journal,
     )
+    now = rt.clock()
+    for eid, ids in ven.adopt(rt.ctrl.state.curtailments, now).items():
+        held = ", ".join(f"#{i}" for i in ids)
+        rt.historian.record_event(
+            now,
+            "info",
+            "grid",
+            f"OpenADR event {eid}: curtailments {held} restored from the last run; "
+            "the event sent again replaces them, its cancel clears them",
+            300,
+        )
+    return ven
 
 
 def console_face(rt: RealTimeController, cfg: ConsoleConfig) -> ConsoleFace:
@@ -620,6 +636,7 @@ async def _main(args: argparse.Namespace) -> int:
         rt.faces.append(console)
     ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
     if ven is not None:
+        rt.links["openadr"] = ven.link_down
         print(
             f"  OpenADR:  VEN '{ven.cfg.ven_name}' of VTN {ven.cfg.vtn_url} (registers after "
             "the first scan; decisions in the event log)",

@@ -7,6 +7,7 @@ not read this scan is NaN with ``fresh[i] = False``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,9 @@ class Observation:
     fresh: np.ndarray  # bool per point
     import_limit_kw: float | None = None  # the grid's current limit (DR curtailment)
     price_per_mwh: float | None = None
+    #: links of the edges that are not points (the OpenADR VTN): name -> why it
+    #: is down now, None while it is up; each is an alarm ``link.<name>``
+    links: Mapping[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

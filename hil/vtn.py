@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from thermogate.plc.errors import ThermogateError
 
-__all__ = ["VtnEvent", "parse_event", "serve_vtn_cli"]
+__all__ = ["VtnEvent", "make_vtn", "parse_event", "serve_vtn_cli"]
 
 
 @dataclass(frozen=True)
@@ -68,21 +69,33 @@ def parse_event(text: str) -> VtnEvent:
     return VtnEvent(start, _duration(parts[1]), limit)
 
 
-async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
+def make_vtn(
+    host: str,
+    port: int,
+    events: Sequence[VtnEvent] = (),
+    *,
+    vtn_id: str = "VTN",
+    poll_s: float = 10.0,
+    say: Callable[[str], None] = print,
+) -> Any:
+    """The VTN (openleadr's ``OpenADRServer``, not yet running): registers any
+    VEN, sends it ``events`` once, tells ``say`` each registration, answer and
+    report. A VEN it does not know (this VTN restarted) is asked to register
+    again, as a real VTN does: without that the VEN polled on, unregistered,
+    and the events of the new VTN never reached it."""
     from openleadr import OpenADRServer
 
-    # openleadr logs every request at INFO; the answers below are what matter
-    logging.getLogger("openleadr").setLevel(logging.WARNING)
     sent: set[str] = set()
+    known: dict[str, dict[str, Any]] = {}
 
     def on_opt(ven_id: str, event_id: str, opt_type: str) -> None:
-        print(f"vtn: {ven_id} answered event {event_id}: {opt_type}", flush=True)
+        say(f"vtn: {ven_id} answered event {event_id}: {opt_type}")
 
     def on_register_report(report: dict) -> list[tuple]:
         def printer(rid: str) -> Callable[[list], None]:
             def got(values: list) -> None:
                 for t, v in values:
-                    print(f"vtn: report {rid} at {t.isoformat()}: {v:g}", flush=True)
+                    say(f"vtn: report {rid} at {t.isoformat()}: {v:g}")
 
             return got
 
@@ -92,17 +105,18 @@ async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
         ]
 
     vtn = OpenADRServer(
-        vtn_id=args.vtn_id,
-        http_host=args.host,
-        http_port=args.port,
-        requested_poll_freq=timedelta(seconds=args.poll_s),
+        vtn_id=vtn_id,
+        http_host=host,
+        http_port=port,
+        requested_poll_freq=timedelta(seconds=poll_s),
         show_fingerprint=False,
     )
 
     def on_register(payload: dict) -> tuple[str, str]:
         ven_name = str(payload.get("ven_name", "ven"))
-        ven_id = f"ven-{ven_name}"
-        print(f"vtn: registered {ven_name} as {ven_id}", flush=True)
+        ven_id, reg_id = f"ven-{ven_name}", f"reg-{ven_name}"
+        known[ven_id] = {"ven_id": ven_id, "ven_name": ven_name, "registration_id": reg_id}
+        say(f"vtn: registered {ven_name} as {ven_id}")
         if ven_id not in sent:
             sent.add(ven_id)
             for ev in events:
@@ -113,15 +127,35 @@ async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
                     [{"dtstart": ev.start, "duration": ev.duration, "signal_payload": ev.limit_kw}],
                     callback=on_opt,
                 )
-                print(
+                say(
                     f"vtn: event {eid} for {ven_id}: import <= {ev.limit_kw:g} kW from "
-                    f"{ev.start.isoformat()} for {ev.duration}",
-                    flush=True,
+                    f"{ev.start.isoformat()} for {ev.duration}"
                 )
-        return ven_id, f"reg-{ven_name}"
+        return ven_id, reg_id
+
+    def ven_lookup(ven_id: str) -> dict[str, Any] | None:
+        return known.get(ven_id)
 
     vtn.add_handler("on_create_party_registration", on_register)
     vtn.add_handler("on_register_report", on_register_report)
+    # on each service, not through the constructor: openleadr sets that on the
+    # service class, for every VTN of the process after it
+    for service in vtn.services.values():
+        service.ven_lookup = ven_lookup
+    return vtn
+
+
+async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
+    # openleadr logs every request at INFO; the answers below are what matter
+    logging.getLogger("openleadr").setLevel(logging.WARNING)
+    vtn = make_vtn(
+        args.host,
+        args.port,
+        events,
+        vtn_id=args.vtn_id,
+        poll_s=args.poll_s,
+        say=lambda line: print(line, flush=True),
+    )
     await vtn.run()
     print(
         f"vtn: listening on http://{args.host}:{args.port}/OpenADR2/Simple/2.0b "

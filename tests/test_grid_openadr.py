@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import socket
 import time
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from openleadr import OpenADRServer, objects, utils
 
@@ -42,6 +44,7 @@ from thermogate.controller.grid.openadr import (
     translate_event,
 )
 from thermogate.controller.runconfig import load_run_config
+from thermogate.controller.signals import Observation
 from thermogate.plc.config import loads_toml
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import build_point_map
@@ -549,6 +552,54 @@ def test_a_modified_event_is_decided_afresh() -> None:
     assert core.state.curtailments == [] and ven.active == {}
 
 
+def test_a_restart_takes_back_its_events_curtailments_a_resend_replaces_a_cancel_clears() -> None:
+    """A VTN sends its events again to a VEN that registers anew after `run`
+    restarts; the curtailments restored with the state were the event's, so the
+    resend must not add a second set, nor the cancel leave the first in force."""
+    site = demo_site()
+    before = Controller(site, build_point_map(site))
+
+    def ven_of(core: Controller) -> Ven:
+        give = lambda c, b: core.command(c, b, time.time())  # noqa: E731
+        return Ven(CFG, give, lambda: SITE_NOW, import_limit_kw=LIMIT_KW)
+
+    start = time.time() + 600
+    ev = event(signal("LOAD_DISPATCH", "setpoint", 1500.0, start=start), eid="evt-7")
+    assert ven_of(before).handle_event(ev) == OPT_IN
+    operator = before.command(
+        RequestCurtailment(2000.0, 3600.0, why="OpenADR event evt-7 (by hand)"),
+        Principal("ann", "operator", "cli"),
+        time.time(),
+    )
+    assert operator.accepted
+    [first, by_hand] = before.state.curtailments
+
+    after = Controller(site, build_point_map(site))
+    after.restore_state(json.loads(json.dumps(before.saved_state())))
+    ven = ven_of(after)
+    assert ven.adopt(after.state.curtailments, time.time()) == {"evt-7": (first.id,)}
+    assert ven.handle_event(ev) == OPT_IN
+    grid = [c for c in after.state.curtailments if c.who == "grid"]
+    assert len(grid) == 1 and grid[0].id != first.id and grid[0].limit_kw == 1500.0
+    assert ven.decisions[-1].reason.startswith(f"curtailments #{first.id} cleared; ")
+    # a cancel straight after the restart (no resend first) clears the adopted one too
+    again = Controller(site, build_point_map(site))
+    again.restore_state(json.loads(json.dumps(before.saved_state())))
+    ven2 = ven_of(again)
+    ven2.adopt(again.state.curtailments, time.time())
+    assert (
+        ven2.handle_event(
+            event(
+                signal("LOAD_DISPATCH", "setpoint", 1500.0, start=start),
+                eid="evt-7",
+                status="cancelled",
+            )
+        )
+        == OPT_IN
+    )  # the answer given before the restart stands
+    assert [c.id for c in again.state.curtailments] == [by_hand.id]  # a person's stays
+
+
 def test_an_event_under_objects_round_trips_the_openleadr_shape() -> None:
     """openleadr's own event objects, as dicts, translate the same."""
     now = datetime.now(UTC)
@@ -651,5 +702,98 @@ def test_run_wiring_opts_in_on_the_controllers_telemetry_and_reports_it(tmp_path
             with contextlib.suppress(asyncio.CancelledError):
                 await plant
             await sp.server.stop()
+
+    asyncio.run(main())
+
+
+# -- the link to the VTN -----------------------------------------------------------
+def test_a_link_said_down_is_an_alarm_until_it_is_up() -> None:
+    """The edges' links that are not points (the VTN) are alarms of the core."""
+    from thermogate.hil.runner import ScenarioPlant
+
+    site = demo_site()
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    core = Controller(site, sim.pmap)
+
+    def scan(why: str | None) -> list:
+        v = sim.plant.sensors.sample()
+        res = core.scan(Observation(sim.plant.t, v, np.ones(len(v), bool), links={"openadr": why}))
+        sim.step()
+        return [e for e in res.events if e.source == "link.openadr"]
+
+    assert scan(None) == []
+    [raised] = scan("OpenADR: VTN x not answering")
+    assert (raised.kind, raised.message) == ("alarm", "OpenADR: VTN x not answering")
+    assert scan("OpenADR: VTN x not answering") == []  # raised once
+    assert "link.openadr" in core.alarms.active()
+    [cleared] = scan(None)
+    assert cleared.kind == "clear" and "link.openadr" not in core.alarms.active()
+
+
+@VTN_WARNINGS
+@pytest.mark.timeout(120)
+def test_a_lost_vtn_is_said_and_a_restarted_one_registers_the_ven_again_and_is_answered() -> None:
+    """`thermogate vtn` stopped: the VEN says the link is down (the run's alarm);
+    started again it knows no VEN and asks it to register again, as a real VTN
+    does, and its event reaches the site."""
+    from thermogate.hil.vtn import VtnEvent, make_vtn
+
+    async def main() -> None:
+        port = free_port()
+        cfg = VenConfig(
+            vtn_url=f"http://127.0.0.1:{port}/OpenADR2/Simple/2.0b",
+            ven_name="hall",
+            max_curtail_kw=1500.0,
+            poll_s=0.2,
+            report_s=1.0,
+        )
+        site = demo_site()
+        core = Controller(site, build_point_map(site))
+        ven = Ven(
+            cfg,
+            lambda c, b: core.command(c, b, time.time()),
+            lambda: SITE_NOW,
+            import_limit_kw=LIMIT_KW,
+        )
+        first_said: list[str] = []
+        start = datetime.now(UTC) + timedelta(minutes=10)
+        first = make_vtn(
+            "127.0.0.1",
+            port,
+            [VtnEvent(start, timedelta(hours=1), 1500.0)],
+            poll_s=0.2,
+            say=first_said.append,
+        )
+        await first.run()
+        await ven.start()
+        try:
+            assert await ven.wait_registered(15.0)
+            await until(lambda: any("optIn" in s for s in first_said), "the first answer")
+            assert ven.link_down() is None
+            await first.stop()
+            await until(lambda: ven.link_down() is not None, "the VTN said lost")
+            down = ven.link_down() or ""
+            assert down.startswith(f"OpenADR: VTN {cfg.vtn_url} not answering since ")
+            assert "grid events cannot reach the site" in down
+
+            said: list[str] = []
+            later = datetime.now(UTC) + timedelta(minutes=20)
+            again = make_vtn(
+                "127.0.0.1",
+                port,
+                [VtnEvent(later, timedelta(hours=1), 1400.0)],
+                poll_s=0.2,
+                say=said.append,
+            )
+            await again.run()
+            try:
+                await until(lambda: "vtn: registered hall as ven-hall" in said, "re-registration")
+                await until(lambda: any("optIn" in s for s in said), "the new VTN's answer")
+                await until(lambda: ven.link_down() is None, "the link back")
+                assert sorted(c.limit_kw for c in core.state.curtailments) == [1400.0, 1500.0]
+            finally:
+                await again.stop()
+        finally:
+            await ven.stop()
 
     asyncio.run(main())

@@ -248,6 +248,8 @@ class Controller:
             alarms.alarm(t, "plc.safe_state", True, "PLC is in its watchdog safe state")
         else:
             alarms.alarm(t, "plc.safe_state", False, "PLC left its safe state")
+        for name, down in obs.links.items():
+            alarms.alarm(t, f"link.{name}", down is not None, down or "", 600)
         audit = self._expire(t)
 
         cmds: Cmds = {}

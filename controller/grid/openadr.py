@@ -70,7 +70,7 @@ from openleadr import OpenADRClient, objects
 
 from thermogate.plc.config import Section
 
-from ..core import Controller
+from ..core import Controller, Curtailment
 from ..core.commands import (
     ClearCurtailment,
     Command,
@@ -103,10 +103,15 @@ logging.getLogger("openleadr").setLevel(logging.NOTSET)
 
 OPT_IN = "optIn"
 OPT_OUT = "optOut"
+#: the reason every curtailment the VEN gives carries, before the event's id:
+#: how a restarted run finds which event a restored curtailment belongs to
+WHY_PREFIX = "OpenADR event "
 #: the report thermogate offers and its two data points
 REPORT_ID = "thermogate-telemetry"
 IMPORT_RID = "import_kw"
 CURTAILABLE_RID = "curtailable_kw"
+#: polls in a row without an answer before the VTN counts as lost (an alarm)
+LINK_LOST_POLLS = 3
 #: kW of reduction tolerated beyond what is curtailable (meter noise)
 TOLERANCE_KW = 1e-6
 #: the OpenADR SI scale codes for real power given in W
@@ -442,9 +447,35 @@ class _Client(OpenADRClient):
 
     poll_frequency: timedelta | None  # openleadr's: set at registration
 
-    def __init__(self, *args: Any, poll_s: float | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        poll_s: float | None,
+        on_poll: Callable[[str | None], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._poll_cap = None if poll_s is None else timedelta(seconds=poll_s)
+        self._on_poll = on_poll
+
+    async def poll(self) -> tuple[str | None, dict[str, Any]]:
+        """openleadr's poll, its outcome told to ``on_poll``: None when the VTN
+        answered, else why not (openleadr only logs it, and polls on)."""
+        try:
+            rtype, payload = await super().poll()
+        except Exception as exc:  # an empty body unpacks as None in openleadr
+            self._on_poll(f"unreadable answer ({type(exc).__name__}: {exc})")
+            return None, {}
+        response = payload.get("response") if isinstance(payload, dict) else None
+        code = response.get("response_code") if isinstance(response, dict) else 200
+        if rtype is None:
+            self._on_poll("no answer (connection refused, timed out or not OpenADR)")
+        elif code != 200:
+            desc = response.get("response_description", "") if isinstance(response, dict) else ""
+            self._on_poll(f"answered {code} {desc}".rstrip())
+        else:
+            self._on_poll(None)
+        return rtype, payload
 
     async def create_party_registration(self, *args: Any, **kwargs: Any) -> Any:
         out = await super().create_party_registration(*args, **kwargs)
@@ -504,6 +535,11 @@ class Ven:
         self._given: dict[str, _Given] = {}
         self._client: Any = None
         self._task: asyncio.Task[None] | None = None
+        # the link to the VTN: failed registration attempts or polls in a row,
+        # since when, and the last reason
+        self._failures = 0
+        self._failing_since = math.nan
+        self._failure = ""
 
     # -- life cycle ---------------------------------------------------------
     @property
@@ -518,6 +554,55 @@ class Ven:
     def active(self) -> dict[str, tuple[int, ...]]:
         """Event id -> the curtailment ids it gave, for events not over yet."""
         return {e: tuple(g.ids) for e, g in self._given.items()}
+
+    def adopt(self, curtailments: Sequence[Curtailment], now: float) -> dict[str, tuple[int, ...]]:
+        """Take back the curtailments a previous run's VEN gave (restored with the
+        controller's state), by the event named in their reason. A VTN sends its
+        events again to a VEN that registers anew: the event then replaces them and
+        its cancel clears them, where without this it added a second set and its
+        cancel left the first in force. Returns event id -> the ids adopted."""
+        for c in curtailments:
+            if c.who != "grid" or c.where != "grid" or not c.why.startswith(WHY_PREFIX):
+                continue
+            if c.end <= now:
+                continue
+            eid = c.why[len(WHY_PREFIX) :]
+            given = self._given.setdefault(eid, _Given(-1, end=c.end))
+            given.ids.append(c.id)
+            given.end = max(given.end, c.end)
+        return self.active
+
+    def link_down(self) -> str | None:
+        """Why grid events cannot reach the site now, or None: registration
+        failed (at least once, still retrying) or the last ``LINK_LOST_POLLS``
+        polls got no answer. The run makes it the alarm ``link.openadr``: a VEN
+        that lost its VTN only logged it, and an event sent meanwhile was missed."""
+        if self._task is None or self._failures == 0:
+            return None
+        since = datetime.fromtimestamp(self._failing_since, UTC).strftime("%H:%M:%S UTC")
+        url = self.cfg.vtn_url
+        if not self.registered:
+            return (
+                f"OpenADR: not registered with VTN {url} since {since} ({self._failures} "
+                f"attempts, retrying every {self.cfg.retry_s:g} s): "
+                "grid events cannot reach the site"
+            )
+        if self.registered and self._failures >= LINK_LOST_POLLS:
+            return (
+                f"OpenADR: VTN {url} not answering since {since} ({self._failures} polls: "
+                f"{self._failure}): grid events cannot reach the site"
+            )
+        return None
+
+    def _link(self, failure: str | None) -> None:
+        """One exchange with the VTN: failed (why) or answered (None)."""
+        if failure is None:
+            self._failures, self._failing_since, self._failure = 0, math.nan, ""
+            return
+        if self._failures == 0:
+            self._failing_since = self.clock()
+        self._failures += 1
+        self._failure = failure
 
     async def start(self) -> None:
         """Start in the background: once ``telemetry()`` knows the site's import
@@ -549,12 +634,14 @@ class Ven:
         while not self._telemetry_known():
             await asyncio.sleep(TELEMETRY_WAIT_S)
         while not await self._attempt():
+            self._link("registration failed")
             log.warning(
                 "OpenADR: no registration with %s; retrying in %g s",
                 self.cfg.vtn_url,
                 self.cfg.retry_s,
             )
             await asyncio.sleep(self.cfg.retry_s)
+        self._link(None)
         log.info("OpenADR: registered with %s as %s", self.cfg.vtn_url, self.ven_id)
 
     def _telemetry_known(self) -> bool:
@@ -577,6 +664,7 @@ class Ven:
             show_fingerprint=False,
             allow_jitter=False,
             poll_s=c.poll_s,
+            on_poll=self._link,
         )
         client.add_handler("on_event", self._on_event)
         client.add_handler("on_update_event", self._on_event)
@@ -664,7 +752,10 @@ class Ven:
             return opt
 
         if status in ("cancelled", "completed"):  # the answer stands, the curtailments go
-            return record(self._last_opt(eid), f"event {status}", ids=cleared)
+            # only an opt-in gives curtailments: one adopted from a previous run was
+            return record(
+                self._last_opt(eid, OPT_IN if had else OPT_OUT), f"event {status}", ids=cleared
+            )
         if desc.get("test_event") not in (None, False, "false", "False"):
             return record(OPT_IN, "a test event: answered, nothing curtailed")
         verdict = translate_event(
@@ -678,7 +769,7 @@ class Ven:
                 limit_kw=ins.limit_kw,
                 duration_s=ins.end_s - ins.start_s,
                 start=ins.start_s,
-                why=f"OpenADR event {eid}",
+                why=f"{WHY_PREFIX}{eid}",
             )
             res = self.give(cmd, Principal.grid())
             cid = _curtailment_id(res) if res.accepted else None
@@ -694,14 +785,14 @@ class Ven:
         """Clear an event's curtailments; ones already over are gone already."""
         cleared = []
         for cid in given.ids:
-            res = self.give(ClearCurtailment(cid, why=f"OpenADR event {eid}"), Principal.grid())
+            res = self.give(ClearCurtailment(cid, why=f"{WHY_PREFIX}{eid}"), Principal.grid())
             if res.accepted:
                 cleared.append(cid)
         given.ids.clear()
         return tuple(cleared)
 
-    def _last_opt(self, eid: str) -> str:
-        return next((d.opt for d in reversed(self.decisions) if d.event_id == eid), OPT_OUT)
+    def _last_opt(self, eid: str, unknown: str) -> str:
+        return next((d.opt for d in reversed(self.decisions) if d.event_id == eid), unknown)
 
     def _forget_ended(self, now: float) -> None:
         for eid in [e for e, g in self._given.items() if g.end <= now]:
