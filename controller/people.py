@@ -15,12 +15,12 @@ import contextlib
 import getpass
 import json
 import math
-import re
 import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from thermogate.plc.durations import parse_duration
 from thermogate.plc.errors import ThermogateError
 
 from .core.commands import (
@@ -41,28 +41,6 @@ from .users import ROLES, AuthError, UserStore, check_new_user
 
 DEFAULT_DB = "thermogate.db"
 EXIT_REFUSED = 1
-_DURATION = re.compile(
-    r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?$"
-)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``10m``, ``2h``, ``1h30m``, ``7d``; ValueError otherwise
-    (also for a negative, infinite or NaN number of seconds)."""
-    t = text.strip().lower()
-    try:
-        x = float(t)
-    except ValueError:
-        pass
-    else:
-        if math.isfinite(x) and x >= 0.0:
-            return x
-        raise ValueError(f"'{text}' is not a duration (a number of seconds must be 0 or more)")
-    m = _DURATION.match(t)
-    if not t or m is None or not any(m.groups()):
-        raise ValueError(f"'{text}' is not a duration (e.g. 90s, 10m, 2h, 1h30m, 7d)")
-    d, h, mi, s = (float(x) if x else 0.0 for x in m.groups())
-    return d * 86400.0 + h * 3600.0 + mi * 60.0 + s
 
 
 def _duration_arg(text: str) -> float:

@@ -9,7 +9,8 @@ speaks it. It registers any VEN that asks, sends each ``--event`` to it as a
     thermogate vtn --port 8080 --event 2024-07-10T16:00:00-05:00,2h,1500
 
 An event is ``START,DURATION,LIMIT_KW``: START in ISO 8601 with its UTC
-offset, DURATION as ``90m``, ``2h`` or seconds.
+offset, DURATION as ``90m``, ``2h``, ``1h30m`` or seconds (``thermogate
+command``'s grammar).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from thermogate.plc.durations import parse_duration
 from thermogate.plc.errors import ThermogateError
 
 __all__ = ["VtnEvent", "make_vtn", "parse_event", "serve_vtn_cli"]
@@ -37,15 +39,12 @@ class VtnEvent:
 
 
 def _duration(text: str) -> timedelta:
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    unit = text[-1:] if text[-1:] in units else "s"
-    number = text[:-1] if text[-1:] in units else text
     try:
-        seconds = float(number) * units[unit]
-    except ValueError:
-        raise ThermogateError(f"duration {text!r}: expected e.g. 90m, 2h or 3600") from None
-    if not 0 < seconds <= 7 * 86_400:
-        raise ThermogateError(f"duration {text!r}: must be above 0 and at most 7 days")
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise ThermogateError(f"duration {exc}") from None
+    if not 1.0 <= seconds <= 7 * 86_400:
+        raise ThermogateError(f"duration {text!r}: must be at least 1 s and at most 7 days")
     return timedelta(seconds=seconds)
 
 
@@ -85,6 +84,7 @@ def make_vtn(
     and the events of the new VTN never reached it."""
     from openleadr import OpenADRServer
 
+    olog = logging.getLogger("openleadr")
     sent: set[str] = set()
     known: dict[str, dict[str, Any]] = {}
 
@@ -104,13 +104,19 @@ def make_vtn(
             for rd in report["report_descriptions"]
         ]
 
-    vtn = OpenADRServer(
-        vtn_id=vtn_id,
-        http_host=host,
-        http_port=port,
-        requested_poll_freq=timedelta(seconds=poll_s),
-        show_fingerprint=False,
-    )
+    # its warning that no ven_lookup was given would be wrong: one is, below
+    quiet = olog.level
+    olog.setLevel(logging.ERROR)
+    try:
+        vtn = OpenADRServer(
+            vtn_id=vtn_id,
+            http_host=host,
+            http_port=port,
+            requested_poll_freq=timedelta(seconds=poll_s),
+            show_fingerprint=False,
+        )
+    finally:
+        olog.setLevel(quiet)
 
     def on_register(payload: dict) -> tuple[str, str]:
         ven_name = str(payload.get("ven_name", "ven"))
@@ -146,6 +152,8 @@ def make_vtn(
 
 
 async def _serve(args: argparse.Namespace, events: list[VtnEvent]) -> int:
+    import openleadr  # noqa: F401  (it sets its logger to INFO on import: first)
+
     # openleadr logs every request at INFO; the answers below are what matter
     logging.getLogger("openleadr").setLevel(logging.WARNING)
     vtn = make_vtn(

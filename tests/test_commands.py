@@ -142,7 +142,7 @@ def test_a_setpoint_is_checked_against_what_its_zone_can_take(warm):
     [
         ("tank01.valve_cmd", 150.0, 60.0, "outside tank01.valve_cmd's range 0..100"),
         ("tank01.valve_cmd", math.nan, 60.0, "outside"),
-        ("tank01.valve_cmd", 50.0, 0.0, "must be above 0"),
+        ("tank01.valve_cmd", 50.0, 0.0, "must be at least 1 s"),
         ("tank01.valve_cmd", 50.0, 2 * 86400.0, "at most 24 h"),
         ("tank01.valve_cmd", 50.0, math.inf, "at most 24 h"),
         ("tank01.enable", 0.5, 60.0, "a bit: 0 or 1"),
@@ -333,6 +333,19 @@ def test_a_curtailment_lowers_the_import_limit_until_it_ends(warm):
     assert warm.results[-1].status["import_limit_kw"] == site_kw
     ended = [a for r in warm.results for a in r.audit if a.target.startswith("curtailment")]
     assert len(ended) == 1 and "ended" in ended[0].why
+
+
+def test_a_hold_shorter_than_a_second_is_refused_and_durations_read_to_the_second(warm):
+    """`curtail 2000 --for 0.5s` was accepted (it never reached the plant), and a
+    start computed from an event's time was said as `in 11.4796 min`."""
+    for cmd in (
+        RequestCurtailment(2000.0, 0.5),
+        OverrideActuator("tank01.valve_cmd", 50.0, 0.5),
+    ):
+        res = warm.give(cmd)
+        assert not res.accepted and "must be at least 1 s" in res.message, res.message
+    res = warm.give(RequestCurtailment(2000.0, 5400.0, start=warm.t + 689.4))
+    assert res.accepted and "in 11 min 29 s for 1 h 30 min" in res.message, res.message
 
 
 # -- alarms ----------------------------------------------------------------------------------

@@ -797,3 +797,14 @@ def test_a_lost_vtn_is_said_and_a_restarted_one_registers_the_ven_again_and_is_a
             await ven.stop()
 
     asyncio.run(main())
+
+
+def test_the_test_vtn_reads_durations_as_thermogate_command_does() -> None:
+    from thermogate.hil.vtn import parse_event
+    from thermogate.plc.errors import ThermogateError
+
+    ev = parse_event("2026-08-14T16:00:00-05:00,1h30m,1500")
+    assert ev.duration == timedelta(minutes=90) and ev.limit_kw == 1500.0
+    for bad, why in (("0.5s", "at least 1 s"), ("2 weeks", "is not a duration")):
+        with pytest.raises(ThermogateError, match=why):
+            parse_event(f"2026-08-14T16:00:00-05:00,{bad},1500")

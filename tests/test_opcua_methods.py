@@ -102,6 +102,12 @@ def test_a_curtailment_above_the_site_limit_is_out_of_range(rig, site):
     assert "outside" in _message(res)
 
 
+def test_a_curtailment_shorter_than_a_second_is_out_of_range(rig):
+    res = rig.call("olive", "RequestCurtailment", _d(2.0), NOW, _d(0.5))
+    assert res.StatusCode.value == S.BadOutOfRange
+    assert "must be at least 1 s" in _message(res)
+
+
 def test_an_override_outside_the_points_range_is_out_of_range(rig):
     res = rig.call("olive", "OverrideActuator", _s("loop1.dc1.fan_cmd"), _d(140.0), _d(60.0))
     assert res.StatusCode.value == S.BadOutOfRange

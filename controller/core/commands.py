@@ -53,6 +53,8 @@ ROLES = ("viewer", "operator", "engineer")
 FACES = ("cli", "opcua", "console", "grid")
 MAX_OVERRIDE_S = 86_400.0  # an override expires within a day at the latest
 MAX_CURTAIL_S = 7 * 86_400.0
+#: the shortest override or curtailment: one shorter than a scan never reached the plant
+MIN_HOLD_S = 1.0
 MAX_GAIN = 1e4  # the site file's bound on kp, ki, kd
 
 
@@ -411,9 +413,9 @@ class CommandPath:
             raise Refused(f"{cmd.value:g} is outside {p.name}'s range {lo:g}..{hi:g} {p.unit}")
         if p.is_bit and cmd.value not in (0.0, 1.0):
             raise Refused(f"{p.name} is a bit: 0 or 1")
-        if not (math.isfinite(cmd.duration_s) and 0.0 < cmd.duration_s <= MAX_OVERRIDE_S):
+        if not (math.isfinite(cmd.duration_s) and MIN_HOLD_S <= cmd.duration_s <= MAX_OVERRIDE_S):
             raise Refused(
-                f"duration {cmd.duration_s:g} s must be above 0 and at most "
+                f"duration {cmd.duration_s:g} s must be at least {MIN_HOLD_S:g} s and at most "
                 f"{MAX_OVERRIDE_S / 3600:g} h (an override always expires)"
             )
         held = self.zones.holds(i)
@@ -446,8 +448,11 @@ class CommandPath:
             raise Refused(
                 f"limit {cmd.limit_kw:g} kW is outside 0..{site_kw:g} kW (the site's import limit)"
             )
-        if not (math.isfinite(cmd.duration_s) and 0.0 < cmd.duration_s <= MAX_CURTAIL_S):
-            raise Refused(f"duration {cmd.duration_s:g} s must be above 0 and at most 7 days")
+        if not (math.isfinite(cmd.duration_s) and MIN_HOLD_S <= cmd.duration_s <= MAX_CURTAIL_S):
+            raise Refused(
+                f"duration {cmd.duration_s:g} s must be at least {MIN_HOLD_S:g} s "
+                "and at most 7 days"
+            )
         start = t if cmd.start is None else float(cmd.start)
         if not math.isfinite(start) or start < t - 60.0 or start > t + MAX_CURTAIL_S:
             raise Refused("start must be now or within the next 7 days")
@@ -536,8 +541,10 @@ def _hint(name: str, known: Iterable[str]) -> str:
 
 
 def _duration(s: float) -> str:
-    if s >= 3600.0:
-        return f"{s / 3600.0:g} h"
-    if s >= 60.0:
-        return f"{s / 60.0:g} min"
-    return f"{s:g} s"
+    """``2 h``, ``1 h 30 min``, ``11 min 29 s``, ``45 s``: to the second (a
+    start computed from an event's time printed as ``in 11.4796 min``)."""
+    s = round(s)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    parts = [f"{v} {u}" for v, u in ((h, "h"), (m, "min"), (sec, "s")) if v]
+    return " ".join(parts) if parts else "0 s"

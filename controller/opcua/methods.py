@@ -61,7 +61,7 @@ from .typed import node_id, status_code
 log = logging.getLogger(__name__)
 S, V = ua.StatusCodes, ua.VariantType
 #: refusals for being outside a limit (the command path's wording)
-_RANGE = re.compile(r"\boutside\b|must be above 0 and at most|within the next 7 days")
+_RANGE = re.compile(r"\boutside\b|must be at least .* and at most|within the next 7 days")
 _NOT_TAKEN = "did not take the command"
 #: DateTime.MinValue (and 1601, OPC UA's null DateTime) ask for "now"
 _NULL_DATE = datetime(1601, 1, 2, tzinfo=UTC)
