@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import socket
 import time
@@ -808,3 +809,20 @@ def test_the_test_vtn_reads_durations_as_thermogate_command_does() -> None:
     for bad, why in (("0.5s", "at least 1 s"), ("2 weeks", "is not a duration")):
         with pytest.raises(ThermogateError, match=why):
             parse_event(f"2026-08-14T16:00:00-05:00,{bad},1500")
+
+
+def test_openleadrs_repeated_errors_are_logged_once_per_ten_minutes() -> None:
+    from thermogate.controller.grid.openadr import _OncePer
+
+    f = _OncePer(600.0)
+
+    def rec(msg: str, t: float, level: int = logging.ERROR) -> logging.LogRecord:
+        r = logging.LogRecord("openleadr", level, __file__, 1, msg, None, None)
+        r.created = t
+        return r
+
+    down = "Could not connect to server with URL http://vtn:"
+    passed = [f.filter(rec(down, t)) for t in (0.0, 2.0, 4.0, 599.0, 601.0)]
+    assert passed == [True, False, False, False, True]
+    assert f.filter(rec("something else", 3.0))
+    assert all(f.filter(rec("a poll", t, logging.INFO)) for t in (0.0, 1.0))

@@ -101,6 +101,33 @@ log = logging.getLogger(__name__)
 # follow the application's logging instead (``thermogate -v`` shows it)
 logging.getLogger("openleadr").setLevel(logging.NOTSET)
 
+
+class _OncePer(logging.Filter):
+    """Pass a message once per ``window_s``: openleadr logs two errors for every
+    poll the VTN does not answer (one every 2 s, for as long as it is away);
+    the alarm ``link.openadr`` says it once, and the log need not say it 1,800
+    times an hour."""
+
+    def __init__(self, window_s: float = 600.0) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = record.getMessage()
+        last = self._last.get(key)
+        if last is not None and record.created - last < self.window_s:
+            return False
+        if len(self._last) > 1000:  # messages with ids in them: keep it bounded
+            self._last.clear()
+        self._last[key] = record.created
+        return True
+
+
+logging.getLogger("openleadr").addFilter(_OncePer())
+
 OPT_IN = "optIn"
 OPT_OUT = "optOut"
 #: the reason every curtailment the VEN gives carries, before the event's id:
