@@ -166,7 +166,7 @@ def command_cli(args: argparse.Namespace) -> int:
                     "`thermogate users add NAME --role operator`"
                 )
             try:
-                who = store.authenticate(user, _secret(args, f"password for {user}: "), "cli")
+                who = store.login(user, _secret(args, f"password for {user}: "), "cli")
             except AuthError as exc:  # a refusal like any other (exit 1), saying no more
                 print(f"refused: {exc}", file=sys.stderr)
                 return EXIT_REFUSED

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
@@ -323,10 +324,19 @@ def test_trusted_client_logs_in_as_operator_on_every_default_policy(default_serv
         assert principal_of(user) == Principal("olga", "operator", "opcua")
 
 
-def test_wrong_password_and_unknown_user_are_refused(default_server, keys):
+def test_wrong_password_and_unknown_user_are_refused_and_audited(default_server, keys, users_db):
+    def refusals() -> list[tuple]:
+        with sqlite3.connect(users_db) as conn:
+            return conn.execute(
+                "SELECT who, \"where\", point, ok FROM audit WHERE point = 'opcua.login'"
+            ).fetchall()
+
+    before = len(refusals())
     for name, secret in (("olga", "not-her-secret"), ("nobody", "olga-secret")):
         code = refused(session(default_server, keys["trusted"], user=name, password=secret))
         assert code == ua.StatusCodes.BadUserAccessDenied
+    new = refusals()[before:]
+    assert new == [("olga", "opcua", "opcua.login", 0), ("nobody", "opcua", "opcua.login", 0)]
 
 
 def test_anonymous_is_refused_when_anonymous_is_off(default_server, keys):

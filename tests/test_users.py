@@ -109,6 +109,11 @@ def test_the_command_line_refuses_a_wrong_password_with_exit_1_and_never_makes_a
     r = _cli("command", "mode", "manual", "--user", "dave", "--db", db, "--password-stdin",
              stdin="wrong\n")  # fmt: skip
     assert r.returncode == 1 and r.stderr.strip() == "refused: unknown user or wrong password/PIN"
+    with sqlite3.connect(db) as conn:  # a guesser leaves a trace, as at the console
+        sql = 'SELECT who, "where", point, ok, why FROM audit WHERE ok = 0'
+        rows = conn.execute(sql).fetchall()
+    assert rows == [("dave", "cli", "cli.login", 0, "cli login failed for 'dave' "
+                     "(unknown user or wrong password)")]  # fmt: skip
     typo = tmp_path / "typo.db"
     r = _cli("users", "list", "--db", str(typo))
     assert r.returncode == 2 and "no such database" in r.stderr and not typo.exists()

@@ -365,7 +365,7 @@ class ThermogateUserManager(UserManager):
             return ThermogateUser(role=UserRole.User, name=None, anonymous=True)
         try:
             with UserStore(self.db) as store:
-                who = store.authenticate(username, password or "", "opcua")
+                who = store.login(username, password or "", "opcua")
         except AuthError:
             _log.warning("OPC UA login refused for %r: unknown user or wrong password", username)
             return None
