@@ -498,6 +498,8 @@ def test_the_ven_waits_for_telemetry_before_it_registers() -> None:
         try:
             await ven.start()
             assert not await ven.wait_registered(0.5)
+            lb.site = {"import_kw": 2600.0, "curtailable_kw": math.nan}  # loads not read yet
+            assert not await ven.wait_registered(0.5)
             lb.site = dict(SITE_NOW)
             assert await ven.wait_registered(15.0)
         finally:

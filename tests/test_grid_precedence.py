@@ -131,3 +131,34 @@ def test_an_instruction_below_what_must_stay_on_is_held_up_to_spare_inference(si
     assert INFERENCE_FLOOR_ALARM in {e["source"] for e in kept.events if e["kind"] == "alarm"}
     # committed to it, the same instruction does cut inference
     assert cut.series["class.inference_kw"][during].min() < 0.5 * inf[before].mean()
+
+
+def test_a_curtailment_to_zero_is_one_alarm_for_the_floor_and_the_import_is_held_under_it(site):
+    """`curtail 0` kept the import alarm up for the whole curtailment, naming 0 kW:
+    the floor counted training as wholly curtailable (a rack row at its lowest cap
+    still draws about half its rating), and protection counted a row above its cap
+    as "on its way out" for ever, so it never shed the rest. Now the ask below
+    the floor is the floor's alarm alone, and the import is held under the floor."""
+    from thermogate.controller.core.controller import INFERENCE_FLOOR_ALARM
+
+    def instruct(sim, ctrl) -> None:
+        if sim.plant.t == 600.0:
+            cmd = RequestCurtailment(0.0, 900.0, why="deep DR event")
+            assert ctrl.commands.give(cmd, Principal.grid(), sim.plant.t).accepted
+
+    res = run_simulation(
+        site, "normal-day", 0.45, scan_s=5.0, planner=GatingPlanner(site), on_scan=instruct
+    )
+    t = res.series["t_h"] * 3600.0
+    held = (t >= 700) & (t < 1500)
+    limit = res.series["import_limit_kw"][held]
+    assert limit.min() > 100.0  # held at the floor, not at the 0 kW asked
+    assert (res.series["site_kw"][held] <= limit).all()
+    during = [
+        (e["t_h"] * 3600.0, e["kind"])
+        for e in res.events
+        if e["source"] == "power:site import" and 600.0 <= e["t_h"] * 3600.0 < 1500.0
+    ]
+    assert during == [] or during[-1][1] == "clear"  # none left standing
+    assert res.summary["import_over_limit_kw_min"] < 50.0
+    assert INFERENCE_FLOOR_ALARM in {e["source"] for e in res.events if e["kind"] == "alarm"}

@@ -267,8 +267,11 @@ class Controller:
             self._peak_kw(view, alarms, keep_kw),
         )
         self.instruction_kw = instruction  # as asked, before sparing inference
-        asked_kw = self.power.grid_limit(instruction)
         instruction = self._spare_inference(view, alarms, instruction, keep_kw)
+        # the import limit the site is held to, and the one its alarm, the summary
+        # and the plot name: an ask below what must stay on is the inference-floor
+        # alarm's to say, not a second alarm that could not clear while it held
+        asked_kw = self.power.grid_limit(instruction)
         self.power.protect(view, alarms, instruction, overridden, import_limit_kw=asked_kw)
         audit += self.underfreq.observe(view, alarms, self.power)
         hold = self.state.mode == "maintenance"
@@ -340,10 +343,15 @@ class Controller:
         return min(given) if given else None
 
     def _must_stay_kw(self, view: ScanView) -> float:
-        """The import that is not curtailable now: inference, cooling and the house
-        (the site meter less measured mining and training; NaN when it is bad)."""
+        """The import that is not curtailable now: inference, cooling, the house and
+        training at its lowest (the site meter less what mining and training draw
+        above their floors; NaN when it is bad). Training's floor counted as
+        curtailable held the import under a limit it could never reach: `curtail 0`
+        kept the import alarm up for the whole curtailment."""
         flexible = sum(
-            nz(view.measured(ld.power)) for ld in self.topo.loads if ld.wclass != "inference"
+            max(0.0, nz(view.measured(ld.power)) - ld.floor_kw)
+            for ld in self.topo.loads
+            if ld.wclass != "inference"
         )
         return view.measured(self.topo.site_meter) - flexible
 

@@ -55,6 +55,10 @@ POWER_SHED_TO = 0.97  # ... down to this fraction
 POWER_RESTORE_BELOW = POWER_SHED_TO  # restore below this fraction: the band is 98-97 %
 # of a limit, above where the gating planner keeps the import (see the docstring)
 POWER_RESTORE_FRAC_S = 0.005  # restore rate, fraction of a load's rating per s
+#: a load above a cap lowered this long ago is no longer "on its way out": it is
+#: not coming down that far (a rack row's draw at a GPU cap is the row's, not
+#: the planner's model of it), and protection sheds more
+PENDING_S = 10.0
 GRID_LIMIT_MARGIN = 0.99  # protection's limit: this far inside the grid's import limit
 GRID_RESTORE_FRAC_S = 0.002  # a lifted limit climbs back at this share of the site's per s
 
@@ -79,6 +83,9 @@ class PowerProtection:
         self._n_held = 0
         #: this scan's excess over its cap per load, as ``_pending`` found it
         self._over: dict[str, float] = {}
+        #: when each load's cap was last lowered (what is pending has this long)
+        self._lowered_t: dict[str, float] = {}
+        self._t = -math.inf
         self._ramping: set[str] = set()  # released holds climbing back
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
@@ -106,6 +113,7 @@ class PowerProtection:
         site's. ``import_limit_kw``: the import limit as asked, before inference
         was spared (default: the site's, or ``instruction_kw`` when lower)."""
         t, dt = view.t, view.dt
+        self._t = t
         grid = self.grid_limit(instruction_kw)
         if import_limit_kw is None:
             import_limit_kw = grid
@@ -211,8 +219,11 @@ class PowerProtection:
                 x = over.get(ld.name)
                 if x is None:
                     cap = self.cap[ld.name]
+                    settling = self._t - self._lowered_t.get(ld.name, -math.inf) <= PENDING_S
                     x = over[ld.name] = (
-                        max(0.0, nz(view.measured(ld.power)) - cap) if math.isfinite(cap) else 0.0
+                        max(0.0, nz(view.measured(ld.power)) - cap)
+                        if math.isfinite(cap) and settling
+                        else 0.0
                     )
                 total += x
         return total
@@ -255,7 +266,10 @@ class PowerProtection:
             holders.discard(source)
             self._n_held -= 1
         held = self._held
-        self.cap[name] = min((held[s][name] for s in holders), default=math.inf)
+        cap = min((held[s][name] for s in holders), default=math.inf)
+        if cap < self.cap[name]:
+            self._lowered_t[name] = self._t
+        self.cap[name] = cap
         self._over.pop(name, None)
 
 
@@ -263,6 +277,8 @@ def _line(limit: float, named: float, what: str) -> str:
     """Protection's line, said against the limit people see."""
     if abs(limit - named) < 0.5:
         return f"its {what} {named:.0f} kW"
+    if named <= 0.0:  # a curtailment to 0 kW, committed to cut inference too
+        return f"{limit:.0f} kW, under its {what} {named:.0f} kW"
     return f"{limit:.0f} kW, {limit / named:.0%} of its {what} {named:.0f} kW"
 
 

@@ -633,7 +633,7 @@ class Ven:
 
     async def start(self) -> None:
         """Start in the background: once ``telemetry()`` knows the site's import
-        (an event decided before that could only be refused), register with the
+        and curtailable power (an event decided before could only be refused), register with the
         VTN, retrying every ``retry_s`` until it answers; then poll and report."""
         if self._task is None:
             self._task = asyncio.create_task(self._run())
@@ -672,10 +672,14 @@ class Ven:
         log.info("OpenADR: registered with %s as %s", self.cfg.vtn_url, self.ven_id)
 
     def _telemetry_known(self) -> bool:
+        """Both the import and the curtailable power: an event decided without
+        either could only be refused (the first scans may read the meter before
+        every load's is valid)."""
         try:
-            return _finite(self.telemetry().get("import_kw")) is not None
+            now = self.telemetry()
         except Exception:
             return False
+        return all(_finite(now.get(k)) is not None for k in ("import_kw", "curtailable_kw"))
 
     async def _attempt(self) -> bool:
         c = self.cfg
