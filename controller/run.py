@@ -51,7 +51,7 @@ from .gating.metered import SiteMeters
 from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
 from .grid.openadr import Decision, Ven, VenConfig, site_telemetry
-from .grid.peaks import PeakShaving
+from .grid.peaks import PeakShaving, describe_windows
 from .grid.settlement import Settlement, rule_for, settled_event
 from .heap import REFREEZE_S, BetweenScans, freeze_startup
 from .historian import Historian
@@ -611,6 +611,8 @@ async def _main(args: argparse.Namespace) -> int:
     )
     print(f"  plant:    {where}", flush=True)
     print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
+    if cfg.peaks:
+        print(f"  peaks:    {describe_windows(cfg.peaks, rt.clock(), math.inf)}", flush=True)
     face = None
     if cfg.opcua is not None and not getattr(args, "no_opcua", False):
         from .opcua.process import OpcUaProcess

@@ -42,7 +42,7 @@ from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
 from .gating.world import ClusterInTheLoop, GpuGate
 from .grid.compliance import Instruction
-from .grid.peaks import PeakShaving, PeakWindow, load_peaks_csv
+from .grid.peaks import PeakShaving, PeakWindow, describe_windows, load_peaks_csv
 from .grid.settlement import Judged, Settlement, rule_for, settled_event
 from .historian import Historian
 from .signals import Event, Observation
@@ -693,13 +693,20 @@ def _epoch(sc: Scenario, what: str) -> float:
 
 
 def _peaks_for(sc: Scenario, path: str) -> list[PeakWindow]:
-    """A peaks CSV's windows (Unix seconds) on the scenario's clock."""
+    """A peaks CSV's windows (Unix seconds) on the scenario's clock; none in the
+    simulated span is an error (they were dropped without a word), some
+    outside it a warning."""
+    import sys
+
     t0 = _epoch(sc, f"{path}: peak windows")
-    return [
-        PeakWindow(w.start_s - t0, w.end_s - t0, w.reduce_kw)
-        for w in load_peaks_csv(path)
-        if w.end_s > t0 and w.start_s - t0 < sc.duration_s
-    ]
+    windows = load_peaks_csv(path)
+    said = describe_windows(windows, t0, t0 + sc.duration_s)
+    inside = [w for w in windows if w.end_s > t0 and w.start_s - t0 < sc.duration_s]
+    if not inside:
+        raise ThermogateError(f"--peaks {path}: {said}")
+    if len(inside) < len(windows):
+        print(f"warning: --peaks {path}: {said}", file=sys.stderr)
+    return [PeakWindow(w.start_s - t0, w.end_s - t0, w.reduce_kw) for w in inside]
 
 
 def simulate_cli(args: argparse.Namespace) -> dict[str, object]:

@@ -219,3 +219,28 @@ def test_run_restarted_inside_a_window_cuts_from_the_import_its_history_kept(tmp
         assert limit == pytest.approx(2450.0 - 800.0)
     finally:
         close(again)
+
+
+def test_windows_outside_a_run_are_said_not_dropped_without_a_word(tmp_path):
+    """A peaks file whose windows all lay outside the run acted on nothing and
+    said nothing: `run` now says so in its banner, `simulate` refuses it."""
+    from thermogate.controller.grid.peaks import describe_windows
+
+    w = [
+        PeakWindow(1786741200.0, 1786743000.0, 1500.0),
+        PeakWindow(1786827600.0, 1786829400.0, 900.0),
+    ]
+    assert describe_windows(w, 1786700000.0, math.inf) == (
+        "2 windows, next 2026-08-14 21:00 UTC (import cut by 1500 kW)"
+    )
+    assert describe_windows(w, 1786742000.0, math.inf).startswith(
+        "2 windows, now (import cut by 1500"
+    )
+    assert describe_windows(w, 1786800000.0, math.inf) == (
+        "1 window, next 2026-08-15 21:00 UTC (import cut by 900 kW); 1 outside this run, ignored"
+    )
+    assert describe_windows(w, 1790000000.0, math.inf) == (
+        "none of its 2 windows (2026-08-14 21:00 UTC .. 2026-08-15 21:30 UTC) falls in this run: "
+        "none will act"
+    )
+    assert describe_windows([], 0.0, 1.0) is None

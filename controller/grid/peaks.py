@@ -29,13 +29,13 @@ import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from os import PathLike
 
 from thermogate.plc.csvtable import Row, read_table
 from thermogate.plc.errors import DataFileError
 
-__all__ = ["PeakShaving", "PeakWindow", "load_peaks_csv"]
+__all__ = ["PeakShaving", "PeakWindow", "describe_windows", "load_peaks_csv"]
 
 LOOKBACK_S = 900.0  # the import a window cuts from: its mean over the 15 min before
 MAX_REDUCE_KW = 1_000_000.0
@@ -91,6 +91,31 @@ def load_peaks_csv(path: str | PathLike[str]) -> list[PeakWindow]:
         if b.start_s < a.end_s:
             raise DataFileError(str(path), line, "start", "overlaps the window before it")
     return [w for w, _ in out]
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def describe_windows(windows: Sequence[PeakWindow], start_s: float, end_s: float) -> str | None:
+    """What a run from ``start_s`` to ``end_s`` (Unix seconds; ``inf``: no end)
+    will see of ``windows``: the next one, and how many lie outside it. None
+    when there are none. A file whose windows were all over acted on nothing,
+    and said nothing."""
+    if not windows:
+        return None
+    inside = [w for w in windows if w.end_s > start_s and w.start_s < end_s]
+    outside = len(windows) - len(inside)
+    span = f"{_utc(windows[0].start_s)} .. {_utc(windows[-1].end_s)}"
+    if not inside:
+        which = "its one window" if len(windows) == 1 else f"none of its {len(windows)} windows"
+        where = "lies outside" if len(windows) == 1 else "falls in"
+        return f"{which} ({span}) {where} this run: none will act"
+    nxt = inside[0]
+    what = "now" if nxt.start_s <= start_s else f"next {_utc(nxt.start_s)}"
+    note = f"; {outside} outside this run, ignored" if outside else ""
+    n = f"{len(inside)} window" + ("s" if len(inside) > 1 else "")
+    return f"{n}, {what} (import cut by {nxt.reduce_kw:g} kW){note}"
 
 
 class PeakShaving:
