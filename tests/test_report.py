@@ -334,6 +334,7 @@ def test_full_report(tmp_path):
     assert len(rows) == len(events)
     assert rows[7]["message"] == "<script>alert(1)</script>"  # the CSV keeps the raw text
     assert float(rows[0]["t_h"]) == 12.9 and rows[0]["kind"] == "alarm"
+    assert rows[0]["elapsed"] == "12:54:00"
 
     page = read_page(out)
     assert [src for src, _ in page.figures] == list(IMAGES)
@@ -373,7 +374,9 @@ def test_equipment_less_site_and_no_events(tmp_path):
     for name in IMAGES:
         _png_ok(tmp_path / name)
     assert json.loads((tmp_path / "summary.json").read_text())["max_cdu_supply_c"] is None
-    assert (tmp_path / "events.csv").read_text().strip() == "t_h,kind,source,severity,message"
+    assert (tmp_path / "events.csv").read_text().strip() == (
+        "t_h,elapsed,kind,source,severity,message"
+    )
     page = read_page(tmp_path)
     assert "No events." in page.text and page.events() == []
     assert page.summary()["max_cdu_supply_c"] == ("—", "°C", "")
@@ -398,7 +401,7 @@ def test_only_time_and_strange_values(tmp_path):
         "note": "stopped",
     }
     header = (tmp_path / "events.csv").read_text().splitlines()[0]
-    assert header == "t_h,kind,source,severity,message,extra"
+    assert header == "t_h,elapsed,kind,source,severity,message,extra"
     page = read_page(tmp_path)
     assert page.summary()["trips"] == ("0", "count", "")  # zero trips need no attention
     assert [(e["kind"], e["class"], e["severity"]) for e in page.events()] == [
@@ -722,3 +725,15 @@ def test_event_text_is_escaped_in_the_page_and_raw_in_the_csv(tmp_path):
     with (tmp_path / "events.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert rows[0]["message"] == events[0]["message"]
+
+
+def test_event_times_read_as_elapsed_time_to_the_second():
+    from thermogate.controller.report.files import elapsed
+
+    assert [elapsed(x) for x in (0.0, 1 / 6, 2.0 + 5.5 / 60, 27.0, float("nan"))] == [
+        "0:00:00",
+        "0:10:00",
+        "2:05:30",
+        "1d 03:00:00",
+        "",
+    ]

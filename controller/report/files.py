@@ -16,10 +16,23 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EVENT_COLUMNS", "jsonable", "write_events", "write_summary"]
+__all__ = ["EVENT_COLUMNS", "elapsed", "jsonable", "write_events", "write_summary"]
 
 #: The first columns of ``events.csv``; any other key of an event follows them.
-EVENT_COLUMNS = ("t_h", "kind", "source", "severity", "message")
+#: ``elapsed`` is ``t_h`` as a person reads it (``2:05:30``, ``1d 03:00:00``):
+#: the column was a float like 0.16666666666666666 alone.
+EVENT_COLUMNS = ("t_h", "elapsed", "kind", "source", "severity", "message")
+
+
+def elapsed(t_h: float) -> str:
+    """Simulated time since the start, ``H:MM:SS`` (``Nd HH:MM:SS`` past a day)."""
+    if not math.isfinite(t_h):
+        return ""
+    s = round(t_h * 3600.0)
+    d, s = divmod(s, 86_400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return f"{d}d {h:02d}:{m:02d}:{s:02d}" if d else f"{h}:{m:02d}:{s:02d}"
 
 
 def jsonable(value: Any) -> Any:
@@ -54,7 +67,12 @@ def write_events(path: Path, events: Sequence[Mapping]) -> Path:
         w = csv.writer(fh)
         w.writerow([*EVENT_COLUMNS, *extra])
         for ev in events:
-            w.writerow([_csv_cell(ev.get(k)) for k in (*EVENT_COLUMNS, *extra)])
+            t_h = ev.get("t_h")
+            row = {**ev}
+            if isinstance(t_h, (int, float, np.generic)):
+                row["t_h"] = round(float(t_h), 6)  # to ~4 ms
+                row["elapsed"] = elapsed(float(t_h))
+            w.writerow([_csv_cell(row.get(k)) for k in (*EVENT_COLUMNS, *extra)])
     return path
 
 
