@@ -254,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ss = sub.add_parser("site", help="generate a site description, or check one")
     ss.add_argument("--check", metavar="FILE", help="validate FILE and print its summary")
-    ss.add_argument("--tanks", type=_positive_int, default=12, help="ASIC miner tanks")
+    ss.add_argument(
+        "--tanks", type=_non_negative_int, default=12, help="ASIC miner tanks (0: an AI-only hall)"
+    )
     ss.add_argument("--gpu-tanks", type=_non_negative_int, default=None, help="GPU immersion tanks")
     ss.add_argument("--rows", type=_non_negative_int, default=None, help="direct-to-chip rack rows")
     ss.add_argument(

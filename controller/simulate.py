@@ -229,8 +229,10 @@ def run_simulation(
     cdu_alarm = np.array([c.supply_alarm_c for c in site.cdus])
     loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops])
     classes = ("mining", "training", "inference")
-    t_class = {c: np.array([t.workload_class == c for t in site.tanks]) for c in classes}
-    r_class = {c: np.array([r.workload_class == c for r in site.rack_rows]) for c in classes}
+    # dtype=bool: a site without rack rows (or tanks) has an empty mask, which
+    # numpy makes float and then refuses as an index
+    t_class = {c: np.array([t.workload_class == c for t in site.tanks], bool) for c in classes}
+    r_class = {c: np.array([r.workload_class == c for r in site.rack_rows], bool) for c in classes}
 
     # each GPU load and its place in the plant's power arrays (a tank's or a row's)
     tank_at = {t.name: i for i, t in enumerate(site.tanks)}

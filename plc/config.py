@@ -155,11 +155,15 @@ class Section:
         _check_range(self, name, val, minval, maxval, above, below)
         return val
 
-    def get_str_list(self, name: str, default: Any = _MISSING) -> list[str]:
-        """A non-empty array of strings."""
+    def get_str_list(
+        self, name: str, default: Any = _MISSING, *, allow_empty: bool = False
+    ) -> list[str]:
+        """A non-empty array of strings (``allow_empty``: ``[]`` too)."""
         val = self._raw(name, default)
-        if not isinstance(val, list) or not val or not all(isinstance(x, str) for x in val):
-            raise self.error(name, "expected a non-empty array of strings")
+        ok = isinstance(val, list) and (allow_empty or val)
+        if not ok or not all(isinstance(x, str) for x in val):
+            what = "an array" if allow_empty else "a non-empty array"
+            raise self.error(name, f"expected {what} of strings")
         return val
 
     def get_int_list(

@@ -465,7 +465,9 @@ def _grid(root: Section, nominal_hz: float, tanks: tuple[Tank, ...]) -> GridConf
     except RelaySettingError as exc:
         raise g.error(f"under_frequency_{exc.field}", str(exc)) from None
     mining = [t.name for t in tanks if t.workload_class == "mining"]
-    shed = g.get_str_list("under_frequency_shed", mining)
+    # a hall without mining tanks (DLC-only AI) has nothing for the relay to
+    # shed: an empty list, refused below only if the relay is armed
+    shed = g.get_str_list("under_frequency_shed", mining, allow_empty=True)
     for name in shed:
         if name not in mining:
             other = {t.name: t.workload_class for t in tanks}

@@ -732,3 +732,42 @@ def test_gpu_full_power_must_be_above_idle(tmp_path):
     d["rack_rows"][0]["gpu_idle_w"] = 300.0
     d["rack_rows"][0]["gpu_full_w"] = 250.0
     bad(tmp_path, d, "rack_rows[0].gpu_full_w", "above")
+
+
+@pytest.mark.parametrize(
+    ("spec", "kinds"),
+    [
+        (SiteSpec(asic_tanks=0, gpu_tanks=0, rack_rows=3), {"training", "inference"}),
+        (SiteSpec(asic_tanks=0, gpu_tanks=2, rack_rows=0), {"training", "inference"}),
+        (SiteSpec(asic_tanks=5, gpu_tanks=0, rack_rows=0), {"mining"}),
+        (SiteSpec(asic_tanks=1, gpu_tanks=0, rack_rows=0), {"mining"}),
+    ],
+)
+def test_halls_unlike_the_demo_load_and_simulate(tmp_path, spec, kinds):
+    """A DLC-only AI hall could not be loaded (the relay's shed list defaulted to
+    its mining tanks: none, and an empty list was refused) and a hall without
+    rack rows crashed `simulate` (an empty mask of float dtype as an index)."""
+    from thermogate.controller.simulate import run_simulation
+
+    f = tmp_path / "site.toml"
+    f.write_text(generate_site_toml(spec), encoding="utf-8")
+    site = load_site(f)
+    loads = [*site.tanks, *site.rack_rows]
+    assert {ld.workload_class for ld in loads} <= kinds | {"inference", "training"}
+    assert (
+        site.grid.under_frequency_shed
+        == tuple(t.name for t in site.tanks if t.workload_class == "mining")[
+            : len(site.grid.under_frequency_shed)
+        ]
+    )
+    res = run_simulation(site, "heatwave", 0.1, scan_s=5.0)
+    assert res.summary["trips"] == 0 and res.summary["limit_violation_c_min"] == 0.0
+    assert res.summary["energy_mwh"] > 0.0
+
+
+def test_an_armed_relay_still_needs_something_to_shed(tmp_path):
+    f = tmp_path / "site.toml"
+    text = generate_site_toml(SiteSpec(asic_tanks=0, gpu_tanks=0, rack_rows=2))
+    f.write_text(text + "\n[grid]\nunder_frequency_armed = true\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="under_frequency_shed: armed with nothing to shed"):
+        load_site(f)

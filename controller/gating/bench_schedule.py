@@ -51,6 +51,7 @@ import numpy as np
 from thermogate.hil.scenario import Scenario, load_for_run
 from thermogate.hil.scenario.jobs import DEFAULT_CHECKPOINT_S, Job, JobKind, load_jobs_csv
 from thermogate.plc.equipment import Tank
+from thermogate.plc.errors import ThermogateError
 from thermogate.plc.site import Site, load_site
 from thermogate.plc.sizing import with_gpus
 
@@ -339,6 +340,11 @@ def bench_schedule(args: argparse.Namespace) -> dict[str, Any]:
     if gpus is not None and gpus != site.gpus:
         site = with_gpus(site, gpus)
     site = bench_site(site)
+    if site.gpus == 0:  # nothing to gate between mining and AI
+        raise ThermogateError(
+            f"bench schedule: site '{site.name}' has no GPUs (no GPU tanks or rack rows): "
+            "the bench gates AI work against mining"
+        )
     if jobs is None:
         jobs = synthetic_trace(args.days, site.gpus)
     rejected = sum(1 for j in jobs if j.gpus > site.gpus)
