@@ -27,6 +27,8 @@ import threading
 import time
 from typing import Any
 
+from thermogate.plc.errors import ThermogateError
+
 from ..core import Controller
 from ..core.commands import Command, CommandResult, Principal, RequestCurtailment
 from .openadr import Decision, Ven, VenConfig, site_telemetry
@@ -126,8 +128,9 @@ class VenBeside:
             ):
                 return
             time.sleep(0.02)
-        raise TimeoutError(
-            f"the OpenADR VEN did not register with {self.cfg.vtn_url} within {REGISTER_WAIT_S:g} s"
+        raise ThermogateError(
+            f"--openadr: the VEN did not register with {self.cfg.vtn_url} within "
+            f"{REGISTER_WAIT_S:g} s (is the VTN running there?)"
         )
 
     def _drain(self, ctrl: Controller | None, t: float) -> None:
