@@ -60,7 +60,7 @@ def test_a_semicolon_export_with_decimal_commas_reads_the_same(tmp_path: Path):
     [
         ("x,60,1,training", "submit_time_s", "not a number"),
         ("-5,60,1,training", "submit_time_s", "outside the plausible range"),
-        ("0,0,1,training", "duration_s", "above 0"),
+        ("0,-1,1,training", "duration_s", "outside the plausible range"),
         ("0,inf,1,training", "duration_s", "not a finite number"),
         ("0,60,0,training", "gpus", "outside the plausible range"),
         ("0,60,1.5,training", "gpus", "whole number"),
@@ -325,3 +325,21 @@ def test_a_trace_whose_jobs_all_come_after_the_run_is_refused_naming_its_first_r
     assert out.returncode == 2, out.stderr
     assert out.stderr.startswith(f"thermogate: error: {f}:3: column 'submit_time_s': no job")
     assert "not from 1970" in out.stderr and out.stdout == ""
+
+
+def test_jobs_that_ask_no_gpu_time_are_skipped_with_one_warning(tmp_path: Path, caplog):
+    """Public traces hold jobs that failed at once (run time 0): one such row
+    refused a 500,000-row trace."""
+    f = tmp_path / "jobs.csv"
+    f.write_text("submit_time_s,duration_s,gpus,kind\n0,60,1,training\n5,0,8,training\n"
+                 "9,0,2,inference\n10,30,2,inference\n")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        jobs = load_jobs_csv(f)
+    assert [(j.submit_s, j.duration_s) for j in jobs] == [(0.0, 60.0), (10.0, 30.0)]
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said == (
+        f"{f}: 2 job(s) with duration_s 0 skipped (they ask no GPU time; first at line 3)"
+    )
+    f.write_text("submit_time_s,duration_s,gpus,kind\n5,0,8,training\n")
+    with pytest.raises(DataFileError, match="every job has duration_s 0"):
+        load_jobs_csv(f)

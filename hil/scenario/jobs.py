@@ -12,12 +12,14 @@ timestamp), ``duration_s`` is the job's run time on its GPUs at full power,
 ``checkpoint_s`` (optional) is a training job's checkpoint interval; without
 it, training jobs checkpoint every ``DEFAULT_CHECKPOINT_S``. Rows need not be
 in submit order (exports of several queues often are not); jobs are sorted,
-ties keeping file order. A bad row is a ``DataFileError`` naming the file,
-the line and the column.
+ties keeping file order. A job with ``duration_s`` 0 (one that failed at
+once, as public traces hold many) is skipped with one warning. A bad row is a
+``DataFileError`` naming the file, the line and the column.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from thermogate.plc.csvtable import read_table
 from thermogate.plc.errors import DataFileError
 
 __all__ = ["DEFAULT_CHECKPOINT_S", "KINDS", "Job", "JobKind", "load_jobs_csv"]
+
+log = logging.getLogger(__name__)
 
 JobKind = Literal["training", "inference"]
 KINDS: tuple[JobKind, ...] = ("training", "inference")
@@ -71,11 +75,15 @@ def load_jobs_csv(path: str | PathLike[str]) -> tuple[Job, ...]:
     """Read a job trace (see the module docstring); the jobs in submit order."""
     table = read_table(path, ("submit_time_s", "duration_s", "gpus", "kind"), ("checkpoint_s",))
     jobs: list[Job] = []
+    # public traces (Philly, Helios) hold jobs that failed at once, with a run
+    # time of 0: one refused a 500,000-row trace
+    zero: list[int] = []
     for row in table:
         submit = row.number("submit_time_s", lo=0.0, unit=" s")
         duration = row.number("duration_s", lo=0.0, hi=MAX_DURATION_S, unit=" s")
-        if duration <= 0:
-            raise row.error("duration_s", "must be above 0 s")
+        if duration <= 0:  # asks for no GPU time: skipped, counted, said once
+            zero.append(row.line)
+            continue
         gpus_f = row.number("gpus", lo=1, hi=MAX_GPUS)
         if gpus_f != int(gpus_f):
             raise row.error("gpus", f"{row.text('gpus')!r} is not a whole number of GPUs")
@@ -94,6 +102,14 @@ def load_jobs_csv(path: str | PathLike[str]) -> tuple[Job, ...]:
                 raise row.error("checkpoint_s", "must be above 0 s (or empty for the default)")
             ckpt = DEFAULT_CHECKPOINT_S if math.isnan(given) else given
         jobs.append(Job(0, submit, duration, int(gpus_f), kind, ckpt, row.line))
+    if zero:
+        log.warning(
+            "%s: %d job(s) with duration_s 0 skipped (they ask no GPU time; first at line %d)",
+            table.label,
+            len(zero),
+            zero[0],
+        )
     if not jobs:
-        raise DataFileError(table.label, table.header_line, None, "no jobs after the header")
+        why = "no jobs after the header" if not zero else "every job has duration_s 0"
+        raise DataFileError(table.label, table.header_line, None, why)
     return _ordered(jobs)
