@@ -202,7 +202,7 @@ BAD_OPTIONS = [
     (("plant", "--speed", "nan"), ("--speed",)),
     (("plant", "--duration", "0"), ("--duration",)),
     (("bench", "plant", "--hours", "0"), ("--hours",)),
-    (("site", "--tanks", "0"), ("--tanks",)),
+    (("site", "--tanks", "-1"), ("--tanks",)),
     (("site", "--gpu-tanks", "-3"), ("--gpu-tanks",)),
     (("site", "--rows", "-1"), ("--rows",)),
     (("points", "--format", "xml"), ("--format", "xml")),

@@ -767,3 +767,26 @@ def test_weather_without_a_time_zone_beside_prices_with_one_names_the_file(tmp_p
     naive = _hourly(tmp_path / "w.csv", "time,ambient_c", t0.replace(tzinfo=None), 30, 30.0)
     with pytest.raises(DataFileError, match=r"w\.csv: .* has no time zone .* UTC \('Z'\)"):
         load_for_run("normal-day", naive, prices, hours=12.0, strict=True)
+
+
+def test_series_from_another_period_than_the_run_are_repeated_with_a_warning(tmp_path, caplog):
+    """January prices on a July run were repeated without a word; they still
+    are (a typical period, as asked), but it is said."""
+    from thermogate.hil.scenario.loader import load_for_run
+
+    w = tmp_path / "w.csv"
+    w.write_text(
+        "time,ambient_c\n2024-07-15T00:00Z,25\n2024-07-15T12:00Z,35\n2024-07-16T00:00Z,25\n"
+    )
+    p = tmp_path / "p.csv"
+    p.write_text("time,price_per_mwh\n2023-01-10T00:00Z,300\n2023-01-10T12:00Z,300\n")
+    with caplog.at_level("WARNING"):
+        sc = load_for_run("normal-day", w, p, hours=6)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(f"{p}: its times (from 2023-01-10T00:00:00+00:00)")
+    assert "not matched by date" in said[0]
+    assert sc.prices is not None
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_for_run("normal-day", w, None, hours=6)  # one file: the run's own period
+    assert caplog.records == []

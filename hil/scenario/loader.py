@@ -17,6 +17,7 @@ is aligned to the scenario by absolute time.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ from .series import DAY_S, TimeSeries, Weather
 from .synthetic import SyntheticPrices, SyntheticWeather
 
 __all__ = ["list_builtin_scenarios", "load_scenario", "parse_scenario"]
+
+log = logging.getLogger(__name__)
 
 _SCENARIO_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 _BUILTIN_PACKAGE = "thermogate.hil.data"
@@ -256,6 +259,16 @@ def _scenario(
             remedy = f"{'pass' if override else 'set'} wrap to repeat it, or shorten the duration"
         problem = _coverage_problem(series, off, duration, remedy)
         if problem is None:
+            if series.wrap and isinstance(src, CsvSource) and not 0.0 <= off < series.covers_s:
+                # repeated, as asked, but from another period than the run's
+                # (January prices on a July run went without a word)
+                log.warning(
+                    "%s: its times (from %s) do not overlap the run's (from %s): it is "
+                    "repeated over the run as a typical period, not matched by date",
+                    src.path,
+                    series.start.isoformat() if series.start else "?",
+                    start.isoformat() if start else "?",
+                )
             continue
         assert isinstance(src, CsvSource)
         if override:
