@@ -65,6 +65,19 @@ def test_seconds_times_parse_int_and_float_without_start(tmp_path):
     assert w.start is None
 
 
+def test_unix_seconds_are_dated_and_hour_numbers_are_refused(tmp_path):
+    """Epoch seconds were laid at the run's start (the next day's weather used
+    as today's); an hour-ending column 1..24 was taken as a 24-second cycle."""
+    w = load_weather_csv(
+        write(tmp_path, "time,ambient_c\n1721088000,20\n1721091600,22\n1721095200,25\n")
+    )
+    assert w.start == datetime(2024, 7, 16, tzinfo=UTC)
+    assert w.ambient_c.t_s.tolist() == [0.0, 3600.0, 7200.0]
+    hours = "".join(f"{h},{40 + h}\n" for h in range(1, 25))
+    err = bad_csv(tmp_path, "time,price_per_mwh\n" + hours, load_prices_csv)
+    assert err.column == "time" and "hour numbers" in str(err)
+
+
 def test_date_only_times_parse_as_midnight(tmp_path):
     p = load_prices_csv(write(tmp_path, "time,price_per_mwh\n2024-01-01,50\n2024-01-02,60\n"))
     assert p.duration == 86400.0

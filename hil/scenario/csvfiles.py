@@ -8,11 +8,13 @@ column names are case-insensitive, other columns are ignored):
 
 ``time`` is seconds, or ISO 8601 (``2024-07-15T13:00:00Z``, ``2024-07-15
 13:00``, ``2024-07-15``; ``24:00`` is midnight of the next day), one
-convention per file. Tolerated: a BOM, UTF-16 and Windows-1252 exports, CRLF,
-comments, blank lines, trailing commas, ``;``-separated files with decimal
-commas, missing optional cells (interpolated), a pyranometer's small negative
-night offset (clamped to 0). Anything else is a ``DataFileError`` naming the
-file, the line a user sees in an editor, and the column.
+convention per file. Seconds from 10^9 on are Unix time (UTC, aligned by
+date); smaller ones count from the run's start. Tolerated: a BOM, UTF-16 and
+Windows-1252 exports, CRLF, comments, blank lines, trailing commas,
+``;``-separated files with decimal commas, missing optional cells
+(interpolated), a pyranometer's small negative night offset (clamped to 0).
+Anything else is a ``DataFileError`` naming the file, the line a user sees in
+an editor, and the column.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ _SECONDS_MAX = 7.3e9  # 2200-01-01 as Unix seconds
 #: the shortest sample spacing taken as seconds; below it, the time column is
 #: most likely in days (a spreadsheet's date serial, 45488.0417 = one hour on)
 _MIN_SPACING_S = 1.0
+#: seconds from this on are Unix time (2001-09-09): a run lasts at most 400 days
+_UNIX_FROM_S = 1e9
+#: integer times up to this, one apart, are hour numbers, not seconds
+_HOURS_OF_A_YEAR = 8784
 #: a day of hourly humidity never stays at or below 1 %: at least this many such
 #: readings are a fraction written where percent is asked
 _RH_FRACTION_ROWS = 24
@@ -213,10 +219,27 @@ def _read_csv(
             f"samples are {gap:.4g} s apart at the median: times in seconds must be "
             "seconds (a spreadsheet date serial counts days; give ISO 8601 times)",
         )
+    if (
+        mode == "seconds"
+        and ta[-1] <= _HOURS_OF_A_YEAR
+        and np.all(ta == np.round(ta))
+        and float(np.median(np.diff(ta))) == 1.0  # 1, 2, 3 ... 24: hour numbers
+    ):
+        raise DataFileError(
+            label,
+            lines[0],
+            "time",
+            f"times {t_cells[0]!r}, {t_cells[1]!r} ... {t_cells[-1]!r} step by 1: hour "
+            "numbers (hour ending?), not seconds; give ISO 8601 times or seconds",
+        )
     t_rel = ta - ta[0]
     start: datetime | None = None
     if first_dt is not None:
         start = first_dt.astimezone(UTC) if mode == "aware" else first_dt
+    elif mode == "seconds" and ta[0] >= _UNIX_FROM_S:
+        # no run lasts decades: seconds this large are Unix time (UTC), and the
+        # file is aligned by date like an ISO one (it was laid at the run's start)
+        start = datetime.fromtimestamp(float(ta[0]), UTC)
 
     out: dict[str, np.ndarray | None] = {c.name: None for c in columns}
     for c in cols:
