@@ -39,7 +39,7 @@ from thermogate.hil.scenario import (
     Weather,
     load_weather_csv,
 )
-from thermogate.plc.errors import ThermogateError
+from thermogate.plc.errors import DataFileError, ThermogateError
 from thermogate.plc.site import Site, load_site
 
 from .core import LoadInfo, SiteNow
@@ -112,7 +112,17 @@ def bench_scenario(
     duration = days * DAY_S
     prices = SyntheticPrices(seed=seed + 1).generate(duration)
     if weather_csv is not None:
-        weather = load_weather_csv(weather_csv).with_wrap(True)
+        weather = load_weather_csv(weather_csv)
+        cover = weather.ambient_c.covers_s
+        if cover < duration - 1e-6:  # repeated, the held-out days were the training days
+            raise DataFileError(
+                str(weather_csv),
+                None,
+                None,
+                f"covers {cover / 3600.0:g} h but the study runs {duration / 3600.0:g} h "
+                f"(--days {days:g}): repeated, its evaluation days would be its training "
+                "days; give a file that covers the study, or fewer days",
+            )
         src = f"measured weather {Path(weather_csv).name}"
     else:
         n_train = math.ceil(train_days)
