@@ -375,6 +375,20 @@ def test_trim_and_respond_does_not_chase_a_supply_below_the_ambient_and_fixed_ho
     assert _supply_and_dp(trim, lp.name)[1] > DP_TRIM_MIN_KPA
 
 
+def test_with_valves_in_the_dead_band_the_supply_still_never_chases_below_the_air(topo, site):
+    """Valves at 76-80 % (between throttled and wide open) held the reset where it
+    was: a supply setpoint under the air ran every dry-cooler fan flat out for
+    nothing (a small hall's cooling energy 12x in a heatwave)."""
+    lp = site.loops[0]
+    reg = Regulation(topo, ControllerState())
+    valve = topo.pmap.name_of(topo.loop_valves[lp.name][0]).replace(".", "__")
+    ambient = lp.supply_setpoint_c + 5.0
+    for k in range(1400):  # the reset climbs at its rate
+        v = view(topo, t=2.0 * k, dt=2.0, site__ambient_temp=ambient, **{valve: 78.0})
+        reg.regulate(v, {}, Alarms(), {})
+    assert _supply_and_dp(reg, lp.name)[0] == pytest.approx(ambient + SUPPLY_MIN_APPROACH_K)
+
+
 def test_a_low_flow_alarm_says_below_the_trip_once_the_flow_is_below_it():
     # It read "flow 51 m3/h near its trip (69)" with the flow already below the trip.
     from thermogate.controller.core.thermal import _low_flow_message

@@ -309,9 +309,13 @@ class Regulation:
                         self._dp_trim_max[lp.name],
                         self.dp_trim[lp.name] + DP_TRIM_RATE_KPA_S * dt,
                     )
-                    if isfinite(ambient):  # not below what the air allows
-                        floor = ambient + SUPPLY_MIN_APPROACH_K - self._supply_base(lp)
-                        reset = max(reset, min(floor, up))
+                # not below what the air allows, in the dead band too: a supply
+                # setpoint under ambient + approach ran every fan flat out for
+                # nothing (12x the cooling energy of a small hall in a heatwave).
+                # Wide open or hot, the fans may chase it: every kelvin helps then.
+                if isfinite(ambient):
+                    floor = ambient + SUPPLY_MIN_APPROACH_K - self._supply_base(lp)
+                    reset = max(reset, min(floor, up))
                 self.supply_reset[lp.name] = reset
 
     def _actuator_position(self, c: ControlLoop, view: ScanView) -> float | None:
