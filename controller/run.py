@@ -618,6 +618,7 @@ async def _main(args: argparse.Namespace) -> int:
         from .opcua.process import OpcUaProcess
 
         face = OpcUaProcess(cfg.site, cfg.opcua, cfg.db)
+        face.audit = rt._audit  # commands withdrawn past their deadline
         try:
             for line in await asyncio.to_thread(face.start):  # the plant serves meanwhile
                 print(f"  {line}", flush=True)

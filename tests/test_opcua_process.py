@@ -27,6 +27,16 @@ from thermogate.controller.users import UserStore
 
 @pytest.fixture(scope="module")
 def served(site, demo_pmap, tmp_path_factory):
+    yield from _served(site, demo_pmap, tmp_path_factory, 10.0)
+
+
+@pytest.fixture(scope="module")
+def impatient(site, demo_pmap, tmp_path_factory):
+    """Commands withdrawn after 1 s (a run loop that is not scanning)."""
+    yield from _served(site, demo_pmap, tmp_path_factory, 1.0)
+
+
+def _served(site, demo_pmap, tmp_path_factory, command_timeout_s: float):
     root = tmp_path_factory.mktemp("process")
     db = root / "site.db"
     with UserStore(db) as users:
@@ -41,7 +51,7 @@ def served(site, demo_pmap, tmp_path_factory):
         pki_dir=root / "pki",
         anonymous="read",
     )
-    face = OpcUaProcess(site, sec, db, history=False)
+    face = OpcUaProcess(site, sec, db, history=False, command_timeout_s=command_timeout_s)
     lines = face.start()
     ctrl = Controller(site, demo_pmap)
     yield face, ctrl, keys, root, lines
@@ -124,6 +134,91 @@ def test_a_method_call_waits_for_the_run_loop_and_is_given_as_opcua_user(served,
     assert res.StatusCode.is_good(), res
     assert ctrl.state.mode == "manual"
     assert [(type(c).__name__, p.origin) for c, p in given] == [("SetMode", "opcua:olive")]
+
+
+def test_a_command_not_taken_in_time_is_refused_and_never_applied_when_the_loop_wakes(
+    impatient, site
+):
+    """A SetMode sent while the controller was frozen answered Good 43 s later and
+    was applied; a write timed out at the client and was applied 20 s after."""
+    face, ctrl, keys, root, _ = impatient
+    audits: list = []
+    face.audit = audits.append
+
+    async def call() -> tuple[ua.CallMethodResult, float]:
+        c = await _connected(face, keys, root, "olive")
+        try:
+            idx = await c.get_namespace_index(namespace_uri(site))
+            req = ua.CallMethodRequest(
+                ua.NodeId("Site/Controller", idx),
+                ua.NodeId("Site/Controller/SetMode", idx),
+                [ua.Variant("maintenance", ua.VariantType.String), ua.Variant("frozen")],
+            )
+            t0 = time.monotonic()
+            res = (await c.uaclient.call([req]))[0]
+            return res, time.monotonic() - t0
+        finally:
+            await c.disconnect()
+
+    res, waited = asyncio.run(call())  # nobody serves: the run loop is "frozen"
+    assert res.StatusCode.value == ua.StatusCodes.BadTimeout, res
+    assert waited < 10.0  # the command's 1 s and the answer's grace, not for ever
+    given: list = []
+    for _ in range(50):  # the run loop wakes: the command is there, past its deadline
+        face.serve(lambda cmd, by: given.append(cmd) or ctrl.command(cmd, by, time.time()))
+        if audits:
+            break
+        time.sleep(0.05)
+    assert given == [] and ctrl.state.mode == "auto"
+    [a] = audits
+    assert (a.who, a.where, a.ok) == ("olive", "opcua", False) and "withdrawn" in a.why
+
+
+def test_a_write_of_many_setpoints_is_given_at_one_scan_and_reads_back_at_once(served, site):
+    """One Write of 20 setpoints took 20 scans (19 s); a read right after a Good
+    write showed the old value until the next scan."""
+    face, ctrl, keys, root, _ = served
+    loops = [c for c in site.control_loops if c.name.endswith("_fluid")][:3] or list(
+        site.control_loops[:3]
+    )
+    per_serve: list[int] = []
+    stop = threading.Event()
+
+    def run_loop() -> None:  # a slow scan: commands are served once a second
+        while not stop.is_set():
+            n = face.serve(lambda cmd, by: ctrl.command(cmd, by, time.time()))
+            if n:
+                per_serve.append(n)
+            time.sleep(1.0)
+
+    loop = threading.Thread(target=run_loop, daemon=True)
+    loop.start()
+
+    async def write_and_read() -> tuple[list, list]:
+        c = await _connected(face, keys, root, "olive")
+        try:
+            idx = await c.get_namespace_index(namespace_uri(site))
+            nodes = [ua.NodeId(f"{lp.name}.setpoint", idx) for lp in loops]
+            params = ua.WriteParameters()
+            for nid, lp in zip(nodes, loops, strict=True):
+                wv = ua.WriteValue()
+                wv.NodeId, wv.AttributeId = nid, ua.AttributeIds.Value
+                wv.Value = ua.DataValue(ua.Variant(lp.setpoint - 1.0, ua.VariantType.Double))
+                params.NodesToWrite.append(wv)
+            codes = await c.uaclient.write(params)
+            read = [await c.get_node(n).read_value() for n in nodes]
+            return codes, read
+        finally:
+            await c.disconnect()
+
+    try:
+        codes, read = asyncio.run(write_and_read())
+    finally:
+        stop.set()
+        loop.join(5)
+    assert all(cd.is_good() for cd in codes), codes
+    assert per_serve == [len(loops)]  # all given at the same scan, in one go
+    assert read == [lp.setpoint - 1.0 for lp in loops]
 
 
 def test_stopping_ends_the_server_process(site, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -25,6 +26,8 @@ from ..signals import Audit
 log = logging.getLogger(__name__)
 
 Future = concurrent.futures.Future
+#: how long an answer is awaited past a command's deadline: giving is quick
+ANSWER_GRACE_S = 2.0
 
 
 class CommandBridge:
@@ -32,18 +35,33 @@ class CommandBridge:
 
     def __init__(self) -> None:
         # deque's append and popleft are atomic: no lock between the two threads
-        self._queue: deque[tuple[Command, Principal, Future[CommandResult]]] = deque()
+        self._queue: deque[tuple[Command, Principal, Future[CommandResult], float]] = deque()
         self._queued = threading.Event()  # set by submit: a waiting server wakes at once
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def submit(self, cmd: Command, by: Principal) -> Future[CommandResult]:
-        """Queue ``cmd`` for the run loop; the future resolves once it is given."""
+    def submit(
+        self, cmd: Command, by: Principal, deadline: float = math.inf
+    ) -> Future[CommandResult]:
+        """Queue ``cmd`` for the run loop; the future resolves once it is given.
+        ``deadline`` (``time.monotonic()``, one clock for every process of the
+        host): after it the command is withdrawn, never given."""
         fut: Future[CommandResult] = Future()
-        self._queue.append((cmd, by, fut))
+        self._queue.append((cmd, by, fut, deadline))
         self._queued.set()
         return fut
+
+    def take(self) -> list[tuple[Command, Principal, Future[CommandResult], float]]:
+        """The queued commands not withdrawn, each now running (it cannot be
+        cancelled any more): for a server that hands them to a run loop in
+        another process, which enforces each one's deadline itself."""
+        out = []
+        while self._queue:
+            item = self._queue.popleft()
+            if item[2].set_running_or_notify_cancel():
+                out.append(item)
+        return out
 
     def wait(self, timeout_s: float) -> bool:
         """Block until a command is queued (True) or ``timeout_s`` passed (False).
@@ -64,9 +82,12 @@ class CommandBridge:
         Returns how many commands were given (withdrawn ones are not counted)."""
         n = 0
         while self._queue:
-            cmd, by, fut = self._queue.popleft()
+            cmd, by, fut, deadline = self._queue.popleft()
             if not fut.set_running_or_notify_cancel():
                 continue  # withdrawn by its caller's timeout: never applied late
+            if time.monotonic() > deadline:  # its caller is about to give up on it
+                fut.set_result(not_taken(cmd, by, None))
+                continue
             try:
                 res = give(cmd, by)
             except Exception as exc:  # a failed command must never stop the scan loop
@@ -78,10 +99,12 @@ class CommandBridge:
         return n
 
 
-def not_taken(cmd: Command, by: Principal, timeout_s: float) -> CommandResult:
-    """The answer to a command the controller did not take in time (it was withdrawn)."""
+def not_taken(cmd: Command, by: Principal, timeout_s: float | None) -> CommandResult:
+    """The answer to a command the controller did not take in time (it was
+    withdrawn); ``timeout_s`` None: found past its deadline by the run loop."""
+    within = "before its deadline" if timeout_s is None else f"within {timeout_s:g} s"
     why = (
-        f"refused: the controller did not take the command within {timeout_s:g} s "
+        f"refused: the controller did not take the command {within} "
         "(is it scanning?); it was withdrawn and will not be applied"
     )
     return CommandResult(
@@ -110,12 +133,19 @@ async def give(
     """Submit ``cmd`` and await its result on the OPC UA loop.
 
     A timeout withdraws the command and returns a refusal saying the controller
-    is not scanning; a command the run loop is giving at that very moment is
-    awaited instead (giving is quick), so the answer always tells the truth."""
-    cf = bridge.submit(cmd, by)
+    is not scanning. One already handed on (to a run loop in another process)
+    carries its deadline: the run loop gives it before then or answers it
+    withdrawn, and is awaited ``ANSWER_GRACE_S`` more for that answer; past
+    that it is past its deadline, never given, and refused here too. The
+    answer always tells the truth, and never waits on a frozen controller."""
+    cf = bridge.submit(cmd, by, time.monotonic() + timeout_s)
     af = asyncio.wrap_future(cf)
     done, _ = await asyncio.wait({af}, timeout=timeout_s)
     if not done and cf.cancel():
         af.cancel()
         return not_taken(cmd, by, timeout_s)
+    if not done:
+        done, _ = await asyncio.wait({af}, timeout=ANSWER_GRACE_S)
+        if not done:
+            return not_taken(cmd, by, timeout_s)
     return await af

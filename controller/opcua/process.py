@@ -13,10 +13,11 @@ Two pipes join the run loop to the server process:
   a server that falls behind skips to the newest scan, and a full pipe blocks
   the sender thread, never the scan);
 * **commands**, server -> run loop and back: a method call or write in the
-  server becomes ``("cmd", id, command, principal)``; ``serve`` (the run loop,
-  between two scans) gives each one waiting on the command path and sends its
-  ``CommandResult`` back. A command the run loop does not take in time is
-  withdrawn by the server (``bridge.give``), never applied later.
+  server becomes ``("cmd", id, command, principal, deadline)``; ``serve`` (the
+  run loop, between two scans) gives each one waiting on the command path and
+  sends its ``CommandResult`` back, or, past its deadline (the client was told
+  it timed out), answers it withdrawn and audits that: never applied later,
+  however long the run loop was frozen. Many commands may be in flight.
 
 The server process is ``OpcUaFace`` (its own thread and event loop) fed by a
 receiver thread; it ends when the snapshot pipe closes, so it never outlives
@@ -25,6 +26,7 @@ the controller.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -32,6 +34,7 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,12 +44,13 @@ from thermogate.plc.equipment import Site
 from thermogate.plc.errors import ThermogateError
 
 from ..core.commands import Command, CommandResult, Principal
+from ..signals import Audit
+from .bridge import not_taken
 from .security import OpcUaSecurity
 from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 180.0  # asyncua's start-up of a 10,000-point space takes ~10 s
-ANSWER_TIMEOUT_S = 30.0  # the run loop answers a command at its next scan
 
 
 class OpcUaProcess:
@@ -59,11 +63,14 @@ class OpcUaProcess:
         db: Path | str,
         history: bool = True,
         naive: bool = False,
+        command_timeout_s: float = 10.0,
     ) -> None:
         """``naive``: the server applies snapshots point by point through asyncua's
-        public write (``bench opcua``'s baseline)."""
+        public write (``bench opcua``'s baseline). ``command_timeout_s``: how long
+        a client's command waits for the run loop before it is withdrawn."""
         self.site, self.sec, self.db, self.history = site, sec, Path(db), history
         self.naive = naive
+        self.command_timeout_s = command_timeout_s
         self.endpoint = sec.endpoint
         self._proc: mp.process.BaseProcess | None = None
         self._snaps: Connection | None = None
@@ -79,6 +86,8 @@ class OpcUaProcess:
         self.timings: list[tuple[float, float, float]] = []
         #: (generation, ms) of the server's latest collections between snapshots
         self.gc_runs: list[tuple[int, float]] = []
+        #: where a command withdrawn past its deadline is audited (the run's audit)
+        self.audit: Callable[[Audit], None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -98,6 +107,7 @@ class OpcUaProcess:
                 str(self.db),
                 self.history,
                 self.naive,
+                self.command_timeout_s,
                 snaps_child,
                 cmds_child,
             ),
@@ -140,12 +150,18 @@ class OpcUaProcess:
                 if msg[0] == "applied":
                     self.applied = msg[1]
                     continue
-                _, cid, cmd, by = msg
-                try:
-                    res: CommandResult | str = give(cmd, by)
-                except Exception as exc:  # a failed command must never stop the scan loop
-                    log.exception("OPC UA command %s from %s failed", cmd, by.origin)
-                    res = f"the controller failed on it ({type(exc).__name__}: {exc})"
+                _, cid, cmd, by, deadline = msg
+                res: CommandResult | str
+                if time.monotonic() > deadline:  # its client was told: never given late
+                    res = not_taken(cmd, by, None)
+                    if self.audit is not None:
+                        self.audit(res.audit)
+                else:
+                    try:
+                        res = give(cmd, by)
+                    except Exception as exc:  # a failed command must never stop the scan
+                        log.exception("OPC UA command %s from %s failed", cmd, by.origin)
+                        res = f"the controller failed on it ({type(exc).__name__}: {exc})"
                 conn.send(("result", cid, res))
                 n += 1
         except (EOFError, OSError, BrokenPipeError):
@@ -203,6 +219,7 @@ def _serve(
     db: str,
     history: bool,
     naive: bool,
+    command_timeout_s: float,
     snaps: Connection,
     cmds: Connection,
 ) -> None:
@@ -222,37 +239,60 @@ def _serve(
     )
     pmap = build_point_map(site)
     reader = (lambda: HistoryReader(db, site.name)) if history else None
-    face = OpcUaFace(site, pmap, Topology(site, pmap), sec, db, reader, naive=naive)
+    face = OpcUaFace(
+        site,
+        pmap,
+        Topology(site, pmap),
+        sec,
+        db,
+        reader,
+        naive=naive,
+        command_timeout_s=command_timeout_s,
+    )
     try:
         lines = face.start()
     except Exception as exc:
         cmds.send(("error", str(exc)))
         return
     cmds.send(("ready", lines))
-    lock = threading.Lock()  # one command on the pipe at a time
+    sending = threading.Lock()  # the pipe's sends come from two threads
     ids = itertools.count(1)
-
-    def give_remote(cmd: Command, by: Principal) -> CommandResult:
-        with lock:
-            cid = next(ids)
-            cmds.send(("cmd", cid, cmd, by))
-            while cmds.poll(ANSWER_TIMEOUT_S):
-                kind, rid, res = cmds.recv()
-                if kind == "result" and rid == cid:
-                    if isinstance(res, str):
-                        raise ThermogateError(res)
-                    return res
-            raise ThermogateError("the controller did not answer")
-
+    # Commands go to the run loop as they come, many in flight (one at a time, a
+    # Write of 20 setpoints took 20 scans, past a client's 15 s timeout); each
+    # carries its deadline, which the run loop enforces (``OpcUaProcess.serve``).
+    pending: dict[int, concurrent.futures.Future[CommandResult]] = {}
     stop = threading.Event()
 
-    def pump() -> None:  # the bridge's queued commands to the run loop, as they come
+    def pump() -> None:
         while not stop.is_set():
-            if face.bridge.wait(0.5):
-                face.serve(give_remote)
+            if not face.bridge.wait(0.5):
+                continue
+            for cmd, by, fut, deadline in face.bridge.take():
+                cid = next(ids)
+                pending[cid] = fut
+                with sending:
+                    cmds.send(("cmd", cid, cmd, by, deadline))
+
+    def answers() -> None:
+        while not stop.is_set():
+            try:
+                if not cmds.poll(0.5):
+                    continue
+                kind, rid, res = cmds.recv()
+            except (EOFError, OSError):
+                return
+            fut = pending.pop(rid, None) if kind == "result" else None
+            if fut is None:
+                continue
+            if isinstance(res, str):
+                fut.set_exception(ThermogateError(res))
+            else:
+                fut.set_result(res)
 
     pumping = threading.Thread(target=pump, name="opcua-commands", daemon=True)
+    answering = threading.Thread(target=answers, name="opcua-answers", daemon=True)
     pumping.start()
+    answering.start()
     try:
         while True:
             try:
@@ -263,7 +303,8 @@ def _serve(
     finally:
         stop.set()
         pumping.join(5.0)
-        with contextlib.suppress(OSError, BrokenPipeError):
+        answering.join(5.0)
+        with sending, contextlib.suppress(OSError, BrokenPipeError):
             cmds.send(("applied", face.applied))
             cmds.send(("timings", face.timings))
             cmds.send(("gc", face.gc_runs))

@@ -235,6 +235,9 @@ class Space:
         self.notifier = Notifier()
         self._small: dict[str, _Small] = {}
         self._sc: dict[int, ua.StatusCode] = {}
+        #: setpoints written and accepted: (value, when given), shown until a scan
+        #: after that arrives (a snapshot of the scan before must not put it back)
+        self._written: dict[str, tuple[float, float]] = {}
 
     async def build(self) -> None:
         """Create every node (``nodes.Builder``: straight into the address space).
@@ -327,9 +330,16 @@ class Space:
             if av.datachange_callbacks:
                 enqueue(av, dv)
         self._apply_health(snap, ts)
+        written = self._written
         for c, x, w in zip(
             self.site.control_loops, snap.setpoints.tolist(), snap.working.tolist(), strict=True
         ):
+            if written and c.name in written:
+                held, given_t = written[c.name]
+                if snap.t <= given_t:
+                    x = held
+                else:
+                    del written[c.name]
             self.put(f"{c.name}.setpoint", x, V.Double, ts)
             self.put(f"{c.name}.working", w, V.Double, ts)
         self._apply_workloads(snap, ts)
@@ -339,6 +349,14 @@ class Space:
         self.applied += 1
         self.timings.append((snap.t, t_start, time.time()))
         return len(changed)
+
+    async def show_written(self, loop: str, value: float, given_t: float) -> None:
+        """A setpoint write the command path accepted, shown at once: a client's
+        read right after its Good write saw the old value until the next scan."""
+        self._written[loop] = (value, given_t)
+        now = datetime.now(UTC)
+        self.put(f"{loop}.setpoint", value, V.Double, now)
+        await self.notifier.flush()
 
     def put(
         self,
