@@ -148,6 +148,9 @@ def test_a_setpoint_is_checked_against_what_its_zone_can_take(warm):
         ("tank01.enable", 0.5, 60.0, "a bit: 0 or 1"),
         ("tank01.fluid_temp", 40.0, 60.0, "not an actuator"),
         ("plc.heartbeat", 1.0, 60.0, "not an actuator"),
+        # a held release would release a trip as the frequency recovers, unasked
+        ("plc.ufls_release", 1.0, 60.0, "not an actuator"),
+        ("plc.reset", 1.0, 60.0, "not an actuator"),
         ("tank01.valv_cmd", 50.0, 60.0, "did you mean 'tank01.valve_cmd'"),
     ],
 )

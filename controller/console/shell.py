@@ -33,6 +33,7 @@ from thermogate.plc.points import BAD, GOOD, QUALITY_NAMES
 from thermogate.plc.site import Site
 
 from ..core.commands import (
+    CONTROLLER_OWNED,
     Acknowledge,
     Command,
     OverrideActuator,
@@ -125,8 +126,9 @@ class Shell:
         self.equipment = parts
         self.loops = {c.name: c for c in site.control_loops}
         self.loop_index = {c.name: k for k, c in enumerate(site.control_loops)}
-        own = {"plc.heartbeat", "plc.reset"}
-        self.actuators = [p.name for p in pmap.points if p.writable and p.name not in own]
+        self.actuators = [
+            p.name for p in pmap.points if p.writable and p.name not in CONTROLLER_OWNED
+        ]
         self.loads = [t.name for t in site.tanks] + [r.name for r in site.rack_rows]
         self._setpoint_names = [*self.loops, *(c.measurement for c in site.control_loops)]
         self._show_names = sorted({*self.equipment, *self.names, *self.loops})

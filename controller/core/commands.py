@@ -53,6 +53,10 @@ ROLES = ("viewer", "operator", "engineer")
 FACES = ("cli", "opcua", "console", "grid")
 MAX_OVERRIDE_S = 86_400.0  # an override expires within a day at the latest
 MAX_CURTAIL_S = 7 * 86_400.0
+#: writable points no override may hold: the watchdog's heartbeat and the PLC's
+#: self-clearing pulses. ``plc.ufls_release`` held at 1 released a trip the
+#: moment the frequency recovered, with nobody deciding it (``release`` checks)
+CONTROLLER_OWNED = frozenset({"plc.heartbeat", "plc.reset", "plc.ufls_release"})
 #: the shortest override or curtailment: one shorter than a scan never reached the plant
 MIN_HOLD_S = 1.0
 MAX_GAIN = 1e4  # the site file's bound on kp, ki, kd
@@ -404,8 +408,7 @@ class CommandPath:
         except KeyError as exc:
             raise Refused(str(exc.args[0])) from None
         p = pmap.points[i]
-        own = (self.topo.ix.plc.heartbeat, self.topo.ix.plc.reset)
-        if not p.writable or i in own:
+        if not p.writable or p.name in CONTROLLER_OWNED:
             raise Refused(f"{p.name} is not an actuator (writable commands only)")
         lo = 0.0 if p.is_bit else (p.min if p.min is not None else -math.inf)
         hi = 1.0 if p.is_bit else (p.max if p.max is not None else math.inf)
