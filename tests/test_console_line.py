@@ -37,7 +37,7 @@ def test_ctrl_u_kills_the_line_and_ctrl_c_cancels_it():
 
 def test_arrow_keys_and_other_escape_sequences_are_swallowed_not_echoed():
     ld = LineDiscipline()
-    fed = ld.feed(b"st\x1b[A\x1b[1;5C\x1bOPat\x1bxus\r")
+    fed = ld.feed(b"st\x1b[A\x1b[1;5C\x1bOPat\x1b[200~us\r")
     assert fed.entries == [Entry("line", "status")]
     assert b"\x1b" not in fed.echo and fed.echo == b"status\r\n"
 
@@ -47,10 +47,23 @@ def test_an_escape_cut_short_by_enter_still_ends_the_line():
     assert lines(LineDiscipline(), b"help\x1b[1\r") == [Entry("line", "help")]
 
 
-def test_non_ascii_and_control_bytes_are_dropped_and_counted():
+def test_a_line_that_lost_bytes_is_refused_whole_never_run_altered():
+    """One corrupted byte turned `override tank03.valve_cmd \xb550` into an
+    override to 0 %; an ESC of noise took the key after it (`3\x1b2` -> 3)."""
     ld = LineDiscipline()
-    assert lines(ld, b"al\xffar\x01ms\x80\r") == [Entry("line", "alarms")]
+    assert lines(ld, b"al\xffar\x01ms\x80\r") == [Entry("spoilt", "alarms")]
     assert ld.dropped == 3
+    for spoilt in (
+        b"override tank03.valve_cmd \xb50 for 1m\r",
+        b"set loop1_supply 3\x1b2\r",  # ESC x: the x lost
+        b"override tank03.valve_cmd 7\x1bO5\r",  # ESC O and no key's letter
+        b"show t\xc3\xa4nk01\r",
+    ):
+        [entry] = lines(LineDiscipline(), spoilt)
+        assert entry.kind == "spoilt", spoilt
+    # the next line is whole again; Ctrl-U and Ctrl-C start a line afresh
+    assert lines(ld, b"status\r") == [Entry("line", "status")]
+    assert lines(ld, b"x\xff\x15status\r") == [Entry("line", "status")]
 
 
 def test_a_nul_is_a_break_that_discards_the_line_in_progress():
@@ -83,6 +96,6 @@ def test_any_bytes_give_printable_echo_and_lines_within_the_cap(chunks):
         fed = ld.feed(c)  # never raises
         assert all(b in b"\r\n\b^C" or 0x20 <= b < 0x7F for b in fed.echo)
         for e in fed.entries:
-            assert e.kind in ("line", "cancel", "overlong", "break")
+            assert e.kind in ("line", "cancel", "overlong", "break", "spoilt")
             assert len(e.text) <= MAX_LINE and e.text.isprintable() and e.text.isascii()
     assert len(ld.pending) <= MAX_LINE

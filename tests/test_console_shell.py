@@ -194,3 +194,31 @@ def test_a_command_the_controller_does_not_take_in_time_is_withdrawn(tmp_path, s
         assert face.serve(lambda cmd, who: given.append(cmd)) == 0 and not given  # never late
     finally:
         face.stop()
+
+
+def test_a_pin_after_a_break_or_typed_ahead_of_a_refused_login_is_never_echoed_nor_run(
+    site, demo_pmap, snap
+):
+    """A break in the middle of a PIN echoed the rest of it at the command prompt
+    (`no command '99'`); typed ahead of a locked-out login, the PIN was run as a
+    command and shown."""
+    given: list = []
+    c = _console(site, demo_pmap, snap, lambda cmd, by: given.append(cmd))
+    c.feed(b"login\rtech\r", 0.0)
+    out = c.feed(b"43\x0021\r", 1.0).decode()
+    assert "21" not in out and "no command" not in out, out
+    assert "discarded" in out and c.session.user is None
+    for k in range(5):  # lock the console out
+        c.feed(b"login\rtech\r0000\r", 10.0 + k)
+    out = c.feed(b"login\rtech\r4321\r", 20.0).decode()
+    assert "locked" in out and "4321" not in out and "no command" not in out, out
+    assert c.session.user is None and given == []
+
+
+def test_a_line_with_lost_bytes_is_refused_never_run_altered(site, demo_pmap, snap):
+    given: list = []
+    c = _console(site, demo_pmap, snap, lambda cmd, by: given.append(cmd))
+    c.feed(b"login\rtech\r4321\r", 0.0)
+    out = c.feed(b"override tank03.valve_cmd \xb50 for 1m\r", 1.0).decode()
+    assert "refused: bytes of that line were not plain text" in out
+    assert given == []

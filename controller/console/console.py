@@ -56,6 +56,7 @@ class Console:
         self._role_of = role_of
         self._seen = seen
         self._trend = trend
+        self._hushed = False  # see ``feed``
 
     # -- what the port calls --------------------------------------------------
     def greet(self, now: float) -> bytes:
@@ -78,6 +79,9 @@ class Console:
         return f"{self.shell.site.name}{who}> "
 
     def feed(self, data: bytes, now: float) -> bytes:
+        # lines typed ahead (in this read) of a login that was cancelled or
+        # refused are a PIN or a user name: never echoed, never run
+        self._hushed = False
         out = bytearray()
         start = 0
         for m in _CUT.finditer(data):
@@ -98,7 +102,7 @@ class Console:
 
     # -- inside ---------------------------------------------------------------
     def _segment(self, data: bytes, now: float) -> bytes:
-        self.line.echo = self.session.stage != "pin"
+        self.line.echo = self.session.stage != "pin" and not self._hushed
         fed = self.line.feed(data)
         out = bytearray(fed.echo)
         for entry in fed.entries:
@@ -108,11 +112,23 @@ class Console:
                 log.exception("console: the line %r failed", entry.text[:80])
                 text = f"error: {type(exc).__name__}: {exc} (logged)"
             out += self._out(text) + self.prompt().encode("ascii", "replace")
-            self.line.echo = self.session.stage != "pin"
+            self.line.echo = self.session.stage != "pin" and not self._hushed
         return bytes(out)
 
     def _entry(self, entry: Entry, now: float) -> str:
         s = self.session
+        if entry.kind != "line" and s.stage == "pin":
+            self._hushed = True  # what follows in this read is the rest of a PIN
+        if entry.kind == "spoilt":
+            if s.stage:
+                s.cancel_login()
+                return "login cancelled: bytes of that line were lost (noise on the line?)"
+            return (
+                "refused: bytes of that line were not plain text and were lost (noise on "
+                "the line, or a key this console does not take); type it again"
+            )
+        if entry.kind == "line" and self._hushed:
+            return "(typed ahead of a cancelled login: discarded)"
         if entry.kind == "cancel":
             if s.stage:
                 s.cancel_login()
@@ -141,7 +157,10 @@ class Console:
             return ""
         verb = self._session_verb(words[0])
         if verb == "login":
-            return s.begin_login(now)
+            said = s.begin_login(now)
+            if s.stage != "user":  # refused (locked out): a user and PIN may follow
+                self._hushed = True
+            return said
         if verb == "logout":
             return s.logout(now)
         if verb == "whoami":

@@ -13,7 +13,11 @@ completed lines, and what happened on the way, and never raises:
   ``ESC O x``) is swallowed, never echoed;
 * a NUL is what a UART reads during a break condition (and what a pulled
   cable often leaves): the line in progress is discarded;
-* any other control or non-ASCII byte is dropped and counted;
+* any other control or non-ASCII byte is dropped and counted, and the line
+  it fell in is refused whole at its end (``spoilt``): one lost byte turned
+  ``override tank03.valve_cmd \xb550`` into an override to 0 %. So is a line
+  with an ESC that starts no key's sequence (``ESC x``, ``ESC O 5``), whose
+  next byte it took;
 * a line longer than ``MAX_LINE`` characters is refused once, at its end,
   with a notice; its text never reaches the shell.
 
@@ -38,9 +42,10 @@ _ENDS_ESC = frozenset({CR, LF, NUL, CTRL_C, CTRL_U, ESC})
 @dataclass(frozen=True)
 class Entry:
     """One thing the shell must answer: a ``line`` with its text, a ``cancel``
-    (Ctrl-C), an ``overlong`` line refused, or a ``break`` on the wire."""
+    (Ctrl-C), an ``overlong`` line refused, a ``break`` on the wire, or a
+    ``spoilt`` line refused (bytes of it lost: ``text`` is what was left)."""
 
-    kind: str  # line | cancel | overlong | break
+    kind: str  # line | cancel | overlong | break | spoilt
     text: str = ""
 
 
@@ -62,6 +67,7 @@ class LineDiscipline:
         self.breaks = 0
         self._buf = bytearray()
         self._overlong = False
+        self._spoilt = False  # a byte of this line was dropped
         self._after_cr = False  # the last byte ended a line with CR: an LF now is its pair
         self._esc = 0  # bytes of an ESC sequence seen so far (0: not in one)
         self._esc_kind = 0  # the byte after ESC ('[' CSI, 'O' SS3) or 0
@@ -75,6 +81,7 @@ class LineDiscipline:
         """Forget the line in progress (a reconnect, a break)."""
         self._buf.clear()
         self._overlong = False
+        self._spoilt = False
         self._after_cr = False
         self._esc = 0
 
@@ -105,11 +112,11 @@ class LineDiscipline:
                 if self.echo and not self._overlong:
                     echo += ERASE * len(self._buf)
                 self._buf.clear()
-                self._overlong = False
+                self._overlong = self._spoilt = False
             elif b == CTRL_C:
                 echo += b"^C" + NEWLINE
                 self._buf.clear()
-                self._overlong = False
+                self._overlong = self._spoilt = False
                 out.entries.append(Entry("cancel"))
             elif b == NUL:
                 self.breaks += 1
@@ -117,7 +124,7 @@ class LineDiscipline:
                     echo += NEWLINE
                     out.entries.append(Entry("break"))
                 self._buf.clear()
-                self._overlong = False
+                self._overlong = self._spoilt = False
             elif 0x20 <= b < 0x7F:
                 if self._overlong:
                     continue
@@ -128,30 +135,37 @@ class LineDiscipline:
                 if self.echo:
                     echo.append(b)
             else:
-                self.dropped += 1
+                self._drop()
         out.echo = bytes(echo)
         return out
 
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._spoilt = True
+
     def _end(self) -> Entry:
         text = self._buf.decode("ascii")
-        overlong = self._overlong
+        overlong, spoilt = self._overlong, self._spoilt
         self._buf.clear()
-        self._overlong = False
-        return Entry("overlong") if overlong else Entry("line", text)
+        self._overlong = self._spoilt = False
+        if overlong:
+            return Entry("overlong")
+        return Entry("spoilt", text) if spoilt else Entry("line", text)
 
     def _escape(self, b: int) -> None:
         """One byte of an ESC sequence: swallowed until the sequence ends."""
         self._esc += 1
         if self._esc > MAX_ESC:
             self._esc = 0
-            self.dropped += 1
+            self._drop()
         elif self._esc == 2:
             if b in (ord("["), ord("O")):
                 self._esc_kind = b
             else:
-                self._esc = 0  # ESC x (Alt-x): two bytes, done
-        elif self._esc_kind == ord("O") or 0x40 <= b <= 0x7E:
-            self._esc = 0  # SS3's one byte, or CSI's final byte
-        elif not 0x20 <= b <= 0x3F:
-            self._esc = 0  # not a CSI byte at all: give the sequence up
-            self.dropped += 1
+                self._esc = 0  # ESC x (Alt-x, or an ESC of noise): x is lost
+                self._drop()
+        elif 0x40 <= b <= 0x7E:
+            self._esc = 0  # SS3's letter, or CSI's final byte: a key, swallowed
+        elif self._esc_kind == ord("O") or not 0x20 <= b <= 0x3F:
+            self._esc = 0  # no key's sequence: give it up, and the line with it
+            self._drop()
