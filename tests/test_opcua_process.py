@@ -136,6 +136,51 @@ def test_a_method_call_waits_for_the_run_loop_and_is_given_as_opcua_user(served,
     assert [(type(c).__name__, p.origin) for c, p in given] == [("SetMode", "opcua:olive")]
 
 
+def test_values_no_scan_refreshes_go_bad_and_come_back_with_the_next_scan(served, site):
+    """With the controller frozen (SIGSTOP), SCADA read 2.5 MW of Good load for
+    36 s while the plant sat in its safe state at 0.6 MW."""
+    from thermogate.controller.opcua.process import STALE_MIN_S
+
+    face, ctrl, keys, root, _ = served
+    i = ctrl.pmap.position("site.power_kw")
+
+    def publish(kw: float) -> None:
+        snap = Snapshot.of(ctrl, time.time())
+        values, quality = snap.values.copy(), snap.quality.copy()
+        values[i], quality[i] = kw, 0
+        face.publish(Snapshot(**{**snap.__dict__, "values": values, "quality": quality}))
+
+    async def watch() -> list[tuple[float | None, str]]:
+        c = await _connected(face, keys, root, None)
+        seen: list[tuple[float | None, str]] = []
+        try:
+            idx = await c.get_namespace_index(namespace_uri(site))
+            node = c.get_node(ua.NodeId("site.power_kw", idx))
+
+            async def until(good: bool, value: float | None, within: float) -> None:
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < within:
+                    dv = await node.read_data_value(raise_on_bad_status=False)
+                    same = value is None or dv.Value.Value == value
+                    if dv.StatusCode.is_good() == good and same:
+                        seen.append((dv.Value.Value, dv.StatusCode.name))
+                        return
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"not {'Good' if good else 'Bad'} within {within} s")
+
+            publish(2477.8)
+            await until(True, 2477.8, 10.0)
+            await until(False, None, STALE_MIN_S + 5.0)  # no scan: stale, not Good
+            publish(610.0)
+            await until(True, 610.0, 10.0)
+        finally:
+            await c.disconnect()
+        return seen
+
+    seen = asyncio.run(watch())
+    assert seen == [(2477.8, "Good"), (None, "BadCommunicationError"), (610.0, "Good")]
+
+
 def test_a_command_not_taken_in_time_is_refused_and_never_applied_when_the_loop_wakes(
     impatient, site
 ):

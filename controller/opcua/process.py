@@ -26,6 +26,7 @@ the controller.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -40,11 +41,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from thermogate.plc.equipment import Site
 from thermogate.plc.errors import ThermogateError
+from thermogate.plc.points import BAD
 
 from ..core.commands import Command, CommandResult, Principal
-from ..signals import Audit
+from ..signals import FLAG_STALE, Audit
 from .bridge import not_taken
 from .security import OpcUaSecurity
 from .snapshot import Snapshot
@@ -213,6 +217,28 @@ class OpcUaProcess:
 
 
 # -- the server process ------------------------------------------------------------------
+#: scans missed before the server shows the controller's values stale, and at least
+STALE_SCANS, STALE_MIN_S = 5, 5.0
+#: the longest gap between two snapshots taken as the scan interval
+STALE_MAX_INTERVAL_S = 60.0
+
+
+def stale_after(interval_s: float) -> float:
+    """Seconds without a snapshot after which the last one is shown stale."""
+    return max(STALE_MIN_S, STALE_SCANS * interval_s)
+
+
+def stale(snap: Snapshot) -> Snapshot:
+    """``snap`` with every point Bad and stale (``BadCommunicationError``): what
+    SCADA must see of values no scan has refreshed."""
+    return dataclasses.replace(
+        snap,
+        quality=np.full_like(snap.quality, BAD),
+        flags=(snap.flags | FLAG_STALE).astype(snap.flags.dtype),
+        status=dict(snap.status),
+    )
+
+
 def _serve(
     site: Site,
     sec: OpcUaSecurity,
@@ -293,12 +319,31 @@ def _serve(
     answering = threading.Thread(target=answers, name="opcua-answers", daemon=True)
     pumping.start()
     answering.start()
+    last: Any = None
+    arrived = time.monotonic()
+    interval = 1.0  # the scan interval, as the snapshots arrive
+    gaps: collections.deque[float] = collections.deque(maxlen=9)
+    stale_shown = False
     try:
         while True:
             try:
+                if not snaps.poll(0.5):
+                    # no scan for a while (the controller frozen or stopped by a
+                    # debugger): its last values must not stay Good ("a stale point
+                    # is never Good"); the next snapshot shows them as they are
+                    quiet = time.monotonic() - arrived
+                    if last is not None and not stale_shown and quiet > stale_after(interval):
+                        face.publish(stale(last))
+                        stale_shown = True
+                    continue
                 snap: Any = snaps.recv()
             except (EOFError, OSError):
                 break  # the controller closed the pipe: stop
+            now = time.monotonic()
+            if last is not None:  # wall time between scans (a HIL clock runs faster);
+                gaps.append(now - arrived)  # the median: a freeze is not the interval
+                interval = min(float(np.median(gaps)), STALE_MAX_INTERVAL_S)
+            last, arrived, stale_shown = snap, now, False
             face.publish(snap)
     finally:
         stop.set()
