@@ -220,6 +220,9 @@ LOOP_MIN_FLOW_FRAC = 0.1
 
 #: Flags that stay for CLEAR_S after their cause has gone.
 LATCHED_FLAGS = 0xFFFF & ~FLAG_NEVER_READ
+#: each of them, timed on its own: with one time per point, a stale flag from a
+#: comms loss was kept alive by a NaN that followed (shown as a comms error)
+_LATCH_BITS = tuple(1 << k for k in range(16) if LATCHED_FLAGS & (1 << k))
 
 
 @dataclass
@@ -281,7 +284,7 @@ class Estimator:
         self._held = nan.copy()  # last non-BAD output
         self._held_t = nan.copy()
         self._latched = np.zeros(n, dtype=np.uint16)
-        self._latch_t = nan.copy()
+        self._latch_t = np.full((len(_LATCH_BITS), n), np.nan)  # per bit, per point
         self._reported = np.zeros(n, dtype=np.uint16)
         self._new_flagged = np.zeros(0, dtype=np.int64)
         self._new_cleared = np.zeros(0, dtype=np.int64)
@@ -290,6 +293,7 @@ class Estimator:
         self._all_ever = n == 0  # every point has had a valid reading
         self._rate_open = False  # some point is in a rate-violation episode
         self._latched_any = False
+        self._now = np.zeros(n, dtype=np.uint16)
         self._reported_any = False
 
         nt, nl = len(self._tank_names), len(self._loop_names)
@@ -441,8 +445,10 @@ class Estimator:
         indiv = flags.copy()
         latched = self._latched.copy()
         if self._latched_any:
-            expired = t - self._latch_t >= CLEAR_S
-            latched[expired] = 0
+            for bit, since in zip(_LATCH_BITS, self._latch_t, strict=True):
+                gone = ((latched & bit) != 0) & (t - since >= CLEAR_S)
+                if gone.any():
+                    latched[gone] &= ~bit & 0xFFFF
         pre_q = np.where(bad, BAD, np.where((indiv | latched) != 0, UNCERTAIN, GOOD))
 
         # ---- 7-8: loops first (the tanks' reference uses the supply) ---------------
@@ -454,9 +460,11 @@ class Estimator:
         on = active != 0
         if on.any():
             latched |= active
-            self._latch_t[on] = t
+            for bit, since in zip(_LATCH_BITS, self._latch_t, strict=True):
+                since[(active & bit) != 0] = t
         self._latched = latched
         self._latched_any = bool(latched.any())
+        self._now = flags
         rep = flags | latched
         quality = np.where(bad, BAD, np.where(rep != 0, UNCERTAIN, GOOD)).astype(np.uint8)
         if not bad.any():  # nothing BAD: every value is this scan's, and the one to hold
@@ -752,6 +760,17 @@ class Estimator:
     # ==================================================================
     # alarms
     # ==================================================================
+    @property
+    def flags(self) -> np.ndarray:
+        """Why each point is not GOOD after the last update (``FLAG_*`` bits,
+        latched ones included)."""
+        return self._reported
+
+    @property
+    def flags_now(self) -> np.ndarray:
+        """The reasons the last update found, without the latched ones."""
+        return self._now
+
     def newly_flagged(self) -> list[tuple[str, int]]:
         """(point, flags) that turned non-good or gained a reason on the last update."""
         rep = self._reported

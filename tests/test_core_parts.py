@@ -79,6 +79,14 @@ def test_a_zone_needs_its_inputs_but_one_good_fluid_sensor_of_two_will_do(topo):
     z = zones.zones["tank01"]
     assert z.reason == "bad inputs: tank01.fluid_temp, tank01.fluid_temp_b"
     assert [(e.kind, e.source) for e in al.events] == [("failsafe", "tank01")]
+    # and an alarm SCADA lists and a person acknowledges (an event alone was not)
+    rec = al.record("failsafe:tank01")
+    assert rec is not None and rec.active and rec.severity == 800
+    assert rec.message.startswith("zone tank01 in fail-safe: bad inputs")
+    al.begin_scan()
+    zones.update(4.0, view(topo).quality, al)
+    assert [(e.kind, e.source) for e in al.events] == [("restore", "tank01")]
+    assert not al.record("failsafe:tank01").active  # cleared, kept until acknowledged
 
 
 def test_a_zone_in_fail_safe_takes_its_safe_state(topo, site):
@@ -399,3 +407,35 @@ def test_a_low_flow_alarm_says_below_the_trip_once_the_flow_is_below_it():
     assert _low_flow_message("loop1", 80.0, 69.0, 10.0) == (
         "loop loop1 flow 80 m3/h near its trip flow 69 m3/h"
     )
+
+
+def test_sensors_stale_or_failed_are_an_alarm_per_reason_while_any_has_it(site):
+    """518 stale points (a lost PLC) or a tank sensor reading NaN were events
+    only: SCADA's alarm list stayed empty."""
+    from thermogate.controller.core import Controller
+    from thermogate.controller.signals import Observation
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    stale = np.ones(len(sim.pmap), bool)
+
+    def scan(fresh: np.ndarray, nan: str | None = None) -> list[str]:
+        v = sim.plant.sensors.sample()
+        if nan is not None:
+            v[sim.pmap.position(nan)] = np.nan
+        ctrl.scan(Observation(sim.plant.t, v, fresh))
+        sim.step()
+        return [k for k in ctrl.alarms.active() if k.startswith("sensors:")]
+
+    for _ in range(5):
+        assert scan(stale) == []
+    lost = stale.copy()
+    lost[[sim.pmap.position(p.name) for p in sim.pmap.points if p.unit_id == 1]] = False
+    assert scan(lost) == ["sensors:stale"]
+    rec = ctrl.alarms.record("sensors:stale")
+    assert rec is not None and "sensor(s) stale" in rec.message
+    for _ in range(3):
+        scan(stale)
+    assert scan(stale, nan="tank03.fluid_temp") == ["sensors:nan"]
+    assert scan(stale) == []

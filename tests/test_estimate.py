@@ -590,3 +590,25 @@ def test_quality_is_always_0_1_or_2_and_a_nan_or_stale_input_is_never_good(scans
         for value, q in e.voted.values():
             assert q in (GOOD, UNCERTAIN, BAD)
             assert (q == BAD) == (not math.isfinite(value))
+
+
+def test_each_latched_reason_expires_on_its_own_time():
+    """A point stale for a few scans, then failing (NaN), showed the comms loss
+    for as long as the failure lasted: one latch time per point let the NaN keep
+    the stale flag alive, and SCADA read BadCommunicationError for a failed sensor."""
+    ls = Lockstep(seed=3)
+    ls.run(WARM_S)
+    name = "tank03.fluid_temp"
+    ls.fresh[IDX[name]] = False
+    e = ls.run(3)
+    assert flags_of(e, name) & FLAG_STALE
+    ls.fresh[IDX[name]] = True
+    ls.run(5)
+    for _ in range(100):  # a failed sensor, read every scan
+        v = ls.plant.sensors.sample()
+        v[IDX[name]] = np.nan
+        ls.plant.heartbeat = (ls.plant.heartbeat + 1) % 65536
+        ls.sp.step()
+        e = ls.est.update(ls.sp.t, v, ls.fresh)
+    assert flags_of(e, name) & FLAG_NAN
+    assert not flags_of(e, name) & FLAG_STALE  # the comms loss ended 100 s ago

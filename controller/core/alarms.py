@@ -69,17 +69,21 @@ class Alarms:
         message: Message,
         severity: int = 600,
         hysteresis: bool = True,
+        *,
+        journal: bool = True,
     ) -> None:
         """Raise once when it becomes active; clear once when it is gone.
 
         ``hysteresis=False`` keeps an active alarm raised although ``active`` is
-        False (the value is back under its limit but not yet by the margin)."""
+        False (the value is back under its limit but not yet by the margin).
+        ``journal=False``: no events (what it stands for is journalled otherwise)."""
         was = self._active.get(key, False)
         if active and not was:
             if not isinstance(message, str):
                 message = message()
             self._active[key] = True
-            self.event(t, "alarm", key, message, severity)
+            if journal:
+                self.event(t, "alarm", key, message, severity)
             rec = self._records.get(key)
             if rec is None:
                 self._records[key] = AlarmRecord(key, message, severity, t)
@@ -88,7 +92,8 @@ class Alarms:
                 rec.active, rec.acked, rec.acked_by = True, False, ""
         elif was and not active and hysteresis:
             self._active[key] = False
-            self.event(t, "clear", key, f"cleared: {key}", 300)
+            if journal:
+                self.event(t, "clear", key, f"cleared: {key}", 300)
             rec = self._records.get(key)
             if rec is not None:
                 rec.active = False

@@ -41,7 +41,22 @@ from thermogate.plc.equipment import Site
 from thermogate.plc.pointmap import STATUS_SAFE_STATE, PointMap
 
 from ..estimate import Estimator
-from ..signals import BAD, GOOD, Audit, Event, Observation, Write, flag_names
+from ..signals import (
+    BAD,
+    FLAG_DISAGREE,
+    FLAG_DRIFT,
+    FLAG_NAMES,
+    FLAG_NAN,
+    FLAG_RANGE,
+    FLAG_STALE,
+    FLAG_STUCK,
+    GOOD,
+    Audit,
+    Event,
+    Observation,
+    Write,
+    flag_names,
+)
 from .actuation import Actuation
 from .alarms import AlarmRecord, Alarms
 from .commands import Command, CommandPath, CommandResult, Principal
@@ -90,6 +105,16 @@ INFERENCE_FLOOR_ALARM = "grid.inference_floor"
 #: sensors flagged (or good again) for one reason in one scan beyond this many are
 #: one event, naming the first ``SENSOR_EVENTS_NAMED`` of them
 SENSOR_EVENTS_SINGLY = 5
+#: the reasons a sensor is not good that are an alarm while any sensor has them,
+#: with their severity (a rate hold is a scan's doubt; never-read is start-up)
+SENSOR_ALARMS = (
+    (FLAG_STALE, 600),
+    (FLAG_NAN, 600),
+    (FLAG_RANGE, 600),
+    (FLAG_STUCK, 500),
+    (FLAG_DRIFT, 500),
+    (FLAG_DISAGREE, 500),
+)
 SENSOR_EVENTS_NAMED = 5
 
 #: what must stay on sits at this fraction of the limit it is spared by: under where
@@ -127,6 +152,7 @@ class Controller:
         self.topo = Topology(site, pmap)
         self.estimator = Estimator(pmap, site, scan_s=self.scan_s)
         self.alarms = Alarms()
+        self._sensor_alarms_up = False  # any ``sensors:*`` alarm active
         self.failsafe = FailSafeZones(self.topo)
         self.regulation = Regulation(self.topo, self.state, trim_and_respond=trim_and_respond)
         self.thermal = ThermalProtection(self.topo)
@@ -225,6 +251,26 @@ class Controller:
             _sensor_event(alarms, t, "alarm", names, what, 600)
         _sensor_event(alarms, t, "clear", self.estimator.newly_cleared(), "good again", 300)
 
+    def _sensor_alarms(self, t: float, alarms: Alarms) -> None:
+        """An alarm per reason while any sensor has it (``sensors:stale``, ...): the
+        per-sensor events above say which and when, but SCADA's alarm list showed
+        nothing while 518 points were stale or a tank sensor read NaN."""
+        flags = self.estimator.flags_now  # a sensor back is no alarm for 60 s more
+        if not self._sensor_alarms_up and not flags.any():
+            return
+        up = False
+        for bit, severity in SENSOR_ALARMS:
+            name = FLAG_NAMES[bit]
+            hit = np.flatnonzero(flags & bit)
+            up |= hit.size > 0
+
+            def message(hit: np.ndarray = hit, name: str = name) -> str:
+                names = [self.pmap.name_of(int(i)) for i in hit]
+                return f"{len(names)} sensor(s) {name}: {_some(names)}"
+
+            alarms.alarm(t, f"sensors:{name}", hit.size > 0, message, severity, journal=False)
+        self._sensor_alarms_up = up
+
     # -- the scan ----------------------------------------------------------------
     def scan(self, obs: Observation) -> ScanResult:
         t = obs.t
@@ -236,6 +282,7 @@ class Controller:
         v, q = est.values, est.quality
         self.values, self.quality = v, q
         self._sensor_events(t, alarms)
+        self._sensor_alarms(t, alarms)
         position = self.pmap.position
         voted = {position(k): (val, qual != BAD) for k, (val, qual) in est.voted.items()}
         view = ScanView(t, dt, v, q, voted, obs.import_limit_kw, obs.price_per_mwh)

@@ -26,6 +26,11 @@ SAFE_GPU_CAP_FRAC = 0.5  # a GPU tank in fail-safe runs at most at this share of
 SAFE_ROW_CAP_W = 350.0  # per-GPU cap of the rows behind a CDU in fail-safe
 
 
+def failsafe_key(zone: str) -> str:
+    """The alarm of a zone in fail-safe (``failsafe:tank01``)."""
+    return f"failsafe:{zone}"
+
+
 @dataclass(slots=True)
 class Zone:
     name: str
@@ -80,6 +85,15 @@ class FailSafeZones:
                 alarms.event(t, "restore", z.name, f"zone {z.name} left fail-safe", 400)
             elif bad:
                 z.reason = f"bad inputs: {names}"
+            # and an alarm for SCADA's list, to acknowledge (journalled above)
+            alarms.alarm(
+                t,
+                failsafe_key(z.name),
+                z.failsafe,
+                f"zone {z.name} in fail-safe: {z.reason}",
+                800,
+                journal=False,
+            )
 
     def holds(self, point: int) -> str | None:
         """Why a zone in fail-safe holds ``point`` at its safe value now (None: free)."""

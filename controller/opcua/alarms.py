@@ -100,6 +100,14 @@ _RULES: tuple[tuple[Callable[[str], bool], AlarmKind], ...] = (
     ),
     # regulation.py: a loop without a healthy pump
     (lambda k: k.endswith(".no_pump"), _OFF_NORMAL),
+    # zones.py: a zone in its safe state for want of good inputs
+    (lambda k: k.startswith("failsafe:"), _OFF_NORMAL),
+    # controller.py: sensors stale, failed, out of range, stuck, drifting, disagreeing;
+    # a link that is not a point (the OpenADR VTN) down
+    (
+        lambda k: k.startswith(("sensors:", "link.")),
+        AlarmKind(ua.ObjectIds.OffNormalAlarmType, ua.ObjectIds.SystemConditionClassType),
+    ),
     # actuation.py: a write not read back in time — what DiscrepancyAlarmType is for
     (
         lambda k: k.startswith("write:"),
