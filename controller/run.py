@@ -373,6 +373,10 @@ class RealTimeController:
             self._publish(now, res.status)
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
+            position = self.pmap.position
+            self.ctrl.actuation.not_sent(
+                position(w.point) for w, o in zip(res.writes, outcomes, strict=True) if not o.ok
+            )
             unsent: dict[int, tuple[str, list[str]]] = {}  # unit -> (why, the points)
             for w, o in zip(res.writes, outcomes, strict=True):
                 old = float(rr.values[self.pmap.position(w.point)])

@@ -117,16 +117,20 @@ class Lockstep:
     def apply(self, res: ScanResult) -> tuple[int, list[Event]]:
         """Write the scan's commands: (writes lost, an event per write the plant refused)."""
         sim, plant = self.sim, self.sim.plant
-        lost, failed = 0, []
+        lost, failed, unsent = 0, [], []
         for w in res.writes:
-            if int(self.unit_of[sim.pmap.position(w.point)]) in sim.device_faults:
+            i = sim.pmap.position(w.point)
+            if int(self.unit_of[i]) in sim.device_faults:
                 lost += 1  # the device does not answer: the write is lost
+                unsent.append(i)
                 continue
             try:
                 plant.write(w.point, w.value)
             except (KeyError, ValueError) as exc:
                 lost += 1
+                unsent.append(i)
                 failed.append(Event(plant.t, "write-failed", w.point, str(exc), 700))
+        self.ctrl.actuation.not_sent(unsent)  # as ``run`` tells it its failed writes
         return lost, failed
 
     def advance(self) -> None:

@@ -731,6 +731,18 @@ def test_sensor_faults_and_comms_loss_contents():
     assert (f.target, f.kind, f.duration_s) == (("device", "cdu1"), "timeout", 600)
 
 
+def test_a_device_lost_and_back_is_no_foreign_write_and_no_unread_write_alarm(site):
+    """After cdu1's ten minutes of silence its unsent writes were still expected:
+    what the PLC held read back as a "foreign write" (a second Modbus master,
+    kept in the audit for good) and, in `run`, ~50 "not read back" alarms."""
+    from thermogate.controller.simulate import run_simulation
+
+    res = run_simulation(site, "comms-loss", 1.6, scan_s=5.0)
+    assert res.summary["write_failures"] > 0  # writes to cdu1 were lost ...
+    said = [e["message"] for e in res.events]
+    assert not [m for m in said if "foreign write" in m or "not read back" in m], said
+
+
 def test_unknown_builtin_lists_the_builtins():
     with pytest.raises(ConfigError, match="heatwave"):
         load_scenario("heat-wave")

@@ -34,6 +34,7 @@ the heartbeat are not judged.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..signals import Audit, Write
@@ -150,6 +151,15 @@ class Actuation:
             del self._verified[i]
             self._foreign[i] = (val(i), ours)
             self._last_sent.pop(i, None)  # the next command goes out at once
+
+    def not_sent(self, points: Iterable[int]) -> None:
+        """Writes that never reached their device (a unit lost, a refusal): there
+        is nothing to read back, and the next scan sends them again. Expected
+        still, each read back as "not read back within 5 s" after the outage (50
+        alarms at once) or a value the PLC held as a "foreign write"."""
+        for i in points:
+            self._pending.pop(i, None)
+            self._last_sent.pop(i, None)
 
     def take_audit(self) -> list[Audit]:
         """The foreign writes found since the last call, as audit records."""
