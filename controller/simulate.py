@@ -254,7 +254,9 @@ def run_simulation(
     # command path's (an operator, the OpenADR VEN), against the plant's meter
     settlement = Settlement(rule_for(site.grid))
     for e in sc.grid_events:
-        if e.kind == "curtail":
+        # one the run ends before is no instruction of this run (a 6 h heatwave
+        # counted the scenario's 18:00 curtailment)
+        if e.kind == "curtail" and e.at_s < hours * 3600.0:
             settlement.instruct(
                 f"scenario curtail at {e.at_s / 3600.0:.2f} h",
                 Instruction(e.at_s, e.end_s, e.import_limit_kw(site.import_limit_kw)),
@@ -344,9 +346,11 @@ def run_simulation(
             if "limit" in ev.data:  # a protective limit applied or lifted
                 counts = limits.setdefault(ev.data["limit"], {"applied": 0, "lifted": 0})
                 counts[ev.data["action"]] += 1
+        th = ctrl.thermal
         for ld in ctrl.topo.loads:  # what the thermal limit withheld from the planner
             kw = ctrl.planning.thermal_withheld_kw[ld.name]
-            if kw > 0.0:
+            # the limiters', not the low-flow shed's (a pump failure counted there)
+            if kw > 0.0 and th.limiter_cap.get(ld.name, math.inf) <= th.cap[ld.name] + 1e-6:
                 withheld_kwh[ld.wclass] += kw * scan_s / 3600.0
         lap("record")
         if model is not None:

@@ -66,6 +66,10 @@ def test_pump_failure_sheds_mining_on_the_affected_loop_before_any_plc_trip(site
     # only mining was touched
     inf = r.series["class.inference_kw"]
     assert inf.min() > 0.0
+    # a flow limit, not a thermal one: the summary's thermal_shed does not count it
+    assert r.summary["limits"]["flow"] == {"applied": 1, "lifted": 1}
+    assert "thermal" not in r.summary["limits"]
+    assert r.summary["thermal_shed"]["mining_kwh"] == 0.0
 
 
 @pytest.mark.timeout(300)
@@ -351,3 +355,9 @@ def test_a_plc_that_clamps_our_value_is_at_most_one_foreign_write_then_the_unver
         sim.step()
     assert len(foreign) <= 1, [e.message for e in foreign]
     assert alarms, "the clamped write was never called unverified"
+
+
+def test_a_curtailment_after_the_run_ends_is_no_instruction_of_the_run(site):
+    """A 6 h heatwave's summary counted the scenario's 18:00 curtailment."""
+    r = run_simulation(site, "heatwave", 0.2, scan_s=5.0)
+    assert r.summary["grid"]["instructions"] == 0

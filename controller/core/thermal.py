@@ -172,6 +172,7 @@ class ThermalProtection:
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
         self.cap: dict[str, float] = {ld.name: math.inf for ld in topo.loads}
+        self.limiter_cap: dict[str, float] = dict(self.cap)
         self.flow_shed: dict[str, bool] = {}
         self._normal_flow: dict[str, float] = {}
         self._flow_ok_s: dict[str, float] = {}
@@ -353,6 +354,9 @@ class ThermalProtection:
         for lim in [*self.zone_limits.values(), *self.loop_limits]:
             for name, kw in lim.caps().items():
                 cap[name] = min(cap[name], kw)
+        # the limiters' caps alone (what the summary's ``thermal_shed`` counts;
+        # the low-flow shed below is a limit of its own)
+        self.limiter_cap = dict(cap)
         for k, lp in enumerate(self.topo.site.loops):
             if self.flow_shed.get(lp.name, False):
                 for ld in self._loop_mining[k]:
