@@ -304,3 +304,57 @@ def test_a_port_in_use_is_one_line_naming_the_endpoint_and_its_key(site, tmp_pat
     assert said.count("did not start") == 1 and "\n" not in said, said
     assert f"cannot listen on {endpoint}" in said and "[opcua] endpoint" in said
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_wrong_typed_write_or_argument_is_refused_and_audited(served, site):
+    """Refusals made before a command could be built (a String written to a
+    setpoint, a str argument for a Double) left no trace; the command path's own
+    refusals are audited."""
+    face, ctrl, keys, root, _ = served
+    audits: list = []
+    face.audit = audits.append
+    lp = site.control_loops[0]
+    stop = threading.Event()
+
+    def run_loop() -> None:
+        while not stop.is_set():
+            face.serve(lambda cmd, by: ctrl.command(cmd, by, time.time()))
+            time.sleep(0.05)
+
+    loop = threading.Thread(target=run_loop, daemon=True)
+    loop.start()
+
+    async def refused() -> tuple[ua.StatusCode, ua.StatusCode]:
+        c = await _connected(face, keys, root, "olive")
+        try:
+            idx = await c.get_namespace_index(namespace_uri(site))
+            wv = ua.WriteValue()
+            wv.NodeId, wv.AttributeId = ua.NodeId(f"{lp.name}.setpoint", idx), 13
+            wv.Value = ua.DataValue(ua.Variant("hot", ua.VariantType.String))
+            [written] = await c.uaclient.write(ua.WriteParameters(NodesToWrite=[wv]))
+            req = ua.CallMethodRequest(
+                ua.NodeId("Site/Controller", idx),
+                ua.NodeId("Site/Controller/OverrideActuator", idx),
+                [ua.Variant("tank01.valve_cmd"), ua.Variant("half"), ua.Variant(60.0)],
+            )
+            [called] = await c.uaclient.call([req])
+            return written, called.StatusCode
+        finally:
+            await c.disconnect()
+
+    try:
+        written, called = asyncio.run(refused())
+        for _ in range(100):
+            if len(audits) >= 2:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(5)
+    assert written.value == ua.StatusCodes.BadTypeMismatch
+    assert called.value == ua.StatusCodes.BadInvalidArgument
+    got = sorted((a.who, a.target, a.ok) for a in audits)
+    assert got == sorted(
+        [("olive", f"{lp.name}.setpoint", False), ("olive", "opcua.OverrideActuator", False)]
+    ), audits
+    assert all(a.why.startswith("refused: ") for a in audits)

@@ -37,6 +37,9 @@ class CommandBridge:
         # deque's append and popleft are atomic: no lock between the two threads
         self._queue: deque[tuple[Command, Principal, Future[CommandResult], float]] = deque()
         self._queued = threading.Event()  # set by submit: a waiting server wakes at once
+        #: refusals made before any command could be built (an argument of the wrong
+        #: type): audited by the run loop like the command path's own refusals
+        self._refused: deque[Audit] = deque()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -51,6 +54,17 @@ class CommandBridge:
         self._queue.append((cmd, by, fut, deadline))
         self._queued.set()
         return fut
+
+    def refuse(self, audit: Audit) -> None:
+        """A refusal to audit that never became a command (see ``_refused``)."""
+        self._refused.append(audit)
+        self._queued.set()
+
+    def take_refused(self) -> list[Audit]:
+        out = []
+        while self._refused:
+            out.append(self._refused.popleft())
+        return out
 
     def take(self) -> list[tuple[Command, Principal, Future[CommandResult], float]]:
         """The queued commands not withdrawn, each now running (it cannot be

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,8 +55,11 @@ from ..core.commands import (
     SetMode,
     SetSetpoint,
     SetTuning,
+    plain_why,
 )
+from ..signals import Audit
 from .bridge import CommandBridge, give
+from .security import ANONYMOUS
 from .space import Space
 from .typed import node_id, status_code
 
@@ -238,6 +242,16 @@ class Commands:
     def who(self) -> Principal:
         return self.principal_of(self.current_user())
 
+    def refused(self, target: str, why: str, by: Principal | None = None) -> None:
+        """Audit a refusal that never became a command (the command path audits its
+        own): a user's wrong-typed write or argument left no trace. Anonymous
+        attempts are not audited (anyone may make them)."""
+        by = by or self.who()
+        if by == ANONYMOUS:
+            return
+        why = f"refused: {plain_why(why)}"
+        self.bridge.refuse(Audit(time.time(), by.user, by.face, target, None, None, why, False))
+
     async def give(self, cmd: Command, by: Principal) -> tuple[int, CommandResult]:
         res = await give(self.bridge, cmd, by, self.timeout_s)
         return status_of(res, cmd, by), res
@@ -281,6 +295,7 @@ class Commands:
                 values.append("")
             bad = _check(values, [*m.args, _WHY])
             if bad is not None:
+                self.refused(f"opcua.{m.name}", bad[1])
                 refused = _result(bad[0], bad[1])
                 if bad[2] is not None:  # that argument's own result says which and why
                     refused.InputArgumentResults = [
@@ -365,6 +380,10 @@ class SetpointWrites(AttributeService):
             return S.BadNotWritable if allowed(by, SetSetpoint) else S.BadUserAccessDenied
         x = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
         if not isinstance(x, float | int) or isinstance(x, bool):
+            what = "nothing" if x is None else f"a {type(x).__name__}"
+            self.commands.refused(
+                f"{loop.name}.setpoint", f"{what} written where a number is wanted", by
+            )
             return S.BadTypeMismatch
         cmd = SetSetpoint(loop.name, float(x), "written over OPC UA")
         code, res = await self.commands.give(cmd, by)

@@ -90,7 +90,8 @@ class OpcUaProcess:
         self.timings: list[tuple[float, float, float]] = []
         #: (generation, ms) of the server's latest collections between snapshots
         self.gc_runs: list[tuple[int, float]] = []
-        #: where a command withdrawn past its deadline is audited (the run's audit)
+        #: where a command withdrawn past its deadline, or refused before it was
+        #: one (an argument of the wrong type), is audited (the run's audit)
         self.audit: Callable[[Audit], None] | None = None
 
     @property
@@ -153,6 +154,10 @@ class OpcUaProcess:
                 msg = conn.recv()
                 if msg[0] == "applied":
                     self.applied = msg[1]
+                    continue
+                if msg[0] == "audit":  # a refusal that never became a command
+                    if self.audit is not None:
+                        self.audit(msg[1])
                     continue
                 _, cid, cmd, by, deadline = msg
                 res: CommandResult | str
@@ -298,6 +303,9 @@ def _serve(
                 pending[cid] = fut
                 with sending:
                     cmds.send(("cmd", cid, cmd, by, deadline))
+            for audit in face.bridge.take_refused():
+                with sending:
+                    cmds.send(("audit", audit))
 
     def answers() -> None:
         while not stop.is_set():
