@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import termios
+import time
 
 import numpy as np
 import pytest
@@ -222,3 +223,43 @@ def test_a_line_with_lost_bytes_is_refused_never_run_altered(site, demo_pmap, sn
     out = c.feed(b"override tank03.valve_cmd \xb50 for 1m\r", 1.0).decode()
     assert "refused: bytes of that line were not plain text" in out
     assert given == []
+
+
+def test_closing_the_demo_terminal_ends_the_session_and_the_next_one_is_greeted(
+    site, demo_pmap, snap
+):
+    """The demo's pty held its own slave open, so a closed terminal went
+    unseen: the next person to open it inherited `eng`'s session, unasked."""
+    import serial
+
+    from thermogate.controller.console.port import PtyLink
+
+    c = _console(site, demo_pmap, snap, lambda cmd, by: None)
+    pty = PtyLink()
+    port = ConsolePort("pty", lambda: pty, lambda: c, Pacer(115200, enabled=False))
+    port.start()
+
+    def answer(t: serial.Serial, until_text: bytes, within: float = 10.0) -> bytes:
+        got = b""
+        end = time.monotonic() + within
+        while until_text not in got and time.monotonic() < end:
+            got += t.read(4096)
+        assert until_text in got, got
+        return got
+
+    try:
+        first = serial.Serial(pty.path, 115200, timeout=0.05)
+        answer(first, b"'help' lists the commands")  # greeted as it opens
+        first.write(b"login\rtech\r4321\r")
+        answer(first, b"(tech)> ")
+        first.close()
+        time.sleep(1.0)  # a person: the next terminal opens later
+        second = serial.Serial(pty.path, 115200, timeout=0.05)
+        answer(second, b"'help' lists the commands")
+        second.write(b"whoami\r")
+        assert b"not logged in" in answer(second, b"> ")
+        second.close()
+    finally:
+        port.stop()
+    ended = [a.why for a in c.session.journal]
+    assert any("tech" in w and "the terminal was closed" in w for w in ended), ended

@@ -170,6 +170,9 @@ class _Kept:
     def read(self, n: int) -> bytes:
         return self.pty.read(n)
 
+    def take_events(self) -> list[str]:
+        return self.pty.take_events()
+
     def write(self, data: bytes) -> None:
         self.pty.write(data)
 

@@ -39,6 +39,9 @@ RETRY_S = 1.0  # a lost or missing device is tried again this often
 WRITE_S = 2.0  # a write that cannot drain this long counts as a lost line
 CHUNK_S = 0.05  # pacing granularity: 48 bytes a chunk at 9600 baud
 READ_MAX = 256
+#: a terminal that opens the pty sets its line up first (pyserial flushes its
+#: input as it opens): the greeting waits this long, not to be flushed away
+GREET_AFTER_S = 0.3
 
 # What a lost line raises: pyserial's own error, the OS's, and termios' (pyserial's
 # flush drains with tcdrain, which raises termios.error, not an OSError, when a
@@ -88,31 +91,52 @@ class SerialLink:
 
 class PtyLink:
     """The master side of a pseudo-terminal (the demo): the technician opens the
-    slave path with screen. The slave is held open here too (raw, like a serial
-    line) so the master never reads EIO while nobody is connected; output nobody
-    reads is dropped rather than left to block the port."""
+    slave path with screen or socat. The slave is set raw (like a serial line)
+    and not held open here, so the master sees a terminal come and go: reads
+    fail with EIO while nobody has the slave open. Holding it open once hid a
+    closed terminal, and the next person inherited the session. ``events``
+    says ``connected`` and ``hangup`` as they happen; nothing is written while
+    nobody is connected (output nobody reads would greet the next one stale)."""
 
     def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
+        self.master, slave = os.openpty()
+        tty.setraw(slave)  # kept while the master is open
+        self.path = os.ttyname(slave)
+        os.close(slave)
         os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
+        self.connected = False
+        self._events: list[str] = []
+
+    def take_events(self) -> list[str]:
+        out, self._events = self._events, []
+        return out
+
+    def _now(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._events.append("connected" if connected else "hangup")
 
     def read(self, n: int) -> bytes:
         ready, _, _ = select.select([self.master], [], [], READ_S)
-        if not ready:
+        if not ready:  # idle but open: someone is there
+            self._now(True)
             return b""
         try:
-            return os.read(self.master, n)
+            data = os.read(self.master, n)
         except BlockingIOError:
             return b""
         except OSError as exc:
             if exc.errno == errno.EIO:  # no one on the slave side right now
+                self._now(False)
                 time.sleep(READ_S)
                 return b""
             raise
+        self._now(True)
+        return data
 
     def write(self, data: bytes) -> None:
+        if not self.connected:
+            return
         view = memoryview(data)
         deadline = time.monotonic() + WRITE_S
         while view:
@@ -120,18 +144,20 @@ class PtyLink:
                 k = os.write(self.master, view)
             except BlockingIOError:
                 k = 0
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # the terminal went away mid-write
+                    self._now(False)
+                    return
+                raise
             view = view[k:]
             if view and time.monotonic() > deadline:
-                # nobody reads the terminal: forget what waits and what is left
-                termios.tcflush(self.slave, termios.TCIFLUSH)
-                return
+                return  # nobody reads the terminal: forget what is left
             if view:
                 select.select([], [self.master], [], 0.05)
 
     def close(self) -> None:
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with contextlib.suppress(OSError):
+            os.close(self.master)
 
 
 class Pacer:
@@ -235,10 +261,23 @@ class ConsolePort:
             self._stop.wait(RETRY_S if missing else 0.0)
 
     def _talk(self, console: Console, link: Link) -> None:
-        self.pacer.write(link, console.greet(self.clock()))
+        events = getattr(link, "take_events", None)  # a pty: terminals come and go
+        if events is None:
+            self.pacer.write(link, console.greet(self.clock()))
+        greet_at: float | None = None
         while not self._stop.is_set():
             data = link.read(READ_MAX)
             now = self.clock()
+            for what in events() if events is not None else ():
+                if what == "hangup":
+                    console.session.drop(now, "logged out: the terminal was closed")
+                    console.line.reset()
+                    greet_at = None
+                else:  # a terminal opened the pty: greet it once it has settled
+                    greet_at = time.monotonic() + GREET_AFTER_S
+            if greet_at is not None and time.monotonic() >= greet_at:
+                greet_at = None
+                self.pacer.write(link, console.greet(now))
             try:
                 out = console.feed(data, now) if data else b""
                 out += console.tick(now)
