@@ -263,3 +263,17 @@ def test_closing_the_demo_terminal_ends_the_session_and_the_next_one_is_greeted(
         port.stop()
     ended = [a.why for a in c.session.journal]
     assert any("tech" in w and "the terminal was closed" in w for w in ended), ended
+
+
+def test_values_as_a_technician_types_them(site, demo_pmap, snap):
+    """`60 %` after a value was taken for a duration, `off` for a bit was not a
+    number, `3_2` was 32 (Python's digit grouping), `mode maint` was unknown."""
+    sh, seen = Shell(site, demo_pmap), Seen(snap)
+    cmd = sh.run("override tank01.valve_cmd 60 % for 2m", seen, 0.0).command
+    assert isinstance(cmd, OverrideActuator) and (cmd.value, cmd.duration_s) == (60.0, 120.0)
+    cmd = sh.run("override tank05.enable off", seen, 0.0).command
+    assert isinstance(cmd, OverrideActuator) and cmd.value == 0.0
+    bad = sh.run("set loop1_supply 3_2", seen, 0.0)
+    assert bad.command is None and "'3_2' is not a number" in bad.text
+    mode = sh.run("mode maint", seen, 0.0).command
+    assert isinstance(mode, SetMode) and mode.mode == "maintenance"

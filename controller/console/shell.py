@@ -153,7 +153,9 @@ class Shell:
             if v.name == "mode":
                 if not args:
                     return Reply(self.mode(seen.snap))
-                return Reply("", SetMode(self._one(args, v).lower(), why))
+                # a unique prefix, as for commands and names ("mode maint")
+                mode = resolve(self._one(args, v).lower(), MODES, "mode")
+                return Reply("", SetMode(mode, why))
             snap = seen.snap
             if snap is None:
                 return Reply("no scan yet: the controller has not published a picture")
@@ -180,6 +182,8 @@ class Shell:
                 raise Unknown(f"usage: {v.usage}")
             name = resolve(args[0], self._setpoint_names, "control loop")
             return SetSetpoint(name, _number(args[1]), why)
+        if v.name == "override" and len(args) >= 3 and args[2] == self._unit_of(args[0]):
+            del args[2]  # "override tank01.valve_cmd 60 %": the point's own unit
         if v.name == "override":
             if len(args) not in (2, 3, 4) or (len(args) == 4 and args[2].lower() != "for"):
                 raise Unknown(f"usage: {v.usage}")
@@ -190,7 +194,8 @@ class Shell:
                     dur = parse_duration(args[-1])
                 except ValueError as exc:
                     raise Unknown(str(exc)) from None
-            return OverrideActuator(name, _number(args[1]), dur, why)
+            value = _ON_OFF.get(args[1].lower()) if self.pmap[name].is_bit else None
+            return OverrideActuator(name, _number(args[1]) if value is None else value, dur, why)
         # an alarm's key may hold a space ("power:site import"): the rest of the line
         arg = " ".join(args) if v.name == "ack" and args else self._one(args, v)
         every = arg.lower() == "all"
@@ -421,6 +426,13 @@ class Shell:
                 return f" (PDU on {d.feeder})"
         return ""
 
+    def _unit_of(self, name: str) -> str | None:
+        """The unit of the actuator ``name`` resolves to (None: none resolves)."""
+        try:
+            return self.pmap[resolve(name, self.actuators, "actuator")].unit or None
+        except Unknown:
+            return None
+
     def _value(self, name: str, snap: Snapshot) -> float:
         if name not in self.pmap:
             return math.nan
@@ -569,8 +581,15 @@ def _no(word: str, what: str, hint: str) -> str:
     raise Unknown(f"no {what} '{word}'" + (f" ({hint})" if hint else ""))
 
 
+#: a bit's words, as ``show`` prints them
+_ON_OFF = {"on": 1.0, "off": 0.0}
+
+
 def _number(text: str) -> float:
+    """A number as a person types it: ``3_2`` (Python's digit grouping) is not 32."""
     try:
+        if "_" in text:
+            raise ValueError(text)
         return float(text)
     except ValueError:
         raise Unknown(f"'{text}' is not a number") from None
