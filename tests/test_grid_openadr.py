@@ -531,16 +531,17 @@ def test_a_ven_whose_vtn_is_down_keeps_trying_and_stops_cleanly() -> None:
     asyncio.run(main())
 
 
+def ven_on(core: Controller, cfg: VenConfig = CFG) -> Ven:
+    """A VEN giving to ``core``'s command path, on the site as ``SITE_NOW`` has it."""
+    give = lambda c, b: core.command(c, b, time.time())  # noqa: E731
+    return Ven(cfg, give, lambda: SITE_NOW, import_limit_kw=LIMIT_KW)
+
+
 def test_a_modified_event_is_decided_afresh() -> None:
     """On the command path without the protocol: a modification clears and gives anew."""
     site = demo_site()
     core = Controller(site, build_point_map(site))
-    ven = Ven(
-        CFG,
-        lambda c, b: core.command(c, b, time.time()),
-        lambda: SITE_NOW,
-        import_limit_kw=LIMIT_KW,
-    )
+    ven = ven_on(core)
     start = time.time() + 600
     first = event(signal("LOAD_DISPATCH", "setpoint", 1500.0, start=start))
     assert ven.handle_event(first) == OPT_IN
@@ -562,13 +563,9 @@ def test_a_restart_takes_back_its_events_curtailments_a_resend_replaces_a_cancel
     site = demo_site()
     before = Controller(site, build_point_map(site))
 
-    def ven_of(core: Controller) -> Ven:
-        give = lambda c, b: core.command(c, b, time.time())  # noqa: E731
-        return Ven(CFG, give, lambda: SITE_NOW, import_limit_kw=LIMIT_KW)
-
     start = time.time() + 600
     ev = event(signal("LOAD_DISPATCH", "setpoint", 1500.0, start=start), eid="evt-7")
-    assert ven_of(before).handle_event(ev) == OPT_IN
+    assert ven_on(before).handle_event(ev) == OPT_IN
     operator = before.command(
         RequestCurtailment(2000.0, 3600.0, why="OpenADR event evt-7 (by hand)"),
         Principal("ann", "operator", "cli"),
@@ -579,7 +576,7 @@ def test_a_restart_takes_back_its_events_curtailments_a_resend_replaces_a_cancel
 
     after = Controller(site, build_point_map(site))
     after.restore_state(json.loads(json.dumps(before.saved_state())))
-    ven = ven_of(after)
+    ven = ven_on(after)
     assert ven.adopt(after.state.curtailments, time.time()) == {"evt-7": (first.id,)}
     assert ven.handle_event(ev) == OPT_IN
     grid = [c for c in after.state.curtailments if c.who == "grid"]
@@ -588,7 +585,7 @@ def test_a_restart_takes_back_its_events_curtailments_a_resend_replaces_a_cancel
     # a cancel straight after the restart (no resend first) clears the adopted one too
     again = Controller(site, build_point_map(site))
     again.restore_state(json.loads(json.dumps(before.saved_state())))
-    ven2 = ven_of(again)
+    ven2 = ven_on(again)
     ven2.adopt(again.state.curtailments, time.time())
     assert (
         ven2.handle_event(
@@ -752,21 +749,15 @@ def test_a_lost_vtn_is_said_and_a_restarted_one_registers_the_ven_again_and_is_a
         )
         site = demo_site()
         core = Controller(site, build_point_map(site))
-        ven = Ven(
-            cfg,
-            lambda c, b: core.command(c, b, time.time()),
-            lambda: SITE_NOW,
-            import_limit_kw=LIMIT_KW,
-        )
+        ven = ven_on(core, cfg)
+
+        def vtn(limit_kw: float, said: list[str]) -> Any:  # an event 10 min ahead, for 1 h
+            start = datetime.now(UTC) + timedelta(minutes=10)
+            event = VtnEvent(start, timedelta(hours=1), limit_kw)
+            return make_vtn("127.0.0.1", port, [event], poll_s=0.2, say=said.append)
+
         first_said: list[str] = []
-        start = datetime.now(UTC) + timedelta(minutes=10)
-        first = make_vtn(
-            "127.0.0.1",
-            port,
-            [VtnEvent(start, timedelta(hours=1), 1500.0)],
-            poll_s=0.2,
-            say=first_said.append,
-        )
+        first = vtn(1500.0, first_said)
         await first.run()
         await ven.start()
         try:
@@ -780,14 +771,7 @@ def test_a_lost_vtn_is_said_and_a_restarted_one_registers_the_ven_again_and_is_a
             assert "grid events cannot reach the site" in down
 
             said: list[str] = []
-            later = datetime.now(UTC) + timedelta(minutes=20)
-            again = make_vtn(
-                "127.0.0.1",
-                port,
-                [VtnEvent(later, timedelta(hours=1), 1400.0)],
-                poll_s=0.2,
-                say=said.append,
-            )
+            again = vtn(1400.0, said)
             await again.run()
             try:
                 await until(lambda: "vtn: registered hall as ven-hall" in said, "re-registration")

@@ -67,6 +67,14 @@ async def _connected(face, keys, root, user: str | None) -> Client:
     return c
 
 
+def _set_mode(idx: int, mode: str, why: str) -> ua.CallMethodRequest:
+    return ua.CallMethodRequest(
+        ua.NodeId("Site/Controller", idx),
+        ua.NodeId("Site/Controller/SetMode", idx),
+        [ua.Variant(mode, ua.VariantType.String), ua.Variant(why)],
+    )
+
+
 def test_it_prints_its_endpoint_and_shows_what_the_run_loop_publishes(served, site):
     face, ctrl, keys, root, lines = served
     assert face.endpoint in lines[0]
@@ -117,12 +125,7 @@ def test_a_method_call_waits_for_the_run_loop_and_is_given_as_opcua_user(served,
         c = await _connected(face, keys, root, "olive")
         try:
             idx = await c.get_namespace_index(namespace_uri(site))
-            req = ua.CallMethodRequest(
-                ua.NodeId("Site/Controller", idx),
-                ua.NodeId("Site/Controller/SetMode", idx),
-                [ua.Variant("manual", ua.VariantType.String), ua.Variant("pump swap")],
-            )
-            return (await c.uaclient.call([req]))[0]
+            return (await c.uaclient.call([_set_mode(idx, "manual", "pump swap")]))[0]
         finally:
             await c.disconnect()
 
@@ -194,13 +197,8 @@ def test_a_command_not_taken_in_time_is_refused_and_never_applied_when_the_loop_
         c = await _connected(face, keys, root, "olive")
         try:
             idx = await c.get_namespace_index(namespace_uri(site))
-            req = ua.CallMethodRequest(
-                ua.NodeId("Site/Controller", idx),
-                ua.NodeId("Site/Controller/SetMode", idx),
-                [ua.Variant("maintenance", ua.VariantType.String), ua.Variant("frozen")],
-            )
             t0 = time.monotonic()
-            res = (await c.uaclient.call([req]))[0]
+            res = (await c.uaclient.call([_set_mode(idx, "maintenance", "frozen")]))[0]
             return res, time.monotonic() - t0
         finally:
             await c.disconnect()
