@@ -402,3 +402,11 @@ def test_the_decided_state_round_trips_and_drops_what_no_longer_exists(warm, sit
     assert [c.limit_kw for c in st.curtailments] == [2300.0]
     assert st.latched == {"tank02: PLC interlock": "tripped"}
     assert saved["estimator"] and fresh.estimator.state() == warm.ctrl.estimator.state()
+
+
+def test_a_refused_value_is_said_with_the_digits_that_put_it_outside(warm):
+    """57.50001 was refused as "setpoint 57.5 ... is outside 20..57.5"."""
+    c = warm.ctrl.site.control_loops[0]
+    hi = float(warm.give(SetSetpoint(c.name, 1e9)).message.split("..")[1].split()[0])
+    res = warm.give(SetSetpoint(c.name, hi + 1e-5))
+    assert not res.accepted and f"setpoint {hi + 1e-5!r} of" in res.message, res.message

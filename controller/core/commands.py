@@ -293,7 +293,8 @@ class CommandPath:
             lo, hi, what = self.setpoint_limits(c)
             if not (math.isfinite(cmd.value) and lo <= cmd.value <= hi):
                 raise Refused(
-                    f"setpoint {cmd.value:g} of {c.name} is outside {lo:g}..{hi:g} ({what})"
+                    f"setpoint {_beside(cmd.value, lo, hi)} of {c.name} is outside "
+                    f"{lo:g}..{hi:g} ({what})"
                 )
             old = self.regulation.base_setpoint(c)
             st.setpoints[c.name] = float(cmd.value)
@@ -413,7 +414,9 @@ class CommandPath:
         lo = 0.0 if p.is_bit else (p.min if p.min is not None else -math.inf)
         hi = 1.0 if p.is_bit else (p.max if p.max is not None else math.inf)
         if not (math.isfinite(cmd.value) and lo <= cmd.value <= hi):
-            raise Refused(f"{cmd.value:g} is outside {p.name}'s range {lo:g}..{hi:g} {p.unit}")
+            raise Refused(
+                f"{_beside(cmd.value, lo, hi)} is outside {p.name}'s range {lo:g}..{hi:g} {p.unit}"
+            )
         if p.is_bit and cmd.value not in (0.0, 1.0):
             raise Refused(f"{p.name} is a bit: 0 or 1")
         if not (math.isfinite(cmd.duration_s) and MIN_HOLD_S <= cmd.duration_s <= MAX_OVERRIDE_S):
@@ -449,7 +452,8 @@ class CommandPath:
         site_kw = self.topo.site.import_limit_kw
         if not (math.isfinite(cmd.limit_kw) and 0.0 <= cmd.limit_kw <= site_kw):
             raise Refused(
-                f"limit {cmd.limit_kw:g} kW is outside 0..{site_kw:g} kW (the site's import limit)"
+                f"limit {_beside(cmd.limit_kw, 0.0, site_kw)} kW is outside 0..{site_kw:g} kW "
+                "(the site's import limit)"
             )
         if not (math.isfinite(cmd.duration_s) and MIN_HOLD_S <= cmd.duration_s <= MAX_CURTAIL_S):
             raise Refused(
@@ -541,6 +545,15 @@ def _name(cmd: Command) -> str:
 def _hint(name: str, known: Iterable[str]) -> str:
     near = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _beside(x: float, lo: float, hi: float) -> str:
+    """``x`` refused against ``lo..hi``, with the digits that show it is outside:
+    57.50001 was said as "57.5 is outside 20..57.5"."""
+    text = f"{x:g}"
+    if text in (f"{lo:g}", f"{hi:g}"):
+        text = repr(float(x))
+    return text
 
 
 def _duration(s: float) -> str:

@@ -244,12 +244,22 @@ class AlarmFace:
             await server.iserver.setup_condition_methods()
         server.link_method(server.get_node(ACKNOWLEDGE_METHOD), self._acknowledge_condition)
 
-        await parent.add_method(
+        ack = await parent.add_method(
             node_id(f"{self._base}/AcknowledgeAlarm", idx),
             ua.QualifiedName("AcknowledgeAlarm", idx),
             self._acknowledge_alarm,
             [_argument("Key", ua.VariantType.String, 'the alarm\'s key; "" = every alarm')],
             [_argument("Message", ua.VariantType.String, "what the command path answered")],
+        )
+
+        def user_executable(nodeid: ua.NodeId, attr: ua.AttributeIds) -> ua.DataValue:
+            # per session, as Controller/AcknowledgeAlarm says (true for anyone once)
+            who = self._principal()
+            yes = may(who, Acknowledge(None, ""))
+            return ua.DataValue(ua.Variant(yes, ua.VariantType.Boolean))
+
+        server.iserver.aspace.set_attribute_value_callback(
+            ack.nodeid, ua.AttributeIds.UserExecutable, user_executable
         )
         for name, what in (
             ("ActiveCount", "alarms active now"),
@@ -424,9 +434,10 @@ class AlarmFace:
         if not isinstance(key, str):
             return status_code(ua.StatusCodes.BadTypeMismatch)
         status, message = await self._give(key or None)
-        if not status.is_good():
-            return status
-        return [ua.Variant(message, ua.VariantType.String)]
+        # the command path's answer either way, as the Controller's methods give it
+        return ua.CallMethodResult(
+            StatusCode=status, OutputArguments=[ua.Variant(message, ua.VariantType.String)]
+        )
 
     async def _give(self, key: str | None) -> tuple[ua.StatusCode, str]:
         """Acknowledge through the command path as the calling session's principal."""
