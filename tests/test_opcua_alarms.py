@@ -346,9 +346,7 @@ def test_an_anonymous_or_viewer_acknowledge_is_refused_with_bad_user_access_deni
             for who in (None, VIC):
                 r.who = who
                 # the folder's method says it may not be called, as the Controller's do
-                exe = await client.get_node(by_key).read_attribute(
-                    ua.AttributeIds.UserExecutable
-                )
+                exe = await client.get_node(by_key).read_attribute(ua.AttributeIds.UserExecutable)
                 assert exe.Value.Value is False
                 for node, method, args in (
                     (condition, ack, (raised.EventId, ua.LocalizedText("x"))),
