@@ -52,9 +52,12 @@ def test_a_tank_carrying_inference_cannot_be_designated() -> None:
         parse_site_text(with_grid('under_frequency_shed = ["tank99"]'))
 
 
-def test_an_empty_shed_list_is_refused() -> None:
-    with pytest.raises(ConfigError, match="under_frequency_shed: expected a non-empty"):
+def test_an_empty_shed_list_is_refused_only_for_an_armed_relay() -> None:
+    with pytest.raises(ConfigError, match="under_frequency_shed: armed with nothing to shed"):
         parse_site_text(with_grid("under_frequency_armed = true\nunder_frequency_shed = []"))
+    # unarmed, nothing to shed is a choice (and a hall without mining has no other)
+    site = parse_site_text(with_grid("under_frequency_armed = false\nunder_frequency_shed = []"))
+    assert site.grid.under_frequency_shed == ()
 
 
 @pytest.mark.parametrize(
