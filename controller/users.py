@@ -103,7 +103,7 @@ class UserStore:
                 'INSERT INTO "users" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
                 (name, role, salt, digest, SCRYPT_N, SCRYPT_R, SCRYPT_P, now, now),
             )
-            self._audit(now, by, where, name, f"user {name} added with role {role}")
+            self._audit(now, by, where, f"user:{name}", f"user {name} added with role {role}")
         return User(name, role, now, now)
 
     def set_secret(self, name: str, secret: str, *, by: str, where: str = "cli") -> None:
@@ -119,7 +119,7 @@ class UserStore:
                 '"updated" = ? WHERE "name" = ?',
                 (salt, digest, SCRYPT_N, SCRYPT_R, SCRYPT_P, now, name),
             )
-            self._audit(now, by, where, name, f"password/PIN of {name} changed")
+            self._audit(now, by, where, f"user:{name}", f"password/PIN of {name} changed")
 
     def remove(self, name: str, *, by: str, where: str = "cli") -> None:
         user = self.get(name)
@@ -129,7 +129,7 @@ class UserStore:
         now = time.time()
         with self._conn:
             self._conn.execute('DELETE FROM "users" WHERE "name" = ?', (name,))
-            self._audit(now, by, where, name, f"user {name} (role {user.role}) removed")
+            self._audit(now, by, where, f"user:{name}", f"user {name} (role {user.role}) removed")
 
     def get(self, name: str) -> User | None:
         row = self._conn.execute(
@@ -165,25 +165,18 @@ class UserStore:
             return self.authenticate(name, secret, face)
         except AuthError:
             shown = plain_why(name[:32]) or "(empty)"
+            why = f"{face} login failed for '{shown}' (unknown user or wrong password)"
             with self._conn:
-                self._conn.execute(
-                    'INSERT INTO "audit" ("t", "who", "where", "point", "old", "new", "why", '
-                    '"ok") VALUES (?, ?, ?, ?, NULL, NULL, ?, 0)',
-                    (
-                        time.time(),
-                        shown,
-                        face,
-                        f"{face}.login",
-                        f"{face} login failed for '{shown}' (unknown user or wrong password)",
-                    ),
-                )
+                self._audit(time.time(), shown, face, f"{face}.login", why, ok=False)
             raise
 
-    def _audit(self, t: float, by: str, where: str, name: str, why: str) -> None:
+    def _audit(
+        self, t: float, by: str, where: str, point: str, why: str, *, ok: bool = True
+    ) -> None:
         self._conn.execute(
             'INSERT INTO "audit" ("t", "who", "where", "point", "old", "new", "why", "ok") '
-            "VALUES (?, ?, ?, ?, NULL, NULL, ?, 1)",
-            (t, by, where, f"user:{name}", why),
+            "VALUES (?, ?, ?, ?, NULL, NULL, ?, ?)",
+            (t, by, where, point, why, int(ok)),
         )
 
 
