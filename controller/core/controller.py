@@ -314,12 +314,11 @@ class Controller:
             self._peak_kw(view, alarms, keep_kw),
         )
         self.instruction_kw = instruction  # as asked, before sparing inference
-        instruction = self._spare_inference(view, alarms, instruction, keep_kw)
-        # the import limit the site is held to, and the one its alarm, the summary
-        # and the plot name: an ask below what must stay on is the inference-floor
+        # protection holds the site to this one (and its alarm, the summary and the
+        # plot name it): an ask below what must stay on is the inference-floor
         # alarm's to say, not a second alarm that could not clear while it held
-        asked_kw = self.power.grid_limit(instruction)
-        self.power.protect(view, alarms, instruction, overridden, import_limit_kw=asked_kw)
+        instruction = self._spare_inference(view, alarms, instruction, keep_kw)
+        self.power.protect(view, alarms, instruction, overridden)
         audit += self.underfreq.observe(view, alarms, self.power)
         hold = self.state.mode == "maintenance"
         grid_kw = self.power.grid_limit_kw  # in force: protect ramps a lifted limit

@@ -29,7 +29,8 @@ import limit per second, so the load returning after a curtailment is ramped
 and cannot rebound over any limit (``grid_limit_kw`` is the limit in force).
 
 One limit, one name: the *import limit* is the site's, lowered by the
-instruction in force as asked (``import_limit_kw``); the alarm
+instruction in force (``import_limit_kw``; an instruction below what must stay
+on is raised to it first: the inference-floor alarm says that); the alarm
 ``power:site import``, the simulation's summary (``import_over_limit_kw_min``)
 and its report's plot all compare the import with it. Protection's own line
 (99 % of the limit in force, ramped after a lift) and its shed threshold (98 %
@@ -70,8 +71,8 @@ class PowerProtection:
         self.topo = topo
         self.cap: dict[str, float] = {ld.name: math.inf for ld in topo.loads}
         self.grid_limit_kw = topo.site.import_limit_kw
-        #: the import limit as asked (the site's, or the instruction when lower): what
-        #: the site import's alarm, the summary and the report compare the import with
+        #: the import limit (the site's, or the instruction when lower): what the site
+        #: import's alarm, the summary and the report compare the import with
         self.import_limit_kw = topo.site.import_limit_kw
         self._shedding: dict[str, bool] = {}
         #: per constraint (or hold source), the loads it holds below their rating
@@ -105,19 +106,15 @@ class PowerProtection:
         alarms: Alarms,
         instruction_kw: float | None = None,
         overridden: Collection[str] = (),
-        import_limit_kw: float | None = None,
     ) -> None:
         """``instruction_kw``: the lowest import limit the grid and the site's own
         schedule ask for now (the grid's limit, curtailments, peak windows), as the
         controller resolved it (raised where it would cut inference); None: only the
-        site's. ``import_limit_kw``: the import limit as asked, before inference
-        was spared (default: the site's, or ``instruction_kw`` when lower)."""
+        site's."""
         t, dt = view.t, view.dt
         self._t = t
         grid = self.grid_limit(instruction_kw)
-        if import_limit_kw is None:
-            import_limit_kw = grid
-        self.import_limit_kw = import_limit_kw
+        self.import_limit_kw = import_limit_kw = grid
         if grid > self.grid_limit_kw:  # a lifted limit returns at the restore rate
             step = GRID_RESTORE_FRAC_S * self.topo.site.import_limit_kw * max(dt, 0.0)
             grid = min(grid, self.grid_limit_kw + step)
