@@ -373,13 +373,13 @@ class RealTimeController:
             self._publish(now, res.status)
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
-            position = self.pmap.position
-            self.ctrl.actuation.not_sent(
-                position(w.point) for w, o in zip(res.writes, outcomes, strict=True) if not o.ok
-            )
             unsent: dict[int, tuple[str, list[str]]] = {}  # unit -> (why, the points)
+            failed: list[int] = []  # positions of the writes that never reached a device
             for w, o in zip(res.writes, outcomes, strict=True):
-                old = float(rr.values[self.pmap.position(w.point)])
+                i = self.pmap.position(w.point)
+                if not o.ok:
+                    failed.append(i)
+                old = float(rr.values[i])
                 if w.point != "plc.heartbeat":
                     self.historian.record_audit(
                         now,
@@ -406,6 +406,7 @@ class RealTimeController:
                     )
                 else:
                     self._unsent_units.discard(unit)
+            self.ctrl.actuation.not_sent(failed)
             # Writes held back from a unit that is lost (its loss is already an
             # alarm): one event when a unit's writes first go unsent, none more
             # until one reaches it again (a one-minute outage once wrote ~14 a
