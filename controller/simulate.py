@@ -42,7 +42,13 @@ from .gating.planner import GatingPlanner
 from .gating.reasons import PlanTap, ReasonLog
 from .gating.world import ClusterInTheLoop, GpuGate
 from .grid.compliance import Instruction
-from .grid.peaks import PeakShaving, PeakWindow, describe_windows, load_peaks_csv
+from .grid.peaks import (
+    PeakShaving,
+    PeakWindow,
+    describe_windows,
+    load_peaks_csv,
+    windows_within,
+)
 from .grid.settlement import Judged, Settlement, rule_for, settled_event
 from .historian import Historian
 from .signals import Event, Observation
@@ -711,7 +717,7 @@ def _peaks_for(sc: Scenario, path: str) -> list[PeakWindow]:
     t0 = _epoch(sc, f"{path}: peak windows")
     windows = load_peaks_csv(path)
     said = describe_windows(windows, t0, t0 + sc.duration_s)
-    inside = [w for w in windows if w.end_s > t0 and w.start_s - t0 < sc.duration_s]
+    inside = windows_within(windows, t0, t0 + sc.duration_s)
     if not inside:
         raise ThermogateError(f"--peaks {path}: {said}")
     if len(inside) < len(windows):

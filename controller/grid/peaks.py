@@ -35,7 +35,7 @@ from os import PathLike
 from thermogate.plc.csvtable import Row, read_table
 from thermogate.plc.errors import DataFileError
 
-__all__ = ["PeakShaving", "PeakWindow", "describe_windows", "load_peaks_csv"]
+__all__ = ["PeakShaving", "PeakWindow", "describe_windows", "load_peaks_csv", "windows_within"]
 
 LOOKBACK_S = 900.0  # the import a window cuts from: its mean over the 15 min before
 MAX_REDUCE_KW = 1_000_000.0
@@ -97,6 +97,11 @@ def _utc(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def windows_within(windows: Sequence[PeakWindow], start_s: float, end_s: float) -> list[PeakWindow]:
+    """The windows a run from ``start_s`` to ``end_s`` (Unix seconds) meets."""
+    return [w for w in windows if w.end_s > start_s and w.start_s < end_s]
+
+
 def describe_windows(windows: Sequence[PeakWindow], start_s: float, end_s: float) -> str | None:
     """What a run from ``start_s`` to ``end_s`` (Unix seconds; ``inf``: no end)
     will see of ``windows``: the next one, and how many lie outside it. None
@@ -104,7 +109,7 @@ def describe_windows(windows: Sequence[PeakWindow], start_s: float, end_s: float
     and said nothing."""
     if not windows:
         return None
-    inside = [w for w in windows if w.end_s > start_s and w.start_s < end_s]
+    inside = windows_within(windows, start_s, end_s)
     outside = len(windows) - len(inside)
     span = f"{_utc(windows[0].start_s)} .. {_utc(windows[-1].end_s)}"
     if not inside:
