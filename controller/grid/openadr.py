@@ -614,7 +614,7 @@ class Ven:
                 f"attempts, retrying every {self.cfg.retry_s:g} s): "
                 "grid events cannot reach the site"
             )
-        if self.registered and self._failures >= LINK_LOST_POLLS:
+        if self._failures >= LINK_LOST_POLLS:
             return (
                 f"OpenADR: VTN {url} not answering since {since} ({self._failures} polls: "
                 f"{self._failure}): grid events cannot reach the site"

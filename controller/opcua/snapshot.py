@@ -89,7 +89,7 @@ def _flags(ctrl: Controller) -> np.ndarray:
     ``flags`` array: it is preferred when present)."""
     flags = getattr(ctrl, "flags", None)
     if flags is None:
-        flags = getattr(ctrl.estimator, "_reported", None)
+        flags = ctrl.estimator.flags
     if flags is None or len(flags) != len(ctrl.quality):
         return np.zeros(len(ctrl.quality), np.uint16)
     return np.asarray(flags)
