@@ -165,6 +165,23 @@ class Plant:
         self.sensors.bind()
         self._evaluate()
 
+    def start_idle(self) -> None:
+        """Start as a PLC holds a hall no controller has run yet: its safe-state
+        outputs as the commands (mining tanks disabled, GPU tanks' budgets and
+        rack rows' caps at the PLC's safe GPU cap), the loads evaluated anew.
+
+        The served plant starts so, as a real hall meets a controller that
+        starts after it. With every load at its rating (the lockstep studies'
+        start) the demo hall stood over its grid import limit before the
+        controller's first scan, and ``thermogate run`` opened on an import alarm."""
+        par = self.params
+        frac = self.site.plc.safe_gpu_cap_pct / 100.0
+        # in place: the command table is bound to these arrays
+        self.cmd_enable[:] = ~par.t_asic
+        self.cmd_budget[:] = np.where(par.t_asic, 0.0, frac * par.t_rated)
+        self.cmd_gpu_cap[:] = frac * par.r_gpu_full_w
+        self._evaluate()
+
     def __deepcopy__(self, memo: dict[int, object]) -> Plant:
         """A plant that runs on from this one's state, apart from it (a study's what-if).
 

@@ -380,3 +380,42 @@ def test_the_demo_plant_runs_as_a_child_stopped_by_the_run_that_started_it(tmp_p
 
     asyncio.run(scenario())
     assert "thermogate plant: stopped" in (tmp_path / "d.plant.log").read_text()
+
+
+def test_the_demo_hall_starts_under_its_import_limit_so_run_opens_on_no_power_alarm(
+    tmp_path, demo_pmap: PointMap
+):
+    # The demo plant starts as its PLC holds a hall no controller has run yet (mining
+    # off, GPUs at the safe cap). At every load's rating it stood at ~3,900 kW over
+    # the demo's 2,870 kW import limit, and the run's first scan raised an alarm
+    # and shed mining for a state no controller had made.
+    port = _closed_port()
+    cfg = replace(
+        load_run_config(None, str(tmp_path / "d.db")),
+        plant_port=port,
+        endpoints=Endpoint("tcp", "127.0.0.1", port),
+    )
+
+    async def site_kw() -> float:
+        async with ModbusIO(demo_pmap, cfg.endpoints, timeout_s=1.0) as io:
+            return (await io.read_points(["site.power_kw"]))["site.power_kw"]
+
+    async def scenario() -> float:
+        plant = await DemoPlant.start(cfg)
+        try:
+            before = await site_kw()
+            rt = RealTimeController(cfg)
+            try:
+                for _ in range(5):
+                    await rt.scan_once()
+            finally:
+                await rt.close()
+        finally:
+            plant.stop()
+        return before
+
+    before_kw = asyncio.run(scenario())
+    assert 0.0 < before_kw < cfg.site.import_limit_kw
+    db = tmp_path / "d.db"
+    assert [e for e in _events(db, "alarm") if "import" in e["message"]] == []
+    assert _events(db, "shed") == []

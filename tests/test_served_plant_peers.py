@@ -298,6 +298,8 @@ def test_mbpoll_reads_and_writes_the_thermogate_plant_process() -> None:
     pdu = rows[f"{demo_site().rack_rows[0].pdu}.power_kw"]
     tank = temp["name"].split(".")[0]
     coil = rows[f"{tank}.enable"]
+    gpu_tank = next(t.name for t in demo_site().tanks if t.workload != "asic")
+    gpu_coil = rows[f"{gpu_tank}.enable"]
     valve = rows[f"{tank}.valve_cmd"]
     valve_pos = rows[f"{tank}.valve_pos"]
     assert (meter["type"], order["site.power_kw"], order[pdu["name"]]) == ("f32", "big", "little")
@@ -357,8 +359,11 @@ def test_mbpoll_reads_and_writes_the_thermogate_plant_process() -> None:
         high_first = struct.unpack(">f", struct.pack(">HH", hi, lo))
         assert high_first[0] == pytest.approx(site, rel=0.05)
 
-        # a coil
-        assert _mbpoll_read(port, *ref(coil), "-t", "0")[int(coil["address"])] == "1"
+        # coils: the plant starts as its PLC holds a hall no controller has run yet,
+        # mining off and GPU tanks on (at the safe cap)
+        assert next(t for t in demo_site().tanks if t.name == tank).workload == "asic"
+        assert _mbpoll_read(port, *ref(coil), "-t", "0")[int(coil["address"])] == "0"
+        assert _mbpoll_read(port, *ref(gpu_coil), "-t", "0")[int(gpu_coil["address"])] == "1"
 
         # write a holding register (valve command 45.5 % = 455 counts) and read it back
         proc = _mbpoll(port, *ref(valve), "-t", "4", "127.0.0.1", "455")
