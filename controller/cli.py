@@ -361,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--parity", choices=("N", "E", "O"), default="E")
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument(
+        "--start",
+        choices=("idle", "rated"),
+        default="idle",
+        help="idle: as its PLC holds a hall no controller has run yet (mining off, GPUs at "
+        "the safe cap; default); rated: every load at its rating, a hall already running",
+    )
+    pp.add_argument(
         "--duration",
         type=_positive_float,
         default=None,

@@ -329,6 +329,7 @@ def bench_dr(args: argparse.Namespace) -> dict:
         port = _free_port()
         cmd = [sys.executable, "-m", "thermogate.controller.cli", "plant"]
         cmd += ["--site", str(site_file), "--scenario", str(scen_file), "--port", str(port)]
+        cmd += ["--start", "rated"]  # a hall already running: the relay has mining to shed
         plant = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
         )
