@@ -174,13 +174,16 @@ class Plant:
         starts after it. With every load at its rating (the lockstep studies'
         start) the demo hall stood over its grid import limit before the
         controller's first scan, and ``thermogate run`` opened on an import alarm."""
+        # in place: the command table is bound to these arrays
+        self.cmd_enable[:], self.cmd_budget[:], self.cmd_gpu_cap[:] = self._safe_loads()
+        self._evaluate()
+
+    def _safe_loads(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The PLC's safe-state limits on the loads: (tanks that may run, tank
+        budgets in kW, rack rows' GPU caps in W): mining off, GPUs at the safe cap."""
         par = self.params
         frac = self.site.plc.safe_gpu_cap_pct / 100.0
-        # in place: the command table is bound to these arrays
-        self.cmd_enable[:] = ~par.t_asic
-        self.cmd_budget[:] = np.where(par.t_asic, 0.0, frac * par.t_rated)
-        self.cmd_gpu_cap[:] = frac * par.r_gpu_full_w
-        self._evaluate()
+        return ~par.t_asic, np.where(par.t_asic, 0.0, frac * par.t_rated), frac * par.r_gpu_full_w
 
     def __deepcopy__(self, memo: dict[int, object]) -> Plant:
         """A plant that runs on from this one's state, apart from it (a study's what-if).
@@ -434,12 +437,10 @@ class Plant:
             pump_run = np.ones_like(self.cmd_pump_run)
             pump_sp = np.full(len(par.p_loop), 100.0)
             fan_cmd = np.full(len(par.d_loop), 100.0)
-            enable = self.cmd_enable & ~par.t_asic  # mining off, GPUs capped below
-            budget_frac = np.where(par.t_asic, 0.0, self.site.plc.safe_gpu_cap_pct / 100.0)
-            budget = np.minimum(self.cmd_budget, budget_frac * par.t_rated)
-            gpu_cap = np.minimum(
-                self.cmd_gpu_cap, self.site.plc.safe_gpu_cap_pct / 100 * par.r_gpu_full_w
-            )
+            safe_enable, safe_budget, safe_gpu_cap = self._safe_loads()
+            enable = self.cmd_enable & safe_enable
+            budget = np.minimum(self.cmd_budget, safe_budget)
+            gpu_cap = np.minimum(self.cmd_gpu_cap, safe_gpu_cap)
         else:
             valve_cmd, cdu_valve_cmd = self.cmd_valve, self.cmd_cdu_valve
             pump_run, pump_sp, fan_cmd = self.cmd_pump_run, self.cmd_pump_speed, self.cmd_fan

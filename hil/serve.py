@@ -238,7 +238,7 @@ def serve_plant_cli(args: argparse.Namespace) -> int:
     site: Site = load_site(args.site)
     scenario = load_for_run(args.scenario, args.weather, args.prices)
     sim = ScenarioPlant(site, scenario, seed=args.seed)
-    if getattr(args, "start", "idle") == "idle":
+    if args.start == "idle":
         sim.plant.start_idle()  # as the PLC holds it before any controller has run it
     sp = ServedPlant(sim, speed=args.speed)
     return asyncio.run(_serve(sp, args))
