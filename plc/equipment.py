@@ -415,6 +415,10 @@ class Site:
     control_loops: tuple[ControlLoop, ...]
     economics: Economics = Economics()
     grid: GridConfig = GridConfig()
+    #: regulating actuators no control loop drives, on purpose: another
+    #: controller (a CDU's own, the PLC's) runs them; thermogate writes them
+    #: only to fail safe (full cooling)
+    regulated_elsewhere: tuple[str, ...] = ()
 
     @property
     def pumps(self) -> tuple[Pump, ...]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import _MISSING, Section, load_toml, loads_toml
+from .controlloops import check_coverage, parse_control_loop
 from .equipment import (
     DEFAULT_CONTINUOUS_PCT,
     DEFAULT_POWER_FACTOR,
@@ -43,7 +44,7 @@ from .equipment import (
     TankLimits,
 )
 from .errors import ConfigError
-from .pointmap import PointMap, build_point_map
+from .pointmap import build_point_map
 from .ufls import RelayConfig, RelaySettingError
 
 __all__ = [
@@ -111,6 +112,7 @@ def parse_site(root: Section) -> Site:
     meter_unit = _unit_id(s, "meter_unit_id", 10)
     design_ambient = s.get_float("design_ambient_c", 35.0, minval=-10.0, maxval=55.0)
     scan = s.get_float("scan_interval_s", 1.0, minval=0.05, maxval=60.0)
+    elsewhere = s.get_str_list("regulated_elsewhere", [], allow_empty=True)
     s.check_unused()
 
     p = root.get_section("plc", {})
@@ -178,11 +180,13 @@ def parse_site(root: Section) -> Site:
         raise ConfigError(root.file, "tanks", str(exc)) from None
     driven: dict[str, str] = {}  # actuator -> the loop that drives it
     loops_ctl = tuple(
-        _control_loop(sec, names, pmap, driven) for sec in root.get_sections("control_loops", [])
+        parse_control_loop(sec, names.claim(sec), site, pmap, driven)
+        for sec in root.get_sections("control_loops", [])
     )
     root.check_unused()
     _check_electrical(root, site)
-    return replace(site, control_loops=loops_ctl)
+    regulated_elsewhere = check_coverage(root, site, driven, elsewhere)
+    return replace(site, control_loops=loops_ctl, regulated_elsewhere=regulated_elsewhere)
 
 
 class _Names:
@@ -539,62 +543,6 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
     )
     sec.check_unused()
     return r
-
-
-def _control_loop(
-    sec: Section, names: _Names, pmap: PointMap, driven: dict[str, str]
-) -> ControlLoop:
-    """One ``[[control_loops]]`` entry, checked against the point map and the
-    loops before it (``driven``: actuator -> the loop driving it, filled here)."""
-    name = names.claim(sec)
-    by_name = pmap.by_name
-    meas = sec.get_str("measurement")
-    if meas not in by_name:
-        raise sec.error("measurement", f"no point named '{meas}' (see `thermogate points`)")
-    mp = by_name[meas]
-    if mp.is_bit or mp.writable:
-        what = "a status bit" if mp.is_bit else "a command the controller writes"
-        raise sec.error("measurement", f"'{meas}' is {what}, not a measurement")
-    acts = sec.get_str_list("actuators")
-    for act in acts:
-        if act not in by_name:
-            raise sec.error("actuators", f"no point named '{act}' (see `thermogate points`)")
-        p = by_name[act]
-        if not p.writable or p.table != "holding":
-            raise sec.error("actuators", f"point '{act}' is not a writable holding register")
-        if act in driven:  # two PIDs fighting over one valve, or one listed twice
-            other = "this loop" if driven[act] == name else f"loop '{driven[act]}'"
-            raise sec.error("actuators", f"'{act}' is already driven by {other}")
-        driven[act] = name
-    setpoint = sec.get_float("setpoint")
-    lo, hi = mp.min, mp.max
-    if (lo is not None and setpoint < lo) or (hi is not None and setpoint > hi):
-        span = f"{'-inf' if lo is None else f'{lo:g}'}..{'inf' if hi is None else f'{hi:g}'}"
-        raise sec.error(
-            "setpoint", f"{setpoint:g} is outside what '{meas}' can read ({span} {mp.unit})"
-        )
-    actp = by_name[acts[0]]
-    out_min = sec.get_float("out_min", actp.min if actp.min is not None else 0.0)
-    out_max = sec.get_float("out_max", actp.max if actp.max is not None else 100.0, above=out_min)
-    if actp.min is not None and out_min < actp.min:
-        raise sec.error("out_min", f"{out_min:g} is below the actuator's range {actp.min:g}")
-    if actp.max is not None and out_max > actp.max:
-        raise sec.error("out_max", f"{out_max:g} is above the actuator's range {actp.max:g}")
-    c = ControlLoop(
-        name=name,
-        measurement=meas,
-        actuators=tuple(acts),
-        setpoint=setpoint,
-        kp=sec.get_float("kp", minval=0.0, maxval=1e4),
-        ki=sec.get_float("ki", 0.0, minval=0.0, maxval=1e4),
-        kd=sec.get_float("kd", 0.0, minval=0.0, maxval=1e4),
-        out_min=out_min,
-        out_max=out_max,
-        slew_per_s=sec.get_float("slew_per_s", 5.0, above=0.0),
-        action=sec.get_str("action", "direct", ("direct", "reverse")),
-    )
-    sec.check_unused()
-    return c
 
 
 def _check_electrical(root: Section, site: Site) -> None:

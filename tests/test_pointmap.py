@@ -287,6 +287,13 @@ design_water_flow_m3h = 36.0
 loop = "loop1"
 pdu = "pdu_tank99"
 unit_id = 1
+
+[[control_loops]]
+name = "tank99_fluid"
+measurement = "tank99.fluid_temp"
+actuators = ["tank99.valve_cmd"]
+setpoint = 50.0
+kp = 6.0
 """
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     a.write_text(text, encoding="utf-8")

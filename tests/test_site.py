@@ -81,15 +81,48 @@ def small_site() -> dict[str, Any]:
         ],
         "rack_rows": [{"name": "row1", "cdu": "cdu1", "pdu": "pdu1", "nodes": 4}],
         "control_loops": [
+            *(_fluid_control(f"tank{i:02d}") for i in range(1, 5)),
             {
-                "name": "tank01_fluid",
-                "measurement": "tank01.fluid_temp",
-                "actuators": ["tank01.valve_cmd"],
-                "setpoint": 50.0,
-                "kp": 5.0,
-            }
+                "name": "cdu1_supply",
+                "measurement": "cdu1.supply_temp",
+                "actuators": ["cdu1.valve_cmd"],
+                "setpoint": 40.0,
+                "kp": 2.0,
+            },
+            *_loop_controls("loop1", ["dc1"]),
         ],
     }
+
+
+def _fluid_control(tank: str) -> dict[str, Any]:
+    return {
+        "name": f"{tank}_fluid",
+        "measurement": f"{tank}.fluid_temp",
+        "actuators": [f"{tank}.valve_cmd"],
+        "setpoint": 50.0,
+        "kp": 5.0,
+    }
+
+
+def _loop_controls(loop: str, coolers: list[str]) -> list[dict[str, Any]]:
+    """A cooling loop's supply (its dry coolers' fans) and differential pressure (its pumps)."""
+    return [
+        {
+            "name": f"{loop}_supply",
+            "measurement": f"{loop}.supply_temp",
+            "actuators": [f"{loop}.{d}.fan_cmd" for d in coolers],
+            "setpoint": 32.0,
+            "kp": 10.0,
+        },
+        {
+            "name": f"{loop}_dp",
+            "measurement": f"{loop}.dp",
+            "actuators": [f"{loop}.pump_a.speed_cmd", f"{loop}.pump_b.speed_cmd"],
+            "setpoint": 80.0,
+            "kp": 0.1,
+            "action": "reverse",
+        },
+    ]
 
 
 def _value(v: Any) -> str:
@@ -348,6 +381,7 @@ def test_same_pump_name_in_two_loops_is_allowed(tmp_path):
     for i, eq in enumerate([*loop2["pumps"], *loop2["dry_coolers"]]):
         eq["unit_id"] = 20 + i
     d["loops"].append(loop2)
+    d["control_loops"] += _loop_controls("loop2", ["dc1"])
     site = load_site(write(tmp_path, d))
     assert {p.name for p in site.pumps} >= {"loop1.pump_a", "loop2.pump_a"}
 
@@ -494,7 +528,8 @@ def test_two_control_loops_on_one_actuator_are_rejected(tmp_path):
     """A copy-paste error once passed: two PIDs fought over tank01's valve."""
     d = small_site()
     d["control_loops"].append({**d["control_loops"][0], "name": "tank01_fluid_b"})
-    bad(tmp_path, d, "control_loops[1].actuators", "already driven by loop 'tank01_fluid'")
+    last = len(d["control_loops"]) - 1
+    bad(tmp_path, d, f"control_loops[{last}].actuators", "already driven by loop 'tank01_fluid'")
     d = small_site()
     d["control_loops"][0]["actuators"] = ["tank01.valve_cmd", "tank01.valve_cmd"]
     bad(tmp_path, d, "control_loops[0].actuators", "already driven by this loop")
@@ -504,7 +539,72 @@ def test_two_control_loops_on_one_actuator_are_rejected(tmp_path):
 def test_a_setpoint_its_measurement_cannot_read_is_rejected(tmp_path, sp):
     d = small_site()
     d["control_loops"][0]["setpoint"] = sp
-    bad(tmp_path, d, "control_loops[0].setpoint", "outside what 'tank01.fluid_temp' can read")
+    bad(tmp_path, d, "control_loops[0].setpoint", "outside what 'tank01.fluid_temp' may hold")
+
+
+@pytest.mark.parametrize(
+    ("k", "sp", "range_", "why"),
+    [
+        # tank01 alarms at 60 degC (ASIC default): 57.5 is the highest it may hold
+        (0, 57.6, "20..57.5 degC", "2.5 K below the tank's alarm"),
+        # loop1 alarms at 45 degC: trim & respond may raise its supply 6 K
+        (5, 39.5, "10..39 degC", "the loop's alarm less the trim & respond reset"),
+        (6, 300.0, "40..250 kPa", "the pumps' rated head"),
+    ],
+)
+def test_a_file_setpoint_the_command_path_would_refuse_is_refused_at_load(
+    tmp_path, k, sp, range_, why
+):
+    """The prober's site took 95 degC for a tank and a loop setpoint above its alarm:
+    accepted at load, refused when an operator asked for the same value."""
+    d = small_site()
+    d["control_loops"][k]["setpoint"] = sp
+    err = bad(tmp_path, d, f"control_loops[{k}].setpoint", f"{sp:g} is outside", range_, why)
+    # at the edge of the range: taken
+    d["control_loops"][k]["setpoint"] = float(range_.split("..")[1].split()[0])
+    assert load_site(write(tmp_path, d)).control_loops[k].setpoint < sp, err
+
+
+@pytest.mark.parametrize("act", ["tank01.power_budget_kw", "row1.gpu_power_cap_w", "plc.heartbeat"])
+def test_a_pid_on_a_register_the_planner_or_watchdog_owns_is_refused(tmp_path, act):
+    d = small_site()
+    d["control_loops"][0]["actuators"] = [act]
+    bad(tmp_path, d, "control_loops[0].actuators", act, "not a regulating actuator")
+
+
+def test_a_site_with_no_control_loops_is_refused_naming_what_nothing_would_drive(tmp_path):
+    """The prober's site had none: it passed --check and ran a heatwave with every valve,
+    fan and pump where it was left (1,303 degC*min over the limits, 0 with loops)."""
+    d = small_site()
+    del d["control_loops"]
+    err = bad(tmp_path, d, "control_loops", "has no [[control_loops]]", "regulated_elsewhere")
+    # tank01-04 and cdu1; loop1's dry cooler; its two pumps
+    assert "5 valves, 1 dry cooler, 2 pumps that nothing would drive" in err.reason
+
+
+def test_an_actuator_no_loop_drives_is_refused_unless_another_controller_runs_it(tmp_path):
+    d = small_site()
+    d["control_loops"] = [c for c in d["control_loops"] if c["name"] != "cdu1_supply"]
+    bad(tmp_path, d, "control_loops", "leaves unregulated: 1 valve", "cdu1.valve_cmd")
+    # the CDU's own controller holds its supply: said so, the site loads
+    d["site"]["regulated_elsewhere"] = ["cdu1.valve_cmd"]
+    site = load_site(write(tmp_path, d))
+    assert site.regulated_elsewhere == ("cdu1.valve_cmd",)
+    assert all("cdu1.valve_cmd" not in c.actuators for c in site.control_loops)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("tank01.valve_cmd", "driven by control loop 'tank01_fluid' here"),
+        ("tank01.power_budget_kw", "not a regulating actuator"),
+        ("cdu1.valve_cm", "not a regulating actuator"),
+    ],
+)
+def test_regulated_elsewhere_names_only_actuators_no_loop_drives(tmp_path, name, why):
+    d = small_site()
+    d["site"]["regulated_elsewhere"] = [name]
+    bad(tmp_path, d, "site.regulated_elsewhere", name, why)
 
 
 def test_control_loop_output_beyond_the_actuator_range_is_rejected(tmp_path):

@@ -33,16 +33,12 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from thermogate.plc.controlloops import setpoint_range
 from thermogate.plc.equipment import ControlLoop
 
 from ..signals import Audit, Event
 from .alarms import Alarms
-from .regulation import (
-    DP_TRIM_MIN_KPA,
-    SUPPLY_RESET_MAX_K,
-    THERMAL_SOFT_MARGIN_K,
-    Regulation,
-)
+from .regulation import Regulation
 from .state import MODES, ControllerState, Curtailment, Override
 from .topology import Topology
 from .trips import TripLatch, latch_key
@@ -494,29 +490,9 @@ class CommandPath:
         return c
 
     def setpoint_limits(self, c: ControlLoop) -> tuple[float, float, str]:
-        """The setpoints a loop accepts, and why: below the alarm of what it holds."""
-        ix, site = self.topo.ix, self.topo.site
-        i = self.topo.pmap.position(c.measurement)
-        for t_ in site.tanks:
-            if ix.tank[t_.name].fluid_temp == i:
-                hi = t_.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
-                return 20.0, hi, f"{THERMAL_SOFT_MARGIN_K:g} K below the tank's alarm"
-        for lp in site.loops:
-            lpp = ix.loop[lp.name]
-            if lpp.supply_temp == i:
-                hi = lp.supply_alarm_c - SUPPLY_RESET_MAX_K
-                return 10.0, hi, "the loop's alarm less the trim & respond reset"
-            if lpp.dp == i:
-                head = max(p.rated_head_kpa for p in lp.pumps)
-                return DP_TRIM_MIN_KPA, head, "the pumps' rated head"
-        for cdu in site.cdus:
-            if ix.cdu[cdu.name].supply_temp == i:
-                hi = cdu.supply_alarm_c - THERMAL_SOFT_MARGIN_K
-                return 15.0, hi, f"{THERMAL_SOFT_MARGIN_K:g} K below the CDU's alarm"
-        p = self.topo.pmap.points[i]
-        lo = -math.inf if p.min is None else p.min
-        hi = math.inf if p.max is None else p.max
-        return lo, hi, "the measured point's range"
+        """The setpoints a loop accepts, and why: the site's one rule (also what a
+        site file's setpoint is checked against at load)."""
+        return setpoint_range(self.topo.site, self.topo.pmap, c.measurement)
 
 
 def _target(cmd: Command) -> str:

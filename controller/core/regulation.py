@@ -40,6 +40,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from thermogate.plc.controlloops import (
+    DP_TRIM_MIN_KPA,
+    SUPPLY_RESET_MAX_K,
+    THERMAL_SOFT_MARGIN_K,
+)
 from thermogate.plc.equipment import ControlLoop, Loop, Pump
 from thermogate.plc.pointtable import LoopPoints, PumpPoints
 
@@ -49,10 +54,7 @@ from .state import ControllerState, Override
 from .topology import Topology
 from .view import Cmd, Cmds, ScanView
 
-THERMAL_SOFT_MARGIN_K = 2.5  # protection starts shedding this far below a zone's alarm
-SUPPLY_RESET_MAX_K = 6.0  # raise a loop's supply setpoint up to this when far from limits
 SUPPLY_RESET_RATE_K_S = 0.005
-DP_TRIM_MIN_KPA = 40.0
 #: the closest a loop's supply is asked to come to the ambient while nothing is
 #: hot: the dry coolers' design approach is 6 K at full duty; at 3 K their fans
 #: already run hard, and closer they spend energy for almost no heat

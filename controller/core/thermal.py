@@ -41,13 +41,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
+from thermogate.plc.controlloops import THERMAL_SOFT_MARGIN_K
+
 from ..signals import Event
 from .alarms import Alarms
 from .planning import ROW_CAP_KNEE_FRAC
 from .topology import CLASS_ORDER, Load, Topology
 from .view import ScanView
 
-THERMAL_SOFT_MARGIN_K = 2.5  # start shedding this far below a zone's alarm limit
 #: proportional: fraction of the limit's power shed per K over the soft limit (at
 #: 2.5 K over -- the alarm -- 40 % is shed by the proportional term alone)
 LIMIT_KP_PER_K = 0.16

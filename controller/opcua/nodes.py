@@ -12,18 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, cast
 
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue, NodeData
 
+from thermogate.plc.controlloops import setpoint_range
 from thermogate.plc.equipment import ControlLoop, Site
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.points import Point
 from thermogate.plc.pointtable import GroupPoints, PointIndex
 
-from ..core.commands import CommandPath
 from ..core.topology import CLASS_ORDER, Topology
 from .typed import node_id
 
@@ -426,18 +425,16 @@ def point(b: Builder, parent: ua.NodeId, p: Point) -> ua.NodeId:
 
 
 def setpoint_vars(
-    b: Builder, site: Site, pmap: PointMap, topo: Topology, owner: dict[int, Device]
+    b: Builder, site: Site, pmap: PointMap, owner: dict[int, Device]
 ) -> dict[ua.NodeId, ControlLoop]:
     """Each control loop's setpoint (writable: a write is a SetSetpoint) and working
     setpoint, on the device whose point it holds; its EURange is what the command
     path accepts, so a client can see the limits before it writes."""
-    # setpoint_limits reads only the topology: no command path needs building for it
-    limits: Any = SimpleNamespace(topo=topo)
     out = {}
     for c in site.control_loops:
         meas = pmap[c.measurement]
         parent = owner[pmap.position(c.measurement)].node
-        lo, hi, why = CommandPath.setpoint_limits(limits, c)
+        lo, hi, why = setpoint_range(site, pmap, c.measurement)
         desc = (
             f"setpoint of control loop {c.name} ({c.measurement}); operators may write it "
             f"within {lo:g}..{hi:g} {meas.unit} ({why}): a write is a SetSetpoint command"

@@ -267,7 +267,7 @@ class Space:
         owner = {i: d for d in self.devices for i in d.points}
         self.point_nodes = [nodes.point(b, owner[i].node, p) for i, p in enumerate(pmap.points)]
         self.historized = {n: p.name for n, p in zip(self.point_nodes, pmap.points, strict=True)}
-        self.setpoints = nodes.setpoint_vars(b, site, pmap, self.topo, owner)
+        self.setpoints = nodes.setpoint_vars(b, site, pmap, owner)
         nodes.workload_vars(b, self.topo, self.devices)
         desc = "the site controller: its state, and commands as methods"
         self.controller = b.obj(self.root, "Site/Controller", "Controller", desc, folder=False)
