@@ -173,6 +173,7 @@ def parse_site(root: Section) -> Site:
         economics=_economics(root),
         grid=_grid(root, freq, tanks),
     )
+    _check_units(root, site)
     # Control loops name points, so they are checked against the point map.
     try:
         pmap = build_point_map(site)
@@ -543,6 +544,44 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
     )
     sec.check_unused()
     return r
+
+
+def _check_units(root: Section, site: Site) -> None:
+    """Meters, pump drives, dry coolers and CDUs each answer on a unit id of their
+    own. Two of them on one id is a typo that would move the first one's registers
+    (a shared unit is laid out in slots): only a PLC's unit serves several pieces
+    of equipment -- ``[plc] unit_id``, or a further PLC carrying tanks or rows."""
+    plcs = {site.plc.unit_id} | {t.unit_id for t in site.tanks}
+    plcs |= {r.unit_id for r in site.rack_rows}
+    devices: list[tuple[int, str, str]] = [
+        (site.meter_unit_id, "the site meter", "site.meter_unit_id")
+    ]
+    devices += [
+        (f.unit_id, f"feeder {f.name}", f"feeders[{i}].unit_id") for i, f in enumerate(site.feeders)
+    ]
+    devices += [(d.unit_id, f"PDU {d.name}", f"pdus[{i}].unit_id") for i, d in enumerate(site.pdus)]
+    for i, lp in enumerate(site.loops):
+        devices += [
+            (p.unit_id, f"pump {p.name}", f"loops[{i}].pumps[{j}].unit_id")
+            for j, p in enumerate(lp.pumps)
+        ]
+        devices += [
+            (d.unit_id, f"dry cooler {d.name}", f"loops[{i}].dry_coolers[{j}].unit_id")
+            for j, d in enumerate(lp.dry_coolers)
+        ]
+    devices += [(c.unit_id, f"CDU {c.name}", f"cdus[{i}].unit_id") for i, c in enumerate(site.cdus)]
+    first: dict[int, str] = {}
+    for unit, what, key in devices:
+        if unit in plcs:
+            continue  # wired into a PLC: its points sit in that PLC's slots
+        if unit in first:
+            raise ConfigError(
+                root.file,
+                key,
+                f"unit {unit} is already used by {first[unit]}: two devices cannot answer one unit"
+                " id (give each its own; only a PLC's unit serves several)",
+            )
+        first[unit] = what
 
 
 def _check_electrical(root: Section, site: Site) -> None:

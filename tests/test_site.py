@@ -334,6 +334,27 @@ def test_unit_id_outside_1_to_247_is_rejected(tmp_path, uid, words):
     bad(tmp_path, d, "pdus[0].unit_id", *words)
 
 
+def test_two_devices_on_one_unit_id_are_refused_naming_both(tmp_path):
+    """The prober's typo (a second pump on the first's unit id) loaded, and moved
+    the first pump's registers: a shared unit is laid out in slots."""
+    d = small_site()
+    d["loops"][0]["pumps"][1]["unit_id"] = 13
+    bad(tmp_path, d, "loops[0].pumps[1].unit_id", "unit 13 is already used by pump loop1.pump_a")
+    d = small_site()
+    d["site"]["meter_unit_id"] = 12
+    bad(tmp_path, d, "pdus[0].unit_id", "unit 12 is already used by the site meter")
+
+
+def test_equipment_wired_into_the_plc_shares_its_unit(tmp_path):
+    """A pump whose drive the PLC runs sits in the PLC's slots: not a clash."""
+    d = small_site()
+    d["loops"][0]["pumps"][1]["unit_id"] = 1
+    site = load_site(write(tmp_path, d))
+    pmap = build_point_map(site)
+    assert pmap["loop1.pump_b.speed_cmd"].unit_id == 1
+    assert pmap["loop1.pump_b.speed_cmd"].device == "plc"
+
+
 def test_plc_unit_id_zero_broadcast_is_rejected(tmp_path):
     d = small_site()
     d["plc"]["unit_id"] = 0
