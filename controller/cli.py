@@ -297,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not open the technician's serial console ([console], or the demo's pty)",
     )
+    rp.add_argument(
+        "--accept-new-map",
+        action="store_true",
+        help="start although points moved since the last run on this database (the PLC's"
+        " program was changed to match the site file)",
+    )
     rp.set_defaults(func=cmd_run)
 
     sm = sub.add_parser("simulate", help="controller and plant in lockstep, faster than real time")

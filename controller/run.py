@@ -41,6 +41,7 @@ from thermogate.plc.errors import ThermogateError
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.records import record_columns
 
+from . import mapcheck
 from .clockwatch import ClockWatch
 from .console import ConsoleConfig, ConsoleFace
 from .core import Command, CommandResult, Controller, Principal
@@ -144,6 +145,8 @@ class RealTimeController:
         self._t_books = math.nan
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0
+        # before the historian opens: a refusal leaves the database as it was
+        map_change = mapcheck.check(cfg.db, site.name, self.pmap, accept=cfg.accept_new_map)
         #: the historian; a commit that fails (full or read-only disk) is an alarm here
         self.historian = Recorder(
             Historian(
@@ -157,6 +160,10 @@ class RealTimeController:
             self.clock,
         )
         self._run_marker = self._check_last_stop()
+        if map_change is not None:
+            log.warning("%s", map_change)
+            self.historian.record_event(self.clock(), "point-map", "controller", map_change, 700)
+        self.historian.save_state(mapcheck.POINT_MAP_KEY, {"points": mapcheck.layout(self.pmap)})
         self._restore_state()
         if isinstance(self.ctrl.peaks, PeakShaving):
             self._seed_peaks(self.ctrl.peaks)
@@ -590,6 +597,8 @@ def console_face(rt: RealTimeController, cfg: ConsoleConfig) -> ConsoleFace:
 
 async def _main(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config, args.db)
+    if getattr(args, "accept_new_map", False):
+        cfg = replace(cfg, accept_new_map=True)
     port = getattr(args, "plant_port", None)
     if port is not None:
         if not cfg.built_in_plant:

@@ -50,6 +50,8 @@ class RunConfig:
     peaks: tuple[PeakWindow, ...] = ()  # peak windows ([grid] peaks = "file.csv")
     opcua: OpcUaSecurity | None = None  # the OPC UA server for SCADA ([opcua]); None: none
     console: ConsoleConfig | None = None  # the technician's serial console ([console]); None: none
+    #: start although points moved since the last run on this database (``mapcheck``)
+    accept_new_map: bool = False
 
 
 def load_run_config(path: str | None, db: str | None) -> RunConfig:
