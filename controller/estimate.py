@@ -38,6 +38,12 @@ The checks, in order (constants here and in ``plausibility.py``, units in names)
    ``BAD + FLAG_RANGE``.
 4. **Never read**: until a point has had one valid reading since start it is
    ``BAD + FLAG_NEVER_READ`` (zones start in fail-safe).
+   **All zero**: a tank, CDU or loop whose every fluid and water temperature
+   reads exactly 0 is equipment the site file has and the PLC does not
+   answer for yet (a PLC answers 0 for any unprogrammed address inside its
+   table; a real 0.0 on four sensors of a heated tank at once is not
+   physics): those temperatures are ``BAD + FLAG_ZERO``, so its zone stays in
+   fail-safe and the planner budgets nothing to it.
 5. **Rate of change** against the last accepted value, allowing ``rate x``
    the time since the point's last valid reading (a point that was away for
    a while may come back changed; a step while observed may not):
@@ -147,6 +153,7 @@ from .signals import (
     FLAG_RATE,
     FLAG_STALE,
     FLAG_STUCK,
+    FLAG_ZERO,
     GOOD,
     UNCERTAIN,
 )
@@ -267,6 +274,7 @@ class Estimator:
         self._pw_fast = w.fast
         self._build_tanks()
         self._build_loops()
+        self._build_zero_groups()
 
         nan = np.full(n, np.nan)
         self._last_t = math.nan
@@ -358,6 +366,29 @@ class Estimator:
         self._l_qmin_list = self._l_qmin.tolist()
         self._l_voted_keys = [self.names[lpp.supply_temp] for lpp in ix.loops]
 
+    def _build_zero_groups(self) -> None:
+        """The temperatures of each tank, CDU and loop, one group after another."""
+        ix = self.pmap.index
+        groups = [
+            [tp.fluid_temp, tp.fluid_temp_b, tp.return_temp, tp.water_out_temp] for tp in ix.tanks
+        ]
+        groups += [[cp.supply_temp, cp.return_temp, cp.water_out_temp] for cp in ix.cdus]
+        groups += [[lpp.supply_temp, lpp.return_temp] for lpp in ix.loops]
+        self._zg_idx = np.array([i for g in groups for i in g], dtype=np.int64)
+        self._zg_sizes = np.array([len(g) for g in groups], dtype=np.int64)
+        self._zg_starts = np.concatenate(([0], np.cumsum(self._zg_sizes)[:-1])).astype(np.int64)
+
+    def _all_zero(self, v: np.ndarray) -> np.ndarray | None:
+        """Points of the groups whose every temperature reads exactly 0 (None: none)."""
+        if not self._zg_idx.size:
+            return None
+        whole = np.logical_and.reduceat(v[self._zg_idx] == 0.0, self._zg_starts)
+        if not whole.any():
+            return None
+        zero = np.zeros(self.n, dtype=bool)
+        zero[self._zg_idx[np.repeat(whole, self._zg_sizes)]] = True
+        return zero
+
     # ==================================================================
     # the update
     # ==================================================================
@@ -385,6 +416,9 @@ class Estimator:
         num = fr & ~nan
         out = num & ((v < self._lo) | (v > self._hi))
         valid = num & ~out
+        zero = self._all_zero(v)
+        if zero is not None:
+            valid &= ~zero
         all_valid = bool(valid.all())
         if not self._all_ever:
             self._ever |= valid
@@ -397,6 +431,8 @@ class Estimator:
             flags[nan] |= FLAG_NAN
             flags[out] |= FLAG_RANGE
             flags[~self._ever] |= FLAG_NEVER_READ
+            if zero is not None:
+                flags[zero] |= FLAG_ZERO
             bad = ~valid | ~self._ever
 
         # ---- 5: rate of change against the last accepted value ---------------------

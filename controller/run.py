@@ -176,12 +176,14 @@ class RealTimeController:
         self.faces: list[Face] = []
         #: links that are not points, each an alarm ``link.<name>`` while it says
         #: why it is down (the OpenADR VEN's VTN)
-        self.links: dict[str, Callable[[], str | None]] = {}
+        self.links: dict[str, Callable[[], str | None]] = {"writes": self._writes_refused}
         self.scan_ms: deque[float] = deque(maxlen=3600)  # the last hour at 1 s
         #: steps of ``clock`` (NTP, an operator) told from its rate; recorded as events
         self.clock_watch = ClockWatch()
         self.overruns = 0
         self._unsent_units: set[int] = set()  # lost units whose unsent writes were told
+        #: points whose device refuses their writes (an exception answer), with why
+        self._refusing: dict[str, str] = {}
         self.gc = BetweenScans()  # the run loop's garbage collection (heap.py)
         self.scans = 0
         self.last: dict[str, object] = {}
@@ -192,6 +194,15 @@ class RealTimeController:
                 self.ctrl, cfg.site, self.columns, cfg.db, self.historian.reader,
                 retrain_every_h=cfg.retrain_every_h, train_days=cfg.train_days,
             )  # fmt: skip
+
+    def _writes_refused(self) -> str | None:
+        """Why ``link.writes`` is an alarm: the points whose writes a device refuses."""
+        if not self._refusing:
+            return None
+        names = list(self._refusing)
+        point, why = names[0], self._refusing[names[0]]
+        more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+        return f"{len(names)} point(s) refuse writes: {point} ({why}){more}"
 
     def _check_last_stop(self) -> dict[str, object]:
         """Say so in the event log when the last run on this database did not stop
@@ -402,17 +413,27 @@ class RealTimeController:
                 if not o.ok and (o.error or "").startswith("not sent:"):
                     unsent.setdefault(unit, (o.error or "", []))[1].append(w.point)
                 elif not o.ok:
-                    res.events.append(
-                        Event(
-                            now,
-                            "write-failed",
-                            w.point,
-                            f"write {w.point} = {w.value:g} failed: {o.error}",
-                            700,
+                    # one event when a point starts refusing (or its reason changes),
+                    # none while it goes on: a tank the PLC was not programmed for
+                    # wrote 183 a minute; the alarm link.writes stands meanwhile
+                    if self._refusing.get(w.point) != o.error:
+                        self._refusing[w.point] = o.error or ""
+                        res.events.append(
+                            Event(
+                                now,
+                                "write-failed",
+                                w.point,
+                                f"write {w.point} = {w.value:g} failed: {o.error} (said once"
+                                " until a write to it succeeds)",
+                                700,
+                            )
                         )
-                    )
                 else:
                     self._unsent_units.discard(unit)
+                    if self._refusing.pop(w.point, None) is not None:
+                        res.events.append(
+                            Event(now, "restore", w.point, f"writes to {w.point} succeed again")
+                        )
             self.ctrl.actuation.not_sent(failed)
             # Writes held back from a unit that is lost (its loss is already an
             # alarm): one event when a unit's writes first go unsent, none more

@@ -34,6 +34,9 @@ FLAG_STUCK = 1 << 4  # an analog that has not moved at all for too long
 FLAG_DRIFT = 1 << 5  # walked away from its redundant partner / physical reference
 FLAG_DISAGREE = 1 << 6  # redundant sensors disagree now
 FLAG_NEVER_READ = 1 << 7  # no good value since start (zones start in fail-safe)
+#: every temperature of its equipment reads exactly 0: addresses the PLC answers
+#: for but has not been programmed with (or a card not wired), not a hall at 0 °C
+FLAG_ZERO = 1 << 8
 FLAG_NAMES = {
     FLAG_STALE: "stale",
     FLAG_NAN: "nan",
@@ -43,6 +46,7 @@ FLAG_NAMES = {
     FLAG_DRIFT: "drift",
     FLAG_DISAGREE: "disagree",
     FLAG_NEVER_READ: "never-read",
+    FLAG_ZERO: "all-zero",
 }
 
 

@@ -262,6 +262,36 @@ def test_values_outside_the_physically_plausible_range_are_bad_range():
     assert quality_of(e, "site.ambient_temp") == GOOD
 
 
+def test_a_tank_whose_every_temperature_reads_zero_is_bad_all_zero_from_its_first_scan():
+    """The commissioning prober's tank the PLC was not yet programmed for: the PLC
+    answered 0 for its addresses, read as a GOOD tank at 0 degC and budgeted."""
+    temps = ("fluid_temp", "fluid_temp_b", "return_temp", "water_out_temp")
+    est = Estimator(PMAP, SITE)
+    v = BASE.copy()
+    for attr in (*temps, "level", "water_flow", "dielectric_flow", "power_kw"):
+        v[IDX[f"tank05.{attr}"]] = 0.0
+    e = est.update(0.0, v, np.ones(len(PMAP), dtype=bool))
+    for attr in temps:
+        assert quality_of(e, f"tank05.{attr}") == BAD
+        assert "all-zero" in flag_names(flags_of(e, f"tank05.{attr}")), attr
+    assert e.voted["tank05.fluid_temp"][1] == BAD  # what protection and the zones act on
+    assert quality_of(e, "tank04.fluid_temp") == GOOD  # the others are read as ever
+    # once programmed, real readings are taken (latched for CLEAR_S like any flag)
+    feed(est, 1.0, 3, BASE)
+    e = est.update(1.0 + CLEAR_S + 1.0, BASE, np.ones(len(PMAP), dtype=bool))
+    assert quality_of(e, "tank05.fluid_temp") == GOOD
+
+
+def test_one_sensor_reading_zero_is_not_called_all_zero():
+    est = Estimator(PMAP, SITE)
+    feed(est, 0.0, 3, BASE)
+    v = BASE.copy()
+    v[IDX["tank05.fluid_temp"]] = 0.0  # a plausible (if cold) reading, coupled ones warm
+    v[IDX["loop1.return_temp"]] = 0.0
+    e = est.update(3.0, v, np.ones(len(PMAP), dtype=bool))
+    assert not any("all-zero" in flag_names(int(f)) for f in e.flags)
+
+
 # ----------------------------------------------------------------------------
 # rate of change
 # ----------------------------------------------------------------------------

@@ -7,7 +7,9 @@ While any needed input is BAD (stale, implausible, never read) the zone is in
 fail-safe: it takes its safe state whatever regulation or the planner wanted —
 cooling to full, mining off, GPUs capped — raises an event, and leaves it, with
 another event, once every input is usable again. Zones start in fail-safe
-until every input was read once.
+until every input was read once; the zones that leave that start-up state in
+one scan are one event (``18 zones ready: ...``), not one "left" each with no
+"entered" before it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ SAFE_GPU_CAP_FRAC = 0.5  # a GPU tank in fail-safe runs at most at this share of
 SAFE_ROW_CAP_W = 350.0  # per-GPU cap of the rows behind a CDU in fail-safe
 
 
+#: the reason of a zone that has not had its inputs read since start
+STARTING = "starting: inputs not read yet"
+
+
 def failsafe_key(zone: str) -> str:
     """The alarm of a zone in fail-safe (``failsafe:tank01``)."""
     return f"failsafe:{zone}"
@@ -38,7 +44,9 @@ class Zone:
     #: a tank's two fluid sensors: one good one is enough
     pair: tuple[int, int] | None = None
     failsafe: bool = True
-    reason: str = "starting: inputs not read yet"
+    reason: str = STARTING
+    #: left the start-up fail-safe once (its inputs all read since start)
+    started: bool = False
 
 
 class FailSafeZones:
@@ -70,6 +78,7 @@ class FailSafeZones:
             return  # every input usable and no zone to leave fail-safe: nothing changes
         name_of = self.topo.pmap.name_of
         bad_at = iter(bad_inputs.tolist())  # zone by zone, in order
+        ready: list[str] = []  # zones out of their start-up fail-safe this scan
         for z in self.zones.values():
             bad = [i for i in z.inputs if next(bad_at)]
             if z.pair is not None:
@@ -81,8 +90,11 @@ class FailSafeZones:
                 z.failsafe, z.reason = True, f"bad inputs: {names}"
                 alarms.event(t, "failsafe", z.name, f"zone {z.name} in fail-safe: {z.reason}", 800)
             elif not bad and z.failsafe:
-                z.failsafe, z.reason = False, ""
-                alarms.event(t, "restore", z.name, f"zone {z.name} left fail-safe", 400)
+                if not z.started:
+                    ready.append(z.name)
+                else:
+                    alarms.event(t, "restore", z.name, f"zone {z.name} left fail-safe", 400)
+                z.failsafe, z.reason, z.started = False, "", True
             elif bad:
                 z.reason = f"bad inputs: {names}"
             # and an alarm for SCADA's list, to acknowledge (journalled above)
@@ -93,6 +105,17 @@ class FailSafeZones:
                 f"zone {z.name} in fail-safe: {z.reason}",
                 800,
                 journal=False,
+            )
+        if ready:
+            n = len(ready)
+            shown = ", ".join(ready[:5]) + (f" and {n - 5} more" if n > 5 else "")
+            what = f"{n} zones ready" if n > 1 else f"zone {ready[0]} ready"
+            alarms.event(
+                t,
+                "restore",
+                "zones",
+                f"{what}: inputs read, out of start-up fail-safe ({shown})",
+                300,
             )
 
     def holds(self, point: int) -> str | None:

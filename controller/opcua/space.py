@@ -53,6 +53,7 @@ from ..signals import (
     FLAG_RATE,
     FLAG_STALE,
     FLAG_STUCK,
+    FLAG_ZERO,
     flag_names,
 )
 from . import nodes
@@ -104,6 +105,7 @@ def status_codes(quality: np.ndarray, flags: np.ndarray, values: np.ndarray) -> 
         (0, S.BadSensorFailure),
         (FLAG_NEVER_READ, S.BadWaitingForInitialData),
         (FLAG_RANGE, S.BadOutOfRange),
+        (FLAG_ZERO, S.BadConfigurationError),
         (FLAG_NAN, S.BadSensorFailure),
         (FLAG_STALE, S.BadCommunicationError),
     ):
