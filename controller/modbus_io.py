@@ -419,6 +419,16 @@ class ModbusIO:
         probe from ``backoff_initial_s`` up to ``backoff_max_s``."""
         return self._units[unit_id].delay
 
+    def endpoints(self) -> dict[str, str]:
+        """Every endpoint and the units behind it, as the banner says them:
+        ``{"tcp 10.0.0.5:502 (in flight 4)": "36 units: 1, 10-12, ..."}``."""
+        out: dict[str, str] = {}
+        for where, us in _by_endpoint(self._units.values()).items():
+            flight = us[0].in_flight
+            label = f"{where} (in flight {flight})" if flight > 1 else where
+            out[label] = _units_text(us)
+        return out
+
     def lost(self) -> dict[str, str]:
         """The units being skipped now, per endpoint: ``{"tcp 10.0.0.5:502": "3 units: 1-3"}``."""
         down = [u for u in self._units.values() if u.delay]

@@ -639,7 +639,11 @@ async def _main(args: argparse.Namespace) -> int:
         if plant is not None:
             await asyncio.to_thread(plant.stop)
         raise
-    where = plant.describe if plant is not None else "configured devices"
+    where = (
+        plant.describe
+        if plant is not None
+        else "; ".join(f"{ep}: {units}" for ep, units in rt.io.endpoints().items())
+    )
     print(
         f"thermogate run: site '{cfg.site.name}', {len(rt.pmap)} points, scan {cfg.scan_s:g} s",
         flush=True,

@@ -93,6 +93,12 @@ def status_line(rt: RealTimeController) -> None:
         elif upd is not None and upd.zones:
             trust = "trusted" if upd.trusted else f"NOT TRUSTED ({upd.source})"
             print(f"  model {fc.version}: {trust}; loop headroom {hr}", flush=True)
+    if "plc.safe_state" in alarms:  # what the plan below wants is not what runs
+        print(
+            "  PLC: in its watchdog SAFE STATE (cooling full, mining off, GPUs capped) until"
+            " its heartbeat is back",
+            flush=True,
+        )
     if rt.gating is not None:
         print("  " + gating_line(rt.gating), flush=True)
     print("  " + grid_line(rt), flush=True)

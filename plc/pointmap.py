@@ -51,6 +51,7 @@ CSV_HEADER = (
     "access",
     "min",
     "max",
+    "device",
     "description",
 )
 
@@ -140,8 +141,10 @@ class PointMap:
                 "scale": p.scale,
                 "unit": p.unit,
                 "access": p.access,
-                "min": "" if p.min is None else p.min,
-                "max": "" if p.max is None else p.max,
+                "min": p.min,
+                "max": p.max,
+                # the Modbus device answering for it: its own, or the PLC it is wired to
+                "device": p.device,
                 "description": p.description,
             }
             for p in self.points
@@ -156,26 +159,9 @@ class PointMap:
         return buf.getvalue()
 
     def to_json(self) -> str:
-        out = []
-        for p in self.points:
-            out.append(
-                {
-                    "name": p.name,
-                    "unit_id": p.unit_id,
-                    "table": p.table,
-                    "address": p.address,
-                    "type": p.type,
-                    "word_order": p.word_order,
-                    "scale": p.scale,
-                    "unit": p.unit,
-                    "access": p.access,
-                    "min": p.min,
-                    "max": p.max,
-                    "device": p.device,
-                    "description": p.description,
-                }
-            )
-        return json.dumps(out, indent=1)
+        """The rows of the CSV and Markdown maps, as JSON (absent bounds: null)."""
+        rows = [{**r, "word_order": r["word_order"] or None} for r in self.rows()]
+        return json.dumps(rows, indent=1)
 
     def to_markdown(self) -> str:
         lines = [
@@ -190,6 +176,8 @@ class PointMap:
 
 
 def _fmt(v: object) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)

@@ -361,3 +361,34 @@ def test_a_curtailment_after_the_run_ends_is_no_instruction_of_the_run(site):
     """A 6 h heatwave's summary counted the scenario's 18:00 curtailment."""
     r = run_simulation(site, "heatwave", 0.2, scan_s=5.0)
     assert r.summary["grid"]["instructions"] == 0
+
+
+@pytest.mark.parametrize(
+    ("plc_s", "severity", "words"),
+    [
+        (8.0, 500, "times out after 8 s, the site file says 10 s"),
+        (1.0, 800, "shorter than two 1 s scans"),
+    ],
+)
+def test_a_plc_watchdog_other_than_the_site_files_is_an_alarm_naming_both(
+    site, plc_s, severity, words
+):
+    """The prober's PLC timed out sooner than its site file said: the controller
+    never looked, and the status said "mining on" while the PLC sat in safe state."""
+    from thermogate.hil.runner import ScenarioPlant
+
+    sim = ScenarioPlant(site, "normal-day", sensors=False)
+    ctrl = Controller(site, sim.pmap)
+    plant = sim.plant
+    events = []
+    for k in range(6):
+        if k == 3:
+            plant.heartbeat_timeout_s = plc_s  # what the PLC's program says
+        res = ctrl.scan(_obs(plant))
+        for w in res.writes:
+            plant.write(w.point, w.value)
+        events += [e for e in res.events if e.source == "plc.heartbeat_timeout"]
+        sim.step()
+    [alarm] = events
+    assert alarm.kind == "alarm" and alarm.severity == severity and words in alarm.message
+    assert "plc.heartbeat_timeout" in ctrl.alarms.active()

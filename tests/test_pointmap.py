@@ -148,9 +148,23 @@ def test_every_equipment_has_its_points(demo_map):
 def test_csv_header_is_exact(demo_map):
     first = demo_map.to_csv().splitlines()[0]
     assert first == (
-        "name,unit_id,table,address,type,word_order,scale,unit,access,min,max,description"
+        "name,unit_id,table,address,type,word_order,scale,unit,access,min,max,device,description"
     )
     assert tuple(first.split(",")) == CSV_HEADER
+
+
+def test_the_json_and_csv_maps_say_the_same_of_every_point(demo_map):
+    """The prober found them disagreeing: the JSON gave every f32 and u16 a word
+    order ("big" for a one-register point) and a device; the CSV had no device."""
+    as_json = {r["name"]: r for r in json.loads(demo_map.to_json())}
+    for row in csv.DictReader(io.StringIO(demo_map.to_csv())):
+        j = as_json[row["name"]]
+        assert set(j) == set(row) == set(CSV_HEADER)
+        for k in CSV_HEADER:
+            want = "" if j[k] is None else (f"{j[k]:g}" if isinstance(j[k], float) else str(j[k]))
+            assert row[k] == want, (row["name"], k)
+    assert as_json["tank01.fluid_temp"]["word_order"] is None  # one register: no order
+    assert as_json["pdu_tank01.power_kw"]["device"] == "pdu_tank01"
 
 
 def test_the_csv_and_markdown_maps_say_which_word_comes_first(demo_map):
@@ -205,8 +219,9 @@ def test_json_lists_every_point_with_its_fields(pmap):
         assert (i["unit_id"], i["table"], i["address"], i["type"]) == _key(p)
         assert i["access"] == p.access
         assert i["scale"] == p.scale
-        assert i["word_order"] == p.word_order
+        assert i["word_order"] == (p.word_order if p.words == 2 else None)
         assert (i["min"], i["max"]) == (p.min, p.max)
+        assert i["device"] == p.device
 
 
 # --------------------------------------------------------------------------

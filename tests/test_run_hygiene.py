@@ -419,3 +419,26 @@ def test_the_demo_hall_starts_under_its_import_limit_so_run_opens_on_no_power_al
     db = tmp_path / "d.db"
     assert [e for e in _events(db, "alarm") if "import" in e["message"]] == []
     assert _events(db, "shed") == []
+
+
+def test_with_a_configuration_the_banner_says_where_every_unit_is_reached(
+    tmp_path, demo_pmap: PointMap
+):
+    """It said "configured devices": a commissioning engineer could not see which
+    gateway or serial line each unit was expected on."""
+    port = _closed_port()
+    cfg = _write_config(tmp_path, port=port)
+    run = subprocess.Popen(
+        [*CLI, "run", "--config", str(cfg), "--no-opcua", "--no-console"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        line = _plant_line(run)
+    finally:
+        run.send_signal(signal.SIGINT)
+        reap(run, 60)
+    n = len(demo_pmap.unit_ids())
+    assert f"plant:    tcp 127.0.0.1:{port}: {n} units: 1, 10-12, " in line, line

@@ -273,6 +273,31 @@ class Controller:
             alarms.alarm(t, f"sensors:{name}", hit.size > 0, message, severity, journal=False)
         self._sensor_alarms_up = up
 
+    def _check_watchdog(self, view: ScanView, alarms: Alarms) -> None:
+        """The PLC's own heartbeat timeout (read over Modbus) against the site
+        file's, which decided what scan is safe: a PLC set shorter than two scans
+        takes its safe state between them and stays there."""
+        point = self.pmap.index.plc.heartbeat_timeout_s
+        if not view.good(point):
+            return
+        plc_s, site_s = float(view.val(point)), self.site.plc.heartbeat_timeout_s
+        wrong = abs(plc_s - site_s) >= 0.5  # a whole-second register
+        short = plc_s < 2.0 * self.scan_s
+
+        def why() -> str:  # formatted only when raised
+            if short:
+                return (
+                    f"the PLC's watchdog times out after {plc_s:g} s, shorter than two"
+                    f" {self.scan_s:g} s scans: it will take its safe state between heartbeats"
+                    f" (the site file says {site_s:g} s)"
+                )
+            return (
+                f"the PLC's watchdog times out after {plc_s:g} s, the site file says"
+                f" {site_s:g} s: correct one of them"
+            )
+
+        alarms.alarm(view.t, "plc.heartbeat_timeout", wrong or short, why, 800 if short else 500)
+
     # -- the scan ----------------------------------------------------------------
     def scan(self, obs: Observation) -> ScanResult:
         t = obs.t
@@ -297,6 +322,7 @@ class Controller:
             alarms.alarm(t, "plc.safe_state", True, "PLC is in its watchdog safe state")
         else:
             alarms.alarm(t, "plc.safe_state", False, "PLC left its safe state")
+        self._check_watchdog(view, alarms)
         for name, down in obs.links.items():
             alarms.alarm(t, f"link.{name}", down is not None, down or "", 600)
         audit = self._expire(t)

@@ -161,7 +161,10 @@ def check_meta(meta: Mapping[str, str], path: Path, site_name: str) -> None:
     """Refuse another site's history and a schema newer than this code."""
     stored = meta.get("site_name", "")
     if site_name and stored and stored != site_name:
-        raise WrongSiteError(f"{path}: holds the history of site {stored!r}, not {site_name!r}")
+        raise WrongSiteError(
+            f"{path}: holds the history of site {stored!r}, not {site_name!r}: give this site"
+            " its own database (--db, or [controller] db), or run the site file that wrote it"
+        )
     version = int(meta.get("schema_version", SCHEMA_VERSION))
     if version > SCHEMA_VERSION:
         raise HistorianError(f"{path}: historian schema {version} is newer than {SCHEMA_VERSION}")
