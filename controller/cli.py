@@ -133,6 +133,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe import probe_cli
+
+    return probe_cli(args)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulate import simulate_cli
 
@@ -304,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
         " program was changed to match the site file)",
     )
     rp.set_defaults(func=cmd_run)
+
+    pr = sub.add_parser(
+        "probe",
+        help="check a run configuration and read every point once (commissioning); writes nothing",
+    )
+    pr.add_argument(
+        "--config", metavar="FILE", help="controller configuration (TOML; default: the demo)"
+    )
+    pr.add_argument(
+        "--offline", action="store_true", help="only validate the configuration: ask no device"
+    )
+    pr.add_argument("--json", action="store_true", help="the report as JSON")
+    pr.set_defaults(func=cmd_probe)
 
     sm = sub.add_parser("simulate", help="controller and plant in lockstep, faster than real time")
     _site(sm)

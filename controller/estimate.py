@@ -232,6 +232,19 @@ LATCHED_FLAGS = 0xFFFF & ~FLAG_NEVER_READ
 _LATCH_BITS = tuple(1 << k for k in range(16) if LATCHED_FLAGS & (1 << k))
 
 
+def zero_groups(pmap: PointMap) -> list[tuple[str, np.ndarray]]:
+    """(equipment, positions of its fluid and water temperatures) of every tank,
+    CDU and loop: all of them reading exactly 0 is the all-zero rule (check 4)."""
+    ix = pmap.index
+    out = [
+        (tp.name, [tp.fluid_temp, tp.fluid_temp_b, tp.return_temp, tp.water_out_temp])
+        for tp in ix.tanks
+    ]
+    out += [(cp.name, [cp.supply_temp, cp.return_temp, cp.water_out_temp]) for cp in ix.cdus]
+    out += [(lpp.name, [lpp.supply_temp, lpp.return_temp]) for lpp in ix.loops]
+    return [(name, np.array(idx, dtype=np.int64)) for name, idx in out]
+
+
 @dataclass
 class Estimate:
     """The validated picture of one scan (arrays aligned with ``pmap.points``)."""
@@ -368,13 +381,8 @@ class Estimator:
 
     def _build_zero_groups(self) -> None:
         """The temperatures of each tank, CDU and loop, one group after another."""
-        ix = self.pmap.index
-        groups = [
-            [tp.fluid_temp, tp.fluid_temp_b, tp.return_temp, tp.water_out_temp] for tp in ix.tanks
-        ]
-        groups += [[cp.supply_temp, cp.return_temp, cp.water_out_temp] for cp in ix.cdus]
-        groups += [[lpp.supply_temp, lpp.return_temp] for lpp in ix.loops]
-        self._zg_idx = np.array([i for g in groups for i in g], dtype=np.int64)
+        groups = [idx for _, idx in zero_groups(self.pmap)]
+        self._zg_idx = np.concatenate(groups) if groups else np.zeros(0, np.int64)
         self._zg_sizes = np.array([len(g) for g in groups], dtype=np.int64)
         self._zg_starts = np.concatenate(([0], np.cumsum(self._zg_sizes)[:-1])).astype(np.int64)
 

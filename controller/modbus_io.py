@@ -429,6 +429,10 @@ class ModbusIO:
             out[label] = _units_text(us)
         return out
 
+    def unit_endpoints(self) -> dict[str, list[int]]:
+        """Every endpoint and the unit ids behind it."""
+        return {w: [u.unit_id for u in us] for w, us in _by_endpoint(self._units.values()).items()}
+
     def lost(self) -> dict[str, str]:
         """The units being skipped now, per endpoint: ``{"tcp 10.0.0.5:502": "3 units: 1-3"}``."""
         down = [u for u in self._units.values() if u.delay]

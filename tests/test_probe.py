@@ -1,0 +1,101 @@
+"""``thermogate probe``: a run configuration checked and every point read once.
+
+Real parts: the demo plant served over Modbus TCP in-process, the probe's real
+Modbus reads, the CLI in a subprocess against a port nobody answers on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from served import served
+from test_run_unprogrammed import TANK99
+
+from thermogate.controller.probe import probe, render
+from thermogate.controller.runconfig import load_run_config
+from thermogate.plc.site import demo_site_text
+
+CLI = [sys.executable, "-m", "thermogate.controller.cli"]
+
+
+def _config(tmp: Path, site_text: str, port: int) -> Path:
+    (tmp / "site.toml").write_text(site_text, encoding="utf-8")
+    cfg = tmp / "controller.toml"
+    cfg.write_text(
+        '[controller]\nsite = "site.toml"\ndb = "site.db"\n\n'
+        f'[modbus]\nhost = "127.0.0.1"\nport = {port}\ntimeout_s = 1.0\n\n'
+        "[model]\nenabled = false\n",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def _probe_served(tmp: Path, site_text: str, watchdog_s: float | None = None):
+    async def go():
+        async with served(speed=1.0) as (sp, port):
+            if watchdog_s is not None:
+                sp.sim.plant.heartbeat_timeout_s = watchdog_s
+                t0 = sp.sim.t
+                while sp.sim.t < t0 + 2.0:  # served from the next image on
+                    await asyncio.sleep(0.1)
+            cfg = load_run_config(str(_config(tmp, site_text, port)), None)
+            return await probe(cfg), port
+
+    return asyncio.run(go())
+
+
+def test_a_plant_that_serves_the_site_file_answers_every_point(tmp_path):
+    report, port = _probe_served(tmp_path, demo_site_text())
+    assert report.ok, render(report)
+    assert all(u.read == u.points and u.error is None for u in report.units)
+    assert sum(u.points for u in report.units) == report.config["points"]
+    assert report.all_zero == [] and report.watchdog is None
+    assert list(report.config["endpoints"]) == [f"tcp 127.0.0.1:{port}"]
+    assert render(report).endswith("probe: everything answered as the site file says")
+    assert not (tmp_path / "site.db").exists()  # a probe opens no database
+
+
+def test_equipment_the_plc_does_not_serve_is_named_by_unit_and_as_all_zero(tmp_path):
+    report, _ = _probe_served(tmp_path, demo_site_text() + TANK99)
+    assert not report.ok
+    refused = {u.unit_id: u for u in report.units if u.read < u.points}
+    assert set(refused) == {17, 99}  # tank99's feeder and PDU meters
+    assert all("exception" in (u.error or "") for u in refused.values())
+    assert report.all_zero == ["tank99"]  # its addresses inside the PLC's table read 0
+    text = render(report)
+    assert "tank99: every temperature reads exactly 0" in text
+    assert text.splitlines()[-1].startswith(f"probe: {len(report.units) - 2} of")
+
+
+def test_a_plc_watchdog_other_than_the_site_files_is_named(tmp_path):
+    report, _ = _probe_served(tmp_path, demo_site_text(), watchdog_s=6.0)
+    assert not report.ok
+    assert report.watchdog == "the PLC's watchdog times out after 6 s, the site file says 10 s"
+
+
+def test_offline_validates_without_asking_any_device_and_the_cli_exits_1_on_silence(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # released: nobody answers there
+    cfg = _config(tmp_path, demo_site_text(), port)
+    off = subprocess.run(
+        [*CLI, "probe", "--config", str(cfg), "--offline"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.strip().endswith("configuration valid (offline: no device was asked)")
+    assert f"endpoint tcp 127.0.0.1:{port}: 36 units: 1, 10-12" in off.stdout
+    on = subprocess.run(
+        [*CLI, "probe", "--config", str(cfg), "--json"], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert on.returncode == 1, on.stderr
+    report = json.loads(on.stdout)
+    assert not report["ok"] and all(u["read"] == 0 for u in report["units"])
+    assert all("cannot connect" in u["error"] or "refused" in u["error"] for u in report["units"])
+    assert not (tmp_path / "site.db").exists()
