@@ -11,6 +11,13 @@ acknowledges it; one that clears while unacknowledged stays listed
 ("returned to normal, unacknowledged") until it is, and one acknowledged and
 cleared is gone. Acknowledging never silences a condition that is still
 active: it stays active (and listed) until its cause has cleared.
+
+The list survives a restart (``to_json`` / ``restore``, saved with the
+controller's state): an alarm nobody acknowledged before the controller was
+restarted is still there to acknowledge after it. An alarm that was active
+keeps its ``since`` and acknowledgement if its condition is found active again
+within ``CARRY_SCANS`` scans (no second event: the journal has the first);
+otherwise it is cleared then, with its clear event.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ from dataclasses import dataclass
 from ..signals import Event
 
 ALARM_HYSTERESIS_K = 1.0  # a high-temperature alarm clears this far below its limit
+#: scans after a restart within which a restored active alarm must be found active
+#: again to carry on (every condition is evaluated within a few scans of a start)
+CARRY_SCANS = 5
 
 #: an alarm's message, or a function that makes it: the parts check ~60 alarms a
 #: scan and almost none changes, so a message with numbers in it is formatted
@@ -49,10 +59,53 @@ class Alarms:
         self._queued: list[Event] = []  # raised between scans (commands)
         self._active: dict[str, bool] = {}
         self._records: dict[str, AlarmRecord] = {}
+        #: restored alarms that were active, waiting to be found active again
+        self._carried: set[str] = set()
+        self._carry_left = 0  # scans left to find them
 
-    def begin_scan(self) -> None:
-        """Start a scan's event list with what was raised since the last scan."""
+    def begin_scan(self, t: float | None = None) -> None:
+        """Start a scan's event list with what was raised since the last scan
+        (``t``: the scan's time, when restored alarms may have to be cleared)."""
         self.events, self._queued = self._queued, []
+        if self._carried:
+            self._carry_left -= 1
+            if self._carry_left < 0:  # not found active since the restart: cleared now
+                for key in sorted(self._carried):
+                    self._clear(t, key)
+                self._carried.clear()
+
+    def to_json(self) -> list[dict[str, object]]:
+        """The alarm list (active, and cleared but unacknowledged) for a restart."""
+        return [
+            {
+                "key": r.key,
+                "message": r.message,
+                "severity": r.severity,
+                "since": r.since,
+                "active": r.active,
+                "acked": r.acked,
+                "acked_by": r.acked_by,
+            }
+            for r in self._records.values()
+        ]
+
+    def restore(self, saved: list[dict[str, object]]) -> int:
+        """Take back a ``to_json`` list; returns how many alarms it held."""
+        for d in saved:
+            rec = AlarmRecord(
+                str(d["key"]),
+                str(d["message"]),
+                int(d["severity"]),  # type: ignore[call-overload]
+                float(d["since"]),  # type: ignore[arg-type]
+                bool(d["active"]),
+                bool(d["acked"]),
+                str(d.get("acked_by", "")),
+            )
+            self._records[rec.key] = rec
+            if rec.active:
+                self._carried.add(rec.key)
+        self._carry_left = CARRY_SCANS
+        return len(saved)
 
     def queue(self, event: Event) -> None:
         """An event raised between scans: it is reported with the next scan."""
@@ -78,6 +131,13 @@ class Alarms:
         False (the value is back under its limit but not yet by the margin).
         ``journal=False``: no events (what it stands for is journalled otherwise)."""
         was = self._active.get(key, False)
+        if self._carried and key in self._carried:
+            self._carried.discard(key)
+            if active or not hysteresis:  # the same occurrence, carried: no new event
+                self._active[key] = True
+                return
+            self._clear(t, key, journal)
+            return
         if active and not was:
             if not isinstance(message, str):
                 message = message()
@@ -91,14 +151,17 @@ class Alarms:
                 rec.message, rec.severity, rec.since = message, severity, t
                 rec.active, rec.acked, rec.acked_by = True, False, ""
         elif was and not active and hysteresis:
-            self._active[key] = False
-            if journal:
-                self.event(t, "clear", key, f"cleared: {key}", 300)
-            rec = self._records.get(key)
-            if rec is not None:
-                rec.active = False
-                if rec.acked:
-                    del self._records[key]
+            self._clear(t, key, journal)
+
+    def _clear(self, t: float | None, key: str, journal: bool = True) -> None:
+        self._active[key] = False
+        if journal and t is not None:
+            self.event(t, "clear", key, f"cleared: {key}", 300)
+        rec = self._records.get(key)
+        if rec is not None:
+            rec.active = False
+            if rec.acked:
+                del self._records[key]
 
     def high(
         self,

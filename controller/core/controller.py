@@ -229,8 +229,13 @@ class Controller:
         return self.commands.give(cmd, by, t)
 
     def saved_state(self) -> dict[str, Any]:
-        """What a restart restores: the decided state and the estimator's slow memory."""
-        return {**self.state.to_json(), "estimator": self.estimator.state()}
+        """What a restart restores: the decided state, the estimator's slow memory and
+        the alarm list (what nobody acknowledged yet is still to acknowledge)."""
+        return {
+            **self.state.to_json(),
+            "estimator": self.estimator.state(),
+            "alarms": self.alarms.to_json(),
+        }
 
     def restore_state(self, saved: dict[str, Any]) -> list[str]:
         """Take back a ``saved_state``; returns notes on what no longer applies."""
@@ -240,6 +245,9 @@ class Controller:
             setattr(self.state, name, getattr(st, name))
         if saved.get("estimator"):
             self.estimator.restore(saved["estimator"])
+        if saved.get("alarms"):
+            n = self.alarms.restore(saved["alarms"])
+            notes.append(f"{n} alarm{'s' if n > 1 else ''} listed again (unacknowledged or active)")
         return notes
 
     def _sensor_events(self, t: float, alarms: Alarms) -> None:
@@ -304,7 +312,7 @@ class Controller:
         dt = self.scan_s if self.t_last is None else max(1e-3, min(t - self.t_last, 10.0))
         self.t_last = t
         alarms = self.alarms
-        alarms.begin_scan()
+        alarms.begin_scan(t)
         est = self.estimator.update(t, obs.values, obs.fresh)
         v, q = est.values, est.quality
         self.values, self.quality = v, q

@@ -756,7 +756,7 @@ async def secure(server: Server, sec: OpcUaSecurity, users_db: Path) -> list[str
 
 def _describe(sec: OpcUaSecurity, own: OwnCertificate, trust: ClientTrust) -> list[str]:
     secured = [p.replace("_", " ") for p in sec.policies if p != "None"]
-    lines = [f"OPC UA endpoint {sec.endpoint} (application {sec.application_uri})"]
+    lines = [f"application {sec.application_uri}"]  # the endpoint heads the banner
     if secured:
         lines.append(f"  policies: {', '.join(secured)}; user-name logins with thermogate users")
     if sec.offers_none:
