@@ -170,7 +170,7 @@ def test_an_override_is_written_as_its_giver_and_expires_by_itself(warm):
     warm.scans(3)
     w = warm.writes("tank01.valve_cmd")[-1]
     assert (w.value, w.who, w.where) == (80.0, "alice", "console")
-    assert "manual override: flush the HX" in w.why
+    assert w.why == "manual override by console:alice (flush the HX)"
     assert warm.sim.plant.cmd_valve[0] == 80.0
     warm.scans(35)  # the override ran out after 30 s: the loop has the valve again
     assert "tank01.valve_cmd" not in warm.ctrl.state.overrides

@@ -224,6 +224,18 @@ def test_a_removed_users_session_loses_its_role_at_the_next_command(rig, term):
     assert rig.rt.ctrl.state.mode == "auto"
 
 
+def test_whoami_asks_the_user_store_not_the_role_given_at_login(rig, term):
+    """whoami once said "temp (role operator)" after temp had been removed."""
+    with UserStore(rig.db) as users:
+        users.add("temp2", "operator", "6666", by="test")
+    PINS["temp2"] = ("6666", "operator")
+    term.login("temp2")
+    with UserStore(rig.db) as users:
+        users.remove("temp2", by="test")
+    assert term.cmd("whoami").startswith("temp2 logged out: the user no longer exists")
+    assert term.cmd("whoami").startswith("not logged in")
+
+
 def test_an_override_expires_by_itself_and_the_pump_returns_to_auto_all_audited(rig, term):
     t0 = time.time()
     term.login("tech")

@@ -163,7 +163,12 @@ class Console:
             return said
         if verb == "logout":
             return s.logout(now)
-        if verb == "whoami":
+        if verb == "whoami":  # the user store's word, not the role at login
+            if s.user is not None:
+                role = self._role_of(s.user)
+                if role is None:
+                    return s.drop(now, "logged out: the user no longer exists")
+                s.role = role
             return s.whoami(now)
         reply = self.shell.run(text, self._seen(), now, self._trend)
         if reply.command is None:

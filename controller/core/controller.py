@@ -383,7 +383,9 @@ class Controller:
         """Operators' values beat regulation and the planner; a budget stays within
         protection's thermal and breaker caps (interlocks come after this)."""
         for i, ov in overrides.items():
-            value, why = ov.value, f"manual override: {ov.why}"
+            # "manual override by console:tech (pump work)": who, and why when given
+            given = f" ({ov.why})" if ov.why and ov.why != "manual" else ""
+            value, why = ov.value, f"manual override by {ov.where}:{ov.who}{given}"
             load = self.topo.load_of_budget.get(i)
             if load is not None:
                 cap_kw = min(self.thermal.cap[load.name], self.power.cap[load.name], load.rated_kw)
