@@ -1,36 +1,22 @@
 """The simulated plant: thermal, hydraulic and electrical model of a site.
 
-Physically grounded and vectorised with numpy; deterministic for a seed.
+Physically grounded and vectorised with numpy; deterministic for a seed. The
+physics lives beside this module, as pure functions of the design and the
+state this module passes them:
 
-Thermal
-    Each immersion tank is one well-mixed fluid mass (volume x density x cp)
-    heated by its IT load and cooled through a counter-flow plate HX whose
-    effectiveness follows from both flows (epsilon-NTU). The HX water side is
-    throttled by the tank's valve. Each water loop is two lumps (hot header
-    after the HXs, cold header after the dry coolers) so heat takes time to
-    travel. Dry coolers are epsilon-NTU coils whose air-side capacity and UA
-    follow fan speed (UA ~ airflow^0.6, natural draft ~10 %). CDUs are a
-    secondary coolant lump with their own HX. Chip temperatures are the local
-    coolant plus a thermal resistance times power (a GPU's die settles within
-    a second of a step, see shared/data/gpu_step_h200.csv, so it is algebraic
-    at a 1 s step). HX fouling drifts over days.
-Hydraulic
-    Branch flows follow valve conductances (equal-percentage trim) at the
-    loop's differential pressure; parallel pumps follow a quadratic curve
-    scaled by affinity laws (flow ~ speed, head ~ speed^2, power ~ speed^3);
-    the operating point is solved in closed form.
-Electrical
-    Miners follow their power target along an efficiency curve (J/TH improves
-    when underclocked); GPU nodes follow a power cap and demand; PDUs and
-    feeders sum their loads; breakers trip on IEC inverse-time curves; the
-    site meter sees IT, cooling and house loads, so PUE is real.
-
-Energy accounting is exact by construction (the same fluxes update state and
-ledger), and ``Plant.ledger`` exposes it for the energy-balance test.
+``thermal``      heat exchangers (epsilon-NTU), fluid lumps, fouling
+``hydraulics``   valves, pumps and the loops' operating point
+``loads``        miners, GPU tanks and rack rows answering their commands
+``electrical``   feeds, breakers, the site meter, the UFLS contactors
 
 The plant's design (capacities, conductances, curves and calibrations derived
 from the site) is built once by :func:`~thermogate.hil.plantparams.plant_params`
-into ``Plant.params``, read-only; this module holds the state and steps it.
+into ``Plant.params``, read-only. This module holds the state, applies the
+PLC's overrides and the actuators' rates, and steps the parts in order: PLC,
+actuators, hydraulics, loads, thermal, electrical.
+
+Energy accounting is exact by construction (the same fluxes update state and
+ledger), and ``Plant.ledger`` exposes it for the energy-balance test.
 """
 
 from __future__ import annotations
@@ -42,7 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from thermogate.plc.equipment import GPU_SHARE_OF_NODE_DYNAMIC
 from thermogate.plc.logic import PlcInputs, PlcLogic
 from thermogate.plc.pointmap import (
     STATUS_HEARTBEAT_OK,
@@ -55,60 +40,26 @@ from thermogate.plc.pointmap import (
 )
 from thermogate.plc.site import Site
 
+from .arrays import clamp, fany
+from .commands import bind_commands
+from .electrical import CONTACTOR_OPEN_S as CONTACTOR_OPEN_S
+from .electrical import breaker_name, breakers, contactors_open, feeds, site_meter
+from .hydraulics import solve_flows
+from .loads import row_loads, tank_loads
 from .plantparams import plant_params
 from .sensors import SensorModel
+from .thermal import fouled_ua, thermal_step, water_out
+from .thermal import hx as _hx  # noqa: F401  (re-exported: the physics tests import it)
 
 # -- physical constants and equipment defaults (units in the names) -------
 VALVE_STROKE_PCT_S = 1.5  # ~65 s full stroke, a typical actuator
 PUMP_RAMP_PCT_S = 5.0  # VFD acceleration ramp
 FAN_RAMP_PCT_S = 5.0
-PUMP_EFFICIENCY = 0.70  # wire-to-water, constant so affinity laws hold exactly
-VALVE_RANGEABILITY = 30.0  # equal-percentage trim R
-DC_NATURAL_DRAFT = 0.10  # fraction of design airflow with fans stopped
 MINER_J_PER_TH = 16.5  # at nameplate (the site description's default)
 GPU_IDLE_W = 120.0  # H200 idle, measured (the site description's default)
 GPU_TDP_W = 700.0  # H200 SXM (the site description's default ``gpu_full_w``)
-HOUSE_LOAD_KW = 15.0  # lighting, controls, UPS losses
-HOUSE_LOAD_FRACTION = 0.005  # of IT load
-FOULING_MAX = 0.15  # UA loss when fully fouled
 LEVEL_NOMINAL_PCT = 85.0
 LEVEL_EXPANSION_PCT_K = 0.07  # dielectric thermal expansion seen on the level gauge
-BREAKER_COOL_TAU_S = 120.0  # thermal memory of a breaker after an overload
-#: a shed tank's contactors open this long after the relay trips (3 cycles at 60 Hz)
-CONTACTOR_OPEN_S = 0.05
-
-
-# ndarray.sum()/any() go through Python wrappers; the ufunc reductions are
-# several times cheaper on the small arrays a plant step is made of.
-_sum = np.add.reduce
-_any = np.logical_or.reduce
-
-
-def _clamp(x: np.ndarray, limit: float) -> np.ndarray:
-    """Symmetric clamp; np.clip's dispatch costs more than the math on small arrays."""
-    return np.minimum(np.maximum(x, -limit), limit)
-
-
-def _counterflow_eff(ntu: np.ndarray, cr: np.ndarray) -> np.ndarray:
-    """Counter-flow effectiveness, stable at Cr -> 1 and NTU -> 0."""
-    one_minus = 1.0 - cr
-    balanced = np.abs(one_minus) < 1e-6
-    e = np.exp(-ntu * one_minus)
-    den = 1.0 - cr * e
-    # den > 0 whenever Cr < 1 or NTU > 0; the balanced case takes its own limit.
-    eff = (1.0 - e) / np.where(balanced | (den <= 0.0), 1.0, den)
-    return np.where(balanced, ntu / (1.0 + ntu), eff)
-
-
-def _hx(ua: np.ndarray, c_hot: np.ndarray, c_cold: np.ndarray, dt_in: np.ndarray) -> np.ndarray:
-    """Heat (kW) through a counter-flow HX given capacity rates (kW/K)."""
-    cmin = np.minimum(c_hot, c_cold)
-    cmax = np.maximum(c_hot, c_cold)
-    flowing = cmin > 1e-9
-    cmin_safe = np.where(flowing, cmin, 1.0)
-    cr = cmin_safe / np.where(flowing, cmax, 1.0)
-    eff = _counterflow_eff(ua / cmin_safe, cr)
-    return np.where(flowing, eff * cmin * dt_in, 0.0)
 
 
 @dataclass
@@ -161,7 +112,7 @@ class Plant:
         self.params = plant_params(site, self.rng)
         self._build_state(initial_temp_c)
         self.sensors = SensorModel(self, seed=seed + 1, enabled=sensors)
-        self._commands = self._bind_commands()
+        self._commands = bind_commands(self)
         self.sensors.bind()
         self._evaluate()
 
@@ -196,7 +147,7 @@ class Plant:
         for k, v in self.__dict__.items():
             if k != "_commands":
                 new.__dict__[k] = copy.deepcopy(v, memo)
-        new._commands = new._bind_commands()
+        new._commands = bind_commands(new)
         new.sensors.groups = []
         new.sensors.bind()
         return new
@@ -321,57 +272,6 @@ class Plant:
     # ==================================================================
     # commands (writes from the controller, via Modbus or lockstep)
     # ==================================================================
-    def _bind_commands(self) -> dict[str, Callable[[float], None]]:
-        cmds: dict[str, Callable[[float], None]] = {}
-
-        def arr(
-            a: np.ndarray, i: int, conv: Callable[[float], object] = float
-        ) -> Callable[[float], None]:
-            def set_(v: float) -> None:
-                a[i] = conv(v)
-
-            return set_
-
-        ix, name = self.pmap.index, self.pmap.name_of
-        for i, tp in enumerate(ix.tanks):
-            cmds[name(tp.valve_cmd)] = arr(self.cmd_valve, i)
-            cmds[name(tp.power_budget_kw)] = arr(self.cmd_budget, i)
-            cmds[name(tp.enable)] = arr(self.cmd_enable, i, bool)
-        for i, cp in enumerate(ix.cdus):
-            cmds[name(cp.valve_cmd)] = arr(self.cmd_cdu_valve, i)
-        for i, rp in enumerate(ix.rows):
-            cmds[name(rp.gpu_power_cap_w)] = arr(self.cmd_gpu_cap, i)
-            cmds[name(rp.enable)] = arr(self.cmd_row_enable, i, bool)
-        for i, pp in enumerate(ix.pumps):
-            cmds[name(pp.speed_cmd)] = arr(self.cmd_pump_speed, i)
-            cmds[name(pp.run_cmd)] = arr(self.cmd_pump_run, i, bool)
-        for i, dp in enumerate(ix.dry_coolers):
-            cmds[name(dp.fan_cmd)] = arr(self.cmd_fan, i)
-
-        def heartbeat(v: float) -> None:
-            self.heartbeat = int(v)
-
-        def reset(v: float) -> None:
-            if v:
-                self.reset_request = True
-
-        def ufls_armed(v: float) -> None:
-            self.ufls_armed = bool(v)
-
-        def ufls_release(v: float) -> None:
-            if v:
-                self.ufls_release_request = True
-
-        cmds[name(ix.plc.heartbeat)] = heartbeat
-        cmds[name(ix.plc.reset)] = reset
-        cmds[name(ix.plc.ufls_armed)] = ufls_armed
-        cmds[name(ix.plc.ufls_release)] = ufls_release
-        writable = {p.name for p in self.pmap.writable()}
-        missing = writable - cmds.keys()
-        if missing:  # the point map and the plant must agree on every command
-            raise RuntimeError(f"plant has no actuator for points: {sorted(missing)}")
-        return cmds
-
     def write(self, name: str, value: float) -> None:
         """Apply a command in engineering units; range-checked against the map."""
         p = self.pmap.by_name.get(name)
@@ -423,7 +323,7 @@ class Plant:
             self.events.extend(self.plc.events)
             self.plc.events.clear()
         safe = self.plc.safe_state
-        tank_trip = self.plc.tank_tripped() | self._contactors_open(t)
+        tank_trip = self.plc.tank_tripped() | contactors_open(self.plc, t, self.params.n_t)
         row_trip = self.plc.row_tripped()
         if inp.reset:
             closed_before = self.b_closed.copy()
@@ -445,24 +345,24 @@ class Plant:
             valve_cmd, cdu_valve_cmd = self.cmd_valve, self.cmd_cdu_valve
             pump_run, pump_sp, fan_cmd = self.cmd_pump_run, self.cmd_pump_speed, self.cmd_fan
             enable, budget, gpu_cap = self.cmd_enable, self.cmd_budget, self.cmd_gpu_cap
-        if _any(self.plc.tank_isolated):
+        if fany(self.plc.tank_isolated):
             valve_cmd = np.where(self.plc.tank_isolated, 0.0, valve_cmd)
-        if _any(self.plc.loop_isolated):
+        if fany(self.plc.loop_isolated):
             pump_run = pump_run & ~self.plc.loop_isolated[par.p_loop]
 
         # ---- actuators move at their physical rates
         step_v = VALVE_STROKE_PCT_S * dt
-        dv = _clamp(valve_cmd - self.valve_pos, step_v)
-        dcv = _clamp(cdu_valve_cmd - self.cdu_valve_pos, step_v)
+        dv = clamp(valve_cmd - self.valve_pos, step_v)
+        dcv = clamp(cdu_valve_cmd - self.cdu_valve_pos, step_v)
         running = pump_run & ~self.pump_fault & self.b_closed[par.p_breaker]
         target = np.where(running, np.maximum(pump_sp / 100.0, par.p_min_speed), 0.0)
-        dps = _clamp(target - self.pump_speed, PUMP_RAMP_PCT_S / 100.0 * dt)
+        dps = clamp(target - self.pump_speed, PUMP_RAMP_PCT_S / 100.0 * dt)
         fans_ok = ~self.fan_fault & self.b_closed[par.d_breaker]
         ftarget = np.where(fans_ok, fan_cmd / 100.0, 0.0)
-        self.fan_speed += _clamp(ftarget - self.fan_speed, FAN_RAMP_PCT_S / 100.0 * dt)
+        self.fan_speed += clamp(ftarget - self.fan_speed, FAN_RAMP_PCT_S / 100.0 * dt)
         # Flows depend only on valve positions and pump speeds: when none of
         # them moved (most steps once a loop has settled) they are unchanged.
-        if self._hydraulics_stale or _any(dv) or _any(dcv) or _any(dps):
+        if self._hydraulics_stale or fany(dv) or fany(dcv) or fany(dps):
             self.valve_pos += dv
             self.cdu_valve_pos += dcv
             self.pump_speed += dps
@@ -477,13 +377,6 @@ class Plant:
         """The grid's frequency at ``t`` (the scenario's, else nominal)."""
         f = self.env.grid_frequency_hz(t)
         return self.site.frequency_hz if f is None else float(f)
-
-    def _contactors_open(self, t: float) -> np.ndarray:
-        """Tanks the under-frequency relay has shed, once their contactors opened."""
-        trip_t = self.plc.relay.state.trip_t
-        if trip_t is None or t - trip_t < CONTACTOR_OPEN_S - 1e-9:
-            return np.zeros(self.params.n_t, dtype=bool)
-        return self.plc.tank_shed()
 
     def fast_cycle(self, t: float) -> bool:
         """The PLC's fast cycle at ``t`` (between two plant steps, ``t`` at most
@@ -500,8 +393,8 @@ class Plant:
         if self.plc.events:
             self.events.extend(self.plc.events)
             self.plc.events.clear()
-        off = self._contactors_open(t) & (self.t_power > 0.0)
-        if not _any(off):
+        off = contactors_open(self.plc, t, self.params.n_t) & (self.t_power > 0.0)
+        if not fany(off):
             return relay_changed
         self.t_power_on &= ~off
         self.t_units_on = np.where(off, 0.0, self.t_units_on)
@@ -512,80 +405,9 @@ class Plant:
         return True
 
     def _hydraulics(self) -> None:
-        # Equal-percentage valves: Kv = Kvs * R^(x-1), closed at 0.
-        par = self.params
-        x_t = self.valve_pos / 100.0
-        kv_t = np.where(x_t > 0.005, par.t_kv * VALVE_RANGEABILITY ** (x_t - 1.0), 0.0)
-        x_c = self.cdu_valve_pos / 100.0
-        kv_c = np.where(x_c > 0.005, par.c_kv * VALVE_RANGEABILITY ** (x_c - 1.0), 0.0)
-        k = (
-            np.bincount(par.t_loop, weights=kv_t, minlength=par.n_l)
-            + np.bincount(par.c_loop, weights=kv_c, minlength=par.n_l)
-            + par.l_k_bypass
+        self.dp, self.flow, self.t_flow, self.c_flow, self.pump_kw = solve_flows(
+            self.params, self.valve_pos, self.cdu_valve_pos, self.pump_speed, self.pump_head_frac
         )
-        on = self.pump_speed > 0.02
-        n = np.bincount(par.p_loop, weights=on, minlength=par.n_l)
-        # a worn pump's head falls as speed squared would: its speed counts as sqrt(head) less
-        s_eff = np.where(on, self.pump_speed * np.sqrt(self.pump_head_frac), 0.0)
-        s_sum = np.bincount(par.p_loop, weights=s_eff, minlength=par.n_l)
-        s = np.divide(s_sum, n, out=np.zeros(par.n_l), where=n > 0)
-        n_safe = np.maximum(n, 1.0)
-        dp = par.l_hmax * s**2 / (1.0 + par.l_r_main * k**2 + par.l_a * k**2 / n_safe**2)
-        dp = np.where(n > 0, dp, 0.0)
-        # Running pumps at one speed (the common case) share the flow equally: the
-        # closed form above. At different speeds (a standby spinning up beside the
-        # duty pump) each delivers what its curve gives at the common head, and one
-        # whose shut-off head is below it delivers nothing (its check valve shuts);
-        # the mean speed above once let a standby at 5 % drag a duty pump at 100 %
-        # down to half its head.
-        s_sq = np.bincount(par.p_loop, weights=s_eff**2, minlength=par.n_l)
-        uneven = (n > 1) & (s_sq * n - s_sum**2 > 1e-9)
-        q_pump = None
-        if uneven.any():
-            dp, q_pump = self._uneven_pumps(k, dp, s_eff, uneven)
-        self.dp = dp
-        sq = np.sqrt(dp)
-        self.flow = k * sq
-        self.t_flow = kv_t * sq[par.t_loop]
-        self.c_flow = kv_c * sq[par.c_loop]
-        head = dp + par.l_r_main * self.flow**2
-        hyd_kw = self.flow / 3600.0 * head  # m3/s * kPa = kW
-        share = np.where(on, 1.0 / n_safe[par.p_loop], 0.0)
-        if q_pump is not None:  # each pump's share of the flow at the common head
-            total = np.bincount(par.p_loop, weights=q_pump, minlength=par.n_l)
-            mine = np.divide(q_pump, total[par.p_loop], out=np.zeros_like(q_pump),
-                             where=total[par.p_loop] > 0)  # fmt: skip
-            share = np.where(uneven[par.p_loop], mine, share)
-        self.pump_kw = hyd_kw[par.p_loop] * share / PUMP_EFFICIENCY
-
-    def _uneven_pumps(
-        self, k: np.ndarray, dp: np.ndarray, s_eff: np.ndarray, uneven: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """ΔP of the loops marked ``uneven`` whose running pumps turn at different
-        speeds, and every pump's flow at its loop's head (m3/h).
-
-        Pump i gives H = hmax s_i^2 - a Q_i^2; the loop takes Q = c sqrt(H) with
-        c = k / sqrt(1 + r_main k^2). The head where the pumps' flows add up to
-        the loop's is found by bisection (the pumps' sum falls with H, the
-        loop's rises): 50 halvings of the shut-off head."""
-        par = self.params
-        lp = par.p_loop
-        shut = par.l_hmax[lp] * s_eff**2  # each pump's shut-off head
-        a = np.maximum(par.l_a[lp], 1e-12)
-        c = k / np.sqrt(1.0 + par.l_r_main * k**2)
-        lo = np.zeros(par.n_l)
-        hi = np.zeros(par.n_l)
-        np.maximum.at(hi, lp, shut)
-        for _ in range(50):
-            h = 0.5 * (lo + hi)
-            q = np.sqrt(np.maximum(shut - h[lp], 0.0) / a)
-            over = np.bincount(lp, weights=q, minlength=par.n_l) > c * np.sqrt(h)
-            lo = np.where(over, h, lo)
-            hi = np.where(over, hi, h)
-        h = 0.5 * (lo + hi)
-        q_pump = np.where(uneven[lp], np.sqrt(np.maximum(shut - h[lp], 0.0) / a), 0.0)
-        dp = np.where(uneven, h / (1.0 + par.l_r_main * k**2), dp)
-        return dp, q_pump
 
     def _loads(
         self,
@@ -598,115 +420,67 @@ class Plant:
     ) -> None:
         par = self.params
         pdu_ok = self.b_closed[: par.n_pdu] & self.b_closed[par.n_pdu + par.pdu_feeder]
-        self.t_power_on = ~tank_trip & pdu_ok[par.t_pdu]
-        run = self.t_power_on & enable & ~self.t_hw_off
         demand_inf = min(max(float(self.env.gpu_demand(t)), 0.0), 1.0)
-        # ---- ASIC tanks: per-miner target from the tank budget
-        per_unit = budget / par.t_units
-        min_kw = par.t_min_kw
-        units_on = np.where(per_unit >= min_kw, par.t_units, np.floor(budget / min_kw))
-        p_req = np.minimum(np.maximum(per_unit, min_kw), par.t_unit_kw)
-        # ---- GPU tanks: the budget caps what the demand would draw
-        util = par.t_train_f * (self.env.training_demand - demand_inf) + demand_inf
-        util = np.where(np.isnan(self.t_util_override), util, self.t_util_override)
-        gpu_node = np.minimum(
-            par.t_idle_kw + par.t_dyn_kw * util, np.maximum(per_unit, par.t_idle_kw)
+        tl = tank_loads(
+            par,
+            power_on=~tank_trip & pdu_ok[par.t_pdu],
+            enable=enable,
+            budget=budget,
+            hw_off=self.t_hw_off,
+            fluid_c=self.T_tank,
+            demand_inf=demand_inf,
+            training_demand=self.env.training_demand,
+            util_override=self.t_util_override,
         )
-        p_req = np.where(par.t_asic, p_req, gpu_node)
-        units_on = np.where(par.t_asic, units_on, par.t_units)
-        # Thermal throttling: chips hold their throttle temperature by shedding power.
-        p_thermal = (par.t_throttle - self.T_tank) / par.t_r
-        p_unit = np.maximum(np.minimum(p_req, p_thermal), par.t_floor_kw)
-        chip = self.T_tank + par.t_r * p_unit
-        # Hardware self-protection: shut down above the chip trip, restart when cool.
-        self.t_hw_off |= run & (chip >= par.t_chip_trip)
-        self.t_hw_off &= self.T_tank >= par.t_recover_c
-        units_on = np.where(run & ~self.t_hw_off, units_on, 0.0)
-        self.t_units_on = units_on
-        self.t_p_unit = p_unit
-        self.t_power = units_on * p_unit
-        self.t_throttled = np.where(p_unit < p_req - 1e-9, units_on, 0.0)
-        self.t_chip = np.where(units_on > 0, chip, self.T_tank)
-
-        # ---- direct-to-chip rows
-        self.r_power_on = ~row_trip & pdu_ok[par.r_pdu]
-        rrun = self.r_power_on & self.cmd_row_enable & ~self.r_hw_off
-        rutil = np.where(par.r_train, self.env.training_demand, demand_inf)
-        rutil = np.where(np.isnan(self.r_util_override), rutil, self.r_util_override)
-        coolant = self.c_supply[par.r_cdu]
-        cap = gpu_cap.astype(float)
-        idle_w, full_w = par.r_gpu_idle_w, par.r_gpu_full_w
-        gpu_w = idle_w + rutil * (np.minimum(cap, full_w) - idle_w)
-        # Throttle: a GPU holds its slowdown temperature by lowering power.
-        gpu_w_thermal = (par.r_throttle - coolant) / par.r_gpu_r
-        gpu_w_eff = np.maximum(np.minimum(gpu_w, gpu_w_thermal), idle_w)
-        die = coolant + par.r_gpu_r * gpu_w_eff
-        self.r_hw_off |= rrun & (die >= par.r_chip_trip)
-        self.r_hw_off &= coolant >= par.r_recover_c
-        rrun = rrun & ~self.r_hw_off
-        gpu_frac = (gpu_w_eff - idle_w) / (full_w - idle_w)
-        other = (1.0 - GPU_SHARE_OF_NODE_DYNAMIC) * rutil + GPU_SHARE_OF_NODE_DYNAMIC * gpu_frac
-        node_kw = par.r_idle_kw + (par.r_node_kw - par.r_idle_kw) * other
-        self.r_nodes_on = np.where(rrun, par.r_nodes, 0.0)
-        self.r_power = self.r_nodes_on * node_kw
-        self.r_throttled = np.where(rrun & (gpu_w_eff < gpu_w - 1e-9), par.r_nodes, 0.0)
-        self.r_gpu_temp = np.where(rrun, die, coolant)
+        self.t_power_on, self.t_hw_off, self.t_units_on, self.t_p_unit = tl[:4]
+        self.t_power, self.t_throttled, self.t_chip = tl[4:]
+        rl = row_loads(
+            par,
+            power_on=~row_trip & pdu_ok[par.r_pdu],
+            enable=self.cmd_row_enable,
+            gpu_cap=gpu_cap,
+            hw_off=self.r_hw_off,
+            coolant_c=self.c_supply[par.r_cdu],
+            demand_inf=demand_inf,
+            training_demand=self.env.training_demand,
+            util_override=self.r_util_override,
+        )
+        self.r_power_on, self.r_hw_off, self.r_nodes_on = rl[:3]
+        self.r_power, self.r_throttled, self.r_gpu_temp = rl[3:]
 
     def _thermal(self, t: float, dt: float) -> None:
         par = self.params
-        t_cold = self.T_cold
-        # Fouling drifts the HX UA down over days (the controller must live with it).
         if t >= self._foul_next_t:  # fouling drifts over days: refresh once a minute
-            self._ua_t = par.t_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / par.t_foul_tau_s)))
-            self._ua_c = par.c_ua * (1.0 - FOULING_MAX * (1.0 - np.exp(-t / par.c_foul_tau_s)))
+            self._ua_t = fouled_ua(par.t_ua, t, par.t_foul_tau_s)
+            self._ua_c = fouled_ua(par.c_ua, t, par.c_foul_tau_s)
             self._foul_next_t = t + 60.0
-        ua_t, ua_c = self._ua_t, self._ua_c
-        cw_t = self.t_flow * par.t_cw_per_m3h
-        cw_c = self.c_flow * par.c_cw_per_m3h
-        # dry coolers: water shared evenly, air side follows the fans
-        c_flow = self.flow * par.l_cw_per_m3h  # kW/K per loop
-        cw_d = c_flow[par.d_loop] * par.d_share
-        active = (par.d_fans - self.fans_failed) / par.d_fans
-        air = np.maximum(self.fan_speed * active, DC_NATURAL_DRAFT)
-        # One vectorised epsilon-NTU evaluation for every HX of the site.
-        q = _hx(
-            np.concatenate((ua_t, ua_c, par.d_ua_design * air**0.6)),
-            np.concatenate((par.t_cd, par.c_ctcs, cw_d)),
-            np.concatenate((cw_t, cw_c, par.d_cair_design * air)),
-            np.concatenate(
-                (
-                    self.T_tank - t_cold[par.t_loop],
-                    self.T_tcs - t_cold[par.c_loop],
-                    self.T_hot[par.d_loop] - self.ambient,
-                )
-            ),
+        th = thermal_step(
+            par,
+            dt,
+            T_tank=self.T_tank,
+            T_tcs=self.T_tcs,
+            T_hot=self.T_hot,
+            T_cold=self.T_cold,
+            ambient_c=self.ambient,
+            ua_t=self._ua_t,
+            ua_c=self._ua_c,
+            t_flow=self.t_flow,
+            c_flow=self.c_flow,
+            loop_flow=self.flow,
+            fan_speed=self.fan_speed,
+            fans_failed=self.fans_failed,
+            pump_kw=self.pump_kw,
+            t_power=self.t_power,
+            r_power=self.r_power,
+            t_heat_extra_kw=self.t_heat_extra_kw,
+            c_heat_extra_kw=self.c_heat_extra_kw,
         )
-        n_t, n_c = par.n_t, par.n_c
-        self.q_tank, self.q_cdu, self.q_dc = q[:n_t], q[n_t : n_t + n_c], q[n_t + n_c :]
-        self._cw_t, self._cw_c, self._cw_d = cw_t, cw_c, cw_d
-        self.fan_kw = par.d_fans * active * par.d_fan_kw * self.fan_speed**3
-
-        q_branch = np.bincount(par.t_loop, weights=self.q_tank, minlength=par.n_l) + np.bincount(
-            par.c_loop, weights=self.q_cdu, minlength=par.n_l
-        )
-        q_rej = np.bincount(par.d_loop, weights=self.q_dc, minlength=par.n_l)
-        q_pump = np.bincount(par.p_loop, weights=self.pump_kw, minlength=par.n_l)
-        # row heat goes to its CDU's coolant
-        # weighted: float sums (numpy's stubs type every bincount as integer counts)
-        q_rows: np.ndarray = np.bincount(par.r_cdu, weights=self.r_power, minlength=par.n_c)
-        q_rows = q_rows + self.c_heat_extra_kw
-        q_tanks = self.t_power + self.t_heat_extra_kw
-
-        self.T_tank = self.T_tank + dt * (q_tanks - self.q_tank) / par.t_cap
-        self.T_tcs = self.T_tcs + dt * (q_rows - self.q_cdu) / par.c_cap
-        hot, cold = self.T_hot, self.T_cold
-        mix = c_flow * (cold - hot)
-        self.T_hot = hot + dt * (mix + q_branch) / par.l_half_cap
-        self.T_cold = cold + dt * (-mix - q_rej + q_pump) / par.l_half_cap
-
-        self.c_supply = self.T_tcs - self.q_cdu / par.c_ctcs  # the GPUs' coolant
-        self.ledger.heat_in_kj += dt * float(_sum(q_rows) + _sum(q_tanks) + _sum(q_pump))
-        self.ledger.heat_rejected_kj += dt * float(_sum(q_rej))
+        self.T_tank, self.T_tcs, self.T_hot, self.T_cold = th[:4]
+        self.q_tank, self.q_cdu, self.q_dc = th.q_tank, th.q_cdu, th.q_dc
+        self._cw_t, self._cw_c, self._cw_d = th.cw_t, th.cw_c, th.cw_d
+        self.fan_kw, self.c_supply = th.fan_kw, th.c_supply
+        self.ledger.heat_in_kj += dt * th.heat_in_kw
+        self.ledger.heat_rejected_kj += dt * th.heat_rejected_kw
 
     # Values only sensors need: computed when sampled, not every step.
     @property
@@ -722,19 +496,11 @@ class Plant:
 
     @property
     def t_water_out(self) -> np.ndarray:
-        cw = self._cw_t
-        ok = cw > 1e-9
-        return np.where(
-            ok, self.T_cold[self.params.t_loop] + self.q_tank / np.where(ok, cw, 1.0), self.T_tank
-        )
+        return water_out(self.T_cold[self.params.t_loop], self.q_tank, self._cw_t, self.T_tank)
 
     @property
     def c_water_out(self) -> np.ndarray:
-        cw = self._cw_c
-        ok = cw > 1e-9
-        return np.where(
-            ok, self.T_cold[self.params.c_loop] + self.q_cdu / np.where(ok, cw, 1.0), self.T_tcs
-        )
+        return water_out(self.T_cold[self.params.c_loop], self.q_cdu, self._cw_c, self.T_tcs)
 
     @property
     def dc_out(self) -> np.ndarray:
@@ -745,45 +511,23 @@ class Plant:
 
     def _electrical(self, dt: float) -> None:
         par = self.params
-        it_pdu = np.bincount(par.t_pdu, weights=self.t_power, minlength=par.n_pdu) + np.bincount(
-            par.r_pdu, weights=self.r_power, minlength=par.n_pdu
-        )
-        feeder = np.bincount(par.pdu_feeder, weights=it_pdu, minlength=par.n_f)
-        mech = np.bincount(par.p_loop, weights=self.pump_kw, minlength=par.n_l) + np.bincount(
-            par.d_loop, weights=self.fan_kw, minlength=par.n_l
-        )
-        feeder += np.bincount(par.l_feeder, weights=mech, minlength=par.n_f)
-        power = np.concatenate([it_pdu, feeder])
-        current = power / par.b_kw_per_a
-        ratio = current / par.b_pickup
-        over = ratio > 1.0
-        cooled = self.b_heat * math.exp(-dt / BREAKER_COOL_TAU_S)
-        if _any(over):
-            t_trip = par.b_k / (np.where(over, ratio, 2.0) ** par.b_a - 1.0)
-            self.b_heat = np.where(over, self.b_heat + dt / t_trip, cooled)
-            tripping = self.b_closed & (self.b_heat >= 1.0)
-            for i in np.flatnonzero(tripping).tolist():
-                name = (
-                    self.site.pdus[i].name
-                    if i < par.n_pdu
-                    else self.site.feeders[i - par.n_pdu].name
-                )
-                self.events.append((self.t + dt, f"breaker {name} tripped at {current[i]:.0f} A"))
-            self.b_closed &= ~tripping
-        else:
-            self.b_heat = cooled
-        self.b_power = power
-        self.b_current = current
-        self.b_energy += power * dt / 3600.0
+        f = feeds(par, self.t_power, self.r_power, self.pump_kw, self.fan_kw)
+        br = breakers(par, f.breaker_kw, self.b_heat, self.b_closed, dt)
+        self.b_heat = br.heat
+        if br.tripping is not None:
+            for i in np.flatnonzero(br.tripping).tolist():
+                name = breaker_name(self.site, par, i)
+                msg = f"breaker {name} tripped at {br.current_a[i]:.0f} A"
+                self.events.append((self.t + dt, msg))
+            self.b_closed &= ~br.tripping
+        self.b_power = f.breaker_kw
+        self.b_current = br.current_a
+        self.b_energy += f.breaker_kw * dt / 3600.0
 
-        self.it_kw = float(_sum(self.t_power) + _sum(self.r_power))
-        self.cooling_kw = float(_sum(mech))
-        house = HOUSE_LOAD_KW + HOUSE_LOAD_FRACTION * self.it_kw
-        self.site_kw = float(_sum(feeder)) + house
+        m = site_meter(self.site, self.t_power, self.r_power, f)
+        self.it_kw, self.cooling_kw, self.site_kw = m.it_kw, m.cooling_kw, m.site_kw
         self.site_kwh += self.site_kw * dt / 3600.0
-        v = self.site.meter_voltage_v * (1.0 - 0.01 * self.site_kw / self.site.import_limit_kw)
-        self.site_voltage = v
-        self.site_current = self.site_kw * 1000.0 / (math.sqrt(3.0) * v * 0.97)
+        self.site_voltage, self.site_current = m.voltage_v, m.current_a
         self.site_freq = self.grid_frequency(self.t + dt)
         self.ledger.it_kwh += self.it_kw * dt / 3600.0
         self.ledger.cooling_kwh += self.cooling_kw * dt / 3600.0
@@ -809,7 +553,7 @@ class Plant:
             w |= STATUS_INTERLOCK
         if self.plc.heartbeat_age_s < self.heartbeat_timeout_s:
             w |= STATUS_HEARTBEAT_OK
-        if _any(self.tank_leak) or _any(self.loop_leak) or _any(self.cdu_leak):
+        if fany(self.tank_leak) or fany(self.loop_leak) or fany(self.cdu_leak):
             w |= STATUS_LEAK
         if self.plc.relay.state.tripped:
             w |= STATUS_UFLS_TRIPPED
