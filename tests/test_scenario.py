@@ -202,9 +202,7 @@ def test_negative_prices_are_accepted(tmp_path):
 @pytest.mark.parametrize(
     ("text", "line", "column"),
     [
-        ("time,ambient_c\n0,10\n60,\n", 3, "ambient_c"),  # empty required cell
         ("time,ambient_c\n0,10\n60,warm\n", 3, "ambient_c"),  # non-numeric
-        ("time,ambient_c\n0,10\n60,nan\n", 3, "ambient_c"),  # NaN is not a reading
         ("time,ambient_c\n0,10\n# note\n60,75\n", 4, "ambient_c"),  # °F, not °C
         ("time,ambient_c\n0,-61\n60,1\n", 2, "ambient_c"),
         ("time,ambient_c,ghi_wm2\n0,10,100\n60,10,1600\n", 3, "ghi_wm2"),
@@ -252,10 +250,31 @@ def test_a_semicolon_file_takes_a_decimal_comma_in_its_seconds_too(tmp_path):
     assert list(w.ambient_c.t_s) == [0.0, 1800.5, 3600.0]
 
 
-def test_a_nan_reading_is_named_as_what_it_is(tmp_path):
-    err = bad_csv(tmp_path, "time,ambient_c\n0,10\n60,NaN\n")
-    assert (err.line, err.column) == (3, "ambient_c")
-    assert err.reason.startswith("no reading ('NaN')"), err.reason
+def test_a_missing_reading_is_a_missing_sample_filled_as_a_missing_row_would_be(tmp_path):
+    """A blank ambient cell was refused while eight hours of missing rows were
+    interpolated: station exports leave cells empty (or NA, NaN) routinely."""
+    w = load_weather_csv(write(tmp_path, "time,ambient_c\n0,10\n3600,\n7200,NaN\n10800,16\n"))
+    assert w.ambient_c.values.tolist() == [10.0, 12.0, 14.0, 16.0]
+    # a market price holds for its interval: a missing one is the one before
+    p = load_prices_csv(write(tmp_path, "time,price_per_mwh\n0,\n3600,40\n7200,NA\n10800,90\n"))
+    assert p.values.tolist() == [40.0, 40.0, 40.0, 90.0]
+
+
+def test_a_required_column_with_no_reading_at_all_is_refused(tmp_path):
+    err = bad_csv(tmp_path, "time,ambient_c\n0,\n3600,NA\n")
+    assert err.column == "ambient_c" and "no ambient_c reading" in err.reason
+
+
+def test_a_long_stretch_without_a_reading_is_filled_and_said_once(tmp_path, caplog):
+    rows = [f"{3600 * k},{20 + k % 3}" for k in range(48)]
+    rows[10:19] = [f"{3600 * k}," for k in range(10, 19)]  # 9 empty cells: 10 h unread
+    del rows[30:38]  # and 8 missing rows (9 h between readings): shorter, not said
+    with caplog.at_level("WARNING"):
+        w = load_weather_csv(write(tmp_path, "time,ambient_c\n" + "\n".join(rows) + "\n"))
+    assert np.isfinite(w.ambient_c.values).all()
+    [msg] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "ambient_c has no reading for 10.0 h, from 32400 (line 11) to 68400 (line 21)" in msg
+    assert "9 of them empty" in msg
 
 
 def test_humidity_given_as_a_fraction_is_refused(tmp_path):

@@ -11,14 +11,20 @@ column names are case-insensitive, other columns are ignored):
 convention per file. Seconds from 10^9 on are Unix time (UTC, aligned by
 date); smaller ones count from the run's start. Tolerated: a BOM, UTF-16 and
 Windows-1252 exports, CRLF, comments, blank lines, trailing commas,
-``;``-separated files with decimal commas, missing optional cells
-(interpolated), a pyranometer's small negative night offset (clamped to 0).
-Anything else is a ``DataFileError`` naming the file, the line a user sees in
-an editor, and the column.
+``;``-separated files with decimal commas, missing cells (empty, ``NA``,
+``NaN``, ``null``: filled like a missing row, a temperature or irradiance
+interpolated between its neighbours, a price held from the one before), a
+pyranometer's small negative night offset (clamped to 0). A stretch of a
+required column longer than ``GAP_WARN_S`` (or four of the file's usual
+steps) with no reading, missing rows and missing cells alike, is filled the
+same way and said in one warning naming the file and lines. Anything else is
+a ``DataFileError`` naming the file, the line a user sees in an editor, and
+the column.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -45,6 +51,8 @@ from .series import (
 
 __all__ = ["CsvSource", "load_prices_csv", "load_weather_csv"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class _Column:
@@ -54,6 +62,9 @@ class _Column:
     hi: float
     unit: str = ""
     clamp_from: float | None = None  # values in [clamp_from, lo) become lo
+    #: how a missing cell is filled: between its neighbours, or from the one before
+    #: (a market price holds for its interval)
+    fill: str = "linear"
 
 
 _WEATHER_COLUMNS = (
@@ -61,7 +72,13 @@ _WEATHER_COLUMNS = (
     _Column("ghi_wm2", False, *GHI_RANGE_WM2, unit="W/m²", clamp_from=GHI_NIGHT_OFFSET_WM2),
     _Column("rh_pct", False, *RH_RANGE_PCT, unit="%"),
 )
-_PRICE_COLUMNS = (_Column("price_per_mwh", True, -PRICE_ABS_MAX, PRICE_ABS_MAX, unit="/MWh"),)
+_PRICE_COLUMNS = (
+    _Column("price_per_mwh", True, -PRICE_ABS_MAX, PRICE_ABS_MAX, unit="/MWh", fill="previous"),
+)
+#: a required column this long without a reading is filled, and said in a warning
+GAP_WARN_S = 6 * 3600.0
+#: ... or this many of the file's usual (median) steps, if longer
+GAP_WARN_STEPS = 4
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
 _EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
@@ -186,9 +203,9 @@ def _read_csv(
         t_cells.append(cell)
         lines.append(ln)
         for c in cols:
-            x = row.number(
-                c.name, lo=c.lo, hi=c.hi, unit=c.unit, required=c.required, clamp_from=c.clamp_from
-            )
+            # a missing cell is a missing sample (NaN, filled below), required or not
+            x = row.number(c.name, lo=c.lo, hi=c.hi, unit=c.unit, required=False,
+                           clamp_from=c.clamp_from)  # fmt: skip
             vals[c.name].append(x)
 
     if len(t_abs) < 2:
@@ -246,11 +263,49 @@ def _read_csv(
         v = np.asarray(vals[c.name], dtype=np.float64)
         ok = np.isfinite(v)
         if not ok.any():
+            if c.required:
+                raise DataFileError(label, None, c.name, f"no {c.name} reading in the file")
             continue  # a column of empty cells is as good as no column
+        if c.required:
+            _warn_gap(label, c.name, ta, ok, lines, t_cells)
         if not ok.all():
-            v = np.interp(t_rel, t_rel[ok], v[ok])
+            v = _filled(t_rel, v, ok, c.fill)
         out[c.name] = v
     return t_rel, start, out
+
+
+def _filled(t: np.ndarray, v: np.ndarray, ok: np.ndarray, fill: str) -> np.ndarray:
+    """``v`` with its missing samples filled: between neighbours, or the one before
+    (before the first reading: the first)."""
+    if fill == "linear":
+        return np.interp(t, t[ok], v[ok])
+    last = np.maximum.accumulate(np.where(ok, np.arange(len(v)), -1))
+    first = int(np.flatnonzero(ok)[0])
+    return v[np.where(last < 0, first, last)]
+
+
+def _warn_gap(
+    label: str, column: str, t: np.ndarray, ok: np.ndarray, lines: list[int], cells: list[str]
+) -> None:
+    """One warning for the longest stretch of ``column`` without a reading, if long."""
+    step = float(np.median(np.diff(t)))
+    limit = max(GAP_WARN_S, GAP_WARN_STEPS * step)
+    have = np.flatnonzero(ok)
+    # the stretches between readings, and before the first / after the last
+    edges = np.concatenate(([0], have, [len(t) - 1]))
+    spans = np.diff(t[edges])
+    k = int(np.argmax(spans))
+    if spans[k] <= limit:
+        return
+    a, b = int(edges[k]), int(edges[k + 1])
+    missing = int((~ok[a : b + 1]).sum())
+    cells_said = f", {missing} of them empty" if missing else ""
+    log.warning(
+        "%s: %s has no reading for %.1f h, from %s (line %d) to %s (line %d)%s: filled %s;"
+        " check the file if that is not what happened",
+        label, column, spans[k] / 3600.0, cells[a], lines[a], cells[b], lines[b], cells_said,
+        "between them" if column != "price_per_mwh" else "with the price before",
+    )  # fmt: skip
 
 
 def load_weather_csv(
