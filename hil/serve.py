@@ -279,10 +279,14 @@ async def _serve(sp: ServedPlant, args: argparse.Namespace) -> int:
     finally:
         server_log.setLevel(level)
     units = sorted(sp.images)
+    # measured series replace the scenario's own: say whose weather and prices run
+    measured = [f"{what} from {path}" for what, path in (("weather", args.weather),
+                ("prices", args.prices)) if path]  # fmt: skip
     print(
         f"thermogate plant: site '{site.name}' ({len(sp.sim.pmap)} points, "
         f"{len(units)} unit ids {units[0]}..{units[-1]}), scenario "
-        f"'{sp.sim.scenario.name}', speed x{sp.speed:g}",
+        f"'{sp.sim.scenario.name}'{' with ' + ' and '.join(measured) if measured else ''},"
+        f" speed x{sp.speed:g}, started {args.start}",
         flush=True,
     )
     print(
