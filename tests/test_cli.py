@@ -165,6 +165,11 @@ def test_site_generates_a_large_file_that_checks_with_over_10000_points(tmp_path
     assert info["points"] >= 10_000
     assert info["tanks_asic"] == 400
     assert info["source"] == str(out)
+    # spread over PLCs that get no heartbeat of their own: said on stderr, not refused
+    [note] = proc.stderr.splitlines()
+    assert note.startswith("note: PLC unit(s) 2, 3, ") and "no heartbeat of their own" in note
+    demo = run("site", "--check", str(Path(__file__).parents[1] / "plc/data/demo_site.toml"))
+    assert demo.returncode == 0 and demo.stderr == ""
 
 
 def test_site_too_large_without_plc_spreading_is_a_user_error():
