@@ -124,6 +124,9 @@ class Section:
         maxval: float | None = None,
         above: float | None = None,
         below: float | None = None,
+        *,
+        above_key: str = "",
+        below_key: str = "",
     ) -> float | None: ...
     @overload
     def get_float(
@@ -134,6 +137,9 @@ class Section:
         maxval: float | None = None,
         above: float | None = None,
         below: float | None = None,
+        *,
+        above_key: str = "",
+        below_key: str = "",
     ) -> float: ...
     def get_float(
         self,
@@ -143,7 +149,12 @@ class Section:
         maxval: float | None = None,
         above: float | None = None,
         below: float | None = None,
+        *,
+        above_key: str = "",
+        below_key: str = "",
     ) -> float | None:
+        """A finite number within the bounds; ``above_key`` / ``below_key`` name the
+        key an ``above`` / ``below`` bound comes from, for the message."""
         val = self._raw(name, default)
         if val is None and default is None:
             return None
@@ -152,7 +163,7 @@ class Section:
         val = float(val)
         if not math.isfinite(val):
             raise self.error(name, f"expected a finite number, got {val}")
-        _check_range(self, name, val, minval, maxval, above, below)
+        _check_range(self, name, val, minval, maxval, above, below, above_key, below_key)
         return val
 
     def get_str_list(
@@ -367,12 +378,18 @@ def _check_range(
     maxval: float | None,
     above: float | None,
     below: float | None,
+    above_key: str = "",
+    below_key: str = "",
 ) -> None:
     if minval is not None and val < minval:
         raise sec.error(name, f"{val:g} is below the minimum {minval:g}")
     if maxval is not None and val > maxval:
         raise sec.error(name, f"{val:g} is above the maximum {maxval:g}")
+    # a default that clashes with a value the file gave: say it is the default
+    said = f"{val:g}" if sec.has(name) else f"{val:g} (the default; {name} is not set)"
     if above is not None and val <= above:
-        raise sec.error(name, f"{val:g} must be above {above:g}")
+        bound = f"{above_key} ({above:g})" if above_key else f"{above:g}"
+        raise sec.error(name, f"{said} must be above {bound}")
     if below is not None and val >= below:
-        raise sec.error(name, f"{val:g} must be below {below:g}")
+        bound = f"{below_key} ({below:g})" if below_key else f"{below:g}"
+        raise sec.error(name, f"{said} must be below {bound}")

@@ -53,25 +53,52 @@ def regulating_actuators(site: Site) -> Iterator[str]:
         yield PumpPoints.point_name(p.name, "speed_cmd")
 
 
+def held_by(site: Site, measurement: str) -> tuple[str, tuple[str, ...]] | None:
+    """What a control loop on ``measurement`` holds, and the actuators that move
+    it: a tank's fluid (its valve), a cooling loop's supply (its dry coolers'
+    fans) or differential pressure (its pumps), a CDU's coolant supply (its
+    valve). None: not a quantity a control loop holds."""
+    for t in site.tanks:
+        if measurement == TankPoints.point_name(t.name, "fluid_temp"):
+            return f"tank {t.name}'s fluid", (TankPoints.point_name(t.name, "valve_cmd"),)
+    for lp in site.loops:
+        if measurement == LoopPoints.point_name(lp.name, "supply_temp"):
+            fans = tuple(DryCoolerPoints.point_name(d.name, "fan_cmd") for d in lp.dry_coolers)
+            return f"loop {lp.name}'s supply", fans
+        if measurement == LoopPoints.point_name(lp.name, "dp"):
+            pumps = tuple(PumpPoints.point_name(p.name, "speed_cmd") for p in lp.pumps)
+            return f"loop {lp.name}'s differential pressure", pumps
+    for c in site.cdus:
+        if measurement == CduPoints.point_name(c.name, "supply_temp"):
+            return f"CDU {c.name}'s supply", (CduPoints.point_name(c.name, "valve_cmd"),)
+    return None
+
+
 def setpoint_range(site: Site, pmap: PointMap, measurement: str) -> tuple[float, float, str]:
     """The setpoints a loop on ``measurement`` accepts, and why: below the alarm
     of what it holds (a tank's fluid, a loop's supply, a CDU's coolant), within
     the pumps' head for a differential pressure, else the point's own range."""
     for t in site.tanks:
         if measurement == TankPoints.point_name(t.name, "fluid_temp"):
-            hi = t.limits.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
-            return 20.0, hi, f"{THERMAL_SOFT_MARGIN_K:g} K below the tank's alarm"
+            alarm = t.limits.fluid_alarm_c
+            why = f"{THERMAL_SOFT_MARGIN_K:g} K below the tank's fluid_alarm_c {alarm:g}"
+            return 20.0, alarm - THERMAL_SOFT_MARGIN_K, why
     for lp in site.loops:
         if measurement == LoopPoints.point_name(lp.name, "supply_temp"):
             hi = lp.supply_alarm_c - SUPPLY_RESET_MAX_K
-            return 10.0, hi, "the loop's alarm less the trim & respond reset"
+            why = (
+                f"the loop's supply_alarm_c {lp.supply_alarm_c:g} less the"
+                f" {SUPPLY_RESET_MAX_K:g} K trim & respond may add"
+            )
+            return 10.0, hi, why
         if measurement == LoopPoints.point_name(lp.name, "dp"):
             head = max(p.rated_head_kpa for p in lp.pumps)
             return DP_TRIM_MIN_KPA, head, "the pumps' rated head"
     for cdu in site.cdus:
         if measurement == CduPoints.point_name(cdu.name, "supply_temp"):
-            hi = cdu.supply_alarm_c - THERMAL_SOFT_MARGIN_K
-            return 15.0, hi, f"{THERMAL_SOFT_MARGIN_K:g} K below the CDU's alarm"
+            alarm = cdu.supply_alarm_c
+            why = f"{THERMAL_SOFT_MARGIN_K:g} K below the CDU's supply_alarm_c {alarm:g}"
+            return 15.0, alarm - THERMAL_SOFT_MARGIN_K, why
     p = pmap[measurement]
     lo = -math.inf if p.min is None else p.min
     hi = math.inf if p.max is None else p.max
@@ -92,6 +119,14 @@ def parse_control_loop(
     if mp.is_bit or mp.writable:
         what = "a status bit" if mp.is_bit else "a command the controller writes"
         raise sec.error("measurement", f"'{meas}' is {what}, not a measurement")
+    held = held_by(site, meas)
+    if held is None:  # another sensor of a zone, a return, a chip: no limit is defined for it
+        raise sec.error(
+            "measurement",
+            f"'{meas}' is not what a control loop holds: a tank's fluid_temp, a cooling"
+            " loop's supply_temp or dp, or a CDU's supply_temp",
+        )
+    what, moves = held
     regulating = set(regulating_actuators(site))
     acts = sec.get_str_list("actuators")
     for act in acts:
@@ -106,6 +141,11 @@ def parse_control_loop(
                 f"'{act}' ({p.description}) is not a regulating actuator: the planner or the"
                 " watchdog writes it; control loops drive valves, fans and pump speeds",
             )
+        if act not in moves:  # another tank's valve: this loop would hold nothing
+            raise sec.error(
+                "actuators",
+                f"'{act}' does not move {what} ('{meas}'); what does: {', '.join(moves)}",
+            )
         if act in driven:  # two PIDs fighting over one valve, or one listed twice
             other = "this loop" if driven[act] == name else f"loop '{driven[act]}'"
             raise sec.error("actuators", f"'{act}' is already driven by {other}")
@@ -119,7 +159,12 @@ def parse_control_loop(
         )
     actp = by_name[acts[0]]
     out_min = sec.get_float("out_min", actp.min if actp.min is not None else 0.0)
-    out_max = sec.get_float("out_max", actp.max if actp.max is not None else 100.0, above=out_min)
+    out_max = sec.get_float(
+        "out_max",
+        actp.max if actp.max is not None else 100.0,
+        above=out_min,
+        above_key="out_min",
+    )
     if actp.min is not None and out_min < actp.min:
         raise sec.error("out_min", f"{out_min:g} is below the actuator's range {actp.min:g}")
     if actp.max is not None and out_max > actp.max:
@@ -149,7 +194,9 @@ def check_coverage(
     regulating actuators no loop drives. Returns it as a tuple."""
     s = root.get_section("site")
     regulating = list(regulating_actuators(site))
-    for act in elsewhere:
+    for k, act in enumerate(elsewhere):
+        if act in elsewhere[:k]:
+            raise s.error("regulated_elsewhere", f"'{act}' is listed twice")
         if act not in regulating:
             raise s.error(
                 "regulated_elsewhere",

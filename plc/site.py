@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import _MISSING, Section, load_toml, loads_toml
-from .controlloops import check_coverage, parse_control_loop
+from .controlloops import (
+    SUPPLY_RESET_MAX_K,
+    THERMAL_SOFT_MARGIN_K,
+    check_coverage,
+    parse_control_loop,
+)
 from .equipment import (
     DEFAULT_CONTINUOUS_PCT,
     DEFAULT_POWER_FACTOR,
@@ -276,7 +281,15 @@ def _loop(sec: Section, names: _Names, feeders: set[str], design_ambient: float)
     volume = sec.get_float("volume_l", minval=200.0, maxval=2_000_000.0)
     glycol = sec.get_float("glycol_pct", 30.0, minval=0.0, maxval=60.0)
     setpoint = sec.get_float("supply_setpoint_c", 32.0, minval=10.0, maxval=50.0)
-    alarm = sec.get_float("supply_alarm_c", 45.0, above=setpoint, maxval=65.0)
+    alarm = sec.get_float(
+        "supply_alarm_c", 45.0, above=setpoint, maxval=65.0, above_key="supply_setpoint_c"
+    )
+    if setpoint > alarm - SUPPLY_RESET_MAX_K:  # the rule a control loop's setpoint obeys
+        raise sec.error(
+            "supply_setpoint_c",
+            f"{setpoint:g} leaves less than the {SUPPLY_RESET_MAX_K:g} K trim & respond may"
+            f" add below supply_alarm_c ({alarm:g}): at most {alarm - SUPPLY_RESET_MAX_K:g}",
+        )
     feeder = _ref(sec, "feeder", feeders, "feeder")
     pumps = []
     for ps in sec.get_sections("pumps", []):
@@ -357,10 +370,17 @@ def _tank(sec: Section, names: _Names, loops: set[str], pdus: set[str]) -> Tank:
     units = sec.get_int("units", minval=1, maxval=500)
     unit_kw = sec.get_float("unit_power_kw", d[0], minval=0.1, maxval=50.0)
     sp = sec.get_float("fluid_setpoint_c", d[5], minval=20.0, maxval=70.0)
-    alarm = sec.get_float("fluid_alarm_c", d[6], above=sp, maxval=80.0)
-    trip = sec.get_float("fluid_trip_c", d[7], above=alarm, maxval=90.0)
-    throttle = sec.get_float("chip_throttle_c", d[3], above=trip, maxval=110.0)
-    chip_trip = sec.get_float("chip_trip_c", d[4], above=throttle, maxval=125.0)
+    alarm = sec.get_float(
+        "fluid_alarm_c", d[6], above=sp, maxval=80.0, above_key="fluid_setpoint_c"
+    )
+    _within_margin(sec, "fluid_setpoint_c", sp, "fluid_alarm_c", alarm)
+    trip = sec.get_float("fluid_trip_c", d[7], above=alarm, maxval=90.0, above_key="fluid_alarm_c")
+    throttle = sec.get_float(
+        "chip_throttle_c", d[3], above=trip, maxval=110.0, above_key="fluid_trip_c"
+    )
+    chip_trip = sec.get_float(
+        "chip_trip_c", d[4], above=throttle, maxval=125.0, above_key="chip_throttle_c"
+    )
     default_class = "mining" if workload == "asic" else "inference"
     wclass = sec.get_str(
         "workload_class", default_class, choices=("mining", "inference", "training")
@@ -377,7 +397,9 @@ def _tank(sec: Section, names: _Names, loops: set[str], pdus: set[str]) -> Tank:
         fluid_cp_kj_kgk=sec.get_float("fluid_cp_kj_kgk", 2.1, minval=1.0, maxval=4.2),
         units=units,
         unit_power_kw=unit_kw,
-        unit_idle_kw=sec.get_float("unit_idle_kw", d[1], minval=0.0, below=unit_kw),
+        unit_idle_kw=sec.get_float(
+            "unit_idle_kw", d[1], minval=0.0, below=unit_kw, below_key="unit_power_kw"
+        ),
         chip_r_k_per_kw=sec.get_float("chip_r_k_per_kw", d[2], above=0.0, maxval=50.0),
         hx_ua_kw_k=sec.get_float("hx_ua_kw_k", minval=1.0, maxval=1_000.0),
         dielectric_flow_l_s=sec.get_float("dielectric_flow_l_s", minval=0.5, maxval=100.0),
@@ -405,9 +427,20 @@ def _tank(sec: Section, names: _Names, loops: set[str], pdus: set[str]) -> Tank:
     return t
 
 
+def _within_margin(sec: Section, key: str, sp: float, alarm_key: str, alarm: float) -> None:
+    """A zone's setpoint leaves protection its margin below the alarm (the rule a
+    control loop's setpoint obeys: protection starts shedding there)."""
+    if sp > alarm - THERMAL_SOFT_MARGIN_K:
+        raise sec.error(
+            key,
+            f"{sp:g} is closer than {THERMAL_SOFT_MARGIN_K:g} K to {alarm_key} ({alarm:g}),"
+            f" where protection starts shedding: at most {alarm - THERMAL_SOFT_MARGIN_K:g}",
+        )
+
+
 def _gpu_power(sec: Section) -> dict[str, float]:
     idle = sec.get_float("gpu_idle_w", 120.0, minval=0.0, maxval=2_000.0)
-    full = sec.get_float("gpu_full_w", 700.0, above=idle, maxval=3_000.0)
+    full = sec.get_float("gpu_full_w", 700.0, above=idle, maxval=3_000.0, above_key="gpu_idle_w")
     return {"gpu_idle_w": idle, "gpu_full_w": full}
 
 
@@ -505,7 +538,10 @@ def _grid(root: Section, nominal_hz: float, tanks: tuple[Tank, ...]) -> GridConf
 def _cdu(sec: Section, names: _Names, loops: set[str]) -> Cdu:
     name = names.claim(sec)
     sp = sec.get_float("supply_setpoint_c", 40.0, minval=15.0, maxval=50.0)
-    alarm = sec.get_float("supply_alarm_c", 48.0, above=sp, maxval=60.0)
+    alarm = sec.get_float(
+        "supply_alarm_c", 48.0, above=sp, maxval=60.0, above_key="supply_setpoint_c"
+    )
+    _within_margin(sec, "supply_setpoint_c", sp, "supply_alarm_c", alarm)
     c = Cdu(
         name=name,
         loop=_ref(sec, "loop", loops, "loop"),
@@ -515,7 +551,9 @@ def _cdu(sec: Section, names: _Names, loops: set[str]) -> Cdu:
         design_water_flow_m3h=sec.get_float("design_water_flow_m3h", minval=1.0, maxval=1_000.0),
         supply_setpoint_c=sp,
         supply_alarm_c=alarm,
-        supply_trip_c=sec.get_float("supply_trip_c", 55.0, above=alarm, maxval=70.0),
+        supply_trip_c=sec.get_float(
+            "supply_trip_c", 55.0, above=alarm, maxval=70.0, above_key="supply_alarm_c"
+        ),
         unit_id=_unit_id(sec, "unit_id"),
     )
     sec.check_unused()
@@ -532,12 +570,16 @@ def _rack_row(sec: Section, names: _Names, cdus: set[str], pdus: set[str]) -> Ra
         pdu=_ref(sec, "pdu", pdus, "PDU"),
         nodes=sec.get_int("nodes", minval=1, maxval=2_000),
         node_power_kw=node_kw,
-        node_idle_kw=sec.get_float("node_idle_kw", 1.6, minval=0.0, below=node_kw),
+        node_idle_kw=sec.get_float(
+            "node_idle_kw", 1.6, minval=0.0, below=node_kw, below_key="node_power_kw"
+        ),
         gpus_per_node=sec.get_int("gpus_per_node", 8, minval=1, maxval=16),
         # 22 K rise for 573 W on the measured H200 (shared/data/gpu_step_h200.csv).
         gpu_r_k_per_w=sec.get_float("gpu_r_k_per_w", 0.037, above=0.0, maxval=1.0),
         chip_throttle_c=throttle,
-        chip_trip_c=sec.get_float("chip_trip_c", 95.0, above=throttle, maxval=120.0),
+        chip_trip_c=sec.get_float(
+            "chip_trip_c", 95.0, above=throttle, maxval=120.0, above_key="chip_throttle_c"
+        ),
         unit_id=_unit_id(sec, "unit_id", 1),
         workload_class=sec.get_str("workload_class", "training", ("inference", "training")),
         **_gpu_power(sec),

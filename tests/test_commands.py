@@ -124,7 +124,7 @@ def test_a_setpoint_is_checked_against_what_its_zone_can_take(warm):
     res = warm.give(SetSetpoint("loop1_supply", 60.0))
     assert not res.accepted and "outside 10..42" in res.message
     res = warm.give(SetSetpoint("tank01_fluid", 59.0))  # the tank's alarm is 60: too close
-    assert not res.accepted and "below the tank's alarm" in res.message
+    assert not res.accepted and "below the tank's fluid_alarm_c 60" in res.message
     res = warm.give(SetSetpoint("nope_loop", 30.0))
     assert not res.accepted and "no control loop 'nope_loop'" in res.message
     # by the point it measures, as a technician knows it

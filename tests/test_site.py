@@ -315,14 +315,45 @@ def test_tank_alarm_not_above_setpoint_is_rejected(tmp_path):
     d = small_site()
     d["tanks"][2]["fluid_setpoint_c"] = 50.0
     d["tanks"][2]["fluid_alarm_c"] = 50.0
-    bad(tmp_path, d, "tanks[2].fluid_alarm_c", "must be above 50")
+    bad(tmp_path, d, "tanks[2].fluid_alarm_c", "must be above fluid_setpoint_c (50)")
 
 
 def test_tank_trip_not_above_alarm_is_rejected(tmp_path):
     d = small_site()
     d["tanks"][2]["fluid_alarm_c"] = 60.0
     d["tanks"][2]["fluid_trip_c"] = 58.0
-    bad(tmp_path, d, "tanks[2].fluid_trip_c", "must be above 60")
+    bad(tmp_path, d, "tanks[2].fluid_trip_c", "58 must be above fluid_alarm_c (60)")
+
+
+def test_a_default_that_clashes_with_a_given_value_is_said_to_be_the_default(tmp_path):
+    """fluid_alarm_c = 65 was refused as "tanks[0].fluid_trip_c: 65 must be above 65",
+    a key the file never set."""
+    d = small_site()
+    d["tanks"][0]["fluid_alarm_c"] = 65.0
+    bad(
+        tmp_path,
+        d,
+        "tanks[0].fluid_trip_c",
+        "65 (the default; fluid_trip_c is not set) must be above fluid_alarm_c (65)",
+    )
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "words"),
+    [
+        ("tanks", "fluid_setpoint_c", 58.0, "closer than 2.5 K to fluid_alarm_c (60)"),
+        ("cdus", "supply_setpoint_c", 46.0, "closer than 2.5 K to supply_alarm_c (48)"),
+        ("loops", "supply_setpoint_c", 40.0, "less than the 6 K trim & respond may add"),
+    ],
+)
+def test_an_equipment_setpoint_obeys_the_rule_a_control_loop_setpoint_does(
+    tmp_path, where, key, value, words
+):
+    """A loop's supply_setpoint_c of 40 under an alarm of 45 loaded, while a control
+    loop holding the same 40 was refused: one rule for both."""
+    d = small_site()
+    d[where][0][key] = value
+    bad(tmp_path, d, f"{where}[0].{key}", words)
 
 
 @pytest.mark.parametrize(
@@ -567,9 +598,9 @@ def test_a_setpoint_its_measurement_cannot_read_is_rejected(tmp_path, sp):
     ("k", "sp", "range_", "why"),
     [
         # tank01 alarms at 60 degC (ASIC default): 57.5 is the highest it may hold
-        (0, 57.6, "20..57.5 degC", "2.5 K below the tank's alarm"),
+        (0, 57.6, "20..57.5 degC", "2.5 K below the tank's fluid_alarm_c 60"),
         # loop1 alarms at 45 degC: trim & respond may raise its supply 6 K
-        (5, 39.5, "10..39 degC", "the loop's alarm less the trim & respond reset"),
+        (5, 39.5, "10..39 degC", "the loop's supply_alarm_c 45 less the 6 K trim & respond"),
         (6, 300.0, "40..250 kPa", "the pumps' rated head"),
     ],
 )
@@ -612,6 +643,38 @@ def test_an_actuator_no_loop_drives_is_refused_unless_another_controller_runs_it
     site = load_site(write(tmp_path, d))
     assert site.regulated_elsewhere == ("cdu1.valve_cmd",)
     assert all("cdu1.valve_cmd" not in c.actuators for c in site.control_loops)
+
+
+@pytest.mark.parametrize(
+    "meas", ["tank01.fluid_temp_b", "tank01.return_temp", "cdu1.return_temp", "row1.gpu_temp_max"]
+)
+def test_a_loop_on_a_quantity_no_limit_is_defined_for_is_refused(tmp_path, meas):
+    """tank01.fluid_temp_b held at 70 degC (its tank alarms at 60) passed: only the
+    quantities a control loop holds have setpoint limits, so only they are taken."""
+    d = small_site()
+    d["control_loops"][0]["measurement"] = meas
+    d["control_loops"][0]["setpoint"] = 50.0
+    bad(tmp_path, d, "control_loops[0].measurement", meas, "not what a control loop holds")
+
+
+def test_a_loop_moving_another_tanks_valve_is_refused(tmp_path):
+    """Measuring tank02 while driving tank01's valve passed: tank01 went unregulated."""
+    d = small_site()
+    d["control_loops"][0]["measurement"] = "tank02.fluid_temp"
+    bad(
+        tmp_path,
+        d,
+        "control_loops[0].actuators",
+        "'tank01.valve_cmd' does not move tank tank02's fluid",
+        "what does: tank02.valve_cmd",
+    )
+
+
+def test_an_actuator_listed_twice_as_regulated_elsewhere_is_refused(tmp_path):
+    d = small_site()
+    d["control_loops"] = [c for c in d["control_loops"] if c["name"] != "cdu1_supply"]
+    d["site"]["regulated_elsewhere"] = ["cdu1.valve_cmd", "cdu1.valve_cmd"]
+    bad(tmp_path, d, "site.regulated_elsewhere", "'cdu1.valve_cmd' is listed twice")
 
 
 @pytest.mark.parametrize(
