@@ -176,7 +176,10 @@ class RealTimeController:
         self.faces: list[Face] = []
         #: links that are not points, each an alarm ``link.<name>`` while it says
         #: why it is down (the OpenADR VEN's VTN)
-        self.links: dict[str, Callable[[], str | None]] = {"writes": self._writes_refused}
+        self.links: dict[str, Callable[[], str | None]] = {
+            "modbus": self._modbus_lost,
+            "writes": self._writes_refused,
+        }
         self.scan_ms: deque[float] = deque(maxlen=3600)  # the last hour at 1 s
         #: steps of ``clock`` (NTP, an operator) told from its rate; recorded as events
         self.clock_watch = ClockWatch()
@@ -194,6 +197,14 @@ class RealTimeController:
                 self.ctrl, cfg.site, self.columns, cfg.db, self.historian.reader,
                 retrain_every_h=cfg.retrain_every_h, train_days=cfg.train_days,
             )  # fmt: skip
+
+    def _modbus_lost(self) -> str | None:
+        """Why ``link.modbus`` is an alarm: the endpoints with units not answering
+        (the log says so too, but an operator looks at the alarm list)."""
+        lost = self.io.lost()
+        if not lost:
+            return None
+        return "Modbus not answering: " + "; ".join(f"{w} ({u})" for w, u in lost.items())
 
     def _writes_refused(self) -> str | None:
         """Why ``link.writes`` is an alarm: the points whose writes a device refuses."""

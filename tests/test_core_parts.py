@@ -92,6 +92,27 @@ def test_a_zone_needs_its_inputs_but_one_good_fluid_sensor_of_two_will_do(topo):
     assert not al.record("failsafe:tank01").active  # cleared, kept until acknowledged
 
 
+def test_a_zone_still_in_start_up_fail_safe_is_an_event_then_and_leaves_with_one(topo):
+    """A tank the PLC did not serve was in fail-safe with nothing in the event log:
+    the start-up state had no event, and its "ready" never came."""
+    from thermogate.controller.core.zones import STARTUP_SCANS
+
+    zones, al = FailSafeZones(topo), Alarms()
+    bad = ["tank03.fluid_temp", "tank03.fluid_temp_b"]
+    seen = []
+    for k in range(STARTUP_SCANS):
+        al.begin_scan()
+        zones.update(float(k), view(topo, bad=bad).quality, al)
+        seen += [(e.kind, e.source) for e in al.events]
+    assert seen[0] == ("restore", "zones")  # every other zone was ready at once
+    assert seen[1:] == [("failsafe", "tank03")]  # then tank03, once start-up was over
+    al.begin_scan()
+    zones.update(9.0, view(topo).quality, al)
+    assert [(e.kind, e.source, e.message) for e in al.events] == [
+        ("restore", "tank03", "zone tank03 left fail-safe")
+    ]
+
+
 def test_a_zone_in_fail_safe_takes_its_safe_state(topo, site):
     zones = FailSafeZones(topo)  # every zone starts in fail-safe
     ix = topo.ix

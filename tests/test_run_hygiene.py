@@ -223,6 +223,27 @@ def test_status_with_no_plant_shows_no_nan_and_raises_no_numpy_warning(tmp_path,
     assert "site n/a" in out and "not answering: tcp 127.0.0.1:" in out
 
 
+def test_an_endpoint_not_answering_is_an_alarm_naming_it_not_only_a_log_line(tmp_path):
+    """The prober put the site meter behind a dead gateway: the log said so, the
+    alarm list had only "sensors:stale"."""
+    port = _closed_port()
+    cfg = load_run_config(str(_write_config(tmp_path, port=port)), str(tmp_path / "site.db"))
+
+    async def scenario() -> str:
+        rt = RealTimeController(cfg)
+        try:
+            for _ in range(2):
+                await rt.scan_once()
+            rec = rt.ctrl.alarms.record("link.modbus")
+            assert rec is not None and rec.active
+            return rec.message
+        finally:
+            await rt.close()
+
+    message = asyncio.run(scenario())
+    assert message.startswith(f"Modbus not answering: tcp 127.0.0.1:{port} (36 units: 1, 10-12")
+
+
 # --------------------------------------------------------------------------
 # clean and unclean stops
 # --------------------------------------------------------------------------

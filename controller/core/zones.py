@@ -9,7 +9,10 @@ cooling to full, mining off, GPUs capped — raises an event, and leaves it, wit
 another event, once every input is usable again. Zones start in fail-safe
 until every input was read once; the zones that leave that start-up state in
 one scan are one event (``18 zones ready: ...``), not one "left" each with no
-"entered" before it.
+"entered" before it. A zone still in it after ``STARTUP_SCANS`` scans gets its
+own fail-safe event naming its bad inputs (a tank the PLC does not serve yet
+was otherwise in fail-safe with nothing in the event log), and a "left" one
+when it leaves.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ SAFE_ROW_CAP_W = 350.0  # per-GPU cap of the rows behind a CDU in fail-safe
 
 #: the reason of a zone that has not had its inputs read since start
 STARTING = "starting: inputs not read yet"
+#: scans a zone may take to leave its start-up fail-safe before it is an event
+STARTUP_SCANS = 3
 
 
 def failsafe_key(zone: str) -> str:
@@ -66,6 +71,7 @@ class FailSafeZones:
             self.zones[lpp.name] = Zone(lpp.name, [lpp.supply_temp, lpp.flow, lpp.dp])
         for cp in ix.cdus:
             self.zones[cp.name] = Zone(cp.name, [cp.supply_temp, cp.valve_pos])
+        self._scans = 0  # counted up to STARTUP_SCANS
         #: every zone's inputs in one array: their quality is read in one go
         self._inputs = np.array([i for z in self.zones.values() for i in z.inputs], dtype=np.intp)
 
@@ -79,6 +85,9 @@ class FailSafeZones:
         name_of = self.topo.pmap.name_of
         bad_at = iter(bad_inputs.tolist())  # zone by zone, in order
         ready: list[str] = []  # zones out of their start-up fail-safe this scan
+        if self._scans < STARTUP_SCANS:
+            self._scans += 1
+        overdue = self._scans >= STARTUP_SCANS  # start-up is over: say who is still in it
         for z in self.zones.values():
             bad = [i for i in z.inputs if next(bad_at)]
             if z.pair is not None:
@@ -97,6 +106,11 @@ class FailSafeZones:
                 z.failsafe, z.reason, z.started = False, "", True
             elif bad:
                 z.reason = f"bad inputs: {names}"
+                if overdue and not z.started:
+                    z.started = True
+                    alarms.event(
+                        t, "failsafe", z.name, f"zone {z.name} in fail-safe: {z.reason}", 800
+                    )
             # and an alarm for SCADA's list, to acknowledge (journalled above)
             alarms.alarm(
                 t,
