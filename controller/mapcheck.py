@@ -68,7 +68,9 @@ def stored_layout(db: Path, site_name: str) -> dict[str, list[object]] | None:
     return None if state is None else dict(state.get("points", {}))
 
 
-def check(db: Path, site_name: str, pmap: PointMap, *, accept: bool) -> str | None:
+def check(
+    db: Path, site_name: str, pmap: PointMap, *, accept: bool, site_file: str = ""
+) -> str | None:
     """Compare ``pmap`` with what the last run on ``db`` ran with.
 
     Nothing moved: None. Points moved and ``accept``: the event text saying so.
@@ -78,16 +80,21 @@ def check(db: Path, site_name: str, pmap: PointMap, *, accept: bool) -> str | No
     if not stored:
         return None
     now = layout(pmap)
-    gone = moved(stored, now)
-    if not gone:
+    shifted = moved(stored, now)
+    if not shifted:
         return None
-    shown = "; ".join(f"{n} {_where(stored[n])} -> {_where(now[n])}" for n in gone[:3])
-    more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
-    what = f"{len(gone)} point{'s' if len(gone) > 1 else ''} moved since the last run on {db}"
+    shown = "; ".join(f"{n} {_where(stored[n])} -> {_where(now[n])}" for n in shifted[:3])
+    more = f" and {len(shifted) - 3} more" if len(shifted) > 3 else ""
+    n = len(shifted)
+    what = f"{n} point{'s' if n > 1 else ''} moved since the last run on {db}"
+    # what left the map too: the equipment whose removal shifted the rest, usually
+    removed = sorted({name.split(".")[0] for name in stored if name not in now})
+    left = f"; gone from the map: {', '.join(removed[:5])}" if removed else ""
     if accept:
-        return f"{what}, accepted with --accept-new-map: {shown}{more}"
+        return f"{what}, accepted with --accept-new-map: {shown}{more}{left}"
+    source = f" {site_file}" if site_file else ""
     raise PointMapChanged(
-        f"{what} ({shown}{more}): the site file changed its point map. If the PLC's program"
-        " was changed to match (check with `thermogate points --site FILE`), start with"
-        " --accept-new-map; if not, use the site file the PLC runs"
+        f"{what} ({shown}{more}){left}: the site file{source} changed its point map. If the"
+        " PLC's program was changed to match (check with `thermogate points --site FILE`),"
+        " start with --accept-new-map; if not, use the site file the PLC runs"
     )

@@ -294,7 +294,7 @@ def _where(ep: Endpoint) -> str:
     return f"tcp {ep.host}:{ep.port}" if ep.kind == "tcp" else f"rtu {ep.device}"
 
 
-def _id_ranges(ids: Iterable[int]) -> str:
+def id_ranges(ids: Iterable[int]) -> str:
     """``1, 10-12, 18``: unit ids as a person reads them."""
     out: list[str] = []
     for u in sorted(ids):
@@ -364,6 +364,10 @@ class ModbusIO:
         self._units: dict[int, _Unit] = {
             u: _Unit(u, self._link(u, ep), _where(ep)) for u, ep in where.items()
         }
+        #: a serial line's settings, by where (the banner says them)
+        self._line = {
+            _where(ep): f"{ep.baudrate} 8{ep.parity}1" for ep in where.values() if ep.kind == "rtu"
+        }
         # units that went down / came back during the current pass, reported
         # after it as one line per endpoint (a gateway down is one line, not 36)
         self._lost_now: list[_Unit] = []
@@ -426,6 +430,8 @@ class ModbusIO:
         for where, us in _by_endpoint(self._units.values()).items():
             flight = us[0].in_flight
             label = f"{where} (in flight {flight})" if flight > 1 else where
+            if where in self._line:
+                label = f"{where} ({self._line[where]})"
             out[label] = _units_text(us)
         return out
 
@@ -795,7 +801,7 @@ def _by_endpoint(units: Iterable[_Unit]) -> dict[str, list[_Unit]]:
 
 
 def _units_text(units: Sequence[_Unit]) -> str:
-    ids = _id_ranges(u.unit_id for u in units)
+    ids = id_ranges(u.unit_id for u in units)
     return f"unit {ids}" if len(units) == 1 else f"{len(units)} units: {ids}"
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 from thermogate.plc.pointmap import PointMap, build_point_map
 
 from .estimate import zero_groups
-from .modbus_io import ModbusIO
+from .modbus_io import ModbusIO, id_ranges
 from .runconfig import RunConfig, load_run_config
 
 #: one probe read gets this long (a scan's budget is 60 % of its interval)
@@ -54,6 +55,8 @@ class ProbeReport:
     config: dict[str, Any]
     units: list[UnitReport] = field(default_factory=list)
     all_zero: list[str] = field(default_factory=list)
+    #: the PLC's heartbeat timeout as read (None: not read) and what is wrong with it
+    watchdog_s: float | None = None
     watchdog: str | None = None
 
     @property
@@ -67,6 +70,7 @@ class ProbeReport:
             "config": self.config,
             "units": [u.__dict__ for u in self.units],
             "all_zero": self.all_zero,
+            "watchdog_s": self.watchdog_s,
             "watchdog": self.watchdog,
         }
 
@@ -107,16 +111,23 @@ def watchdog_problem(cfg: RunConfig, pmap: PointMap, values: np.ndarray) -> str 
     if plc_s < 2.0 * cfg.scan_s:
         return (
             f"the PLC's watchdog times out after {plc_s:g} s, shorter than two {cfg.scan_s:g} s"
-            f" scans (the site file says {site_s:g} s)"
+            f" scans (the site file's [plc] heartbeat_timeout_s says {site_s:g} s)"
         )
     if abs(plc_s - site_s) >= 0.5:
-        return f"the PLC's watchdog times out after {plc_s:g} s, the site file says {site_s:g} s"
+        return (
+            f"the PLC's watchdog times out after {plc_s:g} s, the site file's [plc]"
+            f" heartbeat_timeout_s says {site_s:g} s: correct one of them"
+        )
     return None
 
 
 async def probe(cfg: RunConfig, *, offline: bool = False) -> ProbeReport:
     pmap = build_point_map(cfg.site)
     io = ModbusIO(pmap, cfg.endpoints, timeout_s=cfg.timeout_s, scan_budget_s=PROBE_BUDGET_S)
+    # the run loop's "lost, retried in 1 s" lines mean nothing in a one-shot read
+    quiet = logging.getLogger("thermogate.controller.modbus_io")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         report = ProbeReport(describe_config(cfg, pmap, io))
         if offline:
@@ -136,10 +147,13 @@ async def probe(cfg: RunConfig, *, offline: bool = False) -> ProbeReport:
                 )
             )
         report.all_zero = all_zero(pmap, rr.values, rr.fresh)
+        plc_s = float(rr.values[pmap.index.plc.heartbeat_timeout_s])
+        report.watchdog_s = plc_s if np.isfinite(plc_s) else None
         report.watchdog = watchdog_problem(cfg, pmap, rr.values)
         return report
     finally:
         await io.close()
+        quiet.setLevel(level)
 
 
 def render(report: ProbeReport) -> str:
@@ -157,26 +171,49 @@ def render(report: ProbeReport) -> str:
         lines.append("configuration valid (offline: no device was asked)")
         return "\n".join(lines)
     bad = [u for u in report.units if u.error is not None or u.read < u.points]
-    for u in report.units:
-        state = "ok" if u not in bad else f"{u.read}/{u.points} read: {u.error or 'not read'}"
-        if u in bad or len(report.units) <= 12:
-            lines.append(f"unit {u.unit_id} ({u.endpoint}): {u.points} points, {state}")
-    if len(report.units) > 12 and not bad:
+    if not bad:
         lines.append(f"all {len(report.units)} units answered every point")
+    for (endpoint, read_none, why), units in _grouped(bad).items():
+        ids = _ids([u.unit_id for u in units])
+        if read_none:
+            n = sum(u.points for u in units)
+            lines.append(f"{ids} ({endpoint}): nothing of {n} points read: {why}")
+        else:
+            for u in units:
+                lines.append(
+                    f"unit {u.unit_id} ({endpoint}): {u.read} of {u.points} points read: {why}"
+                )
     for name in report.all_zero:
         lines.append(
-            f"{name}: every temperature reads exactly 0: not programmed in the PLC yet,"
-            " or not wired (a run holds it in fail-safe)"
+            f"{name}: every temperature reads exactly 0: not programmed in the PLC yet, not"
+            " wired, or the PLC runs a site file without equipment before it (its points"
+            " shifted); a run holds it in fail-safe"
         )
     if report.watchdog:
         lines.append(report.watchdog)
     n_ok = len(report.units) - len(bad)
-    lines.append(
-        "probe: everything answered as the site file says"
-        if report.ok
-        else f"probe: {n_ok} of {len(report.units)} units answered every point; see above"
-    )
+    if report.ok:
+        lines.append("probe: everything answered as the site file says")
+    elif not bad:
+        lines.append(f"probe: all {len(report.units)} units answered, but see the findings above")
+    else:
+        lines.append(f"probe: {n_ok} of {len(report.units)} units answered every point; see above")
     return "\n".join(lines)
+
+
+def _grouped(units: list[UnitReport]) -> dict[tuple[str, bool, str], list[UnitReport]]:
+    """Units by endpoint, whether nothing was read, and why (the unit's own name taken
+    out of the reason): a gateway that is down is one line, not one per unit."""
+    out: dict[tuple[str, bool, str], list[UnitReport]] = {}
+    for u in units:
+        why = (u.error or "not read").replace(f"{u.endpoint} (unit {u.unit_id}): ", "")
+        out.setdefault((u.endpoint, u.read == 0, why), []).append(u)
+    return out
+
+
+def _ids(ids: list[int]) -> str:
+    """``unit 7`` or ``units 1, 10-12``."""
+    return f"unit {ids[0]}" if len(ids) == 1 else f"units {id_ranges(ids)}"
 
 
 def probe_cli(args: argparse.Namespace) -> int:

@@ -146,7 +146,9 @@ class RealTimeController:
         self.columns = record_columns(self.pmap, cfg.site)
         self._saved_version = 0
         # before the historian opens: a refusal leaves the database as it was
-        map_change = mapcheck.check(cfg.db, site.name, self.pmap, accept=cfg.accept_new_map)
+        map_change = mapcheck.check(
+            cfg.db, site.name, self.pmap, accept=cfg.accept_new_map, site_file=site.source
+        )
         #: the historian; a commit that fails (full or read-only disk) is an alarm here
         self.historian = Recorder(
             Historian(

@@ -141,8 +141,8 @@ class PointMap:
                 "scale": p.scale,
                 "unit": p.unit,
                 "access": p.access,
-                "min": p.min,
-                "max": p.max,
+                "min": None if p.min is None else float(p.min),  # 0.0, never 0 beside 0.5
+                "max": None if p.max is None else float(p.max),
                 # the Modbus device answering for it: its own, or the PLC it is wired to
                 "device": p.device,
                 "description": p.description,

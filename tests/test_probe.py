@@ -75,7 +75,14 @@ def test_equipment_the_plc_does_not_serve_is_named_by_unit_and_as_all_zero(tmp_p
 def test_a_plc_watchdog_other_than_the_site_files_is_named(tmp_path):
     report, _ = _probe_served(tmp_path, demo_site_text(), watchdog_s=6.0)
     assert not report.ok
-    assert report.watchdog == "the PLC's watchdog times out after 6 s, the site file says 10 s"
+    assert report.watchdog == (
+        "the PLC's watchdog times out after 6 s, the site file's [plc] heartbeat_timeout_s"
+        " says 10 s: correct one of them"
+    )
+    assert report.watchdog_s == 6.0
+    assert render(report).splitlines()[-1] == (
+        f"probe: all {len(report.units)} units answered, but see the findings above"
+    )
 
 
 def test_offline_validates_without_asking_any_device_and_the_cli_exits_1_on_silence(tmp_path):
@@ -98,4 +105,13 @@ def test_offline_validates_without_asking_any_device_and_the_cli_exits_1_on_sile
     report = json.loads(on.stdout)
     assert not report["ok"] and all(u["read"] == 0 for u in report["units"])
     assert all("cannot connect" in u["error"] or "refused" in u["error"] for u in report["units"])
+    assert report["watchdog_s"] is None  # not read: no verdict on it
     assert not (tmp_path / "site.db").exists()
+    # a gateway that is down is one line, and the run loop's retry chatter is not printed
+    text = subprocess.run(
+        [*CLI, "probe", "--config", str(cfg)], capture_output=True, text=True, timeout=120
+    )
+    found = [ln for ln in text.stdout.splitlines() if "nothing of" in ln]
+    assert len(found) == 1 and found[0].startswith("units 1, 10-12, "), text.stdout
+    assert f"(tcp 127.0.0.1:{port}): nothing of 518 points read: cannot connect" in found[0]
+    assert "retried in" not in text.stderr, text.stderr

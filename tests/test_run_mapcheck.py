@@ -101,6 +101,8 @@ def test_a_tank_removed_from_the_middle_is_refused_naming_what_moved_and_nothing
         _start_and_stop(cfg)
     text = str(info.value)
     assert "moved since the last run on" in text and "--accept-new-map" in text
+    assert "gone from the map: tank10" in text  # what shifted the rest
+    assert f"the site file {tmp_path / 'site.toml'} changed its point map" in text
     # the first point that moved is tank11's, now where tank10's was
     assert re.search(r"tank11\.\w+ unit 1 \w+ \d+ .*-> unit 1 \w+ \d+", text), text
     assert _counts(db) == before  # refused before the historian opened: nothing written
