@@ -49,7 +49,7 @@ from .equipment import (
     TankLimits,
 )
 from .errors import ConfigError
-from .pointmap import build_point_map
+from .pointmap import PointMap, build_point_map
 from .ufls import RelayConfig, RelaySettingError
 
 __all__ = [
@@ -186,13 +186,24 @@ def parse_site(root: Section) -> Site:
         raise ConfigError(root.file, "tanks", str(exc)) from None
     driven: dict[str, str] = {}  # actuator -> the loop that drives it
     loops_ctl = tuple(
-        parse_control_loop(sec, names.claim(sec), site, pmap, driven)
+        _named_loop(sec, names.claim(sec), site, pmap, driven)
         for sec in root.get_sections("control_loops", [])
     )
     root.check_unused()
     _check_electrical(root, site)
     regulated_elsewhere = check_coverage(root, site, driven, elsewhere)
     return replace(site, control_loops=loops_ctl, regulated_elsewhere=regulated_elsewhere)
+
+
+def _named_loop(
+    sec: Section, name: str, site: Site, pmap: PointMap, driven: dict[str, str]
+) -> ControlLoop:
+    """``parse_control_loop``, its errors naming the loop: ``control_loops[5]`` alone
+    sends a person counting entries in the file."""
+    try:
+        return parse_control_loop(sec, name, site, pmap, driven)
+    except ConfigError as exc:
+        raise ConfigError(exc.file, exc.key, f"loop '{name}': {exc.reason}") from None
 
 
 class _Names:

@@ -621,7 +621,8 @@ def test_a_file_setpoint_the_command_path_would_refuse_is_refused_at_load(
 def test_a_pid_on_a_register_the_planner_or_watchdog_owns_is_refused(tmp_path, act):
     d = small_site()
     d["control_loops"][0]["actuators"] = [act]
-    bad(tmp_path, d, "control_loops[0].actuators", act, "not a regulating actuator")
+    err = bad(tmp_path, d, "control_loops[0].actuators", act, "not a regulating actuator")
+    assert err.reason.startswith("loop 'tank01_fluid': ")  # not only its index
 
 
 def test_a_site_with_no_control_loops_is_refused_naming_what_nothing_would_drive(tmp_path):
