@@ -29,7 +29,8 @@ from thermogate.plc.errors import DataFileError
 __all__ = ["MISSING_MARKERS", "Row", "Table", "read_table"]
 
 #: Cells spelled like this are "no reading" (station exports use them).
-MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none"})
+#: what exports write for "no reading" (NOAA's LCD writes M), compared lower-case
+MISSING_MARKERS = frozenset({"", "nan", "na", "n/a", "null", "none", "m", "missing", "-", "--"})
 
 
 def _decode(label: str, data: bytes) -> str:
@@ -83,7 +84,11 @@ class Row:
             return math.nan
         x = self.table.to_float(raw)
         if x is None:
-            raise self.error(column, f"not a number: {raw!r}")
+            raise self.error(
+                column,
+                f"not a number: {raw!r} (a missing reading may be left empty or written as"
+                " NA, NaN, M, null or -)",
+            )
         if not math.isfinite(x):
             raise self.error(column, f"not a finite number: {raw!r}")
         if clamp_from is not None and clamp_from <= x < lo:

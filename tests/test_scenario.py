@@ -834,3 +834,45 @@ def test_series_from_another_period_than_the_run_are_repeated_with_a_warning(tmp
     with caplog.at_level("WARNING"):
         load_for_run("normal-day", w, None, hours=6)  # one file: the run's own period
     assert caplog.records == []
+
+
+def test_measured_weather_and_prices_run_where_both_have_data(tmp_path):
+    """A year of weather with a July weekend of prices ran on 1 January, the prices
+    repeated as a "typical period": the run starts where both first have data."""
+    t0 = datetime(2023, 1, 1, tzinfo=UTC)
+    w_rows = [
+        f"{(t0 + timedelta(hours=k)).isoformat()},{10.0 + (k // 24) * 0.05:.2f}"
+        for k in range(24 * 365)
+    ]
+    (tmp_path / "w.csv").write_text("time,ambient_c\n" + "\n".join(w_rows) + "\n")
+    p0 = datetime(2023, 7, 15, tzinfo=UTC)
+    p_rows = [
+        f"{(p0 + timedelta(hours=k)).isoformat()},{5000 if k == 2 else 40}" for k in range(48)
+    ]
+    (tmp_path / "p.csv").write_text("time,price_per_mwh\n" + "\n".join(p_rows) + "\n")
+    from thermogate.hil.scenario import load_for_run
+
+    sc = load_for_run("heatwave", tmp_path / "w.csv", tmp_path / "p.csv")
+    assert sc.start == p0
+    assert sc.price_at(2.5 * 3600) == 5000.0  # the spike at its hour
+    day = (p0 - t0).days  # 195: the weather of 15 July, not of 1 January
+    assert sc.weather_at(0.0).ambient_c == pytest.approx(10.0 + day * 0.05, abs=0.01)
+
+
+def test_prices_per_kwh_are_refused_naming_the_unit(tmp_path):
+    rows = "".join(f"{3600 * k},{0.03 + 0.001 * (k % 5):.3f}\n" for k in range(24))
+    err = bad_csv(tmp_path, "time,price_per_mwh\n" + rows, load_prices_csv)
+    assert err.column == "price_per_mwh" and "prices per kWh?" in err.reason
+
+
+def test_noaa_missing_marker_is_a_missing_sample_and_a_bad_cell_lists_the_markers(tmp_path):
+    w = load_weather_csv(write(tmp_path, "time,ambient_c\n0,20\n3600,M\n7200,22\n"))
+    assert w.ambient_c.values.tolist() == [20.0, 21.0, 22.0]
+    err = bad_csv(tmp_path, "time,ambient_c\n0,20\n3600,29.2s\n7200,22\n")
+    assert (err.line, err.column) == (3, "ambient_c") and "NA, NaN, M, null" in err.reason
+
+
+def test_quarter_hours_back_across_the_dst_change_get_the_dst_hint(tmp_path):
+    text = "time,price_per_mwh\n2023-11-05 01:30,30\n2023-11-05 01:45,31\n2023-11-05 01:00,32\n"
+    err = bad_csv(tmp_path, text, load_prices_csv)
+    assert err.line == 4 and "daylight-saving" in err.reason

@@ -93,6 +93,9 @@ _MIN_SPACING_S = 1.0
 _UNIX_FROM_S = 1e9
 #: integer times up to this, one apart, are hour numbers, not seconds
 _HOURS_OF_A_YEAR = 8784
+#: a day of market prices never all stays under 1 per MWh in size: that many such
+#: rows are prices per kWh
+_PER_KWH_ROWS = 24
 #: a day of hourly humidity never stays at or below 1 %: at least this many such
 #: readings are a fraction written where percent is asked
 _RH_FRACTION_ROWS = 24
@@ -216,7 +219,7 @@ def _read_csv(
         k = int(bad[0]) + 1
         same = ta[k] == ta[k - 1]
         hint = ""
-        if same and mode == "naive":
+        if mode == "naive" and ta[k - 1] - ta[k] <= 3600.0:  # back by an hour at most
             hint = (
                 " (a repeated local hour is usually the daylight-saving change: "
                 "give times in UTC or with an offset)"
@@ -353,6 +356,14 @@ def load_prices_csv(
     t, start, cols = _read_csv(path, _PRICE_COLUMNS)
     v = cols["price_per_mwh"]
     assert v is not None  # required column
+    if len(v) >= _PER_KWH_ROWS and float(np.max(np.abs(v))) < 1.0:
+        raise DataFileError(
+            str(path),
+            None,
+            "price_per_mwh",
+            f"every one of {len(v)} prices is under 1 per MWh in size: prices per kWh?"
+            " price_per_mwh is per MWh (multiply by 1000)",
+        )
     return TimeSeries(
         t,
         v,

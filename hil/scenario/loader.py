@@ -20,7 +20,7 @@ import contextlib
 import logging
 import re
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from importlib.resources.abc import Traversable
 from os import PathLike
@@ -230,10 +230,14 @@ def _scenario(
         prices = load_prices_csv(psrc.path)
         _check_period(prices_sec, psrc, prices.duration)
         prices = prices.with_wrap(psrc.wrap, psrc.period_s)
-    # t = 0 is the explicit start, else the first weather sample, else prices'.
+    # t = 0 is the explicit start, else where measured weather and prices first
+    # both run (a year of weather with a July week of prices runs that week), else
+    # the first weather sample, else prices'.
     start = start_given
     if start_at_prices and prices is not None and prices.start is not None:
         start = start_given = prices.start  # the market's clock is the run's
+    if start is None and weather is not None and prices is not None:
+        start = _overlap_start(weather.ambient_c, prices)
     for series in (weather.ambient_c if weather else None, prices):
         if start is None and series is not None and series.start is not None:
             start = series.start
@@ -452,6 +456,17 @@ def _timing(sec: Section, clock: _Clock) -> tuple[float, str, float | None, dict
 # --------------------------------------------------------------------------
 # time alignment
 # --------------------------------------------------------------------------
+def _overlap_start(a: TimeSeries, b: TimeSeries) -> datetime | None:
+    """Where two dated series first both have data (None: undated, or apart)."""
+    if a.start is None or b.start is None or _aware(a.start) != _aware(b.start):
+        return None
+    sa, sb = _norm(a.start), _norm(b.start)
+    later = max(sa, sb)
+    end_a = sa + timedelta(seconds=a.covers_s)
+    end_b = sb + timedelta(seconds=b.covers_s)
+    return later if later < min(end_a, end_b) else None
+
+
 def _norm(dt: datetime) -> datetime:
     return dt.astimezone(UTC) if dt.utcoffset() is not None else dt
 
