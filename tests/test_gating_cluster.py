@@ -62,7 +62,7 @@ def test_a_semicolon_export_with_decimal_commas_reads_the_same(tmp_path: Path):
         ("-5,60,1,training", "submit_time_s", "outside the plausible range"),
         ("0,-1,1,training", "duration_s", "outside the plausible range"),
         ("0,inf,1,training", "duration_s", "not a finite number"),
-        ("0,60,0,training", "gpus", "outside the plausible range"),
+        ("0,60,-1,training", "gpus", "outside the plausible range"),
         ("0,60,1.5,training", "gpus", "whole number"),
         ("0,60,,training", "gpus", "empty cell"),
         ("0,60,1,mining", "kind", "not one of training, inference"),
@@ -341,5 +341,17 @@ def test_jobs_that_ask_no_gpu_time_are_skipped_with_one_warning(tmp_path: Path, 
         f"{f}: 2 job(s) with duration_s 0 skipped (they ask no GPU time; first at line 3)"
     )
     f.write_text("submit_time_s,duration_s,gpus,kind\n5,0,8,training\n")
-    with pytest.raises(DataFileError, match="every job has duration_s 0"):
+    with pytest.raises(DataFileError, match="every job asks no GPU time"):
         load_jobs_csv(f)
+
+
+def test_cpu_only_jobs_are_skipped_with_one_warning(tmp_path: Path, caplog):
+    """Helios-style traces list CPU jobs (gpus 0): they stopped the whole run."""
+    f = tmp_path / "jobs.csv"
+    f.write_text("submit_time_s,duration_s,gpus,kind\n0,60,1,training\n5,600,0,training\n"
+                 "7,60,0,inference\n")  # fmt: skip
+    with caplog.at_level("WARNING"):
+        jobs = load_jobs_csv(f)
+    assert [(j.submit_s, j.gpus) for j in jobs] == [(0.0, 1)]
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said == f"{f}: 2 CPU-only job(s) (gpus 0) skipped (first at line 3)"

@@ -876,3 +876,18 @@ def test_quarter_hours_back_across_the_dst_change_get_the_dst_hint(tmp_path):
     text = "time,price_per_mwh\n2023-11-05 01:30,30\n2023-11-05 01:45,31\n2023-11-05 01:00,32\n"
     err = bad_csv(tmp_path, text, load_prices_csv)
     assert err.line == 4 and "daylight-saving" in err.reason
+
+
+def test_a_measured_series_shorter_than_the_run_is_repeated_and_said(tmp_path, caplog):
+    from thermogate.hil.scenario import load_for_run
+
+    rows = "".join(f"{3600 * k},{25 + k % 5}\n" for k in range(24))
+    path = write(tmp_path, "time,ambient_c\n" + rows)
+    with caplog.at_level("WARNING"):
+        load_for_run("heatwave", path, None, hours=20)
+        assert not caplog.records  # within the file: nothing to say
+        load_for_run("heatwave", path, None, hours=30)
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert msg.endswith(
+        "covers 24 h from the run's start, the run lasts 30 h: it is repeated over the rest"
+    )

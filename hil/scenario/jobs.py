@@ -13,7 +13,8 @@ timestamp), ``duration_s`` is the job's run time on its GPUs at full power,
 it, training jobs checkpoint every ``DEFAULT_CHECKPOINT_S``. Rows need not be
 in submit order (exports of several queues often are not); jobs are sorted,
 ties keeping file order. A job with ``duration_s`` 0 (one that failed at
-once, as public traces hold many) is skipped with one warning. A bad row is a
+once, as public traces hold many) or ``gpus`` 0 (a CPU-only job) is skipped,
+each kind with one warning. A bad row is a
 ``DataFileError`` naming the file, the line and the column.
 """
 
@@ -78,13 +79,17 @@ def load_jobs_csv(path: str | PathLike[str]) -> tuple[Job, ...]:
     # public traces (Philly, Helios) hold jobs that failed at once, with a run
     # time of 0: one refused a 500,000-row trace
     zero: list[int] = []
+    cpu: list[int] = []
     for row in table:
         submit = row.number("submit_time_s", lo=0.0, unit=" s")
         duration = row.number("duration_s", lo=0.0, hi=MAX_DURATION_S, unit=" s")
         if duration <= 0:  # asks for no GPU time: skipped, counted, said once
             zero.append(row.line)
             continue
-        gpus_f = row.number("gpus", lo=1, hi=MAX_GPUS)
+        gpus_f = row.number("gpus", lo=0, hi=MAX_GPUS)
+        if gpus_f == 0:  # a CPU-only job (Helios, Philly hold them): no GPU time either
+            cpu.append(row.line)
+            continue
         if gpus_f != int(gpus_f):
             raise row.error("gpus", f"{row.text('gpus')!r} is not a whole number of GPUs")
         kind: JobKind
@@ -109,7 +114,14 @@ def load_jobs_csv(path: str | PathLike[str]) -> tuple[Job, ...]:
             len(zero),
             zero[0],
         )
+    if cpu:
+        log.warning(
+            "%s: %d CPU-only job(s) (gpus 0) skipped (first at line %d)",
+            table.label,
+            len(cpu),
+            cpu[0],
+        )
     if not jobs:
-        why = "no jobs after the header" if not zero else "every job has duration_s 0"
+        why = "every job asks no GPU time" if zero or cpu else "no jobs after the header"
         raise DataFileError(table.label, table.header_line, None, why)
     return _ordered(jobs)

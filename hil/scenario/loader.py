@@ -148,7 +148,10 @@ def load_for_run(
     """
     measured = weather_csv is not None or prices_csv is not None
     if not strict:
-        return load_scenario(path_or_name, weather_csv, prices_csv, wrap=True if measured else None)
+        sc = load_scenario(path_or_name, weather_csv, prices_csv, wrap=True if measured else None)
+        if hours is not None:
+            _say_repeats(sc, hours * 3600.0)
+        return sc
     if hours is None:
         raise ValueError("a strict run needs its hours")
     return load_scenario(
@@ -456,6 +459,23 @@ def _timing(sec: Section, clock: _Clock) -> tuple[float, str, float | None, dict
 # --------------------------------------------------------------------------
 # time alignment
 # --------------------------------------------------------------------------
+def _say_repeats(sc: Scenario, run_s: float) -> None:
+    """A measured series shorter than the run is repeated: said, as the benches
+    that refuse it say it (a 24 h file under a 30 h run went without a word)."""
+    for series, off, src in (
+        (sc.weather.ambient_c, sc.weather_offset_s, sc.weather_source),
+        (sc.prices, sc.price_offset_s, sc.price_source),
+    ):
+        if isinstance(src, CsvSource) and 0.0 <= off < series.covers_s < off + run_s:
+            log.warning(
+                "%s: covers %.4g h from the run's start, the run lasts %.4g h: it is repeated"
+                " over the rest",
+                src.path,
+                (series.covers_s - off) / 3600.0,
+                run_s / 3600.0,
+            )
+
+
 def _overlap_start(a: TimeSeries, b: TimeSeries) -> datetime | None:
     """Where two dated series first both have data (None: undated, or apart)."""
     if a.start is None or b.start is None or _aware(a.start) != _aware(b.start):
