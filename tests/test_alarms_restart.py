@@ -71,24 +71,15 @@ def test_a_restarted_run_lists_the_alarms_of_the_last_run_with_their_first_since
     """Through the real run loop and its SQLite state, against a plant that is not
     there: every zone is in fail-safe and every sensor stale before and after."""
     import asyncio
-    import socket
     import sqlite3
+
+    from sitefiles import write_run_config
 
     from thermogate.controller.run import RealTimeController
     from thermogate.controller.runconfig import load_run_config
     from thermogate.plc.site import demo_site_text
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp_path / "site.toml").write_text(demo_site_text(), encoding="utf-8")
-    cfg = tmp_path / "controller.toml"
-    cfg.write_text(
-        '[controller]\nsite = "site.toml"\ndb = "site.db"\n\n'
-        f'[modbus]\nhost = "127.0.0.1"\nport = {port}\ntimeout_s = 0.2\n\n'
-        "[model]\nenabled = false\n",
-        encoding="utf-8",
-    )
+    cfg = write_run_config(tmp_path, demo_site_text())
 
     async def run(scans: int) -> dict[str, float]:
         rt = RealTimeController(load_run_config(str(cfg), None))

@@ -212,13 +212,18 @@ def test_an_engineer_resets_the_interlocks(rig, term):
     assert "no tank or rack row 'tank99'" in term.cmd("reset tank99")
 
 
+def _logged_in_then_removed(rig, term, name: str, pin: str) -> None:
+    """``name`` logs in at the terminal, then an engineer removes the user."""
+    with UserStore(rig.db) as users:
+        users.add(name, "operator", pin, by="test")
+    PINS[name] = (pin, "operator")
+    term.login(name)
+    with UserStore(rig.db) as users:
+        users.remove(name, by="test")
+
+
 def test_a_removed_users_session_loses_its_role_at_the_next_command(rig, term):
-    with UserStore(rig.db) as users:
-        users.add("temp", "operator", "5555", by="test")
-    PINS["temp"] = ("5555", "operator")
-    term.login("temp")
-    with UserStore(rig.db) as users:
-        users.remove("temp", by="test")
+    _logged_in_then_removed(rig, term, "temp", "5555")
     out = term.cmd("mode manual")
     assert out.startswith("refused: temp logged out: the user no longer exists")
     assert rig.rt.ctrl.state.mode == "auto"
@@ -226,12 +231,7 @@ def test_a_removed_users_session_loses_its_role_at_the_next_command(rig, term):
 
 def test_whoami_asks_the_user_store_not_the_role_given_at_login(rig, term):
     """whoami once said "temp (role operator)" after temp had been removed."""
-    with UserStore(rig.db) as users:
-        users.add("temp2", "operator", "6666", by="test")
-    PINS["temp2"] = ("6666", "operator")
-    term.login("temp2")
-    with UserStore(rig.db) as users:
-        users.remove("temp2", by="test")
+    _logged_in_then_removed(rig, term, "temp2", "6666")
     assert term.cmd("whoami").startswith("temp2 logged out: the user no longer exists")
     assert term.cmd("whoami").startswith("not logged in")
 

@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from sitefiles import TANK99
 
 from thermogate.plc.pointmap import CSV_HEADER, PointMap, build_point_map
 from thermogate.plc.points import BIT_TABLES, TABLES, Point
@@ -279,37 +280,7 @@ def test_adding_a_tank_to_a_generated_site_moves_no_existing_point(tmp_path):
 def test_appending_a_tank_to_a_site_file_moves_no_existing_point(tmp_path):
     """The hand-edited case: a tank (with its PDU and feeder) appended at the end of the file."""
     text = demo_site_text()
-    extra = """
-[[feeders]]
-name = "feeder_m9"
-rating_a = 630.0
-unit_id = 17
-
-[[pdus]]
-name = "pdu_tank99"
-feeder = "feeder_m9"
-rating_a = 500.0
-unit_id = 99
-
-[[tanks]]
-name = "tank99"
-workload = "asic"
-units = 46
-volume_l = 2000.0
-hx_ua_kw_k = 30.0
-dielectric_flow_l_s = 15.0
-design_water_flow_m3h = 36.0
-loop = "loop1"
-pdu = "pdu_tank99"
-unit_id = 1
-
-[[control_loops]]
-name = "tank99_fluid"
-measurement = "tank99.fluid_temp"
-actuators = ["tank99.valve_cmd"]
-setpoint = 50.0
-kp = 6.0
-"""
+    extra = TANK99
     a, b = tmp_path / "a.toml", tmp_path / "b.toml"
     a.write_text(text, encoding="utf-8")
     b.write_text(text + extra, encoding="utf-8")

@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from served import served
-from test_run_unprogrammed import TANK99
+from sitefiles import TANK99, closed_port, write_run_config
 
 from thermogate.controller.probe import probe, render
 from thermogate.controller.runconfig import load_run_config
 from thermogate.plc.site import demo_site_text
 
 CLI = [sys.executable, "-m", "thermogate.controller.cli"]
-
-
-def _config(tmp: Path, site_text: str, port: int) -> Path:
-    (tmp / "site.toml").write_text(site_text, encoding="utf-8")
-    cfg = tmp / "controller.toml"
-    cfg.write_text(
-        '[controller]\nsite = "site.toml"\ndb = "site.db"\n\n'
-        f'[modbus]\nhost = "127.0.0.1"\nport = {port}\ntimeout_s = 1.0\n\n'
-        "[model]\nenabled = false\n",
-        encoding="utf-8",
-    )
-    return cfg
 
 
 def _probe_served(tmp: Path, site_text: str, watchdog_s: float | None = None):
@@ -43,7 +30,7 @@ def _probe_served(tmp: Path, site_text: str, watchdog_s: float | None = None):
                 t0 = sp.sim.t
                 while sp.sim.t < t0 + 2.0:  # served from the next image on
                     await asyncio.sleep(0.1)
-            cfg = load_run_config(str(_config(tmp, site_text, port)), None)
+            cfg = load_run_config(str(write_run_config(tmp, site_text, port, 1.0)), None)
             return await probe(cfg), port
 
     return asyncio.run(go())
@@ -86,10 +73,8 @@ def test_a_plc_watchdog_other_than_the_site_files_is_named(tmp_path):
 
 
 def test_offline_validates_without_asking_any_device_and_the_cli_exits_1_on_silence(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # released: nobody answers there
-    cfg = _config(tmp_path, demo_site_text(), port)
+    port = closed_port()
+    cfg = write_run_config(tmp_path, demo_site_text(), port, 1.0)
     off = subprocess.run(
         [*CLI, "probe", "--config", str(cfg), "--offline"], capture_output=True, text=True,
         timeout=120,

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from sitefiles import write_run_config
 
 from thermogate.controller.mapcheck import POINT_MAP_KEY, PointMapChanged
 from thermogate.controller.run import RealTimeController
@@ -25,12 +25,6 @@ from thermogate.controller.runconfig import load_run_config
 from thermogate.plc.site import demo_site_text
 
 CLI = [sys.executable, "-m", "thermogate.controller.cli"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _without(text: str, header: str, name: str) -> str:
@@ -45,18 +39,6 @@ def _demo_less_tank10() -> str:
     """The demo with tank10 (a mining tank the relay does not shed) removed:
     tank11 and tank12 take its place on the PLC."""
     return _without(_without(demo_site_text(), "tanks", "tank10"), "control_loops", "tank10_fluid")
-
-
-def _config(tmp: Path, site_text: str) -> Path:
-    (tmp / "site.toml").write_text(site_text, encoding="utf-8")
-    cfg = tmp / "controller.toml"
-    cfg.write_text(
-        '[controller]\nsite = "site.toml"\ndb = "site.db"\n\n'
-        f'[modbus]\nhost = "127.0.0.1"\nport = {_closed_port()}\ntimeout_s = 0.2\n\n'
-        "[model]\nenabled = false\n",
-        encoding="utf-8",
-    )
-    return cfg
 
 
 def _start_and_stop(cfg: Path, *, accept: bool = False) -> None:
@@ -92,7 +74,7 @@ def _counts(db: Path) -> tuple[int, int, int]:
 def test_a_tank_removed_from_the_middle_is_refused_naming_what_moved_and_nothing_is_written(
     tmp_path,
 ):
-    cfg = _config(tmp_path, demo_site_text())
+    cfg = write_run_config(tmp_path, demo_site_text())
     _start_and_stop(cfg)
     db = tmp_path / "site.db"
     before = _counts(db)
@@ -116,7 +98,7 @@ def test_a_tank_removed_from_the_middle_is_refused_naming_what_moved_and_nothing
 
 
 def test_a_tank_appended_at_the_end_moves_nothing_and_starts(tmp_path):
-    cfg = _config(tmp_path, _demo_less_tank10())
+    cfg = write_run_config(tmp_path, _demo_less_tank10())
     _start_and_stop(cfg)
     # tank10 back, at the end of the tanks: every other point keeps its address
     tanks10 = demo_site_text().split('[[tanks]]\nname = "tank10"', 1)[1].split("\n\n", 1)[0]
@@ -133,7 +115,7 @@ def test_a_tank_appended_at_the_end_moves_nothing_and_starts(tmp_path):
 
 
 def test_run_says_it_in_one_line_and_exits_2(tmp_path):
-    cfg = _config(tmp_path, demo_site_text())
+    cfg = write_run_config(tmp_path, demo_site_text())
     _start_and_stop(cfg)
     (tmp_path / "site.toml").write_text(_demo_less_tank10(), encoding="utf-8")
     proc = subprocess.run(

@@ -14,44 +14,12 @@ import sqlite3
 from pathlib import Path
 
 from served import served
+from sitefiles import TANK99, write_run_config
 
 from thermogate.controller.run import RealTimeController
 from thermogate.controller.runconfig import load_run_config
 from thermogate.controller.signals import BAD, FLAG_ZERO
 from thermogate.plc.site import demo_site_text
-
-#: a tank (with its PDU and feeder) the demo plant's PLC knows nothing of
-TANK99 = """
-[[feeders]]
-name = "feeder_m9"
-rating_a = 630.0
-unit_id = 17
-
-[[pdus]]
-name = "pdu_tank99"
-feeder = "feeder_m9"
-rating_a = 500.0
-unit_id = 99
-
-[[tanks]]
-name = "tank99"
-workload = "asic"
-units = 46
-volume_l = 2000.0
-hx_ua_kw_k = 30.0
-dielectric_flow_l_s = 15.0
-design_water_flow_m3h = 36.0
-loop = "loop1"
-pdu = "pdu_tank99"
-unit_id = 1
-
-[[control_loops]]
-name = "tank99_fluid"
-measurement = "tank99.fluid_temp"
-actuators = ["tank99.valve_cmd"]
-setpoint = 50.0
-kp = 6.0
-"""
 
 
 def _rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -65,18 +33,11 @@ def _rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
 def test_a_tank_the_plc_does_not_serve_is_bad_unbudgeted_and_its_refused_writes_said_once(
     tmp_path,
 ):
-    (tmp_path / "site.toml").write_text(demo_site_text() + TANK99, encoding="utf-8")
     scans = 12
 
     async def scenario() -> tuple[RealTimeController, list[str]]:
         async with served(speed=1.0) as (_sp, port):
-            cfg_file = tmp_path / "controller.toml"
-            cfg_file.write_text(
-                '[controller]\nsite = "site.toml"\ndb = "site.db"\n\n'
-                f'[modbus]\nhost = "127.0.0.1"\nport = {port}\ntimeout_s = 1.0\n\n'
-                "[model]\nenabled = false\n",
-                encoding="utf-8",
-            )
+            cfg_file = write_run_config(tmp_path, demo_site_text() + TANK99, port, 1.0)
             rt = RealTimeController(load_run_config(str(cfg_file), None))
             try:
                 for _ in range(scans):
