@@ -102,25 +102,6 @@ def all_zero(pmap: PointMap, values: np.ndarray, fresh: np.ndarray) -> list[str]
     ]
 
 
-def watchdog_problem(cfg: RunConfig, pmap: PointMap, values: np.ndarray) -> str | None:
-    """The PLC's heartbeat timeout against the site file's and the scan (None: agree)."""
-    plc_s = float(values[pmap.index.plc.heartbeat_timeout_s])
-    site_s = cfg.site.plc.heartbeat_timeout_s
-    if not np.isfinite(plc_s):
-        return None  # not read: the unit's error says why
-    if plc_s < 2.0 * cfg.scan_s:
-        return (
-            f"the PLC's watchdog times out after {plc_s:g} s, shorter than two {cfg.scan_s:g} s"
-            f" scans (the site file's [plc] heartbeat_timeout_s says {site_s:g} s)"
-        )
-    if abs(plc_s - site_s) >= 0.5:
-        return (
-            f"the PLC's watchdog times out after {plc_s:g} s, the site file's [plc]"
-            f" heartbeat_timeout_s says {site_s:g} s: correct one of them"
-        )
-    return None
-
-
 async def probe(cfg: RunConfig, *, offline: bool = False) -> ProbeReport:
     pmap = build_point_map(cfg.site)
     io = ModbusIO(pmap, cfg.endpoints, timeout_s=cfg.timeout_s, scan_budget_s=PROBE_BUDGET_S)
@@ -148,8 +129,9 @@ async def probe(cfg: RunConfig, *, offline: bool = False) -> ProbeReport:
             )
         report.all_zero = all_zero(pmap, rr.values, rr.fresh)
         plc_s = float(rr.values[pmap.index.plc.heartbeat_timeout_s])
-        report.watchdog_s = plc_s if np.isfinite(plc_s) else None
-        report.watchdog = watchdog_problem(cfg, pmap, rr.values)
+        report.watchdog_s = plc_s if np.isfinite(plc_s) else None  # not read: its unit says
+        problem = cfg.site.plc.watchdog_problem(plc_s, cfg.scan_s)
+        report.watchdog = None if problem is None else problem[0]
         return report
     finally:
         await io.close()

@@ -355,6 +355,29 @@ class PlcConfig:
             )
         return None
 
+    def watchdog_problem(self, plc_s: float, scan_s: float) -> tuple[str, bool] | None:
+        """What is wrong with the timeout the PLC itself reports (``plc_s``, read over
+        Modbus) against this file's and the scan, and whether it is too short to
+        survive (True: the PLC takes its safe state between two heartbeats); None:
+        it agrees. One rule for the run's alarm and ``thermogate probe``."""
+        if not math.isfinite(plc_s):
+            return None
+        site_s = self.heartbeat_timeout_s
+        if plc_s < 2.0 * scan_s:
+            return (
+                f"the PLC's watchdog times out after {plc_s:g} s, shorter than two"
+                f" {scan_s:g} s scans: it takes its safe state between heartbeats (the site"
+                f" file's [plc] heartbeat_timeout_s says {site_s:g} s)",
+                True,
+            )
+        if abs(plc_s - site_s) >= 0.5:  # a whole-second register
+            return (
+                f"the PLC's watchdog times out after {plc_s:g} s, the site file's [plc]"
+                f" heartbeat_timeout_s says {site_s:g} s: correct one of them",
+                False,
+            )
+        return None
+
 
 @dataclass(frozen=True)
 class GridConfig:

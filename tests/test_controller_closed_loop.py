@@ -366,7 +366,7 @@ def test_a_curtailment_after_the_run_ends_is_no_instruction_of_the_run(site):
 @pytest.mark.parametrize(
     ("plc_s", "severity", "words"),
     [
-        (8.0, 500, "times out after 8 s, the site file says 10 s"),
+        (8.0, 500, "after 8 s, the site file's [plc] heartbeat_timeout_s says 10 s"),
         (1.0, 800, "shorter than two 1 s scans"),
     ],
 )

@@ -288,23 +288,11 @@ class Controller:
         point = self.pmap.index.plc.heartbeat_timeout_s
         if not view.good(point):
             return
-        plc_s, site_s = float(view.val(point)), self.site.plc.heartbeat_timeout_s
-        wrong = abs(plc_s - site_s) >= 0.5  # a whole-second register
-        short = plc_s < 2.0 * self.scan_s
-
-        def why() -> str:  # formatted only when raised
-            if short:
-                return (
-                    f"the PLC's watchdog times out after {plc_s:g} s, shorter than two"
-                    f" {self.scan_s:g} s scans: it will take its safe state between heartbeats"
-                    f" (the site file says {site_s:g} s)"
-                )
-            return (
-                f"the PLC's watchdog times out after {plc_s:g} s, the site file says"
-                f" {site_s:g} s: correct one of them"
-            )
-
-        alarms.alarm(view.t, "plc.heartbeat_timeout", wrong or short, why, 800 if short else 500)
+        problem = self.site.plc.watchdog_problem(float(view.val(point)), self.scan_s)
+        why, short = problem if problem is not None else ("", False)
+        alarms.alarm(
+            view.t, "plc.heartbeat_timeout", problem is not None, why, 800 if short else 500
+        )
 
     # -- the scan ----------------------------------------------------------------
     def scan(self, obs: Observation) -> ScanResult:
