@@ -355,3 +355,14 @@ def test_cpu_only_jobs_are_skipped_with_one_warning(tmp_path: Path, caplog):
     assert [(j.submit_s, j.gpus) for j in jobs] == [(0.0, 1)]
     [said] = [r.getMessage() for r in caplog.records]
     assert said == f"{f}: 2 CPU-only job(s) (gpus 0) skipped (first at line 3)"
+
+
+def test_durations_in_milliseconds_are_said(tmp_path: Path, caplog):
+    """A trace in ms under 90 days passed as seconds: 200 jobs pending, none finished."""
+    f = tmp_path / "jobs.csv"
+    rows = "".join(f"{60 * k},{3_600_000 + 1000 * k},8,training\n" for k in range(10))
+    f.write_text("submit_time_s,duration_s,gpus,kind\n" + rows)
+    with caplog.at_level("WARNING"):
+        load_jobs_csv(f)
+    [said] = [r.getMessage() for r in caplog.records]
+    assert "the median job runs 41.7 days: durations in milliseconds?" in said

@@ -891,3 +891,17 @@ def test_a_measured_series_shorter_than_the_run_is_repeated_and_said(tmp_path, c
     assert msg.endswith(
         "covers 24 h from the run's start, the run lasts 30 h: it is repeated over the rest"
     )
+
+
+def test_a_weather_file_in_fahrenheit_that_passes_as_celsius_is_said(tmp_path, caplog):
+    """Spring in °F (39-57) reads as a plausible, if hot, °C: only the median says it."""
+    rows = "".join(f"{3600 * k},{39 + 18 * (k % 24) / 23:.1f}\n" for k in range(48))
+    with caplog.at_level("WARNING"):
+        load_weather_csv(write(tmp_path, "time,ambient_c\n" + rows))
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert "median of 48.0 °C" in msg and "Fahrenheit?" in msg
+    caplog.clear()
+    hot = "".join(f"{3600 * k},{30 + 15 * (k % 24) / 23:.1f}\n" for k in range(48))
+    with caplog.at_level("WARNING"):  # a desert summer day (30-45 °C): nothing said
+        load_weather_csv(write(tmp_path, "time,ambient_c\n" + hot))
+    assert not caplog.records

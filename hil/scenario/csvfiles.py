@@ -93,6 +93,9 @@ _MIN_SPACING_S = 1.0
 _UNIX_FROM_S = 1e9
 #: integer times up to this, one apart, are hour numbers, not seconds
 _HOURS_OF_A_YEAR = 8784
+#: the hottest stations' summer days (Death Valley, Kuwait) have medians near 40 °C:
+#: a file whose median is above this is most likely in °F (39-57 °F reads as °C)
+_HOT_MEDIAN_C = 42.0
 #: a day of market prices never all stays under 1 per MWh in size: that many such
 #: rows are prices per kWh
 _PER_KWH_ROWS = 24
@@ -328,6 +331,17 @@ def load_weather_csv(
             f"every one of {len(rh)} readings is at most 1 %: a fraction (0.5 for 50 %)? "
             "rh_pct is in percent",
         )
+
+    amb = cols["ambient_c"]
+    if amb is not None and len(amb) >= _RH_FRACTION_ROWS:
+        median = float(np.median(amb))
+        if median > _HOT_MEDIAN_C:  # said, not refused: a desert summer comes close
+            log.warning(
+                "%s: ambient_c has a median of %.1f °C, hotter than any station's typical"
+                " day: degrees Fahrenheit? ambient_c is in °C ((°F - 32) / 1.8)",
+                path,
+                median,
+            )
 
     def series(name: str) -> TimeSeries | None:
         v = cols[name]

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import Literal
 
+import numpy as np
+
 from thermogate.plc.csvtable import read_table
 from thermogate.plc.errors import DataFileError
 
@@ -42,6 +44,9 @@ KINDS: tuple[JobKind, ...] = ("training", "inference")
 DEFAULT_CHECKPOINT_S = 1800.0
 #: A job longer than this is a unit mistake (ms for s), not a real job.
 MAX_DURATION_S = 90 * 86400.0
+#: public traces' median job runs minutes to hours (Philly ~1 h, Helios less); a
+#: median above this is most likely milliseconds written as seconds
+_LONG_MEDIAN_S = 2 * 86400.0
 #: Larger than any single cluster a hall would serve: a typo, not a job.
 MAX_GPUS = 100_000
 
@@ -121,6 +126,15 @@ def load_jobs_csv(path: str | PathLike[str]) -> tuple[Job, ...]:
             len(cpu),
             cpu[0],
         )
+    if jobs:
+        median = float(np.median([j.duration_s for j in jobs]))
+        if median > _LONG_MEDIAN_S:  # said, not refused: a trace of long trainings exists
+            log.warning(
+                "%s: the median job runs %.1f days: durations in milliseconds?"
+                " duration_s is in seconds",
+                table.label,
+                median / 86400.0,
+            )
     if not jobs:
         why = "every job asks no GPU time" if zero or cpu else "no jobs after the header"
         raise DataFileError(table.label, table.header_line, None, why)
