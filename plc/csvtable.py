@@ -163,7 +163,9 @@ def read_table(
 
     head = kept[0]
     # Spreadsheets in comma-decimal locales export ';' separated with '12,5'.
-    delim = "," if "," in head else ";" if ";" in head else "\t" if "\t" in head else ","
+    # The header's most frequent separator: a ';' file may name a column
+    # "Bemerkung (EUR/MWh, DE-LU)"; a tie goes to the comma.
+    delim = max((",", ";", "\t"), key=lambda d: (head.count(d), d == ","))
     reader = csv.reader(kept, delimiter=delim, skipinitialspace=True)
     header_raw = _next_record(reader, label, numbers)
     assert header_raw is not None  # ``kept`` is not empty

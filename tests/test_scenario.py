@@ -905,3 +905,9 @@ def test_a_weather_file_in_fahrenheit_that_passes_as_celsius_is_said(tmp_path, c
     with caplog.at_level("WARNING"):  # a desert summer day (30-45 °C): nothing said
         load_weather_csv(write(tmp_path, "time,ambient_c\n" + hot))
     assert not caplog.records
+
+
+def test_a_semicolon_file_whose_header_names_a_column_with_a_comma_is_read(tmp_path):
+    text = "time;price_per_mwh;Bemerkung (EUR/MWh, DE-LU)\n0;40,5;a\n3600;-12,25;b\n"
+    p = load_prices_csv(write(tmp_path, text))
+    assert p.values.tolist() == [40.5, -12.25]
