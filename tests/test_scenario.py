@@ -793,7 +793,9 @@ def test_a_strict_study_starts_at_the_first_price_and_needs_weather_for_all_of_i
         load_for_run("normal-day", weather, prices, hours=39.0, strict=True)
     # weather that begins after the prices do
     late = _hourly(tmp_path / "late.csv", "time,ambient_c", t0 + timedelta(hours=5), 60, 30.0)
-    with pytest.raises(DataFileError, match=r"late\.csv.*starts 10800 s after"):
+    with pytest.raises(
+        DataFileError, match=r"late\.csv.*starts 3.0 h after the scenario start \(20"
+    ):
         load_for_run("normal-day", late, prices, hours=12.0, strict=True)
     # the same files repeat in an open-ended simulation
     assert load_for_run("normal-day", weather, prices).weather.ambient_c.wrap

@@ -534,7 +534,11 @@ def _coverage_problem(
         return None
     cover = series.covers_s
     if offset < -1e-6:
-        return f"starts {-offset:g} s after the scenario start"
+        first = f" ({series.start.isoformat()})" if series.start is not None else ""
+        return (
+            f"starts {-offset / 3600:,.1f} h after the scenario start{first}: its times lie"
+            f" after the run's; {remedy}"
+        )
     if offset >= cover:  # said as a negative coverage once (-8736 h)
         return (
             f"ends {(offset - cover) / 3600:,.1f} h before the scenario starts (its times "
