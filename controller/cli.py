@@ -89,8 +89,7 @@ def cmd_site(args: argparse.Namespace) -> int:
         info = site.summary()
         info["points"] = len(build_point_map(site))
         print(json.dumps(info, indent=1))
-        plcs = {t.unit_id for t in site.tanks} | {r.unit_id for r in site.rack_rows}
-        further = sorted(plcs - {site.plc.unit_id})
+        further = sorted(site.plc_units - {site.plc.unit_id})
         if further:  # said, not refused: a site's PLC program may watch the main heartbeat
             print(
                 f"note: PLC unit(s) {', '.join(map(str, further))} carry tanks or rows but no"

@@ -6,7 +6,7 @@ operator's command and an OPC UA client's EURange can never disagree:
 - **What a PID drives**: the regulating actuators -- tank and CDU valves, dry
   cooler fans, pump speeds. The power budgets and GPU caps are the planner's,
   the heartbeat is the watchdog's: a PID on one would fight them.
-- **What setpoint it may hold** (``setpoint_range``): below the alarm of the
+- **What setpoint it may hold** (``held_quantities``): below the alarm of the
   zone it holds, by the margin protection needs to act before the alarm.
 - **That nothing is left unregulated**: every regulating actuator is driven by
   a loop, or listed in ``[site] regulated_elsewhere`` because another
@@ -16,8 +16,8 @@ operator's command and an OPC UA client's EURange can never disagree:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from .config import Section
 from .equipment import ControlLoop, Site
@@ -40,77 +40,78 @@ _KINDS = (
 )
 
 
-def regulating_actuators(site: Site) -> Iterator[str]:
-    """Every actuator a control loop is there to drive, in site order: each
-    tank's and CDU's valve, each dry cooler's fans, each pump's speed."""
-    for t in site.tanks:
-        yield TankPoints.point_name(t.name, "valve_cmd")
-    for c in site.cdus:
-        yield CduPoints.point_name(c.name, "valve_cmd")
-    for d in site.dry_coolers:
-        yield DryCoolerPoints.point_name(d.name, "fan_cmd")
-    for p in site.pumps:
-        yield PumpPoints.point_name(p.name, "speed_cmd")
+@dataclass(frozen=True)
+class Held:
+    """A quantity a control loop may hold: what it is, the actuators that move it
+    and the setpoints it accepts (``lo``..``hi``, and why)."""
+
+    what: str
+    actuators: tuple[str, ...]
+    lo: float
+    hi: float
+    why: str
 
 
-def held_by(site: Site, measurement: str) -> tuple[str, tuple[str, ...]] | None:
-    """What a control loop on ``measurement`` holds, and the actuators that move
-    it: a tank's fluid (its valve), a cooling loop's supply (its dry coolers'
-    fans) or differential pressure (its pumps), a CDU's coolant supply (its
-    valve). None: not a quantity a control loop holds."""
+def held_quantities(site: Site) -> dict[str, Held]:
+    """Every quantity a control loop may hold, by its measurement point: a tank's
+    fluid (its valve), a cooling loop's supply (its dry coolers' fans) or
+    differential pressure (its pumps), a CDU's coolant supply (its valve). Built
+    once per site: the site file, the command path and OPC UA look it up."""
+    out: dict[str, Held] = {}
     for t in site.tanks:
-        if measurement == TankPoints.point_name(t.name, "fluid_temp"):
-            return f"tank {t.name}'s fluid", (TankPoints.point_name(t.name, "valve_cmd"),)
+        alarm = t.limits.fluid_alarm_c
+        out[TankPoints.point_name(t.name, "fluid_temp")] = Held(
+            f"tank {t.name}'s fluid",
+            (TankPoints.point_name(t.name, "valve_cmd"),),
+            20.0,
+            alarm - THERMAL_SOFT_MARGIN_K,
+            f"{THERMAL_SOFT_MARGIN_K:g} K below the tank's fluid_alarm_c {alarm:g}",
+        )
     for lp in site.loops:
-        if measurement == LoopPoints.point_name(lp.name, "supply_temp"):
-            fans = tuple(DryCoolerPoints.point_name(d.name, "fan_cmd") for d in lp.dry_coolers)
-            return f"loop {lp.name}'s supply", fans
-        if measurement == LoopPoints.point_name(lp.name, "dp"):
-            pumps = tuple(PumpPoints.point_name(p.name, "speed_cmd") for p in lp.pumps)
-            return f"loop {lp.name}'s differential pressure", pumps
+        out[LoopPoints.point_name(lp.name, "supply_temp")] = Held(
+            f"loop {lp.name}'s supply",
+            tuple(DryCoolerPoints.point_name(d.name, "fan_cmd") for d in lp.dry_coolers),
+            10.0,
+            lp.supply_alarm_c - SUPPLY_RESET_MAX_K,
+            f"the loop's supply_alarm_c {lp.supply_alarm_c:g} less the"
+            f" {SUPPLY_RESET_MAX_K:g} K trim & respond may add",
+        )
+        out[LoopPoints.point_name(lp.name, "dp")] = Held(
+            f"loop {lp.name}'s differential pressure",
+            tuple(PumpPoints.point_name(p.name, "speed_cmd") for p in lp.pumps),
+            DP_TRIM_MIN_KPA,
+            max(p.rated_head_kpa for p in lp.pumps),
+            "the pumps' rated head",
+        )
     for c in site.cdus:
-        if measurement == CduPoints.point_name(c.name, "supply_temp"):
-            return f"CDU {c.name}'s supply", (CduPoints.point_name(c.name, "valve_cmd"),)
-    return None
+        alarm = c.supply_alarm_c
+        out[CduPoints.point_name(c.name, "supply_temp")] = Held(
+            f"CDU {c.name}'s supply",
+            (CduPoints.point_name(c.name, "valve_cmd"),),
+            15.0,
+            alarm - THERMAL_SOFT_MARGIN_K,
+            f"{THERMAL_SOFT_MARGIN_K:g} K below the CDU's supply_alarm_c {alarm:g}",
+        )
+    return out
 
 
-def setpoint_range(site: Site, pmap: PointMap, measurement: str) -> tuple[float, float, str]:
-    """The setpoints a loop on ``measurement`` accepts, and why: below the alarm
-    of what it holds (a tank's fluid, a loop's supply, a CDU's coolant), within
-    the pumps' head for a differential pressure, else the point's own range."""
-    for t in site.tanks:
-        if measurement == TankPoints.point_name(t.name, "fluid_temp"):
-            alarm = t.limits.fluid_alarm_c
-            why = f"{THERMAL_SOFT_MARGIN_K:g} K below the tank's fluid_alarm_c {alarm:g}"
-            return 20.0, alarm - THERMAL_SOFT_MARGIN_K, why
-    for lp in site.loops:
-        if measurement == LoopPoints.point_name(lp.name, "supply_temp"):
-            hi = lp.supply_alarm_c - SUPPLY_RESET_MAX_K
-            why = (
-                f"the loop's supply_alarm_c {lp.supply_alarm_c:g} less the"
-                f" {SUPPLY_RESET_MAX_K:g} K trim & respond may add"
-            )
-            return 10.0, hi, why
-        if measurement == LoopPoints.point_name(lp.name, "dp"):
-            head = max(p.rated_head_kpa for p in lp.pumps)
-            return DP_TRIM_MIN_KPA, head, "the pumps' rated head"
-    for cdu in site.cdus:
-        if measurement == CduPoints.point_name(cdu.name, "supply_temp"):
-            alarm = cdu.supply_alarm_c
-            why = f"{THERMAL_SOFT_MARGIN_K:g} K below the CDU's supply_alarm_c {alarm:g}"
-            return 15.0, alarm - THERMAL_SOFT_MARGIN_K, why
-    p = pmap[measurement]
-    lo = -math.inf if p.min is None else p.min
-    hi = math.inf if p.max is None else p.max
-    return lo, hi, "the measured point's range"
+def regulating_actuators(held: Mapping[str, Held]) -> list[str]:
+    """Every actuator a control loop is there to drive: each tank's and CDU's
+    valve, each dry cooler's fans, each pump's speed."""
+    return [a for h in held.values() for a in h.actuators]
 
 
 def parse_control_loop(
-    sec: Section, name: str, site: Site, pmap: PointMap, driven: dict[str, str]
+    sec: Section,
+    name: str,
+    pmap: PointMap,
+    held: Mapping[str, Held],
+    regulating: frozenset[str],
+    driven: dict[str, str],
 ) -> ControlLoop:
     """One ``[[control_loops]]`` entry named ``name``, checked against the point
-    map, the rules above and the loops before it (``driven``: actuator -> the
-    loop driving it, filled here)."""
+    map, the site's ``held_quantities`` and ``regulating_actuators``, and the
+    loops before it (``driven``: actuator -> the loop driving it, filled here)."""
     by_name = pmap.by_name
     meas = sec.get_str("measurement")
     if meas not in by_name:
@@ -119,15 +120,13 @@ def parse_control_loop(
     if mp.is_bit or mp.writable:
         what = "a status bit" if mp.is_bit else "a command the controller writes"
         raise sec.error("measurement", f"'{meas}' is {what}, not a measurement")
-    held = held_by(site, meas)
-    if held is None:  # another sensor of a zone, a return, a chip: no limit is defined for it
+    h = held.get(meas)
+    if h is None:  # another sensor of a zone, a return, a chip: no limit is defined for it
         raise sec.error(
             "measurement",
             f"'{meas}' is not what a control loop holds: a tank's fluid_temp, a cooling"
             " loop's supply_temp or dp, or a CDU's supply_temp",
         )
-    what, moves = held
-    regulating = set(regulating_actuators(site))
     acts = sec.get_str_list("actuators")
     for act in acts:
         if act not in by_name:
@@ -141,21 +140,20 @@ def parse_control_loop(
                 f"'{act}' ({p.description}) is not a regulating actuator: the planner or the"
                 " watchdog writes it; control loops drive valves, fans and pump speeds",
             )
-        if act not in moves:  # another tank's valve: this loop would hold nothing
+        if act not in h.actuators:  # another tank's valve: this loop would hold nothing
             raise sec.error(
                 "actuators",
-                f"'{act}' does not move {what} ('{meas}'); what does: {', '.join(moves)}",
+                f"'{act}' does not move {h.what} ('{meas}'); what does: {', '.join(h.actuators)}",
             )
         if act in driven:  # two PIDs fighting over one valve, or one listed twice
             other = "this loop" if driven[act] == name else f"loop '{driven[act]}'"
             raise sec.error("actuators", f"'{act}' is already driven by {other}")
         driven[act] = name
     setpoint = sec.get_float("setpoint")
-    lo, hi, why = setpoint_range(site, pmap, meas)
-    if not lo <= setpoint <= hi:
-        span = f"{lo:g}..{hi:g} {mp.unit}".rstrip()
+    if not h.lo <= setpoint <= h.hi:
+        span = f"{h.lo:g}..{h.hi:g} {mp.unit}".rstrip()
         raise sec.error(
-            "setpoint", f"{setpoint:g} is outside what '{meas}' may hold ({span}: {why})"
+            "setpoint", f"{setpoint:g} is outside what '{meas}' may hold ({span}: {h.why})"
         )
     actp = by_name[acts[0]]
     out_min = sec.get_float("out_min", actp.min if actp.min is not None else 0.0)
@@ -187,13 +185,12 @@ def parse_control_loop(
 
 
 def check_coverage(
-    root: Section, site: Site, driven: dict[str, str], elsewhere: list[str]
+    root: Section, regulating: list[str], driven: dict[str, str], elsewhere: list[str]
 ) -> tuple[str, ...]:
     """Every regulating actuator is driven by a loop or listed as regulated
     elsewhere; ``elsewhere`` (from ``[site] regulated_elsewhere``) names only
     regulating actuators no loop drives. Returns it as a tuple."""
     s = root.get_section("site")
-    regulating = list(regulating_actuators(site))
     for k, act in enumerate(elsewhere):
         if act in elsewhere[:k]:
             raise s.error("regulated_elsewhere", f"'{act}' is listed twice")

@@ -444,6 +444,16 @@ class Site:
     regulated_elsewhere: tuple[str, ...] = ()
 
     @property
+    def plc_units(self) -> set[int]:
+        """The unit ids PLCs answer on: ``[plc] unit_id`` and every unit carrying
+        tanks or rack rows (a further PLC); only these serve several devices."""
+        return (
+            {self.plc.unit_id}
+            | {t.unit_id for t in self.tanks}
+            | {r.unit_id for r in self.rack_rows}
+        )
+
+    @property
     def pumps(self) -> tuple[Pump, ...]:
         return tuple(p for lp in self.loops for p in lp.pumps)
 

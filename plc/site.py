@@ -17,6 +17,7 @@ breaker's rating.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -26,8 +27,11 @@ from .config import _MISSING, Section, load_toml, loads_toml
 from .controlloops import (
     SUPPLY_RESET_MAX_K,
     THERMAL_SOFT_MARGIN_K,
+    Held,
     check_coverage,
+    held_quantities,
     parse_control_loop,
+    regulating_actuators,
 )
 from .equipment import (
     DEFAULT_CONTINUOUS_PCT,
@@ -185,23 +189,31 @@ def parse_site(root: Section) -> Site:
     except ValueError as exc:  # an address region of a shared unit is full
         raise ConfigError(root.file, "tanks", str(exc)) from None
     driven: dict[str, str] = {}  # actuator -> the loop that drives it
+    held = held_quantities(site)  # once: a loop looks its measurement up in it
+    regulating = regulating_actuators(held)
+    drivable = frozenset(regulating)
     loops_ctl = tuple(
-        _named_loop(sec, names.claim(sec), site, pmap, driven)
+        _named_loop(sec, names.claim(sec), pmap, held, drivable, driven)
         for sec in root.get_sections("control_loops", [])
     )
     root.check_unused()
     _check_electrical(root, site)
-    regulated_elsewhere = check_coverage(root, site, driven, elsewhere)
+    regulated_elsewhere = check_coverage(root, regulating, driven, elsewhere)
     return replace(site, control_loops=loops_ctl, regulated_elsewhere=regulated_elsewhere)
 
 
 def _named_loop(
-    sec: Section, name: str, site: Site, pmap: PointMap, driven: dict[str, str]
+    sec: Section,
+    name: str,
+    pmap: PointMap,
+    held: Mapping[str, Held],
+    regulating: frozenset[str],
+    driven: dict[str, str],
 ) -> ControlLoop:
     """``parse_control_loop``, its errors naming the loop: ``control_loops[5]`` alone
     sends a person counting entries in the file."""
     try:
-        return parse_control_loop(sec, name, site, pmap, driven)
+        return parse_control_loop(sec, name, pmap, held, regulating, driven)
     except ConfigError as exc:
         raise ConfigError(exc.file, exc.key, f"loop '{name}': {exc.reason}") from None
 
@@ -604,8 +616,7 @@ def _check_units(root: Section, site: Site) -> None:
     own. Two of them on one id is a typo that would move the first one's registers
     (a shared unit is laid out in slots): only a PLC's unit serves several pieces
     of equipment -- ``[plc] unit_id``, or a further PLC carrying tanks or rows."""
-    plcs = {site.plc.unit_id} | {t.unit_id for t in site.tanks}
-    plcs |= {r.unit_id for r in site.rack_rows}
+    plcs = site.plc_units
     devices: list[tuple[int, str, str]] = [
         (site.meter_unit_id, "the site meter", "site.meter_unit_id")
     ]

@@ -33,7 +33,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from thermogate.plc.controlloops import setpoint_range
+from thermogate.plc.controlloops import held_quantities
 from thermogate.plc.equipment import ControlLoop
 
 from ..signals import Audit, Event
@@ -231,6 +231,8 @@ class CommandPath:
         self.regulation = regulation
         self.underfreq = underfreq
         self._loops = {c.name: c for c in topo.site.control_loops}
+        #: what each loop may hold, its setpoint range among it (the site file's rule)
+        self._held = held_quantities(topo.site)
         self._loop_of_point = {c.measurement: c for c in topo.site.control_loops}
 
     def give(self, cmd: Command, by: Principal, t: float) -> CommandResult:
@@ -492,7 +494,8 @@ class CommandPath:
     def setpoint_limits(self, c: ControlLoop) -> tuple[float, float, str]:
         """The setpoints a loop accepts, and why: the site's one rule (also what a
         site file's setpoint is checked against at load)."""
-        return setpoint_range(self.topo.site, self.topo.pmap, c.measurement)
+        h = self._held[c.measurement]
+        return h.lo, h.hi, h.why
 
 
 def _target(cmd: Command) -> str:

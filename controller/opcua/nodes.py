@@ -17,7 +17,7 @@ from typing import Any, cast
 from asyncua import Server, ua
 from asyncua.server.address_space import AttributeValue, NodeData
 
-from thermogate.plc.controlloops import setpoint_range
+from thermogate.plc.controlloops import held_quantities
 from thermogate.plc.equipment import ControlLoop, Site
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.points import Point
@@ -431,10 +431,12 @@ def setpoint_vars(
     setpoint, on the device whose point it holds; its EURange is what the command
     path accepts, so a client can see the limits before it writes."""
     out = {}
+    held = held_quantities(site)
     for c in site.control_loops:
         meas = pmap[c.measurement]
         parent = owner[pmap.position(c.measurement)].node
-        lo, hi, why = setpoint_range(site, pmap, c.measurement)
+        h = held[c.measurement]
+        lo, hi, why = h.lo, h.hi, h.why
         desc = (
             f"setpoint of control loop {c.name} ({c.measurement}); operators may write it "
             f"within {lo:g}..{hi:g} {meas.unit} ({why}): a write is a SetSetpoint command"
