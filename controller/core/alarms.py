@@ -23,7 +23,8 @@ otherwise it is cleared then, with its clear event.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from ..signals import Event
 
@@ -74,33 +75,14 @@ class Alarms:
                     self._clear(t, key)
                 self._carried.clear()
 
-    def to_json(self) -> list[dict[str, object]]:
+    def to_json(self) -> list[dict[str, Any]]:
         """The alarm list (active, and cleared but unacknowledged) for a restart."""
-        return [
-            {
-                "key": r.key,
-                "message": r.message,
-                "severity": r.severity,
-                "since": r.since,
-                "active": r.active,
-                "acked": r.acked,
-                "acked_by": r.acked_by,
-            }
-            for r in self._records.values()
-        ]
+        return [asdict(r) for r in self._records.values()]
 
-    def restore(self, saved: list[dict[str, object]]) -> int:
+    def restore(self, saved: list[dict[str, Any]]) -> int:
         """Take back a ``to_json`` list; returns how many alarms it held."""
         for d in saved:
-            rec = AlarmRecord(
-                str(d["key"]),
-                str(d["message"]),
-                int(d["severity"]),  # type: ignore[call-overload]
-                float(d["since"]),  # type: ignore[arg-type]
-                bool(d["active"]),
-                bool(d["acked"]),
-                str(d.get("acked_by", "")),
-            )
+            rec = AlarmRecord(**d)
             self._records[rec.key] = rec
             if rec.active:
                 self._carried.add(rec.key)
