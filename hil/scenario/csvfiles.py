@@ -96,12 +96,11 @@ _HOURS_OF_A_YEAR = 8784
 #: the hottest stations' summer days (Death Valley, Kuwait) have medians near 40 °C:
 #: a file whose median is above this is most likely in °F (39-57 °F reads as °C)
 _HOT_MEDIAN_C = 42.0
-#: a day of market prices never all stays under 1 per MWh in size: that many such
-#: rows are prices per kWh
-_PER_KWH_ROWS = 24
-#: a day of hourly humidity never stays at or below 1 %: at least this many such
-#: readings are a fraction written where percent is asked
-_RH_FRACTION_ROWS = 24
+#: A day of hourly readings: judged on at least this many, a unit slip shows
+#: (humidity never all at or below 1 % -- a fraction written for percent;
+#: market prices never all under 1 per MWh in size -- prices per kWh; a
+#: median ambient above _HOT_MEDIAN_C -- degrees Fahrenheit)
+_A_DAY_OF_ROWS = 24
 # Hourly exports often write the end of the day as 24:00 (hour-ending convention).
 _HOUR_24 = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ]24:00(?::00(?:\.0+)?)?(.*)$")
 
@@ -273,7 +272,7 @@ def _read_csv(
                 raise DataFileError(label, None, c.name, f"no {c.name} reading in the file")
             continue  # a column of empty cells is as good as no column
         if c.required:
-            _warn_gap(label, c.name, ta, ok, lines, t_cells)
+            _warn_gap(label, c, ta, ok, lines, t_cells)
         if not ok.all():
             v = _filled(t_rel, v, ok, c.fill)
         out[c.name] = v
@@ -291,7 +290,7 @@ def _filled(t: np.ndarray, v: np.ndarray, ok: np.ndarray, fill: str) -> np.ndarr
 
 
 def _warn_gap(
-    label: str, column: str, t: np.ndarray, ok: np.ndarray, lines: list[int], cells: list[str]
+    label: str, c: _Column, t: np.ndarray, ok: np.ndarray, lines: list[int], cells: list[str]
 ) -> None:
     """One warning for the longest stretch of ``column`` without a reading, if long."""
     step = float(np.median(np.diff(t)))
@@ -309,8 +308,8 @@ def _warn_gap(
     log.warning(
         "%s: %s has no reading for %.1f h, from %s (line %d) to %s (line %d)%s: filled %s;"
         " check the file if that is not what happened",
-        label, column, spans[k] / 3600.0, cells[a], lines[a], cells[b], lines[b], cells_said,
-        "between them" if column != "price_per_mwh" else "with the price before",
+        label, c.name, spans[k] / 3600.0, cells[a], lines[a], cells[b], lines[b], cells_said,
+        "between them" if c.fill == "linear" else "with the reading before",
     )  # fmt: skip
 
 
@@ -323,7 +322,7 @@ def load_weather_csv(
     """
     t, start, cols = _read_csv(path, _WEATHER_COLUMNS)
     rh = cols["rh_pct"]
-    if rh is not None and len(rh) >= _RH_FRACTION_ROWS and float(np.nanmax(rh)) <= 1.0:
+    if rh is not None and len(rh) >= _A_DAY_OF_ROWS and float(np.nanmax(rh)) <= 1.0:
         raise DataFileError(
             str(path),
             None,
@@ -333,7 +332,7 @@ def load_weather_csv(
         )
 
     amb = cols["ambient_c"]
-    if amb is not None and len(amb) >= _RH_FRACTION_ROWS:
+    if amb is not None and len(amb) >= _A_DAY_OF_ROWS:
         median = float(np.median(amb))
         if median > _HOT_MEDIAN_C:  # said, not refused: a desert summer comes close
             log.warning(
@@ -370,7 +369,7 @@ def load_prices_csv(
     t, start, cols = _read_csv(path, _PRICE_COLUMNS)
     v = cols["price_per_mwh"]
     assert v is not None  # required column
-    if len(v) >= _PER_KWH_ROWS and float(np.max(np.abs(v))) < 1.0:
+    if len(v) >= _A_DAY_OF_ROWS and float(np.max(np.abs(v))) < 1.0:
         raise DataFileError(
             str(path),
             None,
