@@ -17,7 +17,6 @@ breaker's rating.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -27,7 +26,6 @@ from .config import _MISSING, Section, load_toml, loads_toml
 from .controlloops import (
     SUPPLY_RESET_MAX_K,
     THERMAL_SOFT_MARGIN_K,
-    Held,
     check_coverage,
     held_quantities,
     parse_control_loop,
@@ -53,7 +51,7 @@ from .equipment import (
     TankLimits,
 )
 from .errors import ConfigError
-from .pointmap import PointMap, build_point_map
+from .pointmap import build_point_map
 from .ufls import RelayConfig, RelaySettingError
 
 __all__ = [
@@ -192,30 +190,17 @@ def parse_site(root: Section) -> Site:
     held = held_quantities(site)  # once: a loop looks its measurement up in it
     regulating = regulating_actuators(held)
     drivable = frozenset(regulating)
-    loops_ctl = tuple(
-        _named_loop(sec, names.claim(sec), pmap, held, drivable, driven)
-        for sec in root.get_sections("control_loops", [])
-    )
+    loops_ctl: list[ControlLoop] = []
+    for sec in root.get_sections("control_loops", []):
+        name = names.claim(sec)
+        try:
+            loops_ctl.append(parse_control_loop(sec, name, pmap, held, drivable, driven))
+        except ConfigError as exc:  # "control_loops[5]" alone sends a person counting
+            raise ConfigError(exc.file, exc.key, f"loop '{name}': {exc.reason}") from None
     root.check_unused()
     _check_electrical(root, site)
     regulated_elsewhere = check_coverage(root, regulating, driven, elsewhere)
-    return replace(site, control_loops=loops_ctl, regulated_elsewhere=regulated_elsewhere)
-
-
-def _named_loop(
-    sec: Section,
-    name: str,
-    pmap: PointMap,
-    held: Mapping[str, Held],
-    regulating: frozenset[str],
-    driven: dict[str, str],
-) -> ControlLoop:
-    """``parse_control_loop``, its errors naming the loop: ``control_loops[5]`` alone
-    sends a person counting entries in the file."""
-    try:
-        return parse_control_loop(sec, name, pmap, held, regulating, driven)
-    except ConfigError as exc:
-        raise ConfigError(exc.file, exc.key, f"loop '{name}': {exc.reason}") from None
+    return replace(site, control_loops=tuple(loops_ctl), regulated_elsewhere=regulated_elsewhere)
 
 
 class _Names:
