@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+import time
 from datetime import UTC, datetime
 
 import numpy as np
@@ -351,6 +352,19 @@ def test_a_command_not_taken_in_time_is_withdrawn_and_never_applied():
     assert not res.accepted and "did not take the command" in res.message
     assert res.audit.who == "olive" and res.audit.where == "opcua"
     assert bridge.serve(lambda cmd, by: pytest.fail("a withdrawn command was given")) == 0
+    # nobody gave it, so the bridge holds its refusal for the run loop to audit
+    assert [(a.who, a.ok) for a in bridge.take_refused()] == [("olive", False)]
+
+
+def test_a_command_found_past_its_deadline_is_answered_withdrawn_and_its_refusal_audited():
+    bridge = CommandBridge()
+    fut = bridge.submit(SetMode("manual"), OLIVE, deadline=time.monotonic() - 1.0)
+    assert bridge.serve(lambda cmd, by: pytest.fail("a command past its deadline was given")) == 0
+    res = fut.result(0)
+    assert not res.accepted and "before its deadline" in res.message
+    refused = bridge.take_refused()
+    assert [(a.who, a.where, a.why) for a in refused] == [("olive", "opcua", res.message)]
+    assert bridge.take_refused() == []  # audited once
 
 
 def test_a_command_is_answered_once_the_run_loop_serves_it():

@@ -91,7 +91,9 @@ class CommandBridge:
 
     def serve(self, give: Callable[[Command, Principal], CommandResult]) -> int:
         """Run-loop side, after each scan: give every queued command, resolve its future
-        (an exception in give resolves it with set_exception; never raises).
+        (an exception in give resolves it with set_exception; never raises). One
+        found past its deadline is answered withdrawn, and its refusal joins
+        :meth:`take_refused` for the run loop to audit.
 
         Returns how many commands were given (withdrawn ones are not counted)."""
         n = 0
@@ -100,7 +102,9 @@ class CommandBridge:
             if not fut.set_running_or_notify_cancel():
                 continue  # withdrawn by its caller's timeout: never applied late
             if time.monotonic() > deadline:  # its caller is about to give up on it
-                fut.set_result(not_taken(cmd, by, None))
+                res = not_taken(cmd, by, None)
+                self._refused.append(res.audit)  # audited like any refusal, never silent
+                fut.set_result(res)
                 continue
             try:
                 res = give(cmd, by)
@@ -157,7 +161,9 @@ async def give(
     done, _ = await asyncio.wait({af}, timeout=timeout_s)
     if not done and cf.cancel():
         af.cancel()
-        return not_taken(cmd, by, timeout_s)
+        res = not_taken(cmd, by, timeout_s)
+        bridge.refuse(res.audit)  # nobody gave it, so nobody else audits its refusal
+        return res
     if not done:
         done, _ = await asyncio.wait({af}, timeout=ANSWER_GRACE_S)
         if not done:
