@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import thermogate.hil.scenario.series as series_module
 from thermogate.hil.scenario import (
     FAULT_KINDS,
     FaultSpec,
@@ -145,6 +148,32 @@ def test_wrap_with_explicit_period_for_files_that_close_the_cycle():
     )
     assert s.at(86400.0 + 21600.0) == pytest.approx(15.0)
     assert s.with_wrap(False).at(2e5) == 10.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.floats(0.5, 5000.0), min_size=1, max_size=40),
+    values=st.lists(st.floats(-50.0, 50.0), min_size=41, max_size=41),
+    wrap=st.booleans(),
+    step=st.booleans(),
+    xs=st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20),
+)
+def test_a_long_series_looked_up_in_its_arrays_gives_the_lists_values_to_the_bit(
+    steps, values, wrap, step, xs
+):
+    """A year of minutes is looked up in its arrays (a list costs 40 bytes a sample):
+    the same value as the list lookup of a short series, bit for bit."""
+    t = np.concatenate([[0.0], np.cumsum(steps)])
+    v = np.array(values[: t.size])
+    kind = "step" if step else "linear"
+    short = TimeSeries(t, v, wrap=wrap, interpolation=kind)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(series_module, "LIST_MAX_SAMPLES", 1)
+        long = TimeSeries(t, v, wrap=wrap, interpolation=kind)
+    assert isinstance(short._xl, list) and not isinstance(long._xl, list)
+    for x in [*xs, *t.tolist()]:
+        assert long.at(x) == short.at(x)
+        assert type(long.at(x)) is float
 
 
 def test_time_series_rejects_bad_construction():

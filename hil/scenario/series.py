@@ -38,6 +38,9 @@ __all__ = [
 Interpolation = Literal["linear", "step"]
 
 DAY_S = 86400.0
+#: a series up to this long keeps its samples as lists too, for the plant's
+#: per-tick lookups (a year of hourly samples is 8,784; of minutes, 525,600)
+LIST_MAX_SAMPLES = 50_000
 
 #: Plausibility limits for CSV values (inclusive). Outside them a value is a
 #: unit mistake (°F, kW/m², fraction instead of %) or a sensor fault, not weather.
@@ -74,11 +77,13 @@ class TimeSeries:
     name: str = ""
     # Lookup tables, built once: plain lists for the scalar path (bisect on a
     # list is ~10x faster than np.interp on one float, and the plant calls
-    # at() every tick), arrays for at_many().
+    # at() every tick), arrays for at_many(). A list costs 40 bytes a sample
+    # against an array's 8: a long series (a year of minutes) looks its samples
+    # up in the arrays instead (LIST_MAX_SAMPLES).
     _xp: np.ndarray = field(init=False, repr=False)
     _fp: np.ndarray = field(init=False, repr=False)
-    _xl: list[float] = field(init=False, repr=False)
-    _fl: list[float] = field(init=False, repr=False)
+    _xl: Sequence[float] = field(init=False, repr=False)
+    _fl: Sequence[float] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         t = np.array(self.t_s, dtype=np.float64)
@@ -114,8 +119,9 @@ class TimeSeries:
         set_(self, "period_s", period)
         set_(self, "_xp", xp)
         set_(self, "_fp", fp)
-        set_(self, "_xl", xp.tolist())
-        set_(self, "_fl", fp.tolist())
+        small = xp.size <= LIST_MAX_SAMPLES
+        set_(self, "_xl", xp.tolist() if small else xp)
+        set_(self, "_fl", fp.tolist() if small else fp)
 
     def __len__(self) -> int:
         return int(self.t_s.size)
@@ -158,9 +164,11 @@ class TimeSeries:
             # __post_init__ replaced a None period_s with the default: a float here
             x %= cast(float, self.period_s)  # Python's % is non-negative for a positive period
         elif x <= 0.0:
-            return fl[0]
+            return float(fl[0])
         elif x >= xl[-1]:
-            return fl[-1]
+            return float(fl[-1])
+        if not isinstance(xl, list):  # a long series, looked up in its arrays
+            return self._at_array(x)
         i = bisect.bisect_right(xl, x) - 1
         if i >= len(xl) - 1:  # only when a wrapped period equals the duration
             return fl[-1]
@@ -168,6 +176,18 @@ class TimeSeries:
             return fl[i]
         x0, x1 = xl[i], xl[i + 1]
         return fl[i] + (fl[i + 1] - fl[i]) * (x - x0) / (x1 - x0)
+
+    def _at_array(self, x: float) -> float:
+        """:meth:`at` inside the samples of a long series: the same index and
+        arithmetic on the arrays' floats, so the same value to the last bit."""
+        xp, fp = self._xp, self._fp
+        i = int(np.searchsorted(xp, x, side="right")) - 1
+        if i >= xp.size - 1:
+            return float(fp[-1])
+        if self.interpolation == "step":
+            return float(fp[i])
+        x0, x1, f0, f1 = float(xp[i]), float(xp[i + 1]), float(fp[i]), float(fp[i + 1])
+        return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
 
     def at_many(self, t_seconds: np.ndarray | Sequence[float]) -> np.ndarray:
         """Vectorised :meth:`at` (numpy.interp); same clamping and wrapping."""
