@@ -188,7 +188,8 @@ def read_table(
                 numbers[0],
                 name,
                 f"missing required column '{name}'; header found: {found} "
-                "(the first line that is not blank or a '#' comment is the header)",
+                "(the first line that is not blank or a '#' comment is the header)"
+                + _later_header(kept, numbers, delim, required),
             )
     width = len(header)
     rows: list[tuple[int, tuple[str, ...]]] = []
@@ -201,6 +202,22 @@ def read_table(
             )
         rows.append((ln, tuple(row)))
     return Table(label, numbers[0], tuple(header), delim != ",", tuple(rows))
+
+
+#: lines after the first searched for the real header (an export's preamble)
+_PREAMBLE_LINES = 20
+
+
+def _later_header(
+    kept: Sequence[str], numbers: Sequence[int], delim: str, required: Sequence[str]
+) -> str:
+    """A hint naming a later line that holds every required column: exports
+    (Open-Meteo's, a logger's) put metadata lines above the real header."""
+    for line, no in zip(kept[1 : 1 + _PREAMBLE_LINES], numbers[1:], strict=False):
+        cells = {c.strip().strip("\"'").lower() for c in line.split(delim)}
+        if all(name in cells for name in required):
+            return f"; line {no} has the columns: delete the lines above it or begin them with '#'"
+    return ""
 
 
 def _next_record(reader: Any, label: str, numbers: Sequence[int]) -> list[str] | None:

@@ -338,6 +338,20 @@ def test_missing_column_error_lists_the_header_found(tmp_path):
     assert "'Time', 'Temp_C'" in err.reason
 
 
+def test_an_exports_metadata_lines_above_the_header_are_named_with_the_line_to_keep(tmp_path):
+    # Open-Meteo's CSV: two lines of station metadata and a blank one above the header
+    err = bad_csv(
+        tmp_path,
+        "latitude,longitude,elevation,utc_offset_seconds,timezone\n52.52,13.41,38.0,0,GMT\n\n"
+        '"time","ambient_c"\n2024-07-01T00:00,21.2\n2024-07-01T01:00,20.5\n',
+    )
+    assert err.line == 1
+    assert "line 4 has the columns: delete the lines above it or begin them with '#'" in (
+        err.reason
+    )
+    assert "line 4" not in bad_csv(tmp_path, "Time,Temp_C\n0,1\n1,2\n").reason
+
+
 def test_fewer_than_two_samples_is_an_error(tmp_path):
     err = bad_csv(tmp_path, "time,ambient_c\n0,10\n")
     assert "at least 2 samples" in err.reason
