@@ -129,6 +129,9 @@ class Loop:
     feeder: str  # where the pumps' and fans' power comes from
     pumps: tuple[Pump, ...]
     dry_coolers: tuple[DryCooler, ...]
+    #: the PLC its skid instruments (temperatures, flow, dp, leak) are wired to:
+    #: ``[plc] unit_id`` unless the file names a PLC carrying tanks or rows
+    unit_id: int
 
     @property
     def density_kg_l(self) -> float:

@@ -28,6 +28,7 @@ from .pointtable import (
     DryCoolerPoints,
     FeederPoints,
     G,
+    GroupPoints,
     LoopPoints,
     PduPoints,
     PlcPoints,
@@ -237,7 +238,7 @@ def build_point_map(site: Site) -> PointMap:
     pumps: list[PumpPoints] = []
     coolers: list[DryCoolerPoints] = []
     for lp in site.loops:  # a loop's skid, then its pumps and dry coolers
-        loops.append(emit(LoopPoints, lp, lp.name, lp.name, site.plc.unit_id))
+        loops.append(emit(LoopPoints, lp, lp.name, lp.name, lp.unit_id))
         pumps += [emit(PumpPoints, p, p.name, p.name, p.unit_id) for p in lp.pumps]
         coolers += [emit(DryCoolerPoints, d, d.name, d.name, d.unit_id) for d in lp.dry_coolers]
     tanks = tuple(
@@ -281,6 +282,35 @@ REGIONS: dict[str, tuple[int, dict[str, int]]] = {
     "site_meter": (60000, {"coil": 1, "discrete": 1, "input": 12, "holding": 1}),
 }
 _REGION_ORDER = list(REGIONS)
+#: what each category's slots hold (their tables)
+_KIND_POINTS: dict[str, type[GroupPoints]] = {
+    "loop": LoopPoints,
+    "tank": TankPoints,
+    "gpu_tank": TankPoints,
+    "rack_row": RowPoints,
+    "cdu": CduPoints,
+    "pump": PumpPoints,
+    "dry_cooler": DryCoolerPoints,
+    "feeder": FeederPoints,
+    "pdu": PduPoints,
+}
+
+
+def region_span(category: str) -> tuple[int, int]:
+    """The first and last address of a category's region on a shared unit."""
+    base = REGIONS[category][0]
+    following = _REGION_ORDER.index(category) + 1
+    limit = REGIONS[_REGION_ORDER[following]][0] if following < len(_REGION_ORDER) else 65536
+    return base, limit - 1
+
+
+def slots_per_unit(category: str) -> int:
+    """How many pieces of equipment of ``category`` one shared unit (a PLC) holds:
+    its region's addresses over its slot's stride, in the tightest table it uses."""
+    first, last = region_span(category)
+    strides = REGIONS[category][1]
+    tables = {spec.table for _, spec in _KIND_POINTS[category].specs()}
+    return min((last + 1 - first) // strides[t] for t in tables)
 
 
 def _categories(site: Site) -> dict[str, str]:
@@ -338,12 +368,11 @@ def _layout(points: list[Point], site: Site) -> list[Point]:
         nxt[key] = addr + p.words
         if addr + p.words > start + stride:
             raise AssertionError(f"slot of {p.device} overflows its {p.table} stride")
-        following = _REGION_ORDER.index(c) + 1
-        limit = REGIONS[_REGION_ORDER[following]][0] if following < len(_REGION_ORDER) else 65536
-        if addr + p.words > limit:
+        last = region_span(c)[1]
+        if addr + p.words > last + 1:
             raise ValueError(
                 f"too many {c.replace('_', ' ')}s on unit {p.unit_id} for its address region "
-                f"({base}..{limit - 1}): spread them over more PLCs (unit ids)"
+                f"({base}..{last}): spread them over more PLCs (unit ids)"
             )
         device = "plc" if p.unit_id == site.plc.unit_id else f"plc{p.unit_id}"
         out.append(replace(p, address=addr, device=device))

@@ -144,7 +144,8 @@ def parse_site(root: Section) -> Site:
     pdus = tuple(_pdu(sec, names, feeder_names) for sec in root.get_sections("pdus"))
     pdu_names = {d.name for d in pdus}
     loops = tuple(
-        _loop(sec, names, feeder_names, design_ambient) for sec in root.get_sections("loops")
+        _loop(sec, names, feeder_names, design_ambient, plc.unit_id)
+        for sec in root.get_sections("loops")
     )
     if not loops:
         raise root.error("loops", "a site needs at least one cooling loop")
@@ -284,7 +285,9 @@ def _pdu(sec: Section, names: _Names, feeders: set[str]) -> Pdu:
     return d
 
 
-def _loop(sec: Section, names: _Names, feeders: set[str], design_ambient: float) -> Loop:
+def _loop(
+    sec: Section, names: _Names, feeders: set[str], design_ambient: float, plc_unit: int
+) -> Loop:
     name = names.claim(sec)
     volume = sec.get_float("volume_l", minval=200.0, maxval=2_000_000.0)
     glycol = sec.get_float("glycol_pct", 30.0, minval=0.0, maxval=60.0)
@@ -355,6 +358,7 @@ def _loop(sec: Section, names: _Names, feeders: set[str], design_ambient: float)
         feeder=feeder,
         pumps=tuple(pumps),
         dry_coolers=tuple(coolers),
+        unit_id=_unit_id(sec, "unit_id", plc_unit),
     )
     sec.check_unused()
     return lp
@@ -602,6 +606,14 @@ def _check_units(root: Section, site: Site) -> None:
     (a shared unit is laid out in slots): only a PLC's unit serves several pieces
     of equipment -- ``[plc] unit_id``, or a further PLC carrying tanks or rows."""
     plcs = site.plc_units
+    for i, lp in enumerate(site.loops):
+        if lp.unit_id not in plcs:  # a skid's instruments are wired to a PLC, not a device
+            raise ConfigError(
+                root.file,
+                f"loops[{i}].unit_id",
+                f"unit {lp.unit_id} is no PLC's: a loop's skid instruments are wired to a PLC,"
+                f" the [plc] unit_id ({site.plc.unit_id}) or one carrying tanks or rack rows",
+            )
     devices: list[tuple[int, str, str]] = [
         (site.meter_unit_id, "the site meter", "site.meter_unit_id")
     ]

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .pointmap import region_span, slots_per_unit
 from .pointtable import CduPoints, DryCoolerPoints, LoopPoints, PumpPoints, TankPoints
 
 #: IEC standard breaker frame sizes (A).
@@ -99,32 +100,106 @@ UNIT_BLOCKS: dict[str, range] = {
 }
 
 
+#: The unit ids PLCs may take on large sites: 1..247 less 10, the site meter.
+PLC_UNIT_IDS = (*range(1, 10), *range(11, 248))
+
+#: What a ``_Units`` kind is on a shared unit (its region), and in messages.
+_CATEGORY = {
+    "feeder_m": "feeder",
+    "feeder_ai": "feeder",
+    "feeder_mech_m": "feeder",
+    "feeder_mech_ai": "feeder",
+    "pdu_m": "pdu",
+    "pdu_gpu": "pdu",
+    "pdu_row": "pdu",
+    "pump_m": "pump",
+    "pump_ai": "pump",
+    "dc_m": "dry_cooler",
+    "dc_ai": "dry_cooler",
+    "cdu": "cdu",
+}
+_PLURAL = {
+    "loop": "cooling loops' skids",
+    "tank": "ASIC tanks",
+    "gpu_tank": "GPU tanks",
+    "rack_row": "rack rows",
+    "cdu": "CDUs",
+    "pump": "pumps",
+    "dry_cooler": "dry coolers",
+    "feeder": "feeder meters",
+    "pdu": "PDU meters",
+}
+
+
 class _Units:
-    """Hands out unit ids: per-kind blocks on small sites, PLCs on large ones."""
+    """Hands out unit ids: per-kind blocks on small sites, PLCs on large ones.
+
+    Every piece of equipment on a PLC's unit takes a slot of that unit's region
+    for its kind (``pointmap.REGIONS``); ``place`` counts them and refuses the
+    first that would not fit, naming the limit and what to change."""
 
     def __init__(self, spec: SiteSpec) -> None:
         self.spec = spec
         self.used: dict[str, int] = {}
-        self.plc_of = _plc_assigner(spec)
-        loads = spec.asic_tanks + spec.gpu_tanks + spec.rack_rows
-        self.n_plcs = max(1, math.ceil(loads / max(1, spec.tanks_per_plc)))
+        self.loads = spec.asic_tanks + spec.gpu_tanks + spec.rack_rows
+        self.n_plcs = max(1, math.ceil(self.loads / max(1, spec.tanks_per_plc)))
+        if spec.tanks_per_plc > 0 and self.n_plcs > len(PLC_UNIT_IDS):
+            raise ValueError(
+                f"{self.loads:,} tanks and rack rows at {spec.tanks_per_plc} per PLC need"
+                f" {self.n_plcs} PLC unit ids, more than the {len(PLC_UNIT_IDS)} Modbus leaves"
+                f" them (1..247 less the site meter's 10): raise --tanks-per-plc to at least"
+                f" {self.min_tanks_per_plc}"
+            )
         self.rr = 0
+        self.on_unit: dict[tuple[int, str], int] = {}  # (unit, category) -> slots taken
+
+    @property
+    def min_tanks_per_plc(self) -> int:
+        """The fewest tanks per PLC that keep within the PLC unit ids."""
+        return math.ceil(self.loads / len(PLC_UNIT_IDS))
+
+    def plc_of(self, i: int) -> int:
+        """The PLC carrying load ``i`` (ASIC tanks, GPU tanks, then rows)."""
+        if self.spec.tanks_per_plc <= 0:
+            return 1
+        return PLC_UNIT_IDS[i // self.spec.tanks_per_plc]
 
     def take(self, kind: str) -> int:
         if self.spec.tanks_per_plc > 0:
             # Large sites: devices sit behind the PLCs (gateways), spread evenly.
             uid = self.plc_of((self.rr % self.n_plcs) * self.spec.tanks_per_plc)
             self.rr += 1
-            return uid
+            return self.place(uid, _CATEGORY[kind])
         block = UNIT_BLOCKS[kind]
         k = self.used.get(kind, 0)
         if k >= len(block):
             raise ValueError(
-                f"more than {len(block)} devices of kind '{kind}' for their unit-id block: "
-                "spread the site over PLCs (tanks_per_plc)"
+                f"more than {len(block)} devices of kind '{kind}' for their unit-id block"
+                f" ({block.start}..{block.stop - 1}): spread the site over PLCs"
+                " (--tanks-per-plc)"
             )
         self.used[kind] = k + 1
         return block[k]
+
+    def place(self, unit: int, category: str) -> int:
+        """Count one more ``category`` slot on PLC ``unit``; refuse one that would not fit."""
+        n = self.on_unit.get((unit, category), 0) + 1
+        cap = slots_per_unit(category)
+        if n > cap:
+            first, last = region_span(category)
+            what = f"{_PLURAL[category]} on unit {unit} outgrow its region"
+            where = f"({cap} slots, addresses {first:,}..{last:,})"
+            tpp = self.spec.tanks_per_plc
+            if tpp <= 0:
+                fix = "spread the site over PLCs (--tanks-per-plc)"
+            elif self.min_tanks_per_plc < tpp:
+                lo = self.min_tanks_per_plc
+                fix = f"lower --tanks-per-plc (from {tpp}; at least {lo} keeps within the unit ids)"
+            else:
+                fix = "no --tanks-per-plc fits both the unit ids and the regions: split the hall"
+            raise ValueError(f"{what} {where}: {fix}")
+        self.on_unit[(unit, category)] = n
+        return unit
 
 
 def generate_site_toml(spec: SiteSpec) -> str:
@@ -183,8 +258,15 @@ def generate_site_toml(spec: SiteSpec) -> str:
                 "margin": 2.0,
             }
         )
+    # PLC assignment order for large sites
+    order = {m: i for i, m in enumerate(asic + gpus + rows)}
+    main_loops = slots_per_unit("loop")  # skids the main PLC's loop region holds
     loop_of: dict[str, str] = {}
-    for lp in loops:
+    for k, lp in enumerate(loops):
+        # A skid is wired to the main PLC while its region holds them; later ones
+        # to the PLC carrying the loop's first tank or row (None: the main PLC).
+        lp["unit"] = None if k < main_loops else units.plc_of(order[lp["members"][0]])
+        units.place(1 if lp["unit"] is None else lp["unit"], "loop")
         lp["kw"] = sum(kw_of[m] for m in lp["members"])
         lp["flow"] = _flow_m3h(lp["kw"])
         lp["pump_kw"] = _pump_kw(lp["flow"])
@@ -255,6 +337,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         emit(f"min_flow_m3h = {_round_to(0.2 * flow, 1.0):.0f}")
         emit("low_flow_trip_s = 10.0")
         emit(f'feeder = "{lp["feeder"]}"')
+        if lp["unit"] is not None:
+            emit(f"unit_id = {lp['unit']}")
         for p in ("pump_a", "pump_b"):
             emit("[[loops.pumps]]")
             emit(f'name = "{p}"')
@@ -272,7 +356,6 @@ def generate_site_toml(spec: SiteSpec) -> str:
             emit("fan_power_kw = 2.2")
             emit(f"unit_id = {units.take('dc_ai' if ai_loop else 'dc_m')}")
 
-    order = asic + gpus + rows  # PLC assignment order for large sites
     for t in asic + gpus:
         is_asic = t in asic
         emit("")
@@ -288,7 +371,8 @@ def generate_site_toml(spec: SiteSpec) -> str:
         emit(f"design_water_flow_m3h = {36.0 if is_asic else 32.0}")
         emit(f'loop = "{loop_of[t]}"')
         emit(f'pdu = "{pdu_of[t]}"')
-        emit(f"unit_id = {units.plc_of(order.index(t))}")
+        plc = units.plc_of(order[t])
+        emit(f"unit_id = {units.place(plc, 'tank' if is_asic else 'gpu_tank')}")
 
     cdu_of = {r: f"cdu{r[3:]}" for r in rows}
     for r in rows:
@@ -314,7 +398,7 @@ def generate_site_toml(spec: SiteSpec) -> str:
         emit(f"node_power_kw = {GPU_NODE_KW}")
         emit("node_idle_kw = 1.6")
         emit('workload_class = "training"')
-        emit(f"unit_id = {units.plc_of(order.index(r))}")
+        emit(f"unit_id = {units.place(units.plc_of(order[r]), 'rack_row')}")
 
     # -- control loops: thermal loops produce actuator commands -------------
     for t in asic + gpus:
@@ -369,22 +453,6 @@ def generate_site_toml(spec: SiteSpec) -> str:
         )
     _grid(emit, asic[: spec.ufls_shed_tanks], sum(1 for _ in asic))
     return "\n".join(out) + "\n"
-
-
-def _plc_assigner(spec: SiteSpec) -> Callable[[int], int]:
-    """Tanks/rows per PLC: large sites spread them over several PLC unit ids."""
-    if spec.tanks_per_plc <= 0:
-        return lambda i: 1
-    # PLC unit ids skip 10, the site meter.
-    ids = [*range(1, 10), *range(11, 248)]
-
-    def plc_of(i: int) -> int:
-        k = i // spec.tanks_per_plc
-        if k >= len(ids):
-            raise ValueError("too many tanks for the available PLC unit ids")
-        return ids[k]
-
-    return plc_of
 
 
 def _grid(emit: Callable[[str], None], shed: list[str], mining: int) -> None:

@@ -317,7 +317,7 @@ def _equipment(site: Site, ix: PointIndex) -> Iterator[tuple[str, str, str, Any,
     for d, g in zip(site.pdus, ix.pdus, strict=True):
         yield "pdu", d.feeder, d.name, d, g, d.unit_id
     for lp, g in zip(site.loops, ix.loops, strict=True):
-        yield "loop", "Loops", lp.name, lp, g, site.plc.unit_id
+        yield "loop", "Loops", lp.name, lp, g, lp.unit_id
     for p, g in zip(site.pumps, ix.pumps, strict=True):
         yield "pump", p.loop, p.name, p, g, p.unit_id
     for dc, g in zip(site.dry_coolers, ix.dry_coolers, strict=True):
