@@ -174,7 +174,13 @@ def test_site_generates_a_large_file_that_checks_with_over_10000_points(tmp_path
 
 def test_site_too_large_without_plc_spreading_is_a_user_error():
     proc = run("site", "--tanks", "400")
-    assert_user_error(proc, "tanks_per_plc")
+    assert_user_error(proc, "--tanks-per-plc")
+
+
+def test_site_needing_more_plcs_than_unit_ids_is_one_line_saying_what_to_raise():
+    proc = run("site", "--tanks", "1000", "--tanks-per-plc", "4")
+    line = assert_user_error(proc, "313 PLC unit ids", "raise --tanks-per-plc to at least 6")
+    assert proc.stderr.strip() == line
 
 
 def test_site_output_into_a_missing_directory_is_a_user_error(tmp_path):

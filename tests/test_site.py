@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thermogate.plc.errors import ConfigError
 from thermogate.plc.pointmap import build_point_map
@@ -384,6 +386,19 @@ def test_equipment_wired_into_the_plc_shares_its_unit(tmp_path):
     pmap = build_point_map(site)
     assert pmap["loop1.pump_b.speed_cmd"].unit_id == 1
     assert pmap["loop1.pump_b.speed_cmd"].device == "plc"
+
+
+def test_a_loops_skid_may_be_wired_to_a_further_plc_but_not_to_a_device(tmp_path):
+    """A loop's skid instruments sit on the main PLC unless its unit_id names a
+    further PLC (one carrying tanks or rows); a meter's or drive's unit is refused."""
+    d = small_site()
+    d["tanks"][3]["unit_id"] = 5
+    d["loops"][0]["unit_id"] = 5
+    pmap = build_point_map(load_site(write(tmp_path, d)))
+    assert pmap["loop1.supply_temp"].unit_id == 5
+    assert pmap["loop1.supply_temp"].device == "plc5"
+    d["loops"][0]["unit_id"] = 13  # pump_a's drive
+    bad(tmp_path, d, "loops[0].unit_id", "unit 13 is no PLC's")
 
 
 def test_plc_unit_id_zero_broadcast_is_rejected(tmp_path):
@@ -863,8 +878,106 @@ def test_generated_small_site_gives_every_meter_vfd_and_cdu_its_own_unit_id(tmp_
 
 
 def test_generator_refuses_more_devices_than_unit_ids_without_plc_spreading():
-    with pytest.raises(ValueError, match="tanks_per_plc"):
+    with pytest.raises(ValueError, match="--tanks-per-plc"):
         generate_site_toml(SiteSpec(asic_tanks=400))
+
+
+def _cli_spec(tanks: int, per_plc: int, gpu: int | None = None, rows: int | None = None):
+    """What `thermogate site --tanks N [--gpu-tanks M] [--rows R] --tanks-per-plc K` asks for."""
+    return SiteSpec(
+        name="Generated hall",
+        asic_tanks=tanks,
+        gpu_tanks=gpu if gpu is not None else max(1, tanks // 6),
+        rack_rows=rows if rows is not None else max(1, tanks // 12),
+        tanks_per_plc=per_plc,
+    )
+
+
+@pytest.mark.parametrize(
+    ("tanks", "per_plc", "gpu", "rows"),
+    [(600, 8, None, None), (1000, 8, None, None), (2000, 16, None, None), (1000, 10, 200, 100)],
+)
+def test_sites_with_more_loops_than_the_main_plcs_skid_slots_generate_and_load(
+    tanks, per_plc, gpu, rows
+):
+    """Above 112 cooling loops every skid sat on the main PLC's loop region
+    (100..999, 8 inputs each) and `thermogate site --tanks 1000 --tanks-per-plc 8`
+    failed whatever --tanks-per-plc said: later skids go to their first tank's PLC."""
+    from thermogate.plc.pointmap import slots_per_unit
+    from thermogate.plc.site import parse_site_text
+
+    site = parse_site_text(generate_site_toml(_cli_spec(tanks, per_plc, gpu, rows)))
+    assert len(site.tanks) == tanks + (gpu if gpu is not None else max(1, tanks // 6))
+    on_main = [lp for lp in site.loops if lp.unit_id == site.plc.unit_id]
+    assert len(on_main) <= slots_per_unit("loop")
+    assert all(lp.unit_id in site.plc_units for lp in site.loops)
+    first: dict[str, int] = {}  # loop -> the PLC of its first tank or row
+    for t in site.tanks:
+        first.setdefault(t.loop, t.unit_id)
+    cdu_loop = {c.name: c.loop for c in site.cdus}
+    for r in site.rack_rows:
+        first.setdefault(cdu_loop[r.cdu], r.unit_id)
+    moved = site.loops[slots_per_unit("loop") :]
+    assert all(lp.unit_id == first[lp.name] for lp in moved)
+    pmap = build_point_map(site)
+    assert all(1 <= p.unit_id <= 247 and 0 <= p.address < 65536 for p in pmap)
+
+
+def test_a_site_needing_more_plcs_than_unit_ids_is_refused_saying_what_to_raise():
+    with pytest.raises(ValueError) as exc:
+        generate_site_toml(_cli_spec(1000, 4))
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert msg == (
+        "1,249 tanks and rack rows at 4 per PLC need 313 PLC unit ids, more than the 246"
+        " Modbus leaves them (1..247 less the site meter's 10): raise --tanks-per-plc to"
+        " at least 6"
+    )
+    generate_site_toml(_cli_spec(1000, 6))  # the advice holds
+
+
+def test_more_of_a_kind_on_one_plc_than_its_region_holds_is_refused_saying_what_to_lower():
+    with pytest.raises(
+        ValueError,
+        match=r"^ASIC tanks on unit 1 outgrow its region \(875 slots,"
+        r" addresses 1,000..14,999\): lower --tanks-per-plc \(from 1000; at least"
+        r" 16 keeps within the unit ids\)$",
+    ):
+        generate_site_toml(_cli_spec(3000, 1000))
+    with pytest.raises(ValueError, match=r"GPU tanks on unit 1 outgrow .* lower --tanks-per-plc"):
+        generate_site_toml(_cli_spec(0, 400, gpu=400, rows=0))
+    # At the fewest tanks per PLC the unit ids allow, nothing is left to lower.
+    from thermogate.plc.sitegen import _Units
+
+    units = _Units(SiteSpec(asic_tanks=246 * 876, gpu_tanks=0, rack_rows=0, tanks_per_plc=876))
+    for _ in range(875):
+        units.place(1, "tank")
+    with pytest.raises(ValueError, match=r"no --tanks-per-plc fits both .*: split the hall$"):
+        units.place(1, "tank")
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    tanks=st.integers(0, 1500),
+    gpu=st.integers(0, 300),
+    rows=st.integers(0, 150),
+    per_plc=st.one_of(st.just(0), st.integers(1, 1200)),
+)
+def test_any_size_either_loads_or_is_refused_in_one_line_naming_the_option(
+    tanks, gpu, rows, per_plc
+):
+    from thermogate.plc.site import parse_site_text
+
+    spec = _cli_spec(tanks, per_plc, gpu, rows)
+    try:
+        text = generate_site_toml(spec)
+    except ValueError as exc:
+        msg = str(exc)
+        assert "\n" not in msg
+        assert "a site needs at least one" in msg or "--tanks-per-plc" in msg or "split" in msg
+        return
+    site = parse_site_text(text)
+    assert len(site.tanks) + len(site.rack_rows) == tanks + gpu + rows
 
 
 # --------------------------------------------------------------------------
