@@ -91,8 +91,11 @@ def cmd_site(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1))
         further = sorted(site.plc_units - {site.plc.unit_id})
         if further:  # said, not refused: a site's PLC program may watch the main heartbeat
+            from .modbus_io import id_ranges
+
+            units = f"unit {further[0]}" if len(further) == 1 else f"units {id_ranges(further)}"
             print(
-                f"note: PLC unit(s) {', '.join(map(str, further))} carry tanks or rows but no"
+                f"note: {len(further)} further PLC(s), {units}, carry tanks or rows but no"
                 f" heartbeat of their own (only unit {site.plc.unit_id}'s): program their"
                 " watchdog on the main PLC's heartbeat, or they keep running when the"
                 " controller stops",
