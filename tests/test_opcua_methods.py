@@ -253,3 +253,53 @@ def test_all_means_every_one_as_the_console_says_it(rig, method):
         res = rig.call("erin", method, _s(every))
         assert (res.StatusCode.value, _message(res)) == (empty.StatusCode.value, _message(empty))
     assert "all" not in _message(empty)
+
+
+def _refusals(rig: Rig) -> list:
+    """The refusals the face handed the run loop to audit (``Commands.refused``)."""
+    deadline = time.monotonic() + 5.0
+    got = rig.face.bridge.take_refused()
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+        got = rig.face.bridge.take_refused()
+    return got
+
+
+@pytest.mark.parametrize(
+    "value", [ua.Variant(31.0, V.Float), ua.Variant(31, V.Int32), ua.Variant(31, V.UInt16)]
+)
+def test_a_number_of_another_data_type_written_to_a_double_setpoint_is_a_type_mismatch(rig, value):
+    # Part 4 (Write): the value's DataType must be the variable's, no conversion. A
+    # Float or an Int32 was taken as a setpoint.
+    rig.face.bridge.take_refused()
+    before = _value(rig, "loop1_supply.setpoint")
+    n = len(rig.audits)
+    sc = _write(rig, "olive", "loop1_supply.setpoint", value)
+    assert sc.value == S.BadTypeMismatch
+    assert "loop1_supply" not in rig.ctrl.state.setpoints and len(rig.audits) == n
+    [a] = _refusals(rig)  # audited as the other refused writes are
+    assert (a.who, a.where, a.target, a.ok) == ("olive", "opcua", "loop1_supply.setpoint", False)
+    assert a.why.startswith("refused: ") and value.VariantType.name in a.why
+    rig.publish()
+    assert _value(rig, "loop1_supply.setpoint") == before
+    # a Double is still a setpoint, end to end
+    assert _write(rig, "olive", "loop1_supply.setpoint", _d(31.5)).is_good()
+    assert rig.ctrl.state.setpoints["loop1_supply"] == 31.5
+    rig.publish()
+    assert _value(rig, "loop1_supply.setpoint") == 31.5
+
+
+def test_a_method_argument_of_another_numeric_data_type_is_a_type_mismatch(rig):
+    rig.face.bridge.take_refused()
+    n = len(rig.audits)
+    res = rig.call("olive", "SetSetpoint", _s("loop1_supply"), ua.Variant(31.0, V.Float))
+    assert res.StatusCode.value == S.BadInvalidArgument
+    assert [r.value for r in res.InputArgumentResults] == [S.Good, S.BadTypeMismatch]
+    assert "Value must be a Double, not a Float" in _message(res)
+    res = rig.call("olive", "ClearCurtailment", ua.Variant(0, V.Int32))
+    assert [r.value for r in res.InputArgumentResults] == [S.BadTypeMismatch]
+    assert "loop1_supply" not in rig.ctrl.state.setpoints and len(rig.audits) == n
+    assert [(a.who, a.target, a.ok) for a in _refusals(rig)] == [
+        ("olive", "opcua.SetSetpoint", False),
+        ("olive", "opcua.ClearCurtailment", False),
+    ]

@@ -322,7 +322,7 @@ def test_a_wrong_typed_write_or_argument_is_refused_and_audited(served, site):
     loop = threading.Thread(target=run_loop, daemon=True)
     loop.start()
 
-    async def refused() -> tuple[ua.StatusCode, ua.StatusCode]:
+    async def refused() -> tuple[ua.StatusCode, ua.StatusCode, ua.StatusCode]:
         c = await _connected(face, keys, root, "olive")
         try:
             idx = await c.get_namespace_index(namespace_uri(site))
@@ -330,29 +330,39 @@ def test_a_wrong_typed_write_or_argument_is_refused_and_audited(served, site):
             wv.NodeId, wv.AttributeId = ua.NodeId(f"{lp.name}.setpoint", idx), 13
             wv.Value = ua.DataValue(ua.Variant("hot", ua.VariantType.String))
             [written] = await c.uaclient.write(ua.WriteParameters(NodesToWrite=[wv]))
+            # a number, but a Float: not the variable's Double (no conversion, Part 4)
+            wv.Value = ua.DataValue(ua.Variant(31.0, ua.VariantType.Float))
+            [floated] = await c.uaclient.write(ua.WriteParameters(NodesToWrite=[wv]))
             req = ua.CallMethodRequest(
                 ua.NodeId("Site/Controller", idx),
                 ua.NodeId("Site/Controller/OverrideActuator", idx),
                 [ua.Variant("tank01.valve_cmd"), ua.Variant("half"), ua.Variant(60.0)],
             )
             [called] = await c.uaclient.call([req])
-            return written, called.StatusCode
+            return written, floated, called.StatusCode
         finally:
             await c.disconnect()
 
+    held = ctrl.state.setpoints.get(lp.name)  # another test may have set it
     try:
-        written, called = asyncio.run(refused())
+        written, floated, called = asyncio.run(refused())
         for _ in range(100):
-            if len(audits) >= 2:
+            if len(audits) >= 3:
                 break
             time.sleep(0.05)
     finally:
         stop.set()
         loop.join(5)
-    assert written.value == ua.StatusCodes.BadTypeMismatch
+    assert written.value == floated.value == ua.StatusCodes.BadTypeMismatch
     assert called.value == ua.StatusCodes.BadInvalidArgument
     got = sorted((a.who, a.target, a.ok) for a in audits)
     assert got == sorted(
-        [("olive", f"{lp.name}.setpoint", False), ("olive", "opcua.OverrideActuator", False)]
+        [
+            ("olive", f"{lp.name}.setpoint", False),
+            ("olive", f"{lp.name}.setpoint", False),
+            ("olive", "opcua.OverrideActuator", False),
+        ]
     ), audits
+    assert any("a Float written where a Double is wanted" in a.why for a in audits)
+    assert ctrl.state.setpoints.get(lp.name) == held
     assert all(a.why.startswith("refused: ") for a in audits)

@@ -14,7 +14,12 @@ Bad status code carrying that message:
 * ``BadInvalidArgument`` - any other refusal (unknown loop, nothing to acknowledge ...);
   an argument of the wrong type also has ``BadTypeMismatch`` as its own
   ``InputArgumentResults`` entry;
+* ``BadTypeMismatch`` - a setpoint written with a value that is not a Double;
 * ``BadNodeIdUnknown`` - a write to a node the server does not have.
+
+A value's DataType must be the declared one, as Part 4 wants: a Float or an
+Int32 is not converted to a Double, in a write or in an argument. Such a refusal
+never becomes a command; it is audited all the same (``Commands.refused``).
 
 A method call returns its message as its output argument, also when refused
 (``CallMethodResult.StatusCode`` is then Bad). ``UserExecutable`` of each method
@@ -217,7 +222,7 @@ METHODS = (
 
 _PYTYPE: dict[ua.VariantType, type | tuple[type, ...]] = {
     V.String: str,
-    V.Double: (float, int),
+    V.Double: float,
     V.UInt32: int,
     V.DateTime: datetime,
 }
@@ -289,11 +294,10 @@ class Commands:
 
     def _callback(self, m: Method) -> Callable[..., Any]:
         async def call(parent: ua.NodeId, *args: ua.Variant) -> ua.CallMethodResult:
-            values = [a.Value if isinstance(a, ua.Variant) else a for a in args]
-            n = len(m.args)
-            if len(values) == n:  # Why omitted
-                values.append("")
-            bad = _check(values, [*m.args, _WHY])
+            given = [a if isinstance(a, ua.Variant) else ua.Variant(a) for a in args]
+            if len(given) == len(m.args):  # Why omitted
+                given.append(ua.Variant("", V.String))
+            bad = _check(given, [*m.args, _WHY])
             if bad is not None:
                 self.refused(f"opcua.{m.name}", bad[1])
                 refused = _result(bad[0], bad[1])
@@ -303,7 +307,7 @@ class Commands:
                         for k in range(len(args))
                     ]
                 return refused
-            cmd = m.build(*values)
+            cmd = m.build(*(a.Value for a in given))
             code, res = await self.give(cmd, self.who())
             return _result(code, res.message)
 
@@ -311,19 +315,34 @@ class Commands:
 
 
 def _check(
-    values: list[Any], args: list[tuple[str, ua.VariantType, str]]
+    given: list[ua.Variant], args: list[tuple[str, ua.VariantType, str]]
 ) -> tuple[int, str, int | None] | None:
     """A status, a message and the argument at fault (None: the count) for arguments
     that do not fit the method; None when they fit."""
-    if len(values) < len(args):
+    if len(given) < len(args):
         return S.BadArgumentsMissing, f"expected {', '.join(a[0] for a in args)}", None
-    if len(values) > len(args):
+    if len(given) > len(args):
         return S.BadTooManyArguments, f"expected {', '.join(a[0] for a in args)}", None
-    for k, (x, (name, vt, _)) in enumerate(zip(values, args, strict=True)):
-        if not isinstance(x, _PYTYPE[vt]) or isinstance(x, bool):
-            why = f"{name} must be a {vt.name}, not {type(x).__name__}"
-            return S.BadInvalidArgument, why, k
+    for k, (a, (name, vt, _)) in enumerate(zip(given, args, strict=True)):
+        if not _fits(a, vt):
+            return S.BadInvalidArgument, f"{name} must be a {vt.name}, not {_what(a)}", k
     return None
+
+
+def _fits(a: ua.Variant, vt: ua.VariantType) -> bool:
+    """Whether ``a`` is a scalar of exactly ``vt``: Part 4 converts no DataType into
+    another (a Float or an Int32 is not a Double, however the value reads)."""
+    x = a.Value
+    return a.VariantType == vt and isinstance(x, _PYTYPE[vt]) and not isinstance(x, bool)
+
+
+def _what(a: ua.Variant) -> str:
+    """What a client sent, for a refusal: 'a Float', 'an array of Double', 'nothing'."""
+    if a.Value is None:
+        return "nothing"
+    if a.is_array or isinstance(a.Value, list):
+        return f"an array of {a.VariantType.name}"
+    return f"a {a.VariantType.name}"
 
 
 def _result(code: int, message: str) -> ua.CallMethodResult:
@@ -378,14 +397,15 @@ class SetpointWrites(AttributeService):
             return S.BadNodeIdUnknown
         if loop is None or wv.AttributeId != ua.AttributeIds.Value:
             return S.BadNotWritable if allowed(by, SetSetpoint) else S.BadUserAccessDenied
-        x = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
-        if not isinstance(x, float | int) or isinstance(x, bool):
-            what = "nothing" if x is None else f"a {type(x).__name__}"
+        given = wv.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
+        # a setpoint is a Double: a Float or an Int32 is refused, not converted (Part 4)
+        if given is None or not _fits(given, V.Double):
+            what = "nothing" if given is None else _what(given)
             self.commands.refused(
-                f"{loop.name}.setpoint", f"{what} written where a number is wanted", by
+                f"{loop.name}.setpoint", f"{what} written where a Double is wanted", by
             )
             return S.BadTypeMismatch
-        cmd = SetSetpoint(loop.name, float(x), "written over OPC UA")
+        cmd = SetSetpoint(loop.name, given.Value, "written over OPC UA")
         code, res = await self.commands.give(cmd, by)
         if code != S.Good:
             log.info("OPC UA write of %s by %s refused: %s", loop.name, by.origin, res.message)
