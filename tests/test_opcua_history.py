@@ -348,3 +348,109 @@ def test_releasing_continuation_points_returns_no_data(served: Served) -> None:
     (res,) = run(scenario())
     assert res.StatusCode.is_good()
     assert not res.HistoryData or not res.HistoryData.DataValues
+
+
+async def history_read(
+    client: Client,
+    nodeid: ua.NodeId,
+    details: Any,
+    ts: ua.TimestampsToReturn = ua.TimestampsToReturn.Both,
+) -> ua.HistoryReadResult:
+    """One HistoryRead of one node as any client sends it (asyncua's parameters
+    default to releasing the continuation points)."""
+    params = ua.HistoryReadParameters()
+    params.HistoryReadDetails = details
+    params.TimestampsToReturn = ts
+    params.ReleaseContinuationPoints = False
+    params.NodesToRead = [ua.HistoryReadValueId(NodeId=nodeid)]
+    (res,) = await client.uaclient.history_read(params)
+    return res
+
+
+def test_a_kind_of_history_read_not_served_is_refused_with_the_specs_code(
+    served: Served,
+) -> None:
+    # asyncua answered BadNotImplemented to processed and at-time reads, Good with no
+    # events to an event read, and raw values as modified ones to a modified read.
+    never = ua.get_win_epoch()  # DateTime.MinValue: not specified
+    kinds = {
+        "processed": ua.ReadProcessedDetails(
+            StartTime=utc(T0),
+            EndTime=utc(T0 + N),
+            ProcessingInterval=1000.0,
+            AggregateType=[ua.NodeId(ua.ObjectIds.AggregateFunction_Average)],
+        ),
+        "at time": ua.ReadAtTimeDetails(ReqTimes=[utc(T0 + 1)]),
+        "events": ua.ReadEventDetails(
+            StartTime=utc(T0), EndTime=utc(T0 + N), Filter=ua.EventFilter()
+        ),
+        "modified": ua.ReadRawModifiedDetails(
+            IsReadModified=True, StartTime=utc(T0), EndTime=utc(T0 + N)
+        ),
+        "annotations": ua.ReadAnnotationDataDetails(ReqTimes=[utc(T0 + 1)]),
+        "no details": None,
+        "no time": ua.ReadRawModifiedDetails(
+            IsReadModified=False, StartTime=never, EndTime=never, NumValuesPerNode=5
+        ),
+    }
+
+    async def scenario() -> dict[str, int]:
+        async with Client(served.url) as client:
+            return {
+                name: (await history_read(client, served.nodes["temp"], d)).StatusCode.value
+                for name, d in kinds.items()
+            }
+
+    unsupported, invalid = (
+        ua.StatusCodes.BadHistoryOperationUnsupported,
+        ua.StatusCodes.BadHistoryOperationInvalid,
+    )
+    assert run(scenario()) == {
+        "processed": unsupported,
+        "at time": unsupported,
+        "events": unsupported,
+        "modified": unsupported,  # never modified: HistoryUpdate is refused
+        "annotations": unsupported,
+        "no details": invalid,
+        "no time": invalid,  # Part 11: two of start, end and count
+    }
+
+
+def test_a_range_without_data_reads_good_no_data_and_a_range_with_data_good(
+    served: Served,
+) -> None:
+    # Part 11: "for an interval in which no data exists ... Good_NoData"; it was Good.
+    def raw(a: float, b: float) -> ua.ReadRawModifiedDetails:
+        return ua.ReadRawModifiedDetails(IsReadModified=False, StartTime=utc(a), EndTime=utc(b))
+
+    async def scenario() -> list[tuple[int, int]]:
+        out = []
+        async with Client(served.url) as client:
+            for node, a, b in (
+                ("temp", T0 - 3600, T0 - 1),
+                ("temp", T0 + N + 1, T0 + N + 3600),
+                ("missing", T0, T0 + N),  # a point the historian never recorded
+                ("temp", T0, T0 + 2),
+            ):
+                res = await history_read(client, served.nodes[node], raw(a, b))
+                out.append((res.StatusCode.value, len(res.HistoryData.DataValues)))
+        return out
+
+    no_data = ua.StatusCodes.GoodNoData
+    assert run(scenario()) == [(no_data, 0), (no_data, 0), (no_data, 0), (ua.StatusCodes.Good, 3)]
+
+
+def test_timestamps_to_return_neither_is_refused_for_the_whole_request(served: Served) -> None:
+    # Part 4 (HistoryRead): Neither is not a valid TimestampsToReturn; it was read.
+    async def scenario() -> int:
+        details = ua.ReadRawModifiedDetails(
+            IsReadModified=False, StartTime=utc(T0), EndTime=utc(T0 + N)
+        )
+        async with Client(served.url) as client:
+            with pytest.raises(ua.UaStatusCodeError) as info:
+                await history_read(
+                    client, served.nodes["temp"], details, ua.TimestampsToReturn.Neither
+                )
+            return info.value.code
+
+    assert run(scenario()) == ua.StatusCodes.BadTimestampsToReturnInvalid

@@ -9,7 +9,8 @@ Uncertain / Bad) and the scan's time as its source and server timestamp.
 
 Reads follow OPC UA Part 11's ReadRawModifiedDetails: StartTime <= EndTime
 reads forward, StartTime > EndTime backward (newest first), no EndTime reads
-forward from StartTime, no StartTime backward from EndTime, neither nothing.
+forward from StartTime, no StartTime backward from EndTime; neither is refused
+(BadHistoryOperationInvalid), as are the reads not served (``_guard_reads``).
 A page holds at most NumValuesPerNode values (and never more than
 ``max_history_data_response_size``); when more remain, the answer carries a
 continuation point — asyncua's: the timestamp of the next value, which the next
@@ -18,7 +19,8 @@ continue forward, ends at its first page), with a tag that lets only the points
 this server handed out for the node back in (BadContinuationPointInvalid
 otherwise; see ``_guard_reads``). ReturnBounds is not honoured:
 asyncua 2.1 does not hand it to the storage. A node not served, a point the
-historian does not have and a range without scans all read as no values.
+historian does not have and a range without scans all read as no values here
+(GoodNoData to the client).
 
 SQLite is read in a worker thread (``asyncio.to_thread``), a window at a time
 that grows until a page is full, so a week-long request neither blocks the
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 from asyncua import Server, ua
+from asyncua.common.utils import ServiceError
 from asyncua.server.history import HistoryStorageInterface
 
 from thermogate.plc.errors import ThermogateError
@@ -260,11 +263,36 @@ def _data_value(s: Sample, vtype: ua.VariantType) -> ua.DataValue:
     return data_value(variant, StatusCode=status, SourceTimestamp=when, ServerTimestamp=when)
 
 
+def _details_problem(details: Any) -> int | None:
+    """Why a HistoryRead's details cannot be served (a status code), or None.
+
+    Only raw reads are served: a processed, at-time, annotation or event read, or a
+    modified read (history is never modified: HistoryUpdate is refused), is
+    BadHistoryOperationUnsupported; no details, or a raw read giving neither a
+    start nor an end (Part 11: two of start, end and count), BadHistoryOperationInvalid.
+    """
+    if isinstance(details, ua.ReadRawModifiedDetails):
+        if details.IsReadModified:
+            return ua.StatusCodes.BadHistoryOperationUnsupported
+        if _given(details.StartTime) is None and _given(details.EndTime) is None:
+            return ua.StatusCodes.BadHistoryOperationInvalid
+        return None
+    if isinstance(details, ua.HistoryReadDetails):  # processed, at time, annotations, events
+        return ua.StatusCodes.BadHistoryOperationUnsupported
+    return ua.StatusCodes.BadHistoryOperationInvalid
+
+
 def _guard_reads(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
     """What asyncua's history manager lets through, refused with the spec's codes.
 
     * A node that has no history: BadHistoryOperationUnsupported (BadNodeIdUnknown
       when there is no such node); asyncua answers Good with no values.
+    * Details not served (``_details_problem``): BadHistoryOperationUnsupported or
+      BadHistoryOperationInvalid; asyncua answered BadNotImplemented, an event read
+      Good with no events, and a modified read with the raw values.
+    * A raw read that finds no value: GoodNoData (Part 11), not Good.
+    * TimestampsToReturn Neither: the whole request BadTimestampsToReturnInvalid
+      (Part 4); asyncua read it.
     * A continuation point this server did not hand out for this node:
       BadContinuationPointInvalid. asyncua's point is the bare next timestamp, so
       any 8 bytes read on from some time and anything else failed the whole
@@ -291,6 +319,10 @@ def _guard_reads(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
             )
             result.StatusCode = status_code(code)
             return result
+        problem = _details_problem(details)
+        if problem is not None:
+            result.StatusCode = status_code(problem)
+            return result
         cp = rv.ContinuationPoint
         if cp:
             point, given = cp[:-_TAG_BYTES], cp[-_TAG_BYTES:]
@@ -301,9 +333,13 @@ def _guard_reads(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
         result = await read(details, rv)
         if result.ContinuationPoint:
             result.ContinuationPoint += tag(rv.NodeId, result.ContinuationPoint)
+        elif result.StatusCode.is_good() and not result.HistoryData.DataValues:
+            result.StatusCode = status_code(ua.StatusCodes.GoodNoData)
         return result
 
     async def read_all_history(params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        if params.TimestampsToReturn == ua.TimestampsToReturn.Neither:
+            raise ServiceError(ua.StatusCodes.BadTimestampsToReturnInvalid)
         if params.ReleaseContinuationPoints:
             return [ua.HistoryReadResult() for _ in params.NodesToRead]
         return await read_all(params)
