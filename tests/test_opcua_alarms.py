@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -431,3 +432,122 @@ def test_a_re_raised_alarm_is_a_new_occurrence_whose_old_event_ids_no_longer_ack
             assert v["Since"].timestamp() == T + 2
 
     run(scenario())
+
+
+def test_an_acknowledge_of_a_state_acknowledged_elsewhere_is_branch_already_acked(
+    shared: Shared,
+) -> None:
+    # Part 9: the EventId no longer refers to a state that needs acknowledgement. It
+    # was BadInvalidState while the next scan had not shown the acknowledgement yet,
+    # and BadEventIdUnknown once the alarm, cleared and acknowledged, was gone.
+    async def scenario() -> list[int]:
+        codes = []
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "power:site", "site over its limit", 800)
+            raise_(r, T, "plc.safe_state", "PLC is in its watchdog safe state", 900)
+            await r.publish(T)
+            by_key = {ev.ConditionName: ev for ev in await events.wait_for(2)}
+            ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+            r.who = OLGA
+            r.ctrl.alarms.acknowledge("power:site", "console:tech")  # not shown yet
+            clear(r, T + 1, "plc.safe_state")
+            r.ctrl.alarms.acknowledge("plc.safe_state", "console:tech")  # gone
+            for _scan in ("before the next scan", "after it"):
+                for key in ("power:site", "plc.safe_state"):
+                    ev = by_key[key]
+                    with pytest.raises(ua.UaStatusCodeError) as info:
+                        await call(
+                            client.get_node(ev.NodeId), ack, ev.EventId, ua.LocalizedText("")
+                        )
+                    codes.append(info.value.code)
+                await r.publish(T + 1)
+            assert r.ctrl.alarms.record("power:site").acked_by == "console:tech"  # type: ignore[union-attr]
+        return codes
+
+    assert run(scenario()) == [ua.StatusCodes.BadConditionBranchAlreadyAcked] * 4
+
+
+# -- through the whole face: the server's Call service and the command path --------------
+@pytest.fixture(scope="module")
+def face(site, demo_pmap, tmp_path_factory):
+    from opcua_rig import Rig as FaceRig
+
+    r = FaceRig(site, demo_pmap, tmp_path_factory.mktemp("alarms") / "site.db")
+    r.ctrl.alarms.alarm(r.t, "loop1.supply_high", True, "loop1 supply 41.0 degC >= alarm 40", 600)
+    r.publish()
+    yield r
+    r.close()
+
+
+def _face_ack(
+    face, user: str | None, object_id: ua.NodeId, method_id: ua.NodeId, event_id: bytes | None
+) -> int:
+    """Acknowledge as ``user`` through the face; ``event_id`` None: the EventId the
+    condition's retained event carries (asked with ConditionRefresh, as a SCADA
+    client that connects later does). Returns the Call's status code."""
+
+    async def fn(c: Client) -> int:
+        eid = event_id
+        if eid is None:
+            events, sub = await subscribe(c)
+            await c.get_node(ua.ObjectIds.ConditionType).call_method(
+                ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+            )
+            got = await events.wait_for(3)
+            eid = next(ev.EventId for ev in got if ev.ConditionName == "loop1.supply_high")
+        args = [ua.Variant(eid, ua.VariantType.ByteString), ua.Variant(ua.LocalizedText("seen"))]
+        (res,) = await c.uaclient.call([ua.CallMethodRequest(object_id, method_id, args)])
+        return res.StatusCode.value
+
+    return face.client(user, fn)
+
+
+def test_acknowledge_on_a_node_or_method_the_server_does_not_have_says_which(face) -> None:
+    # asyncua answered BadNodeIdInvalid to both, and BadNothingToDo to a Method of the
+    # condition types that the alarm objects do not have (Confirm).
+    idx = face.face.space.idx
+    condition = ua.NodeId("Site/Alarms/loop1.supply_high", idx)
+    ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+    confirm = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Confirm)
+    eid = b"\x00" * 16
+    assert _face_ack(face, "olive", ua.NodeId("Site/Alarms/no.such", idx), ack, eid) == (
+        ua.StatusCodes.BadNodeIdUnknown
+    )
+    assert _face_ack(face, "olive", condition, ua.NodeId("no.such", idx), eid) == (
+        ua.StatusCodes.BadMethodInvalid
+    )
+    assert _face_ack(face, "olive", condition, confirm, eid) == ua.StatusCodes.BadMethodInvalid
+    # a node that is there but no condition, as Part 9 says (the type node itself too)
+    for not_a_condition in (
+        ua.NodeId("Site/Alarms", idx),
+        ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType),
+    ):
+        assert _face_ack(face, "olive", not_a_condition, ack, eid) == (
+            ua.StatusCodes.BadNodeIdInvalid
+        )
+    assert _face_ack(face, "olive", condition, ack, eid) == ua.StatusCodes.BadEventIdUnknown
+    assert not face.ctrl.alarms.record("loop1.supply_high").acked
+
+
+def test_acknowledge_through_the_face_refuses_a_viewer_and_a_controller_not_scanning(
+    face,
+) -> None:
+    condition = ua.NodeId("Site/Alarms/loop1.supply_high", face.face.space.idx)
+    ack = ua.NodeId(ua.ObjectIds.AcknowledgeableConditionType_Acknowledge)
+    n = len(face.audits)
+    assert _face_ack(face, "vic", condition, ack, None) == ua.StatusCodes.BadUserAccessDenied
+    assert [(a.who, a.ok) for a in face.audits[n:]] == [("vic", False)]
+    # It was BadInvalidState: the command not taken in time is withdrawn, as a
+    # Controller method's is.
+    face.serving, face.face.command_timeout_s = False, 0.3
+    try:
+        code = _face_ack(face, "olive", condition, ack, None)
+    finally:
+        face.serving, face.face.command_timeout_s = True, 5.0
+    assert code == ua.StatusCodes.BadTimeout
+    time.sleep(0.1)  # the run loop serves again: the withdrawn command is not given
+    assert not face.ctrl.alarms.record("loop1.supply_high").acked
+    assert _face_ack(face, "olive", condition, ack, None) == ua.StatusCodes.Good
+    assert face.ctrl.alarms.record("loop1.supply_high").acked_by == "opcua:olive"

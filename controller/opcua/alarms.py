@@ -22,10 +22,17 @@ asyncua 2.1 has no acknowledge: the standard method
 with an EventId and a Comment) and the folder's ``AcknowledgeAlarm(key)``
 ("" = every alarm) both go through the ``acknowledge`` callable, i.e. the one
 command path, as the caller's ``Principal``; a refused acknowledge answers
-with a Bad status code. The acknowledged state shows with the next ``update``
-(the next scan's records). ConditionRefresh (i=3875) and ConditionRefresh2
-(i=12912) are asyncua's own, bound here: they resend the retained conditions
-between a RefreshStartEvent and a RefreshEndEvent.
+with a Bad status code. ``Acknowledge`` answers as Part 9 says:
+BadEventIdUnknown for an EventId never sent or of an earlier occurrence,
+BadConditionBranchAlreadyAcked for a state acknowledged already (through any
+face, or cleared and acknowledged and so gone), BadNodeIdInvalid for an object
+that is no condition, BadUserAccessDenied for a role that may not, BadTimeout
+for a controller that did not take it (withdrawn); a ConditionId or Method the
+server does not have is the Call service's (``server.strict_call``:
+BadNodeIdUnknown, BadMethodInvalid). The acknowledged state shows with the
+next ``update`` (the next scan's records). ConditionRefresh (i=3875) and
+ConditionRefresh2 (i=12912) are asyncua's own, bound here: they resend the
+retained conditions between a RefreshStartEvent and a RefreshEndEvent.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from ..core.alarms import AlarmRecord
 from ..core.commands import Acknowledge, CommandResult, Principal, may
 from ..core.trips import latch_key
 from ..core.underfreq import ALARM_KEY as UNDER_FREQUENCY_KEY
+from .methods import status_of
 from .typed import data_value, node_id, status_code
 
 __all__ = ["ANONYMOUS", "AlarmFace", "AlarmKind", "kind_of"]
@@ -415,13 +423,16 @@ class AlarmFace:
         if cond is None:
             return status_code(ua.StatusCodes.BadNodeIdInvalid)
         event_id = args[0].Value
-        if cond.state is None or event_id not in cond.event_ids:
+        if event_id not in cond.event_ids:  # never sent, or of an earlier occurrence
             return status_code(ua.StatusCodes.BadEventIdUnknown)
-        if cond.state.acked:
+        if cond.state is None or cond.state.acked:  # None: cleared and acknowledged
             return status_code(ua.StatusCodes.BadConditionBranchAlreadyAcked)
         # the Comment has no place in the command path's Acknowledge(alarm): the
         # audit records who acknowledged which alarm
         status, _ = await self._give(cond.key)
+        if status.value == ua.StatusCodes.BadInvalidState:
+            # acknowledged already through another face, shown with the next scan
+            return status_code(ua.StatusCodes.BadConditionBranchAlreadyAcked)
         return [] if status.is_good() else status
 
     async def _acknowledge_alarm(self, parent: ua.NodeId, *args: ua.Variant) -> Any:
@@ -456,8 +467,9 @@ class AlarmFace:
                     self._acked_here[k] = who.origin
             return ua.StatusCode(), res.message
         log.info("acknowledge %s by %s %s", key, who.origin, res.message)
-        if not may(who, Acknowledge(key)):
-            return status_code(ua.StatusCodes.BadUserAccessDenied), res.message
+        code = status_of(res, Acknowledge(key), who)
+        if code in (ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadTimeout):
+            return status_code(code), res.message  # the role may not; not taken: withdrawn
         if key is not None and key not in self._conds:
             return status_code(ua.StatusCodes.BadInvalidArgument), res.message
         return status_code(ua.StatusCodes.BadInvalidState), res.message

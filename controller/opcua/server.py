@@ -54,7 +54,7 @@ from .publishing import lock_publishing_to_scans
 from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
 from .space import Space, namespace_uri, status_codes
-from .typed import data_value
+from .typed import data_value, status_code
 from .wire import install_encoder
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class OpcUaFace:
             "urn:thermogate", "thermogate", "thermogate", _version(), _version(), datetime.now(UTC)
         )
         strict_republish(server.iserver)
+        strict_call(server.iserver)
         if not self.naive:  # the baseline runs asyncua's own cycle and encoder
             lock_publishing_to_scans()
             install_encoder()
@@ -272,7 +273,8 @@ class OpcUaFace:
             await server.stop()
 
     async def _acknowledge(self, key: str | None, by: Principal) -> CommandResult:
-        return await give(self.bridge, Acknowledge(key, "OPC UA acknowledge"), by, 10.0)
+        cmd = Acknowledge(key, "OPC UA acknowledge")
+        return await give(self.bridge, cmd, by, self.command_timeout_s)
 
     async def _apply_naively(self, snap: Snapshot) -> None:
         """Every point through asyncua's public write, one by one (the baseline)."""
@@ -340,6 +342,27 @@ def strict_republish(iserver: InternalServer) -> None:
         return sub.republish(params.RetransmitSequenceNumber)
 
     subs.republish = republish  # type: ignore[method-assign]
+
+
+def strict_call(iserver: InternalServer) -> None:
+    """Answer a Call on a node or method the server does not have as Part 4 says:
+    BadNodeIdUnknown for the object, BadMethodInvalid for the method. asyncua
+    answers BadNodeIdInvalid to both (the NodeId is well formed, only unknown), and
+    BadNothingToDo to a Method it has no implementation of (Confirm on an alarm,
+    whose objects are not instances of the condition types)."""
+    service, aspace = iserver.method_service, iserver.aspace
+    call = service._call
+
+    async def call_one(method: ua.CallMethodRequest) -> ua.CallMethodResult:
+        if method.ObjectId not in aspace:
+            code = ua.StatusCodes.BadNodeIdUnknown
+        elif method.MethodId not in aspace or aspace[method.MethodId].call is None:
+            code = ua.StatusCodes.BadMethodInvalid
+        else:
+            return await call(method)
+        return ua.CallMethodResult(StatusCode=status_code(code))
+
+    service._call = call_one  # type: ignore[method-assign]
 
 
 def _version() -> str:
