@@ -110,14 +110,20 @@ class Table:
     header_line: int
     columns: tuple[str, ...]  # lower-case names, in file order
     decimal_comma: bool
-    _rows: tuple[tuple[int, tuple[str, ...]], ...]
+    #: the data rows as the file's lines (each record lies on one line: checked
+    #: when read), split into cells again as they are iterated: a year of minute
+    #: readings held as cells took ~150 MB, as lines ~45 MB
+    _lines: list[str]
+    _numbers: list[int]  # each line's number in the file
+    _delimiter: str = ","
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._lines)
 
     def __iter__(self) -> Iterator[Row]:
         idx = {c: j for j, c in enumerate(self.columns) if c}
-        for line, cells in self._rows:
+        cells_of = csv.reader(self._lines, delimiter=self._delimiter, skipinitialspace=True)
+        for line, cells in zip(self._numbers, cells_of, strict=True):
             yield Row(self, line, {c: cells[j].strip() for c, j in idx.items() if j < len(cells)})
 
     def to_float(self, cell: str) -> float | None:
@@ -161,7 +167,7 @@ def read_table(
     if not kept:
         raise DataFileError(label, None, None, "no header line: the file is empty or all comments")
 
-    head = kept[0]
+    head, header_line = kept[0], numbers[0]
     # Spreadsheets in comma-decimal locales export ';' separated with '12,5'.
     # The header's most frequent separator: a ';' file may name a column
     # "Bemerkung (EUR/MWh, DE-LU)"; a tie goes to the comma.
@@ -192,16 +198,17 @@ def read_table(
                 + _later_header(kept, numbers, delim, required),
             )
     width = len(header)
-    rows: list[tuple[int, tuple[str, ...]]] = []
+    # every record checked here (one line each, no surplus fields); the table keeps
+    # the lines, and splits them again as it is iterated
     while (row := _next_record(reader, label, numbers)) is not None:
-        ln = numbers[reader.line_num - 1]
         if len(row) > width and any(c.strip() for c in row[width:]):
+            ln = numbers[reader.line_num - 1]
             hint = " (a decimal comma in a comma-separated file?)" if delim == "," else ""
             raise DataFileError(
                 label, ln, None, f"row has {len(row)} fields but the header has {width}{hint}"
             )
-        rows.append((ln, tuple(row)))
-    return Table(label, numbers[0], tuple(header), delim != ",", tuple(rows))
+    del kept[0], numbers[0]  # the header's
+    return Table(label, header_line, tuple(header), delim != ",", kept, numbers, delim)
 
 
 #: lines after the first searched for the real header (an export's preamble)
