@@ -138,6 +138,60 @@ def test_the_loads_of_a_loop_share_its_heat_headroom(site):
         assert grow == pytest.approx(120.0)
 
 
+def mining_at(site: Site, power_kw: dict[str, float], headroom_kw: dict[str, float]):
+    """The demo's loads: each mining tank drawing ``power_kw`` with ``headroom_kw``
+    of forecast heat headroom (the loop's ample); the GPU loads at rating, no forecast."""
+    out = []
+    for ld in infos(site):
+        if ld.workload_class == "mining":
+            fc = LoadForecast(
+                headroom_kw[ld.name], math.inf, math.inf, trusted=False, source="prior"
+            )
+            ld = ld._replace(power_kw=power_kw[ld.name], forecast=fc)
+        out.append(ld)
+    return out
+
+
+def room_for_mining(site: Site, mining_kw: float) -> float:
+    """The import limit at which ``now``'s site leaves mining ``mining_kw`` (GPUs at rating)."""
+    ai = sum(ld.rated_kw for ld in infos(site) if ld.workload_class != "mining")
+    return (mining_kw + ai + 300.0) / GatingConfig().margin
+
+
+def test_mining_shares_of_a_scarce_room_do_not_follow_the_measured_power(site):
+    # normal-day at 0.6 h: the room holds the tanks near 143 kW while the prior's
+    # ~88 kW of headroom caps them near 230 kW, above that share: no cap binds, so
+    # the measured power must not move the shares (it did, through the caps, and
+    # the two mining feeders traded ~10 kW every ~6 minutes)
+    tanks = [t.name for t in site.tanks if t.workload_class == "mining"]
+    limit = room_for_mining(site, 12 * 143.0)
+    plans = []
+    for hi in (tanks[:6], tanks[6:]):  # one feeder's tanks drawing more, then the other's
+        power = {n: 150.0 if n in hi else 136.0 for n in tanks}
+        p = GatingPlanner(site)
+        plans.append(
+            p.plan(0.0, mining_at(site, power, dict.fromkeys(tanks, 88.0)), {}, now(site, limit))
+        )
+        assert all(p.why()[n] == "grid limit" for n in tanks)
+    for plan in plans:
+        assert [plan[n] for n in tanks] == pytest.approx([143.0] * 12, abs=1e-6)
+
+
+def test_a_binding_heat_headroom_cap_holds_its_load_and_the_others_share_what_it_leaves(site):
+    tanks = [t.name for t in site.tanks if t.workload_class == "mining"]
+    limit = room_for_mining(site, 12 * 143.0)
+    power = dict.fromkeys(tanks, 143.0) | {"tank01": 60.0}
+    headroom = dict.fromkeys(tanks, 88.0) | {"tank01": 20.0}  # tank01 hot: 80 kW at most
+    p = GatingPlanner(site)
+    plan = p.plan(0.0, mining_at(site, power, headroom), {}, now(site, limit))
+    assert plan["tank01"] == pytest.approx(80.0)  # its cap, exactly
+    assert p.why()["tank01"] == "heat headroom (physics prior)"
+    others = [plan[n] for n in tanks[1:]]
+    assert others == pytest.approx([(12 * 143.0 - 80.0) / 11] * 11)  # the room, all of it
+    assert all(p.why()[n] == "grid limit" for n in tanks[1:])
+    assert all(plan[n] <= power[n] + headroom[n] + 1e-9 for n in tanks)
+
+
 def test_protection_headroom_caps_the_plan_and_is_named(site):
     lds = infos(site)
     p = GatingPlanner(site)

@@ -23,7 +23,10 @@ bound whatever it asks. Order of operations of one plan:
    (with ``price_hysteresis`` so a price hovering there does not toggle it);
 4. **allocate** the room by precedence, inference first, then training, then
    mining: a class gets what it wants within its caps while room is left,
-   shared pro rata by want when not all of it fits.
+   shared pro rata by want when not all of it fits, each load within its
+   caps and what a capped load cannot take going to the others (not pro rata
+   by the capped amounts: a thermal cap moves with the load's measured power,
+   and the shares must not).
 
 Every load's budget comes with the reason that bound it (``why``).
 """
@@ -261,16 +264,58 @@ def _allocate(
     by_class: list[list[LoadInfo]], want: dict[str, float], caps: dict[str, float], room: float
 ) -> tuple[dict[str, float], set[str]]:
     """The room by precedence (``_by_class``): each class what it wants within its
-    caps, pro rata when not all of it fits; the budgets and the loads the room cut."""
+    caps; when not all of it fits, pro rata by want, each load within its cap and
+    what a capped load cannot take shared by the others of its class
+    (``_share``); the budgets and the loads the room cut."""
     out: dict[str, float] = {}
     cut: set[str] = set()
     for members in by_class:
         give = {ld.name: min(want[ld.name], caps[ld.name]) for ld in members}
         total = sum(give.values())
-        scale = 1.0 if total <= room or total <= 0 else room / total
-        for ld in members:
-            out[ld.name] = give[ld.name] * scale
-            if scale < 1.0 and give[ld.name] > 0:
-                cut.add(ld.name)
-        room = 0.0 if scale < 1.0 else max(0.0, room - total)
+        if total <= room or total <= 0:
+            out.update(give)
+            room = max(0.0, room - total)
+            continue
+        _share(members, want, give, room, out, cut)
+        room = 0.0
     return out, cut
+
+
+def _share(
+    members: list[LoadInfo],
+    want: dict[str, float],
+    give: dict[str, float],
+    room: float,
+    out: dict[str, float],
+    cut: set[str],
+) -> None:
+    """``room`` (less than the class's ``give``) shared pro rata by want, each load
+    within its ``give`` (its want within its caps), into ``out``; the loads the
+    room holds below their ``give`` into ``cut``.
+
+    Shares go by want, not by the capped ``give``: a thermal cap is the load's
+    measured power plus its heat headroom, so weighting shares by it fed each
+    tank's measured power back into its next share even where no cap bound, and
+    the mining feeders traded ~10 kW every ~6 minutes. A cap still binds where
+    it is below the share, and the room it leaves goes to the others."""
+    # the most capped first (its give the smallest part of its want): a load whose
+    # give fits within the share takes it, which only raises the others' share
+    order = sorted(
+        (ld.name for ld in members if give[ld.name] > 0),
+        key=lambda n: give[n] / want[n],
+    )
+    want_left = sum(want[n] for n in order)
+    got: dict[str, float] = {}
+    for i, name in enumerate(order):
+        if give[name] <= room * want[name] / want_left:
+            got[name] = give[name]
+            room -= give[name]
+            want_left -= want[name]
+            continue
+        scale = room / want_left  # every load from here is held below its give
+        for n in order[i:]:
+            got[n] = want[n] * scale
+            cut.add(n)
+        break
+    for ld in members:  # in the loads' order, as the budgets always were
+        out[ld.name] = got.get(ld.name, 0.0)
