@@ -127,6 +127,9 @@ def test_a_setpoint_is_checked_against_what_its_zone_can_take(warm):
     assert not res.accepted and "below the tank's fluid_alarm_c 60" in res.message
     res = warm.give(SetSetpoint("nope_loop", 30.0))
     assert not res.accepted and "no control loop 'nope_loop'" in res.message
+    # a loop's name alone names each of its control loops, not the closest spelling
+    res = warm.give(SetSetpoint("loop1", 30.0))
+    assert not res.accepted and "did you mean 'loop1_dp' or 'loop1_supply'?" in res.message
     # by the point it measures, as a technician knows it
     res = warm.give(SetSetpoint("loop1.supply_temp", 34.0, "warmer water"))
     assert res.accepted, res.message

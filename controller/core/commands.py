@@ -487,7 +487,8 @@ class CommandPath:
         c = self._loops.get(name) or self._loop_of_point.get(name)
         if c is None:
             raise Refused(
-                f"no control loop '{name}'{_hint(name, [*self._loops, *self._loop_of_point])}"
+                f"no control loop '{name}'"
+                + (_hint(name, self._loops) or _hint(name, self._loop_of_point))
             )
         return c
 
@@ -522,8 +523,14 @@ def _name(cmd: Command) -> str:
 
 
 def _hint(name: str, known: Iterable[str]) -> str:
-    near = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{near[0]}'?)" if near else ""
+    """' (did you mean ...?)': every name ``name`` begins (``loop1`` names both
+    ``loop1_dp`` and ``loop1_supply``: the closest spelling alone picked one), else
+    the closest spelling."""
+    names = list(known)
+    near = sorted(k for k in names if k.startswith(name))[:3] if name else []
+    if not near:
+        near = difflib.get_close_matches(name, names, n=1)
+    return f" (did you mean {' or '.join(repr(k) for k in near)}?)" if near else ""
 
 
 def _beside(x: float, lo: float, hi: float) -> str:
