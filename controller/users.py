@@ -164,11 +164,15 @@ class UserStore:
         try:
             return self.authenticate(name, secret, face)
         except AuthError:
-            shown = plain_why(name[:32]) or "(empty)"
-            why = f"{face} login failed for '{shown}' (unknown user or wrong password)"
-            with self._conn:
-                self._audit(time.time(), shown, face, f"{face}.login", why, ok=False)
+            self.refuse_login(name, face, "unknown user or wrong password")
             raise
+
+    def refuse_login(self, name: str, face: str, reason: str) -> None:
+        """A refused login in the audit log (``<face>.login``, not ok), with why."""
+        shown = plain_why(name[:32]) or "(empty)"
+        why = f"{face} login failed for '{shown}' ({reason})"
+        with self._conn:
+            self._audit(time.time(), shown, face, f"{face}.login", why, ok=False)
 
     def _audit(
         self, t: float, by: str, where: str, point: str, why: str, *, ok: bool = True

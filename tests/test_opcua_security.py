@@ -457,9 +457,22 @@ def test_demo_anonymous_reads_over_none_but_never_writes(demo_server):
     assert demo_server.run(demo_server.server.get_namespace_array())[1] == APP_URI
 
 
-def test_demo_login_over_none_is_refused_but_works_on_a_signed_channel(demo_server, keys):
+def test_demo_login_over_none_is_refused_and_audited_but_works_on_a_signed_channel(
+    demo_server, keys, users_db
+):
+    def refusals() -> list[tuple]:
+        with sqlite3.connect(users_db) as conn:
+            return conn.execute(
+                "SELECT who, point, ok, why FROM audit WHERE point = 'opcua.login'"
+            ).fetchall()
+
+    before = len(refusals())
     code = refused(session(demo_server, None, user="olga", password="olga-secret"))
     assert code == ua.StatusCodes.BadSecurityModeInsufficient
+    # refused before the password was checked, and audited as every refused login is
+    [(who, point, ok, why)] = refusals()[before:]
+    assert (who, point, ok) == ("olga", "opcua.login", 0)
+    assert "needs a signed channel" in why
     demo_server.users.clear()
     asyncio.run(
         session(

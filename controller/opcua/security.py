@@ -337,6 +337,15 @@ class ThermogateUserManager(UserManager):
         self.anonymous = anonymous
         self.offers_none = offers_none
 
+    def _refuse(self, username: str, reason: str) -> None:
+        """A login refused before its password was checked, audited as every refused
+        login is (``opcua.login``): a guesser leaves a trace whichever way he tries."""
+        try:
+            with UserStore(self.db) as store:
+                store.refuse_login(username, "opcua", reason)
+        except (ThermogateError, sqlite3.Error) as exc:
+            _log.error("refused OPC UA login of %r not audited: %s", username, exc)
+
     def get_user(
         self,
         iserver: Any,
@@ -352,6 +361,7 @@ class ThermogateUserManager(UserManager):
                 _log.warning(
                     "login of %r over the None policy refused: needs a signed channel", username
                 )
+                self._refuse(username, "a user name needs a signed channel, not the None policy")
                 raise ServiceError(ua.StatusCodes.BadSecurityModeInsufficient)
         else:
             cert = certificate
