@@ -196,6 +196,34 @@ def test_a_stale_point_reads_bad_never_good(rig, demo_pmap):
     assert dv.Value.Value is None  # Part 4: a Bad result carries no value
 
 
+def test_service_level_says_healthy_degraded_or_no_data_as_the_points_are_read(rig, demo_pmap):
+    """Server.ServiceLevel (Part 4): 255 with every point read, degraded (100) with
+    some not read (a device silent), no data (1) with none (every device silent, or
+    the controller not scanning: its last snapshot is shown stale)."""
+
+    def level() -> int:
+        async def fn(c: Client) -> int:
+            return await c.get_node(ua.ObjectIds.Server_ServiceLevel).read_value()
+
+        return rig.client(None, fn)
+
+    seen = []
+    _good(rig)
+    rig.publish()
+    seen.append(level())
+    rig.quality[demo_pmap.position("tank01.fluid_temp")] = BAD
+    rig.flags[demo_pmap.position("tank01.fluid_temp")] = FLAG_STALE
+    rig.publish()
+    seen.append(level())
+    rig.quality[:], rig.flags[:] = BAD, FLAG_STALE
+    rig.publish()
+    seen.append(level())
+    _good(rig)
+    rig.publish()
+    seen.append(level())
+    assert seen == [255, 100, 1, 255]
+
+
 def test_an_uncertain_point_reads_uncertain_with_its_value(rig, demo_pmap):
     _good(rig)
     i = demo_pmap.position("loop1.return_temp")

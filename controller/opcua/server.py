@@ -45,6 +45,7 @@ from ..core.commands import Acknowledge, Command, CommandResult, Principal
 from ..core.topology import Topology
 from ..heap import freeze_startup
 from ..historian import HistoryReader
+from ..signals import FLAG_STALE
 from .alarms import AlarmFace
 from .bridge import CommandBridge, give
 from .history import serve_history
@@ -134,6 +135,7 @@ class OpcUaFace:
         self._wake: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
         self._alarms: AlarmFace | None = None
+        self._service_level = SERVICE_HEALTHY  # asyncua starts the node at 255
         self._gc: IdleCollector | None = None
 
     @property
@@ -304,6 +306,16 @@ class OpcUaFace:
         self.space.applied += 1
         self.space.timings.append((snap.t, t_start, time.time()))
 
+    async def _say_service_level(self, level: int) -> None:
+        """Server.ServiceLevel, written when it changes (see :func:`service_level`)."""
+        if level == self._service_level or self.server is None:
+            return
+        self._service_level = level
+        await self.server.write_attribute_value(
+            ua.NodeId(ua.ObjectIds.Server_ServiceLevel),
+            data_value(ua.Variant(level, ua.VariantType.Byte)),
+        )
+
     async def _consume(self) -> None:
         """Apply the newest snapshot whenever one was published."""
         assert self._wake is not None and self.space is not None
@@ -315,6 +327,8 @@ class OpcUaFace:
             if snap is None:
                 continue
             try:
+                # before the values: once a snapshot counts as applied, so is its level
+                await self._say_service_level(service_level(snap))
                 if self.naive:
                     await self._apply_naively(snap)
                 else:
@@ -325,6 +339,22 @@ class OpcUaFace:
                     self._gc.applied()
             except Exception:  # one bad snapshot must not end the face
                 log.exception("applying a snapshot to the OPC UA address space failed")
+
+
+#: Server.ServiceLevel's ranges (OPC UA Part 4 §6.6.2.4.2): healthy, degraded
+#: (some data unavailable), no data (the server cannot give what it serves)
+SERVICE_HEALTHY, SERVICE_DEGRADED, SERVICE_NO_DATA = 255, 100, 1
+
+
+def service_level(snap: Snapshot) -> int:
+    """How much of what it serves the server can give: no data when no point was
+    read (every device silent, or the controller not scanning: its last snapshot
+    is shown stale), degraded when some were not, healthy otherwise. A client
+    (or a redundant pair's failover) reads it without browsing 500 statuses."""
+    stale = (snap.flags & FLAG_STALE) != 0
+    if stale.all():
+        return SERVICE_NO_DATA
+    return SERVICE_DEGRADED if stale.any() else SERVICE_HEALTHY
 
 
 def strict_republish(iserver: InternalServer) -> None:
