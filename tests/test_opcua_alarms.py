@@ -293,6 +293,27 @@ def test_clearing_fires_an_event_with_active_false_and_acknowledging_a_last_one_
     run(scenario())
 
 
+def test_an_alarm_first_seen_already_cleared_is_said_as_a_clear_not_as_the_alarm(
+    shared: Shared,
+) -> None:
+    """After a restart the alarm list comes back with alarms cleared but not yet
+    acknowledged: the face's first event of one says it cleared, retained."""
+
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            events, _ = await subscribe(client)
+            raise_(r, T, "plc.safe_state", "PLC is in its watchdog safe state", 900)
+            clear(r, T + 5, "plc.safe_state")
+            await r.publish(T + 5)  # the face's first sight of it: cleared, unacknowledged
+            [ev] = await events.wait_for(1)
+            assert ev.Message.Text == "cleared: PLC is in its watchdog safe state"
+            assert field_of(ev, "ActiveState/Id") is False
+            assert field_of(ev, "AckedState/Id") is False
+            assert ev.Retain is True
+
+    run(scenario())
+
+
 def test_an_operator_acknowledges_through_the_standard_method_and_the_alarm_shows_acked(
     shared: Shared,
 ) -> None:

@@ -367,7 +367,9 @@ class AlarmFace:
         if raised:
             cond.event_ids.clear()  # a new occurrence: older EventIds no longer acknowledge it
             text, when = new.message, new.since
-        elif old is not None and old.active and not new.active:
+        elif not new.active and (old is None or old.active):
+            # old None: first seen already cleared (the list restored after a restart,
+            # its clear not yet acknowledged): said as a clear, not as the alarm
             text, when = f"cleared: {new.message}", t
         elif new.acked and (old is None or not old.acked):
             text, when = f"acknowledged by {new.acked_by or 'someone'}: {new.message}", t
