@@ -303,3 +303,32 @@ def test_a_method_argument_of_another_numeric_data_type_is_a_type_mismatch(rig):
         ("olive", "opcua.SetSetpoint", False),
         ("olive", "opcua.ClearCurtailment", False),
     ]
+
+
+# -- where a method may be called ------------------------------------------------------------
+def _call_on(rig: Rig, user: str, object_id: ua.NodeId, method: str, *args: ua.Variant):
+    mid = rig.node_id(f"Site/Controller/{method}")
+
+    async def fn(c: Client) -> ua.CallMethodResult:
+        return (await c.uaclient.call([ua.CallMethodRequest(object_id, mid, list(args))]))[0]
+
+    return rig.client(user, fn)
+
+
+def test_a_controller_method_called_on_an_object_that_does_not_have_it_is_method_invalid(rig):
+    # Part 4 (5.11.2): the method must be a component of the object. SetSetpoint on
+    # the Site object, the Server object or a variable answered Good and set it.
+    n = len(rig.audits)
+    args = (_s("loop1_supply"), _d(34.0), _s("x"))
+    for elsewhere in (
+        rig.node_id("Site"),
+        ua.NodeId(ua.ObjectIds.Server),
+        rig.node_id("tank01.fluid_temp"),
+    ):
+        res = _call_on(rig, "olive", elsewhere, "SetSetpoint", *args)
+        assert res.StatusCode.value == S.BadMethodInvalid, elsewhere
+    assert "loop1_supply" not in rig.ctrl.state.setpoints and len(rig.audits) == n
+    # on the Controller, its owner, it is still a command
+    res = _call_on(rig, "olive", rig.node_id("Site/Controller"), "SetSetpoint", *args)
+    assert res.StatusCode.is_good(), _message(res)
+    assert rig.ctrl.state.setpoints["loop1_supply"] == 34.0

@@ -15,7 +15,9 @@ Bad status code carrying that message:
   an argument of the wrong type also has ``BadTypeMismatch`` as its own
   ``InputArgumentResults`` entry;
 * ``BadTypeMismatch`` - a setpoint written with a value that is not a Double;
-* ``BadNodeIdUnknown`` - a write to a node the server does not have.
+* ``BadNodeIdUnknown`` - a write to a node the server does not have;
+* ``BadMethodInvalid`` - a method called on an object other than the Controller
+  (``server.strict_call``: Part 4 wants the method to be the object's component).
 
 A value's DataType must be the declared one, as Part 4 wants: a Float or an
 Int32 is not converted to a Double, in a write or in an argument. Such a refusal

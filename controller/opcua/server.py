@@ -379,20 +379,57 @@ def strict_call(iserver: InternalServer) -> None:
     BadNodeIdUnknown for the object, BadMethodInvalid for the method. asyncua
     answers BadNodeIdInvalid to both (the NodeId is well formed, only unknown), and
     BadNothingToDo to a Method it has no implementation of (Confirm on an alarm,
-    whose objects are not instances of the condition types)."""
+    whose objects are not instances of the condition types).
+
+    asyncua also calls a method on any object at all (SetSetpoint on the Site
+    object, the Server object or a variable ran and changed the setpoint). Part 4
+    (5.11.2): the method must be a component of the object; a method that is not
+    is BadMethodInvalid. A method an ObjectType defines (Acknowledge on a condition,
+    ConditionRefresh on the Server object) is left to its own implementation, which
+    checks the object itself."""
     service, aspace = iserver.method_service, iserver.aspace
     call = service._call
 
     async def call_one(method: ua.CallMethodRequest) -> ua.CallMethodResult:
         if method.ObjectId not in aspace:
             code = ua.StatusCodes.BadNodeIdUnknown
-        elif method.MethodId not in aspace or aspace[method.MethodId].call is None:
+        elif not _callable_on(aspace, method.ObjectId, method.MethodId):
             code = ua.StatusCodes.BadMethodInvalid
         else:
             return await call(method)
         return ua.CallMethodResult(StatusCode=status_code(code))
 
     service._call = call_one  # type: ignore[method-assign]
+
+
+#: HasComponent and its subtype HasOrderedComponent
+_COMPONENT = (ua.NodeId(ua.ObjectIds.HasComponent), ua.NodeId(ua.ObjectIds.HasOrderedComponent))
+
+
+def _callable_on(aspace: Any, obj: ua.NodeId, method: ua.NodeId) -> bool:
+    """Whether ``method`` is there, implemented, and ``obj``'s (or a type's) to call."""
+    if method not in aspace or aspace[method].call is None:
+        return False
+    return _of_a_type(aspace, method) or _has_component(aspace, obj, method)
+
+
+def _has_component(aspace: Any, source: ua.NodeId, target: ua.NodeId) -> bool:
+    """Whether ``source`` references ``target`` with HasComponent (forward)."""
+    return any(
+        r.IsForward and r.ReferenceTypeId in _COMPONENT and r.NodeId == target
+        for r in aspace[source].references
+    )
+
+
+def _of_a_type(aspace: Any, method: ua.NodeId) -> bool:
+    """Whether ``method`` is a component of an ObjectType (a type-level method)."""
+    for r in aspace[method].references:
+        if r.IsForward or r.ReferenceTypeId not in _COMPONENT or r.NodeId not in aspace:
+            continue
+        cls = aspace[r.NodeId].attributes.get(ua.AttributeIds.NodeClass)
+        if cls is not None and cls.value.Value.Value == ua.NodeClass.ObjectType:
+            return True
+    return False
 
 
 def _version() -> str:
