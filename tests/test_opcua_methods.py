@@ -332,3 +332,41 @@ def test_a_controller_method_called_on_an_object_that_does_not_have_it_is_method
     res = _call_on(rig, "olive", rig.node_id("Site/Controller"), "SetSetpoint", *args)
     assert res.StatusCode.is_good(), _message(res)
     assert rig.ctrl.state.setpoints["loop1_supply"] == 34.0
+
+
+def _write_dv(rig: Rig, user: str, name: str, dv: ua.DataValue) -> ua.StatusCode:
+    async def fn(c: Client) -> ua.StatusCode:
+        wv = ua.WriteValue(NodeId=rig.node_id(name), AttributeId=ua.AttributeIds.Value, Value=dv)
+        return (await c.uaclient.write(ua.WriteParameters([wv])))[0]
+
+    return rig.client(user, fn)
+
+
+def test_a_setpoint_written_with_a_status_or_a_timestamp_is_write_not_supported(rig):
+    # Part 4 (5.10.4): a server that does not write status or timestamps refuses such
+    # a WriteValue. A Bad status or a SourceTimestamp was ignored: Good, value applied.
+    rig.face.bridge.take_refused()
+    before = _value(rig, "loop1_supply.setpoint")
+    n = len(rig.audits)
+    now = datetime.now(UTC)
+    for dv in (
+        ua.DataValue(_d(33.0), StatusCode=ua.StatusCode(S.BadSensorFailure)),
+        ua.DataValue(_d(33.0), StatusCode=ua.StatusCode(S.UncertainLastUsableValue)),
+        ua.DataValue(_d(33.0), SourceTimestamp=now),
+        ua.DataValue(_d(33.0), ServerTimestamp=now),
+    ):
+        assert _write_dv(rig, "olive", "loop1_supply.setpoint", dv).value == (
+            S.BadWriteNotSupported
+        ), dv
+    assert "loop1_supply" not in rig.ctrl.state.setpoints and len(rig.audits) == n
+    refused = _refusals(rig)  # audited as the other refused writes are
+    assert len(refused) == 4 and {(a.who, a.where, a.target, a.ok) for a in refused} == {
+        ("olive", "opcua", "loop1_supply.setpoint", False)
+    }
+    assert "BadSensorFailure" in refused[0].why and "SourceTimestamp" in refused[2].why
+    rig.publish()
+    assert _value(rig, "loop1_supply.setpoint") == before
+    # a value alone, with a Good status, is still a setpoint
+    good = ua.DataValue(_d(33.0), StatusCode=ua.StatusCode(S.Good))
+    assert _write_dv(rig, "olive", "loop1_supply.setpoint", good).is_good()
+    assert rig.ctrl.state.setpoints["loop1_supply"] == 33.0

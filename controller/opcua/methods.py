@@ -15,6 +15,8 @@ Bad status code carrying that message:
   an argument of the wrong type also has ``BadTypeMismatch`` as its own
   ``InputArgumentResults`` entry;
 * ``BadTypeMismatch`` - a setpoint written with a value that is not a Double;
+* ``BadWriteNotSupported`` - a setpoint written with a StatusCode other than Good
+  or with a timestamp (Part 4: the server writes values only; nothing is applied);
 * ``BadNodeIdUnknown`` - a write to a node the server does not have;
 * ``BadMethodInvalid`` - a method called on an object other than the Controller
   (``server.strict_call``: Part 4 wants the method to be the object's component).
@@ -316,6 +318,20 @@ class Commands:
         return call
 
 
+def _status_or_timestamps(dv: ua.DataValue | None) -> str | None:
+    """What a written DataValue carries besides its value ("a status code BadX", "a
+    SourceTimestamp" ...), None when only a value: the server writes nothing else."""
+    if dv is None:
+        return None
+    code = dv.StatusCode
+    if code is not None and code.value != S.Good:
+        return f"a status code {code.name}"
+    for field in ("SourceTimestamp", "ServerTimestamp", "SourcePicoseconds", "ServerPicoseconds"):
+        if getattr(dv, field, None):
+            return f"a {field}"
+    return None
+
+
 def _check(
     given: list[ua.Variant], args: list[tuple[str, ua.VariantType, str]]
 ) -> tuple[int, str, int | None] | None:
@@ -399,6 +415,14 @@ class SetpointWrites(AttributeService):
             return S.BadNodeIdUnknown
         if loop is None or wv.AttributeId != ua.AttributeIds.Value:
             return S.BadNotWritable if allowed(by, SetSetpoint) else S.BadUserAccessDenied
+        extra = _status_or_timestamps(wv.Value)
+        if extra is not None:
+            # Part 4 (5.10.4): a server that does not write status or timestamps
+            # refuses such a WriteValue; it was taken as a good value
+            self.commands.refused(
+                f"{loop.name}.setpoint", f"{extra} written; only a value may be", by
+            )
+            return S.BadWriteNotSupported
         given = wv.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
         # a setpoint is a Double: a Float or an Int32 is refused, not converted (Part 4)
         if given is None or not _fits(given, V.Double):
