@@ -110,6 +110,8 @@ class Rig:
         self.url = self.face.endpoint
         self._stop = threading.Event()
         self.serving = True
+        #: publish a snapshot after serving commands (False: as if the next scan is late)
+        self.publish_on_serve = True
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
@@ -126,7 +128,7 @@ class Rig:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self.serving and self.face.serve(self._give):
+            if self.serving and self.face.serve(self._give) and self.publish_on_serve:
                 self.publish()
             time.sleep(0.01)
 

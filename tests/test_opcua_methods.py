@@ -370,3 +370,29 @@ def test_a_setpoint_written_with_a_status_or_a_timestamp_is_write_not_supported(
     good = ua.DataValue(_d(33.0), StatusCode=ua.StatusCode(S.Good))
     assert _write_dv(rig, "olive", "loop1_supply.setpoint", good).is_good()
     assert rig.ctrl.state.setpoints["loop1_supply"] == 33.0
+
+
+def test_a_setpoint_set_by_the_method_reads_back_at_once_as_a_written_one_does(rig):
+    # After a Good SetSetpoint call the variable read the old value until the next
+    # scan (up to ~1 s); after a Good Write it read the new one at once.
+    async def fn(c: Client) -> tuple[ua.StatusCode, float, ua.StatusCode, float]:
+        sp = c.get_node(rig.node_id("loop1_supply.setpoint"))
+        ctl, mid = rig.node_id("Site/Controller"), rig.node_id("Site/Controller/SetSetpoint")
+        req = ua.CallMethodRequest(ctl, mid, [_s("loop1_supply"), _d(33.5)])
+        [called] = await c.uaclient.call([req])
+        after_call = await sp.read_value()
+        wv = ua.WriteValue(
+            NodeId=sp.nodeid, AttributeId=ua.AttributeIds.Value, Value=ua.DataValue(_d(34.5))
+        )
+        [written] = await c.uaclient.write(ua.WriteParameters([wv]))
+        return called.StatusCode, after_call, written, await sp.read_value()
+
+    rig.publish_on_serve = False  # no scan comes meanwhile
+    try:
+        called, after_call, written, after_write = rig.client("olive", fn)
+    finally:
+        rig.publish_on_serve = True
+    assert called.is_good() and written.is_good()
+    assert (after_call, after_write) == (33.5, 34.5)
+    rig.publish()  # and the next scan keeps it
+    assert _value(rig, "loop1_supply.setpoint") == 34.5

@@ -247,6 +247,7 @@ class Commands:
     ) -> None:
         self.bridge, self.principal_of, self.current_user = bridge, principal_of, current_user
         self.timeout_s = timeout_s
+        self.space: Space | None = None
 
     def who(self) -> Principal:
         return self.principal_of(self.current_user())
@@ -265,7 +266,16 @@ class Commands:
         res = await give(self.bridge, cmd, by, self.timeout_s)
         return status_of(res, cmd, by), res
 
+    async def show_setpoint(self, res: CommandResult) -> None:
+        """An accepted SetSetpoint (written or called) shown on its variable at once,
+        not with the next scan: the same value and time the command path audited."""
+        a = res.audit
+        if self.space is None or a.new is None or not a.target.endswith(".setpoint"):
+            return
+        await self.space.show_written(a.target.removesuffix(".setpoint"), float(a.new), a.t)
+
     async def setup(self, server: Server, space: Space) -> None:
+        self.space = space
         parent = server.get_node(space.controller)
         aspace = server.iserver.aspace
         for m in METHODS:
@@ -313,6 +323,9 @@ class Commands:
                 return refused
             cmd = m.build(*(a.Value for a in given))
             code, res = await self.give(cmd, self.who())
+            if code == S.Good and isinstance(cmd, SetSetpoint):
+                # as a write does: a read right after the Good call sees it
+                await self.show_setpoint(res)
             return _result(code, res.message)
 
         return call
@@ -380,8 +393,9 @@ class SetpointWrites(AttributeService):
 
     A write of a setpoint's Value is a SetSetpoint by the session's user: refused ->
     its Bad status (the value stays what the controller holds), accepted -> Good, and
-    the variable shows the new setpoint with the next scan. Any other external write
-    into the site's namespace is refused; the server's own writes pass untouched."""
+    the variable shows the new setpoint at once (as after a SetSetpoint call). Any
+    other external write into the site's namespace is refused; the server's own
+    writes pass untouched."""
 
     def __init__(self, commands: Commands, space: Space, server: Server) -> None:
         super().__init__(server.iserver.aspace)
@@ -435,6 +449,6 @@ class SetpointWrites(AttributeService):
         code, res = await self.commands.give(cmd, by)
         if code != S.Good:
             log.info("OPC UA write of %s by %s refused: %s", loop.name, by.origin, res.message)
-        elif res.audit.new is not None:
-            await self.space.show_written(loop.name, float(res.audit.new), res.audit.t)
+        else:
+            await self.commands.show_setpoint(res)
         return code
