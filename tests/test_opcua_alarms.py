@@ -489,6 +489,55 @@ def test_an_acknowledge_of_a_state_acknowledged_elsewhere_is_branch_already_acke
     assert run(scenario()) == [ua.StatusCodes.BadConditionBranchAlreadyAcked] * 4
 
 
+# -- event filters and notifiers ---------------------------------------------------
+def of_type(type_id: int) -> ua.ContentFilter:
+    """A WhereClause ``OfType(type_id)`` as SCADA packages (and node-opcua) send it."""
+    el = ua.ContentFilterElement(
+        FilterOperator=ua.FilterOperator.OfType,
+        FilterOperands=[ua.LiteralOperand(Value=ua.Variant(ua.NodeId(type_id)))],
+    )
+    return ua.ContentFilter(Elements=[el])
+
+
+async def subscribe_where(client: Client, where: ua.ContentFilter) -> Events:
+    events = Events()
+    sub = await client.create_subscription(20, events)
+    types = [client.get_node(t) for t in ALARM_TYPES]
+    evfilter = await sub._create_eventfilter(types, where_clause_generation=False)
+    evfilter.WhereClause = where
+    await sub.subscribe_events(ua.ObjectIds.Server, evfilter=evfilter)
+    return events
+
+
+def test_an_of_type_where_clause_selects_events_of_that_type_or_any_subtype(
+    shared: Shared,
+) -> None:
+    # Part 4 §7.7.3: OfType is true for an event of the type or of a subtype of it;
+    # asyncua compared the EventType for equality, so OfType(ConditionType) got nothing
+    expected = {
+        ua.ObjectIds.BaseEventType: {"plc.safe_state", "grid.under_frequency", "power:site"},
+        ua.ObjectIds.ConditionType: {"plc.safe_state", "grid.under_frequency", "power:site"},
+        ua.ObjectIds.AlarmConditionType: {"plc.safe_state", "grid.under_frequency", "power:site"},
+        ua.ObjectIds.LimitAlarmType: {"power:site"},
+        ua.ObjectIds.OffNormalAlarmType: {"plc.safe_state", "grid.under_frequency"},
+        ua.ObjectIds.TripAlarmType: {"grid.under_frequency"},
+        ua.ObjectIds.DiscrepancyAlarmType: set(),
+        ua.ObjectIds.RefreshStartEventType: set(),
+    }
+
+    async def scenario() -> dict[int, list[str]]:
+        async with rig(shared) as r, Client(r.url) as client:
+            subs = {t: await subscribe_where(client, of_type(t)) for t in expected}
+            raise_(r, T, "plc.safe_state", "PLC is in its watchdog safe state", 900)
+            raise_(r, T, "grid.under_frequency", "under-frequency trip: shed mining", 850)
+            raise_(r, T, "power:site", "site over its limit", 800)
+            await r.publish(T)
+            await subs[ua.ObjectIds.BaseEventType].wait_for(3)
+            return {t: sorted(ev.ConditionName for ev in e.got) for t, e in subs.items()}
+
+    assert run(scenario()) == {t: sorted(keys) for t, keys in expected.items()}
+
+
 # -- through the whole face: the server's Call service and the command path --------------
 @pytest.fixture(scope="module")
 def face(site, demo_pmap, tmp_path_factory):

@@ -9,6 +9,7 @@ an ``OffNormalAlarmType``, a write that did not read back a
 go out from the Server object (the event notifier clients subscribe to), one
 per change: raised, cleared, acknowledged, raised again; an alarm gone from
 the records (cleared and acknowledged) fires a last event with Retain false.
+A WhereClause ``OfType`` selects subtypes too (``events.install``).
 
 The condition's ConditionId is the object ``Alarms/<key>`` under the site's
 Alarms folder, which also holds the alarm as plain variables — Active, Acked,
@@ -51,6 +52,7 @@ from ..core.alarms import AlarmRecord
 from ..core.commands import Acknowledge, CommandResult, Principal, may
 from ..core.trips import latch_key
 from ..core.underfreq import ALARM_KEY as UNDER_FREQUENCY_KEY
+from . import events
 from .methods import status_of
 from .typed import data_value, node_id, status_code
 
@@ -218,6 +220,7 @@ class AlarmFace:
         self._base = ident if isinstance(ident, str) else "Alarms"
         isession = server.iserver.isession
 
+        events.install()  # a WhereClause OfType selects subtypes too
         server_node = server.get_node(SERVER)
         await server_node.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
         # Server GeneratesEvent each type used (once, not per alarm) and has the
