@@ -538,6 +538,51 @@ def test_an_of_type_where_clause_selects_events_of_that_type_or_any_subtype(
     assert run(scenario()) == {t: sorted(keys) for t, keys in expected.items()}
 
 
+def test_a_subscription_on_the_alarms_folder_receives_its_alarm_events_and_refresh(
+    shared: Shared,
+) -> None:
+    # Part 9: the Alarms folder is an event notifier area (the Server's HasEventSource);
+    # its subscribers get the events of the alarms below it, the Server's still get
+    # each one exactly once
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            on_server, _ = await subscribe(client)
+            on_folder = Events()
+            sub = await client.create_subscription(20, on_folder)
+            await sub.subscribe_events(r.folder, ALARM_TYPES)
+            raise_(r, T, "plc.safe_state", "PLC is in its watchdog safe state", 900)
+            raise_(r, T, "loop1.supply_high", "loop1 hot", 600)
+            await r.publish(T)
+            clear(r, T + 1, "plc.safe_state")
+            await r.publish(T + 1)
+            for events in (on_server, on_folder):
+                got = await events.wait_for(3)
+                assert len(got) == 3
+            ids = [ev.EventId for ev in on_server.got]
+            assert len(set(ids)) == 3 and [ev.EventId for ev in on_folder.got] == ids
+
+            # a client that subscribes on the folder alone, after the fact
+            async with Client(r.url) as late:
+                events = Events()
+                sub = await late.create_subscription(20, events)
+                await sub.subscribe_events(r.folder, ALARM_TYPES)
+                await call(
+                    late.get_node(ua.ObjectIds.ConditionType),
+                    ua.NodeId(ua.ObjectIds.ConditionType_ConditionRefresh),
+                    ua.Variant(sub.subscription_id, ua.VariantType.UInt32),
+                )
+                got = await events.wait_for(4)
+                kinds = [ev.EventType for ev in got]
+                assert kinds[0] == ua.NodeId(ua.ObjectIds.RefreshStartEventType)
+                assert kinds[-1] == ua.NodeId(ua.ObjectIds.RefreshEndEventType)
+                middle = sorted(ev.ConditionName for ev in got[1:-1])
+                assert middle == ["loop1.supply_high", "plc.safe_state"] and len(got) == 4
+            await asyncio.sleep(0.2)
+            assert len(on_server.got) == len(on_folder.got) == 3  # the refresh was not theirs
+
+    run(scenario())
+
+
 # -- through the whole face: the server's Call service and the command path --------------
 @pytest.fixture(scope="module")
 def face(site, demo_pmap, tmp_path_factory):

@@ -6,10 +6,12 @@ a temperature, a power or a flow is an ``ExclusiveLevelAlarmType`` in its High
 (or Low) state, a relay or pump trip a ``TripAlarmType``, the PLC's safe state
 an ``OffNormalAlarmType``, a write that did not read back a
 ``DiscrepancyAlarmType``, anything else an ``AlarmConditionType``. Its events
-go out from the Server object (the event notifier clients subscribe to), one
-per change: raised, cleared, acknowledged, raised again; an alarm gone from
-the records (cleared and acknowledged) fires a last event with Retain false.
-A WhereClause ``OfType`` selects subtypes too (``events.install``).
+go out from the Server object (the event notifier clients subscribe to) and,
+the same events, from the Alarms folder, an event notifier area below it
+(``events.notify_through``), one per change: raised, cleared, acknowledged,
+raised again; an alarm gone from the records (cleared and acknowledged) fires
+a last event with Retain false. A WhereClause ``OfType`` selects subtypes too
+(``events.install``).
 
 The condition's ConditionId is the object ``Alarms/<key>`` under the site's
 Alarms folder, which also holds the alarm as plain variables — Active, Acked,
@@ -220,9 +222,11 @@ class AlarmFace:
         self._base = ident if isinstance(ident, str) else "Alarms"
         isession = server.iserver.isession
 
-        events.install()  # a WhereClause OfType selects subtypes too
+        events.install()  # OfType with subtypes; events through notifier areas
         server_node = server.get_node(SERVER)
         await server_node.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
+        # the folder is the alarms' notifier area: its subscribers get their events
+        await parent.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
         # Server GeneratesEvent each type used (once, not per alarm) and has the
         # Alarms folder as an event source, for clients that browse the event hierarchy.
         types = {kind.type_id for _, kind in _RULES} | {_OTHER.type_id}
@@ -253,6 +257,9 @@ class AlarmFace:
         bound = server.iserver.subscription_service.standard_events
         if ua.ObjectIds.RefreshStartEventType not in bound:
             await server.iserver.setup_condition_methods()
+        for marker in (ua.ObjectIds.RefreshStartEventType, ua.ObjectIds.RefreshEndEventType):
+            # a ConditionRefresh brackets the resent conditions on the folder's items too
+            events.notify_through(bound[marker].event, parent.nodeid)
         server.link_method(server.get_node(ACKNOWLEDGE_METHOD), self._acknowledge_condition)
 
         ack = await parent.add_method(
@@ -333,6 +340,7 @@ class AlarmFace:
         gen = EventGenerator(self._server.iserver.isession)
         await gen.init(kind.type_id, emitting_node=SERVER, add_generates_event=False)
         ev = gen.event
+        events.notify_through(ev, self._parent.nodeid)  # the Server's and the folder's
         ev.SourceNode, ev.SourceName = node.nodeid, key
         ev.NodeId = node.nodeid  # the ConditionId
         ev.ConditionName = key

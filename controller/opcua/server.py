@@ -216,7 +216,7 @@ class OpcUaFace:
         )
         strict_republish(server.iserver)
         strict_call(server.iserver)
-        events.install()  # a WhereClause OfType selects subtypes too
+        events.install()  # OfType with subtypes; alarm events through the Alarms folder too
         if not self.naive:  # the baseline runs asyncua's own cycle and encoder
             lock_publishing_to_scans()
             install_encoder()
