@@ -583,6 +583,38 @@ def test_a_subscription_on_the_alarms_folder_receives_its_alarm_events_and_refre
     run(scenario())
 
 
+def test_the_event_hierarchy_browses_from_the_server_through_the_alarms_folder_to_each_alarm(
+    shared: Shared,
+) -> None:
+    # Part 3: HasNotifier between notifiers (Server -> Alarms), HasEventSource to a
+    # source (Alarms -> each alarm), each also seen from its target
+    async def refs(node: Node, direction: ua.BrowseDirection) -> set[tuple[int, ua.NodeId]]:
+        got = await node.get_references(
+            ua.ObjectIds.HasEventSource, direction, includesubtypes=True
+        )
+        return {(r.ReferenceTypeId.Identifier, r.NodeId) for r in got}
+
+    async def scenario() -> None:
+        async with rig(shared) as r, Client(r.url) as client:
+            raise_(r, T, "plc.safe_state", "PLC is in its watchdog safe state", 900)
+            await r.publish(T)
+            server, folder = client.get_node(ua.ObjectIds.Server), client.get_node(r.folder)
+            source = r.node("plc.safe_state")
+            down = await refs(server, ua.BrowseDirection.Forward)
+            assert (ua.ObjectIds.HasNotifier, r.folder) in down
+            assert await refs(folder, ua.BrowseDirection.Inverse) == {
+                (ua.ObjectIds.HasNotifier, ua.NodeId(ua.ObjectIds.Server))
+            }
+            assert await refs(folder, ua.BrowseDirection.Forward) == {
+                (ua.ObjectIds.HasEventSource, source)
+            }
+            assert await refs(client.get_node(source), ua.BrowseDirection.Inverse) == {
+                (ua.ObjectIds.HasEventSource, r.folder)
+            }
+
+    run(scenario())
+
+
 # -- through the whole face: the server's Call service and the command path --------------
 @pytest.fixture(scope="module")
 def face(site, demo_pmap, tmp_path_factory):

@@ -228,7 +228,8 @@ class AlarmFace:
         # the folder is the alarms' notifier area: its subscribers get their events
         await parent.set_event_notifier([ua.EventNotifier.SubscribeToEvents])
         # Server GeneratesEvent each type used (once, not per alarm) and has the
-        # Alarms folder as an event source, for clients that browse the event hierarchy.
+        # Alarms folder, a notifier itself, as its HasNotifier (a HasEventSource),
+        # for clients that browse the event hierarchy: Server -> Alarms -> each alarm.
         types = {kind.type_id for _, kind in _RULES} | {_OTHER.type_id}
         refs = [
             ua.AddReferencesItem(
@@ -240,15 +241,7 @@ class AlarmFace:
             )
             for t in sorted(types)
         ]
-        refs.append(
-            ua.AddReferencesItem(
-                SourceNodeId=SERVER,
-                ReferenceTypeId=node_id(ua.ObjectIds.HasEventSource),
-                IsForward=True,
-                TargetNodeId=parent.nodeid,
-                TargetNodeClass=ua.NodeClass.Object,
-            )
-        )
+        refs += _both_ways(SERVER, ua.ObjectIds.HasNotifier, parent.nodeid)
         for res in await isession.add_references(refs):
             res.check()
 
@@ -336,8 +329,13 @@ class AlarmFace:
             )
             variables[name] = var.nodeid
 
+        isession = self._server.iserver.isession
+        for res in await isession.add_references(
+            _both_ways(self._parent.nodeid, ua.ObjectIds.HasEventSource, node.nodeid)
+        ):
+            res.check()
         kind = kind_of(key)
-        gen = EventGenerator(self._server.iserver.isession)
+        gen = EventGenerator(isession)
         await gen.init(kind.type_id, emitting_node=SERVER, add_generates_event=False)
         ev = gen.event
         events.notify_through(ev, self._parent.nodeid)  # the Server's and the folder's
@@ -495,3 +493,18 @@ def _argument(name: str, vtype: ua.VariantType, description: str) -> ua.Argument
     arg.ValueRank = -1
     arg.Description = ua.LocalizedText(description)
     return arg
+
+
+def _both_ways(source: ua.NodeId, ref_type: int, target: ua.NodeId) -> list[ua.AddReferencesItem]:
+    """A reference between two objects and its inverse (asyncua's AddReferences adds
+    only the one asked for, so a browse from the target would not see it)."""
+    return [
+        ua.AddReferencesItem(
+            SourceNodeId=a,
+            ReferenceTypeId=node_id(ref_type),
+            IsForward=forward,
+            TargetNodeId=b,
+            TargetNodeClass=ua.NodeClass.Object,
+        )
+        for a, b, forward in ((source, target, True), (target, source, False))
+    ]
