@@ -31,9 +31,11 @@ from asyncua import ua
 from asyncua.server.address_space import AddressSpace
 from asyncua.server.monitored_item_service import MonitoredItemService, WhereClauseEvaluator
 
+from .typed import node_id
+
 __all__ = ["install", "is_of_type", "notify_through"]
 
-_HAS_SUBTYPE = ua.NodeId(ua.ObjectIds.HasSubtype)
+_HAS_SUBTYPE = node_id(ua.ObjectIds.HasSubtype)
 _NOTIFIERS = "notifiers"  # the attribute of an event listing its notifiers
 
 

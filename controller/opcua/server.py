@@ -56,7 +56,7 @@ from .publishing import lock_publishing_to_scans
 from .security import OpcUaSecurity, principal_of, secure
 from .snapshot import Snapshot
 from .space import Space, namespace_uri, status_codes
-from .typed import data_value, status_code
+from .typed import data_value, node_id, status_code
 from .wire import install_encoder
 
 log = logging.getLogger(__name__)
@@ -314,7 +314,7 @@ class OpcUaFace:
             return
         self._service_level = level
         await self.server.write_attribute_value(
-            ua.NodeId(ua.ObjectIds.Server_ServiceLevel),
+            node_id(ua.ObjectIds.Server_ServiceLevel),
             data_value(ua.Variant(level, ua.VariantType.Byte)),
         )
 
@@ -405,7 +405,7 @@ def strict_call(iserver: InternalServer) -> None:
 
 
 #: HasComponent and its subtype HasOrderedComponent
-_COMPONENT = (ua.NodeId(ua.ObjectIds.HasComponent), ua.NodeId(ua.ObjectIds.HasOrderedComponent))
+_COMPONENT = (node_id(ua.ObjectIds.HasComponent), node_id(ua.ObjectIds.HasOrderedComponent))
 
 
 def _callable_on(aspace: Any, obj: ua.NodeId, method: ua.NodeId) -> bool:
