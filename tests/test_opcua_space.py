@@ -4,6 +4,7 @@ that follow quality, subscriptions at scan rate; the snapshot and the command br
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -453,3 +454,35 @@ def test_a_republish_the_server_cannot_serve_gets_the_specs_answer_not_an_empty_
         ua.StatusCodes.BadMessageNotAvailable,
         ua.StatusCodes.BadSubscriptionIdInvalid,
     )
+
+
+def test_a_stopping_server_shows_shutdown_state_before_the_connection_drops(
+    site, demo_pmap, tmp_path
+):
+    """ServerStatus says Shutdown, with SecondsTillShutdown and a reason, for the
+    notice before the server stops: a client sees it going, not only a dropped link."""
+    r = Rig(site, demo_pmap, tmp_path / "site.db")
+    r.face.shutdown_notice_s = 3.0
+    seen: list[tuple[int, int | None, str | None]] = []
+
+    async def watch() -> None:
+        async with Client(r.url) as c:
+            state = c.get_node(ua.ObjectIds.Server_ServerStatus_State)
+            secs = c.get_node(ua.ObjectIds.Server_ServerStatus_SecondsTillShutdown)
+            why = c.get_node(ua.ObjectIds.Server_ServerStatus_ShutdownReason)
+            stopping = asyncio.create_task(asyncio.to_thread(r.close))
+            try:
+                while not stopping.done():
+                    s = await state.read_value()
+                    if s != ua.ServerState.Running:
+                        seen.append((s, await secs.read_value(), (await why.read_value()).Text))
+                        break
+                    seen.append((s, None, None))
+                    await asyncio.sleep(0.05)
+            finally:
+                await stopping
+
+    with contextlib.suppress(Exception):  # the server goes away under the client
+        asyncio.run(watch())
+    assert seen[0][0] == ua.ServerState.Running
+    assert seen[-1] == (ua.ServerState.Shutdown, 3, "the controller is stopping")

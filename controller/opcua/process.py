@@ -55,6 +55,9 @@ from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 180.0  # asyncua's start-up of a 10,000-point space takes ~10 s
+#: how long SCADA sees ServerState Shutdown before the server stops (a publishing
+#: cycle of a client at 1 s carries it)
+SHUTDOWN_NOTICE_S = 1.0
 
 
 class OpcUaProcess:
@@ -279,6 +282,7 @@ def _serve(
         reader,
         naive=naive,
         command_timeout_s=command_timeout_s,
+        shutdown_notice_s=SHUTDOWN_NOTICE_S,
     )
     try:
         lines = face.start()

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
+import math
 import socket
 import threading
 import time
@@ -110,10 +112,14 @@ class OpcUaFace:
         *,
         command_timeout_s: float = 10.0,
         naive: bool = False,
+        shutdown_notice_s: float = 0.0,
     ) -> None:
         """``sec``: endpoint and security; ``users_db``: the
         database with the users (and, beside it by default, the PKI);
-        ``reader_factory``: opens the historian for history reads (None: none)."""
+        ``reader_factory``: opens the historian for history reads (None: none);
+        ``shutdown_notice_s``: how long ServerState shows Shutdown before the
+        server stops (0: it stops at once)."""
+        self.shutdown_notice_s = shutdown_notice_s
         self.site, self.pmap, self.topo = site, pmap, topo
         self.sec, self.endpoint = sec, sec.endpoint
         self.users_db = Path(users_db)
@@ -274,6 +280,9 @@ class OpcUaFace:
         finally:
             if self._gc is not None:
                 self._gc.uninstall()
+            if self.shutdown_notice_s > 0:
+                with contextlib.suppress(Exception):  # the stop must never fail on it
+                    await announce_shutdown(server, self.shutdown_notice_s)
             await server.stop()
 
     async def _acknowledge(self, key: str | None, by: Principal) -> CommandResult:
@@ -357,6 +366,36 @@ def service_level(snap: Snapshot) -> int:
     if stale.all():
         return SERVICE_NO_DATA
     return SERVICE_DEGRADED if stale.any() else SERVICE_HEALTHY
+
+
+async def announce_shutdown(server: Server, notice_s: float) -> None:
+    """ServerState Shutdown, SecondsTillShutdown and ShutdownReason (Part 5
+    ServerStatus), held for ``notice_s``: a client sees the server going, in a
+    read or its subscription's next cycle, before the connection drops."""
+    status = copy.copy(
+        await server.get_node(node_id(ua.ObjectIds.Server_ServerStatus)).read_value()
+    )
+    status.State = ua.ServerState.Shutdown
+    status.SecondsTillShutdown = math.ceil(notice_s)
+    status.ShutdownReason = ua.LocalizedText("the controller is stopping")
+    parts: list[tuple[int, ua.Variant]] = [
+        (ua.ObjectIds.Server_ServerStatus, ua.Variant(status, ua.VariantType.ExtensionObject)),
+        (
+            ua.ObjectIds.Server_ServerStatus_State,
+            ua.Variant(ua.ServerState.Shutdown, ua.VariantType.Int32),
+        ),
+        (
+            ua.ObjectIds.Server_ServerStatus_SecondsTillShutdown,
+            ua.Variant(status.SecondsTillShutdown, ua.VariantType.UInt32),
+        ),
+        (
+            ua.ObjectIds.Server_ServerStatus_ShutdownReason,
+            ua.Variant(status.ShutdownReason, ua.VariantType.LocalizedText),
+        ),
+    ]
+    for oid, variant in parts:
+        await server.write_attribute_value(node_id(oid), data_value(variant))
+    await asyncio.sleep(notice_s)
 
 
 def strict_republish(iserver: InternalServer) -> None:
