@@ -91,13 +91,12 @@ def cmd_site(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=1))
         further = sorted(site.plc_units - {site.plc.unit_id})
         if further:  # said, not refused: a site's PLC program may watch the main heartbeat
-            from .modbus_io import id_ranges
+            from .modbus_io import units_named
 
-            units = f"unit {further[0]}" if len(further) == 1 else f"units {id_ranges(further)}"
             print(
-                f"note: {len(further)} further PLC(s), {units}, carry tanks or rows but no"
-                f" heartbeat of their own (only unit {site.plc.unit_id}'s): program their"
-                " watchdog on the main PLC's heartbeat, or they keep running when the"
+                f"note: {len(further)} further PLC(s), {units_named(further)}, carry tanks or"
+                f" rows but no heartbeat of their own (only unit {site.plc.unit_id}'s): program"
+                " their watchdog on the main PLC's heartbeat, or they keep running when the"
                 " controller stops",
                 file=sys.stderr,
             )

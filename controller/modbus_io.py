@@ -294,6 +294,11 @@ def _where(ep: Endpoint) -> str:
     return f"tcp {ep.host}:{ep.port}" if ep.kind == "tcp" else f"rtu {ep.device}"
 
 
+def units_named(ids: Sequence[int]) -> str:
+    """``unit 7`` or ``units 1, 10-12``."""
+    return f"unit {ids[0]}" if len(ids) == 1 else f"units {id_ranges(ids)}"
+
+
 def id_ranges(ids: Iterable[int]) -> str:
     """``1, 10-12, 18``: unit ids as a person reads them."""
     out: list[str] = []

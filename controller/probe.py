@@ -32,7 +32,7 @@ import numpy as np
 from thermogate.plc.pointmap import PointMap, build_point_map
 
 from .estimate import zero_groups
-from .modbus_io import ModbusIO, id_ranges
+from .modbus_io import ModbusIO, units_named
 from .runconfig import RunConfig, load_run_config
 
 #: one probe read gets this long (a scan's budget is 60 % of its interval)
@@ -156,7 +156,7 @@ def render(report: ProbeReport) -> str:
     if not bad:
         lines.append(f"all {len(report.units)} units answered every point")
     for (endpoint, read_none, why), units in _grouped(bad).items():
-        ids = _ids([u.unit_id for u in units])
+        ids = units_named([u.unit_id for u in units])
         if read_none:
             n = sum(u.points for u in units)
             lines.append(f"{ids} ({endpoint}): nothing of {n} points read: {why}")
@@ -191,11 +191,6 @@ def _grouped(units: list[UnitReport]) -> dict[tuple[str, bool, str], list[UnitRe
         why = (u.error or "not read").replace(f"{u.endpoint} (unit {u.unit_id}): ", "")
         out.setdefault((u.endpoint, u.read == 0, why), []).append(u)
     return out
-
-
-def _ids(ids: list[int]) -> str:
-    """``unit 7`` or ``units 1, 10-12``."""
-    return f"unit {ids[0]}" if len(ids) == 1 else f"units {id_ranges(ids)}"
 
 
 def probe_cli(args: argparse.Namespace) -> int:

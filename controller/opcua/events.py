@@ -1,7 +1,7 @@
 """Event delivery as OPC UA Part 4 and Part 9 say, where asyncua 2.1 falls short.
 
 Two fixes of asyncua's server-side event code, installed once per process by
-``install`` (idempotent; ``AlarmFace.setup`` and the face call it):
+``install`` (idempotent; ``AlarmFace.setup`` calls it, as every face sets it up):
 
 * **OfType includes subtypes.** asyncua's ``WhereClauseEvaluator`` answers an
   ``OfType(T)`` element with ``EventType == T``, so a SCADA package's

@@ -48,7 +48,6 @@ from ..core.topology import Topology
 from ..heap import freeze_startup
 from ..historian import HistoryReader
 from ..signals import FLAG_STALE
-from . import events
 from .alarms import AlarmFace
 from .bridge import CommandBridge, give
 from .history import serve_history
@@ -222,7 +221,6 @@ class OpcUaFace:
         )
         strict_republish(server.iserver)
         strict_call(server.iserver)
-        events.install()  # OfType with subtypes; alarm events through the Alarms folder too
         if not self.naive:  # the baseline runs asyncua's own cycle and encoder
             lock_publishing_to_scans()
             install_encoder()
