@@ -324,18 +324,20 @@ def test_trusted_client_logs_in_as_operator_on_every_default_policy(default_serv
         assert principal_of(user) == Principal("olga", "operator", "opcua")
 
 
-def test_wrong_password_and_unknown_user_are_refused_and_audited(default_server, keys, users_db):
-    def refusals() -> list[tuple]:
-        with sqlite3.connect(users_db) as conn:
-            return conn.execute(
-                "SELECT who, \"where\", point, ok FROM audit WHERE point = 'opcua.login'"
-            ).fetchall()
+def login_refusals(users_db) -> list[tuple]:
+    """The audit's refused OPC UA logins: (who, where, point, ok, why), oldest first."""
+    with sqlite3.connect(users_db) as conn:
+        return conn.execute(
+            "SELECT who, \"where\", point, ok, why FROM audit WHERE point = 'opcua.login'"
+        ).fetchall()
 
-    before = len(refusals())
+
+def test_wrong_password_and_unknown_user_are_refused_and_audited(default_server, keys, users_db):
+    before = len(login_refusals(users_db))
     for name, secret in (("olga", "not-her-secret"), ("nobody", "olga-secret")):
         code = refused(session(default_server, keys["trusted"], user=name, password=secret))
         assert code == ua.StatusCodes.BadUserAccessDenied
-    new = refusals()[before:]
+    new = [r[:4] for r in login_refusals(users_db)[before:]]
     assert new == [("olga", "opcua", "opcua.login", 0), ("nobody", "opcua", "opcua.login", 0)]
 
 
@@ -460,18 +462,12 @@ def test_demo_anonymous_reads_over_none_but_never_writes(demo_server):
 def test_demo_login_over_none_is_refused_and_audited_but_works_on_a_signed_channel(
     demo_server, keys, users_db
 ):
-    def refusals() -> list[tuple]:
-        with sqlite3.connect(users_db) as conn:
-            return conn.execute(
-                "SELECT who, point, ok, why FROM audit WHERE point = 'opcua.login'"
-            ).fetchall()
-
-    before = len(refusals())
+    before = len(login_refusals(users_db))
     code = refused(session(demo_server, None, user="olga", password="olga-secret"))
     assert code == ua.StatusCodes.BadSecurityModeInsufficient
     # refused before the password was checked, and audited as every refused login is
-    [(who, point, ok, why)] = refusals()[before:]
-    assert (who, point, ok) == ("olga", "opcua.login", 0)
+    [(who, where, point, ok, why)] = login_refusals(users_db)[before:]
+    assert (who, where, point, ok) == ("olga", "opcua", "opcua.login", 0)
     assert "needs a signed channel" in why
     demo_server.users.clear()
     asyncio.run(
