@@ -18,6 +18,12 @@ What it does, in order:
   anti-windup), derivative on measurement (no kick on setpoint changes),
   feed-forward added before the clamp, output clamp, slew limit.
 
+* **Many loops at once** (``pid_step_many``): the automatic step over numpy
+  arrays, one element per loop, for a site's hundreds of loops on the common
+  path (automatic, a last output, valid measurement, no feed-forward). The
+  same operations in the same order as ``pid_step``: elementwise float64 math
+  is IEEE-exact, so every element equals the scalar step's result, bit for bit.
+
 * **Tracking** (``pid_track``, after a step): when something downstream
   changed what the actuator really got (a minimum-flow floor holding a valve
   open), the state takes that output and the integral absorbs the difference
@@ -31,8 +37,11 @@ valve, a fan: error = measurement - setpoint); ``"reverse"`` the opposite.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import NamedTuple
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,44 @@ class PidResult(NamedTuple):
     state: PidState
     held: bool = False  # the measurement was invalid and the output held
     saturated: bool = False
+
+
+@dataclass(frozen=True)
+class PidConfigs:
+    """Many loops' ``PidConfig`` as arrays (one element per loop) for ``pid_step_many``.
+
+    The arrays may be changed in place, a loop at a time (``set``: a retuned loop)."""
+
+    kp: np.ndarray
+    ki: np.ndarray
+    kd: np.ndarray
+    out_min: np.ndarray
+    out_max: np.ndarray
+    slew_per_s: np.ndarray
+    i_lo: np.ndarray
+    i_hi: np.ndarray
+    direct: np.ndarray  # bool: action == "direct"
+
+    @classmethod
+    def of(cls, cfgs: Sequence[PidConfig]) -> PidConfigs:
+        def arr(name: str) -> np.ndarray:
+            return np.array([float(getattr(c, name)) for c in cfgs], dtype=float)
+
+        return cls(
+            *(arr(n) for n in ("kp", "ki", "kd", "out_min", "out_max", "slew_per_s", "i_lo")),
+            arr("i_hi"),
+            np.array([c.action == "direct" for c in cfgs], dtype=bool),
+        )
+
+    def take(self, idx: np.ndarray) -> PidConfigs:
+        """The loops ``idx`` only."""
+        return PidConfigs(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+    def set(self, k: int, cfg: PidConfig) -> None:
+        """Loop ``k`` takes ``cfg``."""
+        for name in ("kp", "ki", "kd", "out_min", "out_max", "slew_per_s", "i_lo", "i_hi"):
+            getattr(self, name)[k] = getattr(cfg, name)
+        self.direct[k] = cfg.action == "direct"
 
 
 def _clamp(x: float, lo: float, hi: float) -> float:
@@ -156,6 +203,60 @@ def pid_step(
     out = _limit(cfg, target, prev_out, first, dt)
     saturated = out != target
     return PidResult(out, PidState(integral, measurement, out, False), saturated=saturated)
+
+
+def pid_step_many(
+    cfg: PidConfigs,
+    integral: np.ndarray,
+    last_measurement: np.ndarray,
+    output: np.ndarray,
+    setpoint: np.ndarray,
+    measurement: np.ndarray,
+    dt: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``pid_step``'s automatic step for many loops at once: (output, integral).
+
+    For loops with a finite last ``output``, whose state is not manual (not
+    leaving manual), with a finite setpoint and a valid, finite measurement,
+    and no feed-forward; the caller steps the others with ``pid_step``. The
+    next state of loop ``k`` is ``PidState(integral[k], measurement[k],
+    output[k], False)``, as ``pid_step`` makes it. Every operation is the
+    scalar one in the same order (a Python ``min``/``max``/``_clamp`` as the
+    same comparisons), so each element is what ``pid_step`` gives."""
+    if not (dt > 0.0 and math.isfinite(dt)):
+        raise ValueError(f"dt must be a positive finite number of seconds, got {dt}")
+    where = np.where
+    direct = cfg.direct
+    err = where(direct, measurement - setpoint, setpoint - measurement)
+    p = cfg.kp * err
+    # derivative on measurement, where kd > 0 and there is a last measurement
+    with np.errstate(invalid="ignore"):
+        slope = (measurement - last_measurement) / dt
+    d = where(
+        (cfg.kd > 0.0) & np.isfinite(last_measurement), cfg.kd * where(direct, slope, -slope), 0.0
+    )
+    unclamped = p + integral + d + 0.0  # (+ the feed-forward: 0.0, as -0.0 + 0.0 is 0.0)
+    candidate = integral + cfg.ki * err * dt
+    out_min, out_max, i_lo, i_hi = cfg.out_min, cfg.out_max, cfg.i_lo, cfg.i_hi
+    wound = ((unclamped >= out_max) & (err > 0)) | ((unclamped <= out_min) & (err < 0))
+    # the integral clamp: max(i_hi, min(integral, candidate)) above, min(i_lo,
+    # max(integral, candidate)) below, as Python's min/max (the first unless the
+    # second is strictly beyond it)
+    lo_in = where(candidate < integral, candidate, integral)
+    hi_in = where(candidate > integral, candidate, integral)
+    clamped = where(
+        candidate > i_hi,
+        where(lo_in > i_hi, lo_in, i_hi),
+        where(candidate < i_lo, where(hi_in < i_lo, hi_in, i_lo), candidate),
+    )
+    integral = where(wound, integral, clamped)
+    target = p + integral + d + 0.0
+    # _limit: the output range, then the slew limit from the last output
+    out = where(target < out_min, out_min, where(target > out_max, out_max, target))
+    step = cfg.slew_per_s * dt
+    lo, hi = output - step, output + step
+    out = where(out < lo, lo, where(out > hi, hi, out))
+    return out, integral
 
 
 def pid_track(

@@ -46,9 +46,10 @@ from thermogate.plc.controlloops import (
     THERMAL_SOFT_MARGIN_K,
 )
 from thermogate.plc.equipment import ControlLoop, Loop, Pump
+from thermogate.plc.points import BAD
 from thermogate.plc.pointtable import LoopPoints, PumpPoints
 
-from ..pid import PidConfig, PidState, pid_step, pid_track
+from ..pid import PidConfig, PidConfigs, PidState, pid_step, pid_step_many, pid_track
 from .alarms import Alarms
 from .state import ControllerState, Override
 from .topology import Topology
@@ -99,9 +100,21 @@ class Regulation:
         self._meas = {c.name: pmap.position(c.measurement) for c in self.loops}
         self._acts = {c.name: [pmap.position(a) for a in c.actuators] for c in self.loops}
         self._pump_loop = {c.name: topo.is_pump_loop(c) for c in self.loops}
-        self._pid: dict[str, PidState] = {c.name: PidState() for c in self.loops}
         self._tuned: dict[str, dict[str, float]] = {}
         self._cfg: dict[str, PidConfig] = {c.name: pid_config(c) for c in self.loops}
+        # Every loop's PID state and settings as arrays, in ``self.loops`` order: the
+        # common path steps them in one ``pid_step_many`` (``_pid``: as records).
+        n = len(self.loops)
+        self._k_of = {c.name: k for k, c in enumerate(self.loops)}
+        self._cfgs = PidConfigs.of([self._cfg[c.name] for c in self.loops])
+        self._integral = np.zeros(n)
+        self._last_meas = np.full(n, math.nan)
+        self._out = np.full(n, math.nan)
+        self._manual = np.zeros(n, dtype=bool)
+        self._meas_pts = [self._meas[c.name] for c in self.loops]
+        self._meas_idx = np.array(self._meas_pts, dtype=np.intp)
+        self._act0 = [self._acts[c.name][0] for c in self.loops]
+        self._file_sp = np.array([float(c.setpoint) for c in self.loops])
         # which measurements trim & respond moves: a loop's supply and its ΔP
         self._sp_kind: dict[int, tuple[str, str]] = {}
         for lpp in ix.loops:
@@ -134,6 +147,13 @@ class Regulation:
         ]
         #: per control loop: what trim & respond moves of its setpoint (None: nothing)
         self._trim_of = {c.name: self._sp_kind.get(self._meas[c.name]) for c in self.loops}
+        #: the loops whose setpoint trim & respond raises (supply) or trims (ΔP), by
+        #: index, with their cooling loop
+        trims = [(k, self._trim_of[c.name]) for k, c in enumerate(self.loops)]
+        self._sup_k = [k for k, kind in trims if kind is not None and kind[0] == "supply"]
+        self._sup_loop = [kind[1] for _, kind in trims if kind is not None and kind[0] == "supply"]
+        self._dp_k = [k for k, kind in trims if kind is not None and kind[0] == "dp"]
+        self._dp_loop = [kind[1] for _, kind in trims if kind is not None and kind[0] == "dp"]
         #: the working setpoints of the last ``regulate``, in ``self.loops`` order:
         #: what ``setpoints()`` returns until a command or the next scan moves one
         self.last_setpoints: list[float] = []
@@ -199,6 +219,7 @@ class Regulation:
         tuning = self.state.tunings.get(c.name)
         if tuning != self._tuned.get(c.name):  # an engineer retuned it: rebuild once
             self._cfg[c.name] = pid_config(c, tuning)
+            self._cfgs.set(self._k_of[c.name], self._cfg[c.name])
             if tuning is None:
                 self._tuned.pop(c.name, None)
             else:
@@ -213,49 +234,159 @@ class Regulation:
         auto = self.state.mode == "auto"
         if auto and self.trim_and_respond:
             self._trim_and_respond(view)
-        pid = self._pid
-        vote, setpoint = view.vote, self.setpoint
-        working = self.last_setpoints = []
-        for c, meas_i, acts, pump_loop in self._wiring:
-            name = c.name
-            meas, ok = vote(meas_i)
-            sp = setpoint(c)
-            working.append(sp)
-            cfg = self._config(c)
-            manual = None
-            ov = overrides.get(acts[0])
-            if ov is not None:
-                manual = ov.value
-            elif not math.isfinite(pid[name].output):
-                # Bumpless start: take over from where the plant is now.
-                now = self._actuator_position(c, view)
-                if now is not None:
-                    pid[name] = pid_step(cfg, PidState(), sp, meas, dt, manual_output=now).state
-            if manual is None and not auto and math.isfinite(pid[name].output):
-                manual = pid[name].output  # manual/maintenance: hold where it is
-            res = pid_step(cfg, pid[name], sp, meas, dt, manual_output=manual, valid=ok)
-            pid[name] = res.state
-            out = res.output
-            why = f"loop {name}: {c.measurement} {meas:.2f} -> setpoint {sp:.2f}"
-            if res.held:
-                why = f"loop {name}: measurement bad, holding output"
-            elif manual is not None and ov is None:
-                why = f"loop {name}: holding output ({self.state.mode} mode)"
+        if self.state.tunings or self._tuned:  # an engineer retuned a loop: its config
+            for c in self.loops:
+                self._config(c)
+        meas_a, ok_a = self._votes(view, self._meas_pts, self._meas_idx)
+        sp_a = self._setpoints()
+        meas_l, ok_l, sp_l = meas_a.tolist(), ok_a.tolist(), sp_a.tolist()
+        self.last_setpoints = sp_l
+        integral, last_meas, output, manual_st = (
+            self._integral,
+            self._last_meas,
+            self._out,
+            self._manual,
+        )
+        # The common path as one array step: automatic, a last output, not leaving
+        # manual, a valid measurement and setpoint, no operator's value.
+        common = ok_a & np.isfinite(meas_a) & np.isfinite(sp_a) & np.isfinite(output) & ~manual_st
+        rare: list[int] = []
+        if not auto:
+            common[:] = False
+        elif overrides:
+            for k, a0 in enumerate(self._act0):
+                if a0 in overrides:
+                    common[k] = False
+        if common.all():
+            out_a, integral[:] = pid_step_many(
+                self._cfgs, integral, last_meas, output, sp_a, meas_a, dt
+            )
+            last_meas[:] = meas_a
+            output[:] = out_a
+            outs = out_a.tolist()
+        else:
+            sel = np.flatnonzero(common)
+            out_s, integral[sel] = pid_step_many(
+                self._cfgs.take(sel),
+                integral[sel],
+                last_meas[sel],
+                output[sel],
+                sp_a[sel],
+                meas_a[sel],
+                dt,
+            )
+            last_meas[sel] = meas_a[sel]
+            output[sel] = out_s
+            rare = np.flatnonzero(~common).tolist()
+            outs = output.tolist()
+        rare_why: dict[int, str] = {}
+        for k in rare:  # the loops off the common path, one by one with ``pid_step``
+            outs[k], why = self._step_one(k, view, overrides, auto, meas_l[k], ok_l[k], sp_l[k])
+            if why is not None:
+                rare_why[k] = why
+        pumps = self._pumps
+        for k, (c, _, acts, pump_loop) in enumerate(self._wiring):
+            out = outs[k]
+            why = rare_why.get(k) if rare else None
+            if why is None:
+                why = f"loop {c.name}: {c.measurement} {meas_l[k]:.2f} -> setpoint {sp_l[k]:.2f}"
             if pump_loop:
-                short = not ok or meas < sp - DP_SHORT_FRAC * sp
-                self._pumps(t, dt, c, out, why, short, view, cmds, alarms)
+                meas, sp = meas_l[k], sp_l[k]
+                short = not ok_l[k] or meas < sp - DP_SHORT_FRAC * sp
+                pumps(t, dt, c, out, why, short, view, cmds, alarms)
                 continue
             for a in acts:
                 cmds[a] = Cmd(out, why)
         floored = self._valve_floors(view, cmds)
         if floored:
             # the zone loops whose valves a floor holds open continue from there
-            for (c, meas_i, acts, _), sp in zip(self._wiring, working, strict=True):
+            for k, (c, _, acts, _) in enumerate(self._wiring):
                 if acts[0] in floored and overrides.get(acts[0]) is None:
-                    meas, ok = vote(meas_i)
-                    pid[c.name] = pid_track(
-                        self._config(c), pid[c.name], sp, meas if ok else math.nan, floored[acts[0]]
-                    )
+                    meas = meas_l[k] if ok_l[k] else math.nan
+                    st = pid_track(self._config(c), self._state(k), sp_l[k], meas, floored[acts[0]])
+                    self._set_state(k, st)
+
+    def _step_one(
+        self,
+        k: int,
+        view: ScanView,
+        overrides: Mapping[int, Override],
+        auto: bool,
+        meas: float,
+        ok: bool,
+        sp: float,
+    ) -> tuple[float, str | None]:
+        """Loop ``k``'s step off the common path (an operator's value, a bumpless
+        start, manual mode, an invalid measurement): its output, and its reason
+        where it is not the common one."""
+        c, _, acts, _ = self._wiring[k]
+        cfg, dt = self._config(c), view.dt
+        st = self._state(k)
+        manual = None
+        ov = overrides.get(acts[0])
+        if ov is not None:
+            manual = ov.value
+        elif not math.isfinite(st.output):
+            # Bumpless start: take over from where the plant is now.
+            now = self._actuator_position(c, view)
+            if now is not None:
+                st = pid_step(cfg, PidState(), sp, meas, dt, manual_output=now).state
+        if manual is None and not auto and math.isfinite(st.output):
+            manual = st.output  # manual/maintenance: hold where it is
+        res = pid_step(cfg, st, sp, meas, dt, manual_output=manual, valid=ok)
+        self._set_state(k, res.state)
+        if res.held:
+            return res.output, f"loop {c.name}: measurement bad, holding output"
+        if manual is not None and ov is None:
+            return res.output, f"loop {c.name}: holding output ({self.state.mode} mode)"
+        return res.output, None
+
+    def _votes(
+        self, view: ScanView, pts: list[int], idx: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``view.vote`` of every point of ``pts`` (``idx``: the same as an array):
+        (values, usable) arrays."""
+        vals = view.values[idx].astype(float)
+        ok = view.quality[idx] != BAD
+        get = view.voted.get
+        hit = [(k, g) for k, i in enumerate(pts) if (g := get(i)) is not None]
+        if hit:
+            ks = [k for k, _ in hit]
+            vals[ks] = [g[0] for _, g in hit]
+            ok[ks] = [g[1] for _, g in hit]
+        return vals, ok
+
+    def _setpoints(self) -> np.ndarray:
+        """Every loop's working setpoint (``setpoint``, as an array pass)."""
+        sp = self._file_sp.copy()
+        for name, v in self.state.setpoints.items():  # the command path's
+            k = self._k_of.get(name)
+            if k is not None:
+                sp[k] = v
+        if self._sup_k:
+            ks = self._sup_k
+            sp[ks] = sp[ks] + np.array([self.supply_reset[n] for n in self._sup_loop])
+        if self._dp_k:
+            ks = self._dp_k
+            x = sp[ks] - np.array([self.dp_trim[n] for n in self._dp_loop])
+            sp[ks] = np.where(x > DP_TRIM_MIN_KPA, x, DP_TRIM_MIN_KPA)  # max(DP_TRIM_MIN_KPA, x)
+        return sp
+
+    def _state(self, k: int) -> PidState:
+        return PidState(
+            float(self._integral[k]),
+            float(self._last_meas[k]),
+            float(self._out[k]),
+            bool(self._manual[k]),
+        )
+
+    def _set_state(self, k: int, st: PidState) -> None:
+        self._integral[k], self._last_meas[k], self._out[k], self._manual[k] = st
+
+    @property
+    def _pid(self) -> dict[str, PidState]:
+        """Every loop's PID state by name (the arrays, as records)."""
+        return {c.name: self._state(k) for k, c in enumerate(self.loops)}
 
     def _valve_floors(self, view: ScanView, cmds: Cmds) -> dict[int, float]:
         """Keep a loop's valves open enough for its minimum flow (see the module
