@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from thermogate.controller.pid import PidConfig, PidState, pid_step, pid_track
+from thermogate.controller.pid import (
+    PidConfig,
+    PidConfigs,
+    PidState,
+    pid_step,
+    pid_step_many,
+    pid_track,
+)
 
 finite = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False)
 measurement = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math.inf))
@@ -182,3 +190,62 @@ def test_nonsense_configuration_is_refused(kwargs):
 def test_non_positive_dt_is_refused():
     with pytest.raises(ValueError):
         pid_step(PidConfig(kp=1.0), PidState(), 1.0, 1.0, 0.0)
+
+
+# -- many loops at once ------------------------------------------------------------------
+@st.composite
+def common_path_loops(draw: st.DrawFn) -> tuple[PidConfig, PidState, float, float]:
+    """A loop on the array step's path: a last output, automatic, finite inputs.
+    Gains and states reach far past the limits (saturation, the integral clamp)."""
+    cfg = draw(configs())
+    if draw(st.booleans()):  # an integral range of its own, either side of the output's
+        a, b = draw(finite), draw(finite)
+        cfg = PidConfig(**{**cfg.__dict__, "integral_min": min(a, b), "integral_max": max(a, b)})
+    state = PidState(
+        integral=draw(st.one_of(finite, st.sampled_from([0.0, -0.0, cfg.out_min, cfg.out_max]))),
+        last_measurement=draw(st.one_of(finite, st.just(math.nan))),
+        output=draw(st.one_of(finite, st.sampled_from([cfg.out_min, cfg.out_max, 0.0, -0.0]))),
+    )
+    sp = draw(st.one_of(finite, st.just(0.0)))
+    meas = draw(st.one_of(finite, st.just(sp), st.just(-0.0)))
+    return cfg, state, sp, meas
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(common_path_loops(), min_size=1, max_size=12),
+    st.one_of(st.floats(min_value=0.001, max_value=10.0), st.just(1.0)),
+)
+@example(  # every term -0.0: the feed-forward's + 0.0 makes the output +0.0
+    [(PidConfig(kp=1.0, kd=1.0, out_min=-1.0), PidState(-0.0, 0.0, 0.0), 0.0, -0.0)], 1.0
+)
+def test_the_array_step_equals_the_scalar_step_bit_for_bit_per_loop(loops, dt):
+    cfgs = PidConfigs.of([c for c, _, _, _ in loops])
+
+    def arr(xs: list[float]) -> np.ndarray:
+        return np.array(xs, dtype=float)
+
+    out, integral = pid_step_many(
+        cfgs,
+        arr([s.integral for _, s, _, _ in loops]),
+        arr([s.last_measurement for _, s, _, _ in loops]),
+        arr([s.output for _, s, _, _ in loops]),
+        arr([sp for _, _, sp, _ in loops]),
+        arr([m for _, _, _, m in loops]),
+        dt,
+    )
+    for k, (cfg, state, sp, meas) in enumerate(loops):
+        res = pid_step(cfg, state, sp, meas, dt)
+        assert not res.held
+        # hex: the same bits, the sign of a zero included
+        assert float(out[k]).hex() == float(res.output).hex()
+        assert float(integral[k]).hex() == float(res.state.integral).hex()
+        assert res.state == PidState(res.state.integral, meas, res.output, False)
+
+
+def test_a_retuned_loop_takes_its_new_settings_in_the_arrays():
+    cfgs = PidConfigs.of([PidConfig(kp=1.0), PidConfig(kp=2.0, action="reverse")])
+    cfgs.set(0, PidConfig(kp=3.0, ki=0.5, out_max=50.0, action="reverse"))
+    assert cfgs.kp.tolist() == [3.0, 2.0] and cfgs.out_max.tolist() == [50.0, 100.0]
+    assert cfgs.direct.tolist() == [False, False]
+    assert cfgs.take(np.array([1])).kp.tolist() == [2.0]

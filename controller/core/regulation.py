@@ -169,6 +169,19 @@ class Regulation:
             ]
             for lp in site.loops
         }
+        # The same for trim & respond's array passes, the loops' groups end to end
+        # (each group's start; an empty group starts at a sentinel, masked out).
+        loops = site.loops
+        valves = [topo.loop_valves[lp.name] for lp in loops]
+        self._tr_valves = np.array([i for vs in valves for i in vs], dtype=np.intp)
+        self._tr_valve_at = _group_starts([len(vs) for vs in valves])
+        self._tr_any = np.array([bool(vs) for vs in valves], dtype=bool)
+        hot_at = [self._hot_at[lp.name] for lp in loops]
+        self._hot_pts = [i for zs in hot_at for i, _ in zs]
+        self._hot_idx = np.array(self._hot_pts, dtype=np.intp)
+        self._hot_above = np.array([h for zs in hot_at for _, h in zs], dtype=float)
+        self._hot_at_k = _group_starts([len(zs) for zs in hot_at])
+        self._hot_any = np.array([bool(zs) for zs in hot_at], dtype=bool)
         #: per cooling loop: its flow point, minimum-flow guard bands and valve commands
         self._floor_wiring = [
             (
@@ -420,10 +433,16 @@ class Regulation:
         isfinite = math.isfinite
         amb_i = self.topo.ix.plc.ambient_temp
         ambient = view.val(amb_i) if view.good(amb_i) else math.nan
-        for lp in self.topo.site.loops:
-            valves = [x for x in map(view.val, self.topo.loop_valves[lp.name]) if isfinite(x)]
-            vmax = max(valves) if valves else 100.0
-            hot = self.loop_hot(lp.name, view)
+        # every loop's most-open valve (the finite ones; none: 100 %) and whether any
+        # of its zones is hot (``loop_hot``), as two grouped array passes
+        v = view.values[self._tr_valves].astype(float)
+        v = np.append(np.where(np.isfinite(v), v, -math.inf), -math.inf)
+        vmax_a = np.maximum.reduceat(v, self._tr_valve_at)
+        vmax_l = np.where(self._tr_any & (vmax_a != -math.inf), vmax_a, 100.0).tolist()
+        temps, ok = self._votes(view, self._hot_pts, self._hot_idx)
+        hot_a = np.append(~ok | (temps > self._hot_above), False)
+        hot_l = (np.logical_or.reduceat(hot_a, self._hot_at_k) & self._hot_any).tolist()
+        for lp, vmax, hot in zip(self.topo.site.loops, vmax_l, hot_l, strict=True):
             if vmax > VALVE_WIDE_OPEN_PCT or hot:
                 self.supply_reset[lp.name] = max(
                     0.0, self.supply_reset[lp.name] - 4 * SUPPLY_RESET_RATE_K_S * dt
@@ -554,3 +573,10 @@ class Regulation:
             alarms.alarm(t, f"{loop}.no_pump", True, f"loop {loop}: no healthy pump", 900)
         else:
             alarms.alarm(t, f"{loop}.no_pump", False, f"loop {loop}: a pump is available")
+
+
+def _group_starts(sizes: list[int]) -> np.ndarray:
+    """Where each group of a concatenation starts, for ``ufunc.reduceat`` over it
+    with one sentinel element appended (an empty last group starts there). An
+    empty group's result is an element of the next: the caller masks it out."""
+    return np.cumsum([0, *sizes[:-1]] if sizes else [], dtype=np.intp)
