@@ -36,7 +36,9 @@ controller does, the baseline of ``thermogate bench cooling``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +88,37 @@ def pid_config(c: ControlLoop, tuning: Mapping[str, float] | None = None) -> Pid
     )
 
 
+class _Points:
+    """Points read together each scan (``Regulation._votes``), and which of them
+    the scan's voted signals stand for: the same every scan while the voted
+    keys are (found again when they change)."""
+
+    def __init__(self, pts: list[int]) -> None:
+        self.pts = pts
+        self.idx = np.array(pts, dtype=np.intp)
+        self._keys: set[int] | None = None
+        self._ks: list[int] = []
+        self._get: Callable[[Mapping[int, tuple[float, bool]]], Any] | None = None
+
+    def votes(
+        self, voted: Mapping[int, tuple[float, bool]]
+    ) -> tuple[list[int], list[float], list[bool]]:
+        """The positions in ``pts`` of the voted points, and their votes."""
+        if self._keys is None or voted.keys() != self._keys:
+            self._keys = set(voted)
+            self._ks = [k for k, i in enumerate(self.pts) if i in voted]
+            voted_pts = [self.pts[k] for k in self._ks]
+            self._get = itemgetter(*voted_pts) if len(voted_pts) > 1 else None
+        ks = self._ks
+        if self._get is not None:  # two or more: a tuple of votes, split in C
+            xs, oks = zip(*self._get(voted), strict=True)
+            return ks, list(xs), list(oks)
+        if ks:
+            x, ok = voted[self.pts[ks[0]]]
+            return ks, [x], [ok]
+        return ks, [], []
+
+
 class Regulation:
     """See the module docstring."""
 
@@ -111,8 +144,7 @@ class Regulation:
         self._last_meas = np.full(n, math.nan)
         self._out = np.full(n, math.nan)
         self._manual = np.zeros(n, dtype=bool)
-        self._meas_pts = [self._meas[c.name] for c in self.loops]
-        self._meas_idx = np.array(self._meas_pts, dtype=np.intp)
+        self._meas_pts = _Points([self._meas[c.name] for c in self.loops])
         self._act0 = [self._acts[c.name][0] for c in self.loops]
         self._file_sp = np.array([float(c.setpoint) for c in self.loops])
         # which measurements trim & respond moves: a loop's supply and its ΔP
@@ -177,8 +209,7 @@ class Regulation:
         self._tr_valve_at = _group_starts([len(vs) for vs in valves])
         self._tr_any = np.array([bool(vs) for vs in valves], dtype=bool)
         hot_at = [self._hot_at[lp.name] for lp in loops]
-        self._hot_pts = [i for zs in hot_at for i, _ in zs]
-        self._hot_idx = np.array(self._hot_pts, dtype=np.intp)
+        self._hot_pts = _Points([i for zs in hot_at for i, _ in zs])
         self._hot_above = np.array([h for zs in hot_at for _, h in zs], dtype=float)
         self._hot_at_k = _group_starts([len(zs) for zs in hot_at])
         self._hot_any = np.array([bool(zs) for zs in hot_at], dtype=bool)
@@ -250,7 +281,7 @@ class Regulation:
         if self.state.tunings or self._tuned:  # an engineer retuned a loop: its config
             for c in self.loops:
                 self._config(c)
-        meas_a, ok_a = self._votes(view, self._meas_pts, self._meas_idx)
+        meas_a, ok_a = self._votes(view, self._meas_pts)
         sp_a = self._setpoints()
         meas_l, ok_l, sp_l = meas_a.tolist(), ok_a.tolist(), sp_a.tolist()
         self.last_setpoints = sp_l
@@ -354,19 +385,15 @@ class Regulation:
             return res.output, f"loop {c.name}: holding output ({self.state.mode} mode)"
         return res.output, None
 
-    def _votes(
-        self, view: ScanView, pts: list[int], idx: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``view.vote`` of every point of ``pts`` (``idx``: the same as an array):
-        (values, usable) arrays."""
-        vals = view.values[idx].astype(float)
-        ok = view.quality[idx] != BAD
-        get = view.voted.get
-        hit = [(k, g) for k, i in enumerate(pts) if (g := get(i)) is not None]
-        if hit:
-            ks = [k for k, _ in hit]
-            vals[ks] = [g[0] for _, g in hit]
-            ok[ks] = [g[1] for _, g in hit]
+    def _votes(self, view: ScanView, points: _Points) -> tuple[np.ndarray, np.ndarray]:
+        """``view.vote`` of each of ``points``: (values, usable) arrays."""
+        vals = view.values[points.idx].astype(float)
+        ok = view.quality[points.idx] != BAD
+        if view.voted:
+            ks, xs, oks = points.votes(view.voted)
+            if ks:
+                vals[ks] = xs
+                ok[ks] = oks
         return vals, ok
 
     def _setpoints(self) -> np.ndarray:
@@ -439,7 +466,7 @@ class Regulation:
         v = np.append(np.where(np.isfinite(v), v, -math.inf), -math.inf)
         vmax_a = np.maximum.reduceat(v, self._tr_valve_at)
         vmax_l = np.where(self._tr_any & (vmax_a != -math.inf), vmax_a, 100.0).tolist()
-        temps, ok = self._votes(view, self._hot_pts, self._hot_idx)
+        temps, ok = self._votes(view, self._hot_pts)
         hot_a = np.append(~ok | (temps > self._hot_above), False)
         hot_l = (np.logical_or.reduceat(hot_a, self._hot_at_k) & self._hot_any).tolist()
         for lp, vmax, hot in zip(self.topo.site.loops, vmax_l, hot_l, strict=True):
