@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from operator import itemgetter
 from typing import Any
 
@@ -86,6 +87,47 @@ def pid_config(c: ControlLoop, tuning: Mapping[str, float] | None = None) -> Pid
         slew_per_s=c.slew_per_s,
         action=c.action,
     )
+
+
+_WHY = Cmd.__dict__["why"]  # ``Cmd``'s own storage of ``why`` (a slot)
+if [f.name for f in fields(Cmd)] != ["value", "why", "who", "where", "override", "pulse"]:
+    raise TypeError("Cmd changed: _LoopCmd.__init__ must set its new fields")
+
+
+class _LoopCmd(Cmd):
+    """A loop's command whose reason is formatted when first read.
+
+    Actuation reads ``why`` only for the commands it writes (~90 a scan) of the
+    ~400 the loops set; formatting every reason cost more than the PID steps.
+    ``why`` is a ``str`` whenever read (a property over ``Cmd``'s slot): the text
+    ``loop {name}: {measurement} {meas:.2f} -> setpoint {sp:.2f}``, formatted from
+    this scan's values, or what was assigned to it since."""
+
+    __slots__ = ("_of",)
+
+    def __init__(self, value: float, of: tuple[str, str, float, float]) -> None:
+        # (Cmd's fields as its __init__ sets them, with no reason yet: checked above)
+        self.value = value
+        self.who = "controller"
+        self.where = "scan"
+        self.override = False
+        self.pulse = False
+        self._of: tuple[str, str, float, float] | None = of
+
+    @property  # type: ignore[override]
+    def why(self) -> str:
+        of = self._of
+        if of is not None:
+            name, measurement, meas, sp = of
+            _WHY.__set__(self, f"loop {name}: {measurement} {meas:.2f} -> setpoint {sp:.2f}")
+            self._of = None
+        why: str = _WHY.__get__(self, Cmd)
+        return why
+
+    @why.setter
+    def why(self, why: str) -> None:
+        _WHY.__set__(self, why)
+        self._of = None
 
 
 class _Points:
@@ -332,15 +374,19 @@ class Regulation:
         for k, (c, _, acts, pump_loop) in enumerate(self._wiring):
             out = outs[k]
             why = rare_why.get(k) if rare else None
-            if why is None:
-                why = f"loop {c.name}: {c.measurement} {meas_l[k]:.2f} -> setpoint {sp_l[k]:.2f}"
             if pump_loop:
                 meas, sp = meas_l[k], sp_l[k]
+                if why is None:
+                    why = f"loop {c.name}: {c.measurement} {meas:.2f} -> setpoint {sp:.2f}"
                 short = not ok_l[k] or meas < sp - DP_SHORT_FRAC * sp
                 pumps(t, dt, c, out, why, short, view, cmds, alarms)
-                continue
-            for a in acts:
-                cmds[a] = Cmd(out, why)
+            elif why is None:  # the common reason, formatted if read (``_LoopCmd``)
+                of = (c.name, c.measurement, meas_l[k], sp_l[k])
+                for a in acts:
+                    cmds[a] = _LoopCmd(out, of)
+            else:
+                for a in acts:
+                    cmds[a] = Cmd(out, why)
         floored = self._valve_floors(view, cmds)
         if floored:
             # the zone loops whose valves a floor holds open continue from there
