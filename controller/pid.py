@@ -122,14 +122,20 @@ class PidConfigs:
             return np.array([float(getattr(c, name)) for c in cfgs], dtype=float)
 
         return cls(
-            *(arr(n) for n in ("kp", "ki", "kd", "out_min", "out_max", "slew_per_s", "i_lo")),
-            arr("i_hi"),
-            np.array([c.action == "direct" for c in cfgs], dtype=bool),
+            kp=arr("kp"),
+            ki=arr("ki"),
+            kd=arr("kd"),
+            out_min=arr("out_min"),
+            out_max=arr("out_max"),
+            slew_per_s=arr("slew_per_s"),
+            i_lo=arr("i_lo"),
+            i_hi=arr("i_hi"),
+            direct=np.array([c.action == "direct" for c in cfgs], dtype=bool),
         )
 
     def take(self, idx: np.ndarray) -> PidConfigs:
         """The loops ``idx`` only."""
-        return PidConfigs(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return PidConfigs(**{f.name: getattr(self, f.name)[idx] for f in fields(self)})
 
     def set(self, k: int, cfg: PidConfig) -> None:
         """Loop ``k`` takes ``cfg``."""

@@ -114,7 +114,7 @@ class _LoopCmd(Cmd):
         self.pulse = False
         self._of: tuple[str, str, float, float] | None = of
 
-    @property  # type: ignore[override]
+    @property
     def why(self) -> str:
         of = self._of
         if of is not None:
