@@ -36,7 +36,8 @@ controller does, the baseline of ``thermogate bench cooling``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import fields
 from operator import itemgetter
 from typing import Any
@@ -138,27 +139,33 @@ class _Points:
     def __init__(self, pts: list[int]) -> None:
         self.pts = pts
         self.idx = np.array(pts, dtype=np.intp)
-        self._keys: set[int] | None = None
-        self._ks: list[int] = []
+        self._found = False
+        self.voted_k = np.zeros(0, dtype=np.intp)  # the positions of the voted points
+        self._unvoted: list[int] = []  # the points not voted
         self._get: Callable[[Mapping[int, tuple[float, bool]]], Any] | None = None
 
     def votes(
         self, voted: Mapping[int, tuple[float, bool]]
-    ) -> tuple[list[int], list[float], list[bool]]:
-        """The positions in ``pts`` of the voted points, and their votes."""
-        if self._keys is None or voted.keys() != self._keys:
-            self._keys = set(voted)
-            self._ks = [k for k, i in enumerate(self.pts) if i in voted]
-            voted_pts = [self.pts[k] for k in self._ks]
-            self._get = itemgetter(*voted_pts) if len(voted_pts) > 1 else None
-        ks = self._ks
-        if self._get is not None:  # two or more: a tuple of votes, split in C
-            xs, oks = zip(*self._get(voted), strict=True)
-            return ks, list(xs), list(oks)
-        if ks:
-            x, ok = voted[self.pts[ks[0]]]
-            return ks, [x], [ok]
-        return ks, [], []
+    ) -> tuple[np.ndarray, Sequence[float], Sequence[bool]]:
+        """The positions in ``pts`` of the voted points (``voted_k``) and their votes."""
+        got: Any = None
+        if self._found and not any(i in voted for i in self._unvoted):
+            # the points voted last time still are (and no other): the usual
+            with suppress(KeyError):
+                got = self._get(voted) if self._get is not None else ()
+        if got is None:
+            ks = [k for k, i in enumerate(self.pts) if i in voted]
+            self.voted_k = np.array(ks, dtype=np.intp)
+            self._unvoted = [i for i in self.pts if i not in voted]
+            self._get = itemgetter(*(self.pts[k] for k in ks)) if ks else None
+            self._found = True
+            got = self._get(voted) if self._get is not None else ()
+        if len(self.voted_k) == 1:  # (itemgetter of one key: that vote alone)
+            got = (got,)
+        if not len(self.voted_k):
+            return self.voted_k, (), ()
+        xs, oks = zip(*got, strict=True)  # split in C
+        return self.voted_k, xs, oks
 
 
 class Regulation:
@@ -437,7 +444,7 @@ class Regulation:
         ok = view.quality[points.idx] != BAD
         if view.voted:
             ks, xs, oks = points.votes(view.voted)
-            if ks:
+            if len(ks):
                 vals[ks] = xs
                 ok[ks] = oks
         return vals, ok
