@@ -421,6 +421,42 @@ def test_with_valves_in_the_dead_band_the_supply_still_never_chases_below_the_ai
     assert _supply_and_dp(reg, lp.name)[0] == pytest.approx(ambient + SUPPLY_MIN_APPROACH_K)
 
 
+def test_the_loops_read_each_measurement_as_the_views_vote_whichever_points_are_voted(topo):
+    """Regulation gathers the loops' measurements as arrays (the voted points found
+    once, and again when the voted set changes): each as ``view.vote`` gives it."""
+    reg = Regulation(topo, ControllerState())
+    pts = reg._meas_pts.pts
+    base = view(topo, t=1.0, tank02__fluid_temp=47.5, bad=["tank03.fluid_temp"])
+    votes = [
+        {},
+        {pts[0]: (41.0, True), pts[2]: (math.nan, False)},
+        {pts[0]: (42.0, True), pts[2]: (43.0, True)},  # the same points voted
+        {pts[1]: (44.0, False)},  # others: found again
+        {pts[1]: (45.0, True), pts[3]: (46.0, True), 10**6: (0.0, True)},
+        {pts[1]: (47.0, True)},
+    ]
+    for voted in votes:
+        v = ScanView(base.t, base.dt, base.values, base.quality, voted, None)
+        vals, ok = reg._votes(v, reg._meas_pts)
+        want = [(float(x).hex(), g) for x, g in map(v.vote, pts)]  # (hex: NaN == NaN)
+        assert [(float(x).hex(), bool(g)) for x, g in zip(vals, ok, strict=True)] == want
+
+
+def test_a_loops_reason_reads_as_formatted_at_once_and_takes_what_is_assigned(topo):
+    reg = Regulation(topo, ControllerState())
+    cmds: dict[int, Cmd] = {}
+    reg.regulate(view(topo, t=1.0), cmds, Alarms(), {})  # the bumpless start
+    reg.regulate(view(topo, t=2.0, tank01__fluid_temp=47.123), cmds, Alarms(), {})
+    c = reg.loops[0]
+    cmd = cmds[topo.pmap.position(c.actuators[0])]
+    sp = reg.setpoint(c)
+    assert isinstance(cmd.why, str)
+    assert cmd.why == f"loop {c.name}: {c.measurement} 47.12 -> setpoint {sp:.2f}"
+    assert cmd.who == "controller" and cmd.where == "scan" and not cmd.override
+    cmd.why = "held for minimum flow"
+    assert cmd.why == "held for minimum flow"
+
+
 def test_a_low_flow_alarm_says_below_the_trip_once_the_flow_is_below_it():
     # It read "flow 51 m3/h near its trip (69)" with the flow already below the trip.
     from thermogate.controller.core.thermal import _low_flow_message
