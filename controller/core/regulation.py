@@ -221,6 +221,32 @@ class Regulation:
         self._valve_floor: dict[str, float] = {}
         self._pump_of = {ix.pump[p.name].speed_cmd: p for p in site.pumps}
         self._pump_wiring: dict[str, tuple[list[Pump], Loop, LoopPoints, list[PumpPoints]]] = {}
+        #: per pump loop, the texts it says every scan, made once: per pump its fault
+        #: alarm's key, raised and cleared messages and its command's reason when
+        #: faulted; the loop's no-pump alarm key, raised and cleared messages
+        self._pump_texts: dict[
+            str, tuple[list[tuple[str, str, str, str]], tuple[str, str, str]]
+        ] = {}
+        for c in self.loops:
+            if self._pump_loop[c.name]:
+                pumps = [self._pump_of[a] for a in self._acts[c.name]]
+                loop = pumps[0].loop
+                self._pump_texts[c.name] = (
+                    [
+                        (
+                            f"{p.name}.fault",
+                            f"pump {p.name} faulted",
+                            f"pump {p.name} fault cleared",
+                            f"pump {p.name} faulted: standby takes over",
+                        )
+                        for p in pumps
+                    ],
+                    (
+                        f"{loop}.no_pump",
+                        f"loop {loop}: no healthy pump",
+                        f"loop {loop}: a pump is available",
+                    ),
+                )
         # The wiring each scan walks, looked up once (the site does not change).
         #: per control loop: its measurement, its actuators, drives pumps?
         self._wiring = [
@@ -383,10 +409,9 @@ class Regulation:
             why = rare_why.get(k) if rare else None
             if pump_loop:
                 meas, sp = meas_l[k], sp_l[k]
-                if why is None:
-                    why = f"loop {c.name}: {c.measurement} {meas:.2f} -> setpoint {sp:.2f}"
                 short = not ok_l[k] or meas < sp - DP_SHORT_FRAC * sp
-                pumps(t, dt, c, out, why, short, view, cmds, alarms)
+                of = (c.name, c.measurement, meas, sp)
+                pumps(t, dt, c, out, why, of, short, view, cmds, alarms)
             elif why is None:  # the common reason, formatted if read (``_LoopCmd``)
                 of = (c.name, c.measurement, meas_l[k], sp_l[k])
                 for a in acts:
@@ -589,7 +614,8 @@ class Regulation:
         dt: float,
         c: ControlLoop,
         out: float,
-        why: str,
+        why: str | None,
+        of: tuple[str, str, float, float],
         short: bool,
         view: ScanView,
         cmds: Cmds,
@@ -597,8 +623,10 @@ class Regulation:
     ) -> None:
         """Duty/standby: one pump regulates ΔP; the standby starts when the duty
         pump faults, or saturates while the loop is ``short`` of its ΔP (fans
-        and valves have already had their go)."""
+        and valves have already had their go). ``why``: the reason of the loop's
+        step, None for the common one (``_LoopCmd``, of ``of``)."""
         pumps, lp, lpp, points = self._pumps_of(c)
+        texts, (no_pump, none_msg, one_msg) = self._pump_texts[c.name]
         loop = lp.name
         flow = view.val(lpp.flow)
         guard = self._flow_guard.get(loop, 0.0)
@@ -639,20 +667,26 @@ class Regulation:
             want_two = False
         self._standby_on[loop] = want_two
         running = healthy[: 2 if want_two else 1]
-        for p, pp, f in zip(pumps, points, faulted, strict=True):
+        for p, pp, f, (key, raised, cleared, took_over) in zip(
+            pumps, points, faulted, texts, strict=True
+        ):
             run = p.name in running
             reason = why
             if f:
-                reason = f"pump {p.name} faulted: standby takes over"
-                alarms.alarm(t, f"{p.name}.fault", True, f"pump {p.name} faulted", 700)
+                reason = took_over
+                alarms.alarm(t, key, True, raised, 700)
             else:
-                alarms.alarm(t, f"{p.name}.fault", False, f"pump {p.name} fault cleared")
-            cmds[pp.run_cmd] = Cmd(1.0 if run else 0.0, reason)
-            cmds[pp.speed_cmd] = Cmd(out if run else 0.0, reason)
+                alarms.alarm(t, key, False, cleared)
+            if reason is None:
+                cmds[pp.run_cmd] = _LoopCmd(1.0 if run else 0.0, of)
+                cmds[pp.speed_cmd] = _LoopCmd(out if run else 0.0, of)
+            else:
+                cmds[pp.run_cmd] = Cmd(1.0 if run else 0.0, reason)
+                cmds[pp.speed_cmd] = Cmd(out if run else 0.0, reason)
         if not healthy:
-            alarms.alarm(t, f"{loop}.no_pump", True, f"loop {loop}: no healthy pump", 900)
+            alarms.alarm(t, no_pump, True, none_msg, 900)
         else:
-            alarms.alarm(t, f"{loop}.no_pump", False, f"loop {loop}: a pump is available")
+            alarms.alarm(t, no_pump, False, one_msg)
 
 
 def _group_starts(sizes: list[int]) -> np.ndarray:
