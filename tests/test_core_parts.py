@@ -442,6 +442,24 @@ def test_the_loops_read_each_measurement_as_the_views_vote_whichever_points_are_
         assert [(float(x).hex(), bool(g)) for x, g in zip(vals, ok, strict=True)] == want
 
 
+def test_the_working_setpoints_of_a_scan_are_each_loops_setpoint(topo, site):
+    """``regulate`` works out every setpoint as one array pass: each is what
+    ``setpoint`` says, trim & respond and the command path's setpoints applied."""
+    st = ControllerState()
+    reg = Regulation(topo, st)
+    lp = site.loops[0]
+    st.setpoints[reg.loops[-1].name] = reg.loops[-1].setpoint + 1.5
+    for k in range(300):  # throttled valves: supply raised, ΔP trimmed to its floor
+        reg.regulate(
+            view(topo, t=2.0 * k, dt=2.0, site__ambient_temp=lp.supply_setpoint_c + 8.0),
+            {},
+            Alarms(),
+            {},
+        )
+        assert reg.last_setpoints == [reg.setpoint(c) for c in reg.loops]
+    assert reg.last_setpoints != [c.setpoint for c in reg.loops]
+
+
 def test_a_loops_reason_reads_as_formatted_at_once_and_takes_what_is_assigned(topo):
     reg = Regulation(topo, ControllerState())
     cmds: dict[int, Cmd] = {}

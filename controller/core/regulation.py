@@ -257,9 +257,13 @@ class Regulation:
         #: the loops whose setpoint trim & respond raises (supply) or trims (ΔP), by
         #: index, with their cooling loop
         trims = [(k, self._trim_of[c.name]) for k, c in enumerate(self.loops)]
-        self._sup_k = [k for k, kind in trims if kind is not None and kind[0] == "supply"]
+        self._sup_k = np.array(
+            [k for k, kind in trims if kind is not None and kind[0] == "supply"], dtype=np.intp
+        )
         self._sup_loop = [kind[1] for _, kind in trims if kind is not None and kind[0] == "supply"]
-        self._dp_k = [k for k, kind in trims if kind is not None and kind[0] == "dp"]
+        self._dp_k = np.array(
+            [k for k, kind in trims if kind is not None and kind[0] == "dp"], dtype=np.intp
+        )
         self._dp_loop = [kind[1] for _, kind in trims if kind is not None and kind[0] == "dp"]
         #: the working setpoints of the last ``regulate``, in ``self.loops`` order:
         #: what ``setpoints()`` returns until a command or the next scan moves one
@@ -481,10 +485,10 @@ class Regulation:
             k = self._k_of.get(name)
             if k is not None:
                 sp[k] = v
-        if self._sup_k:
+        if len(self._sup_k):
             ks = self._sup_k
             sp[ks] = sp[ks] + np.array([self.supply_reset[n] for n in self._sup_loop])
-        if self._dp_k:
+        if len(self._dp_k):
             ks = self._dp_k
             x = sp[ks] - np.array([self.dp_trim[n] for n in self._dp_loop])
             sp[ks] = np.where(x > DP_TRIM_MIN_KPA, x, DP_TRIM_MIN_KPA)  # max(DP_TRIM_MIN_KPA, x)
