@@ -31,6 +31,13 @@ measurement (``pid.py``: a pure step). Around them:
 ``trim_and_respond=False`` runs every loop at its design supply setpoint and
 ΔP (fans and pumps still by PID): what an immersion-tank or CDU vendor's
 controller does, the baseline of ``thermogate bench cooling``.
+
+A large hall has ~400 loops: their states and settings are arrays, and a scan
+steps every loop on the common path (automatic, valid measurement, no
+operator's value) in one ``pid_step_many``; only the others go through
+``pid_step`` one by one. Measurements, setpoints and trim & respond's valves
+and zones are gathered as arrays too, and a loop's usual reason is formatted
+only for the commands actuation writes (``_LoopCmd``).
 """
 
 from __future__ import annotations
