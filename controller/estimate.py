@@ -256,6 +256,9 @@ class Estimate:
     voted: dict[str, tuple[float, int]]
     #: the FLAG_* bits behind each voted value (0 when GOOD)
     voted_flags: dict[str, int] = field(default_factory=dict)
+    #: ``voted`` by the position of the point it stands for, as the core's
+    #: ``ScanView.voted`` takes it: position -> (value, usable: not BAD)
+    voted_at: dict[int, tuple[float, bool]] = field(default_factory=dict)
 
 
 class Estimator:
@@ -378,6 +381,9 @@ class Estimator:
         )
         self._l_qmin_list = self._l_qmin.tolist()
         self._l_voted_keys = [self.names[lpp.supply_temp] for lpp in ix.loops]
+        # every voted signal, tanks then loops: its name and its point's position
+        self._voted_keys = self._t_voted_keys + self._l_voted_keys
+        self._voted_at = [tp.fluid_temp for tp in ix.tanks] + [lpp.supply_temp for lpp in ix.loops]
 
     def _build_zero_groups(self) -> None:
         """The temperatures of each tank, CDU and loop, one group after another."""
@@ -531,25 +537,23 @@ class Estimator:
             self._new_flagged = self._new_cleared = np.zeros(0, dtype=np.int64)
         self._reported = rep
         self._reported_any = rep_any
-        voted: dict[str, tuple[float, int]] = {}
-        vflags: dict[str, int] = {}
+        # the voted signals, tanks then loops; each dict built in one pass of zips
         # (tolist gives the same Python floats and ints as float()/int() per element)
+        keys, xs, qs, fs = self._voted_keys, [], [], []
         if len(tank_q):
             fv = rep[self._ti_a] | rep[self._ti_b] | np.where(tank_dis, FLAG_DISAGREE, 0)
-            fv = np.where(tank_q == GOOD, 0, fv)
-            for key, x, q, f in zip(
-                self._t_voted_keys, tank_val.tolist(), tank_q.tolist(), fv.tolist(), strict=True
-            ):
-                voted[key] = (x, q)
-                vflags[key] = f
+            xs += tank_val.tolist()
+            qs += tank_q.tolist()
+            fs += np.where(tank_q == GOOD, 0, fv).tolist()
         if len(sup_q):
-            fv = np.where(sup_q == GOOD, 0, rep[self._li_sup])
-            for key, x, q, f in zip(
-                self._l_voted_keys, sup_val.tolist(), sup_q.tolist(), fv.tolist(), strict=True
-            ):
-                voted[key] = (x, q)
-                vflags[key] = f
-        return Estimate(values_out, quality, rep.copy(), voted, vflags)
+            xs += sup_val.tolist()
+            qs += sup_q.tolist()
+            fs += np.where(sup_q == GOOD, 0, rep[self._li_sup]).tolist()
+        voted = dict(zip(keys, zip(xs, qs, strict=True), strict=True))
+        vflags = dict(zip(keys, fs, strict=True))
+        usable = [q != BAD for q in qs]
+        voted_at = dict(zip(self._voted_at, zip(xs, usable, strict=True), strict=True))
+        return Estimate(values_out, quality, rep.copy(), voted, vflags, voted_at)
 
     # ------------------------------------------------------------------
     def _stuck(

@@ -31,6 +31,7 @@ then inference. Commands from people and systems come in through
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
@@ -198,6 +199,16 @@ class Controller:
             for c in self.regulation.loops
             if (i := pmap.position(c.measurement)) in self._supply_of
         ]
+        loads = self.topo.loads
+        # what must stay on: the loads that are not inference, their power and floor
+        flex = [ld for ld in loads if ld.wclass != "inference"]
+        self._flex_power = np.array([ld.power for ld in flex], dtype=np.int64)
+        self._flex_floor = np.array([ld.floor_kw for ld in flex], dtype=np.float64)
+        # status lists every load's class and caps, in order
+        self._load_names = [ld.name for ld in loads]
+        self._load_classes = [ld.wclass for ld in loads]
+        self._load_caps = operator.itemgetter(*self._load_names) if loads else None
+        self._thermal_kw, self._power_kw = _CapsMemo(), _CapsMemo()
 
     # -- what the faces read --------------------------------------------------
     @property
@@ -307,8 +318,8 @@ class Controller:
         self._sensor_events(t, alarms)
         self._sensor_alarms(t, alarms)
         position = self.pmap.position
-        voted = {position(k): (val, qual != BAD) for k, (val, qual) in est.voted.items()}
-        view = ScanView(t, dt, v, q, voted, obs.import_limit_kw, obs.price_per_mwh)
+        # the voted signals by position, (value, usable), as the estimator keeps them
+        view = ScanView(t, dt, v, q, est.voted_at, obs.import_limit_kw, obs.price_per_mwh)
 
         self.actuation.verify(view, alarms)
         self.failsafe.update(t, q, alarms)
@@ -420,11 +431,13 @@ class Controller:
         above their floors; NaN when it is bad). Training's floor counted as
         curtailable held the import under a limit it could never reach: `curtail 0`
         kept the import alarm up for the whole curtailment."""
-        flexible = sum(
-            max(0.0, nz(view.measured(ld.power)) - ld.floor_kw)
-            for ld in self.topo.loads
-            if ld.wclass != "inference"
-        )
+        # vectorises, over the loads that are not inference, in their order:
+        # max(0.0, nz(view.measured(ld.power)) - ld.floor_kw); summed in Python, in order
+        at, floor = self._flex_power, self._flex_floor
+        x = view.values[at]
+        x = np.where((view.quality[at] != BAD) & np.isfinite(x), x, 0.0)
+        d = x - floor
+        flexible = sum(np.where(d > 0.0, d, 0.0).tolist())
         return view.measured(self.topo.site_meter) - flexible
 
     def _spare_inference(
@@ -479,10 +492,47 @@ class Controller:
         active = [c.limit_kw for c in self.state.curtailments if c.active(t)]
         return min(active) if active else None
 
+    def _caps_kw(self, caps: dict[str, float], memo: _CapsMemo) -> list[float | None]:
+        """``_kw`` of each load's cap, in load order: rounded again only where a cap
+        changed since the last scan (most stay put, many at inf)."""
+        assert self._load_caps is not None  # (called only on a site with loads)
+        vals = self._load_caps(caps)
+        if not isinstance(vals, tuple):  # (itemgetter of one key returns the value)
+            vals = (vals,)
+        if set(map(type, vals)) - {float}:  # not plain floats: no memo, as it was
+            memo.bits = None
+            return [_kw(x) for x in vals]
+        bits = np.array(vals, dtype=np.float64).view(np.int64)
+        if memo.bits is None:
+            memo.kw = [_kw(x) for x in vals]
+        else:
+            kw = memo.kw = memo.kw.copy()
+            for i in np.flatnonzero(bits != memo.bits).tolist():
+                kw[i] = _kw(vals[i])
+        memo.bits = bits
+        return memo.kw
+
     def _status(self, view: ScanView) -> dict[str, Any]:
         q = view.quality
         st = self.state
-        thermal_cap, power_cap = self.thermal.cap, self.power.cap
+        if self._load_names:
+            loads = dict(
+                zip(
+                    self._load_names,
+                    [
+                        {"class": c, "thermal_cap_kw": tc, "power_cap_kw": pc}
+                        for c, tc, pc in zip(
+                            self._load_classes,
+                            self._caps_kw(self.thermal.cap, self._thermal_kw),
+                            self._caps_kw(self.power.cap, self._power_kw),
+                            strict=True,
+                        )
+                    ],
+                    strict=True,
+                )
+            )
+        else:
+            loads = {}
         return {
             "t": view.t,
             "mode": st.mode,
@@ -496,14 +546,7 @@ class Controller:
             "import_limit_kw": self.power.grid_limit_kw,
             "import_limit_asked_kw": self.power.import_limit_kw,
             "peak_limit_kw": self.peak_limit_kw,
-            "loads": {
-                ld.name: {
-                    "class": ld.wclass,
-                    "thermal_cap_kw": _kw(thermal_cap[ld.name]),
-                    "power_cap_kw": _kw(power_cap[ld.name]),
-                }
-                for ld in self.topo.loads
-            },
+            "loads": loads,
             "supply_reset_k": {k: round(x, 2) for k, x in self.regulation.supply_reset.items()},
             "setpoints": {
                 name: round(self.regulation.setpoint(c), 2) for name, c in self._status_setpoints
@@ -523,6 +566,16 @@ class Controller:
                 "armed": self.underfreq.armed,  # as the PLC's coil reads
             },
         }
+
+
+class _CapsMemo:
+    """The caps one status rounded last, for ``Controller._caps_kw``."""
+
+    __slots__ = ("bits", "kw")
+
+    def __init__(self) -> None:
+        self.bits: np.ndarray | None = None  # the caps' float64 bit patterns
+        self.kw: list[float | None] = []  # their ``_kw``
 
 
 def _kw(x: float) -> float | None:
