@@ -209,6 +209,7 @@ class Controller:
         self._load_classes = [ld.wclass for ld in loads]
         self._load_caps = operator.itemgetter(*self._load_names) if loads else None
         self._thermal_kw, self._power_kw = _CapsMemo(), _CapsMemo()
+        self._load_rows: list[dict[str, Any]] | None = None  # the last status's
 
     # -- what the faces read --------------------------------------------------
     @property
@@ -492,47 +493,57 @@ class Controller:
         active = [c.limit_kw for c in self.state.curtailments if c.active(t)]
         return min(active) if active else None
 
-    def _caps_kw(self, caps: dict[str, float], memo: _CapsMemo) -> list[float | None]:
-        """``_kw`` of each load's cap, in load order: rounded again only where a cap
-        changed since the last scan (most stay put, many at inf)."""
+    def _caps_changed(self, caps: dict[str, float], memo: _CapsMemo) -> list[int] | None:
+        """Update ``memo.kw``, the ``_kw`` of each load's cap in load order, rounding
+        again only the caps that changed since the last scan (most stay put, many at
+        inf); returns their indices (None: all may have)."""
         assert self._load_caps is not None  # (called only on a site with loads)
         vals = self._load_caps(caps)
         if not isinstance(vals, tuple):  # (itemgetter of one key returns the value)
             vals = (vals,)
         if set(map(type, vals)) - {float}:  # not plain floats: no memo, as it was
             memo.bits = None
-            return [_kw(x) for x in vals]
-        bits = np.array(vals, dtype=np.float64).view(np.int64)
+            memo.kw = [_kw(x) for x in vals]
+            return None
+        bits = np.array(vals, dtype=np.float64).view(np.int64)  # equal bits, equal _kw
+        changed = None
         if memo.bits is None:
             memo.kw = [_kw(x) for x in vals]
         else:
-            kw = memo.kw = memo.kw.copy()
-            for i in np.flatnonzero(bits != memo.bits).tolist():
-                kw[i] = _kw(vals[i])
+            changed = np.flatnonzero(bits != memo.bits).tolist()
+            for i in changed:
+                memo.kw[i] = _kw(vals[i])
         memo.bits = bits
-        return memo.kw
+        return changed
+
+    def _load_status(self) -> list[dict[str, Any]]:
+        """Each load's class and caps for ``status["loads"]``, in load order. A load
+        whose caps did not change keeps last scan's dict (a status is only read, and
+        a changed load gets a new dict, so an earlier status never changes)."""
+        ct = self._caps_changed(self.thermal.cap, self._thermal_kw)
+        cp = self._caps_changed(self.power.cap, self._power_kw)
+        tk, pk, cls = self._thermal_kw.kw, self._power_kw.kw, self._load_classes
+        rows = self._load_rows
+        if ct is None or cp is None or rows is None:
+            rows = [
+                {"class": c, "thermal_cap_kw": a, "power_cap_kw": b}
+                for c, a, b in zip(cls, tk, pk, strict=True)
+            ]
+        elif ct or cp:
+            rows = rows.copy()
+            for i in {*ct, *cp}:
+                rows[i] = {"class": cls[i], "thermal_cap_kw": tk[i], "power_cap_kw": pk[i]}
+        self._load_rows = rows
+        return rows
 
     def _status(self, view: ScanView) -> dict[str, Any]:
         q = view.quality
         st = self.state
-        if self._load_names:
-            loads = dict(
-                zip(
-                    self._load_names,
-                    [
-                        {"class": c, "thermal_cap_kw": tc, "power_cap_kw": pc}
-                        for c, tc, pc in zip(
-                            self._load_classes,
-                            self._caps_kw(self.thermal.cap, self._thermal_kw),
-                            self._caps_kw(self.power.cap, self._power_kw),
-                            strict=True,
-                        )
-                    ],
-                    strict=True,
-                )
-            )
-        else:
-            loads = {}
+        loads = (
+            dict(zip(self._load_names, self._load_status(), strict=True))
+            if self._load_names
+            else {}
+        )
         return {
             "t": view.t,
             "mode": st.mode,
