@@ -39,7 +39,7 @@ class ScanView:
         self.values.setflags(write=False)
         self.quality.setflags(write=False)
         object.__setattr__(self, "_vals", self.values.astype(float, copy=False).tolist())
-        object.__setattr__(self, "_good", (self.quality != BAD).tolist())
+        object.__setattr__(self, "_good", _good_list(self.quality != BAD))
 
     def val(self, i: int) -> float:
         """The validated value of point ``i`` (NaN once a BAD point's hold ran out)."""
@@ -59,6 +59,21 @@ class ScanView:
     def measured(self, i: int) -> float:
         """A meter's reading this scan, NaN when it is BAD."""
         return self._vals[i] if self._good[i] else math.nan
+
+
+#: the last ``_good_list``: (its mask, the list); one entry, replaced whole
+_good_last: tuple[np.ndarray, list[bool]] = (np.zeros(0, dtype=bool), [])
+
+
+def _good_list(good: np.ndarray) -> list[bool]:
+    """``good.tolist()``, or the last scan's list when the mask is the same (which
+    points are usable rarely changes; the lists are never written)."""
+    global _good_last
+    mask, got = _good_last
+    if not np.array_equal(mask, good):
+        got = good.tolist()
+        _good_last = (good, got)
+    return got
 
 
 @dataclass(slots=True)
