@@ -288,6 +288,9 @@ class Estimator:
         self._zero_band = w.zero_band
         self._pw_abs, self._pw_rel = w.move_abs, w.move_rel
         self._pw_fast = w.fast
+        # each point's group among the pairs (its index in ``_pp_heads``; -1: none)
+        self._head_of = np.full(n, -1, dtype=np.int64)
+        self._head_of[self._pp_heads] = np.arange(len(self._pp_heads))
         self._build_tanks()
         self._build_loops()
         self._build_zero_groups()
@@ -562,43 +565,53 @@ class Estimator:
         elig = accept & self._stuck_elig
         changed = elig & (v != self._frozen)
         np.copyto(self._frozen, v, where=changed)
-        self._frozen_t[changed] = t
-        self._frozen_n[changed] = 0.0
+        np.copyto(self._frozen_t, t, where=changed)
+        np.copyto(self._frozen_n, 0.0, where=changed)
         np.add(self._frozen_n, 1.0, out=self._frozen_n, where=elig & ~changed)
-        pp, pw = self._pp, self._pw
-        wv = cur[pw]
-        reset = changed[pp]
-        np.copyto(self._w0, wv, where=reset)
-        self._wmax[reset] = 0.0
-        fill = np.isnan(self._w0) & ~np.isnan(wv)
-        np.copyto(self._w0, wv, where=fill)
-        thr = np.maximum(self._pw_abs, self._pw_rel * np.abs(self._w0))
-        mv = np.abs(wv - self._w0) / thr
-        self._wmax = np.fmax(self._wmax, mv)  # NaN (a witness away) leaves it
-        moved = np.zeros(self.n)
-        moved_fast = np.zeros(self.n)  # by the witnesses that may judge on the fast path
+        # The witnesses of a point that changed start again from their value now,
+        # with no movement: |wv - w0| / thr is then 0 (thresholds are positive) or
+        # NaN, which fmax ignores. Most readings change every scan (noise), so the
+        # movement is worked out only for the pairs whose point did not.
+        w0, wmax = self._w0, self._wmax
+        wv = cur[self._pw]
+        reset = changed[self._pp]
+        np.copyto(w0, wv, where=reset)
+        np.copyto(wmax, 0.0, where=reset)
+        held = np.flatnonzero(~reset)
+        if held.size:
+            w, w0h = wv[held], w0[held]
+            w0h = np.where(np.isnan(w0h) & ~np.isnan(w), w, w0h)
+            w0[held] = w0h
+            thr = np.maximum(self._pw_abs[held], self._pw_rel[held] * np.abs(w0h))
+            # NaN (a witness away) leaves it
+            wmax[held] = np.fmax(wmax[held], np.abs(w - w0h) / thr)
+        stuck = np.zeros(self.n, dtype=bool)
+        stuck_bad = np.zeros(self.n, dtype=bool)
+        # A noisy, quantised reading repeats by chance: how unlikely a run of repeats
+        # is depends on how many samples, not how many seconds. Only the few points
+        # frozen that long can be stuck (a changed point's count is 0): the rule is
+        # worked out for those alone.
+        cand = np.flatnonzero(elig & (self._frozen_n >= STUCK_MIN_SAMPLES))
+        if not cand.size:
+            return stuck, stuck_bad
+        moved = np.zeros(cand.size)
+        moved_fast = np.zeros(cand.size)  # by the witnesses that may judge on the fast path
         if len(self._pp_starts):
-            moved[self._pp_heads] = np.maximum.reduceat(self._wmax, self._pp_starts)
-            fast = np.where(self._pw_fast, self._wmax, 0.0)
-            moved_fast[self._pp_heads] = np.maximum.reduceat(fast, self._pp_starts)
-        frozen_for = t - self._frozen_t
-        stuck = (
-            elig
-            & ~changed
-            & (np.abs(v) > self._zero_band)
-            # A noisy, quantised reading repeats by chance: how unlikely a run of
-            # repeats is depends on how many samples, not how many seconds.
-            & (self._frozen_n >= STUCK_MIN_SAMPLES)
-            & (
-                (
-                    (frozen_for >= STUCK_S)
-                    & (moved >= 1.0)
-                    & (self._frozen_n >= STUCK_MIN_SAMPLES_SLOW)
-                )
-                | ((frozen_for >= STUCK_FAST_S) & (moved_fast >= STUCK_FAST_X))
-            )
+            head = self._head_of[cand]  # its group among the pairs (-1: no witness)
+            has = head >= 0
+            at = head[has]
+            moved[has] = np.maximum.reduceat(wmax, self._pp_starts)[at]
+            fast = np.where(self._pw_fast, wmax, 0.0)
+            moved_fast[has] = np.maximum.reduceat(fast, self._pp_starts)[at]
+        n_c = self._frozen_n[cand]
+        frozen_for = t - self._frozen_t[cand]
+        hit = (np.abs(v[cand]) > self._zero_band[cand]) & (
+            ((frozen_for >= STUCK_S) & (moved >= 1.0) & (n_c >= STUCK_MIN_SAMPLES_SLOW))
+            | ((frozen_for >= STUCK_FAST_S) & (moved_fast >= STUCK_FAST_X))
         )
-        return stuck, stuck & (frozen_for >= STUCK_BAD_S)
+        stuck[cand] = hit
+        stuck_bad[cand] = hit & (frozen_for >= STUCK_BAD_S)
+        return stuck, stuck_bad
 
     # ------------------------------------------------------------------
     def _loops(

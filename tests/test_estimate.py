@@ -642,3 +642,67 @@ def test_each_latched_reason_expires_on_its_own_time():
         e = ls.est.update(ls.sp.t, v, ls.fresh)
     assert flags_of(e, name) & FLAG_NAN
     assert not flags_of(e, name) & FLAG_STALE  # the comms loss ended 100 s ago
+
+
+def _stuck_over_every_point(
+    est: Estimator, t: float, v: np.ndarray, accept: np.ndarray, cur: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stuck rule as one pass over every point and pair (the form before the
+    pass was narrowed to the pairs and points that can still be stuck)."""
+    from thermogate.controller import estimate as E
+
+    elig = accept & est._stuck_elig
+    changed = elig & (v != est._frozen)
+    np.copyto(est._frozen, v, where=changed)
+    est._frozen_t[changed] = t
+    est._frozen_n[changed] = 0.0
+    np.add(est._frozen_n, 1.0, out=est._frozen_n, where=elig & ~changed)
+    wv = cur[est._pw]
+    reset = changed[est._pp]
+    np.copyto(est._w0, wv, where=reset)
+    est._wmax[reset] = 0.0
+    fill = np.isnan(est._w0) & ~np.isnan(wv)
+    np.copyto(est._w0, wv, where=fill)
+    thr = np.maximum(est._pw_abs, est._pw_rel * np.abs(est._w0))
+    est._wmax[:] = np.fmax(est._wmax, np.abs(wv - est._w0) / thr)
+    moved = np.zeros(est.n)
+    moved_fast = np.zeros(est.n)
+    moved[est._pp_heads] = np.maximum.reduceat(est._wmax, est._pp_starts)
+    fast = np.where(est._pw_fast, est._wmax, 0.0)
+    moved_fast[est._pp_heads] = np.maximum.reduceat(fast, est._pp_starts)
+    frozen_for = t - est._frozen_t
+    stuck = (
+        elig
+        & ~changed
+        & (np.abs(v) > est._zero_band)
+        & (est._frozen_n >= E.STUCK_MIN_SAMPLES)
+        & (
+            ((frozen_for >= STUCK_S) & (moved >= 1.0) & (est._frozen_n >= E.STUCK_MIN_SAMPLES_SLOW))
+            | ((frozen_for >= E.STUCK_FAST_S) & (moved_fast >= E.STUCK_FAST_X))
+        )
+    )
+    return stuck, stuck & (frozen_for >= STUCK_BAD_S)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), p_hold=st.floats(0.3, 0.95), p_away=st.floats(0.0, 0.2))
+def test_stuck_narrowed_to_the_points_that_can_be_stuck_equals_the_pass_over_every_point(
+    seed: int, p_hold: float, p_away: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    fast, ref = Estimator(PMAP, SITE), Estimator(PMAP, SITE)
+    v = rng.uniform(-5.0, 80.0, fast.n)
+    for k in range(70):
+        t = 5.0 * k
+        move = rng.random(fast.n) > p_hold  # the rest repeat their last reading
+        v = np.where(move, v + rng.normal(0.0, 3.0, fast.n), v)
+        v[rng.random(fast.n) < 0.02] = 0.0  # equipment off
+        accept = rng.random(fast.n) >= p_away
+        cur = np.where(accept, v, np.nan)
+        got = fast._stuck(t, v, accept, cur)
+        want = _stuck_over_every_point(ref, t, v, accept, cur)
+        for a, b in zip(got, want, strict=True):
+            assert np.array_equal(a, b)
+        for name in ("_frozen", "_frozen_t", "_frozen_n", "_w0", "_wmax"):
+            a, b = getattr(fast, name), getattr(ref, name)
+            assert np.array_equal(a.view(np.int64), b.view(np.int64)), name
