@@ -291,6 +291,7 @@ class Estimator:
         # each point's group among the pairs (its index in ``_pp_heads``; -1: none)
         self._head_of = np.full(n, -1, dtype=np.int64)
         self._head_of[self._pp_heads] = np.arange(len(self._pp_heads))
+        self._pp_lens = np.diff(np.append(self._pp_starts, len(self._pp)))  # pairs per run
         self._build_tanks()
         self._build_loops()
         self._build_zero_groups()
@@ -596,13 +597,18 @@ class Estimator:
             return stuck, stuck_bad
         moved = np.zeros(cand.size)
         moved_fast = np.zeros(cand.size)  # by the witnesses that may judge on the fast path
-        if len(self._pp_starts):
-            head = self._head_of[cand]  # its group among the pairs (-1: no witness)
-            has = head >= 0
-            at = head[has]
-            moved[has] = np.maximum.reduceat(wmax, self._pp_starts)[at]
-            fast = np.where(self._pw_fast, wmax, 0.0)
-            moved_fast[has] = np.maximum.reduceat(fast, self._pp_starts)[at]
+        head = self._head_of[cand]  # its run of pairs (-1: no witness)
+        has = head >= 0
+        at = head[has]
+        if at.size:
+            # the witnesses' movement, the most of each candidate's run of pairs: the
+            # runs gathered one after another, then reduced run by run
+            lens = self._pp_lens[at]
+            off = np.cumsum(lens) - lens
+            pair = np.repeat(self._pp_starts[at] - off, lens) + np.arange(int(lens.sum()))
+            w = wmax[pair]
+            moved[has] = np.maximum.reduceat(w, off)
+            moved_fast[has] = np.maximum.reduceat(np.where(self._pw_fast[pair], w, 0.0), off)
         n_c = self._frozen_n[cand]
         frozen_for = t - self._frozen_t[cand]
         hit = (np.abs(v[cand]) > self._zero_band[cand]) & (
