@@ -165,6 +165,15 @@ class Alarms:
             hysteresis=not (ok and value >= limit - ALARM_HYSTERESIS_K),
         )
 
+    def live(self) -> set[str]:
+        """Keys an ``alarm(..., active=False)`` call may still change: the alarms
+        active now and those restored and not yet found again (``CARRY_SCANS``).
+
+        For any other key such a call does nothing, so a part that checks hundreds
+        of conditions a scan may call ``alarm`` only for the keys found here and
+        for the conditions it finds active (or near their limit, for ``high``)."""
+        return {k for k, a in self._active.items() if a} | self._carried
+
     def active(self) -> list[str]:
         """Keys of the alarms active now, sorted."""
         return sorted(k for k, a in self._active.items() if a)

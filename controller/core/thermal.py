@@ -40,6 +40,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import compress
+from operator import attrgetter
+
+import numpy as np
 
 from thermogate.plc.controlloops import THERMAL_SOFT_MARGIN_K
 
@@ -167,6 +171,10 @@ def limiter_step(
     return event
 
 
+#: a limiter's ``base_kw``: not empty while its limit is applied (``Limiter.active``)
+_BASE_KW = attrgetter("base_kw")
+
+
 class ThermalProtection:
     """See the module docstring. ``cap[load]`` is the load's thermal limit in kW."""
 
@@ -236,6 +244,33 @@ class ThermalProtection:
             )
             for k, lp in enumerate(site.loops)
         ]
+        #: the zones (tanks, then CDUs) for the array pass of ``protect``: per zone its
+        #: voted point, alarm limit, soft limit and loop, and what its alarm says
+        zones = [
+            (t_.name, key, t_.limits.fluid_alarm_c, k, "{} fluid {:.1f} degC >= alarm {:g}", 700)
+            for t_, _, k, key in self._tank_points
+        ] + [
+            (c.name, key, c.supply_alarm_c, k, "CDU {} supply {:.1f} degC >= alarm {:g}", 700)
+            for c, _, k, _, key in self._cdu_points
+        ]
+        self._zones = [
+            (name, key, alarm_c, alarm_c - THERMAL_SOFT_MARGIN_K, k, text.format, sev)
+            for name, key, alarm_c, k, text, sev in zones
+        ]
+        self._zone_pts = [p for _, p, _, _ in self._tank_points] + [
+            p for _, p, _, _, _ in self._cdu_points
+        ]
+        self._zone_alarm = np.array([z[2] for z in self._zones], dtype=float)
+        self._zone_soft = np.array([z[3] for z in self._zones], dtype=float)
+        #: per loop, its zones' positions, padded with one past the last (-inf)
+        members = [[j for j, z in enumerate(self._zones) if z[4] == k] for k in range(len(loops))]
+        width = max([1, *map(len, members)])
+        self._loop_zones = np.array(
+            [m + [len(self._zones)] * (width - len(m)) for m in members], dtype=np.intp
+        )
+        self._zone_of_key = {z[1]: j for j, z in enumerate(self._zones)}
+        self._loop_names = loops
+        self._no_cap = {ld.name: math.inf for ld in topo.loads}
         #: per load: the limiters that cap it
         self._limits_of: dict[str, list[Limiter]] = {ld.name: [] for ld in topo.loads}
         for lim in [*self.zone_limits.values(), *self.loop_limits]:
@@ -245,11 +280,11 @@ class ThermalProtection:
     def protect(self, view: ScanView, alarms: Alarms) -> None:
         t = view.t
         val, vote = view.val, view.vote
-        loop_stress = dict.fromkeys(range(len(self._loop_points)), -math.inf)
-        loop_saturated: dict[int, bool] = {}
+        live = alarms.live()
+        loop_saturated: list[bool] = []
         for k, (lp, supply_temp, fan_speeds) in enumerate(self._loop_points):
             fans = [x for x in map(val, fan_speeds) if math.isfinite(x)]
-            loop_saturated[k] = (min(fans) if fans else 100.0) >= SATURATED_FAN_PCT
+            loop_saturated.append((min(fans) if fans else 100.0) >= SATURATED_FAN_PCT)
             sup, ok = vote(supply_temp)
             alarms.high(
                 t,
@@ -267,49 +302,40 @@ class ThermalProtection:
                 600,
             )
             self._flow(view, alarms, k, lp.name)
-        measured = {ld.name: view.measured(ld.power) for ld in self.topo.loads}
-        for t_, fluid_temp, k, key in self._tank_points:
-            temp, ok = vote(fluid_temp)
-            lim = t_.limits
+        # The zones (tanks, then CDUs) as arrays: each zone's excess over its soft
+        # limit and its loop's stress (the highest excess of a usable zone on it)
+        # in one pass; the per-zone alarm and limiter are stepped only where one
+        # can change: a zone at its alarm or over its soft limit, an alarm live, a
+        # limit applied (see ``Alarms.live``; a limiter off and under its soft
+        # limit stays off).
+        temps, oks = zip(*map(vote, self._zone_pts), strict=True)
+        temp = np.array(temps, dtype=float)
+        ok = np.array(oks, dtype=bool)
+        excess = temp - self._zone_soft
+        # Python's max over the zones in order ignores a NaN excess: so does this
+        usable = np.append(np.where(ok & ~np.isnan(excess), excess, -math.inf), -math.inf)
+        stress = usable[self._loop_zones].max(axis=1)
+        step = ok & ((temp >= self._zone_alarm) | (excess > 0.0))
+        todo = set(np.flatnonzero(step).tolist())
+        zone_limits = self.zone_limits.values()
+        todo.update(compress(range(len(zone_limits)), map(_BASE_KW, zone_limits)))
+        zone_of_key = self._zone_of_key
+        todo.update(zone_of_key[key] for key in live if key in zone_of_key)
+        for j in sorted(todo):
+            name, key, alarm_c, soft, k, text, severity = self._zones[j]
+            temp_j, ok_j = temps[j], oks[j]
             alarms.high(
-                t,
-                key,
-                temp,
-                ok,
-                lim.fluid_alarm_c,
-                partial(
-                    "{} fluid {:.1f} degC >= alarm {:g}".format, t_.name, temp, lim.fluid_alarm_c
-                ),
-                700,
+                t, key, temp_j, ok_j, alarm_c, partial(text, name, temp_j, alarm_c), severity
             )
-            soft = lim.fluid_alarm_c - THERMAL_SOFT_MARGIN_K
-            if ok:
-                loop_stress[k] = max(loop_stress[k], temp - soft)
-                self._limit(view, alarms, self.zone_limits[t_.name], temp, soft, k, measured)
-        for c, supply_temp, k, _rows, key in self._cdu_points:
-            temp, ok = vote(supply_temp)
-            alarms.high(
-                t,
-                key,
-                temp,
-                ok,
-                c.supply_alarm_c,
-                partial(
-                    "CDU {} supply {:.1f} degC >= alarm {:g}".format, c.name, temp, c.supply_alarm_c
-                ),
-                700,
-            )
-            if ok:
-                soft = c.supply_alarm_c - THERMAL_SOFT_MARGIN_K
-                loop_stress[k] = max(loop_stress[k], temp - soft)
-                self._limit(view, alarms, self.zone_limits[c.name], temp, soft, k, measured)
+            if ok_j:
+                self._limit(view, alarms, self.zone_limits[name], temp_j, soft, k)
         # A loop whose cooling is at its limit: shed by class order on the loop. Its
         # fans no longer saturated, it has cooling to spare: its limit comes back.
-        for k, stress in loop_stress.items():
-            if not math.isfinite(stress):
+        for k, loop_stress in enumerate(stress.tolist()):
+            if not math.isfinite(loop_stress):
                 continue
-            excess = stress if loop_saturated[k] else min(stress, 0.0)
-            self._limit(view, alarms, self.loop_limits[k], math.nan, excess, k, measured)
+            loop_excess = loop_stress if loop_saturated[k] else min(loop_stress, 0.0)
+            self._limit(view, alarms, self.loop_limits[k], math.nan, loop_excess, k)
         self._caps()
 
     def _limit(
@@ -320,13 +346,16 @@ class ThermalProtection:
         temp: float,
         soft: float,
         loop: int,
-        measured: Mapping[str, float],
     ) -> None:
         """Step one limiter: a zone's (``temp`` over ``soft``) or a loop's (``temp``
         NaN, ``soft`` its stress in K), with an event when it is applied or lifted."""
         zone = math.isfinite(temp)
         excess = temp - soft if zone else soft
-        hold = self.flow_shed.get(self.topo.site.loops[loop].name, False)
+        if not lim.base_kw and not excess > 0.0:  # off and not over: stays off
+            return
+        hold = self.flow_shed.get(self._loop_names[loop], False)
+        # what its loads draw now: read only when a limit may begin from it
+        measured = {} if lim.base_kw else {ld.name: view.measured(ld.power) for ld in lim.loads}
         what = limiter_step(lim, excess, view.dt, measured, hold=hold)
         if what is None:
             return
@@ -351,8 +380,9 @@ class ThermalProtection:
 
     def _caps(self) -> None:
         """Each load's thermal cap: the lowest its limiters and a lost pump put on it."""
-        cap = {ld.name: math.inf for ld in self.topo.loads}
-        for lim in [*self.zone_limits.values(), *self.loop_limits]:
+        cap = dict(self._no_cap)
+        limits = [*self.zone_limits.values(), *self.loop_limits]
+        for lim in compress(limits, map(_BASE_KW, limits)):  # one off caps nothing
             for name, kw in lim.caps().items():
                 cap[name] = min(cap[name], kw)
         # the limiters' caps alone (what the summary's ``thermal_shed`` counts;
