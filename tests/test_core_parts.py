@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S, Actuation
 from thermogate.controller.core.alarms import Alarms
@@ -517,3 +519,196 @@ def test_sensors_stale_or_failed_are_an_alarm_per_reason_while_any_has_it(site):
         scan(stale)
     assert scan(stale, nan="tank03.fluid_temp") == ["sensors:nan"]
     assert scan(stale) == []
+
+
+# -- protection's array passes ----------------------------------------------------------
+def _random_scans(topo: Topology, seed: int, n: int):
+    """``n`` scan views of a plant wandering about its limits: zones and loops around
+    their alarms, fans near saturation, pump faults, flows near their trips, meters
+    about their breakers' lines, BAD points, a NaN or an infinity, voted signals."""
+    rng = np.random.default_rng(seed)
+    site, ix, pts = topo.site, topo.ix, topo.pmap.points
+    v = np.array([(p.min if p.min is not None else 0.0) for p in pts], dtype=float)
+    tanks = list(zip(site.tanks, ix.tanks, strict=True))
+    for t_, tp in tanks:
+        v[[tp.fluid_temp, tp.fluid_temp_b]] = t_.limits.fluid_alarm_c - 4.0
+    for c, cp in zip(site.cdus, ix.cdus, strict=True):
+        v[cp.supply_temp] = c.supply_alarm_c - 4.0
+    for lp in ix.loops:
+        v[lp.supply_temp], v[lp.flow] = 30.0, 300.0
+    for pp in ix.pumps:
+        v[pp.speed], v[pp.fault] = 60.0, 0.0
+    for dp in ix.dry_coolers:
+        v[dp.fan_speed] = 80.0
+    for ld in topo.loads:
+        v[ld.power] = 0.8 * ld.rated_kw
+    zone_pts = [tp.fluid_temp for _, tp in tanks] + [cp.supply_temp for cp in ix.cdus]
+    alarm_c = [t_.limits.fluid_alarm_c for t_, _ in tanks] + [c.supply_alarm_c for c in site.cdus]
+    t = 0.0
+    for _ in range(n):
+        dt = float(rng.choice([1.0, 1.0, 0.5, 2.0, 10.0, 1e-3]))
+        t += dt
+        for i, a in zip(zone_pts, alarm_c, strict=True):
+            if rng.random() < 0.3:
+                v[i] = min(max(v[i] + rng.normal(0.0, 1.0), a - 8.0), a + 3.0)
+        for tp in ix.tanks:
+            v[tp.fluid_temp_b] = v[tp.fluid_temp]
+        for lp, lpp in zip(site.loops, ix.loops, strict=True):
+            if rng.random() < 0.3:
+                x = v[lpp.supply_temp] + rng.normal(0.0, 1.0)
+                v[lpp.supply_temp] = min(max(x, lp.supply_alarm_c - 6.0), lp.supply_alarm_c + 2.0)
+            if rng.random() < 0.2:
+                v[lpp.flow] = rng.choice(
+                    [
+                        300.0,
+                        250.0,
+                        1.1 * lp.min_flow_m3h,
+                        1.3 * lp.min_flow_m3h,
+                        0.5 * lp.min_flow_m3h,
+                    ]
+                )
+        for dp in ix.dry_coolers:
+            if rng.random() < 0.2:
+                v[dp.fan_speed] = rng.choice([50.0, 94.9, 95.0, 100.0, math.nan])
+        for pp in ix.pumps:
+            if rng.random() < 0.03:
+                v[pp.fault] = 1.0 - v[pp.fault]
+            if rng.random() < 0.1:
+                v[pp.speed] = rng.choice([0.0, 19.9, 20.0, 60.0])
+        for ld in topo.loads:
+            if rng.random() < 0.3:
+                x = v[ld.power] + rng.normal(0.0, 0.1 * ld.rated_kw)
+                v[ld.power] = min(max(x, 0.0), 1.1 * ld.rated_kw)
+            if rng.random() < 0.02:
+                v[ld.interlock] = 1.0 - v[ld.interlock]
+        for c in topo.constraints:
+            if rng.random() < 0.5:
+                lim = site.import_limit_kw if c.limit_kw is None else c.limit_kw
+                x = rng.choice([0.5, 0.96, 0.97, 0.975, 0.98, 0.99, 1.0, 1.02, 1.1])
+                v[c.meter] = lim * x * (1.0 + rng.normal(0.0, 0.003))
+        vals = v.copy()
+        q = np.full(len(pts), GOOD, dtype=np.uint8)
+        q[rng.integers(0, len(pts), int(rng.choice([0, 0, 3, 30])))] = BAD
+        if rng.random() < 0.05:
+            vals[rng.integers(0, len(pts), 3)] = rng.choice([math.nan, math.inf])
+        voted = {
+            i: (float(vals[i]), bool(rng.random() > 0.05))
+            for i in [*zone_pts[: len(tanks)], *(lp.supply_temp for lp in ix.loops)]
+            if rng.random() < 0.5
+        }
+        yield ScanView(t, dt, vals, q, voted, None)
+
+
+def _events(al: Alarms) -> list[tuple]:
+    return [(e.kind, e.source, e.message, e.severity, e.data) for e in al.events]
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_protection_stepping_only_what_can_change_is_stepping_everything(topo, seed):
+    # The array passes step a zone, loop, constraint or load only where something
+    # can change; stepped everywhere (as the scalar scan did), the same scans give
+    # the same events, alarms, caps and latched trips -- across a restart too.
+    def parts(alarms=None):
+        out = []
+        for step_all in (False, True):
+            th, pw = ThermalProtection(topo), PowerProtection(topo)
+            trips = TripLatch(topo, ControllerState())
+            th.step_all = pw.step_all = trips.step_all = step_all
+            al = Alarms()
+            if alarms is not None:
+                al.restore(alarms)
+            out.append((th, pw, trips, al))
+        return out
+
+    sides = parts()
+    asks = np.random.default_rng(seed).choice([math.nan, 0.9 * topo.site.import_limit_kw], 100)
+    for k, v in enumerate(_random_scans(topo, seed, 100)):
+        seen = []
+        for th, pw, trips, al in sides:
+            al.begin_scan(v.t)
+            th.protect(v, al)
+            pw.protect(v, al, float(asks[k]))
+            if k % 40 == 0:
+                trips.request_reset(v.t, "bob", "console", "checked", None)
+            cmds: dict = {}
+            trips.latch(v, cmds, al)
+            seen.append(
+                (
+                    _events(al),
+                    al.to_json(),
+                    al.active(),
+                    th.cap,
+                    th.limiter_cap,
+                    th.flow_shed,
+                    pw.cap,
+                    [(c.value, c.why) for c in cmds.values()],
+                    list(cmds),
+                    dict(trips.state.latched),
+                )
+            )
+        assert seen[0] == seen[1], k
+        if k % 50 == 49:  # a restart: fresh parts, the alarm list restored
+            sides = parts(sides[0][3].to_json())
+
+
+def _flow_scalar(lp, lpp, pumps, dt, view, st_: dict, events: list) -> bool:
+    """The lost-flow rule for one loop, one scan, as it was written per loop."""
+    flow, fok = view.val(lpp.flow), view.good(lpp.flow)
+    low = fok and flow < 1.2 * lp.min_flow_m3h
+    pump_fault = any(view.good(pp.fault) and view.val(pp.fault) >= 0.5 for pp in pumps)
+    normal = st_.get("normal", math.nan)
+    lost = fok and math.isfinite(normal) and flow < 0.7 * normal
+    if fok and not pump_fault and not low:
+        a_ = min(1.0, dt / 600.0)
+        st_["normal"] = flow if not math.isfinite(normal) else (normal + a_ * (flow - normal))
+    was = st_.get("shed", False)
+    episode = st_.get("episode", False) or (pump_fault and not st_.get("seen", False))
+    st_["seen"] = pump_fault
+    carried = any(
+        not (view.good(pp.fault) and view.val(pp.fault) >= 0.5)
+        and view.good(pp.speed)
+        and view.val(pp.speed) >= 20.0
+        for pp in pumps
+    )
+    back = fok and carried and flow >= 1.2 * lp.min_flow_m3h
+    st_["ok_s"] = st_.get("ok_s", 0.0) + dt if back else 0.0
+    recovered = st_["ok_s"] >= 30.0
+    if low or (episode and lost):
+        shedding = True
+    elif was:
+        shedding = not recovered
+    else:
+        shedding = False
+    if episode and recovered and not low:
+        episode = False
+    st_["episode"] = episode
+    if shedding != was:
+        events.append((lp.name, shedding, low))
+    st_["shed"] = shedding
+    return low
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_lost_flow_over_the_loops_as_arrays_follows_the_scalar_rule(topo, seed):
+    th, al = ThermalProtection(topo), Alarms()
+    site, ix = topo.site, topo.ix
+    state: list[dict] = [{} for _ in site.loops]
+    for v in _random_scans(topo, seed, 100):
+        al.begin_scan(v.t)
+        th.protect(v, al)
+        want: list = []
+        lows = [
+            _flow_scalar(
+                lp, ix.loop[lp.name], [ix.pump[p.name] for p in lp.pumps], v.dt, v, s, want
+            )
+            for lp, s in zip(site.loops, state, strict=True)
+        ]
+        assert th.flow_shed == {lp.name: s["shed"] for lp, s in zip(site.loops, state, strict=True)}
+        got = [e for e in al.events if e.data and e.data.get("limit") == "flow"]
+        assert [(e.source, e.kind == "shed") for e in got] == [(n, s) for n, s, _ in want]
+        low_alarms = {k for k in al.active() if k.endswith(".low_flow")}
+        assert low_alarms == {
+            f"{lp.name}.low_flow" for lp, lo in zip(site.loops, lows, strict=True) if lo
+        }

@@ -46,6 +46,10 @@ import math
 from collections.abc import Collection, Mapping
 from functools import partial
 
+import numpy as np
+
+from thermogate.plc.points import BAD
+
 from ..signals import Event
 from .alarms import Alarms
 from .topology import CLASS_ORDER, Load, Topology
@@ -66,6 +70,10 @@ GRID_RESTORE_FRAC_S = 0.002  # a lifted limit climbs back at this share of the s
 
 class PowerProtection:
     """See the module docstring. ``cap[load]`` is the load's power limit in kW."""
+
+    #: step every constraint each scan, not only those where something can happen
+    #: (the tests show both give the same)
+    step_all = False
 
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
@@ -91,6 +99,20 @@ class PowerProtection:
         #: each constraint's loads by class (split once: the site does not change)
         self._classes = [_by_class(c.loads) for c in topo.constraints]
         self._alarm_keys = [f"power:{c.name}" for c in topo.constraints]
+        #: for the array pass of ``protect``: each constraint's meter and continuous
+        #: limit (NaN: the grid's, set each scan), found by name and by alarm key
+        self._constraints = list(topo.constraints)
+        self._meters = np.array([c.meter for c in topo.constraints], dtype=np.intp)
+        self._limit_kw = np.array(
+            [math.nan if c.limit_kw is None else c.limit_kw for c in topo.constraints], dtype=float
+        )
+        self._grid_ix = np.array(
+            [i for i, c in enumerate(topo.constraints) if c.limit_kw is None], dtype=np.intp
+        )
+        self._index: dict[str, list[int]] = {}
+        for i, c in enumerate(topo.constraints):
+            self._index.setdefault(c.name, []).append(i)
+        self._key_index = {key: i for i, key in enumerate(self._alarm_keys)}
 
     def grid_limit(self, instruction_kw: float | None) -> float:
         """The import limit asked for this scan: the site's, or the instruction in
@@ -118,11 +140,40 @@ class PowerProtection:
         if grid > self.grid_limit_kw:  # a lifted limit returns at the restore rate
             step = GRID_RESTORE_FRAC_S * self.topo.site.import_limit_kw * max(dt, 0.0)
             grid = min(grid, self.grid_limit_kw + step)
+        # Every constraint's meter and lines in one array pass; one is stepped only
+        # where something can happen: its meter over the limit people see (its alarm)
+        # or over protection's shed line, its alarm live (``Alarms.live``), or it is
+        # shedding or holds loads (what it restores). Any other does nothing this
+        # scan: nothing pending can push a meter under the shed line over it.
+        p_all = np.where(
+            view.quality[self._meters] != BAD,
+            np.asarray(view.values, dtype=float)[self._meters],
+            math.nan,
+        )
+        limit_all = self._limit_kw.copy()
+        limit_all[self._grid_ix] = GRID_LIMIT_MARGIN * grid
+        named_all = self._limit_kw.copy()
+        named_all[self._grid_ix] = import_limit_kw
+        step = (p_all > named_all) | (p_all > POWER_SHED_AT * limit_all)
+        todo = set(np.flatnonzero(step).tolist())
+        index = self._index
+        for n in [n for n, h in self._held.items() if h] + [
+            n for n, on in self._shedding.items() if on
+        ]:
+            todo.update(index.get(n, ()))
+        key_index = self._key_index
+        todo.update(key_index[key] for key in alarms.live() if key in key_index)
+        p_of = p_all.tolist()
         constraints = []
-        for c, classes, key in zip(
-            self.topo.constraints, self._classes, self._alarm_keys, strict=True
-        ):
-            p = view.val(c.meter) if view.good(c.meter) else math.nan
+        if self.step_all:  # (tests: as if nothing were skipped)
+            todo.update(range(len(self._constraints)))
+        for i in sorted(todo):
+            c, classes, key, p = (
+                self._constraints[i],
+                self._classes[i],
+                self._alarm_keys[i],
+                p_of[i],
+            )
             limit = GRID_LIMIT_MARGIN * grid if c.limit_kw is None else c.limit_kw
             group = c.loads
             if c.limit_kw is None and overridden:  # the operator's hand beats the grid

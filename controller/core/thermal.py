@@ -46,6 +46,7 @@ from operator import attrgetter
 import numpy as np
 
 from thermogate.plc.controlloops import THERMAL_SOFT_MARGIN_K
+from thermogate.plc.points import BAD
 
 from ..signals import Event
 from .alarms import Alarms
@@ -178,15 +179,15 @@ _BASE_KW = attrgetter("base_kw")
 class ThermalProtection:
     """See the module docstring. ``cap[load]`` is the load's thermal limit in kW."""
 
+    #: step every zone and loop each scan, not only those where something can
+    #: change (the tests show both give the same)
+    step_all = False
+
     def __init__(self, topo: Topology) -> None:
         self.topo = topo
         self.cap: dict[str, float] = {ld.name: math.inf for ld in topo.loads}
         self.limiter_cap: dict[str, float] = dict(self.cap)
         self.flow_shed: dict[str, bool] = {}
-        self._normal_flow: dict[str, float] = {}
-        self._flow_ok_s: dict[str, float] = {}
-        self._pump_episode: dict[str, bool] = {}
-        self._fault_seen: dict[str, bool] = {}
         # Where each zone's signals are, looked up once (the site does not change).
         site, ix = topo.site, topo.ix
         loops = [lp.name for lp in site.loops]
@@ -271,6 +272,31 @@ class ThermalProtection:
         self._zone_of_key = {z[1]: j for j, z in enumerate(self._zones)}
         self._loop_names = loops
         self._no_cap = {ld.name: math.inf for ld in topo.loads}
+        #: the loops for the array pass of ``_loops``: fans and pumps padded to the
+        #: widest loop (a mask marks the real ones), lost-flow state per loop
+        n_loops = len(site.loops)
+        self._loop_supply = [supply for _, supply, _ in self._loop_points]
+        self._loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops], dtype=float)
+        self._loop_flow = np.array([ix.loop[lp.name].flow for lp in site.loops], dtype=np.intp)
+        self._low_line = np.array(
+            [LOW_FLOW_PREEMPT_FRAC * lp.min_flow_m3h for lp in site.loops], dtype=float
+        )
+        self._fan_pad, self._fan_mask = _padded([f for _, _, f in self._loop_points])
+        self._pump_fault, self._pump_mask = _padded(
+            [[pp.fault for pp in pumps] for pumps in self._loop_pumps]
+        )
+        self._pump_speed, _ = _padded([[pp.speed for pp in pumps] for pumps in self._loop_pumps])
+        self._loop_of_key = {
+            f"{lp.name}.{what}": k
+            for k, lp in enumerate(site.loops)
+            for what in ("supply_high", "low_flow")
+        }
+        #: what "normal flow" looks like per loop (NaN: not learned yet)
+        self._normal_flow = np.full(n_loops, math.nan)
+        self._flow_ok_s = np.zeros(n_loops)  # how long a healthy pump has carried it
+        self._pump_episode = np.zeros(n_loops, dtype=bool)
+        self._fault_seen = np.zeros(n_loops, dtype=bool)
+        self._flow_shed = np.zeros(n_loops, dtype=bool)  # ``flow_shed`` by position
         #: per load: the limiters that cap it
         self._limits_of: dict[str, list[Limiter]] = {ld.name: [] for ld in topo.loads}
         for lim in [*self.zone_limits.values(), *self.loop_limits]:
@@ -279,29 +305,9 @@ class ThermalProtection:
 
     def protect(self, view: ScanView, alarms: Alarms) -> None:
         t = view.t
-        val, vote = view.val, view.vote
+        vote = view.vote
         live = alarms.live()
-        loop_saturated: list[bool] = []
-        for k, (lp, supply_temp, fan_speeds) in enumerate(self._loop_points):
-            fans = [x for x in map(val, fan_speeds) if math.isfinite(x)]
-            loop_saturated.append((min(fans) if fans else 100.0) >= SATURATED_FAN_PCT)
-            sup, ok = vote(supply_temp)
-            alarms.high(
-                t,
-                f"{lp.name}.supply_high",
-                sup,
-                ok,
-                lp.supply_alarm_c,
-                # formatted only if raised (``alarms.Message``)
-                partial(
-                    "loop {} supply {:.1f} degC >= alarm {:g}".format,
-                    lp.name,
-                    sup,
-                    lp.supply_alarm_c,
-                ),
-                600,
-            )
-            self._flow(view, alarms, k, lp.name)
+        loop_saturated = self._loops(view, alarms, live)
         # The zones (tanks, then CDUs) as arrays: each zone's excess over its soft
         # limit and its loop's stress (the highest excess of a usable zone on it)
         # in one pass; the per-zone alarm and limiter are stepped only where one
@@ -315,12 +321,15 @@ class ThermalProtection:
         # Python's max over the zones in order ignores a NaN excess: so does this
         usable = np.append(np.where(ok & ~np.isnan(excess), excess, -math.inf), -math.inf)
         stress = usable[self._loop_zones].max(axis=1)
-        step = ok & ((temp >= self._zone_alarm) | (excess > 0.0))
+        # (a usable zone with no finite temperature steps as ``_limit`` has it)
+        step = ok & ((temp >= self._zone_alarm) | (excess > 0.0) | ~np.isfinite(temp))
         todo = set(np.flatnonzero(step).tolist())
         zone_limits = self.zone_limits.values()
         todo.update(compress(range(len(zone_limits)), map(_BASE_KW, zone_limits)))
         zone_of_key = self._zone_of_key
         todo.update(zone_of_key[key] for key in live if key in zone_of_key)
+        if self.step_all:  # (tests: as if nothing were skipped)
+            todo.update(range(len(self._zones)))
         for j in sorted(todo):
             name, key, alarm_c, soft, k, text, severity = self._zones[j]
             temp_j, ok_j = temps[j], oks[j]
@@ -394,69 +403,113 @@ class ThermalProtection:
                     cap[ld.name] = min(cap[ld.name], PUMP_FAULT_SHED_FRAC * ld.rated_kw)
         self.cap.update(cap)
 
-    def _flow(self, view: ScanView, alarms: Alarms, k: int, loop: str) -> None:
-        """Lost flow: shed mining on the loop before the PLC's low-flow trip."""
-        lp = self.topo.site.loops[k]
+    def _loops(self, view: ScanView, alarms: Alarms, live: set[str]) -> list[bool]:
+        """Each loop's supply alarm and lost flow (mining shed before the PLC's
+        low-flow trip); returns, per loop, whether its fans are saturated.
+
+        One array pass over the loops (their fans, flows and pumps, padded to the
+        widest loop); a loop's alarms and events are stepped only where one can
+        change (its supply at its alarm, its flow low, an alarm live, its shed
+        applied or lifted)."""
         t, dt = view.t, view.dt
-        lpp = self.topo.ix.loop[loop]
-        pumps = self._loop_pumps[k]
-        flow, fok = view.val(lpp.flow), view.good(lpp.flow)
-        low = fok and flow < LOW_FLOW_PREEMPT_FRAC * lp.min_flow_m3h
-        pump_fault = any(view.good(pp.fault) and view.val(pp.fault) >= 0.5 for pp in pumps)
-        normal = self._normal_flow.get(loop, math.nan)
-        lost = fok and math.isfinite(normal) and flow < LOST_FLOW_FRAC * normal
-        if fok and not pump_fault and not low:  # learn what normal looks like
-            a_ = min(1.0, dt / NORMAL_FLOW_TAU_S)
-            self._normal_flow[loop] = (
-                flow if not math.isfinite(normal) else (normal + a_ * (flow - normal))
-            )
-        alarms.alarm(
-            t,
-            f"{loop}.low_flow",
-            low,
-            partial(_low_flow_message, loop, flow, lp.min_flow_m3h, lp.low_flow_trip_s),
-            800,
-        )
-        was = self.flow_shed.get(loop, False)
+        values = np.asarray(view.values, dtype=float)
+        good = view.quality != BAD
+        # fans: the slowest with a finite speed (none: not saturated)
+        fans = values[self._fan_pad]
+        fans[~(self._fan_mask & np.isfinite(fans))] = math.nan
+        slowest = np.fmin.reduce(fans, axis=1)
+        saturated = np.where(np.isnan(slowest), 100.0, slowest) >= SATURATED_FAN_PCT
+        sups, sup_oks = zip(*map(view.vote, self._loop_supply), strict=True)
+        sup = np.array(sups, dtype=float)
+        sup_ok = np.array(sup_oks, dtype=bool)
+        # Lost flow (the module docstring), elementwise over the loops
+        flow, fok = values[self._loop_flow], good[self._loop_flow]
+        faulted = good[self._pump_fault] & (values[self._pump_fault] >= 0.5) & self._pump_mask
+        pump_fault = faulted.any(axis=1)
+        low = fok & (flow < self._low_line)
+        normal = self._normal_flow
+        lost = fok & np.isfinite(normal) & (flow < LOST_FLOW_FRAC * normal)
+        learn = fok & ~pump_fault & ~low  # learn what normal looks like
+        a_ = min(1.0, dt / NORMAL_FLOW_TAU_S)
+        with np.errstate(invalid="ignore"):  # an infinite flow learns NaN, as in Python
+            learned = np.where(np.isfinite(normal), normal + a_ * (flow - normal), flow)
+        self._normal_flow = np.where(learn, learned, normal)
+        was = self._flow_shed
         # A pump fault opens an episode; the episode sheds mining once flow
         # drops, and ends when a healthy pump carries the loop again.
-        episode = self._pump_episode.get(loop, False) or (
-            pump_fault and not self._fault_seen.get(loop, False)
-        )
-        self._fault_seen[loop] = pump_fault
-        carried = any(
-            not (view.good(pp.fault) and view.val(pp.fault) >= 0.5)
-            and view.good(pp.speed)
-            and view.val(pp.speed) >= RECOVERED_SPEED_PCT
-            for pp in pumps
-        )
+        episode = self._pump_episode | (pump_fault & ~self._fault_seen)
+        self._fault_seen = pump_fault
+        carried = (
+            ~faulted
+            & good[self._pump_speed]
+            & (values[self._pump_speed] >= RECOVERED_SPEED_PCT)
+            & self._pump_mask
+        ).any(axis=1)
         # Recovered: not "normal flow" again (with mining shed, valves close
         # and flow is legitimately lower) but a healthy pump carrying the loop
         # with flow clear of the trip margin, for a while.
-        back = fok and carried and flow >= LOW_FLOW_PREEMPT_FRAC * lp.min_flow_m3h
-        self._flow_ok_s[loop] = self._flow_ok_s.get(loop, 0.0) + dt if back else 0.0
-        recovered = self._flow_ok_s[loop] >= RECOVERED_FLOW_S
-        if low or (episode and lost):
-            shedding = True
-        elif was:
-            shedding = not recovered
-        else:
-            shedding = False
-        if episode and recovered and not low:
-            episode = False
-        self._pump_episode[loop] = episode
-        if shedding and not was:
-            msg = (
-                f"loop {loop} {'lost flow' if low else 'lost a pump'}: mining "
-                f"on it cut to {PUMP_FAULT_SHED_FRAC:.0%} until flow recovers"
+        back = fok & carried & (flow >= self._low_line)
+        self._flow_ok_s = np.where(back, self._flow_ok_s + dt, 0.0)
+        recovered = self._flow_ok_s >= RECOVERED_FLOW_S
+        shedding = low | (episode & lost) | (was & ~recovered)
+        self._pump_episode = episode & ~(recovered & ~low)
+        self._flow_shed = shedding
+        step = (sup_ok & (sup >= self._loop_alarm)) | low | (shedding != was)
+        todo = set(np.flatnonzero(step).tolist())
+        loop_of_key = self._loop_of_key
+        todo.update(loop_of_key[key] for key in live if key in loop_of_key)
+        flows, lows, sheds = flow.tolist(), low.tolist(), shedding.tolist()
+        if self.step_all:  # (tests: as if nothing were skipped)
+            todo.update(range(len(self._loop_names)))
+        for k in sorted(todo):
+            lp = self.topo.site.loops[k]
+            loop, f = lp.name, flows[k]
+            alarms.high(
+                t,
+                f"{loop}.supply_high",
+                sups[k],
+                sup_oks[k],
+                lp.supply_alarm_c,
+                # formatted only if raised (``alarms.Message``)
+                partial(
+                    "loop {} supply {:.1f} degC >= alarm {:g}".format,
+                    loop,
+                    sups[k],
+                    lp.supply_alarm_c,
+                ),
+                600,
             )
-            data = {"limit": "flow", "action": "applied", "zone": loop}
-            alarms.events.append(Event(t, "shed", loop, msg, 700, data))
-        elif was and not shedding:
-            msg = f"loop {loop} flow recovered ({flow:.0f} m3/h): mining ramps back"
-            data = {"limit": "flow", "action": "lifted", "zone": loop}
-            alarms.events.append(Event(t, "restore", loop, msg, 400, data))
-        self.flow_shed[loop] = shedding
+            alarms.alarm(
+                t,
+                f"{loop}.low_flow",
+                lows[k],
+                partial(_low_flow_message, loop, f, lp.min_flow_m3h, lp.low_flow_trip_s),
+                800,
+            )
+            if sheds[k] and not was[k]:
+                msg = (
+                    f"loop {loop} {'lost flow' if lows[k] else 'lost a pump'}: mining "
+                    f"on it cut to {PUMP_FAULT_SHED_FRAC:.0%} until flow recovers"
+                )
+                data = {"limit": "flow", "action": "applied", "zone": loop}
+                alarms.events.append(Event(t, "shed", loop, msg, 700, data))
+            elif was[k] and not sheds[k]:
+                msg = f"loop {loop} flow recovered ({f:.0f} m3/h): mining ramps back"
+                data = {"limit": "flow", "action": "lifted", "zone": loop}
+                alarms.events.append(Event(t, "restore", loop, msg, 400, data))
+        self.flow_shed.update(zip(self._loop_names, sheds, strict=True))
+        return saturated.tolist()
+
+
+def _padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Point positions per row, padded to the widest row (with point 0), and a mask
+    of the real ones."""
+    width = max([1, *map(len, rows)])
+    pad = np.array([r + [0] * (width - len(r)) for r in rows], dtype=np.intp).reshape(-1, width)
+    mask = np.array(
+        [[True] * len(r) + [False] * (width - len(r)) for r in rows], dtype=bool
+    ).reshape(-1, width)
+    return pad, mask
 
 
 def _low_flow_message(loop: str, flow: float, trip: float, after_s: float) -> str:

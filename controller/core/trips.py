@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from thermogate.plc.points import BAD
+
 from .alarms import Alarms
 from .state import ControllerState
 from .topology import Topology
@@ -29,6 +33,10 @@ def latch_key(load: str) -> str:
 class TripLatch:
     """See the module docstring."""
 
+    #: look at every load each scan, not only the tripped and latched ones (the
+    #: tests show both give the same)
+    step_all = False
+
     def __init__(self, topo: Topology, state: ControllerState) -> None:
         self.topo = topo
         self.state = state
@@ -36,6 +44,10 @@ class TripLatch:
         self._targets: set[str] | None = None  # loads a pending reset may release (None: all)
         self._window_until = -math.inf
         self._window_targets: set[str] | None = None
+        #: per load (in order): its interlock's point and its latch's key
+        self._interlock = np.array([ld.interlock for ld in topo.loads], dtype=np.intp)
+        self._keys = [latch_key(ld.name) for ld in topo.loads]
+        self._load_of_key = {key: j for j, key in enumerate(self._keys)}
 
     def request_reset(self, t: float, who: str, where: str, why: str, load: str | None) -> None:
         """Pulse the PLC's reset at the next scan; release ``load`` (or every
@@ -48,8 +60,21 @@ class TripLatch:
     def latch(self, view: ScanView, cmds: Cmds, alarms: Alarms) -> None:
         t = view.t
         latched = self.state.latched
-        for ld in self.topo.loads:
-            key = latch_key(ld.name)
+        # One array pass over the loads' interlocks; a load is looked at only if
+        # its interlock reads tripped or a trip of it is latched (any other has
+        # nothing to latch, release or keep off), in the loads' order.
+        tripped_all = (view.quality[self._interlock] != BAD) & (
+            np.asarray(view.values, dtype=float)[self._interlock] >= 0.5
+        )
+        todo = set(np.flatnonzero(tripped_all).tolist())
+        load_of_key = self._load_of_key
+        todo.update(load_of_key[key] for key in latched if key in load_of_key)
+        loads = self.topo.loads
+        if self.step_all:  # (tests: as if nothing were skipped)
+            todo.update(range(len(self.topo.loads)))
+        for j in sorted(todo):
+            ld = loads[j]
+            key = self._keys[j]
             tripped = view.good(ld.interlock) and view.val(ld.interlock) >= 0.5
             if tripped and key not in latched:
                 latched[key] = f"tripped by the PLC at t={t:.0f}"

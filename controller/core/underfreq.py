@@ -69,9 +69,9 @@ class UnderFrequencyResponse:
         tripped = self._bit(view, self._tripped_pt)
         recovered = bool(self._bit(view, self._recovered_pt))
         self.armed = self._bit(view, self._armed_pt)
-        names = ", ".join(ld.name for ld in self.designated) or "nothing designated"
         if tripped is not None and tripped != self.tripped:
             if tripped:
+                names = ", ".join(ld.name for ld in self.designated) or "nothing designated"
                 msg = f"under-frequency trip: the PLC relay shed {names}; needs a release"
             else:
                 msg = "under-frequency trip released: shed load returns at the restore rate"
