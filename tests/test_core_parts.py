@@ -30,6 +30,7 @@ from thermogate.controller.core.thermal import (
     THERMAL_RESTORE_FRAC_S,
     THERMAL_SOFT_MARGIN_K,
     ThermalProtection,
+    votes,
 )
 from thermogate.controller.core.topology import Topology
 from thermogate.controller.core.trips import TripLatch, latch_key
@@ -712,3 +713,44 @@ def test_lost_flow_over_the_loops_as_arrays_follows_the_scalar_rule(topo, seed):
         assert low_alarms == {
             f"{lp.name}.low_flow" for lp, lo in zip(site.loops, lows, strict=True) if lo
         }
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_votes_over_many_points_are_each_points_vote(topo, seed):
+    v = next(_random_scans(topo, seed, 1))
+    points = [tp.fluid_temp for tp in topo.ix.tanks] + [lp.supply_temp for lp in topo.ix.loops]
+    values, usable = votes(v, np.array(points, dtype=np.intp), points)
+    want = [v.vote(i) for i in points]
+    got = list(zip(values, usable, strict=True))
+    assert all(
+        (x == y or (x != x and y != y)) and u == w  # NaN is NaN
+        for (x, u), (y, w) in zip(got, want, strict=True)
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from("abcd"), st.booleans(), st.booleans(), st.integers(0, 3)),
+        max_size=40,
+    )
+)
+def test_an_alarm_call_for_a_key_not_live_changes_nothing(calls):
+    # what lets the parts skip ``alarm(key, False)`` for keys ``Alarms.live`` does not
+    # name: such a call raises nothing, clears nothing and keeps the list as it was
+    al, t = Alarms(), 0.0
+    for key, active, hysteresis, what in calls:
+        t += 1.0
+        if what == 0:  # a restart: the list restored, its active alarms carried
+            saved, al = al.to_json(), Alarms()
+            al.restore(saved)
+        elif what == 1:
+            al.begin_scan(t)
+        for k in "abcd":
+            if k not in al.live():
+                before = (al.to_json(), al.active(), len(al.events), set(al.live()))
+                al.alarm(t, k, False, "m", hysteresis=hysteresis)
+                assert (al.to_json(), al.active(), len(al.events), set(al.live())) == before
+        al.alarm(t, key, active, f"{key} up", hysteresis=hysteresis)
+        assert set(al.live()) >= set(al.active())

@@ -154,8 +154,8 @@ class PowerProtection:
         limit_all[self._grid_ix] = GRID_LIMIT_MARGIN * grid
         named_all = self._limit_kw.copy()
         named_all[self._grid_ix] = import_limit_kw
-        step = (p_all > named_all) | (p_all > POWER_SHED_AT * limit_all)
-        todo = set(np.flatnonzero(step).tolist())
+        over = (p_all > named_all) | (p_all > POWER_SHED_AT * limit_all)
+        todo = set(np.flatnonzero(over).tolist())
         index = self._index
         for n in [n for n, h in self._held.items() if h] + [
             n for n, on in self._shedding.items() if on
@@ -205,8 +205,10 @@ class PowerProtection:
             # set (a meter lags the command): shedding it again would over-shed.
             # A cap is finite only while some limit or hold keeps the load (``_update``):
             # with nothing held anywhere (the rule) there is nothing on its way out.
-            pending = self._pending(view, classes) if self._n_held else 0
-            if p - pending > POWER_SHED_AT * limit:
+            # Under the shed line nothing pending can put it over (pending >= 0).
+            line = POWER_SHED_AT * limit
+            pending = self._pending(view, classes) if self._n_held and p > line else 0
+            if p - pending > line:
                 excess = p - pending - POWER_SHED_TO * limit
                 for wclass in CLASS_ORDER:
                     cls = classes[wclass]
@@ -240,16 +242,26 @@ class PowerProtection:
                 # Restore what this constraint shed, in reverse order: inference
                 # first, mining last. What another limit holds stays held there.
                 spare = POWER_RESTORE_BELOW * limit - p
+                rate = POWER_RESTORE_FRAC_S * dt
+                holders_of, cap, t_ = self._holders, self.cap, self._t
                 for wclass in reversed(CLASS_ORDER):
                     for ld in classes[wclass]:
-                        if ld.name not in held:
+                        n = ld.name
+                        if n not in held:
                             continue
-                        step = min(POWER_RESTORE_FRAC_S * dt * ld.rated_kw, spare)
-                        held[ld.name] += step
+                        step = min(rate * ld.rated_kw, spare)
+                        kw = held[n] = held[n] + step
                         spare -= step
-                        if held[ld.name] >= ld.rated_kw:
-                            del held[ld.name]
-                        self._update(ld.name, name)
+                        if kw >= ld.rated_kw:
+                            del held[n]
+                            self._update(n, name)
+                        elif holders_of.get(n) == {name}:  # ``_update``: held here alone
+                            if kw < cap[n]:
+                                self._lowered_t[n] = t_
+                            cap[n] = kw
+                            self._over.pop(n, None)
+                        else:
+                            self._update(n, name)
                     if spare <= 0.0:
                         break
             self._shedding[name] = shedding

@@ -261,6 +261,7 @@ class ThermalProtection:
         self._zone_pts = [p for _, p, _, _ in self._tank_points] + [
             p for _, p, _, _, _ in self._cdu_points
         ]
+        self._zone_at = np.array(self._zone_pts, dtype=np.intp)
         self._zone_alarm = np.array([z[2] for z in self._zones], dtype=float)
         self._zone_soft = np.array([z[3] for z in self._zones], dtype=float)
         #: per loop, its zones' positions, padded with one past the last (-inf)
@@ -276,6 +277,7 @@ class ThermalProtection:
         #: widest loop (a mask marks the real ones), lost-flow state per loop
         n_loops = len(site.loops)
         self._loop_supply = [supply for _, supply, _ in self._loop_points]
+        self._loop_supply_at = np.array(self._loop_supply, dtype=np.intp)
         self._loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops], dtype=float)
         self._loop_flow = np.array([ix.loop[lp.name].flow for lp in site.loops], dtype=np.intp)
         self._low_line = np.array(
@@ -305,7 +307,6 @@ class ThermalProtection:
 
     def protect(self, view: ScanView, alarms: Alarms) -> None:
         t = view.t
-        vote = view.vote
         live = alarms.live()
         loop_saturated = self._loops(view, alarms, live)
         # The zones (tanks, then CDUs) as arrays: each zone's excess over its soft
@@ -314,7 +315,7 @@ class ThermalProtection:
         # can change: a zone at its alarm or over its soft limit, an alarm live, a
         # limit applied (see ``Alarms.live``; a limiter off and under its soft
         # limit stays off).
-        temps, oks = zip(*map(vote, self._zone_pts), strict=True)
+        temps, oks = votes(view, self._zone_at, self._zone_pts)
         temp = np.array(temps, dtype=float)
         ok = np.array(oks, dtype=bool)
         excess = temp - self._zone_soft
@@ -412,19 +413,20 @@ class ThermalProtection:
         change (its supply at its alarm, its flow low, an alarm live, its shed
         applied or lifted)."""
         t, dt = view.t, view.dt
-        values = np.asarray(view.values, dtype=float)
-        good = view.quality != BAD
+        values, quality = np.asarray(view.values, dtype=float), view.quality
         # fans: the slowest with a finite speed (none: not saturated)
         fans = values[self._fan_pad]
         fans[~(self._fan_mask & np.isfinite(fans))] = math.nan
         slowest = np.fmin.reduce(fans, axis=1)
         saturated = np.where(np.isnan(slowest), 100.0, slowest) >= SATURATED_FAN_PCT
-        sups, sup_oks = zip(*map(view.vote, self._loop_supply), strict=True)
+        sups, sup_oks = votes(view, self._loop_supply_at, self._loop_supply)
         sup = np.array(sups, dtype=float)
         sup_ok = np.array(sup_oks, dtype=bool)
         # Lost flow (the module docstring), elementwise over the loops
-        flow, fok = values[self._loop_flow], good[self._loop_flow]
-        faulted = good[self._pump_fault] & (values[self._pump_fault] >= 0.5) & self._pump_mask
+        flow, fok = values[self._loop_flow], quality[self._loop_flow] != BAD
+        faulted = (
+            (quality[self._pump_fault] != BAD) & (values[self._pump_fault] >= 0.5) & self._pump_mask
+        )
         pump_fault = faulted.any(axis=1)
         low = fok & (flow < self._low_line)
         normal = self._normal_flow
@@ -441,7 +443,7 @@ class ThermalProtection:
         self._fault_seen = pump_fault
         carried = (
             ~faulted
-            & good[self._pump_speed]
+            & (quality[self._pump_speed] != BAD)
             & (values[self._pump_speed] >= RECOVERED_SPEED_PCT)
             & self._pump_mask
         ).any(axis=1)
@@ -499,6 +501,18 @@ class ThermalProtection:
                 alarms.events.append(Event(t, "restore", loop, msg, 400, data))
         self.flow_shed.update(zip(self._loop_names, sheds, strict=True))
         return saturated.tolist()
+
+
+def votes(view: ScanView, at: np.ndarray, points: list[int]) -> tuple[tuple, tuple]:
+    """``view.vote`` of each of ``points`` (``at``: the same as an array): the
+    values, then whether each is usable; one pass over the points, not a call each."""
+    own = zip(
+        np.asarray(view.values, dtype=float)[at].tolist(),
+        (view.quality[at] != BAD).tolist(),
+        strict=True,
+    )
+    values, usable = zip(*map(view.voted.get, points, own), strict=True)
+    return values, usable
 
 
 def _padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
