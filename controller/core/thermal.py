@@ -32,6 +32,13 @@ the time step comes in), in order:
 A limit applied and a limit lifted are one event each (``shed`` and
 ``restore``, with ``Event.data`` ``{"limit": "thermal", "action": ...}``), so a
 report can pair them and a summary count them.
+
+A scan reads the zones (hundreds of tanks) and loops as arrays, and steps a
+zone's alarm and limiter, or a loop's alarms and lost-flow events, only where
+one can change (a value at its alarm or over its soft limit, an alarm still
+live, a limit applied, a shed starting or ending): the rest would change
+nothing, and the scan at 10,000 points has no time for a call per zone.
+``ThermalProtection.step_all`` steps them all (the tests show it is the same).
 """
 
 from __future__ import annotations
