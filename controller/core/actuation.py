@@ -36,8 +36,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
-from ..signals import Audit, Write
+import numpy as np
+
+from ..signals import BAD, Audit, Write
 from .alarms import Alarms
 from .topology import Topology
 from .view import Cmds, ScanView
@@ -45,6 +48,8 @@ from .view import Cmds, ScanView
 WRITE_VERIFY_S = 5.0  # a write not read back within this is an alarm
 WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_VALUE = attrgetter("value")
+_PULSE = attrgetter("pulse")
 
 
 @dataclass(slots=True)
@@ -60,16 +65,28 @@ class _Pending:
 
 
 class Actuation:
-    """See the module docstring."""
+    """See the module docstring.
+
+    What was last sent to each point and which registers read back our value are
+    kept as arrays by point position (not dicts): the scan's ~1,200 commands, most
+    of them repeating what was sent, are sorted out in one vector comparison, and
+    the ~1,100 verified registers are compared with their read-back in another.
+    Per-point Python runs only for the commands that may go on the wire."""
 
     def __init__(self, topo: Topology, scan_s: float) -> None:
         self.topo = topo
         self.scan_s = scan_s
         self.heartbeat = 0
-        self._last_sent: dict[int, tuple[float, float]] = {}  # point -> (value, t)
+        n = len(topo.pmap.points)
+        #: what was last sent per point: value, time, and whether anything was
+        #: (cleared: the next command goes out at once)
+        self._last_v = np.zeros(n)
+        self._last_t = np.zeros(n)
+        self._sent = np.zeros(n, dtype=bool)
         self._pending: dict[int, _Pending] = {}
-        #: registers and coils that read back our value: point -> that value
-        self._verified: dict[int, float] = {}
+        #: registers and coils that read back our value: the mask, and that value
+        self._verified = np.zeros(n, dtype=bool)
+        self._verified_v = np.zeros(n)
         #: foreign writes seen, not yet restored: point -> (value found, ours)
         self._foreign: dict[int, tuple[float, float]] = {}
         self._pulses: set[int] = set()  # points written as pulses: never judged
@@ -97,60 +114,73 @@ class Actuation:
         ]
         #: per point: how far a read-back may be from what was written (half a count)
         self._tol = [max(abs(p.scale) * 0.51, 1e-9) for p in topo.pmap.points]
+        self._tol_a = np.array(self._tol)
         #: per point: where in the refresh period its window starts (golden-ratio
         #: steps: any subset of indices, the command points among them, spreads evenly)
-        self._phase = [(i * _GOLDEN % 1.0) * WRITE_REFRESH_S for i in range(len(topo.pmap.points))]
+        self._phase = np.array([(i * _GOLDEN % 1.0) * WRITE_REFRESH_S for i in range(n)])
+        #: per point: its write alarm's key and the text that clears it (made once,
+        #: not twice for each of ~150 writes verified a scan)
+        self._write_key = [f"write:{p.name}" for p in topo.pmap.points]
+        self._verified_msg = [f"write of {p.name} verified" for p in topo.pmap.points]
 
     def verify(self, view: ScanView, alarms: Alarms) -> None:
         """A command is verified when its register reads back what was written."""
         t = view.t
         self._view = view
-        pts = self.topo.pmap.points
         tols, good, val = self._tol, view.good, view.val
-        for i, p in list(self._pending.items()):
-            point = pts[i]
-            if good(i) and abs(val(i) - p.value) <= tols[i]:
-                del self._pending[i]
-                self._foreign_unverified.discard(i)
-                if i not in self._pulses:
-                    self._verified[i] = p.value
-                alarms.alarm(t, f"write:{point.name}", False, f"write of {point.name} verified")
+        pending, pulses, foreign_unverified = self._pending, self._pulses, self._foreign_unverified
+        keys, cleared = self._write_key, self._verified_msg
+        for i, p in list(pending.items()):
+            if not good(i):
+                continue  # judged when it reads again (see below)
+            v = val(i)
+            tol = tols[i]
+            if abs(v - p.value) <= tol:
+                del pending[i]
+                foreign_unverified.discard(i)
+                if i not in pulses:
+                    self._verified[i] = True
+                    self._verified_v[i] = p.value
+                alarms.alarm(t, keys[i], False, cleared[i])
             elif (
-                good(i)
-                and abs(val(i) - p.before) > tols[i]  # False while ``before`` is unknown
-                and not abs(val(i) - p.prev) <= tols[i]
-                and i not in self._pulses
-                and i not in self._foreign_unverified
+                abs(v - p.before) > tol  # False while ``before`` is unknown
+                and not abs(v - p.prev) <= tol
+                and i not in pulses
+                and i not in foreign_unverified
             ):
                 # neither ours nor what it held before: another master wrote it
                 # between our write and this read (a hand write in that second
                 # was once overwritten without a word)
-                del self._pending[i]
-                self._foreign_unverified.add(i)
-                self._foreign[i] = (val(i), p.value)
-                self._last_sent.pop(i, None)  # the next command goes out at once
-            elif good(i) and t - p.t > WRITE_VERIFY_S:
+                del pending[i]
+                foreign_unverified.add(i)
+                self._foreign[i] = (v, p.value)
+                self._sent[i] = False  # the next command goes out at once
+            elif t - p.t > WRITE_VERIFY_S:
                 # (unreadable, it is judged when it reads again: a lost unit is
                 # its own alarm, not one "not read back (reads nan)" per write)
-                del self._pending[i]
-                self._last_sent.pop(i, None)  # resend next scan
+                del pending[i]
+                self._sent[i] = False  # resend next scan
+                name = self._spec[i][0]
                 alarms.alarm(
                     t,
-                    f"write:{point.name}",
+                    keys[i],
                     True,
-                    f"write of {point.name} = {p.value:g} not read back within "
-                    f"{WRITE_VERIFY_S:g} s (reads {view.val(i):g})",
+                    f"write of {name} = {p.value:g} not read back within "
+                    f"{WRITE_VERIFY_S:g} s (reads {v:g})",
                     700,
                 )
-        foreign = [
-            (i, ours)
-            for i, ours in self._verified.items()
-            if good(i) and abs(val(i) - ours) > tols[i]
-        ]
-        for i, ours in foreign:
-            del self._verified[i]
-            self._foreign[i] = (val(i), ours)
-            self._last_sent.pop(i, None)  # the next command goes out at once
+        # Every verified register against its read-back in one pass (vectorises
+        # ``good(i) and abs(val(i) - ours) > tol``; NaN compares False, as there).
+        ver = np.flatnonzero(self._verified)
+        if ver.size:
+            ours = self._verified_v[ver]
+            read = np.asarray(view.values, dtype=float)[ver]
+            moved = (view.quality[ver] != BAD) & (np.abs(read - ours) > self._tol_a[ver])
+            for j in np.flatnonzero(moved).tolist():
+                i = int(ver[j])
+                self._verified[i] = False
+                self._foreign[i] = (val(i), float(ours[j]))
+                self._sent[i] = False  # the next command goes out at once
 
     def not_sent(self, points: Iterable[int]) -> None:
         """Writes that never reached their device (a unit lost, a refusal): there
@@ -159,7 +189,7 @@ class Actuation:
         alarms at once) or a value the PLC held as a "foreign write"."""
         for i in points:
             self._pending.pop(i, None)
-            self._last_sent.pop(i, None)
+            self._sent[i] = False
 
     def take_audit(self) -> list[Audit]:
         """The foreign writes found since the last call, as audit records."""
@@ -168,28 +198,47 @@ class Actuation:
 
     def actuate(self, t: float, cmds: Cmds, alarms: Alarms | None = None) -> list[Write]:
         spec = self._spec
-        last_sent, pending, scan_s = self._last_sent, self._pending, self.scan_s
+        pending, scan_s = self._pending, self.scan_s
         hb = self.topo.ix.plc.heartbeat
         writes: list[Write] = []
         self.heartbeat = (self.heartbeat + 1) & 0xFFFF
         writes.append(Write(spec[hb][0], float(self.heartbeat), "heartbeat"))
+        n = len(cmds)
+        if not n:
+            return writes
+        cl = list(cmds.values())
+        ix = np.fromiter(cmds, dtype=np.intp, count=n)
+        value_a = np.array(list(map(_VALUE, cl)), dtype=float)
+        pulse_a = np.array(list(map(_PULSE, cl)), dtype=bool)
+        # when each point's refresh window began: sent since, it is not due again
+        window_a = t - (t + self._phase[ix]) % WRITE_REFRESH_S
+        sent_a = self._sent[ix]
+        last_v_a = self._last_v[ix]
+        last_t_a = self._last_t[ix]
+        # Most of a large hall's commands repeat what was sent (an enable, a steady
+        # budget): the value sent is already on the register's grid, in range and
+        # within any rate, so it would end in the deadband below. They are skipped
+        # here in one vector pass (a pulse is always sent); the rest go through the
+        # rules one by one, in the commands' order.
+        todo = np.flatnonzero(~(sent_a & (last_v_a == value_a) & (last_t_a >= window_a) & ~pulse_a))
+        if not todo.size:
+            return writes
         isfinite = math.isfinite
-        get_last = last_sent.get
-        phase = self._phase
-        for i, cmd in cmds.items():
+        last_v, last_t, sent = self._last_v, self._last_t, self._sent
+        for j, i, window, has_last, lv, lt in zip(
+            todo.tolist(),
+            ix[todo].tolist(),
+            window_a[todo].tolist(),
+            sent_a[todo].tolist(),
+            last_v_a[todo].tolist(),
+            last_t_a[todo].tolist(),
+            strict=True,
+        ):
+            cmd = cl[j]
             value = cmd.value
-            # when this point's refresh window began: sent since, it is not due again
-            window = t - (t + phase[i]) % WRITE_REFRESH_S
             if cmd.pulse:
-                last_sent.pop(i, None)  # a pulse is always sent
-            else:
-                # Most of a large hall's commands repeat what was sent (an enable,
-                # a steady budget): the value sent is already on the register's
-                # grid, in range and within any rate, so it ends in the deadband
-                # below. Skipped here without the arithmetic.
-                last = get_last(i)
-                if last is not None and last[0] == value and last[1] >= window:
-                    continue
+                has_last = False  # a pulse is always sent
+                sent[i] = False
             name, scale, lo, hi, read_back, rise_per_s, dead = spec[i]
             if not isfinite(value):
                 continue
@@ -201,19 +250,20 @@ class Actuation:
                 value = lo
             if hi is not None and not value < hi:
                 value = hi
-            last = last_sent.get(i)
-            if last is not None and not cmd.override and rise_per_s < math.inf:
+            if has_last and not cmd.override and rise_per_s < math.inf:
                 # Rate limit raises (a load, a valve): lowering a budget or a cap is
                 # never delayed, it is how protection acts.
-                up = rise_per_s * max(t - last[1], scan_s)
-                if value > last[0] + up:
-                    value = last[0] + up
+                up = rise_per_s * max(t - lt, scan_s)
+                if value > lv + up:
+                    value = lv + up
                     if scale:
                         value = math.floor(value / scale) * scale
-            if last is not None and abs(last[0] - value) < dead and last[1] >= window:
+            if has_last and abs(lv - value) < dead and lt >= window:
                 continue  # within the deadband of what was sent, and not due again
-            last_sent[i] = (value, t)
-            self._verified.pop(i, None)  # judged again once this write reads back
+            last_v[i] = value
+            last_t[i] = t
+            sent[i] = True
+            self._verified[i] = False  # judged again once this write reads back
             if cmd.pulse:
                 self._pulses.add(i)
             foreign = self._foreign.pop(i, None)
