@@ -36,20 +36,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 
 import numpy as np
 
 from ..signals import BAD, Audit, Write
 from .alarms import Alarms
 from .topology import Topology
-from .view import Cmds, ScanView
+from .view import Cmd, Cmds, ScanView
 
 WRITE_VERIFY_S = 5.0  # a write not read back within this is an alarm
 WRITE_REFRESH_S = 60.0  # rewrite an unchanged command this often (PLC restarts)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
-_VALUE = attrgetter("value")
-_PULSE = attrgetter("pulse")
 
 
 @dataclass(slots=True)
@@ -115,6 +112,12 @@ class Actuation:
         #: per point: how far a read-back may be from what was written (half a count)
         self._tol = [max(abs(p.scale) * 0.51, 1e-9) for p in topo.pmap.points]
         self._tol_a = np.array(self._tol)
+        # ... and the rules of ``actuate`` as arrays (``_to_send``; no bound: +-inf)
+        self._scale_a = np.array([sp[1] for sp in self._spec], dtype=float)
+        self._lo_a = np.array([-math.inf if sp[2] is None else sp[2] for sp in self._spec])
+        self._hi_a = np.array([math.inf if sp[3] is None else sp[3] for sp in self._spec])
+        self._rise_a = np.array([sp[5] for sp in self._spec], dtype=float)
+        self._dead_a = np.array([sp[6] for sp in self._spec], dtype=float)
         #: per point: where in the refresh period its window starts (golden-ratio
         #: steps: any subset of indices, the command points among them, spreads evenly)
         self._phase = np.array([(i * _GOLDEN % 1.0) * WRITE_REFRESH_S for i in range(n)])
@@ -208,8 +211,9 @@ class Actuation:
             return writes
         cl = list(cmds.values())
         ix = np.fromiter(cmds, dtype=np.intp, count=n)
-        value_a = np.array(list(map(_VALUE, cl)), dtype=float)
-        pulse_a = np.array(list(map(_PULSE, cl)), dtype=bool)
+        value_a = np.fromiter([c.value for c in cl], dtype=float, count=n)
+        pulses = [c.pulse for c in cl]
+        pulse_a = np.array(pulses, dtype=bool) if any(pulses) else np.zeros(n, dtype=bool)
         # when each point's refresh window began: sent since, it is not due again
         window_a = t - (t + self._phase[ix]) % WRITE_REFRESH_S
         sent_a = self._sent[ix]
@@ -217,14 +221,23 @@ class Actuation:
         last_t_a = self._last_t[ix]
         # Most of a large hall's commands repeat what was sent (an enable, a steady
         # budget): the value sent is already on the register's grid, in range and
-        # within any rate, so it would end in the deadband below. They are skipped
-        # here in one vector pass (a pulse is always sent); the rest go through the
-        # rules one by one, in the commands' order.
-        todo = np.flatnonzero(~(sent_a & (last_v_a == value_a) & (last_t_a >= window_a) & ~pulse_a))
+        # within any rate, so it would end in the deadband below; a pulse is always
+        # sent. They are skipped here in one vector pass.
+        cand = np.flatnonzero(~(sent_a & (last_v_a == value_a) & (last_t_a >= window_a) & ~pulse_a))
+        if not cand.size:
+            return writes
+        # The rules below (resolution, range, rate, deadband) for the rest, as
+        # arrays: only the decision to skip is taken from them (the same IEEE
+        # operations as the scalar rules, so the same values); what is written is
+        # worked out by the scalar rules again, one point at a time.
+        ix_c = ix[cand]
+        todo = cand[self._to_send(t, ix_c, value_a[cand], window_a[cand], cl, cand, pulse_a)]
         if not todo.size:
             return writes
         isfinite = math.isfinite
         last_v, last_t, sent = self._last_v, self._last_t, self._sent
+        sent_i: list[int] = []
+        sent_v: list[float] = []
         for j, i, window, has_last, lv, lt in zip(
             todo.tolist(),
             ix[todo].tolist(),
@@ -260,10 +273,8 @@ class Actuation:
                         value = math.floor(value / scale) * scale
             if has_last and abs(lv - value) < dead and lt >= window:
                 continue  # within the deadband of what was sent, and not due again
-            last_v[i] = value
-            last_t[i] = t
-            sent[i] = True
-            self._verified[i] = False  # judged again once this write reads back
+            sent_i.append(i)
+            sent_v.append(value)
             if cmd.pulse:
                 self._pulses.add(i)
             foreign = self._foreign.pop(i, None)
@@ -282,8 +293,52 @@ class Actuation:
                     view = self._view
                     before = view.val(i) if view is not None and view.good(i) else math.nan
                     pending[i] = _Pending(value, t, cmd.why, before)
-            writes.append(Write(name, float(value), cmd.why, cmd.who, cmd.where))
+            writes.append(_write(name, float(value), cmd.why, cmd.who, cmd.where))
+        # what was sent, for the next scan's comparison, set at once
+        last_v[sent_i] = sent_v
+        last_t[sent_i] = t
+        sent[sent_i] = True
+        self._verified[sent_i] = False  # judged again once this write reads back
         return writes
+
+    def _to_send(
+        self,
+        t: float,
+        ix: np.ndarray,
+        value: np.ndarray,
+        window: np.ndarray,
+        cl: list[Cmd],
+        cand: np.ndarray,
+        pulse: np.ndarray,
+    ) -> np.ndarray:
+        """Which of the commands ``cand`` (to points ``ix``) the rules of ``actuate``
+        send: vectorises their resolution, range, rate limit and deadband (``max``,
+        ``min`` and the comparisons as ``np.where`` with the same tie-breaks)."""
+        finite = np.isfinite(value)
+        value = np.where(finite, value, 0.0)
+        scale = self._scale_a[ix]
+        scaled = scale != 0.0
+        value = np.where(scaled, np.rint(value / np.where(scaled, scale, 1.0)) * scale, value)
+        lo, hi = self._lo_a[ix], self._hi_a[ix]
+        value = np.where(value > lo, value, lo)  # None: -inf, never taken for a finite value
+        value = np.where(value < hi, value, hi)
+        has_last = self._sent[ix] & ~pulse[cand]
+        lv, lt = self._last_v[ix], self._last_t[ix]
+        rise = self._rise_a[ix]
+        override = np.array([cl[j].override for j in cand.tolist()], dtype=bool)
+        limited = has_last & ~override & (rise < math.inf)
+        if limited.any():
+            since = t - lt
+            up = rise * np.where(self.scan_s > since, self.scan_s, since)
+            over = limited & (value > lv + up)
+            if over.any():
+                capped = lv + up
+                capped = np.where(
+                    scaled, np.floor(capped / np.where(scaled, scale, 1.0)) * scale, capped
+                )
+                value = np.where(over, capped, value)
+        quiet = has_last & (np.abs(lv - value) < self._dead_a[ix]) & (lt >= window)
+        return np.flatnonzero(finite & ~quiet | pulse[cand])  # (a pulse: see actuate)
 
     def _restored(
         self,
@@ -303,6 +358,19 @@ class Actuation:
         if alarms is not None:
             alarms.event(t, "info", name, msg, 600)
         self._audit.append(Audit(t, "unknown", "modbus", name, found, value, msg, False))
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _write(point: str, value: float, why: str, who: str, where: str) -> Write:
+    """``Write(point, value, why, who, where)``, the same object: a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__``,
+    and ~150 writes a scan are built by filling its ``__dict__`` in one step."""
+    w = _new(Write)
+    _set(w, "__dict__", {"point": point, "value": value, "why": why, "who": who, "where": where})
+    return w
 
 
 def _deadband(unit: str, scale: float) -> float:
