@@ -22,14 +22,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import repeat
+from math import isfinite
 from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 import numpy as np
 
+from thermogate.plc.points import BAD
 from thermogate.plc.records import PLAN_HORIZONS_MIN
 
 from .topology import Topology
-from .view import Cmd, Cmds, ScanView, nz
+from .view import Cmd, Cmds, ScanView
 
 FORECAST_FRESH_S = 180.0  # a model forecast older than this is not handed to the planner
 ROW_CAP_MIN_W = 200.0  # a rack row's per-GPU cap at or below 30 % of its rating ...
@@ -177,6 +180,22 @@ class Planning:
         #: per load: the kW the thermal limit takes off its rating this scan (within
         #: its power caps; the planner plans within both, so this is what it lost)
         self.thermal_withheld_kw: dict[str, float] = {ld.name: 0.0 for ld in topo.loads}
+        # What allocate needs of each load, in the loads' order, found once
+        loads = topo.loads
+        self._names = [ld.name for ld in loads]
+        self._wclass = [ld.wclass for ld in loads]
+        self._rated = [ld.rated_kw for ld in loads]
+        self._power_ix = np.array([ld.power for ld in loads], dtype=np.intp)
+        self._no_forecast: list[LoadForecast | None] = [None] * len(loads)
+        #: per load: None for a tank (a budget in kW), a rack row's rating, idle and
+        #: GPU cap range (a per-GPU cap in W)
+        self._rows: list[tuple[float, float, tuple[float, float]] | None] = [
+            None if ld.kind == "tank" else (ld.rated_kw, ld.idle_kw, ld.cap_w) for ld in loads
+        ]
+        #: the commands of each load: its budget, then its enable (the enable never
+        #: changes: one command made once; the budget's is replaced every scan)
+        self._cmd_ix = [i for ld in loads for i in (ld.budget, ld.enable)]
+        self._cmds = [Cmd(1.0, "workload permitted") for ld in loads for _ in range(2)]
 
     def _explains(self) -> bool:
         """The planner says why (``Explains``); remembered while it is the same planner."""
@@ -215,17 +234,23 @@ class Planning:
         ``hold`` (maintenance) keeps the budgets the planner last asked for."""
         t = view.t
         forecast = self.forecast(t)
-        val, measured = view.val, view.measured
-        # each load's rating and protection caps, in the order the min()s take them
-        caps = [
-            (ld, ld.name, ld.rated_kw, thermal_cap[ld.name], power_cap[ld.name])
-            for ld in self.topo.loads
-        ]
-        infos = [
-            LoadInfo(name, ld.wclass, rated, val(ld.power), loop, forecast.get(name))
-            for (ld, name, rated, _, _), loop in zip(caps, self._loop_name, strict=True)
-        ]
-        headroom = {name: min(th, pw, rated) for _, name, rated, th, pw in caps}
+        names, rated_l = self._names, self._rated
+        # each load's protection caps, in the order the min()s take them
+        th_l = [thermal_cap[name] for name in names]
+        pw_l = [power_cap[name] for name in names]
+        values = np.asarray(view.values, dtype=float)
+        power_l = values[self._power_ix].tolist()  # ``view.val`` of each load's meter
+        fc_l = [forecast.get(name) for name in names] if forecast else self._no_forecast
+        # LoadInfo(name, wclass, rated, power, loop, forecast) for each load, built
+        # from its fields' tuple as ``LoadInfo.__new__`` does
+        infos: list[LoadInfo] = list(
+            map(
+                _tuple_new,
+                repeat(LoadInfo),
+                zip(names, self._wclass, rated_l, power_l, self._loop_name, fc_l, strict=True),
+            )
+        )
+        headroom = dict(zip(names, map(min, th_l, pw_l, rated_l), strict=True))
         why: Mapping[str, str] = {}
         if hold:
             if self._held is None:
@@ -233,8 +258,12 @@ class Planning:
             wanted = self._held
         else:
             self._held = None
-            it_kw = sum(nz(measured(ld.power)) for ld, *_ in caps)
-            site_kw = measured(self.topo.site_meter)
+            good_l = (view.quality[self._power_ix] != BAD).tolist()
+            # nz(view.measured(meter)), summed in the loads' order
+            it_kw = sum(
+                [p if g and isfinite(p) else 0.0 for p, g in zip(power_l, good_l, strict=True)]
+            )
+            site_kw = view.measured(self.topo.site_meter)
             price = math.nan if view.price_per_mwh is None else float(view.price_per_mwh)
             now = SiteNow(grid_limit_kw, site_kw, it_kw, price)
             wanted = self.planner.plan(t, infos, headroom, now)
@@ -245,39 +274,60 @@ class Planning:
         ahead = getattr(self.planner, "planned", None)
         nh = len(PLAN_HORIZONS_MIN)
         plan = self.plan
-        asked_now = [_asked(wanted, name, rated) for _, name, rated, _, _ in caps]
-        final = [
-            min(budget, rated, th, pw)
-            for budget, (_, _, rated, th, pw) in zip(asked_now, caps, strict=True)
-        ]
+        asked_now = _asked_all(wanted, names, rated_l)
+        final = list(map(min, asked_now, rated_l, th_l, pw_l))
+        final_a: np.ndarray | None = None
         for j, h in enumerate(PLAN_HORIZONS_MIN):
             later = wanted if ahead is None or hold else ahead(t, h * 60.0, infos)
             # (a plan ahead is mostly the plan now: its row is this scan's budgets)
-            row = (
-                final
-                if later is wanted or later == wanted
-                else [
-                    min(_asked(later, name, rated), rated, th, pw)
-                    for _, name, rated, th, pw in caps
-                ]
-            )
+            if later is wanted or later == wanted:
+                if final_a is None:
+                    final_a = np.array(final, dtype=float)
+                row: list[float] | np.ndarray = final_a
+            else:
+                row = list(map(min, _asked_all(later, names, rated_l), rated_l, th_l, pw_l))
             # protection caps persist unless something changes: part of the plan
             plan[j::nh] = row
-        withheld = self.thermal_withheld_kw
+        self.thermal_withheld_kw.update(
+            zip(
+                names,
+                [max(0.0, min(r, pw) - th) for r, th, pw in zip(rated_l, th_l, pw_l, strict=True)],
+                strict=True,
+            )
+        )
         get_why = why.get
-        for (ld, name, rated, th, pw), budget, budget_final in zip(
-            caps, asked_now, final, strict=True
+        rows = self._rows
+        out = self._cmds
+        for k, (name, budget, budget_final, th, pw) in enumerate(
+            zip(names, asked_now, final, th_l, pw_l, strict=True)
         ):
-            withheld[name] = max(0.0, min(rated, pw) - th)
             if budget_final < budget - 1e-6:
                 # the lower of the two limits (thermal on a tie, as min() picks the first)
-                reason = ("power" if pw < th else "thermal") + " limit"
+                reason = _POWER_LIMIT if pw < th else _THERMAL_LIMIT
             else:
                 reason = get_why(name, "planner")
-            if ld.kind == "tank":
-                cmds[ld.budget] = Cmd(round(budget_final, 1), reason)
+            row_of = rows[k]
+            if row_of is None:  # a tank
+                out[2 * k] = Cmd(round(budget_final, 1), reason)
             else:
+                rated, idle_kw, cap_w = row_of
                 share = busy.get(name, 1.0)
-                cap_w = row_cap_w(budget_final, rated, ld.idle_kw, share, ld.cap_w)
-                cmds[ld.budget] = Cmd(round(cap_w), reason)
-            cmds[ld.enable] = Cmd(1.0, "workload permitted")
+                out[2 * k] = Cmd(
+                    round(row_cap_w(budget_final, rated, idle_kw, share, cap_w)), reason
+                )
+        # every load's budget, then its enable, in the loads' order
+        cmds.update(zip(self._cmd_ix, out, strict=True))
+
+
+_tuple_new = tuple.__new__
+_POWER_LIMIT = "power limit"
+_THERMAL_LIMIT = "thermal limit"
+
+
+def _asked_all(wanted: Mapping[str, float], names: list[str], rated: list[float]) -> list[float]:
+    """``_asked`` for every load (the loads' names and ratings, in order)."""
+    get = wanted.get
+    return [
+        r if (w := get(name)) is None or not isfinite(w) else max(0.0, w)
+        for name, r in zip(names, rated, strict=True)
+    ]
