@@ -193,9 +193,12 @@ class Planning:
             None if ld.kind == "tank" else (ld.rated_kw, ld.idle_kw, ld.cap_w) for ld in loads
         ]
         #: the commands of each load: its budget, then its enable (the enable never
-        #: changes: one command made once; the budget's is replaced every scan)
+        #: changes: one command made once; a budget's is made again when it changes;
+        #: nothing after planning changes a command in place)
         self._cmd_ix = [i for ld in loads for i in (ld.budget, ld.enable)]
         self._cmds = [Cmd(1.0, "workload permitted") for ld in loads for _ in range(2)]
+        #: per load: the budget its tank's command was made for (None: none yet)
+        self._made_for: list[float | None] = [None] * len(loads)
 
     def _explains(self) -> bool:
         """The planner says why (``Explains``); remembered while it is the same planner."""
@@ -296,8 +299,7 @@ class Planning:
             )
         )
         get_why = why.get
-        rows = self._rows
-        out = self._cmds
+        rows, out, made = self._rows, self._cmds, self._made_for
         for k, (name, budget, budget_final, th, pw) in enumerate(
             zip(names, asked_now, final, th_l, pw_l, strict=True)
         ):
@@ -308,7 +310,16 @@ class Planning:
                 reason = get_why(name, "planner")
             row_of = rows[k]
             if row_of is None:  # a tank
-                out[2 * k] = Cmd(round(budget_final, 1), reason)
+                # its command of the last scan while the budget (the same nonzero
+                # float: round() keeps the sign of a zero) and the reason are
+                if (
+                    budget_final != made[k]
+                    or not budget_final
+                    or type(budget_final) is not float
+                    or out[2 * k].why != reason
+                ):
+                    out[2 * k] = Cmd(round(budget_final, 1), reason)
+                    made[k] = budget_final
             else:
                 rated, idle_kw, cap_w = row_of
                 share = busy.get(name, 1.0)

@@ -116,20 +116,40 @@ class GatingPlanner:
         spec = self._gpu_load
         want: dict[str, float] = {}
         busy: dict[str, float] = {}
+        # a mining tank's want: its most profitable power at today's price, or
+        # nothing (the price, its band and the economic powers found once a plan:
+        # a large hall has hundreds of mining tanks)
+        price = now.price_per_mwh
+        if not math.isfinite(price):
+            price = self.site.economics.energy_usd_per_mwh
+        h = self.config.price_hysteresis
+        mining_on, breakeven = self._mining_on, self.breakeven
+        economic: dict[str, float] | None = None
         for ld in loads:
+            name = ld.name
             if ld.workload_class == "mining":
-                want[ld.name] = self._mining_want(ld, now)
-                if not want[ld.name]:
-                    why[ld.name] = "price above mining breakeven"
-                elif want[ld.name] < ld.rated_kw - 1e-9:
-                    why[ld.name] = "energy price (most profitable miner power)"
+                on = self._mining_band(mining_on[name], price, breakeven[name], h)
+                mining_on[name] = on
+                if on:
+                    if economic is None:
+                        economic = self._economic_table(price)
+                    w = economic.get(name)
+                    if w is None:
+                        w = self._economic_kw(name, price)
+                else:
+                    w = 0.0
+                want[name] = w
+                if not w:
+                    why[name] = "price above mining breakeven"
+                elif w < ld.rated_kw - 1e-9:
+                    why[name] = "energy price (most profitable miner power)"
                 continue
-            frac = demand.get(ld.name, 1.0)
+            frac = demand.get(name, 1.0)
             frac = 1.0 if not math.isfinite(frac) else min(max(frac, 0.0), 1.0)
-            want[ld.name] = spec[ld.name].kw_at(frac)  # its busy GPUs at full power
-            busy[ld.name] = frac
+            want[name] = spec[name].kw_at(frac)  # its busy GPUs at full power
+            busy[name] = frac
             if frac < 1.0:
-                why.setdefault(ld.name, "job demand")
+                why.setdefault(name, "job demand")
         by_class = _by_class(loads)  # the same for both allocations below
         out, cut = _allocate(by_class, want, caps, room)
         for name in cut:
@@ -160,7 +180,7 @@ class GatingPlanner:
             if be is None:
                 continue
             running = bool(out.get(ld.name))
-            on = self._mining_band(running, price, be)
+            on = self._mining_band(running, price, be, self.config.price_hysteresis)
             if on != running:
                 # switched ahead; back on at its economic power (protection caps it)
                 out[ld.name] = self._economic_kw(ld.name, price) if on else 0.0
@@ -182,11 +202,16 @@ class GatingPlanner:
         caps: dict[str, float] = {}
         why: dict[str, str] = {}
         for ld in loads:
-            cap = min(ld.rated_kw, headroom.get(ld.name, ld.rated_kw))
-            if cap < ld.rated_kw - 1e-9:
-                why[ld.name] = "protection"
+            name, rated = ld.name, ld.rated_kw
+            hr = headroom.get(name, rated)
+            cap = hr if hr < rated else rated  # min(rated, hr)
+            if cap < rated - 1e-9:
+                why[name] = "protection"
             fc = ld.forecast
-            if fc is not None and math.isfinite(fc.headroom_kw):
+            if fc is None:
+                caps[name] = cap
+                continue
+            if math.isfinite(fc.headroom_kw):
                 now_kw = ld.power_kw if math.isfinite(ld.power_kw) else 0.0
                 thermal = max(0.0, now_kw + fc.headroom_kw)
                 if thermal < cap:
@@ -219,24 +244,21 @@ class GatingPlanner:
                         why[ld.name] = "loop heat headroom (forecast)"
         return caps, why
 
-    def _mining_want(self, ld: LoadInfo, now: SiteNow) -> float:
-        """A mining tank's most profitable power at today's price, or nothing."""
-        price = now.price_per_mwh
-        if not math.isfinite(price):
-            price = self.site.economics.energy_usd_per_mwh
-        on = self._mining_band(self._mining_on[ld.name], price, self.breakeven[ld.name])
-        self._mining_on[ld.name] = on
-        return self._economic_kw(ld.name, price) if on else 0.0
-
-    def _economic_kw(self, name: str, price: float) -> float:
-        """``Tank.economic_power_kw``; inside the hysteresis band, where that says
-        off but the tank stays on, its miners' minimum (their best efficiency)."""
+    def _economic_table(self, price: float) -> dict[str, float]:
+        """The tanks' ``_economic_kw`` known at ``price`` (and today's hashprice)."""
         hashprice = self.site.economics.hashprice_usd_per_th_day
         kws = self._economic_at.get((price, hashprice))
         if kws is None:
             if len(self._economic_at) >= ECONOMIC_PRICES_KEPT:
                 del self._economic_at[next(iter(self._economic_at))]
             kws = self._economic_at[(price, hashprice)] = {}
+        return kws
+
+    def _economic_kw(self, name: str, price: float) -> float:
+        """``Tank.economic_power_kw``; inside the hysteresis band, where that says
+        off but the tank stays on, its miners' minimum (their best efficiency)."""
+        hashprice = self.site.economics.hashprice_usd_per_th_day
+        kws = self._economic_table(price)
         kw = kws.get(name)
         if kw is None:
             tank = self._tanks[name]
@@ -244,10 +266,10 @@ class GatingPlanner:
             kw = kws[name] = max(kw, tank.miner_min_kw)
         return kw
 
-    def _mining_band(self, on: bool, price: float, breakeven: float) -> bool:
+    @staticmethod
+    def _mining_band(on: bool, price: float, breakeven: float, h: float) -> bool:
         """Mining on or off at ``price``: off above (1 + h) x breakeven, on again below
-        (1 - h) x breakeven, as it was in between."""
-        h = self.config.price_hysteresis
+        (1 - h) x breakeven (``h``: the price hysteresis), as it was in between."""
         if on and price > breakeven * (1.0 + h):
             return False
         if not on and price < breakeven * (1.0 - h):
@@ -270,7 +292,8 @@ def _allocate(
     out: dict[str, float] = {}
     cut: set[str] = set()
     for members in by_class:
-        give = {ld.name: min(want[ld.name], caps[ld.name]) for ld in members}
+        names = [ld.name for ld in members]
+        give = {name: min(want[name], caps[name]) for name in names}
         total = sum(give.values())
         if total <= room or total <= 0:
             out.update(give)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from math import isfinite
 from typing import Any
 
 from ..core import Explains, LoadInfo, Planner, SiteNow
-from ..core.planning import asked
 
 #: a budget change smaller than this fraction of the load's rating is not logged...
 REASON_DEADBAND_FRAC = 0.05
@@ -43,7 +43,14 @@ class PlanTap:
     ) -> dict[str, float]:
         out = self.inner.plan(t, loads, headroom, now)
         # what the core makes of the answer, within the rating
-        self.budgets = {ld.name: min(asked(out, ld), ld.rated_kw) for ld in loads}
+        get = out.get
+        self.budgets = {  # min(asked(out, ld), ld.rated_kw), ``asked`` inlined
+            name: min(
+                rated if (want := get(name)) is None or not isfinite(want) else max(0.0, want),
+                rated,
+            )
+            for name, rated in ((ld.name, ld.rated_kw) for ld in loads)
+        }
         return out
 
     def why(self) -> Mapping[str, str]:
