@@ -11,12 +11,25 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from thermogate.controller.core.actuation import WRITE_REFRESH_S, WRITE_VERIFY_S, Actuation
+from thermogate.controller.core.actuation import (
+    WRITE_REFRESH_S,
+    WRITE_VERIFY_S,
+    Actuation,
+    _write,
+)
 from thermogate.controller.core.alarms import Alarms
-from thermogate.controller.core.planning import LoadInfo, Planning, SiteNow, row_cap_w
+from thermogate.controller.core.planning import (
+    DefaultPlanner,
+    LoadInfo,
+    Planning,
+    SiteNow,
+    _asked_all,
+    asked,
+    row_cap_w,
+)
 from thermogate.controller.core.power import GRID_LIMIT_MARGIN, PowerProtection
 from thermogate.controller.core.regulation import (
     DP_TRIM_MIN_KPA,
@@ -36,6 +49,7 @@ from thermogate.controller.core.topology import Topology
 from thermogate.controller.core.trips import TripLatch, latch_key
 from thermogate.controller.core.view import Cmd, ScanView
 from thermogate.controller.core.zones import FailSafeZones
+from thermogate.controller.signals import Write
 from thermogate.plc.points import BAD, GOOD
 
 
@@ -208,6 +222,63 @@ def test_a_write_that_does_not_read_back_is_an_alarm_and_is_sent_again(topo):
     assert al.active() == []
 
 
+_cmd_value = st.one_of(
+    st.floats(-20.0, 1500.0, allow_nan=False),
+    st.sampled_from(
+        [0.0, -0.0, 20.0, 20.2, 20.5, 21.0, 50.0, 51.0, 100.0, 700.0, math.nan, math.inf]
+    ),
+    st.integers(-5, 800),
+)
+_scan = st.tuples(
+    st.floats(0.05, 70.0),  # time since the last scan
+    st.lists(st.tuples(st.integers(0, 5), _cmd_value, st.booleans(), st.booleans()), max_size=6),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(scans=st.lists(_scan, min_size=1, max_size=25))
+@example(  # a deadband's edge: a valve 0.5 %, a budget 1 kW from what was sent
+    scans=[
+        (1.0, [(0, 20.0, False, False), (1, 50.0, False, False)]),
+        (1.0, [(0, 20.5, False, False), (1, 51.0, False, False)]),
+    ]
+)
+def test_the_vector_write_rules_send_exactly_what_the_scalar_rules_send(topo, scans):
+    """``Actuation._to_send`` (resolution, range, rate, deadband as arrays) only
+    decides what to skip: the same commands through the scalar rules alone (every
+    candidate handed to them) give the same writes, value for value."""
+    ix = topo.ix
+    points = [
+        ix.tanks[0].valve_cmd,  # %: 10 %/s, 0.5 % deadband
+        ix.tanks[0].power_budget_kw,  # kW: 5 % of its rating a second
+        ix.rows[0].gpu_power_cap_w,  # W
+        ix.pumps[0].speed_cmd,
+        ix.tanks[1].enable,  # a coil
+        ix.plc.reset,  # a pulse, as the trips send it
+    ]
+    vec, ref = Actuation(topo, scan_s=1.0), Actuation(topo, scan_s=1.0)
+    ref._to_send = lambda t, ixs, value, window, cl, cand, pulse: np.arange(len(cand))  # type: ignore[method-assign]
+    t = 100.0
+    for dt, given_cmds in scans:
+        t += dt
+        cmds = {
+            points[k]: Cmd(value, "x", override=override, pulse=pulse or points[k] == ix.plc.reset)
+            for k, value, override, pulse in given_cmds
+        }
+        got, want = vec.actuate(t, dict(cmds)), ref.actuate(t, dict(cmds))
+        assert [(w.point, repr(w.value), w.why) for w in got] == [
+            (w.point, repr(w.value), w.why) for w in want
+        ]
+
+
+def test_a_write_built_in_one_step_is_the_same_write():
+    fast, made = _write("a.b", 1.5, "why", "who", "where"), Write("a.b", 1.5, "why", "who", "where")
+    assert fast == made and repr(fast) == repr(made) and hash(fast) == hash(made)
+    assert vars(fast) == vars(made)
+
+
 # -- protection ------------------------------------------------------------------------
 def test_a_hot_tank_sheds_in_proportion_at_once_and_its_limit_is_lifted_once_cool(topo, site):
     th, al = ThermalProtection(topo), Alarms()
@@ -322,6 +393,68 @@ def test_a_stale_forecast_is_withheld_from_the_planner(topo):
     pl.set_forecast(0.0, {"tank01": LoadForecast(5.0, 20.0, 30.0, True)})
     assert pl.forecast(FORECAST_FRESH_S)["tank01"].headroom_kw == 5.0
     assert pl.forecast(FORECAST_FRESH_S + 1.0) == {}
+
+
+_want = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-1000, 1000),
+)
+
+
+@given(wants=st.lists(_want, min_size=1, max_size=8), rated=st.floats(0.0, 2000.0))
+def test_the_budgets_asked_of_all_loads_are_each_loads_asked_budget(wants, rated):
+    names = [f"l{k}" for k in range(len(wants))]
+    wanted = {n: w for n, w in zip(names, wants, strict=True) if w is not None}
+    loads = [LoadInfo(n, "mining", rated, 0.0, "loop1") for n in names]
+    got = _asked_all(wanted, names, [rated] * len(names))
+    assert [repr(x) for x in got] == [repr(asked(wanted, ld)) for ld in loads]
+
+
+class _Given:
+    """A planner that asks what it is told to (``wanted`` set before each scan)."""
+
+    def __init__(self) -> None:
+        self.wanted: dict[str, float] = {}
+
+    def plan(
+        self, t: float, loads: list[LoadInfo], headroom: dict, now: SiteNow
+    ) -> dict[str, float]:
+        return self.wanted
+
+
+_budget = st.one_of(
+    st.floats(-10.0, 400.0, allow_nan=False),
+    st.sampled_from([0.0, -0.0, 50.0, 50.04, math.nan]),
+    st.integers(0, 300),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(scans=st.lists(st.tuples(_budget, _budget, st.booleans()), min_size=1, max_size=12))
+def test_a_tank_budget_command_kept_from_the_last_scan_is_the_one_made_anew(topo, scans):
+    """``allocate`` keeps a tank's budget command while its budget and reason hold:
+    every scan's commands equal those of a planning that makes them all anew."""
+    planner = _Given()
+    kept = Planning(topo, planner)
+    t01 = topo.load["tank01"]
+    for want, cap, by_power in scans:
+        planner.wanted = {"tank01": want, "tank02": want}
+        thermal = {ld.name: math.inf for ld in topo.loads}
+        power = dict(thermal)
+        (power if by_power else thermal)["tank01"] = cap
+        got: dict = {}
+        anew: dict = {}
+        kept.allocate(view(topo), got, thermal, power, topo.site.import_limit_kw)
+        Planning(topo, planner).allocate(view(topo), anew, thermal, power, 1e6)
+        assert list(got) == list(anew)
+        assert [(repr(c.value), c.why) for c in got.values()] == [
+            (repr(c.value), c.why) for c in anew.values()
+        ]
+        assert repr(got[t01.budget].value) == repr(anew[t01.budget].value)
+    assert isinstance(kept.planner, _Given) and not isinstance(kept.planner, DefaultPlanner)
 
 
 def test_row_caps_span_200_to_700_watts_per_gpu():
