@@ -336,9 +336,10 @@ _THERMAL_LIMIT = "thermal limit"
 
 
 def _asked_all(wanted: Mapping[str, float], names: list[str], rated: list[float]) -> list[float]:
-    """``_asked`` for every load (the loads' names and ratings, in order)."""
+    """``_asked`` for every load (the loads' names and ratings, in order); ``max(0.0,
+    w)`` as the comparison it makes (``w`` only if above 0.0)."""
     get = wanted.get
     return [
-        r if (w := get(name)) is None or not isfinite(w) else max(0.0, w)
+        r if (w := get(name)) is None or not isfinite(w) else w if w > 0.0 else 0.0
         for name, r in zip(names, rated, strict=True)
     ]

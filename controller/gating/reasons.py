@@ -44,9 +44,15 @@ class PlanTap:
         out = self.inner.plan(t, loads, headroom, now)
         # what the core makes of the answer, within the rating
         get = out.get
-        self.budgets = {  # min(asked(out, ld), ld.rated_kw), ``asked`` inlined
+        # min(asked(out, ld), ld.rated_kw) per load, ``asked`` inlined (its max(0.0,
+        # want) as the comparison it makes)
+        self.budgets = {
             name: min(
-                rated if (want := get(name)) is None or not isfinite(want) else max(0.0, want),
+                rated
+                if (want := get(name)) is None or not isfinite(want)
+                else want
+                if want > 0.0
+                else 0.0,
                 rated,
             )
             for name, rated in ((ld.name, ld.rated_kw) for ld in loads)
