@@ -31,7 +31,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -44,7 +44,7 @@ from thermogate.plc.records import record_columns
 from . import mapcheck
 from .clockwatch import ClockWatch
 from .console import ConsoleConfig, ConsoleFace
-from .core import Command, CommandResult, Controller, Principal
+from .core import Command, CommandResult, Controller, Principal, ScanResult
 from .demoplant import DemoPlant
 from .forecasting import ModelRuntime
 from .gating.economics import EconomicsIntervals
@@ -58,7 +58,7 @@ from .heap import REFREEZE_S, BetweenScans, freeze_startup
 from .historian import Historian
 from .historian.schema import HistorianError
 from .inbox import Inbox
-from .modbus_io import Endpoint, ModbusIO
+from .modbus_io import Endpoint, ModbusIO, WriteOutcome
 from .opcua.snapshot import Snapshot
 from .recorder import Recorder
 from .runconfig import RunConfig, load_run_config
@@ -82,6 +82,17 @@ UNCLEAN_STOP = "unclean-stop"
 
 
 # --------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Scanned:
+    """What a scan leaves for :meth:`RealTimeController._record`."""
+
+    now: float
+    values: np.ndarray  # as read (the old value of each write's audit row)
+    res: ScanResult
+    price: float | None
+    outcomes: list[WriteOutcome]  # one per ``res.writes``
+
+
 class Face(Protocol):
     """A face of the controller (OPC UA, the console): it shows each scan's
     snapshot and queues commands for the run loop to give between scans."""
@@ -368,16 +379,20 @@ class RealTimeController:
         self.historian.record_audit(a.t, a.who, a.where, a.target, a.old, a.new, a.why, ok=a.ok)
 
     async def scan_once(self) -> None:
-        """One scan. The historian's telemetry batch waits for its end
-        (``hold_batches``): the writer's commit takes the slack, not the cores the
-        scan's read shares with it."""
+        """One scan: read, decide and write (:meth:`_scan`, the time ``scan_ms``
+        counts), then what the scan leaves to the historian (:meth:`_record`: the
+        audit row of each write, the events, the scan's telemetry, the books),
+        before the next scan and in the order it always was, but off the scan's
+        clock: none of it decides this scan's writes. The historian's telemetry
+        batch waits for the end of both (``hold_batches``): the writer's commit
+        takes the slack, not the cores the scan's read shares with it."""
         self.historian.hold_batches()
         try:
-            await self._scan()
+            self._record(await self._scan())
         finally:
             self.historian.release_batches()
 
-    async def _scan(self) -> None:
+    async def _scan(self) -> _Scanned:
         t0 = time.perf_counter()
         rr = await self.io.read_all()
         now = self.clock()
@@ -402,67 +417,87 @@ class RealTimeController:
             res.status["historian"] = down
         if self.faces:
             self._publish(now, res.status)
+        outcomes: list[WriteOutcome] = []
         if res.writes:
             outcomes = await self.io.write([(w.point, w.value) for w in res.writes])
-            unsent: dict[int, tuple[str, list[str]]] = {}  # unit -> (why, the points)
-            failed: list[int] = []  # positions of the writes that never reached a device
-            for w, o in zip(res.writes, outcomes, strict=True):
-                i = self.pmap.position(w.point)
-                if not o.ok:
-                    failed.append(i)
-                old = float(rr.values[i])
-                if w.point != "plc.heartbeat":
-                    self.historian.record_audit(
-                        now,
-                        w.who,
-                        w.where,
-                        w.point,
-                        None if np.isnan(old) else old,
-                        w.value,
-                        w.why,
-                        ok=o.ok,
+            self._outcomes(now, res, outcomes)
+        self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
+        return _Scanned(now, rr.values, res, price, outcomes)
+
+    def _outcomes(self, now: float, res: ScanResult, outcomes: list[WriteOutcome]) -> None:
+        """What the writes' outcomes change before the next scan decides: the writes
+        that never reached a device (``actuation.not_sent``) and the events of a
+        point that starts (or stops) refusing its writes, or a unit's writes held."""
+        unsent: dict[int, tuple[str, list[str]]] = {}  # unit -> (why, the points)
+        failed: list[int] = []  # positions of the writes that never reached a device
+        position, points = self.pmap.position, self.pmap
+        for w, o in zip(res.writes, outcomes, strict=True):
+            unit = points[w.point].unit_id
+            if o.ok:
+                self._unsent_units.discard(unit)
+                if self._refusing and self._refusing.pop(w.point, None) is not None:
+                    res.events.append(
+                        Event(now, "restore", w.point, f"writes to {w.point} succeed again")
                     )
-                unit = self.pmap[w.point].unit_id
-                if not o.ok and (o.error or "").startswith("not sent:"):
-                    unsent.setdefault(unit, (o.error or "", []))[1].append(w.point)
-                elif not o.ok:
-                    # one event when a point starts refusing (or its reason changes),
-                    # none while it goes on: a tank the PLC was not programmed for
-                    # wrote 183 a minute; the alarm link.writes stands meanwhile
-                    if self._refusing.get(w.point) != o.error:
-                        self._refusing[w.point] = o.error or ""
-                        res.events.append(
-                            Event(
-                                now,
-                                "write-failed",
-                                w.point,
-                                f"write {w.point} = {w.value:g} failed: {o.error} (said once"
-                                " until a write to it succeeds)",
-                                700,
-                            )
-                        )
-                else:
-                    self._unsent_units.discard(unit)
-                    if self._refusing.pop(w.point, None) is not None:
-                        res.events.append(
-                            Event(now, "restore", w.point, f"writes to {w.point} succeed again")
-                        )
-            self.ctrl.actuation.not_sent(failed)
-            # Writes held back from a unit that is lost (its loss is already an
-            # alarm): one event when a unit's writes first go unsent, none more
-            # until one reaches it again (a one-minute outage once wrote ~14 a
-            # second). Each write is still audited as failed.
-            for unit, (why, points) in unsent.items():
-                if unit in self._unsent_units:
-                    continue
-                self._unsent_units.add(unit)
-                n = len(points)
-                shown = ", ".join(points[:5]) + (f" and {n - 5} more" if n > 5 else "")
+                continue
+            failed.append(position(w.point))
+            if (o.error or "").startswith("not sent:"):
+                unsent.setdefault(unit, (o.error or "", []))[1].append(w.point)
+            elif self._refusing.get(w.point) != o.error:
+                # one event when a point starts refusing (or its reason changes),
+                # none while it goes on: a tank the PLC was not programmed for
+                # wrote 183 a minute; the alarm link.writes stands meanwhile
+                self._refusing[w.point] = o.error or ""
                 res.events.append(
-                    Event(now, "write-failed", f"unit {unit}",
-                          f"{n} write{'s' if n > 1 else ''} {why} ({shown}); "
-                          "writes to it are held until it answers", 700)
-                )  # fmt: skip
+                    Event(
+                        now,
+                        "write-failed",
+                        w.point,
+                        f"write {w.point} = {w.value:g} failed: {o.error} (said once"
+                        " until a write to it succeeds)",
+                        700,
+                    )
+                )
+        self.ctrl.actuation.not_sent(failed)
+        # Writes held back from a unit that is lost (its loss is already an
+        # alarm): one event when a unit's writes first go unsent, none more
+        # until one reaches it again (a one-minute outage once wrote ~14 a
+        # second). Each write is still audited as failed.
+        for unit, (why, names) in unsent.items():
+            if unit in self._unsent_units:
+                continue
+            self._unsent_units.add(unit)
+            n = len(names)
+            shown = ", ".join(names[:5]) + (f" and {n - 5} more" if n > 5 else "")
+            res.events.append(
+                Event(now, "write-failed", f"unit {unit}",
+                      f"{n} write{'s' if n > 1 else ''} {why} ({shown}); "
+                      "writes to it are held until it answers", 700)
+            )  # fmt: skip
+
+    def _record(self, scan: _Scanned) -> None:
+        """The scan's records, in this order: each write's audit row (old -> new, ok),
+        the core's audit, the state if it changed, the events, the telemetry, the
+        books and the settlement."""
+        now, res = scan.now, scan.res
+        if scan.outcomes:
+            audit = self.historian.record_audit  # the Recorder's guard, made once
+            values = scan.values
+            position = self.pmap.position
+            for w, o in zip(res.writes, scan.outcomes, strict=True):
+                if w.point == "plc.heartbeat":
+                    continue
+                old = float(values[position(w.point)])
+                audit(
+                    now,
+                    w.who,
+                    w.where,
+                    w.point,
+                    None if math.isnan(old) else old,
+                    w.value,
+                    w.why,
+                    ok=o.ok,
+                )
         for a in res.audit:
             self._audit(a)
         if self.ctrl.state.version != self._saved_version:  # a trip latched, an override ended
@@ -471,11 +506,10 @@ class RealTimeController:
             res.events.extend(self.model.observe(now, res))
         self._record_events(res.events)
         self.historian.record_scan(now, *res.record)
-        self._keep_books(now, price)
+        self._keep_books(now, scan.price)
         self._settle(now)
         self.last = res.status
         self.scans += 1
-        self.scan_ms.append((time.perf_counter() - t0) * 1000.0)
 
     def _settle(self, now: float) -> None:
         """The site meter into the settlement; settled intervals into the historian."""
