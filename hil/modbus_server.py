@@ -150,6 +150,11 @@ def _registers_written(fc: int, frame: bytes) -> tuple[int, list[int]] | None:
     return address, list(struct.unpack_from(f">{word}H", frame, 6))
 
 
+#: ``DeviceImage.check_write``'s verdicts kept per image (a controller writes a few
+#: hundred distinct ranges; a master probing every range is not remembered past this)
+_WRITE_CHECKS_KEPT = 4096
+_UNCHECKED = object()
+
 #: what ``DeviceImage._rw_at`` gives a table without writable points
 _NONE_AT: dict[int, Point] = {}
 
@@ -206,6 +211,8 @@ class DeviceImage:
         #: point (nearly every write a controller makes) is checked and split
         #: without the arrays (the plant answered a write in ~65 us, mostly these)
         self._rw_at: dict[str, dict[int, Point]] = {"coil": {}, "holding": {}}
+        #: check_write's verdict on each range of several points asked so far
+        self._write_checked: dict[tuple[str, int, int], int | None] = {}
         for index, point in enumerate(self.points):
             span = slice(point.address, point.end)
             taken = self.owner[point.table][span]
@@ -261,6 +268,15 @@ class DeviceImage:
         one = self._rw_at[table].get(address)
         if one is not None and one.words == count:  # exactly one rw point: allowed
             return None
+        key = (table, address, count)
+        verdict = self._write_checked.get(key, _UNCHECKED)
+        if verdict is _UNCHECKED:  # the map is fixed: so is a range's verdict
+            verdict = self._check_range(table, address, count)
+            if len(self._write_checked) < _WRITE_CHECKS_KEPT:  # bounded, whatever is asked
+                self._write_checked[key] = verdict
+        return verdict  # type: ignore[return-value]
+
+    def _check_range(self, table: str, address: int, count: int) -> int | None:
         end = address + count
         if address < 0 or end > self.size(table):
             return ExcCodes.ILLEGAL_ADDRESS

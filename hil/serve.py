@@ -31,6 +31,7 @@ from pymodbus.constants import ExcCodes
 
 from thermogate.plc.codec import decode, encode
 from thermogate.plc.errors import CodecError, ThermogateError
+from thermogate.plc.points import Point
 from thermogate.plc.site import Site, load_site
 
 from .image import ImageWriter, build_images
@@ -61,6 +62,10 @@ def _limit_slack(type_: str, scale: float, value: float) -> float:
     if type_ == "f32":  # the write carried value to 24 bits; its limit may not be an f32
         return abs(value) * 2.0**-23
     return abs(scale) * 1e-6
+
+
+#: a write request's points: (point, first and end register, a u16's scale or None)
+_Layout = list[tuple[Point, int, int, float | None]]
 
 
 class BesideThePlant(Protocol):
@@ -105,18 +110,27 @@ class ServedPlant:
         self._freq_point = pmap.by_name["site.frequency_hz"]
         self._freq_index = pmap.position("site.frequency_hz")
         self._clock: tuple[float, float] | None = None
+        #: each write request's shape (unit, table, address, registers) -> its points
+        self._layouts: dict[
+            tuple[int, str, int, int], list[tuple[Point, int, int, float | None]]
+        ] = {}
         self._publish()
 
     # -- Modbus side ---------------------------------------------------
     def _on_write(self, unit: int, table: str, address: int, regs: list[int]) -> int | None:
         """Decode and range-check every point of the request; apply all or none."""
-        image = self.images[unit]
+        layout = self._layouts.get((unit, table, address, len(regs)))
+        if layout is None:
+            layout = self._layout(unit, table, address, regs)
         staged: list[tuple[str, float]] = []
-        for point, words in image.split(table, address, regs):
-            try:
-                value = float(decode(point, words))
-            except CodecError:
-                return ExcCodes.ILLEGAL_VALUE
+        for point, lo_off, hi_off, scale in layout:
+            if scale is not None:  # a u16: decode's raw * scale, without its checks
+                value = regs[lo_off] * scale
+            else:
+                try:
+                    value = float(decode(point, regs[lo_off:hi_off]))
+                except CodecError:
+                    return ExcCodes.ILLEGAL_VALUE
             lo, hi = point.min, point.max
             # raw * scale is inexact (1632 * 0.1 = 163.20000000000002), so a
             # limit written in engineering units must be reachable: allow far
@@ -138,6 +152,27 @@ class ServedPlant:
             self.sim.plant.write(name, value)
         self.writes += 1
         return None
+
+    def _layout(self, unit: int, table: str, address: int, regs: list[int]) -> _Layout:
+        """Where each point of a write request of this shape sits in its registers,
+        and a u16's scale (decoded inline); the map is fixed, so kept per shape."""
+        layout: _Layout = []
+        for point, words in self.images[unit].split(table, address, regs):
+            lo_off, hi_off = point.address - address, point.end - address  # split's slice
+            if len(words) == len(regs):  # split's one point of the whole request
+                lo_off, hi_off = 0, len(regs)
+            scale = float(point.scale)
+            fast = (
+                point.type == "u16"
+                and point.table == "holding"
+                and len(words) == 1
+                and lo_off >= 0
+                and scale != 0
+                and math.isfinite(scale)
+            )
+            layout.append((point, lo_off, hi_off, scale if fast else None))
+        self._layouts[(unit, table, address, len(regs))] = layout
+        return layout
 
     def _device_fault(self, unit: int, kind: str | None, code: int) -> None:
         self.server.set_fault(unit, kind, code)  # type: ignore[arg-type]
