@@ -700,7 +700,10 @@ class ModbusIO:
             return f"unknown point {name!r}"
         if not point.writable or point.table not in ("holding", "coil"):
             return f"{name} is read-only"
-        if isinstance(value, str | bytes) or not isinstance(value, numbers.Real):
+        # a float (every write the core makes) is a number: no ABC check for it
+        if type(value) is not float and (
+            isinstance(value, str | bytes) or not isinstance(value, numbers.Real)
+        ):
             return f"{name}: value {value!r} is not a number"
         x = float(value)
         if not math.isfinite(x):

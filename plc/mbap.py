@@ -111,6 +111,11 @@ class _Protocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
         self.out.append(frame)
 
+    def flush(self) -> None:
+        """Send what is queued now (in order, one write); the turn's flush finds nothing."""
+        if self.out:
+            self._flush()
+
     def _flush(self) -> None:
         out, self.out = self.out, []
         if self.transport is not None and not self.transport.is_closing():
@@ -390,6 +395,12 @@ class Stream:
         self._stopped = False
         self._timer: asyncio.TimerHandle | None = None
         self._fill()
+        # the first requests leave now, not at the next turn of the loop: a caller
+        # starting one stream per unit (a scan's writes) has the device working on
+        # the first unit's while it sets up the others
+        p = client._live()
+        if p is not None:
+            p.flush()
 
     def abandon(self) -> None:
         """Stop waiting (the caller's deadline came): answers still to come are late."""
