@@ -19,6 +19,8 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from served import (
     Heartbeat,
     Master,
@@ -510,3 +512,86 @@ def test_comms_loss_silences_only_that_device_and_it_answers_again_after() -> No
                 answering.close()
 
     run(run_it())
+
+
+# --------------------------------------------------------------------------- #
+# a write request's decoding, kept per request shape
+# --------------------------------------------------------------------------- #
+
+_INLINE_SP: list[ServedPlant] = []
+
+
+def _inline_plant() -> ServedPlant:
+    if not _INLINE_SP:
+        from thermogate.hil.runner import ScenarioPlant
+
+        _INLINE_SP.append(ServedPlant(ScenarioPlant(demo_site(), load_scenario("normal-day"))))
+    return _INLINE_SP[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_write_request_lands_as_the_codec_decodes_and_checks_it(data: st.DataObject) -> None:
+    """The plant keeps each request shape's points (and decodes a u16 inline): the
+    verdict and the values the plant gets are those of decode and the range check."""
+    sp = _inline_plant()
+    pmap = sp.sim.pmap
+    regs_points = sorted(
+        (p for p in pmap.writable() if p.table == "holding"), key=lambda p: (p.unit_id, p.address)
+    )
+    first = data.draw(st.sampled_from(regs_points))
+    run_ = [first]  # a run of adjacent writable registers, as a master's FC16 makes
+    for p in regs_points:
+        adjacent = p.unit_id == first.unit_id and p.address == run_[-1].end
+        if adjacent and len(run_) < 3 and data.draw(st.booleans()):
+            run_.append(p)
+    regs = [data.draw(st.integers(0, 0xFFFF)) for p in run_ for _ in range(p.words)]
+    got: list[tuple[str, float]] = []
+    write = sp.sim.plant.write
+    sp.sim.plant.write = lambda name, value: got.append((name, value))  # type: ignore[method-assign]
+    try:
+        for _ in range(2):  # the shape's first request, then its kept layout
+            got.clear()
+            verdict = sp._on_write(first.unit_id, "holding", first.address, regs)
+            want: list[tuple[str, float]] | None = []
+            offset = 0
+            for p in run_:
+                value = float(decode(p, regs[offset : offset + p.words]))
+                offset += p.words
+                slack = abs(value) * 2.0**-23 if p.type == "f32" else abs(p.scale) * 1e-6
+                if (
+                    math.isnan(value)
+                    or (p.min is not None and value < p.min - slack)
+                    or (p.max is not None and value > p.max + slack)
+                ):
+                    want = None
+                    break
+                lo = -math.inf if p.min is None else p.min
+                hi = math.inf if p.max is None else p.max
+                assert want is not None
+                want.append((p.name, min(max(value, lo), hi)))
+            if want is None:
+                assert verdict == 3 and got == []
+            else:
+                assert verdict is None and got == want
+    finally:
+        sp.sim.plant.write = write  # type: ignore[method-assign]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    table=st.sampled_from(["coil", "holding"]),
+    address=st.integers(0, 140),
+    count=st.integers(1, 12),
+)
+def test_a_write_ranges_verdict_kept_is_the_verdict_worked_out(
+    table: str, address: int, count: int
+) -> None:
+    """check_write keeps its verdict per range (the map is fixed): asked again, or
+    of another image, it says what the arrays and points say."""
+    for image in _inline_plant().images.values():
+        fresh = image._check_range(table, address, count)
+        one = image._rw_at[table].get(address)
+        want = None if one is not None and one.words == count else fresh
+        assert image.check_write(table, address, count) == want
+        assert image.check_write(table, address, count) == want
