@@ -61,6 +61,11 @@ class _Pending:
     prev: float = math.nan
 
 
+#: below this many commands a scan the write rules run point by point only
+#: (the demo hall's ~60: numpy's per-call cost made its actuation 2x slower)
+VECTOR_FROM_N = 200
+
+
 class Actuation:
     """See the module docstring.
 
@@ -74,6 +79,8 @@ class Actuation:
         self.topo = topo
         self.scan_s = scan_s
         self.heartbeat = 0
+        #: from this many commands a scan, the vector passes first (``VECTOR_FROM_N``)
+        self.vector_from_n = VECTOR_FROM_N
         n = len(topo.pmap.points)
         #: what was last sent per point: value, time, and whether anything was
         #: (cleared: the next command goes out at once)
@@ -219,21 +226,27 @@ class Actuation:
         sent_a = self._sent[ix]
         last_v_a = self._last_v[ix]
         last_t_a = self._last_t[ix]
-        # Most of a large hall's commands repeat what was sent (an enable, a steady
-        # budget): the value sent is already on the register's grid, in range and
-        # within any rate, so it would end in the deadband below; a pulse is always
-        # sent. They are skipped here in one vector pass.
-        cand = np.flatnonzero(~(sent_a & (last_v_a == value_a) & (last_t_a >= window_a) & ~pulse_a))
-        if not cand.size:
-            return writes
-        # The rules below (resolution, range, rate, deadband) for the rest, as
-        # arrays: only the decision to skip is taken from them (the same IEEE
-        # operations as the scalar rules, so the same values); what is written is
-        # worked out by the scalar rules again, one point at a time.
-        ix_c = ix[cand]
-        todo = cand[self._to_send(t, ix_c, value_a[cand], window_a[cand], cl, cand, pulse_a)]
-        if not todo.size:
-            return writes
+        if n < self.vector_from_n:
+            # a small hall: numpy's cost per call exceeds what the passes below
+            # save; the scalar rules alone decide (they are the passes' reference)
+            todo = np.arange(n)
+        else:
+            # Most of a large hall's commands repeat what was sent (an enable, a
+            # steady budget): the value sent is already on the register's grid, in
+            # range and within any rate, so it would end in the deadband below; a
+            # pulse is always sent. They are skipped here in one vector pass.
+            repeat = sent_a & (last_v_a == value_a) & (last_t_a >= window_a) & ~pulse_a
+            cand = np.flatnonzero(~repeat)
+            if not cand.size:
+                return writes
+            # The rules below (resolution, range, rate, deadband) for the rest, as
+            # arrays: only the decision to skip is taken from them (the same IEEE
+            # operations as the scalar rules, so the same values); what is written
+            # is worked out by the scalar rules again, one point at a time.
+            ix_c = ix[cand]
+            todo = cand[self._to_send(t, ix_c, value_a[cand], window_a[cand], cl, cand, pulse_a)]
+            if not todo.size:
+                return writes
         isfinite = math.isfinite
         last_v, last_t, sent = self._last_v, self._last_t, self._sent
         sent_i: list[int] = []
