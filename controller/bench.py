@@ -11,8 +11,11 @@ In the same run the bench measures
   (one channel per device, as SCADA drivers poll), nothing decoded;
 * the controller's bare read of every point (``read``: the same requests,
   decoded into point order, several in flight per connection);
-* the full scan: read, estimate, protect, regulate, actuate (writes included)
-  and the historian, scanned by ``thermogate run``'s own loop
+* the full scan: read, estimate, protect, regulate, actuate, and the writes
+  until their outcomes are known (the scan's clock stops there; the audit
+  rows, events and telemetry it leaves to the historian follow before the
+  next scan, off that clock: ``RealTimeController.scan_once``), scanned by
+  ``thermogate run``'s own loop
   (``RealTimeController.run``: the model's minute work, the collections and the
   historian's commits in the slack between scans) at the site's scan interval,
   so each scan sees the plant move a whole interval and decides and writes
