@@ -67,11 +67,11 @@ The checks, in order (constants here and in ``plausibility.py``, units in names)
    and flow, a fan's speed for its power, a meter's current for its power…):
    ``UNCERTAIN + FLAG_STUCK`` after ``STUCK_S`` (or ``STUCK_FAST_S`` when the
    witness moved ``STUCK_FAST_X`` times as far), ``BAD`` after
-   ``STUCK_BAD_S``. A regulated temperature (tank fluid, loop or CDU supply)
-   is held at its setpoint while its heat exchanger's outlets move, so only
-   its redundant partner judges it on the fast path (``plausibility.py``).
-   Quantised, quiet signals (a fan's power at constant
-   speed reads the same 0.1 kW for hours) are therefore never stuck while
+   ``STUCK_BAD_S`` (the rule and its constants in ``stuck.py``). A regulated
+   temperature (tank fluid, loop or CDU supply) is held at its setpoint while
+   its heat exchanger's outlets move, so only its redundant partner judges it
+   on the fast path (``plausibility.py``). Quantised, quiet signals (a fan's
+   power at constant speed reads the same 0.1 kW for hours) are therefore never stuck while
    the plant is steady; commands read back, bits, counters, percentages and
    a reading within ``STUCK_MIN_COUNTS`` counts of zero (equipment off, a fan
    idling at 0.3 kW in 0.1 kW counts) never count as stuck. A point with no
@@ -142,7 +142,7 @@ import numpy as np
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.site import Site
 
-from .plausibility import point_rules, witnesses
+from .plausibility import point_rules
 from .signals import (
     BAD,
     FLAG_DISAGREE,
@@ -157,6 +157,7 @@ from .signals import (
     GOOD,
     UNCERTAIN,
 )
+from .stuck import StuckDetector
 
 # -- hold and clear -------------------------------------------------------------
 #: A BAD point shows its last good value this long, then NaN. The fastest tank
@@ -173,23 +174,6 @@ RATE_BAD_AFTER_S = 2.0
 #: A new level that stays self-consistent this long is accepted as the value.
 RATE_RECOVER_S = 60.0
 
-# -- stuck --------------------------------------------------------------------------
-#: Identical raw readings this long, while a witness moved, -> UNCERTAIN ...
-STUCK_S = 120.0
-#: ... and this long -> BAD.
-STUCK_BAD_S = 300.0
-#: With the witness moving STUCK_FAST_X times its threshold (1.5 K for a
-#: partner temperature: 15 counts at 0.1 °C), 20 s of not a single count of
-#: change is already conclusive (a thermowell lags by ~10-30 s, not more).
-STUCK_FAST_S = 20.0
-#: ... and never on fewer identical samples than this (at a 1 s scan the fast
-#: path's 20 s; a longer scan needs proportionally longer).
-STUCK_MIN_SAMPLES = 20
-#: ... and the slow path on no fewer than this: a quiet reading whose noise is
-#: half a count repeats with p ~ 0.7, so 20 repeats happen by chance about once
-#: in 2,000 windows (hours of a large site at a 5 s scan), 40 once in 10^6.
-STUCK_MIN_SAMPLES_SLOW = 40
-STUCK_FAST_X = 3.0
 # -- redundancy ---------------------------------------------------------------------
 #: A and B agree within this: far beyond two healthy class A RTDs' combined
 #: tolerance (±0.27 K each at 60 °C), so a larger spread is a fault.
@@ -281,17 +265,7 @@ class Estimator:
         self._has_sentinel = rules.has_sentinel
         self._has_rate = rules.has_rate
         self._rate_fin = np.where(self._has_rate, rules.rate, 0.0)
-        w = witnesses(pmap, site)
-        self._pp, self._pw = w.point, w.witness
-        self._stuck_elig = w.eligible
-        self._pp_starts, self._pp_heads = w.starts, w.heads
-        self._zero_band = w.zero_band
-        self._pw_abs, self._pw_rel = w.move_abs, w.move_rel
-        self._pw_fast = w.fast
-        # each point's group among the pairs (its index in ``_pp_heads``; -1: none)
-        self._head_of = np.full(n, -1, dtype=np.int64)
-        self._head_of[self._pp_heads] = np.arange(len(self._pp_heads))
-        self._pp_lens = np.diff(np.append(self._pp_starts, len(self._pp)))  # pairs per run
+        self._stuck = StuckDetector(pmap, site)  # check 6, with its own memory
         self._build_tanks()
         self._build_loops()
         self._build_zero_groups()
@@ -304,11 +278,6 @@ class Estimator:
         self._prev_t = nan.copy()
         self._rate_since = nan.copy()
         self._consist_since = nan.copy()
-        self._frozen = nan.copy()  # raw value since it last changed
-        self._frozen_t = nan.copy()
-        self._frozen_n = np.zeros(self.n)  # identical samples since it last changed
-        self._w0 = np.full(len(self._pp), np.nan)  # witness value when the point froze
-        self._wmax = np.zeros(len(self._pp))  # witness movement since, in thresholds
         self._held = nan.copy()  # last non-BAD output
         self._held_t = nan.copy()
         self._latched = np.zeros(n, dtype=np.uint16)
@@ -491,7 +460,7 @@ class Estimator:
             cur = np.where(accept, v, np.nan)  # this scan's accepted readings
 
         # ---- 6: stuck while a physically coupled witness moves -----------------------
-        stuck, stuck_bad = self._stuck(t, v, accept, cur)
+        stuck, stuck_bad = self._stuck.step(t, v, accept, cur)
         flags[stuck] |= FLAG_STUCK
         bad |= stuck_bad
 
@@ -559,59 +528,6 @@ class Estimator:
         usable = [q != BAD for q in qs]
         voted_at = dict(zip(self._voted_at, zip(xs, usable, strict=True), strict=True))
         return Estimate(values_out, quality, rep.copy(), voted, vflags, voted_at)
-
-    # ------------------------------------------------------------------
-    def _stuck(
-        self, t: float, v: np.ndarray, accept: np.ndarray, cur: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        elig = accept & self._stuck_elig
-        changed = elig & (v != self._frozen)
-        # (np.putmask(a, m, b) is np.copyto(a, b, where=m) for one shape, several
-        # times faster; adding the bool mask adds 1.0 or 0.0, exactly)
-        np.putmask(self._frozen, changed, v)
-        np.putmask(self._frozen_t, changed, t)
-        np.putmask(self._frozen_n, changed, 0.0)
-        np.add(self._frozen_n, elig & ~changed, out=self._frozen_n)
-        w0, wmax = self._w0, self._wmax
-        wv = cur[self._pw]
-        reset = changed[self._pp]
-        np.putmask(w0, reset, wv)
-        np.putmask(wmax, reset, 0.0)
-        np.putmask(w0, np.isnan(w0) & ~np.isnan(wv), wv)
-        thr = np.maximum(self._pw_abs, self._pw_rel * np.abs(w0))
-        np.fmax(wmax, np.abs(wv - w0) / thr, out=wmax)  # NaN (a witness away) leaves it
-        stuck = np.zeros(self.n, dtype=bool)
-        stuck_bad = np.zeros(self.n, dtype=bool)
-        # A noisy, quantised reading repeats by chance: how unlikely a run of repeats
-        # is depends on how many samples, not how many seconds. Only the few points
-        # frozen that long can be stuck (a changed point's count is 0): the rule is
-        # worked out for those alone.
-        cand = np.flatnonzero(elig & (self._frozen_n >= STUCK_MIN_SAMPLES))
-        if not cand.size:
-            return stuck, stuck_bad
-        moved = np.zeros(cand.size)
-        moved_fast = np.zeros(cand.size)  # by the witnesses that may judge on the fast path
-        head = self._head_of[cand]  # its run of pairs (-1: no witness)
-        has = head >= 0
-        at = head[has]
-        if at.size:
-            # the witnesses' movement, the most of each candidate's run of pairs: the
-            # runs gathered one after another, then reduced run by run
-            lens = self._pp_lens[at]
-            off = np.cumsum(lens) - lens
-            pair = np.repeat(self._pp_starts[at] - off, lens) + np.arange(int(lens.sum()))
-            w = wmax[pair]
-            moved[has] = np.maximum.reduceat(w, off)
-            moved_fast[has] = np.maximum.reduceat(np.where(self._pw_fast[pair], w, 0.0), off)
-        n_c = self._frozen_n[cand]
-        frozen_for = t - self._frozen_t[cand]
-        hit = (np.abs(v[cand]) > self._zero_band[cand]) & (
-            ((frozen_for >= STUCK_S) & (moved >= 1.0) & (n_c >= STUCK_MIN_SAMPLES_SLOW))
-            | ((frozen_for >= STUCK_FAST_S) & (moved_fast >= STUCK_FAST_X))
-        )
-        stuck[cand] = hit
-        stuck_bad[cand] = hit & (frozen_for >= STUCK_BAD_S)
-        return stuck, stuck_bad
 
     # ------------------------------------------------------------------
     def _loops(

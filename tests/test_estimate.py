@@ -22,8 +22,6 @@ from thermogate.controller.estimate import (
     DRIFT_CONFIRM_S,
     HOLD_S,
     RATE_RECOVER_S,
-    STUCK_BAD_S,
-    STUCK_S,
     Estimate,
     Estimator,
 )
@@ -41,6 +39,7 @@ from thermogate.controller.signals import (
     UNCERTAIN,
     flag_names,
 )
+from thermogate.controller.stuck import STUCK_BAD_S, STUCK_S, StuckDetector
 from thermogate.hil.runner import ScenarioPlant
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import demo_site
@@ -645,13 +644,13 @@ def test_each_latched_reason_expires_on_its_own_time():
 
 
 def _stuck_over_every_point(
-    est: Estimator, t: float, v: np.ndarray, accept: np.ndarray, cur: np.ndarray
+    est: StuckDetector, t: float, v: np.ndarray, accept: np.ndarray, cur: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stuck rule as one pass over every point and pair (the form before the
     pass was narrowed to the pairs and points that can still be stuck)."""
-    from thermogate.controller import estimate as E
+    from thermogate.controller import stuck as E
 
-    elig = accept & est._stuck_elig
+    elig = accept & est._elig
     changed = elig & (v != est._frozen)
     np.copyto(est._frozen, v, where=changed)
     est._frozen_t[changed] = t
@@ -690,7 +689,7 @@ def test_stuck_narrowed_to_the_points_that_can_be_stuck_equals_the_pass_over_eve
     seed: int, p_hold: float, p_away: float
 ) -> None:
     rng = np.random.default_rng(seed)
-    fast, ref = Estimator(PMAP, SITE), Estimator(PMAP, SITE)
+    fast, ref = StuckDetector(PMAP, SITE), StuckDetector(PMAP, SITE)
     v = rng.uniform(-5.0, 80.0, fast.n)
     for k in range(70):
         t = 5.0 * k
@@ -699,7 +698,7 @@ def test_stuck_narrowed_to_the_points_that_can_be_stuck_equals_the_pass_over_eve
         v[rng.random(fast.n) < 0.02] = 0.0  # equipment off
         accept = rng.random(fast.n) >= p_away
         cur = np.where(accept, v, np.nan)
-        got = fast._stuck(t, v, accept, cur)
+        got = fast.step(t, v, accept, cur)
         want = _stuck_over_every_point(ref, t, v, accept, cur)
         for a, b in zip(got, want, strict=True):
             assert np.array_equal(a, b)
