@@ -113,13 +113,19 @@ def served(db: Path) -> Iterator[Served]:
 async def read_page(
     client: Client,
     nodeid: ua.NodeId,
-    start: datetime,
-    end: datetime,
+    start: datetime | None,
+    end: datetime | None,
     n: int,
     cont: bytes | None = None,
+    bounds: bool = False,
 ) -> tuple[list[ua.DataValue], bytes | None]:
+    """One HistoryRead raw page (None: the time not specified)."""
     details = ua.ReadRawModifiedDetails(
-        IsReadModified=False, StartTime=start, EndTime=end, NumValuesPerNode=n
+        IsReadModified=False,
+        StartTime=start or ua.get_win_epoch(),
+        EndTime=end or ua.get_win_epoch(),
+        NumValuesPerNode=n,
+        ReturnBounds=bounds,
     )
     res = await client.get_node(nodeid).history_read(details, cont)
     res.StatusCode.check()
@@ -143,6 +149,7 @@ def test_raw_history_returns_the_historians_scans_in_order_with_their_quality(
             assert level & (1 << ua.AccessLevel.HistoryRead)
             assert level & (1 << ua.AccessLevel.CurrentRead)  # what it had stays
 
+            # (asyncua's client asks for the bounds: here the values at both times)
             got = await temp.read_raw_history(utc(T0 + 5), utc(T0 + 14))
             assert [dv.SourceTimestamp.timestamp() for dv in got] == [T0 + i for i in range(5, 15)]
             assert [dv.Value.Value for dv in got] == pytest.approx(
@@ -171,9 +178,9 @@ def test_num_values_limits_a_page_and_its_continuation_point_reads_the_rest(
         nodes = served.nodes
         async with Client(served.url) as client:
             node = nodes["temp"]
-            for start, end, want in (
-                (T0 + 3, T0 + 13, list(range(3, 14))),
-                (T0 + 13, T0 + 3, list(range(13, 2, -1))),  # backward, newest first
+            for start, end, want in (  # (the end time is not part of the read)
+                (T0 + 3, T0 + 14, list(range(3, 14))),
+                (T0 + 13, T0 + 2, list(range(13, 2, -1))),  # backward, newest first
             ):
                 seen: list[float] = []
                 values, cont = await read_page(client, node, utc(start), utc(end), 4)
@@ -201,7 +208,9 @@ def test_a_long_read_comes_in_pages_the_client_follows(served: Served) -> None:
             node = nodes["temp"]
             values, cont = await read_page(client, node, utc(T0), utc(T0 + N), 0)
             assert len(values) == 8 and cont is not None  # the server's page size
-            got = await client.get_node(node).read_raw_history(utc(T0 - 60), utc(T0 + 3600))
+            got = await client.get_node(node).read_raw_history(
+                utc(T0 - 60), utc(T0 + 3600), return_bounds=False
+            )
             assert [dv.SourceTimestamp.timestamp() for dv in got] == [T0 + i for i in range(N)]
 
     served.storage.max_history_data_response_size = 8  # the server's page size
@@ -218,10 +227,10 @@ def test_a_time_range_without_scans_or_a_point_never_recorded_reads_empty(
         nodes = served.nodes
         async with Client(served.url) as client:
             temp = client.get_node(nodes["temp"])
-            assert await temp.read_raw_history(utc(T0 - 3600), utc(T0 - 1)) == []
-            assert await temp.read_raw_history(utc(T0 + N + 1), utc(T0 + N + 3600)) == []
+            for a, b in ((T0 - 3600, T0 - 1), (T0 + N + 1, T0 + N + 3600)):
+                assert await temp.read_raw_history(utc(a), utc(b), return_bounds=False) == []
             missing = client.get_node(nodes["missing"])
-            assert await missing.read_raw_history(utc(T0), utc(T0 + N)) == []
+            assert await missing.read_raw_history(utc(T0), utc(T0 + N), return_bounds=False) == []
 
     run(scenario())
 
@@ -421,7 +430,9 @@ def test_a_range_without_data_reads_good_no_data_and_a_range_with_data_good(
 ) -> None:
     # Part 11: "for an interval in which no data exists ... Good_NoData"; it was Good.
     def raw(a: float, b: float) -> ua.ReadRawModifiedDetails:
-        return ua.ReadRawModifiedDetails(IsReadModified=False, StartTime=utc(a), EndTime=utc(b))
+        return ua.ReadRawModifiedDetails(
+            IsReadModified=False, StartTime=utc(a), EndTime=utc(b), ReturnBounds=False
+        )
 
     async def scenario() -> list[tuple[int, int]]:
         out = []
@@ -430,7 +441,7 @@ def test_a_range_without_data_reads_good_no_data_and_a_range_with_data_good(
                 ("temp", T0 - 3600, T0 - 1),
                 ("temp", T0 + N + 1, T0 + N + 3600),
                 ("missing", T0, T0 + N),  # a point the historian never recorded
-                ("temp", T0, T0 + 2),
+                ("temp", T0, T0 + 3),  # the end time is not part of the read
             ):
                 res = await history_read(client, served.nodes[node], raw(a, b))
                 out.append((res.StatusCode.value, len(res.HistoryData.DataValues)))
@@ -454,3 +465,131 @@ def test_timestamps_to_return_neither_is_refused_for_the_whole_request(served: S
             return info.value.code
 
     assert run(scenario()) == ua.StatusCodes.BadTimestampsToReturnInvalid
+
+
+# -- Part 11's time domains and bounding values ---------------------------------------
+#: Part 11 (4.4, Table 1): a historian with values at 5:00, 5:02, 5:03, 5:05 and 5:06
+#: (minutes after T1; the value is the minute)
+T1 = T0 + 86_400.0
+TABLE_MIN = [0, 2, 3, 5, 6]
+FIRST, LAST = "FIRST", "LAST"  # a bound not found at the start time / at the end time
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    path = tmp_path_factory.mktemp("opcua_history_table") / "hist.db"
+    with Historian(path, NAMES, site_name="Hall A", batch_s=0.05) as h:
+        for m in TABLE_MIN:
+            h.record_scan(T1 + 60 * m, np.array([float(m), 0.0]), np.array([0, 0], np.uint8))
+        h.flush(timeout=30.0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="opcua-table", daemon=True)
+    thread.start()
+    try:
+        s = asyncio.run_coroutine_threadsafe(_start(path, loop), loop).result(120.0)
+        try:
+            yield s
+        finally:
+            s.call(s.server.stop())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10.0)
+        loop.close()
+
+
+def _at(m: float | None) -> datetime | None:
+    return None if m is None else utc(T1 + 60 * m)
+
+
+def _marks(values: list[ua.DataValue]) -> list[object]:
+    """Each value as its minute, or FIRST / LAST for a bound not found."""
+    out: list[object] = []
+    for k, dv in enumerate(values):
+        if dv.StatusCode.value == ua.StatusCodes.BadBoundNotFound:
+            assert dv.Value.Value is None  # a null value at the requested time
+            out.append(FIRST if k == 0 else LAST)
+        else:
+            assert dv.StatusCode.value == ua.StatusCodes.Good
+            assert dv.SourceTimestamp.timestamp() == T1 + 60 * dv.Value.Value
+            out.append(round(dv.Value.Value))
+    return out
+
+
+#: (start, end, NumValuesPerNode, ReturnBounds) -> the values of one page, as Table 1
+#: lists them (start and end in minutes after 5:00; None: not specified)
+TABLE_1 = [
+    (0, 5, 0, True, [0, 2, 3, 5]),
+    (0, 5, 0, False, [0, 2, 3]),
+    (1, 4, 0, True, [0, 2, 3, 5]),
+    (1, 4, 0, False, [2, 3]),
+    (5, 0, 0, True, [5, 3, 2, 0]),
+    (5, 0, 0, False, [5, 3, 2]),
+    (4, 1, 0, True, [5, 3, 2, 0]),
+    (4, 1, 0, False, [3, 2]),
+    (-1, 5, 0, True, [FIRST, 0, 2, 3, 5]),
+    (-1, 5, 0, False, [0, 2, 3]),
+    (1, None, 3, True, [0, 2, 3]),
+    (1, None, 3, False, [2, 3, 5]),
+    (0, None, 3, True, [0, 2, 3]),
+    (0, None, 3, False, [0, 2, 3]),
+    (None, 4, 3, True, [5, 3, 2]),
+    (None, 4, 3, False, [3, 2, 0]),
+    (None, 6, 3, True, [6, 5, 3]),
+    (None, 6, 3, False, [6, 5, 3]),
+    (0, 5, 3, True, [0, 2, 3]),
+    (0, 5, 3, False, [0, 2, 3]),
+    (1, 4, 3, True, [0, 2, 3]),
+    (1, 4, 3, False, [2, 3]),
+    (4, 1, 3, True, [5, 3, 2]),
+    (4, 1, 3, False, [3, 2]),
+    (-1, 5, 3, True, [FIRST, 0, 2]),
+    (-1, 5, 3, False, [0, 2, 3]),
+    # beyond the table: no value at or after the end time, and identical times
+    (4, 9, 0, True, [3, 5, 6, LAST]),
+    (9, 4, 0, True, [FIRST, 6, 5, 3]),
+    (3, 3, 0, False, [3]),
+]
+
+
+def test_raw_reads_return_part_11s_time_domains_and_bounding_values(table: Served) -> None:
+    async def scenario() -> list[list[object]]:
+        out = []
+        async with Client(table.url) as client:
+            for start, end, n, bounds, _ in TABLE_1:
+                values, _cont = await read_page(
+                    client, table.nodes["temp"], _at(start), _at(end), n, bounds=bounds
+                )
+                out.append(_marks(values))
+        return out
+
+    assert run(scenario()) == [want for *_, want in TABLE_1]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "want"),
+    [
+        (-1, 9, [FIRST, 0, 2, 3, 5, 6, LAST]),
+        (9, -1, [FIRST, 6, 5, 3, 2, 0, LAST]),  # backward: the first bound is the start's
+        (1, 4, [0, 2, 3, 5]),
+    ],
+)
+def test_bounds_come_once_at_each_end_of_a_read_followed_page_by_page(
+    table: Served, start: float, end: float, want: list[object]
+) -> None:
+    async def scenario() -> tuple[list[object], int]:
+        seen: list[object] = []
+        pages, cont = 0, None
+        async with Client(table.url) as client:
+            while pages == 0 or cont is not None:
+                values, cont = await read_page(
+                    client, table.nodes["temp"], _at(start), _at(end), 2, cont, bounds=True
+                )
+                assert len(values) <= 2  # a bound counts in NumValuesPerNode
+                seen += _marks(values) if values else []
+                pages += 1
+        # (a LAST only where it is the read's last value: _marks names a bound by place)
+        return [LAST if m == FIRST and k else m for k, m in enumerate(seen)], pages
+
+    seen, pages = run(scenario())
+    assert seen == want
+    assert pages == -(-len(want) // 2)

@@ -7,20 +7,27 @@ no-op and ``read_node_history`` reads the point's raw scans, each value with
 the status code of its recorded quality (good / uncertain / bad -> Good /
 Uncertain / Bad) and the scan's time as its source and server timestamp.
 
-Reads follow OPC UA Part 11's ReadRawModifiedDetails: StartTime <= EndTime
-reads forward, StartTime > EndTime backward (newest first), no EndTime reads
-forward from StartTime, no StartTime backward from EndTime; neither is refused
+Reads follow OPC UA Part 11's ReadRawModifiedDetails and its time domains
+(4.4, Table 1): StartTime <= EndTime reads forward, StartTime > EndTime backward
+(newest first), the start time included and the end time not (identical times
+read the one value there); no EndTime reads forward from StartTime, no StartTime
+backward from EndTime, the time given included; neither is refused
 (BadHistoryOperationInvalid), as are the reads not served (``_guard_reads``).
+With ReturnBounds the bounding values come first and last: the value at the
+start time or the one before it (after it, reading backward), and the value at
+the end time or the one after it (before it, reading backward); a bound that
+does not exist is a null value at that time with BadBoundNotFound. Bounds
+count in NumValuesPerNode.
 A page holds at most NumValuesPerNode values (and never more than
 ``max_history_data_response_size``); when more remain, the answer carries a
 continuation point — asyncua's: the timestamp of the next value, which the next
-request reads from (so a read backward from EndTime alone, which asyncua would
-continue forward, ends at its first page), with a tag that lets only the points
-this server handed out for the node back in (BadContinuationPointInvalid
-otherwise; see ``_guard_reads``). ReturnBounds is not honoured:
-asyncua 2.1 does not hand it to the storage. A node not served, a point the
-historian does not have and a range without scans all read as no values here
-(GoodNoData to the client).
+request reads from, with a tag that lets only the points this server handed
+out for the node back in (BadContinuationPointInvalid otherwise; see
+``_guard_reads``). asyncua hands the storage neither ReturnBounds nor whether a
+request continues: ``_guard_reads`` passes the request as it came
+(``_REQUEST``), so a continued read keeps its direction and its bounds.
+A node not served, a point the historian does not have and a range without
+scans all read as no values here (GoodNoData to the client).
 
 SQLite is read in a worker thread (``asyncio.to_thread``), a window at a time
 that grows until a page is full, so a week-long request neither blocks the
@@ -37,6 +44,8 @@ import math
 import secrets
 import threading
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -72,6 +81,20 @@ _INTEGERS = {
 
 #: (time, value, quality) of one recorded scan
 Sample = tuple[float, float, int]
+
+
+@dataclass(frozen=True)
+class _Request:
+    """A raw read as the client sent it (asyncua replaces StartTime by a
+    continuation point's time and drops ReturnBounds before the storage)."""
+
+    start: datetime | None
+    end: datetime | None
+    bounds: bool
+    continued: bool
+
+
+_REQUEST: ContextVar[_Request | None] = ContextVar("thermogate_history_request", default=None)
 
 
 def _utc(t: float) -> datetime:
@@ -152,27 +175,72 @@ class HistorianStorage(HistoryStorageInterface):
         """Up to a page of ``node_id``'s values between ``start`` and ``end``
         (inclusive), and the time to continue from when more remain (else None)."""
         entry = self.nodes.get(node_id)
-        t0, t1 = _given(start), _given(end)
+        req = _REQUEST.get()
+        if req is None:  # called directly: a first page, no bounds
+            req = _Request(_given(start), _given(end), False, False)
+        t0, t1 = req.start, req.end
         if entry is None or (t0 is None and t1 is None):
             return [], None
         name, vtype = entry
         page = self.max_history_data_response_size
         limit = min(nb_values, page) if nb_values > 0 else page
-        if t0 is None:  # backward from EndTime: [-inf, end], newest first
-            lo, hi, reverse = None, t1, True
-        elif t1 is None:  # forward from StartTime
-            lo, hi, reverse = t0, None, False
-        elif t0 > t1:
-            lo, hi, reverse = t1, t0, True
-        else:
-            lo, hi, reverse = t0, t1, False
-        samples = await asyncio.to_thread(self._samples, name, lo, hi, reverse, limit + 1)
-        more = len(samples) > limit
-        # asyncua continues with StartTime = the continuation point and the request's
-        # EndTime: right for every read except one backward from EndTime alone, which
-        # would then read forward; that one ends at its page.
-        cont = _utc(samples[limit][0]) if more and t0 is not None else None
-        return [_data_value(s, vtype) for s in samples[:limit]], cont
+        resume = _given(start) if req.continued else None
+        items = await asyncio.to_thread(self._domain, name, req, resume, limit + 1)
+        more = len(items) > limit
+        # asyncua continues with StartTime = the continuation point (``resume``
+        # above). A read backward from EndTime alone, which asyncua would then
+        # send as a forward read, ends at its page.
+        nxt = items[limit][0] if more else None
+        cont = _utc(nxt) if nxt is not None and t0 is not None else None
+        return [_data_value(s, vtype) for s in items[:limit]], cont
+
+    def _domain(self, name: str, req: _Request, resume: datetime | None, want: int) -> list[Sample]:
+        """Up to ``want`` values of ``req``'s time domain (Part 11, 4.4) in the order
+        read, from ``resume`` on when it continues; a bound not found is a sample
+        with a NaN value and ``_NO_BOUND`` quality."""
+        t0, t1 = req.start, req.end
+        forward = t1 is None or (t0 is not None and t0 <= t1)
+        first: Sample | None = None  # a bound that was not found, first or last
+        last: Sample | None = None
+        if forward:
+            lo, hi = t0, t1
+            hi_open = t0 is not None and t1 is not None and t0 != t1
+            if req.bounds:
+                if t0 is not None:
+                    at = self._samples(name, None, t0, True, 1)  # at or before the start
+                    lo, first = (_utc(at[0][0]), None) if at else (t0, _bound(t0))
+                if t1 is not None and hi_open:
+                    at = self._samples(name, t1, None, False, 1)  # at or after the end
+                    hi, hi_open, last = (
+                        (_utc(at[0][0]), False, None) if at else (t1, True, _bound(t1))
+                    )
+            if resume is not None:
+                lo, first = resume, None
+            rows = self._samples(name, lo, hi, False, want + 1)
+            if hi_open and hi is not None:
+                rows = [r for r in rows if _utc(r[0]) < hi]
+        else:  # newest first
+            assert t1 is not None  # (a read without an end time is forward)
+            # from the start time, or back from EndTime alone: the time given starts it
+            begin = t1 if t0 is None else t0
+            lo, hi, lo_open = (None if t0 is None else t1), begin, t0 is not None
+            if req.bounds:
+                at = self._samples(name, begin, None, False, 1)  # at or after the start
+                hi, first = (_utc(at[0][0]), None) if at else (begin, _bound(begin))
+                if lo_open:
+                    at = self._samples(name, None, t1, True, 1)  # at or before the end
+                    lo, lo_open, last = (
+                        (_utc(at[0][0]), False, None) if at else (t1, True, _bound(t1))
+                    )
+            if resume is not None:
+                hi, first = resume, None
+            rows = self._samples(name, lo, hi, True, want + 1)
+            if lo_open and lo is not None:
+                rows = [r for r in rows if _utc(r[0]) > lo]
+        out = ([first] if first is not None else []) + rows
+        if last is not None and len(out) < want:  # the last bound once every value is out
+            out.append(last)
+        return out[:want]
 
     def _samples(
         self, name: str, lo: datetime | None, hi: datetime | None, reverse: bool, want: int
@@ -239,8 +307,25 @@ class HistorianStorage(HistoryStorageInterface):
         return True
 
 
+#: the quality of a bound not found (a null value with BadBoundNotFound)
+_NO_BOUND = -1
+
+
+def _bound(t: datetime) -> Sample:
+    """A bound not found at ``t`` (Part 11's FIRST or LAST)."""
+    return (t.timestamp(), math.nan, _NO_BOUND)
+
+
 def _data_value(s: Sample, vtype: ua.VariantType) -> ua.DataValue:
     t, v, q = s
+    if q == _NO_BOUND:
+        when = _utc(t)
+        return data_value(
+            ua.Variant(),
+            StatusCode=status_code(ua.StatusCodes.BadBoundNotFound),
+            SourceTimestamp=when,
+            ServerTimestamp=when,
+        )
     if q == GOOD:
         status = status_code(ua.StatusCodes.Good)
     elif q == UNCERTAIN:
@@ -330,7 +415,18 @@ def _guard_reads(manager: Any, storage: HistorianStorage, aspace: Any) -> None:
                 result.StatusCode = status_code(ua.StatusCodes.BadContinuationPointInvalid)
                 return result
             rv.ContinuationPoint = point
-        result = await read(details, rv)
+        token = _REQUEST.set(
+            _Request(
+                _given(details.StartTime),
+                _given(details.EndTime),
+                bool(details.ReturnBounds),
+                bool(cp),
+            )
+        )
+        try:
+            result = await read(details, rv)
+        finally:
+            _REQUEST.reset(token)
         if result.ContinuationPoint:
             result.ContinuationPoint += tag(rv.NodeId, result.ContinuationPoint)
         elif result.StatusCode.is_good() and not result.HistoryData.DataValues:
