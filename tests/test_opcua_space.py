@@ -486,3 +486,60 @@ def test_a_stopping_server_shows_shutdown_state_before_the_connection_drops(
         asyncio.run(watch())
     assert seen[0][0] == ua.ServerState.Running
     assert seen[-1] == (ua.ServerState.Shutdown, 3, "the controller is stopping")
+
+
+def _read_as(rig: Rig, name: str, ask: ua.TimestampsToReturn, attr: int) -> ua.DataValue:
+    async def fn(c: Client) -> ua.DataValue:
+        params = ua.ReadParameters()
+        params.TimestampsToReturn = ask
+        params.NodesToRead = [ua.ReadValueId(NodeId=rig.node_id(name), AttributeId=attr)]
+        return (await c.uaclient.read(params))[0]
+
+    return rig.client(None, fn)
+
+
+@pytest.mark.parametrize(
+    ("ask", "source", "server"),
+    [
+        (ua.TimestampsToReturn.Both, True, True),
+        (ua.TimestampsToReturn.Source, True, False),
+        (ua.TimestampsToReturn.Server, False, True),
+        (ua.TimestampsToReturn.Neither, False, False),
+    ],
+)
+def test_a_read_returns_the_timestamps_asked_for(rig, ask, source, server):
+    _good(rig)
+    rig.publish()
+    dv = _read_as(rig, "loop1.supply_temp", ask, ua.AttributeIds.Value)
+    assert dv.Value.Value == pytest.approx(20.0)
+    assert (dv.SourceTimestamp is not None, dv.ServerTimestamp is not None) == (source, server)
+    # the address space keeps its own timestamps: the next read asking for both has them
+    both = _read_as(rig, "loop1.supply_temp", ua.TimestampsToReturn.Both, ua.AttributeIds.Value)
+    assert both.SourceTimestamp is not None and both.ServerTimestamp is not None
+
+
+def test_a_source_timestamp_comes_only_with_the_value_attribute(rig):
+    dv = _read_as(rig, "loop1.supply_temp", ua.TimestampsToReturn.Both, ua.AttributeIds.DisplayName)
+    assert dv.Value.Value.Text == "supply_temp"
+    assert dv.SourceTimestamp is None
+
+
+def test_server_capabilities_have_values_not_nulls(rig):
+    caps = {
+        "LocaleIdArray": ["en"],
+        "ServerProfileArray": [],
+        "MaxHistoryContinuationPoints": 0,
+        "MaxArrayLength": 0,
+        "OperationLimits_MaxNodesPerRead": 0,
+        "OperationLimits_MaxNodesPerBrowse": 0,
+        "OperationLimits_MaxMonitoredItemsPerCall": 0,
+    }
+
+    async def fn(c: Client) -> dict[str, object]:
+        out = {}
+        for name in caps:
+            oid = getattr(ua.ObjectIds, f"Server_ServerCapabilities_{name}")
+            out[name] = await c.get_node(ua.NodeId(oid)).read_value()
+        return out
+
+    assert rig.client(None, fn) == caps

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import socket
@@ -80,6 +81,7 @@ def install_session_users(iserver: InternalServer) -> None:
         if external:
             for attr in ("read", "write", "call", "history_read"):
                 setattr(session, attr, _as_user(session, getattr(session, attr)))
+            setattr(session, "read", _timestamps_as_asked(session.read))  # noqa: B010 (mypy: a method)
         return session
 
     iserver.create_session = create_session  # type: ignore[method-assign]
@@ -94,6 +96,74 @@ def _as_user(session: Any, service: Callable[[Any], Awaitable[T]]) -> Callable[[
             _user.reset(token)
 
     return serve
+
+
+def _timestamps_as_asked(
+    read: Callable[[ua.ReadParameters], Awaitable[list[ua.DataValue]]],
+) -> Callable[[ua.ReadParameters], Awaitable[list[ua.DataValue]]]:
+    """A Read answers the timestamps the client asked for (Part 4, 5.10.2):
+    Source, Server, Both or Neither, and a source timestamp only with the Value
+    attribute. asyncua sends both with every attribute, whatever was asked."""
+
+    async def serve(params: ua.ReadParameters) -> list[ua.DataValue]:
+        results = await read(params)
+        ask = params.TimestampsToReturn
+        keep_server = ask in (ua.TimestampsToReturn.Server, ua.TimestampsToReturn.Both)
+        keep_source = ask in (ua.TimestampsToReturn.Source, ua.TimestampsToReturn.Both)
+        out = []
+        for rv, dv in zip(params.NodesToRead, results, strict=True):
+            source = keep_source and rv.AttributeId == ua.AttributeIds.Value
+            if (dv.SourceTimestamp is None or source) and (
+                dv.ServerTimestamp is None or keep_server
+            ):
+                out.append(dv)  # as stored: nothing to take off
+                continue
+            # a copy: the DataValue read is the address space's own
+            out.append(
+                dataclasses.replace(
+                    dv,
+                    SourceTimestamp=dv.SourceTimestamp if source else None,
+                    SourcePicoseconds=dv.SourcePicoseconds if source else None,
+                    ServerTimestamp=dv.ServerTimestamp if keep_server else None,
+                    ServerPicoseconds=dv.ServerPicoseconds if keep_server else None,
+                )
+            )
+        return out
+
+    return serve
+
+
+#: what the server object's ServerCapabilities say, where asyncua leaves them null;
+#: 0 is Part 5's "no limit" (asyncua sets none but the message size)
+_CAPABILITIES: tuple[tuple[int, object, ua.VariantType], ...] = (
+    (ua.ObjectIds.Server_ServerCapabilities_LocaleIdArray, ["en"], ua.VariantType.String),
+    # no conformance profile is claimed: Browse is not paged (asyncua has no BrowseNext)
+    (ua.ObjectIds.Server_ServerCapabilities_ServerProfileArray, [], ua.VariantType.String),
+    # history's continuation points are stateless (a time and a tag): any number
+    (ua.ObjectIds.Server_ServerCapabilities_MaxHistoryContinuationPoints, 0, ua.VariantType.UInt16),
+    (ua.ObjectIds.Server_ServerCapabilities_MaxArrayLength, 0, ua.VariantType.UInt32),
+    (ua.ObjectIds.Server_ServerCapabilities_MaxStringLength, 0, ua.VariantType.UInt32),
+    (ua.ObjectIds.Server_ServerCapabilities_MaxByteStringLength, 0, ua.VariantType.UInt32),
+    *(
+        (getattr(ua.ObjectIds, f"Server_ServerCapabilities_OperationLimits_{name}"), 0,
+         ua.VariantType.UInt32)
+        for name in (
+            "MaxNodesPerRead", "MaxNodesPerWrite", "MaxNodesPerBrowse", "MaxNodesPerMethodCall",
+            "MaxNodesPerHistoryReadData", "MaxNodesPerTranslateBrowsePathsToNodeIds",
+            "MaxNodesPerRegisterNodes", "MaxMonitoredItemsPerCall",
+        )
+    ),
+)  # fmt: skip
+
+
+async def declare_capabilities(server: Server) -> None:
+    """Fill in the ServerCapabilities asyncua leaves null (a client reading
+    them, as a SCADA driver sizing its requests does, found no value)."""
+    for oid, value, vtype in _CAPABILITIES:
+        node = server.get_node(node_id(oid))
+        await node.write_value(
+            ua.DataValue(ua.Variant(value, vtype, is_array=isinstance(value, list)))
+        )
 
 
 # -- the face ------------------------------------------------------------------------------
@@ -221,6 +291,7 @@ class OpcUaFace:
         )
         strict_republish(server.iserver)
         strict_call(server.iserver)
+        await declare_capabilities(server)
         if not self.naive:  # the baseline runs asyncua's own cycle and encoder
             lock_publishing_to_scans()
             install_encoder()
