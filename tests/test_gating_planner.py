@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from thermogate.controller.core import LoadForecast, LoadInfo, SiteNow
 from thermogate.controller.gating.planner import GatingConfig, GatingPlanner
@@ -412,3 +414,44 @@ def test_an_interlock_beats_a_grid_commitment_beats_economics(site):
     scans(400)  # the curtailment is over; the price still pays
     assert plant.cmd_budget[miners[1:]].sum() > 0.8 * mining_free * (len(miners) - 1) / len(miners)
     assert plant.cmd_enable[miners[0]] == 0  # latched off until a person resets it
+
+
+def _planned_tank_by_tank(p: GatingPlanner, t: float, horizon_s: float, lds) -> dict:
+    """``planned`` as one pass over every tank (the form before distinct breakevens
+    were checked first)."""
+    out = dict(p._last)
+    price = p.price_ahead(t + horizon_s)
+    for ld in lds:
+        be = p.breakeven.get(ld.name)
+        if be is None:
+            continue
+        running = bool(out.get(ld.name))
+        on = p._mining_band(running, price, be, p.config.price_hysteresis)
+        if on != running:
+            out[ld.name] = p._economic_kw(ld.name, price) if on else 0.0
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spread=st.lists(st.floats(0.5, 2.0), min_size=12, max_size=12),
+    now_x=st.floats(0.2, 3.0),
+    ahead_x=st.floats(0.2, 3.0),
+    edge=st.booleans(),
+)
+def test_the_plan_ahead_checked_per_breakeven_first_equals_the_pass_over_every_tank(
+    site, spread, now_x, ahead_x, edge
+):
+    p = GatingPlanner(site)
+    base = min(p.breakeven.values())
+    names = sorted(p.breakeven)
+    # tanks of a few miner models, some sharing a breakeven
+    p.breakeven = {n: base * round(x, 1) for n, x in zip(names, spread, strict=False)}
+    be = p.breakeven[names[0]]
+    h = p.config.price_hysteresis
+    ahead = be * (1.0 + h) if edge else base * ahead_x  # on a band's edge, or anywhere
+    p.price_ahead = lambda t: ahead
+    lds = infos(site)
+    p.plan(0.0, lds, {}, now(site, limit=20_000.0, price=base * now_x))
+    for horizon in (300.0, 1800.0):
+        assert p.planned(0.0, horizon, lds) == _planned_tank_by_tank(p, 0.0, horizon, lds)
