@@ -19,6 +19,7 @@ from opcua_rig import Rig
 
 from thermogate.controller.core import Controller, Principal, SetMode
 from thermogate.controller.opcua.bridge import CommandBridge, give
+from thermogate.controller.opcua.browse import MAX_CONTINUATION_POINTS
 from thermogate.controller.opcua.nodes import UNECE_URI, unit_id
 from thermogate.controller.opcua.snapshot import Snapshot
 from thermogate.controller.opcua.space import (
@@ -543,3 +544,106 @@ def test_server_capabilities_have_values_not_nulls(rig):
         return out
 
     assert rig.client(None, fn) == caps
+
+
+# -- Browse in pages and BrowseNext (asyncua 2.1 had neither) ---------------------------
+def _browse_params(node: ua.NodeId, max_refs: int) -> ua.BrowseParameters:
+    desc = ua.BrowseDescription(
+        NodeId=node,
+        BrowseDirection=ua.BrowseDirection.Forward,
+        ReferenceTypeId=ua.NodeId(ua.ObjectIds.HierarchicalReferences),
+        IncludeSubtypes=True,
+        ResultMask=ua.BrowseResultMask.All,
+    )
+    params = ua.BrowseParameters(NodesToBrowse=[desc])
+    params.RequestedMaxReferencesPerNode = max_refs
+    return params
+
+
+async def _tanks_folder(c: Client, site, idx: int) -> ua.NodeId:
+    root = await c.nodes.objects.get_child(f"{idx}:{site.name}")
+    return (await root.get_child(f"{idx}:Tanks")).nodeid
+
+
+def _next(release: bool, *points: bytes | None) -> ua.BrowseNextParameters:
+    return ua.BrowseNextParameters(
+        ReleaseContinuationPoints=release, ContinuationPoints=list(points)
+    )
+
+
+def test_a_browse_comes_in_pages_of_the_size_asked_and_browse_next_gives_the_rest(rig, site):
+    async def fn(c: Client) -> tuple[list[str], list[list[str]], list[bool]]:
+        folder = await _tanks_folder(c, site, rig.face.space.idx)
+        whole = (await c.uaclient.browse(_browse_params(folder, 0)))[0]
+        assert whole.ContinuationPoint is None
+        first = (await c.uaclient.browse(_browse_params(folder, 5)))[0]
+        pages, cps = [first.References], [first.ContinuationPoint]
+        while cps[-1] is not None:
+            page = (await c.uaclient.browse_next(_next(False, cps[-1])))[0]
+            page.StatusCode.check()
+            pages.append(page.References)
+            cps.append(page.ContinuationPoint)
+        names = [[r.BrowseName.Name for r in p] for p in pages]
+        return [r.BrowseName.Name for r in whole.References], names, [cp is None for cp in cps]
+
+    whole, pages, done = rig.client(None, fn)
+    assert {t.name for t in site.tanks} <= set(whole) and len(whole) > 10  # pages to follow
+    assert [n for p in pages for n in p] == whole  # every reference once, in order
+    assert all(len(p) == 5 for p in pages[:-1]) and 0 < len(pages[-1]) <= 5
+    assert done == [False] * (len(pages) - 1) + [True]  # the last page has no point
+
+
+def test_a_released_made_up_or_used_up_continuation_point_is_invalid(rig, site):
+    invalid = ua.StatusCodes.BadContinuationPointInvalid
+
+    async def fn(c: Client) -> list[int]:
+        folder = await _tanks_folder(c, site, rig.face.space.idx)
+        cp = (await c.uaclient.browse(_browse_params(folder, 1)))[0].ContinuationPoint
+        assert cp is not None
+        released = (await c.uaclient.browse_next(_next(True, cp)))[0]
+        assert released.References == []
+        again = (await c.uaclient.browse_next(_next(False, cp)))[0]
+        made_up = (await c.uaclient.browse_next(_next(False, b"\x00" * 16)))[0]
+        return [released.StatusCode.value, again.StatusCode.value, made_up.StatusCode.value]
+
+    assert rig.client(None, fn) == [ua.StatusCodes.Good, invalid, invalid]
+
+
+def test_another_sessions_continuation_point_is_invalid(rig, site):
+    async def take(c: Client) -> bytes:
+        folder = await _tanks_folder(c, site, rig.face.space.idx)
+        return (await c.uaclient.browse(_browse_params(folder, 1)))[0].ContinuationPoint
+
+    cp = rig.client(None, take)
+
+    async def use(c: Client) -> int:
+        return (await c.uaclient.browse_next(_next(False, cp)))[0].StatusCode.value
+
+    assert rig.client(None, use) == ua.StatusCodes.BadContinuationPointInvalid
+
+
+def test_a_session_holds_at_most_its_continuation_points_until_it_releases_one(rig, site):
+    async def fn(c: Client) -> tuple[list[bool], int, int, bool, int]:
+        folder = await _tanks_folder(c, site, rig.face.space.idx)
+        cps = []
+        for _ in range(MAX_CONTINUATION_POINTS):
+            cps.append((await c.uaclient.browse(_browse_params(folder, 1)))[0].ContinuationPoint)
+        one_more = (await c.uaclient.browse(_browse_params(folder, 1)))[0]
+        await c.uaclient.browse_next(_next(True, cps[0]))
+        after = (await c.uaclient.browse(_browse_params(folder, 1)))[0]
+        held = await c.get_node(
+            ua.NodeId(ua.ObjectIds.Server_ServerCapabilities_MaxBrowseContinuationPoints)
+        ).read_value()
+        return (
+            [cp is not None for cp in cps],
+            one_more.StatusCode.value,
+            len(one_more.References),
+            after.ContinuationPoint is not None,
+            held,
+        )
+
+    got, code, refs, after, declared = rig.client(None, fn)
+    assert got == [True] * MAX_CONTINUATION_POINTS
+    assert (code, refs) == (ua.StatusCodes.BadNoContinuationPoints, 0)
+    assert after  # a released point makes room
+    assert declared == MAX_CONTINUATION_POINTS  # as ServerCapabilities say

@@ -313,7 +313,9 @@ class ThermogateRules(SimpleRoleRuleset):
 
     def __init__(self) -> None:
         super().__init__()
-        self._user = frozenset(node_id(t) for t in USER_TYPES)
+        # (BrowseNext, which asyncua does not serve, is served by ``browse``)
+        browse_next = ua.ObjectIds.BrowseNextRequest_Encoding_DefaultBinary
+        self._user = frozenset(node_id(t) for t in (*USER_TYPES, browse_next))
         self._anonymous = self._user - {node_id(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)}
 
     def check_validity(self, user: Any, action_type_id: ua.NodeId, body: Any) -> bool:

@@ -51,6 +51,7 @@ from ..historian import HistoryReader
 from ..signals import FLAG_STALE
 from .alarms import AlarmFace
 from .bridge import CommandBridge, give
+from .browse import MAX_CONTINUATION_POINTS, BrowsePages, install_browse_next
 from .history import serve_history
 from .idlegc import IdleCollector
 from .methods import Commands
@@ -73,7 +74,8 @@ def current_user() -> User | None:
 
 
 def install_session_users(iserver: InternalServer) -> None:
-    """Make every external session serve its requests with its user in ``current_user``."""
+    """Make every external session serve its requests with its user in ``current_user``,
+    its Reads with the timestamps asked for, and its Browse in pages (``browse``)."""
     create = iserver.create_session
 
     def create_session(name: str, user: User = User(), external: bool = False) -> Any:  # noqa: B008
@@ -81,7 +83,13 @@ def install_session_users(iserver: InternalServer) -> None:
         if external:
             for attr in ("read", "write", "call", "history_read"):
                 setattr(session, attr, _as_user(session, getattr(session, attr)))
-            setattr(session, "read", _timestamps_as_asked(session.read))  # noqa: B010 (mypy: a method)
+            pages = BrowsePages(session.browse)
+            for attr, serve in (
+                ("read", _timestamps_as_asked(session.read)),
+                ("browse", pages.browse),
+                ("browse_next", pages.browse_next),
+            ):
+                setattr(session, attr, serve)
         return session
 
     iserver.create_session = create_session  # type: ignore[method-assign]
@@ -137,8 +145,10 @@ def _timestamps_as_asked(
 #: 0 is Part 5's "no limit" (asyncua sets none but the message size)
 _CAPABILITIES: tuple[tuple[int, object, ua.VariantType], ...] = (
     (ua.ObjectIds.Server_ServerCapabilities_LocaleIdArray, ["en"], ua.VariantType.String),
-    # no conformance profile is claimed: Browse is not paged (asyncua has no BrowseNext)
+    # no conformance profile is claimed (asyncua 2.1's gaps: see the README)
     (ua.ObjectIds.Server_ServerCapabilities_ServerProfileArray, [], ua.VariantType.String),
+    (ua.ObjectIds.Server_ServerCapabilities_MaxBrowseContinuationPoints, MAX_CONTINUATION_POINTS,
+     ua.VariantType.UInt16),
     # history's continuation points are stateless (a time and a tag): any number
     (ua.ObjectIds.Server_ServerCapabilities_MaxHistoryContinuationPoints, 0, ua.VariantType.UInt16),
     (ua.ObjectIds.Server_ServerCapabilities_MaxArrayLength, 0, ua.VariantType.UInt32),
@@ -291,6 +301,7 @@ class OpcUaFace:
         )
         strict_republish(server.iserver)
         strict_call(server.iserver)
+        install_browse_next()
         await declare_capabilities(server)
         if not self.naive:  # the baseline runs asyncua's own cycle and encoder
             lock_publishing_to_scans()
