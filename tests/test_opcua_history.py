@@ -4,6 +4,7 @@ real SQLite historian, a real asyncua server and client over TCP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ async def _start(db: Path, loop: asyncio.AbstractEventLoop) -> Served:
     return Served(url, nodes, server, storage, loop)
 
 
-@pytest.fixture(scope="module")
-def served(db: Path) -> Iterator[Served]:
+@contextlib.contextmanager
+def _serving(db: Path) -> Iterator[Served]:
+    """A server of ``db``'s history in its own thread and loop, stopped after."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="opcua", daemon=True)
     thread.start()
@@ -108,6 +110,12 @@ def served(db: Path) -> Iterator[Served]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10.0)
         loop.close()
+
+
+@pytest.fixture(scope="module")
+def served(db: Path) -> Iterator[Served]:
+    with _serving(db) as s:
+        yield s
 
 
 async def read_page(
@@ -482,19 +490,8 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         for m in TABLE_MIN:
             h.record_scan(T1 + 60 * m, np.array([float(m), 0.0]), np.array([0, 0], np.uint8))
         h.flush(timeout=30.0)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="opcua-table", daemon=True)
-    thread.start()
-    try:
-        s = asyncio.run_coroutine_threadsafe(_start(path, loop), loop).result(120.0)
-        try:
-            yield s
-        finally:
-            s.call(s.server.stop())
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10.0)
-        loop.close()
+    with _serving(path) as s:
+        yield s
 
 
 def _at(m: float | None) -> datetime | None:
