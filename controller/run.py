@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -66,6 +66,9 @@ from .runlock import RunLock
 from .signals import Audit, Event, Observation
 from .statusline import shown, status_line
 from .users import UserStore
+
+if TYPE_CHECKING:  # imported when the face starts (asyncua is a heavy import)
+    from .opcua.process import OpcUaProcess
 
 log = logging.getLogger(__name__)
 
@@ -678,61 +681,76 @@ async def _main(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     plant = await DemoPlant.start(cfg) if cfg.built_in_plant else None
-    # the built-in plant's scenario prices stand in for a market feed
-    feed = None if plant is None else plant.price_feed
     try:
-        rt = RealTimeController(cfg, price_feed=feed)
-    except BaseException:
+        rt = await _serve(args, cfg, plant, stop)
+    finally:
+        # a plant this run started stops with it, however the run ends: a start that
+        # failed (the OPC UA port in use) left it serving, and the next run attached
         if plant is not None:
             await asyncio.to_thread(plant.stop)
-        raise
-    where = (
-        plant.describe
-        if plant is not None
-        else "; ".join(f"{ep}: {units}" for ep, units in rt.io.endpoints().items())
-    )
     print(
-        f"thermogate run: site '{cfg.site.name}', {len(rt.pmap)} points, scan {cfg.scan_s:g} s",
+        f"thermogate run: stopped after {rt.scans} scans ({rt.overruns} overruns); "
+        f"state saved to {cfg.db}",
         flush=True,
     )
-    print(f"  plant:    {where}", flush=True)
-    print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
-    if cfg.peaks:
-        print(f"  peaks:    {describe_windows(cfg.peaks, rt.clock(), math.inf)}", flush=True)
-    face = None
-    if cfg.opcua is not None and not getattr(args, "no_opcua", False):
-        from .opcua.process import OpcUaProcess
+    return 0
 
-        face = OpcUaProcess(cfg.site, cfg.opcua, cfg.db)
-        face.audit = rt._audit  # commands withdrawn past their deadline
-        try:
-            for line in await asyncio.to_thread(face.start):  # the plant serves meanwhile
-                print(f"  {line}", flush=True)
-        except ThermogateError as exc:
-            await rt.close()
-            raise ThermogateError(
-                f"{exc} (port in use? another thermogate runs, or use --no-opcua)"
-            ) from None
-        rt.faces.append(face)
+
+async def _serve(
+    args: argparse.Namespace, cfg: RunConfig, plant: DemoPlant | None, stop: asyncio.Event
+) -> RealTimeController:
+    """The controller and its faces until ``stop``; every one of them is stopped
+    again on the way out, a start that failed half way included."""
+    # the built-in plant's scenario prices stand in for a market feed
+    feed = None if plant is None else plant.price_feed
+    rt = RealTimeController(cfg, price_feed=feed)
+    face: OpcUaProcess | None = None
     console = None
-    if cfg.console is not None and not getattr(args, "no_console", False):
-        console = console_face(rt, cfg.console)
-        # The banner first: the port's thread may warn at once of a missing device
-        # (a warning and a retry, not a stop), and that reads better after it.
-        for line in console.describe():
-            print(f"  {line}", flush=True)
-        console.start()
-        rt.faces.append(console)
-    ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
-    if ven is not None:
-        rt.links["openadr"] = ven.link_down
+    ven = None
+    try:
+        where = (
+            plant.describe
+            if plant is not None
+            else "; ".join(f"{ep}: {units}" for ep, units in rt.io.endpoints().items())
+        )
         print(
-            f"  OpenADR:  VEN '{ven.cfg.ven_name}' of VTN {ven.cfg.vtn_url} (registers after "
-            "the first scan; decisions in the event log)",
+            f"thermogate run: site '{cfg.site.name}', {len(rt.pmap)} points, scan {cfg.scan_s:g} s",
             flush=True,
         )
-    print("  Ctrl-C to stop", flush=True)
-    try:
+        print(f"  plant:    {where}", flush=True)
+        print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
+        if cfg.peaks:
+            print(f"  peaks:    {describe_windows(cfg.peaks, rt.clock(), math.inf)}", flush=True)
+        if cfg.opcua is not None and not getattr(args, "no_opcua", False):
+            from .opcua.process import OpcUaProcess
+
+            face = OpcUaProcess(cfg.site, cfg.opcua, cfg.db)
+            face.audit = rt._audit  # commands withdrawn past their deadline
+            try:
+                for line in await asyncio.to_thread(face.start):  # the plant serves meanwhile
+                    print(f"  {line}", flush=True)
+            except ThermogateError as exc:
+                raise ThermogateError(
+                    f"{exc} (port in use? another thermogate runs, or use --no-opcua)"
+                ) from None
+            rt.faces.append(face)
+        if cfg.console is not None and not getattr(args, "no_console", False):
+            console = console_face(rt, cfg.console)
+            # The banner first: the port's thread may warn at once of a missing device
+            # (a warning and a retry, not a stop), and that reads better after it.
+            for line in console.describe():
+                print(f"  {line}", flush=True)
+            console.start()
+            rt.faces.append(console)
+        ven = None if cfg.openadr is None else make_ven(rt, cfg.openadr)
+        if ven is not None:
+            rt.links["openadr"] = ven.link_down
+            print(
+                f"  OpenADR:  VEN '{ven.cfg.ven_name}' of VTN {ven.cfg.vtn_url} (registers "
+                "after the first scan; decisions in the event log)",
+                flush=True,
+            )
+        print("  Ctrl-C to stop", flush=True)
         if ven is not None:
             await ven.start()
         await rt.run(stop, on_status=status_line)
@@ -744,14 +762,7 @@ async def _main(args: argparse.Namespace) -> int:
         if console is not None:
             await asyncio.to_thread(console.stop)
         await rt.close()
-        if plant is not None:
-            await asyncio.to_thread(plant.stop)  # only a plant this run started
-    print(
-        f"thermogate run: stopped after {rt.scans} scans ({rt.overruns} overruns); "
-        f"state saved to {cfg.db}",
-        flush=True,
-    )
-    return 0
+    return rt
 
 
 def run_cli(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ real SQLite files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -463,3 +464,38 @@ def test_with_a_configuration_the_banner_says_where_every_unit_is_reached(
         reap(run, 60)
     n = len(demo_pmap.unit_ids())
     assert f"plant:    tcp 127.0.0.1:{port}: {n} units: 1, 10-12, " in line, line
+
+
+def test_a_run_that_cannot_start_its_opc_ua_server_stops_the_demo_plant_it_started(tmp_path):
+    # The demo serves OPC UA on 4840: held here (or already held by someone else),
+    # the face cannot start. The plant the run started went on serving, and the next
+    # run attached to it instead of starting its own.
+    port = _closed_port()
+    holder = socket.socket()
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # in use already: the face cannot have it either
+            holder.bind(("127.0.0.1", 4840))
+            holder.listen()
+        run = subprocess.run(
+            [*CLI, "run", "--db", str(tmp_path / "d.db"), "--plant-port", str(port),
+             "--no-console"],
+            capture_output=True, text=True, timeout=180, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        holder.close()
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "the OPC UA server did not start" in run.stderr and "--no-opcua" in run.stderr
+    plant_pid = int(run.stdout.split("process ")[1].split()[0])  # it had started one
+    _wait("the demo plant to stop", lambda: not _alive(plant_pid), 30)
+    assert not asyncio.run(_listening(port))  # nothing left serving the demo's port
+    assert "thermogate plant: stopped" in (tmp_path / "d.plant.log").read_text()
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True
