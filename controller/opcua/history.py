@@ -172,8 +172,8 @@ class HistorianStorage(HistoryStorageInterface):
         end: datetime | None,
         nb_values: int,
     ) -> tuple[list[ua.DataValue], datetime | None]:
-        """Up to a page of ``node_id``'s values between ``start`` and ``end``
-        (inclusive), and the time to continue from when more remain (else None)."""
+        """Up to a page of ``node_id``'s values in the request's time domain (see the
+        module docstring), and the time to continue from when more remain (else None)."""
         entry = self.nodes.get(node_id)
         req = _REQUEST.get()
         if req is None:  # called directly: a first page, no bounds
