@@ -304,6 +304,10 @@ def test_a_reset_names_a_latched_trip_or_all_of_them(warm):
     assert not warm.give(ResetInterlock("tank99"), ERIN).accepted
     res = warm.give(ResetInterlock(None, "after the leak was fixed"), ERIN)
     assert res.accepted  # pulses the PLC's reset even with nothing latched here
+    assert "none latched as last read" in res.message  # and says so
+    warm.ctrl.state.latched["tank02: PLC interlock"] = "tripped by the PLC"
+    res = warm.give(ResetInterlock(None), ERIN)
+    assert res.accepted and "released once its PLC interlock reads clear" in res.message
     warm.scans(1)
     w = warm.writes("plc.reset")[-1]
     assert (w.value, w.who, w.where) == (1.0, "erin", "opcua")

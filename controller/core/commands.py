@@ -342,13 +342,18 @@ class CommandPath:
                     listed = ", ".join(sorted(st.latched)) or "none"
                     raise Refused(f"{cmd.load} has no latched trip (latched: {listed})")
             self.trips.request_reset(t, by.user, by.face, cmd.why or "reset", cmd.load)
+            if cmd.load is None and not st.latched:
+                # the PLC's reset is pulsed all the same (a latch the controller has
+                # not read yet is cleared too), but nobody is told a trip is waiting
+                outcome = "none latched as last read; the PLC's reset is pulsed anyway"
+            else:
+                outcome = "released once its PLC interlock reads clear"
             what = cmd.load or "every latched trip"
             return (
                 f"interlock:{cmd.load or 'all'}",
                 None,
                 None,
-                f"reset requested by {by.origin} ({by.face}) for {what}: "
-                "released once its PLC interlock reads clear",
+                f"reset requested by {by.origin} ({by.face}) for {what}: {outcome}",
             )
         if isinstance(cmd, SetTuning):
             c = self._loop(cmd.loop)
