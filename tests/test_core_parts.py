@@ -43,7 +43,6 @@ from thermogate.controller.core.thermal import (
     THERMAL_RESTORE_FRAC_S,
     THERMAL_SOFT_MARGIN_K,
     ThermalProtection,
-    votes,
 )
 from thermogate.controller.core.topology import Topology
 from thermogate.controller.core.trips import TripLatch, latch_key
@@ -559,10 +558,10 @@ def test_with_valves_in_the_dead_band_the_supply_still_never_chases_below_the_ai
 
 
 def test_the_loops_read_each_measurement_as_the_views_vote_whichever_points_are_voted(topo):
-    """Regulation gathers the loops' measurements as arrays (the voted points found
-    once, and again when the voted set changes): each as ``view.vote`` gives it."""
+    """Regulation gathers the loops' measurements as arrays (``ScanView.votes``,
+    whichever points the scan's votes stand for): each as ``view.vote`` gives it."""
     reg = Regulation(topo, ControllerState())
-    pts = reg._meas_pts.pts
+    pts = reg._meas_pts
     base = view(topo, t=1.0, tank02__fluid_temp=47.5, bad=["tank03.fluid_temp"])
     votes = [
         {},
@@ -854,7 +853,7 @@ def test_lost_flow_over_the_loops_as_arrays_follows_the_scalar_rule(topo, seed):
 def test_votes_over_many_points_are_each_points_vote(topo, seed):
     v = next(_random_scans(topo, seed, 1))
     points = [tp.fluid_temp for tp in topo.ix.tanks] + [lp.supply_temp for lp in topo.ix.loops]
-    values, usable = votes(v, np.array(points, dtype=np.intp), points)
+    values, usable = v.votes(points)
     want = [v.vote(i) for i in points]
     got = list(zip(values, usable, strict=True))
     assert all(

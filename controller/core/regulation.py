@@ -43,11 +43,8 @@ only for the commands actuation writes (``_LoopCmd``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Mapping
 from dataclasses import fields
-from operator import itemgetter
-from typing import Any
 
 import numpy as np
 
@@ -57,7 +54,6 @@ from thermogate.plc.controlloops import (
     THERMAL_SOFT_MARGIN_K,
 )
 from thermogate.plc.equipment import ControlLoop, Loop, Pump
-from thermogate.plc.points import BAD
 from thermogate.plc.pointtable import LoopPoints, PumpPoints
 
 from ..pid import PidConfig, PidConfigs, PidState, pid_step, pid_step_many, pid_track
@@ -138,43 +134,6 @@ class _LoopCmd(Cmd):
         self._of = None
 
 
-class _Points:
-    """Points read together each scan (``Regulation._votes``), and which of them
-    the scan's voted signals stand for: the same every scan while the voted
-    keys are (found again when they change)."""
-
-    def __init__(self, pts: list[int]) -> None:
-        self.pts = pts
-        self.idx = np.array(pts, dtype=np.intp)
-        self._found = False
-        self.voted_k = np.zeros(0, dtype=np.intp)  # the positions of the voted points
-        self._unvoted: list[int] = []  # the points not voted
-        self._get: Callable[[Mapping[int, tuple[float, bool]]], Any] | None = None
-
-    def votes(
-        self, voted: Mapping[int, tuple[float, bool]]
-    ) -> tuple[np.ndarray, Sequence[float], Sequence[bool]]:
-        """The positions in ``pts`` of the voted points (``voted_k``) and their votes."""
-        got: Any = None
-        if self._found and not any(i in voted for i in self._unvoted):
-            # the points voted last time still are (and no other): the usual
-            with suppress(KeyError):
-                got = self._get(voted) if self._get is not None else ()
-        if got is None:
-            ks = [k for k, i in enumerate(self.pts) if i in voted]
-            self.voted_k = np.array(ks, dtype=np.intp)
-            self._unvoted = [i for i in self.pts if i not in voted]
-            self._get = itemgetter(*(self.pts[k] for k in ks)) if ks else None
-            self._found = True
-            got = self._get(voted) if self._get is not None else ()
-        if len(self.voted_k) == 1:  # (itemgetter of one key: that vote alone)
-            got = (got,)
-        if not len(self.voted_k):
-            return self.voted_k, (), ()
-        xs, oks = zip(*got, strict=True)  # split in C
-        return self.voted_k, xs, oks
-
-
 class Regulation:
     """See the module docstring."""
 
@@ -200,7 +159,7 @@ class Regulation:
         self._last_meas = np.full(n, math.nan)
         self._out = np.full(n, math.nan)
         self._manual = np.zeros(n, dtype=bool)
-        self._meas_pts = _Points([self._meas[c.name] for c in self.loops])
+        self._meas_pts = [self._meas[c.name] for c in self.loops]
         self._act0 = [self._acts[c.name][0] for c in self.loops]
         self._file_sp = np.array([float(c.setpoint) for c in self.loops])
         # which measurements trim & respond moves: a loop's supply and its ΔP
@@ -295,7 +254,7 @@ class Regulation:
         self._tr_valve_at = _group_starts([len(vs) for vs in valves])
         self._tr_any = np.array([bool(vs) for vs in valves], dtype=bool)
         hot_at = [self._hot_at[lp.name] for lp in loops]
-        self._hot_pts = _Points([i for zs in hot_at for i, _ in zs])
+        self._hot_pts = [i for zs in hot_at for i, _ in zs]
         self._hot_above = np.array([h for zs in hot_at for _, h in zs], dtype=float)
         self._hot_at_k = _group_starts([len(zs) for zs in hot_at])
         self._hot_any = np.array([bool(zs) for zs in hot_at], dtype=bool)
@@ -474,16 +433,11 @@ class Regulation:
             return res.output, f"loop {c.name}: holding output ({self.state.mode} mode)"
         return res.output, None
 
-    def _votes(self, view: ScanView, points: _Points) -> tuple[np.ndarray, np.ndarray]:
+    @staticmethod
+    def _votes(view: ScanView, points: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """``view.vote`` of each of ``points``: (values, usable) arrays."""
-        vals = view.values[points.idx].astype(float)
-        ok = view.quality[points.idx] != BAD
-        if view.voted:
-            ks, xs, oks = points.votes(view.voted)
-            if len(ks):
-                vals[ks] = xs
-                ok[ks] = oks
-        return vals, ok
+        values, usable = view.votes(points)
+        return np.array(values, dtype=float), np.array(usable, dtype=bool)
 
     def _setpoints(self) -> np.ndarray:
         """Every loop's working setpoint (``setpoint``, as an array pass)."""

@@ -268,7 +268,6 @@ class ThermalProtection:
         self._zone_pts = [p for _, p, _, _ in self._tank_points] + [
             p for _, p, _, _, _ in self._cdu_points
         ]
-        self._zone_at = np.array(self._zone_pts, dtype=np.intp)
         self._zone_alarm = np.array([z[2] for z in self._zones], dtype=float)
         self._zone_soft = np.array([z[3] for z in self._zones], dtype=float)
         #: per loop, its zones' positions, padded with one past the last (-inf)
@@ -284,7 +283,6 @@ class ThermalProtection:
         #: widest loop (a mask marks the real ones), lost-flow state per loop
         n_loops = len(site.loops)
         self._loop_supply = [supply for _, supply, _ in self._loop_points]
-        self._loop_supply_at = np.array(self._loop_supply, dtype=np.intp)
         self._loop_alarm = np.array([lp.supply_alarm_c for lp in site.loops], dtype=float)
         self._loop_flow = np.array([ix.loop[lp.name].flow for lp in site.loops], dtype=np.intp)
         self._low_line = np.array(
@@ -322,7 +320,7 @@ class ThermalProtection:
         # can change: a zone at its alarm or over its soft limit, an alarm live, a
         # limit applied (see ``Alarms.live``; a limiter off and under its soft
         # limit stays off).
-        temps, oks = votes(view, self._zone_at, self._zone_pts)
+        temps, oks = view.votes(self._zone_pts)
         temp = np.array(temps, dtype=float)
         ok = np.array(oks, dtype=bool)
         excess = temp - self._zone_soft
@@ -426,7 +424,7 @@ class ThermalProtection:
         fans[~(self._fan_mask & np.isfinite(fans))] = math.nan
         slowest = np.fmin.reduce(fans, axis=1)
         saturated = np.where(np.isnan(slowest), 100.0, slowest) >= SATURATED_FAN_PCT
-        sups, sup_oks = votes(view, self._loop_supply_at, self._loop_supply)
+        sups, sup_oks = view.votes(self._loop_supply)
         sup = np.array(sups, dtype=float)
         sup_ok = np.array(sup_oks, dtype=bool)
         # Lost flow (the module docstring), elementwise over the loops
@@ -508,18 +506,6 @@ class ThermalProtection:
                 alarms.events.append(Event(t, "restore", loop, msg, 400, data))
         self.flow_shed.update(zip(self._loop_names, sheds, strict=True))
         return saturated.tolist()
-
-
-def votes(view: ScanView, at: np.ndarray, points: list[int]) -> tuple[tuple, tuple]:
-    """``view.vote`` of each of ``points`` (``at``: the same as an array): the
-    values, then whether each is usable; one pass over the points, not a call each."""
-    own = zip(
-        np.asarray(view.values, dtype=float)[at].tolist(),
-        (view.quality[at] != BAD).tolist(),
-        strict=True,
-    )
-    values, usable = zip(*map(view.voted.get, points, own), strict=True)
-    return values, usable
 
 
 def _padded(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
