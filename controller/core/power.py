@@ -249,7 +249,6 @@ class PowerProtection:
                 # first, mining last. What another limit holds stays held there.
                 spare = POWER_RESTORE_BELOW * limit - p
                 rate = POWER_RESTORE_FRAC_S * dt
-                holders_of, cap, t_ = self._holders, self.cap, self._t
                 for wclass in reversed(CLASS_ORDER):
                     for ld in classes[wclass]:
                         n = ld.name
@@ -260,14 +259,7 @@ class PowerProtection:
                         spare -= step
                         if kw >= ld.rated_kw:
                             del held[n]
-                            self._update(n, name)
-                        elif holders_of.get(n) == {name}:  # ``_update``: held here alone
-                            if kw < cap[n]:
-                                self._lowered_t[n] = t_
-                            cap[n] = kw
-                            self._over.pop(n, None)
-                        else:
-                            self._update(n, name)
+                        self._update(n, name)
                     if spare <= 0.0:
                         break
             self._shedding[name] = shedding
