@@ -152,13 +152,7 @@ class _Rated(Protocol):
 
 def asked(wanted: Mapping[str, float], ld: _Rated) -> float:
     """The budget a planner asked for a load (no or no finite answer: its rating)."""
-    return _asked(wanted, ld.name, ld.rated_kw)
-
-
-def _asked(wanted: Mapping[str, float], name: str, rated_kw: float) -> float:
-    """``asked`` by name and rating (the scan's loop has them at hand)."""
-    want = wanted.get(name)
-    return rated_kw if want is None or not math.isfinite(want) else max(0.0, want)
+    return _asked_all(wanted, [ld.name], [ld.rated_kw])[0]
 
 
 class Planning:
@@ -193,12 +187,10 @@ class Planning:
             None if ld.kind == "tank" else (ld.rated_kw, ld.idle_kw, ld.cap_w) for ld in loads
         ]
         #: the commands of each load: its budget, then its enable (the enable never
-        #: changes: one command made once; a budget's is made again when it changes;
-        #: nothing after planning changes a command in place)
+        #: changes: one command made once; nothing after planning changes a command
+        #: in place; a budget's is made each scan)
         self._cmd_ix = [i for ld in loads for i in (ld.budget, ld.enable)]
         self._cmds = [Cmd(1.0, "workload permitted") for ld in loads for _ in range(2)]
-        #: per load: the budget its tank's command was made for (None: none yet)
-        self._made_for: list[float | None] = [None] * len(loads)
 
     def _explains(self) -> bool:
         """The planner says why (``Explains``); remembered while it is the same planner."""
@@ -299,7 +291,7 @@ class Planning:
             )
         )
         get_why = why.get
-        rows, out, made = self._rows, self._cmds, self._made_for
+        rows, out = self._rows, self._cmds
         for k, (name, budget, budget_final, th, pw) in enumerate(
             zip(names, asked_now, final, th_l, pw_l, strict=True)
         ):
@@ -310,16 +302,7 @@ class Planning:
                 reason = get_why(name, "planner")
             row_of = rows[k]
             if row_of is None:  # a tank
-                # its command of the last scan while the budget (the same nonzero
-                # float: round() keeps the sign of a zero) and the reason are
-                if (
-                    budget_final != made[k]
-                    or not budget_final
-                    or type(budget_final) is not float
-                    or out[2 * k].why != reason
-                ):
-                    out[2 * k] = Cmd(round(budget_final, 1), reason)
-                    made[k] = budget_final
+                out[2 * k] = Cmd(round(budget_final, 1), reason)
             else:
                 rated, idle_kw, cap_w = row_of
                 share = busy.get(name, 1.0)
@@ -336,8 +319,8 @@ _THERMAL_LIMIT = "thermal limit"
 
 
 def _asked_all(wanted: Mapping[str, float], names: list[str], rated: list[float]) -> list[float]:
-    """``_asked`` for every load (the loads' names and ratings, in order); ``max(0.0,
-    w)`` as the comparison it makes (``w`` only if above 0.0)."""
+    """``asked`` for every load (the loads' names and ratings, in order): its rating
+    where the planner gave no finite budget, else the budget, negatives as 0.0."""
     get = wanted.get
     return [
         r if (w := get(name)) is None or not isfinite(w) else w if w > 0.0 else 0.0
