@@ -139,8 +139,9 @@ class PidConfigs:
 
     def set(self, k: int, cfg: PidConfig) -> None:
         """Loop ``k`` takes ``cfg``."""
-        for name in ("kp", "ki", "kd", "out_min", "out_max", "slew_per_s", "i_lo", "i_hi"):
-            getattr(self, name)[k] = getattr(cfg, name)
+        for f in fields(self):
+            if f.name != "direct":
+                getattr(self, f.name)[k] = getattr(cfg, f.name)
         self.direct[k] = cfg.action == "direct"
 
 

@@ -134,6 +134,12 @@ class _LoopCmd(Cmd):
         self._of = None
 
 
+def _loop_cmd(value: float, why: str | None, of: tuple[str, str, float, float]) -> Cmd:
+    """A loop's command: with ``why``, or (None) the common reason of ``of``,
+    formatted if read (``_LoopCmd``)."""
+    return _LoopCmd(value, of) if why is None else Cmd(value, why)
+
+
 class Regulation:
     """See the module docstring."""
 
@@ -377,18 +383,14 @@ class Regulation:
         for k, (c, _, acts, pump_loop) in enumerate(self._wiring):
             out = outs[k]
             why = rare_why.get(k) if rare else None
+            meas, sp = meas_l[k], sp_l[k]
+            of = (c.name, c.measurement, meas, sp)
             if pump_loop:
-                meas, sp = meas_l[k], sp_l[k]
                 short = not ok_l[k] or meas < sp - DP_SHORT_FRAC * sp
-                of = (c.name, c.measurement, meas, sp)
                 pumps(t, dt, c, out, why, of, short, view, cmds, alarms)
-            elif why is None:  # the common reason, formatted if read (``_LoopCmd``)
-                of = (c.name, c.measurement, meas_l[k], sp_l[k])
-                for a in acts:
-                    cmds[a] = _LoopCmd(out, of)
             else:
                 for a in acts:
-                    cmds[a] = Cmd(out, why)
+                    cmds[a] = _loop_cmd(out, why, of)
         floored = self._valve_floors(view, cmds)
         if floored:
             # the zone loops whose valves a floor holds open continue from there
@@ -642,12 +644,8 @@ class Regulation:
                 alarms.alarm(t, key, True, raised, 700)
             else:
                 alarms.alarm(t, key, False, cleared)
-            if reason is None:
-                cmds[pp.run_cmd] = _LoopCmd(1.0 if run else 0.0, of)
-                cmds[pp.speed_cmd] = _LoopCmd(out if run else 0.0, of)
-            else:
-                cmds[pp.run_cmd] = Cmd(1.0 if run else 0.0, reason)
-                cmds[pp.speed_cmd] = Cmd(out if run else 0.0, reason)
+            cmds[pp.run_cmd] = _loop_cmd(1.0 if run else 0.0, reason, of)
+            cmds[pp.speed_cmd] = _loop_cmd(out if run else 0.0, reason, of)
         if not healthy:
             alarms.alarm(t, no_pump, True, none_msg, 900)
         else:
