@@ -143,18 +143,6 @@ def row_cap_w(
     return lo + (hi - lo) * max(0.0, min(1.0, (frac - knee) / (1.0 - knee)))
 
 
-class _Rated(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def rated_kw(self) -> float: ...
-
-
-def asked(wanted: Mapping[str, float], ld: _Rated) -> float:
-    """The budget a planner asked for a load (no or no finite answer: its rating)."""
-    return _asked_all(wanted, [ld.name], [ld.rated_kw])[0]
-
-
 class Planning:
     """See the module docstring."""
 
@@ -269,7 +257,7 @@ class Planning:
         ahead = getattr(self.planner, "planned", None)
         nh = len(PLAN_HORIZONS_MIN)
         plan = self.plan
-        asked_now = _asked_all(wanted, names, rated_l)
+        asked_now = asked_all(wanted, names, rated_l)
         final = list(map(min, asked_now, rated_l, th_l, pw_l))
         final_a: np.ndarray | None = None
         for j, h in enumerate(PLAN_HORIZONS_MIN):
@@ -280,7 +268,7 @@ class Planning:
                     final_a = np.array(final, dtype=float)
                 row: list[float] | np.ndarray = final_a
             else:
-                row = list(map(min, _asked_all(later, names, rated_l), rated_l, th_l, pw_l))
+                row = list(map(min, asked_all(later, names, rated_l), rated_l, th_l, pw_l))
             # protection caps persist unless something changes: part of the plan
             plan[j::nh] = row
         self.thermal_withheld_kw.update(
@@ -318,9 +306,10 @@ _POWER_LIMIT = "power limit"
 _THERMAL_LIMIT = "thermal limit"
 
 
-def _asked_all(wanted: Mapping[str, float], names: list[str], rated: list[float]) -> list[float]:
-    """``asked`` for every load (the loads' names and ratings, in order): its rating
-    where the planner gave no finite budget, else the budget, negatives as 0.0."""
+def asked_all(wanted: Mapping[str, float], names: list[str], rated: list[float]) -> list[float]:
+    """The budget a planner asked for each load (the loads' names and ratings, in
+    order): its rating where it gave no finite budget, else the budget, negatives
+    as 0.0."""
     get = wanted.get
     return [
         r if (w := get(name)) is None or not isfinite(w) else w if w > 0.0 else 0.0

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from math import isfinite
 from typing import Any
 
 from ..core import Explains, LoadInfo, Planner, SiteNow
+from ..core.planning import asked_all
 
 #: a budget change smaller than this fraction of the load's rating is not logged...
 REASON_DEADBAND_FRAC = 0.05
@@ -43,20 +43,9 @@ class PlanTap:
     ) -> dict[str, float]:
         out = self.inner.plan(t, loads, headroom, now)
         # what the core makes of the answer, within the rating
-        get = out.get
-        # min(asked(out, ld), ld.rated_kw) per load, ``asked`` inlined (its max(0.0,
-        # want) as the comparison it makes)
-        self.budgets = {
-            name: min(
-                rated
-                if (want := get(name)) is None or not isfinite(want)
-                else want
-                if want > 0.0
-                else 0.0,
-                rated,
-            )
-            for name, rated in ((ld.name, ld.rated_kw) for ld in loads)
-        }
+        names = [ld.name for ld in loads]
+        rated = [ld.rated_kw for ld in loads]
+        self.budgets = dict(zip(names, map(min, asked_all(out, names, rated), rated), strict=True))
         return out
 
     def why(self) -> Mapping[str, str]:
