@@ -150,9 +150,10 @@ def _registers_written(fc: int, frame: bytes) -> tuple[int, list[int]] | None:
     return address, list(struct.unpack_from(f">{word}H", frame, 6))
 
 
-#: ``DeviceImage.check_write``'s verdicts kept per image (a controller writes a few
-#: hundred distinct ranges; a master probing every range is not remembered past this)
-_WRITE_CHECKS_KEPT = 4096
+#: write request shapes remembered per image or plant (``DeviceImage.check_write``'s
+#: verdicts, the served plant's layouts): a controller writes a few hundred distinct
+#: ranges; a master probing every range is not remembered past this
+WRITE_SHAPES_KEPT = 4096
 _UNCHECKED = object()
 
 #: what ``DeviceImage._rw_at`` gives a table without writable points
@@ -272,7 +273,7 @@ class DeviceImage:
         verdict = self._write_checked.get(key, _UNCHECKED)
         if verdict is _UNCHECKED:  # the map is fixed: so is a range's verdict
             verdict = self._check_range(table, address, count)
-            if len(self._write_checked) < _WRITE_CHECKS_KEPT:  # bounded, whatever is asked
+            if len(self._write_checked) < WRITE_SHAPES_KEPT:  # bounded, whatever is asked
                 self._write_checked[key] = verdict
         return verdict  # type: ignore[return-value]
 

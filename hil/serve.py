@@ -35,7 +35,7 @@ from thermogate.plc.points import Point
 from thermogate.plc.site import Site, load_site
 
 from .image import ImageWriter, build_images
-from .modbus_server import PlantModbusServer
+from .modbus_server import WRITE_SHAPES_KEPT, PlantModbusServer
 from .plant import Plant
 from .runner import ScenarioPlant
 from .scenario import load_for_run
@@ -111,9 +111,7 @@ class ServedPlant:
         self._freq_index = pmap.position("site.frequency_hz")
         self._clock: tuple[float, float] | None = None
         #: each write request's shape (unit, table, address, registers) -> its points
-        self._layouts: dict[
-            tuple[int, str, int, int], list[tuple[Point, int, int, float | None]]
-        ] = {}
+        self._layouts: dict[tuple[int, str, int, int], _Layout] = {}
         self._publish()
 
     # -- Modbus side ---------------------------------------------------
@@ -171,7 +169,8 @@ class ServedPlant:
                 and math.isfinite(scale)
             )
             layout.append((point, lo_off, hi_off, scale if fast else None))
-        self._layouts[(unit, table, address, len(regs))] = layout
+        if len(self._layouts) < WRITE_SHAPES_KEPT:  # bounded, whatever a master writes
+            self._layouts[(unit, table, address, len(regs))] = layout
         return layout
 
     def _device_fault(self, unit: int, kind: str | None, code: int) -> None:

@@ -595,3 +595,33 @@ def test_a_write_ranges_verdict_kept_is_the_verdict_worked_out(
         want = None if one is not None and one.words == count else fresh
         assert image.check_write(table, address, count) == want
         assert image.check_write(table, address, count) == want
+
+
+def test_the_write_shapes_kept_are_bounded_and_one_past_the_bound_is_served_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A master writing ever new ranges (a probe, a fuzzer) does not grow what the
+    plant keeps per request shape: past the bound a shape is worked out each time."""
+    from thermogate.hil import modbus_server, serve
+
+    monkeypatch.setattr(serve, "WRITE_SHAPES_KEPT", 2)
+    monkeypatch.setattr(modbus_server, "WRITE_SHAPES_KEPT", 2)
+    sp = _inline_plant()
+    monkeypatch.setattr(sp, "_layouts", {})
+    pts = [p for p in sp.sim.pmap.writable() if p.table == "holding" and p.type == "u16"][:5]
+    got: list[tuple[str, float]] = []
+    monkeypatch.setattr(sp.sim.plant, "write", lambda name, value: got.append((name, value)))
+    for _ in range(2):  # each shape twice: kept or not, the same verdict and value
+        for p in pts:
+            regs = encode(p, p.min if p.min is not None else 0.0)
+            assert sp._on_write(p.unit_id, "holding", p.address, regs) is None
+    assert [n for n, _ in got] == [p.name for p in pts] * 2
+    assert got[: len(pts)] == got[len(pts) :]
+    assert len(sp._layouts) == 2
+    image = sp.images[pts[0].unit_id]
+    monkeypatch.setattr(image, "_write_checked", {})
+    for address in range(10):  # ranges over several points: each verdict worked out
+        want = image._check_range("holding", address, 3)
+        assert image.check_write("holding", address, 3) == want
+        assert image.check_write("holding", address, 3) == want
+    assert len(image._write_checked) <= 2
