@@ -207,13 +207,10 @@ class HistorianStorage(HistoryStorageInterface):
             hi_open = t0 is not None and t1 is not None and t0 != t1
             if req.bounds:
                 if t0 is not None:
-                    at = self._samples(name, None, t0, True, 1)  # at or before the start
-                    lo, first = (_utc(at[0][0]), None) if at else (t0, _bound(t0))
+                    lo, first = self._bounding(name, t0, after=False)
                 if t1 is not None and hi_open:
-                    at = self._samples(name, t1, None, False, 1)  # at or after the end
-                    hi, hi_open, last = (
-                        (_utc(at[0][0]), False, None) if at else (t1, True, _bound(t1))
-                    )
+                    hi, last = self._bounding(name, t1, after=True)
+                    hi_open = last is not None
             if resume is not None:
                 lo, first = resume, None
             rows = self._samples(name, lo, hi, False, want + 1)
@@ -225,13 +222,10 @@ class HistorianStorage(HistoryStorageInterface):
             begin = t1 if t0 is None else t0
             lo, hi, lo_open = (None if t0 is None else t1), begin, t0 is not None
             if req.bounds:
-                at = self._samples(name, begin, None, False, 1)  # at or after the start
-                hi, first = (_utc(at[0][0]), None) if at else (begin, _bound(begin))
+                hi, first = self._bounding(name, begin, after=True)
                 if lo_open:
-                    at = self._samples(name, None, t1, True, 1)  # at or before the end
-                    lo, lo_open, last = (
-                        (_utc(at[0][0]), False, None) if at else (t1, True, _bound(t1))
-                    )
+                    lo, last = self._bounding(name, t1, after=False)
+                    lo_open = last is not None
             if resume is not None:
                 hi, first = resume, None
             rows = self._samples(name, lo, hi, True, want + 1)
@@ -241,6 +235,17 @@ class HistorianStorage(HistoryStorageInterface):
         if last is not None and len(out) < want:  # the last bound once every value is out
             out.append(last)
         return out[:want]
+
+    def _bounding(self, name: str, t: datetime, *, after: bool) -> tuple[datetime, Sample | None]:
+        """A bounding value of ``name`` at ``t``: the time of the value at ``t`` or the
+        nearest one after it (``after``) or before it, and None; where there is
+        none, ``t`` and the bound not found there (Part 11's FIRST or LAST)."""
+        at = (
+            self._samples(name, t, None, False, 1)
+            if after
+            else self._samples(name, None, t, True, 1)
+        )
+        return (_utc(at[0][0]), None) if at else (t, _bound(t))
 
     def _samples(
         self, name: str, lo: datetime | None, hi: datetime | None, reverse: bool, want: int
