@@ -34,11 +34,16 @@ def test_bench_scan_prints_the_scan_beside_its_floor_in_one_run() -> None:
     # run's own loop at the site's interval, plant and clock 10x as asked
     assert r["speed"] == 10.0 and r["scan_interval_s"] == 1.0 and r["overruns"] >= 0
     assert r["stale_points_last_read"] == 0  # every point read
-    for k in ("floor_read", "read", "scan"):
+    for k in ("floor_read", "floor_read_back_to_back", "read", "scan"):
         assert 0 < r[f"{k}_p50_ms"] <= r[f"{k}_p99_ms"], k
+    # the floor's paced passes fell between the scans, one an interval
+    assert r["scans"] - 1 <= r["floor_read_passes"] <= r["scans"] + 1
     # the ratios are of the figures printed beside them
     assert r["scan_over_floor_p99"] == pytest.approx(
         r["scan_p99_ms"] / r["floor_read_p99_ms"], rel=0.02
+    )
+    assert r["scan_over_floor_back_to_back_p99"] == pytest.approx(
+        r["scan_p99_ms"] / r["floor_read_back_to_back_p99_ms"], rel=0.02
     )
     assert r["targets"] == {"scan_p99_ms": 50.0, "scan_over_floor_p99": 2.0}
     # where the plant ran: a core of its own (or null where there is no second one)
