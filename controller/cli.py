@@ -307,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="without --config: the demo plant's Modbus port on 127.0.0.1 (default 5020)",
     )
     rp.add_argument(
+        "--opcua-port",
+        type=_port,
+        default=None,
+        metavar="P",
+        help="without --config: the demo's OPC UA port on 127.0.0.1 (default 4840)",
+    )
+    rp.add_argument(
         "--no-opcua", action="store_true", help="do not start the OPC UA server ([opcua] or demo)"
     )
     rp.add_argument(

@@ -675,6 +675,15 @@ async def _main(args: argparse.Namespace) -> int:
         if not cfg.built_in_plant:
             raise ThermogateError("--plant-port is the demo plant's (without --config)")
         cfg = replace(cfg, plant_port=port, endpoints=Endpoint("tcp", cfg.plant_host, port))
+    ua_port = getattr(args, "opcua_port", None)
+    if ua_port is not None:
+        if not cfg.built_in_plant:
+            raise ThermogateError(
+                "--opcua-port is the demo's OPC UA port (without --config); with a"
+                " configuration, its [opcua] endpoint says where the server listens"
+            )
+        if cfg.opcua is not None:
+            cfg = replace(cfg, opcua=cfg.opcua.on_port(ua_port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -731,7 +740,12 @@ async def _serve(
                     print(f"  {line}", flush=True)
             except ThermogateError as exc:
                 raise ThermogateError(
-                    f"{exc} (port in use? another thermogate runs, or use --no-opcua)"
+                    f"{exc} (port in use? another thermogate runs; "
+                    + (
+                        "use --opcua-port P or --no-opcua)"
+                        if cfg.built_in_plant
+                        else "change [opcua] endpoint, or use --no-opcua)"
+                    )
                 ) from None
             rt.faces.append(face)
         if cfg.console is not None and not getattr(args, "no_console", False):

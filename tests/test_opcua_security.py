@@ -551,6 +551,21 @@ def parse(body: str, base: Path = Path("/site")) -> OpcUaSecurity:
     return parse_opcua(loads_toml(f"[opcua]\n{body}", "run.toml").get_section("opcua"), base)
 
 
+@pytest.mark.parametrize(
+    "endpoint, moved",
+    [
+        ("opc.tcp://127.0.0.1:4840/thermogate", "opc.tcp://127.0.0.1:4841/thermogate"),
+        ("opc.tcp://[::1]:4840/ua/site", "opc.tcp://[::1]:4841/ua/site"),
+        ("opc.tcp://scada-gw.local:48400", "opc.tcp://scada-gw.local:4841"),
+    ],
+)
+def test_on_port_moves_only_the_endpoints_port(endpoint: str, moved: str):
+    sec = parse(f'endpoint = "{endpoint}"\nanonymous = "read"')
+    on = sec.on_port(4841)
+    assert on.endpoint == moved
+    assert (on.policies, on.anonymous, on.host) == (sec.policies, sec.anonymous, sec.host)
+
+
 def test_defaults_and_the_demo():
     sec = parse("")
     assert sec.endpoint == "opc.tcp://127.0.0.1:4840/thermogate"

@@ -499,3 +499,53 @@ async def _listening(port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+def test_the_demo_serves_opc_ua_on_the_port_asked_when_4840_is_taken(tmp_path):
+    # A SCADA integrator's machine often has its own server on 4840: the demo's was
+    # fixed there, and the only way past was --no-opcua (no OPC UA at all).
+    from asyncua import Client
+
+    port, ua_port = _closed_port(), _closed_port()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with contextlib.suppress(OSError):  # in use already: as good for this test
+        holder.bind(("127.0.0.1", 4840))
+        holder.listen()
+    run = subprocess.Popen(
+        [*CLI, "run", "--db", str(tmp_path / "d.db"), "--plant-port", str(port),
+         "--opcua-port", str(ua_port), "--no-console"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        banner = _line_with(run, "OPC UA:")
+        assert f"opc.tcp://127.0.0.1:{ua_port}/thermogate" in banner, banner
+
+        async def namespaces() -> list[str]:
+            async with Client(f"opc.tcp://127.0.0.1:{ua_port}/thermogate", timeout=30) as c:
+                return await c.get_namespace_array()  # anonymous, read-only, on loopback
+
+        assert "urn:thermogate:site:demo-hybrid-hall" in asyncio.run(namespaces())
+    finally:
+        holder.close()
+        run.send_signal(signal.SIGINT)
+        reap(run, 60)
+    assert run.returncode == 0
+
+
+def test_opcua_port_is_refused_with_a_configuration_naming_its_endpoint_key(tmp_path):
+    cfg = _write_config(tmp_path, port=_closed_port())
+    run = subprocess.run(
+        [*CLI, "run", "--config", str(cfg), "--opcua-port", "4841", "--no-console"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "--opcua-port" in run.stderr and "[opcua] endpoint" in run.stderr
+
+
+def _line_with(run: subprocess.Popen, text: str) -> str:
+    assert run.stdout is not None
+    for line in run.stdout:
+        if text in line:
+            return line
+    raise AssertionError(f"run printed no line with {text!r}")

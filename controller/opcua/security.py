@@ -81,10 +81,10 @@ import logging
 import os
 import socket
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from asyncua import Server, ua
 from asyncua.common.utils import ServiceError
@@ -165,6 +165,12 @@ class OpcUaSecurity:
     @property
     def host(self) -> str:
         return urlsplit(self.endpoint).hostname or ""
+
+    def on_port(self, port: int) -> OpcUaSecurity:
+        """These settings with the endpoint's port replaced (host and path kept)."""
+        parts = urlsplit(self.endpoint)
+        host = parts.netloc.rsplit(":", 1)[0]  # a port is always there (checked)
+        return replace(self, endpoint=urlunsplit(parts._replace(netloc=f"{host}:{port}")))
 
     @property
     def offers_none(self) -> bool:
