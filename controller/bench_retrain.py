@@ -9,7 +9,12 @@ tick wakes, in three phases of the same length:
 2. ``thread``: a retrain on a thread of the same process (how it ran before:
    a fit holds the interpreter for tens of milliseconds at a time);
 3. ``process``: a retrain as ``thermogate run`` does it now, in a process of its
-   own at a lower priority (``RetrainScheduler``).
+   own at a lower priority (``RetrainScheduler``), which sends its outcome back
+   without the model; ``handover_load_ms`` is what loading a promoted model
+   from the registry then costs the loop, between two scans (``run`` does it
+   with a scan's records, off the scan's clock): the first load in a process
+   (a new site's first model; ~0.1 s of it is one-off) and
+   ``handover_load_again_ms``, a later one.
 
 Each phase reports the wake-up lateness p50/p99/max (ms) and the fit's own
 time; the comparison that matters is each phase's p99 against ``idle``'s.
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from thermogate.models.registry import Registry, load_version
 from thermogate.plc.pointmap import build_point_map
 from thermogate.plc.site import Site, demo_site
 
@@ -84,6 +90,13 @@ async def _measure(db: Path, site: Site, hours: float) -> dict:
 
     threading.Thread(target=in_process, name="bench-retrain-process", daemon=True).start()
     isolated = await _ticks(lambda: not done.is_set())
+    with Registry(db) as reg:
+        promoted = reg.promoted_version()
+    load_ms: list[float] = []
+    while promoted is not None and len(load_ms) < 2:  # the first in a process costs most
+        t0 = time.perf_counter()
+        load_version(db, promoted)
+        load_ms.append((time.perf_counter() - t0) * 1000.0)
     t_end = time.monotonic() + span
     idle = await _ticks(lambda: time.monotonic() < t_end)
     base = pct(idle, 99)
@@ -96,6 +109,8 @@ async def _measure(db: Path, site: Site, hours: float) -> dict:
             **_phase(isolated, base),
             "fit_s": round(fit_s[1], 1) if len(fit_s) > 1 else None,
             "outcome": str(outcome[0])[:120] if outcome else None,
+            "handover_load_ms": round(load_ms[0], 1) if load_ms else None,
+            "handover_load_again_ms": round(load_ms[1], 1) if load_ms else None,
         },
     }
 

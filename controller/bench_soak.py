@@ -199,7 +199,7 @@ class SoakSite:
         if forecast:
             from thermogate.models.live import LiveForecaster
 
-            self.model = ModelRuntime(self.ctrl, LiveForecaster(site, self.columns))
+            self.model = ModelRuntime(self.ctrl, LiveForecaster(site, self.columns), db=db)
             if retrain_every_s is not None:
                 # run's retrainer, on the data clock: the first attempt once a model
                 # can be learned, then one every retrain_every_s

@@ -30,12 +30,15 @@ stale one, the planner simply gets none.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from thermogate.plc.errors import ThermogateError
 
 from .core import Controller, LoadForecast, ScanResult
 from .heap import release_freed_heap
@@ -81,7 +84,10 @@ class ModelRuntime:
 
     ``step`` (or ``observe`` and ``update``) runs on the scan's thread;
     ``on_retrain`` (the retrainer's callback) on the retrain thread, which only
-    queues its result for the next ``observe``.
+    queues its result for the next ``observe``. A promoted model that came back
+    from a training process without its model is loaded from ``db``'s registry
+    there, off the scan's clock (``run`` calls ``observe`` with the scan's
+    records), not on the retrain thread at a moment no scan chose.
     """
 
     def __init__(
@@ -89,14 +95,17 @@ class ModelRuntime:
         ctrl: Controller,
         forecaster: LiveForecaster,
         retrainer: RetrainScheduler | None = None,
+        db: Path | None = None,
     ) -> None:
         self.ctrl = ctrl
         self.forecaster = forecaster
         self.retrainer = retrainer
+        self.db = db  # the registry a promoted version is loaded from
         #: the last forecast handed to the core (None until the first)
         self.last: ForecastUpdate | None = None
         self._lock = threading.Lock()
-        self._handover: list[tuple[ThermalModel, int, float]] = []  # from the retrain thread
+        # from the retrain thread: (the model, or None to load it; version; t1)
+        self._handover: list[tuple[ThermalModel | None, int, float]] = []
         self._events: list[Event] = []
         #: seconds each minute's update took (the last ``UPDATES_KEPT``)
         self.update_s: deque[float] = deque(maxlen=UPDATES_KEPT)
@@ -115,13 +124,13 @@ class ModelRuntime:
     ) -> ModelRuntime:
         """``thermogate run``'s model: the promoted one of ``db`` (if any and
         usable) forecasts at once from the last minutes of ``history``;
-        retraining runs in its own thread once :meth:`start` is called."""
+        retraining runs in a process of its own once :meth:`start` is called."""
         from thermogate.models.live import LiveForecaster
         from thermogate.models.registry import Registry
 
         from .retrain import MIN_HOURS, RetrainScheduler
 
-        rt = cls(ctrl, LiveForecaster(site, columns))
+        rt = cls(ctrl, LiveForecaster(site, columns), db=db)
         with Registry(db) as reg:
             got = reg.promoted()
             t1 = {v["id"]: v["t1"] for v in reg.versions()}
@@ -198,10 +207,32 @@ class ModelRuntime:
             handover, self._handover = self._handover, []
             events, self._events = self._events, []
         for model, version, t1 in handover[-1:]:
-            fc.set_model(model, trained_t=t1, version=version)
-            release_freed_heap()  # the model replaced is gone: its pages back to the system
+            if model is None:
+                model = self._load(version, events)
+            if model is not None:
+                fc.set_model(model, trained_t=t1, version=version)
+                release_freed_heap()  # the model replaced is gone: its pages back to the system
         fc.observe(t, *res.record)
         return events
+
+    def _load(self, version: int, events: list[Event]) -> ThermalModel | None:
+        """A promoted ``version`` from the registry; None, with an alarm added to
+        ``events``, where it cannot be read: the model in use stays."""
+        from thermogate.models.registry import load_version
+
+        try:
+            if self.db is None:
+                raise ThermogateError("no database to load it from")
+            return load_version(self.db, version)
+        except (ThermogateError, KeyError, TypeError, OSError, sqlite3.Error) as exc:
+            events.append(
+                Event(
+                    time.time(), "alarm", MODEL_SOURCE,
+                    f"promoted model version {version} could not be loaded ({exc}):"
+                    " the model in use stays", 500,
+                )
+            )  # fmt: skip
+            return None
 
     def update(self, t: float) -> list[Event]:
         """Once a minute (a no-op otherwise): forecast and hand the headroom to the

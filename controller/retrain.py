@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,7 +150,9 @@ def _train_child(conn: Any, db: Path, site: Site, days: float, by: str, nice: in
         with contextlib.suppress(OSError):
             os.nice(nice)
     try:
-        conn.send(("ok", train_and_register(db, site, days=days, by=by)))
+        outcome = train_and_register(db, site, days=days, by=by)
+        # without the model: it is in the registry (TrainOutcome.model)
+        conn.send(("ok", replace(outcome, model=None)))
     except ThermogateError as exc:
         conn.send(("refused", str(exc)))
     except Exception as exc:
@@ -178,7 +181,8 @@ class RetrainScheduler:
 
     Each training runs in a child process (``process=False``: on the calling
     thread, for tests that replace ``train_and_register``) at a lower priority;
-    its outcome, model included, comes back pickled. ``last_pid`` is the
+    its outcome comes back pickled, without the model (``TrainOutcome.model``
+    None: the registry holds it as the outcome's version). ``last_pid`` is the
     process that ran the last one. ``nice`` is added to the child's niceness
     (default :data:`TRAIN_NICE`: the scan's process comes first on a shared
     core; 0 where nothing latency-bound shares the machine, as in tests that

@@ -40,7 +40,7 @@ from .dataset import Dataset
 from .forecast import ThermalModel
 from .scoring import Score
 
-__all__ = ["DECISION_HORIZON_MIN", "Registry", "pooled_mae"]
+__all__ = ["DECISION_HORIZON_MIN", "Registry", "load_version", "pooled_mae"]
 
 #: the horizon (minutes) whose pooled MAE decides a promotion
 DECISION_HORIZON_MIN = 15
@@ -75,6 +75,29 @@ CREATE TABLE IF NOT EXISTS "model_promoted" (
     "version" INTEGER NOT NULL REFERENCES "model_versions"("id")
 );
 """
+
+
+def load_version(path: str | Path, version: int) -> ThermalModel:
+    """The model of ``version`` in the registry of ``path``, read through a
+    read-only connection: no schema written, no write lock waited for (a
+    controller loads a promoted version between scans while its historian
+    writes the same file)."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        return _load(conn, version)
+    finally:
+        conn.close()
+
+
+def _load(conn: sqlite3.Connection, version: int) -> ThermalModel:
+    row = conn.execute('SELECT "model" FROM "model_versions" WHERE "id" = ?', (version,)).fetchone()
+    if row is None:
+        raise KeyError(f"no model version {version}")
+    model = pickle.loads(row[0])  # trust boundary: a blob this registry wrote
+    if not isinstance(model, ThermalModel):
+        raise TypeError(f"model version {version} is not a ThermalModel")
+    return model
 
 
 def pooled_mae(
@@ -204,15 +227,7 @@ class Registry:
 
     def load(self, version: int) -> ThermalModel:
         """The model of ``version`` (unpickled: only our own database's blobs — see module doc)."""
-        row = self._conn.execute(
-            'SELECT "model" FROM "model_versions" WHERE "id" = ?', (version,)
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no model version {version}")
-        model = pickle.loads(row[0])  # trust boundary: a blob this registry wrote
-        if not isinstance(model, ThermalModel):
-            raise TypeError(f"model version {version} is not a ThermalModel")
-        return model
+        return _load(self._conn, version)
 
     def promoted(self) -> tuple[int, ThermalModel] | None:
         """``(version, model)`` of the promoted model, or None before the first promotion."""

@@ -39,7 +39,11 @@ class TrainOutcome:
     window: tuple[float, float]  # (t0, t_split): the data time trained on
     metrics: dict[str, Any]  # as stored in the registry: per-kind MAE/coverage, pooled MAE, ...
     train_s: float
-    model: ThermalModel
+    #: the model trained; None in an outcome that came back from a training
+    #: process (``RetrainScheduler``): it stays in the registry as ``version``,
+    #: loaded from there where it is used (1.6 MB unpickled on the receiving
+    #: thread held the scan loop's GIL for 15-90 ms, promoted or not)
+    model: ThermalModel | None
 
 
 def fit_and_register(

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,12 @@ def test_scheduled_retrain_promotes_into_the_running_loop_and_never_a_worse_one(
         assert error is None and outcome is not None and outcome.promoted
         _scan(rt, sim, 1000.0)
         assert rt.model.forecaster.version == outcome.version
-        assert rt.model.forecaster.model is outcome.model
+        # the training process sent no model back: the scan loop loaded the
+        # registry's, between scans, not the retrain thread
+        assert outcome.model is None and rt.model.forecaster.model is not None
+        with Registry(db) as reg:
+            stored = reg.load(outcome.version)
+        assert _fingerprint(stored) == _fingerprint(rt.model.forecaster.model)
         msgs = [e.message for e in rt.events_seen if e.source == "model"]
         assert any(f"version {outcome.version} promoted" in m for m in msgs)
 
@@ -195,7 +201,6 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
     db: Path,
 ) -> None:
     import copy
-    from dataclasses import replace
 
     from thermogate.controller.retrain import train_and_register
 
@@ -229,3 +234,39 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
     finally:
         asyncio.run(rt.close())
     assert _forecast_cli(db).returncode == 0  # with the retrained model
+
+
+def test_a_promoted_version_the_registry_cannot_give_is_an_alarm_and_the_model_stays(
+    db: Path,
+) -> None:
+    from thermogate.controller.core import Controller
+    from thermogate.controller.forecasting import ModelRuntime
+    from thermogate.controller.retrain import train_and_register
+    from thermogate.models.live import LiveForecaster
+    from thermogate.models.training import TrainOutcome
+
+    site = demo_site()
+    pmap = build_point_map(site)
+    first = train_and_register(db, site, days=1.0, by="test")
+    assert first.model is not None  # trained on this thread: the model is at hand
+    fc = LiveForecaster(site, record_columns(pmap, site), first.model)
+    rt = ModelRuntime(Controller(site, pmap), fc, db=db)
+    gone = TrainOutcome(first.version + 7, True, "better", first.window, {}, 1.0, None)
+    rt.on_retrain(gone, None)
+    sim = ScenarioPlant(site, "normal-day")
+    values = sim.plant.sensors.sample()
+    res = rt.ctrl.scan(Observation(2000.0, values, np.ones(len(values), bool)))
+    events = rt.observe(2000.0, res)
+    alarms = [e.message for e in events if e.kind == "alarm"]
+    assert len(alarms) == 1 and f"version {first.version + 7} could not be loaded" in alarms[0]
+    assert fc.model is first.model  # the model in use stays
+    # and a version the registry holds is loaded from it, off the retrain thread
+    rt.on_retrain(replace(first, model=None), None)
+    assert rt.observe(2005.0, res) and fc.model is not first.model
+    assert _fingerprint(fc.model) == _fingerprint(first.model)
+
+
+def _fingerprint(model: object) -> tuple:
+    """What tells one trained model from another: its fit's own duration, to the
+    bit, with its horizons and kinds."""
+    return (model.train_s, model.horizons_min, sorted(model.kinds))  # type: ignore[attr-defined]
