@@ -8,8 +8,9 @@ which is :meth:`~ModelRuntime.observe` then :meth:`~ModelRuntime.update`;
 ``thermogate run`` calls the two apart, the update between scans, so the
 minute's forecast -- ~150 ms at 10,000 points -- never lengthens a scan):
 
-* swaps in a model the background retraining promoted (handed over under a
-  lock: the retrain thread never touches the forecaster itself);
+* swaps in a model the background retraining promoted (its version handed
+  over under a lock, the model loaded from the registry with the scan's
+  records: the retrain thread never touches the forecaster, nor unpickles);
 * feeds the forecaster the scan's validated record;
 * hands the per-load headroom to the core's planning seam as
   :class:`~thermogate.controller.core.LoadForecast` (``source`` says whether

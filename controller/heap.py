@@ -134,7 +134,8 @@ def single_malloc_arena() -> bool:
     starts. False where the C library has no ``mallopt``.
 
     glibc gives a new thread an arena of its own, and a thread that unpickles a
-    model (the retrainer's, a week apart, each time a new thread) leaves that
+    model (the retrainer's did, a week apart, each time a new thread; the scan
+    loop loads a promoted one now, but any thread may allocate big) leaves that
     model's pages in its arena once it is replaced, where ``malloc_trim`` does not
     get them all back. Measured with the soak's own two 6.2 MB models, eight
     hand-overs from new threads: the resident set climbed +7.2, +3.8 and +1.0 MB
