@@ -277,3 +277,19 @@ def test_values_as_a_technician_types_them(site, demo_pmap, snap):
     assert bad.command is None and "'3_2' is not a number" in bad.text
     mode = sh.run("mode maint", seen, 0.0).command
     assert isinstance(mode, SetMode) and mode.mode == "maintenance"
+
+
+def test_login_with_the_user_on_the_line_asks_only_for_the_pin(site, demo_pmap, snap):
+    """`login tech` asked for the user again and took the next line, the PIN, as
+    the user name: the PIN was echoed and the login failed."""
+    c = _console(site, demo_pmap, snap, lambda cmd, by: None)
+    out = c.feed(b"login tech\r", 0.0).decode()
+    assert out.endswith("PIN: "), out
+    out = c.feed(b"4321\r", 1.0).decode()
+    assert "4321" not in out and "logged in as tech" in out
+    assert c.session.user == "tech"
+    # a PIN on the command line would be shown: refused, nothing asked
+    c.feed(b"logout\r", 2.0)
+    out = c.feed(b"login tech 4321\r", 3.0).decode()
+    assert "usage: login [USER]" in out and c.session.user is None
+    assert c.session.stage == ""

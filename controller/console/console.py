@@ -157,9 +157,13 @@ class Console:
             return ""
         verb = self._session_verb(words[0])
         if verb == "login":
+            if len(words) > 2:  # a PIN typed on the line would be echoed: never taken
+                return "usage: login [USER] (the PIN is asked for, and not echoed)"
             said = s.begin_login(now)
             if s.stage != "user":  # refused (locked out): a user and PIN may follow
                 self._hushed = True
+            elif len(words) == 2:  # "login tech": the user given, the PIN asked for
+                s.enter_user(words[1], now)
             return said
         if verb == "logout":
             return s.logout(now)

@@ -98,7 +98,7 @@ VERBS = (
     Verb("auto", "auto ACTUATOR|all", "end an override: back to the controller", True),
     Verb("ack", "ack ALARM|all", "acknowledge an alarm", True),
     Verb("reset", "reset TANK|ROW|all", "reset a latched interlock (engineer)", True),
-    Verb("login", "login", "log in with your user and PIN (to change anything)"),
+    Verb("login", "login [USER]", "log in with your user and PIN (to change anything)"),
     Verb("logout", "logout", "log out"),
     Verb("whoami", "whoami", "who is logged in, and the idle timeout"),
 )
