@@ -46,6 +46,10 @@ def test_bench_scan_prints_the_scan_beside_its_floor_in_one_run() -> None:
         r["scan_p99_ms"] / r["floor_read_back_to_back_p99_ms"], rel=0.02
     )
     assert r["targets"] == {"scan_p99_ms": 50.0, "scan_over_floor_p99": 2.0}
+    assert r["met"] == {  # each target against the figure printed beside it
+        "scan_p99_ms": r["scan_p99_ms"] <= 50.0,
+        "scan_over_floor_p99": r["scan_p99_ms"] / r["floor_read_p99_ms"] <= 2.0,
+    }
     # where the plant ran: a core of its own (or null where there is no second one)
     split = cpu_split()
     assert r["cpus"] == (None if split is None else {"controller": split[0], "plant": split[1]})
