@@ -77,7 +77,8 @@ class GatingPlanner:
         self.breakeven = site.mining_breakeven()
         self._tanks = {t.name: t for t in site.tanks}
         self._mining_on = dict.fromkeys(self.breakeven, True)
-        self._be_set: frozenset[float] | None = None  # the distinct breakevens of the last plan
+        # the distinct breakevens: a hall's hundreds of tanks have a few miner models
+        self._be_set = frozenset(self.breakeven.values())
         self._non_it_kw = NON_IT_DEFAULT_FRAC * site.it_rated_kw
         self._t_last = math.nan
         self._why: dict[str, str] = {}
@@ -125,7 +126,6 @@ class GatingPlanner:
             price = self.site.economics.energy_usd_per_mwh
         h = self.config.price_hysteresis
         mining_on, breakeven = self._mining_on, self.breakeven
-        self._be_set = frozenset(breakeven.values())
         economic: dict[str, float] | None = None
         for ld in loads:
             name = ld.name
@@ -182,10 +182,7 @@ class GatingPlanner:
         # Mostly the price ahead keeps every band as it is (on stays on, off stays
         # off): then no tank switches, found once per distinct breakeven (a hall's
         # hundreds of tanks have a few miner models) instead of per tank.
-        kept = self._be_set
-        if kept is not None and all(
-            band(True, price, be, h) and not band(False, price, be, h) for be in kept
-        ):
+        if all(band(True, price, be, h) and not band(False, price, be, h) for be in self._be_set):
             return out
         for ld in loads:
             be = self.breakeven.get(ld.name)
