@@ -158,7 +158,8 @@ class Console:
         verb = self._session_verb(words[0])
         if verb == "login":
             if len(words) > 2:  # a PIN typed on the line would be echoed: never taken
-                return "usage: login [USER] (the PIN is asked for, and not echoed)"
+                usage = self.shell.verb("login").usage
+                return f"usage: {usage} (the PIN is asked for, and not echoed)"
             said = s.begin_login(now)
             if s.stage != "user":  # refused (locked out): a user and PIN may follow
                 self._hushed = True
