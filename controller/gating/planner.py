@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from thermogate.plc.site import Site
 
@@ -74,11 +75,9 @@ class GatingPlanner:
         #: the energy price at a future time where it is known (a day-ahead market)
         self.price_ahead = price_ahead
         self._last: dict[str, float] = {}
-        self.breakeven = site.mining_breakeven()
+        self.breakeven = site.mining_breakeven()  # with its distinct set, below
         self._tanks = {t.name: t for t in site.tanks}
         self._mining_on = dict.fromkeys(self.breakeven, True)
-        # the distinct breakevens: a hall's hundreds of tanks have a few miner models
-        self._be_set = frozenset(self.breakeven.values())
         self._non_it_kw = NON_IT_DEFAULT_FRAC * site.it_rated_kw
         self._t_last = math.nan
         self._why: dict[str, str] = {}
@@ -92,6 +91,20 @@ class GatingPlanner:
         self._economic_at: dict[tuple[float, float], dict[str, float]] = {}
         #: GPUs the cluster may keep busy under the last plan (jobs admitted within it)
         self.gpu_capacity = self.placement.gpus
+
+    @property
+    def breakeven(self) -> Mapping[str, float]:
+        """Per mining tank, the energy price ($/MWh) above which it loses money
+        (``Site.mining_breakeven``); read-only: set it whole."""
+        return self._breakeven
+
+    @breakeven.setter
+    def breakeven(self, value: Mapping[str, float]) -> None:
+        # The distinct breakevens are set with them, never apart: the plan ahead
+        # tests each once (a hall's hundreds of tanks have a few miner models),
+        # and a stale set would keep a tank's band that has moved.
+        self._breakeven = MappingProxyType(dict(value))
+        self._be_set = frozenset(self._breakeven.values())
 
     def why(self) -> Mapping[str, str]:
         return self._why
@@ -125,7 +138,7 @@ class GatingPlanner:
         if not math.isfinite(price):
             price = self.site.economics.energy_usd_per_mwh
         h = self.config.price_hysteresis
-        mining_on, breakeven = self._mining_on, self.breakeven
+        mining_on, breakeven = self._mining_on, self._breakeven
         economic: dict[str, float] | None = None
         for ld in loads:
             name = ld.name
@@ -184,8 +197,9 @@ class GatingPlanner:
         # hundreds of tanks have a few miner models) instead of per tank.
         if all(band(True, price, be, h) and not band(False, price, be, h) for be in self._be_set):
             return out
+        breakeven = self._breakeven
         for ld in loads:
-            be = self.breakeven.get(ld.name)
+            be = breakeven.get(ld.name)
             if be is None:
                 continue
             running = bool(out.get(ld.name))
