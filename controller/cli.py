@@ -84,22 +84,16 @@ def cmd_site(args: argparse.Namespace) -> int:
     from thermogate.plc.site import load_site, parse_site_text
     from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 
+    from .modbus_io import unwatched_plcs
+
     if args.check is not None:
         site = load_site(args.check)
         info = site.summary()
         info["points"] = len(build_point_map(site))
         print(json.dumps(info, indent=1))
-        further = sorted(site.plc_units - {site.plc.unit_id})
-        if further:  # said, not refused: a site's PLC program may watch the main heartbeat
-            from .modbus_io import units_named
-
-            print(
-                f"note: {len(further)} further PLC(s), {units_named(further)}, carry tanks or"
-                f" rows but no heartbeat of their own (only unit {site.plc.unit_id}'s): program"
-                " their watchdog on the main PLC's heartbeat, or they keep running when the"
-                " controller stops",
-                file=sys.stderr,
-            )
+        note = unwatched_plcs(site)
+        if note is not None:  # said, not refused: a site's PLC program may watch the main heartbeat
+            print(f"note: {note}", file=sys.stderr)
         return 0
     spec = SiteSpec(
         name=args.name,

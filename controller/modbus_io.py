@@ -91,6 +91,7 @@ from thermogate.plc.errors import CodecError, ModbusDeviceError
 from thermogate.plc.planning import plan_reads
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.points import Point
+from thermogate.plc.site import Site
 from thermogate.plc.transport import ModbusLink, StreamEnd, Tried
 
 from .writeruns import WriteRun, write_runs
@@ -297,6 +298,20 @@ def _where(ep: Endpoint) -> str:
 def units_named(ids: Sequence[int]) -> str:
     """``unit 7`` or ``units 1, 10-12``."""
     return f"unit {ids[0]}" if len(ids) == 1 else f"units {id_ranges(ids)}"
+
+
+def unwatched_plcs(site: Site) -> str | None:
+    """The further PLCs that carry equipment but no heartbeat, as one finding (None:
+    there are none). Said wherever a site is taken into use (``site --check``,
+    ``probe``, ``run``), never refused: their programs may watch the main PLC's."""
+    further = sorted(site.plc_units - {site.plc.unit_id})
+    if not further:
+        return None
+    return (
+        f"{len(further)} further PLC(s), {units_named(further)}, carry tanks or rows but no"
+        f" heartbeat of their own (only unit {site.plc.unit_id}'s): program their watchdog on"
+        " the main PLC's heartbeat, or they keep running when the controller stops"
+    )
 
 
 def id_ranges(ids: Iterable[int]) -> str:

@@ -7,7 +7,8 @@ every point the site file gives it? The probe
 1. loads and validates the run configuration and its site file (every error
    is the same one-line error ``run`` would give) and says what the run would
    use: the site, its points, each endpoint with its units, the database, the
-   OPC UA endpoint and the console;
+   OPC UA endpoint, the console, and the further PLCs that carry equipment but
+   no heartbeat of their own;
 2. unless ``--offline``, reads every point once over Modbus, as a scan does,
    and says per unit whether it answered and what it refused (exception 02 at
    an address the PLC has no register for), which equipment reads as all
@@ -32,7 +33,7 @@ import numpy as np
 from thermogate.plc.pointmap import PointMap, build_point_map
 
 from .estimate import zero_groups
-from .modbus_io import ModbusIO, units_named
+from .modbus_io import ModbusIO, units_named, unwatched_plcs
 from .runconfig import RunConfig, load_run_config
 
 #: one probe read gets this long (a scan's budget is 60 % of its interval)
@@ -90,6 +91,7 @@ def describe_config(cfg: RunConfig, pmap: PointMap, io: ModbusIO) -> dict[str, A
         if cfg.console is None
         else (cfg.console.device or "a pseudo-terminal") + f" {cfg.console.line}",
         "forecast": cfg.forecast,
+        "watchdog": unwatched_plcs(cfg.site),
     }
 
 
@@ -148,6 +150,7 @@ def render(report: ProbeReport) -> str:
         f"  database: {c['database']}",
         f"  OPC UA:   {c['opcua'] or 'none ([opcua] absent)'}",
         f"  console:  {c['console'] or 'none ([console] absent)'}",
+        *([f"  watchdog: {c['watchdog']}"] if c["watchdog"] else []),
     ]
     if not report.units:
         lines.append("configuration valid (offline: no device was asked)")

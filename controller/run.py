@@ -58,7 +58,7 @@ from .heap import REFREEZE_S, BetweenScans, freeze_startup
 from .historian import Historian
 from .historian.schema import HistorianError
 from .inbox import Inbox
-from .modbus_io import Endpoint, ModbusIO, WriteOutcome
+from .modbus_io import Endpoint, ModbusIO, WriteOutcome, unwatched_plcs
 from .opcua.snapshot import Snapshot
 from .recorder import Recorder
 from .runconfig import RunConfig, load_run_config
@@ -728,6 +728,8 @@ async def _serve(
         )
         print(f"  plant:    {where}", flush=True)
         print(f"  database: {cfg.db.resolve()} (telemetry, events, audit, state)", flush=True)
+        if (note := unwatched_plcs(cfg.site)) is not None:
+            print(f"  watchdog: {note}", flush=True)
         if cfg.peaks:
             print(f"  peaks:    {describe_windows(cfg.peaks, rt.clock(), math.inf)}", flush=True)
         if cfg.opcua is not None and not getattr(args, "no_opcua", False):

@@ -18,6 +18,7 @@ from sitefiles import TANK99, closed_port, write_run_config
 from thermogate.controller.probe import probe, render
 from thermogate.controller.runconfig import load_run_config
 from thermogate.plc.site import demo_site_text
+from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 
 CLI = [sys.executable, "-m", "thermogate.controller.cli"]
 
@@ -100,3 +101,28 @@ def test_offline_validates_without_asking_any_device_and_the_cli_exits_1_on_sile
     assert len(found) == 1 and found[0].startswith("units 1, 10-12, "), text.stdout
     assert f"(tcp 127.0.0.1:{port}): nothing of 518 points read: cannot connect" in found[0]
     assert "retried in" not in text.stderr, text.stderr
+
+
+def test_further_plcs_without_a_heartbeat_of_their_own_are_named_offline(tmp_path):
+    # a site spread over three PLCs: only unit 1 has the system block (heartbeat,
+    # watchdog); the probe says so before the first run, as site --check does
+    spread = SiteSpec(asic_tanks=30, gpu_tanks=2, rack_rows=2, tanks_per_plc=12)
+    cfg = write_run_config(tmp_path, generate_site_toml(spread), closed_port(), 1.0)
+    off = subprocess.run(
+        [*CLI, "probe", "--config", str(cfg), "--offline", "--json"], capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["config"]["watchdog"].startswith(
+        "2 further PLC(s), units 2-3, carry tanks or rows but no heartbeat of their own"
+        " (only unit 1's)"
+    )
+    text = subprocess.run(
+        [*CLI, "probe", "--config", str(cfg), "--offline"], capture_output=True, text=True,
+        timeout=120,
+    ).stdout  # fmt: skip
+    [line] = [ln for ln in text.splitlines() if ln.startswith("  watchdog: ")]
+    assert "units 2-3" in line and "program their watchdog on the main PLC's heartbeat" in line
+    # one PLC (the demo): nothing to say
+    demo = load_run_config(str(write_run_config(tmp_path, demo_site_text())), None)
+    assert asyncio.run(probe(demo, offline=True)).config["watchdog"] is None

@@ -33,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from sitefiles import write_run_config
 
 from thermogate.controller.bench import reap
 from thermogate.controller.cli import main
@@ -49,6 +50,7 @@ from thermogate.controller.statusline import status_line
 from thermogate.plc.errors import ConfigError, ThermogateError
 from thermogate.plc.pointmap import PointMap
 from thermogate.plc.site import Site, demo_site_text, parse_site_text
+from thermogate.plc.sitegen import SiteSpec, generate_site_toml
 
 CLI = [sys.executable, "-m", "thermogate.controller.cli"]
 
@@ -443,27 +445,48 @@ def test_the_demo_hall_starts_under_its_import_limit_so_run_opens_on_no_power_al
     assert _events(db, "shed") == []
 
 
+def _config_banner(cfg: Path) -> list[str]:
+    """What ``run --config`` prints before it scans (then it is stopped)."""
+    run = subprocess.Popen(
+        [*CLI, "run", "--config", str(cfg), "--no-opcua", "--no-console"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=cfg.parent,
+    )
+    banner: list[str] = []
+    try:
+        for line in run.stdout:
+            banner.append(line.rstrip("\n"))
+            if "Ctrl-C to stop" in line:
+                break
+    finally:
+        run.send_signal(signal.SIGINT)
+        reap(run, 60)
+    return banner
+
+
 def test_with_a_configuration_the_banner_says_where_every_unit_is_reached(
     tmp_path, demo_pmap: PointMap
 ):
     """It said "configured devices": a commissioning engineer could not see which
     gateway or serial line each unit was expected on."""
     port = _closed_port()
-    cfg = _write_config(tmp_path, port=port)
-    run = subprocess.Popen(
-        [*CLI, "run", "--config", str(cfg), "--no-opcua", "--no-console"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        line = _plant_line(run)
-    finally:
-        run.send_signal(signal.SIGINT)
-        reap(run, 60)
+    banner = _config_banner(_write_config(tmp_path, port=port))
+    [line] = [ln for ln in banner if "plant:" in ln]
     n = len(demo_pmap.unit_ids())
     assert f"plant:    tcp 127.0.0.1:{port}: {n} units: 1, 10-12, " in line, line
+    assert not [ln for ln in banner if "watchdog:" in ln]  # one PLC: its heartbeat is all
+
+
+def test_the_banner_names_further_plcs_that_have_no_heartbeat_of_their_own(tmp_path):
+    """Only ``site --check`` said it: a run on a site spread over PLCs started without
+    a word that two of them would keep running if the controller stopped."""
+    spread = SiteSpec(asic_tanks=30, gpu_tanks=2, rack_rows=2, tanks_per_plc=12)
+    banner = _config_banner(write_run_config(tmp_path, generate_site_toml(spread)))
+    [said] = [ln for ln in banner if ln.startswith("  watchdog: ")]
+    assert said.startswith("  watchdog: 2 further PLC(s), units 2-3, carry tanks or rows"), said
+    assert "(only unit 1's)" in said and "keep running when the controller stops" in said
 
 
 def test_a_run_that_cannot_start_its_opc_ua_server_stops_the_demo_plant_it_started(tmp_path):
