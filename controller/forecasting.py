@@ -31,15 +31,12 @@ stale one, the planner simply gets none.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from thermogate.plc.errors import ThermogateError
 
 from .core import Controller, LoadForecast, ScanResult
 from .heap import release_freed_heap
@@ -221,19 +218,21 @@ class ModelRuntime:
         ``events``, where it cannot be read: the model in use stays."""
         from thermogate.models.registry import load_version
 
-        try:
-            if self.db is None:
-                raise ThermogateError("no database to load it from")
-            return load_version(self.db, version)
-        except (ThermogateError, KeyError, TypeError, OSError, sqlite3.Error) as exc:
-            events.append(
-                Event(
-                    time.time(), "alarm", MODEL_SOURCE,
-                    f"promoted model version {version} could not be loaded ({exc}):"
-                    " the model in use stays", 500,
-                )
-            )  # fmt: skip
-            return None
+        why = "no database to load it from"
+        if self.db is not None:
+            try:
+                return load_version(self.db, version)
+            except Exception as exc:  # gone, corrupt, pickled by another library
+                # version: whatever it is, a model that will not load never stops the scans
+                why = f"{type(exc).__name__}: {exc}"
+        events.append(
+            Event(
+                time.time(), "alarm", MODEL_SOURCE,
+                f"promoted model version {version} could not be loaded ({why}):"
+                " the model in use stays", 500,
+            )
+        )  # fmt: skip
+        return None
 
     def update(self, t: float) -> list[Event]:
         """Once a minute (a no-op otherwise): forecast and hand the headroom to the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -263,6 +264,15 @@ def test_a_promoted_version_the_registry_cannot_give_is_an_alarm_and_the_model_s
     # and a version the registry holds is loaded from it, off the retrain thread
     rt.on_retrain(replace(first, model=None), None)
     assert rt.observe(2005.0, res) and fc.model is not first.model
+    loaded = fc.model
+    # a blob that is no model (a damaged file) is one alarm too: the scans go on
+    with sqlite3.connect(db) as conn:
+        conn.execute('UPDATE "model_versions" SET "model" = ? WHERE "id" = ?',
+                     (b"\x00 not a pickle", first.version))  # fmt: skip
+    rt.on_retrain(replace(first, model=None), None)
+    alarms = [e.message for e in rt.observe(2010.0, res) if e.kind == "alarm"]
+    assert len(alarms) == 1 and "UnpicklingError" in alarms[0], alarms
+    assert fc.model is loaded
     assert _fingerprint(fc.model) == _fingerprint(first.model)
 
 
