@@ -124,23 +124,31 @@ class ModelRuntime:
         usable) forecasts at once from the last minutes of ``history``;
         retraining runs in a process of its own once :meth:`start` is called."""
         from thermogate.models.live import LiveForecaster
-        from thermogate.models.registry import Registry
+        from thermogate.models.registry import ModelLoadError, Registry
 
         from .retrain import MIN_HOURS, RetrainScheduler
 
         rt = cls(ctrl, LiveForecaster(site, columns), db=db)
+        unusable = None  # why the promoted model is not used
         with Registry(db) as reg:
-            got = reg.promoted()
+            try:
+                got = reg.promoted()
+            except ModelLoadError as exc:  # damaged: the prior forecasts, a retrain replaces it
+                got, unusable = None, f"promoted {exc}"
             t1 = {v["id"]: v["t1"] for v in reg.versions()}
         if got is not None and got[1].incompatible():
+            unusable = (
+                f"promoted model version {got[0]} was trained on other features than this"
+                " version builds"
+            )
+            got = None
+        if unusable is not None:
             rt._events.append(
                 Event(
                     time.time(), "alarm", MODEL_SOURCE,
-                    f"promoted model version {got[0]} was trained on other features than "
-                    "this version builds: not used until a retrain replaces it", 500,
+                    f"{unusable}: not used until a retrain replaces it", 500,
                 )
             )  # fmt: skip
-            got = None
         if got is not None:
             version, model = got
             rt.forecaster.set_model(model, trained_t=t1[version], version=version)

@@ -106,16 +106,20 @@ def _headroom_entry(h: Any, conservative: bool) -> dict[str, Any]:
 def forecast_cli(args: Any) -> int:
     from thermogate.models.headroom import headroom
     from thermogate.models.prior import PRIOR_SOURCE, PhysicsPrior
-    from thermogate.models.registry import Registry
+    from thermogate.models.registry import ModelLoadError, Registry
     from thermogate.models.trust import Trust
     from thermogate.plc.site import load_site
 
     db = _db(args)
-    with Registry(db) as reg:
-        got = reg.promoted()
-        info = {v["id"]: v for v in reg.versions()}
     why_prior = f"no promoted model yet (`thermogate train --db {db}` once it holds "
     why_prior += f"{MIN_HOURS:g} h of telemetry)"
+    with Registry(db) as reg:
+        try:
+            got = reg.promoted()
+        except ModelLoadError as exc:
+            got = None
+            why_prior = f"promoted {exc} (`thermogate train --db {db}` replaces it)"
+        info = {v["id"]: v for v in reg.versions()}
     if got is not None and got[1].incompatible():
         why_prior = (
             f"promoted model version {got[0]} was trained on other features than this "

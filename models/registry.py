@@ -25,6 +25,7 @@ database from somewhere you do not trust.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import sqlite3
 import time
@@ -40,7 +41,7 @@ from .dataset import Dataset
 from .forecast import ThermalModel
 from .scoring import Score
 
-__all__ = ["DECISION_HORIZON_MIN", "Registry", "load_version", "pooled_mae"]
+__all__ = ["DECISION_HORIZON_MIN", "ModelLoadError", "Registry", "load_version", "pooled_mae"]
 
 #: the horizon (minutes) whose pooled MAE decides a promotion
 DECISION_HORIZON_MIN = 15
@@ -90,13 +91,24 @@ def load_version(path: str | Path, version: int) -> ThermalModel:
         conn.close()
 
 
+class ModelLoadError(ThermogateError):
+    """A stored version that does not unpickle into a :class:`ThermalModel` (a damaged
+    file, or a blob of another library version): it forecasts nothing and scores
+    worst, so the next retrain replaces it."""
+
+
 def _load(conn: sqlite3.Connection, version: int) -> ThermalModel:
     row = conn.execute('SELECT "model" FROM "model_versions" WHERE "id" = ?', (version,)).fetchone()
     if row is None:
         raise KeyError(f"no model version {version}")
-    model = pickle.loads(row[0])  # trust boundary: a blob this registry wrote
+    try:
+        model = pickle.loads(row[0])  # trust boundary: a blob this registry wrote
+    except Exception as exc:  # whatever a damaged blob raises (truncated, bad opcode, ...)
+        raise ModelLoadError(
+            f"model version {version} cannot be loaded ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(model, ThermalModel):
-        raise TypeError(f"model version {version} is not a ThermalModel")
+        raise ModelLoadError(f"model version {version} is not a ThermalModel")
     return model
 
 
@@ -280,6 +292,15 @@ class Registry:
             d["promoted"] = bool(d["promoted"])
         return out
 
+    def _mae_of(self, version: int, rows: Dataset) -> float:
+        """``pooled_mae`` of a stored version; infinite for one that cannot be loaded
+        (like a model that lost a kind: it never looks better than a candidate)."""
+        try:
+            model = self.load(version)
+        except ModelLoadError:
+            return math.inf
+        return pooled_mae(model, rows)
+
     def maybe_promote(self, candidate_version: int, holdout_rows: Dataset, by: str) -> bool:
         """Promote the candidate unless it is worse than the promoted model on ``holdout_rows``.
 
@@ -294,7 +315,7 @@ class Registry:
         seen_v = self.promoted_version()
         seen_mae = None
         if seen_v is not None and seen_v != candidate_version:
-            seen_mae = pooled_mae(self.load(seen_v), holdout_rows)
+            seen_mae = self._mae_of(seen_v, holdout_rows)
         with self._tx():
             current_v = self.promoted_version()
             cur_mae: float | None = None
@@ -306,7 +327,7 @@ class Registry:
                 cur_mae = (
                     seen_mae
                     if current_v == seen_v and seen_mae is not None
-                    else pooled_mae(self.load(current_v), holdout_rows)  # promoted meanwhile
+                    else self._mae_of(current_v, holdout_rows)  # promoted meanwhile
                 )
                 promote = bool(cand_mae < cur_mae)
                 rel = "<" if promote else ">="

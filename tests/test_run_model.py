@@ -198,8 +198,12 @@ def test_a_restart_seeds_the_forecaster_from_the_historian_and_forecasts_at_once
     assert upd is not None and set(upd.zones) >= {t.name for t in site.tanks}
 
 
-def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_replaces_it(
-    db: Path,
+@pytest.mark.parametrize(
+    ("left", "said"),
+    [("older features", "other features"), ("damaged blob", "cannot be loaded")],
+)
+def test_a_promoted_model_that_cannot_be_used_is_not_used_and_the_next_retrain_replaces_it(
+    db: Path, left: str, said: str
 ) -> None:
     import copy
 
@@ -207,17 +211,24 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
 
     site = demo_site()
     outcome = train_and_register(db, site, days=1.0, by="test")
-    old = copy.deepcopy(outcome.model)  # as stored by an older version: one feature fewer
-    old.kinds = {k: replace(km, feature_names=km.feature_names[:-1]) for k, km in old.kinds.items()}
-    assert sorted(old.incompatible()) == sorted(old.kinds)
+    old = copy.deepcopy(outcome.model)
+    if left == "older features":  # as stored by an older version: one feature fewer
+        old.kinds = {
+            k: replace(km, feature_names=km.feature_names[:-1]) for k, km in old.kinds.items()
+        }
+        assert sorted(old.incompatible()) == sorted(old.kinds)
     with Registry(db) as reg:
         v_old = reg.add(old, (0.0, 1.0), {}, created_by="thermogate 0.x")
         reg.promote(v_old, "test", "as an older version left it")
+    if left == "damaged blob":  # a damaged file: the blob no longer unpickles
+        with sqlite3.connect(db) as conn:
+            conn.execute('UPDATE "model_versions" SET "model" = ? WHERE "id" = ?',
+                         (b"\x80\x05 truncated", v_old))  # fmt: skip
     refused = _forecast_cli(db)  # not used: the physics prior answers, and says why
     assert refused.returncode == 0, refused.stderr
     answer = json.loads(refused.stdout)
     assert answer["version"] is None and "physics prior" in answer["source"]
-    assert "other features" in answer["reasons"][0] and "thermogate train" in answer["reasons"][0]
+    assert said in answer["reasons"][0] and "thermogate train" in answer["reasons"][0]
     cfg = RunConfig(site, db, Endpoint("tcp", "127.0.0.1", 1), 1.0, 0.1, False)
     rt = RealTimeController(cfg)
     rt.events_seen = []  # type: ignore[attr-defined]
@@ -225,7 +236,7 @@ def test_a_model_from_before_a_feature_change_is_not_used_and_the_next_retrain_r
         assert rt.model.forecaster is not None and rt.model.forecaster.model is None
         _scan(rt, ScenarioPlant(site, "normal-day"), 1000.0)
         assert any(
-            e.kind == "alarm" and f"version {v_old}" in e.message and "other features" in e.message
+            e.kind == "alarm" and f"version {v_old}" in e.message and said in e.message
             for e in rt.events_seen
         )
         assert rt.model.retrainer is not None
